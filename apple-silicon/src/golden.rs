@@ -1,0 +1,159 @@
+//! Model directories with golden data, as `scripts/models/` writes them:
+//!
+//! ```text
+//! <id>/manifest.json        the plan's manifest (precision, budgets, io schema, ops, …)
+//! <id>/model.mlpackage/     the ML Program
+//! <id>/inputs/<name>.npy    golden inputs
+//! <id>/expected/<name>.npy  expected outputs, from a reference that is not our engine
+//! ```
+//!
+//! Small fixtures are committed under `tests/fixtures/models`; real models are
+//! built under `models/` by `make download-models`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::tensor::{Tensor, TensorMap};
+
+/// Environment variable naming the downloaded-models directory.
+pub const MODELS_DIR_ENV: &str = "APPLE_SILICON_MODELS";
+
+/// The per-model `manifest.json` (the plan's schema). Fields this crate does
+/// not interpret are kept in `extra`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelManifest {
+    /// Model id (the directory name).
+    pub model: String,
+    /// Where the weights came from.
+    #[serde(default)]
+    pub source: String,
+    /// `mlprogram`.
+    #[serde(default)]
+    pub backend: String,
+    /// `fp32` or `fp16`.
+    #[serde(default)]
+    pub precision: String,
+    /// `none`, `int8`, `palettized4`, …
+    #[serde(default)]
+    pub quantization: String,
+    /// Parity budget: largest allowed absolute difference.
+    pub accuracy_delta_l_inf: f64,
+    /// Parity budget: largest allowed RMSE.
+    pub accuracy_delta_rmse: f64,
+    /// What produced the expected outputs.
+    #[serde(default)]
+    pub reference: String,
+    /// MIL op types in the program.
+    #[serde(default)]
+    pub ops: Vec<String>,
+    /// Everything else (io_schema, shapes, expected speedups, top-1 class, …).
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+/// One model directory.
+#[derive(Debug, Clone)]
+pub struct GoldenModel {
+    /// Directory name.
+    pub id: String,
+    /// The directory.
+    pub dir: PathBuf,
+    /// Its manifest.
+    pub manifest: ModelManifest,
+}
+
+impl GoldenModel {
+    /// Reads `dir/manifest.json`.
+    pub fn open(dir: impl AsRef<Path>) -> Result<GoldenModel> {
+        let dir = dir.as_ref().to_path_buf();
+        let mpath = dir.join("manifest.json");
+        let text = std::fs::read(&mpath).map_err(|e| Error::io(format!("reading {}", mpath.display()), e))?;
+        let manifest: ModelManifest = serde_json::from_slice(&text)
+            .map_err(|e| Error::invalid_artifact(&mpath, format!("not a valid model manifest: {e}")))?;
+        let id = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Ok(GoldenModel { id, dir, manifest })
+    }
+
+    /// `dir/model.mlpackage`.
+    pub fn package_path(&self) -> PathBuf {
+        self.dir.join("model.mlpackage")
+    }
+
+    /// Golden inputs, by name.
+    pub fn inputs(&self) -> Result<TensorMap> {
+        read_npy_dir(&self.dir.join("inputs"))
+    }
+
+    /// Expected outputs, by name.
+    pub fn expected(&self) -> Result<TensorMap> {
+        read_npy_dir(&self.dir.join("expected"))
+    }
+}
+
+fn read_npy_dir(dir: &Path) -> Result<TensorMap> {
+    let mut out = TensorMap::new();
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(format!("listing {}", dir.display()), e))?;
+    for entry in entries {
+        let path = entry
+            .map_err(|e| Error::io(format!("listing {}", dir.display()), e))?
+            .path();
+        if path.extension().is_some_and(|e| e == "npy") {
+            let name = path.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+            out.insert(name, Tensor::read_npy(&path)?);
+        }
+    }
+    if out.is_empty() {
+        return Err(Error::invalid_artifact(dir, "holds no .npy files"));
+    }
+    Ok(out)
+}
+
+/// Every model directory directly under `root` (those with a manifest and a
+/// package), sorted by id. A missing `root` yields an empty list.
+pub fn discover(root: &Path) -> Result<Vec<GoldenModel>> {
+    let mut models = Vec::new();
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return Ok(models);
+    };
+    for entry in entries {
+        let dir = entry
+            .map_err(|e| Error::io(format!("listing {}", root.display()), e))?
+            .path();
+        if dir.join("manifest.json").is_file() && dir.join("model.mlpackage").is_dir() {
+            models.push(GoldenModel::open(&dir)?);
+        }
+    }
+    models.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(models)
+}
+
+/// The committed fixtures of this source tree (`tests/fixtures/models`).
+pub fn fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models")
+}
+
+/// Where `make download-models` puts real models: `$APPLE_SILICON_MODELS`, or
+/// `models/` in this source tree.
+pub fn models_dir() -> PathBuf {
+    std::env::var_os(MODELS_DIR_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("models"))
+}
+
+/// A downloaded model by id, or an error telling the user how to get it.
+pub fn downloaded(id: &str) -> Result<GoldenModel> {
+    let dir = models_dir().join(id);
+    if !dir.join("manifest.json").is_file() {
+        return Err(Error::Unavailable {
+            engine: format!("model `{id}`"),
+            reason: format!("{} is missing: run `make download-models`", dir.display()),
+        });
+    }
+    GoldenModel::open(dir)
+}

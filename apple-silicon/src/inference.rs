@@ -1,0 +1,630 @@
+//! The inference seam: the traits and types an application embeds.
+//!
+//! An [`InferenceEngine`] turns a [`ModelArtifact`] into a [`PreparedModel`]
+//! once (compile, load, build an execution plan — the expensive part) and then
+//! runs it many times with [`InferenceEngine::infer`], each call bounded by a
+//! timeout. Every engine — Core ML, Candle, the resilient wrapper — speaks
+//! these types, so callers can swap engines without touching their code.
+
+use std::any::Any;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::digest;
+use crate::error::{Error, Result};
+use crate::tensor::{DType, TensorMap};
+
+/// Where Core ML may run a model. Names follow `MLComputeUnits`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ComputeUnits {
+    /// CPU, GPU and Neural Engine (`.all`), Core ML's default.
+    #[default]
+    All,
+    /// CPU only (`.cpuOnly`).
+    CpuOnly,
+    /// CPU and GPU (`.cpuAndGPU`).
+    CpuAndGpu,
+    /// CPU and Neural Engine (`.cpuAndNeuralEngine`, macOS 13+).
+    CpuAndNe,
+}
+
+impl ComputeUnits {
+    /// Environment variable that overrides the compute units a caller asked for.
+    pub const ENV_OVERRIDE: &'static str = "COREML_COMPUTE_UNITS";
+
+    /// The cache-key spelling: `all`, `cpu_only`, `cpu_gpu`, `cpu_ane`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ComputeUnits::All => "all",
+            ComputeUnits::CpuOnly => "cpu_only",
+            ComputeUnits::CpuAndGpu => "cpu_gpu",
+            ComputeUnits::CpuAndNe => "cpu_ane",
+        }
+    }
+
+    /// The code used across the C ABI: 0 All, 1 CpuOnly, 2 CpuAndGpu, 3 CpuAndNe.
+    pub fn ffi_code(self) -> i32 {
+        match self {
+            ComputeUnits::All => 0,
+            ComputeUnits::CpuOnly => 1,
+            ComputeUnits::CpuAndGpu => 2,
+            ComputeUnits::CpuAndNe => 3,
+        }
+    }
+
+    /// The value of [`Self::ENV_OVERRIDE`], if set. A set but unparsable value
+    /// is an error rather than silently ignored.
+    pub fn from_env() -> Result<Option<ComputeUnits>> {
+        match std::env::var(Self::ENV_OVERRIDE) {
+            Ok(v) if !v.trim().is_empty() => v.parse().map(Some),
+            _ => Ok(None),
+        }
+    }
+}
+
+impl fmt::Display for ComputeUnits {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ComputeUnits {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let norm: String = s
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric())
+            .collect::<String>()
+            .to_ascii_lowercase();
+        Ok(match norm.as_str() {
+            "all" => ComputeUnits::All,
+            "cpuonly" | "cpu" => ComputeUnits::CpuOnly,
+            "cpugpu" | "cpuandgpu" => ComputeUnits::CpuAndGpu,
+            "cpuane" | "cpuandne" | "cpuandneuralengine" | "cpune" => ComputeUnits::CpuAndNe,
+            _ => {
+                return Err(Error::schema_mismatch(
+                    "compute units",
+                    "one of all, cpu_only, cpu_gpu, cpu_ane",
+                    format!("`{s}`"),
+                ))
+            }
+        })
+    }
+}
+
+/// What kind of file a [`ModelArtifact`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelFmt {
+    /// A Core ML package (`.mlpackage` directory) holding an ML Program.
+    MlPackage,
+    /// A compiled Core ML model (`.mlmodelc` directory): load only, no compile.
+    MlModelC,
+    /// A `.safetensors` file (or a directory holding `model.safetensors` and
+    /// `config.json`) of a known architecture.
+    Safetensors,
+    /// ONNX: recognised but not run by any engine here.
+    Onnx,
+    /// TorchScript: recognised but not run by any engine here.
+    TorchScript,
+}
+
+impl ModelFmt {
+    /// Lowercase name.
+    pub fn name(self) -> &'static str {
+        match self {
+            ModelFmt::MlPackage => "mlpackage",
+            ModelFmt::MlModelC => "mlmodelc",
+            ModelFmt::Safetensors => "safetensors",
+            ModelFmt::Onnx => "onnx",
+            ModelFmt::TorchScript => "torchscript",
+        }
+    }
+
+    /// Guesses the format from the path: its extension, or for a directory,
+    /// the files it holds.
+    pub fn detect(path: &Path) -> Result<ModelFmt> {
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(|e| e.to_ascii_lowercase())
+            .unwrap_or_default();
+        Ok(match ext.as_str() {
+            "mlpackage" => ModelFmt::MlPackage,
+            "mlmodelc" => ModelFmt::MlModelC,
+            "safetensors" => ModelFmt::Safetensors,
+            "onnx" => ModelFmt::Onnx,
+            "pt" | "pth" | "torchscript" => ModelFmt::TorchScript,
+            _ if path.join("model.safetensors").is_file() => ModelFmt::Safetensors,
+            _ if path.join("Manifest.json").is_file() => ModelFmt::MlPackage,
+            _ => {
+                return Err(Error::invalid_artifact(
+                    path,
+                    "unknown model format: expected a .mlpackage or .mlmodelc directory, a .safetensors file \
+                     (or a directory with model.safetensors), .onnx or .pt",
+                ))
+            }
+        })
+    }
+}
+
+impl fmt::Display for ModelFmt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A model file on disk, identified by its content hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelArtifact {
+    /// What kind of file this is.
+    pub format: ModelFmt,
+    /// Where it is.
+    pub path: PathBuf,
+    /// SHA-256 of its content ([`digest::sha256_path`]): the cache key's root.
+    pub sha256: [u8; 32],
+}
+
+impl ModelArtifact {
+    /// Detects the format and hashes the content. Costs one full read of the
+    /// artifact (about 1 s per GB).
+    pub fn open(path: impl AsRef<Path>) -> Result<ModelArtifact> {
+        let path = path.as_ref();
+        let format = ModelFmt::detect(path)?;
+        ModelArtifact::with_format(format, path)
+    }
+
+    /// Like [`ModelArtifact::open`] with an explicit format.
+    pub fn with_format(format: ModelFmt, path: impl AsRef<Path>) -> Result<ModelArtifact> {
+        let path = path.as_ref().to_path_buf();
+        let sha256 = digest::sha256_path(&path)?;
+        Ok(ModelArtifact { format, path, sha256 })
+    }
+
+    /// The content hash as lowercase hex.
+    pub fn sha256_hex(&self) -> String {
+        digest::to_hex(&self.sha256)
+    }
+}
+
+/// How to prepare a model. Build with the `with_*` methods:
+///
+/// ```
+/// use apple_silicon::{ComputeUnits, PrepareOptions};
+/// let opts = PrepareOptions::default()
+///     .with_compute_units(ComputeUnits::CpuAndNe)
+///     .with_sla(std::time::Duration::from_millis(20));
+/// assert_eq!(opts.compute_units, ComputeUnits::CpuAndNe);
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct PrepareOptions {
+    /// Requested compute units (engines without a choice ignore it and say so
+    /// in their capability report).
+    pub compute_units: ComputeUnits,
+    /// Only load already-compiled forms; never compile.
+    pub precompiled_only: bool,
+    /// The latency a caller expects per inference, used by the breaker and
+    /// the gates. `None` lets the engine estimate.
+    pub sla: Option<Duration>,
+    /// Upper bound for the whole prepare (compile + load).
+    pub prepare_timeout: Duration,
+}
+
+impl Default for PrepareOptions {
+    fn default() -> Self {
+        PrepareOptions {
+            compute_units: ComputeUnits::All,
+            precompiled_only: false,
+            sla: None,
+            prepare_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+impl PrepareOptions {
+    /// Sets the requested compute units.
+    pub fn with_compute_units(mut self, units: ComputeUnits) -> Self {
+        self.compute_units = units;
+        self
+    }
+
+    /// Refuses to compile: only already-compiled forms are loaded.
+    pub fn with_precompiled_only(mut self, on: bool) -> Self {
+        self.precompiled_only = on;
+        self
+    }
+
+    /// Sets the per-inference latency target.
+    pub fn with_sla(mut self, sla: Duration) -> Self {
+        self.sla = Some(sla);
+        self
+    }
+
+    /// Sets the bound on compile + load.
+    pub fn with_prepare_timeout(mut self, timeout: Duration) -> Self {
+        self.prepare_timeout = timeout;
+        self
+    }
+}
+
+/// The environment a compiled model was built for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompiledMeta {
+    /// Host platform, e.g. `macos-arm64` or `linux-x86_64`.
+    pub platform: String,
+    /// Core ML version, or `none` where Core ML does not exist.
+    pub coreml_version: String,
+    /// `mlprogram` or `neuralnetwork`.
+    pub backend: String,
+    /// OS build (e.g. `24A335`), or the kernel release elsewhere.
+    pub os_build: String,
+}
+
+/// The cache key of a prepared model, as the plan defines it:
+/// `{sha256}:{coreml_version}:{backend}:{compute_units}:{quantization}:{shape_key}:{os_build}`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct CacheKey {
+    /// Authoring artifact's SHA-256, hex.
+    pub sha256: String,
+    /// Core ML (or engine) version the entry was built with.
+    pub coreml_version: String,
+    /// `mlprogram` or `neuralnetwork`.
+    pub backend: String,
+    /// Compute units the entry was specialised for.
+    pub compute_units: ComputeUnits,
+    /// `fp32`, `fp16`, `int8`, `palettized`, …
+    pub quantization: String,
+    /// Input shapes, e.g. `1x3x224x224` or `batch_1`.
+    pub shape_key: String,
+    /// OS build number.
+    pub os_build: String,
+}
+
+impl fmt::Display for CacheKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}:{}:{}:{}:{}",
+            self.sha256,
+            self.coreml_version,
+            self.backend,
+            self.compute_units,
+            self.quantization,
+            self.shape_key,
+            self.os_build
+        )
+    }
+}
+
+/// Allowed shapes of one input beyond its default shape.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "shapes")]
+pub enum ShapeConstraint {
+    /// Only the default shape.
+    #[default]
+    Fixed,
+    /// Any one of these shapes.
+    Enumerated(Vec<Vec<usize>>),
+    /// Each dimension within `[lower, upper]` (`upper = None`: unbounded).
+    Range(Vec<(usize, Option<usize>)>),
+}
+
+/// One input or output of a model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TensorSpec {
+    /// Feature name.
+    pub name: String,
+    /// Default shape.
+    pub shape: Vec<usize>,
+    /// Element type.
+    pub dtype: DType,
+    /// Whether the leading dimension may vary (batching).
+    pub batch_capable: bool,
+    /// Other shapes the model accepts.
+    #[serde(default)]
+    pub constraint: ShapeConstraint,
+}
+
+impl TensorSpec {
+    /// A fixed-shape spec.
+    pub fn fixed(name: impl Into<String>, dtype: DType, shape: Vec<usize>) -> TensorSpec {
+        TensorSpec {
+            name: name.into(),
+            shape,
+            dtype,
+            batch_capable: false,
+            constraint: ShapeConstraint::Fixed,
+        }
+    }
+
+    /// Whether `shape` is one this tensor may take.
+    pub fn accepts_shape(&self, shape: &[usize]) -> bool {
+        match &self.constraint {
+            ShapeConstraint::Fixed => shape == self.shape.as_slice(),
+            ShapeConstraint::Enumerated(list) => {
+                shape == self.shape.as_slice() || list.iter().any(|s| s.as_slice() == shape)
+            }
+            ShapeConstraint::Range(ranges) => {
+                ranges.len() == shape.len()
+                    && ranges
+                        .iter()
+                        .zip(shape)
+                        .all(|(&(lo, hi), &d)| d >= lo && hi.is_none_or(|h| d <= h))
+            }
+        }
+    }
+
+    /// The allowed shapes in words, for error messages.
+    pub fn describe_allowed(&self) -> String {
+        match &self.constraint {
+            ShapeConstraint::Fixed => format!("{:?}", self.shape),
+            ShapeConstraint::Enumerated(list) => format!("one of {list:?}"),
+            ShapeConstraint::Range(r) => {
+                let dims: Vec<String> = r
+                    .iter()
+                    .map(|(lo, hi)| match hi {
+                        Some(h) if h == lo => format!("{lo}"),
+                        Some(h) => format!("{lo}..={h}"),
+                        None => format!("{lo}.."),
+                    })
+                    .collect();
+                format!("[{}]", dims.join(", "))
+            }
+        }
+    }
+}
+
+/// Inputs and outputs of a model.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct IoSchema {
+    /// Inputs, in the model's order.
+    pub inputs: Vec<TensorSpec>,
+    /// Outputs, in the model's order.
+    pub outputs: Vec<TensorSpec>,
+}
+
+impl IoSchema {
+    /// The input named `name`.
+    pub fn input(&self, name: &str) -> Option<&TensorSpec> {
+        self.inputs.iter().find(|s| s.name == name)
+    }
+
+    /// The output named `name`.
+    pub fn output(&self, name: &str) -> Option<&TensorSpec> {
+        self.outputs.iter().find(|s| s.name == name)
+    }
+
+    /// Checks that `inputs` has exactly the model's inputs, each with its
+    /// dtype and an allowed shape. The error names the input, what was
+    /// expected and what came. Costs a few comparisons per input.
+    pub fn validate_inputs(&self, inputs: &TensorMap) -> Result<()> {
+        for spec in &self.inputs {
+            let Some(t) = inputs.get(&spec.name) else {
+                let given: Vec<&str> = inputs.keys().map(String::as_str).collect();
+                return Err(Error::schema_mismatch(
+                    format!("input `{}`", spec.name),
+                    "the input to be present",
+                    format!("inputs {given:?}"),
+                ));
+            };
+            if t.dtype() != spec.dtype {
+                return Err(Error::schema_mismatch(
+                    format!("dtype of input `{}`", spec.name),
+                    spec.dtype.name(),
+                    t.dtype().name(),
+                ));
+            }
+            if !spec.accepts_shape(t.shape()) {
+                return Err(Error::schema_mismatch(
+                    format!("shape of input `{}`", spec.name),
+                    spec.describe_allowed(),
+                    format!("{:?}", t.shape()),
+                ));
+            }
+        }
+        if let Some(extra) = inputs.keys().find(|k| self.input(k).is_none()) {
+            let names: Vec<&str> = self.inputs.iter().map(|s| s.name.as_str()).collect();
+            return Err(Error::schema_mismatch(
+                format!("input `{extra}`"),
+                format!("only the model's inputs {names:?}"),
+                format!("an unknown input `{extra}`"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What an engine can do with a prepared model, and where it actually ran.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CapabilityReport {
+    /// Engine that serves the model (`candle`, `coreml`, …).
+    pub engine: String,
+    /// Hardware class, e.g. `M2` or `x86_64 CPU`.
+    pub device_class: String,
+    /// Input dtypes the engine accepts.
+    pub supported_dtypes: Vec<DType>,
+    /// Largest batch the model accepts.
+    pub max_batch_size: usize,
+    /// Share of the model's ops that run on the Neural Engine, where known.
+    pub ane_op_coverage_pct: Option<u32>,
+    /// Compute units the caller asked for.
+    pub compute_units_requested: ComputeUnits,
+    /// Compute units actually used, where known.
+    pub compute_units_actual: Option<ComputeUnits>,
+    /// Arithmetic precision the engine runs the model in (e.g. `f32`, or
+    /// `f16 upcast to f32`).
+    pub compute_precision: String,
+    /// p99 of prepare, in ms, where measured.
+    pub compile_p99_ms: Option<u64>,
+    /// p99 of inference, in ms, where measured.
+    pub infer_p99_ms: Option<u64>,
+    /// Anything else a caller should know (why a fallback served, …).
+    pub notes: Vec<String>,
+}
+
+/// A model ready to run: compiled, loaded, planned. Created by
+/// [`InferenceEngine::prepare`]; run by the same engine's `infer`.
+pub trait PreparedModel: Send + Sync + Any {
+    /// The cache key this model was prepared under.
+    fn cache_key(&self) -> &str;
+    /// Its inputs and outputs.
+    fn io_schema(&self) -> &IoSchema;
+    /// The latency to expect per inference (the SLA given at prepare, or an
+    /// engine's estimate).
+    fn sla_estimate(&self) -> Duration;
+    /// For engines to recover their concrete type.
+    fn as_any(&self) -> &dyn Any;
+}
+
+/// An engine that prepares and runs models.
+pub trait InferenceEngine: Send + Sync {
+    /// Short engine name (`candle`, `coreml`, `resilient`).
+    fn name(&self) -> &str;
+    /// Compiles/loads/plans a model: the expensive, once-per-model step.
+    fn prepare(&self, artifact: &ModelArtifact, opts: PrepareOptions) -> Result<Box<dyn PreparedModel>>;
+    /// Runs one inference. Returns [`Error::Timeout`] if it does not finish
+    /// within `timeout`; the caller's thread is never blocked much longer.
+    fn infer(&self, model: &dyn PreparedModel, inputs: &TensorMap, timeout: Duration) -> Result<TensorMap>;
+    /// What the engine can do with the model and where it runs it.
+    fn capabilities(&self, model: &dyn PreparedModel) -> CapabilityReport;
+}
+
+/// Recovers an engine's own prepared-model type, or explains that the model
+/// came from another engine.
+pub fn downcast_model<'a, T: PreparedModel>(model: &'a dyn PreparedModel, engine: &str) -> Result<&'a T> {
+    model.as_any().downcast_ref::<T>().ok_or_else(|| {
+        Error::schema_mismatch(
+            "prepared model",
+            format!("a model prepared by the {engine} engine"),
+            "a model prepared by another engine",
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tensor::Tensor;
+
+    fn assert_send_sync<T: Send + Sync + ?Sized>() {}
+
+    #[test]
+    fn seam_types_are_send_and_sync() {
+        assert_send_sync::<dyn InferenceEngine>();
+        assert_send_sync::<dyn PreparedModel>();
+        assert_send_sync::<ModelArtifact>();
+        assert_send_sync::<TensorMap>();
+        assert_send_sync::<CapabilityReport>();
+    }
+
+    #[test]
+    fn compute_units_parse_and_print() {
+        for u in [
+            ComputeUnits::All,
+            ComputeUnits::CpuOnly,
+            ComputeUnits::CpuAndGpu,
+            ComputeUnits::CpuAndNe,
+        ] {
+            assert_eq!(u.as_str().parse::<ComputeUnits>().unwrap(), u);
+        }
+        assert_eq!(
+            "cpuAndNeuralEngine".parse::<ComputeUnits>().unwrap(),
+            ComputeUnits::CpuAndNe
+        );
+        let err = "gpu_only".parse::<ComputeUnits>().unwrap_err();
+        assert!(err.to_string().contains("got `gpu_only`"), "{err}");
+    }
+
+    #[test]
+    fn cache_key_has_the_plans_layout() {
+        let k = CacheKey {
+            sha256: "ab".into(),
+            coreml_version: "8.0".into(),
+            backend: "mlprogram".into(),
+            compute_units: ComputeUnits::CpuAndNe,
+            quantization: "fp16".into(),
+            shape_key: "1x3x224x224".into(),
+            os_build: "24A335".into(),
+        };
+        assert_eq!(k.to_string(), "ab:8.0:mlprogram:cpu_ane:fp16:1x3x224x224:24A335");
+    }
+
+    fn schema() -> IoSchema {
+        IoSchema {
+            inputs: vec![
+                TensorSpec::fixed("x", DType::F32, vec![1, 4]),
+                TensorSpec {
+                    constraint: ShapeConstraint::Range(vec![(1, Some(1)), (1, Some(128))]),
+                    ..TensorSpec::fixed("ids", DType::I32, vec![1, 8])
+                },
+            ],
+            outputs: vec![TensorSpec::fixed("y", DType::F32, vec![1, 2])],
+        }
+    }
+
+    fn inputs(x_shape: Vec<usize>, ids_len: usize) -> TensorMap {
+        let n = x_shape.iter().product();
+        TensorMap::from([
+            ("x".to_string(), Tensor::from_vec(x_shape, vec![0f32; n]).unwrap()),
+            (
+                "ids".to_string(),
+                Tensor::from_vec(vec![1, ids_len], vec![0i32; ids_len]).unwrap(),
+            ),
+        ])
+    }
+
+    #[test]
+    fn validation_names_what_was_expected_and_what_came() {
+        let s = schema();
+        s.validate_inputs(&inputs(vec![1, 4], 8)).unwrap();
+        s.validate_inputs(&inputs(vec![1, 4], 128)).unwrap();
+
+        let e = s.validate_inputs(&inputs(vec![1, 5], 8)).unwrap_err().to_string();
+        assert_eq!(e, "schema mismatch for shape of input `x`: expected [1, 4], got [1, 5]");
+        let e = s.validate_inputs(&inputs(vec![1, 4], 129)).unwrap_err().to_string();
+        assert!(e.contains("expected [1, 1..=128], got [1, 129]"), "{e}");
+
+        let mut m = inputs(vec![1, 4], 8);
+        m.insert("x".into(), Tensor::from_vec(vec![1, 4], vec![0f64; 4]).unwrap());
+        let e = s.validate_inputs(&m).unwrap_err().to_string();
+        assert!(e.contains("dtype of input `x`: expected f32, got f64"), "{e}");
+
+        let mut m = inputs(vec![1, 4], 8);
+        m.remove("ids");
+        let e = s.validate_inputs(&m).unwrap_err().to_string();
+        assert!(e.contains("input `ids`") && e.contains("[\"x\"]"), "{e}");
+
+        let mut m = inputs(vec![1, 4], 8);
+        m.insert("z".into(), Tensor::from_vec(vec![1], vec![0f32]).unwrap());
+        let e = s.validate_inputs(&m).unwrap_err().to_string();
+        assert!(e.contains("unknown input `z`"), "{e}");
+    }
+
+    #[test]
+    fn enumerated_shapes() {
+        let spec = TensorSpec {
+            constraint: ShapeConstraint::Enumerated(vec![vec![1, 3, 64, 64], vec![1, 3, 128, 128]]),
+            ..TensorSpec::fixed("image", DType::F32, vec![1, 3, 32, 32])
+        };
+        assert!(spec.accepts_shape(&[1, 3, 32, 32]));
+        assert!(spec.accepts_shape(&[1, 3, 128, 128]));
+        assert!(!spec.accepts_shape(&[1, 3, 96, 96]));
+    }
+
+    #[test]
+    fn format_detection() {
+        assert_eq!(
+            ModelFmt::detect(Path::new("a/b.mlpackage")).unwrap(),
+            ModelFmt::MlPackage
+        );
+        assert_eq!(ModelFmt::detect(Path::new("b.mlmodelc")).unwrap(), ModelFmt::MlModelC);
+        assert_eq!(ModelFmt::detect(Path::new("m.onnx")).unwrap(), ModelFmt::Onnx);
+        let e = ModelFmt::detect(Path::new("/nonexistent/model.bin")).unwrap_err();
+        assert!(e.to_string().contains("unknown model format"), "{e}");
+    }
+}

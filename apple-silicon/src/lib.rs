@@ -1,0 +1,32 @@
+//! # apple-silicon
+//!
+//! Run Core ML models from Rust on the Apple Neural Engine, GPU or CPU —
+//! safely — behind one trait, [`InferenceEngine`], with a CPU engine that runs
+//! the very same `.mlpackage` files on any host.
+//!
+//! Modules, one job each:
+//!
+//! | module | job |
+//! |---|---|
+//! | [`inference`] | the seam: engines, prepared models, artifacts, options, reports |
+//! | [`tensor`] | host tensors, dtypes and `.npy` I/O |
+//! | [`error`] | the failure taxonomy |
+//! | [`mlpackage`] | reading `.mlpackage` directories and their schema |
+//! | [`milblob`] | reading MILBlob `weight.bin` files |
+//! | [`digest`] | content hashes of artifacts |
+//! | [`golden`] | model directories with golden inputs and expected outputs |
+
+pub mod digest;
+pub mod error;
+pub mod golden;
+pub mod inference;
+pub mod milblob;
+pub mod mlpackage;
+pub mod tensor;
+
+pub use error::{Error, ErrorKind, Result};
+pub use inference::{
+    CacheKey, CapabilityReport, CompiledMeta, ComputeUnits, InferenceEngine, IoSchema, ModelArtifact, ModelFmt,
+    PrepareOptions, PreparedModel, ShapeConstraint, TensorSpec,
+};
+pub use tensor::{DType, Tensor, TensorMap};

@@ -1,0 +1,491 @@
+//! Reader for MILBlob storage v2 (`weights/weight.bin` inside an `.mlpackage`).
+//!
+//! Layout (little-endian): a 64-byte header (`u32 count`, `u32 version = 2`,
+//! zeros), then per blob a 64-byte metadata record on a 64-byte boundary
+//! (`u32 0xDEADBEEF`, `u32 dtype`, `u64 size_in_bytes`, `u64 data_offset`,
+//! `u64 padding_bits`, reserved) whose data lives at `data_offset`. A
+//! program's `blobFileValue.offset` points at the metadata record.
+//!
+//! Every offset and size is checked against the file before anything is read,
+//! so a truncated or hostile file yields [`Error::InvalidArtifact`], never a
+//! panic or an out-of-bounds read. The file is memory-mapped: opening costs a
+//! `mmap`, reading a blob costs only the bytes touched.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use half::{bf16, f16};
+use memmap2::Mmap;
+
+use crate::error::{Error, Result};
+
+const HEADER_SIZE: u64 = 64;
+const RECORD_SIZE: u64 = 64;
+const SENTINEL: u32 = 0xDEAD_BEEF;
+const VERSION: u32 = 2;
+
+/// Element type of a stored blob (MILBlob's own codes, not the MIL dtype enum).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BlobDType {
+    F16,
+    F32,
+    U8,
+    I8,
+    BF16,
+    I16,
+    U16,
+    I4,
+    U1,
+    U2,
+    U4,
+    U3,
+    U6,
+    I32,
+    U32,
+}
+
+impl BlobDType {
+    /// Decodes a storage dtype code.
+    pub fn from_code(code: u32) -> Option<BlobDType> {
+        Some(match code {
+            1 => BlobDType::F16,
+            2 => BlobDType::F32,
+            3 => BlobDType::U8,
+            4 => BlobDType::I8,
+            5 => BlobDType::BF16,
+            6 => BlobDType::I16,
+            7 => BlobDType::U16,
+            8 => BlobDType::I4,
+            9 => BlobDType::U1,
+            10 => BlobDType::U2,
+            11 => BlobDType::U4,
+            12 => BlobDType::U3,
+            13 => BlobDType::U6,
+            14 => BlobDType::I32,
+            15 => BlobDType::U32,
+            _ => return None,
+        })
+    }
+
+    /// Bits per element.
+    pub fn bits(self) -> u64 {
+        match self {
+            BlobDType::U1 => 1,
+            BlobDType::U2 => 2,
+            BlobDType::U3 => 3,
+            BlobDType::I4 | BlobDType::U4 => 4,
+            BlobDType::U6 => 6,
+            BlobDType::U8 | BlobDType::I8 => 8,
+            BlobDType::F16 | BlobDType::BF16 | BlobDType::I16 | BlobDType::U16 => 16,
+            BlobDType::F32 | BlobDType::I32 | BlobDType::U32 => 32,
+        }
+    }
+
+    /// Whether elements are narrower than a byte (packed LSB first).
+    pub fn is_sub_byte(self) -> bool {
+        self.bits() < 8
+    }
+}
+
+/// A memory-mapped, header-checked `weight.bin`.
+pub struct WeightFile {
+    path: PathBuf,
+    bytes: Bytes,
+    count: u32,
+}
+
+enum Bytes {
+    Mapped(Mmap),
+    Owned(Vec<u8>),
+}
+
+impl Bytes {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Bytes::Mapped(m) => m,
+            Bytes::Owned(v) => v,
+        }
+    }
+}
+
+impl std::fmt::Debug for WeightFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "WeightFile({}, {} blobs, {} bytes)",
+            self.path.display(),
+            self.count,
+            self.len()
+        )
+    }
+}
+
+/// One stored blob: its dtype and raw bytes (borrowed from the file).
+#[derive(Debug, Clone, Copy)]
+pub struct Blob<'a> {
+    /// Stored element type.
+    pub dtype: BlobDType,
+    /// Raw bytes, exactly `size_in_bytes` long.
+    pub data: &'a [u8],
+    /// Unused bits at the end of the last byte (sub-byte types only).
+    pub padding_bits: u64,
+    /// Number of elements the blob holds.
+    pub count: u64,
+}
+
+impl WeightFile {
+    /// Maps `path` and checks its header.
+    pub fn open(path: impl AsRef<Path>) -> Result<WeightFile> {
+        let path = path.as_ref();
+        let f = File::open(path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+        // SAFETY: the mapping is read-only. A weight file truncated by another
+        // process while mapped could fault; packages are treated as immutable
+        // inputs, and the cache only ever renames complete files into place.
+        let map = unsafe { Mmap::map(&f) }.map_err(|e| Error::io(format!("mapping {}", path.display()), e))?;
+        Self::new(path.to_path_buf(), Bytes::Mapped(map))
+    }
+
+    /// Checks and wraps bytes held in memory (`origin` names them in errors).
+    pub fn from_bytes(bytes: Vec<u8>, origin: impl Into<PathBuf>) -> Result<WeightFile> {
+        Self::new(origin.into(), Bytes::Owned(bytes))
+    }
+
+    fn new(path: PathBuf, bytes: Bytes) -> Result<WeightFile> {
+        let b = bytes.as_slice();
+        if (b.len() as u64) < HEADER_SIZE {
+            return Err(Error::invalid_artifact(
+                &path,
+                format!("weight file is {} bytes, shorter than its 64-byte header", b.len()),
+            ));
+        }
+        let count = u32_at(b, 0);
+        let version = u32_at(b, 4);
+        if version != VERSION {
+            return Err(Error::invalid_artifact(
+                &path,
+                format!("weight file storage version is {version}, expected {VERSION}"),
+            ));
+        }
+        Ok(WeightFile { path, bytes, count })
+    }
+
+    /// Number of blobs the header declares.
+    pub fn blob_count(&self) -> u32 {
+        self.count
+    }
+
+    /// File size in bytes.
+    pub fn len(&self) -> u64 {
+        self.bytes.as_slice().len() as u64
+    }
+
+    /// Whether the file has no bytes beyond the header.
+    pub fn is_empty(&self) -> bool {
+        self.len() <= HEADER_SIZE
+    }
+
+    /// Where the file came from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn bad(&self, reason: String) -> Error {
+        Error::invalid_artifact(&self.path, reason)
+    }
+
+    /// Reads the blob whose metadata record starts at `offset` (the value of a
+    /// `blobFileValue.offset`). Checks alignment, sentinel, dtype and that
+    /// the data lies inside the file.
+    pub fn blob(&self, offset: u64) -> Result<Blob<'_>> {
+        let b = self.bytes.as_slice();
+        let len = b.len() as u64;
+        if offset < HEADER_SIZE || offset % 64 != 0 {
+            return Err(self.bad(format!(
+                "blob offset {offset} is not a 64-byte aligned offset past the header"
+            )));
+        }
+        let rec_end = offset.checked_add(RECORD_SIZE).filter(|&e| e <= len).ok_or_else(|| {
+            self.bad(format!(
+                "blob metadata at offset {offset} runs past the end of the file ({len} bytes)"
+            ))
+        })?;
+        let o = offset as usize;
+        let sentinel = u32_at(b, o);
+        if sentinel != SENTINEL {
+            return Err(self.bad(format!(
+                "blob metadata at offset {offset} has sentinel {sentinel:#010x}, expected {SENTINEL:#010x}"
+            )));
+        }
+        let code = u32_at(b, o + 4);
+        let dtype = BlobDType::from_code(code)
+            .ok_or_else(|| self.bad(format!("blob at offset {offset} has unknown dtype code {code}")))?;
+        let size = u64_at(b, o + 8);
+        let data_offset = u64_at(b, o + 16);
+        let padding_bits = u64_at(b, o + 24);
+        if data_offset < rec_end {
+            return Err(self.bad(format!(
+                "blob at offset {offset}: data offset {data_offset} overlaps its own metadata"
+            )));
+        }
+        let data_end = data_offset.checked_add(size).filter(|&e| e <= len).ok_or_else(|| {
+            self.bad(format!(
+                "blob at offset {offset}: {size} bytes at data offset {data_offset} run past the end of the file ({len} bytes)"
+            ))
+        })?;
+        let total_bits = size
+            .checked_mul(8)
+            .ok_or_else(|| self.bad(format!("blob at offset {offset}: size {size} overflows")))?;
+        let bits = dtype.bits();
+        if padding_bits >= 8 || padding_bits > total_bits || (!dtype.is_sub_byte() && padding_bits != 0) {
+            return Err(self.bad(format!(
+                "blob at offset {offset}: padding of {padding_bits} bits is invalid for {dtype:?} data of {size} bytes"
+            )));
+        }
+        let used = total_bits - padding_bits;
+        if used % bits != 0 {
+            return Err(self.bad(format!(
+                "blob at offset {offset}: {used} data bits is not a whole number of {bits}-bit {dtype:?} elements"
+            )));
+        }
+        Ok(Blob {
+            dtype,
+            data: &b[data_offset as usize..data_end as usize],
+            padding_bits,
+            count: used / bits,
+        })
+    }
+}
+
+impl Blob<'_> {
+    fn wrong_type(&self, want: &str) -> Error {
+        Error::unsupported(format!("reading a {:?} blob as {want}", self.dtype))
+    }
+
+    /// Float data (f32, f16 or bf16) converted to f32.
+    pub fn to_f32(&self) -> Result<Vec<f32>> {
+        Ok(match self.dtype {
+            BlobDType::F32 => self
+                .data
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect(),
+            BlobDType::F16 => self
+                .data
+                .chunks_exact(2)
+                .map(|c| f16::from_le_bytes(c.try_into().unwrap()).to_f32())
+                .collect(),
+            BlobDType::BF16 => self
+                .data
+                .chunks_exact(2)
+                .map(|c| bf16::from_le_bytes(c.try_into().unwrap()).to_f32())
+                .collect(),
+            _ => return Err(self.wrong_type("floats")),
+        })
+    }
+
+    /// f16 data as raw half values (no conversion).
+    pub fn to_f16(&self) -> Result<Vec<f16>> {
+        match self.dtype {
+            BlobDType::F16 => Ok(self
+                .data
+                .chunks_exact(2)
+                .map(|c| f16::from_le_bytes(c.try_into().unwrap()))
+                .collect()),
+            _ => Err(self.wrong_type("f16")),
+        }
+    }
+
+    /// Integer data of any width (1–32 bits, signed or unsigned, sub-byte
+    /// types unpacked LSB first) widened to i64.
+    pub fn to_i64(&self) -> Result<Vec<i64>> {
+        let d = self.data;
+        Ok(match self.dtype {
+            BlobDType::U8 => d.iter().map(|&v| v as i64).collect(),
+            BlobDType::I8 => d.iter().map(|&v| v as i8 as i64).collect(),
+            BlobDType::I16 => d
+                .chunks_exact(2)
+                .map(|c| i16::from_le_bytes([c[0], c[1]]) as i64)
+                .collect(),
+            BlobDType::U16 => d
+                .chunks_exact(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]) as i64)
+                .collect(),
+            BlobDType::I32 => d
+                .chunks_exact(4)
+                .map(|c| i32::from_le_bytes(c.try_into().unwrap()) as i64)
+                .collect(),
+            BlobDType::U32 => d
+                .chunks_exact(4)
+                .map(|c| u32::from_le_bytes(c.try_into().unwrap()) as i64)
+                .collect(),
+            BlobDType::U1 | BlobDType::U2 | BlobDType::U3 | BlobDType::U4 | BlobDType::U6 => {
+                unpack_bits(d, self.dtype.bits() as u32, self.count as usize)
+                    .into_iter()
+                    .map(|v| v as i64)
+                    .collect()
+            }
+            BlobDType::I4 => unpack_bits(d, 4, self.count as usize)
+                .into_iter()
+                .map(|v| if v >= 8 { v as i64 - 16 } else { v as i64 })
+                .collect(),
+            _ => return Err(self.wrong_type("integers")),
+        })
+    }
+}
+
+/// Unpacks `count` unsigned `bits`-wide values stored LSB first.
+pub fn unpack_bits(data: &[u8], bits: u32, count: usize) -> Vec<u8> {
+    debug_assert!((1..=8).contains(&bits));
+    let mask = (1u16 << bits) - 1;
+    let mut out = Vec::with_capacity(count);
+    let mut bit = 0usize;
+    for _ in 0..count {
+        let byte = bit / 8;
+        let shift = (bit % 8) as u32;
+        let lo = data.get(byte).copied().unwrap_or(0) as u16;
+        let hi = data.get(byte + 1).copied().unwrap_or(0) as u16;
+        out.push((((lo | (hi << 8)) >> shift) & mask) as u8);
+        bit += bits as usize;
+    }
+    out
+}
+
+fn u32_at(b: &[u8], o: usize) -> u32 {
+    u32::from_le_bytes(b[o..o + 4].try_into().expect("caller checked bounds"))
+}
+
+fn u64_at(b: &[u8], o: usize) -> u64 {
+    u64::from_le_bytes(b[o..o + 8].try_into().expect("caller checked bounds"))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// Builds a weight file the way coremltools lays it out, for tests.
+    pub(crate) fn build(blobs: &[(u32, &[u8], u64)]) -> (Vec<u8>, Vec<u64>) {
+        let mut f = vec![0u8; 64];
+        f[0..4].copy_from_slice(&(blobs.len() as u32).to_le_bytes());
+        f[4..8].copy_from_slice(&2u32.to_le_bytes());
+        let mut offsets = Vec::new();
+        for (code, data, pad) in blobs {
+            while f.len() % 64 != 0 {
+                f.push(0);
+            }
+            let meta = f.len() as u64;
+            offsets.push(meta);
+            let mut rec = [0u8; 64];
+            rec[0..4].copy_from_slice(&SENTINEL.to_le_bytes());
+            rec[4..8].copy_from_slice(&code.to_le_bytes());
+            rec[8..16].copy_from_slice(&(data.len() as u64).to_le_bytes());
+            rec[16..24].copy_from_slice(&(meta + 64).to_le_bytes());
+            rec[24..32].copy_from_slice(&pad.to_le_bytes());
+            f.extend_from_slice(&rec);
+            f.extend_from_slice(data);
+        }
+        (f, offsets)
+    }
+
+    #[test]
+    fn reads_every_common_dtype() {
+        let f32s: Vec<u8> = [1.5f32, -2.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let f16s: Vec<u8> = [f16::from_f32(0.5), f16::from_f32(-3.0)]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let i8s = [0x80u8, 0x7f, 0x00];
+        let u8s = [0u8, 255, 7];
+        // uint4 indices [0, 1, 14, 15, 3] pack LSB first into [0x10, 0xfe, 0x03] with 4 padding bits.
+        let u4 = [0x10u8, 0xfe, 0x03];
+        let (bytes, off) = build(&[(2, &f32s, 0), (1, &f16s, 0), (4, &i8s, 0), (3, &u8s, 0), (11, &u4, 4)]);
+        let w = WeightFile::from_bytes(bytes, "mem").unwrap();
+        assert_eq!(w.blob_count(), 5);
+        assert_eq!(w.blob(off[0]).unwrap().to_f32().unwrap(), vec![1.5, -2.0]);
+        assert_eq!(w.blob(off[1]).unwrap().to_f32().unwrap(), vec![0.5, -3.0]);
+        assert_eq!(w.blob(off[2]).unwrap().to_i64().unwrap(), vec![-128, 127, 0]);
+        assert_eq!(w.blob(off[3]).unwrap().to_i64().unwrap(), vec![0, 255, 7]);
+        let b = w.blob(off[4]).unwrap();
+        assert_eq!(b.count, 5);
+        assert_eq!(b.to_i64().unwrap(), vec![0, 1, 14, 15, 3]);
+        assert!(w.blob(off[2]).unwrap().to_f32().is_err());
+    }
+
+    #[test]
+    fn sub_byte_unpacking_is_lsb_first() {
+        assert_eq!(unpack_bits(&[0b1110_0100], 2, 4), vec![0, 1, 2, 3]);
+        assert_eq!(unpack_bits(&[0b1010_0101], 1, 8), vec![1, 0, 1, 0, 0, 1, 0, 1]);
+        // uint3 values 1..=5 = 001 010 011 100 101, LSB first across byte borders.
+        let packed = {
+            let mut bits: u32 = 0;
+            for (i, v) in [1u32, 2, 3, 4, 5].iter().enumerate() {
+                bits |= v << (3 * i);
+            }
+            bits.to_le_bytes()
+        };
+        assert_eq!(unpack_bits(&packed, 3, 5), vec![1, 2, 3, 4, 5]);
+        // uint6 crosses byte boundaries too.
+        let six: u32 = 63 | (5 << 6) | (42 << 12);
+        assert_eq!(unpack_bits(&six.to_le_bytes(), 6, 3), vec![63, 5, 42]);
+        // int4 sign extension.
+        let (bytes, off) = build(&[(8, &[0xf8], 0)]);
+        let w = WeightFile::from_bytes(bytes, "mem").unwrap();
+        assert_eq!(w.blob(off[0]).unwrap().to_i64().unwrap(), vec![-8, -1]);
+    }
+
+    fn err_of(bytes: Vec<u8>, offset: u64) -> String {
+        match WeightFile::from_bytes(bytes, "w.bin") {
+            Err(e) => e.to_string(),
+            Ok(w) => w.blob(offset).unwrap_err().to_string(),
+        }
+    }
+
+    #[test]
+    fn hostile_files_are_rejected_with_reasons() {
+        let data: Vec<u8> = (0..40u8).collect();
+        let (good, off) = build(&[(2, &data, 0)]);
+        let o = off[0] as usize;
+
+        assert!(err_of(good[..10].to_vec(), 64).contains("shorter than its 64-byte header"));
+
+        let mut v = good.clone();
+        v[4] = 3;
+        assert!(err_of(v, 64).contains("storage version is 3"));
+
+        assert!(err_of(good.clone(), 65).contains("64-byte aligned"));
+        assert!(err_of(good.clone(), 0).contains("64-byte aligned"));
+        assert!(err_of(good.clone(), 1 << 40).contains("past the end"));
+        assert!(err_of(good.clone(), u64::MAX - 63).contains("past the end"));
+
+        let mut v = good.clone();
+        v[o] = 0;
+        assert!(err_of(v, off[0]).contains("sentinel"));
+
+        let mut v = good.clone();
+        v[o + 4] = 99;
+        assert!(err_of(v, off[0]).contains("unknown dtype code 99"));
+
+        let mut v = good.clone();
+        v[o + 8..o + 16].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(err_of(v, off[0]).contains("run past the end"));
+
+        let mut v = good.clone();
+        v[o + 16..o + 24].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(err_of(v, off[0]).contains("run past the end"));
+
+        let mut v = good.clone();
+        v[o + 16..o + 24].copy_from_slice(&(off[0]).to_le_bytes());
+        assert!(err_of(v, off[0]).contains("overlaps its own metadata"));
+
+        let truncated = good[..good.len() - 1].to_vec();
+        assert!(err_of(truncated, off[0]).contains("run past the end"));
+
+        // fp32 data whose length is not a multiple of 4 bytes.
+        let (odd, off2) = build(&[(2, &[1, 2, 3], 0)]);
+        assert!(err_of(odd, off2[0]).contains("whole number"));
+
+        // Padding on a byte-sized type.
+        let mut v = good.clone();
+        v[o + 24] = 4;
+        assert!(err_of(v, off[0]).contains("padding"));
+    }
+}
