@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Every test the project has, in the order that fails fastest.
+# Called by `make test` (after `make download-models`) and so by .ci/run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --all-targets -D warnings"
+cargo clippy --all-targets -- -D warnings
+
+step "cargo test (unit, integration, doc tests)"
+cargo test --all-targets
+cargo test --doc
+
+step "Swift bridge: swift build + swift test in the Debian trixie chroot"
+bash scripts/swift/check.sh
