@@ -183,12 +183,15 @@ def main_block(spec):
     return fn.block_specializations[fn.opset]
 
 
-def op_summary(spec) -> tuple[list[str], dict[str, int], dict]:
-    """(sorted op types, count per type, per-constexpr-type attribute/input names)."""
+def op_summary(spec) -> tuple[list[str], dict[str, int], dict, dict]:
+    """(sorted op types, count per type, per-constexpr-type attribute/input details,
+    per-op-type sorted input parameter names as they appear in the spec)."""
     counts: dict[str, int] = {}
     constexpr: dict[str, dict] = {}
+    params: dict[str, set] = {}
     for op in iter_ops(main_block(spec)):
         counts[op.type] = counts.get(op.type, 0) + 1
+        params.setdefault(op.type, set()).update(op.inputs.keys())
         if op.type.startswith("constexpr_"):
             rec = constexpr.setdefault(op.type, {"inputs": sorted(op.inputs.keys()), "attributes": {}})
             for k, v in op.attributes.items():
@@ -203,7 +206,8 @@ def op_summary(spec) -> tuple[list[str], dict[str, int], dict]:
         rec["attributes"] = {
             k: {kk: sorted(vv) for kk, vv in a.items()} for k, a in sorted(rec["attributes"].items())
         }
-    return sorted(counts), dict(sorted(counts.items())), dict(sorted(constexpr.items()))
+    op_inputs = {t: sorted(v) for t, v in sorted(params.items()) if t != "const" and not t.startswith("constexpr_")}
+    return sorted(counts), dict(sorted(counts.items())), dict(sorted(constexpr.items())), op_inputs
 
 
 def diff_stats(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
@@ -251,7 +255,7 @@ def finish_model_dir(
         assert arr.dtype == np.float32 and list(arr.shape) == f["shape"], (f, arr.dtype, arr.shape)
         write_npy(out / "expected" / f"{f['name']}.npy", arr)
 
-    ops, counts, constexpr = op_summary(spec)
+    ops, counts, constexpr, op_inputs = op_summary(spec)
     full = {
         "model": model_id,
         "source": manifest.pop("source"),
@@ -271,6 +275,7 @@ def finish_model_dir(
         "ops": ops,
         "op_counts": counts,
         "constexpr_ops": constexpr,
+        "op_inputs": op_inputs,
         "spec_version": int(spec.specificationVersion),
         "opset": spec.mlProgram.functions["main"].opset,
         "minimum_deployment_target": manifest.pop("minimum_deployment_target", "macOS13"),
