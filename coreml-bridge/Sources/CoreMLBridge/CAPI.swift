@@ -1,0 +1,316 @@
+// The C entry points declared in include/coreml_bridge.h. Each one: runs in
+// an autorelease pool, clears its out pointers, validates every argument,
+// converts every Swift error into a status and an owned message, and never
+// traps or throws across the boundary.
+import CoreMLBridgeC
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+public typealias CStringOut = UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>
+
+/// An owned C string for the caller (released with coreml_free_string).
+func ownedCString(_ s: String) -> UnsafeMutablePointer<CChar>? {
+    strdup(s)
+}
+
+func setError(_ outErr: CStringOut?, _ message: String) {
+    guard let outErr = outErr else { return }
+    outErr.pointee = ownedCString(message)
+}
+
+/// Runs an entry point body: pool, error translation, status.
+func cEntry(_ outErr: CStringOut?, _ body: () throws -> Void) -> Int32 {
+    withAutoreleasePool {
+        outErr?.pointee = nil
+        do {
+            try body()
+            return BridgeStatus.ok.rawValue
+        } catch let e as BridgeError {
+            setError(outErr, e.message)
+            return e.status.rawValue
+        } catch {
+            setError(outErr, "internal error: \(describeErrorChain(error))")
+            return BridgeStatus.internalError.rawValue
+        }
+    }
+}
+
+func requireOut<T>(_ p: UnsafeMutablePointer<T>?, _ name: String) throws -> UnsafeMutablePointer<T> {
+    guard let p = p else { throw BridgeError.invalid("\(name) is NULL") }
+    return p
+}
+
+func string(_ p: UnsafePointer<CChar>?, _ name: String) throws -> String {
+    guard let p = p else { throw BridgeError.invalid("\(name) is NULL") }
+    guard let s = String(validatingUTF8: p) else { throw BridgeError.invalid("\(name) is not valid UTF-8") }
+    return s
+}
+
+func computeUnits(_ raw: Int32) throws -> ComputeUnits {
+    guard let u = ComputeUnits(rawValue: raw) else {
+        throw BridgeError.invalid("unknown compute_units \(raw) (0 all, 1 cpuOnly, 2 cpuAndGPU, 3 cpuAndNeuralEngine)")
+    }
+    return u
+}
+
+func handleID(_ p: UnsafeMutableRawPointer?) -> UInt { UInt(bitPattern: p) }
+
+/// Output string handed to the caller; OOM if it cannot be allocated.
+func deliver(_ s: String, to out: CStringOut) throws {
+    guard let c = ownedCString(s) else { throw BridgeError(.outOfMemory, "could not allocate the result string") }
+    out.pointee = c
+}
+
+// MARK: Inputs
+
+let maxInputs: Int32 = 4096
+
+/// Reads and copies the caller's tensor descriptors into Swift-owned,
+/// row-major storage, validating every field.
+func readInputs(_ inputs: UnsafePointer<CoremlTensor>?, _ count: Int32) throws -> [HostTensor] {
+    guard let inputs = inputs else { throw BridgeError.invalid("inputs is NULL") }
+    guard count >= 1, count <= maxInputs else {
+        throw BridgeError.invalid("n_inputs must be in 1...\(maxInputs) (got \(count))")
+    }
+    var result: [HostTensor] = []
+    var names = Set<String>()
+    for i in 0..<Int(count) {
+        let t = inputs[i]
+        let what = "input #\(i)"
+        let name = try string(t.name, "\(what) name")
+        let label = "\(what) '\(name)'"
+        guard names.insert(name).inserted else { throw BridgeError.invalid("\(label): duplicate name") }
+        guard let dtype = DType(rawValue: t.dtype), dtype != .i64 else {
+            throw BridgeError.invalid("\(label): unknown or unsupported input dtype code \(t.dtype) (1 f32, 2 f16, 3 f64, 4 i32, 5 i8)")
+        }
+        guard t.rank >= 1, t.rank <= Int32(COREML_MAX_RANK) else {
+            throw BridgeError.invalid("\(label): rank must be in 1...\(COREML_MAX_RANK) (got \(t.rank))")
+        }
+        let rank = Int(t.rank)
+        guard let shapePtr = t.shape else { throw BridgeError.invalid("\(label): shape is NULL") }
+        var shape: [Int] = []
+        for k in 0..<rank {
+            let d = shapePtr[k]
+            guard d >= 1, d <= Int64(Int.max) else {
+                throw BridgeError.invalid("\(label): dimension \(k) is \(d); every dimension must be >= 1")
+            }
+            shape.append(Int(d))
+        }
+        let rowMajor = Strided.rowMajorStrides(shape)
+        var strides = rowMajor
+        if let stridesPtr = t.strides {
+            strides = []
+            for k in 0..<rank {
+                let s = stridesPtr[k]
+                guard s >= 0, s <= Int64(Int.max) else {
+                    throw BridgeError.invalid("\(label): stride \(k) is \(s); strides must be >= 0 (in elements)")
+                }
+                strides.append(Int(s))
+            }
+        }
+        guard let data = t.data else { throw BridgeError.invalid("\(label): data is NULL") }
+        guard t.byte_len <= UInt64(Int.max) else { throw BridgeError.invalid("\(label): byte_len too large") }
+        let byteLen = Int(t.byte_len)
+        let count = try Strided.elementCount(shape)
+        guard let bytes = Strided.checkedMul(count, dtype.size) else {
+            throw BridgeError(.outOfMemory, "\(label): shape \(shape) is too large")
+        }
+        if t.strides == nil {
+            guard byteLen == bytes else {
+                throw BridgeError.invalid("\(label): byte_len is \(byteLen) but shape \(shape) of \(dtype.name) needs exactly \(bytes) bytes")
+            }
+        } else {
+            let span = try Strided.span(shape: shape, strides: strides)
+            guard let need = Strided.checkedMul(span, dtype.size), byteLen >= need else {
+                throw BridgeError.invalid("\(label): byte_len is \(byteLen) but shape \(shape) with strides \(strides) spans \(span) elements of \(dtype.size) bytes")
+            }
+        }
+        let buffer = try TensorBuffer(byteCount: bytes)
+        try Strided.copy(shape: shape, elementSize: dtype.size,
+                         src: data, srcStrides: strides, srcByteCount: byteLen,
+                         dst: buffer.pointer, dstStrides: rowMajor, dstByteCount: bytes)
+        result.append(try HostTensor(name: name, dtype: dtype, shape: shape, buffer: buffer))
+    }
+    return result
+}
+
+// MARK: Outputs
+
+/// Everything a CoremlOutputs points into; released by coreml_free_outputs.
+final class OutputsStorage {
+    let tensors: [HostTensor]
+    let descriptors: UnsafeMutablePointer<CoremlOutputTensor>
+    private var names: [UnsafeMutablePointer<CChar>] = []
+    private var shapes: [UnsafeMutablePointer<Int64>] = []
+
+    init(_ tensors: [HostTensor]) throws {
+        self.tensors = tensors
+        guard let d = malloc(max(tensors.count, 1) * MemoryLayout<CoremlOutputTensor>.stride) else {
+            throw BridgeError(.outOfMemory, "could not allocate output descriptors")
+        }
+        descriptors = d.bindMemory(to: CoremlOutputTensor.self, capacity: max(tensors.count, 1))
+        for (i, t) in tensors.enumerated() {
+            guard let name = strdup(t.name),
+                  let shapeRaw = malloc(max(t.shape.count, 1) * MemoryLayout<Int64>.stride) else {
+                throw BridgeError(.outOfMemory, "could not allocate output '\(t.name)'")
+            }
+            names.append(name)
+            let shape = shapeRaw.bindMemory(to: Int64.self, capacity: max(t.shape.count, 1))
+            shapes.append(shape)
+            for (k, dim) in t.shape.enumerated() { shape[k] = Int64(dim) }
+            (descriptors + i).initialize(to: CoremlOutputTensor(
+                name: UnsafePointer(name), dtype: t.dtype.rawValue, rank: Int32(t.shape.count),
+                shape: UnsafePointer(shape), data: UnsafeRawPointer(t.buffer.pointer),
+                byte_len: UInt64(t.byteCount)))
+        }
+    }
+
+    deinit {
+        names.forEach { free($0) }
+        shapes.forEach { free($0) }
+        free(descriptors)
+    }
+}
+
+/// Live CoremlOutputs pointers: freeing an unknown (or already freed)
+/// pointer is ignored instead of corrupting memory.
+final class LiveSet: @unchecked Sendable {
+    private let lock = NSLock()
+    private var items = Set<UInt>()
+    func insert(_ p: UInt) { lock.lock(); items.insert(p); lock.unlock() }
+    func remove(_ p: UInt) -> Bool { lock.lock(); defer { lock.unlock() }; return items.remove(p) != nil }
+    var count: Int { lock.lock(); defer { lock.unlock() }; return items.count }
+}
+let liveOutputs = LiveSet()
+
+func makeOutputs(_ tensors: [HostTensor]) throws -> UnsafeMutablePointer<CoremlOutputs> {
+    let storage = try OutputsStorage(tensors.sorted { $0.name < $1.name })
+    guard let raw = malloc(MemoryLayout<CoremlOutputs>.stride) else {
+        throw BridgeError(.outOfMemory, "could not allocate outputs")
+    }
+    let outputs = raw.bindMemory(to: CoremlOutputs.self, capacity: 1)
+    outputs.initialize(to: CoremlOutputs(
+        count: Int32(tensors.count),
+        tensors: UnsafePointer(storage.descriptors),
+        reserved: Unmanaged.passRetained(storage).toOpaque()))
+    liveOutputs.insert(UInt(bitPattern: outputs))
+    return outputs
+}
+
+// MARK: Entry points
+
+@_cdecl("coreml_bridge_abi_version")
+public func coreml_bridge_abi_version() -> Int32 {
+    bridgeABIVersion
+}
+
+@_cdecl("coreml_compile_model")
+public func coreml_compile_model(_ packagePath: UnsafePointer<CChar>?,
+                                 _ destDir: UnsafePointer<CChar>?,
+                                 _ timeoutMs: Int64,
+                                 _ outCompiledPath: CStringOut?,
+                                 _ outErr: CStringOut?) -> Int32 {
+    cEntry(outErr) {
+        outCompiledPath?.pointee = nil
+        let out = try requireOut(outCompiledPath, "out_compiled_path")
+        let path = try Bridge.compile(packagePath: try string(packagePath, "package_path"),
+                                      destDir: try string(destDir, "dest_dir"),
+                                      timeoutMs: timeoutMs)
+        try deliver(path, to: out)
+    }
+}
+
+@_cdecl("coreml_load_model")
+public func coreml_load_model(_ compiledPath: UnsafePointer<CChar>?,
+                              _ computeUnitsRaw: Int32,
+                              _ timeoutMs: Int64,
+                              _ outHandle: UnsafeMutablePointer<UnsafeMutableRawPointer?>?,
+                              _ outErr: CStringOut?) -> Int32 {
+    cEntry(outErr) {
+        outHandle?.pointee = nil
+        let out = try requireOut(outHandle, "out_handle")
+        let id = try Bridge.load(compiledPath: try string(compiledPath, "compiled_path"),
+                                 computeUnits: try computeUnits(computeUnitsRaw),
+                                 timeoutMs: timeoutMs)
+        out.pointee = UnsafeMutableRawPointer(bitPattern: id)
+    }
+}
+
+@_cdecl("coreml_model_schema")
+public func coreml_model_schema(_ handle: UnsafeMutableRawPointer?,
+                                _ outJSON: CStringOut?,
+                                _ outErr: CStringOut?) -> Int32 {
+    cEntry(outErr) {
+        outJSON?.pointee = nil
+        let out = try requireOut(outJSON, "out_json")
+        try deliver(try Bridge.schemaJSON(handle: handleID(handle)), to: out)
+    }
+}
+
+@_cdecl("coreml_predict")
+public func coreml_predict(_ handle: UnsafeMutableRawPointer?,
+                           _ inputs: UnsafePointer<CoremlTensor>?,
+                           _ nInputs: Int32,
+                           _ timeoutMs: Int64,
+                           _ outOutputs: UnsafeMutablePointer<UnsafeMutablePointer<CoremlOutputs>?>?,
+                           _ outErr: CStringOut?) -> Int32 {
+    cEntry(outErr) {
+        outOutputs?.pointee = nil
+        let out = try requireOut(outOutputs, "out_outputs")
+        let id = handleID(handle)
+        _ = try Bridge.lookup(id) // a bad handle is reported before the inputs
+        let tensors = try readInputs(inputs, nInputs)
+        let results = try Bridge.predict(handle: id, inputs: tensors, timeoutMs: timeoutMs)
+        out.pointee = try makeOutputs(results)
+    }
+}
+
+@_cdecl("coreml_compute_plan")
+public func coreml_compute_plan(_ compiledPath: UnsafePointer<CChar>?,
+                                _ computeUnitsRaw: Int32,
+                                _ timeoutMs: Int64,
+                                _ outJSON: CStringOut?,
+                                _ outErr: CStringOut?) -> Int32 {
+    cEntry(outErr) {
+        outJSON?.pointee = nil
+        let out = try requireOut(outJSON, "out_json")
+        let json = try Bridge.computePlanJSON(compiledPath: try string(compiledPath, "compiled_path"),
+                                              computeUnits: try computeUnits(computeUnitsRaw),
+                                              timeoutMs: timeoutMs)
+        try deliver(json, to: out)
+    }
+}
+
+@_cdecl("coreml_runtime_info")
+public func coreml_runtime_info(_ outJSON: CStringOut?, _ outErr: CStringOut?) -> Int32 {
+    cEntry(outErr) {
+        outJSON?.pointee = nil
+        let out = try requireOut(outJSON, "out_json")
+        try deliver(try Bridge.runtimeInfoJSON(), to: out)
+    }
+}
+
+@_cdecl("coreml_free_model")
+public func coreml_free_model(_ handle: UnsafeMutableRawPointer?) {
+    withAutoreleasePool { Bridge.free(handle: handleID(handle)) }
+}
+
+@_cdecl("coreml_free_string")
+public func coreml_free_string(_ s: UnsafeMutablePointer<CChar>?) {
+    free(s)
+}
+
+@_cdecl("coreml_free_outputs")
+public func coreml_free_outputs(_ outputs: UnsafeMutablePointer<CoremlOutputs>?) {
+    guard let outputs = outputs, liveOutputs.remove(UInt(bitPattern: outputs)) else { return }
+    withAutoreleasePool {
+        if let reserved = outputs.pointee.reserved {
+            Unmanaged<OutputsStorage>.fromOpaque(reserved).release()
+        }
+        free(outputs)
+    }
+}

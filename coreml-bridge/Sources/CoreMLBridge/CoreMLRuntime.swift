@@ -1,0 +1,281 @@
+// The Core ML adapter. On Apple platforms it runs against CoreML.framework;
+// elsewhere it is compiled against CoreMLShim (declarations only) so that it
+// type-checks on Linux, but it is never selected there (see Runtimes), and
+// nothing in this file has been run on Linux or anywhere else in our CI.
+#if canImport(CoreML)
+import CoreML
+#else
+import CoreMLShim
+#endif
+import Foundation
+
+/// Whether this build talks to the real CoreML.framework.
+let linkedAgainstCoreML: Bool = {
+    #if canImport(CoreML)
+    return true
+    #else
+    return false
+    #endif
+}()
+
+public final class CoreMLRuntime: ModelRuntime {
+    public init() {}
+    public var name: String { "coreml" }
+
+    static func configuration(_ units: ComputeUnits) -> MLModelConfiguration {
+        let config = MLModelConfiguration()
+        switch units {
+        case .all: config.computeUnits = .all
+        case .cpuOnly: config.computeUnits = .cpuOnly
+        case .cpuAndGPU: config.computeUnits = .cpuAndGPU
+        case .cpuAndNeuralEngine: config.computeUnits = .cpuAndNeuralEngine
+        }
+        return config
+    }
+
+    /// Compiles into a temporary .mlmodelc chosen by Core ML; the bridge moves it.
+    public func compile(packageAt url: URL) throws -> URL {
+        try blockingAwait { try await MLModel.compileModel(at: url) }
+    }
+
+    public func load(compiledAt url: URL, computeUnits: ComputeUnits) throws -> LoadedModel {
+        let model = try MLModel(contentsOf: url, configuration: Self.configuration(computeUnits))
+        return CoreMLLoadedModel(model: model, schema: Self.schema(of: model.modelDescription))
+    }
+
+    // MARK: Schema
+
+    static func featureTypeName(_ t: MLFeatureType) -> String {
+        switch t {
+        case .invalid: return "invalid"
+        case .int64: return "int64"
+        case .double: return "double"
+        case .string: return "string"
+        case .image: return "image"
+        case .multiArray: return "multiArray"
+        case .dictionary: return "dictionary"
+        case .sequence: return "sequence"
+        default: return t.rawValue == 8 ? "state" : "unknown" // .state: macOS 15+
+        }
+    }
+
+    static func feature(_ d: MLFeatureDescription) -> FeatureSchema {
+        let typeName = featureTypeName(d.type)
+        guard d.type == .multiArray, let c = d.multiArrayConstraint else {
+            let scalar: DType? = d.type == .double ? .f64 : (d.type == .int64 ? .i64 : nil)
+            return FeatureSchema(name: d.name, featureType: typeName, optional: d.isOptional,
+                                 dtype: scalar, shape: scalar == nil ? [] : [1], constraint: .none)
+        }
+        let sc = c.shapeConstraint
+        let constraint: ShapeConstraint
+        switch sc.type {
+        case .enumerated:
+            constraint = .enumerated(sc.enumeratedShapes.map { $0.map { $0.intValue } })
+        case .range:
+            // NSRange per dimension: lower = location; upper = location +
+            // length (read as inclusive, the lenient reading: Core ML itself
+            // still rejects what it does not accept). Huge lengths = unbounded.
+            constraint = .range(sc.sizeRangeForDimension.map { v -> DimRange in
+                let r = v.rangeValue
+                let unbounded = r.length >= Int(Int32.max) || r.location > Int.max - r.length
+                return DimRange(lower: r.location, upper: unbounded ? nil : r.location + r.length)
+            })
+        default:
+            constraint = .unspecified
+        }
+        return FeatureSchema(name: d.name, featureType: typeName, optional: d.isOptional,
+                             dtype: DType(multiArrayRawValue: c.dataType.rawValue),
+                             shape: c.shape.map { $0.intValue }, constraint: constraint)
+    }
+
+    static func schema(of description: MLModelDescription) -> ModelSchema {
+        var meta = ModelMetadata()
+        let md = description.metadata
+        meta.author = md[.author] as? String ?? ""
+        meta.description = md[.description] as? String ?? ""
+        meta.version = md[.versionString] as? String ?? ""
+        meta.license = md[.license] as? String ?? ""
+        meta.userDefined = md[.creatorDefinedKey] as? [String: String] ?? [:]
+        return ModelSchema(inputs: description.inputDescriptionsByName.values.map(feature),
+                           outputs: description.outputDescriptionsByName.values.map(feature),
+                           metadata: meta)
+    }
+
+    // MARK: Compute plan
+
+    public func computePlan(compiledAt url: URL, computeUnits: ComputeUnits) throws -> [String: Any] {
+        guard #available(macOS 14.4, iOS 17.4, tvOS 17.4, watchOS 10.4, *) else {
+            throw BridgeError(.unavailable, "MLComputePlan needs macOS 14.4 / iOS 17.4 or later (this OS: \(ProcessInfo.processInfo.operatingSystemVersionString))")
+        }
+        let config = Self.configuration(computeUnits)
+        let plan = try blockingAwait { try await MLComputePlan.load(contentsOf: url, configuration: config) }
+        return Self.describe(plan)
+    }
+
+    @available(macOS 14.0, iOS 17.0, tvOS 17.0, watchOS 10.0, *)
+    static func deviceName(_ d: MLComputeDevice) -> String {
+        switch d {
+        case .cpu: return "cpu"
+        case .gpu: return "gpu"
+        case .neuralEngine: return "neural_engine"
+        @unknown default: return "unknown"
+        }
+    }
+
+    @available(macOS 14.4, iOS 17.4, tvOS 17.4, watchOS 10.4, *)
+    static func describe(_ plan: MLComputePlan) -> [String: Any] {
+        var ops: [[String: Any]] = []
+
+        func record(function: String, op: String, outputs: [String],
+                    usage: MLComputePlan.DeviceUsage?, cost: Double?) {
+            ops.append([
+                "function": function,
+                "index": ops.count,
+                "operator": op,
+                "outputs": outputs,
+                "preferred_device": usage.map { deviceName($0.preferred) as Any } ?? NSNull(),
+                "supported_devices": usage.map { $0.supported.map(deviceName) } ?? [],
+                "estimated_cost": cost.map { $0 as Any } ?? NSNull(),
+            ])
+        }
+
+        func walk(block: MLModelStructure.Program.Block, function: String) {
+            for op in block.operations {
+                record(function: function, op: op.operatorName, outputs: op.outputs.map { $0.name },
+                       usage: plan.deviceUsage(for: op), cost: plan.estimatedCost(of: op)?.weight)
+                for nested in op.blocks { walk(block: nested, function: function) }
+            }
+        }
+
+        func walk(structure: MLModelStructure, prefix: String) -> String {
+            switch structure {
+            case .program(let program):
+                for (name, function) in program.functions.sorted(by: { $0.key < $1.key }) {
+                    walk(block: function.block, function: prefix + name)
+                }
+                return "program"
+            case .neuralNetwork(let network):
+                for layer in network.layers {
+                    record(function: prefix, op: layer.type, outputs: layer.outputNames,
+                           usage: plan.deviceUsage(for: layer), cost: nil)
+                }
+                return "neuralNetwork"
+            case .pipeline(let pipeline):
+                for (i, sub) in pipeline.subModels.enumerated() {
+                    let name = i < pipeline.subModelNames.count ? pipeline.subModelNames[i] : String(i)
+                    _ = walk(structure: sub, prefix: prefix + name + "/")
+                }
+                return "pipeline"
+            case .unsupported:
+                return "unsupported"
+            @unknown default:
+                return "unsupported"
+            }
+        }
+
+        let modelType = walk(structure: plan.modelStructure, prefix: "")
+        return computePlanObject(modelType: modelType, operations: ops)
+    }
+
+    // MARK: Runtime info
+
+    public func runtimeInfo() -> RuntimeInfo {
+        var info = RuntimeInfo()
+        guard linkedAgainstCoreML else {
+            info.reason = Platform.unavailableReason + " (the Core ML adapter is compiled against CoreMLShim)"
+            return info
+        }
+        info.coremlAvailable = true
+        info.coremlVersion = Bundle(for: MLModel.self).object(forInfoDictionaryKey: "CFBundleShortVersionString") as? String
+        if #available(macOS 14.0, iOS 17.0, tvOS 17.0, watchOS 10.0, *) {
+            var present = false
+            var cores: Int?
+            for device in MLComputeDevice.allComputeDevices {
+                if case .neuralEngine(let ne) = device {
+                    present = true
+                    cores = ne.totalCoreCount
+                }
+            }
+            info.neuralEnginePresent = present
+            info.neuralEngineCores = cores
+        }
+        if #available(macOS 14.4, iOS 17.4, tvOS 17.4, watchOS 10.4, *) {
+            info.computePlanAvailable = true
+        }
+        return info
+    }
+}
+
+/// An MLModel behind a handle. `predict` runs on the handle's serial queue only.
+final class CoreMLLoadedModel: LoadedModel {
+    let model: MLModel
+    let schema: ModelSchema
+
+    init(model: MLModel, schema: ModelSchema) {
+        self.model = model
+        self.schema = schema
+    }
+
+    /// Wraps a bridge-owned input without copying; the array's deallocator
+    /// keeps the buffer alive for as long as Core ML holds the array.
+    static func multiArray(for t: HostTensor) throws -> MLMultiArray {
+        guard let raw = t.dtype.multiArrayRawValue, let dataType = MLMultiArrayDataType(rawValue: raw) else {
+            throw BridgeError(.unsupported, "input '\(t.name)': dtype \(t.dtype.name) cannot be a Core ML multi-array")
+        }
+        if t.dtype == .i8 {
+            guard #available(macOS 26.0, iOS 26.0, tvOS 26.0, watchOS 26.0, *) else {
+                throw BridgeError(.unsupported, "input '\(t.name)': int8 multi-arrays need macOS 26 / iOS 26")
+            }
+        }
+        let buffer = t.buffer
+        return try MLMultiArray(dataPointer: buffer.pointer,
+                                shape: t.shape.map { NSNumber(value: $0) },
+                                dataType: dataType,
+                                strides: Strided.rowMajorStrides(t.shape).map { NSNumber(value: $0) },
+                                deallocator: { _ in withExtendedLifetime(buffer) {} })
+    }
+
+    /// Copies a (possibly padded) output array through its strides.
+    static func hostTensor(name: String, array: MLMultiArray) throws -> HostTensor {
+        guard let dtype = DType(multiArrayRawValue: array.dataType.rawValue) else {
+            throw BridgeError(.unsupported, "output '\(name)' has an unsupported data type (raw \(array.dataType.rawValue))")
+        }
+        let shape = array.shape.map { $0.intValue }
+        let strides = array.strides.map { $0.intValue }
+        return try array.withUnsafeBytes { raw in
+            try HostTensor.gather(name: name, dtype: dtype, shape: shape, strides: strides, from: raw)
+        }
+    }
+
+    static func scalar<T>(name: String, dtype: DType, value: T) throws -> HostTensor {
+        let buffer = try TensorBuffer(byteCount: MemoryLayout<T>.size)
+        buffer.pointer.storeBytes(of: value, as: T.self)
+        return try HostTensor(name: name, dtype: dtype, shape: [1], buffer: buffer)
+    }
+
+    func predict(_ inputs: [HostTensor]) throws -> [HostTensor] {
+        var features: [String: Any] = [:]
+        for t in inputs {
+            features[t.name] = MLFeatureValue(multiArray: try Self.multiArray(for: t))
+        }
+        let provider = try MLDictionaryFeatureProvider(dictionary: features)
+        let result = try model.prediction(from: provider)
+        var outputs: [HostTensor] = []
+        for name in result.featureNames.sorted() {
+            guard let value = result.featureValue(for: name) else { continue }
+            switch value.type {
+            case .multiArray:
+                if let array = value.multiArrayValue {
+                    outputs.append(try Self.hostTensor(name: name, array: array))
+                }
+            case .double:
+                outputs.append(try Self.scalar(name: name, dtype: .f64, value: value.doubleValue))
+            case .int64:
+                outputs.append(try Self.scalar(name: name, dtype: .i64, value: value.int64Value))
+            default:
+                continue // string, dictionary, image, sequence: not tensors (see coreml_bridge.h)
+            }
+        }
+        return outputs
+    }
+}

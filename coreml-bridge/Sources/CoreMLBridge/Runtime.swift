@@ -1,0 +1,88 @@
+import Foundation
+
+/// What the C layer needs from an inference runtime. Implemented by the Core
+/// ML adapter (`CoreMLRuntime`), the deterministic `TestRuntime`, and
+/// `UnavailableRuntime`. Methods are synchronous and may block: the bridge
+/// calls them on its own queues, never on the caller's thread.
+public protocol ModelRuntime: AnyObject {
+    var name: String { get }
+    /// Compiles a package; returns a temporary compiled directory that the
+    /// bridge takes ownership of (moves into place, or deletes when late).
+    func compile(packageAt url: URL) throws -> URL
+    func load(compiledAt url: URL, computeUnits: ComputeUnits) throws -> LoadedModel
+    /// The compute plan as a JSON object (see coreml_compute_plan).
+    func computePlan(compiledAt url: URL, computeUnits: ComputeUnits) throws -> [String: Any]
+    func runtimeInfo() -> RuntimeInfo
+}
+
+/// A loaded model. `predict` is only ever called on the model handle's serial
+/// queue, so implementations need no locking of their own.
+public protocol LoadedModel: AnyObject {
+    var schema: ModelSchema { get }
+    /// Inputs are validated against `schema` and owned by the bridge; outputs
+    /// must be row-major `HostTensor`s (gather strided storage with
+    /// `HostTensor.gather`).
+    func predict(_ inputs: [HostTensor]) throws -> [HostTensor]
+}
+
+public struct RuntimeInfo {
+    public var coremlAvailable = false
+    public var coremlVersion: String?
+    public var neuralEnginePresent: Bool?
+    public var neuralEngineCores: Int?
+    public var computePlanAvailable = false
+    public var reason: String?
+
+    public init() {}
+
+    var jsonObject: [String: Any] {
+        func opt(_ v: Any?) -> Any { v ?? NSNull() }
+        return [
+            "bridge_abi_version": Int(bridgeABIVersion),
+            "platform": Platform.name,
+            "os_version": ProcessInfo.processInfo.operatingSystemVersionString,
+            "os_build": opt(Platform.osBuild),
+            "chip": opt(Platform.chip),
+            "coreml_available": coremlAvailable,
+            "coreml_version": opt(coremlVersion),
+            "neural_engine_present": opt(neuralEnginePresent),
+            "neural_engine_cores": opt(neuralEngineCores),
+            "compute_plan_available": computePlanAvailable,
+            "test_runtime": testRuntimeEnabled(),
+            "reason": opt(reason),
+        ]
+    }
+}
+
+/// Mirrors COREML_BRIDGE_ABI_VERSION.
+public let bridgeABIVersion: Int32 = 1
+
+/// Where Core ML does not exist and the test runtime is not enabled: every
+/// model call fails with `unavailable` and says why.
+public final class UnavailableRuntime: ModelRuntime {
+    public init() {}
+    public var name: String { "unavailable" }
+    private var error: BridgeError { BridgeError(.unavailable, Platform.unavailableReason) }
+    public func compile(packageAt url: URL) throws -> URL { throw error }
+    public func load(compiledAt url: URL, computeUnits: ComputeUnits) throws -> LoadedModel { throw error }
+    public func computePlan(compiledAt url: URL, computeUnits: ComputeUnits) throws -> [String: Any] { throw error }
+    public func runtimeInfo() -> RuntimeInfo {
+        var info = RuntimeInfo()
+        info.reason = Platform.unavailableReason
+        return info
+    }
+}
+
+public enum Runtimes {
+    public static let test = TestRuntime()
+    #if canImport(CoreML)
+    public static let platform: ModelRuntime = CoreMLRuntime()
+    #else
+    public static let platform: ModelRuntime = UnavailableRuntime()
+    #endif
+
+    /// The runtime serving a call made now.
+    public static var current: ModelRuntime {
+        testRuntimeEnabled() ? test : platform
+    }
+}

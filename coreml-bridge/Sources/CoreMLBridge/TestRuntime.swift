@@ -1,0 +1,281 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// A deterministic fake runtime for tests on any platform (enabled in the C
+/// ABI by COREML_BRIDGE_TEST_RUNTIME=1). A "package" is any existing file or
+/// directory; a directory may hold `fake_model.json` (see FakeSpec) which
+/// compile copies into the compiled directory and load reads back. Without
+/// it, the model is chosen by the package/compiled directory name (stem):
+///
+///   identity        output y = input x (any shape, any dtype)
+///   add_one         y = x + 1
+///   sleep_<N>ms     identity after sleeping N ms in every prediction
+///   fail_compile, fail_load, fail_predict
+///                   fail at that stage with a two-level NSError chain
+///   (anything else) identity
+public final class TestRuntime: ModelRuntime {
+    public static let specFileName = "fake_model.json"
+    public init() {}
+    public var name: String { "test" }
+
+    static func stem(_ url: URL) -> String { url.deletingPathExtension().lastPathComponent }
+
+    static func spec(at url: URL) throws -> FakeSpec {
+        let file = url.appendingPathComponent(specFileName)
+        if FileManager.default.fileExists(atPath: file.path) {
+            do {
+                return try JSONDecoder().decode(FakeSpec.self, from: Data(contentsOf: file))
+            } catch {
+                throw BridgeError(.invalidArgument, "bad \(specFileName) in '\(url.path)': \(error)")
+            }
+        }
+        return FakeSpec(named: stem(url))
+    }
+
+    public func compile(packageAt url: URL) throws -> URL {
+        let spec = try Self.spec(at: url)
+        sleepMs(spec.compile_sleep_ms)
+        if spec.fail_stage == "compile" { throw spec.nsError(stage: "compile") }
+        let out = URL(fileURLWithPath: NSTemporaryDirectory())
+            .appendingPathComponent("coreml-bridge-fake-\(UUID().uuidString)-\(Self.stem(url)).mlmodelc")
+        try FileManager.default.createDirectory(at: out, withIntermediateDirectories: true)
+        let specFile = url.appendingPathComponent(Self.specFileName)
+        if FileManager.default.fileExists(atPath: specFile.path) {
+            try FileManager.default.copyItem(at: specFile, to: out.appendingPathComponent(Self.specFileName))
+        }
+        return out
+    }
+
+    public func load(compiledAt url: URL, computeUnits: ComputeUnits) throws -> LoadedModel {
+        let spec = try Self.spec(at: url)
+        sleepMs(spec.load_sleep_ms)
+        if spec.fail_stage == "load" { throw spec.nsError(stage: "load") }
+        return FakeModel(spec: spec, schema: try spec.schema())
+    }
+
+    public func computePlan(compiledAt url: URL, computeUnits: ComputeUnits) throws -> [String: Any] {
+        let spec = try Self.spec(at: url)
+        let ops = spec.operations ?? [FakeOperation(operator: spec.behavior ?? "identity", device: "cpu", cost: 1.0)]
+        let list: [[String: Any]] = ops.enumerated().map { i, op in
+            ["function": "main", "index": i, "operator": op.operator,
+             "outputs": [String](), "preferred_device": op.device,
+             "supported_devices": ["cpu"], "estimated_cost": op.cost ?? 0.0]
+        }
+        return computePlanObject(modelType: "program", operations: list)
+    }
+
+    public func runtimeInfo() -> RuntimeInfo { Runtimes.platform.runtimeInfo() }
+}
+
+func sleepMs(_ ms: Int?) {
+    guard let ms = ms, ms > 0 else { return }
+    usleep(useconds_t(min(ms, 3_600_000) * 1000))
+}
+
+struct FakeFeature: Decodable {
+    var name: String
+    var dtype: String?
+    var shape: [Int]?
+    var optional: Bool?
+    var feature_type: String?
+    var enumerated_shapes: [[Int]]?
+    var ranges: [FakeRange]?
+
+    func schema() throws -> FeatureSchema {
+        var dt: DType?
+        if let d = dtype {
+            guard let parsed = DType(name: d) else { throw BridgeError.invalid("fake model: unknown dtype '\(d)'") }
+            dt = parsed
+        }
+        let constraint: ShapeConstraint
+        if let e = enumerated_shapes {
+            constraint = .enumerated(e)
+        } else if let r = ranges {
+            constraint = .range(r.map { DimRange(lower: $0.lower, upper: $0.upper) })
+        } else if shape != nil {
+            constraint = .unspecified
+        } else {
+            constraint = .none
+        }
+        return FeatureSchema(name: name, featureType: feature_type ?? "multiArray", optional: optional ?? false,
+                             dtype: dt, shape: shape ?? [], constraint: constraint)
+    }
+}
+
+struct FakeRange: Decodable {
+    var lower: Int
+    var upper: Int?
+}
+
+struct FakeMetadata: Decodable {
+    var author: String?
+    var description: String?
+    var version: String?
+    var license: String?
+    var user_defined: [String: String]?
+}
+
+struct FakeOperation: Decodable {
+    var `operator`: String
+    var device: String
+    var cost: Double?
+}
+
+final class FakeError: Decodable {
+    var domain: String
+    var code: Int
+    var message: String
+    var underlying: FakeError?
+
+    init(domain: String, code: Int, message: String, underlying: FakeError?) {
+        self.domain = domain
+        self.code = code
+        self.message = message
+        self.underlying = underlying
+    }
+
+    var nsError: NSError {
+        var info: [String: Any] = [NSLocalizedDescriptionKey: message]
+        if let u = underlying { info[NSUnderlyingErrorKey] = u.nsError }
+        return NSError(domain: domain, code: code, userInfo: info)
+    }
+}
+
+/// The contents of `fake_model.json`. Every field is optional.
+struct FakeSpec: Decodable {
+    /// "identity" (default) or "add_one".
+    var behavior: String?
+    /// Sleep in every prediction / load / compile.
+    var sleep_ms: Int?
+    var load_sleep_ms: Int?
+    var compile_sleep_ms: Int?
+    /// "compile", "load" or "predict": fail there with `error`.
+    var fail_stage: String?
+    var error: FakeError?
+    /// Default: one input "x" and one output "y", any shape and dtype.
+    var inputs: [FakeFeature]?
+    var outputs: [FakeFeature]?
+    /// Extra elements after each innermost row of every output (like ANE
+    /// padding): the bridge must copy outputs through their strides.
+    var pad_outputs: Int?
+    var metadata: FakeMetadata?
+    var operations: [FakeOperation]?
+
+    init(named stem: String) {
+        let s = stem.lowercased()
+        if s.hasPrefix("add_one") {
+            behavior = "add_one"
+        } else if s.hasPrefix("fail_") {
+            fail_stage = String(s.dropFirst(5))
+        } else if s.hasPrefix("sleep_") {
+            let digits = s.dropFirst(6).prefix { $0.isNumber }
+            sleep_ms = Int(digits)
+        }
+    }
+
+    func nsError(stage: String) -> NSError {
+        (error ?? FakeError(
+            domain: "com.apple.CoreML", code: 0,
+            message: "fake \(stage) failure",
+            underlying: FakeError(domain: NSPOSIXErrorDomain, code: 5, message: "Input/output error", underlying: nil)
+        )).nsError
+    }
+
+    func schema() throws -> ModelSchema {
+        let ins = try (inputs ?? [FakeFeature(name: "x")]).map { try $0.schema() }
+        let outs = try (outputs ?? [FakeFeature(name: "y")]).map { try $0.schema() }
+        var meta = ModelMetadata()
+        if let m = metadata {
+            meta.author = m.author ?? ""
+            meta.description = m.description ?? ""
+            meta.version = m.version ?? ""
+            meta.license = m.license ?? ""
+            meta.userDefined = m.user_defined ?? [:]
+        }
+        return ModelSchema(inputs: ins, outputs: outs, metadata: meta)
+    }
+}
+
+/// The fake model: output i is computed from input i (inputs and outputs in
+/// the order of the spec), with the input's dtype and shape.
+final class FakeModel: LoadedModel {
+    let spec: FakeSpec
+    let schema: ModelSchema
+    private let inputOrder: [String]
+    private let outputOrder: [String]
+
+    init(spec: FakeSpec, schema: ModelSchema) {
+        self.spec = spec
+        self.schema = schema
+        inputOrder = spec.inputs?.map { $0.name } ?? ["x"]
+        outputOrder = spec.outputs?.map { $0.name } ?? ["y"]
+    }
+
+    func predict(_ inputs: [HostTensor]) throws -> [HostTensor] {
+        sleepMs(spec.sleep_ms)
+        if spec.fail_stage == "predict" { throw spec.nsError(stage: "predict") }
+        let byName = Dictionary(inputs.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+        let ordered = inputOrder.compactMap { byName[$0] }
+        guard !ordered.isEmpty else { return [] }
+        var outputs: [HostTensor] = []
+        for (i, name) in outputOrder.enumerated() {
+            let source = ordered[i % ordered.count]
+            outputs.append(try produce(name: name, from: source))
+        }
+        return outputs
+    }
+
+    /// Writes the result into a padded, strided buffer (when pad_outputs > 0)
+    /// and gathers it back the way the Core ML adapter does with MLMultiArray.
+    private func produce(name: String, from x: HostTensor) throws -> HostTensor {
+        let pad = max(spec.pad_outputs ?? 0, 0)
+        var padded = x.shape
+        if let last = padded.last { padded[padded.count - 1] = last + pad }
+        let strides = Strided.rowMajorStrides(padded)
+        let storageElements = try Strided.elementCount(padded)
+        let storage = try TensorBuffer(byteCount: storageElements * x.dtype.size)
+        memset(storage.pointer, 0xAB, storage.byteCount) // poison the padding
+        try Strided.copy(shape: x.shape, elementSize: x.dtype.size,
+                         src: x.buffer.pointer, srcStrides: Strided.rowMajorStrides(x.shape), srcByteCount: x.byteCount,
+                         dst: storage.pointer, dstStrides: strides, dstByteCount: storage.byteCount)
+        if spec.behavior == "add_one" {
+            try addOne(storage: storage, dtype: x.dtype, shape: x.shape, strides: strides)
+        }
+        return try HostTensor.gather(name: name, dtype: x.dtype, shape: x.shape, strides: strides,
+                                     from: UnsafeRawBufferPointer(start: storage.pointer, count: storage.byteCount))
+    }
+
+    private func addOne(storage: TensorBuffer, dtype: DType, shape: [Int], strides: [Int]) throws {
+        let n = try Strided.elementCount(shape)
+        guard n > 0 else { return }
+        var index = [Int](repeating: 0, count: shape.count)
+        for _ in 0..<n {
+            var off = 0
+            for (i, s) in zip(index, strides) { off += i * s }
+            let p = storage.pointer + off * dtype.size
+            switch dtype {
+            case .f32: p.storeBytes(of: p.load(as: Float.self) + 1, as: Float.self)
+            case .f64: p.storeBytes(of: p.load(as: Double.self) + 1, as: Double.self)
+            case .f16: p.storeBytes(of: Half.fromFloat(Half.toFloat(p.load(as: UInt16.self)) + 1), as: UInt16.self)
+            case .i32: p.storeBytes(of: p.load(as: Int32.self) &+ 1, as: Int32.self)
+            case .i8: p.storeBytes(of: p.load(as: Int8.self) &+ 1, as: Int8.self)
+            case .i64: p.storeBytes(of: p.load(as: Int64.self) &+ 1, as: Int64.self)
+            }
+            var k = shape.count - 1
+            while k >= 0 {
+                index[k] += 1
+                if index[k] < shape[k] { break }
+                index[k] = 0
+                k -= 1
+            }
+        }
+    }
+}
+
+extension FakeFeature {
+    init(name: String) { self.name = name }
+}

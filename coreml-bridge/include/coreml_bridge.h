@@ -1,0 +1,307 @@
+/*
+ * coreml_bridge.h — THE contract between the Swift package `coreml-bridge`
+ * (static library libCoreMLBridge.a) and its callers (the Rust crate's
+ * `core_ml_bridge` module mirrors this file by hand: keep both in step and
+ * bump COREML_BRIDGE_ABI_VERSION on any incompatible change).
+ *
+ * General rules (apply to every function below)
+ * ---------------------------------------------
+ * - Strings are NUL-terminated UTF-8. Paths are filesystem paths, not URLs.
+ * - Every function except the free functions and coreml_bridge_abi_version
+ *   returns an int32_t status from CoremlStatus. COREML_OK (0) is success.
+ * - OUT parameters: on success the function stores into every out pointer it
+ *   documents; on failure it stores NULL into them (when the out pointer
+ *   itself is non-NULL) and, when `out_err` is non-NULL, stores an owned
+ *   error message there. `out_err` may be NULL (the message is then dropped);
+ *   every other out pointer is required (NULL -> COREML_ERR_INVALID_ARGUMENT).
+ *   The bridge never reads the previous value of an out pointer.
+ * - Ownership: every `char*` the bridge hands out is owned by the caller and
+ *   must be released with coreml_free_string (not free()). A CoremlOutputs*
+ *   must be released with coreml_free_outputs. A model handle with
+ *   coreml_free_model. Each exactly once.
+ * - Error messages: "<what failed>: <reason>", followed, when the failure
+ *   came from an NSError, by its domain, code, description and the chain of
+ *   NSUnderlyingErrorKey errors, e.g.
+ *     "load failed: [com.apple.CoreML code=0] Error in declaring ... ;
+ *      caused by: [NSCocoaErrorDomain code=260] The file ... doesn't exist."
+ * - No function throws, aborts or unwinds across this boundary; invalid
+ *   arguments (NULL pointers, bad enums, inconsistent tensor descriptors,
+ *   stale handles) give COREML_ERR_INVALID_ARGUMENT/COREML_ERR_INVALID_HANDLE.
+ * - Every entry point runs inside its own autorelease pool (Apple platforms).
+ * - Timeouts (`timeout_ms`): must be > 0 (else COREML_ERR_INVALID_ARGUMENT);
+ *   values above 30 days are clamped to 30 days. The work runs on a bridge-
+ *   owned queue while the calling thread waits with that deadline. Nothing
+ *   can abort Core ML work that is already running: on COREML_ERR_TIMEOUT the
+ *   caller simply stops waiting; the late work only ever touches bridge-owned
+ *   memory and its result is discarded (a late compile deletes its output).
+ * - Thread safety: all functions may be called from any thread. Calls on one
+ *   model handle are serialised by that handle's own serial queue.
+ *
+ * Runtimes
+ * --------
+ * On Apple platforms the bridge uses Core ML. Where Core ML does not exist
+ * (Linux) every model function returns COREML_ERR_UNAVAILABLE with the
+ * message "Core ML is not available on this platform (Linux)", unless the
+ * environment variable COREML_BRIDGE_TEST_RUNTIME=1 is set when the call is
+ * made: then a deterministic fake runtime serves the calls (see the package
+ * README, "Test runtime"). The variable is honoured on every platform.
+ */
+#ifndef COREML_BRIDGE_H
+#define COREML_BRIDGE_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Incremented on every incompatible change of this header. */
+#define COREML_BRIDGE_ABI_VERSION 1
+
+/* ---- Status codes (int32_t) -------------------------------------------- */
+typedef enum CoremlStatus {
+    COREML_OK                    = 0,
+    COREML_ERR_INVALID_ARGUMENT  = 1,  /* NULL pointer, bad enum, bad tensor descriptor, bad timeout, bad path */
+    COREML_ERR_COMPILE           = 2,  /* the model could not be compiled (.mlpackage -> .mlmodelc) */
+    COREML_ERR_LOAD              = 3,  /* the compiled model could not be loaded */
+    COREML_ERR_SCHEMA_MISMATCH   = 4,  /* inputs do not match the model: unknown/missing name, shape outside constraints, feature type */
+    COREML_ERR_PREDICT           = 5,  /* Core ML failed during prediction */
+    COREML_ERR_TIMEOUT           = 6,  /* the deadline passed; for predict the handle is now poisoned */
+    COREML_ERR_POISONED          = 7,  /* the handle timed out earlier; free it and load the model again */
+    COREML_ERR_UNAVAILABLE       = 8,  /* Core ML (or the feature, e.g. MLComputePlan) does not exist on this OS */
+    COREML_ERR_OUT_OF_MEMORY     = 9,  /* an allocation failed or a size overflowed */
+    COREML_ERR_INTERNAL          = 10, /* a bug in the bridge or an unexpected Core ML answer */
+    COREML_ERR_INVALID_HANDLE    = 11, /* NULL, unknown, already freed or garbage model handle */
+    COREML_ERR_UNSUPPORTED       = 12  /* valid request this OS's Core ML cannot do (e.g. int8 arrays before macOS 26) */
+} CoremlStatus;
+
+/* ---- Element types (int32_t) ------------------------------------------- */
+typedef enum CoremlDType {
+    COREML_DTYPE_F32 = 1,  /* IEEE 754 binary32, 4 bytes  (MLMultiArrayDataType.float32) */
+    COREML_DTYPE_F16 = 2,  /* IEEE 754 binary16, 2 bytes  (.float16, macOS 12+) */
+    COREML_DTYPE_F64 = 3,  /* IEEE 754 binary64, 8 bytes  (.float64/.double) */
+    COREML_DTYPE_I32 = 4,  /* int32, 4 bytes              (.int32) */
+    COREML_DTYPE_I8  = 5,  /* int8, 1 byte                (.int8, macOS 26+ only) */
+    COREML_DTYPE_I64 = 6   /* int64, 8 bytes: outputs only, for Int64 scalar features (shape [1]) */
+} CoremlDType;
+
+/* ---- Compute units (int32_t), MLModelConfiguration.computeUnits -------- */
+typedef enum CoremlComputeUnits {
+    COREML_COMPUTE_ALL         = 0,  /* .all */
+    COREML_COMPUTE_CPU_ONLY    = 1,  /* .cpuOnly */
+    COREML_COMPUTE_CPU_AND_GPU = 2,  /* .cpuAndGPU */
+    COREML_COMPUTE_CPU_AND_NE  = 3   /* .cpuAndNeuralEngine (macOS 13+) */
+} CoremlComputeUnits;
+
+/* Maximum tensor rank accepted by the bridge. */
+#define COREML_MAX_RANK 16
+
+/*
+ * An input tensor, described by the caller. The bridge only reads it, and
+ * only during the coreml_predict call: every byte is copied into bridge-owned
+ * storage before the prediction is queued, so the caller may reuse or free
+ * all of it as soon as coreml_predict returns (whatever the status).
+ *
+ *   name      feature name (must be an input of the model)
+ *   dtype     CoremlDType (not COREML_DTYPE_I64)
+ *   rank      1..COREML_MAX_RANK
+ *   shape     `rank` dimensions, each >= 1
+ *   strides   `rank` strides in ELEMENTS (not bytes), each >= 0; NULL means
+ *             row-major contiguous. Used to gather the elements; the bridge
+ *             always hands Core ML a row-major copy.
+ *   data      first element
+ *   byte_len  bytes readable at `data`. Row-major (strides == NULL): must be
+ *             exactly product(shape) * sizeof(dtype). Strided: must be at
+ *             least (1 + sum((shape[i]-1) * strides[i])) * sizeof(dtype).
+ */
+typedef struct CoremlTensor {
+    const char*    name;
+    int32_t        dtype;
+    int32_t        rank;
+    const int64_t* shape;
+    const int64_t* strides;
+    const void*    data;
+    uint64_t       byte_len;
+} CoremlTensor;
+
+/*
+ * One output tensor. All pointers point into bridge-owned memory that stays
+ * valid until coreml_free_outputs is called on the enclosing CoremlOutputs.
+ *
+ *   name      feature name
+ *   dtype     CoremlDType of the data as Core ML produced it (e.g. an fp16
+ *             model gives COREML_DTYPE_F16; conversion is the caller's job)
+ *   rank      number of dimensions (>= 1)
+ *   shape     `rank` dimensions
+ *   data      ROW-MAJOR CONTIGUOUS elements: the bridge has already copied
+ *             Core ML's (possibly padded) array through its strides
+ *   byte_len  product(shape) * sizeof(dtype)
+ */
+typedef struct CoremlOutputTensor {
+    const char*    name;
+    int32_t        dtype;
+    int32_t        rank;
+    const int64_t* shape;
+    const void*    data;
+    uint64_t       byte_len;
+} CoremlOutputTensor;
+
+/*
+ * The result of a successful coreml_predict, owned by the caller and released
+ * with coreml_free_outputs. `tensors` has `count` entries, sorted by name.
+ * Only multi-array, Double (-> F64 [1]) and Int64 (-> I64 [1]) output
+ * features are returned; other feature types (string, dictionary, image,
+ * sequence) are omitted: coreml_model_schema lists them with dtype null.
+ * Never write through these pointers.
+ */
+typedef struct CoremlOutputs {
+    int32_t                   count;
+    const CoremlOutputTensor* tensors;
+    void*                     reserved;  /* bridge-private bookkeeping */
+} CoremlOutputs;
+
+/* ---- Functions ---------------------------------------------------------- */
+
+/* The ABI version the library was built with (== COREML_BRIDGE_ABI_VERSION
+ * of its header). Callers should refuse to run on a mismatch. */
+int32_t coreml_bridge_abi_version(void);
+
+/*
+ * Compile a model package (.mlpackage directory, or .mlmodel file) into a
+ * compiled model directory `<dest_dir>/<package stem>.mlmodelc`.
+ *   package_path       existing .mlpackage/.mlmodel
+ *   dest_dir           existing directory; the result must not exist yet
+ *                      (COREML_ERR_INVALID_ARGUMENT otherwise, nothing is
+ *                      overwritten). The caller's cache does the atomic
+ *                      install from there.
+ *   timeout_ms         see the general rules; a compile that finishes after
+ *                      the deadline deletes its output and never writes into
+ *                      dest_dir.
+ *   out_compiled_path  OUT, owned: absolute path of the .mlmodelc directory
+ *   out_err            OUT, owned, optional
+ * Errors: INVALID_ARGUMENT, COMPILE, TIMEOUT, UNAVAILABLE, INTERNAL.
+ */
+int32_t coreml_compile_model(const char* package_path, const char* dest_dir,
+                             int64_t timeout_ms, char** out_compiled_path,
+                             char** out_err);
+
+/*
+ * Load a compiled model (.mlmodelc directory).
+ *   compiled_path  existing .mlmodelc directory
+ *   compute_units  CoremlComputeUnits
+ *   timeout_ms     see the general rules (first loads can take long: ANE
+ *                  specialisation). A load that finishes late is discarded.
+ *   out_handle     OUT: opaque model handle, released with coreml_free_model.
+ *                  It is an identifier, not a pointer: never dereference it.
+ * Errors: INVALID_ARGUMENT, LOAD, TIMEOUT, UNAVAILABLE, INTERNAL.
+ */
+int32_t coreml_load_model(const char* compiled_path, int32_t compute_units,
+                          int64_t timeout_ms, void** out_handle,
+                          char** out_err);
+
+/*
+ * The model's interface and metadata as JSON (owned string):
+ * {
+ *   "inputs":  [FEATURE...],   sorted by name
+ *   "outputs": [FEATURE...],   sorted by name
+ *   "metadata": {"author": s, "description": s, "version": s,
+ *                "license": s, "user_defined": {s: s, ...}}
+ * }
+ * FEATURE = {
+ *   "name": s,
+ *   "feature_type": "multiArray"|"double"|"int64"|"string"|"image"|
+ *                   "dictionary"|"sequence"|"state"|"invalid"|"unknown",
+ *   "optional": bool,
+ *   "dtype": "f32"|"f16"|"f64"|"i32"|"i8"|"i64"|null,  (null: not an array)
+ *   "dtype_code": CoremlDType or null,
+ *   "shape": [int...],          default shape; [] when not an array
+ *   "shape_constraint": {
+ *       "type": "none"|"unspecified"|"enumerated"|"range",
+ *       "enumerated_shapes": [[int...]...],   (type "enumerated")
+ *       "ranges": [{"lower": int, "upper": int|null}...]  one per dimension,
+ *                 (type "range"; upper null = unbounded)
+ *   }
+ * }
+ * Errors: INVALID_ARGUMENT, INVALID_HANDLE, INTERNAL. Works on poisoned
+ * handles (it does not touch the model's queue).
+ */
+int32_t coreml_model_schema(void* handle, char** out_json, char** out_err);
+
+/*
+ * Run one prediction.
+ *   handle       from coreml_load_model
+ *   inputs       `n_inputs` descriptors (see CoremlTensor); names unique
+ *   n_inputs     >= 1
+ *   timeout_ms   deadline for queueing + running, see the general rules.
+ *                On COREML_ERR_TIMEOUT the handle becomes POISONED: every
+ *                later predict on it returns COREML_ERR_POISONED at once.
+ *   out_outputs  OUT, owned: release with coreml_free_outputs
+ * Inputs are validated against the model's schema first: unknown or missing
+ * required names, or shapes outside the model's constraints, give
+ * COREML_ERR_SCHEMA_MISMATCH without running anything.
+ * Errors: INVALID_ARGUMENT, INVALID_HANDLE, SCHEMA_MISMATCH, PREDICT,
+ * TIMEOUT, POISONED, UNSUPPORTED, OUT_OF_MEMORY, INTERNAL.
+ */
+int32_t coreml_predict(void* handle, const CoremlTensor* inputs,
+                       int32_t n_inputs, int64_t timeout_ms,
+                       CoremlOutputs** out_outputs, char** out_err);
+
+/*
+ * Where each operation of a compiled model would run, from MLComputePlan
+ * (macOS 14.4+). JSON (owned):
+ * {
+ *   "model_type": "program"|"neuralNetwork"|"pipeline"|"unsupported",
+ *   "operations": [{"function": s, "index": int, "operator": s,
+ *                   "outputs": [s...],
+ *                   "preferred_device": "cpu"|"gpu"|"neural_engine"|null,
+ *                   "supported_devices": [s...],
+ *                   "estimated_cost": number|null}...],
+ *   "device_counts": {"cpu": int, "gpu": int, "neural_engine": int, "unknown": int}
+ * }
+ * (For neural networks, "operations" holds layers: "operator" is the layer
+ * type, "function" is "" and "estimated_cost" is null.)
+ * Where MLComputePlan does not exist: COREML_ERR_UNAVAILABLE with a message
+ * saying so. Errors: INVALID_ARGUMENT, LOAD, TIMEOUT, UNAVAILABLE, INTERNAL.
+ */
+int32_t coreml_compute_plan(const char* compiled_path, int32_t compute_units,
+                            int64_t timeout_ms, char** out_json,
+                            char** out_err);
+
+/*
+ * What this process runs on, as JSON (owned); never fails for lack of Core
+ * ML: on Linux it returns COREML_OK with "coreml_available": false.
+ * {
+ *   "bridge_abi_version": int,
+ *   "platform": "macOS"|"iOS"|"Linux"|...,
+ *   "os_version": s,          ProcessInfo.operatingSystemVersionString
+ *   "os_build": s|null,       e.g. "23E214" (kern.osversion)
+ *   "chip": s|null,           e.g. "Apple M2" (machdep.cpu.brand_string; /proc/cpuinfo on Linux)
+ *   "coreml_available": bool,
+ *   "coreml_version": s|null, CoreML.framework's CFBundleShortVersionString
+ *   "neural_engine_present": bool|null,  null when it cannot be known
+ *   "neural_engine_cores": int|null,
+ *   "compute_plan_available": bool,      MLComputePlan (macOS 14.4+)
+ *   "test_runtime": bool,                COREML_BRIDGE_TEST_RUNTIME=1 in effect
+ *   "reason": s|null          why Core ML is unavailable
+ * }
+ * Errors: INVALID_ARGUMENT (out_json NULL), INTERNAL.
+ */
+int32_t coreml_runtime_info(char** out_json, char** out_err);
+
+/* Release a model handle. NULL, unknown and already-freed handles are
+ * ignored. Safe while a prediction on the handle is still running (also a
+ * timed-out one): the running work keeps what it needs alive and the model
+ * is released when it finishes. */
+void coreml_free_model(void* handle);
+
+/* Release a string returned by the bridge. NULL is ignored. */
+void coreml_free_string(char* s);
+
+/* Release predict outputs. NULL is ignored. */
+void coreml_free_outputs(CoremlOutputs* outputs);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* COREML_BRIDGE_H */
