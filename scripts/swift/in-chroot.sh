@@ -21,7 +21,7 @@ set -euo pipefail
 [ "$#" -ge 1 ] || die "usage: $0 <command> [args...]"
 require_root in-chroot.sh
 
-bash "$SWIFT_LIB_DIR/provision.sh"
+[ -n "${APPLE_SILICON_SWIFT_NS:-}" ] || bash "$SWIFT_LIB_DIR/provision.sh"
 
 enter_private_mount_ns "$@"
 trap unmount_all EXIT
