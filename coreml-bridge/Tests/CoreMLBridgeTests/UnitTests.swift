@@ -228,12 +228,12 @@ final class DeadlineTests: XCTestCase {
         let start = Date()
         XCTAssertThrowsError(try runWithDeadline(on: q, timeoutMs: 50, what: "slow",
                                                  dispose: { (v: Int) in XCTAssertEqual(v, 7); disposed.fulfill() }) {
-            usleep(300_000); return 7
+            usleep(1_000_000); return 7
         }) { XCTAssertEqual(($0 as? BridgeError)?.status, .timeout) }
         let elapsed = Date().timeIntervalSince(start)
         XCTAssertGreaterThanOrEqual(elapsed, 0.045)
-        XCTAssertLessThan(elapsed, 0.25)
-        wait(for: [disposed], timeout: 2)
+        XCTAssertLessThan(elapsed, 0.6, "returns at the deadline, not when the work ends")
+        wait(for: [disposed], timeout: 5)
     }
 
     func testQueuedWorkSkippedAfterAbandon() {
