@@ -43,8 +43,9 @@
  * (Linux) every model function returns COREML_ERR_UNAVAILABLE with the
  * message "Core ML is not available on this platform (Linux)", unless the
  * environment variable COREML_BRIDGE_TEST_RUNTIME=1 is set when the call is
- * made: then a deterministic fake runtime serves the calls (see the package
- * README, "Test runtime"). The variable is honoured on every platform.
+ * made: then a deterministic fake runtime serves the calls (see
+ * coreml-bridge/README.md, "Runtimes"). The variable is honoured on every
+ * platform.
  */
 #ifndef COREML_BRIDGE_H
 #define COREML_BRIDGE_H
@@ -297,7 +298,8 @@ void coreml_free_model(void* handle);
 /* Release a string returned by the bridge. NULL is ignored. */
 void coreml_free_string(char* s);
 
-/* Release predict outputs. NULL is ignored. */
+/* Release predict outputs. NULL, and pointers the bridge did not hand out
+ * or already released, are ignored. */
 void coreml_free_outputs(CoremlOutputs* outputs);
 
 #ifdef __cplusplus
