@@ -20,8 +20,10 @@ pub mod digest;
 pub mod error;
 pub mod golden;
 pub mod inference;
+pub mod mil;
 pub mod milblob;
 pub mod mlpackage;
+pub mod parity;
 pub mod tensor;
 
 pub use error::{Error, ErrorKind, Result};

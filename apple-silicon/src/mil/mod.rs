@@ -1,0 +1,712 @@
+//! An ML Program interpreter on candle-core: runs the program inside an
+//! `.mlpackage` on any CPU.
+//!
+//! [`Plan::build`] turns the program into an execution plan once: ops in
+//! order, arguments resolved to value slots, constants and `constexpr_*` ops
+//! materialised as candle tensors, parameters (strides, axes, modes) read
+//! into each op's kernel, and ops whose inputs are all constant folded away.
+//! [`Plan::run`] then does no string lookups, no parsing and no weight
+//! conversion: it walks the steps, calling each kernel on its slots, and frees
+//! every intermediate after its last use.
+//!
+//! An op type the interpreter does not know is an [`Error::Unsupported`]
+//! naming the op type and its name in the program, raised by `build`, never
+//! at run time.
+
+mod constexpr;
+mod ops;
+pub mod value;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+use candle_core::{DType as CDType, Device, Tensor as CTensor};
+use coreml_proto::proto::mil_spec::{self, argument::binding::Binding, DataType, Operation};
+
+use crate::error::{Error, Result};
+use crate::mlpackage::MlPackage;
+use crate::tensor::{DType, Tensor, TensorMap};
+use value::{Decoded, Decoder, HostData};
+
+/// How fp16 values of a program are computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FloatPolicy {
+    /// As the program says: fp16 values are candle f16 tensors.
+    Native,
+    /// Every fp16 value is computed in f32 (more accurate; faster on CPUs
+    /// without f16 arithmetic). Outputs keep their declared dtype.
+    Upcast,
+}
+
+/// A kernel: the op's computation with its parameters baked in, called with
+/// the op's tensor operands in order.
+pub(crate) type Kernel = Box<dyn Fn(&[&CTensor]) -> candle_core::Result<Vec<CTensor>> + Send + Sync>;
+
+/// A value during planning: a constant, or a slot filled at run time.
+#[derive(Clone)]
+pub(crate) enum Val {
+    Const(Arc<ConstVal>),
+    Slot(usize),
+}
+
+/// A constant: its candle tensor (none for strings) and, for small values,
+/// its host data (parameters are read from it).
+pub(crate) struct ConstVal {
+    pub tensor: Option<CTensor>,
+    pub host: Option<Decoded>,
+}
+
+/// Constants up to this many elements keep a host copy for parameter reads.
+const HOST_COPY_LIMIT: usize = 4096;
+
+struct Step {
+    name: String,
+    op_type: String,
+    operands: Vec<Val>,
+    outputs: Vec<usize>,
+    kernel: Kernel,
+    frees: Vec<usize>,
+}
+
+struct PlanInput {
+    name: String,
+    slot: usize,
+}
+
+struct PlanOutput {
+    name: String,
+    val: Val,
+    dtype: DType,
+}
+
+/// An executable ML Program. Immutable after build: `run` may be called from
+/// many threads at once.
+pub struct Plan {
+    inputs: Vec<PlanInput>,
+    outputs: Vec<PlanOutput>,
+    steps: Vec<Step>,
+    n_slots: usize,
+    policy: FloatPolicy,
+    folded: usize,
+    const_bytes: usize,
+}
+
+impl std::fmt::Debug for Plan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Plan({} steps, {} folded, {} const bytes, {:?})",
+            self.steps.len(),
+            self.folded,
+            self.const_bytes,
+            self.policy
+        )
+    }
+}
+
+/// Whether the interpreter implements `op_type`.
+pub fn is_supported(op_type: &str) -> bool {
+    op_type == "const" || constexpr::is_constexpr(op_type) || ops::builder(op_type).is_some()
+}
+
+/// Op types of `pkg`'s main function that the interpreter does not implement.
+pub fn unsupported_ops(pkg: &MlPackage) -> Vec<String> {
+    pkg.op_histogram().into_keys().filter(|t| !is_supported(t)).collect()
+}
+
+/// The op's name in the program (its `name` attribute, else its first output).
+pub(crate) fn op_name(op: &Operation) -> String {
+    if let Some(v) = op.attributes.get("name") {
+        if let Some(mil_spec::value::Value::ImmediateValue(iv)) = &v.value {
+            if let Some(mil_spec::value::immediate_value::Value::Tensor(t)) = &iv.value {
+                if let Some(mil_spec::tensor_value::Value::Strings(s)) = &t.value {
+                    if let Some(n) = s.values.first() {
+                        return n.clone();
+                    }
+                }
+            }
+        }
+    }
+    op.outputs
+        .first()
+        .map(|o| o.name.clone())
+        .unwrap_or_else(|| "<unnamed>".into())
+}
+
+/// The candle dtype a MIL dtype is computed in under `policy`.
+pub(crate) fn compute_dtype(mil: i32, policy: FloatPolicy) -> Option<CDType> {
+    Some(match DataType::try_from(mil).ok()? {
+        DataType::Float32 | DataType::Float64 | DataType::Bfloat16 => CDType::F32,
+        DataType::Float16 => match policy {
+            FloatPolicy::Native => CDType::F16,
+            FloatPolicy::Upcast => CDType::F32,
+        },
+        DataType::Bool => CDType::U8,
+        DataType::String => return None,
+        _ => CDType::I64,
+    })
+}
+
+/// The candle dtype one of our host dtypes is computed in under `policy`.
+fn compute_dtype_of(d: DType, policy: FloatPolicy) -> CDType {
+    match d {
+        DType::F32 | DType::F64 => CDType::F32,
+        DType::F16 => match policy {
+            FloatPolicy::Native => CDType::F16,
+            FloatPolicy::Upcast => CDType::F32,
+        },
+        DType::I32 | DType::I64 | DType::I8 => CDType::I64,
+        DType::U8 => CDType::U8,
+    }
+}
+
+/// Makes a candle tensor of a decoded constant under `policy`.
+pub(crate) fn const_tensor(d: &Decoded, policy: FloatPolicy) -> candle_core::Result<Option<CTensor>> {
+    let dev = &Device::Cpu;
+    let shape = d.shape.as_slice();
+    let t = match (&d.data, compute_dtype(d.dtype, policy)) {
+        (HostData::Str(_), _) | (_, None) => return Ok(None),
+        (HostData::F32(v), Some(dt)) => CTensor::from_slice(v, shape, dev)?.to_dtype(dt)?,
+        (HostData::F16(v), Some(dt)) => CTensor::from_slice(v, shape, dev)?.to_dtype(dt)?,
+        (HostData::F64(v), Some(dt)) => CTensor::from_slice(v, shape, dev)?.to_dtype(dt)?,
+        (HostData::I64(v), Some(dt)) => CTensor::from_slice(v, shape, dev)?.to_dtype(dt)?,
+        (HostData::Bool(v), Some(_)) => {
+            let b: Vec<u8> = v.iter().map(|&x| x as u8).collect();
+            CTensor::from_slice(&b, shape, dev)?
+        }
+    };
+    Ok(Some(t))
+}
+
+fn candle_err(name: &str, op_type: &str, e: impl std::fmt::Display) -> Error {
+    Error::Internal {
+        message: format!("op `{name}` ({op_type}) failed: {e}"),
+    }
+}
+
+/// What a builder sees of one op: its arguments, resolved.
+pub(crate) struct OpCtx<'b, 'p> {
+    pub op: &'b Operation,
+    pub name: String,
+    env: &'b HashMap<String, Val>,
+    dec: &'b mut Decoder<'p>,
+    pub policy: FloatPolicy,
+    operands: Vec<Val>,
+}
+
+impl<'b, 'p> OpCtx<'b, 'p> {
+    fn binding(&self, arg: &str) -> Option<&'b Binding> {
+        let a = self.op.inputs.get(arg)?;
+        a.arguments.first()?.binding.as_ref()
+    }
+
+    fn bad(&self, msg: String) -> Error {
+        Error::Compile {
+            model: format!("op `{}` ({})", self.name, self.op.r#type),
+            message: msg,
+        }
+    }
+
+    /// Whether argument `arg` is given.
+    pub fn has(&self, arg: &str) -> bool {
+        self.binding(arg).is_some() || self.op.attributes.contains_key(arg)
+    }
+
+    fn resolve(&mut self, arg: &str) -> Result<Option<Val>> {
+        match self.binding(arg) {
+            Some(Binding::Name(n)) => match self.env.get(n) {
+                Some(v) => Ok(Some(v.clone())),
+                None => Err(self.bad(format!(
+                    "argument `{arg}` refers to `{n}`, which is not defined before it"
+                ))),
+            },
+            Some(Binding::Value(v)) => Ok(Some(self.decode_val(v, arg)?)),
+            None => match self.op.attributes.get(arg) {
+                // constexpr ops keep their parameters as attributes.
+                Some(v) => Ok(Some(self.decode_val(v, arg)?)),
+                None => Ok(None),
+            },
+        }
+    }
+
+    fn decode_val(&mut self, v: &mil_spec::Value, arg: &str) -> Result<Val> {
+        let what = format!("op `{}` argument `{arg}`", self.name);
+        let d = self.dec.decode(v, &what)?;
+        let tensor = const_tensor(&d, self.policy).map_err(|e| self.bad(e.to_string()))?;
+        Ok(Val::Const(Arc::new(ConstVal { tensor, host: Some(d) })))
+    }
+
+    /// A tensor operand; returns its index among the kernel's arguments.
+    pub fn tensor(&mut self, arg: &str) -> Result<usize> {
+        self.opt_tensor(arg)?
+            .ok_or_else(|| self.bad(format!("required argument `{arg}` is missing")))
+    }
+
+    /// An optional tensor operand.
+    pub fn opt_tensor(&mut self, arg: &str) -> Result<Option<usize>> {
+        let Some(v) = self.resolve(arg)? else { return Ok(None) };
+        if let Val::Const(c) = &v {
+            if c.tensor.is_none() {
+                return Err(self.bad(format!("argument `{arg}` is a string where a tensor is expected")));
+            }
+        }
+        self.operands.push(v);
+        Ok(Some(self.operands.len() - 1))
+    }
+
+    /// A variadic tensor argument (e.g. `concat`'s `values`).
+    pub fn tensors(&mut self, arg: &str) -> Result<Vec<usize>> {
+        let Some(a) = self.op.inputs.get(arg) else {
+            return Err(self.bad(format!("required argument `{arg}` is missing")));
+        };
+        let mut idx = Vec::new();
+        for b in &a.arguments {
+            let v = match &b.binding {
+                Some(Binding::Name(n)) => self
+                    .env
+                    .get(n)
+                    .cloned()
+                    .ok_or_else(|| self.bad(format!("argument `{arg}` refers to undefined `{n}`")))?,
+                Some(Binding::Value(v)) => self.decode_val(v, arg)?,
+                None => return Err(self.bad(format!("argument `{arg}` has an empty binding"))),
+            };
+            self.operands.push(v);
+            idx.push(self.operands.len() - 1);
+        }
+        Ok(idx)
+    }
+
+    /// A constant argument's host value (`None` when absent).
+    pub fn opt_const(&mut self, arg: &str) -> Result<Option<Decoded>> {
+        match self.resolve(arg)? {
+            None => Ok(None),
+            Some(Val::Slot(_)) => Err(Error::unsupported(format!(
+                "op `{}` ({}): argument `{arg}` computed at run time (the interpreter needs it constant)",
+                self.name, self.op.r#type
+            ))),
+            Some(Val::Const(c)) => match &c.host {
+                Some(d) => Ok(Some(d.clone())),
+                None => Err(self.bad(format!("argument `{arg}` is too large to be a parameter"))),
+            },
+        }
+    }
+
+    /// A constant argument's candle tensor (for weights folded into a kernel).
+    pub fn const_tensor(&mut self, arg: &str) -> Result<Option<CTensor>> {
+        match self.resolve(arg)? {
+            None => Ok(None),
+            Some(Val::Slot(_)) => Err(Error::unsupported(format!(
+                "op `{}` ({}): argument `{arg}` computed at run time (the interpreter needs it constant)",
+                self.name, self.op.r#type
+            ))),
+            Some(Val::Const(c)) => Ok(c.tensor.clone()),
+        }
+    }
+
+    /// Whether the argument is a run-time value.
+    pub fn is_runtime(&mut self, arg: &str) -> Result<bool> {
+        Ok(matches!(self.resolve(arg)?, Some(Val::Slot(_))))
+    }
+
+    fn numbers(&mut self, arg: &str) -> Result<Option<Vec<f64>>> {
+        match self.opt_const(arg)? {
+            None => Ok(None),
+            Some(d) => d
+                .data
+                .to_f64()
+                .map(Some)
+                .ok_or_else(|| self.bad(format!("argument `{arg}` is a string where a number is expected"))),
+        }
+    }
+
+    /// Optional integer list parameter.
+    pub fn opt_ints(&mut self, arg: &str) -> Result<Option<Vec<i64>>> {
+        Ok(self.numbers(arg)?.map(|v| v.into_iter().map(|x| x as i64).collect()))
+    }
+
+    /// Required integer list parameter.
+    pub fn ints(&mut self, arg: &str) -> Result<Vec<i64>> {
+        self.opt_ints(arg)?
+            .ok_or_else(|| self.bad(format!("required argument `{arg}` is missing")))
+    }
+
+    /// Optional scalar integer parameter.
+    pub fn opt_int(&mut self, arg: &str) -> Result<Option<i64>> {
+        Ok(self.opt_ints(arg)?.and_then(|v| v.first().copied()))
+    }
+
+    /// Optional scalar float parameter.
+    pub fn opt_float(&mut self, arg: &str) -> Result<Option<f64>> {
+        Ok(self.numbers(arg)?.and_then(|v| v.first().copied()))
+    }
+
+    /// Optional bool parameter.
+    pub fn opt_bool(&mut self, arg: &str) -> Result<Option<bool>> {
+        Ok(self.numbers(arg)?.and_then(|v| v.first().map(|&x| x != 0.0)))
+    }
+
+    /// Optional string parameter.
+    pub fn opt_string(&mut self, arg: &str) -> Result<Option<String>> {
+        match self.opt_const(arg)? {
+            None => Ok(None),
+            Some(Decoded {
+                data: HostData::Str(s), ..
+            }) => Ok(s.into_iter().next()),
+            Some(_) => Err(self.bad(format!("argument `{arg}` is not a string"))),
+        }
+    }
+
+    /// MIL dtype of output `i`, if declared.
+    pub fn out_dtype(&self, i: usize) -> Option<i32> {
+        match self.op.outputs.get(i)?.r#type.as_ref()?.r#type.as_ref()? {
+            mil_spec::value_type::Type::TensorType(t) => Some(t.data_type),
+            _ => None,
+        }
+    }
+
+    /// An error naming this op.
+    pub fn error(&self, msg: impl Into<String>) -> Error {
+        self.bad(msg.into())
+    }
+
+    /// An `Unsupported` error naming this op.
+    pub fn unsupported(&self, what: impl std::fmt::Display) -> Error {
+        Error::unsupported(format!("op `{}` ({}): {what}", self.name, self.op.r#type))
+    }
+}
+
+impl Plan {
+    /// Builds the execution plan of `pkg`'s main function. Costs one pass
+    /// over the program plus reading and converting every weight once.
+    pub fn build(pkg: &MlPackage, policy: FloatPolicy) -> Result<Plan> {
+        let main = pkg.main_function();
+        let block = pkg.main_block()?;
+        let unsupported: Vec<String> = block
+            .operations
+            .iter()
+            .filter(|op| !is_supported(&op.r#type))
+            .map(|op| format!("`{}` (op `{}`)", op.r#type, op_name(op)))
+            .collect();
+        if !unsupported.is_empty() {
+            return Err(Error::unsupported(format!(
+                "ML Program ops not implemented by the Candle interpreter: {}",
+                unsupported.join(", ")
+            )));
+        }
+        let mut dec = Decoder::new(pkg);
+        let mut env: HashMap<String, Val> = HashMap::new();
+        let mut n_slots = 0usize;
+        let mut inputs = Vec::new();
+        for inp in &main.inputs {
+            env.insert(inp.name.clone(), Val::Slot(n_slots));
+            inputs.push(PlanInput {
+                name: inp.name.clone(),
+                slot: n_slots,
+            });
+            n_slots += 1;
+        }
+        let mut steps: Vec<Step> = Vec::new();
+        let mut folded = 0usize;
+        for op in &block.operations {
+            let name = op_name(op);
+            if !op.blocks.is_empty() {
+                return Err(Error::unsupported(format!(
+                    "op `{name}` ({}): ops with nested blocks (control flow)",
+                    op.r#type
+                )));
+            }
+            if op.r#type == "const" {
+                let v = op
+                    .attributes
+                    .get("val")
+                    .ok_or_else(|| Error::invalid_artifact(pkg.path(), format!("const op `{name}` has no `val`")))?;
+                let d = dec.decode(v, &format!("const `{name}`"))?;
+                let out = op
+                    .outputs
+                    .first()
+                    .ok_or_else(|| Error::invalid_artifact(pkg.path(), format!("const op `{name}` has no output")))?;
+                env.insert(out.name.clone(), Val::Const(Arc::new(make_const(d, policy, &name)?)));
+                continue;
+            }
+            let mut ctx = OpCtx {
+                op,
+                name: name.clone(),
+                env: &env,
+                dec: &mut dec,
+                policy,
+                operands: Vec::new(),
+            };
+            if constexpr::is_constexpr(&op.r#type) {
+                let d = constexpr::materialize(&mut ctx)?;
+                let out = op.outputs.first().ok_or_else(|| ctx.error("has no output"))?;
+                let c = make_const(d, policy, &name)?;
+                env.insert(out.name.clone(), Val::Const(Arc::new(c)));
+                continue;
+            }
+            let builder = ops::builder(&op.r#type).expect("checked above");
+            let kernel = builder(&mut ctx)?;
+            let operands = std::mem::take(&mut ctx.operands);
+            if operands.iter().all(|v| matches!(v, Val::Const(_))) {
+                // Every input is known now: run the op once, keep its results.
+                let args: Vec<&CTensor> = operands
+                    .iter()
+                    .map(|v| match v {
+                        Val::Const(c) => c.tensor.as_ref().expect("checked by the ctx"),
+                        Val::Slot(_) => unreachable!(),
+                    })
+                    .collect();
+                let outs = kernel(&args).map_err(|e| candle_err(&name, &op.r#type, e))?;
+                for (o, t) in op.outputs.iter().zip(outs) {
+                    let host = small_host(&t);
+                    env.insert(o.name.clone(), Val::Const(Arc::new(ConstVal { tensor: Some(t), host })));
+                }
+                folded += 1;
+                continue;
+            }
+            let mut outputs = Vec::new();
+            for o in &op.outputs {
+                env.insert(o.name.clone(), Val::Slot(n_slots));
+                outputs.push(n_slots);
+                n_slots += 1;
+            }
+            steps.push(Step {
+                name,
+                op_type: op.r#type.clone(),
+                operands,
+                outputs,
+                kernel,
+                frees: Vec::new(),
+            });
+        }
+        let schema = pkg.io_schema();
+        let mut outputs = Vec::new();
+        for name in &block.outputs {
+            let val = env.get(name).cloned().ok_or_else(|| {
+                Error::invalid_artifact(pkg.path(), format!("block output `{name}` is never defined"))
+            })?;
+            let dtype = schema.output(name).map(|s| s.dtype).unwrap_or(DType::F32);
+            outputs.push(PlanOutput {
+                name: name.clone(),
+                val,
+                dtype,
+            });
+        }
+        // Liveness: free each intermediate after its last reader.
+        let keep: HashSet<usize> = outputs
+            .iter()
+            .filter_map(|o| match o.val {
+                Val::Slot(s) => Some(s),
+                _ => None,
+            })
+            .collect();
+        let mut last_use: HashMap<usize, usize> = HashMap::new();
+        for (i, s) in steps.iter().enumerate() {
+            for v in &s.operands {
+                if let Val::Slot(slot) = v {
+                    last_use.insert(*slot, i);
+                }
+            }
+        }
+        for (slot, i) in last_use {
+            if !keep.contains(&slot) {
+                steps[i].frees.push(slot);
+            }
+        }
+        let mut seen = HashSet::new();
+        let mut const_bytes = 0usize;
+        for s in &steps {
+            for v in &s.operands {
+                if let Val::Const(c) = v {
+                    if seen.insert(Arc::as_ptr(c) as usize) {
+                        const_bytes += c
+                            .tensor
+                            .as_ref()
+                            .map_or(0, |t| t.elem_count() * t.dtype().size_in_bytes());
+                    }
+                }
+            }
+        }
+        Ok(Plan {
+            inputs,
+            outputs,
+            steps,
+            n_slots,
+            policy,
+            folded,
+            const_bytes,
+        })
+    }
+
+    /// The float policy the plan was built with.
+    pub fn policy(&self) -> FloatPolicy {
+        self.policy
+    }
+
+    /// Number of run-time steps (ops left after folding constants).
+    pub fn step_count(&self) -> usize {
+        self.steps.len()
+    }
+
+    /// Number of ops folded into constants at build time.
+    pub fn folded_count(&self) -> usize {
+        self.folded
+    }
+
+    /// Bytes of constant tensors the run-time steps read.
+    pub fn const_bytes(&self) -> usize {
+        self.const_bytes
+    }
+
+    /// Run-time step counts by op type.
+    pub fn step_histogram(&self) -> BTreeMap<String, usize> {
+        let mut h = BTreeMap::new();
+        for s in &self.steps {
+            *h.entry(s.op_type.clone()).or_default() += 1;
+        }
+        h
+    }
+
+    /// Runs the program. `inputs` must already match the model's schema
+    /// (see [`crate::IoSchema::validate_inputs`]); outputs come back in their
+    /// declared dtypes. A panic inside a kernel is caught and reported as
+    /// [`Error::Internal`].
+    pub fn run(&self, inputs: &TensorMap) -> Result<TensorMap> {
+        catch_unwind(AssertUnwindSafe(|| self.run_inner(inputs))).unwrap_or_else(|p| {
+            let msg = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(Error::internal(format!("the interpreter panicked: {msg}")))
+        })
+    }
+
+    fn run_inner(&self, inputs: &TensorMap) -> Result<TensorMap> {
+        let mut slots: Vec<Option<CTensor>> = vec![None; self.n_slots];
+        for inp in &self.inputs {
+            let t = inputs.get(&inp.name).ok_or_else(|| {
+                Error::schema_mismatch(format!("input `{}`", inp.name), "the input to be present", "nothing")
+            })?;
+            slots[inp.slot] = Some(to_candle(t, self.policy).map_err(|e| candle_err(&inp.name, "input", e))?);
+        }
+        for step in &self.steps {
+            let mut args: Vec<&CTensor> = Vec::with_capacity(step.operands.len());
+            for v in &step.operands {
+                let t = match v {
+                    Val::Const(c) => c.tensor.as_ref(),
+                    Val::Slot(s) => slots[*s].as_ref(),
+                };
+                args.push(t.ok_or_else(|| Error::internal(format!("op `{}` read an empty slot", step.name)))?);
+            }
+            let outs = (step.kernel)(&args).map_err(|e| candle_err(&step.name, &step.op_type, e))?;
+            drop(args);
+            if outs.len() < step.outputs.len() {
+                return Err(Error::internal(format!(
+                    "op `{}` ({}) produced {} outputs, {} expected",
+                    step.name,
+                    step.op_type,
+                    outs.len(),
+                    step.outputs.len()
+                )));
+            }
+            for (slot, t) in step.outputs.iter().zip(outs) {
+                slots[*slot] = Some(t);
+            }
+            for s in &step.frees {
+                slots[*s] = None;
+            }
+        }
+        let mut out = TensorMap::new();
+        for o in &self.outputs {
+            let t = match &o.val {
+                Val::Const(c) => c.tensor.as_ref(),
+                Val::Slot(s) => slots[*s].as_ref(),
+            }
+            .ok_or_else(|| Error::internal(format!("output `{}` was never computed", o.name)))?;
+            out.insert(
+                o.name.clone(),
+                from_candle(t, o.dtype).map_err(|e| candle_err(&o.name, "output", e))?,
+            );
+        }
+        Ok(out)
+    }
+}
+
+fn make_const(d: Decoded, policy: FloatPolicy, name: &str) -> Result<ConstVal> {
+    let tensor = const_tensor(&d, policy).map_err(|e| candle_err(name, "const", e))?;
+    let host = (d.data.len() <= HOST_COPY_LIMIT).then_some(d);
+    Ok(ConstVal { tensor, host })
+}
+
+/// Host copy of a small folded tensor, so later ops can read it as a parameter.
+fn small_host(t: &CTensor) -> Option<Decoded> {
+    if t.elem_count() > HOST_COPY_LIMIT {
+        return None;
+    }
+    let shape = t.dims().to_vec();
+    let flat = t.flatten_all().ok()?;
+    let (dtype, data) = match t.dtype() {
+        CDType::F16 => (DataType::Float16, HostData::F16(flat.to_vec1().ok()?)),
+        CDType::F32 => (DataType::Float32, HostData::F32(flat.to_vec1().ok()?)),
+        CDType::U8 => (
+            DataType::Bool,
+            HostData::Bool(flat.to_vec1::<u8>().ok()?.into_iter().map(|x| x != 0).collect()),
+        ),
+        _ => (
+            DataType::Int64,
+            HostData::I64(flat.to_dtype(CDType::I64).ok()?.to_vec1().ok()?),
+        ),
+    };
+    Some(Decoded {
+        dtype: dtype as i32,
+        shape,
+        data,
+    })
+}
+
+/// Converts a host tensor to the candle dtype it is computed in.
+pub(crate) fn to_candle(t: &Tensor, policy: FloatPolicy) -> candle_core::Result<CTensor> {
+    let dev = &Device::Cpu;
+    let raw = match t.dtype() {
+        DType::F32 => CTensor::from_raw_buffer(t.as_bytes(), CDType::F32, t.shape(), dev)?,
+        DType::F16 => CTensor::from_raw_buffer(t.as_bytes(), CDType::F16, t.shape(), dev)?,
+        DType::F64 => CTensor::from_raw_buffer(t.as_bytes(), CDType::F64, t.shape(), dev)?,
+        DType::I32 => CTensor::from_raw_buffer(t.as_bytes(), CDType::I32, t.shape(), dev)?,
+        DType::I64 => CTensor::from_raw_buffer(t.as_bytes(), CDType::I64, t.shape(), dev)?,
+        DType::U8 => CTensor::from_raw_buffer(t.as_bytes(), CDType::U8, t.shape(), dev)?,
+        DType::I8 => {
+            let v: Vec<i64> = t.as_bytes().iter().map(|&b| b as i8 as i64).collect();
+            CTensor::from_vec(v, t.shape(), dev)?
+        }
+    };
+    raw.to_dtype(compute_dtype_of(t.dtype(), policy))
+}
+
+/// Converts a candle tensor to a host tensor of dtype `want`.
+pub(crate) fn from_candle(t: &CTensor, want: DType) -> candle_core::Result<Tensor> {
+    let shape = t.dims().to_vec();
+    let flat = t.flatten_all()?;
+    let wrap = |r: crate::Result<Tensor>| r.map_err(|e| candle_core::Error::Msg(e.to_string()));
+    match want {
+        DType::F32 => wrap(Tensor::from_vec(shape, flat.to_dtype(CDType::F32)?.to_vec1::<f32>()?)),
+        DType::F16 => wrap(Tensor::from_vec(
+            shape,
+            flat.to_dtype(CDType::F16)?.to_vec1::<half::f16>()?,
+        )),
+        DType::F64 => wrap(Tensor::from_vec(shape, flat.to_dtype(CDType::F64)?.to_vec1::<f64>()?)),
+        DType::I32 => wrap(Tensor::from_vec(shape, flat.to_dtype(CDType::I32)?.to_vec1::<i32>()?)),
+        DType::I64 => wrap(Tensor::from_vec(shape, flat.to_dtype(CDType::I64)?.to_vec1::<i64>()?)),
+        DType::U8 => wrap(Tensor::from_vec(shape, flat.to_dtype(CDType::U8)?.to_vec1::<u8>()?)),
+        DType::I8 => {
+            let v: Vec<i8> = flat
+                .to_dtype(CDType::I64)?
+                .to_vec1::<i64>()?
+                .into_iter()
+                .map(|x| x as i8)
+                .collect();
+            wrap(Tensor::from_vec(shape, v))
+        }
+    }
+}

@@ -1,0 +1,325 @@
+//! Decoding MIL constant values (immediate or `blobFileValue`) into host
+//! arrays. Each decoded value keeps its MIL dtype and shape; numeric data is
+//! widened only as far as needed (f16 stays f16, integers become i64).
+
+use std::collections::HashMap;
+
+use coreml_proto::proto::mil_spec::{self, tensor_value, value, DataType, Value};
+use half::{bf16, f16};
+
+use crate::error::{Error, Result};
+use crate::milblob::{unpack_bits, WeightFile};
+use crate::mlpackage::MlPackage;
+use crate::tensor::checked_numel;
+
+/// Host data of a decoded constant.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HostData {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+    F64(Vec<f64>),
+    /// Every integer type, widened.
+    I64(Vec<i64>),
+    Bool(Vec<bool>),
+    Str(Vec<String>),
+}
+
+impl HostData {
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        match self {
+            HostData::F32(v) => v.len(),
+            HostData::F16(v) => v.len(),
+            HostData::F64(v) => v.len(),
+            HostData::I64(v) => v.len(),
+            HostData::Bool(v) => v.len(),
+            HostData::Str(v) => v.len(),
+        }
+    }
+
+    /// Whether there are no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Numeric values as f64 (`None` for strings).
+    pub fn to_f64(&self) -> Option<Vec<f64>> {
+        Some(match self {
+            HostData::F32(v) => v.iter().map(|&x| x as f64).collect(),
+            HostData::F16(v) => v.iter().map(|x| x.to_f64()).collect(),
+            HostData::F64(v) => v.clone(),
+            HostData::I64(v) => v.iter().map(|&x| x as f64).collect(),
+            HostData::Bool(v) => v.iter().map(|&b| b as u8 as f64).collect(),
+            HostData::Str(_) => return None,
+        })
+    }
+
+    /// Numeric values as f32 (`None` for strings).
+    pub fn to_f32(&self) -> Option<Vec<f32>> {
+        Some(match self {
+            HostData::F32(v) => v.clone(),
+            HostData::F16(v) => v.iter().map(|x| x.to_f32()).collect(),
+            _ => self.to_f64()?.into_iter().map(|x| x as f32).collect(),
+        })
+    }
+}
+
+/// A decoded constant: MIL dtype, shape and data.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decoded {
+    /// MIL `DataType` code.
+    pub dtype: i32,
+    /// Dimensions (empty for scalars).
+    pub shape: Vec<usize>,
+    /// The elements, row-major.
+    pub data: HostData,
+}
+
+/// Decodes values, caching mapped weight files by name.
+pub struct Decoder<'a> {
+    pkg: &'a MlPackage,
+    weights: HashMap<String, WeightFile>,
+}
+
+fn dtype_name(code: i32) -> String {
+    DataType::try_from(code)
+        .map(|d| d.as_str_name().to_ascii_lowercase())
+        .unwrap_or_else(|_| format!("dtype code {code}"))
+}
+
+impl<'a> Decoder<'a> {
+    /// A decoder for values of `pkg`.
+    pub fn new(pkg: &'a MlPackage) -> Decoder<'a> {
+        Decoder {
+            pkg,
+            weights: HashMap::new(),
+        }
+    }
+
+    fn bad(&self, what: &str, reason: String) -> Error {
+        Error::invalid_artifact(self.pkg.path(), format!("{what}: {reason}"))
+    }
+
+    /// Decodes `v`; `what` names it in errors (e.g. "op `conv_0` input `weight`").
+    pub fn decode(&mut self, v: &Value, what: &str) -> Result<Decoded> {
+        let (dtype, shape) = match v.r#type.as_ref().and_then(|t| t.r#type.as_ref()) {
+            Some(mil_spec::value_type::Type::TensorType(t)) => {
+                let shape = t
+                    .dimensions
+                    .iter()
+                    .map(|d| match d.dimension {
+                        Some(mil_spec::dimension::Dimension::Constant(c)) => usize::try_from(c.size)
+                            .map_err(|_| self.bad(what, format!("dimension {} is too large", c.size))),
+                        _ => Err(self.bad(what, "a constant with a non-constant dimension".into())),
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                (t.data_type, shape)
+            }
+            Some(_) => {
+                return Err(Error::unsupported(format!(
+                    "{what}: non-tensor constant values (lists, tuples, dicts)"
+                )))
+            }
+            None => return Err(self.bad(what, "a value without a type".into())),
+        };
+        let n = checked_numel(&shape).ok_or_else(|| self.bad(what, format!("shape {shape:?} overflows")))?;
+        let data = match &v.value {
+            Some(value::Value::ImmediateValue(iv)) => match &iv.value {
+                Some(value::immediate_value::Value::Tensor(t)) => self.decode_immediate(t, dtype, n, what)?,
+                _ => return Err(Error::unsupported(format!("{what}: non-tensor immediate values"))),
+            },
+            Some(value::Value::BlobFileValue(b)) => {
+                if !self.weights.contains_key(&b.file_name) {
+                    let w = self.pkg.open_weights(&b.file_name)?;
+                    self.weights.insert(b.file_name.clone(), w);
+                }
+                let blob = self.weights[&b.file_name].blob(b.offset)?;
+                if blob.count != n as u64 {
+                    return Err(self.bad(
+                        what,
+                        format!(
+                            "blob at offset {} holds {} elements, its type {shape:?} needs {n}",
+                            b.offset, blob.count
+                        ),
+                    ));
+                }
+                match DataType::try_from(dtype) {
+                    Ok(DataType::Float32) => HostData::F32(blob.to_f32()?),
+                    Ok(DataType::Float16) => HostData::F16(blob.to_f16()?),
+                    Ok(DataType::Bfloat16) => HostData::F32(blob.to_f32()?),
+                    Ok(
+                        DataType::Int8
+                        | DataType::Uint8
+                        | DataType::Int16
+                        | DataType::Uint16
+                        | DataType::Int32
+                        | DataType::Uint32
+                        | DataType::Int4
+                        | DataType::Uint4
+                        | DataType::Uint2
+                        | DataType::Uint1
+                        | DataType::Uint3
+                        | DataType::Uint6,
+                    ) => HostData::I64(blob.to_i64()?),
+                    _ => {
+                        return Err(Error::unsupported(format!(
+                            "{what}: weights of type {}",
+                            dtype_name(dtype)
+                        )))
+                    }
+                }
+            }
+            None => return Err(self.bad(what, "a value with no data".into())),
+        };
+        if data.len() != n {
+            return Err(self.bad(
+                what,
+                format!("{} elements for a value of shape {shape:?} ({n} expected)", data.len()),
+            ));
+        }
+        Ok(Decoded { dtype, shape, data })
+    }
+
+    fn decode_immediate(&self, t: &mil_spec::TensorValue, dtype: i32, n: usize, what: &str) -> Result<HostData> {
+        use tensor_value::Value as V;
+        let dt = DataType::try_from(dtype).map_err(|_| self.bad(what, format!("unknown dtype code {dtype}")))?;
+        Ok(match (&t.value, dt) {
+            (Some(V::Floats(f)), _) => match dt {
+                DataType::Float16 => HostData::F16(f.values.iter().map(|&x| f16::from_f32(x)).collect()),
+                _ => HostData::F32(f.values.clone()),
+            },
+            (Some(V::Doubles(d)), _) => HostData::F64(d.values.clone()),
+            (Some(V::Ints(i)), _) => HostData::I64(i.values.iter().map(|&x| x as i64).collect()),
+            (Some(V::LongInts(i)), _) => HostData::I64(i.values.clone()),
+            (Some(V::Bools(b)), _) => HostData::Bool(b.values.clone()),
+            (Some(V::Strings(s)), _) => HostData::Str(s.values.clone()),
+            (Some(V::Bytes(b)), dt) => {
+                let b = &b.values;
+                let need = |bytes: usize| -> Result<()> {
+                    if b.len() < bytes {
+                        Err(self.bad(
+                            what,
+                            format!("{} bytes of data, {bytes} needed for {n} elements", b.len()),
+                        ))
+                    } else {
+                        Ok(())
+                    }
+                };
+                match dt {
+                    DataType::Float16 => {
+                        need(n * 2)?;
+                        HostData::F16(
+                            b.chunks_exact(2)
+                                .take(n)
+                                .map(|c| f16::from_le_bytes([c[0], c[1]]))
+                                .collect(),
+                        )
+                    }
+                    DataType::Bfloat16 => {
+                        need(n * 2)?;
+                        HostData::F32(
+                            b.chunks_exact(2)
+                                .take(n)
+                                .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                                .collect(),
+                        )
+                    }
+                    DataType::Int8 => {
+                        need(n)?;
+                        HostData::I64(b.iter().take(n).map(|&x| x as i8 as i64).collect())
+                    }
+                    DataType::Uint8 | DataType::Bool => {
+                        need(n)?;
+                        HostData::I64(b.iter().take(n).map(|&x| x as i64).collect())
+                    }
+                    DataType::Int16 | DataType::Uint16 => {
+                        need(n * 2)?;
+                        let signed = dt == DataType::Int16;
+                        HostData::I64(
+                            b.chunks_exact(2)
+                                .take(n)
+                                .map(|c| {
+                                    let u = u16::from_le_bytes([c[0], c[1]]);
+                                    if signed {
+                                        u as i16 as i64
+                                    } else {
+                                        u as i64
+                                    }
+                                })
+                                .collect(),
+                        )
+                    }
+                    DataType::Int32 | DataType::Uint32 => {
+                        need(n * 4)?;
+                        let signed = dt == DataType::Int32;
+                        HostData::I64(
+                            b.chunks_exact(4)
+                                .take(n)
+                                .map(|c| {
+                                    let u = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                                    if signed {
+                                        u as i32 as i64
+                                    } else {
+                                        u as i64
+                                    }
+                                })
+                                .collect(),
+                        )
+                    }
+                    DataType::Int64 | DataType::Uint64 => {
+                        need(n * 8)?;
+                        HostData::I64(
+                            b.chunks_exact(8)
+                                .take(n)
+                                .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
+                                .collect(),
+                        )
+                    }
+                    DataType::Float32 => {
+                        need(n * 4)?;
+                        HostData::F32(
+                            b.chunks_exact(4)
+                                .take(n)
+                                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                                .collect(),
+                        )
+                    }
+                    DataType::Uint1
+                    | DataType::Uint2
+                    | DataType::Uint3
+                    | DataType::Uint4
+                    | DataType::Uint6
+                    | DataType::Int4 => {
+                        let bits = match dt {
+                            DataType::Uint1 => 1,
+                            DataType::Uint2 => 2,
+                            DataType::Uint3 => 3,
+                            DataType::Uint6 => 6,
+                            _ => 4,
+                        };
+                        need((n * bits as usize).div_ceil(8))?;
+                        let v = unpack_bits(b, bits, n);
+                        HostData::I64(
+                            v.into_iter()
+                                .map(|x| {
+                                    if dt == DataType::Int4 && x >= 8 {
+                                        x as i64 - 16
+                                    } else {
+                                        x as i64
+                                    }
+                                })
+                                .collect(),
+                        )
+                    }
+                    other => {
+                        return Err(Error::unsupported(format!(
+                            "{what}: byte-encoded {}",
+                            other.as_str_name()
+                        )))
+                    }
+                }
+            }
+            (None, _) => return Err(self.bad(what, "an immediate tensor with no data".into())),
+        })
+    }
+}
