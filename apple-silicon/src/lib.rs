@@ -15,7 +15,11 @@
 //! | [`milblob`] | reading MILBlob `weight.bin` files |
 //! | [`digest`] | content hashes of artifacts |
 //! | [`golden`] | model directories with golden inputs and expected outputs |
+//! | [`candle_backend`] | `CandleEngine`: ML Programs and BERT safetensors on any CPU |
+//! | [`mil`] | the ML Program interpreter behind `CandleEngine` |
+//! | [`parity`] | L∞ / RMSE / cosine between outputs, budgets per precision |
 
+pub mod candle_backend;
 pub mod digest;
 pub mod error;
 pub mod golden;
@@ -26,6 +30,7 @@ pub mod mlpackage;
 pub mod parity;
 pub mod tensor;
 
+pub use candle_backend::CandleEngine;
 pub use error::{Error, ErrorKind, Result};
 pub use inference::{
     CacheKey, CapabilityReport, CompiledMeta, ComputeUnits, InferenceEngine, IoSchema, ModelArtifact, ModelFmt,

@@ -209,11 +209,6 @@ impl<'b, 'p> OpCtx<'b, 'p> {
         }
     }
 
-    /// Whether argument `arg` is given.
-    pub fn has(&self, arg: &str) -> bool {
-        self.binding(arg).is_some() || self.op.attributes.contains_key(arg)
-    }
-
     fn resolve(&mut self, arg: &str) -> Result<Option<Val>> {
         match self.binding(arg) {
             Some(Binding::Name(n)) => match self.env.get(n) {
@@ -355,14 +350,6 @@ impl<'b, 'p> OpCtx<'b, 'p> {
                 data: HostData::Str(s), ..
             }) => Ok(s.into_iter().next()),
             Some(_) => Err(self.bad(format!("argument `{arg}` is not a string"))),
-        }
-    }
-
-    /// MIL dtype of output `i`, if declared.
-    pub fn out_dtype(&self, i: usize) -> Option<i32> {
-        match self.op.outputs.get(i)?.r#type.as_ref()?.r#type.as_ref()? {
-            mil_spec::value_type::Type::TensorType(t) => Some(t.data_type),
-            _ => None,
         }
     }
 

@@ -4,9 +4,9 @@
 //! numpy broadcasting, negative axes counted from the end, `pad` as
 //! `[begin, end]` per spatial dimension.
 
-use candle_core::{DType as CDType, Device, Tensor, D};
+use candle_core::{DType as CDType, Device, Tensor};
 
-use super::{compute_dtype, FloatPolicy, Kernel, OpCtx};
+use super::{compute_dtype, Kernel, OpCtx};
 use crate::error::Result;
 
 type Builder = fn(&mut OpCtx) -> Result<Kernel>;
@@ -307,7 +307,10 @@ fn spatial_pads(
     })
 }
 
-fn spatial_params(c: &mut OpCtx, n: usize) -> Result<(Vec<usize>, Vec<usize>, String, Vec<i64>)> {
+/// Strides, dilations, pad type and explicit pads of a conv or pool.
+type Spatial = (Vec<usize>, Vec<usize>, String, Vec<i64>);
+
+fn spatial_params(c: &mut OpCtx, n: usize) -> Result<Spatial> {
     let strides = c.opt_ints("strides")?.unwrap_or_else(|| vec![1; n]);
     let dil = c.opt_ints("dilations")?.unwrap_or_else(|| vec![1; n]);
     let pad_type = c.opt_string("pad_type")?.unwrap_or_else(|| "valid".into());
@@ -945,17 +948,4 @@ fn tile(c: &mut OpCtx) -> Result<Kernel> {
         }
         one(y)
     }))
-}
-
-#[allow(dead_code)]
-fn last_dim() -> D {
-    D::Minus1
-}
-
-#[allow(dead_code)]
-fn policy_name(p: FloatPolicy) -> &'static str {
-    match p {
-        FloatPolicy::Native => "native",
-        FloatPolicy::Upcast => "upcast",
-    }
 }

@@ -1,0 +1,326 @@
+//! `CandleEngine`: the CPU engine. It runs the ML Program inside an
+//! `.mlpackage` with the [`crate::mil`] interpreter — the very file Core ML
+//! runs — and BERT-family safetensors with candle-transformers. It is the
+//! numerical ground truth and the engine the circuit breaker falls back to,
+//! and it runs on any host.
+//!
+//! Each inference runs off the caller's thread; if it does not finish within
+//! its timeout the caller gets [`Error::Timeout`] at the deadline and the late
+//! result is discarded when it arrives (the work only touches its own copies).
+
+mod bert;
+
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+pub use bert::{BertEncoder, Pooling};
+
+use crate::error::{Error, Result};
+use crate::inference::{
+    downcast_model, CacheKey, CapabilityReport, ComputeUnits, InferenceEngine, IoSchema, ModelArtifact, ModelFmt,
+    PrepareOptions, PreparedModel, ShapeConstraint,
+};
+use crate::mil::{FloatPolicy, Plan};
+use crate::mlpackage::MlPackage;
+use crate::tensor::{DType, TensorMap};
+
+/// Version tag of the Candle engine's compiled form, part of its cache keys.
+pub const ENGINE_VERSION: &str = concat!("candle-", env!("CARGO_PKG_VERSION"));
+
+/// The CPU engine. Cheap to create; holds only options.
+#[derive(Debug, Clone)]
+pub struct CandleEngine {
+    float_policy: FloatPolicy,
+    bert_seq_len: usize,
+}
+
+impl Default for CandleEngine {
+    fn default() -> Self {
+        CandleEngine {
+            float_policy: FloatPolicy::Upcast,
+            bert_seq_len: 128,
+        }
+    }
+}
+
+impl CandleEngine {
+    /// An engine with default options: fp16 programs computed in f32.
+    pub fn new() -> CandleEngine {
+        CandleEngine::default()
+    }
+
+    /// How fp16 programs are computed: [`FloatPolicy::Upcast`] (default; f32
+    /// arithmetic, fastest on CPUs without f16 units and closest to the
+    /// reference) or [`FloatPolicy::Native`] (f16 tensors, as the program says).
+    pub fn with_float_policy(mut self, policy: FloatPolicy) -> Self {
+        self.float_policy = policy;
+        self
+    }
+
+    /// Default sequence length reported in a BERT model's schema (any length up
+    /// to the model's maximum is accepted).
+    pub fn with_bert_seq_len(mut self, len: usize) -> Self {
+        self.bert_seq_len = len.max(1);
+        self
+    }
+}
+
+enum Runner {
+    Program(Plan),
+    Bert(Box<BertEncoder>),
+}
+
+struct Inner {
+    runner: Runner,
+    schema: IoSchema,
+    cache_key: String,
+    sla: Duration,
+    requested: ComputeUnits,
+    precision: String,
+    notes: Vec<String>,
+    prepare_time: Duration,
+}
+
+impl Inner {
+    fn run(&self, inputs: &TensorMap) -> Result<TensorMap> {
+        match &self.runner {
+            Runner::Program(p) => p.run(inputs),
+            Runner::Bert(b) => b.run(inputs),
+        }
+    }
+}
+
+/// A model prepared by [`CandleEngine`]. `Send + Sync`: one prepared model can
+/// serve many threads at once (every run works on its own tensors).
+pub struct CandleModel {
+    inner: Arc<Inner>,
+}
+
+impl CandleModel {
+    /// The interpreter's plan, for ML Programs.
+    pub fn plan(&self) -> Option<&Plan> {
+        match &self.inner.runner {
+            Runner::Program(p) => Some(p),
+            Runner::Bert(_) => None,
+        }
+    }
+
+    /// How long prepare took.
+    pub fn prepare_time(&self) -> Duration {
+        self.inner.prepare_time
+    }
+
+    /// Runs on the calling thread with no deadline (inputs are still checked
+    /// against the schema). For benchmarks and tools; services should use
+    /// [`InferenceEngine::infer`].
+    pub fn run_blocking(&self, inputs: &TensorMap) -> Result<TensorMap> {
+        self.inner.schema.validate_inputs(inputs)?;
+        self.inner.run(inputs)
+    }
+}
+
+impl PreparedModel for CandleModel {
+    fn cache_key(&self) -> &str {
+        &self.inner.cache_key
+    }
+    fn io_schema(&self) -> &IoSchema {
+        &self.inner.schema
+    }
+    fn sla_estimate(&self) -> Duration {
+        self.inner.sla
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+/// A short name of this machine's CPU (`model name` in /proc/cpuinfo where
+/// there is one).
+pub fn cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|v| v.trim().to_string())
+        })
+        .unwrap_or_else(|| format!("{} CPU", std::env::consts::ARCH))
+}
+
+fn precision_label(pkg: &MlPackage, policy: FloatPolicy) -> String {
+    let q = pkg.quantization();
+    if q == "fp32" {
+        return "f32".into();
+    }
+    match policy {
+        FloatPolicy::Upcast => format!("{q} weights, computed in f32 (f16 upcast)"),
+        FloatPolicy::Native => format!("{q} weights, computed in f16 where the program is f16"),
+    }
+}
+
+impl CandleEngine {
+    fn prepare_program(&self, artifact: &ModelArtifact, opts: &PrepareOptions) -> Result<Inner> {
+        let pkg = MlPackage::open(&artifact.path)?;
+        let plan = Plan::build(&pkg, self.float_policy)?;
+        let key = CacheKey {
+            sha256: artifact.sha256_hex(),
+            coreml_version: ENGINE_VERSION.into(),
+            backend: "mlprogram".into(),
+            compute_units: ComputeUnits::CpuOnly,
+            quantization: format!("{}-{:?}", pkg.quantization(), self.float_policy).to_lowercase(),
+            shape_key: pkg.shape_key(),
+            os_build: "any".into(),
+        };
+        let mut notes = vec![format!(
+            "ML Program interpreted by candle: {} run-time steps, {} ops folded at prepare",
+            plan.step_count(),
+            plan.folded_count()
+        )];
+        if opts.compute_units != ComputeUnits::CpuOnly {
+            notes.push(format!(
+                "requested compute units `{}`; the Candle engine runs on the CPU only",
+                opts.compute_units
+            ));
+        }
+        Ok(Inner {
+            precision: precision_label(&pkg, self.float_policy),
+            schema: pkg.io_schema().clone(),
+            runner: Runner::Program(plan),
+            cache_key: key.to_string(),
+            sla: opts.sla.unwrap_or(Duration::from_secs(1)),
+            requested: opts.compute_units,
+            notes,
+            prepare_time: Duration::ZERO,
+        })
+    }
+
+    fn prepare_bert(&self, artifact: &ModelArtifact, opts: &PrepareOptions) -> Result<Inner> {
+        let enc = BertEncoder::load(&artifact.path, self.bert_seq_len)?;
+        let key = CacheKey {
+            sha256: artifact.sha256_hex(),
+            coreml_version: ENGINE_VERSION.into(),
+            backend: "safetensors-bert".into(),
+            compute_units: ComputeUnits::CpuOnly,
+            quantization: "fp32".into(),
+            shape_key: format!("seq_{}", self.bert_seq_len),
+            os_build: "any".into(),
+        };
+        let (pooling, normalize) = enc.head();
+        Ok(Inner {
+            schema: enc.schema().clone(),
+            notes: vec![format!(
+                "BERT encoder by candle-transformers, {pooling:?} pooling{}",
+                if normalize { ", L2-normalised" } else { "" }
+            )],
+            runner: Runner::Bert(Box::new(enc)),
+            cache_key: key.to_string(),
+            sla: opts.sla.unwrap_or(Duration::from_secs(1)),
+            requested: opts.compute_units,
+            precision: "f32".into(),
+            prepare_time: Duration::ZERO,
+        })
+    }
+}
+
+impl InferenceEngine for CandleEngine {
+    fn name(&self) -> &str {
+        "candle"
+    }
+
+    fn prepare(&self, artifact: &ModelArtifact, opts: PrepareOptions) -> Result<Box<dyn PreparedModel>> {
+        let start = Instant::now();
+        let mut inner = match artifact.format {
+            ModelFmt::MlPackage => self.prepare_program(artifact, &opts)?,
+            ModelFmt::Safetensors => self.prepare_bert(artifact, &opts)?,
+            ModelFmt::MlModelC => return Err(Error::unsupported(
+                "running a compiled .mlmodelc with the Candle engine: compiled bundles are Core ML's private format; \
+                     give the Candle engine the .mlpackage it was compiled from",
+            )),
+            other => {
+                return Err(Error::unsupported(format!(
+                    "{other} models (the Candle engine runs .mlpackage ML Programs and BERT safetensors)"
+                )))
+            }
+        };
+        inner.prepare_time = start.elapsed();
+        tracing::debug!(path = %artifact.path.display(), ms = inner.prepare_time.as_secs_f64() * 1e3, "candle prepared");
+        Ok(Box::new(CandleModel { inner: Arc::new(inner) }))
+    }
+
+    fn infer(&self, model: &dyn PreparedModel, inputs: &TensorMap, timeout: Duration) -> Result<TensorMap> {
+        let m = downcast_model::<CandleModel>(model, "candle")?;
+        m.inner.schema.validate_inputs(inputs)?;
+        let inner = Arc::clone(&m.inner);
+        let inputs = inputs.clone();
+        let (tx, rx) = mpsc::sync_channel(1);
+        // The worker owns everything it touches; if we stop waiting, its send
+        // fails quietly and the result is dropped.
+        std::thread::Builder::new()
+            .name("candle-infer".into())
+            .spawn(move || {
+                let _ = tx.send(inner.run(&inputs));
+            })
+            .map_err(|e| Error::MemoryPressure {
+                message: format!("could not start an inference thread: {e}"),
+            })?;
+        match rx.recv_timeout(timeout) {
+            Ok(r) => r,
+            Err(mpsc::RecvTimeoutError::Timeout) => Err(Error::Timeout {
+                operation: "candle inference".into(),
+                after: timeout,
+            }),
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                Err(Error::internal("the inference thread ended without a result"))
+            }
+        }
+    }
+
+    fn capabilities(&self, model: &dyn PreparedModel) -> CapabilityReport {
+        let (schema, requested, precision, notes) = match downcast_model::<CandleModel>(model, "candle") {
+            Ok(m) => (
+                m.inner.schema.clone(),
+                m.inner.requested,
+                m.inner.precision.clone(),
+                m.inner.notes.clone(),
+            ),
+            Err(e) => (
+                IoSchema::default(),
+                ComputeUnits::CpuOnly,
+                String::new(),
+                vec![e.to_string()],
+            ),
+        };
+        let max_batch = schema
+            .inputs
+            .iter()
+            .map(|s| match &s.constraint {
+                ShapeConstraint::Fixed => s.shape.first().copied().unwrap_or(1),
+                ShapeConstraint::Enumerated(l) => l.iter().filter_map(|v| v.first().copied()).max().unwrap_or(1),
+                ShapeConstraint::Range(r) => r.first().and_then(|&(_, hi)| hi).unwrap_or(usize::MAX),
+            })
+            .min()
+            .unwrap_or(1);
+        CapabilityReport {
+            engine: "candle".into(),
+            device_class: cpu_name(),
+            supported_dtypes: vec![
+                DType::F32,
+                DType::F16,
+                DType::F64,
+                DType::I32,
+                DType::I64,
+                DType::I8,
+                DType::U8,
+            ],
+            max_batch_size: max_batch,
+            ane_op_coverage_pct: None,
+            compute_units_requested: requested,
+            compute_units_actual: Some(ComputeUnits::CpuOnly),
+            compute_precision: precision,
+            compile_p99_ms: None,
+            infer_p99_ms: None,
+            notes,
+        }
+    }
+}
