@@ -2,8 +2,10 @@
 SHELL := /bin/bash
 PY    := .venv/bin/python
 
-.PHONY: all venv fixtures download-models smoke test rust-test swift-check bench soak leak-check clean
+.PHONY: all venv fixtures download-models smoke test swift-check bench clean
 
+# The main job: models (downloaded and built if needed), a release build, and
+# the smoke run over every model.
 all: smoke
 
 # Project-local Python with pinned coremltools (scripts/models/requirements.txt).
@@ -20,12 +22,21 @@ fixtures: venv
 download-models: venv
 	$(PY) scripts/models/download_models.py
 
-# The Swift bridge: provision Swift 6.0.3 in a Debian trixie chroot, swift build + swift test.
+# Every model through the engine chain: engine, precision, parity, p50/p95/p99.
+smoke: download-models
+	cargo run --release --example core_ml_smoke_test
+
+# Every test: formatting, lints, Rust unit/integration/doc tests, the Swift bridge.
+test: download-models
+	bash scripts/test.sh
+
+# The Swift bridge alone: provision Swift 6.0.3 in a Debian trixie chroot, swift build + swift test.
 swift-check:
 	bash scripts/swift/check.sh
 
-test: download-models
-	bash scripts/test.sh
+# Latency, prepare time and peak RSS of the Candle engine (figures in docs/CORE_ML_MODELS.md).
+bench: download-models
+	cargo run --release --example candle_bench
 
 clean:
 	cargo clean
