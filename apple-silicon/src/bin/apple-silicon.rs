@@ -3,10 +3,16 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use std::time::{Duration, Instant};
+
 use apple_silicon::golden::GoldenModel;
+use apple_silicon::mil::{self, FloatPolicy};
 use apple_silicon::mlpackage::MlPackage;
-use apple_silicon::{ModelArtifact, ModelFmt, Result};
-use clap::{Parser, Subcommand};
+use apple_silicon::parity::{self, Precision, Thresholds};
+use apple_silicon::{
+    CandleEngine, Error, InferenceEngine, ModelArtifact, ModelFmt, PrepareOptions, Result, Tensor, TensorMap,
+};
+use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
 #[command(name = "apple-silicon", version, about = "Inspect and run Core ML models from Rust")]
@@ -25,6 +31,63 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run a model once and write its outputs as .npy files.
+    Run {
+        /// An .mlpackage, a BERT safetensors directory, or a model directory
+        /// (whose golden inputs are used when no --input is given).
+        model: PathBuf,
+        /// An input as NAME=FILE.npy (repeatable).
+        #[arg(long = "input", value_name = "NAME=FILE")]
+        inputs: Vec<String>,
+        /// Where to write <output>.npy files.
+        #[arg(long, value_name = "DIR")]
+        output_dir: Option<PathBuf>,
+        /// How fp16 programs are computed.
+        #[arg(long, value_enum, default_value_t = Policy::Upcast)]
+        policy: Policy,
+        /// Timeout in milliseconds.
+        #[arg(long, default_value_t = 60_000)]
+        timeout_ms: u64,
+    },
+    /// Compare outputs: a model against its golden outputs, two models on the
+    /// same inputs, or one model under two float policies.
+    Parity {
+        /// A model directory (with golden inputs), or any model with --input.
+        model_a: PathBuf,
+        /// A second model, run on the same inputs.
+        model_b: Option<PathBuf>,
+        /// An input as NAME=FILE.npy (repeatable).
+        #[arg(long = "input", value_name = "NAME=FILE")]
+        inputs: Vec<String>,
+        /// Compare model A under the upcast and the native f16 policy.
+        #[arg(long, conflicts_with = "model_b")]
+        policies: bool,
+        /// Budget to apply (default: from the models' precision).
+        #[arg(long, value_enum)]
+        precision: Option<Prec>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Policy {
+    Upcast,
+    Native,
+}
+
+impl From<Policy> for FloatPolicy {
+    fn from(p: Policy) -> Self {
+        match p {
+            Policy::Upcast => FloatPolicy::Upcast,
+            Policy::Native => FloatPolicy::Native,
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Prec {
+    Fp32,
+    Fp16,
+    Int8,
 }
 
 fn main() -> ExitCode {
@@ -35,6 +98,26 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Inspect { model, json } => inspect(&model, json),
+        Command::Run {
+            model,
+            inputs,
+            output_dir,
+            policy,
+            timeout_ms,
+        } => run(
+            &model,
+            &inputs,
+            output_dir.as_deref(),
+            policy.into(),
+            Duration::from_millis(timeout_ms),
+        ),
+        Command::Parity {
+            model_a,
+            model_b,
+            inputs,
+            policies,
+            precision,
+        } => parity_cmd(&model_a, model_b.as_deref(), &inputs, policies, precision),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -114,9 +197,167 @@ fn inspect(path: &Path, json: bool) -> Result<()> {
         }
     }
     let total: usize = ops.values().sum();
-    println!("ops          {total} in {} types", ops.len());
+    let unsupported = mil::unsupported_ops(&pkg);
+    println!(
+        "ops          {total} in {} types; Candle interpreter: {}",
+        ops.len(),
+        if unsupported.is_empty() {
+            "all supported".to_string()
+        } else {
+            format!("{} unsupported", unsupported.len())
+        }
+    );
     for (op, n) in &ops {
-        println!("  {n:>5}  {op}");
+        let mark = if mil::is_supported(op) {
+            ""
+        } else {
+            "  (not supported by the Candle interpreter)"
+        };
+        println!("  {n:>5}  {op}{mark}");
     }
     Ok(())
+}
+
+/// Parses NAME=FILE.npy arguments.
+fn read_inputs(args: &[String]) -> Result<TensorMap> {
+    let mut map = TensorMap::new();
+    for a in args {
+        let (name, file) = a
+            .split_once('=')
+            .ok_or_else(|| Error::schema_mismatch("--input argument", "NAME=FILE.npy", format!("`{a}`")))?;
+        map.insert(name.to_string(), Tensor::read_npy(file)?);
+    }
+    Ok(map)
+}
+
+/// The artifact behind a path (a model directory resolves to its package),
+/// and the golden model when the path is a model directory.
+fn open_model(path: &Path) -> Result<(ModelArtifact, Option<GoldenModel>)> {
+    let golden = GoldenModel::open(path).ok();
+    Ok((ModelArtifact::open(resolve_model(path))?, golden))
+}
+
+fn inputs_for(path: &Path, golden: &Option<GoldenModel>, args: &[String]) -> Result<TensorMap> {
+    if !args.is_empty() {
+        return read_inputs(args);
+    }
+    match golden {
+        Some(g) => g.inputs(),
+        None => Err(Error::schema_mismatch(
+            format!("inputs for {}", path.display()),
+            "--input NAME=FILE.npy, or a model directory with golden inputs",
+            "neither",
+        )),
+    }
+}
+
+fn run(path: &Path, args: &[String], out_dir: Option<&Path>, policy: FloatPolicy, timeout: Duration) -> Result<()> {
+    let (artifact, golden) = open_model(path)?;
+    let inputs = inputs_for(path, &golden, args)?;
+    let engine = CandleEngine::new().with_float_policy(policy);
+    let t0 = Instant::now();
+    let model = engine.prepare(&artifact, PrepareOptions::default())?;
+    let prepared = t0.elapsed();
+    let t1 = Instant::now();
+    let outputs = engine.infer(model.as_ref(), &inputs, timeout)?;
+    let ran = t1.elapsed();
+    let caps = engine.capabilities(model.as_ref());
+    println!(
+        "engine {} on {} ({}); prepare {:.1} ms, inference {:.2} ms",
+        caps.engine,
+        caps.device_class,
+        caps.compute_precision,
+        prepared.as_secs_f64() * 1e3,
+        ran.as_secs_f64() * 1e3
+    );
+    if let Some(dir) = out_dir {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    }
+    for (name, t) in &outputs {
+        let preview: Vec<String> = t.to_f32_vec().iter().take(5).map(|v| format!("{v:.5}")).collect();
+        println!(
+            "output {name:<16} {} {:?}  [{}, ...]",
+            t.dtype(),
+            t.shape(),
+            preview.join(", ")
+        );
+        if let Some(dir) = out_dir {
+            let file = dir.join(format!("{name}.npy"));
+            t.write_npy(&file)?;
+            println!("  wrote {}", file.display());
+        }
+    }
+    Ok(())
+}
+
+fn precision_of(path: &Path, golden: &Option<GoldenModel>) -> Precision {
+    if let Some(g) = golden {
+        return Precision::from_manifest(&g.manifest.precision, &g.manifest.quantization);
+    }
+    match MlPackage::open(resolve_model(path)).map(|p| p.quantization()) {
+        Ok(q) if q == "fp32" => Precision::Fp32,
+        Ok(q) if q == "fp16" => Precision::Fp16,
+        Ok(_) => Precision::Int8,
+        Err(_) => Precision::Fp32,
+    }
+}
+
+fn run_once(engine: &CandleEngine, artifact: &ModelArtifact, inputs: &TensorMap) -> Result<TensorMap> {
+    let model = engine.prepare(artifact, PrepareOptions::default())?;
+    engine.infer(model.as_ref(), inputs, Duration::from_secs(600))
+}
+
+fn parity_cmd(a: &Path, b: Option<&Path>, args: &[String], policies: bool, prec: Option<Prec>) -> Result<()> {
+    let (art_a, golden_a) = open_model(a)?;
+    let inputs = inputs_for(a, &golden_a, args)?;
+    let upcast = CandleEngine::new();
+    let out_a = run_once(&upcast, &art_a, &inputs)?;
+    let mut precision = precision_of(a, &golden_a);
+    let (label, out_b) = if let Some(b) = b {
+        let (art_b, golden_b) = open_model(b)?;
+        let pb = precision_of(b, &golden_b);
+        if pb != Precision::Fp32 && (precision == Precision::Fp32 || pb == Precision::Int8) {
+            precision = pb;
+        }
+        (
+            format!("{} vs {}", a.display(), b.display()),
+            run_once(&upcast, &art_b, &inputs)?,
+        )
+    } else if policies {
+        let native = CandleEngine::new().with_float_policy(FloatPolicy::Native);
+        (
+            format!("{}: f32 compute vs native f16", a.display()),
+            run_once(&native, &art_a, &inputs)?,
+        )
+    } else {
+        let g = golden_a.as_ref().ok_or_else(|| {
+            Error::schema_mismatch(
+                "parity reference",
+                "a second model, --policies, or a model directory with expected outputs",
+                "none",
+            )
+        })?;
+        (
+            format!("{}: candle vs golden ({})", a.display(), g.manifest.reference),
+            g.expected()?,
+        )
+    };
+    let thresholds = match prec {
+        Some(Prec::Fp32) => Thresholds::for_precision(Precision::Fp32),
+        Some(Prec::Fp16) => Thresholds::for_precision(Precision::Fp16),
+        Some(Prec::Int8) => Thresholds::for_precision(Precision::Int8),
+        None => Thresholds::for_precision(precision),
+    };
+    let report = parity::compare(&out_a, &out_b, thresholds)?;
+    println!("{label}");
+    println!("{report}");
+    if report.passed {
+        Ok(())
+    } else {
+        Err(Error::schema_mismatch(
+            "parity",
+            "every output within budget",
+            "an output outside it",
+        ))
+    }
 }

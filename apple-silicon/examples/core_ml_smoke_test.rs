@@ -1,0 +1,136 @@
+//! Smoke test: every available model through the engine chain, printing per
+//! model which engine served, precision, compute units, parity against the
+//! golden outputs, and p50/p95/p99 latency.
+//!
+//! ```text
+//! cargo run --release --example core_ml_smoke_test [-- --iterations N] [--fixtures-only]
+//! ```
+//!
+//! Exits non-zero if any model fails to run or misses its parity budget.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use apple_silicon::golden::{self, GoldenModel};
+use apple_silicon::parity::{compare, Thresholds};
+use apple_silicon::{CandleEngine, InferenceEngine, ModelArtifact, PrepareOptions};
+
+struct Row {
+    id: String,
+    engine: String,
+    precision: String,
+    units: String,
+    parity: String,
+    passed: bool,
+    prepare_ms: f64,
+    p: [f64; 3],
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn smoke(engine: &dyn InferenceEngine, m: &GoldenModel, iterations: usize) -> apple_silicon::Result<Row> {
+    let artifact = ModelArtifact::open(m.package_path())?;
+    let t0 = Instant::now();
+    let model = engine.prepare(&artifact, PrepareOptions::default())?;
+    let prepare_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let inputs = m.inputs()?;
+    let timeout = Duration::from_secs(60);
+    let out = engine.infer(model.as_ref(), &inputs, timeout)?;
+    let budget = Thresholds {
+        l_inf: m.manifest.accuracy_delta_l_inf,
+        rmse: m.manifest.accuracy_delta_rmse,
+    };
+    let report = compare(&out, &m.expected()?, budget)?;
+    let mut lat = Vec::with_capacity(iterations);
+    for _ in 0..iterations {
+        let t = Instant::now();
+        engine.infer(model.as_ref(), &inputs, timeout)?;
+        lat.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    lat.sort_by(f64::total_cmp);
+    let caps = engine.capabilities(model.as_ref());
+    let worst = report.worst().expect("at least one output");
+    Ok(Row {
+        id: m.id.clone(),
+        engine: caps.engine,
+        precision: caps.compute_precision,
+        units: format!(
+            "{}→{}",
+            caps.compute_units_requested,
+            caps.compute_units_actual.map_or("?".into(), |u| u.to_string())
+        ),
+        parity: format!("L∞ {:.1e} ≤ {:.0e}", worst.l_inf, budget.l_inf),
+        passed: report.passed,
+        prepare_ms,
+        p: [percentile(&lat, 0.50), percentile(&lat, 0.95), percentile(&lat, 0.99)],
+    })
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    let iterations = args
+        .iter()
+        .position(|a| a == "--iterations")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30usize);
+    let fixtures_only = args.iter().any(|a| a == "--fixtures-only");
+    let mut models = golden::discover(&golden::fixtures_dir()).expect("fixtures");
+    if !fixtures_only {
+        let downloaded = golden::discover(&golden::models_dir()).expect("models dir");
+        if downloaded.is_empty() {
+            eprintln!(
+                "no downloaded models in {}: run `make download-models`",
+                golden::models_dir().display()
+            );
+            return ExitCode::FAILURE;
+        }
+        models.extend(downloaded);
+    }
+    let engine = CandleEngine::new();
+    println!(
+        "{:<20} {:<7} {:<44} {:<16} {:<22} {:>9} {:>8} {:>8} {:>8}",
+        "model", "engine", "precision", "units", "parity vs golden", "prepare", "p50 ms", "p95 ms", "p99 ms"
+    );
+    let mut failures = 0;
+    for m in &models {
+        match smoke(&engine, m, iterations) {
+            Ok(r) => {
+                if !r.passed {
+                    failures += 1;
+                }
+                println!(
+                    "{:<20} {:<7} {:<44} {:<16} {:<22} {:>7.1}ms {:>8.2} {:>8.2} {:>8.2}{}",
+                    r.id,
+                    r.engine,
+                    r.precision,
+                    r.units,
+                    r.parity,
+                    r.prepare_ms,
+                    r.p[0],
+                    r.p[1],
+                    r.p[2],
+                    if r.passed { "" } else { "  PARITY FAIL" }
+                );
+            }
+            Err(e) => {
+                failures += 1;
+                println!("{:<20} FAILED: {e}", m.id);
+            }
+        }
+    }
+    println!(
+        "{} models, {} iterations each, {} failures",
+        models.len(),
+        iterations,
+        failures
+    );
+    if failures == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
