@@ -15,7 +15,9 @@
 //! | [`milblob`] | reading MILBlob `weight.bin` files |
 //! | [`digest`] | content hashes of artifacts |
 //! | [`golden`] | model directories with golden inputs and expected outputs |
+//! | [`cache`] | the atomic compiled-model cache shared by the engines |
 
+pub mod cache;
 pub mod digest;
 pub mod error;
 pub mod golden;
@@ -24,6 +26,7 @@ pub mod milblob;
 pub mod mlpackage;
 pub mod tensor;
 
+pub use cache::{CacheConfig, CacheEntry, ModelCache};
 pub use error::{Error, ErrorKind, Result};
 pub use inference::{
     CacheKey, CapabilityReport, CompiledMeta, ComputeUnits, InferenceEngine, IoSchema, ModelArtifact, ModelFmt,
