@@ -1,5 +1,7 @@
 //! `apple-silicon`: inspect and run Core ML models from the command line.
 
+mod cache_cli;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -25,6 +27,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Inspect and maintain the compiled-model cache.
+    Cache(cache_cli::CacheArgs),
 }
 
 fn main() -> ExitCode {
@@ -35,6 +39,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Inspect { model, json } => inspect(&model, json),
+        Command::Cache(args) => cache_cli::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

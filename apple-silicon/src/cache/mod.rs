@@ -252,7 +252,7 @@ fn detect_os_build() -> Option<String> {
 }
 
 /// Why an entry was evicted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EvictReason {
     /// Built for another platform, Core ML version or OS build.
@@ -941,6 +941,9 @@ impl ModelCache {
             let _ = fsx::remove_tree(&dir);
             return Err(e);
         }
+        // The kernel stamps new files with a coarse clock (a few ms behind);
+        // set the LRU clock explicitly so it orders with hits' explicit stamps.
+        self.touch(&dir);
         crash_point("after_marker");
         drop(slot);
         Ok(meta)
