@@ -124,7 +124,7 @@ fn cache_ls(root: &Path, json: bool) -> Result<()> {
             println!("{:<32}  ({d})", "");
         }
     }
-    let total: u64 = entries.iter().map(|e| e.size_bytes).sum();
+    let total = entries.iter().map(|e| e.size_bytes).fold(0u64, u64::saturating_add);
     println!(
         "{} entries, {} in {}",
         entries.len(),

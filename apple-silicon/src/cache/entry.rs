@@ -142,8 +142,9 @@ pub(crate) fn check(
             )));
         }
     }
-    let sum: u64 = meta.files.iter().map(|f| f.size).sum();
-    if sum != meta.total_bytes || meta.files.is_empty() {
+    let sum = meta.files.iter().try_fold(0u64, |acc, f| acc.checked_add(f.size));
+    if sum != Some(meta.total_bytes) || meta.files.is_empty() {
+        let sum = sum.map_or_else(|| "more than 2^64".to_string(), |s| s.to_string());
         return Err(Invalid::Corrupt(format!(
             "metadata lists {} files of {sum} bytes in total, but records {} bytes",
             meta.files.len(),

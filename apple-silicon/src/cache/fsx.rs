@@ -200,9 +200,14 @@ pub(crate) fn tree_size(path: &Path) -> u64 {
     listing.flatten().map(|e| tree_size(&e.path())).sum()
 }
 
-/// Removes a directory tree; a missing one is fine.
+/// Removes a directory tree (or a lone file); a missing one is fine.
 pub(crate) fn remove_tree(path: &Path) -> Result<()> {
-    match fs::remove_dir_all(path) {
+    let removed = match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+        Err(e) => Err(e),
+    };
+    match removed {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(Error::io(format!("removing {}", path.display()), e)),

@@ -11,6 +11,14 @@
 //! ([`ProcessGuard`]) before its file is locked. Together they exclude every
 //! thread of every process on every file system we care about.
 //!
+//! A lock lives as long as its open file description, and a child process
+//! shares its parent's descriptions from `fork` until `exec` closes them
+//! (std opens files close-on-exec). A lock released while another thread is
+//! spawning a process can therefore stay held for that short window: waiters
+//! wait a little longer and maintenance skips the entry as busy — harmless,
+//! but a test that expects a just-released lock to be free must not run
+//! beside one that spawns processes.
+//!
 //! Lock files may be deleted by a cleaner that holds them (orphaned lock files
 //! of crashed builders, lock files of keys that have no entry any more). A
 //! locker therefore checks, after locking, that the path still names the file

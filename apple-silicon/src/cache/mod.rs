@@ -346,7 +346,11 @@ pub struct GcReport {
 impl GcReport {
     /// Bytes freed by evictions and stale temporary directories.
     pub fn bytes_freed(&self) -> u64 {
-        self.evicted.iter().map(|e| e.bytes).sum::<u64>() + self.stale_temps.iter().map(|t| t.bytes).sum::<u64>()
+        self.evicted
+            .iter()
+            .map(|e| e.bytes)
+            .chain(self.stale_temps.iter().map(|t| t.bytes))
+            .fold(0u64, u64::saturating_add)
     }
 }
 
@@ -637,26 +641,27 @@ impl ModelCache {
     /// Like [`ModelCache::open`] without the maintenance pass: only creates the
     /// directories. For tools that look before they touch (`cache ls`).
     pub fn new(config: CacheConfig, current: CompiledMeta) -> Result<ModelCache> {
-        for d in [
-            config.root.clone(),
-            config.root.join(ENTRIES),
-            config.root.join(TMP),
-            config.root.join(LOCKS),
-        ] {
-            fs::create_dir_all(&d).map_err(|e| Error::io(format!("creating cache directory {}", d.display()), e))?;
-        }
-        let tag = config.root.join("CACHEDIR.TAG");
-        if !tag.exists() {
-            // Best effort: only a hint for backup tools.
-            let _ = fs::write(&tag, CACHEDIR_TAG);
-        }
-        Ok(ModelCache {
+        let cache = ModelCache {
             inner: Arc::new(Inner {
                 config,
                 current,
                 counters: Counters::default(),
             }),
-        })
+        };
+        cache.ensure_dirs()?;
+        let tag = cache.root().join("CACHEDIR.TAG");
+        if !tag.exists() {
+            // Best effort: only a hint for backup tools.
+            let _ = fs::write(&tag, CACHEDIR_TAG);
+        }
+        Ok(cache)
+    }
+
+    fn ensure_dirs(&self) -> Result<()> {
+        for d in [self.entries_dir(), self.tmp_dir(), self.root().join(LOCKS)] {
+            fs::create_dir_all(&d).map_err(|e| Error::io(format!("creating cache directory {}", d.display()), e))?;
+        }
+        Ok(())
     }
 
     /// The root directory.
@@ -785,6 +790,8 @@ impl ModelCache {
         let key_string = key.to_string();
         let id = entry_id(&key_string);
         let dir = self.entry_dir(&id);
+        // Someone may have deleted the whole cache while we run.
+        self.ensure_dirs()?;
         let lock_wait = self.inner.config.lock_wait;
         let Some(guard) = KeyLock::acquire(&self.lock_path(&id), Wait::from_timeout(lock_wait))? else {
             return Err(Error::Timeout {
@@ -1094,7 +1101,7 @@ impl ModelCache {
         let max_bytes = self.inner.config.max_bytes;
         live.sort_by(|a, b| a.used.cmp(&b.used).then_with(|| a.id.cmp(&b.id)));
         let mut count = live.len();
-        let mut bytes: u64 = live.iter().map(|e| e.bytes).sum();
+        let mut bytes = live.iter().map(|e| e.bytes).fold(0u64, u64::saturating_add);
         for e in &live {
             if count <= max_entries && bytes <= max_bytes {
                 break;
