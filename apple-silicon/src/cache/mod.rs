@@ -1574,6 +1574,14 @@ mod tests {
     }
 
     #[test]
+    fn handles_and_entries_cross_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<ModelCache>();
+        send_sync::<CacheEntry>();
+        send_sync::<CacheStats>();
+    }
+
+    #[test]
     fn panic_messages_are_recovered() {
         let p = panic::catch_unwind(|| panic!("boom {}", 7)).unwrap_err();
         assert_eq!(panic_message(p.as_ref()), "boom 7");
