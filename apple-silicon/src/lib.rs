@@ -18,7 +18,9 @@
 //! | [`candle_backend`] | `CandleEngine`: ML Programs and BERT safetensors on any CPU |
 //! | [`mil`] | the ML Program interpreter behind `CandleEngine` |
 //! | [`parity`] | L∞ / RMSE / cosine between outputs, budgets per precision |
+//! | [`cache`] | the atomic compiled-model cache shared by the engines |
 
+pub mod cache;
 pub mod candle_backend;
 pub mod digest;
 pub mod error;
@@ -30,6 +32,7 @@ pub mod mlpackage;
 pub mod parity;
 pub mod tensor;
 
+pub use cache::{CacheConfig, CacheEntry, ModelCache};
 pub use candle_backend::CandleEngine;
 pub use error::{Error, ErrorKind, Result};
 pub use inference::{

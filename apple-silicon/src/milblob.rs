@@ -199,7 +199,7 @@ impl WeightFile {
     pub fn blob(&self, offset: u64) -> Result<Blob<'_>> {
         let b = self.bytes.as_slice();
         let len = b.len() as u64;
-        if offset < HEADER_SIZE || offset % 64 != 0 {
+        if offset < HEADER_SIZE || !offset.is_multiple_of(64) {
             return Err(self.bad(format!(
                 "blob offset {offset} is not a 64-byte aligned offset past the header"
             )));
@@ -242,7 +242,7 @@ impl WeightFile {
             )));
         }
         let used = total_bits - padding_bits;
-        if used % bits != 0 {
+        if !used.is_multiple_of(bits) {
             return Err(self.bad(format!(
                 "blob at offset {offset}: {used} data bits is not a whole number of {bits}-bit {dtype:?} elements"
             )));
@@ -369,7 +369,7 @@ pub(crate) mod tests {
         f[4..8].copy_from_slice(&2u32.to_le_bytes());
         let mut offsets = Vec::new();
         for (code, data, pad) in blobs {
-            while f.len() % 64 != 0 {
+            while !f.len().is_multiple_of(64) {
                 f.push(0);
             }
             let meta = f.len() as u64;

@@ -1,5 +1,7 @@
 //! `apple-silicon`: inspect and run Core ML models from the command line.
 
+mod cache_cli;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -66,6 +68,8 @@ enum Command {
         #[arg(long, value_enum)]
         precision: Option<Prec>,
     },
+    /// Inspect and maintain the compiled-model cache.
+    Cache(cache_cli::CacheArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -118,6 +122,7 @@ fn main() -> ExitCode {
             policies,
             precision,
         } => parity_cmd(&model_a, model_b.as_deref(), &inputs, policies, precision),
+        Command::Cache(args) => cache_cli::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
