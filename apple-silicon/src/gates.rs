@@ -520,7 +520,7 @@ pub struct GateBConfig<'a> {
 
 impl Default for GateBConfig<'_> {
     /// 200 iterations after 5 warm-up, the model's SLA, 10 s per call, a
-    /// 1 µs tiny timeout with 100 ms margin, fp16 parity bounds, no
+    /// 1 ns tiny timeout (no real inference fits in it) with 100 ms margin, fp16 parity bounds, no
     /// reference and no hang probe.
     fn default() -> Self {
         GateBConfig {
@@ -528,7 +528,7 @@ impl Default for GateBConfig<'_> {
             warmup: 5,
             sla: None,
             timeout: Duration::from_secs(10),
-            tiny_timeout: Duration::from_micros(1),
+            tiny_timeout: Duration::from_nanos(1),
             timeout_margin: Duration::from_millis(100),
             reference: None,
             parity: None,

@@ -316,13 +316,26 @@ struct FaultPlan {
     errors: Option<(ErrorKind, Pattern)>,
     latency: Duration,
     spikes: Option<(Pattern, Duration)>,
+    slowdown: Option<(Duration, Duration)>,
     hangs: Pattern,
     hang_for: Duration,
     grow_per_call: usize,
     grow_per_prepare: usize,
     prepare_error: Option<PrepareFault>,
     output_fault: Option<(OutputFault, Pattern)>,
-    honour_timeout: bool,
+    timeouts: TimeoutMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TimeoutMode {
+    /// Injected delays ignore the deadline; the inner engine gets the
+    /// caller's timeout as given.
+    Passthrough,
+    /// Injected delays end in `Timeout` at the deadline; the inner engine
+    /// gets what is left.
+    Honour,
+    /// Nothing enforces a deadline: the inner engine is told it has an hour.
+    Ignore,
 }
 
 #[derive(Debug, Clone)]
@@ -349,6 +362,7 @@ struct FaultState {
     corrupted: AtomicU64,
     retained_bytes: AtomicU64,
     retained: Mutex<Vec<Box<[u8]>>>,
+    first_call: std::sync::OnceLock<Instant>,
     release_generation: Mutex<u64>,
     released: Condvar,
 }
@@ -437,14 +451,16 @@ impl FaultHandle {
 }
 
 /// Wraps an engine and injects faults: errors of chosen kinds on chosen calls
-/// ([`Pattern`]), added latency and latency spikes, hangs (a call that sleeps
+/// ([`Pattern`]), added latency, latency spikes and slowdowns, hangs (a call that sleeps
 /// far past any deadline — an hour by default — until
 /// [`FaultHandle::release_hangs`]), memory growth (bytes allocated and kept
 /// per call or per prepare), spoiled outputs, and failing `prepare`.
 ///
-/// By default it ignores the caller's timeout, as a misbehaving engine would;
-/// [`FaultyEngine::honouring_timeout`] makes added latency end in `Timeout`
-/// at the deadline instead. Prepared models are the inner engine's own.
+/// By default injected delays ignore the caller's timeout, as a misbehaving
+/// engine's would, while the inner engine still gets the caller's timeout;
+/// [`FaultyEngine::honouring_timeout`] makes injected latency end in
+/// `Timeout` at the deadline instead, and [`FaultyEngine::ignoring_timeout`]
+/// enforces no deadline at all. Prepared models are the inner engine's own.
 pub struct FaultyEngine {
     inner: Box<dyn InferenceEngine>,
     name: String,
@@ -464,13 +480,14 @@ impl FaultyEngine {
                 errors: None,
                 latency: Duration::ZERO,
                 spikes: None,
+                slowdown: None,
                 hangs: Pattern::Never,
                 hang_for: Duration::from_secs(3600),
                 grow_per_call: 0,
                 grow_per_prepare: 0,
                 prepare_error: None,
                 output_fault: None,
-                honour_timeout: false,
+                timeouts: TimeoutMode::Passthrough,
             },
             handle: FaultHandle::default(),
         }
@@ -508,6 +525,13 @@ impl FaultyEngine {
     /// Adds `extra` latency to the calls hit by `pattern`.
     pub fn with_latency_spikes(mut self, pattern: Pattern, extra: Duration) -> Self {
         self.plan.spikes = Some((pattern, extra));
+        self
+    }
+
+    /// Adds `extra` latency to every call once `after` has passed since the
+    /// first call (a throttling device: steady, then slower).
+    pub fn with_slowdown_after(mut self, after: Duration, extra: Duration) -> Self {
+        self.plan.slowdown = Some((after, extra));
         self
     }
 
@@ -560,9 +584,22 @@ impl FaultyEngine {
         self
     }
 
-    /// Whether added latency respects the caller's timeout (default: no).
+    /// Whether injected latency respects the caller's timeout (default: no;
+    /// the inner engine still gets the caller's timeout).
     pub fn honouring_timeout(mut self, on: bool) -> Self {
-        self.plan.honour_timeout = on;
+        self.plan.timeouts = if on {
+            TimeoutMode::Honour
+        } else {
+            TimeoutMode::Passthrough
+        };
+        self
+    }
+
+    /// Enforces no deadline at all: the inner engine is told it has an hour,
+    /// so calls come back with outputs however late (an engine with a
+    /// timeout bug).
+    pub fn ignoring_timeout(mut self) -> Self {
+        self.plan.timeouts = TimeoutMode::Ignore;
         self
     }
 
@@ -607,7 +644,13 @@ impl InferenceEngine for FaultyEngine {
         if p.hangs.fires(n, p.seed, SALT_HANG) {
             h.hang(p.hang_for);
         }
+        let first = *h.inner.first_call.get_or_init(Instant::now);
         let mut latency = p.latency;
+        if let Some((after, extra)) = p.slowdown {
+            if first.elapsed() >= after {
+                latency += extra;
+            }
+        }
         if let Some((pattern, extra)) = p.spikes {
             if pattern.fires(n, p.seed, SALT_SPIKE) {
                 h.inner.spikes.fetch_add(1, Ordering::SeqCst);
@@ -615,7 +658,7 @@ impl InferenceEngine for FaultyEngine {
             }
         }
         if !latency.is_zero() {
-            if p.honour_timeout && start.elapsed() + latency >= timeout {
+            if p.timeouts == TimeoutMode::Honour && start.elapsed() + latency >= timeout {
                 std::thread::sleep(timeout.saturating_sub(start.elapsed()));
                 return Err(Error::Timeout {
                     operation: format!("{} inference", self.name),
@@ -630,12 +673,12 @@ impl InferenceEngine for FaultyEngine {
                 return Err(injected_error(kind, &self.name));
             }
         }
-        let remaining = timeout.saturating_sub(start.elapsed());
-        // The inner engine gets at least a moment: a late call here is this
-        // engine's fault, which is the point of it.
-        let out = self
-            .inner
-            .infer(model, inputs, remaining.max(Duration::from_millis(1)))?;
+        let inner_timeout = match p.timeouts {
+            TimeoutMode::Honour => timeout.saturating_sub(start.elapsed()),
+            TimeoutMode::Passthrough => timeout,
+            TimeoutMode::Ignore => Duration::from_secs(3600),
+        };
+        let out = self.inner.infer(model, inputs, inner_timeout)?;
         match &p.output_fault {
             Some((fault, pattern)) if pattern.fires(n, p.seed, SALT_OUTPUT) => {
                 h.inner.corrupted.fetch_add(1, Ordering::SeqCst);
