@@ -109,4 +109,5 @@ fn main() {
         })
         .collect();
     println!("{:<52} {:>12.1}", "snapshot (µs, not ns)", median(snaps));
+    println!("(rows with several threads: wall time over all records, i.e. the cost per record at full load)");
 }

@@ -849,6 +849,28 @@ impl PreparedModel for ResilientModel {
 /// Cost per call on top of the engines: a schema check, a breaker lock, a few
 /// atomic counters and histogram records, and for a guarded primary call one
 /// copy of the inputs plus a thread hand-off (about 5–30 µs).
+///
+/// ```
+/// use std::time::Duration;
+/// use apple_silicon::testing::{fake_artifact, EchoEngine, FaultyEngine};
+/// use apple_silicon::{DType, InferenceEngine, IoSchema, PrepareOptions, ResilientEngine, Tensor, TensorMap, TensorSpec};
+///
+/// let schema = IoSchema {
+///     inputs: vec![TensorSpec::fixed("x", DType::F32, vec![2])],
+///     outputs: vec![TensorSpec::fixed("y", DType::F32, vec![2])],
+/// };
+/// // As on Linux: the primary cannot prepare, the fallback serves.
+/// let coreml = FaultyEngine::echo("coreml", schema.clone()).unavailable("no Core ML on this host");
+/// let engine = ResilientEngine::new(Box::new(coreml), Box::new(EchoEngine::new("candle", schema)));
+/// let model = engine.prepare(&fake_artifact("m"), PrepareOptions::default())?;
+/// let x = TensorMap::from([("x".to_string(), Tensor::from_vec(vec![2], vec![1f32, 2.0])?)]);
+/// let y = engine.infer(&*model, &x, Duration::from_millis(100))?;
+/// assert_eq!(y["y"], x["x"]);
+/// let report = engine.capabilities(&*model);
+/// assert_eq!(report.engine, "candle");
+/// assert!(report.notes[0].contains("could not prepare the model: coreml is unavailable"));
+/// # Ok::<(), apple_silicon::Error>(())
+/// ```
 pub struct ResilientEngine {
     primary: Arc<dyn InferenceEngine>,
     fallback: Arc<dyn InferenceEngine>,
