@@ -19,24 +19,37 @@
 //! | [`mil`] | the ML Program interpreter behind `CandleEngine` |
 //! | [`parity`] | L∞ / RMSE / cosine between outputs, budgets per precision |
 //! | [`cache`] | the atomic compiled-model cache shared by the engines |
+//! | [`telemetry`] | counters, latency histograms, failure taxonomy, memory high-water, JSON snapshots |
+//! | [`deadline`] | running work under deadlines on a bounded pool; the async form |
+//! | [`breaker`] | the circuit breaker and [`ResilientEngine`] (primary with a fallback) |
+//! | [`gates`] | Gates A–D as functions returning typed verdicts |
+//! | [`testing`] | test doubles: an echo engine and a fault-injecting engine |
 
+pub mod breaker;
 pub mod cache;
 pub mod candle_backend;
+pub mod deadline;
 pub mod digest;
 pub mod error;
+pub mod gates;
 pub mod golden;
 pub mod inference;
 pub mod mil;
 pub mod milblob;
 pub mod mlpackage;
 pub mod parity;
+pub mod telemetry;
 pub mod tensor;
+pub mod testing;
 
+pub use breaker::{BreakerConfig, CircuitBreaker, ReenablePolicy, ResilientEngine};
 pub use cache::{CacheConfig, CacheEntry, ModelCache};
 pub use candle_backend::CandleEngine;
+pub use deadline::{infer_async, run_with_deadline, Deadline, DeadlineRunner};
 pub use error::{Error, ErrorKind, Result};
 pub use inference::{
     CacheKey, CapabilityReport, CompiledMeta, ComputeUnits, InferenceEngine, IoSchema, ModelArtifact, ModelFmt,
     PrepareOptions, PreparedModel, ShapeConstraint, TensorSpec,
 };
+pub use telemetry::{TelemetryRegistry, TelemetrySnapshot};
 pub use tensor::{DType, Tensor, TensorMap};

@@ -1,0 +1,785 @@
+//! Deadlines everywhere: run work off the caller's thread and stop waiting
+//! for it when its time is up.
+//!
+//! Core ML offers no way to abort a running prediction, and any engine can
+//! have a bug that makes it spin. So the only way to bound a call is to run it
+//! on another thread and stop *waiting*. This module does that with bounded
+//! resources:
+//!
+//! - [`DeadlineRunner`] — a small pool of worker threads. [`DeadlineRunner::run`]
+//!   queues a closure (which owns everything it touches: `FnOnce() ->
+//!   Result<T> + Send + 'static`), waits for it with a deadline, and returns
+//!   [`Error::Timeout`] when the deadline passes. Work still queued at the
+//!   deadline is cancelled and never runs; work already running is
+//!   *abandoned*: its worker finishes it in the background and its late
+//!   result is dropped. Panics inside the closure come back as
+//!   [`Error::Internal`].
+//! - Resource bounds. At most `max_workers` threads exist (idle ones exit
+//!   after `keep_alive`); work beyond that waits in the queue, inside its own
+//!   deadline. Abandoned workers are counted: once `max_abandoned` of them are
+//!   still stuck, the runner refuses new work at once with
+//!   [`Error::Unavailable`] (naming how many are stuck), so a hanging engine
+//!   cannot pile up threads or memory. As each stuck call finally returns,
+//!   the runner accepts work again.
+//! - [`run_with_deadline`] — the same on a process-wide runner.
+//! - [`GuardedEngine`] — wraps any [`InferenceEngine`] so that its `prepare`
+//!   and `infer` run on a runner: a caller gets an answer or `Timeout` by the
+//!   deadline even from an engine that ignores its timeout.
+//! - [`infer_async`] — the async form for Tokio: the call runs in
+//!   `spawn_blocking` (itself bounded by a runner) and the future is bounded
+//!   by `tokio::time::timeout`, so an async task is never blocked.
+//! - [`Deadline`] — a copyable point in time that long-running work (an
+//!   interpreter between ops) checks to give up early.
+//!
+//! Cost: one job is a boxed closure, a one-slot channel and a mutex/condvar
+//! hand-off to a warm worker, about 5–30 µs, plus a thread spawn (about
+//! 20–50 µs) when no idle worker is free.
+
+use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::inference::{CapabilityReport, InferenceEngine, IoSchema, ModelArtifact, PrepareOptions, PreparedModel};
+use crate::tensor::TensorMap;
+
+/// A point in time by which work must be done. `Copy`: hand it to the work
+/// itself so it can stop early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadline {
+    start: Instant,
+    timeout: Duration,
+}
+
+impl Deadline {
+    /// `timeout` from now.
+    pub fn after(timeout: Duration) -> Deadline {
+        Deadline {
+            start: Instant::now(),
+            timeout,
+        }
+    }
+
+    /// The full timeout this deadline was made with.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Time since the deadline was made.
+    pub fn elapsed(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    /// Time left, zero once expired.
+    pub fn remaining(&self) -> Duration {
+        self.timeout.saturating_sub(self.start.elapsed())
+    }
+
+    /// Whether the time is up.
+    pub fn is_expired(&self) -> bool {
+        self.start.elapsed() >= self.timeout
+    }
+
+    /// The [`Error::Timeout`] for `operation` under this deadline.
+    pub fn timeout_error(&self, operation: &str) -> Error {
+        Error::Timeout {
+            operation: operation.to_string(),
+            after: self.timeout,
+        }
+    }
+
+    /// `Ok` while time is left, else the timeout error for `operation`. Costs
+    /// one clock read.
+    pub fn check(&self, operation: &str) -> Result<()> {
+        if self.is_expired() {
+            Err(self.timeout_error(operation))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+// Job states.
+const QUEUED: u8 = 0;
+const RUNNING: u8 = 1;
+const DONE: u8 = 2;
+const CANCELLED: u8 = 3;
+const ABANDONED: u8 = 4;
+
+type Job = Box<dyn FnOnce() + Send + 'static>;
+
+struct State {
+    queue: VecDeque<Job>,
+    workers: usize,
+    idle: usize,
+    spawned_total: u64,
+}
+
+struct Shared {
+    name: String,
+    max_workers: AtomicUsize,
+    max_abandoned: AtomicUsize,
+    keep_alive_ms: AtomicU64,
+    state: Mutex<State>,
+    work_ready: Condvar,
+    abandoned: AtomicUsize,
+    completed: AtomicU64,
+    timed_out: AtomicU64,
+    cancelled: AtomicU64,
+    refused: AtomicU64,
+    finished_late: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Jobs run outside the lock and their panics are caught, so a poisoned
+    // lock can only come from a bug here; the state stays consistent anyway.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Counters of a [`DeadlineRunner`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct RunnerStats {
+    /// Worker threads alive now.
+    pub workers: usize,
+    /// Of those, waiting for work.
+    pub idle: usize,
+    /// Jobs waiting for a worker.
+    pub queued: usize,
+    /// Workers still running a call whose caller timed out.
+    pub abandoned: usize,
+    /// Threads spawned since the runner was made.
+    pub spawned_total: u64,
+    /// Calls answered in time (successfully or with the closure's error).
+    pub completed: u64,
+    /// Calls that returned `Timeout`.
+    pub timed_out: u64,
+    /// Of those, calls cancelled before they started.
+    pub cancelled_before_start: u64,
+    /// Calls refused because too many workers were stuck.
+    pub refused: u64,
+    /// Abandoned calls that have since finished (their results dropped).
+    pub finished_late: u64,
+}
+
+/// A bounded pool of worker threads that runs closures under deadlines. See
+/// the [module docs](self). Cloning is cheap and shares the pool.
+#[derive(Clone)]
+pub struct DeadlineRunner {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for DeadlineRunner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeadlineRunner")
+            .field("name", &self.shared.name)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl DeadlineRunner {
+    /// Default cap on worker threads.
+    pub const DEFAULT_MAX_WORKERS: usize = 64;
+    /// Default cap on stuck (abandoned) workers before new work is refused.
+    pub const DEFAULT_MAX_ABANDONED: usize = 16;
+    /// Default time an idle worker waits for work before it exits.
+    pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(10);
+
+    /// An empty pool named `name` (used in thread names and errors). Spawns
+    /// no thread until the first job.
+    pub fn new(name: impl Into<String>) -> DeadlineRunner {
+        DeadlineRunner {
+            shared: Arc::new(Shared {
+                name: name.into(),
+                max_workers: AtomicUsize::new(Self::DEFAULT_MAX_WORKERS),
+                max_abandoned: AtomicUsize::new(Self::DEFAULT_MAX_ABANDONED),
+                keep_alive_ms: AtomicU64::new(Self::DEFAULT_KEEP_ALIVE.as_millis() as u64),
+                state: Mutex::new(State {
+                    queue: VecDeque::new(),
+                    workers: 0,
+                    idle: 0,
+                    spawned_total: 0,
+                }),
+                work_ready: Condvar::new(),
+                abandoned: AtomicUsize::new(0),
+                completed: AtomicU64::new(0),
+                timed_out: AtomicU64::new(0),
+                cancelled: AtomicU64::new(0),
+                refused: AtomicU64::new(0),
+                finished_late: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// The process-wide runner used by [`run_with_deadline`] and
+    /// [`infer_async`], with default limits.
+    pub fn global() -> &'static DeadlineRunner {
+        static GLOBAL: OnceLock<DeadlineRunner> = OnceLock::new();
+        GLOBAL.get_or_init(|| DeadlineRunner::new("apple-silicon-deadline"))
+    }
+
+    /// Caps the number of worker threads (at least 1). Work beyond it queues.
+    pub fn with_max_workers(self, n: usize) -> Self {
+        self.shared.max_workers.store(n.max(1), Ordering::Relaxed);
+        self
+    }
+
+    /// Caps the number of stuck workers (at least 1): at this many, new work
+    /// is refused with `Unavailable` until one finishes.
+    pub fn with_max_abandoned(self, n: usize) -> Self {
+        self.shared.max_abandoned.store(n.max(1), Ordering::Relaxed);
+        self
+    }
+
+    /// How long an idle worker waits for work before its thread exits.
+    pub fn with_keep_alive(self, d: Duration) -> Self {
+        self.shared.keep_alive_ms.store(
+            u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1),
+            Ordering::Relaxed,
+        );
+        self
+    }
+
+    /// The runner's name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// Current counters. Takes the pool lock briefly.
+    pub fn stats(&self) -> RunnerStats {
+        let s = &self.shared;
+        let st = lock(&s.state);
+        RunnerStats {
+            workers: st.workers,
+            idle: st.idle,
+            queued: st.queue.len(),
+            abandoned: s.abandoned.load(Ordering::SeqCst),
+            spawned_total: st.spawned_total,
+            completed: s.completed.load(Ordering::Relaxed),
+            timed_out: s.timed_out.load(Ordering::Relaxed),
+            cancelled_before_start: s.cancelled.load(Ordering::Relaxed),
+            refused: s.refused.load(Ordering::Relaxed),
+            finished_late: s.finished_late.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Runs `f` on a worker and waits at most `timeout` for its result.
+    ///
+    /// Returns `f`'s result if it finishes in time; [`Error::Timeout`] naming
+    /// `operation` if not (the work is cancelled if it had not started, else
+    /// abandoned and its result dropped when it ends); [`Error::Unavailable`]
+    /// at once when `max_abandoned` workers are stuck or no thread can be
+    /// spawned; [`Error::Internal`] if `f` panics. A zero timeout returns
+    /// `Timeout` without running `f`.
+    pub fn run<T, F>(&self, operation: &str, timeout: Duration, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> Result<T> + Send + 'static,
+    {
+        let deadline = Deadline::after(timeout);
+        let s = &self.shared;
+        let stuck = s.abandoned.load(Ordering::SeqCst);
+        let max_stuck = s.max_abandoned.load(Ordering::Relaxed);
+        if stuck >= max_stuck {
+            s.refused.fetch_add(1, Ordering::Relaxed);
+            return Err(Error::Unavailable {
+                engine: format!("deadline runner `{}`", s.name),
+                reason: format!(
+                    "{stuck} workers are still running calls that timed out (limit {max_stuck}); \
+                     refusing `{operation}` until they finish"
+                ),
+            });
+        }
+        if timeout.is_zero() {
+            s.timed_out.fetch_add(1, Ordering::Relaxed);
+            s.cancelled.fetch_add(1, Ordering::Relaxed);
+            return Err(deadline.timeout_error(operation));
+        }
+
+        let (tx, rx) = mpsc::sync_channel::<Result<T>>(1);
+        let status = Arc::new(AtomicU8::new(QUEUED));
+        let job_status = status.clone();
+        let job_shared = s.clone();
+        let op = operation.to_string();
+        let job: Job = Box::new(move || {
+            if job_status
+                .compare_exchange(QUEUED, RUNNING, Ordering::SeqCst, Ordering::SeqCst)
+                .is_err()
+            {
+                return; // cancelled while queued
+            }
+            let result = catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|payload| {
+                let msg = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a non-string panic payload".to_string());
+                Err(Error::internal(format!("`{op}` panicked on a deadline worker: {msg}")))
+            });
+            // Capacity 1 and a single send: never blocks. A dropped receiver
+            // (the caller gave up) is fine.
+            let _ = tx.send(result);
+            if job_status
+                .compare_exchange(RUNNING, DONE, Ordering::SeqCst, Ordering::SeqCst)
+                .is_err()
+            {
+                job_shared.abandoned.fetch_sub(1, Ordering::SeqCst);
+                job_shared.finished_late.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        self.submit(job)?;
+
+        match rx.recv_timeout(deadline.remaining()) {
+            Ok(result) => {
+                s.completed.fetch_add(1, Ordering::Relaxed);
+                result
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                if status
+                    .compare_exchange(QUEUED, CANCELLED, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+                {
+                    s.timed_out.fetch_add(1, Ordering::Relaxed);
+                    s.cancelled.fetch_add(1, Ordering::Relaxed);
+                    return Err(deadline.timeout_error(operation));
+                }
+                // Count first so the worker's decrement can never come first.
+                s.abandoned.fetch_add(1, Ordering::SeqCst);
+                if status
+                    .compare_exchange(RUNNING, ABANDONED, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+                {
+                    s.timed_out.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        target: "apple_silicon::deadline",
+                        runner = %s.name,
+                        operation,
+                        timeout_ms = timeout.as_millis() as u64,
+                        "call timed out; its worker is abandoned until the call returns"
+                    );
+                    return Err(deadline.timeout_error(operation));
+                }
+                // It finished in the instant between the timeout and now.
+                s.abandoned.fetch_sub(1, Ordering::SeqCst);
+                match rx.try_recv() {
+                    Ok(result) => {
+                        s.completed.fetch_add(1, Ordering::Relaxed);
+                        result
+                    }
+                    Err(_) => Err(Error::internal(format!(
+                        "`{operation}` finished but its result was lost"
+                    ))),
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => Err(Error::internal(format!(
+                "`{operation}` was dropped by the deadline runner without a result"
+            ))),
+        }
+    }
+
+    fn submit(&self, job: Job) -> Result<()> {
+        let s = &self.shared;
+        let mut st = lock(&s.state);
+        st.queue.push_back(job);
+        if st.idle < st.queue.len() && st.workers < s.max_workers.load(Ordering::Relaxed) {
+            let shared = s.clone();
+            let n = st.spawned_total;
+            let spawned = std::thread::Builder::new()
+                .name(format!("{}-{n}", s.name))
+                .spawn(move || worker_loop(shared));
+            match spawned {
+                Ok(_) => {
+                    st.workers += 1;
+                    st.spawned_total += 1;
+                }
+                Err(e) if st.workers == 0 => {
+                    st.queue.pop_back();
+                    return Err(Error::Unavailable {
+                        engine: format!("deadline runner `{}`", s.name),
+                        reason: format!("cannot spawn a worker thread: {e}"),
+                    });
+                }
+                // Other workers exist: the job waits for one of them.
+                Err(_) => {}
+            }
+        }
+        s.work_ready.notify_one();
+        Ok(())
+    }
+}
+
+fn worker_loop(shared: Arc<Shared>) {
+    let mut st = lock(&shared.state);
+    loop {
+        if let Some(job) = st.queue.pop_front() {
+            drop(st);
+            job();
+            st = lock(&shared.state);
+            continue;
+        }
+        st.idle += 1;
+        let keep_alive = Duration::from_millis(shared.keep_alive_ms.load(Ordering::Relaxed));
+        let (guard, waited) = shared
+            .work_ready
+            .wait_timeout(st, keep_alive)
+            .unwrap_or_else(|p| p.into_inner());
+        st = guard;
+        st.idle -= 1;
+        if waited.timed_out() && st.queue.is_empty() {
+            st.workers -= 1;
+            return;
+        }
+    }
+}
+
+/// Runs `f` on the process-wide [`DeadlineRunner::global`] pool and waits at
+/// most `timeout`. See [`DeadlineRunner::run`] for the outcomes; the
+/// operation is called `work` in errors. Use your own runner (and
+/// [`DeadlineRunner::run`]) to name the operation and to keep one engine's
+/// stuck calls from counting against another's.
+pub fn run_with_deadline<T, F>(timeout: Duration, f: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T> + Send + 'static,
+{
+    DeadlineRunner::global().run("work", timeout, f)
+}
+
+/// Runs one inference without ever blocking the async task: the call runs in
+/// Tokio's blocking pool, bounded there by the global [`DeadlineRunner`]
+/// (so a hung engine cannot hold a blocking-pool thread, nor delay the
+/// runtime's shutdown), and the future itself is bounded by
+/// `tokio::time::timeout`. Returns the engine's result or
+/// [`Error::Timeout`] by `timeout` after the call.
+///
+/// Must be awaited inside a Tokio runtime with its timer enabled
+/// (`enable_time`/`enable_all`); outside any runtime it returns
+/// [`Error::Unavailable`]. Costs two thread hand-offs (about 10–60 µs) on top
+/// of the inference.
+pub async fn infer_async(
+    engine: Arc<dyn InferenceEngine>,
+    model: Arc<dyn PreparedModel>,
+    inputs: TensorMap,
+    timeout: Duration,
+) -> Result<TensorMap> {
+    infer_async_on(DeadlineRunner::global().clone(), engine, model, inputs, timeout).await
+}
+
+/// [`infer_async`] on a runner of your choice.
+pub async fn infer_async_on(
+    runner: DeadlineRunner,
+    engine: Arc<dyn InferenceEngine>,
+    model: Arc<dyn PreparedModel>,
+    inputs: TensorMap,
+    timeout: Duration,
+) -> Result<TensorMap> {
+    let deadline = Deadline::after(timeout);
+    let operation = format!("{} inference", engine.name());
+    let handle = tokio::runtime::Handle::try_current().map_err(|_| Error::Unavailable {
+        engine: "infer_async".into(),
+        reason: "it was awaited outside a Tokio runtime".into(),
+    })?;
+    let op = operation.clone();
+    let task = handle.spawn_blocking(move || {
+        let remaining = deadline.remaining();
+        runner.run(&op, remaining, move || engine.infer(&*model, &inputs, remaining))
+    });
+    match tokio::time::timeout(deadline.remaining(), task).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(join)) => Err(Error::internal(format!("{operation} task failed: {join}"))),
+        Err(_) => Err(deadline.timeout_error(&operation)),
+    }
+}
+
+/// A prepared model of a [`GuardedEngine`]: the inner engine's model, shared
+/// so a worker thread can hold it.
+pub struct GuardedModel {
+    inner: Arc<dyn PreparedModel>,
+}
+
+impl GuardedModel {
+    /// The inner engine's prepared model.
+    pub fn inner(&self) -> &Arc<dyn PreparedModel> {
+        &self.inner
+    }
+}
+
+impl PreparedModel for GuardedModel {
+    fn cache_key(&self) -> &str {
+        self.inner.cache_key()
+    }
+    fn io_schema(&self) -> &IoSchema {
+        self.inner.io_schema()
+    }
+    fn sla_estimate(&self) -> Duration {
+        self.inner.sla_estimate()
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+/// Wraps an engine so that its `prepare` (bounded by the options'
+/// `prepare_timeout`) and `infer` run on a [`DeadlineRunner`]: callers get
+/// an answer or `Timeout` by the deadline even when the engine ignores its
+/// timeout or hangs. Each inference copies its inputs once (they must be
+/// owned by the worker) and costs one thread hand-off.
+pub struct GuardedEngine {
+    inner: Arc<dyn InferenceEngine>,
+    runner: DeadlineRunner,
+}
+
+impl GuardedEngine {
+    /// Guards `inner` with a runner of its own, named after the engine.
+    pub fn new(inner: Box<dyn InferenceEngine>) -> GuardedEngine {
+        GuardedEngine::from_arc(Arc::from(inner))
+    }
+
+    /// Guards a shared engine with a runner of its own.
+    pub fn from_arc(inner: Arc<dyn InferenceEngine>) -> GuardedEngine {
+        let runner = DeadlineRunner::new(format!("{}-guard", inner.name()));
+        GuardedEngine { inner, runner }
+    }
+
+    /// Uses `runner` instead (e.g. to share limits between engines).
+    pub fn with_runner(mut self, runner: DeadlineRunner) -> Self {
+        self.runner = runner;
+        self
+    }
+
+    /// The runner (for its stats).
+    pub fn runner(&self) -> &DeadlineRunner {
+        &self.runner
+    }
+
+    /// The guarded engine.
+    pub fn inner(&self) -> &Arc<dyn InferenceEngine> {
+        &self.inner
+    }
+}
+
+impl InferenceEngine for GuardedEngine {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn prepare(&self, artifact: &ModelArtifact, opts: PrepareOptions) -> Result<Box<dyn PreparedModel>> {
+        let inner = self.inner.clone();
+        let artifact = artifact.clone();
+        let timeout = opts.prepare_timeout;
+        let op = format!("{} prepare", self.inner.name());
+        let model = self.runner.run(&op, timeout, move || inner.prepare(&artifact, opts))?;
+        Ok(Box::new(GuardedModel {
+            inner: Arc::from(model),
+        }))
+    }
+
+    fn infer(&self, model: &dyn PreparedModel, inputs: &TensorMap, timeout: Duration) -> Result<TensorMap> {
+        let deadline = Deadline::after(timeout);
+        let gm = crate::inference::downcast_model::<GuardedModel>(model, "guarded")?;
+        let inner = self.inner.clone();
+        let m = gm.inner.clone();
+        let inputs = inputs.clone();
+        let op = format!("{} inference", self.inner.name());
+        self.runner.run(&op, timeout, move || {
+            let remaining = deadline.remaining();
+            if remaining.is_zero() {
+                return Err(deadline.timeout_error("inference (waited for a worker)"));
+            }
+            inner.infer(&*m, &inputs, remaining)
+        })
+    }
+
+    fn capabilities(&self, model: &dyn PreparedModel) -> CapabilityReport {
+        match crate::inference::downcast_model::<GuardedModel>(model, "guarded") {
+            Ok(gm) => self.inner.capabilities(&*gm.inner),
+            Err(_) => self.inner.capabilities(model),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::process_threads;
+
+    const MARGIN: Duration = Duration::from_millis(400);
+
+    #[test]
+    fn returns_the_result_when_in_time() {
+        let r = DeadlineRunner::new("t-ok");
+        assert_eq!(r.run("add", Duration::from_secs(5), || Ok(2 + 2)).unwrap(), 4);
+        let e = r
+            .run::<(), _>("fail", Duration::from_secs(5), || Err(Error::unsupported("x")))
+            .unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::Unsupported);
+        assert_eq!(r.stats().completed, 2);
+        assert_eq!(
+            run_with_deadline(Duration::from_secs(5), || Ok("global")).unwrap(),
+            "global"
+        );
+    }
+
+    #[test]
+    fn times_out_and_drops_the_late_result() {
+        let r = DeadlineRunner::new("t-late");
+        let (tx, rx) = mpsc::channel();
+        let t0 = Instant::now();
+        let e = r
+            .run("sleepy", Duration::from_millis(50), move || {
+                std::thread::sleep(Duration::from_millis(300));
+                let _ = tx.send(());
+                Ok(vec![0u8; 1024])
+            })
+            .unwrap_err();
+        let waited = t0.elapsed();
+        assert_eq!(e.kind(), crate::ErrorKind::Timeout);
+        assert!(e.to_string().contains("sleepy timed out after 50ms"), "{e}");
+        assert!(waited < Duration::from_millis(50) + MARGIN, "{waited:?}");
+        assert_eq!(r.stats().abandoned, 1);
+        // The work does finish in the background, and the runner notices.
+        rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        let t = Instant::now();
+        while r.stats().abandoned != 0 && t.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let s = r.stats();
+        assert_eq!((s.abandoned, s.finished_late, s.timed_out), (0, 1, 1), "{s:?}");
+    }
+
+    #[test]
+    fn panics_become_internal_errors() {
+        let r = DeadlineRunner::new("t-panic");
+        let e = r
+            .run::<(), _>("boom", Duration::from_secs(5), || panic!("kaboom"))
+            .unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::Internal);
+        assert!(e.to_string().contains("kaboom"), "{e}");
+        // The worker survived and serves the next call.
+        assert_eq!(r.run("next", Duration::from_secs(5), || Ok(1)).unwrap(), 1);
+    }
+
+    #[test]
+    fn queued_work_is_cancelled_at_its_deadline_and_never_runs() {
+        let r = DeadlineRunner::new("t-queue").with_max_workers(1);
+        let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let g = gate.clone();
+        let blocker = std::thread::spawn({
+            let r = r.clone();
+            move || {
+                r.run("blocker", Duration::from_secs(10), move || {
+                    let (m, cv) = &*g;
+                    let mut open = m.lock().unwrap();
+                    while !*open {
+                        open = cv.wait(open).unwrap();
+                    }
+                    Ok(())
+                })
+            }
+        });
+        while r.stats().workers == 0 || r.stats().idle != 0 {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let ran = Arc::new(AtomicU64::new(0));
+        let ran2 = ran.clone();
+        let e = r
+            .run("queued", Duration::from_millis(50), move || {
+                ran2.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            })
+            .unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::Timeout);
+        assert_eq!(r.stats().cancelled_before_start, 1);
+        *gate.0.lock().unwrap() = true;
+        gate.1.notify_all();
+        blocker.join().unwrap().unwrap();
+        assert_eq!(r.run("after", Duration::from_secs(5), || Ok(7)).unwrap(), 7);
+        assert_eq!(ran.load(Ordering::SeqCst), 0, "cancelled work must never run");
+        assert_eq!(r.stats().abandoned, 0);
+    }
+
+    #[test]
+    fn stuck_workers_are_capped_and_refusal_is_prompt() {
+        let r = DeadlineRunner::new("t-cap").with_max_abandoned(3);
+        let release = Arc::new((Mutex::new(false), Condvar::new()));
+        let threads_before = process_threads();
+        for _ in 0..3 {
+            let rel = release.clone();
+            let e = r
+                .run::<(), _>("hang", Duration::from_millis(20), move || {
+                    let (m, cv) = &*rel;
+                    let mut open = m.lock().unwrap();
+                    while !*open {
+                        open = cv.wait(open).unwrap();
+                    }
+                    Ok(())
+                })
+                .unwrap_err();
+            assert_eq!(e.kind(), crate::ErrorKind::Timeout);
+        }
+        let t0 = Instant::now();
+        let e = r.run("more", Duration::from_secs(5), || Ok(())).unwrap_err();
+        assert!(t0.elapsed() < MARGIN, "refusal must not wait for the deadline");
+        assert_eq!(e.kind(), crate::ErrorKind::Unavailable);
+        assert!(e.to_string().contains("3 workers are still running"), "{e}");
+        let s = r.stats();
+        assert_eq!((s.abandoned, s.refused), (3, 1), "{s:?}");
+        assert!(s.workers <= 3, "{s:?}");
+        if let (Some(before), Some(now)) = (threads_before, process_threads()) {
+            // Other tests run concurrently; our own share is at most 3.
+            assert!(now <= before + 3 + 16, "threads {before} -> {now}");
+        }
+        *release.0.lock().unwrap() = true;
+        release.1.notify_all();
+        let t = Instant::now();
+        while r.stats().abandoned != 0 && t.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(r.run("again", Duration::from_secs(5), || Ok(3)).unwrap(), 3);
+    }
+
+    #[test]
+    fn idle_workers_exit_after_keep_alive() {
+        let r = DeadlineRunner::new("t-idle").with_keep_alive(Duration::from_millis(30));
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                let r = r.clone();
+                s.spawn(move || {
+                    r.run("nap", Duration::from_secs(5), || {
+                        std::thread::sleep(Duration::from_millis(20));
+                        Ok(())
+                    })
+                });
+            }
+        });
+        assert!(r.stats().workers >= 1);
+        let t = Instant::now();
+        while r.stats().workers != 0 && t.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(r.stats().workers, 0, "{:?}", r.stats());
+    }
+
+    #[test]
+    fn zero_timeout_never_runs() {
+        let r = DeadlineRunner::new("t-zero");
+        let e = r.run::<(), _>("instant", Duration::ZERO, || Ok(())).unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::Timeout);
+        assert_eq!(r.stats().spawned_total, 0);
+    }
+
+    #[test]
+    fn deadline_checks() {
+        let d = Deadline::after(Duration::from_millis(30));
+        assert!(d.check("x").is_ok());
+        assert!(d.remaining() <= Duration::from_millis(30));
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(d.is_expired());
+        assert_eq!(d.remaining(), Duration::ZERO);
+        let e = d.check("op").unwrap_err();
+        assert_eq!(e.to_string(), "op timed out after 30ms");
+    }
+}
