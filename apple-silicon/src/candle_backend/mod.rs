@@ -10,11 +10,12 @@
 
 mod bert;
 
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use bert::{BertEncoder, Pooling};
 
+use crate::deadline::DeadlineRunner;
 use crate::error::{Error, Result};
 use crate::inference::{
     downcast_model, CacheKey, CapabilityReport, ComputeUnits, InferenceEngine, IoSchema, ModelArtifact, ModelFmt,
@@ -27,11 +28,13 @@ use crate::tensor::{DType, TensorMap};
 /// Version tag of the Candle engine's compiled form, part of its cache keys.
 pub const ENGINE_VERSION: &str = concat!("candle-", env!("CARGO_PKG_VERSION"));
 
-/// The CPU engine. Cheap to create; holds only options.
+/// The CPU engine. Holds its options and a small pool of worker threads
+/// (started on demand) that inferences run on.
 #[derive(Debug, Clone)]
 pub struct CandleEngine {
     float_policy: FloatPolicy,
     bert_seq_len: usize,
+    runner: DeadlineRunner,
 }
 
 impl Default for CandleEngine {
@@ -39,6 +42,8 @@ impl Default for CandleEngine {
         CandleEngine {
             float_policy: FloatPolicy::Upcast,
             bert_seq_len: 128,
+            // Its own pool: work abandoned by other engines never counts against it.
+            runner: DeadlineRunner::new("candle"),
         }
     }
 }
@@ -253,27 +258,9 @@ impl InferenceEngine for CandleEngine {
         m.inner.schema.validate_inputs(inputs)?;
         let inner = Arc::clone(&m.inner);
         let inputs = inputs.clone();
-        let (tx, rx) = mpsc::sync_channel(1);
-        // The worker owns everything it touches; if we stop waiting, its send
-        // fails quietly and the result is dropped.
-        std::thread::Builder::new()
-            .name("candle-infer".into())
-            .spawn(move || {
-                let _ = tx.send(inner.run(&inputs));
-            })
-            .map_err(|e| Error::MemoryPressure {
-                message: format!("could not start an inference thread: {e}"),
-            })?;
-        match rx.recv_timeout(timeout) {
-            Ok(r) => r,
-            Err(mpsc::RecvTimeoutError::Timeout) => Err(Error::Timeout {
-                operation: "candle inference".into(),
-                after: timeout,
-            }),
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                Err(Error::internal("the inference thread ended without a result"))
-            }
-        }
+        // The worker owns everything it touches: if the deadline passes, the
+        // caller returns and the late result is dropped.
+        self.runner.run("candle inference", timeout, move || inner.run(&inputs))
     }
 
     fn capabilities(&self, model: &dyn PreparedModel) -> CapabilityReport {
