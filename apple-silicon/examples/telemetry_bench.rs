@@ -63,7 +63,7 @@ fn main() {
                 marshal_out: Some(d / 10),
                 total: Some(d + d / 5),
             },
-            if i % 100 == 0 {
+            if i.is_multiple_of(100) {
                 Err(apple_silicon::ErrorKind::Timeout)
             } else {
                 Ok(())
@@ -73,7 +73,7 @@ fn main() {
     let counter = |t: &ModelTelemetry, i: u64| {
         t.record_outcome(
             Op::Predict,
-            if i % 100 == 0 {
+            if i.is_multiple_of(100) {
                 Err(apple_silicon::ErrorKind::Internal)
             } else {
                 Ok(())

@@ -264,11 +264,7 @@ impl Blob<'_> {
     /// Float data (f32, f16 or bf16) converted to f32.
     pub fn to_f32(&self) -> Result<Vec<f32>> {
         Ok(match self.dtype {
-            BlobDType::F32 => self
-                .data
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-                .collect(),
+            BlobDType::F32 => bytemuck::pod_collect_to_vec(self.data),
             BlobDType::F16 => self
                 .data
                 .chunks_exact(2)
@@ -286,11 +282,7 @@ impl Blob<'_> {
     /// f16 data as raw half values (no conversion).
     pub fn to_f16(&self) -> Result<Vec<f16>> {
         match self.dtype {
-            BlobDType::F16 => Ok(self
-                .data
-                .chunks_exact(2)
-                .map(|c| f16::from_le_bytes(c.try_into().unwrap()))
-                .collect()),
+            BlobDType::F16 => Ok(bytemuck::pod_collect_to_vec(self.data)),
             _ => Err(self.wrong_type("f16")),
         }
     }
@@ -330,6 +322,74 @@ impl Blob<'_> {
                 .collect(),
             _ => return Err(self.wrong_type("integers")),
         })
+    }
+}
+
+impl BlobDType {
+    /// The storage dtype code (inverse of [`BlobDType::from_code`]).
+    pub fn code(self) -> u32 {
+        match self {
+            BlobDType::F16 => 1,
+            BlobDType::F32 => 2,
+            BlobDType::U8 => 3,
+            BlobDType::I8 => 4,
+            BlobDType::BF16 => 5,
+            BlobDType::I16 => 6,
+            BlobDType::U16 => 7,
+            BlobDType::I4 => 8,
+            BlobDType::U1 => 9,
+            BlobDType::U2 => 10,
+            BlobDType::U4 => 11,
+            BlobDType::U3 => 12,
+            BlobDType::U6 => 13,
+            BlobDType::I32 => 14,
+            BlobDType::U32 => 15,
+        }
+    }
+}
+
+/// Writes a MILBlob v2 file: blobs appended one after another, each record
+/// and its data on a 64-byte boundary. Byte-sized dtypes only.
+#[derive(Debug, Default)]
+pub struct WeightWriter {
+    bytes: Vec<u8>,
+    count: u32,
+}
+
+impl WeightWriter {
+    /// An empty file (header only).
+    pub fn new() -> WeightWriter {
+        WeightWriter {
+            bytes: vec![0; HEADER_SIZE as usize],
+            count: 0,
+        }
+    }
+
+    /// Appends a blob of `dtype` holding `data` (little-endian elements);
+    /// returns the offset of its metadata record, as `blobFileValue.offset`
+    /// wants it.
+    pub fn push(&mut self, dtype: BlobDType, data: &[u8]) -> u64 {
+        debug_assert!(!dtype.is_sub_byte());
+        while !(self.bytes.len() as u64).is_multiple_of(64) {
+            self.bytes.push(0);
+        }
+        let meta = self.bytes.len() as u64;
+        let mut rec = [0u8; RECORD_SIZE as usize];
+        rec[0..4].copy_from_slice(&SENTINEL.to_le_bytes());
+        rec[4..8].copy_from_slice(&dtype.code().to_le_bytes());
+        rec[8..16].copy_from_slice(&(data.len() as u64).to_le_bytes());
+        rec[16..24].copy_from_slice(&(meta + RECORD_SIZE).to_le_bytes());
+        self.bytes.extend_from_slice(&rec);
+        self.bytes.extend_from_slice(data);
+        self.count += 1;
+        meta
+    }
+
+    /// The finished file.
+    pub fn finish(mut self) -> Vec<u8> {
+        self.bytes[0..4].copy_from_slice(&self.count.to_le_bytes());
+        self.bytes[4..8].copy_from_slice(&VERSION.to_le_bytes());
+        self.bytes
     }
 }
 
@@ -408,6 +468,17 @@ pub(crate) mod tests {
         assert_eq!(b.count, 5);
         assert_eq!(b.to_i64().unwrap(), vec![0, 1, 14, 15, 3]);
         assert!(w.blob(off[2]).unwrap().to_f32().is_err());
+    }
+
+    #[test]
+    fn writer_output_reads_back() {
+        let mut w = WeightWriter::new();
+        let a = w.push(BlobDType::F32, &[0, 0, 128, 63, 0, 0, 0, 64]);
+        let b = w.push(BlobDType::I32, &7i32.to_le_bytes());
+        let f = WeightFile::from_bytes(w.finish(), "mem").unwrap();
+        assert_eq!(f.blob_count(), 2);
+        assert_eq!(f.blob(a).unwrap().to_f32().unwrap(), vec![1.0, 2.0]);
+        assert_eq!(f.blob(b).unwrap().to_i64().unwrap(), vec![7]);
     }
 
     #[test]

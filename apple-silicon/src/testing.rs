@@ -93,7 +93,7 @@ impl Pattern {
             Pattern::Never => false,
             Pattern::Always => true,
             Pattern::Every(0) => false,
-            Pattern::Every(k) => (n + 1) % k == 0,
+            Pattern::Every(k) => (n + 1).is_multiple_of(k),
             Pattern::FirstN(k) => n < k,
             Pattern::From(k) => n >= k,
             Pattern::Rate(p) => {

@@ -14,6 +14,7 @@
 //! at run time.
 
 mod constexpr;
+mod lower;
 mod ops;
 pub mod value;
 
@@ -27,6 +28,7 @@ use coreml_proto::proto::mil_spec::{self, argument::binding::Binding, DataType, 
 use crate::error::{Error, Result};
 use crate::mlpackage::MlPackage;
 use crate::tensor::{DType, Tensor, TensorMap};
+pub use lower::Lowered;
 use value::{Decoded, Decoder, HostData};
 
 /// How fp16 values of a program are computed.
@@ -194,9 +196,25 @@ pub(crate) struct OpCtx<'b, 'p> {
     dec: &'b mut Decoder<'p>,
     pub policy: FloatPolicy,
     operands: Vec<Val>,
+    /// Names of program constants this op reads (kept in a lowered program).
+    used: Vec<String>,
 }
 
 impl<'b, 'p> OpCtx<'b, 'p> {
+    fn lookup(&mut self, arg: &str, n: &str) -> Result<Val> {
+        match self.env.get(n) {
+            Some(v) => {
+                if matches!(v, Val::Const(_)) {
+                    self.used.push(n.to_string());
+                }
+                Ok(v.clone())
+            }
+            None => Err(self.bad(format!(
+                "argument `{arg}` refers to `{n}`, which is not defined before it"
+            ))),
+        }
+    }
+
     fn binding(&self, arg: &str) -> Option<&'b Binding> {
         let a = self.op.inputs.get(arg)?;
         a.arguments.first()?.binding.as_ref()
@@ -259,11 +277,7 @@ impl<'b, 'p> OpCtx<'b, 'p> {
         let mut idx = Vec::new();
         for b in &a.arguments {
             let v = match &b.binding {
-                Some(Binding::Name(n)) => self
-                    .env
-                    .get(n)
-                    .cloned()
-                    .ok_or_else(|| self.bad(format!("argument `{arg}` refers to undefined `{n}`")))?,
+                Some(Binding::Name(n)) => self.lookup(arg, n)?,
                 Some(Binding::Value(v)) => self.decode_val(v, arg)?,
                 None => return Err(self.bad(format!("argument `{arg}` has an empty binding"))),
             };
@@ -368,6 +382,12 @@ impl Plan {
     /// Builds the execution plan of `pkg`'s main function. Costs one pass
     /// over the program plus reading and converting every weight once.
     pub fn build(pkg: &MlPackage, policy: FloatPolicy) -> Result<Plan> {
+        Self::build_lowered(pkg, policy).map(|(plan, _)| plan)
+    }
+
+    /// Like [`Plan::build`], also returning the program lowered to what the
+    /// plan runs (see [`Lowered`]), for caching.
+    pub fn build_lowered(pkg: &MlPackage, policy: FloatPolicy) -> Result<(Plan, Lowered)> {
         let main = pkg.main_function();
         let block = pkg.main_block()?;
         let unsupported: Vec<String> = block
@@ -396,7 +416,9 @@ impl Plan {
         }
         let mut steps: Vec<Step> = Vec::new();
         let mut folded = 0usize;
-        for op in &block.operations {
+        let mut kept_ops = Vec::new();
+        let mut used_consts: Vec<String> = Vec::new();
+        for (op_index, op) in block.operations.iter().enumerate() {
             let name = op_name(op);
             if !op.blocks.is_empty() {
                 return Err(Error::unsupported(format!(
@@ -424,6 +446,7 @@ impl Plan {
                 dec: &mut dec,
                 policy,
                 operands: Vec::new(),
+                used: Vec::new(),
             };
             if constexpr::is_constexpr(&op.r#type) {
                 let d = constexpr::materialize(&mut ctx)?;
@@ -452,6 +475,8 @@ impl Plan {
                 folded += 1;
                 continue;
             }
+            used_consts.append(&mut ctx.used);
+            kept_ops.push(op_index);
             let mut outputs = Vec::new();
             for o in &op.outputs {
                 env.insert(o.name.clone(), Val::Slot(n_slots));
@@ -474,6 +499,9 @@ impl Plan {
                 Error::invalid_artifact(pkg.path(), format!("block output `{name}` is never defined"))
             })?;
             let dtype = schema.output(name).map(|s| s.dtype).unwrap_or(DType::F32);
+            if matches!(val, Val::Const(_)) {
+                used_consts.push(name.clone());
+            }
             outputs.push(PlanOutput {
                 name: name.clone(),
                 val,
@@ -515,7 +543,16 @@ impl Plan {
                 }
             }
         }
-        Ok(Plan {
+        let mut seen_names = HashSet::new();
+        let consts = used_consts
+            .into_iter()
+            .filter(|n| seen_names.insert(n.clone()))
+            .filter_map(|n| match env.get(&n) {
+                Some(Val::Const(c)) => c.tensor.clone().map(|t| (n, t)),
+                _ => None,
+            })
+            .collect();
+        let plan = Plan {
             inputs,
             outputs,
             steps,
@@ -523,7 +560,8 @@ impl Plan {
             policy,
             folded,
             const_bytes,
-        })
+        };
+        Ok((plan, Lowered { kept_ops, consts }))
     }
 
     /// The float policy the plan was built with.
