@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 pub use bert::{BertEncoder, Pooling};
 
+use crate::cache::ModelCache;
 use crate::deadline::DeadlineRunner;
 use crate::error::{Error, Result};
 use crate::inference::{
@@ -24,6 +25,9 @@ use crate::inference::{
 use crate::mil::{FloatPolicy, Plan};
 use crate::mlpackage::MlPackage;
 use crate::tensor::{DType, TensorMap};
+
+/// Name of the lowered package inside a cache entry.
+const COMPILED_PACKAGE: &str = "program.mlpackage";
 
 /// Version tag of the Candle engine's compiled form, part of its cache keys.
 pub const ENGINE_VERSION: &str = concat!("candle-", env!("CARGO_PKG_VERSION"));
@@ -35,6 +39,7 @@ pub struct CandleEngine {
     float_policy: FloatPolicy,
     bert_seq_len: usize,
     runner: DeadlineRunner,
+    cache: Option<Arc<ModelCache>>,
 }
 
 impl Default for CandleEngine {
@@ -44,6 +49,7 @@ impl Default for CandleEngine {
             bert_seq_len: 128,
             // Its own pool: work abandoned by other engines never counts against it.
             runner: DeadlineRunner::new("candle"),
+            cache: None,
         }
     }
 }
@@ -59,6 +65,15 @@ impl CandleEngine {
     /// reference) or [`FloatPolicy::Native`] (f16 tensors, as the program says).
     pub fn with_float_policy(mut self, policy: FloatPolicy) -> Self {
         self.float_policy = policy;
+        self
+    }
+
+    /// Keeps compiled forms (lowered programs: weights decompressed and in
+    /// their run-time dtype, constants folded) in `cache`, so that a warm
+    /// prepare skips decoding, dequantising and folding. Without a cache every
+    /// prepare builds from the package, and precompiled-only mode is refused.
+    pub fn with_cache(mut self, cache: Arc<ModelCache>) -> Self {
+        self.cache = Some(cache);
         self
     }
 
@@ -167,7 +182,6 @@ fn precision_label(pkg: &MlPackage, policy: FloatPolicy) -> String {
 impl CandleEngine {
     fn prepare_program(&self, artifact: &ModelArtifact, opts: &PrepareOptions) -> Result<Inner> {
         let pkg = MlPackage::open(&artifact.path)?;
-        let plan = Plan::build(&pkg, self.float_policy)?;
         let key = CacheKey {
             sha256: artifact.sha256_hex(),
             coreml_version: ENGINE_VERSION.into(),
@@ -177,8 +191,9 @@ impl CandleEngine {
             shape_key: pkg.shape_key(),
             os_build: "any".into(),
         };
+        let (plan, how) = self.plan_for(&pkg, &key, opts)?;
         let mut notes = vec![format!(
-            "ML Program interpreted by candle: {} run-time steps, {} ops folded at prepare",
+            "ML Program interpreted by candle: {} run-time steps, {} ops folded at prepare; {how}",
             plan.step_count(),
             plan.folded_count()
         )];
@@ -198,6 +213,52 @@ impl CandleEngine {
             notes,
             prepare_time: Duration::ZERO,
         })
+    }
+
+    /// The plan of `pkg`: from the cache's compiled form when there is one,
+    /// else built (and, with a cache, installed for next time).
+    fn plan_for(&self, pkg: &MlPackage, key: &CacheKey, opts: &PrepareOptions) -> Result<(Plan, &'static str)> {
+        let Some(cache) = &self.cache else {
+            if opts.precompiled_only {
+                return Err(Error::Compile {
+                    model: pkg.path().display().to_string(),
+                    message: "precompiled-only mode needs a compiled-model cache (CandleEngine::with_cache)".into(),
+                });
+            }
+            return Ok((
+                Plan::build(pkg, self.float_policy)?,
+                "built from the package (no cache)",
+            ));
+        };
+        let entry = if opts.precompiled_only {
+            cache.get_precompiled(key)?
+        } else {
+            let mut built = None;
+            let entry = cache.get_or_build(key, |tmp| {
+                let (plan, lowered) = Plan::build_lowered(pkg, self.float_policy)?;
+                lowered.write(pkg, &tmp.join(COMPILED_PACKAGE))?;
+                built = Some(plan);
+                Ok(())
+            })?;
+            if let Some(plan) = built {
+                return Ok((plan, "cache miss: compiled form built and installed"));
+            }
+            entry
+        };
+        let compiled = entry.path().join(COMPILED_PACKAGE);
+        match MlPackage::open(&compiled).and_then(|lp| Plan::build(&lp, self.float_policy)) {
+            Ok(plan) => Ok((plan, "cache hit: loaded the compiled form")),
+            Err(e) if !opts.precompiled_only => {
+                // A damaged entry that passed the cache's cheap checks: serve
+                // from the package rather than fail.
+                tracing::warn!(entry = %compiled.display(), error = %e, "unusable compiled form; building from the package");
+                Ok((
+                    Plan::build(pkg, self.float_policy)?,
+                    "compiled form unusable, built from the package",
+                ))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     fn prepare_bert(&self, artifact: &ModelArtifact, opts: &PrepareOptions) -> Result<Inner> {

@@ -31,7 +31,15 @@ const INLINE_LIMIT: usize = 16;
 /// the original block) and the constants they read, by value name.
 pub struct Lowered {
     pub(super) kept_ops: Vec<usize>,
-    pub(super) consts: Vec<(String, CTensor)>,
+    pub(super) consts: Vec<(String, LoweredConst)>,
+}
+
+/// A constant of a lowered program.
+pub(super) enum LoweredConst {
+    /// Numeric or bool, in its run-time dtype.
+    Tensor(CTensor),
+    /// Strings (op parameters such as a cast's dtype), with their shape.
+    Strings(Vec<String>, Vec<usize>),
 }
 
 impl std::fmt::Debug for Lowered {
@@ -69,7 +77,16 @@ fn immediate(v: tensor_value::Value) -> value::Value {
     })
 }
 
-fn const_op(name: &str, t: &CTensor, weights: &mut WeightWriter) -> candle_core::Result<Operation> {
+fn const_op(name: &str, c: &LoweredConst, weights: &mut WeightWriter) -> candle_core::Result<Operation> {
+    let t = match c {
+        LoweredConst::Tensor(t) => t,
+        LoweredConst::Strings(values, shape) => {
+            let val = immediate(tensor_value::Value::Strings(tensor_value::RepeatedStrings {
+                values: values.clone(),
+            }));
+            return Ok(make_const(name, tensor_type(DataType::String, shape), val));
+        }
+    };
     let shape = t.dims().to_vec();
     let flat = t.flatten_all()?;
     let n = flat.elem_count();
@@ -133,7 +150,10 @@ fn const_op(name: &str, t: &CTensor, weights: &mut WeightWriter) -> candle_core:
             }
         }
     };
-    let ty = tensor_type(dtype, &shape);
+    Ok(make_const(name, tensor_type(dtype, &shape), val))
+}
+
+fn make_const(name: &str, ty: ValueType, val: value::Value) -> Operation {
     let name_value = Value {
         doc_string: String::new(),
         r#type: Some(tensor_type(DataType::String, &[])),
@@ -141,7 +161,7 @@ fn const_op(name: &str, t: &CTensor, weights: &mut WeightWriter) -> candle_core:
             values: vec![name.to_string()],
         }))),
     };
-    Ok(Operation {
+    Operation {
         r#type: "const".into(),
         inputs: HashMap::new(),
         outputs: vec![NamedValueType {
@@ -160,7 +180,7 @@ fn const_op(name: &str, t: &CTensor, weights: &mut WeightWriter) -> candle_core:
                 },
             ),
         ]),
-    })
+    }
 }
 
 fn blob(offset: u64) -> value::Value {

@@ -229,12 +229,7 @@ impl<'b, 'p> OpCtx<'b, 'p> {
 
     fn resolve(&mut self, arg: &str) -> Result<Option<Val>> {
         match self.binding(arg) {
-            Some(Binding::Name(n)) => match self.env.get(n) {
-                Some(v) => Ok(Some(v.clone())),
-                None => Err(self.bad(format!(
-                    "argument `{arg}` refers to `{n}`, which is not defined before it"
-                ))),
-            },
+            Some(Binding::Name(n)) => self.lookup(arg, n).map(Some),
             Some(Binding::Value(v)) => Ok(Some(self.decode_val(v, arg)?)),
             None => match self.op.attributes.get(arg) {
                 // constexpr ops keep their parameters as attributes.
@@ -548,7 +543,18 @@ impl Plan {
             .into_iter()
             .filter(|n| seen_names.insert(n.clone()))
             .filter_map(|n| match env.get(&n) {
-                Some(Val::Const(c)) => c.tensor.clone().map(|t| (n, t)),
+                Some(Val::Const(c)) => match (&c.tensor, &c.host) {
+                    (Some(t), _) => Some((n, lower::LoweredConst::Tensor(t.clone()))),
+                    (
+                        None,
+                        Some(Decoded {
+                            data: HostData::Str(v),
+                            shape,
+                            ..
+                        }),
+                    ) => Some((n, lower::LoweredConst::Strings(v.clone(), shape.clone()))),
+                    _ => None,
+                },
                 _ => None,
             })
             .collect();

@@ -1,0 +1,163 @@
+//! `CandleEngine` on the compiled-model cache: a cold prepare builds and
+//! installs the lowered program, a warm prepare loads it, and both give the
+//! same outputs bit for bit.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use apple_silicon::cache::{host_meta, CacheConfig, ModelCache};
+use apple_silicon::golden::{self, GoldenModel};
+use apple_silicon::mlpackage::MlPackage;
+use apple_silicon::parity::{compare, Thresholds};
+use apple_silicon::{CandleEngine, ErrorKind, InferenceEngine, ModelArtifact, PrepareOptions, TensorMap};
+
+const T: Duration = Duration::from_secs(60);
+
+fn cache_at(dir: &Path) -> Arc<ModelCache> {
+    Arc::new(ModelCache::open(CacheConfig::at(dir), host_meta()).unwrap())
+}
+
+fn run(
+    engine: &CandleEngine,
+    m: &GoldenModel,
+    opts: PrepareOptions,
+) -> apple_silicon::Result<(TensorMap, Vec<String>)> {
+    let artifact = ModelArtifact::open(m.package_path())?;
+    let model = engine.prepare(&artifact, opts)?;
+    let out = engine.infer(model.as_ref(), &m.inputs()?, T)?;
+    Ok((out, engine.capabilities(model.as_ref()).notes))
+}
+
+fn models() -> Vec<GoldenModel> {
+    let mut v = golden::discover(&golden::fixtures_dir()).unwrap();
+    v.push(golden::downloaded("mobilenet_v2_int8").unwrap_or_else(|e| panic!("{e}")));
+    v
+}
+
+#[test]
+fn warm_prepare_loads_the_compiled_form_and_gives_identical_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    for m in models() {
+        let cold_engine = CandleEngine::new().with_cache(cache_at(dir.path()));
+        let (cold, notes) = run(&cold_engine, &m, PrepareOptions::default()).unwrap();
+        assert!(notes.iter().any(|n| n.contains("cache miss")), "{}: {notes:?}", m.id);
+        // A new engine and a new cache handle: as a new process would see it.
+        let cache = cache_at(dir.path());
+        let warm_engine = CandleEngine::new().with_cache(cache.clone());
+        let (warm, notes) = run(&warm_engine, &m, PrepareOptions::default()).unwrap();
+        assert!(notes.iter().any(|n| n.contains("cache hit")), "{}: {notes:?}", m.id);
+        assert_eq!(cache.stats().hits, 1, "{}", m.id);
+        assert_eq!(cold, warm, "{}: warm outputs differ from cold", m.id);
+        let budget = Thresholds {
+            l_inf: m.manifest.accuracy_delta_l_inf,
+            rmse: m.manifest.accuracy_delta_rmse,
+        };
+        assert!(
+            compare(&warm, &m.expected().unwrap(), budget).unwrap().passed,
+            "{}",
+            m.id
+        );
+    }
+}
+
+#[test]
+fn the_compiled_form_is_a_lowered_ml_program() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = GoldenModel::open(golden::fixtures_dir().join("cnn_palettized")).unwrap();
+    let cache = cache_at(dir.path());
+    run(
+        &CandleEngine::new().with_cache(cache.clone()),
+        &m,
+        PrepareOptions::default(),
+    )
+    .unwrap();
+    let entries = cache.entries().unwrap();
+    assert_eq!(entries.len(), 1);
+    let entry_dir = dir
+        .path()
+        .join("entries")
+        .join(&entries[0].id)
+        .join("payload/program.mlpackage");
+    let lowered = MlPackage::open(&entry_dir).unwrap();
+    let ops = lowered.op_histogram();
+    // Compressed weights are decompressed; only casts of run-time values remain.
+    assert!(!ops.keys().any(|k| k.starts_with("constexpr_")), "{ops:?}");
+    assert_eq!(ops.get("cast"), Some(&2), "the input and output casts: {ops:?}");
+    assert_eq!(
+        lowered.io_schema(),
+        MlPackage::open(m.package_path()).unwrap().io_schema()
+    );
+    assert_eq!(
+        lowered.quantization(),
+        "fp32",
+        "weights are stored decompressed, in f32"
+    );
+}
+
+#[test]
+fn precompiled_only_serves_cached_forms_and_refuses_to_compile() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = GoldenModel::open(golden::fixtures_dir().join("mlp_int8")).unwrap();
+    let engine = CandleEngine::new().with_cache(cache_at(dir.path()));
+    let strict = PrepareOptions::default().with_precompiled_only(true);
+    let e = run(&engine, &m, strict.clone()).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Compile, "{e}");
+    assert!(e.to_string().contains("precompiled-only"), "{e}");
+    run(&engine, &m, PrepareOptions::default()).unwrap();
+    let (_, notes) = run(&engine, &m, strict).unwrap();
+    assert!(notes.iter().any(|n| n.contains("cache hit")), "{notes:?}");
+    // Without a cache there is nothing precompiled to load.
+    let e = run(
+        &CandleEngine::new(),
+        &m,
+        PrepareOptions::default().with_precompiled_only(true),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("needs a compiled-model cache"), "{e}");
+}
+
+#[test]
+fn a_damaged_compiled_form_is_never_served_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = GoldenModel::open(golden::fixtures_dir().join("cnn_fp16")).unwrap();
+    let cache = cache_at(dir.path());
+    let (cold, _) = run(
+        &CandleEngine::new().with_cache(cache.clone()),
+        &m,
+        PrepareOptions::default(),
+    )
+    .unwrap();
+    let id = cache.entries().unwrap()[0].id.clone();
+    let payload = dir.path().join("entries").join(&id).join("payload/program.mlpackage");
+    // Truncated weights: the cache's own check evicts and rebuilds the entry.
+    let w = payload.join("Data/com.apple.CoreML/weights/weight.bin");
+    let bytes = std::fs::read(&w).unwrap();
+    std::fs::write(&w, &bytes[..bytes.len() / 2]).unwrap();
+    let (out, notes) = run(
+        &CandleEngine::new().with_cache(cache_at(dir.path())),
+        &m,
+        PrepareOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(out, cold);
+    assert!(notes.iter().any(|n| n.contains("cache miss")), "{notes:?}");
+    // A same-size garbage spec passes the cheap checks but cannot load: the
+    // engine builds from the package instead of failing or serving garbage.
+    let id = cache.entries().unwrap()[0].id.clone();
+    let spec = dir
+        .path()
+        .join("entries")
+        .join(&id)
+        .join("payload/program.mlpackage/Data/com.apple.CoreML/model.mlmodel");
+    let len = std::fs::metadata(&spec).unwrap().len() as usize;
+    std::fs::write(&spec, vec![0xffu8; len]).unwrap();
+    let (out, notes) = run(
+        &CandleEngine::new().with_cache(cache_at(dir.path())),
+        &m,
+        PrepareOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(out, cold);
+    assert!(notes.iter().any(|n| n.contains("unusable")), "{notes:?}");
+}
