@@ -666,9 +666,35 @@ impl Plan {
 }
 
 fn make_const(d: Decoded, policy: FloatPolicy, name: &str) -> Result<ConstVal> {
-    let tensor = const_tensor(&d, policy).map_err(|e| candle_err(name, "const", e))?;
-    let host = (d.data.len() <= HOST_COPY_LIMIT).then_some(d);
-    Ok(ConstVal { tensor, host })
+    if d.data.len() <= HOST_COPY_LIMIT {
+        let tensor = const_tensor(&d, policy).map_err(|e| candle_err(name, "const", e))?;
+        return Ok(ConstVal { tensor, host: Some(d) });
+    }
+    // Large constants (weights): move the decoded buffer into the tensor
+    // instead of copying it; no host copy is kept.
+    let target = compute_dtype(d.dtype, policy);
+    let dev = &Device::Cpu;
+    let shape = d.shape;
+    let tensor = match (d.data, target) {
+        (HostData::F32(v), Some(dt)) => CTensor::from_vec(v, shape, dev).and_then(|t| t.to_dtype(dt)),
+        (HostData::F16(v), Some(dt)) => CTensor::from_vec(v, shape, dev).and_then(|t| t.to_dtype(dt)),
+        (HostData::F64(v), Some(dt)) => CTensor::from_vec(v, shape, dev).and_then(|t| t.to_dtype(dt)),
+        (HostData::I64(v), Some(dt)) => CTensor::from_vec(v, shape, dev).and_then(|t| t.to_dtype(dt)),
+        (HostData::Bool(v), Some(_)) => {
+            CTensor::from_vec(v.into_iter().map(|b| b as u8).collect::<Vec<u8>>(), shape, dev)
+        }
+        (HostData::Str(_), _) | (_, None) => {
+            return Ok(ConstVal {
+                tensor: None,
+                host: None,
+            })
+        }
+    }
+    .map_err(|e| candle_err(name, "const", e))?;
+    Ok(ConstVal {
+        tensor: Some(tensor),
+        host: None,
+    })
 }
 
 /// Host copy of a small folded tensor, so later ops can read it as a parameter.
