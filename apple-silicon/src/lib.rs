@@ -24,10 +24,12 @@
 //! | [`breaker`] | the circuit breaker and [`ResilientEngine`] (primary with a fallback) |
 //! | [`gates`] | Gates A–D as functions returning typed verdicts |
 //! | [`testing`] | test doubles: an echo engine and a fault-injecting engine |
+//! | [`core_ml_bridge`] | the C ABI of the Swift `coreml-bridge` and its safe wrappers |
 
 pub mod breaker;
 pub mod cache;
 pub mod candle_backend;
+pub mod core_ml_bridge;
 pub mod deadline;
 pub mod digest;
 pub mod error;
