@@ -24,10 +24,14 @@
 //! | [`breaker`] | the circuit breaker and [`ResilientEngine`] (primary with a fallback) |
 //! | [`gates`] | Gates A–D as functions returning typed verdicts |
 //! | [`testing`] | test doubles: an echo engine and a fault-injecting engine |
+//! | [`core_ml_bridge`] | the C ABI of the Swift `coreml-bridge` and its safe wrappers |
+//! | [`core_ml_backend`] | `CoreMlEngine`: compile → store → load → predict with Core ML |
 
 pub mod breaker;
 pub mod cache;
 pub mod candle_backend;
+pub mod core_ml_backend;
+pub mod core_ml_bridge;
 pub mod deadline;
 pub mod digest;
 pub mod error;
@@ -45,6 +49,7 @@ pub mod testing;
 pub use breaker::{BreakerConfig, CircuitBreaker, ReenablePolicy, ResilientEngine};
 pub use cache::{CacheConfig, CacheEntry, ModelCache};
 pub use candle_backend::CandleEngine;
+pub use core_ml_backend::{CompiledStore, CoreMlEngine, CoreMlModel, TempDirCompiledStore};
 pub use deadline::{infer_async, run_with_deadline, Deadline, DeadlineRunner};
 pub use error::{Error, ErrorKind, Result};
 pub use inference::{

@@ -1,0 +1,1195 @@
+//! Rust → C ABI → `coreml-bridge` → back, end to end.
+//!
+//! With the bridge linked (`cfg(coreml_bridge)`: on Linux only through
+//! `scripts/swift/rust-ffi-test.sh`, which builds the Linux bridge in the Swift
+//! chroot and runs this file there with `COREML_BRIDGE_TEST_RUNTIME=1`) every
+//! test below runs against the bridge's deterministic fake runtime. The fake
+//! models are directories holding a `fake_model.json` (see
+//! `coreml-bridge/README.md`, "The test runtime's fake models").
+//!
+//! In a build without the bridge (the default `cargo test`) those tests are
+//! reported as ignored, and the tests at the bottom check that the engine
+//! answers `Unavailable` with the reason.
+
+use std::ffi::{c_char, c_void, CStr, CString};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::ptr;
+use std::time::{Duration, Instant};
+
+use apple_silicon::cache::{self, CacheConfig};
+use apple_silicon::core_ml_bridge::{self as bridge, ffi, BridgeModel, Operation, Status};
+use apple_silicon::{
+    CompiledStore, ComputeUnits, CoreMlEngine, CoreMlModel, DType, ErrorKind, InferenceEngine, ModelArtifact,
+    ModelCache, ModelFmt, PrepareOptions, PreparedModel, TempDirCompiledStore, Tensor, TensorMap,
+};
+use serde_json::json;
+use std::sync::Arc;
+
+const CHILD_ENV: &str = "CORE_ML_FFI_CHILD";
+
+/// Margins scale with `CORE_ML_FFI_TIME_SCALE` (the valgrind run slows everything down).
+fn margin(ms: u64) -> Duration {
+    let scale: f64 = std::env::var("CORE_ML_FFI_TIME_SCALE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1.0);
+    Duration::from_millis((ms as f64 * scale) as u64)
+}
+
+fn require_test_runtime() {
+    assert_eq!(
+        std::env::var("COREML_BRIDGE_TEST_RUNTIME").as_deref(),
+        Ok("1"),
+        "these tests need COREML_BRIDGE_TEST_RUNTIME=1 (scripts/swift/rust-ffi-test.sh sets it)"
+    );
+}
+
+/// A fake package `<dir>/<stem>.mlpackage` holding `spec` as fake_model.json.
+fn fake_package(dir: &Path, stem: &str, spec: serde_json::Value) -> ModelArtifact {
+    let pkg = dir.join(format!("{stem}.mlpackage"));
+    std::fs::create_dir_all(&pkg).unwrap();
+    std::fs::write(pkg.join("fake_model.json"), spec.to_string()).unwrap();
+    ModelArtifact::with_format(ModelFmt::MlPackage, &pkg).unwrap()
+}
+
+/// A fake compiled model `<dir>/<stem>.mlmodelc` (loaded without compiling).
+fn fake_compiled(dir: &Path, stem: &str, spec: serde_json::Value) -> PathBuf {
+    let compiled = dir.join(format!("{stem}.mlmodelc"));
+    std::fs::create_dir_all(&compiled).unwrap();
+    std::fs::write(compiled.join("fake_model.json"), spec.to_string()).unwrap();
+    compiled
+}
+
+fn prepare(engine: &CoreMlEngine, artifact: &ModelArtifact, opts: PrepareOptions) -> Box<dyn PreparedModel> {
+    engine
+        .prepare(artifact, opts)
+        .unwrap_or_else(|e| panic!("prepare {}: {e}", artifact.path.display()))
+}
+
+fn prepare_err(engine: &CoreMlEngine, artifact: &ModelArtifact, opts: PrepareOptions) -> apple_silicon::Error {
+    match engine.prepare(artifact, opts) {
+        Ok(_) => panic!("prepare {} succeeded; expected an error", artifact.path.display()),
+        Err(e) => e,
+    }
+}
+
+fn core_ml_model(m: &dyn PreparedModel) -> &CoreMlModel {
+    m.as_any().downcast_ref::<CoreMlModel>().expect("a CoreMlModel")
+}
+
+fn one(name: &str, t: Tensor) -> TensorMap {
+    TensorMap::from([(name.to_string(), t)])
+}
+
+fn f32s(shape: Vec<usize>, v: &[f32]) -> Tensor {
+    Tensor::from_vec(shape, v.to_vec()).unwrap()
+}
+
+const SECS: Duration = Duration::from_secs(20);
+
+/// Runs one `#[ignore]`d child test of this binary in a new process with
+/// `envs` set (`None`: removed), for tests that need a different process
+/// environment: the variables are process-wide and the other tests run in
+/// parallel.
+fn run_child(test: &str, envs: &[(&str, Option<&str>)]) {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args([test, "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, test);
+    for (k, v) in envs {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "child test {test} failed:\n{stdout}\n{stderr}"
+    );
+}
+
+/// True in the child process started by [`run_child`] for `test`.
+fn is_child(test: &str) -> bool {
+    std::env::var(CHILD_ENV).as_deref() == Ok(test)
+}
+
+/// Copies a bridge string and frees it (NULL → None).
+fn take_string(s: *mut c_char) -> Option<String> {
+    if s.is_null() {
+        return None;
+    }
+    // SAFETY: a string the bridge handed out, freed right after the copy.
+    let text = unsafe { CStr::from_ptr(s) }.to_string_lossy().into_owned();
+    unsafe { ffi::coreml_free_string(s) };
+    Some(text)
+}
+
+// ---------------------------------------------------------------------------
+// Success paths
+// ---------------------------------------------------------------------------
+
+#[test]
+#[cfg_attr(
+    not(coreml_bridge),
+    ignore = "needs the Linux build of coreml-bridge: run scripts/swift/rust-ffi-test.sh"
+)]
+fn abi_version_and_runtime_info_come_from_the_linked_bridge() {
+    require_test_runtime();
+    assert!(bridge::is_linked());
+    assert_eq!(bridge::abi_version(), ffi::COREML_BRIDGE_ABI_VERSION);
+    bridge::check_abi().unwrap();
+    let info = bridge::runtime_info().unwrap();
+    assert_eq!(info.bridge_abi_version, ffi::COREML_BRIDGE_ABI_VERSION);
+    assert!(info.test_runtime);
+    if cfg!(target_os = "linux") {
+        assert_eq!(info.platform, "Linux");
+        assert!(!info.coreml_available);
+        assert!(!info.compute_plan_available);
+        assert_eq!(info.coreml_version, None);
+        assert_eq!(
+            info.reason.as_deref(),
+            Some("Core ML is not available on this platform (Linux)")
+        );
+    }
+    let info = CoreMlEngine::availability().unwrap();
+    assert!(info.test_runtime);
+}
+
+#[test]
+#[cfg_attr(
+    not(coreml_bridge),
+    ignore = "needs the Linux build of coreml-bridge: run scripts/swift/rust-ffi-test.sh"
+)]
+fn add_one_round_trips_every_input_dtype_the_bridge_accepts() {
+    require_test_runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let artifact = fake_package(dir.path(), "add_one", json!({"behavior": "add_one"}));
+    let engine = CoreMlEngine::new();
+    let model = prepare(&engine, &artifact, PrepareOptions::default());
+    let values = [-3.0f64, -1.0, 0.0, 0.5, 2.0, 100.0];
+    assert_eq!(
+        bridge::INPUT_DTYPES,
+        [DType::F32, DType::F16, DType::F64, DType::I32, DType::I8]
+    );
+    for dtype in bridge::INPUT_DTYPES {
+        let x = Tensor::from_vec(vec![2, 3], values.to_vec()).unwrap().cast(dtype);
+        let out = engine.infer(model.as_ref(), &one("x", x.clone()), SECS).unwrap();
+        assert_eq!(out.keys().collect::<Vec<_>>(), ["y"], "{dtype}");
+        let y = &out["y"];
+        assert_eq!(y.dtype(), dtype, "output dtype follows the input");
+        assert_eq!(y.shape(), &[2, 3]);
+        let want: Vec<f64> = x.to_f64_vec().iter().map(|v| v + 1.0).collect();
+        assert_eq!(y.to_f64_vec(), want, "{dtype}: y = x + 1");
+    }
+}
+
+#[test]
+#[cfg_attr(
+    not(coreml_bridge),
+    ignore = "needs the Linux build of coreml-bridge: run scripts/swift/rust-ffi-test.sh"
+)]
+fn several_inputs_padded_outputs_and_the_schema() {
+    require_test_runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let spec = json!({
+        "inputs": [
+            {"name": "ids", "dtype": "i32", "shape": [1, 4], "ranges": [{"lower": 1, "upper": 8}, {"lower": 4, "upper": 4}]},
+            {"name": "image", "dtype": "f16", "shape": [1, 2, 3], "enumerated_shapes": [[1, 2, 3], [2, 2, 3]]},
+            {"name": "label", "feature_type": "string", "optional": true}
+        ],
+        "outputs": [
+            {"name": "ids_out", "dtype": "i32", "shape": [1, 4]},
+            {"name": "image_out", "dtype": "f16", "shape": [1, 2, 3]}
+        ],
+        "pad_outputs": 3,
+        "metadata": {"author": "tests", "description": "padded", "version": "7", "license": "MIT",
+                     "user_defined": {"k": "v"}}
+    });
+    let artifact = fake_package(dir.path(), "padded", spec);
+    let engine = CoreMlEngine::new();
+    let model = prepare(&engine, &artifact, PrepareOptions::default());
+
+    let io = model.io_schema();
+    let names: Vec<&str> = io.inputs.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["ids", "image"], "the string input has no tensor spec");
+    let ids = io.input("ids").unwrap();
+    assert_eq!(
+        (ids.dtype, ids.shape.clone(), ids.batch_capable),
+        (DType::I32, vec![1, 4], true)
+    );
+    assert!(ids.accepts_shape(&[8, 4]) && !ids.accepts_shape(&[9, 4]));
+    let image = io.input("image").unwrap();
+    assert_eq!(image.dtype, DType::F16);
+    assert!(image.batch_capable && image.accepts_shape(&[2, 2, 3]));
+    let raw = core_ml_model(model.as_ref()).bridge_schema();
+    assert_eq!(raw.inputs.len(), 3, "the raw schema keeps the string input");
+    assert_eq!(raw.metadata.user_defined["k"], "v");
+    assert_eq!(raw.metadata.version, "7");
+
+    let ids_in = Tensor::from_vec(vec![2, 4], vec![1i32, -2, 3, -4, 5, -6, 7, -8]).unwrap();
+    let image_in = Tensor::from_vec(vec![2, 2, 3], (0..12).map(|v| v as f32 * 0.25).collect())
+        .unwrap()
+        .cast(DType::F16);
+    let inputs = TensorMap::from([
+        ("ids".to_string(), ids_in.clone()),
+        ("image".to_string(), image_in.clone()),
+    ]);
+    let out = engine.infer(model.as_ref(), &inputs, SECS).unwrap();
+    // Output i comes from input i; the 3 garbage elements padding every
+    // innermost row must not leak into the copies.
+    assert_eq!(out.keys().collect::<Vec<_>>(), ["ids_out", "image_out"]);
+    assert_eq!(out["ids_out"], ids_in);
+    assert_eq!(out["image_out"], image_in);
+    let caps = engine.capabilities(model.as_ref());
+    assert_eq!(caps.max_batch_size, 2, "image allows batch 2 at most, ids 8");
+}
+
+#[test]
+#[cfg_attr(
+    not(coreml_bridge),
+    ignore = "needs the Linux build of coreml-bridge: run scripts/swift/rust-ffi-test.sh"
+)]
+fn compiled_models_load_without_compiling_and_the_store_compiles_once_per_key() {
+    require_test_runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(TempDirCompiledStore::in_dir(dir.path().join("store")));
+    let engine = CoreMlEngine::with_store(store.clone());
+
+    // .mlmodelc: load only.
+    let compiled = fake_compiled(dir.path(), "add_one_c", json!({"behavior": "add_one"}));
+    let artifact = ModelArtifact::with_format(ModelFmt::MlModelC, &compiled).unwrap();
+    let model = prepare(
+        &engine,
+        &artifact,
+        PrepareOptions::default().with_precompiled_only(true),
+    );
+    assert_eq!(core_ml_model(model.as_ref()).compiled_path(), compiled);
+    let out = engine
+        .infer(model.as_ref(), &one("x", f32s(vec![2], &[1.0, 2.0])), SECS)
+        .unwrap();
+    assert_eq!(out["y"].to_vec::<f32>().unwrap(), [2.0, 3.0]);
+    assert_eq!(store.builds(), 0);
+
+    // Precompiled-only refuses to compile a package the store does not hold.
+    let pkg = fake_package(
+        dir.path(),
+        "pkg",
+        json!({"behavior": "add_one", "metadata": {"author": "pkg"}}),
+    );
+    let e = prepare_err(&engine, &pkg, PrepareOptions::default().with_precompiled_only(true));
+    assert_eq!(e.kind(), ErrorKind::Compile);
+    assert!(e.to_string().contains("precompiled-only mode forbids compiling"), "{e}");
+    assert_eq!(store.builds(), 0);
+
+    // Compiled once, then served from the store (also in precompiled-only mode).
+    let a = prepare(&engine, &pkg, PrepareOptions::default());
+    let b = prepare(&engine, &pkg, PrepareOptions::default());
+    let c = prepare(&engine, &pkg, PrepareOptions::default().with_precompiled_only(true));
+    assert_eq!(store.builds(), 1);
+    let path = core_ml_model(a.as_ref()).compiled_path().to_path_buf();
+    assert_eq!(
+        path.file_name().unwrap(),
+        "pkg.mlmodelc",
+        "the bridge names it after the package stem"
+    );
+    assert!(path.starts_with(store.root()));
+    assert_eq!(core_ml_model(b.as_ref()).compiled_path(), path);
+    assert_eq!(core_ml_model(c.as_ref()).compiled_path(), path);
+    assert_eq!(a.cache_key(), b.cache_key());
+    assert!(
+        a.cache_key().contains(&pkg.sha256_hex()) && a.cache_key().contains(":all:"),
+        "{}",
+        a.cache_key()
+    );
+    // Other compute units: another key, another compile.
+    let d = prepare(
+        &engine,
+        &pkg,
+        PrepareOptions::default().with_compute_units(ComputeUnits::CpuOnly),
+    );
+    assert!(d.cache_key().contains(":cpu_only:"), "{}", d.cache_key());
+    assert_eq!(store.builds(), 2);
+    assert!(store.lookup(&key_of(&pkg, ComputeUnits::CpuOnly)).unwrap().is_some());
+}
+
+#[test]
+#[cfg_attr(
+    not(coreml_bridge),
+    ignore = "needs the Linux build of coreml-bridge: run scripts/swift/rust-ffi-test.sh"
+)]
+fn the_compiled_model_cache_serves_another_engine_without_compiling() {
+    require_test_runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("cache");
+    let open = || Arc::new(ModelCache::open(CacheConfig::at(&root), cache::host_meta()).unwrap());
+    let pkg = fake_package(
+        dir.path(),
+        "cached",
+        json!({"behavior": "add_one", "compile_sleep_ms": 200}),
+    );
+    let x = one("x", f32s(vec![2], &[1.0, -1.0]));
+
+    let first = open();
+    let engine = CoreMlEngine::with_store(first.clone());
+    let model = prepare(&engine, &pkg, PrepareOptions::default());
+    assert_eq!(
+        engine.infer(model.as_ref(), &x, SECS).unwrap()["y"]
+            .to_vec::<f32>()
+            .unwrap(),
+        [2.0, 0.0]
+    );
+    let compiled = core_ml_model(model.as_ref()).compiled_path().to_path_buf();
+    assert!(
+        compiled.starts_with(&root) && compiled.ends_with("cached.mlmodelc"),
+        "{}",
+        compiled.display()
+    );
+    assert_eq!((first.stats().installs, first.stats().misses), (1, 1));
+    assert!(engine
+        .capabilities(model.as_ref())
+        .notes
+        .iter()
+        .any(|n| n == "compiled models in the cache store"));
+
+    // Another handle on the same root (another process, say) finds the entry.
+    let second = open();
+    let engine = CoreMlEngine::with_store(second.clone());
+    let t = Instant::now();
+    let model = prepare(&engine, &pkg, PrepareOptions::default().with_precompiled_only(true));
+    assert!(
+        t.elapsed() < Duration::from_millis(200) + margin(1000),
+        "no compile: {:?}",
+        t.elapsed()
+    );
+    assert_eq!(core_ml_model(model.as_ref()).compiled_path(), compiled);
+    assert_eq!((second.stats().hits, second.stats().installs), (1, 0));
+    assert_eq!(
+        engine.infer(model.as_ref(), &x, SECS).unwrap()["y"]
+            .to_vec::<f32>()
+            .unwrap(),
+        [2.0, 0.0]
+    );
+}
+
+fn key_of(artifact: &ModelArtifact, units: ComputeUnits) -> apple_silicon::CacheKey {
+    CoreMlEngine::cache_key(artifact, units, &bridge::runtime_info().unwrap())
+}
+
+#[test]
+#[cfg_attr(
+    not(coreml_bridge),
+    ignore = "needs the Linux build of coreml-bridge: run scripts/swift/rust-ffi-test.sh"
+)]
+fn a_real_ml_program_package_is_keyed_by_its_content_and_spec() {
+    require_test_runtime();
+    let pkg = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/mlp_fp32/model.mlpackage");
+    let artifact = ModelArtifact::open(&pkg).unwrap();
+    let key = key_of(&artifact, ComputeUnits::CpuAndNe);
+    assert_eq!(
+        (
+            key.backend.as_str(),
+            key.quantization.as_str(),
+            key.coreml_version.as_str()
+        ),
+        ("mlprogram", "fp32", "test-runtime")
+    );
+    assert_ne!(key.shape_key, "unknown");
+    // The fake runtime serves it as `identity` (package stem `model`).
+    let engine = CoreMlEngine::new();
+    let model = prepare(
+        &engine,
+        &artifact,
+        PrepareOptions::default().with_compute_units(ComputeUnits::CpuAndNe),
+    );
+    assert_eq!(model.cache_key(), key.to_string());
+    let x = f32s(vec![1, 2], &[0.25, -4.0]);
+    assert_eq!(
+        engine.infer(model.as_ref(), &one("x", x.clone()), SECS).unwrap()["y"],
+        x
+    );
+}
+
+#[test]
+#[cfg_attr(
+    not(coreml_bridge),
+    ignore = "needs the Linux build of coreml-bridge: run scripts/swift/rust-ffi-test.sh"
+)]
+fn capabilities_report_units_and_the_neural_engine_share_from_the_compute_plan() {
+    require_test_runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let ops = json!([
+        {"operator": "conv", "device": "neural_engine", "cost": 0.5},
+        {"operator": "relu", "device": "neural_engine"},
+        {"operator": "linear", "device": "neural_engine"},
+        {"operator": "softmax", "device": "cpu"}
+    ]);
+    let artifact = fake_package(dir.path(), "planned", json!({"operations": ops}));
+    let engine = CoreMlEngine::new();
+    let model = prepare(
+        &engine,
+        &artifact,
+        PrepareOptions::default().with_compute_units(ComputeUnits::CpuAndNe),
+    );
+    let plan = bridge::compute_plan(
+        core_ml_model(model.as_ref()).compiled_path(),
+        ComputeUnits::CpuAndNe,
+        SECS,
+    )
+    .unwrap();
+    assert_eq!(plan.operations.len(), 4);
+    assert_eq!(plan.operations[0].operator, "conv");
+    let caps = engine.capabilities(model.as_ref());
+    assert_eq!(caps.engine, "coreml");
+    assert_eq!(caps.compute_units_requested, ComputeUnits::CpuAndNe);
+    assert_eq!(caps.compute_units_actual, Some(ComputeUnits::CpuAndNe));
+    assert_eq!(caps.ane_op_coverage_pct, Some(75));
+    assert_eq!(caps.supported_dtypes, bridge::INPUT_DTYPES.to_vec());
+    assert!(
+        caps.notes.iter().any(|n| n.contains("test runtime")),
+        "{:?}",
+        caps.notes
+    );
+    assert!(
+        caps.notes.iter().any(|n| n.contains("3 neural engine")),
+        "{:?}",
+        caps.notes
+    );
+
+    // Without operations the fake plans one CPU op.
+    let plain = fake_package(dir.path(), "plain", json!({"behavior": "identity"}));
+    let model = prepare(&engine, &plain, PrepareOptions::default());
+    let caps = engine.capabilities(model.as_ref());
+    assert_eq!(
+        (caps.ane_op_coverage_pct, caps.compute_units_actual),
+        (Some(0), Some(ComputeUnits::CpuOnly))
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Every error status, mapped
+// ---------------------------------------------------------------------------
+
+#[test]
+#[cfg_attr(
+    not(coreml_bridge),
+    ignore = "needs the Linux build of coreml-bridge: run scripts/swift/rust-ffi-test.sh"
+)]
+fn failures_at_every_stage_map_to_their_error_kind_and_keep_the_nserror_chain() {
+    require_test_runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let engine = CoreMlEngine::new();
+    let chain =
+        "[com.apple.CoreML code=0] fake {stage} failure; caused by: [NSPOSIXErrorDomain code=5] Input/output error";
+
+    let e = prepare_err(
+        &engine,
+        &fake_package(dir.path(), "c", json!({"fail_stage": "compile"})),
+        PrepareOptions::default(),
+    );
+    assert_eq!(e.kind(), ErrorKind::Compile, "{e}");
+    assert!(e.to_string().contains(&chain.replace("{stage}", "compile")), "{e}");
+
+    let e = prepare_err(
+        &engine,
+        &fake_package(dir.path(), "l", json!({"fail_stage": "load"})),
+        PrepareOptions::default(),
+    );
+    assert_eq!(e.kind(), ErrorKind::Load, "{e}");
+    assert!(e.to_string().contains(&chain.replace("{stage}", "load")), "{e}");
+
+    let custom = json!({"fail_stage": "predict", "error": {"domain": "com.apple.Espresso", "code": -7,
+        "message": "espresso fell over", "underlying": {"domain": "NSPOSIXErrorDomain", "code": 12, "message": "ENOMEM"}}});
+    let model = prepare(
+        &engine,
+        &fake_package(dir.path(), "p", custom),
+        PrepareOptions::default(),
+    );
+    let e = engine
+        .infer(model.as_ref(), &one("x", f32s(vec![1], &[1.0])), SECS)
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Internal, "COREML_ERR_PREDICT → Internal: {e}");
+    assert!(e.to_string().contains("Core ML prediction failed"), "{e}");
+    assert!(
+        e.to_string().contains(
+            "[com.apple.Espresso code=-7] espresso fell over; caused by: [NSPOSIXErrorDomain code=12] ENOMEM"
+        ),
+        "{e}"
+    );
+    // A failed prediction does not poison the model: it still answers.
+    assert_eq!(core_ml_model(model.as_ref()).rebuilds(), 0);
+
+    // An input that is not a multi-array: UNSUPPORTED.
+    let spec = json!({"inputs": [{"name": "s", "feature_type": "string"}], "outputs": [{"name": "y"}]});
+    let model = prepare(&engine, &fake_package(dir.path(), "s", spec), PrepareOptions::default());
+    let e = engine
+        .infer(model.as_ref(), &one("s", f32s(vec![1], &[1.0])), SECS)
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+    assert!(e.to_string().contains("only feeds multi-arrays"), "{e}");
+
+    // Artifacts the engine does not run.
+    let st = dir.path().join("w.safetensors");
+    std::fs::write(&st, b"not really").unwrap();
+    let e = prepare_err(
+        &engine,
+        &ModelArtifact::with_format(ModelFmt::Safetensors, &st).unwrap(),
+        PrepareOptions::default(),
+    );
+    assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+}
+
+#[test]
+#[cfg_attr(
+    not(coreml_bridge),
+    ignore = "needs the Linux build of coreml-bridge: run scripts/swift/rust-ffi-test.sh"
+)]
+fn schema_mismatches_name_what_the_model_expects_and_what_came() {
+    require_test_runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let engine = CoreMlEngine::new();
+    let spec =
+        json!({"inputs": [{"name": "x", "dtype": "f32", "shape": [1, 3]}], "outputs": [{"name": "y", "dtype": "f32"}]});
+    let model = prepare(
+        &engine,
+        &fake_package(dir.path(), "fixed", spec),
+        PrepareOptions::default(),
+    );
+    let ok = engine.infer(model.as_ref(), &one("x", f32s(vec![1, 3], &[1.0, 2.0, 3.0])), SECS);
+    assert!(ok.is_ok(), "{ok:?}");
+
+    let e = engine
+        .infer(model.as_ref(), &one("x", f32s(vec![2, 3], &[0.0; 6])), SECS)
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::SchemaMismatch, "{e}");
+    let text = e.to_string();
+    assert!(text.contains("expected inputs [x: f32 [1, 3]]"), "{text}");
+    assert!(text.contains("got {x: f32 [2, 3]}"), "{text}");
+    assert!(
+        text.contains("has shape [2, 3]; the model accepts shape [1, 3]"),
+        "the bridge's reason: {text}"
+    );
+
+    let e = engine
+        .infer(model.as_ref(), &one("z", f32s(vec![1, 3], &[0.0; 3])), SECS)
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::SchemaMismatch, "{e}");
+    assert!(e.to_string().contains("'z' is not an input of the model"), "{e}");
+
+    // Refused on the Rust side before the call, with expected and got.
+    let e = engine
+        .infer(
+            model.as_ref(),
+            &one("x", Tensor::from_vec(vec![3], vec![1u8, 2, 3]).unwrap()),
+            SECS,
+        )
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::SchemaMismatch, "{e}");
+    assert!(e.to_string().contains("got u8"), "{e}");
+    // None of this poisoned the model.
+    assert!(engine
+        .infer(model.as_ref(), &one("x", f32s(vec![1, 3], &[0.0; 3])), SECS)
+        .is_ok());
+    assert_eq!(core_ml_model(model.as_ref()).rebuilds(), 0);
+}
+
+#[test]
+#[cfg_attr(
+    not(coreml_bridge),
+    ignore = "needs the Linux build of coreml-bridge: run scripts/swift/rust-ffi-test.sh"
+)]
+fn invalid_arguments_from_the_safe_wrappers_are_invalid_artifacts() {
+    require_test_runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.mlpackage");
+    let e = bridge::compile_model(&missing, dir.path(), SECS).unwrap_err();
+    assert_eq!(e.status(), Status::InvalidArgument);
+    assert_eq!(e.error().kind(), ErrorKind::InvalidArtifact);
+    assert!(e.message().contains("does not exist"), "{}", e.message());
+
+    // The destination already holds the result: the bridge never overwrites.
+    let pkg = fake_package(dir.path(), "twice", json!({}));
+    let dest = dir.path().join("dest");
+    std::fs::create_dir(&dest).unwrap();
+    let out = bridge::compile_model(&pkg.path, &dest, SECS).unwrap();
+    assert_eq!(out, dest.join("twice.mlmodelc"));
+    let e = bridge::compile_model(&pkg.path, &dest, SECS).unwrap_err();
+    assert_eq!(e.status(), Status::InvalidArgument);
+    assert!(e.message().contains("already exists"), "{}", e.message());
+
+    let e = BridgeModel::load(&dir.path().join("nope.mlmodelc"), ComputeUnits::All, SECS).unwrap_err();
+    assert_eq!(
+        (e.status(), e.error().kind()),
+        (Status::InvalidArgument, ErrorKind::InvalidArtifact)
+    );
+    let e = bridge::compute_plan(&dir.path().join("nope.mlmodelc"), ComputeUnits::All, SECS).unwrap_err();
+    assert_eq!(
+        (e.status(), e.error().kind()),
+        (Status::InvalidArgument, ErrorKind::InvalidArtifact)
+    );
+
+    // A broken fake_model.json.
+    let bad = dir.path().join("bad.mlmodelc");
+    std::fs::create_dir(&bad).unwrap();
+    std::fs::write(bad.join("fake_model.json"), "{not json").unwrap();
+    let e = BridgeModel::load(&bad, ComputeUnits::All, SECS).unwrap_err();
+    assert_eq!(e.status(), Status::InvalidArgument);
+    assert!(e.message().contains("bad fake_model.json"), "{}", e.message());
+}
+
+/// Calls coreml_predict directly; returns (status, error message).
+fn raw_predict(handle: *mut c_void, inputs: &[ffi::CoremlTensor], timeout_ms: i64) -> (i32, Option<String>) {
+    let mut outputs: *mut ffi::CoremlOutputs = ptr::null_mut();
+    let mut err: *mut c_char = ptr::null_mut();
+    // SAFETY: descriptors built by the caller from live memory; out slots are live.
+    let code = unsafe {
+        ffi::coreml_predict(
+            handle,
+            inputs.as_ptr(),
+            inputs.len() as i32,
+            timeout_ms,
+            &mut outputs,
+            &mut err,
+        )
+    };
+    // SAFETY: NULL or outputs the bridge handed out.
+    unsafe { ffi::coreml_free_outputs(outputs) };
+    (code, take_string(err))
+}
+
+fn raw_load(compiled: &Path, timeout_ms: i64) -> *mut c_void {
+    let path = CString::new(compiled.to_str().unwrap()).unwrap();
+    let mut handle: *mut c_void = ptr::null_mut();
+    let mut err: *mut c_char = ptr::null_mut();
+    // SAFETY: a live C string and live out slots.
+    let code = unsafe {
+        ffi::coreml_load_model(
+            path.as_ptr(),
+            ffi::COREML_COMPUTE_ALL,
+            timeout_ms,
+            &mut handle,
+            &mut err,
+        )
+    };
+    let msg = take_string(err);
+    assert_eq!(code, ffi::COREML_OK, "load: {msg:?}");
+    assert!(!handle.is_null());
+    handle
+}
+
+#[test]
+#[cfg_attr(
+    not(coreml_bridge),
+    ignore = "needs the Linux build of coreml-bridge: run scripts/swift/rust-ffi-test.sh"
+)]
+fn statuses_the_safe_api_never_causes_are_returned_and_mapped() {
+    require_test_runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let handle = raw_load(&fake_compiled(dir.path(), "raw", json!({})), 20_000);
+    let name = CString::new("x").unwrap();
+    let shape = [2i64];
+    let data = [1.0f32, 2.0];
+    let x = ffi::CoremlTensor {
+        name: name.as_ptr(),
+        dtype: ffi::COREML_DTYPE_F32,
+        rank: 1,
+        shape: shape.as_ptr(),
+        strides: ptr::null(),
+        data: data.as_ptr().cast(),
+        byte_len: 8,
+    };
+    let map = |code: i32, msg: &Option<String>| {
+        bridge::BridgeError::new(
+            Status::from_code(code),
+            Operation::Predict,
+            "raw",
+            msg.clone().unwrap(),
+            SECS,
+        )
+    };
+    assert_eq!(raw_predict(handle, &[x], 20_000).0, ffi::COREML_OK);
+
+    // A garbage handle: INVALID_HANDLE → Internal.
+    let (code, msg) = raw_predict(ptr::without_provenance_mut(0xdead_beef), &[x], 20_000);
+    assert_eq!(code, ffi::COREML_ERR_INVALID_HANDLE, "{msg:?}");
+    assert!(msg.as_deref().unwrap().contains("unknown model handle"), "{msg:?}");
+    assert_eq!(map(code, &msg).error().kind(), ErrorKind::Internal);
+
+    // A zero timeout: INVALID_ARGUMENT → Internal for a prediction (our bug if it happened).
+    let (code, msg) = raw_predict(handle, &[x], 0);
+    assert_eq!(code, ffi::COREML_ERR_INVALID_ARGUMENT, "{msg:?}");
+    assert!(msg.as_deref().unwrap().contains("timeout_ms must be > 0"), "{msg:?}");
+    assert_eq!(map(code, &msg).error().kind(), ErrorKind::Internal);
+
+    // A shape whose size overflows: OUT_OF_MEMORY → MemoryPressure.
+    let huge = [1i64 << 40, 1 << 40];
+    let big = ffi::CoremlTensor {
+        rank: 2,
+        shape: huge.as_ptr(),
+        ..x
+    };
+    let (code, msg) = raw_predict(handle, &[big], 20_000);
+    assert_eq!(code, ffi::COREML_ERR_OUT_OF_MEMORY, "{msg:?}");
+    assert_eq!(map(code, &msg).error().kind(), ErrorKind::MemoryPressure);
+
+    // A NULL out pointer, with and without an error slot.
+    let mut err: *mut c_char = ptr::null_mut();
+    // SAFETY: NULL out pointers are part of the contract (INVALID_ARGUMENT).
+    let code = unsafe { ffi::coreml_runtime_info(ptr::null_mut(), &mut err) };
+    assert_eq!(code, ffi::COREML_ERR_INVALID_ARGUMENT);
+    assert!(take_string(err).unwrap().contains("out_json is NULL"));
+    // SAFETY: as above; the message is dropped by the bridge.
+    assert_eq!(
+        unsafe { ffi::coreml_runtime_info(ptr::null_mut(), ptr::null_mut()) },
+        ffi::COREML_ERR_INVALID_ARGUMENT
+    );
+
+    // Frees of NULL, unknown and repeated pointers are ignored.
+    // SAFETY: the header allows all of these.
+    unsafe {
+        ffi::coreml_free_outputs(ptr::null_mut());
+        ffi::coreml_free_string(ptr::null_mut());
+        ffi::coreml_free_model(ptr::null_mut());
+        ffi::coreml_free_model(ptr::without_provenance_mut(0xdead_beef));
+        ffi::coreml_free_model(handle);
+        ffi::coreml_free_model(handle);
+    }
+    let (code, _) = raw_predict(handle, &[x], 20_000);
+    assert_eq!(code, ffi::COREML_ERR_INVALID_HANDLE, "a freed handle is unknown");
+}
+
+// ---------------------------------------------------------------------------
+// Timeouts, poisoning, rebuilds, freeing while running
+// ---------------------------------------------------------------------------
+
+#[test]
+#[cfg_attr(
+    not(coreml_bridge),
+    ignore = "needs the Linux build of coreml-bridge: run scripts/swift/rust-ffi-test.sh"
+)]
+fn a_prediction_timeout_returns_in_time_and_the_next_call_rebuilds_the_model() {
+    require_test_runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let artifact = fake_package(dir.path(), "slow", json!({"sleep_ms": 1000}));
+    let engine = CoreMlEngine::new();
+    let model = prepare(&engine, &artifact, PrepareOptions::default());
+    let m = core_ml_model(model.as_ref());
+    let x = one("x", f32s(vec![3], &[1.0, 2.0, 3.0]));
+
+    let deadline = Duration::from_millis(150);
+    let t = Instant::now();
+    let e = engine.infer(model.as_ref(), &x, deadline).unwrap_err();
+    let took = t.elapsed();
+    assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+    assert!(
+        e.to_string().contains("prediction of") && e.to_string().contains("timed out after 150ms"),
+        "{e}"
+    );
+    assert!(
+        took >= Duration::from_millis(140),
+        "returned before the deadline: {took:?}"
+    );
+    assert!(
+        took < deadline + margin(750),
+        "returned {took:?} after a {deadline:?} deadline"
+    );
+    assert_eq!(m.rebuilds(), 0);
+
+    // The poisoned handle was freed (its late prediction still runs); the
+    // next call loads the model again and succeeds.
+    let t = Instant::now();
+    let out = engine.infer(model.as_ref(), &x, SECS).unwrap();
+    assert_eq!(out["y"], x["x"]);
+    assert!(
+        t.elapsed() >= Duration::from_millis(950),
+        "the new handle still sleeps 1 s"
+    );
+    assert_eq!(m.rebuilds(), 1);
+    engine.infer(model.as_ref(), &x, SECS).unwrap();
+    assert_eq!(m.rebuilds(), 1, "a healthy model is not reloaded");
+    let caps = engine.capabilities(model.as_ref());
+    assert!(
+        caps.notes.iter().any(|n| n.contains("reloaded 1 time")),
+        "{:?}",
+        caps.notes
+    );
+}
+
+#[test]
+#[cfg_attr(
+    not(coreml_bridge),
+    ignore = "needs the Linux build of coreml-bridge: run scripts/swift/rust-ffi-test.sh"
+)]
+fn the_bridge_poisons_a_timed_out_handle_and_the_wrapper_says_so() {
+    require_test_runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let compiled = fake_compiled(dir.path(), "slow_w", json!({"sleep_ms": 600}));
+    let model = BridgeModel::load(&compiled, ComputeUnits::CpuOnly, SECS).unwrap();
+    assert_eq!(model.compute_units(), ComputeUnits::CpuOnly);
+    let x = one("x", f32s(vec![1], &[1.0]));
+    let e = model.predict(&x, Duration::from_millis(100)).unwrap_err();
+    assert_eq!(e.status(), Status::Timeout);
+    assert_eq!(e.error().kind(), ErrorKind::Timeout);
+    assert!(e.message().contains("poisoned"), "{}", e.message());
+    assert!(model.is_poisoned());
+
+    let e = model.predict(&x, SECS).unwrap_err();
+    assert_eq!(e.status(), Status::Poisoned);
+    assert!(e.is_poisoned());
+    assert_eq!(e.error().kind(), ErrorKind::Load, "POISONED → Load (load it again)");
+    assert!(e.to_string().contains("load it again"), "{e}");
+    // The schema still answers on a poisoned handle.
+    assert!(model.schema_json().unwrap().contains("\"inputs\""));
+    // Dropped (freed) while the late prediction may still run.
+    drop(model);
+    std::thread::sleep(Duration::from_millis(700));
+}
+
+#[test]
+#[cfg_attr(
+    not(coreml_bridge),
+    ignore = "needs the Linux build of coreml-bridge: run scripts/swift/rust-ffi-test.sh"
+)]
+fn compile_and_load_timeouts_are_bounded_and_leave_nothing_in_the_store() {
+    require_test_runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(TempDirCompiledStore::in_dir(dir.path().join("store")));
+    let engine = CoreMlEngine::with_store(store.clone());
+    let bound = Duration::from_millis(200);
+
+    let artifact = fake_package(dir.path(), "slow_compile", json!({"compile_sleep_ms": 1500}));
+    let t = Instant::now();
+    let e = prepare_err(
+        &engine,
+        &artifact,
+        PrepareOptions::default().with_prepare_timeout(bound),
+    );
+    assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+    assert!(
+        e.to_string().contains("compile of") && e.to_string().contains("after 200ms"),
+        "{e}"
+    );
+    assert!(t.elapsed() < bound + margin(750), "{:?}", t.elapsed());
+    assert_eq!(store.builds(), 0);
+    let left: Vec<_> = std::fs::read_dir(store.root()).map(|d| d.collect()).unwrap_or_default();
+    assert!(
+        left.is_empty(),
+        "a timed-out compile leaves nothing in the store: {left:?}"
+    );
+
+    let compiled = fake_compiled(dir.path(), "slow_load", json!({"load_sleep_ms": 1500}));
+    let artifact = ModelArtifact::with_format(ModelFmt::MlModelC, &compiled).unwrap();
+    let t = Instant::now();
+    let e = prepare_err(
+        &engine,
+        &artifact,
+        PrepareOptions::default().with_prepare_timeout(bound),
+    );
+    assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+    assert!(e.to_string().contains("load of"), "{e}");
+    assert!(t.elapsed() < bound + margin(750), "{:?}", t.elapsed());
+
+    // With enough time both work (the late work above was discarded).
+    let artifact = fake_package(dir.path(), "slow_compile", json!({"compile_sleep_ms": 1500}));
+    prepare(&engine, &artifact, PrepareOptions::default());
+    assert_eq!(store.builds(), 1);
+}
+
+#[test]
+#[cfg_attr(
+    not(coreml_bridge),
+    ignore = "needs the Linux build of coreml-bridge: run scripts/swift/rust-ffi-test.sh"
+)]
+fn freeing_a_handle_while_another_thread_predicts_is_safe() {
+    require_test_runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let handle = raw_load(
+        &fake_compiled(dir.path(), "inflight", json!({"sleep_ms": 1000})),
+        20_000,
+    );
+    let id = handle.addr();
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let worker = std::thread::spawn(move || {
+        let name = CString::new("x").unwrap();
+        let shape = [3i64];
+        let data = [1i32, 2, 3];
+        let x = ffi::CoremlTensor {
+            name: name.as_ptr(),
+            dtype: ffi::COREML_DTYPE_I32,
+            rank: 1,
+            shape: shape.as_ptr(),
+            strides: ptr::null(),
+            data: data.as_ptr().cast(),
+            byte_len: 12,
+        };
+        let mut outputs: *mut ffi::CoremlOutputs = ptr::null_mut();
+        let mut err: *mut c_char = ptr::null_mut();
+        started_tx.send(()).unwrap();
+        // SAFETY: live descriptors and out slots; the handle is an id.
+        let code =
+            unsafe { ffi::coreml_predict(ptr::without_provenance_mut(id), &x, 1, 20_000, &mut outputs, &mut err) };
+        let msg = take_string(err);
+        assert_eq!(code, ffi::COREML_OK, "{msg:?}");
+        // SAFETY: COREML_OK: one output with three i32s, valid until freed below.
+        let y: Vec<i32> = unsafe {
+            let o = &*outputs;
+            assert_eq!(o.count, 1);
+            let t = &*o.tensors;
+            std::slice::from_raw_parts(t.data.cast::<i32>(), 3).to_vec()
+        };
+        // SAFETY: outputs from coreml_predict, freed once.
+        unsafe { ffi::coreml_free_outputs(outputs) };
+        y
+    });
+    // The worker is about to call coreml_predict; give the call time to get
+    // queued (the prediction then sleeps 1 s), and free the handle under it.
+    started_rx.recv().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let t = Instant::now();
+    // SAFETY: the handle came from coreml_load_model; the bridge allows
+    // freeing while a prediction on it is in flight.
+    unsafe { ffi::coreml_free_model(handle) };
+    assert!(t.elapsed() < margin(500), "freeing does not wait for the prediction");
+    assert_eq!(worker.join().unwrap(), [1, 2, 3], "the in-flight prediction completes");
+}
+
+#[test]
+#[cfg_attr(
+    not(coreml_bridge),
+    ignore = "needs the Linux build of coreml-bridge: run scripts/swift/rust-ffi-test.sh"
+)]
+fn dropping_a_model_whose_timed_out_prediction_still_runs_is_safe() {
+    require_test_runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let artifact = fake_package(dir.path(), "drop_late", json!({"sleep_ms": 500, "pad_outputs": 2}));
+    let engine = CoreMlEngine::new();
+    let model = prepare(&engine, &artifact, PrepareOptions::default());
+    let x = one("x", f32s(vec![2, 2], &[1.0, 2.0, 3.0, 4.0]));
+    let e = engine.infer(model.as_ref(), &x, Duration::from_millis(80)).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Timeout);
+    drop(model);
+    drop(engine);
+    drop(x);
+    // The late prediction finishes on the bridge's queue after its handle,
+    // its Rust inputs and the compiled store are gone.
+    std::thread::sleep(Duration::from_millis(700));
+    // The bridge still serves new models.
+    let engine = CoreMlEngine::new();
+    let model = prepare(
+        &engine,
+        &fake_package(dir.path(), "after", json!({"behavior": "add_one"})),
+        PrepareOptions::default(),
+    );
+    let y = engine
+        .infer(model.as_ref(), &one("x", f32s(vec![1], &[1.0])), SECS)
+        .unwrap();
+    assert_eq!(y["y"].to_vec::<f32>().unwrap(), [2.0]);
+}
+
+#[test]
+#[cfg_attr(
+    not(coreml_bridge),
+    ignore = "needs the Linux build of coreml-bridge: run scripts/swift/rust-ffi-test.sh"
+)]
+fn concurrent_calls_on_one_model_are_serialised_and_waiting_is_bounded() {
+    require_test_runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let artifact = fake_package(dir.path(), "busy", json!({"sleep_ms": 1000}));
+    let engine = CoreMlEngine::new();
+    let model = prepare(&engine, &artifact, PrepareOptions::default());
+    let x = one("x", f32s(vec![1], &[7.0]));
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        let a = s.spawn(|| engine.infer(model.as_ref(), &x, SECS));
+        let b = s.spawn(|| engine.infer(model.as_ref(), &x, SECS));
+        // A and B have started: one of them holds the model for 1 s.
+        std::thread::sleep(Duration::from_millis(300));
+        let t_c = Instant::now();
+        let e = engine
+            .infer(model.as_ref(), &x, Duration::from_millis(100))
+            .unwrap_err();
+        let c_took = t_c.elapsed();
+        assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+        assert!(
+            e.to_string().contains("another inference on it is still running"),
+            "{e}"
+        );
+        assert!(c_took >= Duration::from_millis(95), "{c_took:?}");
+        assert!(c_took < Duration::from_millis(100) + margin(750), "{c_took:?}");
+        assert_eq!(a.join().unwrap().unwrap()["y"], x["x"]);
+        assert_eq!(b.join().unwrap().unwrap()["y"], x["x"]);
+    });
+    assert!(
+        t.elapsed() >= Duration::from_millis(1990),
+        "two 1 s predictions ran one after the other"
+    );
+    assert_eq!(
+        core_ml_model(model.as_ref()).rebuilds(),
+        0,
+        "waiting out a deadline poisons nothing"
+    );
+}
+
+#[test]
+#[cfg_attr(
+    not(coreml_bridge),
+    ignore = "needs the Linux build of coreml-bridge: run scripts/swift/rust-ffi-test.sh"
+)]
+fn many_calls_with_errors_in_between_keep_working() {
+    // Exercises every ownership path many times (strings, outputs, handles);
+    // the valgrind run of this binary checks that nothing leaks or is freed twice.
+    require_test_runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let engine = CoreMlEngine::new();
+    let spec = json!({"behavior": "add_one", "inputs": [{"name": "x", "dtype": "f32", "shape": [2]}],
+                      "outputs": [{"name": "y", "dtype": "f32", "shape": [2]}], "pad_outputs": 1});
+    let model = prepare(
+        &engine,
+        &fake_package(dir.path(), "loop", spec),
+        PrepareOptions::default(),
+    );
+    let good = one("x", f32s(vec![2], &[1.0, 2.0]));
+    let bad = one("x", f32s(vec![3], &[1.0, 2.0, 3.0]));
+    for i in 0..50 {
+        assert_eq!(
+            engine.infer(model.as_ref(), &good, SECS).unwrap()["y"]
+                .to_vec::<f32>()
+                .unwrap(),
+            [2.0, 3.0]
+        );
+        if i % 5 == 0 {
+            assert_eq!(
+                engine.infer(model.as_ref(), &bad, SECS).unwrap_err().kind(),
+                ErrorKind::SchemaMismatch
+            );
+            assert!(bridge::runtime_info().is_ok());
+        }
+    }
+    for i in 0..5 {
+        let m = prepare(
+            &engine,
+            &fake_package(dir.path(), &format!("m{i}"), json!({"n": i})),
+            PrepareOptions::default(),
+        );
+        drop(m);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Process-wide environment: run in child processes
+// ---------------------------------------------------------------------------
+
+#[cfg(target_os = "linux")]
+#[test]
+#[cfg_attr(
+    not(coreml_bridge),
+    ignore = "needs the Linux build of coreml-bridge: run scripts/swift/rust-ffi-test.sh"
+)]
+fn without_the_test_runtime_linux_is_unavailable() {
+    require_test_runtime();
+    run_child("child_unavailable", &[("COREML_BRIDGE_TEST_RUNTIME", None)]);
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+#[ignore = "child process of without_the_test_runtime_linux_is_unavailable"]
+fn child_unavailable() {
+    if !is_child("child_unavailable") {
+        return;
+    }
+    let info = bridge::runtime_info().unwrap();
+    assert!(!info.coreml_available && !info.test_runtime);
+    let dir = tempfile::tempdir().unwrap();
+    let artifact = fake_package(dir.path(), "identity", json!({}));
+    let e = prepare_err(&CoreMlEngine::new(), &artifact, PrepareOptions::default());
+    assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+    assert_eq!(
+        e.to_string(),
+        "coreml is unavailable: Core ML is not available on this platform (Linux)"
+    );
+    // The bridge's own answer, through the wrapper.
+    let e = BridgeModel::load(&fake_compiled(dir.path(), "c", json!({})), ComputeUnits::All, SECS).unwrap_err();
+    assert_eq!(
+        (e.status(), e.error().kind()),
+        (Status::Unavailable, ErrorKind::Unavailable)
+    );
+    let e = bridge::compute_plan(&dir.path().join("c.mlmodelc"), ComputeUnits::All, SECS).unwrap_err();
+    assert_eq!(e.status(), Status::Unavailable);
+}
+
+#[test]
+#[cfg_attr(
+    not(coreml_bridge),
+    ignore = "needs the Linux build of coreml-bridge: run scripts/swift/rust-ffi-test.sh"
+)]
+fn the_compute_units_override_comes_from_the_environment() {
+    require_test_runtime();
+    run_child(
+        "child_units_override",
+        &[(ComputeUnits::ENV_OVERRIDE, Some("cpu_only"))],
+    );
+    run_child(
+        "child_units_override_invalid",
+        &[(ComputeUnits::ENV_OVERRIDE, Some("gpu_only"))],
+    );
+}
+
+#[test]
+#[ignore = "child process of the_compute_units_override_comes_from_the_environment"]
+fn child_units_override() {
+    if !is_child("child_units_override") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let engine = CoreMlEngine::new();
+    let artifact = fake_package(dir.path(), "units", json!({}));
+    let model = prepare(
+        &engine,
+        &artifact,
+        PrepareOptions::default().with_compute_units(ComputeUnits::CpuAndNe),
+    );
+    assert_eq!(core_ml_model(model.as_ref()).compute_units(), ComputeUnits::CpuOnly);
+    assert!(model.cache_key().contains(":cpu_only:"), "{}", model.cache_key());
+    let caps = engine.capabilities(model.as_ref());
+    assert_eq!(caps.compute_units_requested, ComputeUnits::CpuOnly);
+    assert!(
+        caps.notes
+            .iter()
+            .any(|n| n == "COREML_COMPUTE_UNITS=cpu_only overrides the requested cpu_ane"),
+        "{:?}",
+        caps.notes
+    );
+}
+
+#[test]
+#[ignore = "child process of the_compute_units_override_comes_from_the_environment"]
+fn child_units_override_invalid() {
+    if !is_child("child_units_override_invalid") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let artifact = fake_package(dir.path(), "units", json!({}));
+    let e = prepare_err(&CoreMlEngine::new(), &artifact, PrepareOptions::default());
+    assert_eq!(e.kind(), ErrorKind::SchemaMismatch, "{e}");
+    assert!(e.to_string().contains("got `gpu_only`"), "{e}");
+}
+
+// ---------------------------------------------------------------------------
+// Builds without the bridge
+// ---------------------------------------------------------------------------
+
+#[cfg(not(coreml_bridge))]
+#[test]
+fn without_the_bridge_the_engine_is_unavailable_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let artifact = fake_package(dir.path(), "identity", json!({}));
+    let e = prepare_err(&CoreMlEngine::new(), &artifact, PrepareOptions::default());
+    assert_eq!(e.kind(), ErrorKind::Unavailable);
+    assert_eq!(
+        e.to_string(),
+        format!("coreml is unavailable: {}", bridge::NO_BRIDGE_REASON)
+    );
+    assert!(!bridge::is_linked());
+}
