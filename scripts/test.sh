@@ -18,3 +18,6 @@ cargo test --doc
 
 step "Swift bridge: swift build + swift test in the Debian trixie chroot"
 bash scripts/swift/check.sh
+
+step "Rust -> C ABI -> Swift bridge (test runtime) end to end, in the chroot, then under valgrind"
+bash scripts/swift/rust-ffi-test.sh

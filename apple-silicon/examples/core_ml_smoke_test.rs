@@ -11,11 +11,13 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use apple_silicon::core_ml_backend::CoreMlEngine;
 use apple_silicon::golden::{self, GoldenModel};
 use apple_silicon::parity::{compare, Thresholds};
-use apple_silicon::{CandleEngine, InferenceEngine, ModelArtifact, PrepareOptions};
+use apple_silicon::{CandleEngine, InferenceEngine, ModelArtifact, PrepareOptions, ResilientEngine};
 
 struct Row {
+    why: Vec<String>,
     id: String,
     engine: String,
     precision: String,
@@ -54,6 +56,7 @@ fn smoke(engine: &dyn InferenceEngine, m: &GoldenModel, iterations: usize) -> ap
     let caps = engine.capabilities(model.as_ref());
     let worst = report.worst().expect("at least one output");
     Ok(Row {
+        why: caps.notes.clone(),
         id: m.id.clone(),
         engine: caps.engine,
         precision: caps.compute_precision,
@@ -90,7 +93,9 @@ fn main() -> ExitCode {
         }
         models.extend(downloaded);
     }
-    let engine = CandleEngine::new();
+    // The engine chain: Core ML first, Candle on the same package as fallback.
+    let engine = ResilientEngine::new(Box::new(CoreMlEngine::new()), Box::new(CandleEngine::new()));
+    let mut reason_shown = false;
     println!(
         "{:<20} {:<7} {:<44} {:<16} {:<22} {:>9} {:>8} {:>8} {:>8}",
         "model", "engine", "precision", "units", "parity vs golden", "prepare", "p50 ms", "p95 ms", "p99 ms"
@@ -99,6 +104,12 @@ fn main() -> ExitCode {
     for m in &models {
         match smoke(&engine, m, iterations) {
             Ok(r) => {
+                if !reason_shown {
+                    if let Some(why) = r.why.iter().find(|n| n.contains("Core ML") || n.contains("coreml")) {
+                        println!("(engine chain: {why})");
+                        reason_shown = true;
+                    }
+                }
                 if !r.passed {
                     failures += 1;
                 }

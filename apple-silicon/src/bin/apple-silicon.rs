@@ -1,6 +1,7 @@
 //! `apple-silicon`: inspect and run Core ML models from the command line.
 
 mod cache_cli;
+mod gates_cli;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -70,6 +71,13 @@ enum Command {
     },
     /// Inspect and maintain the compiled-model cache.
     Cache(cache_cli::CacheArgs),
+    /// Run the plan's Gates A–D on a model directory and print the verdicts.
+    Gates(gates_cli::GatesArgs),
+}
+
+/// The primary engine: Core ML (answers `Unavailable` where it does not exist).
+fn primary_engine() -> Box<dyn InferenceEngine> {
+    Box::new(apple_silicon::core_ml_backend::CoreMlEngine::new())
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -123,6 +131,7 @@ fn main() -> ExitCode {
             precision,
         } => parity_cmd(&model_a, model_b.as_deref(), &inputs, policies, precision),
         Command::Cache(args) => cache_cli::run(args),
+        Command::Gates(args) => gates_cli::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
