@@ -301,3 +301,94 @@ fn copy_dir(src: &std::path::Path, dst: &std::path::Path) {
         }
     }
 }
+
+/// Rewrites the MLP fixture's input `x` to accept the given flexibility.
+fn flexible_mlp(
+    dir: &std::path::Path,
+    flex: coreml_proto::proto::array_feature_type::ShapeFlexibility,
+) -> ModelArtifact {
+    use coreml_proto::proto::{feature_type, Model};
+    use prost::Message;
+    let dst = dir.join("flex.mlpackage");
+    copy_dir(&golden::fixtures_dir().join("mlp_fp32/model.mlpackage"), &dst);
+    let spec_path = dst.join("Data/com.apple.CoreML/model.mlmodel");
+    let mut spec = Model::decode(std::fs::read(&spec_path).unwrap().as_slice()).unwrap();
+    let input = &mut spec.description.as_mut().unwrap().input[0];
+    match input.r#type.as_mut().unwrap().r#type.as_mut().unwrap() {
+        feature_type::Type::MultiArrayType(a) => a.shape_flexibility = Some(flex),
+        _ => unreachable!(),
+    }
+    std::fs::write(&spec_path, spec.encode_to_vec()).unwrap();
+    ModelArtifact::open(&dst).unwrap()
+}
+
+#[test]
+fn flexible_input_shapes_come_from_the_spec_and_are_enforced() {
+    use coreml_proto::proto::array_feature_type::{EnumeratedShapes, Shape, ShapeFlexibility, ShapeRange};
+    use coreml_proto::proto::SizeRange;
+    let engine = CandleEngine::new();
+    let m = GoldenModel::open(golden::fixtures_dir().join("mlp_fp32")).unwrap();
+    let one = m.inputs().unwrap()["x"].clone();
+    let row: Vec<f32> = one.to_f32_vec();
+    let dir = tempfile::tempdir().unwrap();
+
+    // A batch range 1..=8 on the first dimension.
+    let range = ShapeFlexibility::ShapeRange(ShapeRange {
+        size_ranges: vec![
+            SizeRange {
+                lower_bound: 1,
+                upper_bound: 8,
+            },
+            SizeRange {
+                lower_bound: 64,
+                upper_bound: 64,
+            },
+        ],
+    });
+    let model = engine
+        .prepare(&flexible_mlp(dir.path(), range), PrepareOptions::default())
+        .unwrap();
+    let spec = &model.io_schema().inputs[0];
+    assert!(spec.batch_capable);
+    assert_eq!(spec.describe_allowed(), "[1..=8, 64]");
+    let single = engine
+        .infer(model.as_ref(), &TensorMap::from([("x".to_string(), one.clone())]), T)
+        .unwrap()["logits"]
+        .to_f32_vec();
+    let batch: Vec<f32> = row.iter().cycle().take(4 * 64).copied().collect();
+    let out = engine
+        .infer(
+            model.as_ref(),
+            &TensorMap::from([("x".to_string(), Tensor::from_vec(vec![4, 64], batch).unwrap())]),
+            T,
+        )
+        .unwrap();
+    assert_eq!(out["logits"].shape(), &[4, 10]);
+    let logits = out["logits"].to_f32_vec();
+    for b in 0..4 {
+        for (x, y) in logits[b * 10..(b + 1) * 10].iter().zip(&single) {
+            assert!((x - y).abs() <= 1e-5, "batch row {b} differs from the single run");
+        }
+    }
+    let too_big = TensorMap::from([("x".to_string(), Tensor::zeros(DType::F32, vec![9, 64]).unwrap())]);
+    let e = engine.infer(model.as_ref(), &too_big, T).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::SchemaMismatch);
+    assert!(e.to_string().contains("expected [1..=8, 64], got [9, 64]"), "{e}");
+
+    // Enumerated shapes: only those listed (and the default).
+    let dir2 = tempfile::tempdir().unwrap();
+    let enumerated = ShapeFlexibility::EnumeratedShapes(EnumeratedShapes {
+        shapes: vec![Shape { shape: vec![1, 64] }, Shape { shape: vec![2, 64] }],
+    });
+    let model = engine
+        .prepare(&flexible_mlp(dir2.path(), enumerated), PrepareOptions::default())
+        .unwrap();
+    let two = TensorMap::from([("x".to_string(), Tensor::zeros(DType::F32, vec![2, 64]).unwrap())]);
+    assert_eq!(
+        engine.infer(model.as_ref(), &two, T).unwrap()["logits"].shape(),
+        &[2, 10]
+    );
+    let three = TensorMap::from([("x".to_string(), Tensor::zeros(DType::F32, vec![3, 64]).unwrap())]);
+    let e = engine.infer(model.as_ref(), &three, T).unwrap_err().to_string();
+    assert!(e.contains("one of [[1, 64], [2, 64]]"), "{e}");
+}
