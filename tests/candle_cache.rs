@@ -161,3 +161,21 @@ fn a_damaged_compiled_form_is_never_served_wrong() {
     assert_eq!(out, cold);
     assert!(notes.iter().any(|n| n.contains("unusable")), "{notes:?}");
 }
+
+#[test]
+fn cache_counters_feed_telemetry_snapshots() {
+    use apple_silicon::telemetry::{RegistrySnapshot, TelemetryRegistry};
+    let dir = tempfile::tempdir().unwrap();
+    let cache = cache_at(dir.path());
+    let registry = TelemetryRegistry::new();
+    registry.attach_cache("candle", cache.clone());
+    let m = GoldenModel::open(golden::fixtures_dir().join("mlp_fp16")).unwrap();
+    let engine = CandleEngine::new().with_cache(cache);
+    run(&engine, &m, PrepareOptions::default()).unwrap();
+    run(&engine, &m, PrepareOptions::default()).unwrap();
+    let snap = registry.snapshot();
+    let stats = &snap.caches["candle"];
+    assert_eq!((stats.hits, stats.misses, stats.installs), (1, 1, 1));
+    let back: RegistrySnapshot = serde_json::from_str(&registry.to_json()).unwrap();
+    assert_eq!(back.caches["candle"], *stats);
+}

@@ -731,6 +731,10 @@ pub struct RegistrySnapshot {
     pub taken_at_unix_ms: u64,
     /// One entry per `(model, engine)`, ordered by model then engine.
     pub entries: Vec<TelemetrySnapshot>,
+    /// Counters (hits, misses, installs, evictions) of every compiled-model
+    /// cache attached with [`TelemetryRegistry::attach_cache`], by name.
+    #[serde(default)]
+    pub caches: BTreeMap<String, crate::cache::CacheStats>,
 }
 
 /// Hands out one [`ModelTelemetry`] per `(model, engine)` and snapshots them
@@ -738,12 +742,19 @@ pub struct RegistrySnapshot {
 #[derive(Debug, Default)]
 pub struct TelemetryRegistry {
     entries: Mutex<BTreeMap<(String, String), Arc<ModelTelemetry>>>,
+    caches: Mutex<BTreeMap<String, Arc<crate::cache::ModelCache>>>,
 }
 
 impl TelemetryRegistry {
     /// An empty registry.
     pub fn new() -> TelemetryRegistry {
         TelemetryRegistry::default()
+    }
+
+    /// Includes `cache`'s counters (hits, misses, installs, evictions) in every
+    /// snapshot under `name`. Reading them costs a few atomic loads.
+    pub fn attach_cache(&self, name: impl Into<String>, cache: Arc<crate::cache::ModelCache>) {
+        lock(&self.caches).insert(name.into(), cache);
     }
 
     /// The telemetry of `model` on `engine`, created on first request. Takes
@@ -772,6 +783,7 @@ impl TelemetryRegistry {
                 .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
                 .unwrap_or(0),
             entries: handles.iter().map(|h| h.snapshot()).collect(),
+            caches: lock(&self.caches).iter().map(|(k, c)| (k.clone(), c.stats())).collect(),
         }
     }
 

@@ -72,7 +72,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use entry::{entry_id, EntryMeta, FileRecord, FORMAT};
 
@@ -366,7 +366,7 @@ pub struct VerifyReport {
 }
 
 /// Evictions per reason.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EvictionCounts {
     /// See [`EvictReason::VersionMismatch`].
     pub version_mismatch: u64,
@@ -411,7 +411,7 @@ impl EvictionCounts {
 }
 
 /// A snapshot of a [`ModelCache`]'s counters since it was created.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CacheStats {
     /// Requests served from the cache (including after waiting for another compile).
     pub hits: u64,
