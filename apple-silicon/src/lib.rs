@@ -58,3 +58,8 @@ pub use inference::{
 };
 pub use telemetry::{TelemetryRegistry, TelemetrySnapshot};
 pub use tensor::{DType, Tensor, TensorMap};
+
+/// The README's code blocks, compiled as doc tests so they stay true.
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
