@@ -65,6 +65,21 @@ fn dir_bytes(p: &Path) -> u64 {
     n
 }
 
+/// Milliseconds per run on the calling thread, after 3 warm-up runs.
+fn latencies(model: &dyn PreparedModel, inputs: &TensorMap, iters: usize) -> Vec<f64> {
+    let candle = model.as_any().downcast_ref::<CandleModel>().unwrap();
+    for _ in 0..3 {
+        candle.run_blocking(inputs).unwrap();
+    }
+    (0..iters)
+        .map(|_| {
+            let t = Instant::now();
+            candle.run_blocking(inputs).unwrap();
+            ms(t)
+        })
+        .collect()
+}
+
 struct Row {
     name: String,
     weights_mb: f64,
@@ -84,16 +99,7 @@ fn bench(name: &str, path: &Path, inputs: &TensorMap, weights: &Path, iters: usi
     let t = Instant::now();
     let model: Box<dyn PreparedModel> = engine.prepare(&artifact, PrepareOptions::default()).unwrap();
     let mut prep = vec![ms(t)];
-    let candle = model.as_any().downcast_ref::<CandleModel>().unwrap();
-    for _ in 0..3 {
-        candle.run_blocking(inputs).unwrap();
-    }
-    let mut lat = Vec::new();
-    for _ in 0..iters {
-        let t = Instant::now();
-        candle.run_blocking(inputs).unwrap();
-        lat.push(ms(t));
-    }
+    let lat = latencies(model.as_ref(), inputs, iters);
     let peak_mb = (status_kb("VmHWM:").saturating_sub(base_rss)) as f64 / 1024.0;
     drop(model);
     // Prepare without a cache (parse + materialise), median of 5.
@@ -224,16 +230,7 @@ fn bench_native(dir: &Path, inputs: &TensorMap, iters: usize) -> Row {
     let t = Instant::now();
     let model = engine.prepare(&artifact, PrepareOptions::default()).unwrap();
     let prep = vec![ms(t)];
-    let candle = model.as_any().downcast_ref::<CandleModel>().unwrap();
-    for _ in 0..3 {
-        candle.run_blocking(inputs).unwrap();
-    }
-    let mut lat = Vec::new();
-    for _ in 0..iters {
-        let t = Instant::now();
-        candle.run_blocking(inputs).unwrap();
-        lat.push(ms(t));
-    }
+    let lat = latencies(model.as_ref(), inputs, iters);
     Row {
         name: "minilm_l6 (candle-transformers BERT, safetensors)".into(),
         weights_mb: std::fs::metadata(dir.join("model.safetensors")).unwrap().len() as f64 / 1e6,
