@@ -1,0 +1,77 @@
+//! The `apple-silicon` binary end to end on committed fixtures.
+
+use std::process::Command;
+
+fn cli() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_apple-silicon"))
+}
+
+fn fixture(id: &str) -> String {
+    apple_silicon::golden::fixtures_dir().join(id).display().to_string()
+}
+
+#[test]
+fn inspect_run_and_parity() {
+    let out = cli().args(["inspect", &fixture("cnn_palettized")]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("constexpr_lut_to_dense") && text.contains("all supported"),
+        "{text}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = cli()
+        .args(["run", &fixture("mlp_int8"), "--output-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let logits = apple_silicon::Tensor::read_npy(dir.path().join("logits.npy")).unwrap();
+    assert_eq!(logits.shape(), &[1, 10]);
+
+    let out = cli().args(["parity", &fixture("mlp_int8")]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let out = cli()
+        .args(["run", &fixture("mlp_int8"), "--input", "x=nope.npy"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nope.npy"));
+}
+
+#[test]
+fn gates_print_a_verdict_for_every_gate() {
+    let cache = tempfile::tempdir().unwrap();
+    let out = cli()
+        .env("APPLE_SILICON_CACHE_DIR", cache.path())
+        .args([
+            "gates",
+            &fixture("cnn_fp16"),
+            "--cycles",
+            "5",
+            "--iterations",
+            "10",
+            "--soak-secs",
+            "3",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = |gate: &str| {
+        text.lines()
+            .find(|l| l.starts_with(gate))
+            .unwrap_or_else(|| panic!("no {gate}: {text}"))
+    };
+    assert!(line("A ").contains("PASS"), "{text}");
+    assert!(line("B ").contains("PASS"), "{text}");
+    assert!(line("C ").contains("N/A") && text.contains("unavailable"), "{text}");
+    line("D ");
+    if !out.status.success() {
+        // Only the soak may fail on a noisy shared machine; A and B must not.
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("failed: [\"D\"]"),
+            "{text}"
+        );
+    }
+}
