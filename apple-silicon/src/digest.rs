@@ -8,7 +8,7 @@
 
 use std::fs;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
@@ -20,24 +20,14 @@ pub fn sha256_path(path: &Path) -> Result<[u8; 32]> {
     let meta = fs::symlink_metadata(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
     let mut hasher = Sha256::new();
     if meta.is_dir() {
-        let mut files = Vec::new();
-        collect_files(path, path, &mut files)?;
-        files.sort();
-        for rel in files {
-            let rel_str = rel
-                .iter()
-                .map(|c| c.to_string_lossy().into_owned())
-                .collect::<Vec<_>>()
-                .join("/");
-            let full = path.join(&rel);
-            let len = fs::metadata(&full)
-                .map_err(|e| Error::io(format!("reading {}", full.display()), e))?
-                .len();
+        // The cache's walk: sorted by relative path, refusing links and special files.
+        let (files, _) = crate::cache::fsx::walk(path)?;
+        for f in files {
             hasher.update(b"file\0");
-            hasher.update(rel_str.as_bytes());
+            hasher.update(f.rel.as_bytes());
             hasher.update([0u8]);
-            hasher.update(len.to_le_bytes());
-            hash_file(&full, &mut hasher)?;
+            hasher.update(f.len.to_le_bytes());
+            hash_file(&f.full, &mut hasher)?;
         }
     } else if meta.is_file() {
         hash_file(path, &mut hasher)?;
@@ -53,28 +43,6 @@ pub fn sha256_path(path: &Path) -> Result<[u8; 32]> {
 /// Lowercase hex of a digest.
 pub fn to_hex(digest: &[u8; 32]) -> String {
     hex::encode(digest)
-}
-
-fn collect_files(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    let entries = fs::read_dir(dir).map_err(|e| Error::io(format!("listing {}", dir.display()), e))?;
-    for entry in entries {
-        let entry = entry.map_err(|e| Error::io(format!("listing {}", dir.display()), e))?;
-        let path = entry.path();
-        let ft = entry
-            .file_type()
-            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-        if ft.is_symlink() {
-            return Err(Error::invalid_artifact(
-                root,
-                format!("contains a symbolic link: {}", path.display()),
-            ));
-        } else if ft.is_dir() {
-            collect_files(root, &path, out)?;
-        } else if ft.is_file() {
-            out.push(path.strip_prefix(root).expect("walk stays under root").to_path_buf());
-        }
-    }
-    Ok(())
 }
 
 fn hash_file(path: &Path, hasher: &mut Sha256) -> Result<()> {

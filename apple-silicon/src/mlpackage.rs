@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::{Component, Path, PathBuf};
 
-use coreml_proto::proto::mil_spec::{self, Block, Function, Operation, Program};
+use coreml_proto::proto::mil_spec::{self, Block, Function, Program};
 use coreml_proto::proto::{array_feature_type, feature_type, model, FeatureDescription, Model};
 use prost::Message;
 use serde::{Deserialize, Serialize};
@@ -501,12 +501,4 @@ fn feature_spec(
         batch_capable,
         constraint,
     })
-}
-
-/// Iterates over an op's named inputs bound to a single name or value.
-pub fn op_input<'a>(op: &'a Operation, name: &str) -> Option<&'a mil_spec::argument::binding::Binding> {
-    op.inputs
-        .get(name)
-        .and_then(|a| a.arguments.first())
-        .and_then(|b| b.binding.as_ref())
 }

@@ -60,7 +60,7 @@
 //! persisted.
 
 mod entry;
-mod fsx;
+pub(crate) mod fsx;
 mod lock;
 
 use std::ffi::OsString;
