@@ -2,7 +2,11 @@
 SHELL := /bin/bash
 PY    := .venv/bin/python
 
-.PHONY: all venv fixtures download-models smoke test swift-check bench clean
+.PHONY: all venv fixtures download-models smoke test swift-check bench soak leak-check clean
+
+# Knobs of the long runs: `make soak SOAK_SECS=3600 SOAK_MODEL=minilm_l6_fp32`.
+SOAK_SECS  ?= 300
+SOAK_MODEL ?= mobilenet_v2_int8
 
 # The main job: models (downloaded and built if needed), a release build, and
 # the smoke run over every model.
@@ -37,6 +41,16 @@ swift-check:
 # Latency, prepare time and peak RSS of the Candle engine (figures in docs/CORE_ML_MODELS.md).
 bench: download-models
 	cargo run --release --example candle_bench
+
+# Gate D as a soak: continuous inference, interval p50/p95/p99, throughput and RSS to
+# target/soak/soak-$(SOAK_MODEL).csv and .svg (the plan's soak is SOAK_SECS=3600).
+soak: download-models
+	cargo run --release --example core_ml_inference_soak -- --duration $(SOAK_SECS) --model $(SOAK_MODEL) --out target/soak
+
+# Leaks: valgrind over the compile+load and inference loops, then the native RSS checks
+# (Gate A growth over 1000 cycles, Gate D memory slope over a 60 s soak). Logs in target/leak-check/.
+leak-check: download-models
+	bash scripts/leak_check.sh
 
 clean:
 	cargo clean

@@ -16,6 +16,9 @@ step "cargo test (unit, integration, doc tests)"
 cargo test --all-targets
 cargo test --doc
 
+step "Leak check (quick): valgrind over compile+load and inference loops, native Gate A memory growth"
+bash scripts/leak_check.sh --quick
+
 step "Swift bridge: swift build + swift test in the Debian trixie chroot"
 bash scripts/swift/check.sh
 

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use apple_silicon::deadline::GuardedEngine;
 use apple_silicon::gates::{
-    gate_a, gate_b, gate_c, gate_d, render_table, GateAConfig, GateBConfig, GateCConfig, GateDConfig, GateStatus,
-    GateVerdict, ParityOutcome, Threshold,
+    gate_a, gate_b, gate_c, gate_d, render_table, CycleSample, GateAConfig, GateBConfig, GateCConfig, GateDConfig,
+    GateStatus, GateVerdict, ParityOutcome, SoakSample, Threshold,
 };
 use apple_silicon::testing::{fake_artifact, FaultyEngine, OutputFault, Pattern};
 use apple_silicon::{
@@ -111,6 +111,40 @@ fn gate_a_passes_with_a_warm_cache_and_no_growth() {
     assert_eq!(v.measurements["memory_growth_bytes"], 0.0);
     assert_eq!(v.thresholds["cache_hit_ratio"], Threshold::AtLeast(0.9));
     assert_eq!(v.measurements["prepare_errors"], 0.0);
+}
+
+#[test]
+fn gate_a_reports_every_cycle_to_its_observer() {
+    let faulty = echo().with_memory_growth_per_prepare(1 << 10);
+    let probe = faulty.handle().memory_probe();
+    let engine = CachingEngine::new(faulty, false);
+    let stats = engine.stats();
+    let seen: Arc<Mutex<Vec<CycleSample>>> = Arc::default();
+    let sink = seen.clone();
+    let cfg = gate_a_cfg(probe)
+        .with_cycles(20)
+        .with_warmup(3)
+        .with_observer(Arc::new(move |s: &CycleSample| sink.lock().unwrap().push(s.clone())));
+    let v = gate_a(
+        &engine,
+        &fake_artifact("mlp"),
+        &PrepareOptions::default(),
+        Some(&stats),
+        &cfg,
+    );
+    assert!(v.passed(), "{v:#?}");
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 23);
+    assert_eq!(seen.iter().filter(|s| s.warmup).count(), 3);
+    assert!(seen
+        .iter()
+        .enumerate()
+        .all(|(i, s)| s.cycle == i + 1 && s.total == 23 && !s.failed));
+    // The first prepare misses, every later one hits; memory grows 1 KiB a cycle.
+    assert_eq!(seen[0].cache, Some((0, 1)));
+    assert_eq!(seen[22].cache, Some((22, 1)));
+    let growth = seen[22].memory_bytes.unwrap() - seen[0].memory_bytes.unwrap();
+    assert_eq!(growth, 22 << 10);
 }
 
 #[test]
@@ -393,6 +427,35 @@ fn gate_d_passes_on_a_steady_engine() {
     assert!(v.passed(), "{v:#?}");
     assert!(v.measurements["intervals"] >= 3.0);
     assert_eq!(v.measurements["memory_slope_bytes_per_100_calls"], 0.0);
+}
+
+#[test]
+fn gate_d_reports_every_interval_with_its_latency_percentiles() {
+    let engine = echo().with_latency(Duration::from_millis(2));
+    let model = prepared(&engine);
+    let seen: Arc<Mutex<Vec<SoakSample>>> = Arc::default();
+    let sink = seen.clone();
+    let cfg = gate_d_cfg(engine.handle().memory_probe())
+        .with_observer(Arc::new(move |s: &SoakSample| sink.lock().unwrap().push(s.clone())));
+    let v = gate_d(&engine, &*model, &input(1), &cfg);
+    assert!(v.passed(), "{v:#?}");
+    let seen = seen.lock().unwrap();
+    // One sample per interval; the first is warm-up; the verdict counts the rest.
+    assert!(seen.len() >= 4, "{seen:#?}");
+    assert!(seen[0].warmup && seen[1..].iter().all(|s| !s.warmup));
+    assert_eq!(v.measurements["intervals"], (seen.len() - 1) as f64);
+    // A last, partial interval is counted in the verdict but not sampled.
+    assert!(seen.last().unwrap().calls as f64 <= v.measurements["calls"]);
+    for w in seen.windows(2) {
+        assert!(w[1].calls > w[0].calls && w[1].elapsed_s > w[0].elapsed_s);
+    }
+    for s in seen.iter() {
+        // Every call sleeps 2 ms, so no percentile can be below it, and they are ordered.
+        assert!(s.p50_ms >= 2.0 && s.p50_ms <= s.p95_ms && s.p95_ms <= s.p99_ms, "{s:?}");
+        assert!(s.throughput_per_s > 0.0 && s.throughput_per_s <= 500.0, "{s:?}");
+        assert_eq!(s.errors, 0);
+        assert!(s.memory_bytes.is_some());
+    }
 }
 
 #[test]

@@ -331,6 +331,28 @@ impl<F: Fn() -> (u64, u64)> CacheStats for F {
     }
 }
 
+/// One prepare cycle of [`gate_a`], as handed to [`GateAConfig::with_observer`].
+#[derive(Debug, Clone, Serialize)]
+pub struct CycleSample {
+    /// 1-based cycle number, counting warm-up cycles.
+    pub cycle: usize,
+    /// `warmup + cycles`.
+    pub total: usize,
+    /// Whether this cycle is a warm-up cycle (not judged).
+    pub warmup: bool,
+    /// How long this prepare took.
+    pub prepare_ms: f64,
+    /// Whether this prepare failed.
+    pub failed: bool,
+    /// Memory after the prepared model was dropped (the probe's reading).
+    pub memory_bytes: Option<u64>,
+    /// Cumulative cache `(hits, misses)`, when a cache was given.
+    pub cache: Option<(u64, u64)>,
+}
+
+/// Receives every [`CycleSample`] of [`gate_a`] (progress output, CSV rows).
+pub type CycleObserver = std::sync::Arc<dyn Fn(&CycleSample) + Send + Sync>;
+
 /// Settings of [`gate_a`].
 #[derive(Clone)]
 pub struct GateAConfig {
@@ -346,6 +368,9 @@ pub struct GateAConfig {
     pub max_prepare_p99: Duration,
     /// Reads memory use (default: process RSS).
     pub memory_probe: MemoryProbe,
+    /// Called after every cycle; `None` (the default) skips the per-cycle
+    /// memory and cache readings it needs.
+    pub observer: Option<CycleObserver>,
 }
 
 impl Default for GateAConfig {
@@ -359,6 +384,7 @@ impl Default for GateAConfig {
             min_cache_hit_ratio: 0.90,
             max_prepare_p99: Duration::from_secs(5),
             memory_probe: process_memory_probe(),
+            observer: None,
         }
     }
 }
@@ -394,6 +420,13 @@ impl GateAConfig {
         self.memory_probe = probe;
         self
     }
+    /// Calls `observer` after every cycle (warm-up included), with the
+    /// memory probe read and the cache counters taken after the model was
+    /// dropped. Costs one probe reading per cycle.
+    pub fn with_observer(mut self, observer: CycleObserver) -> Self {
+        self.observer = Some(observer);
+        self
+    }
 }
 
 /// Gate A: prepares (compile + load) `artifact` `warmup + cycles` times,
@@ -410,18 +443,34 @@ pub fn gate_a(
     cfg: &GateAConfig,
 ) -> GateVerdict {
     let mut v = GateVerdict::new("A", "compile+load cycles");
-    let mut errors = 0u64;
     let mut first_error = None;
+    let total = cfg.warmup + cfg.cycles;
+    let mut cycle = 0usize;
+    // One prepare, the model dropped at once; reports to the observer if any.
     let mut run = |errors: &mut u64| {
+        cycle += 1;
         let t0 = Instant::now();
         let r = engine.prepare(artifact, opts.clone());
         let d = t0.elapsed();
+        let failed = r.is_err();
         if let Err(e) = r {
             *errors += 1;
             first_error.get_or_insert_with(|| e.to_string());
         }
+        if let Some(observe) = &cfg.observer {
+            observe(&CycleSample {
+                cycle,
+                total,
+                warmup: cycle <= cfg.warmup,
+                prepare_ms: ms(d),
+                failed,
+                memory_bytes: (cfg.memory_probe)(),
+                cache: cache.map(|c| c.hits_misses()),
+            });
+        }
         d
     };
+    let mut errors = 0u64;
     for _ in 0..cfg.warmup {
         run(&mut errors);
     }
@@ -931,6 +980,33 @@ pub fn gate_c(
 // ---------------------------------------------------------------------------
 // Gate D
 
+/// One sampling interval of [`gate_d`], as handed to
+/// [`GateDConfig::with_observer`].
+#[derive(Debug, Clone, Serialize)]
+pub struct SoakSample {
+    /// Seconds since the soak started, at the end of this interval.
+    pub elapsed_s: f64,
+    /// Inferences so far (cumulative).
+    pub calls: u64,
+    /// Inferences per second in this interval.
+    pub throughput_per_s: f64,
+    /// Latency percentiles of this interval's inferences (nearest rank).
+    pub p50_ms: f64,
+    /// See `p50_ms`.
+    pub p95_ms: f64,
+    /// See `p50_ms`.
+    pub p99_ms: f64,
+    /// The memory probe's reading at the end of the interval.
+    pub memory_bytes: Option<u64>,
+    /// Failed inferences so far (cumulative).
+    pub errors: u64,
+    /// Whether this interval is a warm-up interval (left out of the verdict).
+    pub warmup: bool,
+}
+
+/// Receives every [`SoakSample`] of [`gate_d`] (progress output, CSV rows, plots).
+pub type SoakObserver = std::sync::Arc<dyn Fn(&SoakSample) + Send + Sync>;
+
 /// Settings of [`gate_d`].
 #[derive(Clone)]
 pub struct GateDConfig {
@@ -951,6 +1027,8 @@ pub struct GateDConfig {
     pub max_errors: u64,
     /// Reads memory use (default: process RSS).
     pub memory_probe: MemoryProbe,
+    /// Called at the end of every interval.
+    pub observer: Option<SoakObserver>,
 }
 
 impl Default for GateDConfig {
@@ -966,6 +1044,7 @@ impl Default for GateDConfig {
             max_throughput_cv: 0.2,
             max_errors: 0,
             memory_probe: process_memory_probe(),
+            observer: None,
         }
     }
 }
@@ -1007,6 +1086,11 @@ impl GateDConfig {
         self.memory_probe = probe;
         self
     }
+    /// Calls `observer` at the end of every interval (warm-up included).
+    pub fn with_observer(mut self, observer: SoakObserver) -> Self {
+        self.observer = Some(observer);
+        self
+    }
 }
 
 /// Gate D: runs `model` back to back for `duration`, sampling memory and
@@ -1028,11 +1112,14 @@ pub fn gate_d(
     let (mut calls, mut errors, mut first_error) = (0u64, 0u64, None);
     let mut interval_start = start;
     let mut interval_calls = 0u64;
+    let mut interval_latency: Vec<Duration> = vec![];
     // (cumulative calls, memory, seconds since start) per interval end; calls/s per interval.
     let mut samples: Vec<(f64, Option<u64>, f64)> = vec![];
     let mut throughput: Vec<f64> = vec![];
     while start.elapsed() < cfg.duration {
+        let t0 = Instant::now();
         let r = engine.infer(model, inputs, cfg.timeout);
+        interval_latency.push(t0.elapsed());
         calls += 1;
         interval_calls += 1;
         if let Err(e) = r {
@@ -1041,9 +1128,27 @@ pub fn gate_d(
         }
         let in_interval = interval_start.elapsed();
         if in_interval >= interval {
-            throughput.push(interval_calls as f64 / in_interval.as_secs_f64());
-            samples.push((calls as f64, (cfg.memory_probe)(), start.elapsed().as_secs_f64()));
+            let rate = interval_calls as f64 / in_interval.as_secs_f64();
+            let memory = (cfg.memory_probe)();
+            let elapsed_s = start.elapsed().as_secs_f64();
+            throughput.push(rate);
+            samples.push((calls as f64, memory, elapsed_s));
+            if let Some(observe) = &cfg.observer {
+                let mut p = |q| percentile(&mut interval_latency, q).map_or(0.0, ms);
+                observe(&SoakSample {
+                    elapsed_s,
+                    calls,
+                    throughput_per_s: rate,
+                    p50_ms: p(0.50),
+                    p95_ms: p(0.95),
+                    p99_ms: p(0.99),
+                    memory_bytes: memory,
+                    errors,
+                    warmup: samples.len() <= cfg.warmup_intervals,
+                });
+            }
             interval_calls = 0;
+            interval_latency.clear();
             interval_start = Instant::now();
         }
     }
