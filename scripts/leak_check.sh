@@ -75,6 +75,21 @@ for m in cnn_fp32 mlp_palettized cnn_int8; do
     --timeout-ms 120000 --out "$out/valgrind-soak"
 done
 
+# The soak's files: a CSV with the documented header and one row per interval, an SVG with the
+# three series panels, and `--plot` re-drawing the SVG from the CSV alone.
+csv="$out/valgrind-soak/soak-cnn_fp32.csv"
+svg="${csv%.csv}.svg"
+rows=$(($(wc -l <"$csv") - 1))
+header="elapsed_s,calls,throughput_per_s,p50_ms,p95_ms,p99_ms,rss_mb,errors,warmup"
+if [[ "$(head -1 "$csv")" == "$header" && $rows -ge 3 ]] && grep -q "<svg" "$svg" \
+   && [[ $(grep -c "<polyline" "$svg") -ge 5 ]] && rm "$svg" && "$bin/core_ml_inference_soak" --plot "$csv" >/dev/null \
+   && [[ $(grep -c "<polyline" "$svg") -ge 5 ]]; then
+  echo "ok    soak files: $csv ($rows intervals), $svg (re-drawn by --plot)"
+else
+  echo "FAIL  soak files: expected $csv with header and >= 3 rows and a plot in $svg"
+  failures=$((failures + 1))
+fi
+
 # judge JSON KEY: prints the measurement and its threshold from a verdict, fails if it is not met.
 judge() {
   python3 - "$@" <<'EOF'
