@@ -452,11 +452,18 @@ pub fn gate_a(
         let t0 = Instant::now();
         let r = engine.prepare(artifact, opts.clone());
         let d = t0.elapsed();
-        let failed = r.is_err();
-        if let Err(e) = r {
-            *errors += 1;
-            first_error.get_or_insert_with(|| e.to_string());
-        }
+        // The model is dropped here, before memory is read: a cycle is prepare + free.
+        let failed = match r {
+            Ok(model) => {
+                drop(model);
+                false
+            }
+            Err(e) => {
+                *errors += 1;
+                first_error.get_or_insert_with(|| e.to_string());
+                true
+            }
+        };
         if let Some(observe) = &cfg.observer {
             observe(&CycleSample {
                 cycle,
