@@ -303,6 +303,9 @@ fn replot(csv: &Path) -> Result<(), String> {
 /// Reads one figure of a sample.
 type Field = fn(&SoakSample) -> f64;
 
+/// One line of a panel: its legend name, what it plots, its colour.
+type Series = (&'static str, Field, RGBColor);
+
 /// Three stacked panels against elapsed time: latency percentiles,
 /// throughput, RSS. Warm-up intervals are drawn on a grey band.
 fn plot(samples: &[SoakSample], title: &str, path: &Path) -> Result<(), String> {
@@ -329,73 +332,57 @@ fn plot(samples: &[SoakSample], title: &str, path: &Path) -> Result<(), String> 
         )
     };
 
-    let lat_max = top(samples.iter().map(|s| s.p99_ms).fold(0.0, f64::max));
-    let mut chart = ChartBuilder::on(&panels[0])
-        .caption("latency per interval (ms)", ("sans-serif", 16))
-        .margin(12)
-        .x_label_area_size(30)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0.0..x_max, 0.0..lat_max)
-        .map_err(err)?;
-    chart.configure_mesh().x_desc("elapsed s").draw().map_err(err)?;
-    chart.draw_series(std::iter::once(shade(lat_max))).map_err(err)?;
-    let series: [(&str, Field, RGBColor); 3] = [
-        ("p50", |s| s.p50_ms, RGBColor(31, 119, 180)),
-        ("p95", |s| s.p95_ms, RGBColor(255, 127, 14)),
-        ("p99", |s| s.p99_ms, RGBColor(214, 39, 40)),
+    let rss: Field = |s| mib(s.memory_bytes.unwrap_or(0) as f64);
+    let panels_series: [(&str, Vec<Series>); 3] = [
+        (
+            "latency per interval (ms)",
+            vec![
+                ("p50", |s| s.p50_ms, RGBColor(31, 119, 180)),
+                ("p95", |s| s.p95_ms, RGBColor(255, 127, 14)),
+                ("p99", |s| s.p99_ms, RGBColor(214, 39, 40)),
+            ],
+        ),
+        (
+            "throughput (inferences / s)",
+            vec![("calls/s", |s| s.throughput_per_s, RGBColor(44, 160, 44))],
+        ),
+        ("resident memory (MiB)", vec![("RSS", rss, RGBColor(148, 103, 189))]),
     ];
-    for (name, f, color) in series {
-        chart
-            .draw_series(LineSeries::new(
-                samples.iter().map(|s| (s.elapsed_s, f(s))),
-                color.stroke_width(2),
-            ))
-            .map_err(err)?
-            .label(name)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+    for (area, (caption, series)) in panels.iter().zip(panels_series) {
+        let y_max = top(series
+            .iter()
+            .flat_map(|(_, f, _)| samples.iter().map(f))
+            .fold(0.0, f64::max));
+        let mut chart = ChartBuilder::on(area)
+            .caption(caption, ("sans-serif", 16))
+            .margin(12)
+            .x_label_area_size(30)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0.0..x_max, 0.0..y_max)
+            .map_err(err)?;
+        chart.configure_mesh().x_desc("elapsed s").draw().map_err(err)?;
+        chart.draw_series(std::iter::once(shade(y_max))).map_err(err)?;
+        let legend = series.len() > 1;
+        for (name, f, color) in series {
+            chart
+                .draw_series(LineSeries::new(
+                    samples.iter().map(|s| (s.elapsed_s, f(s))),
+                    color.stroke_width(2),
+                ))
+                .map_err(err)?
+                .label(name)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+        }
+        if legend {
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::LowerRight)
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK)
+                .draw()
+                .map_err(err)?;
+        }
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-        .map_err(err)?;
-
-    let tput_max = top(samples.iter().map(|s| s.throughput_per_s).fold(0.0, f64::max));
-    let mut chart = ChartBuilder::on(&panels[1])
-        .caption("throughput (inferences / s)", ("sans-serif", 16))
-        .margin(12)
-        .x_label_area_size(30)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0.0..x_max, 0.0..tput_max)
-        .map_err(err)?;
-    chart.configure_mesh().x_desc("elapsed s").draw().map_err(err)?;
-    chart.draw_series(std::iter::once(shade(tput_max))).map_err(err)?;
-    chart
-        .draw_series(LineSeries::new(
-            samples.iter().map(|s| (s.elapsed_s, s.throughput_per_s)),
-            RGBColor(44, 160, 44).stroke_width(2),
-        ))
-        .map_err(err)?;
-
-    let rss: Vec<(f64, f64)> = samples
-        .iter()
-        .map(|s| (s.elapsed_s, mib(s.memory_bytes.unwrap_or(0) as f64)))
-        .collect();
-    let rss_max = top(rss.iter().map(|p| p.1).fold(0.0, f64::max));
-    let mut chart = ChartBuilder::on(&panels[2])
-        .caption("resident memory (MiB)", ("sans-serif", 16))
-        .margin(12)
-        .x_label_area_size(30)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0.0..x_max, 0.0..rss_max)
-        .map_err(err)?;
-    chart.configure_mesh().x_desc("elapsed s").draw().map_err(err)?;
-    chart.draw_series(std::iter::once(shade(rss_max))).map_err(err)?;
-    chart
-        .draw_series(LineSeries::new(rss, RGBColor(148, 103, 189).stroke_width(2)))
-        .map_err(err)?;
     root.present().map_err(err)?;
     Ok(())
 }
