@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 PY    := .venv/bin/python
 
-.PHONY: all venv fixtures download-models smoke test swift-check bench clean
+.PHONY: all venv fixtures download-models smoke test swift-check bench bench-peers clean
 
 # The main job: models (downloaded and built if needed), a release build, and
 # the smoke run over every model.
@@ -37,6 +37,12 @@ swift-check:
 # Latency, prepare time and peak RSS of the Candle engine (figures in docs/CORE_ML_MODELS.md).
 bench: download-models
 	cargo run --release --example candle_bench
+
+# MobileNetV2 and MiniLM-L6 against ONNX Runtime (CPU, PyPI) and candle-transformers on the same
+# weights, in one run (scripts/bench/README.md). Installs onnx + onnxruntime into .venv (pinned).
+bench-peers: download-models
+	bash scripts/setup_python.sh --bench
+	$(PY) scripts/bench/peers.py
 
 clean:
 	cargo clean
