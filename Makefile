@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 PY    := .venv/bin/python
 
-.PHONY: all venv fixtures download-models smoke test swift-check bench soak leak-check clean
+.PHONY: all venv fixtures download-models smoke test swift-check bench bench-peers soak leak-check clean
 
 # Knobs of the long runs: `make soak SOAK_SECS=3600 SOAK_MODEL=minilm_l6_fp32`.
 SOAK_SECS  ?= 300
@@ -41,6 +41,12 @@ swift-check:
 # Latency, prepare time and peak RSS of the Candle engine (figures in docs/CORE_ML_MODELS.md).
 bench: download-models
 	cargo run --release --example candle_bench
+
+# MobileNetV2 and MiniLM-L6 against ONNX Runtime (CPU, PyPI) and candle-transformers on the same
+# weights, in one run (scripts/bench/README.md). Installs onnx + onnxruntime into .venv (pinned).
+bench-peers: download-models
+	bash scripts/setup_python.sh --bench
+	$(PY) scripts/bench/peers.py
 
 # Gate D as a soak: continuous inference, interval p50/p95/p99, throughput and RSS to
 # target/soak/soak-$(SOAK_MODEL).csv and .svg (the plan's soak is SOAK_SECS=3600).

@@ -6,13 +6,26 @@
 //!
 //! ```text
 //! cargo run --release --example candle_bench [-- --iterations N]
+//! candle_bench --child ID [--iterations N] [--json] [--prepare-stats]
 //! ```
 //!
-//! Each model runs in its own child process. Peak RSS is that process's
-//! high-water mark (VmHWM) after one prepare and the timed runs, minus its RSS
-//! when it started: what loading and running the model cost. Linux only.
+//! The parent (no `--child`) runs itself once per model as a child process
+//! (`--child ID --json --prepare-stats`), collects one JSON line from each and
+//! prints the markdown table; the interleaved interpreter-vs-native MiniLM
+//! comparison runs in a child of its own. Peak RSS is the child's high-water
+//! mark (VmHWM) after one prepare, 3 warm-up runs and the timed runs, minus its
+//! RSS when it started (before the model was opened): what loading and running
+//! the model cost. It is read before the extra prepares of `--prepare-stats`.
+//! Linux only (reads /proc/self/status).
+//!
+//! `--child ID --json` prints one JSON line to stdout (scripts/bench/peers.py
+//! reads it): `{"id", "engine", "threads", "prepare_ms", "p50_ms", "p95_ms",
+//! "peak_rss_mb", "start_rss_mb", "latencies_ms", ...}`. IDs: mobilenet_v2_fp32/fp16/int8,
+//! minilm_l6_fp32/fp16 (the interpreter), minilm_l6_safetensors
+//! (candle-transformers' BertModel) and minilm_l6_interleaved (the A/B).
 
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -20,32 +33,41 @@ use apple_silicon::cache::{host_meta, CacheConfig, ModelCache};
 use apple_silicon::candle_backend::CandleModel;
 use apple_silicon::golden;
 use apple_silicon::{CandleEngine, InferenceEngine, ModelArtifact, PrepareOptions, PreparedModel, TensorMap};
+use serde::{Deserialize, Serialize};
 
+/// The Core ML packages the interpreter runs, in table order.
+const PROGRAMS: [&str; 5] = [
+    "mobilenet_v2_fp32",
+    "mobilenet_v2_fp16",
+    "mobilenet_v2_int8",
+    "minilm_l6_fp32",
+    "minilm_l6_fp16",
+];
+/// candle-transformers' BertModel on the safetensors MiniLM-L6.
+const NATIVE: &str = "minilm_l6_safetensors";
+/// Interpreter vs native MiniLM-L6, interleaved in one process.
+const INTERLEAVED: &str = "minilm_l6_interleaved";
+const WARMUP: usize = 3;
+
+/// A field of /proc/self/status in kB.
 fn status_kb(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
+    let status = std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_else(|e| panic!("expected /proc/self/status (Linux) for RSS figures, got: {e}"));
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("expected a `{field} <n> kB` line in /proc/self/status, found none"))
 }
 
-static START_RSS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-
-/// RSS when the process started benchmarking (kB).
-fn start_rss() -> u64 {
-    *START_RSS.get_or_init(|| status_kb("VmRSS:"))
+fn median(v: &[f64]) -> f64 {
+    pct(v, 0.5)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-fn pct(mut v: Vec<f64>, q: f64) -> f64 {
+/// Nearest-rank percentile (q in 0..=1) of a non-empty sample.
+fn pct(v: &[f64], q: f64) -> f64 {
+    let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
     v[((v.len() - 1) as f64 * q).round() as usize]
 }
@@ -65,10 +87,17 @@ fn dir_bytes(p: &Path) -> u64 {
     n
 }
 
-/// Milliseconds per run on the calling thread, after 3 warm-up runs.
+fn candle(model: &dyn PreparedModel) -> &CandleModel {
+    model
+        .as_any()
+        .downcast_ref::<CandleModel>()
+        .expect("expected CandleEngine to prepare a CandleModel")
+}
+
+/// Milliseconds per run on the calling thread, after the warm-up runs.
 fn latencies(model: &dyn PreparedModel, inputs: &TensorMap, iters: usize) -> Vec<f64> {
-    let candle = model.as_any().downcast_ref::<CandleModel>().unwrap();
-    for _ in 0..3 {
+    let candle = candle(model);
+    for _ in 0..WARMUP {
         candle.run_blocking(inputs).unwrap();
     }
     (0..iters)
@@ -80,38 +109,258 @@ fn latencies(model: &dyn PreparedModel, inputs: &TensorMap, iters: usize) -> Vec
         .collect()
 }
 
+/// What one child measured for one model (the `--json` line).
+#[derive(Serialize, Deserialize)]
 struct Row {
-    name: String,
+    id: String,
+    engine: String,
+    /// Threads candle's CPU kernels use (rayon's count).
+    threads: usize,
+    warmup: usize,
+    iterations: usize,
     weights_mb: f64,
+    /// The first prepare, before any run.
     prepare_ms: f64,
-    cold_ms: f64,
-    warm_ms: f64,
-    p50: f64,
-    p95: f64,
-    peak_mb: f64,
+    p50_ms: f64,
+    p95_ms: f64,
+    /// VmHWM at the end of the timed runs minus `start_rss_mb`.
+    peak_rss_mb: f64,
+    /// VmRSS when the process started, before the model was opened.
+    start_rss_mb: f64,
+    latencies_ms: Vec<f64>,
+    /// With --prepare-stats: median of 5 prepares without a cache, and the
+    /// medians of cold (empty cache) and warm (cache hit) prepares.
+    prepare_median_ms: Option<f64>,
+    cache_cold_ms: Option<f64>,
+    cache_warm_ms: Option<f64>,
 }
 
-fn bench(name: &str, path: &Path, inputs: &TensorMap, weights: &Path, iters: usize, scratch: &Path) -> Row {
+/// The interleaved A/B (the `--json` line of `--child minilm_l6_interleaved`).
+#[derive(Serialize, Deserialize)]
+struct Interleaved {
+    id: String,
+    pairs: usize,
+    interpreter_p50_ms: f64,
+    native_p50_ms: f64,
+    median_ratio: f64,
+}
+
+struct Args {
+    iters: usize,
+    child: Option<String>,
+    json: bool,
+    prepare_stats: bool,
+}
+
+fn parse_args() -> Args {
+    let mut args = Args {
+        iters: 30,
+        child: None,
+        json: false,
+        prepare_stats: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--iterations" => {
+                let v = it.next().unwrap_or_default();
+                args.iters = v
+                    .parse()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .unwrap_or_else(|| die(&format!("--iterations expects a positive integer, got {v:?}")));
+            }
+            "--child" => {
+                args.child = Some(
+                    it.next()
+                        .unwrap_or_else(|| die("--child expects a model id, got nothing")),
+                )
+            }
+            "--json" => args.json = true,
+            "--prepare-stats" => args.prepare_stats = true,
+            other => die(&format!(
+                "unexpected argument {other:?}; expected --iterations N, --child ID, --json, --prepare-stats"
+            )),
+        }
+    }
+    args
+}
+
+fn die(msg: &str) -> ! {
+    eprintln!("candle_bench: {msg}");
+    std::process::exit(2)
+}
+
+fn main() {
+    let start_kb = status_kb("VmRSS:");
+    let args = parse_args();
+    match &args.child {
+        Some(id) if id == INTERLEAVED => {
+            let r = interleaved(args.iters);
+            if args.json {
+                println!("{}", serde_json::to_string(&r).unwrap());
+            } else {
+                print_interleaved(&r);
+            }
+        }
+        Some(id) => {
+            let row = child(id, args.iters, args.prepare_stats, start_kb);
+            if args.json {
+                println!("{}", serde_json::to_string(&row).unwrap());
+            } else {
+                print_table(&[row], args.iters);
+            }
+        }
+        None => parent(args.iters),
+    }
+}
+
+/// Spawn this executable as `--child ID --json ...` and parse its one JSON line.
+fn spawn_child<T: for<'de> Deserialize<'de>>(id: &str, iters: usize) -> T {
+    let exe = std::env::current_exe().expect("expected the path of this executable");
+    let out = Command::new(&exe)
+        .args([
+            "--child",
+            id,
+            "--iterations",
+            &iters.to_string(),
+            "--json",
+            "--prepare-stats",
+        ])
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("could not start {} --child {id}: {e}", exe.display()));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        panic!(
+            "child {id} exited with {}, expected success; stdout: {stdout}",
+            out.status
+        );
+    }
+    let line = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("child {id}: expected one JSON line, got {line:?}: {e}"))
+}
+
+fn parent(iters: usize) {
+    let mut rows = Vec::new();
+    for id in PROGRAMS.iter().chain(std::iter::once(&NATIVE)) {
+        eprintln!("benchmarking {id} (own process) ...");
+        rows.push(spawn_child::<Row>(id, iters));
+    }
+    print_table(&rows, iters);
+    eprintln!("interleaved interpreter vs candle-transformers BERT (own process) ...");
+    print_interleaved(&spawn_child::<Interleaved>(INTERLEAVED, iters));
+}
+
+fn print_table(rows: &[Row], iters: usize) {
+    println!("## Candle engine, one run ({iters} iterations per model, batch 1, one process per model)\n");
+    println!("| model | weights MB | prepare ms (no cache) | cold / warm prepare ms (cache) | warm speed-up | p50 ms | p95 ms | peak RSS MB | peak RSS / weights |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for r in rows {
+        let name = if r.id == NATIVE {
+            "minilm_l6 (candle-transformers BERT, safetensors)"
+        } else {
+            &r.id
+        };
+        let cache = match (r.cache_cold_ms, r.cache_warm_ms) {
+            (Some(c), Some(w)) => format!("{c:.1} / {w:.1} | {:.1}×", c / w),
+            _ => "n/a | n/a".into(),
+        };
+        println!(
+            "| {name} | {:.1} | {:.1} | {cache} | {:.2} | {:.2} | {:.1} | {:.2} |",
+            r.weights_mb,
+            r.prepare_median_ms.unwrap_or(r.prepare_ms),
+            r.p50_ms,
+            r.p95_ms,
+            r.peak_rss_mb,
+            r.peak_rss_mb / r.weights_mb
+        );
+    }
+}
+
+fn print_interleaved(r: &Interleaved) {
+    println!(
+        "\nMiniLM-L6 fp32, interpreter vs candle-transformers BERT, interleaved in one process ({} pairs): \
+         p50 {:.2} ms vs {:.2} ms; median per-pair ratio {:.2}×",
+        r.pairs, r.interpreter_p50_ms, r.native_p50_ms, r.median_ratio
+    );
+}
+
+/// What to load for an id: the artifact path, the golden inputs and the weight bytes.
+fn resolve(id: &str) -> (PathBuf, TensorMap, f64, &'static str) {
+    if id == NATIVE {
+        let dir = golden::models_dir().join(NATIVE);
+        let inputs = golden::downloaded("minilm_l6_fp32").unwrap_or_else(|e| panic!("{e}"));
+        let weights = std::fs::metadata(dir.join("model.safetensors"))
+            .unwrap_or_else(|e| panic!("expected {}/model.safetensors: {e}", dir.display()))
+            .len();
+        return (
+            dir,
+            inputs.inputs().unwrap(),
+            weights as f64 / 1e6,
+            "candle-transformers",
+        );
+    }
+    if !PROGRAMS.contains(&id) {
+        die(&format!(
+            "unknown model id {id:?}; expected one of {}, {NATIVE}, {INTERLEAVED}",
+            PROGRAMS.join(", ")
+        ));
+    }
+    let m = golden::downloaded(id).unwrap_or_else(|e| panic!("{e}"));
+    let pkg = m.package_path();
+    let weights = dir_bytes(&pkg.join("Data/com.apple.CoreML/weights"));
+    (pkg, m.inputs().unwrap(), weights as f64 / 1e6, "candle-interpreter")
+}
+
+/// One model in this process: prepare, warm-up, timed runs, peak RSS; then
+/// (with `prepare_stats`) more prepares without and with the cache.
+fn child(id: &str, iters: usize, prepare_stats: bool, start_kb: u64) -> Row {
+    let (path, inputs, weights_mb, engine_name) = resolve(id);
     let engine = CandleEngine::new();
-    let artifact = ModelArtifact::open(path).unwrap();
-    // Peak RSS of one prepare and the runs below, over the child's RSS at start.
-    let base_rss = start_rss();
+    let artifact = ModelArtifact::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let t = Instant::now();
     let model: Box<dyn PreparedModel> = engine.prepare(&artifact, PrepareOptions::default()).unwrap();
-    let mut prep = vec![ms(t)];
-    let lat = latencies(model.as_ref(), inputs, iters);
-    let peak_mb = (status_kb("VmHWM:").saturating_sub(base_rss)) as f64 / 1024.0;
+    let prepare_ms = ms(t);
+    let lat = latencies(model.as_ref(), &inputs, iters);
+    let peak_rss_mb = status_kb("VmHWM:").saturating_sub(start_kb) as f64 / 1024.0;
     drop(model);
+    let mut row = Row {
+        id: id.into(),
+        engine: engine_name.into(),
+        threads: candle_core::utils::get_num_threads(),
+        warmup: WARMUP,
+        iterations: iters,
+        weights_mb,
+        prepare_ms,
+        p50_ms: pct(&lat, 0.5),
+        p95_ms: pct(&lat, 0.95),
+        peak_rss_mb,
+        start_rss_mb: start_kb as f64 / 1024.0,
+        latencies_ms: lat,
+        prepare_median_ms: None,
+        cache_cold_ms: None,
+        cache_warm_ms: None,
+    };
+    if !prepare_stats {
+        return row;
+    }
     // Prepare without a cache (parse + materialise), median of 5.
+    let mut prep = vec![prepare_ms];
     for _ in 0..4 {
         let t = Instant::now();
         drop(engine.prepare(&artifact, PrepareOptions::default()).unwrap());
         prep.push(ms(t));
     }
+    row.prepare_median_ms = Some(median(&prep));
+    if id == NATIVE {
+        return row; // safetensors directories are not cached
+    }
     // Cold (empty cache: build + install) vs warm (cache hit) prepare.
+    let scratch = tempfile::tempdir().unwrap();
     let (mut cold, mut warm) = (Vec::new(), Vec::new());
     for i in 0..3 {
-        let root = scratch.join(format!("{name}-{i}"));
+        let root = scratch.path().join(format!("{id}-{i}"));
         let cached =
             CandleEngine::new().with_cache(Arc::new(ModelCache::open(CacheConfig::at(&root), host_meta()).unwrap()));
         let t = Instant::now();
@@ -125,120 +374,43 @@ fn bench(name: &str, path: &Path, inputs: &TensorMap, weights: &Path, iters: usi
             warm.push(ms(t));
         }
     }
-    Row {
-        name: name.into(),
-        weights_mb: dir_bytes(weights) as f64 / 1e6,
-        prepare_ms: median(prep),
-        cold_ms: median(cold),
-        warm_ms: median(warm),
-        p50: pct(lat.clone(), 0.5),
-        p95: pct(lat, 0.95),
-        peak_mb,
-    }
+    row.cache_cold_ms = Some(median(&cold));
+    row.cache_warm_ms = Some(median(&warm));
+    row
 }
 
-fn main() {
-    start_rss();
-    let args: Vec<String> = std::env::args().collect();
-    let iters = args
-        .iter()
-        .position(|a| a == "--iterations")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(30usize);
-    let scratch = tempfile::tempdir().unwrap();
-    let mut rows = Vec::new();
-    for id in [
-        "mobilenet_v2_fp32",
-        "mobilenet_v2_fp16",
-        "mobilenet_v2_int8",
-        "minilm_l6_fp32",
-        "minilm_l6_fp16",
-    ] {
-        let m = golden::downloaded(id).unwrap_or_else(|e| panic!("{e}"));
-        eprintln!("benchmarking {id} ...");
-        let pkg = m.package_path();
-        let weights: PathBuf = pkg.join("Data/com.apple.CoreML/weights");
-        rows.push(bench(id, &pkg, &m.inputs().unwrap(), &weights, iters, scratch.path()));
-    }
-    let bert_dir = golden::models_dir().join("minilm_l6_safetensors");
-    let minilm_inputs = golden::downloaded("minilm_l6_fp32").unwrap().inputs().unwrap();
-    eprintln!("benchmarking candle-transformers BERT ...");
-    let native = bench_native(&bert_dir, &minilm_inputs, iters);
-    println!("## Candle engine, one run ({} iterations per model, batch 1)\n", iters);
-    println!("| model | weights MB | prepare ms (no cache) | cold / warm prepare ms (cache) | warm speed-up | p50 ms | p95 ms | peak RSS MB | peak RSS / weights |");
-    println!("|---|---|---|---|---|---|---|---|---|");
-    for r in rows.iter().chain(std::iter::once(&native)) {
-        let cache = if r.cold_ms > 0.0 {
-            format!("{:.1} / {:.1} | {:.1}×", r.cold_ms, r.warm_ms, r.cold_ms / r.warm_ms)
-        } else {
-            "n/a | n/a".into()
-        };
-        println!(
-            "| {} | {:.1} | {:.1} | {} | {:.2} | {:.2} | {:.1} | {:.2} |",
-            r.name,
-            r.weights_mb,
-            r.prepare_ms,
-            cache,
-            r.p50,
-            r.p95,
-            r.peak_mb,
-            r.peak_mb / r.weights_mb
-        );
-    }
-    // Interleaved A/B so that load from other processes hits both alike.
+/// Interleaved A/B so that load from other processes hits both alike.
+fn interleaved(iters: usize) -> Interleaved {
     let engine = CandleEngine::new();
-    let program = golden::downloaded("minilm_l6_fp32").unwrap();
-    let a = engine
-        .prepare(
-            &ModelArtifact::open(program.package_path()).unwrap(),
-            PrepareOptions::default(),
-        )
-        .unwrap();
-    let b = engine
-        .prepare(&ModelArtifact::open(&bert_dir).unwrap(), PrepareOptions::default())
-        .unwrap();
-    let (a, b) = (
-        a.as_any().downcast_ref::<CandleModel>().unwrap(),
-        b.as_any().downcast_ref::<CandleModel>().unwrap(),
-    );
+    let (program, inputs, _, _) = resolve("minilm_l6_fp32");
+    let (native, _, _, _) = resolve(NATIVE);
+    let prepare = |p: &Path| {
+        let artifact = ModelArtifact::open(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        engine.prepare(&artifact, PrepareOptions::default()).unwrap()
+    };
+    let (a, b) = (prepare(&program), prepare(&native));
+    let (a, b) = (candle(a.as_ref()), candle(b.as_ref()));
+    for _ in 0..WARMUP {
+        a.run_blocking(&inputs).unwrap();
+        b.run_blocking(&inputs).unwrap();
+    }
     let (mut ta, mut tb, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..iters {
         let t = Instant::now();
-        a.run_blocking(&minilm_inputs).unwrap();
+        a.run_blocking(&inputs).unwrap();
         let x = ms(t);
         let t = Instant::now();
-        b.run_blocking(&minilm_inputs).unwrap();
+        b.run_blocking(&inputs).unwrap();
         let y = ms(t);
         ta.push(x);
         tb.push(y);
         ratios.push(x / y);
     }
-    println!(
-        "\nMiniLM-L6 fp32, interpreter vs candle-transformers BERT, interleaved in one run ({iters} pairs): \
-         p50 {:.2} ms vs {:.2} ms; median per-pair ratio {:.2}×",
-        median(ta),
-        median(tb),
-        median(ratios)
-    );
-}
-
-fn bench_native(dir: &Path, inputs: &TensorMap, iters: usize) -> Row {
-    let engine = CandleEngine::new();
-    let artifact = ModelArtifact::open(dir).unwrap();
-    let base_rss = start_rss();
-    let t = Instant::now();
-    let model = engine.prepare(&artifact, PrepareOptions::default()).unwrap();
-    let prep = vec![ms(t)];
-    let lat = latencies(model.as_ref(), inputs, iters);
-    Row {
-        name: "minilm_l6 (candle-transformers BERT, safetensors)".into(),
-        weights_mb: std::fs::metadata(dir.join("model.safetensors")).unwrap().len() as f64 / 1e6,
-        prepare_ms: median(prep),
-        cold_ms: 0.0,
-        warm_ms: 0.0,
-        p50: pct(lat.clone(), 0.5),
-        p95: pct(lat, 0.95),
-        peak_mb: (status_kb("VmHWM:").saturating_sub(base_rss)) as f64 / 1024.0,
+    Interleaved {
+        id: INTERLEAVED.into(),
+        pairs: iters,
+        interpreter_p50_ms: median(&ta),
+        native_p50_ms: median(&tb),
+        median_ratio: median(&ratios),
     }
 }
