@@ -2,7 +2,8 @@
 # Create (or refresh) the project-local Python environment .venv/ at the repo root and install
 # the pinned packages of scripts/models/requirements.txt. Idempotent: when .venv already holds
 # exactly these requirements (recorded hash) and a working interpreter, it does nothing.
-# Needs only python3 (3.11) with the venv module and pip; no torch, no system packages.
+# Needs only python3 (3.11) with the venv module and pip; no torch, no system packages. Runs with
+# bash 3.2 and BSD tools too (macOS).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -11,7 +12,13 @@ REQ="$ROOT/scripts/models/requirements.txt"
 PY="${PYTHON:-python3}"
 STAMP="$VENV/.requirements.sha256"
 
-want="$( (sha256sum "$REQ"; "$PY" -c 'import sys; print(sys.version_info[:2])') | sha256sum | cut -d' ' -f1)"
+# The stamp: sha256 of the requirements file and of the interpreter's (major, minor), computed by
+# the interpreter itself: macOS has no sha256sum by default. (No heredoc inside $(...): bash 3.2,
+# macOS's /bin/bash, mis-parses some of those.)
+STAMP_PY='import hashlib, sys
+req = hashlib.sha256(open(sys.argv[1], "rb").read()).hexdigest()
+print(hashlib.sha256(("%s %s" % (req, sys.version_info[:2])).encode()).hexdigest())'
+want="$("$PY" -c "$STAMP_PY" "$REQ")"
 
 if [[ -x "$VENV/bin/python" && -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]] \
    && "$VENV/bin/python" -c 'import coremltools, numpy, tokenizers, PIL' >/dev/null 2>&1; then
