@@ -2,7 +2,8 @@
 # Create (or refresh) the project-local Python environment .venv/ at the repo root and install
 # the pinned packages of scripts/models/requirements.txt. Idempotent: when .venv already holds
 # exactly these requirements (recorded hash) and a working interpreter, it does nothing.
-# Needs only python3 (3.11) with the venv module and pip; no torch, no system packages.
+# Needs only python3 (3.11) with the venv module and pip; no torch, no system packages. Runs with
+# bash 3.2 and BSD tools too (macOS).
 #
 #   bash scripts/setup_python.sh           # scripts/models (coremltools, numpy, tokenizers, pillow)
 #   bash scripts/setup_python.sh --bench   # the above, plus scripts/bench/requirements.txt (onnx,
@@ -26,9 +27,14 @@ for arg in "$@"; do
 done
 
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
-pyver="$("$PY" -c 'import sys; print(sys.version_info[:2])')"
 
-want="$( (sha256sum "$REQ"; echo "$pyver") | sha256sum | cut -d' ' -f1)"
+# A stamp: sha256 over the given requirements files and the interpreter's (major, minor), computed
+# by the interpreter itself: macOS has no sha256sum by default. (No heredoc inside $(...): bash 3.2,
+# macOS's /bin/bash, mis-parses some of those.)
+STAMP_PY='import hashlib, sys
+reqs = " ".join(hashlib.sha256(open(f, "rb").read()).hexdigest() for f in sys.argv[1:])
+print(hashlib.sha256(("%s %s" % (reqs, sys.version_info[:2])).encode()).hexdigest())'
+want="$("$PY" -c "$STAMP_PY" "$REQ")"
 
 if [[ -x "$VENV/bin/python" && -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]] \
    && "$VENV/bin/python" -c 'import coremltools, numpy, tokenizers, PIL' >/dev/null 2>&1; then
@@ -48,7 +54,7 @@ fi
 [[ "$bench" == 1 ]] || exit 0
 
 # The bench stamp covers both files: reinstalling the base pins may move a shared package.
-want_bench="$( (sha256sum "$REQ" "$BENCH_REQ"; echo "$pyver") | sha256sum | cut -d' ' -f1)"
+want_bench="$("$PY" -c "$STAMP_PY" "$REQ" "$BENCH_REQ")"
 if [[ -f "$BENCH_STAMP" && "$(cat "$BENCH_STAMP")" == "$want_bench" ]] \
    && "$VENV/bin/python" -c 'import onnx, onnxruntime' >/dev/null 2>&1; then
   echo "setup_python: bench packages up to date"
