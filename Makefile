@@ -4,6 +4,9 @@ PY    := .venv/bin/python
 
 .PHONY: all venv fixtures download-models smoke test swift-check bench bench-peers soak leak-check clean
 
+# On a Mac the examples link the Swift bridge and run Core ML; elsewhere Candle serves.
+FEATURES := $(if $(filter Darwin,$(shell uname -s)),--features coreml,)
+
 # Knobs of the long runs: `make soak SOAK_SECS=3600 SOAK_MODEL=minilm_l6_fp32`.
 SOAK_SECS  ?= 300
 SOAK_MODEL ?= mobilenet_v2_int8
@@ -28,7 +31,7 @@ download-models: venv
 
 # Every model through the engine chain: engine, precision, parity, p50/p95/p99.
 smoke: download-models
-	cargo run --release --example core_ml_smoke_test
+	cargo run --release $(FEATURES) --example core_ml_smoke_test
 
 # Every test: formatting, lints, Rust unit/integration/doc tests, the Swift bridge.
 test: download-models
@@ -51,7 +54,7 @@ bench-peers: download-models
 # Gate D as a soak: continuous inference, interval p50/p95/p99, throughput and RSS to
 # target/soak/soak-$(SOAK_MODEL).csv and .svg (the plan's soak is SOAK_SECS=3600).
 soak: download-models
-	cargo run --release --example core_ml_inference_soak -- --duration $(SOAK_SECS) --model $(SOAK_MODEL) --out target/soak
+	cargo run --release $(FEATURES) --example core_ml_inference_soak -- --duration $(SOAK_SECS) --model $(SOAK_MODEL) --out target/soak
 
 # Leaks: valgrind over the compile+load and inference loops, then the native RSS checks
 # (Gate A growth over 1000 cycles, Gate D memory slope over a 60 s soak). Logs in target/leak-check/.

@@ -12,6 +12,9 @@ cargo fmt --all -- --check
 step "cargo clippy --all-targets -D warnings"
 cargo clippy --all-targets -- -D warnings
 
+step "macOS type-check: cargo clippy for aarch64-apple-darwin, with and without --features coreml"
+bash scripts/check_macos_target.sh
+
 step "cargo test (unit, integration, doc tests)"
 cargo test --all-targets
 cargo test --doc

@@ -158,19 +158,24 @@ impl Failure {
 /// Memory figures of this process, where the OS gives them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct ProcessStats {
-    /// Resident set size now, in bytes (Linux `VmRSS`; `None` on macOS,
-    /// where it needs `mach` task info that this crate does not call).
+    /// Resident set size now, in bytes (Linux `VmRSS`; macOS
+    /// `proc_pid_rusage` `ri_resident_size`).
     pub rss_bytes: Option<u64>,
     /// Peak resident set size, in bytes (Linux `VmHWM`; macOS
     /// `getrusage(RUSAGE_SELF).ru_maxrss`, which macOS reports in bytes).
     pub high_water_bytes: Option<u64>,
+    /// macOS's physical footprint now, in bytes (`ri_phys_footprint`: what
+    /// Activity Monitor, `footprint` and Instruments call memory, including
+    /// compressed pages; `None` on Linux).
+    #[serde(default)]
+    pub footprint_bytes: Option<u64>,
     /// Threads in the process (Linux `Threads`; `None` elsewhere).
     pub threads: Option<u64>,
 }
 
 /// Reads this process's memory and thread figures. On Linux this parses
-/// `/proc/self/status` (about 10–30 µs); on macOS it calls `getrusage` (about
-/// 1 µs) and knows only the peak. Fields the OS does not give are `None`.
+/// `/proc/self/status` (about 10–30 µs); on macOS it calls `proc_pid_rusage`
+/// and `getrusage` (a few µs). Fields the OS does not give are `None`.
 pub fn process_stats() -> ProcessStats {
     #[cfg(target_os = "linux")]
     {
@@ -181,9 +186,11 @@ pub fn process_stats() -> ProcessStats {
     }
     #[cfg(target_os = "macos")]
     {
+        let (rss_bytes, footprint_bytes) = macos_rusage_now();
         ProcessStats {
-            rss_bytes: None,
+            rss_bytes,
             high_water_bytes: macos_max_rss(),
+            footprint_bytes,
             threads: None,
         }
     }
@@ -193,11 +200,34 @@ pub fn process_stats() -> ProcessStats {
     }
 }
 
-/// The process's resident memory now, or its peak where only that is known
-/// (macOS). The default memory probe of the breaker and the gates.
+/// The process's memory now: macOS's physical footprint, else the resident
+/// set size, else (where only that is known) the peak. The default memory
+/// probe of the breaker and the gates, so their growth and trend checks see
+/// memory that can go down as well as up.
 pub fn process_memory_bytes() -> Option<u64> {
     let s = process_stats();
-    s.rss_bytes.or(s.high_water_bytes)
+    s.footprint_bytes.or(s.rss_bytes).or(s.high_water_bytes)
+}
+
+/// `(resident size, physical footprint)` now, from `proc_pid_rusage`.
+#[cfg(target_os = "macos")]
+fn macos_rusage_now() -> (Option<u64>, Option<u64>) {
+    let mut info = std::mem::MaybeUninit::<libc::rusage_info_v2>::zeroed();
+    // SAFETY: with RUSAGE_INFO_V2 the call writes a whole `rusage_info_v2`
+    // into the buffer when it returns 0; we only read it in that case.
+    let rc = unsafe {
+        libc::proc_pid_rusage(
+            libc::getpid(),
+            libc::RUSAGE_INFO_V2,
+            info.as_mut_ptr().cast::<libc::rusage_info_t>(),
+        )
+    };
+    if rc != 0 {
+        return (None, None);
+    }
+    // SAFETY: initialised by the successful call above.
+    let info = unsafe { info.assume_init() };
+    (Some(info.ri_resident_size), Some(info.ri_phys_footprint))
 }
 
 #[cfg(target_os = "macos")]
