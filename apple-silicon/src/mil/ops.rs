@@ -6,7 +6,7 @@
 
 use candle_core::{DType as CDType, Device, Tensor};
 
-use super::{compute_dtype, Kernel, OpCtx};
+use super::{compute_dtype, depthwise, Kernel, OpCtx};
 use crate::error::Result;
 
 type Builder = fn(&mut OpCtx) -> Result<Kernel>;
@@ -345,6 +345,9 @@ fn conv(c: &mut OpCtx) -> Result<Kernel> {
     let kdims = w.dims()[2..].to_vec();
     let (cout, cin_g) = (w.dims()[0], w.dims()[1]);
     let depthwise = n == 2 && groups > 1 && cin_g == 1 && cout == groups;
+    if depthwise {
+        return depthwise_conv(c, x, &w, bias.as_ref(), (pad_type, pad), stride, dilation);
+    }
     let bias = match bias {
         Some(b) => Some(
             b.reshape(if n == 2 { vec![1, cout, 1, 1] } else { vec![1, cout, 1] })
@@ -356,24 +359,20 @@ fn conv(c: &mut OpCtx) -> Result<Kernel> {
         let x = a[x];
         let spatial = &x.dims()[2..];
         let pads = spatial_pads(&pad_type, &pad, spatial, &kdims, &strides, &dil)?;
-        let y = if depthwise {
-            depthwise_conv2d(x, &w, &pads, stride, dilation)?
+        let symmetric = pads.iter().all(|&(b, e)| b == e && b == pads[0].0);
+        let (xp, p) = if symmetric {
+            (x.clone(), pads[0].0)
         } else {
-            let symmetric = pads.iter().all(|&(b, e)| b == e && b == pads[0].0);
-            let (xp, p) = if symmetric {
-                (x.clone(), pads[0].0)
-            } else {
-                let mut xp = x.clone();
-                for (i, &(b, e)) in pads.iter().enumerate() {
-                    xp = xp.pad_with_zeros(2 + i, b, e)?;
-                }
-                (xp, 0)
-            };
-            if n == 2 {
-                xp.conv2d(&w, p, stride, dilation, groups)?
-            } else {
-                xp.conv1d(&w, p, stride, dilation, groups)?
+            let mut xp = x.clone();
+            for (i, &(b, e)) in pads.iter().enumerate() {
+                xp = xp.pad_with_zeros(2 + i, b, e)?;
             }
+            (xp, 0)
+        };
+        let y = if n == 2 {
+            xp.conv2d(&w, p, stride, dilation, groups)?
+        } else {
+            xp.conv1d(&w, p, stride, dilation, groups)?
         };
         one(match &bias {
             Some(b) => y.broadcast_add(b)?,
@@ -382,52 +381,34 @@ fn conv(c: &mut OpCtx) -> Result<Kernel> {
     }))
 }
 
-/// Depthwise 2-D convolution (one filter per channel) as direct loops:
-/// candle's grouped convolution runs one convolution per group, which for
-/// hundreds of channels costs far more than the arithmetic.
-fn depthwise_conv2d(x: &Tensor, w: &Tensor, pads: &[(usize, usize)], stride: usize, dil: usize) -> CResult<Tensor> {
-    let dtype = x.dtype();
-    let (nb, ch, h, wd) = x.dims4()?;
-    let (_, _, kh, kw) = w.dims4()?;
-    let xs = x.to_dtype(CDType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-    let ws = w.to_dtype(CDType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-    let (pt, pb) = pads[0];
-    let (pl, pr) = pads[1];
-    let eff_h = (kh - 1) * dil + 1;
-    let eff_w = (kw - 1) * dil + 1;
-    if h + pt + pb < eff_h || wd + pl + pr < eff_w {
-        candle_core::bail!("kernel {kh}x{kw} larger than the padded input {h}x{wd}")
-    }
-    let oh = (h + pt + pb - eff_h) / stride + 1;
-    let ow = (wd + pl + pr - eff_w) / stride + 1;
-    let mut out = vec![0f32; nb * ch * oh * ow];
-    for b in 0..nb {
-        for cc in 0..ch {
-            let src = &xs[(b * ch + cc) * h * wd..(b * ch + cc + 1) * h * wd];
-            let k = &ws[cc * kh * kw..(cc + 1) * kh * kw];
-            let dst = &mut out[(b * ch + cc) * oh * ow..(b * ch + cc + 1) * oh * ow];
-            for i in 0..kh {
-                for j in 0..kw {
-                    let kv = k[i * kw + j];
-                    for oy in 0..oh {
-                        let iy = (oy * stride + i * dil) as isize - pt as isize;
-                        if iy < 0 || iy >= h as isize {
-                            continue;
-                        }
-                        let row = &src[iy as usize * wd..(iy as usize + 1) * wd];
-                        let drow = &mut dst[oy * ow..(oy + 1) * ow];
-                        for (ox, d) in drow.iter_mut().enumerate() {
-                            let ix = (ox * stride + j * dil) as isize - pl as isize;
-                            if ix >= 0 && (ix as usize) < wd {
-                                *d += kv * row[ix as usize];
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-    Tensor::from_vec(out, (nb, ch, oh, ow), &Device::Cpu)?.to_dtype(dtype)
+/// A depthwise conv runs in our own kernel (see `depthwise`), with the
+/// weights and bias flattened to f32 once here and the bias fused.
+fn depthwise_conv(
+    c: &mut OpCtx,
+    x: usize,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    (pad_type, pad): (String, Vec<i64>),
+    stride: usize,
+    dilation: usize,
+) -> Result<Kernel> {
+    let f32s = |t: &Tensor| -> CResult<Vec<f32>> { t.to_dtype(CDType::F32)?.flatten_all()?.to_vec1::<f32>() };
+    let (_, _, kh, kw) = w.dims4().map_err(|e| c.error(e.to_string()))?;
+    let ws = f32s(w).map_err(|e| c.error(e.to_string()))?;
+    let bs = bias.map(f32s).transpose().map_err(|e| c.error(e.to_string()))?;
+    Ok(Box::new(move |a| {
+        let x = a[x];
+        let pads = spatial_pads(&pad_type, &pad, &x.dims()[2..], &[kh, kw], &[stride; 2], &[dilation; 2])?;
+        one(depthwise::depthwise_conv2d(
+            x,
+            &ws,
+            (kh, kw),
+            bs.as_deref(),
+            &pads,
+            stride,
+            dilation,
+        )?)
+    }))
 }
 
 #[derive(Clone, Copy)]
