@@ -119,17 +119,14 @@ pub(crate) fn depthwise_conv2d(
 }
 
 /// Calls `f` with the data of a contiguous f32 CPU tensor, without copying.
-fn with_f32_slice(t: &Tensor, f: impl FnOnce(&[f32])) -> CResult<()> {
+pub(super) fn with_f32_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> CResult<R> {
     let (storage, layout) = t.storage_and_layout();
     let Some((start, end)) = layout.contiguous_offsets() else {
-        candle_core::bail!("depthwise input is not contiguous")
+        candle_core::bail!("expected a contiguous tensor")
     };
     match &*storage {
-        Storage::Cpu(CpuStorage::F32(data)) => {
-            f(&data[start..end]);
-            Ok(())
-        }
-        _ => candle_core::bail!("depthwise input is not an f32 CPU tensor"),
+        Storage::Cpu(CpuStorage::F32(data)) => Ok(f(&data[start..end])),
+        _ => candle_core::bail!("expected an f32 CPU tensor"),
     }
 }
 
