@@ -2,13 +2,18 @@
 //!
 //! candle's grouped convolution runs one convolution per group, which for
 //! hundreds of channels costs far more than the arithmetic, so the
-//! interpreter runs depthwise convolutions here. The kernel works one output
-//! row at a time: the row (at most a few hundred floats) stays in L1 while
-//! each filter tap adds `weight * input` over the output columns whose input
-//! is inside the image. The column range of each tap is computed once, so the
-//! inner loop has no padding branches and the compiler can vectorise it.
-//! Channels are independent and run in parallel on rayon's pool. The bias is
-//! fused: each output row starts from it instead of from zero.
+//! interpreter runs depthwise convolutions here, channels in parallel on
+//! rayon's pool, with the bias fused (the output starts from it, not zero).
+//!
+//! Each filter tap is a multiply-add of contiguous runs, which vectorises:
+//! - stride 1 (`conv_plane_wide`): the input is copied into a zero-bordered
+//!   plane and the output computed as wide as it, so a tap is one run over
+//!   the whole plane; per-row loops would be overhead-bound on 7-wide rows;
+//! - stride above 1 (`conv_plane`): one output row at a time (it stays in
+//!   L1); each tap's in-image column range is computed once, so no padding
+//!   branches, and input rows are split into their stride phases (columns
+//!   `p, p + s, p + 2s, ...` for each `p < s`) so each tap's inputs are
+//!   contiguous.
 
 use candle_core::{CpuStorage, DType, Device, Storage, Tensor};
 use rayon::prelude::*;
@@ -31,12 +36,13 @@ struct Geom {
 }
 
 /// One filter column `j`: the output columns `lo..hi` whose input column
-/// `lo * stride + j * dil - pad_left` (first one `ix0`) is inside the image.
+/// `lo * stride + j * dil - pad_left` is inside the image, and where that
+/// first input column sits in a phase-split row (`split_phases`).
 #[derive(Clone, Copy, Debug)]
 struct Tap {
     lo: usize,
     hi: usize,
-    ix0: usize,
+    start: usize,
 }
 
 impl Geom {
@@ -50,13 +56,19 @@ impl Geom {
             None => 0,
         };
         if lo >= hi {
-            return Tap { lo: 0, hi: 0, ix0: 0 };
+            return Tap { lo: 0, hi: 0, start: 0 };
         }
+        let ix0 = lo * self.stride + off - self.pad_left;
         Tap {
             lo,
             hi,
-            ix0: lo * self.stride + off - self.pad_left,
+            start: self.phase_offset(ix0 % self.stride) + ix0 / self.stride,
         }
+    }
+
+    /// Where phase `p` starts in a phase-split row: after the phases `< p`.
+    fn phase_offset(&self, p: usize) -> usize {
+        (0..p).map(|q| self.w.saturating_sub(q).div_ceil(self.stride)).sum()
     }
 
     /// The input row a filter row `i` reads for output row `oy`, if inside.
@@ -108,12 +120,20 @@ pub(crate) fn depthwise_conv2d(
     let x32 = x.to_dtype(DType::F32)?.contiguous()?;
     let mut out = vec![0f32; nb * ch * g.oh * g.ow];
     with_f32_slice(&x32, |src| {
-        out.par_chunks_mut(g.oh * g.ow).enumerate().for_each(|(plane, dst)| {
-            let c = plane % ch;
-            let k = &weight[c * kh * kw..(c + 1) * kh * kw];
-            let b = bias.map_or(0.0, |b| b[c]);
-            conv_plane(&src[plane * h * w..(plane + 1) * h * w], k, b, &g, &taps, dst);
-        });
+        out.par_chunks_mut(g.oh * g.ow)
+            .enumerate()
+            .for_each_init(Scratch::default, |scratch, (plane, dst)| {
+                let c = plane % ch;
+                let k = &weight[c * kh * kw..(c + 1) * kh * kw];
+                let b = bias.map_or(0.0, |b| b[c]);
+                let input = &src[plane * h * w..(plane + 1) * h * w];
+                if stride == 1 {
+                    conv_plane_wide(input, k, b, &g, scratch, dst);
+                } else {
+                    split_phases(input, w, stride, &mut scratch.input);
+                    conv_plane(&scratch.input, k, b, &g, &taps, dst);
+                }
+            });
     })?;
     Tensor::from_vec(out, (nb, ch, g.oh, g.ow), &Device::Cpu)?.to_dtype(dtype)
 }
@@ -130,7 +150,57 @@ pub(super) fn with_f32_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> CRes
     }
 }
 
-/// One channel: `src` is its `h * w` input plane, `k` its `kh * kw` filter.
+/// Per-thread buffers reused across channels.
+#[derive(Default)]
+struct Scratch {
+    input: Vec<f32>,
+    acc: Vec<f32>,
+}
+
+/// One channel at stride 1. Rows can be as short as 7, where the per-row,
+/// per-tap loop overhead would dominate; instead the input is copied once
+/// into a zero-bordered plane `pw` wide and the output computed `pw` wide
+/// (the columns past `ow` are discarded), so that each tap is a single
+/// multiply-add over the whole plane: input offset `i * dil * pw + j * dil`.
+fn conv_plane_wide(src: &[f32], k: &[f32], bias: f32, g: &Geom, scratch: &mut Scratch, dst: &mut [f32]) {
+    let (ph, pw) = (g.oh - 1 + (g.kh - 1) * g.dil + 1, g.ow - 1 + (g.kw - 1) * g.dil + 1);
+    let padded = &mut scratch.input;
+    padded.clear();
+    padded.resize(ph * pw, 0.0);
+    for (iy, row) in src.chunks_exact(g.w).enumerate() {
+        let at = (iy + g.pad_top) * pw + g.pad_left;
+        padded[at..at + g.w].copy_from_slice(row);
+    }
+    // The last output row only needs its `ow` real columns; that also keeps
+    // the bottom-right tap inside the padded plane.
+    let len = (g.oh - 1) * pw + g.ow;
+    let acc = &mut scratch.acc;
+    acc.clear();
+    acc.resize(len, bias);
+    for i in 0..g.kh {
+        for j in 0..g.kw {
+            let at = i * g.dil * pw + j * g.dil;
+            add_tap(acc, &padded[at..at + len], k[i * g.kw + j]);
+        }
+    }
+    for (oy, drow) in dst.chunks_exact_mut(g.ow).enumerate() {
+        drow.copy_from_slice(&acc[oy * pw..oy * pw + g.ow]);
+    }
+}
+
+/// Rewrites each `w`-wide row of `src` into `out` as its stride phases:
+/// columns `0, s, 2s, ...`, then `1, 1 + s, ...`, up to phase `s - 1`.
+fn split_phases(src: &[f32], w: usize, s: usize, out: &mut Vec<f32>) {
+    out.clear();
+    for row in src.chunks_exact(w) {
+        for p in 0..s.min(w) {
+            out.extend(row[p..].iter().step_by(s));
+        }
+    }
+}
+
+/// One channel: `src` is its `h * w` input plane (phase-split if the stride
+/// is above 1), `k` its `kh * kw` filter.
 fn conv_plane(src: &[f32], k: &[f32], bias: f32, g: &Geom, taps: &[Tap], dst: &mut [f32]) {
     for (oy, drow) in dst.chunks_exact_mut(g.ow).enumerate() {
         drow.fill(bias);
@@ -138,25 +208,19 @@ fn conv_plane(src: &[f32], k: &[f32], bias: f32, g: &Geom, taps: &[Tap], dst: &m
             let Some(iy) = g.input_row(oy, i) else { continue };
             let row = &src[iy * g.w..(iy + 1) * g.w];
             for (tap, &kv) in taps.iter().zip(&k[i * g.kw..(i + 1) * g.kw]) {
-                add_tap(&mut drow[tap.lo..tap.hi], &row[tap.ix0..], kv, g.stride);
+                let d = &mut drow[tap.lo..tap.hi];
+                let len = d.len();
+                add_tap(d, &row[tap.start..tap.start + len], kv);
             }
         }
     }
 }
 
-/// `d[n] += kv * s[n * stride]`; the stride-1 case is a plain slice zip so
-/// that it vectorises.
+/// `d += kv * s` over equally long slices: a plain zip, so it vectorises.
 #[inline(always)]
-fn add_tap(d: &mut [f32], s: &[f32], kv: f32, stride: usize) {
-    if stride == 1 {
-        let s = &s[..d.len()];
-        for (d, s) in d.iter_mut().zip(s) {
-            *d += kv * s;
-        }
-    } else {
-        for (d, s) in d.iter_mut().zip(s.iter().step_by(stride)) {
-            *d += kv * s;
-        }
+fn add_tap(d: &mut [f32], s: &[f32], kv: f32) {
+    for (d, s) in d.iter_mut().zip(s) {
+        *d += kv * s;
     }
 }
 
