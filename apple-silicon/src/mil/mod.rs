@@ -14,6 +14,7 @@
 //! at run time.
 
 mod constexpr;
+mod depthwise;
 mod lower;
 mod ops;
 pub mod value;

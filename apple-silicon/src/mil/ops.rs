@@ -6,7 +6,7 @@
 
 use candle_core::{DType as CDType, Device, Tensor};
 
-use super::{compute_dtype, Kernel, OpCtx};
+use super::{compute_dtype, depthwise, Kernel, OpCtx};
 use crate::error::Result;
 
 type Builder = fn(&mut OpCtx) -> Result<Kernel>;
@@ -17,7 +17,7 @@ pub fn builder(op_type: &str) -> Option<Builder> {
     Some(match op_type {
         // elementwise unary
         "relu" => |c| unary(c, |x| x.relu()),
-        "relu6" => |c| unary(c, |x| x.clamp(0f32, 6f32)),
+        "relu6" => |c| unary(c, |x| clamp(x, 0.0, 6.0)),
         "tanh" => |c| unary(c, |x| x.tanh()),
         "sigmoid" => |c| unary(c, candle_nn::ops::sigmoid),
         "silu" => |c| unary(c, |x| x.silu()),
@@ -163,7 +163,30 @@ fn clip(c: &mut OpCtx) -> Result<Kernel> {
     let x = c.tensor("x")?;
     let lo = c.opt_float("alpha")?.ok_or_else(|| c.error("`alpha` is required"))?;
     let hi = c.opt_float("beta")?.ok_or_else(|| c.error("`beta` is required"))?;
-    Ok(Box::new(move |a| one(a[x].clamp(lo as f32, hi as f32)?)))
+    Ok(Box::new(move |a| one(clamp(a[x], lo as f32, hi as f32)?)))
+}
+
+/// `x` clamped to `[lo, hi]`. A contiguous f32 tensor (MobileNetV2's ReLU6
+/// after every conv) takes one vectorisable pass; candle's `clamp` makes two
+/// (maximum, then minimum) through broadcast scalar tensors.
+fn clamp(x: &Tensor, lo: f32, hi: f32) -> CResult<Tensor> {
+    if x.dtype() != CDType::F32 || !x.is_contiguous() || !x.device().is_cpu() {
+        return x.clamp(lo, hi);
+    }
+    let v = depthwise::with_f32_slice(x, |s| {
+        s.iter()
+            .map(|&v| {
+                if v < lo {
+                    lo
+                } else if v > hi {
+                    hi
+                } else {
+                    v
+                }
+            })
+            .collect::<Vec<f32>>()
+    })?;
+    Tensor::from_vec(v, x.shape(), x.device())
 }
 
 fn select(c: &mut OpCtx) -> Result<Kernel> {
@@ -345,6 +368,9 @@ fn conv(c: &mut OpCtx) -> Result<Kernel> {
     let kdims = w.dims()[2..].to_vec();
     let (cout, cin_g) = (w.dims()[0], w.dims()[1]);
     let depthwise = n == 2 && groups > 1 && cin_g == 1 && cout == groups;
+    if depthwise {
+        return depthwise_conv(c, x, &w, bias.as_ref(), (pad_type, pad), stride, dilation);
+    }
     let bias = match bias {
         Some(b) => Some(
             b.reshape(if n == 2 { vec![1, cout, 1, 1] } else { vec![1, cout, 1] })
@@ -352,28 +378,37 @@ fn conv(c: &mut OpCtx) -> Result<Kernel> {
         ),
         None => None,
     };
+    // A 1x1, stride-1 conv is a matrix product `[cout, cin] @ [cin, h*w]`
+    // per image: candle's conv2d would copy the input and the output around it.
+    let pointwise = (n == 2 && groups == 1 && kdims == [1, 1] && stride == 1)
+        .then(|| w.reshape((cout, cin_g)))
+        .transpose()
+        .map_err(|e| c.error(e.to_string()))?;
     Ok(Box::new(move |a| {
         let x = a[x];
         let spatial = &x.dims()[2..];
         let pads = spatial_pads(&pad_type, &pad, spatial, &kdims, &strides, &dil)?;
-        let y = if depthwise {
-            depthwise_conv2d(x, &w, &pads, stride, dilation)?
+        if let Some(w2) = pointwise.as_ref().filter(|_| pads.iter().all(|&p| p == (0, 0))) {
+            let y = pointwise_conv2d(x, w2)?;
+            return one(match &bias {
+                Some(b) => y.broadcast_add(b)?,
+                None => y,
+            });
+        }
+        let symmetric = pads.iter().all(|&(b, e)| b == e && b == pads[0].0);
+        let (xp, p) = if symmetric {
+            (x.clone(), pads[0].0)
         } else {
-            let symmetric = pads.iter().all(|&(b, e)| b == e && b == pads[0].0);
-            let (xp, p) = if symmetric {
-                (x.clone(), pads[0].0)
-            } else {
-                let mut xp = x.clone();
-                for (i, &(b, e)) in pads.iter().enumerate() {
-                    xp = xp.pad_with_zeros(2 + i, b, e)?;
-                }
-                (xp, 0)
-            };
-            if n == 2 {
-                xp.conv2d(&w, p, stride, dilation, groups)?
-            } else {
-                xp.conv1d(&w, p, stride, dilation, groups)?
+            let mut xp = x.clone();
+            for (i, &(b, e)) in pads.iter().enumerate() {
+                xp = xp.pad_with_zeros(2 + i, b, e)?;
             }
+            (xp, 0)
+        };
+        let y = if n == 2 {
+            xp.conv2d(&w, p, stride, dilation, groups)?
+        } else {
+            xp.conv1d(&w, p, stride, dilation, groups)?
         };
         one(match &bias {
             Some(b) => y.broadcast_add(b)?,
@@ -382,52 +417,43 @@ fn conv(c: &mut OpCtx) -> Result<Kernel> {
     }))
 }
 
-/// Depthwise 2-D convolution (one filter per channel) as direct loops:
-/// candle's grouped convolution runs one convolution per group, which for
-/// hundreds of channels costs far more than the arithmetic.
-fn depthwise_conv2d(x: &Tensor, w: &Tensor, pads: &[(usize, usize)], stride: usize, dil: usize) -> CResult<Tensor> {
-    let dtype = x.dtype();
-    let (nb, ch, h, wd) = x.dims4()?;
-    let (_, _, kh, kw) = w.dims4()?;
-    let xs = x.to_dtype(CDType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-    let ws = w.to_dtype(CDType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-    let (pt, pb) = pads[0];
-    let (pl, pr) = pads[1];
-    let eff_h = (kh - 1) * dil + 1;
-    let eff_w = (kw - 1) * dil + 1;
-    if h + pt + pb < eff_h || wd + pl + pr < eff_w {
-        candle_core::bail!("kernel {kh}x{kw} larger than the padded input {h}x{wd}")
-    }
-    let oh = (h + pt + pb - eff_h) / stride + 1;
-    let ow = (wd + pl + pr - eff_w) / stride + 1;
-    let mut out = vec![0f32; nb * ch * oh * ow];
-    for b in 0..nb {
-        for cc in 0..ch {
-            let src = &xs[(b * ch + cc) * h * wd..(b * ch + cc + 1) * h * wd];
-            let k = &ws[cc * kh * kw..(cc + 1) * kh * kw];
-            let dst = &mut out[(b * ch + cc) * oh * ow..(b * ch + cc + 1) * oh * ow];
-            for i in 0..kh {
-                for j in 0..kw {
-                    let kv = k[i * kw + j];
-                    for oy in 0..oh {
-                        let iy = (oy * stride + i * dil) as isize - pt as isize;
-                        if iy < 0 || iy >= h as isize {
-                            continue;
-                        }
-                        let row = &src[iy as usize * wd..(iy as usize + 1) * wd];
-                        let drow = &mut dst[oy * ow..(oy + 1) * ow];
-                        for (ox, d) in drow.iter_mut().enumerate() {
-                            let ix = (ox * stride + j * dil) as isize - pl as isize;
-                            if ix >= 0 && (ix as usize) < wd {
-                                *d += kv * row[ix as usize];
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-    Tensor::from_vec(out, (nb, ch, oh, ow), &Device::Cpu)?.to_dtype(dtype)
+/// `x` `[n, cin, h, w]` times `w2` `[cout, cin]` as one batched matmul on
+/// the contiguous input, straight into the NCHW output.
+fn pointwise_conv2d(x: &Tensor, w2: &Tensor) -> CResult<Tensor> {
+    let (nb, cin, h, wd) = x.dims4()?;
+    let xs = x.contiguous()?.reshape((nb, cin, h * wd))?;
+    let y = w2.broadcast_left(nb)?.matmul(&xs)?;
+    y.reshape((nb, w2.dims()[0], h, wd))
+}
+
+/// A depthwise conv runs in our own kernel (see `depthwise`), with the
+/// weights and bias flattened to f32 once here and the bias fused.
+fn depthwise_conv(
+    c: &mut OpCtx,
+    x: usize,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    (pad_type, pad): (String, Vec<i64>),
+    stride: usize,
+    dilation: usize,
+) -> Result<Kernel> {
+    let f32s = |t: &Tensor| -> CResult<Vec<f32>> { t.to_dtype(CDType::F32)?.flatten_all()?.to_vec1::<f32>() };
+    let (_, _, kh, kw) = w.dims4().map_err(|e| c.error(e.to_string()))?;
+    let ws = f32s(w).map_err(|e| c.error(e.to_string()))?;
+    let bs = bias.map(f32s).transpose().map_err(|e| c.error(e.to_string()))?;
+    Ok(Box::new(move |a| {
+        let x = a[x];
+        let pads = spatial_pads(&pad_type, &pad, &x.dims()[2..], &[kh, kw], &[stride; 2], &[dilation; 2])?;
+        one(depthwise::depthwise_conv2d(
+            x,
+            &ws,
+            (kh, kw),
+            bs.as_deref(),
+            &pads,
+            stride,
+            dilation,
+        )?)
+    }))
 }
 
 #[derive(Clone, Copy)]
@@ -948,4 +974,40 @@ fn tile(c: &mut OpCtx) -> Result<Kernel> {
         }
         one(y)
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        let d = (a - b).unwrap().abs().unwrap().flatten_all().unwrap();
+        d.max(0).unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    #[test]
+    fn pointwise_conv_matches_candle_conv2d() {
+        let x = Tensor::randn(0f32, 1.0, (2, 5, 3, 7), &Device::Cpu).unwrap();
+        let w = Tensor::randn(0f32, 1.0, (6, 5, 1, 1), &Device::Cpu).unwrap();
+        let want = x.conv2d(&w, 0, 1, 1, 1).unwrap();
+        let got = pointwise_conv2d(&x, &w.reshape((6, 5)).unwrap()).unwrap();
+        assert_eq!(got.dims(), want.dims());
+        assert!(max_diff(&got, &want) < 1e-5);
+        // A non-contiguous input (a transposed view) gives the same result.
+        let xt = x.transpose(2, 3).unwrap();
+        let want = xt.contiguous().unwrap().conv2d(&w, 0, 1, 1, 1).unwrap();
+        assert!(max_diff(&pointwise_conv2d(&xt, &w.reshape((6, 5)).unwrap()).unwrap(), &want) < 1e-5);
+    }
+
+    #[test]
+    fn clamp_matches_candle_clamp() {
+        let x = (Tensor::randn(0f32, 5.0, (3, 4, 5), &Device::Cpu).unwrap() + 2.0).unwrap();
+        for t in [x.clone(), x.transpose(0, 2).unwrap(), x.to_dtype(CDType::F16).unwrap()] {
+            let got = clamp(&t, 0.0, 6.0).unwrap();
+            let want = t.clamp(0f32, 6f32).unwrap();
+            assert_eq!((got.dims(), got.dtype()), (want.dims(), want.dtype()));
+            let (g, w) = (got.to_dtype(CDType::F32).unwrap(), want.to_dtype(CDType::F32).unwrap());
+            assert_eq!(max_diff(&g, &w), 0.0);
+        }
+    }
 }
