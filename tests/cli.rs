@@ -79,7 +79,9 @@ fn gates_print_a_verdict_for_every_gate() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         let allowed = ["failed: [\"D\"]", "failed: [\"C\"]", "failed: [\"C\", \"D\"]"];
         assert!(
-            allowed[..if has_core_ml { 3 } else { 1 }].iter().any(|a| stderr.contains(a)),
+            allowed[..if has_core_ml { 3 } else { 1 }]
+                .iter()
+                .any(|a| stderr.contains(a)),
             "{text}"
         );
     }
