@@ -14,16 +14,8 @@ if ! rustup target list --installed | grep -qx "$TARGET"; then
   echo "check_macos_target: rustup target add $TARGET"
   rustup target add "$TARGET"
 fi
-if ! command -v clang >/dev/null; then
-  if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
-    echo "check_macos_target: installing clang (apt)"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang >/dev/null \
-      || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang >/dev/null; }
-  else
-    echo "check_macos_target: clang is needed (Debian: apt-get install clang)" >&2
-    exit 1
-  fi
-fi
+source scripts/need_command.sh
+need_command clang clang check_macos_target
 
 stand_in=target/macos-check/bridge
 mkdir -p "$stand_in" && : >"$stand_in/libCoreMLBridge.a"

@@ -22,16 +22,8 @@ quick=0
 out=target/leak-check
 rm -rf "$out" && mkdir -p "$out"
 
-if ! command -v valgrind >/dev/null; then
-  if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
-    echo "leak-check: installing valgrind (apt)"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null \
-      || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null; }
-  else
-    echo "leak-check: valgrind is not installed and cannot be installed here (Debian: apt-get install valgrind)" >&2
-    exit 1
-  fi
-fi
+source scripts/need_command.sh
+need_command valgrind valgrind leak-check
 
 # --quick reuses the dev build `cargo test --all-targets` already made (dependencies at opt-level 3);
 # the full run uses release (with debug info, so valgrind's stacks have names).
