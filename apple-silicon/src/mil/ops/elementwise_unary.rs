@@ -1,0 +1,117 @@
+//! Elementwise unary ops (coremltools `elementwise_unary.py`).
+//!
+//! Conventions: output shape = input shape; `epsilon` guards the ops with a
+//! pole (`rsqrt`, `inverse`, `log`) and is added before the function; `clip`
+//! clamps to `[alpha, beta]`; `cast` truncates floats toward zero like
+//! numpy's `astype`, and bools are stored as u8.
+
+use candle_core::{DType as CDType, Tensor};
+
+use super::{one, unary, unary_eps, Builder, CResult};
+use crate::error::Result;
+use crate::mil::{compute_dtype, depthwise, Kernel, OpCtx};
+
+/// The builder for `op_type`, if this family has it.
+pub(super) fn builder(op_type: &str) -> Option<Builder> {
+    Some(match op_type {
+        "erf" => |c| unary(c, |x| x.erf()),
+        "exp" => |c| unary(c, |x| x.exp()),
+        "sqrt" => |c| unary(c, |x| x.sqrt()),
+        "abs" => |c| unary(c, |x| x.abs()),
+        "floor" => |c| unary(c, |x| x.floor()),
+        "ceil" => |c| unary(c, |x| x.ceil()),
+        "round" => |c| unary(c, |x| x.round()),
+        "sign" => |c| unary(c, |x| x.sign()),
+        "sin" => |c| unary(c, |x| x.sin()),
+        "cos" => |c| unary(c, |x| x.cos()),
+        "square" => |c| unary(c, |x| x.sqr()),
+        "identity" => |c| unary(c, |x| Ok(x.clone())),
+        "rsqrt" => |c| unary_eps(c, 1e-12, |x, e| x.affine(1.0, e)?.sqrt()?.recip()),
+        "inverse" => |c| unary_eps(c, 1e-4, |x, e| x.affine(1.0, e)?.recip()),
+        "log" => |c| unary_eps(c, 0.0, |x, e| x.affine(1.0, e)?.log()),
+        "clip" => clip,
+        "logical_not" => |c| unary(c, |x| x.eq(0u8)),
+        "cast" => cast,
+        _ => return None,
+    })
+}
+
+pub(super) fn clip(c: &mut OpCtx) -> Result<Kernel> {
+    let x = c.tensor("x")?;
+    let lo = c.opt_float("alpha")?.ok_or_else(|| c.error("`alpha` is required"))?;
+    let hi = c.opt_float("beta")?.ok_or_else(|| c.error("`beta` is required"))?;
+    Ok(Box::new(move |a| one(clamp(a[x], lo as f32, hi as f32)?)))
+}
+
+/// `x` clamped to `[lo, hi]`. A contiguous f32 tensor (MobileNetV2's ReLU6
+/// after every conv) takes one vectorisable pass; candle's `clamp` makes two
+/// (maximum, then minimum) through broadcast scalar tensors.
+pub(super) fn clamp(x: &Tensor, lo: f32, hi: f32) -> CResult<Tensor> {
+    if x.dtype() != CDType::F32 || !x.is_contiguous() || !x.device().is_cpu() {
+        return x.clamp(lo, hi);
+    }
+    let v = depthwise::with_f32_slice(x, |s| {
+        s.iter()
+            .map(|&v| {
+                if v < lo {
+                    lo
+                } else if v > hi {
+                    hi
+                } else {
+                    v
+                }
+            })
+            .collect::<Vec<f32>>()
+    })?;
+    Tensor::from_vec(v, x.shape(), x.device())
+}
+
+pub(super) fn cast(c: &mut OpCtx) -> Result<Kernel> {
+    let x = c.tensor("x")?;
+    let to = c.opt_string("dtype")?.ok_or_else(|| c.error("`dtype` is required"))?;
+    let mil = match to.as_str() {
+        "fp32" => 11,
+        "fp16" => 10,
+        "fp64" => 12,
+        "bool" => 1,
+        "int8" | "int16" | "int32" | "int64" | "uint8" | "uint16" | "uint32" => 23,
+        other => return Err(c.unsupported(format!("cast to `{other}`"))),
+    };
+    let target = compute_dtype(mil, c.policy).expect("numeric");
+    let to_bool = to == "bool";
+    Ok(Box::new(move |a| {
+        if to_bool {
+            return one(a[x].ne(0f64)?);
+        }
+        // Float to int casts truncate toward zero, like numpy's astype.
+        let v = a[x];
+        if target == CDType::I64 && v.dtype().is_float() {
+            let t = (v.relu()?.floor()? - v.neg()?.relu()?.floor()?)?;
+            return one(t.to_dtype(target)?);
+        }
+        one(v.to_dtype(target)?)
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        let d = (a - b).unwrap().abs().unwrap().flatten_all().unwrap();
+        d.max(0).unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    #[test]
+    fn clamp_matches_candle_clamp() {
+        let x = (Tensor::randn(0f32, 5.0, (3, 4, 5), &Device::Cpu).unwrap() + 2.0).unwrap();
+        for t in [x.clone(), x.transpose(0, 2).unwrap(), x.to_dtype(CDType::F16).unwrap()] {
+            let got = clamp(&t, 0.0, 6.0).unwrap();
+            let want = t.clamp(0f32, 6f32).unwrap();
+            assert_eq!((got.dims(), got.dtype()), (want.dims(), want.dtype()));
+            let (g, w) = (got.to_dtype(CDType::F32).unwrap(), want.to_dtype(CDType::F32).unwrap());
+            assert_eq!(max_diff(&g, &w), 0.0);
+        }
+    }
+}

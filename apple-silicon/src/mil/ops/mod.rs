@@ -1,0 +1,85 @@
+//! Op kernels, one file per op family as coremltools lays out its
+//! definitions (`ops/defs/iOS15..18`). Each builder reads an op's
+//! parameters once (they must be constants) and returns a kernel closure
+//! over its tensor operands. Family conventions are at the top of each file;
+//! shared across families: numpy broadcasting, negative axes counted from
+//! the end, `pad` as `[begin, end]` per dimension.
+
+mod activation;
+mod control_flow;
+mod conv;
+mod elementwise_binary;
+mod elementwise_unary;
+mod linear;
+mod normalization;
+mod pool;
+mod reduction;
+mod scatter_gather;
+mod spatial;
+mod tensor_operation;
+mod tensor_transformation;
+
+use candle_core::Tensor;
+
+use crate::error::Result;
+use crate::mil::{Kernel, OpCtx};
+
+pub(crate) type Builder = fn(&mut OpCtx) -> Result<Kernel>;
+pub(crate) type CResult<T> = candle_core::Result<T>;
+
+/// The builder for `op_type`, if the interpreter implements it.
+pub fn builder(op_type: &str) -> Option<Builder> {
+    activation::builder(op_type)
+        .or_else(|| elementwise_unary::builder(op_type))
+        .or_else(|| elementwise_binary::builder(op_type))
+        .or_else(|| control_flow::builder(op_type))
+        .or_else(|| linear::builder(op_type))
+        .or_else(|| conv::builder(op_type))
+        .or_else(|| pool::builder(op_type))
+        .or_else(|| normalization::builder(op_type))
+        .or_else(|| reduction::builder(op_type))
+        .or_else(|| tensor_transformation::builder(op_type))
+        .or_else(|| tensor_operation::builder(op_type))
+        .or_else(|| scatter_gather::builder(op_type))
+}
+
+pub(super) fn one(t: Tensor) -> CResult<Vec<Tensor>> {
+    Ok(vec![t])
+}
+
+/// Normalises a possibly negative axis against `rank`.
+pub(super) fn axis_of(axis: i64, rank: usize) -> CResult<usize> {
+    let r = rank as i64;
+    let a = if axis < 0 { axis + r } else { axis };
+    if a < 0 || a >= r.max(1) {
+        candle_core::bail!("axis {axis} is outside a tensor of rank {rank}")
+    }
+    Ok(a as usize)
+}
+
+pub(super) fn unary(c: &mut OpCtx, f: fn(&Tensor) -> CResult<Tensor>) -> Result<Kernel> {
+    let x = c.tensor("x")?;
+    Ok(Box::new(move |a| one(f(a[x])?)))
+}
+
+pub(super) fn unary_eps(c: &mut OpCtx, default: f64, f: fn(&Tensor, f64) -> CResult<Tensor>) -> Result<Kernel> {
+    let x = c.tensor("x")?;
+    let eps = c.opt_float("epsilon")?.unwrap_or(default);
+    Ok(Box::new(move |a| one(f(a[x], eps)?)))
+}
+
+pub(super) fn broadcast_shape(shapes: &[&[usize]]) -> CResult<Vec<usize>> {
+    let rank = shapes.iter().map(|s| s.len()).max().unwrap_or(0);
+    let mut out = vec![1usize; rank];
+    for s in shapes {
+        for (i, &d) in s.iter().enumerate() {
+            let o = &mut out[rank - s.len() + i];
+            if *o == 1 {
+                *o = d;
+            } else if d != 1 && d != *o {
+                candle_core::bail!("shapes {shapes:?} do not broadcast")
+            }
+        }
+    }
+    Ok(out)
+}
