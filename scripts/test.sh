@@ -22,6 +22,10 @@ cargo test --doc
 step "Leak check (quick): valgrind over compile+load and inference loops, native Gate A memory growth"
 bash scripts/leak_check.sh --quick
 
+step "Core ML shim vs Apple's SDK: every CoreMLShim declaration against objc2-core-ml's generated bindings"
+python3 scripts/swift/shim_check.py --self-test
+python3 scripts/swift/shim_check.py
+
 step "Swift bridge: swift build + swift test in the Debian trixie chroot"
 bash scripts/swift/check.sh
 

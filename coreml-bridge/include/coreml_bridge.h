@@ -34,6 +34,11 @@
  *   can abort Core ML work that is already running: on COREML_ERR_TIMEOUT the
  *   caller simply stops waiting; the late work only ever touches bridge-owned
  *   memory and its result is discarded (a late compile deletes its output).
+ * - Stuck work is capped: each call whose caller timed out but which has not
+ *   returned holds a thread. While COREML_BRIDGE_MAX_STUCK of them (default
+ *   8, read once, 1..1024) are still running, every compile, load, predict
+ *   and compute-plan call returns COREML_ERR_UNAVAILABLE at once without
+ *   starting anything; calls are admitted again as the stuck ones return.
  * - Thread safety: all functions may be called from any thread. Calls on one
  *   model handle are serialised by that handle's own serial queue.
  *
@@ -241,7 +246,8 @@ int32_t coreml_model_schema(void* handle, char** out_json, char** out_err);
  * required names, or shapes outside the model's constraints, give
  * COREML_ERR_SCHEMA_MISMATCH without running anything.
  * Errors: INVALID_ARGUMENT, INVALID_HANDLE, SCHEMA_MISMATCH, PREDICT,
- * TIMEOUT, POISONED, UNSUPPORTED, OUT_OF_MEMORY, INTERNAL.
+ * TIMEOUT, POISONED, UNAVAILABLE (stuck-work cap), UNSUPPORTED,
+ * OUT_OF_MEMORY, INTERNAL.
  */
 int32_t coreml_predict(void* handle, const CoremlTensor* inputs,
                        int32_t n_inputs, int64_t timeout_ms,

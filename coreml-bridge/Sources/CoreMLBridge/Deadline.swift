@@ -58,31 +58,93 @@ public final class PendingResult<T>: @unchecked Sendable {
 
     /// Caller side: waits until `timeoutMs` has passed. Returns nil on
     /// timeout (and abandons the slot), the worker's result otherwise.
-    public func wait(timeoutMs: Int64) -> Result<T, Error>? {
+    /// With `countsAsStuck`, an abandonment is counted in `StuckWork` (under
+    /// this slot's lock, so the worker's `complete` sees it and uncounts it).
+    public func wait(timeoutMs: Int64, countsAsStuck: Bool = false) -> Result<T, Error>? {
         let deadline = DispatchTime.now() + .milliseconds(Int(min(timeoutMs, maxTimeoutMs)))
         let waited = semaphore.wait(timeout: deadline)
         lock.lock(); defer { lock.unlock() }
         if let r = result { return r } // also covers a completion racing the deadline
-        if waited == .timedOut { abandoned = true }
+        if waited == .timedOut {
+            abandoned = true
+            if countsAsStuck { StuckWork.enter() }
+        }
         return result
     }
 }
 
+/// Work whose caller timed out but which has not returned yet: each one holds
+/// a thread (a Core ML call cannot be interrupted). Past `limit` such calls
+/// the bridge starts no new work and answers `.unavailable` instead, so a
+/// model that never returns cannot make the process accumulate threads
+/// without bound. The limit is `COREML_BRIDGE_MAX_STUCK` (default 8, 1...1024).
+public enum StuckWork {
+    private static let lock = NSLock()
+    private static var count = 0
+    private static var limitOverride: Int?
+
+    /// The cap in force.
+    public static var limit: Int {
+        lock.lock(); defer { lock.unlock() }
+        if let l = limitOverride { return l }
+        return envLimit
+    }
+
+    private static let envLimit: Int = {
+        if let s = ProcessInfo.processInfo.environment["COREML_BRIDGE_MAX_STUCK"], let v = Int(s), (1...1024).contains(v) {
+            return v
+        }
+        return 8
+    }()
+
+    /// Calls abandoned by their caller and still running now.
+    public static var current: Int {
+        lock.lock(); defer { lock.unlock() }
+        return count
+    }
+
+    /// For tests: sets (or with nil restores) the cap.
+    public static func setLimitForTesting(_ l: Int?) {
+        lock.lock(); limitOverride = l; lock.unlock()
+    }
+
+    /// Throws `.unavailable` when the cap is reached: called before any new
+    /// work is queued.
+    static func admit(_ what: String) throws {
+        let (n, l) = (current, limit)
+        if n >= l {
+            throw BridgeError(.unavailable, "\(what) refused: \(n) earlier calls timed out and are still running (limit \(l), COREML_BRIDGE_MAX_STUCK); the bridge starts no new work until they return")
+        }
+    }
+
+    static func enter() { lock.lock(); count += 1; lock.unlock() }
+    static func leave() { lock.lock(); count -= 1; lock.unlock() }
+}
+
 /// Runs `work` on `queue` and waits for it with a deadline. `dispose` is
 /// called (on the worker) with a successful value nobody will receive because
-/// the caller timed out. Throws `BridgeError(.timeout)` on timeout.
+/// the caller timed out. Throws `BridgeError(.timeout)` on timeout, and
+/// `.unavailable` without starting anything when `StuckWork.limit` calls
+/// are already stuck.
 func runWithDeadline<T>(on queue: DispatchQueue, timeoutMs: Int64, what: String,
                         dispose: @escaping (T) -> Void = { _ in },
                         _ work: @escaping () throws -> T) throws -> T {
+    try StuckWork.admit(what)
     let pending = PendingResult<T>()
     queue.async {
-        if pending.isAbandoned { return }
+        // An abandoned slot was counted as stuck by the caller (see wait):
+        // the worker uncounts it once it is done with it, run or skipped.
+        if pending.isAbandoned {
+            StuckWork.leave()
+            return
+        }
         let r: Result<T, Error> = withAutoreleasePool { Result { try work() } }
-        if !pending.complete(r), case .success(let value) = r {
-            dispose(value)
+        if !pending.complete(r) {
+            if case .success(let value) = r { dispose(value) }
+            StuckWork.leave()
         }
     }
-    guard let r = pending.wait(timeoutMs: timeoutMs) else {
+    guard let r = pending.wait(timeoutMs: timeoutMs, countsAsStuck: true) else {
         throw BridgeError(.timeout, "\(what) did not finish within \(timeoutMs) ms")
     }
     return try r.get()

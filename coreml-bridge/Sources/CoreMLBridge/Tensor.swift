@@ -164,22 +164,31 @@ public enum Strided {
                 (dst + dstOff * elementSize).copyMemory(from: src + srcOff * elementSize,
                                                         byteCount: inner * elementSize)
             } else {
+                // Offsets are formed only for elements that exist: stepping
+                // past the last one could overflow for a huge stride that
+                // `span` accepted because the dimension has size 1.
                 var s = srcOff, d = dstOff
-                for _ in 0..<inner {
+                for i in 0..<inner {
+                    if i > 0 {
+                        s += sIn
+                        d += dIn
+                    }
                     (dst + d * elementSize).copyMemory(from: src + s * elementSize, byteCount: elementSize)
-                    s += sIn
-                    d += dIn
                 }
             }
-            // Odometer over the outer dimensions.
+            // Odometer over the outer dimensions. Every offset it forms is an
+            // element's (bounded by the checked span); a wrap subtracts
+            // (shape - 1) * stride, which `span` computed without overflow.
             var k = rank - 2
             while k >= 0 {
-                index[k] += 1
-                srcOff += srcStrides[k]
-                dstOff += dstStrides[k]
-                if index[k] < shape[k] { break }
-                srcOff -= srcStrides[k] * shape[k]
-                dstOff -= dstStrides[k] * shape[k]
+                if index[k] + 1 < shape[k] {
+                    index[k] += 1
+                    srcOff += srcStrides[k]
+                    dstOff += dstStrides[k]
+                    break
+                }
+                srcOff -= srcStrides[k] * index[k]
+                dstOff -= dstStrides[k] * index[k]
                 index[k] = 0
                 k -= 1
             }

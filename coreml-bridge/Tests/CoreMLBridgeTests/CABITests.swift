@@ -284,6 +284,34 @@ final class ConcurrencyTests: BridgeTestCase {
         XCTAssertEqual(cPredict(h, [input()]).0, code(COREML_ERR_POISONED))
     }
 
+    func testStuckCallsAreCappedThenAdmittedAgain() {
+        StuckWork.setLimitForTesting(2)
+        defer { StuckWork.setLimitForTesting(nil) }
+        // Stuck work left by earlier tests (the counter is process-wide) ends first.
+        let settle = Date().addingTimeInterval(5)
+        while StuckWork.current > 0, Date() < settle { usleep(20_000) }
+        let a = loaded("sleep_400ms"), b = loaded("sleep_400ms"), c = loaded("sleep_400ms")
+        let other = compiled("identity")
+        defer { C.free(a); C.free(b); C.free(c) }
+        XCTAssertEqual(StuckWork.current, 0)
+        XCTAssertEqual(cPredict(a, [input()], timeoutMs: 20).0, code(COREML_ERR_TIMEOUT))
+        XCTAssertEqual(cPredict(b, [input()], timeoutMs: 20).0, code(COREML_ERR_TIMEOUT))
+        XCTAssertEqual(StuckWork.current, 2, "two timed-out predictions are still running")
+        // At the cap: new work is refused at once, nothing is started.
+        let start = Date()
+        let (st, outs, err) = cPredict(c, [input()], timeoutMs: 5000)
+        XCTAssertEqual(st, code(COREML_ERR_UNAVAILABLE), err ?? "")
+        XCTAssertTrue(outs.isEmpty)
+        XCTAssertTrue(err?.contains("limit 2") ?? false, err ?? "")
+        XCTAssertLessThan(Date().timeIntervalSince(start), 0.1, "refused without waiting")
+        XCTAssertEqual(C.load(other).0, code(COREML_ERR_UNAVAILABLE), "loads are refused too")
+        // When the stuck calls return, the count falls and work is admitted again.
+        let deadline = Date().addingTimeInterval(5)
+        while StuckWork.current > 0, Date() < deadline { usleep(20_000) }
+        XCTAssertEqual(StuckWork.current, 0)
+        XCTAssertEqual(cPredict(c, [input(5)], timeoutMs: 5000).0, OK, "c was never poisoned: its call was refused, not run")
+    }
+
     func testOneHandleIsSerialised() {
         let h = SendableHandle(loaded("sleep_80ms"))
         defer { C.free(h.raw) }

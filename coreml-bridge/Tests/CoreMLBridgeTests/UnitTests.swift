@@ -147,6 +147,23 @@ final class StridedCopyTests: XCTestCase {
         XCTAssertThrowsError(try Strided.elementCount([Int.max, 2]))
     }
 
+    func testHugeStridesOnSizeOneDimsCopyWithoutOverflow() throws {
+        // A size-1 dimension may carry any stride (it is never stepped): the
+        // span is small, and the copy must not form the next, overflowing offset.
+        let src: [Float] = [1, 2, 3]
+        for (shape, strides, want) in [
+            ([3, 1], [1, Int.max], [1, 2, 3] as [Float]),
+            ([1, 3], [Int.max, 1], [1, 2, 3]),
+            ([3, 1, 1], [1, Int.max, Int.max / 2], [1, 2, 3]),
+            ([1, 3, 1], [Int.max, 1, Int.max], [1, 2, 3]),
+        ] {
+            let t = try src.withUnsafeBytes {
+                try HostTensor.gather(name: "h", dtype: .f32, shape: shape, strides: strides, from: $0)
+            }
+            XCTAssertEqual(t.values(as: Float.self), want, "shape \(shape) strides \(strides)")
+        }
+    }
+
     func testSpanAndRowMajor() throws {
         XCTAssertEqual(Strided.rowMajorStrides([2, 3, 4]), [12, 4, 1])
         XCTAssertEqual(try Strided.span(shape: [2, 3, 4], strides: [12, 4, 1]), 24)
