@@ -86,3 +86,75 @@ fn gates_print_a_verdict_for_every_gate() {
         );
     }
 }
+
+#[test]
+fn diff_says_what_changed_and_exits_accordingly() {
+    let same = cli()
+        .args(["diff", &fixture("cnn_fp16"), &fixture("cnn_fp16")])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&same.stdout);
+    assert_eq!(same.status.code(), Some(0), "{text}");
+    assert!(text.contains("MATCH"), "{text}");
+
+    // Another compression of the same network: weights storage and ops differ, the schema does not.
+    let out = cli()
+        .args(["diff", &fixture("cnn_fp16"), &fixture("cnn_int8"), "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let diffs = v["report"]["differences"].as_array().unwrap();
+    let has = |section: &str, item: &str| diffs.iter().any(|d| d["section"] == section && d["item"] == item);
+    assert!(
+        has("spec", "weights") && has("op", "constexpr_affine_dequantize"),
+        "{diffs:?}"
+    );
+    assert!(!diffs
+        .iter()
+        .any(|d| d["section"] == "input" || d["section"] == "output"));
+
+    // One weight byte changed in a copy: exactly one weight differs, nothing else.
+    let dir = tempfile::tempdir().unwrap();
+    let src = std::path::Path::new(&fixture("cnn_fp16")).join("model.mlpackage");
+    let copy = dir.path().join("model.mlpackage");
+    copy_tree(&src, &copy);
+    let wb = copy.join("Data/com.apple.CoreML/weights/weight.bin");
+    let mut bytes = std::fs::read(&wb).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x5a;
+    std::fs::write(&wb, bytes).unwrap();
+    let out = cli()
+        .args(["diff", &fixture("cnn_fp16")])
+        .arg(&copy)
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let diffs = v["report"]["differences"].as_array().unwrap();
+    assert_eq!(diffs.len(), 1, "{diffs:?}");
+    assert_eq!(diffs[0]["section"], "weight");
+
+    // Not a package: exit status 2 with the reason.
+    let out = cli()
+        .args(["diff", &fixture("cnn_fp16")])
+        .arg(dir.path().join("nope"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nope"));
+}
+
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).unwrap();
+        }
+    }
+}

@@ -33,6 +33,7 @@ pub mod candle_backend;
 pub mod core_ml_backend;
 pub mod core_ml_bridge;
 pub mod deadline;
+pub mod diff;
 pub mod digest;
 pub mod error;
 pub mod gates;

@@ -69,6 +69,17 @@ enum Command {
         #[arg(long, value_enum)]
         precision: Option<Prec>,
     },
+    /// Compare two packages: schema, metadata, op histograms and weight
+    /// digests. Exit status 0 when they match, 1 when they differ, 2 on error.
+    Diff {
+        /// The first .mlpackage or model directory.
+        a: PathBuf,
+        /// The second .mlpackage or model directory.
+        b: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Inspect and maintain the compiled-model cache.
     Cache(cache_cli::CacheArgs),
     /// Run the plan's Gates A–D on a model directory and print the verdicts.
@@ -130,6 +141,16 @@ fn main() -> ExitCode {
             policies,
             precision,
         } => parity_cmd(&model_a, model_b.as_deref(), &inputs, policies, precision),
+        Command::Diff { a, b, json } => {
+            return match diff_cmd(&a, &b, json) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::from(1),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Cache(args) => cache_cli::run(args),
         Command::Gates(args) => gates_cli::run(args),
     };
@@ -230,6 +251,22 @@ fn inspect(path: &Path, json: bool) -> Result<()> {
         println!("  {n:>5}  {op}{mark}");
     }
     Ok(())
+}
+
+/// Prints how two packages differ; returns whether they match.
+fn diff_cmd(a: &Path, b: &Path, json: bool) -> Result<bool> {
+    use apple_silicon::diff::{compare, PackageSummary};
+    let sa = PackageSummary::of(&MlPackage::open(resolve_model(a))?)?;
+    let sb = PackageSummary::of(&MlPackage::open(resolve_model(b))?)?;
+    let report = compare(&sa, &sb);
+    if json {
+        let v = serde_json::json!({ "a": a, "b": b, "report": report });
+        println!("{}", serde_json::to_string_pretty(&v).expect("serialisable"));
+    } else {
+        println!("a: {}\nb: {}", a.display(), b.display());
+        println!("{report}");
+    }
+    Ok(report.matches)
 }
 
 /// Parses NAME=FILE.npy arguments.
