@@ -12,6 +12,15 @@ cargo fmt --all -- --check
 step "cargo clippy --all-targets -D warnings"
 cargo clippy --all-targets -- -D warnings
 
+step "Lean library: the library alone (--no-default-features) builds and pulls no CLI or BERT crate"
+cargo check --lib --no-default-features
+lean_extra=$(cargo tree -e normal --no-default-features --prefix none | sed 's/ v.*//' | sort -u \
+    | grep -Ex 'clap|tracing-subscriber|plotters|candle-transformers' || true)
+if [ -n "$lean_extra" ]; then
+    echo "the library without default features still depends on: $lean_extra" >&2
+    exit 1
+fi
+
 step "macOS type-check: cargo clippy for aarch64-apple-darwin, with and without --features coreml"
 bash scripts/check_macos_target.sh
 

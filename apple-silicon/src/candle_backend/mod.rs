@@ -8,11 +8,13 @@
 //! its timeout the caller gets [`Error::Timeout`] at the deadline and the late
 //! result is discarded when it arrives (the work only touches its own copies).
 
+#[cfg(feature = "bert")]
 mod bert;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+#[cfg(feature = "bert")]
 pub use bert::{BertEncoder, Pooling};
 
 use crate::cache::ModelCache;
@@ -87,6 +89,7 @@ impl CandleEngine {
 
 enum Runner {
     Program(Plan),
+    #[cfg(feature = "bert")]
     Bert(Box<BertEncoder>),
 }
 
@@ -105,6 +108,7 @@ impl Inner {
     fn run(&self, inputs: &TensorMap) -> Result<TensorMap> {
         match &self.runner {
             Runner::Program(p) => p.run(inputs),
+            #[cfg(feature = "bert")]
             Runner::Bert(b) => b.run(inputs),
         }
     }
@@ -121,6 +125,7 @@ impl CandleModel {
     pub fn plan(&self) -> Option<&Plan> {
         match &self.inner.runner {
             Runner::Program(p) => Some(p),
+            #[cfg(feature = "bert")]
             Runner::Bert(_) => None,
         }
     }
@@ -261,6 +266,14 @@ impl CandleEngine {
         }
     }
 
+    #[cfg(not(feature = "bert"))]
+    fn prepare_bert(&self, _: &ModelArtifact, _: &PrepareOptions) -> Result<Inner> {
+        Err(Error::unsupported(
+            "BERT safetensors models: this build of apple-silicon has no `bert` feature (candle-transformers)",
+        ))
+    }
+
+    #[cfg(feature = "bert")]
     fn prepare_bert(&self, artifact: &ModelArtifact, opts: &PrepareOptions) -> Result<Inner> {
         let enc = BertEncoder::load(&artifact.path, self.bert_seq_len)?;
         let key = CacheKey {
