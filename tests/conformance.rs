@@ -4,7 +4,8 @@
 //!
 //! Budgets: fp32 L∞ ≤ 1e-5 and fp16 L∞ ≤ 1e-2 (the plan's fp16 budget),
 //! both relative to max(1, max |reference|); integer and bool outputs
-//! exactly; a case's `rtol` overrides. NaN and infinities must match.
+//! exactly; a case's `rtol` overrides. NaN and infinities must match. fp16
+//! cases run under both float policies (fp16 arithmetic, and upcast to f32).
 //!
 //! A case that errors or misses fails the test unless it (or its op type)
 //! is in tests/fixtures/conformance/KNOWN.json with a reason; a listed case
@@ -19,6 +20,7 @@ use std::path::{Path, PathBuf};
 use apple_silicon::mil::{unsupported_ops, FloatPolicy, Plan};
 use apple_silicon::mlpackage::MlPackage;
 use apple_silicon::{DType, Tensor, TensorMap};
+use coreml_proto::proto::mil_spec;
 use serde_json::{json, Value};
 
 const FP32_RTOL: f64 = 1e-5;
@@ -103,14 +105,15 @@ fn error_of(got: &Tensor, want: &Tensor) -> Result<f64, String> {
     Ok(worst)
 }
 
-/// Runs one case: (status, detail, worst relative error, inspect says supported, plan builds).
-fn run_case(c: &Case) -> (&'static str, String, Option<f64>, bool, bool) {
+/// Runs one case under `policy`: (status, detail, worst relative error,
+/// inspect says supported, plan builds).
+fn run_case(c: &Case, policy: FloatPolicy) -> (&'static str, String, Option<f64>, bool, bool) {
     let pkg = match MlPackage::open(c.dir.join("model.mlpackage")) {
         Ok(p) => p,
         Err(e) => return ("error", format!("open: {e}"), None, false, false),
     };
     let inspect_ok = unsupported_ops(&pkg).is_empty();
-    let plan = match Plan::build(&pkg, FloatPolicy::Native) {
+    let plan = match Plan::build(&pkg, policy) {
         Ok(p) => p,
         Err(e) => return ("error", format!("build: {e}"), None, inspect_ok, false),
     };
@@ -189,7 +192,17 @@ fn every_conformance_case_matches_its_reference() {
     let mut ops: BTreeMap<String, bool> = BTreeMap::new();
     for c in &cases {
         let op = c.meta["op"].as_str().unwrap_or_default().to_string();
-        let (status, detail, err, inspect_ok, built) = run_case(c);
+        // fp16 cases run with fp16 arithmetic and again computed in f32; the worse result counts.
+        let mut run = run_case(c, FloatPolicy::Native);
+        if c.meta["precision"] == "fp16" && run.0 == "pass" {
+            let up = run_case(c, FloatPolicy::Upcast);
+            if up.0 != "pass" {
+                run = (up.0, format!("(upcast) {}", up.1), up.2, up.3, up.4);
+            } else if up.2 > run.2 {
+                run.2 = up.2;
+            }
+        }
+        let (status, detail, err, inspect_ok, built) = run;
         // candle errors carry a backtrace after the first line.
         let detail = detail.lines().next().unwrap_or_default().to_string();
         let agree = inspect_ok == built;
@@ -269,4 +282,109 @@ fn every_conformance_case_matches_its_reference() {
         problems.len(),
         problems.join("\n")
     );
+}
+
+/// Copies `src` (a directory tree) to `dst`.
+fn copy_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let p = e.unwrap().path();
+        let to = dst.join(p.file_name().unwrap());
+        if p.is_dir() {
+            copy_dir(&p, &to);
+        } else {
+            std::fs::copy(&p, &to).unwrap();
+        }
+    }
+}
+
+/// A copy of a case's package in which the constant bound to `param` of the
+/// `op_type` op is replaced by `val`; returns the plan build's error.
+fn build_with_param(case: &str, op_type: &str, param: &str, val: mil_spec::tensor_value::Value) -> String {
+    use coreml_proto::proto::{model, Model};
+    use prost::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let dst = dir.path().join("m.mlpackage");
+    copy_dir(&root().join(case).join("model.mlpackage"), &dst);
+    let spec_path = dst.join("Data/com.apple.CoreML/model.mlmodel");
+    let mut spec = Model::decode(std::fs::read(&spec_path).unwrap().as_slice()).unwrap();
+    let Some(model::Type::MlProgram(p)) = &mut spec.r#type else {
+        panic!("{case}: not an ML Program")
+    };
+    let block = p
+        .functions
+        .get_mut("main")
+        .unwrap()
+        .block_specializations
+        .values_mut()
+        .next()
+        .unwrap();
+    let op = block.operations.iter().find(|o| o.r#type == op_type).unwrap();
+    let Some(mil_spec::argument::binding::Binding::Name(cname)) = op.inputs[param].arguments[0].binding.clone() else {
+        panic!("{case}: `{param}` is not bound to a constant")
+    };
+    let c = block
+        .operations
+        .iter_mut()
+        .find(|o| o.r#type == "const" && o.outputs[0].name == cname)
+        .unwrap();
+    let v = c.attributes.get_mut("val").unwrap();
+    let Some(mil_spec::value::Value::ImmediateValue(iv)) = &mut v.value else {
+        panic!("{case}: no immediate value")
+    };
+    let Some(mil_spec::value::immediate_value::Value::Tensor(t)) = &mut iv.value else {
+        panic!("{case}: no tensor")
+    };
+    t.value = Some(val);
+    std::fs::write(&spec_path, spec.encode_to_vec()).unwrap();
+    let pkg = MlPackage::open(&dst).unwrap();
+    Plan::build(&pkg, FloatPolicy::Native)
+        .err()
+        .unwrap_or_else(|| panic!("{case}: a bad `{param}` must be refused at build"))
+        .to_string()
+}
+
+#[test]
+fn bad_options_are_errors_naming_op_parameter_and_value() {
+    use mil_spec::tensor_value::{RepeatedInts, RepeatedStrings, Value as TV};
+    let s = |v: &str| {
+        TV::Strings(RepeatedStrings {
+            values: vec![v.to_string()],
+        })
+    };
+    for (case, op, param, val, value_text) in [
+        ("activation/gelu_exact", "gelu", "mode", s("CUBIC"), "CUBIC"),
+        (
+            "elementwise_unary/cast_fp32_int32",
+            "cast",
+            "dtype",
+            s("complex64"),
+            "complex64",
+        ),
+        (
+            "reduction/reduce_argmax_ios17_int32",
+            "reduce_argmax",
+            "output_dtype",
+            s("fp32"),
+            "fp32",
+        ),
+        (
+            "normalization/local_response_norm_size3",
+            "local_response_norm",
+            "size",
+            TV::Ints(RepeatedInts { values: vec![0] }),
+            "0",
+        ),
+    ] {
+        let e = build_with_param(case, op, param, val);
+        println!("{case}: {e}");
+        for want in [
+            format!("({op})"),
+            format!("`{param}`"),
+            value_text.to_string(),
+            "op `".to_string(),
+        ] {
+            assert!(e.contains(&want), "{case}: error `{e}` does not name {want}");
+        }
+    }
 }

@@ -139,6 +139,9 @@ def cases() -> list[Case]:
     xb = (x * 100).astype(np.float32)
     out.append(Case(FAM, "softmax", "softmax_large", {"x": xb}, lambda x: mb.softmax(x=x, axis=1),
                     {"y": softmax(f64(xb), 1)}, note="inputs up to 500: needs the max shift"))
+    xb16 = xb.astype(np.float16)
+    out.append(Case(FAM, "softmax", "softmax_large_fp16", {"x": xb16}, lambda x: mb.softmax(x=x, axis=-1),
+                    {"y": softmax(f64(xb16), -1)}, opset="iOS16", precision="fp16", note="exp(500) overflows fp16"))
     x16 = x.astype(np.float16)
     out.append(Case(FAM, "softmax", "softmax_fp16", {"x": x16}, lambda x: mb.softmax(x=x, axis=1),
                     {"y": softmax(f64(x16), 1)}, opset="iOS16", precision="fp16"))

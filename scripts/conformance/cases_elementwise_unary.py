@@ -105,6 +105,11 @@ def cases() -> list[Case]:
                     lambda x: mb.clip(x=x, alpha=np.float16(-1.5), beta=np.float16(2.0)),
                     {"y": np.clip(f64(x16), -1.5, 2.0)}, opset="iOS16", precision="fp16"))
 
+    out.append(Case(FAM, "clip", "clip_fp16_ios17", {"x": x16},
+                    lambda x: mb.clip(x=x, alpha=np.float16(-1.5), beta=np.float16(2.0)),
+                    {"y": np.clip(f64(x16), -1.5, 2.0)}, opset="iOS17", precision="fp16",
+                    note="iOS17 clip keeps alpha/beta in x's dtype"))
+
     x = uniform(f"{FAM}/threshold", SHAPE, -4, 4)
     out.append(Case(FAM, "threshold", "threshold", {"x": x}, lambda x: mb.threshold(x=x, alpha=np.float32(0.5)),
                     {"y": np.maximum(f64(x), 0.5)}, note="y = max(x, alpha)"))
@@ -136,6 +141,13 @@ def cases() -> list[Case]:
     out.append(Case(FAM, "cast", "cast_fp32_fp16", {"x": x}, lambda x: mb.cast(x=x, dtype="fp16"),
                     {"y": f64(x.astype(np.float16))}, opset="iOS16", note="fp16 output, rounded to nearest",
                     rtol=1e-6))
+    # iOS17's small integer types, read back as int32 (values in range: out-of-range is unspecified).
+    xs = uniform(f"{FAM}/cast/small", SHAPE, 0, 100)
+    xs.reshape(-1)[:2] = [0.0, 99.9]
+    for dt in ("int8", "uint8", "int16", "uint16"):
+        out.append(Case(FAM, "cast", f"cast_fp32_{dt}_ios17", {"x": xs},
+                        lambda x, dt=dt: mb.cast(x=mb.cast(x=x, dtype=dt), dtype="int32"),
+                        {"y": xs.astype(np.int32)}, opset="iOS17", note=f"to {dt} (truncation), back to int32"))
     x16 = x.astype(np.float16)
     out.append(Case(FAM, "cast", "cast_fp16_fp32", {"x": x16}, lambda x: mb.cast(x=x, dtype="fp32"),
                     {"y": f64(x16)}, opset="iOS16"))

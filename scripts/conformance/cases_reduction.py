@@ -71,6 +71,12 @@ def cases() -> list[Case]:
             r = ref(xi.astype(np.int64), axis=(1,)).astype(np.int32)
             out.append(Case(FAM, op, f"{op}_int32", {"x": xi}, lambda x, fn=fn: fn(x=x, axes=np.array([1], np.int32)),
                             {"y": r}))
+    x = uniform(f"{FAM}/empty", SHAPE)
+    for op in ("reduce_sum", "reduce_mean", "reduce_max", "reduce_prod"):
+        out.append(Case(FAM, op, f"{op}_empty_axes", {"x": x},
+                        lambda x, op=op: getattr(mb, op)(x=x, axes=np.array([], np.int32)), {"y": f64(x)},
+                        note="axes = []: nothing reduced (numpy axis=())"))
+    # No case with duplicate axes: coremltools 9.0's type inference drops a dim per duplicate.
     x = uniform(f"{FAM}/dup", SHAPE)
     out.append(Case(FAM, "reduce_sum", "reduce_sum_size1", {"x": x[:, :1, :]},
                     lambda x: mb.reduce_sum(x=x, axes=np.array([1], np.int32)), {"y": f64(x[:, 0, :])},

@@ -46,8 +46,8 @@ pub(super) fn gelu(c: &mut OpCtx) -> Result<Kernel> {
         "TANH_APPROXIMATION" => |x| x.gelu(),
         "SIGMOID_APPROXIMATION" => |x| x.broadcast_mul(&candle_nn::ops::sigmoid(&x.affine(1.702, 0.0)?)?),
         other => {
-            return Err(c.error(format!(
-                "gelu mode `{other}`; expected EXACT, TANH_APPROXIMATION or SIGMOID_APPROXIMATION"
+            return Err(c.unsupported(format!(
+                "parameter `mode` = `{other}`; expected EXACT, TANH_APPROXIMATION or SIGMOID_APPROXIMATION"
             )))
         }
     };

@@ -127,7 +127,11 @@ pub(super) fn cast(c: &mut OpCtx) -> Result<Kernel> {
         "fp64" => 12,
         "bool" => 1,
         "int8" | "int16" | "int32" | "int64" | "uint8" | "uint16" | "uint32" => 23,
-        other => return Err(c.unsupported(format!("cast to `{other}`"))),
+        other => {
+            return Err(c.unsupported(format!(
+                "parameter `dtype` = `{other}`; expected fp32, fp16, fp64, bool or an integer type"
+            )))
+        }
     };
     let target = compute_dtype(mil, c.policy).expect("numeric");
     let to_bool = to == "bool";
