@@ -54,6 +54,8 @@ DTYPES = {
     np.dtype(np.bool_): types.bool,
 }
 
+FP16 = 10  # MIL DataType FLOAT16
+
 # Core ML multi-array dtypes in the converted spec -> numpy.
 IO_DTYPES = {65568: np.float32, 65552: np.float16, 131104: np.int32, 65600: np.float64}
 
@@ -124,10 +126,11 @@ def build_case(case: Case, out_root: Path) -> None:
     ops = main_ops(spec)
     if case.op not in ops:
         raise SystemExit(f"{case.family}/{case.name}: op {case.op} is not in the converted program ({ops})")
-    if case.precision == "fp32" and any(o == "cast" for o in ops) and not any(
-        a.dtype == np.bool_ for a in case.inputs.values()
-    ) and not any(np.asarray(e).dtype == np.bool_ for e in case.expected.values()) and case.op != "cast":
-        raise SystemExit(f"{case.family}/{case.name}: fp32 program has casts: {ops}")
+    if case.precision == "fp32" and not any(a.dtype == np.float16 for a in case.inputs.values()):
+        fp16 = [op.type for op in common.main_block(spec).operations
+                if any(o.type.tensorType.dataType == FP16 for o in op.outputs)]
+        if fp16 and case.op != "cast":
+            raise SystemExit(f"{case.family}/{case.name}: fp32 program computes in fp16: {fp16}")
 
     d = out_root / case.family / case.name
     if d.exists():

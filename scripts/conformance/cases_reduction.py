@@ -102,6 +102,10 @@ def cases() -> list[Case]:
         out.append(Case(FAM, op, f"{op}_ios17_int32", {"x": x},
                         lambda x, fn=fn: fn(x=x, axis=1, output_dtype="int32"),
                         {"y": ref(x, axis=1).astype(np.int32)}, opset="iOS17"))
+        out.append(Case(FAM, op, f"{op}_ios17_uint16", {"x": x},
+                        lambda x, fn=fn: mb.cast(x=fn(x=x, axis=0, keep_dims=True, output_dtype="uint16"), dtype="int32"),
+                        {"y": np.expand_dims(ref(x, axis=0), 0).astype(np.int32)}, opset="iOS17",
+                        note="uint16 indices, read back as int32"))
         x16 = x.astype(np.float16)
         out.append(Case(FAM, op, f"{op}_fp16", {"x": x16}, lambda x, fn=fn: fn(x=x, axis=1),
                         {"y": ref(x16, axis=1).astype(np.int32)}, opset="iOS16", precision="fp16"))

@@ -134,7 +134,8 @@ pub(super) fn arg(c: &mut OpCtx, max: bool) -> Result<Kernel> {
     let axis = c.opt_int("axis")?.unwrap_or(-1);
     let keep = c.opt_bool("keep_dims")?.unwrap_or(false);
     if let Some(dt) = c.opt_string("output_dtype")? {
-        if dt != "int32" && dt != "uint16" {
+        // coremltools lower-cases it before checking.
+        if !dt.eq_ignore_ascii_case("int32") && !dt.eq_ignore_ascii_case("uint16") {
             return Err(c.unsupported(format!("parameter `output_dtype` = `{dt}`; expected int32 or uint16")));
         }
     }
