@@ -24,6 +24,9 @@ def cases() -> list[Case]:
     a, b = ints(f"{FAM}/select/int/a", (2, 3)), ints(f"{FAM}/select/int/b", (2, 3))
     out.append(Case(FAM, "select", "select_int32", {"cond": c, "a": a, "b": b},
                     lambda cond, a, b: mb.select(cond=cond, a=a, b=b), {"y": np.where(c, a, b).astype(np.int32)}))
+    ab, bb = bools(f"{FAM}/select/bool/a", (2, 3)), bools(f"{FAM}/select/bool/b", (2, 3))
+    out.append(Case(FAM, "select", "select_bool", {"cond": c, "a": ab, "b": bb},
+                    lambda cond, a, b: mb.select(cond=cond, a=a, b=b), {"y": np.where(c, ab, bb)}))
     a16, b16 = a.astype(np.float16), b.astype(np.float16) / np.float16(3)
     out.append(Case(FAM, "select", "select_fp16", {"cond": c, "a": a16, "b": b16},
                     lambda cond, a, b: mb.select(cond=cond, a=a, b=b), {"y": np.where(c, f64(a16), f64(b16))},

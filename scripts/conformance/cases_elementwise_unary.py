@@ -141,6 +141,11 @@ def cases() -> list[Case]:
     out.append(Case(FAM, "cast", "cast_fp32_fp16", {"x": x}, lambda x: mb.cast(x=x, dtype="fp16"),
                     {"y": f64(x.astype(np.float16))}, opset="iOS16", note="fp16 output, rounded to nearest",
                     rtol=1e-6))
+    bx = bools(f"{FAM}/cast/bool", SHAPE)
+    out.append(Case(FAM, "cast", "cast_bool_fp32", {"x": bx}, lambda x: mb.cast(x=x, dtype="fp32"),
+                    {"y": bx.astype(np.float64)}))
+    out.append(Case(FAM, "cast", "cast_bool_int32", {"x": bx}, lambda x: mb.cast(x=x, dtype="int32"),
+                    {"y": bx.astype(np.int32)}))
     # iOS17's small integer types, read back as int32 (values in range: out-of-range is unspecified).
     xs = uniform(f"{FAM}/cast/small", SHAPE, 0, 100)
     xs.reshape(-1)[:2] = [0.0, 99.9]

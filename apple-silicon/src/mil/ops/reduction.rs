@@ -3,7 +3,9 @@
 //! Conventions: `axes` (default: all, negative counted from the end,
 //! duplicates ignored); `keep_dims` keeps reduced dims as size 1.
 //! `reduce_log_sum_exp` subtracts the maximum first (no overflow);
-//! `reduce_prod` multiplies in f64 (i64 for integers). `reduce_argmax` and
+//! `reduce_prod` multiplies in f64 (i64 for integers). Integer inputs of the
+//! float-valued reductions (mean, l2 norm, log sum, log-sum-exp) are reduced
+//! in f64 and truncated toward zero (coremltools' `astype(int32)`). `reduce_argmax` and
 //! `reduce_argmin` take one `axis` (default -1) and return int32 indices (the
 //! first of equal extremes); their iOS17 form's `output_dtype` may be `int32`
 //! or `uint16`.
@@ -52,7 +54,15 @@ pub(super) fn reduce(c: &mut OpCtx, kind: Reduce) -> Result<Kernel> {
     let axes = c.opt_ints("axes")?;
     let keep = c.opt_bool("keep_dims")?.unwrap_or(false);
     Ok(Box::new(move |a| {
-        let x = a[x];
+        let int_dtype = a[x].dtype().is_int().then(|| a[x].dtype());
+        // Float-valued reductions of integers run in f64 and truncate toward zero.
+        let widened = match (int_dtype, kind) {
+            (Some(_), Reduce::Mean | Reduce::L2 | Reduce::LogSum | Reduce::LogSumExp) => {
+                Some(a[x].to_dtype(CDType::F64)?)
+            }
+            _ => None,
+        };
+        let x = widened.as_ref().unwrap_or(a[x]);
         let rank = x.rank();
         let mut ax: Vec<usize> = match &axes {
             Some(v) => v.iter().map(|&i| axis_of(i, rank)).collect::<CResult<_>>()?,
@@ -90,6 +100,9 @@ pub(super) fn reduce(c: &mut OpCtx, kind: Reduce) -> Result<Kernel> {
             for &d in ax.iter().rev() {
                 y = y.squeeze(d)?;
             }
+        }
+        if let (Some(dt), Some(_)) = (int_dtype, &widened) {
+            y = (y.relu()?.floor()? - y.neg()?.relu()?.floor()?)?.to_dtype(dt)?;
         }
         one(y)
     }))
