@@ -61,6 +61,8 @@ def cases() -> list[Case]:
         x16 = uniform(f"{FAM}/{op}/16", (1, 3, 1, 4), -8, 8, np.float16)
         out.append(Case(FAM, op, f"{op}_fp16", {"x": x16}, lambda x, fn=fn: fn(x=x), {"y": ref(f64(x16))},
                         opset="iOS16", precision="fp16"))
+        out.append(Case(FAM, op, f"{op}_fp16_ios15", {"x": x16}, lambda x, fn=fn: fn(x=x), {"y": ref(f64(x16))},
+                        precision="fp16", note="iOS15: fp32 I/O cast to and from fp16 around the op"))
     big = np.array([[-100.0, -30.0, -1.0, 0.0, 1.0, 30.0, 88.0, 100.0]], dtype=np.float32)
     out.append(Case(FAM, "softplus", "softplus_large", {"x": big}, lambda x: mb.softplus(x=x),
                     {"y": softplus(f64(big))}, note="no overflow: softplus(100) = 100"))
