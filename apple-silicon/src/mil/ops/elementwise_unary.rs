@@ -2,8 +2,11 @@
 //!
 //! Conventions: output shape = input shape; `epsilon` guards the ops with a
 //! pole (`rsqrt`, `inverse`, `log`) and is added before the function; `clip`
-//! clamps to `[alpha, beta]`; `cast` truncates floats toward zero like
-//! numpy's `astype`, and bools are stored as u8.
+//! clamps to `[alpha, beta]`; `threshold` is `max(x, alpha)`; `round` rounds
+//! half to even (numpy); `cast` truncates floats toward zero like numpy's
+//! `astype`, and bools are stored as u8. Functions candle lacks (`acos`,
+//! `tan`, ...) map each element in f32 (f16 through f32); the int32 forms of
+//! `square` and `exp2` map in i64.
 
 use candle_core::{DType as CDType, Tensor};
 
@@ -20,11 +23,21 @@ pub(super) fn builder(op_type: &str) -> Option<Builder> {
         "abs" => |c| unary(c, |x| x.abs()),
         "floor" => |c| unary(c, |x| x.floor()),
         "ceil" => |c| unary(c, |x| x.ceil()),
-        "round" => |c| unary(c, |x| x.round()),
+        "round" => |c| unary(c, |x| map_f32(x, f32::round_ties_even)),
         "sign" => |c| unary(c, |x| x.sign()),
         "sin" => |c| unary(c, |x| x.sin()),
         "cos" => |c| unary(c, |x| x.cos()),
-        "square" => |c| unary(c, |x| x.sqr()),
+        "square" => |c| unary(c, |x| if x.dtype().is_int() { x.mul(x) } else { x.sqr() }),
+        "tan" => |c| unary(c, |x| map_f32(x, f32::tan)),
+        "acos" => |c| unary(c, |x| map_f32(x, f32::acos)),
+        "asin" => |c| unary(c, |x| map_f32(x, f32::asin)),
+        "atan" => |c| unary(c, |x| map_f32(x, f32::atan)),
+        "atanh" => |c| unary(c, |x| map_f32(x, f32::atanh)),
+        "cosh" => |c| unary(c, |x| map_f32(x, f32::cosh)),
+        "sinh" => |c| unary(c, |x| map_f32(x, f32::sinh)),
+        "tanh" => |c| unary(c, |x| x.tanh()),
+        "exp2" => |c| unary(c, exp2),
+        "threshold" => threshold,
         "identity" => |c| unary(c, |x| Ok(x.clone())),
         "rsqrt" => |c| unary_eps(c, 1e-12, |x, e| x.affine(1.0, e)?.sqrt()?.recip()),
         "inverse" => |c| unary_eps(c, 1e-4, |x, e| x.affine(1.0, e)?.recip()),
@@ -34,6 +47,45 @@ pub(super) fn builder(op_type: &str) -> Option<Builder> {
         "cast" => cast,
         _ => return None,
     })
+}
+
+/// `f` applied to every element of a float tensor, computed in f32 (f16 and
+/// other float dtypes through f32); the result keeps `x`'s dtype. Costs one
+/// copy out and one in.
+pub(super) fn map_f32(x: &Tensor, f: impl Fn(f32) -> f32) -> CResult<Tensor> {
+    let dt = x.dtype();
+    if !dt.is_float() {
+        candle_core::bail!("expected a float tensor, found {dt:?}")
+    }
+    let v: Vec<f32> = x.to_dtype(CDType::F32)?.flatten_all()?.to_vec1()?;
+    let out: Vec<f32> = v.into_iter().map(f).collect();
+    Tensor::from_vec(out, x.shape(), x.device())?.to_dtype(dt)
+}
+
+/// `f` applied to every element of an integer tensor (computed in i64).
+pub(super) fn map_i64(x: &Tensor, f: impl Fn(i64) -> i64) -> CResult<Tensor> {
+    let dt = x.dtype();
+    let v: Vec<i64> = x.to_dtype(CDType::I64)?.flatten_all()?.to_vec1()?;
+    let out: Vec<i64> = v.into_iter().map(f).collect();
+    Tensor::from_vec(out, x.shape(), x.device())?.to_dtype(dt)
+}
+
+fn exp2(x: &Tensor) -> CResult<Tensor> {
+    if x.dtype().is_float() {
+        return map_f32(x, f32::exp2);
+    }
+    // Integer powers of two; negative exponents truncate to 0, large ones saturate.
+    map_i64(x, |v| 2f64.powi(v.clamp(-64, 64) as i32).min(i64::MAX as f64) as i64)
+}
+
+fn threshold(c: &mut OpCtx) -> Result<Kernel> {
+    let x = c.tensor("x")?;
+    let alpha = c.opt_float("alpha")?.ok_or_else(|| c.error("`alpha` is required"))?;
+    Ok(Box::new(move |a| {
+        let x = a[x];
+        let t = Tensor::new(alpha, x.device())?.to_dtype(x.dtype())?;
+        one(x.broadcast_maximum(&t)?)
+    }))
 }
 
 pub(super) fn clip(c: &mut OpCtx) -> Result<Kernel> {
@@ -75,7 +127,11 @@ pub(super) fn cast(c: &mut OpCtx) -> Result<Kernel> {
         "fp64" => 12,
         "bool" => 1,
         "int8" | "int16" | "int32" | "int64" | "uint8" | "uint16" | "uint32" => 23,
-        other => return Err(c.unsupported(format!("cast to `{other}`"))),
+        other => {
+            return Err(c.unsupported(format!(
+                "parameter `dtype` = `{other}`; expected fp32, fp16, fp64, bool or an integer type"
+            )))
+        }
     };
     let target = compute_dtype(mil, c.policy).expect("numeric");
     let to_bool = to == "bool";
