@@ -568,42 +568,58 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
     }
 }
 
+/// Everything this test binary logs. A global subscriber, not a scoped one:
+/// with a single registered dispatcher, tracing computes a callsite's
+/// interest from whichever thread registers it first, so a scoped
+/// subscriber misses events whose callsites another test thread (with no
+/// subscriber) registered concurrently.
+fn captured_log() -> &'static Captured {
+    static LOG: std::sync::OnceLock<Captured> = std::sync::OnceLock::new();
+    LOG.get_or_init(|| {
+        let captured = Captured::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(captured.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("the only global subscriber of tests/cache.rs");
+        captured
+    })
+}
+
 #[test]
 fn evictions_and_stale_temp_removals_are_logged_with_reason_and_bytes() {
+    let captured = captured_log();
     let d = tempfile::tempdir().unwrap();
     let cache = open(d.path());
-    let e = cache.get_or_build(&key(1), |p| write_model(p, "one")).unwrap();
+    // A key no other test uses: other tests' lines land in the same log.
+    let k = key(0x10c);
+    let e = cache.get_or_build(&k, |p| write_model(p, "one")).unwrap();
     damage(&e, Damage::RemoveMarker);
     // A temporary directory without a lock file: its owner is gone.
     let stale = d.path().join("tmp/dead-build");
     fs::create_dir_all(stale.join("payload")).unwrap();
     fs::write(stale.join("payload/part.bin"), [0u8; 1000]).unwrap();
 
-    let captured = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(captured.clone())
-        .with_ansi(false)
-        .finish();
-    let report = tracing::subscriber::with_default(subscriber, || {
-        ModelCache::new(CacheConfig::at(d.path()), meta())
-            .unwrap()
-            .gc()
-            .unwrap()
-    });
-    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let report = ModelCache::new(CacheConfig::at(d.path()), meta())
+        .unwrap()
+        .gc()
+        .unwrap();
+    let all = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let mine = |needle: &str, what: &str| {
+        let line = all.lines().find(|l| l.contains(needle) && l.contains(what));
+        line.unwrap_or_default().to_string()
+    };
     assert_eq!(report.evicted.len(), 1);
     let ev = &report.evicted[0];
     assert_eq!(ev.reason, EvictReason::Incomplete);
-    assert!(log.contains("evicted compiled-model cache entry"), "{log}");
-    assert!(log.contains("incomplete"), "{log}");
-    assert!(log.contains(&format!("bytes_freed={}", ev.bytes)), "{log}");
-    assert!(log.contains(&key(1).to_string()), "{log}");
+    let evicted = mine(&k.to_string(), "evicted compiled-model cache entry");
+    assert!(!evicted.is_empty(), "{all}");
+    assert!(evicted.contains("incomplete"), "{evicted}");
+    assert!(evicted.contains(&format!("bytes_freed={}", ev.bytes)), "{evicted}");
     assert_eq!(report.stale_temps.len(), 1);
     assert_eq!(report.stale_temps[0].bytes, 1000);
-    assert!(
-        log.contains("removed a temporary directory") && log.contains("bytes_freed=1000"),
-        "{log}"
-    );
+    let removed = mine(&stale.display().to_string(), "removed a temporary directory");
+    assert!(removed.contains("bytes_freed=1000"), "{all}");
     assert!(!stale.exists());
 }
 
