@@ -636,6 +636,9 @@ impl CoreMlEngine {
     }
 }
 
+/// This module's engine, under the name [`crate::inference_backend`] gives it.
+pub type Engine = CoreMlEngine;
+
 impl InferenceEngine for CoreMlEngine {
     fn name(&self) -> &str {
         bridge::ENGINE_NAME

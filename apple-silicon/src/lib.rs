@@ -26,6 +26,8 @@
 //! | [`testing`] | test doubles: an echo engine and a fault-injecting engine |
 //! | [`core_ml_bridge`] | the C ABI of the Swift `coreml-bridge` and its safe wrappers |
 //! | [`core_ml_backend`] | `CoreMlEngine`: compile → store → load → predict with Core ML |
+//! | [`diff`] | comparing two packages: schema, metadata, ops, weight digests |
+//! | [`inference_backend`] | the engine module the `coreml` feature selects (the plan's switch) |
 
 pub mod breaker;
 pub mod cache;
@@ -46,6 +48,18 @@ pub mod parity;
 pub mod telemetry;
 pub mod tensor;
 pub mod testing;
+
+/// The engine module the build selects, as the plan's `lib.rs` shows:
+/// [`core_ml_backend`] with the `coreml` feature, [`candle_backend`] without.
+/// Both name their engine `Engine`, so `inference_backend::Engine::new()`
+/// compiles either way. (On Linux `coreml` is a no-op build flag: the
+/// selected `CoreMlEngine` answers `Unavailable` with the reason.)
+#[cfg(not(feature = "coreml"))]
+pub use crate::candle_backend as inference_backend;
+/// The engine module the build selects, as the plan's `lib.rs` shows:
+/// [`core_ml_backend`] with the `coreml` feature, [`candle_backend`] without.
+#[cfg(feature = "coreml")]
+pub use crate::core_ml_backend as inference_backend;
 
 pub use breaker::{BreakerConfig, CircuitBreaker, ReenablePolicy, ResilientEngine};
 pub use cache::{CacheConfig, CacheEntry, ModelCache};

@@ -302,6 +302,9 @@ impl CandleEngine {
     }
 }
 
+/// This module's engine, under the name [`crate::inference_backend`] gives it.
+pub type Engine = CandleEngine;
+
 impl InferenceEngine for CandleEngine {
     fn name(&self) -> &str {
         "candle"
