@@ -127,6 +127,20 @@ pub(super) fn select_axes(x: &Tensor, lists: &[Vec<Option<usize>>], fill: f64) -
             candle_core::bail!("index {bad} is out of range for axis {d} of size {}", dims[d])
         }
     }
+    // Plain ranges (stride-1 slices, no padding) are views: no map, no copy.
+    let run = |l: &Vec<Option<usize>>| match l.first() {
+        Some(Some(s)) => l.iter().enumerate().all(|(k, &i)| i == Some(s + k)).then_some(*s),
+        _ => None,
+    };
+    if lists.iter().all(|l| l.is_empty() || run(l).is_some()) && lists.iter().all(|l| !l.is_empty()) {
+        let mut y = x.clone();
+        for (d, l) in lists.iter().enumerate() {
+            if l.len() != dims[d] {
+                y = y.narrow(d, run(l).unwrap_or(0), l.len())?;
+            }
+        }
+        return Ok(y);
+    }
     let st = strides(dims);
     let out: Vec<usize> = lists.iter().map(|l| l.len()).collect();
     let any_fill = lists.iter().any(|l| l.iter().any(|i| i.is_none()));
@@ -155,10 +169,17 @@ pub(super) fn idx32(i: usize) -> CResult<u32> {
     u32::try_from(i).map_err(|_| candle_core::Error::Msg(format!("element index {i} exceeds 2^32")))
 }
 
-/// Whole-tensor index maps are `u32`: refuse inputs too large for that.
+/// Most elements a movement op's output (and its index map) may have:
+/// 2^28, i.e. 1 GiB of fp32 plus 1 GiB of map. Sizes come from parameters
+/// that may be computed at run time, so they are checked before anything
+/// is allocated (an allocation failure aborts the process).
+pub(super) const MAX_ELEMENTS: usize = 1 << 28;
+
+/// Refuses `n` elements above [`MAX_ELEMENTS`] (which also keeps every
+/// flat index within `u32`).
 pub(super) fn check_u32(n: usize, what: &str) -> CResult<()> {
-    if n >= u32::MAX as usize {
-        candle_core::bail!("{what} has {n} elements; movement ops handle at most 2^32 - 1")
+    if n > MAX_ELEMENTS {
+        candle_core::bail!("{what} would have {n} elements; movement ops produce at most 2^28")
     }
     Ok(())
 }

@@ -12,6 +12,8 @@
 //! last one and the others accumulate), computing in f64 and rounding once
 //! to the data's dtype; `mode` defaults to `add`.
 
+use candle_core::Tensor;
+
 use super::movement::{count, for_each_index, from_f64, host_f64, host_ints, map_to, strides, wrap_index};
 use super::{axis_of, one, Builder, CResult};
 use crate::error::Result;
@@ -59,6 +61,12 @@ fn gather(c: &mut OpCtx) -> Result<Kernel> {
         let mut out = xd[..ax].to_vec();
         out.extend_from_slice(&idd[bd..]);
         out.extend_from_slice(&xd[ax + 1..]);
+        if bd == 0 {
+            // Whole slices along one axis: candle's index_select (embedding lookups).
+            let ids: Vec<u32> = iv.iter().map(|&i| i as u32).collect();
+            let ids = Tensor::from_vec(ids, (iv.len(),), x.device())?;
+            return one(x.contiguous()?.index_select(&ids, ax)?.reshape(out)?);
+        }
         let (xs, is) = (strides(xd), strides(idd));
         one(map_to(x, &out, |o| {
             let mut ii = 0;
@@ -277,4 +285,78 @@ fn scatter(c: &mut OpCtx, kind: Scatter) -> Result<Kernel> {
         }
         one(from_f64(out, dd, data.dtype())?)
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use crate::mil::{FloatPolicy, Plan};
+    use crate::mlpackage::MlPackage;
+    use crate::tensor::{Tensor as HostTensor, TensorMap};
+
+    fn case(name: &str) -> Plan {
+        let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/conformance/scatter_gather")
+            .join(name)
+            .join("model.mlpackage");
+        Plan::build(&MlPackage::open(p).unwrap(), FloatPolicy::Upcast).unwrap()
+    }
+
+    fn inputs(items: Vec<(&str, HostTensor)>) -> TensorMap {
+        items.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+    }
+
+    /// A bad run-time index is an error naming the index and the axis size,
+    /// for every gather and scatter form (inputs as the conformance cases).
+    #[test]
+    fn bad_indices_are_errors_naming_index_and_size() {
+        let x = HostTensor::from_vec(vec![4, 5, 3], vec![0f32; 60]).unwrap();
+        let bad = HostTensor::from_vec(vec![4], vec![3i32, 0, 4, 1]).unwrap();
+        let e = case("gather_axis0")
+            .run(&inputs(vec![("x", x.clone()), ("i", bad)]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("index 4") && e.contains("size 4"), "{e}");
+        let neg = HostTensor::from_vec(vec![4], vec![-5i32, 0, 0, 0]).unwrap();
+        let e = case("gather_axis0")
+            .run(&inputs(vec![("x", x), ("i", neg)]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("index -5") && e.contains("size 4"), "{e}");
+
+        let d = HostTensor::from_vec(vec![4, 3], vec![0f32; 12]).unwrap();
+        let u = HostTensor::from_vec(vec![2, 3], vec![1f32; 6]).unwrap();
+        let i = HostTensor::from_vec(vec![2], vec![1i32, 9]).unwrap();
+        let e = case("scatter_add")
+            .run(&inputs(vec![("d", d), ("i", i), ("u", u)]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("index 9") && e.contains("size 4"), "{e}");
+
+        let d = HostTensor::from_vec(vec![3, 4, 2], vec![0f32; 24]).unwrap();
+        let u = HostTensor::from_vec(vec![2, 2], vec![1f32; 4]).unwrap();
+        let i = HostTensor::from_vec(vec![2, 2], vec![2i32, 1, 0, 4]).unwrap();
+        let e = case("scatter_nd_add")
+            .run(&inputs(vec![("d", d), ("i", i), ("u", u)]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("index 4") && e.contains("size 4"), "{e}");
+
+        let x = HostTensor::from_vec(vec![3, 4], vec![0f32; 12]).unwrap();
+        let i = HostTensor::from_vec(vec![3, 2], vec![3i32, 0, 1, 1, 0, 7]).unwrap();
+        let e = case("gather_along_axis_last")
+            .run(&inputs(vec![("x", x), ("i", i)]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("index 7") && e.contains("size 4"), "{e}");
+
+        let x = HostTensor::from_vec(vec![3, 4, 2], vec![0f32; 24]).unwrap();
+        let i = HostTensor::from_vec(vec![2, 1], vec![2i32, 3]).unwrap();
+        let e = case("gather_nd_depth1")
+            .run(&inputs(vec![("x", x), ("i", i)]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("index 3") && e.contains("size 3"), "{e}");
+    }
 }

@@ -167,6 +167,11 @@ fn pad(c: &mut OpCtx) -> Result<Kernel> {
             candle_core::bail!("pad amount {bad} is negative or absurd")
         }
         let first = dims.len() - pads.len() / 2;
+        let mut out_dims = dims.to_vec();
+        for (d, o) in out_dims.iter_mut().enumerate().skip(first) {
+            *o += (pads[2 * (d - first)] + pads[2 * (d - first) + 1]) as usize;
+        }
+        movement::check_u32(count(&out_dims)?, "the padded tensor")?;
         let mut lists = Vec::with_capacity(dims.len());
         for (d, &n) in dims.iter().enumerate() {
             let (b, e) = if d < first {
@@ -215,15 +220,20 @@ fn tile(c: &mut OpCtx) -> Result<Kernel> {
         if reps.len() != dims.len() {
             candle_core::bail!("reps {reps:?} for a tensor of rank {}", dims.len())
         }
-        let mut lists = Vec::with_capacity(dims.len());
-        for (&n, &r) in dims.iter().zip(&reps) {
-            if r < 1 {
-                candle_core::bail!("reps {reps:?} has an entry below 1")
-            }
-            let len = count(&[n, r as usize])?;
-            movement::check_u32(len, "a tiled axis")?;
-            lists.push((0..len).map(|k| Some(k % n.max(1))).collect());
+        if reps.iter().any(|&r| r < 1) {
+            candle_core::bail!("reps {reps:?} has an entry below 1")
         }
+        let out: Vec<usize> = dims
+            .iter()
+            .zip(&reps)
+            .map(|(&n, &r)| count(&[n, r as usize]))
+            .collect::<CResult<_>>()?;
+        movement::check_u32(count(&out)?, "the tiled tensor")?;
+        let lists: Vec<Vec<Option<usize>>> = out
+            .iter()
+            .zip(dims)
+            .map(|(&len, &n)| (0..len).map(|k| Some(k % n.max(1))).collect())
+            .collect();
         one(select_axes(x, &lists, 0.0)?)
     }))
 }
@@ -234,7 +244,7 @@ fn fill_value(c: &mut OpCtx) -> Result<Option<usize>> {
 }
 
 fn filled(v: Option<&Tensor>, dims: &[usize]) -> CResult<Tensor> {
-    count(dims)?;
+    movement::check_u32(count(dims)?, "the filled tensor")?;
     let v = match v {
         Some(v) => v.flatten_all()?.narrow(0, 0, 1)?,
         None => Tensor::zeros(1, CDType::F32, &Device::Cpu)?,
@@ -278,7 +288,7 @@ fn range_1d(c: &mut OpCtx) -> Result<Kernel> {
             candle_core::bail!("range_1d({s}, {e}, {st}) has no finite length")
         }
         let len = len.max(0.0);
-        if len >= u32::MAX as f64 {
+        if len > movement::MAX_ELEMENTS as f64 {
             candle_core::bail!("range_1d({s}, {e}, {st}) has {len} elements")
         }
         let v: Vec<f64> = (0..len as usize).map(|i| s + i as f64 * st).collect();
@@ -520,4 +530,71 @@ fn flatten2d(c: &mut OpCtx) -> Result<Kernel> {
         let (pre, post) = x.dims().split_at(ax as usize);
         one(x.reshape((count(pre)?, count(post)?))?)
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use crate::mil::{FloatPolicy, Plan};
+    use crate::mlpackage::MlPackage;
+    use crate::tensor::{Tensor as HostTensor, TensorMap};
+
+    fn run(case: &str, items: Vec<(&str, HostTensor)>) -> crate::Result<TensorMap> {
+        let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/conformance/tensor_operation")
+            .join(case)
+            .join("model.mlpackage");
+        let plan = Plan::build(&MlPackage::open(p).unwrap(), FloatPolicy::Upcast).unwrap();
+        plan.run(&items.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+    }
+
+    fn ints(v: &[i32]) -> HostTensor {
+        HostTensor::from_vec(vec![v.len()], v.to_vec()).unwrap()
+    }
+
+    fn err(r: crate::Result<TensorMap>) -> String {
+        r.unwrap_err().to_string()
+    }
+
+    /// Run-time sizes are checked before anything is allocated: a bad or
+    /// absurd one is an error naming it, never a panic or an abort.
+    #[test]
+    fn bad_runtime_sizes_are_errors() {
+        let e = err(run("fill_runtime_shape", vec![("s", ints(&[2, -4]))]));
+        assert!(e.contains("negative dim -4"), "{e}");
+        let e = err(run("fill_runtime_shape", vec![("s", ints(&[1 << 30, 1 << 30]))]));
+        assert!(e.contains("elements"), "{e}");
+        let x = HostTensor::from_vec(vec![2, 3], vec![0f32; 6]).unwrap();
+        let e = err(run("tile_runtime_reps", vec![("x", x.clone()), ("r", ints(&[2, 0]))]));
+        assert!(e.contains("below 1"), "{e}");
+        let e = err(run(
+            "tile_runtime_reps",
+            vec![("x", x), ("r", ints(&[1 << 30, 1 << 30]))],
+        ));
+        assert!(e.contains("elements"), "{e}");
+        let x = HostTensor::from_vec(vec![2, 3, 4], vec![0f32; 24]).unwrap();
+        let e = err(run(
+            "pad_runtime",
+            vec![("x", x.clone()), ("p", ints(&[0, 1, -1, 0, 2, 2]))],
+        ));
+        assert!(e.contains("pad amount -1"), "{e}");
+        let e = err(run("pad_runtime", vec![("x", x.clone()), ("p", ints(&[0, 1, 2]))]));
+        assert!(e.contains("pad [0, 1, 2]"), "{e}");
+        let e = err(run(
+            "pad_runtime",
+            vec![("x", x), ("p", ints(&[0, 0, 0, 0, 1 << 30, 1 << 30]))],
+        ));
+        assert!(e.contains("elements"), "{e}");
+        let e = err(run(
+            "range_1d_runtime_int32",
+            vec![("s", ints(&[0])), ("e", ints(&[5])), ("d", ints(&[0]))],
+        ));
+        assert!(e.contains("no finite length"), "{e}");
+        let e = err(run(
+            "one_hot_runtime_size",
+            vec![("i", ints(&[1, 0, 5])), ("n", ints(&[5]))],
+        ));
+        assert!(e.contains("index 5") && e.contains("size 5"), "{e}");
+    }
 }

@@ -610,4 +610,60 @@ mod tests {
         assert!(slice_positions(6, Some(5), Some(-1), -1).unwrap().is_empty());
         assert!(slice_positions(6, None, None, 0).is_err());
     }
+
+    use std::path::PathBuf;
+
+    use crate::mil::{FloatPolicy, Plan};
+    use crate::mlpackage::MlPackage;
+    use crate::tensor::{Tensor as HostTensor, TensorMap};
+
+    fn run(case: &str, items: Vec<(&str, HostTensor)>) -> crate::Result<TensorMap> {
+        let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/conformance/tensor_transformation")
+            .join(case)
+            .join("model.mlpackage");
+        let plan = Plan::build(&MlPackage::open(p).unwrap(), FloatPolicy::Upcast).unwrap();
+        plan.run(&items.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+    }
+
+    fn ints(v: &[i32]) -> HostTensor {
+        HostTensor::from_vec(vec![v.len()], v.to_vec()).unwrap()
+    }
+
+    /// Run-time parameters that do not fit the tensor are errors naming the
+    /// value (never a panic or a wild read).
+    #[test]
+    fn bad_runtime_parameters_are_errors() {
+        let x = || HostTensor::from_vec(vec![2, 3, 4], vec![0f32; 24]).unwrap();
+        let e = run("reshape_runtime_shape", vec![("x", x()), ("shape", ints(&[5, 5]))]).unwrap_err();
+        assert!(e.to_string().contains("cannot reshape"), "{e}");
+        let e = run("reshape_runtime_shape", vec![("x", x()), ("shape", ints(&[-1, -1]))]).unwrap_err();
+        assert!(e.to_string().contains("invalid entry -1"), "{e}");
+        let y = || HostTensor::from_vec(vec![4, 5, 6], vec![0f32; 120]).unwrap();
+        let e = run(
+            "slice_by_size_runtime",
+            vec![("x", y()), ("b", ints(&[3, 0, 0])), ("s", ints(&[2, 1, 1]))],
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("size of 4") || e.to_string().contains("size 4"),
+            "{e}"
+        );
+        let e = run(
+            "slice_by_index_runtime_bounds",
+            vec![("x", y()), ("b", ints(&[0, 0])), ("e", ints(&[4, 5, 6]))],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("`begin` has 2 entries"), "{e}");
+        let s = HostTensor::from_vec(vec![3, 5, 2], vec![0f32; 30]).unwrap();
+        let e = run(
+            "reverse_sequence_seq1_batch0",
+            vec![("x", s), ("lengths", ints(&[5, 6, 0]))],
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("length 6") && e.to_string().contains("size 5"),
+            "{e}"
+        );
+    }
 }
