@@ -317,6 +317,87 @@ def flatten_cases() -> list[Case]:
     ]
 
 
+def _iou(a, b):
+    """IoU of center-size boxes (x, y, w, h)."""
+    ix = max(0.0, min(a[0] + a[2] / 2, b[0] + b[2] / 2) - max(a[0] - a[2] / 2, b[0] - b[2] / 2))
+    iy = max(0.0, min(a[1] + a[3] / 2, b[1] + b[3] / 2) - max(a[1] - a[3] / 2, b[1] - b[3] / 2))
+    inter = ix * iy
+    union = a[2] * a[3] + b[2] * b[3] - inter
+    return inter / union if union > 0 else 0.0
+
+
+def nms_ref(boxes, scores, iou_t, score_t, m, per_class):
+    """Greedy NMS per the definition, one batch: boxes (B, 4), scores (B, K). Returns the kept box
+    indices in score order. With a score threshold (iOS15), when nothing survives the best box is
+    kept, as coremltools' reference of Core ML's op (tests/iOS14/test_tensor_operation.py) does."""
+    boxes, scores = boxes.astype(np.float64), scores.astype(np.float64)
+    best, cls = scores.max(-1), scores.argmax(-1)
+    kept = []
+    for i in np.argsort(-best, kind="stable"):
+        if len(kept) == m:
+            break
+        if score_t is not None and best[i] <= score_t:
+            continue
+        if all(per_class and cls[j] != cls[i] or _iou(boxes[i], boxes[j]) <= iou_t for j in kept):
+            kept.append(int(i))
+    if score_t is not None and not kept:
+        kept = [int(np.argmax(best))]
+    return kept
+
+
+def nms_outputs(boxes, scores, iou_t, score_t, m, per_class):
+    """iOS15 layout: boxes (n, B, 4), scores (n, B, K); padding zeros and index -1."""
+    n, _, k = scores.shape
+    ob, os_, oi, on = np.zeros((n, m, 4)), np.zeros((n, m, k)), -np.ones((n, m), np.int32), np.zeros(n, np.int32)
+    for b in range(n):
+        kept = nms_ref(boxes[b], scores[b], iou_t, score_t, m, per_class)
+        on[b] = len(kept)
+        for s, i in enumerate(kept):
+            ob[b, s], os_[b, s], oi[b, s] = boxes[b, i], scores[b, i], i
+    return {"out_boxes": ob, "out_scores": os_, "out_indices": oi, "out_count": on}
+
+
+def nms_cases() -> list[Case]:
+    out = []
+    # coremltools' op-test vector (published values).
+    pb = np.array([[[0, 0, 0, 0], [1, 1, 1, 1], [2, 2, 2, 2], [3, 3, 3, 3]]], dtype=np.float32)
+    ps = np.array([[[-3.5], [9.4], [2.3], [0.7]]], dtype=np.float32)
+    want = {"out_boxes": np.array([[[1.0, 1.0, 1.0, 1.0], [2.0, 2.0, 2.0, 2.0]]]),
+            "out_scores": np.array([[[9.4], [2.3]]], np.float32), "out_indices": i32([[1, 2]]),
+            "out_count": i32([2])}
+    got = nms_outputs(pb, ps, 0.2, 0.4, 2, True)
+    assert all(np.allclose(got[k], want[k]) for k in want)
+    nms = mb.non_maximum_suppression
+    out.append(C("non_maximum_suppression", "nms_published_ios15", {"boxes": pb, "scores": ps},
+                 lambda boxes, scores: nms(boxes=boxes, scores=scores, iou_threshold=0.2, score_threshold=0.4,
+                                           max_boxes=2, per_class_suppression=True),
+                 want, note="coremltools' op-test vector"))
+    r = _rng("nms")
+    n, nb, k = 2, 10, 3
+    boxes = np.concatenate([r.uniform(0, 2, (n, nb, 2)), r.uniform(0.8, 2.0, (n, nb, 2))], -1).astype(np.float32)
+    scores = r.uniform(0, 1, (n, nb, k)).astype(np.float32)
+    for name, iou_t, score_t, m, pc in (("global", 0.3, 0.2, 8, False), ("per_class", 0.3, 0.2, 8, True),
+                                         ("nothing_survives", 0.3, 0.99, 3, False)):
+        out.append(C("non_maximum_suppression", f"nms_{name}_ios15", {"boxes": boxes, "scores": scores},
+                     lambda boxes, scores, iou_t=iou_t, score_t=score_t, m=m, pc=pc: nms(
+                         boxes=boxes, scores=scores, iou_threshold=iou_t, score_threshold=score_t, max_boxes=m,
+                         per_class_suppression=pc),
+                     nms_outputs(boxes, scores, iou_t, score_t, m, pc),
+                     note="padding: zeros and index -1" if name != "nothing_survives"
+                     else "no score above the threshold: the best box is kept"))
+    for name, pc in (("global", False), ("per_class", True)):
+        ref15 = nms_outputs(boxes, scores, 0.3, None, 7, pc)
+        out.append(C("non_maximum_suppression", f"nms_{name}_ios17",
+                     {"boxes": boxes.transpose(0, 2, 1).copy(), "scores": scores.transpose(0, 2, 1).copy()},
+                     lambda boxes, scores, pc=pc: nms(boxes=boxes, scores=scores, iou_threshold=0.3, max_boxes=7,
+                                                      per_class_suppression=pc),
+                     {"out_boxes": ref15["out_boxes"].transpose(0, 2, 1),
+                      "out_scores": ref15["out_scores"].transpose(0, 2, 1), "out_indices": ref15["out_indices"]},
+                     opset="iOS17",
+                     note="iOS17 layout (boxes last), no score threshold; padding as iOS15 (no published vector)"))
+    return out
+
+
 def cases() -> list[Case]:
     return (concat_cases() + split_stack_cases() + shape_identity_cases() + pad_cases() + tile_fill_range_cases()
-            + one_hot_band_cases() + cumsum_nonzero_cases() + sort_cases() + flatten_cases())
+            + one_hot_band_cases() + cumsum_nonzero_cases() + sort_cases() + flatten_cases() + nms_cases())

@@ -46,6 +46,7 @@ pub(super) fn builder(op_type: &str) -> Option<Builder> {
         "argsort" => argsort,
         "topk" => topk,
         "flatten2d" => flatten2d,
+        "non_maximum_suppression" => non_maximum_suppression,
         _ => return None,
     })
 }
@@ -529,6 +530,155 @@ fn flatten2d(c: &mut OpCtx) -> Result<Kernel> {
         }
         let (pre, post) = x.dims().split_at(ax as usize);
         one(x.reshape((count(pre)?, count(post)?))?)
+    }))
+}
+
+/// Intersection over union of two center-size boxes `(x, y, w, h)`; 0 when
+/// the union is empty.
+fn iou(a: [f64; 4], b: [f64; 4]) -> f64 {
+    let span = |c: f64, w: f64| (c - w / 2.0, c + w / 2.0);
+    let ((ax0, ax1), (ay0, ay1)) = (span(a[0], a[2]), span(a[1], a[3]));
+    let ((bx0, bx1), (by0, by1)) = (span(b[0], b[2]), span(b[1], b[3]));
+    let iw = (ax1.min(bx1) - ax0.max(bx0)).max(0.0);
+    let ih = (ay1.min(by1) - ay0.max(by0)).max(0.0);
+    let inter = iw * ih;
+    let union = a[2] * a[3] + b[2] * b[3] - inter;
+    if union > 0.0 {
+        inter / union
+    } else {
+        0.0
+    }
+}
+
+/// Greedy NMS (both forms). A box's score is its best class score, its
+/// class that class; boxes are visited by score (stable, descending), one is
+/// dropped when its IoU with a kept box (of its class, with
+/// `per_class_suppression`) is above `iou_threshold`; iOS15 first drops
+/// scores not above `score_threshold` and, when nothing survives, keeps the
+/// best box (as Core ML does, per coremltools' reference). Padding: zeros,
+/// index -1. iOS15: boxes `[n, B, 4]`, scores `[n, B, K]`, four outputs (the
+/// fourth the count); iOS17: boxes `[n, 4, B]`, scores `[n, K, B]`, three.
+fn non_maximum_suppression(c: &mut OpCtx) -> Result<Kernel> {
+    let boxes = c.tensor("boxes")?;
+    let scores = c.tensor("scores")?;
+    let iou_t = c
+        .opt_float("iou_threshold")?
+        .ok_or_else(|| c.error("required argument `iou_threshold` is missing"))?;
+    let score_t = c.opt_float("score_threshold")?;
+    let max_boxes = required_int(c, "max_boxes")?;
+    let per_class = c.opt_bool("per_class_suppression")?.unwrap_or(false);
+    let ios15 = c.op.outputs.len() == 4;
+    if !ios15 && c.op.outputs.len() != 3 {
+        return Err(c.error(format!(
+            "{} outputs; expected 4 (iOS15) or 3 (iOS17)",
+            c.op.outputs.len()
+        )));
+    }
+    if ios15 && score_t.is_none() {
+        return Err(c.error("required argument `score_threshold` is missing"));
+    }
+    if !(0..=1 << 20).contains(&max_boxes) {
+        return Err(c.error(format!("`max_boxes` = {max_boxes}; expected 0..2^20")));
+    }
+    let m = max_boxes as usize;
+    Ok(Box::new(move |a| {
+        let (bt, st) = (a[boxes], a[scores]);
+        let (&[n, b0, b1], &[sn, s0, s1]) = (bt.dims(), st.dims()) else {
+            candle_core::bail!("boxes {:?} and scores {:?} must have rank 3", bt.dims(), st.dims())
+        };
+        // (number of boxes, classes) and the two layouts' element positions.
+        let (nb, k) = if ios15 { (b0, s1) } else { (b1, s0) };
+        if sn != n || (ios15 && (b1 != 4 || s0 != nb)) || (!ios15 && (b0 != 4 || s1 != nb)) {
+            candle_core::bail!("boxes {:?} and scores {:?} do not agree", bt.dims(), st.dims())
+        }
+        let (bv, sv) = (host_f64(bt)?, host_f64(st)?);
+        let bx = |bi: usize, i: usize, j: usize| {
+            if ios15 {
+                bv[(bi * nb + i) * 4 + j]
+            } else {
+                bv[(bi * 4 + j) * nb + i]
+            }
+        };
+        let sc = |bi: usize, i: usize, j: usize| {
+            if ios15 {
+                sv[(bi * nb + i) * k + j]
+            } else {
+                sv[(bi * k + j) * nb + i]
+            }
+        };
+        let mut ob = vec![0.0; n * m * 4];
+        let mut os = vec![0.0; count(&[n, m, k])?];
+        let mut oi = vec![-1i64; n * m];
+        let mut on = vec![0i64; n];
+        for bi in 0..n {
+            let best: Vec<(f64, usize)> = (0..nb)
+                .map(|i| {
+                    (0..k).fold((f64::NEG_INFINITY, 0), |acc, j| {
+                        let v = sc(bi, i, j);
+                        if v > acc.0 {
+                            (v, j)
+                        } else {
+                            acc
+                        }
+                    })
+                })
+                .collect();
+            let mut order: Vec<usize> = (0..nb).collect();
+            order.sort_by(|&l, &r| best[r].0.total_cmp(&best[l].0));
+            let corners = |i: usize| [bx(bi, i, 0), bx(bi, i, 1), bx(bi, i, 2), bx(bi, i, 3)];
+            let mut kept: Vec<usize> = Vec::new();
+            for &i in &order {
+                if kept.len() == m {
+                    break;
+                }
+                if score_t.is_some_and(|t| best[i].0 <= t) {
+                    continue;
+                }
+                let hit = kept
+                    .iter()
+                    .any(|&j| (!per_class || best[j].1 == best[i].1) && iou(corners(i), corners(j)) > iou_t);
+                if !hit {
+                    kept.push(i);
+                }
+            }
+            if ios15 && kept.is_empty() && nb > 0 && m > 0 {
+                kept.push(order[0]);
+            }
+            on[bi] = kept.len() as i64;
+            for (slot, &i) in kept.iter().enumerate() {
+                oi[bi * m + slot] = i as i64;
+                for j in 0..4 {
+                    let at = if ios15 {
+                        (bi * m + slot) * 4 + j
+                    } else {
+                        (bi * 4 + j) * m + slot
+                    };
+                    ob[at] = bx(bi, i, j);
+                }
+                for j in 0..k {
+                    let at = if ios15 {
+                        (bi * m + slot) * k + j
+                    } else {
+                        (bi * k + j) * m + slot
+                    };
+                    os[at] = sc(bi, i, j);
+                }
+            }
+        }
+        let (bshape, sshape) = if ios15 {
+            ([n, m, 4], [n, m, k])
+        } else {
+            ([n, 4, m], [n, k, m])
+        };
+        let mut outs = vec![
+            from_f64(ob, &bshape, bt.dtype())?,
+            from_f64(os, &sshape, st.dtype())?,
+            from_i64(oi, &[n, m])?,
+        ];
+        if ios15 {
+            outs.push(from_i64(on, &[n])?);
+        }
+        Ok(outs)
     }))
 }
 
