@@ -256,6 +256,32 @@ def scatter_cases() -> list[Case]:
     return out
 
 
+
+def fp16_variants(cases: list[Case], ops: set[str], skip: set[str] = frozenset()) -> list[Case]:
+    """fp16 forms of pure data-movement cases: every output element is a copy of an input element
+    (or an fp16-exact fill), so the fp16 reference is the fp32 one rounded to fp16."""
+    out = []
+    for c in cases:
+        floats = [a for a in c.inputs.values() if a.dtype == np.float32]
+        if c.op not in ops or c.name in skip or c.precision != "fp32" or not floats:
+            continue
+        inputs = {k: a.astype(np.float16) if a.dtype == np.float32 else a for k, a in c.inputs.items()}
+        expected = {k: e.astype(np.float16).astype(np.float64) if e.dtype.kind == "f" else e
+                    for k, e in c.expected.items()}
+        out.append(Case(family=c.family, op=c.op, name=f"{c.name}_fp16", inputs=inputs, build=c.build,
+                        expected=expected, opset=c.opset, precision="fp16", note=c.note, tags=list(c.tags)))
+    return out
+
+
+# Ops whose fp32 cases get an fp16 twin; for the scatters only the `update` mode is pure movement.
+FP16_OPS = {"gather_nd", "gather_along_axis", "scatter_along_axis", "scatter_nd", "scatter"}
+ARITHMETIC = {f"{op}_{m}" for op in ("scatter", "scatter_along_axis", "scatter_nd") for m in MODES if m != "update"} | {
+    "scatter_default_mode_add", "scatter_add_repeated_index", "scatter_int32_mul", "scatter_fp16_sub",
+    "scatter_ios17_validate", "scatter_along_axis_axis0_default", "scatter_nd_depth1_default",
+    "scatter_nd_full_depth_repeated", "scatter_nd_ios17"}
+
+
 def cases() -> list[Case]:
-    return gather_cases() + scatter_cases()
+    base = gather_cases() + scatter_cases()
+    return base + fp16_variants(base, FP16_OPS, ARITHMETIC)
 

@@ -122,6 +122,9 @@ def shape_identity_cases() -> list[Case]:
     return [
         C("shape", "shape_fp32", {"x": x}, lambda x: mb.shape(x=x), np.array(x.shape, np.int32)),
         C("shape", "shape_int32", {"x": xi}, lambda x: mb.shape(x=x), np.array(xi.shape, np.int32)),
+        C("identity", "identity_fp16", {"x": x.astype(np.float16)},
+          lambda x: mb.identity(x=mb.add(x=x, y=np.float16(1.0))), x.astype(np.float16).astype(np.float64) + 1,
+          precision="fp16"),
         C("identity", "identity_fp32", {"x": x}, lambda x: mb.identity(x=mb.add(x=x, y=1.0)), x.astype(np.float64) + 1,
           note="identity after an add (an identity of an input is the harness's own renaming)"),
     ]
@@ -192,6 +195,15 @@ def tile_fill_range_cases() -> list[Case]:
         C("range_1d", "range_1d_runtime_end", {"e": i32([5])},
           lambda e: mb.range_1d(start=np.int32(0), end=scalar(e), step=np.int32(1)),
           np.arange(0, 5).astype(np.int32)),
+        C("range_1d", "range_1d_runtime_fp16", {"s": np.array([0.5], np.float16), "e": np.array([4.0], np.float16),
+                                                "d": np.array([0.75], np.float16)},
+          lambda s, e, d: mb.range_1d(start=scalar(s), end=scalar(e), step=scalar(d)),
+          np.arange(0.5, 4.0, 0.75), precision="fp16"),
+        C("fill", "fill_fp16", {"s": i32([2, 3])}, lambda s: mb.fill(shape=s, value=np.float16(2.5)),
+          np.full((2, 3), 2.5), precision="fp16"),
+        C("fill_like", "fill_like_fp16", {"x": x.astype(np.float16)},
+          lambda x: mb.fill_like(ref_tensor=x, value=np.float16(-0.5)), np.full(x.shape, -0.5), opset="iOS16",
+          precision="fp16"),
         C("range_1d", "range_1d_empty", {"e": i32([0])},
           lambda e: mb.range_1d(start=np.int32(3), end=scalar(e), step=np.int32(1)),
           np.arange(3, 0).astype(np.int32), note="end before start: an empty range"),
@@ -222,6 +234,10 @@ def one_hot_band_cases() -> list[Case]:
         C("one_hot", "one_hot_runtime_size", {"i": i32([1, 0, 4]), "n": i32([5])},
           lambda i, n: mb.one_hot(indices=i, one_hot_vector_size=mb.squeeze(x=n), on_value=1.0, off_value=0.0),
           np.eye(5)[[1, 0, 4]], note="one_hot_vector_size computed at run time"),
+        C("one_hot", "one_hot_fp16", {"i": idx},
+          lambda i: mb.one_hot(indices=i, one_hot_vector_size=4, on_value=np.float16(2.5),
+                               off_value=np.float16(-1.0)),
+          np.where(eye[idx] == 1, 2.5, -1.0), precision="fp16"),
     ]
     for lo, up in ((-1, -1), (0, -1), (-1, 0), (0, 0), (1, 2)):
         out.append(C("band_part", f"band_part_lower{lo}_upper{up}".replace("-", "m"), {"x": band},
@@ -385,6 +401,13 @@ def nms_cases() -> list[Case]:
                      nms_outputs(boxes, scores, iou_t, score_t, m, pc),
                      note="padding: zeros and index -1" if name != "nothing_survives"
                      else "no score above the threshold: the best box is kept"))
+    bh, sh = boxes.astype(np.float16), scores.astype(np.float16)
+    out.append(C("non_maximum_suppression", "nms_per_class_fp16_ios15", {"boxes": bh, "scores": sh},
+                 lambda boxes, scores: nms(boxes=boxes, scores=scores, iou_threshold=np.float16(0.3),
+                                           score_threshold=np.float16(0.2), max_boxes=8,
+                                           per_class_suppression=True),
+                 nms_outputs(bh, sh, np.float16(0.3), np.float16(0.2), 8, True), precision="fp16",
+                 note="thresholds as fp16 constants; the reference reads them so"))
     for name, pc in (("global", False), ("per_class", True)):
         ref15 = nms_outputs(boxes, scores, 0.3, None, 7, pc)
         out.append(C("non_maximum_suppression", f"nms_{name}_ios17",
@@ -398,6 +421,28 @@ def nms_cases() -> list[Case]:
     return out
 
 
+
+def fp16_variants(cases: list[Case], ops: set[str], skip: set[str] = frozenset()) -> list[Case]:
+    """fp16 forms of pure data-movement cases: every output element is a copy of an input element
+    (or an fp16-exact fill), so the fp16 reference is the fp32 one rounded to fp16."""
+    out = []
+    for c in cases:
+        floats = [a for a in c.inputs.values() if a.dtype == np.float32]
+        if c.op not in ops or c.name in skip or c.precision != "fp32" or not floats:
+            continue
+        inputs = {k: a.astype(np.float16) if a.dtype == np.float32 else a for k, a in c.inputs.items()}
+        expected = {k: e.astype(np.float16).astype(np.float64) if e.dtype.kind == "f" else e
+                    for k, e in c.expected.items()}
+        out.append(Case(family=c.family, op=c.op, name=f"{c.name}_fp16", inputs=inputs, build=c.build,
+                        expected=expected, opset=c.opset, precision="fp16", note=c.note, tags=list(c.tags)))
+    return out
+
+
+# Pure data-movement ops whose fp32 cases get an fp16 twin.
+FP16_OPS = {"split", "stack", "tile", "flatten2d", "band_part", "non_zero", "shape"}
+
+
 def cases() -> list[Case]:
-    return (concat_cases() + split_stack_cases() + shape_identity_cases() + pad_cases() + tile_fill_range_cases()
+    base = (concat_cases() + split_stack_cases() + shape_identity_cases() + pad_cases() + tile_fill_range_cases()
             + one_hot_band_cases() + cumsum_nonzero_cases() + sort_cases() + flatten_cases() + nms_cases())
+    return base + fp16_variants(base, FP16_OPS)

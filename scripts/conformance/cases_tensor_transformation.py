@@ -353,5 +353,28 @@ def block_cases() -> list[Case]:
     return out
 
 
+
+def fp16_variants(cases: list[Case], ops: set[str], skip: set[str] = frozenset()) -> list[Case]:
+    """fp16 forms of pure data-movement cases: every output element is a copy of an input element
+    (or an fp16-exact fill), so the fp16 reference is the fp32 one rounded to fp16."""
+    out = []
+    for c in cases:
+        floats = [a for a in c.inputs.values() if a.dtype == np.float32]
+        if c.op not in ops or c.name in skip or c.precision != "fp32" or not floats:
+            continue
+        inputs = {k: a.astype(np.float16) if a.dtype == np.float32 else a for k, a in c.inputs.items()}
+        expected = {k: e.astype(np.float16).astype(np.float64) if e.dtype.kind == "f" else e
+                    for k, e in c.expected.items()}
+        out.append(Case(family=c.family, op=c.op, name=f"{c.name}_fp16", inputs=inputs, build=c.build,
+                        expected=expected, opset=c.opset, precision="fp16", note=c.note, tags=list(c.tags)))
+    return out
+
+
+# Ops whose fp32 cases get an fp16 twin (the others have hand-written fp16 cases).
+FP16_OPS = {"reshape_like", "expand_dims", "squeeze", "slice_by_size", "slice_update", "reverse", "reverse_sequence",
+            "space_to_batch", "batch_to_space", "pixel_unshuffle", "sliding_windows"}
+
+
 def cases() -> list[Case]:
-    return reshape_cases() + transpose_cases() + expand_squeeze_cases() + slice_cases() + reverse_cases() + block_cases()
+    base = reshape_cases() + transpose_cases() + expand_squeeze_cases() + slice_cases() + reverse_cases() + block_cases()
+    return base + fp16_variants(base, FP16_OPS)
