@@ -376,5 +376,6 @@ FP16_OPS = {"reshape_like", "expand_dims", "squeeze", "slice_by_size", "slice_up
 
 
 def cases() -> list[Case]:
-    base = reshape_cases() + transpose_cases() + expand_squeeze_cases() + slice_cases() + reverse_cases() + block_cases()
+    base = (reshape_cases() + transpose_cases() + expand_squeeze_cases() + slice_cases() + reverse_cases()
+            + block_cases())
     return base + fp16_variants(base, FP16_OPS)
