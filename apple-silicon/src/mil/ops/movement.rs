@@ -204,6 +204,15 @@ pub(super) fn from_i64(v: Vec<i64>, shape: &[usize]) -> CResult<Tensor> {
     Tensor::from_vec(v, shape, &Device::Cpu)
 }
 
+/// `axis` (negative from the end) of a tensor of `rank`; a scalar has no
+/// axis, so every axis of one is an error (not an index past its dims).
+pub(super) fn axis_at(axis: i64, rank: usize) -> CResult<usize> {
+    if rank == 0 {
+        candle_core::bail!("axis {axis} of a scalar (rank 0)")
+    }
+    super::axis_of(axis, rank)
+}
+
 /// `index` on an axis of `size`, with negative values counted from the end;
 /// anything else outside `[-size, size)` is an error naming both.
 pub(super) fn wrap_index(index: i64, size: usize, what: &str) -> CResult<usize> {

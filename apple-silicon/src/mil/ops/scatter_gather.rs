@@ -14,8 +14,8 @@
 
 use candle_core::Tensor;
 
-use super::movement::{count, for_each_index, from_f64, host_f64, host_ints, map_to, strides, wrap_index};
-use super::{axis_of, one, Builder, CResult};
+use super::movement::{axis_at, count, for_each_index, from_f64, host_f64, host_ints, map_to, strides, wrap_index};
+use super::{one, Builder, CResult};
 use crate::error::Result;
 use crate::mil::{Kernel, OpCtx};
 
@@ -49,7 +49,7 @@ fn gather(c: &mut OpCtx) -> Result<Kernel> {
     Ok(Box::new(move |a| {
         let (x, ind) = (a[x], a[idx]);
         let (xd, idd) = (x.dims(), ind.dims());
-        let ax = axis_of(axis, xd.len())?;
+        let ax = axis_at(axis, xd.len())?;
         if bd > ax || bd > idd.len() || xd[..bd] != idd[..bd] {
             candle_core::bail!("batch_dims {bd} for x {xd:?}, indices {idd:?} and axis {ax}")
         }
@@ -96,7 +96,7 @@ fn gather_along_axis(c: &mut OpCtx) -> Result<Kernel> {
     Ok(Box::new(move |a| {
         let (x, ind) = (a[x], a[idx]);
         let (xd, idd) = (x.dims(), ind.dims());
-        let ax = axis_of(axis, xd.len())?;
+        let ax = axis_at(axis, xd.len())?;
         if xd.len() != idd.len() || (0..xd.len()).any(|d| d != ax && xd[d] != idd[d]) {
             candle_core::bail!("indices of shape {idd:?} for x of shape {xd:?} along axis {ax}")
         }
@@ -211,7 +211,7 @@ fn scatter(c: &mut OpCtx, kind: Scatter) -> Result<Kernel> {
         let mut target = Vec::with_capacity(count(ud)?);
         match kind {
             Scatter::Axis => {
-                let ax = axis_of(axis, dd.len())?;
+                let ax = axis_at(axis, dd.len())?;
                 let mut want = dd[..ax].to_vec();
                 want.extend_from_slice(idd);
                 want.extend_from_slice(&dd[ax + 1..]);
@@ -234,7 +234,7 @@ fn scatter(c: &mut OpCtx, kind: Scatter) -> Result<Kernel> {
                 })?;
             }
             Scatter::AlongAxis => {
-                let ax = axis_of(axis, dd.len())?;
+                let ax = axis_at(axis, dd.len())?;
                 if idd != ud || dd.len() != idd.len() || (0..dd.len()).any(|d| d != ax && dd[d] != idd[d]) {
                     candle_core::bail!("indices {idd:?} and updates {ud:?} for data {dd:?} along axis {ax}")
                 }

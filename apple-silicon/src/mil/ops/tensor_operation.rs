@@ -16,10 +16,10 @@
 use candle_core::{DType as CDType, Device, Tensor};
 
 use super::movement::{
-    self, count, for_each_index, from_f64, from_i64, host_f64, host_ints, map_or_fill, map_to, select_axes, strides,
-    wrap_index, Ints,
+    self, axis_at, count, for_each_index, from_f64, from_i64, host_f64, host_ints, map_or_fill, map_to, select_axes,
+    strides, wrap_index, Ints,
 };
-use super::{axis_of, one, unary, Builder, CResult};
+use super::{one, unary, Builder, CResult};
 use crate::error::Result;
 use crate::mil::{Kernel, OpCtx};
 
@@ -71,7 +71,7 @@ fn concat(c: &mut OpCtx) -> Result<Kernel> {
         }
         let dt = parts[0].dtype();
         let parts: Vec<Tensor> = parts.iter().map(|p| p.to_dtype(dt)).collect::<CResult<_>>()?;
-        let ax = axis_of(axis, parts[0].rank())?;
+        let ax = axis_at(axis, parts[0].rank())?;
         if !interleave {
             return one(Tensor::cat(&parts, ax)?);
         }
@@ -110,7 +110,7 @@ fn split(c: &mut OpCtx) -> Result<Kernel> {
     }
     Ok(Box::new(move |a| {
         let x = a[x];
-        let ax = axis_of(axis, x.rank())?;
+        let ax = axis_at(axis, x.rank())?;
         let dim = x.dims()[ax];
         let sizes: Vec<usize> = match &sizes {
             Some(s) => s.iter().map(|&v| v as usize).collect(),
@@ -144,7 +144,7 @@ fn stack(c: &mut OpCtx) -> Result<Kernel> {
                 parts.iter().map(|p| p.dims()).collect::<Vec<_>>()
             )
         }
-        let ax = axis_of(axis, parts[0].rank() + 1)?;
+        let ax = axis_at(axis, parts[0].rank() + 1)?;
         one(Tensor::stack(&parts, ax)?)
     }))
 }
@@ -314,7 +314,7 @@ fn one_hot(c: &mut OpCtx) -> Result<Kernel> {
             candle_core::bail!("one_hot_vector_size {depth} is negative or absurd")
         }
         let depth = depth as usize;
-        let ax = axis_of(axis, idims.len() + 1)?;
+        let ax = axis_at(axis, idims.len() + 1)?;
         let scalar = |t: Option<usize>, d: i64| -> CResult<Tensor> {
             match t {
                 Some(i) => a[i].flatten_all()?.narrow(0, 0, 1),
@@ -377,7 +377,7 @@ fn cumsum(c: &mut OpCtx) -> Result<Kernel> {
     let reverse = c.opt_bool("reverse")?.unwrap_or(false);
     Ok(Box::new(move |a| {
         let x = a[x];
-        let ax = axis_of(axis, x.rank())?;
+        let ax = axis_at(axis, x.rank())?;
         let (outer, n, inner) = lanes(x.dims(), ax);
         let v = host_f64(x)?;
         let mut out = vec![0.0; v.len()];
@@ -453,7 +453,7 @@ fn argsort(c: &mut OpCtx) -> Result<Kernel> {
     let ascending = c.opt_bool("ascending")?.unwrap_or(false);
     Ok(Box::new(move |a| {
         let x = a[x];
-        let ax = axis_of(axis, x.rank())?;
+        let ax = axis_at(axis, x.rank())?;
         let (_, n, inner) = lanes(x.dims(), ax);
         let order = sort_lanes(x, ax, ascending)?;
         let mut out = vec![0i64; x.elem_count()];
@@ -483,7 +483,7 @@ fn topk(c: &mut OpCtx) -> Result<Kernel> {
     }
     Ok(Box::new(move |a| {
         let x = a[x];
-        let ax = axis_of(axis, x.rank())?;
+        let ax = axis_at(axis, x.rank())?;
         let dims = x.dims();
         let (_, n, inner) = lanes(dims, ax);
         let kk = if k == -1 { n } else { k as usize };

@@ -15,8 +15,8 @@
 
 use candle_core::Tensor;
 
-use super::movement::{self, count, map_or_fill, map_to, select_axes, strides, wrap_index, Ints};
-use super::{axis_of, one, Builder, CResult};
+use super::movement::{self, axis_at, count, map_or_fill, map_to, select_axes, strides, wrap_index, Ints};
+use super::{one, Builder, CResult};
 use crate::error::Result;
 use crate::mil::{Kernel, OpCtx};
 
@@ -141,7 +141,7 @@ fn transpose(c: &mut OpCtx) -> Result<Kernel> {
         if perm.len() != x.rank() {
             candle_core::bail!("perm {perm:?} for a tensor of rank {}", x.rank())
         }
-        let p: Vec<usize> = perm.iter().map(|&i| axis_of(i, x.rank())).collect::<CResult<_>>()?;
+        let p: Vec<usize> = perm.iter().map(|&i| axis_at(i, x.rank())).collect::<CResult<_>>()?;
         let mut seen = vec![false; p.len()];
         for &d in &p {
             if std::mem::replace(&mut seen[d], true) {
@@ -161,7 +161,7 @@ fn expand_dims(c: &mut OpCtx) -> Result<Kernel> {
     Ok(Box::new(move |a| {
         let x = a[x];
         let out_rank = x.rank() + axes.len();
-        let mut ax: Vec<usize> = axes.iter().map(|&i| axis_of(i, out_rank)).collect::<CResult<_>>()?;
+        let mut ax: Vec<usize> = axes.iter().map(|&i| axis_at(i, out_rank)).collect::<CResult<_>>()?;
         ax.sort_unstable();
         if ax.windows(2).any(|w| w[0] == w[1]) {
             candle_core::bail!("expand_dims axes {axes:?} repeat an axis")
@@ -184,7 +184,7 @@ fn squeeze(c: &mut OpCtx) -> Result<Kernel> {
             Some(v) => {
                 let mut m = vec![false; dims.len()];
                 for &i in v {
-                    let d = axis_of(i, dims.len())?;
+                    let d = axis_at(i, dims.len())?;
                     m[d] = dims[d] == 1;
                 }
                 m
@@ -380,7 +380,7 @@ fn reverse(c: &mut OpCtx) -> Result<Kernel> {
         let dims = x.dims();
         let mut flip = vec![axes.is_none(); dims.len()];
         for &i in axes.iter().flatten() {
-            flip[axis_of(i, dims.len())?] = true;
+            flip[axis_at(i, dims.len())?] = true;
         }
         let lists: Vec<Vec<Option<usize>>> = dims
             .iter()
@@ -399,7 +399,7 @@ fn reverse_sequence(c: &mut OpCtx) -> Result<Kernel> {
     Ok(Box::new(move |a| {
         let x = a[x];
         let dims = x.dims().to_vec();
-        let (sa, ba) = (axis_of(seq_axis, dims.len())?, axis_of(batch_axis, dims.len())?);
+        let (sa, ba) = (axis_at(seq_axis, dims.len())?, axis_at(batch_axis, dims.len())?);
         if sa == ba {
             candle_core::bail!("seq_axis and batch_axis are both axis {sa}")
         }
@@ -561,7 +561,7 @@ fn sliding_windows(c: &mut OpCtx) -> Result<Kernel> {
     Ok(Box::new(move |a| {
         let x = a[x];
         let dims = x.dims();
-        let ax = axis_of(axis, dims.len())?;
+        let ax = axis_at(axis, dims.len())?;
         if dims[ax] < size {
             candle_core::bail!("window size {size} exceeds axis {ax} of size {}", dims[ax])
         }
