@@ -148,6 +148,11 @@ def pad_cases() -> list[Case]:
         out.append(C("pad", f"pad_{mode}_fp16", {"x": xh},
                      lambda x, mode=mode: mb.pad(x=x, pad=[2, 1], mode=mode),
                      np.pad(xh, [(0, 0), (0, 0), (2, 1)], npmode), precision="fp16"))
+    out.append(C("pad", "pad_zero_amounts", {"x": x}, lambda x: mb.pad(x=x, pad=[0, 0, 0, 0], mode="reflect"), x,
+                 note="nothing to pad"))
+    out.append(C("pad", "pad_replicate_size1_axis", {"x": x[:, :1]},
+                 lambda x: mb.pad(x=x, pad=[2, 1, 0, 0], mode="replicate"),
+                 np.pad(x[:, :1], [(0, 0), (2, 1), (0, 0)], "edge"), note="replicating a size-1 axis"))
     out.append(C("pad", "pad_reflect_max", {"x": x}, lambda x: mb.pad(x=x, pad=[3, 3], mode="reflect"),
                  np.pad(x, [(0, 0), (0, 0), (3, 3)], "reflect"), note="reflect by size - 1, the most allowed"))
     out.append(C("pad", "pad_runtime", {"x": x, "p": i32([0, 1, 1, 0, 2, 2])},
@@ -162,6 +167,7 @@ def tile_fill_range_cases() -> list[Case]:
     xb = bx("tile_bool", (1, 3))
     out = [
         C("tile", "tile_basic", {"x": x}, lambda x: mb.tile(x=x, reps=[2, 3]), np.tile(x, (2, 3))),
+        C("tile", "tile_size1_dims", {"x": x[:1, :1]}, lambda x: mb.tile(x=x, reps=[3, 2]), np.tile(x[:1, :1], (3, 2))),
         C("tile", "tile_ones", {"x": x}, lambda x: mb.tile(x=x, reps=[1, 1]), x),
         C("tile", "tile_int32", {"x": xi}, lambda x: mb.tile(x=x, reps=[3, 1]), np.tile(xi, (3, 1))),
         C("tile", "tile_bool", {"x": xb}, lambda x: mb.tile(x=x, reps=[2, 2]), np.tile(xb, (2, 2))),
@@ -270,6 +276,8 @@ def cumsum_nonzero_cases() -> list[Case]:
         C("cumsum", "cumsum_default_axis0", {"x": x}, lambda x: mb.cumsum(x=x), cs(x, 0, False, False)),
         C("cumsum", "cumsum_negative_axis", {"x": x}, lambda x: mb.cumsum(x=x, axis=-1, reverse=True),
           cs(x, 1, False, True)),
+        C("cumsum", "cumsum_size1_axis", {"x": x[:1]}, lambda x: mb.cumsum(x=x, axis=0, exclusive=True),
+          cs(x[:1], 0, True, False), note="a size-1 axis: exclusive gives zeros"),
         C("cumsum", "cumsum_int32", {"x": xi}, lambda x: mb.cumsum(x=x, exclusive=True), cs(xi, 0, True, False)),
         C("cumsum", "cumsum_fp16", {"x": xh}, lambda x: mb.cumsum(x=x, axis=1), cs(xh, 1, False, False),
           precision="fp16"),
@@ -281,6 +289,8 @@ def cumsum_nonzero_cases() -> list[Case]:
     out += [
         C("non_zero", "non_zero_fp32", {"x": z}, lambda x: mb.non_zero(x=x), np.transpose(np.nonzero(z))),
         C("non_zero", "non_zero_int32", {"x": zi}, lambda x: mb.non_zero(x=x), np.transpose(np.nonzero(zi))),
+        C("non_zero", "non_zero_all_zero", {"x": np.zeros((2, 3), np.float32)}, lambda x: mb.non_zero(x=x),
+          np.zeros((0, 2), np.int32), note="no non-zero element: an empty (0, rank) result"),
         C("non_zero", "non_zero_bool_rank3", {"x": zb}, lambda x: mb.non_zero(x=x), np.transpose(np.nonzero(zb))),
     ]
     return out
@@ -310,6 +320,8 @@ def sort_cases() -> list[Case]:
         C("topk", "topk_k3", {"x": x}, lambda x: mb.topk(x=x, k=3), topk_ref(x, 3, -1, False)),
         C("topk", "topk_ascending_axis0", {"x": x}, lambda x: mb.topk(x=x, k=2, axis=0, ascending=True),
           topk_ref(x, 2, 0, True)),
+        C("topk", "topk_k_is_axis_size", {"x": x}, lambda x: mb.topk(x=x, k=3, axis=0), topk_ref(x, 3, 0, False),
+          note="k equal to the axis size: a full sort"),
         C("topk", "topk_int32", {"x": xi}, lambda x: mb.topk(x=x, k=2), topk_ref(xi, 2, -1, False)),
         C("topk", "topk_fp16", {"x": xh}, lambda x: mb.topk(x=x, k=4), topk_ref(xh, 4, -1, False), precision="fp16"),
         C("topk", "topk_values_only_ios16", {"x": x}, lambda x: mb.topk(x=x, k=2, return_indices=False),

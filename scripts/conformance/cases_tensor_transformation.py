@@ -218,6 +218,12 @@ def slice_cases() -> list[Case]:
         note="pure index at begin on the squeezed axes (negative included)")
     sbi("out_of_range_bounds_clamp", begin=[-10, 1, 0], end=[10, 100, 6], note="bounds clamp like numpy")
     sbi("empty", begin=[2, 0, 0], end=[2, 5, 6], note="an empty slice")
+    sbi("size1_axis", x=x[:, :1], begin=[0, 0, 1], end=[4, 1, 6], stride=[3, 1, 2], note="a size-1 axis kept")
+    x0 = x[0]
+    out.append(C("slice_by_index", "slice_by_index_all_squeezed", {"x": x0},
+                 lambda x: mb.expand_dims(
+                     x=mb.slice_by_index(x=x, begin=[4, -1], end=[5, 6], squeeze_mask=[True, True]), axes=[0]),
+                 x0[4, -1:], note="every axis squeezed: a scalar (expanded to (1,): a model output has rank >= 1)"))
     xi = ix("slice_int", (3, 8))
     sbi("int32", x=xi, begin=[0, 1], end=[3, 8], stride=[2, 3])
     xb = bx("slice_bool", (3, 8))
