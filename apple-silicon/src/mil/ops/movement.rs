@@ -257,6 +257,134 @@ impl Ints {
     }
 }
 
+/// A copy of a conformance case's package in which the constant bound to
+/// `param` of its `op_type` op is replaced by `val`; returns the plan
+/// build's error (tests of build-time option checks).
+#[cfg(test)]
+pub(super) fn build_with_param(
+    case: &str,
+    op_type: &str,
+    param: &str,
+    val: coreml_proto::proto::mil_spec::tensor_value::Value,
+) -> String {
+    use coreml_proto::proto::mil_spec::argument::binding::Binding;
+    use coreml_proto::proto::mil_spec::value::{self, immediate_value};
+    use coreml_proto::proto::{model, Model};
+    use prost::Message;
+    fn copy(src: &std::path::Path, dst: &std::path::Path) {
+        std::fs::create_dir_all(dst).unwrap();
+        for e in std::fs::read_dir(src).unwrap() {
+            let p = e.unwrap().path();
+            let to = dst.join(p.file_name().unwrap());
+            if p.is_dir() {
+                copy(&p, &to)
+            } else {
+                std::fs::copy(&p, &to).unwrap();
+            }
+        }
+    }
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/conformance")
+        .join(case)
+        .join("model.mlpackage");
+    let dir = tempfile::tempdir().unwrap();
+    let dst = dir.path().join("m.mlpackage");
+    copy(&src, &dst);
+    let spec_path = dst.join("Data/com.apple.CoreML/model.mlmodel");
+    let mut spec = Model::decode(std::fs::read(&spec_path).unwrap().as_slice()).unwrap();
+    let Some(model::Type::MlProgram(p)) = &mut spec.r#type else {
+        panic!("{case}: not an ML Program")
+    };
+    let block = p
+        .functions
+        .get_mut("main")
+        .unwrap()
+        .block_specializations
+        .values_mut()
+        .next()
+        .unwrap();
+    let op = block.operations.iter().find(|o| o.r#type == op_type).unwrap();
+    let Some(Binding::Name(cname)) = op.inputs[param].arguments[0].binding.clone() else {
+        panic!("{case}: `{param}` is not bound to a constant")
+    };
+    let c = block
+        .operations
+        .iter_mut()
+        .find(|o| o.r#type == "const" && o.outputs[0].name == cname)
+        .unwrap();
+    let Some(value::Value::ImmediateValue(iv)) = &mut c.attributes.get_mut("val").unwrap().value else {
+        panic!("{case}: no immediate value")
+    };
+    let Some(immediate_value::Value::Tensor(t)) = &mut iv.value else {
+        panic!("{case}: no tensor")
+    };
+    t.value = Some(val);
+    std::fs::write(&spec_path, spec.encode_to_vec()).unwrap();
+    let pkg = crate::mlpackage::MlPackage::open(&dst).unwrap();
+    crate::mil::Plan::build(&pkg, crate::mil::FloatPolicy::Native)
+        .err()
+        .unwrap_or_else(|| panic!("{case}: a bad `{param}` must be refused at build"))
+        .to_string()
+}
+
+#[cfg(test)]
+mod option_tests {
+    use coreml_proto::proto::mil_spec::tensor_value::{RepeatedInts, RepeatedStrings, Value as TV};
+
+    use super::build_with_param;
+
+    /// A bad option is refused when the plan is built, by an error naming the
+    /// op, its name in the program, the parameter and the value.
+    #[test]
+    fn bad_options_are_build_errors_naming_op_parameter_and_value() {
+        let s = |v: &str| {
+            TV::Strings(RepeatedStrings {
+                values: vec![v.to_string()],
+            })
+        };
+        let i = |v: i32| TV::Ints(RepeatedInts { values: vec![v] });
+        for (case, op, param, val, text) in [
+            (
+                "tensor_operation/pad_reflect_last2",
+                "pad",
+                "mode",
+                s("mirror"),
+                "mirror",
+            ),
+            ("scatter_gather/scatter_add", "scatter", "mode", s("xor"), "xor"),
+            ("scatter_gather/scatter_nd_add", "scatter_nd", "mode", s("avg"), "avg"),
+            ("tensor_operation/topk_k3", "topk", "k", i(0), "0"),
+            (
+                "tensor_transformation/depth_to_space_b2",
+                "depth_to_space",
+                "block_size",
+                i(0),
+                "0",
+            ),
+            (
+                "tensor_transformation/sliding_windows_axis1",
+                "sliding_windows",
+                "size",
+                i(-2),
+                "-2",
+            ),
+            (
+                "scatter_gather/gather_batch_dims1_ios16",
+                "gather",
+                "batch_dims",
+                i(-1),
+                "-1",
+            ),
+        ] {
+            let e = build_with_param(case, op, param, val);
+            assert!(
+                e.contains(op) && e.contains(&format!("`{param}`")) && e.contains(text),
+                "{case}: {e}"
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
