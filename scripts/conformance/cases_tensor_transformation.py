@@ -258,6 +258,11 @@ def slice_cases() -> list[Case]:
     out.append(C("slice_update", "slice_update_strided", {"x": u, "v": v},
                  lambda x, v: mb.slice_update(x=x, update=v, begin=[1, 0], end=[4, 6], stride=[2, 2]), r,
                  opset="iOS18", note="x[1:4:2, 0:6:2] = update"))
+    r3 = u.copy()
+    r3[1:3, 0:3] = v
+    out.append(C("slice_update", "slice_update_runtime_bounds", {"x": u, "v": v, "b": i32([1, 0]), "e": i32([3, 3])},
+                 lambda x, v, b, e: mb.slice_update(x=x, update=v, begin=b, end=e), r3, opset="iOS18",
+                 note="begin / end computed at run time"))
     v2 = fx("slice_update_v2", (6,))
     r2 = u.copy()
     r2[2, ::-1] = v2
