@@ -8,7 +8,10 @@
 //! `tile` repeats dim `i` `reps[i]` times; sorting ops (`argsort`, `topk`)
 //! are stable, descending unless `ascending`, NaN last; `topk` always
 //! returns its elements sorted (a valid answer when `sort` is false);
-//! `cumsum` accumulates in f64; index outputs (`shape`, `non_zero`,
+//! `cumsum` accumulates in f64; `one_hot` counts negative indices from the
+//! end (as ONNX; anything outside `[-size, size)` is an error);
+//! `non_maximum_suppression` is greedy in score order (see its doc for the
+//! iOS15 / iOS17 layouts); index outputs (`shape`, `non_zero`,
 //! `argsort`, `topk`) are int. `reshape`-like sizes (`fill`'s shape, `pad`,
 //! `tile`'s reps, `range_1d`'s bounds, `one_hot_vector_size`) may be
 //! computed at run time; every size derived from them is checked arithmetic.

@@ -6,6 +6,7 @@
 //! rule, which agrees with iOS15's whenever iOS15 allows a `0`); slices
 //! follow numpy (`x[begin:end:stride]`, clamped bounds, negative strides,
 //! masks; `squeeze_mask` indexes at `begin`, which must be in range);
+//! `slice_update` (iOS18) writes `update` through the same slice;
 //! `squeeze` ignores axes whose size is not 1 (PyTorch); `depth_to_space`
 //! and `space_to_batch` follow TensorFlow's channel/batch order in NCHW,
 //! `pixel_shuffle` PyTorch's. Slice bounds, reshape targets and sequence
