@@ -15,12 +15,13 @@ use super::CResult;
 use crate::error::Result;
 use crate::mil::OpCtx;
 
-/// Row-major strides of `dims` (in elements). Cannot overflow once the
-/// element count itself is known to fit (see [`count`]).
+/// Row-major strides of `dims` (in elements). Exact whenever the element
+/// count fits (see [`count`]); saturating otherwise, which only happens for
+/// an empty tensor (a 0 dim), whose strides are never used.
 pub(super) fn strides(dims: &[usize]) -> Vec<usize> {
     let mut s = vec![1usize; dims.len()];
     for i in (0..dims.len().saturating_sub(1)).rev() {
-        s[i] = s[i + 1] * dims[i + 1];
+        s[i] = s[i + 1].saturating_mul(dims[i + 1]);
     }
     s
 }

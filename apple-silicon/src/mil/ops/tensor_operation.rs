@@ -370,7 +370,8 @@ fn band_part(c: &mut OpCtx) -> Result<Kernel> {
 
 /// Splits `dims` around `ax` into (outer, axis size, inner) element counts.
 fn lanes(dims: &[usize], ax: usize) -> (usize, usize, usize) {
-    (dims[..ax].iter().product(), dims[ax], dims[ax + 1..].iter().product())
+    let prod = |d: &[usize]| d.iter().fold(1usize, |a, &b| a.saturating_mul(b));
+    (prod(&dims[..ax]), dims[ax], prod(&dims[ax + 1..]))
 }
 
 fn cumsum(c: &mut OpCtx) -> Result<Kernel> {
@@ -609,6 +610,7 @@ fn non_maximum_suppression(c: &mut OpCtx) -> Result<Kernel> {
                 sv[(bi * k + j) * nb + i]
             }
         };
+        movement::check_u32(count(&[n, m, k.max(4)])?, "the selected boxes")?;
         let mut ob = vec![0.0; n * m * 4];
         let mut os = vec![0.0; count(&[n, m, k])?];
         let mut oi = vec![-1i64; n * m];

@@ -461,9 +461,9 @@ fn blocks(c: &mut OpCtx, kind: Block) -> Result<Kernel> {
             candle_core::bail!("spatial size {h}x{w} is not divisible by block size {b}")
         }
         let out = if to_space {
-            [n, ch / bb, h * b, w * b]
+            [n, ch / bb, count(&[h, b])?, count(&[w, b])?]
         } else {
-            [n, ch * bb, h / b, w / b]
+            [n, count(&[ch, bb])?, h / b, w / b]
         };
         let st = strides(x.dims());
         let co = out[1];
