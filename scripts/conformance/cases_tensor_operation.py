@@ -453,11 +453,35 @@ def fp16_variants(cases: list[Case], ops: set[str], skip: set[str] = frozenset()
     return out
 
 
+def dtype_variants(cases: list[Case], ops: set[str], kind: str, skip: set[str] = frozenset()) -> list[Case]:
+    """int32 / bool forms of pure data-movement fp32 cases. Every output element is a copy of an
+    input element (or a 0 fill), so mapping inputs and the reference through the same elementwise
+    function -- round(10 v) for int32, v > 0 for bool -- gives the reference of the new dtype."""
+    f = (lambda a: np.round(np.asarray(a, np.float64) * 10).astype(np.int32)) if kind == "int32" else (
+        lambda a: np.asarray(a) > 0)
+    out = []
+    for c in cases:
+        if c.op not in ops or c.name in skip or c.precision != "fp32" or c.name.endswith(("_int32", "_bool")):
+            continue
+        if not any(a.dtype == np.float32 for a in c.inputs.values()):
+            continue
+        inputs = {k: f(a) if a.dtype == np.float32 else a for k, a in c.inputs.items()}
+        expected = {k: f(e) if e.dtype.kind == "f" else e for k, e in c.expected.items()}
+        out.append(Case(family=c.family, op=c.op, name=f"{c.name}_{kind}", inputs=inputs, build=c.build,
+                        expected=expected, opset=c.opset, note=c.note, tags=list(c.tags)))
+    return out
+
+
 # Pure data-movement ops whose fp32 cases get an fp16 twin.
 FP16_OPS = {"split", "stack", "tile", "flatten2d", "band_part", "non_zero", "shape"}
+
+# Pure data-movement ops whose fp32 cases get int32 / bool twins (the definitions' T includes them).
+INT_OPS = {"split", "stack", "band_part", "flatten2d"}
+BOOL_OPS = INT_OPS | {"concat", "shape"}
 
 
 def cases() -> list[Case]:
     base = (concat_cases() + split_stack_cases() + shape_identity_cases() + pad_cases() + tile_fill_range_cases()
             + one_hot_band_cases() + cumsum_nonzero_cases() + sort_cases() + flatten_cases() + nms_cases())
-    return base + fp16_variants(base, FP16_OPS)
+    return (base + fp16_variants(base, FP16_OPS) + dtype_variants(base, INT_OPS, "int32")
+            + dtype_variants(base, BOOL_OPS, "bool"))
