@@ -11,6 +11,7 @@ mod conv;
 mod elementwise_binary;
 mod elementwise_unary;
 mod linear;
+mod movement;
 mod normalization;
 mod pool;
 mod reduction;
