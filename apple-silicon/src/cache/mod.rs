@@ -749,7 +749,33 @@ impl ModelCache {
     where
         F: FnOnce(&Path) -> Result<()>,
     {
-        self.get_or_install(key, build, !self.inner.config.precompiled_only)
+        self.get_or_install(key, build, !self.inner.config.precompiled_only, None)
+    }
+
+    /// Like [`ModelCache::get_or_build`] for a builder that read the artifact
+    /// itself and knows the SHA-256 of the bytes it built from
+    /// (`source_sha256`, hex): recorded in the entry's metadata, and refused
+    /// before anything is built when it differs from `key.sha256`, so an
+    /// entry can never hold the compiled form of other bytes than its key names.
+    pub fn get_or_build_from<F>(&self, key: &CacheKey, source_sha256: &str, build: F) -> Result<CacheEntry>
+    where
+        F: FnOnce(&Path) -> Result<()>,
+    {
+        if source_sha256 != key.sha256 {
+            return Err(Error::Compile {
+                model: key.to_string(),
+                message: format!(
+                    "the artifact read has sha256 {source_sha256}, but the cache key names {}; refusing to cache it",
+                    key.sha256
+                ),
+            });
+        }
+        self.get_or_install(
+            key,
+            build,
+            !self.inner.config.precompiled_only,
+            Some(source_sha256.to_string()),
+        )
     }
 
     /// Installs a copy of the compiled model directory `src` (validated with
@@ -770,10 +796,17 @@ impl ModelCache {
                 fsx::copy_tree(&pre.path, &dst)
             },
             true,
+            None,
         )
     }
 
-    fn get_or_install<F>(&self, key: &CacheKey, build: F, may_build: bool) -> Result<CacheEntry>
+    fn get_or_install<F>(
+        &self,
+        key: &CacheKey,
+        build: F,
+        may_build: bool,
+        source_sha256: Option<String>,
+    ) -> Result<CacheEntry>
     where
         F: FnOnce(&Path) -> Result<()>,
     {
@@ -813,7 +846,7 @@ impl ModelCache {
             }
         }
         bump(&c.misses, 1);
-        let installed = self.install_locked(key, &key_string, &id, build);
+        let installed = self.install_locked(key, &key_string, &id, build, source_sha256);
         drop(guard);
         match installed {
             Ok(meta) => {
@@ -887,7 +920,14 @@ impl ModelCache {
     }
 
     /// Builds into a temporary directory and installs it. The caller holds the key.
-    fn install_locked<F>(&self, key: &CacheKey, key_string: &str, id: &str, build: F) -> Result<EntryMeta>
+    fn install_locked<F>(
+        &self,
+        key: &CacheKey,
+        key_string: &str,
+        id: &str,
+        build: F,
+        source_sha256: Option<String>,
+    ) -> Result<EntryMeta>
     where
         F: FnOnce(&Path) -> Result<()>,
     {
@@ -923,6 +963,7 @@ impl ModelCache {
             created_unix_ms: unix_ms(SystemTime::now()),
             total_bytes: files.iter().map(|f| f.size).sum(),
             files,
+            source_sha256,
         };
         let json = serde_json::to_vec_pretty(&meta)
             .map_err(|e| Error::internal(format!("serialising cache metadata: {e}")))?;
@@ -1455,11 +1496,18 @@ fn last_used(dir: &Path) -> SystemTime {
 }
 
 fn first_hash_mismatch(payload: &Path, meta: &EntryMeta) -> Option<String> {
+    let root = match fsx::Confined::open(payload) {
+        Ok(r) => r,
+        Err(e) => return Some(format!("the payload cannot be opened: {e}")),
+    };
     for f in &meta.files {
-        let Some(path) = fsx::safe_join(payload, &f.path) else {
+        if fsx::safe_join(payload, &f.path).is_none() {
             return Some(format!("metadata lists `{}`, which is not a plain path", f.path));
-        };
-        match fsx::sha256_file(&path) {
+        }
+        match root
+            .open_file(&f.path)
+            .and_then(|(mut file, _)| fsx::hash_open_file(&mut file, &payload.join(&f.path)))
+        {
             Ok(h) if h == f.sha256 => {}
             Ok(h) => return Some(format!("file `{}` has sha256 {h}, expected {}", f.path, f.sha256)),
             Err(e) => return Some(format!("file `{}` cannot be hashed: {e}", f.path)),

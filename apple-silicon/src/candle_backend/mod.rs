@@ -181,7 +181,23 @@ fn precision_label(pkg: &MlPackage, policy: FloatPolicy) -> String {
 
 impl CandleEngine {
     fn prepare_program(&self, artifact: &ModelArtifact, opts: &PrepareOptions) -> Result<Inner> {
-        let pkg = MlPackage::open(&artifact.path)?;
+        // One read, one truth: the plan (and any compiled form cached under
+        // the artifact's sha256) is built from bytes read once and hashed; if
+        // they are not what `ModelArtifact::open` hashed, nothing is built.
+        let pkg = MlPackage::open_in_memory(&artifact.path)?;
+        let read = pkg
+            .sha256()
+            .ok_or_else(|| Error::internal("a package opened in memory has a digest"))?;
+        if read != artifact.sha256 {
+            return Err(Error::invalid_artifact(
+                &artifact.path,
+                format!(
+                    "the package changed since it was opened: its sha256 was {} then and is {} now; open the artifact again",
+                    artifact.sha256_hex(),
+                    crate::digest::to_hex(&read)
+                ),
+            ));
+        }
         let key = CacheKey {
             sha256: artifact.sha256_hex(),
             coreml_version: ENGINE_VERSION.into(),
@@ -234,7 +250,10 @@ impl CandleEngine {
             cache.get_precompiled(key)?
         } else {
             let mut built = None;
-            let entry = cache.get_or_build(key, |tmp| {
+            // The bytes were hashed as read (prepare_program checked them
+            // against the key): the entry records what it was built from.
+            let read = pkg.sha256().map(|d| crate::digest::to_hex(&d)).unwrap_or_default();
+            let entry = cache.get_or_build_from(key, &read, |tmp| {
                 let (plan, lowered) = Plan::build_lowered(pkg, self.float_policy)?;
                 lowered.write(pkg, &tmp.join(COMPILED_PACKAGE))?;
                 built = Some(plan);
