@@ -486,3 +486,72 @@ fn an_element_count_that_overflows_says_so() {
     let e = err_text(Tensor::zeros(apple_silicon::DType::F32, vec![1 << 62, 4]));
     assert!(e.contains("overflows"), "{e}");
 }
+
+/// Makes a cache root unwritable the way a read-only mount looks to root
+/// (who may write through permissions): the directories it must create or
+/// write in are files.
+fn break_cache_root(root: &Path) {
+    for d in ["locks", "tmp"] {
+        std::fs::remove_dir_all(root.join(d)).unwrap();
+        std::fs::write(root.join(d), b"not a directory").unwrap();
+    }
+}
+
+#[test]
+fn a_read_only_cache_serves_its_entries_and_prepares_the_rest_uncached() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("cache");
+    let mlp = GoldenModel::open(golden::fixtures_dir().join("mlp_fp32")).unwrap();
+    let cnn = GoldenModel::open(golden::fixtures_dir().join("cnn_fp32")).unwrap();
+    let prepare = |engine: &CandleEngine, g: &GoldenModel| {
+        let artifact = ModelArtifact::open(g.package_path()).unwrap();
+        let model = engine.prepare(&artifact, PrepareOptions::default()).unwrap();
+        let out = engine.infer(model.as_ref(), &g.inputs().unwrap(), T).unwrap();
+        let budget = Thresholds {
+            l_inf: g.manifest.accuracy_delta_l_inf,
+            rmse: g.manifest.accuracy_delta_rmse,
+        };
+        assert!(
+            compare(&out, &g.expected().unwrap(), budget).unwrap().passed,
+            "{}",
+            g.id
+        );
+        engine.capabilities(model.as_ref()).notes.join("; ")
+    };
+    let cache = Arc::new(ModelCache::open(CacheConfig::at(&root), host_meta()).unwrap());
+    let notes = prepare(&CandleEngine::new().with_cache(cache), &mlp);
+    assert!(notes.contains("cache miss"), "{notes}");
+
+    break_cache_root(&root);
+    let cache = Arc::new(ModelCache::open(CacheConfig::at(&root), host_meta()).unwrap());
+    let why = cache.read_only().expect("opened read-only").to_string();
+    assert!(
+        why.contains("creating cache directory") && why.contains("cache/tmp"),
+        "{why}"
+    );
+    let engine = CandleEngine::new().with_cache(cache.clone());
+    let notes = prepare(&engine, &mlp);
+    assert!(notes.contains("cache hit"), "what it has is served: {notes}");
+    let notes = prepare(&engine, &cnn);
+    assert!(
+        notes.contains("built from the package, not cached") && notes.contains("read-only"),
+        "{notes}"
+    );
+    assert_eq!(cache.entries().unwrap().len(), 1);
+    // Maintenance that would have to write is refused, not half done.
+    let e = cache.clear().expect_err("clear on a read-only cache");
+    assert_eq!(e.kind(), ErrorKind::Unavailable);
+    assert!(e.to_string().contains("cannot clear it"), "{e}");
+}
+
+#[test]
+fn a_cache_root_that_cannot_be_created_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("file"), b"x").unwrap();
+    let root = dir.path().join("file/cache");
+    let e = ModelCache::open(CacheConfig::at(&root), host_meta()).expect_err("cannot be created");
+    assert!(
+        e.to_string().contains("creating cache directory") && e.to_string().contains("file/cache"),
+        "{e}"
+    );
+}

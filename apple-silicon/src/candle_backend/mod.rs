@@ -17,7 +17,7 @@ pub use bert::{BertEncoder, Pooling};
 
 use crate::cache::ModelCache;
 use crate::deadline::DeadlineRunner;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::inference::{
     downcast_model, CacheKey, CapabilityReport, ComputeUnits, InferenceEngine, IoSchema, ModelArtifact, ModelFmt,
     PrepareOptions, PreparedModel, ShapeConstraint,
@@ -233,7 +233,7 @@ impl CandleEngine {
 
     /// The plan of `pkg`: from the cache's compiled form when there is one,
     /// else built (and, with a cache, installed for next time).
-    fn plan_for(&self, pkg: &MlPackage, key: &CacheKey, opts: &PrepareOptions) -> Result<(Plan, &'static str)> {
+    fn plan_for(&self, pkg: &MlPackage, key: &CacheKey, opts: &PrepareOptions) -> Result<(Plan, String)> {
         let Some(cache) = &self.cache else {
             if opts.precompiled_only {
                 return Err(Error::Compile {
@@ -243,37 +243,63 @@ impl CandleEngine {
             }
             return Ok((
                 Plan::build(pkg, self.float_policy)?,
-                "built from the package (no cache)",
+                "built from the package (no cache)".into(),
             ));
         };
         let entry = if opts.precompiled_only {
             cache.get_precompiled(key)?
         } else {
             let mut built = None;
+            // Set until the build closure returns Ok: a build that failed or
+            // panicked is the model's fault, anything else the cache's.
+            let mut build_failed = false;
             // The bytes were hashed as read (prepare_program checked them
             // against the key): the entry records what it was built from.
             let read = pkg.sha256().map(|d| crate::digest::to_hex(&d)).unwrap_or_default();
-            let entry = cache.get_or_build_from(key, &read, |tmp| {
+            let got = cache.get_or_build_from(key, &read, |tmp| {
+                build_failed = true;
                 let (plan, lowered) = Plan::build_lowered(pkg, self.float_policy)?;
                 lowered.write(pkg, &tmp.join(COMPILED_PACKAGE))?;
                 built = Some(plan);
+                build_failed = false;
                 Ok(())
-            })?;
-            if let Some(plan) = built {
-                return Ok((plan, "cache miss: compiled form built and installed"));
+            });
+            match got {
+                Ok(_) if built.is_some() => {
+                    return Ok((
+                        built.expect("checked"),
+                        "cache miss: compiled form built and installed".into(),
+                    ))
+                }
+                Ok(entry) => entry,
+                Err(e) if build_failed || e.kind() == ErrorKind::Timeout => return Err(e),
+                Err(e) => {
+                    // Degrade, don't fail: a read-only, full or broken cache
+                    // costs the compiled form, not the model.
+                    tracing::warn!(
+                        target: "apple_silicon::cache",
+                        key = %key,
+                        error = %e,
+                        "compiled-model cache unusable; preparing without it"
+                    );
+                    let plan = match built {
+                        Some(plan) => plan,
+                        None => Plan::build(pkg, self.float_policy)?,
+                    };
+                    return Ok((plan, format!("built from the package, not cached ({e})")));
+                }
             }
-            entry
         };
         let compiled = entry.path().join(COMPILED_PACKAGE);
         match MlPackage::open(&compiled).and_then(|lp| Plan::build(&lp, self.float_policy)) {
-            Ok(plan) => Ok((plan, "cache hit: loaded the compiled form")),
+            Ok(plan) => Ok((plan, "cache hit: loaded the compiled form".into())),
             Err(e) if !opts.precompiled_only => {
                 // A damaged entry that passed the cache's cheap checks: serve
                 // from the package rather than fail.
                 tracing::warn!(entry = %compiled.display(), error = %e, "unusable compiled form; building from the package");
                 Ok((
                     Plan::build(pkg, self.float_policy)?,
-                    "compiled form unusable, built from the package",
+                    "compiled form unusable, built from the package".into(),
                 ))
             }
             Err(e) => Err(e),
