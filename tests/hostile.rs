@@ -555,3 +555,18 @@ fn a_cache_root_that_cannot_be_created_is_an_error_naming_it() {
         "{e}"
     );
 }
+
+#[test]
+fn a_bert_directory_whose_config_is_a_link_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("bert");
+    std::fs::create_dir(&m).unwrap();
+    std::fs::write(dir.path().join("config.json"), br#"{"model_type": "bert"}"#).unwrap();
+    symlink(dir.path().join("config.json"), &m.join("config.json"));
+    std::fs::write(m.join("model.safetensors"), b"not really").unwrap();
+    let e = err_text(apple_silicon::candle_backend::BertEncoder::load(&m, 16).map(|_| ()));
+    assert!(
+        e.contains("expected a regular file at `config.json`, found a symbolic link"),
+        "{e}"
+    );
+}

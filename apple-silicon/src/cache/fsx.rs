@@ -575,6 +575,9 @@ pub(crate) fn remove_tree(path: &Path) -> Result<()> {
 /// directories only; links refused). Costs one read and one write per byte.
 pub(crate) fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
     let (files, dirs) = walk(src)?;
+    // Files are read through the root, so a link swapped in after the walk
+    // is refused rather than followed.
+    let root = Confined::open(src)?;
     for d in dirs.iter().skip(1) {
         let rel = relative(src, d)?;
         let to = safe_join(dst, &rel).ok_or_else(|| Error::internal(format!("bad relative path {rel}")))?;
@@ -582,7 +585,9 @@ pub(crate) fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
     }
     for f in files {
         let to = safe_join(dst, &f.rel).ok_or_else(|| Error::internal(format!("bad relative path {}", f.rel)))?;
-        fs::copy(&f.full, &to)
+        let (mut from, _) = root.open_file(&f.rel)?;
+        File::create(&to)
+            .and_then(|mut out| std::io::copy(&mut from, &mut out))
             .map_err(|e| Error::io(format!("copying {} to {}", f.full.display(), to.display()), e))?;
     }
     Ok(())
