@@ -619,6 +619,52 @@ mod tests {
         assert_eq!(tree_size(d.path()), 4);
     }
 
+    #[test]
+    fn normalize_resolves_dots_lexically_and_refuses_leaving() {
+        let n = |s: &str| normalize(s).map(|v| v.join("/"));
+        assert_eq!(n("a/./b/../c").as_deref(), Some("a/c"));
+        assert_eq!(n("a/../a/m.bin").as_deref(), Some("a/m.bin"));
+        for bad in ["", ".", "..", "a/../..", "/etc/passwd", "a/../../b"] {
+            assert_eq!(n(bad), None, "{bad:?}");
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn confined_opens_refuse_links_at_any_level_and_paths_that_leave() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("root");
+        fs::create_dir_all(root.join("a/b")).unwrap();
+        fs::write(root.join("a/b/f"), b"hello").unwrap();
+        fs::write(d.path().join("outside"), b"secret").unwrap();
+        std::os::unix::fs::symlink(root.join("a"), root.join("la")).unwrap();
+        std::os::unix::fs::symlink(d.path().join("outside"), root.join("a/lf")).unwrap();
+        let c = Confined::open(&root).unwrap();
+        assert_eq!(c.read("a/b/f", 5).unwrap(), b"hello");
+        assert_eq!(c.read("a/../a/b/./f", 5).unwrap(), b"hello");
+        let e = c.read("a/b/f", 4).unwrap_err().to_string();
+        assert!(e.contains("5 bytes is more than the 4 allowed"), "{e}");
+        let e = c.read("la/b/f", 99).unwrap_err().to_string();
+        assert!(e.contains("expected a directory at `la`, found a symbolic link"), "{e}");
+        let e = c.read("a/lf", 99).unwrap_err().to_string();
+        assert!(
+            e.contains("expected a regular file at `a/lf`, found a symbolic link"),
+            "{e}"
+        );
+        let e = c.open_dir("la").unwrap_err().to_string();
+        assert!(e.contains("found a symbolic link"), "{e}");
+        let e = c.read("../outside", 99).unwrap_err().to_string();
+        assert!(e.contains("leaves"), "{e}");
+        let e = c.read("a/missing", 99).unwrap_err().to_string();
+        assert!(e.contains("`a/missing` does not exist"), "{e}");
+        // The root itself may be reached through a link: it is resolved once.
+        std::os::unix::fs::symlink(&root, d.path().join("via")).unwrap();
+        assert_eq!(
+            Confined::open(&d.path().join("via")).unwrap().read("a/b/f", 5).unwrap(),
+            b"hello"
+        );
+    }
+
     #[cfg(unix)]
     #[test]
     fn walk_refuses_symbolic_links() {
