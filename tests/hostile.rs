@@ -570,3 +570,28 @@ fn a_bert_directory_whose_config_is_a_link_is_refused() {
         "{e}"
     );
 }
+
+#[test]
+fn a_cache_broken_after_it_was_opened_costs_the_compiled_form_not_the_prepare() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("cache");
+    let cache = Arc::new(ModelCache::open(CacheConfig::at(&root), host_meta()).unwrap());
+    // Another process replaces the cache's directories with files.
+    std::fs::remove_dir_all(&root).unwrap();
+    std::fs::create_dir(&root).unwrap();
+    for d in ["entries", "tmp", "locks"] {
+        std::fs::write(root.join(d), b"not a directory").unwrap();
+    }
+    let g = GoldenModel::open(golden::fixtures_dir().join("mlp_fp32")).unwrap();
+    let engine = CandleEngine::new().with_cache(cache);
+    let artifact = ModelArtifact::open(g.package_path()).unwrap();
+    let model = engine.prepare(&artifact, PrepareOptions::default()).unwrap();
+    let notes = engine.capabilities(model.as_ref()).notes.join("; ");
+    assert!(notes.contains("built from the package, not cached"), "{notes}");
+    let out = engine.infer(model.as_ref(), &g.inputs().unwrap(), T).unwrap();
+    let budget = Thresholds {
+        l_inf: g.manifest.accuracy_delta_l_inf,
+        rmse: g.manifest.accuracy_delta_rmse,
+    };
+    assert!(compare(&out, &g.expected().unwrap(), budget).unwrap().passed);
+}
