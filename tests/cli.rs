@@ -22,6 +22,7 @@ fn inspect_run_and_parity() {
 
     let dir = tempfile::tempdir().unwrap();
     let out = cli()
+        .env("APPLE_SILICON_CACHE_DIR", dir.path().join("cache"))
         .args(["run", &fixture("mlp_int8"), "--output-dir"])
         .arg(dir.path())
         .output()
@@ -33,7 +34,7 @@ fn inspect_run_and_parity() {
     let out = cli().args(["parity", &fixture("mlp_int8")]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
     let out = cli()
-        .args(["run", &fixture("mlp_int8"), "--input", "x=nope.npy"])
+        .args(["run", &fixture("mlp_int8"), "--no-cache", "--input", "x=nope.npy"])
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -157,4 +158,62 @@ fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
             std::fs::copy(e.path(), &target).unwrap();
         }
     }
+}
+
+#[test]
+fn run_uses_the_cache_unless_told_not_to_and_survives_a_broken_one() {
+    let cache = tempfile::tempdir().unwrap();
+    let run = |extra: &[&str], cache_dir: &std::path::Path| {
+        let out = cli()
+            .env("APPLE_SILICON_CACHE_DIR", cache_dir)
+            .args(["run", &fixture("mlp_fp32")])
+            .args(extra)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{text}\n{err}");
+        (text, err)
+    };
+    assert!(run(&[], cache.path()).0.contains("cache miss"));
+    assert!(run(&[], cache.path()).0.contains("cache hit"));
+    assert!(run(&["--no-cache"], cache.path()).0.contains("(no cache)"));
+    // A cache root that cannot be created: the run still happens, with a warning.
+    let file = cache.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let (text, err) = run(&[], &file.join("cache"));
+    assert!(text.contains("(no cache)"), "{text}");
+    assert!(err.contains("warning: compiled-model cache unavailable"), "{err}");
+    // ... and clearing it fails loudly.
+    let out = cli()
+        .args(["cache", "clear", "--dir"])
+        .arg(file.join("cache"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("creating cache directory"));
+}
+
+#[test]
+fn repeated_input_names_are_an_error() {
+    let x = apple_silicon::golden::fixtures_dir().join("mlp_fp32/inputs/x.npy");
+    let arg = format!("x={}", x.display());
+    let out = cli()
+        .args([
+            "run",
+            &fixture("mlp_fp32"),
+            "--no-cache",
+            "--input",
+            &arg,
+            "--input",
+            &arg,
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--input `x`") && err.contains("given more than once"),
+        "{err}"
+    );
 }

@@ -6,31 +6,36 @@
 //! host and for every traversal order. Symbolic links are refused: an artifact
 //! that points outside itself is not something we hash or load.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
+use crate::cache::fsx::{self, Confined};
 use crate::error::{Error, Result};
 
 /// Hashes a file's bytes, or a directory tree as described in the module docs.
-/// Reads every byte once, in 1 MiB chunks.
+/// Reads every byte once, in 1 MiB chunks. Inside a tree every file is opened
+/// relative to the tree's root without following links
+/// ([`crate::cache::fsx::Confined`]); special files are refused unopened.
 pub fn sha256_path(path: &Path) -> Result<[u8; 32]> {
     let meta = fs::symlink_metadata(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
     let mut hasher = Sha256::new();
     if meta.is_dir() {
+        let root = Confined::open(path)?;
         // The cache's walk: sorted by relative path, refusing links and special files.
-        let (files, _) = crate::cache::fsx::walk(path)?;
+        let (files, _) = fsx::walk(root.root())?;
         for f in files {
-            hasher.update(b"file\0");
-            hasher.update(f.rel.as_bytes());
-            hasher.update([0u8]);
-            hasher.update(f.len.to_le_bytes());
-            hash_file(&f.full, &mut hasher)?;
+            let (file, len) = root.open_file(&f.rel)?;
+            hash_entry_header(&mut hasher, &f.rel, len);
+            hash_file(file, len, &f.full, &mut hasher)?;
         }
     } else if meta.is_file() {
-        hash_file(path, &mut hasher)?;
+        let (file, len) = fsx::open_regular(path)?;
+        hash_file(file, len, path, &mut hasher)?;
     } else {
         return Err(Error::invalid_artifact(
             path,
@@ -40,23 +45,74 @@ pub fn sha256_path(path: &Path) -> Result<[u8; 32]> {
     Ok(hasher.finalize().into())
 }
 
+/// Every regular file of a directory tree, read into memory once, with the
+/// [`sha256_path`] digest of exactly those bytes: what is hashed is what is
+/// used. Costs one read and one copy in memory of the whole tree.
+#[derive(Debug)]
+pub(crate) struct TreeSnapshot {
+    /// The tree's real path.
+    pub root: PathBuf,
+    /// File contents by `/`-separated relative path.
+    pub files: BTreeMap<String, Arc<Vec<u8>>>,
+    /// Digest of the tree as read.
+    pub sha256: [u8; 32],
+}
+
+/// Reads the tree at `path` into a [`TreeSnapshot`] (links and special files
+/// refused, each file opened relative to the root without following links).
+pub(crate) fn read_tree(path: &Path) -> Result<TreeSnapshot> {
+    let root = Confined::open(path)?;
+    let (listed, _) = fsx::walk(root.root())?;
+    let mut hasher = Sha256::new();
+    let mut files = BTreeMap::new();
+    for f in listed {
+        let (file, len) = root.open_file(&f.rel)?;
+        let bytes = fsx::read_exact_len(file, len, &f.full)?;
+        hash_entry_header(&mut hasher, &f.rel, len);
+        hasher.update(&bytes);
+        files.insert(f.rel, Arc::new(bytes));
+    }
+    Ok(TreeSnapshot {
+        root: root.root().to_path_buf(),
+        files,
+        sha256: hasher.finalize().into(),
+    })
+}
+
 /// Lowercase hex of a digest.
 pub fn to_hex(digest: &[u8; 32]) -> String {
     hex::encode(digest)
 }
 
-fn hash_file(path: &Path, hasher: &mut Sha256) -> Result<()> {
-    let mut f = fs::File::open(path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+fn hash_entry_header(hasher: &mut Sha256, rel: &str, len: u64) {
+    hasher.update(b"file\0");
+    hasher.update(rel.as_bytes());
+    hasher.update([0u8]);
+    hasher.update(len.to_le_bytes());
+}
+
+/// Hashes exactly `len` bytes of `f`; a file that grew or shrank meanwhile is refused.
+fn hash_file(f: fs::File, len: u64, path: &Path, hasher: &mut Sha256) -> Result<()> {
+    let mut f = f.take(len.saturating_add(1));
     let mut buf = vec![0u8; 1 << 20];
+    let mut seen = 0u64;
     loop {
         let n = f
             .read(&mut buf)
             .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
         if n == 0 {
-            return Ok(());
+            break;
         }
+        seen += n as u64;
         hasher.update(&buf[..n]);
     }
+    if seen != len {
+        return Err(Error::invalid_artifact(
+            path,
+            format!("was {len} bytes when opened but {seen} bytes were read: it changed while being hashed"),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -15,8 +15,13 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::cache::fsx::{self, Confined};
 use crate::error::{Error, Result};
 use crate::tensor::{Tensor, TensorMap};
+
+/// A model directory's `manifest.json` larger than this is refused unread
+/// (real ones are a few KiB).
+pub const MAX_MANIFEST_BYTES: u64 = 1 << 20;
 
 /// Environment variable naming the downloaded-models directory.
 pub const MODELS_DIR_ENV: &str = "APPLE_SILICON_MODELS";
@@ -66,11 +71,12 @@ pub struct GoldenModel {
 }
 
 impl GoldenModel {
-    /// Reads `dir/manifest.json`.
+    /// Reads `dir/manifest.json` (a regular file of at most
+    /// [`MAX_MANIFEST_BYTES`], not a link; anything else is refused unread).
     pub fn open(dir: impl AsRef<Path>) -> Result<GoldenModel> {
         let dir = dir.as_ref().to_path_buf();
         let mpath = dir.join("manifest.json");
-        let text = std::fs::read(&mpath).map_err(|e| Error::io(format!("reading {}", mpath.display()), e))?;
+        let text = Confined::open(&dir)?.read("manifest.json", MAX_MANIFEST_BYTES)?;
         let manifest: ModelManifest = serde_json::from_slice(&text)
             .map_err(|e| Error::invalid_artifact(&mpath, format!("not a valid model manifest: {e}")))?;
         let id = dir
@@ -85,31 +91,37 @@ impl GoldenModel {
         self.dir.join("model.mlpackage")
     }
 
-    /// Golden inputs, by name.
+    /// Golden inputs, by name (`inputs/*.npy`, each a regular file opened
+    /// without following links; data bounded by the file's size).
     pub fn inputs(&self) -> Result<TensorMap> {
-        read_npy_dir(&self.dir.join("inputs"))
+        read_npy_dir(&self.dir, "inputs")
     }
 
-    /// Expected outputs, by name.
+    /// Expected outputs, by name (`expected/*.npy`, read as the inputs are).
     pub fn expected(&self) -> Result<TensorMap> {
-        read_npy_dir(&self.dir.join("expected"))
+        read_npy_dir(&self.dir, "expected")
     }
 }
 
-fn read_npy_dir(dir: &Path) -> Result<TensorMap> {
+fn read_npy_dir(model_dir: &Path, sub: &str) -> Result<TensorMap> {
+    let dir = Confined::open(model_dir)?.open_dir(sub)?;
+    let shown = dir.root().to_path_buf();
     let mut out = TensorMap::new();
-    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(format!("listing {}", dir.display()), e))?;
+    let entries = std::fs::read_dir(&shown).map_err(|e| Error::io(format!("listing {}", shown.display()), e))?;
     for entry in entries {
-        let path = entry
-            .map_err(|e| Error::io(format!("listing {}", dir.display()), e))?
-            .path();
-        if path.extension().is_some_and(|e| e == "npy") {
-            let name = path.file_stem().unwrap_or_default().to_string_lossy().into_owned();
-            out.insert(name, Tensor::read_npy(&path)?);
+        let file_name = entry
+            .map_err(|e| Error::io(format!("listing {}", shown.display()), e))?
+            .file_name();
+        let Some(name) = file_name.to_str() else { continue };
+        if let Some(stem) = name.strip_suffix(".npy") {
+            let (f, len) = dir.open_file(name)?;
+            let path = shown.join(name);
+            let bytes = fsx::read_exact_len(f, len, &path)?;
+            out.insert(stem.to_string(), Tensor::from_npy_file_bytes(&bytes, &path)?);
         }
     }
     if out.is_empty() {
-        return Err(Error::invalid_artifact(dir, "holds no .npy files"));
+        return Err(Error::invalid_artifact(&shown, "holds no .npy files"));
     }
     Ok(out)
 }

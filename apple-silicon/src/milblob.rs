@@ -13,6 +13,7 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use half::{bf16, f16};
 use memmap2::Mmap;
@@ -97,6 +98,7 @@ pub struct WeightFile {
 enum Bytes {
     Mapped(Mmap),
     Owned(Vec<u8>),
+    Shared(Arc<Vec<u8>>),
 }
 
 impl Bytes {
@@ -104,6 +106,7 @@ impl Bytes {
         match self {
             Bytes::Mapped(m) => m,
             Bytes::Owned(v) => v,
+            Bytes::Shared(v) => v,
         }
     }
 }
@@ -131,18 +134,37 @@ pub struct Blob<'a> {
     pub padding_bits: u64,
     /// Number of elements the blob holds.
     pub count: u64,
+    /// Offset of its metadata record in the file (`blobFileValue.offset`).
+    pub offset: u64,
+    /// The weight file it was read from (for messages).
+    pub file: &'a Path,
 }
 
 impl WeightFile {
-    /// Maps `path` and checks its header.
+    /// Maps `path` and checks its header. A FIFO, device or socket is refused
+    /// without being read (a link named by the caller is followed; packages
+    /// open their weights with [`crate::MlPackage::open_weights`], which
+    /// follows none).
     pub fn open(path: impl AsRef<Path>) -> Result<WeightFile> {
         let path = path.as_ref();
-        let f = File::open(path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+        let (f, _) = crate::cache::fsx::open_regular(path)?;
+        Self::from_file(f, path)
+    }
+
+    /// Maps an already opened regular file (`path` names it in errors) and
+    /// checks its header.
+    pub fn from_file(f: File, path: impl AsRef<Path>) -> Result<WeightFile> {
+        let path = path.as_ref();
         // SAFETY: the mapping is read-only. A weight file truncated by another
         // process while mapped could fault; packages are treated as immutable
         // inputs, and the cache only ever renames complete files into place.
         let map = unsafe { Mmap::map(&f) }.map_err(|e| Error::io(format!("mapping {}", path.display()), e))?;
         Self::new(path.to_path_buf(), Bytes::Mapped(map))
+    }
+
+    /// Checks and wraps bytes shared with others (`origin` names them in errors).
+    pub fn from_shared(bytes: Arc<Vec<u8>>, origin: impl Into<PathBuf>) -> Result<WeightFile> {
+        Self::new(origin.into(), Bytes::Shared(bytes))
     }
 
     /// Checks and wraps bytes held in memory (`origin` names them in errors).
@@ -252,13 +274,21 @@ impl WeightFile {
             data: &b[data_offset as usize..data_end as usize],
             padding_bits,
             count: used / bits,
+            offset,
+            file: &self.path,
         })
     }
 }
 
 impl Blob<'_> {
     fn wrong_type(&self, want: &str) -> Error {
-        Error::unsupported(format!("reading a {:?} blob as {want}", self.dtype))
+        Error::invalid_artifact(
+            self.file,
+            format!(
+                "the blob at offset {} holds {:?} data, which cannot be read as {want}",
+                self.offset, self.dtype
+            ),
+        )
     }
 
     /// Float data (f32, f16 or bf16) converted to f32.

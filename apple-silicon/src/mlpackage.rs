@@ -8,14 +8,16 @@
 //! an ML Program, and decodes the spec once. Weights are mapped lazily.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use coreml_proto::proto::mil_spec::{self, Block, Function, Program};
 use coreml_proto::proto::{array_feature_type, feature_type, model, FeatureDescription, Model};
 use prost::Message;
 use serde::{Deserialize, Serialize};
 
+use crate::cache::fsx::{self, Confined};
+use crate::digest::{self, TreeSnapshot};
 use crate::error::{Error, Result};
 use crate::inference::{IoSchema, ShapeConstraint, TensorSpec};
 use crate::milblob::WeightFile;
@@ -23,6 +25,9 @@ use crate::tensor::DType;
 
 /// Protobuf cannot parse messages of 2 GiB or more.
 pub const MAX_SPEC_BYTES: u64 = (i32::MAX as u64) - 1;
+
+/// `Manifest.json` larger than this is refused unread (real ones are < 1 KiB).
+pub const MAX_MANIFEST_BYTES: u64 = 1 << 20;
 
 /// `Manifest.json` of a package.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,26 +69,94 @@ pub struct ModelMetadata {
 }
 
 /// An opened, validated `.mlpackage` holding an ML Program.
+///
+/// Every file it reads (the manifest, the spec, weight files) is opened
+/// relative to the package directory without following links at any level,
+/// and only if it is a regular file: a package cannot make the library read
+/// outside itself, block on a FIFO or stream a device.
 #[derive(Debug)]
 pub struct MlPackage {
     root: PathBuf,
+    source: Source,
     manifest: Manifest,
+    /// The spec's path inside the package (`Data/…`), normalised.
+    spec_rel: Vec<String>,
     spec_path: PathBuf,
     spec: Model,
     schema: IoSchema,
 }
 
+/// Where a package's files come from.
+enum Source {
+    /// Opened on demand below the package's root.
+    Disk(Confined),
+    /// Read once into memory, with the digest of what was read.
+    Memory(Arc<TreeSnapshot>),
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Disk(c) => write!(f, "Disk({})", c.root().display()),
+            Source::Memory(s) => write!(f, "Memory({}, {} files)", s.root.display(), s.files.len()),
+        }
+    }
+}
+
+/// Joins `rel` (a path found inside the package) onto `base` (normalised
+/// components) and normalises the result, which must stay under `Data/`.
+fn inside_data(base: &[String], rel: &str) -> std::result::Result<Vec<String>, String> {
+    let leaves = || format!("path `{rel}` leaves the package's Data directory");
+    if rel.is_empty() || Path::new(rel).has_root() {
+        return Err(leaves());
+    }
+    let joined = format!("{}/{rel}", base.join("/"));
+    let parts = fsx::normalize(&joined).ok_or_else(leaves)?;
+    if parts.len() < 2 || parts[0] != "Data" {
+        return Err(leaves());
+    }
+    Ok(parts)
+}
+
 impl MlPackage {
     /// Opens and validates a package; decodes its spec. Costs one read of
-    /// the spec file (weights are not read).
+    /// the manifest and the spec (weights are mapped when a plan asks for them).
     pub fn open(path: impl AsRef<Path>) -> Result<MlPackage> {
         let root = path.as_ref().to_path_buf();
-        let bad = |reason: String| Error::invalid_artifact(&root, reason);
         if !root.is_dir() {
-            return Err(bad("an .mlpackage must be a directory".into()));
+            return Err(Error::invalid_artifact(&root, "an .mlpackage must be a directory"));
         }
-        let manifest_path = root.join("Manifest.json");
-        let text = read_small_file(&manifest_path, 1 << 20).map_err(|e| bad(format!("Manifest.json: {e}")))?;
+        let source = Source::Disk(Confined::open(&root)?);
+        MlPackage::from_source(root, source)
+    }
+
+    /// Like [`MlPackage::open`], but reads every file of the package into
+    /// memory once and hashes exactly those bytes ([`MlPackage::sha256`]):
+    /// what is checked against an artifact's digest is then what plans are
+    /// built from, whatever happens on disk afterwards. Costs one read of the
+    /// whole package and its size in memory for the package's lifetime.
+    pub fn open_in_memory(path: impl AsRef<Path>) -> Result<MlPackage> {
+        let root = path.as_ref().to_path_buf();
+        if !root.is_dir() {
+            return Err(Error::invalid_artifact(&root, "an .mlpackage must be a directory"));
+        }
+        let snap = digest::read_tree(&root)?;
+        MlPackage::from_source(root, Source::Memory(Arc::new(snap)))
+    }
+
+    /// The SHA-256 ([`crate::digest::sha256_path`]) of the bytes a package
+    /// opened with [`MlPackage::open_in_memory`] holds; `None` for one read
+    /// from disk on demand.
+    pub fn sha256(&self) -> Option<[u8; 32]> {
+        match &self.source {
+            Source::Memory(s) => Some(s.sha256),
+            Source::Disk(_) => None,
+        }
+    }
+
+    fn from_source(root: PathBuf, source: Source) -> Result<MlPackage> {
+        let bad = |reason: String| Error::invalid_artifact(&root, reason);
+        let text = read_from(&source, &root, "Manifest.json", MAX_MANIFEST_BYTES)?;
         let manifest: Manifest =
             serde_json::from_slice(&text).map_err(|e| bad(format!("Manifest.json is not a valid manifest: {e}")))?;
         let root_item = manifest
@@ -95,21 +168,17 @@ impl MlPackage {
                     manifest.root_model_identifier
                 ))
             })?;
-        let spec_path = resolve_inside(&root.join("Data"), &root_item.path).map_err(bad)?;
-        let meta =
-            fs::symlink_metadata(&spec_path).map_err(|e| bad(format!("model spec {}: {e}", spec_path.display())))?;
-        if !meta.is_file() {
-            return Err(bad(format!("model spec {} is not a regular file", spec_path.display())));
-        }
-        if meta.len() > MAX_SPEC_BYTES {
-            return Err(bad(format!(
-                "model spec is {} bytes; protobuf cannot parse a spec of 2 GiB or more (move weights to weight.bin)",
-                meta.len()
-            )));
-        }
-        let bytes = fs::read(&spec_path).map_err(|e| Error::io(format!("reading {}", spec_path.display()), e))?;
+        let spec_rel = inside_data(&["Data".to_string()], &root_item.path).map_err(bad)?;
+        let spec_path = root.join(spec_rel.join("/"));
+        let bytes = read_from(&source, &root, &spec_rel.join("/"), MAX_SPEC_BYTES).map_err(|e| match e {
+            Error::InvalidArtifact { reason, .. } if reason.contains("allowed for this file") => bad(format!(
+                "model spec: {reason}; protobuf cannot parse a spec of 2 GiB or more (move weights to weight.bin)"
+            )),
+            other => other,
+        })?;
         let spec = Model::decode(bytes.as_slice())
             .map_err(|e| bad(format!("model spec is not a valid Core ML protobuf: {e}")))?;
+        drop(bytes);
         let program = match &spec.r#type {
             Some(model::Type::MlProgram(p)) => p,
             Some(other) => {
@@ -124,7 +193,9 @@ impl MlPackage {
         let schema = build_schema(&spec, main).map_err(bad)?;
         Ok(MlPackage {
             root,
+            source,
             manifest,
+            spec_rel,
             spec_path,
             spec,
             schema,
@@ -210,20 +281,46 @@ impl MlPackage {
     }
 
     /// Resolves a `blobFileValue.fileName` such as
-    /// `@model_path/weights/weight.bin`, refusing paths outside the package.
-    pub fn resolve_blob_file(&self, file_name: &str) -> Result<PathBuf> {
+    /// `@model_path/weights/weight.bin` to its path inside the package
+    /// (`Data/…`, normalised), refusing paths that leave `Data/`.
+    fn blob_rel(&self, file_name: &str) -> Result<String> {
         let rel = file_name.strip_prefix("@model_path/").ok_or_else(|| {
             Error::invalid_artifact(
                 &self.root,
                 format!("blob file `{file_name}` does not start with @model_path/"),
             )
         })?;
-        resolve_inside(self.model_dir(), rel).map_err(|r| Error::invalid_artifact(&self.root, r))
+        let dir = &self.spec_rel[..self.spec_rel.len() - 1];
+        inside_data(dir, rel)
+            .map(|p| p.join("/"))
+            .map_err(|r| Error::invalid_artifact(&self.root, r))
     }
 
-    /// Maps a weight file named by a `blobFileValue.fileName`.
+    /// Where a `blobFileValue.fileName` such as `@model_path/weights/weight.bin`
+    /// lies, refusing paths outside the package's `Data/` (for messages: the
+    /// file is read with [`MlPackage::open_weights`]).
+    pub fn resolve_blob_file(&self, file_name: &str) -> Result<PathBuf> {
+        Ok(self.root.join(self.blob_rel(file_name)?))
+    }
+
+    /// Opens a weight file named by a `blobFileValue.fileName`: mapped from
+    /// disk (opened without following links, regular files only), or shared
+    /// from memory for a package opened with [`MlPackage::open_in_memory`].
     pub fn open_weights(&self, file_name: &str) -> Result<WeightFile> {
-        WeightFile::open(self.resolve_blob_file(file_name)?)
+        let rel = self.blob_rel(file_name)?;
+        let shown = self.root.join(&rel);
+        match &self.source {
+            Source::Disk(c) => {
+                let (f, _) = c.open_file(&rel)?;
+                WeightFile::from_file(f, shown)
+            }
+            Source::Memory(s) => {
+                let bytes = s.files.get(&rel).ok_or_else(|| {
+                    Error::invalid_artifact(&self.root, format!("weight file `{rel}` is not in the package"))
+                })?;
+                WeightFile::from_shared(Arc::clone(bytes), shown)
+            }
+        }
     }
 
     /// `fp32`, `fp16`, `int8`, `palettized` or `sparse`: the weight storage,
@@ -291,38 +388,25 @@ fn count_ops(block: &Block, h: &mut BTreeMap<String, usize>) {
     }
 }
 
-fn read_small_file(path: &Path, limit: u64) -> std::result::Result<Vec<u8>, String> {
-    let meta = fs::symlink_metadata(path).map_err(|e| e.to_string())?;
-    if !meta.is_file() {
-        return Err("not a regular file".into());
-    }
-    if meta.len() > limit {
-        return Err(format!("{} bytes is more than the {limit} allowed", meta.len()));
-    }
-    fs::read(path).map_err(|e| e.to_string())
-}
-
-/// Joins a relative path from a manifest or spec onto `base`, refusing
-/// absolute paths, `..` and symbolic links on the way.
-fn resolve_inside(base: &Path, rel: &str) -> std::result::Result<PathBuf, String> {
-    let rel_path = Path::new(rel);
-    if rel.is_empty()
-        || rel_path
-            .components()
-            .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
-    {
-        return Err(format!("path `{rel}` leaves the package"));
-    }
-    let mut cur = base.to_path_buf();
-    for c in rel_path.components() {
-        cur.push(c);
-        if let Ok(m) = fs::symlink_metadata(&cur) {
-            if m.file_type().is_symlink() {
-                return Err(format!("path `{rel}` goes through a symbolic link"));
+/// Reads the package file `rel` (normalised, `/`-separated) from `source`,
+/// refusing it unread past `limit` bytes.
+fn read_from(source: &Source, root: &Path, rel: &str, limit: u64) -> Result<Arc<Vec<u8>>> {
+    match source {
+        Source::Disk(c) => c.read(rel, limit).map(Arc::new),
+        Source::Memory(s) => {
+            let b = s
+                .files
+                .get(rel)
+                .ok_or_else(|| Error::invalid_artifact(root, format!("`{rel}` is not in the package")))?;
+            if b.len() as u64 > limit {
+                return Err(Error::invalid_artifact(
+                    root.join(rel),
+                    format!("{} bytes is more than the {limit} allowed for this file", b.len()),
+                ));
             }
+            Ok(Arc::clone(b))
         }
     }
-    Ok(cur)
 }
 
 fn model_type_name(t: &model::Type) -> &'static str {
@@ -471,22 +555,49 @@ fn feature_spec(
         Some(array_feature_type::ShapeFlexibility::EnumeratedShapes(e)) => ShapeConstraint::Enumerated(
             e.shapes
                 .iter()
-                .map(|s| s.shape.iter().map(|&d| d.max(0) as usize).collect())
-                .collect(),
+                .enumerate()
+                .map(|(i, s)| {
+                    s.shape
+                        .iter()
+                        .map(|&d| {
+                            usize::try_from(d).map_err(|_| {
+                                format!(
+                                    "{role} `{}`: enumerated shape {i} {:?} has a negative dimension {d}",
+                                    f.name, s.shape
+                                )
+                            })
+                        })
+                        .collect::<std::result::Result<Vec<_>, _>>()
+                })
+                .collect::<std::result::Result<Vec<_>, _>>()?,
         ),
         Some(array_feature_type::ShapeFlexibility::ShapeRange(r)) => ShapeConstraint::Range(
             r.size_ranges
                 .iter()
-                .map(|s| {
-                    let lo = s.lower_bound as usize;
-                    let hi = if s.upper_bound < 0 {
-                        None
-                    } else {
-                        Some(s.upper_bound as usize)
+                .enumerate()
+                .map(|(i, s)| {
+                    let range = format!(
+                        "{role} `{}`: dimension {i} range [{}, {}]",
+                        f.name, s.lower_bound, s.upper_bound
+                    );
+                    let lo = usize::try_from(s.lower_bound)
+                        .map_err(|_| format!("{range} has a lower bound too large for this host"))?;
+                    // -1 is the spec's "unbounded"; other negatives are errors.
+                    let hi = match s.upper_bound {
+                        -1 => None,
+                        u if u < 0 => {
+                            return Err(format!(
+                                "{range} has a negative upper bound (only -1, unbounded, is allowed)"
+                            ))
+                        }
+                        u => Some(u as usize),
                     };
-                    (lo, hi)
+                    if hi.is_some_and(|h| h < lo) {
+                        return Err(format!("{range} is inverted (upper bound below lower bound)"));
+                    }
+                    Ok((lo, hi))
                 })
-                .collect(),
+                .collect::<std::result::Result<Vec<_>, _>>()?,
         ),
     };
     let batch_capable = match &constraint {

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::Path;
 
 use half::f16;
@@ -144,6 +144,25 @@ impl fmt::Debug for Tensor {
     }
 }
 
+/// Largest `.npy` header accepted, checked before the header is parsed
+/// (numpy's own reader refuses headers over 10 000 bytes by default).
+pub const MAX_NPY_HEADER_BYTES: usize = 64 << 10;
+
+/// The `'shape': (…)` tuple of a `.npy` header dictionary, when it can be
+/// found and every entry is a non-negative integer.
+fn npy_header_shape(header: &str) -> Option<Vec<u64>> {
+    let at = header.find("'shape'").or_else(|| header.find("\"shape\""))?;
+    let rest = &header[at..];
+    let open = rest.find('(')?;
+    let close = rest[open..].find(')')? + open;
+    rest[open + 1..close]
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .map(|d| d.trim_end_matches('L').parse::<u64>().ok())
+        .collect()
+}
+
 /// Number of elements of a shape, or `None` on overflow.
 pub fn checked_numel(shape: &[usize]) -> Option<usize> {
     shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))
@@ -159,9 +178,9 @@ impl Tensor {
             .and_then(|n| n.checked_mul(dtype.size_in_bytes()))
             .ok_or_else(|| {
                 Error::schema_mismatch(
-                    "tensor shape",
-                    "a shape whose size fits in memory",
-                    format!("{shape:?}"),
+                    format!("size of a {dtype} tensor of shape {shape:?}"),
+                    "a size that fits in memory",
+                    "an element count or byte size that overflows",
                 )
             })?;
         if bytes.len() != expected {
@@ -181,7 +200,13 @@ impl Tensor {
     /// Builds a tensor from typed values; fails if `values.len()` does not
     /// match the shape.
     pub fn from_vec<T: Element>(shape: Vec<usize>, values: Vec<T>) -> Result<Tensor> {
-        let n = checked_numel(&shape).unwrap_or(usize::MAX);
+        let n = checked_numel(&shape).ok_or_else(|| {
+            Error::schema_mismatch(
+                format!("element count of a tensor of shape {shape:?}"),
+                "a count that fits in memory",
+                "a count that overflows",
+            )
+        })?;
         if values.len() != n {
             return Err(Error::schema_mismatch(
                 format!("element count of a tensor of shape {shape:?}"),
@@ -203,9 +228,9 @@ impl Tensor {
             .and_then(|n| n.checked_mul(dtype.size_in_bytes()))
             .ok_or_else(|| {
                 Error::schema_mismatch(
-                    "tensor shape",
-                    "a shape whose size fits in memory",
-                    format!("{shape:?}"),
+                    format!("size of a {dtype} tensor of shape {shape:?}"),
+                    "a size that fits in memory",
+                    "an element count or byte size that overflows",
                 )
             })?;
         Ok(Tensor {
@@ -324,21 +349,72 @@ impl Tensor {
     }
 
     /// Parses a `.npy` file's bytes (format 1.0–3.0, C order, any byte order).
+    /// The header length is capped at [`MAX_NPY_HEADER_BYTES`] before the
+    /// header is parsed, and the data must be exactly what the header's
+    /// shape and dtype need: fewer bytes (truncated) or more (trailing bytes)
+    /// are errors. Nothing is allocated beyond the input's own size.
     pub fn from_npy_bytes(bytes: &[u8]) -> Result<Tensor> {
-        Self::read_npy_from(bytes, "<memory>")
+        Self::parse_npy(bytes, "<memory>")
     }
 
-    /// Reads a `.npy` file. Fortran-order arrays and dtypes outside [`DType`]
-    /// are rejected with a message saying what was found.
+    /// Reads a `.npy` file: a regular file (a FIFO, device or socket is
+    /// refused unread), read once, never more than its size. Fortran-order
+    /// arrays and dtypes outside [`DType`] are rejected with a message saying
+    /// what was found. Costs one read and the file's size in memory.
     pub fn read_npy(path: impl AsRef<Path>) -> Result<Tensor> {
         let path = path.as_ref();
-        let f = std::fs::File::open(path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
-        Self::read_npy_from(std::io::BufReader::new(f), &path.display().to_string())
+        let (f, len) = crate::cache::fsx::open_regular(path)?;
+        let bytes = crate::cache::fsx::read_exact_len(f, len, path)?;
+        Self::from_npy_file_bytes(&bytes, path)
     }
 
-    fn read_npy_from<R: Read>(r: R, origin: &str) -> Result<Tensor> {
+    /// [`Tensor::from_npy_bytes`] naming `path` in errors.
+    pub(crate) fn from_npy_file_bytes(bytes: &[u8], path: &Path) -> Result<Tensor> {
+        Self::parse_npy(bytes, &path.display().to_string())
+    }
+
+    fn parse_npy(bytes: &[u8], origin: &str) -> Result<Tensor> {
         let bad = |reason: String| Error::invalid_artifact(origin, reason);
-        let npy = npyz::NpyFile::new(r).map_err(|e| bad(format!("not a valid .npy file: {e}")))?;
+        let len = bytes.len();
+        if len < 10 || &bytes[..6] != b"\x93NUMPY" {
+            return Err(bad(
+                "not a valid .npy file: it does not start with the \\x93NUMPY magic".into(),
+            ));
+        }
+        let (header_len, start) = match bytes[6] {
+            1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10usize),
+            2 | 3 if len >= 12 => (
+                u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+                12,
+            ),
+            2 | 3 => {
+                return Err(bad(format!(
+                    "not a valid .npy file: {len} bytes, shorter than its preamble"
+                )))
+            }
+            v => return Err(bad(format!("unsupported .npy format version {v} (expected 1, 2 or 3)"))),
+        };
+        if header_len > MAX_NPY_HEADER_BYTES {
+            return Err(bad(format!(
+                ".npy header of {header_len} bytes is more than the {MAX_NPY_HEADER_BYTES} allowed"
+            )));
+        }
+        let data_start = start + header_len;
+        if data_start > len {
+            return Err(bad(format!(
+                ".npy header of {header_len} bytes runs past the end of the file ({len} bytes)"
+            )));
+        }
+        // npyz multiplies the shape out unchecked: check it first.
+        if let Some(dims) = std::str::from_utf8(&bytes[start..data_start])
+            .ok()
+            .and_then(npy_header_shape)
+        {
+            if dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d)).is_none() {
+                return Err(bad(format!("the element count of shape {dims:?} overflows")));
+            }
+        }
+        let npy = npyz::NpyFile::new(bytes).map_err(|e| bad(format!("not a valid .npy file: {e}")))?;
         if npy.order() == npyz::Order::Fortran {
             return Err(bad(
                 "Fortran-order arrays are not supported; save a C-contiguous array".into()
@@ -355,23 +431,46 @@ impl Tensor {
         };
         // Type string: byte order char, kind, size (e.g. "<f4", "|u1").
         let kind_size = descr.get(1..).unwrap_or("");
-        fn load<T: Element, R: Read>(npy: npyz::NpyFile<R>, shape: Vec<usize>, origin: &str) -> Result<Tensor> {
+        let item = match kind_size {
+            "f4" | "i4" => 4,
+            "f2" => 2,
+            "f8" | "i8" => 8,
+            "i1" | "u1" | "b1" => 1,
+            _ => {
+                return Err(bad(format!(
+                    "unsupported .npy dtype `{descr}` (expected one of f4, f2, f8, i4, i8, i1, u1)"
+                )))
+            }
+        };
+        let need = checked_numel(&shape)
+            .and_then(|n| n.checked_mul(item))
+            .ok_or_else(|| bad(format!("the element count of shape {shape:?} overflows")))?;
+        let have = len - data_start;
+        if have < need {
+            return Err(bad(format!(
+                "truncated: shape {shape:?} of `{descr}` needs {need} data bytes, the file holds {have}"
+            )));
+        }
+        if have > need {
+            return Err(bad(format!(
+                "{} trailing bytes after the data (shape {shape:?} of `{descr}` needs {need} bytes)",
+                have - need
+            )));
+        }
+        fn load<T: Element>(npy: npyz::NpyFile<&[u8]>, shape: Vec<usize>, origin: &str) -> Result<Tensor> {
             let v: Vec<T> = npy
                 .into_vec()
                 .map_err(|e| Error::invalid_artifact(origin, format!("reading .npy data: {e}")))?;
             Tensor::from_vec(shape, v)
         }
         match kind_size {
-            "f4" => load::<f32, R>(npy, shape, origin),
-            "f2" => load::<f16, R>(npy, shape, origin),
-            "f8" => load::<f64, R>(npy, shape, origin),
-            "i4" => load::<i32, R>(npy, shape, origin),
-            "i8" => load::<i64, R>(npy, shape, origin),
-            "i1" => load::<i8, R>(npy, shape, origin),
-            "u1" | "b1" => load::<u8, R>(npy, shape, origin),
-            _ => Err(bad(format!(
-                "unsupported .npy dtype `{descr}` (expected one of f4, f2, f8, i4, i8, i1, u1)"
-            ))),
+            "f4" => load::<f32>(npy, shape, origin),
+            "f2" => load::<f16>(npy, shape, origin),
+            "f8" => load::<f64>(npy, shape, origin),
+            "i4" => load::<i32>(npy, shape, origin),
+            "i8" => load::<i64>(npy, shape, origin),
+            "i1" => load::<i8>(npy, shape, origin),
+            _ => load::<u8>(npy, shape, origin),
         }
     }
 

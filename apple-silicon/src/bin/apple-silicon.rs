@@ -5,9 +5,11 @@ mod gates_cli;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use std::time::{Duration, Instant};
 
+use apple_silicon::cache::{host_meta, CacheConfig, ModelCache};
 use apple_silicon::golden::GoldenModel;
 use apple_silicon::mil::{self, FloatPolicy};
 use apple_silicon::mlpackage::MlPackage;
@@ -51,6 +53,10 @@ enum Command {
         /// Timeout in milliseconds.
         #[arg(long, default_value_t = 60_000)]
         timeout_ms: u64,
+        /// Prepare without the compiled-model cache ($APPLE_SILICON_CACHE_DIR,
+        /// else the platform's cache directory), which is used by default.
+        #[arg(long)]
+        no_cache: bool,
     },
     /// Compare outputs: a model against its golden outputs, two models on the
     /// same inputs, or one model under two float policies.
@@ -127,12 +133,14 @@ fn main() -> ExitCode {
             output_dir,
             policy,
             timeout_ms,
+            no_cache,
         } => run(
             &model,
             &inputs,
             output_dir.as_deref(),
             policy.into(),
             Duration::from_millis(timeout_ms),
+            !no_cache,
         ),
         Command::Parity {
             model_a,
@@ -269,13 +277,20 @@ fn diff_cmd(a: &Path, b: &Path, json: bool) -> Result<bool> {
     Ok(report.matches)
 }
 
-/// Parses NAME=FILE.npy arguments.
+/// Parses NAME=FILE.npy arguments; a name given twice is an error.
 fn read_inputs(args: &[String]) -> Result<TensorMap> {
     let mut map = TensorMap::new();
     for a in args {
         let (name, file) = a
             .split_once('=')
             .ok_or_else(|| Error::schema_mismatch("--input argument", "NAME=FILE.npy", format!("`{a}`")))?;
+        if map.contains_key(name) {
+            return Err(Error::schema_mismatch(
+                format!("--input `{name}`"),
+                "each input name once",
+                format!("`{name}` given more than once"),
+            ));
+        }
         map.insert(name.to_string(), Tensor::read_npy(file)?);
     }
     Ok(map)
@@ -302,10 +317,33 @@ fn inputs_for(path: &Path, golden: &Option<GoldenModel>, args: &[String]) -> Res
     }
 }
 
-fn run(path: &Path, args: &[String], out_dir: Option<&Path>, policy: FloatPolicy, timeout: Duration) -> Result<()> {
+/// The compiled-model cache for `run`, or `None` (with a warning) when it
+/// cannot be opened: a broken cache costs the compiled form, not the run.
+fn open_cache() -> Option<Arc<ModelCache>> {
+    match CacheConfig::from_env().and_then(|c| ModelCache::open(c, host_meta())) {
+        Ok(c) => Some(Arc::new(c)),
+        Err(e) => {
+            tracing::warn!(error = %e, "compiled-model cache unavailable; preparing without it");
+            eprintln!("warning: compiled-model cache unavailable ({e}); preparing without it");
+            None
+        }
+    }
+}
+
+fn run(
+    path: &Path,
+    args: &[String],
+    out_dir: Option<&Path>,
+    policy: FloatPolicy,
+    timeout: Duration,
+    use_cache: bool,
+) -> Result<()> {
     let (artifact, golden) = open_model(path)?;
     let inputs = inputs_for(path, &golden, args)?;
-    let engine = CandleEngine::new().with_float_policy(policy);
+    let mut engine = CandleEngine::new().with_float_policy(policy);
+    if let Some(cache) = use_cache.then(open_cache).flatten() {
+        engine = engine.with_cache(cache);
+    }
     let t0 = Instant::now();
     let model = engine.prepare(&artifact, PrepareOptions::default())?;
     let prepared = t0.elapsed();
@@ -321,6 +359,9 @@ fn run(path: &Path, args: &[String], out_dir: Option<&Path>, policy: FloatPolicy
         prepared.as_secs_f64() * 1e3,
         ran.as_secs_f64() * 1e3
     );
+    for note in &caps.notes {
+        println!("note   {note}");
+    }
     if let Some(dir) = out_dir {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
     }

@@ -175,7 +175,18 @@ fn cache_clear(root: &Path) -> Result<()> {
     let report = ModelCache::new(CacheConfig::at(root), cache::host_meta())?.clear()?;
     print_report(&report);
     println!("freed {} in {}", human_bytes(report.bytes_freed()), root.display());
-    Ok(())
+    if report.errors.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Io {
+            context: format!("clearing the cache at {}", root.display()),
+            source: std::io::Error::other(format!(
+                "{} problems: {}",
+                report.errors.len(),
+                report.errors.join("; ")
+            )),
+        })
+    }
 }
 
 fn print_report(report: &GcReport) {

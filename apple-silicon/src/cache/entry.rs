@@ -8,7 +8,6 @@
 //! ```
 
 use std::fs;
-use std::io::Read;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -54,6 +53,12 @@ pub struct EntryMeta {
     pub total_bytes: u64,
     /// Every payload file, sorted by path.
     pub files: Vec<FileRecord>,
+    /// SHA-256 (hex) of the artifact bytes the payload was built from, as the
+    /// builder read them, when the builder says ([`super::ModelCache::get_or_build_from`]).
+    /// It must equal `key.sha256`: an entry built from other bytes than its
+    /// key names is corrupt (checked on every serve and by `verify`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_sha256: Option<String>,
 }
 
 /// The directory name of a key: the first 32 hex digits (128 bits) of the
@@ -81,17 +86,18 @@ pub(crate) enum Invalid {
 }
 
 /// Reads `meta.json` of the entry at `dir`, if it parses.
+/// The file is opened below `dir` without following links, and only if it is
+/// a regular file of at most 64 MiB.
 pub(crate) fn read_meta(dir: &Path) -> std::result::Result<EntryMeta, String> {
-    let path = dir.join(META);
-    let mut f = fs::File::open(&path).map_err(|e| format!("metadata cannot be opened: {e}"))?;
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let root = fsx::Confined::open(dir).map_err(|e| format!("the entry cannot be opened: {e}"))?;
+    let (f, len) = root
+        .open_file(META)
+        .map_err(|e| format!("metadata cannot be opened: {e}"))?;
     if len > MAX_META_BYTES {
         return Err(format!("metadata is {len} bytes, expected at most {MAX_META_BYTES}"));
     }
-    let mut text = String::new();
-    f.read_to_string(&mut text)
-        .map_err(|e| format!("metadata cannot be read as UTF-8 text: {e}"))?;
-    serde_json::from_str(&text).map_err(|e| format!("metadata does not parse as an entry record: {e}"))
+    let bytes = fsx::read_exact_len(f, len, &dir.join(META)).map_err(|e| format!("metadata cannot be read: {e}"))?;
+    serde_json::from_slice(&bytes).map_err(|e| format!("metadata does not parse as an entry record: {e}"))
 }
 
 /// The cheap check made before serving an entry: the marker is present, the
@@ -139,6 +145,14 @@ pub(crate) fn check(
             return Err(Invalid::Corrupt(format!(
                 "metadata holds key `{}`, expected `{key}`",
                 meta.key_string
+            )));
+        }
+    }
+    if let Some(src) = &meta.source_sha256 {
+        if *src != meta.key.sha256 {
+            return Err(Invalid::Corrupt(format!(
+                "built from an artifact whose sha256 is {src}, but its key names {}",
+                meta.key.sha256
             )));
         }
     }

@@ -148,6 +148,15 @@ impl FileLock {
     }
 }
 
+impl Drop for FileLock {
+    /// Unlocks explicitly rather than by closing: a child this process is
+    /// forking on another thread holds a copy of the descriptor until it
+    /// execs, and closing ours alone would leave the lock held meanwhile.
+    fn drop(&mut self) {
+        let _ = self._file.unlock();
+    }
+}
+
 fn lock_and_check(file: &File, path: &Path, wait: Wait) -> Result<Outcome> {
     let io_err = |e| Error::io(format!("locking {}", path.display()), e);
     match wait {

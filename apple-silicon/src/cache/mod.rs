@@ -593,6 +593,10 @@ struct Inner {
     config: CacheConfig,
     current: CompiledMeta,
     counters: Counters,
+    /// Why nothing can be written (the directories could not be created),
+    /// when the cache was opened on a read-only or broken root that still
+    /// holds entries: those are served, nothing is installed or evicted.
+    read_only: Option<String>,
 }
 
 /// What the cheap check of an entry found, with the version rule applied.
@@ -621,8 +625,17 @@ impl ModelCache {
     /// applies the budgets. Costs one directory listing and one small metadata
     /// read plus one `lstat` per payload file of every entry. Maintenance
     /// problems are logged and do not fail the open.
+    ///
+    /// A root whose directories cannot be created or written (read-only,
+    /// full, or a file where a directory should be) but that holds an
+    /// `entries/` directory opens read-only ([`ModelCache::read_only`]): its
+    /// entries are served, misses are reported without building (callers
+    /// prepare uncached), and nothing is evicted.
     pub fn open(config: CacheConfig, current: CompiledMeta) -> Result<ModelCache> {
         let cache = ModelCache::new(config, current)?;
+        if cache.read_only().is_some() {
+            return Ok(cache);
+        }
         let report = cache.gc()?;
         if !report.evicted.is_empty() || !report.stale_temps.is_empty() || !report.errors.is_empty() {
             tracing::info!(
@@ -641,14 +654,31 @@ impl ModelCache {
     /// Like [`ModelCache::open`] without the maintenance pass: only creates the
     /// directories. For tools that look before they touch (`cache ls`).
     pub fn new(config: CacheConfig, current: CompiledMeta) -> Result<ModelCache> {
+        let read_only = match ensure_dirs_at(&config.root) {
+            Ok(()) => None,
+            Err(e) if config.root.join(ENTRIES).is_dir() => {
+                tracing::warn!(
+                    target: "apple_silicon::cache",
+                    root = %config.root.display(),
+                    error = %e,
+                    "compiled-model cache is not writable: serving its entries, preparing the rest uncached"
+                );
+                Some(e.to_string())
+            }
+            Err(e) => return Err(e),
+        };
+        let read_only_now = read_only.is_some();
         let cache = ModelCache {
             inner: Arc::new(Inner {
                 config,
                 current,
                 counters: Counters::default(),
+                read_only,
             }),
         };
-        cache.ensure_dirs()?;
+        if read_only_now {
+            return Ok(cache);
+        }
         let tag = cache.root().join("CACHEDIR.TAG");
         if !tag.exists() {
             // Best effort: only a hint for backup tools.
@@ -658,10 +688,23 @@ impl ModelCache {
     }
 
     fn ensure_dirs(&self) -> Result<()> {
-        for d in [self.entries_dir(), self.tmp_dir(), self.root().join(LOCKS)] {
-            fs::create_dir_all(&d).map_err(|e| Error::io(format!("creating cache directory {}", d.display()), e))?;
+        ensure_dirs_at(self.root())
+    }
+
+    /// Why the cache cannot be written, when it was opened read-only (see
+    /// [`ModelCache::open`]); `None` for a writable cache.
+    pub fn read_only(&self) -> Option<&str> {
+        self.inner.read_only.as_deref()
+    }
+
+    fn refuse_write(&self, what: &str) -> Result<()> {
+        match &self.inner.read_only {
+            Some(why) => Err(Error::Unavailable {
+                engine: format!("compiled-model cache at {}", self.root().display()),
+                reason: format!("it is read-only ({why}); cannot {what}"),
+            }),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// The root directory.
@@ -749,7 +792,33 @@ impl ModelCache {
     where
         F: FnOnce(&Path) -> Result<()>,
     {
-        self.get_or_install(key, build, !self.inner.config.precompiled_only)
+        self.get_or_install(key, build, !self.inner.config.precompiled_only, None)
+    }
+
+    /// Like [`ModelCache::get_or_build`] for a builder that read the artifact
+    /// itself and knows the SHA-256 of the bytes it built from
+    /// (`source_sha256`, hex): recorded in the entry's metadata, and refused
+    /// before anything is built when it differs from `key.sha256`, so an
+    /// entry can never hold the compiled form of other bytes than its key names.
+    pub fn get_or_build_from<F>(&self, key: &CacheKey, source_sha256: &str, build: F) -> Result<CacheEntry>
+    where
+        F: FnOnce(&Path) -> Result<()>,
+    {
+        if source_sha256 != key.sha256 {
+            return Err(Error::Compile {
+                model: key.to_string(),
+                message: format!(
+                    "the artifact read has sha256 {source_sha256}, but the cache key names {}; refusing to cache it",
+                    key.sha256
+                ),
+            });
+        }
+        self.get_or_install(
+            key,
+            build,
+            !self.inner.config.precompiled_only,
+            Some(source_sha256.to_string()),
+        )
     }
 
     /// Installs a copy of the compiled model directory `src` (validated with
@@ -770,10 +839,17 @@ impl ModelCache {
                 fsx::copy_tree(&pre.path, &dst)
             },
             true,
+            None,
         )
     }
 
-    fn get_or_install<F>(&self, key: &CacheKey, build: F, may_build: bool) -> Result<CacheEntry>
+    fn get_or_install<F>(
+        &self,
+        key: &CacheKey,
+        build: F,
+        may_build: bool,
+        source_sha256: Option<String>,
+    ) -> Result<CacheEntry>
     where
         F: FnOnce(&Path) -> Result<()>,
     {
@@ -790,6 +866,10 @@ impl ModelCache {
         let key_string = key.to_string();
         let id = entry_id(&key_string);
         let dir = self.entry_dir(&id);
+        if self.read_only().is_some() {
+            bump(&c.misses, 1);
+            self.refuse_write(&format!("install an entry for {key_string}"))?;
+        }
         // Someone may have deleted the whole cache while we run.
         self.ensure_dirs()?;
         let lock_wait = self.inner.config.lock_wait;
@@ -813,7 +893,7 @@ impl ModelCache {
             }
         }
         bump(&c.misses, 1);
-        let installed = self.install_locked(key, &key_string, &id, build);
+        let installed = self.install_locked(key, &key_string, &id, build, source_sha256);
         drop(guard);
         match installed {
             Ok(meta) => {
@@ -854,7 +934,18 @@ impl ModelCache {
             Err(_) => {}
         }
         // Bad, or being installed right now: only the key's holder may decide.
-        if let Some(_guard) = KeyLock::acquire(&self.lock_path(&id), Wait::No)? {
+        if self.read_only().is_some() {
+            return Ok(None);
+        }
+        let guard = match KeyLock::acquire(&self.lock_path(&id), Wait::No) {
+            Ok(g) => g,
+            Err(e) => {
+                // A lock file we cannot create: not servable, nothing to evict.
+                tracing::warn!(target: "apple_silicon::cache", id = %id, error = %e, "cannot lock a cache entry to check it");
+                return Ok(None);
+            }
+        };
+        if let Some(_guard) = guard {
             match entry::check(&dir, &id, Some(key), true) {
                 Ok(meta) => {
                     self.touch(&dir);
@@ -887,7 +978,14 @@ impl ModelCache {
     }
 
     /// Builds into a temporary directory and installs it. The caller holds the key.
-    fn install_locked<F>(&self, key: &CacheKey, key_string: &str, id: &str, build: F) -> Result<EntryMeta>
+    fn install_locked<F>(
+        &self,
+        key: &CacheKey,
+        key_string: &str,
+        id: &str,
+        build: F,
+        source_sha256: Option<String>,
+    ) -> Result<EntryMeta>
     where
         F: FnOnce(&Path) -> Result<()>,
     {
@@ -923,6 +1021,7 @@ impl ModelCache {
             created_unix_ms: unix_ms(SystemTime::now()),
             total_bytes: files.iter().map(|f| f.size).sum(),
             files,
+            source_sha256,
         };
         let json = serde_json::to_vec_pretty(&meta)
             .map_err(|e| Error::internal(format!("serialising cache metadata: {e}")))?;
@@ -1143,6 +1242,7 @@ impl ModelCache {
     /// listing of `tmp/`, `entries/` and `locks/`, one small read and one
     /// `lstat` per payload file of every entry, plus the deletions.
     pub fn gc(&self) -> Result<GcReport> {
+        self.refuse_write("collect garbage")?;
         let mut report = GcReport::default();
         self.clean_temps(&mut report)?;
         let mut live = Vec::new();
@@ -1166,6 +1266,7 @@ impl ModelCache {
     /// Evicts every entry not in use and removes stale temporary directories.
     /// Costs the deletions.
     pub fn clear(&self) -> Result<GcReport> {
+        self.refuse_write("clear it")?;
         let mut report = GcReport::default();
         for id in self.entry_ids()? {
             match self.evict_if_idle(&id, EvictReason::Cleared, "cleared on request".into(), false) {
@@ -1184,6 +1285,7 @@ impl ModelCache {
     /// every payload file is hashed and compared with its recorded SHA-256.
     /// Bad entries are evicted and listed. Costs one full read of the cache.
     pub fn verify(&self) -> Result<VerifyReport> {
+        self.refuse_write("verify it (bad entries could not be evicted)")?;
         let mut report = VerifyReport::default();
         for id in self.entry_ids()? {
             let Some(guard) = KeyLock::acquire(&self.lock_path(&id), Wait::No)? else {
@@ -1454,12 +1556,26 @@ fn last_used(dir: &Path) -> SystemTime {
         .unwrap_or(UNIX_EPOCH)
 }
 
+fn ensure_dirs_at(root: &Path) -> Result<()> {
+    for d in [root.join(ENTRIES), root.join(TMP), root.join(LOCKS)] {
+        fs::create_dir_all(&d).map_err(|e| Error::io(format!("creating cache directory {}", d.display()), e))?;
+    }
+    Ok(())
+}
+
 fn first_hash_mismatch(payload: &Path, meta: &EntryMeta) -> Option<String> {
+    let root = match fsx::Confined::open(payload) {
+        Ok(r) => r,
+        Err(e) => return Some(format!("the payload cannot be opened: {e}")),
+    };
     for f in &meta.files {
-        let Some(path) = fsx::safe_join(payload, &f.path) else {
+        if fsx::safe_join(payload, &f.path).is_none() {
             return Some(format!("metadata lists `{}`, which is not a plain path", f.path));
-        };
-        match fsx::sha256_file(&path) {
+        }
+        match root
+            .open_file(&f.path)
+            .and_then(|(mut file, _)| fsx::hash_open_file(&mut file, &payload.join(&f.path)))
+        {
             Ok(h) if h == f.sha256 => {}
             Ok(h) => return Some(format!("file `{}` has sha256 {h}, expected {}", f.path, f.sha256)),
             Err(e) => return Some(format!("file `{}` cannot be hashed: {e}", f.path)),

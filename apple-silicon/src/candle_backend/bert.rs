@@ -14,6 +14,7 @@ use candle_core::{DType as CDType, Device, Tensor as CTensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config};
 
+use crate::cache::fsx::{self, Confined};
 use crate::error::{Error, Result};
 use crate::inference::{IoSchema, ShapeConstraint, TensorSpec};
 use crate::tensor::{DType, Tensor, TensorMap};
@@ -64,8 +65,13 @@ fn locate(path: &Path) -> Result<(PathBuf, PathBuf)> {
     Ok((weights, config))
 }
 
-fn read_json(path: &Path) -> Option<serde_json::Value> {
-    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+/// A JSON file of the model directory larger than this is refused unread.
+const MAX_JSON_BYTES: u64 = 16 << 20;
+
+/// An optional JSON file of the model directory (opened without following
+/// links, regular files only, capped); `None` when absent or unusable.
+fn read_json(root: &Confined, rel: &str) -> Option<serde_json::Value> {
+    serde_json::from_slice(&root.read(rel, MAX_JSON_BYTES).ok()?).ok()
 }
 
 impl BertEncoder {
@@ -73,8 +79,16 @@ impl BertEncoder {
     /// mapping the file; weights are read as the model touches them.
     pub fn load(path: &Path, seq_len: usize) -> Result<BertEncoder> {
         let (weights, config_path) = locate(path)?;
-        let config_text =
-            std::fs::read(&config_path).map_err(|e| Error::io(format!("reading {}", config_path.display()), e))?;
+        let dir = config_path.parent().unwrap_or(Path::new("."));
+        let root = Confined::open(dir)?;
+        let config_text = root.read("config.json", MAX_JSON_BYTES)?;
+        // The weights must be a regular file (a FIFO would block the mapping's
+        // open); inside a model directory, not a link either.
+        if path.is_dir() {
+            root.open_file("model.safetensors")?;
+        } else {
+            fsx::open_regular(&weights)?;
+        }
         let raw: serde_json::Value = serde_json::from_slice(&config_text)
             .map_err(|e| Error::invalid_artifact(&config_path, format!("not JSON: {e}")))?;
         let model_type = raw.get("model_type").and_then(|v| v.as_str()).unwrap_or("");
@@ -85,12 +99,11 @@ impl BertEncoder {
         }
         let config: Config = serde_json::from_value(raw.clone())
             .map_err(|e| Error::invalid_artifact(&config_path, format!("not a BERT config: {e}")))?;
-        let dir = config_path.parent().unwrap_or(Path::new("."));
-        let pooling = match read_json(&dir.join("1_Pooling/config.json")) {
+        let pooling = match read_json(&root, "1_Pooling/config.json") {
             Some(p) if p.get("pooling_mode_cls_token").and_then(|v| v.as_bool()) == Some(true) => Pooling::Cls,
             _ => Pooling::Mean,
         };
-        let normalize = read_json(&dir.join("modules.json")).is_some_and(|m| m.to_string().contains("Normalize"));
+        let normalize = read_json(&root, "modules.json").is_some_and(|m| m.to_string().contains("Normalize"));
         // SAFETY: the weights file is mapped read-only and treated as immutable.
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], CDType::F32, &Device::Cpu) }
             .map_err(|e| Error::invalid_artifact(&weights, format!("not readable safetensors: {e}")))?;

@@ -19,7 +19,7 @@ pub use bert::{BertEncoder, Pooling};
 
 use crate::cache::ModelCache;
 use crate::deadline::DeadlineRunner;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::inference::{
     downcast_model, CacheKey, CapabilityReport, ComputeUnits, InferenceEngine, IoSchema, ModelArtifact, ModelFmt,
     PrepareOptions, PreparedModel, ShapeConstraint,
@@ -186,7 +186,23 @@ fn precision_label(pkg: &MlPackage, policy: FloatPolicy) -> String {
 
 impl CandleEngine {
     fn prepare_program(&self, artifact: &ModelArtifact, opts: &PrepareOptions) -> Result<Inner> {
-        let pkg = MlPackage::open(&artifact.path)?;
+        // One read, one truth: the plan (and any compiled form cached under
+        // the artifact's sha256) is built from bytes read once and hashed; if
+        // they are not what `ModelArtifact::open` hashed, nothing is built.
+        let pkg = MlPackage::open_in_memory(&artifact.path)?;
+        let read = pkg
+            .sha256()
+            .ok_or_else(|| Error::internal("a package opened in memory has a digest"))?;
+        if read != artifact.sha256 {
+            return Err(Error::invalid_artifact(
+                &artifact.path,
+                format!(
+                    "the package changed since it was opened: its sha256 was {} then and is {} now; open the artifact again",
+                    artifact.sha256_hex(),
+                    crate::digest::to_hex(&read)
+                ),
+            ));
+        }
         let key = CacheKey {
             sha256: artifact.sha256_hex(),
             coreml_version: ENGINE_VERSION.into(),
@@ -222,7 +238,7 @@ impl CandleEngine {
 
     /// The plan of `pkg`: from the cache's compiled form when there is one,
     /// else built (and, with a cache, installed for next time).
-    fn plan_for(&self, pkg: &MlPackage, key: &CacheKey, opts: &PrepareOptions) -> Result<(Plan, &'static str)> {
+    fn plan_for(&self, pkg: &MlPackage, key: &CacheKey, opts: &PrepareOptions) -> Result<(Plan, String)> {
         let Some(cache) = &self.cache else {
             if opts.precompiled_only {
                 return Err(Error::Compile {
@@ -232,34 +248,63 @@ impl CandleEngine {
             }
             return Ok((
                 Plan::build(pkg, self.float_policy)?,
-                "built from the package (no cache)",
+                "built from the package (no cache)".into(),
             ));
         };
         let entry = if opts.precompiled_only {
             cache.get_precompiled(key)?
         } else {
             let mut built = None;
-            let entry = cache.get_or_build(key, |tmp| {
+            // Set until the build closure returns Ok: a build that failed or
+            // panicked is the model's fault, anything else the cache's.
+            let mut build_failed = false;
+            // The bytes were hashed as read (prepare_program checked them
+            // against the key): the entry records what it was built from.
+            let read = pkg.sha256().map(|d| crate::digest::to_hex(&d)).unwrap_or_default();
+            let got = cache.get_or_build_from(key, &read, |tmp| {
+                build_failed = true;
                 let (plan, lowered) = Plan::build_lowered(pkg, self.float_policy)?;
                 lowered.write(pkg, &tmp.join(COMPILED_PACKAGE))?;
                 built = Some(plan);
+                build_failed = false;
                 Ok(())
-            })?;
-            if let Some(plan) = built {
-                return Ok((plan, "cache miss: compiled form built and installed"));
+            });
+            match got {
+                Ok(_) if built.is_some() => {
+                    return Ok((
+                        built.expect("checked"),
+                        "cache miss: compiled form built and installed".into(),
+                    ))
+                }
+                Ok(entry) => entry,
+                Err(e) if build_failed || e.kind() == ErrorKind::Timeout => return Err(e),
+                Err(e) => {
+                    // Degrade, don't fail: a read-only, full or broken cache
+                    // costs the compiled form, not the model.
+                    tracing::warn!(
+                        target: "apple_silicon::cache",
+                        key = %key,
+                        error = %e,
+                        "compiled-model cache unusable; preparing without it"
+                    );
+                    let plan = match built {
+                        Some(plan) => plan,
+                        None => Plan::build(pkg, self.float_policy)?,
+                    };
+                    return Ok((plan, format!("built from the package, not cached ({e})")));
+                }
             }
-            entry
         };
         let compiled = entry.path().join(COMPILED_PACKAGE);
         match MlPackage::open(&compiled).and_then(|lp| Plan::build(&lp, self.float_policy)) {
-            Ok(plan) => Ok((plan, "cache hit: loaded the compiled form")),
+            Ok(plan) => Ok((plan, "cache hit: loaded the compiled form".into())),
             Err(e) if !opts.precompiled_only => {
                 // A damaged entry that passed the cache's cheap checks: serve
                 // from the package rather than fail.
                 tracing::warn!(entry = %compiled.display(), error = %e, "unusable compiled form; building from the package");
                 Ok((
                     Plan::build(pkg, self.float_policy)?,
-                    "compiled form unusable, built from the package",
+                    "compiled form unusable, built from the package".into(),
                 ))
             }
             Err(e) => Err(e),

@@ -143,10 +143,17 @@ impl<'a> Decoder<'a> {
                         ),
                     ));
                 }
+                // A blob of the wrong dtype: name the const as well as file and offset.
+                let named = |e: Error| match e {
+                    Error::InvalidArtifact { path, reason } => {
+                        Error::invalid_artifact(path, format!("{what} (type {}): {reason}", dtype_name(dtype)))
+                    }
+                    other => other,
+                };
                 match DataType::try_from(dtype) {
-                    Ok(DataType::Float32) => HostData::F32(blob.to_f32()?),
-                    Ok(DataType::Float16) => HostData::F16(blob.to_f16()?),
-                    Ok(DataType::Bfloat16) => HostData::F32(blob.to_f32()?),
+                    Ok(DataType::Float32) => HostData::F32(blob.to_f32().map_err(named)?),
+                    Ok(DataType::Float16) => HostData::F16(blob.to_f16().map_err(named)?),
+                    Ok(DataType::Bfloat16) => HostData::F32(blob.to_f32().map_err(named)?),
                     Ok(
                         DataType::Int8
                         | DataType::Uint8
@@ -160,7 +167,7 @@ impl<'a> Decoder<'a> {
                         | DataType::Uint1
                         | DataType::Uint3
                         | DataType::Uint6,
-                    ) => HostData::I64(blob.to_i64()?),
+                    ) => HostData::I64(blob.to_i64().map_err(named)?),
                     _ => {
                         return Err(Error::unsupported(format!(
                             "{what}: weights of type {}",
