@@ -6,6 +6,10 @@
 //! both relative to max(1, max |reference|); integer and bool outputs
 //! exactly; a case's `rtol` overrides. NaN and infinities must match. fp16
 //! cases run under both float policies (fp16 arithmetic, and upcast to f32).
+//! Random ops are `"check": "distribution"` cases: their samples cannot match
+//! Apple's generator, so shape, dtype, support, sample mean / std and value
+//! frequencies are checked against bounds from the op's parameters, and a
+//! second plan must draw the same samples.
 //!
 //! A case that errors or misses fails the test unless it (or its op type)
 //! is in tests/fixtures/conformance/KNOWN.json with a reason; a listed case
@@ -125,6 +129,24 @@ fn run_case(c: &Case, policy: FloatPolicy) -> (&'static str, String, Option<f64>
         Ok(o) => o,
         Err(e) => return ("error", format!("run: {e}"), None, inspect_ok, true),
     };
+    if c.meta["check"] == "distribution" {
+        // Random ops: the statistics, and the same samples from a second plan (the seed is honoured).
+        if let Err(msg) = check_stats(&out, &c.meta["stats"]) {
+            return ("fail", msg, None, inspect_ok, true);
+        }
+        let again = Plan::build(&pkg, policy).and_then(|p| p.run(&inputs));
+        return match again {
+            Ok(o2) if o2 == out => ("pass", String::new(), None, inspect_ok, true),
+            Ok(_) => (
+                "fail",
+                "a second plan drew other samples".into(),
+                None,
+                inspect_ok,
+                true,
+            ),
+            Err(e) => ("error", format!("second run: {e}"), None, inspect_ok, true),
+        };
+    }
     let rtol = c.meta["rtol"].as_f64().unwrap_or(match c.meta["precision"].as_str() {
         Some("fp16") => FP16_RTOL,
         _ => FP32_RTOL,
@@ -162,6 +184,71 @@ fn run_case(c: &Case, policy: FloatPolicy) -> (&'static str, String, Option<f64>
         );
     }
     ("pass", String::new(), Some(worst), inspect_ok, true)
+}
+
+/// Checks random outputs against a distribution case's `stats` (see
+/// scripts/conformance/case.py): shape and dtype exactly, value bounds and
+/// set, bounds on the sample mean, std and value frequencies.
+fn check_stats(out: &TensorMap, stats: &Value) -> Result<(), String> {
+    let stats = stats.as_object().ok_or("distribution case without `stats`")?;
+    for (name, st) in stats {
+        let got = out.get(name).ok_or_else(|| format!("output `{name}` missing"))?;
+        let shape: Vec<usize> = st["shape"]
+            .as_array()
+            .ok_or("stats without `shape`")?
+            .iter()
+            .map(|d| d.as_u64().unwrap_or(0) as usize)
+            .collect();
+        if got.shape() != shape.as_slice() {
+            return Err(format!("output `{name}`: shape {:?}, expected {shape:?}", got.shape()));
+        }
+        if let Some(dt) = st["dtype"].as_str() {
+            if got.dtype().name() != dt {
+                return Err(format!("output `{name}`: dtype {}, expected {dt}", got.dtype().name()));
+            }
+        }
+        let v = got.to_f64_vec();
+        if v.is_empty() {
+            return Err(format!("output `{name}` is empty"));
+        }
+        if let Some(bad) = v.iter().find(|x| !x.is_finite()) {
+            return Err(format!("output `{name}`: non-finite sample {bad}"));
+        }
+        let (lo, hi) = (st["min"].as_f64(), st["max"].as_f64());
+        if let Some(bad) = v
+            .iter()
+            .find(|&&x| lo.is_some_and(|l| x < l) || hi.is_some_and(|h| x > h))
+        {
+            return Err(format!("output `{name}`: sample {bad} outside [{lo:?}, {hi:?}]"));
+        }
+        if let Some(set) = st["values"].as_array() {
+            let set: Vec<f64> = set.iter().filter_map(Value::as_f64).collect();
+            if let Some(bad) = v.iter().find(|x| !set.contains(x)) {
+                return Err(format!("output `{name}`: sample {bad} not in {set:?}"));
+            }
+        }
+        let n = v.len() as f64;
+        let mean = v.iter().sum::<f64>() / n;
+        let std = (v.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / n).sqrt();
+        let within = |what: &str, x: f64, b: &Value| -> Result<(), String> {
+            match (b[0].as_f64(), b[1].as_f64()) {
+                (Some(l), Some(h)) if x < l || x > h => {
+                    Err(format!("output `{name}`: {what} {x:.5} outside [{l:.5}, {h:.5}]"))
+                }
+                _ => Ok(()),
+            }
+        };
+        within("mean", mean, &st["mean"])?;
+        within("std", std, &st["std"])?;
+        if let Some(fr) = st["freq"].as_object() {
+            for (val, b) in fr {
+                let target: f64 = val.parse().map_err(|_| format!("freq key `{val}` is not a number"))?;
+                let f = v.iter().filter(|&&x| x == target).count() as f64 / n;
+                within(&format!("frequency of {val}"), f, b)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn known() -> BTreeMap<String, String> {

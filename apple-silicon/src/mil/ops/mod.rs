@@ -13,6 +13,8 @@ mod elementwise_unary;
 mod linear;
 mod normalization;
 mod pool;
+mod quantization_ops;
+mod random;
 mod reduction;
 mod scatter_gather;
 mod spatial;
@@ -41,6 +43,8 @@ pub fn builder(op_type: &str) -> Option<Builder> {
         .or_else(|| tensor_transformation::builder(op_type))
         .or_else(|| tensor_operation::builder(op_type))
         .or_else(|| scatter_gather::builder(op_type))
+        .or_else(|| quantization_ops::builder(op_type))
+        .or_else(|| random::builder(op_type))
 }
 
 pub(super) fn one(t: Tensor) -> CResult<Vec<Tensor>> {
