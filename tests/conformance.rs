@@ -456,6 +456,20 @@ fn bad_options_are_errors_naming_op_parameter_and_value() {
             "fp32",
         ),
         (
+            "quantization_ops/quantize_int8_scalar",
+            "quantize",
+            "output_dtype",
+            s("int16"),
+            "int16",
+        ),
+        (
+            "random/random_categorical_logits",
+            "random_categorical",
+            "mode",
+            s("LOGITS"),
+            "LOGITS",
+        ),
+        (
             "normalization/local_response_norm_size3",
             "local_response_norm",
             "size",

@@ -93,6 +93,8 @@ def program_of(case: Case):
             outs = [outs]
         outs = list(outs)
         names = case.stats if case.check == "distribution" else case.expected
+        if case.classifier is not None:
+            names = ["probabilities"]  # converted as a classifier: classify's outputs replace it
         if len(outs) != len(names):
             raise SystemExit(f"{case.family}/{case.name}: {len(outs)} outputs, {len(names)} expected")
         named = []
@@ -122,6 +124,7 @@ def build_case(case: Case, out_root: Path) -> None:
             compute_precision=prec,
             skip_model_load=True,
             pass_pipeline=ct.PassPipeline(PASSES, "conformance"),
+            **({"classifier_config": ct.ClassifierConfig(case.classifier)} if case.classifier is not None else {}),
         )
     spec = mlmodel.get_spec()
     ops = main_ops(spec)

@@ -49,6 +49,10 @@ class Case:
     note: str = ""
     """Edge case covered, or why the reference is what it is."""
     tags: list[str] = field(default_factory=list)
+    classifier: list | None = None
+    """Class labels: the program is converted as a classifier (`ct.ClassifierConfig`), which ends it
+    with a `classify` op over the program's single output; `expected` then names classify's
+    outputs (`classLabel`, `classLabel_probs`: the probabilities in `classifier` order)."""
     check: str = "values"
     """`values`: outputs compared with `expected`. `distribution` (random ops, whose values cannot
     match Apple's generator): `expected` is empty and each output is checked against `stats`."""

@@ -6,6 +6,7 @@
 //! the end, `pad` as `[begin, end]` per dimension.
 
 mod activation;
+mod classify;
 mod control_flow;
 mod conv;
 mod elementwise_binary;
@@ -45,6 +46,7 @@ pub fn builder(op_type: &str) -> Option<Builder> {
         .or_else(|| scatter_gather::builder(op_type))
         .or_else(|| quantization_ops::builder(op_type))
         .or_else(|| random::builder(op_type))
+        .or_else(|| classify::builder(op_type))
 }
 
 pub(super) fn one(t: Tensor) -> CResult<Vec<Tensor>> {
