@@ -228,4 +228,62 @@ def cases() -> list[Case]:
         return mb.constexpr_sparse_to_dense(nonzero_data=v, mask=m)
     add_case(out, "constexpr_sparse_blockwise_shift_scale", "sparse_blockwise_shift_scale_per_column", mq.shape,
              sparse_bss, dense, "iOS18", note="the definition's example")
+
+    # --- Integer look-up tables and sparse data, read back through cast (add takes floats).
+    luti = np.array([-7, 3, 100, -128], np.int8)
+    idxi = r.integers(0, 4, (2, 3))
+    xi = uniform(f"{FAM}/int/x", (2, 3), -1, 1)
+    out.append(Case(FAM, "constexpr_lut_to_dense", "lut_to_dense_ios16_int8_lut", {"x": xi},
+                    lambda x: mb.add(x=x, y=mb.cast(x=mb.constexpr_lut_to_dense(
+                        indices=pack_bits(idxi, 2), lut=luti, shape=np.array((2, 3), np.uint32)), dtype="fp32")),
+                    {"y": f64(xi) + f64(luti)[idxi]}, opset="iOS17",
+                    note="the iOS16 form at iOS17, whose cast takes int8"))
+    lutu = r.integers(0, 256, (1, 3, 2, 1)).astype(np.uint8)
+    idxu = r.integers(0, 2, (2, 3))
+    out.append(Case(FAM, "constexpr_lut_to_dense", "lut_to_dense_ios18_uint8_lut", {"x": xi},
+                    lambda x: mb.add(x=x, y=mb.cast(x=mb.constexpr_lut_to_dense(
+                        indices=idxu.astype(types.np_uint1_dtype), lut=lutu), dtype="fp32")),
+                    {"y": f64(xi) + lut_dense(idxu, lutu)}, opset="iOS18"))
+    mi = np.array([[1, 0, 1], [0, 1, 1]], np.uint8)
+    nzi8 = np.array([-5, 7, -128, 127], np.int8)
+    di = np.zeros((2, 3))
+    di[mi != 0] = f64(nzi8)
+    out.append(Case(FAM, "constexpr_sparse_to_dense", "sparse_to_dense_ios18_int8", {"x": xi},
+                    lambda x: mb.add(x=x, y=mb.cast(x=mb.constexpr_sparse_to_dense(
+                        nonzero_data=nzi8, mask=mi.astype(types.np_uint1_dtype)), dtype="fp32")),
+                    {"y": f64(xi) + di}, opset="iOS18"))
+
+    # --- fp16 affine dequantize (the output takes scale's dtype).
+    s16a = np.array([0.5, 0.25, 0.125], np.float16)
+    add_case(out, "constexpr_affine_dequantize", "affine_dequantize_fp16", (2, 3, 2),
+             lambda: mb.constexpr_affine_dequantize(quantized_data=qi, zero_point=np.int8(2), scale=s16a, axis=1),
+             f64(s16a).reshape(1, 3, 1) * (f64(qi) - 2), "iOS16", precision="fp16")
+
+    # --- Compressed weights of a real op, larger than the plan's host copy of a constant (4096
+    # elements): the sparse chain's mask and values are read back from their tensors.
+    shp = (80, 64)
+    mw = (r.random(shp) < 0.9).astype(np.uint8)
+    nzw = r.integers(-128, 128, int(mw.sum())).astype(np.int8)
+    scw = uniform(f"{FAM}/big/scale", (80, 4), 0.001, 0.01)
+    offw = r.integers(-3, 3, (80, 4)).astype(np.int8)
+    dw = np.zeros(shp)
+    dw[mw != 0] = f64(nzw)
+    w = np.where(mw != 0, repeat_blocks(f64(scw), shp) * (dw - repeat_blocks(f64(offw), shp)), 0.0)
+    xm = uniform(f"{FAM}/big/x", (2, 80), -1, 1)
+
+    def big_weight(x):
+        m, v = mb.constexpr_sparse_blockwise_shift_scale(data_mask=mw.astype(types.np_uint1_dtype),
+                                                         nonzero_data=nzw, scale=scw, offset=offw)
+        return mb.matmul(x=x, y=mb.constexpr_sparse_to_dense(nonzero_data=v, mask=m))
+    out.append(Case(FAM, "constexpr_sparse_blockwise_shift_scale", "sparse_blockwise_shift_scale_matmul_weight_5120",
+                    {"x": xm}, big_weight, {"y": f64(xm) @ w}, opset="iOS18",
+                    note="int8 sparse weights in blocks of 16 columns feeding matmul; 5120 elements"))
+    lutb = uniform(f"{FAM}/big/lut", (1, 4, 16, 1), -1, 1)
+    idxb = r.integers(0, 16, shp)
+
+    def big_lut(x):
+        return mb.matmul(x=x, y=mb.constexpr_lut_to_dense(indices=idxb.astype(types.np_uint4_dtype), lut=lutb))
+    out.append(Case(FAM, "constexpr_lut_to_dense", "lut_to_dense_ios18_matmul_weight_5120", {"x": xm}, big_lut,
+                    {"y": f64(xm) @ lut_dense(idxb, lutb)}, opset="iOS18",
+                    note="4-bit palettes per group of 16 columns feeding matmul"))
     return out

@@ -18,7 +18,7 @@ import math
 import numpy as np
 from coremltools.converters.mil import Builder as mb
 
-from caselib import Case
+from caselib import Case, f64
 
 FAM = "random"
 Z = 6.0  # standard errors
@@ -91,6 +91,15 @@ def cases() -> list[Case]:
                     lambda x: mb.add(x=x, y=mb.random_bernoulli(shape=S)), {},
                     check="distribution", stats={"y": bern(0.5)}))
 
+    out.append(Case(FAM, "random_normal", "random_normal_fp16", zeros(np.float16),
+                    lambda x: mb.add(x=x, y=mb.random_normal(shape=S, mean=np.float16(2), stddev=np.float16(0.5),
+                                                             seed=21)), {},
+                    opset="iOS16", precision="fp16", check="distribution",
+                    stats={"y": normal(2.0, 0.5, "f16", slack=2e-3)}))
+    out.append(Case(FAM, "random_bernoulli", "random_bernoulli_fp16", zeros(np.float16),
+                    lambda x: mb.add(x=x, y=mb.random_bernoulli(shape=S, prob=np.float16(0.75), seed=23)), {},
+                    opset="iOS16", precision="fp16", check="distribution", stats={"y": bern(0.75, "f16")}))
+
     logits = np.array([[0.5, -1.0, 2.0, 0.0, 1.0]], np.float32)
     p = np.exp(logits[0].astype(np.float64) - logits.max())
     p /= p.sum()
@@ -112,4 +121,12 @@ def cases() -> list[Case]:
                     lambda x: mb.random_categorical(x=x), {},
                     check="distribution", stats={"y": {"shape": [1, 1], "dtype": "f32",
                                                        "values": [float(k) for k in range(5)]}}))
+    l16 = logits.astype(np.float16)
+    p16 = np.exp(f64(l16[0]) - f64(l16).max())
+    p16 /= p16.sum()
+    out.append(Case(FAM, "random_categorical", "random_categorical_fp16", {"x": l16},
+                    lambda x: mb.random_categorical(x=x, size=size, seed=29), {},
+                    opset="iOS16", precision="fp16", check="distribution",
+                    stats={"y": {"shape": [1, size], "dtype": "f16", "values": [float(k) for k in range(5)],
+                                 "freq": freq(size, dict(enumerate(p16)))}}))
     return out
