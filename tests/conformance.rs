@@ -489,3 +489,127 @@ fn bad_options_are_errors_naming_op_parameter_and_value() {
         }
     }
 }
+
+/// A copy of a case's package in which the inline value bound to `param` of
+/// the `op_type` op is edited by `edit`; returns the plan build's error.
+fn build_with_inline(
+    case: &str,
+    op_type: &str,
+    param: &str,
+    edit: impl FnOnce(&mut mil_spec::Value),
+) -> apple_silicon::Error {
+    use coreml_proto::proto::{model, Model};
+    use prost::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let dst = dir.path().join("m.mlpackage");
+    copy_dir(&root().join(case).join("model.mlpackage"), &dst);
+    let spec_path = dst.join("Data/com.apple.CoreML/model.mlmodel");
+    let mut spec = Model::decode(std::fs::read(&spec_path).unwrap().as_slice()).unwrap();
+    let Some(model::Type::MlProgram(p)) = &mut spec.r#type else {
+        panic!("{case}: not an ML Program")
+    };
+    let block = p
+        .functions
+        .get_mut("main")
+        .unwrap()
+        .block_specializations
+        .values_mut()
+        .next()
+        .unwrap();
+    let op = block.operations.iter_mut().find(|o| o.r#type == op_type).unwrap();
+    let arg = op.inputs.get_mut(param).unwrap().arguments.get_mut(0).unwrap();
+    let Some(mil_spec::argument::binding::Binding::Value(v)) = &mut arg.binding else {
+        panic!("{case}: `{param}` is not an inline value")
+    };
+    edit(v);
+    std::fs::write(&spec_path, spec.encode_to_vec()).unwrap();
+    let pkg = MlPackage::open(&dst).unwrap();
+    Plan::build(&pkg, FloatPolicy::Native)
+        .err()
+        .unwrap_or_else(|| panic!("{case}: a malformed `{param}` must be refused at build"))
+}
+
+/// Sets the constant dimensions of a value's tensor type.
+fn set_dims(v: &mut mil_spec::Value, dims: &[u64]) {
+    let Some(mil_spec::value_type::Type::TensorType(t)) = v.r#type.as_mut().and_then(|t| t.r#type.as_mut()) else {
+        panic!("not a tensor value")
+    };
+    t.dimensions = dims
+        .iter()
+        .map(|&d| mil_spec::Dimension {
+            dimension: Some(mil_spec::dimension::Dimension::Constant(
+                mil_spec::dimension::ConstantDimension { size: d },
+            )),
+        })
+        .collect();
+    t.rank = dims.len() as i64;
+}
+
+/// The immediate tensor of a value.
+fn immediate(v: &mut mil_spec::Value) -> &mut mil_spec::TensorValue {
+    let Some(mil_spec::value::Value::ImmediateValue(iv)) = &mut v.value else {
+        panic!("no immediate value")
+    };
+    let Some(mil_spec::value::immediate_value::Value::Tensor(t)) = &mut iv.value else {
+        panic!("no tensor")
+    };
+    t
+}
+
+#[test]
+fn malformed_compressed_constants_are_invalid_artifacts() {
+    use mil_spec::tensor_value::{RepeatedInts, Value as TV};
+    type Edit = Box<dyn FnOnce(&mut mil_spec::Value)>;
+    let cases: Vec<(&str, &str, &str, Edit, &str)> = vec![
+        (
+            "constexpr_ops/lut_to_dense_ios18_vector_axis1",
+            "constexpr_lut_to_dense",
+            "vector_axis",
+            Box::new(|v| immediate(v).value = Some(TV::Ints(RepeatedInts { values: vec![7] }))),
+            "`vector_axis` 7",
+        ),
+        (
+            // Groups of 4 along a dim of 6, and 2 palettes for 2-bit indices.
+            "constexpr_ops/lut_to_dense_ios18_grouped_2bit",
+            "constexpr_lut_to_dense",
+            "lut",
+            Box::new(|v| set_dims(v, &[4, 1, 2, 1])),
+            "does not divide 6",
+        ),
+        (
+            "constexpr_ops/blockwise_shift_scale_int8_blocks2x2",
+            "constexpr_blockwise_shift_scale",
+            "scale",
+            Box::new(|v| set_dims(v, &[3, 2])),
+            "does not divide 4",
+        ),
+        (
+            // One value fewer than the mask's set bits.
+            "constexpr_ops/sparse_to_dense_ios18",
+            "constexpr_sparse_to_dense",
+            "nonzero_data",
+            Box::new(|v| {
+                let Some(TV::Floats(f)) = &mut immediate(v).value else {
+                    panic!("nonzero_data: not floats")
+                };
+                f.values.pop();
+                let n = f.values.len() as u64;
+                set_dims(v, &[n]);
+            }),
+            "mask sets",
+        ),
+    ];
+    for (case, op, param, edit, want) in cases {
+        let e = build_with_inline(case, op, param, edit);
+        println!("{case}: {e}");
+        assert!(
+            matches!(e, apple_silicon::Error::InvalidArtifact { .. }),
+            "{case}: {e} is not InvalidArtifact"
+        );
+        let s = e.to_string();
+        assert!(
+            s.contains(&format!("({op})")) && s.contains(want),
+            "{case}: `{s}` does not name {op} / {want}"
+        );
+    }
+}
