@@ -229,6 +229,32 @@ def cases() -> list[Case]:
     add_case(out, "constexpr_sparse_blockwise_shift_scale", "sparse_blockwise_shift_scale_per_column", mq.shape,
              sparse_bss, dense, "iOS18", note="the definition's example")
 
+    # --- fp16 forms of the sparse ops.
+    nz16 = nz.astype(np.float16)
+    d16s = np.zeros((3, 3))
+    d16s[mask != 0] = f64(nz16)
+    add_case(out, "constexpr_sparse_to_dense", "sparse_to_dense_ios16_fp16", (3, 3),
+             lambda: mb.constexpr_sparse_to_dense(nonzero_data=nz16, mask=pack_bits(mask, 1),
+                                                  shape=np.array((3, 3), np.uint32)), d16s, "iOS16", precision="fp16")
+    nz18h = nz18.astype(np.float16)
+    d18h = np.zeros((3, 4))
+    d18h[m18 != 0] = f64(nz18h)
+    add_case(out, "constexpr_sparse_to_dense", "sparse_to_dense_ios18_fp16", (3, 4),
+             lambda: mb.constexpr_sparse_to_dense(nonzero_data=nz18h, mask=m18.astype(types.np_uint1_dtype)),
+             d18h, "iOS18", precision="fp16")
+    luts16 = luts.astype(np.float16)
+    add_case(out, "constexpr_lut_to_sparse", "lut_to_sparse_fp16", ml.shape, lambda: lut_sparse(luts16),
+             np.where(ml != 0, lut_dense(dense_idx, luts16), 0.0), "iOS18", precision="fp16")
+    scq16 = scq.astype(np.float16)
+
+    def sparse_bss16():
+        m, v = mb.constexpr_sparse_blockwise_shift_scale(data_mask=mq.astype(types.np_uint1_dtype),
+                                                         nonzero_data=nzq, scale=scq16, offset=offq)
+        return mb.constexpr_sparse_to_dense(nonzero_data=v, mask=m)
+    add_case(out, "constexpr_sparse_blockwise_shift_scale", "sparse_blockwise_shift_scale_fp16", mq.shape,
+             sparse_bss16, np.where(mq != 0, repeat_blocks(f64(scq16), mq.shape)
+                                    * (dq - repeat_blocks(f64(offq), mq.shape)), 0.0), "iOS18", precision="fp16")
+
     # --- Integer look-up tables and sparse data, read back through cast (add takes floats).
     luti = np.array([-7, 3, 100, -128], np.int8)
     idxi = r.integers(0, 4, (2, 3))

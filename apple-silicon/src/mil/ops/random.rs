@@ -186,3 +186,29 @@ fn sample_categorical(x: &Tensor, probs: bool, size: usize, seed: i64) -> CResul
     oshape.push(size);
     Tensor::from_vec(out, oshape, x.device())?.to_dtype(x.dtype())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_seed_fixes_the_samples_and_seeds_differ() {
+        let draw = |seed| {
+            let mut r = Rng::new(seed);
+            (0..64).map(|_| r.unit()).collect::<Vec<_>>()
+        };
+        assert_eq!(draw(7), draw(7));
+        assert_ne!(draw(7), draw(8));
+        // Core ML's "unseeded" -1 is our fixed seed 0.
+        assert_eq!(draw(-1), draw(0));
+        assert!(draw(3).iter().all(|&u| (0.0..1.0).contains(&u)));
+    }
+
+    #[test]
+    fn bad_shapes_are_refused_before_allocating() {
+        assert!(checked_shape(&[2, -1]).unwrap_err().contains("negative"));
+        assert!(checked_shape(&[1 << 20, 1 << 20]).unwrap_err().contains("more than"));
+        assert!(checked_shape(&[i64::MAX, i64::MAX]).unwrap_err().contains("more than"));
+        assert_eq!(checked_shape(&[3, 0]).unwrap(), vec![3, 0]);
+    }
+}
