@@ -74,7 +74,9 @@ impl Params {
             return Ok((1, 1));
         }
         let ax = axis_of(self.axis.unwrap_or(0), dims.len())?;
-        let n = dims[ax];
+        let Some(&n) = dims.get(ax) else {
+            candle_core::bail!("per-axis `scale` for a scalar input")
+        };
         if self.scale.len() != n && self.scale.len() != 1 {
             candle_core::bail!(
                 "`scale` has {} values; the input {dims:?} has {n} along axis {ax}",
