@@ -6,6 +6,10 @@
 //! both relative to max(1, max |reference|); integer and bool outputs
 //! exactly; a case's `rtol` overrides. NaN and infinities must match. fp16
 //! cases run under both float policies (fp16 arithmetic, and upcast to f32).
+//! Random ops are `"check": "distribution"` cases: their samples cannot match
+//! Apple's generator, so shape, dtype, support, sample mean / std and value
+//! frequencies are checked against bounds from the op's parameters, and a
+//! second plan must draw the same samples.
 //!
 //! A case that errors or misses fails the test unless it (or its op type)
 //! is in tests/fixtures/conformance/KNOWN.json with a reason; a listed case
@@ -125,6 +129,24 @@ fn run_case(c: &Case, policy: FloatPolicy) -> (&'static str, String, Option<f64>
         Ok(o) => o,
         Err(e) => return ("error", format!("run: {e}"), None, inspect_ok, true),
     };
+    if c.meta["check"] == "distribution" {
+        // Random ops: the statistics, and the same samples from a second plan (the seed is honoured).
+        if let Err(msg) = check_stats(&out, &c.meta["stats"]) {
+            return ("fail", msg, None, inspect_ok, true);
+        }
+        let again = Plan::build(&pkg, policy).and_then(|p| p.run(&inputs));
+        return match again {
+            Ok(o2) if o2 == out => ("pass", String::new(), None, inspect_ok, true),
+            Ok(_) => (
+                "fail",
+                "a second plan drew other samples".into(),
+                None,
+                inspect_ok,
+                true,
+            ),
+            Err(e) => ("error", format!("second run: {e}"), None, inspect_ok, true),
+        };
+    }
     let rtol = c.meta["rtol"].as_f64().unwrap_or(match c.meta["precision"].as_str() {
         Some("fp16") => FP16_RTOL,
         _ => FP32_RTOL,
@@ -162,6 +184,71 @@ fn run_case(c: &Case, policy: FloatPolicy) -> (&'static str, String, Option<f64>
         );
     }
     ("pass", String::new(), Some(worst), inspect_ok, true)
+}
+
+/// Checks random outputs against a distribution case's `stats` (see
+/// scripts/conformance/case.py): shape and dtype exactly, value bounds and
+/// set, bounds on the sample mean, std and value frequencies.
+fn check_stats(out: &TensorMap, stats: &Value) -> Result<(), String> {
+    let stats = stats.as_object().ok_or("distribution case without `stats`")?;
+    for (name, st) in stats {
+        let got = out.get(name).ok_or_else(|| format!("output `{name}` missing"))?;
+        let shape: Vec<usize> = st["shape"]
+            .as_array()
+            .ok_or("stats without `shape`")?
+            .iter()
+            .map(|d| d.as_u64().unwrap_or(0) as usize)
+            .collect();
+        if got.shape() != shape.as_slice() {
+            return Err(format!("output `{name}`: shape {:?}, expected {shape:?}", got.shape()));
+        }
+        if let Some(dt) = st["dtype"].as_str() {
+            if got.dtype().name() != dt {
+                return Err(format!("output `{name}`: dtype {}, expected {dt}", got.dtype().name()));
+            }
+        }
+        let v = got.to_f64_vec();
+        if v.is_empty() {
+            return Err(format!("output `{name}` is empty"));
+        }
+        if let Some(bad) = v.iter().find(|x| !x.is_finite()) {
+            return Err(format!("output `{name}`: non-finite sample {bad}"));
+        }
+        let (lo, hi) = (st["min"].as_f64(), st["max"].as_f64());
+        if let Some(bad) = v
+            .iter()
+            .find(|&&x| lo.is_some_and(|l| x < l) || hi.is_some_and(|h| x > h))
+        {
+            return Err(format!("output `{name}`: sample {bad} outside [{lo:?}, {hi:?}]"));
+        }
+        if let Some(set) = st["values"].as_array() {
+            let set: Vec<f64> = set.iter().filter_map(Value::as_f64).collect();
+            if let Some(bad) = v.iter().find(|x| !set.contains(x)) {
+                return Err(format!("output `{name}`: sample {bad} not in {set:?}"));
+            }
+        }
+        let n = v.len() as f64;
+        let mean = v.iter().sum::<f64>() / n;
+        let std = (v.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / n).sqrt();
+        let within = |what: &str, x: f64, b: &Value| -> Result<(), String> {
+            match (b[0].as_f64(), b[1].as_f64()) {
+                (Some(l), Some(h)) if x < l || x > h => {
+                    Err(format!("output `{name}`: {what} {x:.5} outside [{l:.5}, {h:.5}]"))
+                }
+                _ => Ok(()),
+            }
+        };
+        within("mean", mean, &st["mean"])?;
+        within("std", std, &st["std"])?;
+        if let Some(fr) = st["freq"].as_object() {
+            for (val, b) in fr {
+                let target: f64 = val.parse().map_err(|_| format!("freq key `{val}` is not a number"))?;
+                let f = v.iter().filter(|&&x| x == target).count() as f64 / n;
+                within(&format!("frequency of {val}"), f, b)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn known() -> BTreeMap<String, String> {
@@ -369,6 +456,20 @@ fn bad_options_are_errors_naming_op_parameter_and_value() {
             "fp32",
         ),
         (
+            "quantization_ops/quantize_int8_scalar",
+            "quantize",
+            "output_dtype",
+            s("int16"),
+            "int16",
+        ),
+        (
+            "random/random_categorical_logits",
+            "random_categorical",
+            "mode",
+            s("LOGITS"),
+            "LOGITS",
+        ),
+        (
             "normalization/local_response_norm_size3",
             "local_response_norm",
             "size",
@@ -386,5 +487,129 @@ fn bad_options_are_errors_naming_op_parameter_and_value() {
         ] {
             assert!(e.contains(&want), "{case}: error `{e}` does not name {want}");
         }
+    }
+}
+
+/// A copy of a case's package in which the inline value bound to `param` of
+/// the `op_type` op is edited by `edit`; returns the plan build's error.
+fn build_with_inline(
+    case: &str,
+    op_type: &str,
+    param: &str,
+    edit: impl FnOnce(&mut mil_spec::Value),
+) -> apple_silicon::Error {
+    use coreml_proto::proto::{model, Model};
+    use prost::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let dst = dir.path().join("m.mlpackage");
+    copy_dir(&root().join(case).join("model.mlpackage"), &dst);
+    let spec_path = dst.join("Data/com.apple.CoreML/model.mlmodel");
+    let mut spec = Model::decode(std::fs::read(&spec_path).unwrap().as_slice()).unwrap();
+    let Some(model::Type::MlProgram(p)) = &mut spec.r#type else {
+        panic!("{case}: not an ML Program")
+    };
+    let block = p
+        .functions
+        .get_mut("main")
+        .unwrap()
+        .block_specializations
+        .values_mut()
+        .next()
+        .unwrap();
+    let op = block.operations.iter_mut().find(|o| o.r#type == op_type).unwrap();
+    let arg = op.inputs.get_mut(param).unwrap().arguments.get_mut(0).unwrap();
+    let Some(mil_spec::argument::binding::Binding::Value(v)) = &mut arg.binding else {
+        panic!("{case}: `{param}` is not an inline value")
+    };
+    edit(v);
+    std::fs::write(&spec_path, spec.encode_to_vec()).unwrap();
+    let pkg = MlPackage::open(&dst).unwrap();
+    Plan::build(&pkg, FloatPolicy::Native)
+        .err()
+        .unwrap_or_else(|| panic!("{case}: a malformed `{param}` must be refused at build"))
+}
+
+/// Sets the constant dimensions of a value's tensor type.
+fn set_dims(v: &mut mil_spec::Value, dims: &[u64]) {
+    let Some(mil_spec::value_type::Type::TensorType(t)) = v.r#type.as_mut().and_then(|t| t.r#type.as_mut()) else {
+        panic!("not a tensor value")
+    };
+    t.dimensions = dims
+        .iter()
+        .map(|&d| mil_spec::Dimension {
+            dimension: Some(mil_spec::dimension::Dimension::Constant(
+                mil_spec::dimension::ConstantDimension { size: d },
+            )),
+        })
+        .collect();
+    t.rank = dims.len() as i64;
+}
+
+/// The immediate tensor of a value.
+fn immediate(v: &mut mil_spec::Value) -> &mut mil_spec::TensorValue {
+    let Some(mil_spec::value::Value::ImmediateValue(iv)) = &mut v.value else {
+        panic!("no immediate value")
+    };
+    let Some(mil_spec::value::immediate_value::Value::Tensor(t)) = &mut iv.value else {
+        panic!("no tensor")
+    };
+    t
+}
+
+#[test]
+fn malformed_compressed_constants_are_invalid_artifacts() {
+    use mil_spec::tensor_value::{RepeatedInts, Value as TV};
+    type Edit = Box<dyn FnOnce(&mut mil_spec::Value)>;
+    let cases: Vec<(&str, &str, &str, Edit, &str)> = vec![
+        (
+            "constexpr_ops/lut_to_dense_ios18_vector_axis1",
+            "constexpr_lut_to_dense",
+            "vector_axis",
+            Box::new(|v| immediate(v).value = Some(TV::Ints(RepeatedInts { values: vec![7] }))),
+            "`vector_axis` 7",
+        ),
+        (
+            // Groups of 4 along a dim of 6, and 2 palettes for 2-bit indices.
+            "constexpr_ops/lut_to_dense_ios18_grouped_2bit",
+            "constexpr_lut_to_dense",
+            "lut",
+            Box::new(|v| set_dims(v, &[4, 1, 2, 1])),
+            "does not divide 6",
+        ),
+        (
+            "constexpr_ops/blockwise_shift_scale_int8_blocks2x2",
+            "constexpr_blockwise_shift_scale",
+            "scale",
+            Box::new(|v| set_dims(v, &[3, 2])),
+            "does not divide 4",
+        ),
+        (
+            // One value fewer than the mask's set bits.
+            "constexpr_ops/sparse_to_dense_ios18",
+            "constexpr_sparse_to_dense",
+            "nonzero_data",
+            Box::new(|v| {
+                let Some(TV::Floats(f)) = &mut immediate(v).value else {
+                    panic!("nonzero_data: not floats")
+                };
+                f.values.pop();
+                let n = f.values.len() as u64;
+                set_dims(v, &[n]);
+            }),
+            "mask sets",
+        ),
+    ];
+    for (case, op, param, edit, want) in cases {
+        let e = build_with_inline(case, op, param, edit);
+        println!("{case}: {e}");
+        assert!(
+            matches!(e, apple_silicon::Error::InvalidArtifact { .. }),
+            "{case}: {e} is not InvalidArtifact"
+        );
+        let s = e.to_string();
+        assert!(
+            s.contains(&format!("({op})")) && s.contains(want),
+            "{case}: `{s}` does not name {op} / {want}"
+        );
     }
 }

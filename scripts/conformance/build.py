@@ -92,10 +92,13 @@ def program_of(case: Case):
         if not isinstance(outs, (tuple, list)):
             outs = [outs]
         outs = list(outs)
-        if len(outs) != len(case.expected):
-            raise SystemExit(f"{case.family}/{case.name}: {len(outs)} outputs, {len(case.expected)} expected")
+        names = case.stats if case.check == "distribution" else case.expected
+        if case.classifier is not None:
+            names = ["probabilities"]  # converted as a classifier: classify's outputs replace it
+        if len(outs) != len(names):
+            raise SystemExit(f"{case.family}/{case.name}: {len(outs)} outputs, {len(names)} expected")
         named = []
-        for var, key in zip(outs, case.expected):
+        for var, key in zip(outs, names):
             if var.op is None:  # a program input returned as is
                 var = mb.identity(x=var)
             var.set_name(key)
@@ -121,6 +124,7 @@ def build_case(case: Case, out_root: Path) -> None:
             compute_precision=prec,
             skip_model_load=True,
             pass_pipeline=ct.PassPipeline(PASSES, "conformance"),
+            **({"classifier_config": ct.ClassifierConfig(case.classifier)} if case.classifier is not None else {}),
         )
     spec = mlmodel.get_spec()
     ops = main_ops(spec)
@@ -161,6 +165,7 @@ def build_case(case: Case, out_root: Path) -> None:
             "precision": case.precision,
             "rtol": case.rtol,
             "note": case.note,
+            **({"check": case.check, "stats": case.stats} if case.check != "values" else {}),
         },
     )
 

@@ -9,7 +9,8 @@ family named as coremltools names its definition file (`ops/defs/iOSxx/<family>.
     model.mlpackage/   the program (mb.program at the case's opset, then ct.convert)
     inputs/<in>.npy    the program's inputs, in their declared dtypes
     expected/<out>.npy the reference output, float64 for floats (bools as uint8 0/1)
-    case.json          {"op", "family", "name", "opset", "precision", "rtol", "note"}
+    case.json          {"op", "family", "name", "opset", "precision", "rtol", "note"}, and for
+                       distribution cases {"check": "distribution", "stats": {out: {...}}}
 
 `tests/conformance.rs` runs every case through the interpreter and compares.
 """
@@ -48,3 +49,16 @@ class Case:
     note: str = ""
     """Edge case covered, or why the reference is what it is."""
     tags: list[str] = field(default_factory=list)
+    classifier: list | None = None
+    """Class labels: the program is converted as a classifier (`ct.ClassifierConfig`), which ends it
+    with a `classify` op over the program's single output; `expected` then names classify's
+    outputs (`classLabel`, `classLabel_probs`: the probabilities in `classifier` order)."""
+    check: str = "values"
+    """`values`: outputs compared with `expected`. `distribution` (random ops, whose values cannot
+    match Apple's generator): `expected` is empty and each output is checked against `stats`."""
+    stats: dict[str, dict] = field(default_factory=dict)
+    """For `distribution` cases, per output: `shape` (exact), `dtype` (the output's, `f32`/`f16`),
+    and any of `min`/`max` (bounds on every value), `values` (the allowed set), `mean` and `std`
+    ([lo, hi] bounds computed from the op's parameters and the sample count), `freq` ({value:
+    [lo, hi]} bounds on the fraction of samples equal to value). Written to case.json; the
+    harness also checks that two plan builds give identical samples (the seed is honoured)."""

@@ -368,6 +368,14 @@ impl<'b, 'p> OpCtx<'b, 'p> {
         self.bad(msg.into())
     }
 
+    /// An `InvalidArtifact` error naming this op (a malformed value in the package).
+    pub fn invalid(&self, msg: impl Into<String>) -> Error {
+        Error::invalid_artifact(
+            self.dec.package_path(),
+            format!("op `{}` ({}): {}", self.name, self.op.r#type, msg.into()),
+        )
+    }
+
     /// An `Unsupported` error naming this op.
     pub fn unsupported(&self, what: impl std::fmt::Display) -> Error {
         Error::unsupported(format!("op `{}` ({}): {what}", self.name, self.op.r#type))
@@ -445,10 +453,14 @@ impl Plan {
                 used: Vec::new(),
             };
             if constexpr::is_constexpr(&op.r#type) {
-                let d = constexpr::materialize(&mut ctx)?;
-                let out = op.outputs.first().ok_or_else(|| ctx.error("has no output"))?;
-                let c = make_const(d, policy, &name)?;
-                env.insert(out.name.clone(), Val::Const(Arc::new(c)));
+                let ds = constexpr::materialize_outputs(&mut ctx)?;
+                if ds.len() != op.outputs.len() {
+                    return Err(ctx.error(format!("has {} outputs; {} expected", op.outputs.len(), ds.len())));
+                }
+                for (out, d) in op.outputs.iter().zip(ds) {
+                    let c = make_const(d, policy, &name)?;
+                    env.insert(out.name.clone(), Val::Const(Arc::new(c)));
+                }
                 continue;
             }
             let builder = ops::builder(&op.r#type).expect("checked above");

@@ -96,6 +96,11 @@ impl<'a> Decoder<'a> {
         }
     }
 
+    /// The package's path (for errors).
+    pub fn package_path(&self) -> &std::path::Path {
+        self.pkg.path()
+    }
+
     fn bad(&self, what: &str, reason: String) -> Error {
         Error::invalid_artifact(self.pkg.path(), format!("{what}: {reason}"))
     }

@@ -6,6 +6,7 @@
 //! the end, `pad` as `[begin, end]` per dimension.
 
 mod activation;
+mod classify;
 mod control_flow;
 mod conv;
 mod elementwise_binary;
@@ -14,6 +15,8 @@ mod linear;
 mod movement;
 mod normalization;
 mod pool;
+mod quantization_ops;
+mod random;
 mod reduction;
 mod scatter_gather;
 mod spatial;
@@ -42,6 +45,9 @@ pub fn builder(op_type: &str) -> Option<Builder> {
         .or_else(|| tensor_transformation::builder(op_type))
         .or_else(|| tensor_operation::builder(op_type))
         .or_else(|| scatter_gather::builder(op_type))
+        .or_else(|| quantization_ops::builder(op_type))
+        .or_else(|| random::builder(op_type))
+        .or_else(|| classify::builder(op_type))
 }
 
 pub(super) fn one(t: Tensor) -> CResult<Vec<Tensor>> {
