@@ -29,6 +29,8 @@ pub(super) fn builder(op_type: &str) -> Option<Builder> {
 
 pub(super) fn concat(c: &mut OpCtx) -> Result<Kernel> {
     let xs = c.tensors("values")?;
+    xs.first()
+        .ok_or_else(|| c.error("`values` is empty; concat needs at least one tensor"))?;
     let axis = c.opt_int("axis")?.ok_or_else(|| c.error("`axis` is required"))?;
     if c.opt_bool("interleave")?.unwrap_or(false) {
         return Err(c.unsupported("interleave=true"));
@@ -52,7 +54,9 @@ pub(super) fn split(c: &mut OpCtx) -> Result<Kernel> {
         let dim = x.dims()[ax];
         let sizes: Vec<usize> = match (&sizes, num) {
             (Some(s), _) => s.iter().map(|&v| v as usize).collect(),
-            (None, Some(n)) if n > 0 && dim % n as usize == 0 => vec![dim / n as usize; n as usize],
+            (None, Some(n)) if n > 0 && n as usize <= dim.max(1) && dim % n as usize == 0 => {
+                vec![dim / n as usize; n as usize]
+            }
             _ => vec![dim / n_out.max(1); n_out],
         };
         let mut start = 0;
@@ -79,6 +83,7 @@ pub(super) fn pad(c: &mut OpCtx) -> Result<Kernel> {
         let p: Vec<(usize, usize)> = (0..n)
             .map(|i| (pads[2 * i].max(0) as usize, pads[2 * i + 1].max(0) as usize))
             .collect();
+        super::check_padded(x, &p)?;
         if mode == "replicate" {
             let mut t = x.clone();
             for (i, &(b, e)) in p.iter().enumerate() {
@@ -94,6 +99,7 @@ pub(super) fn tile(c: &mut OpCtx) -> Result<Kernel> {
     let x = c.tensor("x")?;
     let reps = c.ints("reps")?;
     Ok(Box::new(move |a| {
+        super::check_tile(a[x], &reps)?;
         let mut y = a[x].clone();
         for (d, &r) in reps.iter().enumerate() {
             if r > 1 {
