@@ -540,7 +540,15 @@ impl Plan {
                 if args.len() != operands.len() {
                     return Err(ctx.error("an operand has no tensor value"));
                 }
-                let outs = kernel(&args).map_err(|e| candle_err(&name, &op.r#type, e))?;
+                // An op failing on constants is the program's fault: a
+                // compile error, not an internal one.
+                let outs = kernel(&args).map_err(|e| match candle_err(&name, &op.r#type, e) {
+                    Error::Internal { message } => Error::Compile {
+                        model: pkg.path().display().to_string(),
+                        message,
+                    },
+                    other => other,
+                })?;
                 for (o, t) in op.outputs.iter().zip(outs) {
                     let host = small_host(&t);
                     let c = ConstVal { tensor: Some(t), host };
