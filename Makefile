@@ -73,7 +73,7 @@ fuzz:
 # 8 threads of Candle (and Resilient) inferences under 1-50 ms timeouts: shed rate and deadline
 # overshoot p50/p99/max (figures in docs/CORE_ML_MODELS.md). Needs models/ (make download-models).
 load: download-models
-	cargo run --release --example deadline_load
+	cargo run --example deadline_load
 
 clean:
 	cargo clean

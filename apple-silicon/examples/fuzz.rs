@@ -8,7 +8,8 @@
 //! signal (an abort) or silent for `FUZZ_HANG_SECS` (default 20; a hang) is
 //! a crash, as is a panic; the case that did it is kept in
 //! `tests/fixtures/fuzz/crashes/` (replayed by `tests/fuzz_regressions.rs`),
-//! and the loop goes on with the next seed. Cases start from the committed
+//! and the loop goes on with the next seed (`FUZZ_SELFTEST=abort|hang|panic`
+//! with `FUZZ_CRASHES_DIR=/tmp/x` checks that each is caught). Cases start from the committed
 //! corpus `tests/fixtures/fuzz/corpus/` and the fixture packages. Prints the
 //! iteration count; exits non-zero when it found a crash.
 
@@ -34,7 +35,9 @@ fn arg(name: &str, env: &str, default: u64) -> u64 {
 }
 
 fn crashes_dir() -> PathBuf {
-    repo_root().join("tests/fixtures/fuzz/crashes")
+    std::env::var_os("FUZZ_CRASHES_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("tests/fixtures/fuzz/crashes"))
 }
 
 fn corpus(target: Target) -> Vec<(String, Vec<u8>)> {
@@ -97,9 +100,19 @@ fn child(seed: u64, until: Instant, state: &Path) -> (u64, u64) {
         } else {
             target
         };
-        let mut head = format!("{} {fixture}\n", kept_as.name()).into_bytes();
+        let mut head = format!("{} {fixture} {iters}\n", kept_as.name()).into_bytes();
         head.extend_from_slice(&bytes);
         let _ = std::fs::write(state, &head);
+        // Self-test of the harness (`FUZZ_SELFTEST=abort|hang|panic`, with
+        // `FUZZ_CRASHES_DIR` elsewhere): the 5th case misbehaves.
+        if iters == 4 {
+            match std::env::var("FUZZ_SELFTEST").as_deref() {
+                Ok("abort") => std::process::abort(),
+                Ok("hang") => std::thread::sleep(Duration::from_secs(3600)),
+                Ok("panic") => panic!("fuzz self-test panic"),
+                _ => {}
+            }
+        }
         match run_case(target, fixture, &bytes, scratch.path()) {
             Err(why) => {
                 keep(kept_as, fixture, &bytes, &why);
@@ -137,7 +150,7 @@ fn main() {
     let exe = std::env::current_exe().expect("own path");
     let (mut iters, mut crashes, mut children, mut next_seed) = (0u64, 0u64, 0u64, seed);
     while Instant::now() < end {
-        let left = end.saturating_duration_since(Instant::now()).as_secs();
+        let left = (end.saturating_duration_since(Instant::now()).as_millis() as u64).div_ceil(1000);
         if left == 0 {
             break;
         }
@@ -198,7 +211,10 @@ fn main() {
             if let Ok(head) = std::fs::read(&state) {
                 if let Some(nl) = head.iter().position(|&b| b == b'\n') {
                     let line = String::from_utf8_lossy(&head[..nl]).to_string();
-                    if let Some((t, fixture)) = line.split_once(' ') {
+                    let f: Vec<&str> = line.split(' ').collect();
+                    if let [t, fixture, done] = f[..] {
+                        // The cases it finished before the one that killed it.
+                        iters += done.parse::<u64>().unwrap_or(0);
                         if let Some(t) = Target::parse(t) {
                             keep(t, fixture, &head[nl + 1..], &why);
                         }
