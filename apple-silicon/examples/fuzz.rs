@@ -64,10 +64,11 @@ fn corpus(target: Target) -> Vec<(String, Vec<u8>)> {
 
 fn keep(target: Target, fixture: &str, bytes: &[u8], why: &str) -> PathBuf {
     let dir = crashes_dir();
-    std::fs::create_dir_all(&dir).expect("crashes dir");
     let p = dir.join(case_file_name(target, fixture, bytes));
-    std::fs::write(&p, bytes).expect("keeping a crash");
-    eprintln!("fuzz: CRASH ({why}) kept as {}", p.display());
+    match std::fs::create_dir_all(&dir).and_then(|_| std::fs::write(&p, bytes)) {
+        Ok(()) => eprintln!("fuzz: CRASH ({why}) kept as {}", p.display()),
+        Err(e) => eprintln!("fuzz: CRASH ({why}); could not keep it in {}: {e}", p.display()),
+    }
     p
 }
 

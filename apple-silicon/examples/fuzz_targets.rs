@@ -156,13 +156,18 @@ fn run_case_inner(target: Target, fixture: &str, bytes: &[u8], scratch: &Path) -
         }
         Target::Spec | Target::Program | Target::Manifest => {
             let pkg_dir = scratch.join("case.mlpackage");
-            copy_package(&fixture_package(fixture), &pkg_dir);
             let rel = if target == Target::Manifest {
                 "Manifest.json"
             } else {
                 SPEC_REL
             };
-            std::fs::write(pkg_dir.join(rel), bytes).expect("scratch is writable");
+            // The harness's own I/O failing (a full disk) is no finding.
+            let staged = copy_package(&fixture_package(fixture), &pkg_dir)
+                .and_then(|_| std::fs::write(pkg_dir.join(rel), bytes));
+            if let Err(e) = staged {
+                eprintln!("fuzz: skipping a case, cannot stage it: {e}");
+                return Ok(());
+            }
             let pkg = MlPackage::open(&pkg_dir)?;
             let plan = Plan::build_budgeted(&pkg, FloatPolicy::Upcast, Some(BUDGET))?;
             let mut inputs = TensorMap::new();
@@ -182,13 +187,14 @@ fn run_case_inner(target: Target, fixture: &str, bytes: &[u8], scratch: &Path) -
     }
 }
 
-fn copy_package(from: &Path, to: &Path) {
+fn copy_package(from: &Path, to: &Path) -> std::io::Result<()> {
     let _ = std::fs::remove_dir_all(to);
     for rel in ["Manifest.json", SPEC_REL, WEIGHTS_REL] {
         let dst = to.join(rel);
-        std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
-        std::fs::copy(from.join(rel), dst).unwrap();
+        std::fs::create_dir_all(dst.parent().expect("a relative path"))?;
+        std::fs::copy(from.join(rel), dst)?;
     }
+    Ok(())
 }
 
 /// A small seeded generator (splitmix64): the same seed, the same cases.
