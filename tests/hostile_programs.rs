@@ -290,6 +290,22 @@ fn degenerate_folded_ops_are_errors_not_panics() {
             ],
         ),
         (
+            "reshape to an element count that overflows",
+            vec![
+                floats("z", &[1, 4], &[1.0, 2.0, 3.0, 4.0]),
+                ints("shape", &[1 << 40, 1 << 40, -1]),
+                op("reshape", "logits", &[("x", &["z"]), ("shape", &["shape"])]),
+            ],
+        ),
+        (
+            "reshape to an element count that wraps to the input's",
+            vec![
+                floats("z", &[1, 4], &[1.0, 2.0, 3.0, 4.0]),
+                ints("shape", &[1 << 32, (1 << 32) + 4]),
+                op("reshape", "logits", &[("x", &["z"]), ("shape", &["shape"])]),
+            ],
+        ),
+        (
             "split of an empty dim into 2^40 parts",
             vec![
                 floats("z", &[0, 4], &[]),

@@ -471,8 +471,10 @@ fn mutate_value(v: &mut Value, rng: &mut Rng) {
 }
 
 fn poke<T: Clone>(v: &mut Vec<T>, x: T, rng: &mut Rng) {
-    match rng.below(4) {
+    match rng.below(5) {
         0 => v.push(x),
+        // Every element at once: sizes whose product overflows.
+        3 => v.iter_mut().for_each(|e| *e = x.clone()),
         1 if !v.is_empty() => {
             v.pop();
         }

@@ -52,12 +52,14 @@ pub(super) fn reshape(c: &mut OpCtx) -> Result<Kernel> {
             }
         }
         if let Some(h) = hole {
-            let known: usize = out.iter().product();
+            let known = crate::tensor::checked_numel(&out).unwrap_or(0); // overflow: refused below
             if known == 0 || x.elem_count() % known != 0 {
                 candle_core::bail!("cannot reshape {dims:?} into {spec:?}")
             }
             out[h] = x.elem_count() / known;
         }
+        crate::tensor::checked_numel(&out)
+            .ok_or_else(|| candle_core::Error::Msg(format!("reshape target {spec:?} overflows")))?;
         one(x.reshape(out)?)
     }))
 }
