@@ -1040,6 +1040,45 @@ mod tests {
     }
 
     #[test]
+    fn caught_panics_are_not_printed_and_others_still_are() {
+        // In a child process (the hook is process-wide): this same test
+        // binary, running `quiet_panic_child` with output not captured.
+        if std::env::var_os("MIL_QUIET_PANIC_CHILD").is_some() {
+            return;
+        }
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "mil::tests::quiet_panic_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("MIL_QUIET_PANIC_CHILD", "1")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        assert!(
+            !err.contains("caught in a barrier"),
+            "a caught panic was printed: {err}"
+        );
+        assert!(
+            err.contains("outside any barrier"),
+            "other panics must still print: {err}"
+        );
+    }
+
+    #[test]
+    fn quiet_panic_child() {
+        if std::env::var_os("MIL_QUIET_PANIC_CHILD").is_none() {
+            return;
+        }
+        assert!(barrier(|| panic!("caught in a barrier")).is_err());
+        // A panic outside the library's barriers goes to the previous hook.
+        assert!(catch_unwind(|| panic!("outside any barrier")).is_err());
+    }
+
+    #[test]
     fn panics_while_building_or_running_are_errors() {
         let r: std::result::Result<(), String> = barrier(|| panic!("boom"));
         assert_eq!(r.unwrap_err(), "boom");
