@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 PY    := .venv/bin/python
 
-.PHONY: all venv fixtures conformance download-models smoke test swift-check bench bench-peers soak leak-check clean
+.PHONY: all venv fixtures conformance download-models smoke test swift-check bench bench-peers soak leak-check fuzz load clean
 
 # On a Mac the examples link the Swift bridge and run Core ML; elsewhere Candle serves.
 FEATURES := $(if $(filter Darwin,$(shell uname -s)),--features coreml,)
@@ -10,6 +10,9 @@ FEATURES := $(if $(filter Darwin,$(shell uname -s)),--features coreml,)
 # Knobs of the long runs: `make soak SOAK_SECS=3600 SOAK_MODEL=minilm_l6_fp32`.
 SOAK_SECS  ?= 300
 SOAK_MODEL ?= mobilenet_v2_int8
+# `make fuzz FUZZ_SECS=3600 FUZZ_SEED=7`.
+FUZZ_SECS  ?= 600
+FUZZ_SEED  ?= 1
 
 # The main job: models (downloaded and built if needed), a release build, and
 # the smoke run over every model.
@@ -66,6 +69,17 @@ soak: download-models
 # (Gate A growth over 1000 cycles, Gate D memory slope over a 60 s soak). Logs in target/leak-check/.
 leak-check: download-models
 	bash scripts/leak_check.sh
+
+# Seeded mutation fuzzing of .npy, weight.bin, the spec, Manifest.json and programs (structure-aware)
+# through open, plan build and run, in a child process (aborts and hangs count); crashes are kept in
+# tests/fixtures/fuzz/crashes/ and replayed by tests/fuzz_regressions.rs. `make test` runs 30 s of it.
+fuzz:
+	cargo run --example fuzz -- --secs $(FUZZ_SECS) --seed $(FUZZ_SEED)
+
+# 8 threads of Candle (and Resilient) inferences under 1-50 ms timeouts: shed rate and deadline
+# overshoot p50/p99/max (figures in docs/CORE_ML_MODELS.md). Needs models/ (make download-models).
+load: download-models
+	cargo run --example deadline_load
 
 clean:
 	cargo clean

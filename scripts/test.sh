@@ -28,6 +28,9 @@ step "cargo test (unit, integration, doc tests)"
 cargo test --all-targets
 cargo test --doc
 
+step "Fuzz (short, time-bounded): npy, weight.bin, spec, Manifest.json, mutated programs"
+cargo run --example fuzz -- --secs 30 --seed "$(date +%s)"
+
 step "Leak check (quick): valgrind over compile+load and inference loops, native Gate A memory growth"
 bash scripts/leak_check.sh --quick
 

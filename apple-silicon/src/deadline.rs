@@ -14,13 +14,22 @@
 //!   *abandoned*: its worker finishes it in the background and its late
 //!   result is dropped. Panics inside the closure come back as
 //!   [`Error::Internal`].
-//! - Resource bounds. At most `max_workers` threads exist (idle ones exit
-//!   after `keep_alive`); work beyond that waits in the queue, inside its own
-//!   deadline. Abandoned workers are counted: once `max_abandoned` of them are
-//!   still stuck, the runner refuses new work at once with
-//!   [`Error::Unavailable`] (naming how many are stuck), so a hanging engine
-//!   cannot pile up threads or memory. As each stuck call finally returns,
-//!   the runner accepts work again.
+//! - Cancellation. [`DeadlineRunner::run_cancellable`] hands the work a
+//!   [`CancelFlag`] that is set when its caller times out; work that checks
+//!   it (the Candle interpreter does, between ops) stops early and frees its
+//!   worker instead of running to the end for nobody.
+//! - Resource bounds. At most `min(max_workers, max_abandoned)` threads
+//!   exist (idle ones exit after `keep_alive`); work beyond that waits in the
+//!   queue, inside its own deadline. Abandoned workers are counted: once
+//!   `max_abandoned` of them are still stuck, the runner refuses new work
+//!   with [`Error::Unavailable`] (naming how many are stuck) after waiting
+//!   at most [`DeadlineRunner::ADMISSION_GRACE`] for one to finish, so a
+//!   hanging engine cannot pile up threads or memory. As each stuck call
+//!   finally returns, the runner accepts work again. The cap is hard: only a
+//!   running call can be abandoned and each runs on its own worker, so
+//!   capping the workers at `max_abandoned` caps the stuck ones, whatever
+//!   number of callers time out at once (checking the count at admission
+//!   alone let concurrent callers pass it together and overshoot).
 //! - [`run_with_deadline`] — the same on a process-wide runner.
 //! - [`GuardedEngine`] — wraps any [`InferenceEngine`] so that its `prepare`
 //!   and `infer` run on a runner: a caller gets an answer or `Timeout` by the
@@ -37,7 +46,7 @@
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
@@ -102,6 +111,29 @@ impl Deadline {
     }
 }
 
+/// A flag a caller sets to make a running plan stop at its next check
+/// (between ops, or at a coarse grain inside long kernels). Cloning shares
+/// the flag. Costs one atomic load per check.
+#[derive(Debug, Clone, Default)]
+pub struct CancelFlag(Arc<AtomicBool>);
+
+impl CancelFlag {
+    /// A flag not yet set.
+    pub fn new() -> CancelFlag {
+        CancelFlag::default()
+    }
+
+    /// Asks the work to stop.
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether [`cancel`](Self::cancel) was called.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 // Job states.
 const QUEUED: u8 = 0;
 const RUNNING: u8 = 1;
@@ -125,6 +157,8 @@ struct Shared {
     keep_alive_ms: AtomicU64,
     state: Mutex<State>,
     work_ready: Condvar,
+    /// Signalled when an abandoned call finishes (a stuck slot frees).
+    slot_freed: Condvar,
     abandoned: AtomicUsize,
     completed: AtomicU64,
     timed_out: AtomicU64,
@@ -185,6 +219,9 @@ impl DeadlineRunner {
     pub const DEFAULT_MAX_WORKERS: usize = 64;
     /// Default cap on stuck (abandoned) workers before new work is refused.
     pub const DEFAULT_MAX_ABANDONED: usize = 16;
+    /// How long a call waits at admission for a stuck worker to finish
+    /// (cancelled work stops within one step) before it is refused.
+    pub const ADMISSION_GRACE: Duration = Duration::from_millis(10);
     /// Default time an idle worker waits for work before it exits.
     pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(10);
 
@@ -204,6 +241,7 @@ impl DeadlineRunner {
                     spawned_total: 0,
                 }),
                 work_ready: Condvar::new(),
+                slot_freed: Condvar::new(),
                 abandoned: AtomicUsize::new(0),
                 completed: AtomicU64::new(0),
                 timed_out: AtomicU64::new(0),
@@ -228,7 +266,9 @@ impl DeadlineRunner {
     }
 
     /// Caps the number of stuck workers (at least 1): at this many, new work
-    /// is refused with `Unavailable` until one finishes.
+    /// is refused with `Unavailable` until one finishes. It also caps the
+    /// worker threads (any running call may be abandoned), which is what
+    /// makes it a hard bound.
     pub fn with_max_abandoned(self, n: usize) -> Self {
         self.shared.max_abandoned.store(n.max(1), Ordering::Relaxed);
         self
@@ -271,18 +311,44 @@ impl DeadlineRunner {
     /// Returns `f`'s result if it finishes in time; [`Error::Timeout`] naming
     /// `operation` if not (the work is cancelled if it had not started, else
     /// abandoned and its result dropped when it ends); [`Error::Unavailable`]
-    /// at once when `max_abandoned` workers are stuck or no thread can be
-    /// spawned; [`Error::Internal`] if `f` panics. A zero timeout returns
+    /// when `max_abandoned` workers are stuck and none finishes within
+    /// [`Self::ADMISSION_GRACE`] (or the timeout, if shorter), or no thread
+    /// can be spawned; [`Error::Internal`] if `f` panics. A zero timeout returns
     /// `Timeout` without running `f`.
     pub fn run<T, F>(&self, operation: &str, timeout: Duration, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce() -> Result<T> + Send + 'static,
     {
+        self.run_cancellable(operation, timeout, move |_| f())
+    }
+
+    /// Like [`DeadlineRunner::run`], handing `f` a [`CancelFlag`] that is
+    /// set the moment its caller gives up (timeout). Work that checks the
+    /// flag and returns early frees its worker at once, instead of holding
+    /// it (and counting as stuck) until it would have finished.
+    pub fn run_cancellable<T, F>(&self, operation: &str, timeout: Duration, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&CancelFlag) -> Result<T> + Send + 'static,
+    {
         let deadline = Deadline::after(timeout);
         let s = &self.shared;
-        let stuck = s.abandoned.load(Ordering::SeqCst);
         let max_stuck = s.max_abandoned.load(Ordering::Relaxed);
+        let mut stuck = s.abandoned.load(Ordering::SeqCst);
+        if stuck >= max_stuck {
+            // Cancelled work frees its worker within one step: wait briefly
+            // for that rather than shed the call; a truly hung engine is
+            // still refused promptly.
+            let grace = timeout.min(Self::ADMISSION_GRACE);
+            let mut st = lock(&s.state);
+            while s.abandoned.load(Ordering::SeqCst) >= max_stuck && deadline.elapsed() < grace {
+                let left = grace.saturating_sub(deadline.elapsed());
+                st = s.slot_freed.wait_timeout(st, left).unwrap_or_else(|p| p.into_inner()).0;
+            }
+            drop(st);
+            stuck = s.abandoned.load(Ordering::SeqCst);
+        }
         if stuck >= max_stuck {
             s.refused.fetch_add(1, Ordering::Relaxed);
             return Err(Error::Unavailable {
@@ -303,6 +369,8 @@ impl DeadlineRunner {
         let status = Arc::new(AtomicU8::new(QUEUED));
         let job_status = status.clone();
         let job_shared = s.clone();
+        let cancel = CancelFlag::new();
+        let job_cancel = cancel.clone();
         let op = operation.to_string();
         let job: Job = Box::new(move || {
             if job_status
@@ -311,7 +379,7 @@ impl DeadlineRunner {
             {
                 return; // cancelled while queued
             }
-            let result = catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|payload| {
+            let result = catch_unwind(AssertUnwindSafe(|| f(&job_cancel))).unwrap_or_else(|payload| {
                 let msg = payload
                     .downcast_ref::<&str>()
                     .map(|s| s.to_string())
@@ -322,12 +390,16 @@ impl DeadlineRunner {
             // Capacity 1 and a single send: never blocks. A dropped receiver
             // (the caller gave up) is fine.
             let _ = tx.send(result);
+            // Under the pool lock, as the caller's abandon: the count never
+            // moves without the state, so it never passes its cap.
+            let _st = lock(&job_shared.state);
             if job_status
                 .compare_exchange(RUNNING, DONE, Ordering::SeqCst, Ordering::SeqCst)
                 .is_err()
             {
                 job_shared.abandoned.fetch_sub(1, Ordering::SeqCst);
                 job_shared.finished_late.fetch_add(1, Ordering::Relaxed);
+                job_shared.slot_freed.notify_all();
             }
         });
         self.submit(job)?;
@@ -346,12 +418,21 @@ impl DeadlineRunner {
                     s.cancelled.fetch_add(1, Ordering::Relaxed);
                     return Err(deadline.timeout_error(operation));
                 }
-                // Count first so the worker's decrement can never come first.
-                s.abandoned.fetch_add(1, Ordering::SeqCst);
-                if status
-                    .compare_exchange(RUNNING, ABANDONED, Ordering::SeqCst, Ordering::SeqCst)
-                    .is_ok()
-                {
+                // Mark and count together under the pool lock (the worker
+                // decrements under it too), so the count is exact.
+                let abandoned = {
+                    let _st = lock(&s.state);
+                    let ok = status
+                        .compare_exchange(RUNNING, ABANDONED, Ordering::SeqCst, Ordering::SeqCst)
+                        .is_ok();
+                    if ok {
+                        s.abandoned.fetch_add(1, Ordering::SeqCst);
+                    }
+                    ok
+                };
+                if abandoned {
+                    // Work that checks the flag stops at its next check.
+                    cancel.cancel();
                     s.timed_out.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(
                         target: "apple_silicon::deadline",
@@ -363,7 +444,6 @@ impl DeadlineRunner {
                     return Err(deadline.timeout_error(operation));
                 }
                 // It finished in the instant between the timeout and now.
-                s.abandoned.fetch_sub(1, Ordering::SeqCst);
                 match rx.try_recv() {
                     Ok(result) => {
                         s.completed.fetch_add(1, Ordering::Relaxed);
@@ -384,7 +464,13 @@ impl DeadlineRunner {
         let s = &self.shared;
         let mut st = lock(&s.state);
         st.queue.push_back(job);
-        if st.idle < st.queue.len() && st.workers < s.max_workers.load(Ordering::Relaxed) {
+        // Any running call may be abandoned: capping the workers at
+        // `max_abandoned` is what makes that cap hard.
+        let cap = s
+            .max_workers
+            .load(Ordering::Relaxed)
+            .min(s.max_abandoned.load(Ordering::Relaxed));
+        if st.idle < st.queue.len() && st.workers < cap {
             let shared = s.clone();
             let n = st.spawned_total;
             let spawned = std::thread::Builder::new()
@@ -706,7 +792,12 @@ mod tests {
         let r = DeadlineRunner::new("t-cap").with_max_abandoned(3);
         let release = Arc::new((Mutex::new(false), Condvar::new()));
         let threads_before = process_threads();
-        for _ in 0..3 {
+        // Until 3 are stuck: on a loaded machine a call can time out while
+        // still queued (cancelled, not abandoned), so count, don't assume.
+        let mut tries = 0;
+        while r.stats().abandoned < 3 {
+            tries += 1;
+            assert!(tries < 50, "{:?}", r.stats());
             let rel = release.clone();
             let e = r
                 .run::<(), _>("hang", Duration::from_millis(20), move || {
@@ -739,6 +830,85 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         }
         assert_eq!(r.run("again", Duration::from_secs(5), || Ok(3)).unwrap(), 3);
+    }
+
+    #[test]
+    fn a_timed_out_call_is_told_to_stop_and_frees_its_worker() {
+        let r = DeadlineRunner::new("t-cancel");
+        let (tx, rx) = mpsc::channel();
+        let e = r
+            .run_cancellable::<(), _>("spin", Duration::from_millis(20), move |cancel| {
+                // Work that checks its flag, as the interpreter does between ops.
+                let mut checks = 0u64;
+                while !cancel.is_cancelled() {
+                    checks += 1;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                let _ = tx.send(checks);
+                Err(Error::internal("stopped"))
+            })
+            .unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::Timeout);
+        // The flag reached the work, which returned: the worker is not stuck.
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("the work saw its cancel flag");
+        let t = Instant::now();
+        while r.stats().abandoned != 0 && t.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert_eq!(r.stats().abandoned, 0);
+        assert_eq!(r.stats().finished_late, 1);
+    }
+
+    #[test]
+    fn the_stuck_worker_cap_holds_under_concurrent_timeouts() {
+        // 12 callers at once, each timing out on work that ignores its flag,
+        // against a cap of 4: the count of stuck workers must never pass 4.
+        let cap = 4;
+        let r = DeadlineRunner::new("t-hard-cap").with_max_abandoned(cap);
+        let release = Arc::new((Mutex::new(false), Condvar::new()));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let watching = Arc::new(AtomicU8::new(1));
+        let watcher = {
+            let (r, peak, watching) = (r.clone(), peak.clone(), watching.clone());
+            std::thread::spawn(move || {
+                while watching.load(Ordering::SeqCst) == 1 {
+                    let s = r.stats();
+                    peak.fetch_max(s.abandoned.max(s.workers), Ordering::SeqCst);
+                    std::thread::yield_now();
+                }
+            })
+        };
+        std::thread::scope(|sc| {
+            for _ in 0..12 {
+                let (r, rel) = (r.clone(), release.clone());
+                sc.spawn(move || {
+                    for _ in 0..3 {
+                        let rel = rel.clone();
+                        let _ = r.run::<(), _>("hang", Duration::from_millis(5), move || {
+                            let (m, cv) = &*rel;
+                            let mut open = m.lock().unwrap();
+                            while !*open {
+                                open = cv.wait(open).unwrap();
+                            }
+                            Ok(())
+                        });
+                    }
+                });
+            }
+        });
+        let s = r.stats();
+        assert!(s.abandoned <= cap && s.workers <= cap, "{s:?}");
+        assert!(s.refused > 0, "{s:?}");
+        *release.0.lock().unwrap() = true;
+        release.1.notify_all();
+        watching.store(0, Ordering::SeqCst);
+        watcher.join().unwrap();
+        assert!(
+            peak.load(Ordering::SeqCst) <= cap,
+            "peak {} > cap {cap}",
+            peak.load(Ordering::SeqCst)
+        );
     }
 
     #[test]

@@ -213,6 +213,14 @@ pub struct PrepareOptions {
     pub sla: Option<Duration>,
     /// Upper bound for the whole prepare (compile + load).
     pub prepare_timeout: Duration,
+    /// Memory budget in bytes for what the program's own sizes make the
+    /// engine allocate: the Candle engine's constants (all together) and any
+    /// one tensor a kernel allocates from a shape, `tile` or pad in the
+    /// program, at prepare and at every run. Crossing it is
+    /// [`crate::Error::MemoryPressure`] naming the op and the size. `None`:
+    /// 32× the package's size, at least 1 GiB, at most half the machine's
+    /// memory ([`crate::mil::limits::default_memory_budget`]).
+    pub memory_budget: Option<u64>,
 }
 
 impl Default for PrepareOptions {
@@ -222,6 +230,7 @@ impl Default for PrepareOptions {
             precompiled_only: false,
             sla: None,
             prepare_timeout: Duration::from_secs(300),
+            memory_budget: None,
         }
     }
 }
@@ -248,6 +257,13 @@ impl PrepareOptions {
     /// Sets the bound on compile + load.
     pub fn with_prepare_timeout(mut self, timeout: Duration) -> Self {
         self.prepare_timeout = timeout;
+        self
+    }
+
+    /// Sets the memory budget (bytes) for what the program's sizes make the
+    /// engine allocate; see [`PrepareOptions::memory_budget`].
+    pub fn with_memory_budget(mut self, bytes: u64) -> Self {
+        self.memory_budget = Some(bytes);
         self
     }
 }

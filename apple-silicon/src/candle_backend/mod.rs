@@ -24,7 +24,7 @@ use crate::inference::{
     downcast_model, CacheKey, CapabilityReport, ComputeUnits, InferenceEngine, IoSchema, ModelArtifact, ModelFmt,
     PrepareOptions, PreparedModel, ShapeConstraint,
 };
-use crate::mil::{FloatPolicy, Plan};
+use crate::mil::{CancelFlag, FloatPolicy, Plan};
 use crate::mlpackage::MlPackage;
 use crate::tensor::{DType, TensorMap};
 
@@ -105,9 +105,9 @@ struct Inner {
 }
 
 impl Inner {
-    fn run(&self, inputs: &TensorMap) -> Result<TensorMap> {
+    fn run(&self, inputs: &TensorMap, cancel: Option<&CancelFlag>) -> Result<TensorMap> {
         match &self.runner {
-            Runner::Program(p) => p.run(inputs),
+            Runner::Program(p) => p.run_cancellable(inputs, cancel),
             #[cfg(feature = "bert")]
             Runner::Bert(b) => b.run(inputs),
         }
@@ -140,7 +140,7 @@ impl CandleModel {
     /// [`InferenceEngine::infer`].
     pub fn run_blocking(&self, inputs: &TensorMap) -> Result<TensorMap> {
         self.inner.schema.validate_inputs(inputs)?;
-        self.inner.run(inputs)
+        self.inner.run(inputs, None)
     }
 }
 
@@ -247,7 +247,7 @@ impl CandleEngine {
                 });
             }
             return Ok((
-                Plan::build(pkg, self.float_policy)?,
+                Plan::build_budgeted(pkg, self.float_policy, opts.memory_budget)?,
                 "built from the package (no cache)".into(),
             ));
         };
@@ -263,7 +263,7 @@ impl CandleEngine {
             let read = pkg.sha256().map(|d| crate::digest::to_hex(&d)).unwrap_or_default();
             let got = cache.get_or_build_from(key, &read, |tmp| {
                 build_failed = true;
-                let (plan, lowered) = Plan::build_lowered(pkg, self.float_policy)?;
+                let (plan, lowered) = Plan::build_lowered_budgeted(pkg, self.float_policy, opts.memory_budget)?;
                 lowered.write(pkg, &tmp.join(COMPILED_PACKAGE))?;
                 built = Some(plan);
                 build_failed = false;
@@ -296,14 +296,15 @@ impl CandleEngine {
             }
         };
         let compiled = entry.path().join(COMPILED_PACKAGE);
-        match MlPackage::open(&compiled).and_then(|lp| Plan::build(&lp, self.float_policy)) {
+        match MlPackage::open(&compiled).and_then(|lp| Plan::build_budgeted(&lp, self.float_policy, opts.memory_budget))
+        {
             Ok(plan) => Ok((plan, "cache hit: loaded the compiled form".into())),
             Err(e) if !opts.precompiled_only => {
                 // A damaged entry that passed the cache's cheap checks: serve
                 // from the package rather than fail.
                 tracing::warn!(entry = %compiled.display(), error = %e, "unusable compiled form; building from the package");
                 Ok((
-                    Plan::build(pkg, self.float_policy)?,
+                    Plan::build_budgeted(pkg, self.float_policy, opts.memory_budget)?,
                     "compiled form unusable, built from the package".into(),
                 ))
             }
@@ -381,8 +382,11 @@ impl InferenceEngine for CandleEngine {
         let inner = Arc::clone(&m.inner);
         let inputs = inputs.clone();
         // The worker owns everything it touches: if the deadline passes, the
-        // caller returns and the late result is dropped.
-        self.runner.run("candle inference", timeout, move || inner.run(&inputs))
+        // caller returns, the flag is set and an ML Program stops at its next
+        // op (a BERT encoder runs to its end), freeing the worker.
+        self.runner.run_cancellable("candle inference", timeout, move |cancel| {
+            inner.run(&inputs, Some(cancel))
+        })
     }
 
     fn capabilities(&self, model: &dyn PreparedModel) -> CapabilityReport {

@@ -53,6 +53,11 @@ fn shape_of(ctx: &OpCtx, d: &Decoded) -> Result<(Vec<usize>, usize)> {
         .map(|x| x as usize)
         .collect();
     let n = checked_numel(&shape).ok_or_else(|| ctx.error(format!("shape {shape:?} overflows")))?;
+    // The output is decoded as f32 plus one index byte an element.
+    super::limits::ensure(
+        &format!("op `{}` ({}) output of shape {shape:?}", ctx.name, ctx.op.r#type),
+        (n as u64).checked_mul(5),
+    )?;
     Ok((shape, n))
 }
 
@@ -84,7 +89,8 @@ fn affine_dequantize(ctx: &mut OpCtx) -> Result<Decoded> {
     }
     let axis = if axis < 0 { axis + rank } else { axis } as usize;
     let dim = q.shape[axis];
-    let inner: usize = q.shape[axis + 1..].iter().product();
+    // Saturating: with a zero dim elsewhere there are no elements anyway.
+    let inner: usize = q.shape[axis + 1..].iter().fold(1usize, |a, &d| a.saturating_mul(d));
     let qv = q
         .data
         .to_f32()
@@ -132,7 +138,10 @@ fn lut_to_dense(ctx: &mut OpCtx) -> Result<Decoded> {
     };
     let (out_shape, n) = shape_of(ctx, &shape)?;
     let packed = bytes_of(ctx, &indices, "indices")?;
-    let need = (n * nbits as usize).div_ceil(8);
+    let need = n
+        .checked_mul(nbits as usize)
+        .ok_or_else(|| ctx.error(format!("{n} {nbits}-bit indices overflow")))?
+        .div_ceil(8);
     if packed.len() != need {
         return Err(ctx.error(format!(
             "indices hold {} bytes; {need} expected for {n} {nbits}-bit indices",

@@ -17,6 +17,9 @@
 
 use candle_core::{CpuStorage, DType, Device, Storage, Tensor};
 use rayon::prelude::*;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::limits::{self, check_alloc};
 
 type CResult<T> = candle_core::Result<T>;
 
@@ -97,18 +100,30 @@ pub(crate) fn depthwise_conv2d(
     if weight.len() != ch * kh * kw || bias.is_some_and(|b| b.len() != ch) {
         candle_core::bail!("depthwise weight/bias do not match {ch} channels of a {kh}x{kw} filter")
     }
-    let (pt, pb) = pads[0];
-    let (pl, pr) = pads[1];
-    let eff_h = (kh - 1) * dil + 1;
-    let eff_w = (kw - 1) * dil + 1;
-    if h + pt + pb < eff_h || w + pl + pr < eff_w || h == 0 || w == 0 {
+    let (&(pt, pb), &(pl, pr)) = match pads {
+        [a, b] => (a, b),
+        _ => candle_core::bail!("depthwise pads {pads:?}; expected [begin, end] for height and width"),
+    };
+    if kh == 0 || kw == 0 || stride == 0 || dil == 0 {
+        candle_core::bail!("depthwise kernel {kh}x{kw}, stride {stride}, dilation {dil}")
+    }
+    // Checked: hostile pads or dilations must not wrap (callers bound the
+    // padded size by the memory limit before this).
+    let eff_h = (kh - 1).checked_mul(dil).and_then(|v| v.checked_add(1));
+    let eff_w = (kw - 1).checked_mul(dil).and_then(|v| v.checked_add(1));
+    let span_h = h.checked_add(pt).and_then(|v| v.checked_add(pb));
+    let span_w = w.checked_add(pl).and_then(|v| v.checked_add(pr));
+    let (Some(eff_h), Some(eff_w), Some(span_h), Some(span_w)) = (eff_h, eff_w, span_h, span_w) else {
+        candle_core::bail!("depthwise geometry overflows (kernel {kh}x{kw}, dilation {dil}, pads {pads:?})")
+    };
+    if span_h < eff_h || span_w < eff_w || h == 0 || w == 0 {
         candle_core::bail!("kernel {kh}x{kw} larger than the padded input {h}x{w}")
     }
     let g = Geom {
         h,
         w,
-        oh: (h + pt + pb - eff_h) / stride + 1,
-        ow: (w + pl + pr - eff_w) / stride + 1,
+        oh: (span_h - eff_h) / stride + 1,
+        ow: (span_w - eff_w) / stride + 1,
         kh,
         kw,
         stride,
@@ -117,12 +132,21 @@ pub(crate) fn depthwise_conv2d(
         pad_left: pl,
     };
     let taps: Vec<Tap> = (0..kw).map(|j| g.tap(j)).collect();
+    check_alloc("depthwise output", &[nb, ch, g.oh, g.ow], 4)?;
     let x32 = x.to_dtype(DType::F32)?.contiguous()?;
     let mut out = vec![0f32; nb * ch * g.oh * g.ow];
+    // The channel loop runs on rayon's threads, which do not see this
+    // thread's scope: they check their own copy of the flag, once a plane.
+    let cancel = limits::cancel_flag();
+    let stopped = AtomicBool::new(false);
     with_f32_slice(&x32, |src| {
         out.par_chunks_mut(g.oh * g.ow)
             .enumerate()
             .for_each_init(Scratch::default, |scratch, (plane, dst)| {
+                if cancel.as_ref().is_some_and(|c| c.is_cancelled()) {
+                    stopped.store(true, Ordering::Relaxed);
+                    return;
+                }
                 let c = plane % ch;
                 let k = &weight[c * kh * kw..(c + 1) * kh * kw];
                 let b = bias.map_or(0.0, |b| b[c]);
@@ -135,6 +159,10 @@ pub(crate) fn depthwise_conv2d(
                 }
             });
     })?;
+    if stopped.load(Ordering::Relaxed) {
+        limits::note_cancelled();
+        candle_core::bail!("cancelled")
+    }
     Tensor::from_vec(out, (nb, ch, g.oh, g.ow), &Device::Cpu)?.to_dtype(dtype)
 }
 

@@ -12,16 +12,26 @@
 //! An op type the interpreter does not know is an [`Error::Unsupported`]
 //! naming the op type and its name in the program, raised by `build`, never
 //! at run time.
+//!
+//! Hostile programs: every size the program gives (constant shapes,
+//! `constexpr_*` output shapes, `tile` reps, pad amounts) is checked against
+//! a memory budget before it is allocated ([`limits`]), so a 2 KB package
+//! cannot abort its host; building and running are panic barriers (a panic
+//! becomes [`Error::Internal`], and is not printed: see [`quiet_panics`]);
+//! and a run stops at the next op once its [`CancelFlag`] is set.
 
 mod constexpr;
 mod depthwise;
+pub mod limits;
 mod lower;
 mod ops;
 pub mod value;
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::Arc;
+use std::sync::{Arc, Once};
+use std::time::Instant;
 
 use candle_core::{DType as CDType, Device, Tensor as CTensor};
 use coreml_proto::proto::mil_spec::{self, argument::binding::Binding, DataType, Operation};
@@ -29,6 +39,7 @@ use coreml_proto::proto::mil_spec::{self, argument::binding::Binding, DataType, 
 use crate::error::{Error, Result};
 use crate::mlpackage::MlPackage;
 use crate::tensor::{DType, Tensor, TensorMap};
+pub use limits::CancelFlag;
 pub use lower::Lowered;
 use value::{Decoded, Decoder, HostData};
 
@@ -94,6 +105,9 @@ pub struct Plan {
     policy: FloatPolicy,
     folded: usize,
     const_bytes: usize,
+    /// Largest tensor (bytes) a kernel may allocate from program sizes at
+    /// run time: the memory budget the plan was built under.
+    run_limit: u64,
 }
 
 impl std::fmt::Debug for Plan {
@@ -184,6 +198,11 @@ pub(crate) fn const_tensor(d: &Decoded, policy: FloatPolicy) -> candle_core::Res
 }
 
 fn candle_err(name: &str, op_type: &str, e: impl std::fmt::Display) -> Error {
+    // A limit check inside the kernel left its typed error (memory or
+    // cancellation): report that, naming the op.
+    if let Some(t) = limits::take_tripped(&format!("op `{name}` ({op_type})")) {
+        return t;
+    }
     Error::Internal {
         message: format!("op `{name}` ({op_type}) failed: {e}"),
     }
@@ -383,15 +402,48 @@ impl<'b, 'p> OpCtx<'b, 'p> {
 }
 
 impl Plan {
-    /// Builds the execution plan of `pkg`'s main function. Costs one pass
-    /// over the program plus reading and converting every weight once.
+    /// Builds the execution plan of `pkg`'s main function under the
+    /// default memory budget ([`limits::default_memory_budget`] of the
+    /// package's size). Costs one pass over the program plus reading and
+    /// converting every weight once.
     pub fn build(pkg: &MlPackage, policy: FloatPolicy) -> Result<Plan> {
-        Self::build_lowered(pkg, policy).map(|(plan, _)| plan)
+        Self::build_budgeted(pkg, policy, None)
+    }
+
+    /// Like [`Plan::build`] with an explicit memory `budget` in bytes (`None`:
+    /// the default). The budget bounds the constants the plan holds (all of
+    /// them together) and any one tensor a kernel allocates from the
+    /// program's sizes, at build time (folding) and at every run; crossing it
+    /// is [`Error::MemoryPressure`] naming the op and the size.
+    pub fn build_budgeted(pkg: &MlPackage, policy: FloatPolicy, budget: Option<u64>) -> Result<Plan> {
+        Self::build_lowered_budgeted(pkg, policy, budget).map(|(plan, _)| plan)
     }
 
     /// Like [`Plan::build`], also returning the program lowered to what the
     /// plan runs (see [`Lowered`]), for caching.
     pub fn build_lowered(pkg: &MlPackage, policy: FloatPolicy) -> Result<(Plan, Lowered)> {
+        Self::build_lowered_budgeted(pkg, policy, None)
+    }
+
+    /// [`Plan::build_lowered`] under a memory budget (see
+    /// [`Plan::build_budgeted`]). A panic while building is caught and
+    /// reported as [`Error::Internal`] naming the package.
+    pub fn build_lowered_budgeted(
+        pkg: &MlPackage,
+        policy: FloatPolicy,
+        budget: Option<u64>,
+    ) -> Result<(Plan, Lowered)> {
+        let budget = budget.unwrap_or_else(|| limits::default_memory_budget(package_bytes(pkg.path())));
+        let r = barrier(|| limits::scoped(Some(budget), None, None, || Self::build_inner(pkg, policy, budget)));
+        r.unwrap_or_else(|msg| {
+            Err(Error::internal(format!(
+                "building the plan of {} panicked: {msg}",
+                pkg.path().display()
+            )))
+        })
+    }
+
+    fn build_inner(pkg: &MlPackage, policy: FloatPolicy, budget: u64) -> Result<(Plan, Lowered)> {
         let main = pkg.main_function();
         let block = pkg.main_block()?;
         let unsupported: Vec<String> = block
@@ -419,6 +471,25 @@ impl Plan {
             n_slots += 1;
         }
         let mut steps: Vec<Step> = Vec::new();
+        // Bytes of every constant made so far, against the budget.
+        let mut held = 0u64;
+        let mut hold = |name: &str, c: &ConstVal| -> Result<()> {
+            let bytes = c
+                .tensor
+                .as_ref()
+                .map_or(0, |t| (t.elem_count() * t.dtype().size_in_bytes()) as u64);
+            held = held.saturating_add(bytes);
+            if held > budget {
+                return Err(Error::MemoryPressure {
+                    message: format!(
+                        "constants of {} need more than the memory budget of {budget} bytes \
+                         (reached at `{name}`, {held} bytes); raise it with PrepareOptions::with_memory_budget",
+                        pkg.path().display()
+                    ),
+                });
+            }
+            Ok(())
+        };
         let mut folded = 0usize;
         let mut kept_ops = Vec::new();
         let mut used_consts: Vec<String> = Vec::new();
@@ -440,7 +511,9 @@ impl Plan {
                     .outputs
                     .first()
                     .ok_or_else(|| Error::invalid_artifact(pkg.path(), format!("const op `{name}` has no output")))?;
-                env.insert(out.name.clone(), Val::Const(Arc::new(make_const(d, policy, &name)?)));
+                let c = make_const(d, policy, &name)?;
+                hold(&name, &c)?;
+                env.insert(out.name.clone(), Val::Const(Arc::new(c)));
                 continue;
             }
             let mut ctx = OpCtx {
@@ -459,26 +532,40 @@ impl Plan {
                 }
                 for (out, d) in op.outputs.iter().zip(ds) {
                     let c = make_const(d, policy, &name)?;
+                    hold(&name, &c)?;
                     env.insert(out.name.clone(), Val::Const(Arc::new(c)));
                 }
                 continue;
             }
-            let builder = ops::builder(&op.r#type).expect("checked above");
+            let builder = ops::builder(&op.r#type).ok_or_else(|| ctx.unsupported("op type"))?;
             let kernel = builder(&mut ctx)?;
             let operands = std::mem::take(&mut ctx.operands);
             if operands.iter().all(|v| matches!(v, Val::Const(_))) {
                 // Every input is known now: run the op once, keep its results.
                 let args: Vec<&CTensor> = operands
                     .iter()
-                    .map(|v| match v {
-                        Val::Const(c) => c.tensor.as_ref().expect("checked by the ctx"),
-                        Val::Slot(_) => unreachable!(),
+                    .filter_map(|v| match v {
+                        Val::Const(c) => c.tensor.as_ref(),
+                        Val::Slot(_) => None,
                     })
                     .collect();
-                let outs = kernel(&args).map_err(|e| candle_err(&name, &op.r#type, e))?;
+                if args.len() != operands.len() {
+                    return Err(ctx.error("an operand has no tensor value"));
+                }
+                // An op failing on constants is the program's fault: a
+                // compile error, not an internal one.
+                let outs = kernel(&args).map_err(|e| match candle_err(&name, &op.r#type, e) {
+                    Error::Internal { message } => Error::Compile {
+                        model: pkg.path().display().to_string(),
+                        message,
+                    },
+                    other => other,
+                })?;
                 for (o, t) in op.outputs.iter().zip(outs) {
                     let host = small_host(&t);
-                    env.insert(o.name.clone(), Val::Const(Arc::new(ConstVal { tensor: Some(t), host })));
+                    let c = ConstVal { tensor: Some(t), host };
+                    hold(&name, &c)?;
+                    env.insert(o.name.clone(), Val::Const(Arc::new(c)));
                 }
                 folded += 1;
                 continue;
@@ -579,6 +666,7 @@ impl Plan {
             policy,
             folded,
             const_bytes,
+            run_limit: budget,
         };
         Ok((plan, Lowered { kept_ops, consts }))
     }
@@ -612,19 +700,28 @@ impl Plan {
         h
     }
 
+    /// The memory limit (bytes) of any one tensor a kernel allocates from
+    /// the program's sizes at run time: the budget the plan was built under.
+    pub fn run_limit(&self) -> u64 {
+        self.run_limit
+    }
+
     /// Runs the program. `inputs` must already match the model's schema
     /// (see [`crate::IoSchema::validate_inputs`]); outputs come back in their
     /// declared dtypes. A panic inside a kernel is caught and reported as
-    /// [`Error::Internal`].
+    /// [`Error::Internal`]; a kernel asking for more than
+    /// [`Plan::run_limit`] is [`Error::MemoryPressure`].
     pub fn run(&self, inputs: &TensorMap) -> Result<TensorMap> {
-        catch_unwind(AssertUnwindSafe(|| self.run_inner(inputs))).unwrap_or_else(|p| {
-            let msg = p
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "unknown panic".into());
-            Err(Error::internal(format!("the interpreter panicked: {msg}")))
-        })
+        self.run_cancellable(inputs, None)
+    }
+
+    /// Like [`Plan::run`], stopping at the next op (or the next coarse check
+    /// inside a long kernel) once `cancel` is set, with [`Error::Timeout`]
+    /// naming the op it stopped at. Costs one atomic load per op.
+    pub fn run_cancellable(&self, inputs: &TensorMap, cancel: Option<&CancelFlag>) -> Result<TensorMap> {
+        let started = Instant::now();
+        barrier(|| limits::scoped(Some(self.run_limit), cancel, Some(started), || self.run_inner(inputs)))
+            .unwrap_or_else(|msg| Err(Error::internal(format!("the interpreter panicked: {msg}"))))
     }
 
     fn run_inner(&self, inputs: &TensorMap) -> Result<TensorMap> {
@@ -635,7 +732,17 @@ impl Plan {
             })?;
             slots[inp.slot] = Some(to_candle(t, self.policy).map_err(|e| candle_err(&inp.name, "input", e))?);
         }
-        for step in &self.steps {
+        for (i, step) in self.steps.iter().enumerate() {
+            if limits::check_cancel().is_err() {
+                let at = format!(
+                    "op `{}` ({}), step {} of {}",
+                    step.name,
+                    step.op_type,
+                    i + 1,
+                    self.steps.len()
+                );
+                return Err(limits::take_tripped(&at).unwrap_or_else(|| Error::internal("cancelled")));
+            }
             let mut args: Vec<&CTensor> = Vec::with_capacity(step.operands.len());
             for v in &step.operands {
                 let t = match v {
@@ -676,6 +783,72 @@ impl Plan {
         }
         Ok(out)
     }
+}
+
+thread_local! {
+    /// Library panic barriers this thread is inside (see [`quiet_panics`]).
+    static IN_BARRIER: Cell<usize> = const { Cell::new(0) };
+}
+
+/// How caught panics stay quiet. Rust's panic hook is process-wide and
+/// prints to stderr before unwinding starts, so `catch_unwind` alone would
+/// still print every caught panic. Swapping the hook for the span of a call
+/// would race with other threads (one thread's restore can drop another's
+/// hook, or silence a panic the application wants to see). So, once per
+/// process, this installs a hook that wraps the one in force and stays
+/// silent only for a panic raised on a thread that is inside one of this
+/// library's barriers (a per-thread counter); every other panic goes to the
+/// previous hook, unchanged. An application that sets its own hook later
+/// replaces this one, and then sees our caught panics too (still caught).
+/// Panics on rayon worker threads inside a kernel are caught (rayon carries
+/// them to the caller) but printed by the hook, as those threads are not
+/// inside a barrier.
+pub fn quiet_panics() {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        let prev = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if IN_BARRIER.with(|b| b.get()) == 0 {
+                prev(info);
+            }
+        }));
+    });
+}
+
+/// Runs `f`, catching a panic as its message, without printing it.
+fn barrier<R>(f: impl FnOnce() -> R) -> std::result::Result<R, String> {
+    quiet_panics();
+    IN_BARRIER.with(|b| b.set(b.get() + 1));
+    let r = catch_unwind(AssertUnwindSafe(f));
+    IN_BARRIER.with(|b| b.set(b.get() - 1));
+    r.map_err(|p| {
+        p.downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "unknown panic".into())
+    })
+}
+
+/// Bytes of the regular files under `root`, without following links (the
+/// size the default memory budget is derived from). Stops at 16 levels.
+fn package_bytes(root: &std::path::Path) -> u64 {
+    fn walk(p: &std::path::Path, depth: usize) -> u64 {
+        let Ok(m) = std::fs::symlink_metadata(p) else { return 0 };
+        if m.is_file() {
+            return m.len();
+        }
+        if !m.is_dir() || depth == 0 {
+            return 0;
+        }
+        std::fs::read_dir(p)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| walk(&e.path(), depth - 1))
+                    .fold(0u64, u64::saturating_add)
+            })
+            .unwrap_or(0)
+    }
+    walk(root, 16)
 }
 
 fn make_const(d: Decoded, policy: FloatPolicy, name: &str) -> Result<ConstVal> {
@@ -778,5 +951,154 @@ pub(crate) fn from_candle(t: &CTensor, want: DType) -> candle_core::Result<Tenso
                 .collect();
             wrap(Tensor::from_vec(shape, v))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A plan of `n` steps `x -> x + 1`, each counting itself in `ran` and
+    /// setting `cancel` when it is step `cancel_at` (1-based).
+    fn counting_plan(n: usize, ran: &Arc<AtomicUsize>, cancel: &CancelFlag, cancel_at: usize) -> Plan {
+        let steps = (0..n)
+            .map(|i| {
+                let (ran, cancel) = (ran.clone(), cancel.clone());
+                let kernel: Kernel = Box::new(move |a: &[&CTensor]| {
+                    if ran.fetch_add(1, Ordering::SeqCst) + 1 == cancel_at {
+                        cancel.cancel();
+                    }
+                    Ok(vec![(a[0] + 1.0)?])
+                });
+                Step {
+                    name: format!("add_{i}"),
+                    op_type: "add".into(),
+                    operands: vec![Val::Slot(i)],
+                    outputs: vec![i + 1],
+                    kernel,
+                    frees: vec![i],
+                }
+            })
+            .collect();
+        Plan {
+            inputs: vec![PlanInput {
+                name: "x".into(),
+                slot: 0,
+            }],
+            outputs: vec![PlanOutput {
+                name: "y".into(),
+                val: Val::Slot(n),
+                dtype: DType::F32,
+            }],
+            steps,
+            n_slots: n + 1,
+            policy: FloatPolicy::Upcast,
+            folded: 0,
+            const_bytes: 0,
+            run_limit: u64::MAX,
+        }
+    }
+
+    fn x() -> TensorMap {
+        TensorMap::from([("x".to_string(), Tensor::from_vec(vec![2], vec![1f32, 2.0]).unwrap())])
+    }
+
+    #[test]
+    fn a_cancelled_run_stops_at_the_next_op_with_a_timeout() {
+        let ran = Arc::new(AtomicUsize::new(0));
+        let cancel = CancelFlag::new();
+        let plan = counting_plan(50, &ran, &cancel, 3);
+        let e = plan.run_cancellable(&x(), Some(&cancel)).unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::Timeout, "{e}");
+        assert_eq!(ran.load(Ordering::SeqCst), 3, "steps after the cancel must not run");
+        assert!(e.to_string().contains("op `add_3` (add), step 4 of 50"), "{e}");
+    }
+
+    #[test]
+    fn an_uncancelled_run_runs_every_op() {
+        let ran = Arc::new(AtomicUsize::new(0));
+        let cancel = CancelFlag::new();
+        let plan = counting_plan(50, &ran, &cancel, usize::MAX);
+        let out = plan.run_cancellable(&x(), Some(&cancel)).unwrap();
+        assert_eq!(ran.load(Ordering::SeqCst), 50);
+        assert_eq!(out["y"].to_f32_vec(), vec![51.0, 52.0]);
+        // Cancelled before it starts: nothing runs.
+        cancel.cancel();
+        ran.store(0, Ordering::SeqCst);
+        assert_eq!(
+            plan.run_cancellable(&x(), Some(&cancel)).unwrap_err().kind(),
+            crate::ErrorKind::Timeout
+        );
+        assert_eq!(ran.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn run_limit_turns_an_oversized_kernel_allocation_into_memory_pressure() {
+        let ran = Arc::new(AtomicUsize::new(0));
+        let mut plan = counting_plan(1, &ran, &CancelFlag::new(), usize::MAX);
+        plan.run_limit = 1 << 20;
+        plan.steps[0].kernel = Box::new(|a: &[&CTensor]| {
+            limits::check_alloc("tile output", &[1 << 30, 2], 4)?;
+            Ok(vec![a[0].clone()])
+        });
+        let e = plan.run(&x()).unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::MemoryPressure, "{e}");
+        assert!(
+            e.to_string()
+                .contains("op `add_0` (add): tile output of shape [1073741824, 2] needs 8589934592 bytes"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn caught_panics_are_not_printed_and_others_still_are() {
+        // In a child process (the hook is process-wide): this same test
+        // binary, running `quiet_panic_child` with output not captured.
+        if std::env::var_os("MIL_QUIET_PANIC_CHILD").is_some() {
+            return;
+        }
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "mil::tests::quiet_panic_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("MIL_QUIET_PANIC_CHILD", "1")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        assert!(
+            !err.contains("caught in a barrier"),
+            "a caught panic was printed: {err}"
+        );
+        assert!(
+            err.contains("outside any barrier"),
+            "other panics must still print: {err}"
+        );
+    }
+
+    #[test]
+    fn quiet_panic_child() {
+        if std::env::var_os("MIL_QUIET_PANIC_CHILD").is_none() {
+            return;
+        }
+        assert!(barrier(|| panic!("caught in a barrier")).is_err());
+        // A panic outside the library's barriers goes to the previous hook.
+        assert!(catch_unwind(|| panic!("outside any barrier")).is_err());
+    }
+
+    #[test]
+    fn panics_while_building_or_running_are_errors() {
+        let r: std::result::Result<(), String> = barrier(|| panic!("boom"));
+        assert_eq!(r.unwrap_err(), "boom");
+        let ran = Arc::new(AtomicUsize::new(0));
+        let mut plan = counting_plan(1, &ran, &CancelFlag::new(), usize::MAX);
+        plan.steps[0].kernel = Box::new(|_| panic!("kernel bug"));
+        let e = plan.run(&x()).unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::Internal);
+        assert!(e.to_string().contains("kernel bug"), "{e}");
     }
 }

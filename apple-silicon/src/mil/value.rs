@@ -128,6 +128,8 @@ impl<'a> Decoder<'a> {
             None => return Err(self.bad(what, "a value without a type".into())),
         };
         let n = checked_numel(&shape).ok_or_else(|| self.bad(what, format!("shape {shape:?} overflows")))?;
+        // Decoded host values take at most 8 bytes an element (i64, f64).
+        super::limits::ensure(what, (n as u64).checked_mul(8))?;
         let data = match &v.value {
             Some(value::Value::ImmediateValue(iv)) => match &iv.value {
                 Some(value::immediate_value::Value::Tensor(t)) => self.decode_immediate(t, dtype, n, what)?,
@@ -219,7 +221,7 @@ impl<'a> Decoder<'a> {
                 };
                 match dt {
                     DataType::Float16 => {
-                        need(n * 2)?;
+                        need(n.saturating_mul(2))?;
                         HostData::F16(
                             b.chunks_exact(2)
                                 .take(n)
@@ -228,7 +230,7 @@ impl<'a> Decoder<'a> {
                         )
                     }
                     DataType::Bfloat16 => {
-                        need(n * 2)?;
+                        need(n.saturating_mul(2))?;
                         HostData::F32(
                             b.chunks_exact(2)
                                 .take(n)
@@ -245,7 +247,7 @@ impl<'a> Decoder<'a> {
                         HostData::I64(b.iter().take(n).map(|&x| x as i64).collect())
                     }
                     DataType::Int16 | DataType::Uint16 => {
-                        need(n * 2)?;
+                        need(n.saturating_mul(2))?;
                         let signed = dt == DataType::Int16;
                         HostData::I64(
                             b.chunks_exact(2)
@@ -262,7 +264,7 @@ impl<'a> Decoder<'a> {
                         )
                     }
                     DataType::Int32 | DataType::Uint32 => {
-                        need(n * 4)?;
+                        need(n.saturating_mul(4))?;
                         let signed = dt == DataType::Int32;
                         HostData::I64(
                             b.chunks_exact(4)
@@ -279,7 +281,7 @@ impl<'a> Decoder<'a> {
                         )
                     }
                     DataType::Int64 | DataType::Uint64 => {
-                        need(n * 8)?;
+                        need(n.saturating_mul(8))?;
                         HostData::I64(
                             b.chunks_exact(8)
                                 .take(n)
@@ -288,7 +290,7 @@ impl<'a> Decoder<'a> {
                         )
                     }
                     DataType::Float32 => {
-                        need(n * 4)?;
+                        need(n.saturating_mul(4))?;
                         HostData::F32(
                             b.chunks_exact(4)
                                 .take(n)
@@ -309,7 +311,7 @@ impl<'a> Decoder<'a> {
                             DataType::Uint6 => 6,
                             _ => 4,
                         };
-                        need((n * bits as usize).div_ceil(8))?;
+                        need(n.saturating_mul(bits as usize).div_ceil(8))?;
                         let v = unpack_bits(b, bits, n);
                         HostData::I64(
                             v.into_iter()

@@ -9,7 +9,7 @@
 use candle_core::{DType as CDType, Tensor};
 
 use super::spatial::{spatial_pads, spatial_params};
-use super::{one, Builder, CResult};
+use super::{check_padded, one, Builder, CResult};
 use crate::error::Result;
 use crate::mil::{depthwise, Kernel, OpCtx};
 
@@ -58,8 +58,16 @@ pub(super) fn conv(c: &mut OpCtx) -> Result<Kernel> {
         .map_err(|e| c.error(e.to_string()))?;
     Ok(Box::new(move |a| {
         let x = a[x];
+        if x.rank() != n + 2 {
+            candle_core::bail!(
+                "{n}-D conv of a tensor of shape {:?} (expected rank {})",
+                x.dims(),
+                n + 2
+            )
+        }
         let spatial = &x.dims()[2..];
         let pads = spatial_pads(&pad_type, &pad, spatial, &kdims, &strides, &dil)?;
+        check_padded(x, &pads)?;
         if let Some(w2) = pointwise.as_ref().filter(|_| pads.iter().all(|&p| p == (0, 0))) {
             let y = pointwise_conv2d(x, w2)?;
             return one(match &bias {
@@ -115,7 +123,11 @@ pub(super) fn depthwise_conv(
     let bs = bias.map(f32s).transpose().map_err(|e| c.error(e.to_string()))?;
     Ok(Box::new(move |a| {
         let x = a[x];
+        if x.rank() != 4 {
+            candle_core::bail!("2-D conv of a tensor of shape {:?} (expected [n, c, h, w])", x.dims())
+        }
         let pads = spatial_pads(&pad_type, &pad, &x.dims()[2..], &[kh, kw], &[stride; 2], &[dilation; 2])?;
+        check_padded(x, &pads)?;
         one(depthwise::depthwise_conv2d(
             x,
             &ws,

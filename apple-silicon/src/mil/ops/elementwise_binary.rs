@@ -44,6 +44,7 @@ pub(super) fn binary(c: &mut OpCtx, f: fn(&Tensor, &Tensor) -> CResult<Tensor>) 
     let y = c.tensor("y")?;
     Ok(Box::new(move |a| {
         let (l, r) = (a[x], a[y]);
+        super::check_broadcast(&[l.dims(), r.dims()], l.dtype().size_in_bytes())?;
         // Comparisons and logic on bools: keep u8; otherwise operands share a dtype.
         if l.dtype() != r.dtype() {
             let r = r.to_dtype(l.dtype())?;

@@ -61,6 +61,7 @@ pub(super) fn matmul(c: &mut OpCtx) -> Result<Kernel> {
         if ty {
             r = r.t()?;
         }
+        super::check_matmul(&l, &r)?;
         one(l.broadcast_matmul(&r)?)
     }))
 }

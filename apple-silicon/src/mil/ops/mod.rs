@@ -26,6 +26,7 @@ mod tensor_transformation;
 use candle_core::Tensor;
 
 use crate::error::Result;
+pub(super) use crate::mil::limits::check_alloc;
 use crate::mil::{Kernel, OpCtx};
 
 pub(crate) type Builder = fn(&mut OpCtx) -> Result<Kernel>;
@@ -89,4 +90,45 @@ pub(super) fn broadcast_shape(shapes: &[&[usize]]) -> CResult<Vec<usize>> {
         }
     }
     Ok(out)
+}
+
+// Memory checks of the kernels that allocate from the program's sizes: each
+// computes the output's size with checked arithmetic and compares it with
+// the limit in force (`mil::limits`) before anything is allocated. A kernel
+// calls one of these with a one-line edit.
+
+/// Checks `x` padded by `[begin, end]` `pads` on its trailing dims.
+pub(super) fn check_padded(x: &Tensor, pads: &[(usize, usize)]) -> CResult<()> {
+    let rank = x.rank();
+    if pads.len() > rank {
+        candle_core::bail!("{} padded dims for a tensor of rank {rank}", pads.len())
+    }
+    let mut dims = x.dims().to_vec();
+    for (i, &(b, e)) in pads.iter().enumerate() {
+        let d = &mut dims[rank - pads.len() + i];
+        *d = d.saturating_add(b).saturating_add(e);
+    }
+    check_alloc("padded tensor", &dims, x.dtype().size_in_bytes())
+}
+
+/// Checks the output of broadcasting `shapes` (elements of `elem_bytes`).
+/// Shapes that do not broadcast pass: the op itself reports that.
+pub(super) fn check_broadcast(shapes: &[&[usize]], elem_bytes: usize) -> CResult<()> {
+    match broadcast_shape(shapes) {
+        Ok(out) => check_alloc("broadcast output", &out, elem_bytes),
+        Err(_) => Ok(()),
+    }
+}
+
+/// Checks a (batched) matmul's output `[..batch, m, n]` of `l` `[.., m, k]`
+/// and `r` `[.., k, n]` (after any transposes).
+pub(super) fn check_matmul(l: &Tensor, r: &Tensor) -> CResult<()> {
+    let (ld, rd) = (l.dims(), r.dims());
+    if ld.len() < 2 || rd.len() < 2 {
+        return Ok(());
+    }
+    let (lb, rb) = (&ld[..ld.len() - 2], &rd[..rd.len() - 2]);
+    let mut out = broadcast_shape(&[lb, rb]).unwrap_or_else(|_| lb.to_vec());
+    out.extend([ld[ld.len() - 2], rd[rd.len() - 1]]);
+    check_alloc("matmul output", &out, l.dtype().size_in_bytes())
 }

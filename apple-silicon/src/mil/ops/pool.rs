@@ -38,11 +38,20 @@ pub(super) fn pool(c: &mut OpCtx, kind: PoolKind) -> Result<Kernel> {
     let exclude = c.opt_bool("exclude_padding_from_average")?.unwrap_or(false);
     Ok(Box::new(move |a| {
         let x = a[x];
+        if x.rank() != 4 {
+            candle_core::bail!(
+                "2-D pooling of a tensor of shape {:?} (expected [n, c, h, w])",
+                x.dims()
+            )
+        }
         let spatial = &x.dims()[2..];
         let mut pads = spatial_pads(&pad_type, &pad, spatial, &k, &strides, &[1, 1])?;
         if ceil_mode {
             for i in 0..2 {
-                let span = spatial[i] + pads[i].0 + pads[i].1;
+                let span = spatial[i].saturating_add(pads[i].0).saturating_add(pads[i].1);
+                if span < k[i] {
+                    candle_core::bail!("pool window {k:?} larger than the padded input {spatial:?}")
+                }
                 let floor_out = (span - k[i]) / strides[i] + 1;
                 let ceil_out = (span - k[i]).div_ceil(strides[i]) + 1;
                 if ceil_out > floor_out {

@@ -20,6 +20,9 @@ pub(super) fn spatial_pads(
     dilations: &[usize],
 ) -> CResult<Vec<(usize, usize)>> {
     let n = input.len();
+    if kernel.len() < n || strides.len() < n || dilations.len() < n {
+        candle_core::bail!("{n} spatial dims but kernel {kernel:?}, strides {strides:?}, dilations {dilations:?}")
+    }
     Ok(match pad_type {
         "valid" => vec![(0, 0); n],
         "custom" => {
@@ -32,9 +35,18 @@ pub(super) fn spatial_pads(
         }
         "same" | "same_lower" => (0..n)
             .map(|i| {
-                let out = input[i].div_ceil(strides[i]);
-                let eff = (kernel[i] - 1) * dilations[i] + 1;
-                let total = ((out - 1) * strides[i] + eff).saturating_sub(input[i]);
+                // Saturating: hostile strides or dilations must not wrap
+                // (an oversized result is refused when the pad is made).
+                let out = input[i].div_ceil(strides[i].max(1));
+                let eff = kernel[i]
+                    .saturating_sub(1)
+                    .saturating_mul(dilations[i])
+                    .saturating_add(1);
+                let total = out
+                    .saturating_sub(1)
+                    .saturating_mul(strides[i])
+                    .saturating_add(eff)
+                    .saturating_sub(input[i]);
                 let small = total / 2;
                 if pad_type == "same" {
                     (small, total - small)
@@ -68,6 +80,7 @@ pub(super) fn spatial_params(c: &mut OpCtx, n: usize) -> Result<Spatial> {
 
 /// Pads the two trailing (spatial) dims with a constant value.
 pub(super) fn pad_value(x: &Tensor, pads: &[(usize, usize)], value: f64) -> CResult<Tensor> {
+    super::check_padded(x, pads)?;
     let mut t = x.clone();
     let rank = x.rank();
     for (i, &(b, e)) in pads.iter().enumerate() {

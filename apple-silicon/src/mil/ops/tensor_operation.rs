@@ -167,14 +167,17 @@ fn pad(c: &mut OpCtx) -> Result<Kernel> {
         if pads.len() % 2 != 0 || pads.len() / 2 > dims.len() {
             candle_core::bail!("pad {pads:?} for a tensor of rank {}", dims.len())
         }
-        if let Some(bad) = pads.iter().find(|&&p| !(0..=1 << 30).contains(&p)) {
-            candle_core::bail!("pad amount {bad} is negative or absurd")
+        if let Some(bad) = pads.iter().find(|&&p| p < 0) {
+            candle_core::bail!("pad amount {bad} is negative")
         }
         let first = dims.len() - pads.len() / 2;
         let mut out_dims = dims.to_vec();
+        // Saturating: an absurd amount becomes a size the memory limit refuses.
         for (d, o) in out_dims.iter_mut().enumerate().skip(first) {
-            *o += (pads[2 * (d - first)] + pads[2 * (d - first) + 1]) as usize;
+            let (b, e) = (pads[2 * (d - first)] as usize, pads[2 * (d - first) + 1] as usize);
+            *o = o.saturating_add(b).saturating_add(e);
         }
+        super::check_alloc("padded tensor", &out_dims, x.dtype().size_in_bytes())?;
         movement::check_u32(count(&out_dims)?, "the padded tensor")?;
         let mut lists = Vec::with_capacity(dims.len());
         for (d, &n) in dims.iter().enumerate() {
@@ -232,6 +235,7 @@ fn tile(c: &mut OpCtx) -> Result<Kernel> {
             .zip(&reps)
             .map(|(&n, &r)| count(&[n, r as usize]))
             .collect::<CResult<_>>()?;
+        super::check_alloc("tile output", &out, x.dtype().size_in_bytes())?;
         movement::check_u32(count(&out)?, "the tiled tensor")?;
         let lists: Vec<Vec<Option<usize>>> = out
             .iter()
@@ -727,20 +731,25 @@ mod tests {
             "tile_runtime_reps",
             vec![("x", x), ("r", ints(&[1 << 30, 1 << 30]))],
         ));
-        assert!(e.contains("elements"), "{e}");
+        // The memory limit (mil::limits) sees it first: the size overflows.
+        assert!(e.contains("tile output") && e.contains("overflows"), "{e}");
         let x = HostTensor::from_vec(vec![2, 3, 4], vec![0f32; 24]).unwrap();
         let e = err(run(
             "pad_runtime",
             vec![("x", x.clone()), ("p", ints(&[0, 1, -1, 0, 2, 2]))],
         ));
-        assert!(e.contains("pad amount -1"), "{e}");
+        assert!(e.contains("pad amount -1 is negative"), "{e}");
         let e = err(run("pad_runtime", vec![("x", x.clone()), ("p", ints(&[0, 1, 2]))]));
         assert!(e.contains("pad [0, 1, 2]"), "{e}");
         let e = err(run(
             "pad_runtime",
             vec![("x", x), ("p", ints(&[0, 0, 0, 0, 1 << 30, 1 << 30]))],
         ));
-        assert!(e.contains("elements"), "{e}");
+        // The memory limit (mil::limits) sees it first.
+        assert!(
+            e.contains("padded tensor") && e.contains("over the memory limit"),
+            "{e}"
+        );
         let e = err(run(
             "range_1d_runtime_int32",
             vec![("s", ints(&[0])), ("e", ints(&[5])), ("d", ints(&[0]))],
