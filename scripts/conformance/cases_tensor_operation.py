@@ -12,6 +12,7 @@ import numpy as np
 from coremltools.converters.mil import Builder as mb
 
 from case import Case
+from caselib import dtype_variants, fp16_variants
 
 FAM = "tensor_operation"
 
@@ -435,41 +436,6 @@ def nms_cases() -> list[Case]:
                      note="iOS17 layout (boxes last), no score threshold; padding as iOS15 (no published vector)"))
     return out
 
-
-
-def fp16_variants(cases: list[Case], ops: set[str], skip: set[str] = frozenset()) -> list[Case]:
-    """fp16 forms of pure data-movement cases: every output element is a copy of an input element
-    (or an fp16-exact fill), so the fp16 reference is the fp32 one rounded to fp16."""
-    out = []
-    for c in cases:
-        floats = [a for a in c.inputs.values() if a.dtype == np.float32]
-        if c.op not in ops or c.name in skip or c.precision != "fp32" or not floats:
-            continue
-        inputs = {k: a.astype(np.float16) if a.dtype == np.float32 else a for k, a in c.inputs.items()}
-        expected = {k: e.astype(np.float16).astype(np.float64) if e.dtype.kind == "f" else e
-                    for k, e in c.expected.items()}
-        out.append(Case(family=c.family, op=c.op, name=f"{c.name}_fp16", inputs=inputs, build=c.build,
-                        expected=expected, opset=c.opset, precision="fp16", note=c.note, tags=list(c.tags)))
-    return out
-
-
-def dtype_variants(cases: list[Case], ops: set[str], kind: str, skip: set[str] = frozenset()) -> list[Case]:
-    """int32 / bool forms of pure data-movement fp32 cases. Every output element is a copy of an
-    input element (or a 0 fill), so mapping inputs and the reference through the same elementwise
-    function -- round(10 v) for int32, v > 0 for bool -- gives the reference of the new dtype."""
-    f = (lambda a: np.round(np.asarray(a, np.float64) * 10).astype(np.int32)) if kind == "int32" else (
-        lambda a: np.asarray(a) > 0)
-    out = []
-    for c in cases:
-        if c.op not in ops or c.name in skip or c.precision != "fp32" or c.name.endswith(("_int32", "_bool")):
-            continue
-        if not any(a.dtype == np.float32 for a in c.inputs.values()):
-            continue
-        inputs = {k: f(a) if a.dtype == np.float32 else a for k, a in c.inputs.items()}
-        expected = {k: f(e) if e.dtype.kind == "f" else e for k, e in c.expected.items()}
-        out.append(Case(family=c.family, op=c.op, name=f"{c.name}_{kind}", inputs=inputs, build=c.build,
-                        expected=expected, opset=c.opset, note=c.note, tags=list(c.tags)))
-    return out
 
 
 # Pure data-movement ops whose fp32 cases get an fp16 twin.
