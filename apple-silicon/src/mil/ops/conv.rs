@@ -8,7 +8,7 @@
 
 use candle_core::{DType as CDType, Tensor};
 
-use super::spatial::{spatial_pads, spatial_params};
+use super::spatial::{from_host, host_f32, lift3, spatial_pads, spatial_params, window_out};
 use super::{one, Builder, CResult};
 use crate::error::Result;
 use crate::mil::{depthwise, Kernel, OpCtx};
@@ -17,6 +17,7 @@ use crate::mil::{depthwise, Kernel, OpCtx};
 pub(super) fn builder(op_type: &str) -> Option<Builder> {
     Some(match op_type {
         "conv" => conv,
+        "conv_transpose" => conv_transpose,
         _ => return None,
     })
 }
@@ -27,18 +28,45 @@ pub(super) fn conv(c: &mut OpCtx) -> Result<Kernel> {
         .const_tensor("weight")?
         .ok_or_else(|| c.error("`weight` must be a constant"))?;
     let bias = c.const_tensor("bias")?;
-    let groups = c.opt_int("groups")?.unwrap_or(1).max(1) as usize;
+    let groups = c.opt_int("groups")?.unwrap_or(1);
     let n = w.rank().saturating_sub(2);
-    if !(1..=2).contains(&n) {
-        return Err(c.unsupported(format!("{n}-D convolution (1-D and 2-D are supported)")));
+    if !(1..=3).contains(&n) {
+        return Err(c.unsupported(format!("`weight` of rank {} (1-, 2- or 3-D convolution)", w.rank())));
+    }
+    let (cout, cin_g) = (w.dims()[0], w.dims()[1]);
+    if groups < 1 || cout % groups as usize != 0 {
+        return Err(c.unsupported(format!("`groups` {groups} (must divide C_out {cout})")));
+    }
+    let groups = groups as usize;
+    if let Some(b) = &bias {
+        if b.elem_count() != cout {
+            return Err(c.error(format!(
+                "`bias` has {} values for {cout} output channels",
+                b.elem_count()
+            )));
+        }
     }
     let (strides, dil, pad_type, pad) = spatial_params(c, n)?;
-    if strides.iter().any(|&s| s != strides[0]) || dil.iter().any(|&d| d != dil[0]) {
-        return Err(c.unsupported(format!("unequal strides {strides:?} or dilations {dil:?}")));
+    check_pad_type(c, &pad_type, &pad, n)?;
+    let kdims = w.dims()[2..].to_vec();
+    let uniform = n <= 2 && strides.iter().all(|&s| s == strides[0]) && dil.iter().all(|&d| d == dil[0]);
+    if !uniform {
+        // Unequal strides or dilations, or 3-D: the direct kernel.
+        let ws = host_f32(&w).map_err(|e| c.error(e.to_string()))?;
+        let bs = bias
+            .as_ref()
+            .map(host_f32)
+            .transpose()
+            .map_err(|e| c.error(e.to_string()))?;
+        let wd = w.dims().to_vec();
+        return Ok(Box::new(move |a| {
+            let x = a[x];
+            check_channels(x, cin_g * groups, n)?;
+            let pads = spatial_pads(&pad_type, &pad, &x.dims()[2..], &kdims, &strides, &dil)?;
+            one(conv_direct(x, &ws, &wd, bs.as_deref(), groups, &strides, &dil, &pads)?)
+        }));
     }
     let (stride, dilation) = (strides[0], dil[0]);
-    let kdims = w.dims()[2..].to_vec();
-    let (cout, cin_g) = (w.dims()[0], w.dims()[1]);
     let depthwise = n == 2 && groups > 1 && cin_g == 1 && cout == groups;
     if depthwise {
         return depthwise_conv(c, x, &w, bias.as_ref(), (pad_type, pad), stride, dilation);
@@ -58,12 +86,13 @@ pub(super) fn conv(c: &mut OpCtx) -> Result<Kernel> {
         .map_err(|e| c.error(e.to_string()))?;
     Ok(Box::new(move |a| {
         let x = a[x];
+        check_channels(x, cin_g * groups, n)?;
         let spatial = &x.dims()[2..];
         let pads = spatial_pads(&pad_type, &pad, spatial, &kdims, &strides, &dil)?;
         if let Some(w2) = pointwise.as_ref().filter(|_| pads.iter().all(|&p| p == (0, 0))) {
-            let y = pointwise_conv2d(x, w2)?;
+            let y = pointwise_conv2d(x, &w2.to_dtype(x.dtype())?)?;
             return one(match &bias {
-                Some(b) => y.broadcast_add(b)?,
+                Some(b) => y.broadcast_add(&b.to_dtype(x.dtype())?)?,
                 None => y,
             });
         }
@@ -77,15 +106,243 @@ pub(super) fn conv(c: &mut OpCtx) -> Result<Kernel> {
             }
             (xp, 0)
         };
+        // iOS17: weight and bias may have another dtype than x.
+        let w = w.to_dtype(x.dtype())?;
         let y = if n == 2 {
             xp.conv2d(&w, p, stride, dilation, groups)?
         } else {
             xp.conv1d(&w, p, stride, dilation, groups)?
         };
         one(match &bias {
-            Some(b) => y.broadcast_add(b)?,
+            Some(b) => y.broadcast_add(&b.to_dtype(x.dtype())?)?,
             None => y,
         })
+    }))
+}
+
+/// Refuses a pad type the op does not define, or a custom `pad` of the wrong length.
+fn check_pad_type(c: &OpCtx, pad_type: &str, pad: &[i64], n: usize) -> Result<()> {
+    match pad_type {
+        "valid" | "same" | "same_lower" => Ok(()),
+        "custom" if pad.len() == 2 * n && pad.iter().all(|&p| p >= 0) => Ok(()),
+        "custom" => Err(c.unsupported(format!("`pad` {pad:?} (2 x {n} non-negative values)"))),
+        other => Err(c.unsupported(format!("`pad_type` {other} (valid, same, same_lower or custom)"))),
+    }
+}
+
+/// `x` must be `[n, channels, *spatial]` with `n_sp` spatial dims.
+fn check_channels(x: &Tensor, channels: usize, n_sp: usize) -> CResult<()> {
+    if x.rank() != n_sp + 2 || x.dims()[1] != channels {
+        candle_core::bail!(
+            "input of shape {:?}; expected [N, {channels}] and {n_sp} spatial dims",
+            x.dims()
+        )
+    }
+    Ok(())
+}
+
+/// Direct convolution of any 1-3 spatial dims, strides, dilations, pads
+/// and groups, on the host in f32 with f64 sums: `O(N·C_out·|out|·C_in/g·|K|)`.
+/// For the shapes the candle paths above do not take.
+#[allow(clippy::too_many_arguments)]
+fn conv_direct(
+    x: &Tensor,
+    w: &[f32],
+    wd: &[usize],
+    bias: Option<&[f32]>,
+    groups: usize,
+    strides: &[usize],
+    dil: &[usize],
+    pads: &[(usize, usize)],
+) -> CResult<Tensor> {
+    let nsp = wd.len() - 2;
+    let (nb, cin) = (x.dims()[0], x.dims()[1]);
+    let (cout, cin_g) = (wd[0], wd[1]);
+    let sp = &x.dims()[2..];
+    let mut osp = Vec::with_capacity(nsp);
+    for i in 0..nsp {
+        osp.push(window_out(sp[i], pads[i], (wd[2 + i] - 1) * dil[i] + 1, strides[i])?);
+    }
+    let xs = host_f32(x)?;
+    let (i3, k3, o3) = (lift3(sp, 1), lift3(&wd[2..], 1), lift3(&osp, 1));
+    let (s3, d3) = (lift3(strides, 1), lift3(dil, 1));
+    let pb: Vec<usize> = pads.iter().map(|p| p.0).collect();
+    let p3 = lift3(&pb, 0);
+    let (isz, ksz, osz) = (
+        i3.iter().product::<usize>(),
+        k3.iter().product::<usize>(),
+        o3.iter().product::<usize>(),
+    );
+    let cout_g = cout / groups;
+    let mut out = vec![0f32; nb * cout * osz];
+    for b in 0..nb {
+        for co in 0..cout {
+            let g = co / cout_g;
+            for o0 in 0..o3[0] {
+                for o1 in 0..o3[1] {
+                    for o2 in 0..o3[2] {
+                        let mut acc = bias.map_or(0f64, |bs| bs[co] as f64);
+                        for ci in 0..cin_g {
+                            let xbase = (b * cin + g * cin_g + ci) * isz;
+                            let wbase = (co * cin_g + ci) * ksz;
+                            for k0 in 0..k3[0] {
+                                let Some(i0) = tap(o0, k0, s3[0], d3[0], p3[0], i3[0]) else {
+                                    continue;
+                                };
+                                for k1 in 0..k3[1] {
+                                    let Some(i1) = tap(o1, k1, s3[1], d3[1], p3[1], i3[1]) else {
+                                        continue;
+                                    };
+                                    for k2 in 0..k3[2] {
+                                        let Some(i2) = tap(o2, k2, s3[2], d3[2], p3[2], i3[2]) else {
+                                            continue;
+                                        };
+                                        let xv = xs[xbase + (i0 * i3[1] + i1) * i3[2] + i2] as f64;
+                                        acc += xv * w[wbase + (k0 * k3[1] + k1) * k3[2] + k2] as f64;
+                                    }
+                                }
+                            }
+                        }
+                        out[((b * cout + co) * o3[0] + o0) * o3[1] * o3[2] + o1 * o3[2] + o2] = acc as f32;
+                    }
+                }
+            }
+        }
+    }
+    let mut shape = vec![nb, cout];
+    shape.extend(&osp);
+    from_host(out, &shape, x)
+}
+
+/// Input index read by output `o`, kernel tap `k`, or `None` in the padding.
+#[inline]
+fn tap(o: usize, k: usize, s: usize, d: usize, pad_begin: usize, len: usize) -> Option<usize> {
+    (o * s + k * d).checked_sub(pad_begin).filter(|&i| i < len)
+}
+
+/// `conv_transpose`: the adjoint of `conv` (every input element scattered
+/// through the kernel into the output), 1-3 spatial dims, any strides,
+/// dilations, pads, groups and `output_shape`; weight `[C_in, C_out/groups,
+/// *K]`. Direct on the host: `O(N·C_in·|in|·C_out/g·|K|)`.
+pub(super) fn conv_transpose(c: &mut OpCtx) -> Result<Kernel> {
+    let x = c.tensor("x")?;
+    let w = c
+        .const_tensor("weight")?
+        .ok_or_else(|| c.error("`weight` must be a constant"))?;
+    let bias = c.const_tensor("bias")?;
+    let groups = c.opt_int("groups")?.unwrap_or(1);
+    let n = w.rank().saturating_sub(2);
+    if !(1..=3).contains(&n) {
+        return Err(c.unsupported(format!("`weight` of rank {} (1-, 2- or 3-D convolution)", w.rank())));
+    }
+    let (cin, cout_g) = (w.dims()[0], w.dims()[1]);
+    if groups < 1 || cin % groups as usize != 0 {
+        return Err(c.unsupported(format!("`groups` {groups} (must divide C_in {cin})")));
+    }
+    let groups = groups as usize;
+    let cout = cout_g * groups;
+    if let Some(b) = &bias {
+        if b.elem_count() != cout {
+            return Err(c.error(format!(
+                "`bias` has {} values for {cout} output channels",
+                b.elem_count()
+            )));
+        }
+    }
+    let (strides, dil, pad_type, pad) = spatial_params(c, n)?;
+    if pad_type == "same_lower" {
+        return Err(c.unsupported("`pad_type` same_lower (conv_transpose takes valid, same or custom)"));
+    }
+    check_pad_type(c, &pad_type, &pad, n)?;
+    let output_shape = c.opt_ints("output_shape")?;
+    if let Some(os) = &output_shape {
+        let ok = (os.len() == n + 2 || os.len() == n) && os.iter().all(|&v| v >= 1);
+        if !ok {
+            return Err(c.unsupported(format!("`output_shape` {os:?} (N, C_out and {n} spatial sizes)")));
+        }
+    }
+    let ws = host_f32(&w).map_err(|e| c.error(e.to_string()))?;
+    let bs = bias
+        .as_ref()
+        .map(host_f32)
+        .transpose()
+        .map_err(|e| c.error(e.to_string()))?;
+    let kd = w.dims()[2..].to_vec();
+    Ok(Box::new(move |a| {
+        let x = a[x];
+        check_channels(x, cin, n)?;
+        let sp = x.dims()[2..].to_vec();
+        let mut osp = Vec::with_capacity(n);
+        let mut pb = Vec::with_capacity(n);
+        for i in 0..n {
+            let full = (sp[i] - 1) * strides[i] + (kd[i] - 1) * dil[i] + 1;
+            let want = output_shape.as_ref().map(|os| os[os.len() - n + i] as usize);
+            let (begin, size) = match pad_type.as_str() {
+                "same" => {
+                    let size = want.unwrap_or(sp[i] * strides[i]);
+                    (full.saturating_sub(size) / 2, size)
+                }
+                "custom" => {
+                    let (b, e) = (pad[2 * i] as usize, pad[2 * i + 1] as usize);
+                    (b, want.unwrap_or(full.saturating_sub(b + e)))
+                }
+                _ => (0, want.unwrap_or(full)),
+            };
+            pb.push(begin);
+            osp.push(size);
+        }
+        let xs = host_f32(x)?;
+        let nb = x.dims()[0];
+        let (i3, k3, o3) = (lift3(&sp, 1), lift3(&kd, 1), lift3(&osp, 1));
+        let (s3, d3, p3) = (lift3(&strides, 1), lift3(&dil, 1), lift3(&pb, 0));
+        let (isz, ksz, osz) = (
+            i3.iter().product::<usize>(),
+            k3.iter().product::<usize>(),
+            o3.iter().product::<usize>(),
+        );
+        let cin_g = cin / groups;
+        let mut out = vec![0f64; nb * cout * osz];
+        for b in 0..nb {
+            for ci in 0..cin {
+                let g = ci / cin_g;
+                for i0 in 0..i3[0] {
+                    for i1 in 0..i3[1] {
+                        for i2 in 0..i3[2] {
+                            let xv = xs[(b * cin + ci) * isz + (i0 * i3[1] + i1) * i3[2] + i2] as f64;
+                            for co in 0..cout_g {
+                                let obase = (b * cout + g * cout_g + co) * osz;
+                                let wbase = (ci * cout_g + co) * ksz;
+                                for k0 in 0..k3[0] {
+                                    let Some(o0) = tap(i0, k0, s3[0], d3[0], p3[0], o3[0]) else {
+                                        continue;
+                                    };
+                                    for k1 in 0..k3[1] {
+                                        let Some(o1) = tap(i1, k1, s3[1], d3[1], p3[1], o3[1]) else {
+                                            continue;
+                                        };
+                                        for k2 in 0..k3[2] {
+                                            let Some(o2) = tap(i2, k2, s3[2], d3[2], p3[2], o3[2]) else {
+                                                continue;
+                                            };
+                                            out[obase + (o0 * o3[1] + o1) * o3[2] + o2] +=
+                                                xv * ws[wbase + (k0 * k3[1] + k1) * k3[2] + k2] as f64;
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(bs) = &bs {
+            for (i, v) in out.iter_mut().enumerate() {
+                *v += bs[(i / osz) % cout] as f64;
+            }
+        }
+        let mut shape = vec![nb, cout];
+        shape.extend(&osp);
+        one(from_host(out.into_iter().map(|v| v as f32).collect(), &shape, x)?)
     }))
 }
 

@@ -10,6 +10,7 @@ mod control_flow;
 mod conv;
 mod elementwise_binary;
 mod elementwise_unary;
+mod image_resizing;
 mod linear;
 mod normalization;
 mod pool;
@@ -36,6 +37,7 @@ pub fn builder(op_type: &str) -> Option<Builder> {
         .or_else(|| linear::builder(op_type))
         .or_else(|| conv::builder(op_type))
         .or_else(|| pool::builder(op_type))
+        .or_else(|| image_resizing::builder(op_type))
         .or_else(|| normalization::builder(op_type))
         .or_else(|| reduction::builder(op_type))
         .or_else(|| tensor_transformation::builder(op_type))

@@ -1,0 +1,153 @@
+"""Cases for coremltools' image_resizing.py: upsample_nearest_neighbor, resize_nearest_neighbor,
+upsample_bilinear (iOS15 align_corners, iOS16 half_pixel_centers), resize_bilinear (every
+sampling mode), resize (iOS17), crop. References: float64 numpy, written from the op definitions:
+grid points per sampling mode as resize_bilinear's docstring lists them (clamped to the input),
+bilinear as the weighted sum of the four neighbours; nearest neighbour as TF's default,
+floor(i * in / out). Scale-factor ops size the output floor(in * scale) and sample at
+scale out / in (the docstring's `recompute_scale_factor=True`)."""
+
+from __future__ import annotations
+
+import numpy as np
+from coremltools.converters.mil import Builder as mb
+
+from caselib import Case, f64, uniform
+
+FAM = "image_resizing"
+
+
+def grid(mode, n_in, n_out):
+    i = np.arange(n_out, dtype=np.float64)
+    if mode in ("STRICT_ALIGN_CORNERS", "ALIGN_CORNERS"):
+        if n_out == 1:
+            g = np.array([(n_in - 1) / 2 if mode == "ALIGN_CORNERS" else 0.0])
+        else:
+            g = i * (n_in - 1) / (n_out - 1)
+    elif mode == "DEFAULT":
+        g = i * n_in / n_out
+    elif mode == "OFFSET_CORNERS":
+        delta = max(1, n_in - 1) / n_out
+        g = 0.5 * delta + i * delta
+    elif mode == "UNALIGN_CORNERS":
+        g = (i + 0.5) * n_in / n_out - 0.5
+    else:
+        raise ValueError(mode)
+    return np.clip(g, 0, n_in - 1)
+
+
+def bilinear(x, h, w, mode_h, mode_w=None):
+    mode_w = mode_w or mode_h
+    gh, gw = grid(mode_h, x.shape[-2], h), grid(mode_w, x.shape[-1], w)
+    y = np.zeros(x.shape[:-2] + (h, w))
+    for a, yy in enumerate(gh):
+        y0 = int(np.floor(yy))
+        y1 = min(y0 + 1, x.shape[-2] - 1)
+        fy = yy - y0
+        for b, xx in enumerate(gw):
+            x0 = int(np.floor(xx))
+            x1 = min(x0 + 1, x.shape[-1] - 1)
+            fx = xx - x0
+            y[..., a, b] = ((1 - fy) * ((1 - fx) * x[..., y0, x0] + fx * x[..., y0, x1])
+                            + fy * ((1 - fx) * x[..., y1, x0] + fx * x[..., y1, x1]))
+    return y
+
+
+def nearest(x, h, w):
+    hi = [min(i * x.shape[-2] // h, x.shape[-2] - 1) for i in range(h)]
+    wi = [min(j * x.shape[-1] // w, x.shape[-1] - 1) for j in range(w)]
+    return x[..., hi, :][..., wi]
+
+
+def cases() -> list[Case]:
+    out: list[Case] = []
+    x = uniform(f"{FAM}/x", (1, 2, 3, 4))
+    x3 = uniform(f"{FAM}/x3", (2, 3, 5))
+
+    for name, xin, sh, sw in (("int2", x, 2, 3), ("frac", x, 1.5, 2.5), ("rank3", x3, 2, 1),
+                              ("down_frac", x, 0.7, 0.5)):
+        h, w = int(np.floor(xin.shape[-2] * sh)), int(np.floor(xin.shape[-1] * sw))
+        kw = {"scale_factor_height": sh if isinstance(sh, int) else np.float32(sh),
+              "scale_factor_width": sw if isinstance(sw, int) else np.float32(sw)}
+        out.append(Case(FAM, "upsample_nearest_neighbor", f"upsample_nearest_neighbor_{name}", {"x": xin},
+                        lambda x, kw=kw: mb.upsample_nearest_neighbor(x=x, **kw), {"y": nearest(f64(xin), h, w)}))
+    x16 = x.astype(np.float16)
+    out.append(Case(FAM, "upsample_nearest_neighbor", "upsample_nearest_neighbor_fp16", {"x": x16},
+                    lambda x: mb.upsample_nearest_neighbor(x=x, scale_factor_height=2, scale_factor_width=2),
+                    {"y": nearest(f64(x16), 6, 8)}, opset="iOS16", precision="fp16"))
+
+    for name, xin, h, w in (("up", x, 5, 7), ("down", x, 2, 3), ("rank3", x3, 4, 2)):
+        out.append(Case(FAM, "resize_nearest_neighbor", f"resize_nearest_neighbor_{name}", {"x": xin},
+                        lambda x, h=h, w=w: mb.resize_nearest_neighbor(x=x, target_size_height=h, target_size_width=w),
+                        {"y": nearest(f64(xin), h, w)}))
+
+    for name, sh, sw, align in (("align_int", 2, 2, True), ("unalign_int", 2, 3, False),
+                                ("align_frac", 1.5, 2.5, True), ("unalign_frac", 1.5, 0.5, False)):
+        h, w = int(np.floor(3 * sh)), int(np.floor(4 * sw))
+        mode = "STRICT_ALIGN_CORNERS" if align else "UNALIGN_CORNERS"
+        kw = {"scale_factor_height": sh if isinstance(sh, int) else np.float32(sh),
+              "scale_factor_width": sw if isinstance(sw, int) else np.float32(sw), "align_corners": align}
+        out.append(Case(FAM, "upsample_bilinear", f"upsample_bilinear_{name}", {"x": x},
+                        lambda x, kw=kw: mb.upsample_bilinear(x=x, **kw), {"y": bilinear(f64(x), h, w, mode)}))
+    out.append(Case(FAM, "upsample_bilinear", "upsample_bilinear_default_align", {"x": x},
+                    lambda x: mb.upsample_bilinear(x=x, scale_factor_height=2, scale_factor_width=2),
+                    {"y": bilinear(f64(x), 6, 8, "STRICT_ALIGN_CORNERS")}, note="align_corners defaults to True"))
+    for name, align, half, mode in (("half_pixel_ios16", False, True, "UNALIGN_CORNERS"),
+                                    ("no_half_pixel_ios16", False, False, "DEFAULT"),
+                                    ("align_ios16", True, False, "STRICT_ALIGN_CORNERS")):
+        out.append(Case(FAM, "upsample_bilinear", f"upsample_bilinear_{name}", {"x": x},
+                        lambda x, a=align, hp=half: mb.upsample_bilinear(
+                            x=x, scale_factor_height=np.float32(2), scale_factor_width=np.float32(1.5), align_corners=a,
+                            half_pixel_centers=hp),
+                        {"y": bilinear(f64(x), 6, 6, mode)}, opset="iOS16"))
+    out.append(Case(FAM, "upsample_bilinear", "upsample_bilinear_rank3", {"x": x3},
+                    lambda x: mb.upsample_bilinear(x=x, scale_factor_height=2, scale_factor_width=2, align_corners=False),
+                    {"y": bilinear(f64(x3), 6, 10, "UNALIGN_CORNERS")}))
+    out.append(Case(FAM, "upsample_bilinear", "upsample_bilinear_fp16", {"x": x16},
+                    lambda x: mb.upsample_bilinear(x=x, scale_factor_height=2, scale_factor_width=2, align_corners=False),
+                    {"y": bilinear(f64(x16), 6, 8, "UNALIGN_CORNERS")}, opset="iOS16", precision="fp16"))
+
+    modes = ("STRICT_ALIGN_CORNERS", "ALIGN_CORNERS", "DEFAULT", "OFFSET_CORNERS", "UNALIGN_CORNERS")
+    for mode in modes:
+        for name, h, w in (("up", 5, 6), ("down", 2, 3), ("to1", 1, 1)):
+            out.append(Case(FAM, "resize_bilinear", f"resize_bilinear_{mode.lower()}_{name}", {"x": x},
+                            lambda x, h=h, w=w, m=mode: mb.resize_bilinear(
+                                x=x, target_size_height=h, target_size_width=w, sampling_mode=m),
+                            {"y": bilinear(f64(x), h, w, mode)}))
+    out.append(Case(FAM, "resize_bilinear", "resize_bilinear_default_mode_rank3", {"x": x3},
+                    lambda x: mb.resize_bilinear(x=x, target_size_height=4, target_size_width=7),
+                    {"y": bilinear(f64(x3), 4, 7, "DEFAULT")}, note="sampling_mode defaults to DEFAULT"))
+    out.append(Case(FAM, "resize_bilinear", "resize_bilinear_fp16", {"x": x16},
+                    lambda x: mb.resize_bilinear(x=x, target_size_height=5, target_size_width=6,
+                                                 sampling_mode="ALIGN_CORNERS"),
+                    {"y": bilinear(f64(x16), 5, 6, "ALIGN_CORNERS")}, opset="iOS16", precision="fp16"))
+
+    # iOS17 resize: the last `resized_dims` dims from the end of `shape` (0 keeps the input's size).
+    for name, shp, k, interp, mode, want in (
+            ("linear_2d", [1, 5, 6], 2, "LINEAR", "DEFAULT", lambda v: bilinear(v, 5, 6, "DEFAULT")),
+            ("linear_align", [5, 7], 2, "LINEAR", "ALIGN_CORNERS", lambda v: bilinear(v, 5, 7, "ALIGN_CORNERS")),
+            ("linear_keep_height", [0, 6], 2, "LINEAR", "UNALIGN_CORNERS",
+             lambda v: bilinear(v, 3, 6, "UNALIGN_CORNERS")),
+            ("linear_1d", [9], 1, "LINEAR", "STRICT_ALIGN_CORNERS",
+             lambda v: bilinear(v, 3, 9, "STRICT_ALIGN_CORNERS")),
+            ("nearest", [6, 5], 2, "NEAREST_NEIGHBOR", "DEFAULT", lambda v: nearest(v, 6, 5))):
+        s = np.array(shp, np.int32)
+        out.append(Case(FAM, "resize", f"resize_{name}", {"x": x},
+                        lambda x, s=s, k=k, i=interp, m=mode: mb.resize(
+                            x=x, shape=s, resized_dims=np.uint32(k), interpolation_mode=i, sampling_mode=m),
+                        {"y": want(f64(x))}, opset="iOS17"))
+    shp_in = np.array([4, 7], np.int32)
+    out.append(Case(FAM, "resize", "resize_runtime_shape", {"x": x, "shape": shp_in},
+                    lambda x, shape: mb.resize(x=x, shape=shape, resized_dims=np.uint32(2)),
+                    {"y": bilinear(f64(x), 4, 7, "DEFAULT")}, opset="iOS17", note="the target shape is an input"))
+
+    for name, xin, chh, cw in (("both", x, [1, 0], [1, 2]), ("none", x, [0, 0], [0, 0]), ("rank3", x3, [1, 1], [0, 3])):
+        xv = f64(xin)
+        ref = xv[..., chh[0]:xin.shape[-2] - chh[1], cw[0]:xin.shape[-1] - cw[1]]
+        out.append(Case(FAM, "crop", f"crop_{name}", {"x": xin},
+                        lambda x, a=chh, b=cw: mb.crop(x=x, crop_height=np.array(a, np.int32),
+                                                       crop_width=np.array(b, np.int32)),
+                        {"y": ref}))
+    out.append(Case(FAM, "crop", "crop_fp16", {"x": x16},
+                    lambda x: mb.crop(x=x, crop_height=np.array([1, 1], np.int32), crop_width=np.array([0, 1], np.int32)),
+                    {"y": f64(x16)[..., 1:2, 0:3]}, opset="iOS16", precision="fp16"))
+    return out
