@@ -150,4 +150,94 @@ def cases() -> list[Case]:
     out.append(Case(FAM, "crop", "crop_fp16", {"x": x16},
                     lambda x: mb.crop(x=x, crop_height=np.array([1, 1], np.int32), crop_width=np.array([0, 1], np.int32)),
                     {"y": f64(x16)[..., 1:2, 0:3]}, opset="iOS16", precision="fp16"))
+    return out + resample_cases()
+
+
+# resample / affine: the image padded with numpy's own modes (constant, edge, reflect, symmetric are the
+# definition's constant, border, reflection, symmetric), then read bilinearly or at the nearest pixel.
+PAD = 8
+NP_MODE = {"constant": "constant", "border": "edge", "reflection": "reflect", "symmetric": "symmetric"}
+
+
+def to_pixel(c, n, mode, align):
+    if mode == "unnormalized":
+        return c
+    if mode == "normalized_minus_one_to_one":
+        return (c + 1) / 2 * (n - 1) if align else ((c + 1) * n - 1) / 2
+    return c * (n - 1) if align else c * n - 0.5
+
+
+def resample_ref(x, coords, sampling, padding, value, cmode, align):
+    b, ch, h, w = x.shape
+    kw = {"constant_values": value} if padding == "constant" else {}
+    xp = np.pad(x, [(0, 0), (0, 0), (PAD, PAD), (PAD, PAD)], mode=NP_MODE[padding], **kw)
+    _, oh, ow, _ = coords.shape
+    y = np.zeros((b, ch, oh, ow))
+    for n in range(b):
+        for i in range(oh):
+            for j in range(ow):
+                px = to_pixel(coords[n, i, j, 0], w, cmode, align) + PAD
+                py = to_pixel(coords[n, i, j, 1], h, cmode, align) + PAD
+                if sampling == "nearest":
+                    y[n, :, i, j] = xp[n, :, int(np.floor(py + 0.5)), int(np.floor(px + 0.5))]
+                    continue
+                x0, y0 = int(np.floor(px)), int(np.floor(py))
+                fx, fy = px - x0, py - y0
+                y[n, :, i, j] = ((1 - fy) * ((1 - fx) * xp[n, :, y0, x0] + fx * xp[n, :, y0, x0 + 1])
+                                 + fy * ((1 - fx) * xp[n, :, y0 + 1, x0] + fx * xp[n, :, y0 + 1, x0 + 1]))
+    return y
+
+
+def resample_cases() -> list[Case]:
+    out: list[Case] = []
+    x = uniform(f"{FAM}/rs/x", (2, 2, 3, 4))
+    lo_hi = {"unnormalized": (-2.5, 5.5), "normalized_minus_one_to_one": (-1.8, 1.8),
+             "normalized_zero_to_one": (-0.4, 1.4)}
+    combos = [("bilinear", "constant", "unnormalized", False), ("bilinear", "border", "normalized_minus_one_to_one", True),
+              ("bilinear", "reflection", "normalized_minus_one_to_one", False),
+              ("bilinear", "symmetric", "normalized_zero_to_one", True),
+              ("nearest", "constant", "normalized_zero_to_one", False), ("nearest", "border", "unnormalized", False),
+              ("nearest", "reflection", "unnormalized", False), ("nearest", "symmetric", "normalized_minus_one_to_one", True)]
+    for sampling, padding, cmode, align in combos:
+        lo, hi = lo_hi[cmode]
+        co = uniform(f"{FAM}/rs/{sampling}/{padding}/{cmode}", (2, 3, 5, 2), lo, hi)
+        value = 0.75 if padding == "constant" else 0.0
+        name = f"resample_{sampling}_{padding}_{cmode.replace('normalized_', 'n_')}" + ("_align" if align else "")
+        out.append(Case(FAM, "resample", name, {"x": x, "coords": co},
+                        lambda x, coords, s=sampling, p=padding, v=value, m=cmode, a=align: mb.resample(
+                            x=x, coordinates=coords, sampling_mode=s, padding_mode=p, padding_value=np.float32(v),
+                            coordinates_mode=m, align_corners=a),
+                        {"y": resample_ref(f64(x), f64(co), sampling, padding, value, cmode, align)}))
+    x16 = x.astype(np.float16)
+    co16 = uniform(f"{FAM}/rs/16", (2, 2, 3, 2), -1.2, 1.2).astype(np.float16)
+    out.append(Case(FAM, "resample", "resample_fp16_ios16", {"x": x16, "coords": co16},
+                    lambda x, coords: mb.resample(x=x, coordinates=coords, sampling_mode="bilinear",
+                                                  padding_mode="border", padding_value=np.float16(0),
+                                                  coordinates_mode="normalized_minus_one_to_one", align_corners=False),
+                    {"y": resample_ref(f64(x16), f64(co16), "bilinear", "border", 0.0,
+                                       "normalized_minus_one_to_one", False)}, opset="iOS16", precision="fp16"))
+
+    # affine: output pixel (w, h) at normalised (u, v) in [-1, 1] (align_corners: the corner pixel
+    # centres), read at (a0 u + a1 v + a2, b0 u + b1 v + b2), bilinear, zero padding.
+    def affine_ref(x, m, oh, ow):
+        b = x.shape[0]
+        u = np.linspace(-1, 1, ow) if ow > 1 else np.zeros(1)
+        v = np.linspace(-1, 1, oh) if oh > 1 else np.zeros(1)
+        coords = np.zeros((b, oh, ow, 2))
+        for n in range(b):
+            t = m[0] if m.shape[0] == 1 else m[n]
+            for i in range(oh):
+                for j in range(ow):
+                    coords[n, i, j] = (t[0] * u[j] + t[1] * v[i] + t[2], t[3] * u[j] + t[4] * v[i] + t[5])
+        return resample_ref(x, coords, "bilinear", "constant", 0.0, "normalized_minus_one_to_one", True)
+
+    for name, m, oh, ow in (("rotate_shared", np.array([[0.8, -0.6, 0.1, 0.6, 0.8, -0.2]], np.float32), 4, 5),
+                            ("per_batch", np.array([[1.2, 0.0, 0.3, 0.0, 0.9, 0.0],
+                                                    [0.5, 0.2, -0.4, -0.1, 1.5, 0.2]], np.float32), 3, 3)):
+        out.append(Case(FAM, "affine", f"affine_{name}", {"x": x, "m": m},
+                        lambda x, m, oh=oh, ow=ow: mb.affine(
+                            x=x, transform_matrix=m, output_height=oh, output_width=ow, sampling_mode="bilinear",
+                            padding_mode="constant", padding_value=np.float32(0),
+                            coordinates_mode="normalized_minus_one_to_one", align_corners=True),
+                        {"y": affine_ref(f64(x), f64(m), oh, ow)}))
     return out

@@ -1,6 +1,6 @@
 //! Image resizing (coremltools `image_resizing.py`): `upsample_nearest_neighbor`,
 //! `resize_nearest_neighbor`, `upsample_bilinear`, `resize_bilinear`,
-//! `resize` (iOS17), `crop`.
+//! `resize` (iOS17), `crop`, `resample`, `affine`.
 //!
 //! Conventions: the resized dims are the last two (the last `resized_dims`
 //! for `resize`); every other dim is batch. A linear resize samples each
@@ -13,6 +13,12 @@
 //! `recompute_scale_factor`). Nearest neighbour takes input index
 //! `floor(i · in / out)` (TF's default); `resize`'s nearest mode with another
 //! sampling mode rounds that mode's grid point half up.
+//!
+//! `resample` reads `x [B, C, H, W]` at `(x, y)` points given per output
+//! pixel; coordinates outside the image read the image padded as
+//! `padding_mode` says (constant, border, reflection without the edge,
+//! symmetric with it). `affine` is `resample` at the points an affine map
+//! of the output's normalised coordinates gives.
 
 use candle_core::{DType, Tensor};
 
@@ -29,6 +35,8 @@ pub(super) fn builder(op_type: &str) -> Option<Builder> {
         "resize_bilinear" => resize_bilinear,
         "resize" => resize,
         "crop" => crop,
+        "resample" => resample,
+        "affine" => affine,
         _ => return None,
     })
 }
@@ -301,5 +309,218 @@ fn crop(c: &mut OpCtx) -> Result<Kernel> {
             y = y.narrow(dim, b, n - b - e)?;
         }
         one(y.contiguous()?)
+    }))
+}
+
+/// How `resample` maps a coordinate to pixel units (`n` pixels on the axis).
+#[derive(Clone, Copy)]
+enum Coords {
+    Unnormalized,
+    MinusOneToOne { align: bool },
+    ZeroToOne { align: bool },
+}
+
+impl Coords {
+    fn to_pixel(self, c: f64, n: usize) -> f64 {
+        let n = n as f64;
+        match self {
+            Self::Unnormalized => c,
+            Self::MinusOneToOne { align: true } => (c + 1.0) / 2.0 * (n - 1.0),
+            Self::MinusOneToOne { align: false } => ((c + 1.0) * n - 1.0) / 2.0,
+            Self::ZeroToOne { align: true } => c * (n - 1.0),
+            Self::ZeroToOne { align: false } => c * n - 0.5,
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Padding {
+    Constant,
+    Border,
+    Reflection,
+    Symmetric,
+}
+
+/// The pixel index `i` stands for on an axis of `n` pixels, or `None` for
+/// the constant padding.
+fn fetch_index(i: i64, n: usize, pad: Padding) -> Option<usize> {
+    let n = n as i64;
+    if (0..n).contains(&i) {
+        return Some(i as usize);
+    }
+    Some(match pad {
+        Padding::Constant => return None,
+        Padding::Border => i.clamp(0, n - 1) as usize,
+        Padding::Reflection => {
+            if n == 1 {
+                return Some(0);
+            }
+            let p = 2 * (n - 1);
+            let m = i.rem_euclid(p);
+            (if m < n { m } else { p - m }) as usize
+        }
+        Padding::Symmetric => {
+            let p = 2 * n;
+            let m = i.rem_euclid(p);
+            (if m < n { m } else { p - 1 - m }) as usize
+        }
+    })
+}
+
+/// Sampling parameters shared by `resample` and `affine`.
+#[derive(Clone, Copy)]
+struct Sampler {
+    bilinear: bool,
+    padding: Padding,
+    value: f64,
+    coords: Coords,
+}
+
+impl Sampler {
+    fn parse(c: &mut OpCtx) -> Result<Self> {
+        let mode = c.opt_string("sampling_mode")?.unwrap_or_default();
+        let bilinear = match mode.to_lowercase().as_str() {
+            "bilinear" => true,
+            "nearest" => false,
+            _ => return Err(c.unsupported(format!("`sampling_mode` {mode} (bilinear or nearest)"))),
+        };
+        let pm = c.opt_string("padding_mode")?.unwrap_or_default();
+        let padding = match pm.to_lowercase().as_str() {
+            "constant" => Padding::Constant,
+            "border" => Padding::Border,
+            "reflection" => Padding::Reflection,
+            "symmetric" => Padding::Symmetric,
+            _ => {
+                return Err(c.unsupported(format!(
+                    "`padding_mode` {pm} (constant, border, reflection or symmetric)"
+                )))
+            }
+        };
+        let value = c.opt_float("padding_value")?.unwrap_or(0.0);
+        let align = c.opt_bool("align_corners")?.unwrap_or(false);
+        let cm = c.opt_string("coordinates_mode")?.unwrap_or_default();
+        let coords = match cm.to_lowercase().as_str() {
+            "unnormalized" => Coords::Unnormalized,
+            "normalized_minus_one_to_one" => Coords::MinusOneToOne { align },
+            "normalized_zero_to_one" => Coords::ZeroToOne { align },
+            _ => {
+                return Err(c.unsupported(format!(
+                    "`coordinates_mode` {cm} (unnormalized, normalized_minus_one_to_one or normalized_zero_to_one)"
+                )))
+            }
+        };
+        Ok(Self {
+            bilinear,
+            padding,
+            value,
+            coords,
+        })
+    }
+
+    /// The value of `plane` (`h × w`) at coordinates `(cx, cy)`.
+    fn sample(&self, plane: &[f32], h: usize, w: usize, cx: f64, cy: f64) -> f64 {
+        let (px, py) = (self.coords.to_pixel(cx, w), self.coords.to_pixel(cy, h));
+        let at = |yi: i64, xi: i64| -> f64 {
+            match (fetch_index(yi, h, self.padding), fetch_index(xi, w, self.padding)) {
+                (Some(y), Some(x)) => plane[y * w + x] as f64,
+                _ => self.value,
+            }
+        };
+        if !px.is_finite() || !py.is_finite() {
+            return f64::NAN;
+        }
+        if !self.bilinear {
+            return at((py + 0.5).floor() as i64, (px + 0.5).floor() as i64);
+        }
+        let (x0, y0) = (px.floor(), py.floor());
+        let (fx, fy) = (px - x0, py - y0);
+        let (x0, y0) = (x0 as i64, y0 as i64);
+        (1.0 - fy) * ((1.0 - fx) * at(y0, x0) + fx * at(y0, x0 + 1))
+            + fy * ((1.0 - fx) * at(y0 + 1, x0) + fx * at(y0 + 1, x0 + 1))
+    }
+}
+
+/// Samples every `[B, C]` plane of `x` at per-batch points `pts[b][k] =
+/// (x, y)`, giving `[B, C, oh, ow]`. Costs `O(B·C·oh·ow)` samples.
+fn sample_all(x: &Tensor, s: &Sampler, pts: &[Vec<(f64, f64)>], oh: usize, ow: usize) -> CResult<Tensor> {
+    let (nb, nc, h, w) = x.dims4()?;
+    let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let mut out = Vec::with_capacity(nb * nc * oh * ow);
+    for (b, bp) in pts.iter().enumerate().take(nb) {
+        for ch in 0..nc {
+            let plane = &xs[(b * nc + ch) * h * w..(b * nc + ch + 1) * h * w];
+            out.extend(bp.iter().map(|&(cx, cy)| s.sample(plane, h, w, cx, cy) as f32));
+        }
+    }
+    Tensor::from_vec(out, (nb, nc, oh, ow), x.device())?.to_dtype(x.dtype())
+}
+
+fn resample(c: &mut OpCtx) -> Result<Kernel> {
+    let x = c.tensor("x")?;
+    let coords = c.tensor("coordinates")?;
+    let s = Sampler::parse(c)?;
+    Ok(Box::new(move |a| {
+        let (xt, ct) = (a[x], a[coords]);
+        let (nb, _, _, _) = xt.dims4()?;
+        let (cb, oh, ow, two) = ct.dims4()?;
+        if cb != nb || two != 2 {
+            candle_core::bail!(
+                "coordinates of shape {:?} for an input of shape {:?}",
+                ct.dims(),
+                xt.dims()
+            )
+        }
+        let cv = ct.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+        let pts: Vec<Vec<(f64, f64)>> = cv
+            .chunks(oh * ow * 2)
+            .map(|b| b.chunks(2).map(|p| (p[0], p[1])).collect())
+            .collect();
+        one(sample_all(xt, &s, &pts, oh, ow)?)
+    }))
+}
+
+fn affine(c: &mut OpCtx) -> Result<Kernel> {
+    let x = c.tensor("x")?;
+    let m = c.tensor("transform_matrix")?;
+    let (oh, ow) = (size(c, "output_height")?, size(c, "output_width")?);
+    let s = Sampler::parse(c)?;
+    let Coords::MinusOneToOne { align } = s.coords else {
+        return Err(c.unsupported("`coordinates_mode` other than normalized_minus_one_to_one"));
+    };
+    Ok(Box::new(move |a| {
+        let (xt, mt) = (a[x], a[m]);
+        let (nb, _, _, _) = xt.dims4()?;
+        let (d, six) = mt.dims2()?;
+        if six != 6 || (d != 1 && d != nb) {
+            candle_core::bail!("transform_matrix of shape {:?} for a batch of {nb}", mt.dims())
+        }
+        let mv = mt.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+        // The output grid in the same normalised coordinates the sampler reads.
+        let norm = |i: usize, n: usize| {
+            let (i, n) = (i as f64, n as f64);
+            if align {
+                if n > 1.0 {
+                    -1.0 + 2.0 * i / (n - 1.0)
+                } else {
+                    0.0
+                }
+            } else {
+                (2.0 * i + 1.0) / n - 1.0
+            }
+        };
+        let pts: Vec<Vec<(f64, f64)>> = (0..nb)
+            .map(|b| {
+                let t = &mv[(if d == 1 { 0 } else { b }) * 6..][..6];
+                let mut v = Vec::with_capacity(oh * ow);
+                for i in 0..oh {
+                    for j in 0..ow {
+                        let (u, w) = (norm(j, ow), norm(i, oh));
+                        v.push((t[0] * u + t[1] * w + t[2], t[3] * u + t[4] * w + t[5]));
+                    }
+                }
+                v
+            })
+            .collect();
+        one(sample_all(xt, &s, &pts, oh, ow)?)
     }))
 }

@@ -19,6 +19,7 @@ mod scatter_gather;
 mod spatial;
 mod tensor_operation;
 mod tensor_transformation;
+mod transformers;
 
 use candle_core::Tensor;
 
@@ -38,6 +39,7 @@ pub fn builder(op_type: &str) -> Option<Builder> {
         .or_else(|| conv::builder(op_type))
         .or_else(|| pool::builder(op_type))
         .or_else(|| image_resizing::builder(op_type))
+        .or_else(|| transformers::builder(op_type))
         .or_else(|| normalization::builder(op_type))
         .or_else(|| reduction::builder(op_type))
         .or_else(|| tensor_transformation::builder(op_type))
