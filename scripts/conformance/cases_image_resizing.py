@@ -150,7 +150,7 @@ def cases() -> list[Case]:
     out.append(Case(FAM, "crop", "crop_fp16", {"x": x16},
                     lambda x: mb.crop(x=x, crop_height=np.array([1, 1], np.int32), crop_width=np.array([0, 1], np.int32)),
                     {"y": f64(x16)[..., 1:2, 0:3]}, opset="iOS16", precision="fp16"))
-    return out + resample_cases()
+    return out + resample_cases() + crop_resize_cases()
 
 
 # resample / affine: the image padded with numpy's own modes (constant, edge, reflect, symmetric are the
@@ -240,4 +240,127 @@ def resample_cases() -> list[Case]:
                             padding_mode="constant", padding_value=np.float32(0),
                             coordinates_mode="normalized_minus_one_to_one", align_corners=True),
                         {"y": affine_ref(f64(x), f64(m), oh, ow)}))
+    return out
+
+
+# crop_resize: TF's crop_and_resize (coremltools' TF frontend maps it to ALIGN_CORNERS), box edges in
+# pixels (normalised: times in - 1; then times spatial_scale); a point outside the image reads pad_value.
+def crop_one(img, box, th, tw, strict, pad_value):
+    h0, w0, h1, w1 = box
+    c, h, w = img.shape
+
+    def pts(a, b, n):
+        if n == 1:
+            return [a if strict else (a + b) / 2]
+        return [a + i * (b - a) / (n - 1) for i in range(n)]
+
+    y = np.full((c, th, tw), pad_value, dtype=np.float64)
+    for i, py in enumerate(pts(h0, h1, th)):
+        for j, px in enumerate(pts(w0, w1, tw)):
+            if not (0 <= py <= h - 1 and 0 <= px <= w - 1):
+                continue
+            top, left = int(np.floor(py)), int(np.floor(px))
+            bottom, right = int(np.ceil(py)), int(np.ceil(px))
+            fy, fx = py - top, px - left
+            t = img[:, top, left] + (img[:, top, right] - img[:, top, left]) * fx
+            b = img[:, bottom, left] + (img[:, bottom, right] - img[:, bottom, left]) * fx
+            y[:, i, j] = t + (b - t) * fy
+    return y
+
+
+def to_corners(b, mode):
+    if mode == "CORNERS_HEIGHT_FIRST":
+        return b
+    if mode == "CORNERS_WIDTH_FIRST":
+        return [b[1], b[0], b[3], b[2]]
+    if mode == "CENTER_SIZE_HEIGHT_FIRST":
+        return [b[0] - b[2] / 2, b[1] - b[3] / 2, b[0] + b[2] / 2, b[1] + b[3] / 2]
+    return [b[1] - b[3] / 2, b[0] - b[2] / 2, b[1] + b[3] / 2, b[0] + b[2] / 2]
+
+
+def crop_resize_cases() -> list[Case]:
+    out: list[Case] = []
+    x = uniform(f"{FAM}/cr/x", (2, 2, 5, 6))
+    xv = f64(x)
+    H, W = 5, 6
+
+    def px(box, mode, normalized, scale):
+        b = to_corners([float(v) for v in box], mode)
+        if normalized:
+            b = [b[0] * (H - 1), b[1] * (W - 1), b[2] * (H - 1), b[3] * (W - 1)]
+        return [v * scale for v in b]
+
+    boxes = np.array([[0.5, 1.0, 3.5, 4.0], [0.0, 0.0, 4.0, 5.0], [1.2, 2.5, 2.0, 5.0]], np.float32)
+    # iOS15: roi [N, 1, 4, 1, 1] applies every box to every image: [N, B, C, h, w].
+    roi4 = boxes.reshape(3, 1, 4, 1, 1)
+    ref = np.stack([np.stack([crop_one(xv[b], px(bx, "CORNERS_HEIGHT_FIRST", False, 1.0), 3, 4, False, 0.0)
+                              for b in range(2)]) for bx in f64(boxes)])
+    out.append(Case(FAM, "crop_resize", "crop_resize_roi4_all_images", {"x": x},
+                    lambda x: mb.crop_resize(x=x, roi=roi4, target_height=3, target_width=4,
+                                             sampling_mode="ALIGN_CORNERS"), {"y": ref}))
+    # roi [N, 1, 5, 1, 1]: a batch index first, [N, 1, C, h, w].
+    idx = np.array([1, 0, 1], np.float32)
+    roi5 = np.concatenate([idx[:, None], boxes], axis=1).reshape(3, 1, 5, 1, 1)
+    ref = np.stack([crop_one(xv[int(i)], px(bx, "CORNERS_HEIGHT_FIRST", False, 1.0), 4, 3, False, 0.0)[None]
+                    for i, bx in zip(idx, f64(boxes))])
+    out.append(Case(FAM, "crop_resize", "crop_resize_roi5_indexed", {"x": x},
+                    lambda x: mb.crop_resize(x=x, roi=roi5, target_height=4, target_width=3,
+                                             sampling_mode="ALIGN_CORNERS"), {"y": ref}))
+    nboxes = np.array([[0.1, 0.2, 0.9, 0.7], [0.25, 0.0, 0.75, 1.0]], np.float32)
+    roi = np.concatenate([np.array([[0], [1]], np.float32), nboxes], axis=1).reshape(2, 1, 5, 1, 1)
+    ref = np.stack([crop_one(xv[i], px(bx, "CORNERS_HEIGHT_FIRST", True, 1.0), 3, 3, False, 0.0)[None]
+                    for i, bx in enumerate(f64(nboxes))])
+    out.append(Case(FAM, "crop_resize", "crop_resize_normalized", {"x": x},
+                    lambda x: mb.crop_resize(x=x, roi=roi, target_height=3, target_width=3, normalized_coordinates=True,
+                                             sampling_mode="ALIGN_CORNERS"), {"y": ref},
+                    note="normalised coordinates times (H-1, W-1)"))
+    for mode, box in (("CORNERS_WIDTH_FIRST", [1.0, 0.5, 5.0, 3.0]), ("CENTER_SIZE_HEIGHT_FIRST", [2.0, 3.0, 2.0, 3.0]),
+                      ("CENTER_SIZE_WIDTH_FIRST", [3.0, 2.0, 4.0, 2.5])):
+        r = np.array([[0] + box], np.float32).reshape(1, 1, 5, 1, 1)
+        ref = crop_one(xv[0], px(box, mode, False, 2.0), 3, 4, False, 0.0)[None, None]
+        out.append(Case(FAM, "crop_resize", f"crop_resize_{mode.lower()}_scale2", {"x": x},
+                        lambda x, r=r, m=mode: mb.crop_resize(x=x, roi=r, target_height=3, target_width=4,
+                                                              box_coordinate_mode=m, spatial_scale=np.float32(2.0),
+                                                              sampling_mode="ALIGN_CORNERS"), {"y": ref}))
+    r1 = np.array([[1, 1.0, 1.0, 3.0, 4.0]], np.float32).reshape(1, 1, 5, 1, 1)
+    for mode, strict in (("ALIGN_CORNERS", False), ("STRICT_ALIGN_CORNERS", True)):
+        ref = crop_one(xv[1], [1.0, 1.0, 3.0, 4.0], 1, 1, strict, 0.0)[None, None]
+        out.append(Case(FAM, "crop_resize", f"crop_resize_to1_{mode.lower()}", {"x": x},
+                        lambda x, m=mode: mb.crop_resize(x=x, roi=r1, target_height=1, target_width=1, sampling_mode=m),
+                        {"y": ref}, note="one output: the box centre (ALIGN) or its start (STRICT)"))
+    rout = np.array([[0, -1.0, 2.0, 6.0, 7.5]], np.float32).reshape(1, 1, 5, 1, 1)
+    ref = crop_one(xv[0], [-1.0, 2.0, 6.0, 7.5], 4, 4, False, -2.5)[None, None]
+    out.append(Case(FAM, "crop_resize", "crop_resize_pad_value_ios16", {"x": x},
+                    lambda x: mb.crop_resize(x=x, roi=rout, target_height=4, target_width=4,
+                                             sampling_mode="ALIGN_CORNERS", pad_value=np.float32(-2.5)),
+                    {"y": ref}, opset="iOS16", note="points outside the image read pad_value"))
+    # iOS17: boxes [N, 4] and box_indices, output [N, C, h, w].
+    bi = np.array([1, 1, 0], np.int32)
+    ref = np.stack([crop_one(xv[i], px(bx, "CORNERS_HEIGHT_FIRST", False, 1.0), 3, 2, False, 0.0)
+                    for i, bx in zip(bi, f64(boxes))])
+    out.append(Case(FAM, "crop_resize", "crop_resize_boxes_ios17", {"x": x, "b": boxes},
+                    lambda x, b: mb.crop_resize(x=x, boxes=b, box_indices=bi, target_height=3, target_width=2,
+                                                sampling_mode="ALIGN_CORNERS"), {"y": ref}, opset="iOS17",
+                    note="boxes a run-time input"))
+    ref = np.stack([crop_one(xv[i], px(bx, "CORNERS_HEIGHT_FIRST", True, 1.0), 2, 3, False, 0.0)
+                    for i, bx in enumerate(f64(nboxes))])
+    out.append(Case(FAM, "crop_resize", "crop_resize_default_indices_ios17", {"x": x},
+                    lambda x: mb.crop_resize(x=x, boxes=nboxes, target_height=2, target_width=3,
+                                             normalized_coordinates=True, sampling_mode="ALIGN_CORNERS"),
+                    {"y": ref}, opset="iOS17", note="box_indices default to arange(N)"))
+    x16 = x.astype(np.float16)
+    ref = np.stack([crop_one(f64(x16)[i], px(bx, "CORNERS_HEIGHT_FIRST", True, 1.0), 2, 3, False, 0.0)
+                    for i, bx in enumerate(f64(nboxes))])
+    out.append(Case(FAM, "crop_resize", "crop_resize_fp16_ios17", {"x": x16},
+                    lambda x: mb.crop_resize(x=x, boxes=nboxes, target_height=2, target_width=3,
+                                             normalized_coordinates=True, sampling_mode="ALIGN_CORNERS"),
+                    {"y": ref}, opset="iOS17", precision="fp16"))
+    # DEFAULT sampling inside a box: the reference below is only a guess (resize_bilinear's DEFAULT grid over
+    # the box); the interpreter refuses the mode and KNOWN.json lists the case.
+    ref = np.stack([crop_one(xv[i], px(bx, "CORNERS_HEIGHT_FIRST", True, 1.0), 2, 3, True, 0.0)
+                    for i, bx in enumerate(f64(nboxes))])
+    out.append(Case(FAM, "crop_resize", "crop_resize_default_sampling_ios17", {"x": x},
+                    lambda x: mb.crop_resize(x=x, boxes=nboxes, target_height=2, target_width=3,
+                                             normalized_coordinates=True),
+                    {"y": ref}, opset="iOS17", note="sampling_mode DEFAULT: refused (placement in a box undefined)"))
     return out

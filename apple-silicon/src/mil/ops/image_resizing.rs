@@ -1,6 +1,6 @@
 //! Image resizing (coremltools `image_resizing.py`): `upsample_nearest_neighbor`,
 //! `resize_nearest_neighbor`, `upsample_bilinear`, `resize_bilinear`,
-//! `resize` (iOS17), `crop`, `resample`, `affine`.
+//! `resize` (iOS17), `crop`, `resample`, `affine`, `crop_resize`.
 //!
 //! Conventions: the resized dims are the last two (the last `resized_dims`
 //! for `resize`); every other dim is batch. A linear resize samples each
@@ -19,6 +19,14 @@
 //! `padding_mode` says (constant, border, reflection without the edge,
 //! symmetric with it). `affine` is `resample` at the points an affine map
 //! of the output's normalised coordinates gives.
+//!
+//! `crop_resize` is TF's `crop_and_resize` (what coremltools' frontends map
+//! to it, always with `ALIGN_CORNERS`): box edges in pixels (normalised ones
+//! times `in - 1`, then times `spatial_scale`), output `i` at `start + i ·
+//! (end - start) / (out - 1)` (one output: the box centre; the box start
+//! under `STRICT_ALIGN_CORNERS`), points outside the image read `pad_value`.
+//! The other sampling modes' placement inside a box is not defined by
+//! coremltools' documentation: they are refused.
 
 use candle_core::{DType, Tensor};
 
@@ -37,6 +45,7 @@ pub(super) fn builder(op_type: &str) -> Option<Builder> {
         "crop" => crop,
         "resample" => resample,
         "affine" => affine,
+        "crop_resize" => crop_resize,
         _ => return None,
     })
 }
@@ -522,5 +531,155 @@ fn affine(c: &mut OpCtx) -> Result<Kernel> {
             })
             .collect();
         one(sample_all(xt, &s, &pts, oh, ow)?)
+    }))
+}
+
+/// iOS15/16 `roi` `[N, 1, 4 or 5, 1, 1]` (output `[N, B, C, h, w]`, or
+/// `[N, 1, C, h, w]` with a batch index first), or iOS17 `boxes` `[N, 4]`
+/// with `box_indices` (output `[N, C, h, w]`). Costs `O(N·C·h·w)`.
+fn crop_resize(c: &mut OpCtx) -> Result<Kernel> {
+    let x = c.tensor("x")?;
+    let roi = c.opt_tensor("roi")?;
+    let boxes = c.opt_tensor("boxes")?;
+    let indices = c.opt_tensor("box_indices")?;
+    let (th, tw) = (
+        c.opt_int("target_height")?.unwrap_or(1),
+        c.opt_int("target_width")?.unwrap_or(1),
+    );
+    if th < 1 || tw < 1 {
+        return Err(c.unsupported(format!("`target_height` {th} / `target_width` {tw} (positive sizes)")));
+    }
+    let (th, tw) = (th as usize, tw as usize);
+    let normalized = c.opt_bool("normalized_coordinates")?.unwrap_or(false);
+    let scale = c.opt_float("spatial_scale")?.unwrap_or(1.0);
+    let pad_value = c.opt_float("pad_value")?.unwrap_or(0.0);
+    let bmode = c
+        .opt_string("box_coordinate_mode")?
+        .unwrap_or_else(|| "CORNERS_HEIGHT_FIRST".into());
+    let order: fn([f64; 4]) -> [f64; 4] = match bmode.as_str() {
+        "CORNERS_HEIGHT_FIRST" => |b| b,
+        "CORNERS_WIDTH_FIRST" => |b| [b[1], b[0], b[3], b[2]],
+        "CENTER_SIZE_HEIGHT_FIRST" => |b| [b[0] - b[2] / 2.0, b[1] - b[3] / 2.0, b[0] + b[2] / 2.0, b[1] + b[3] / 2.0],
+        "CENTER_SIZE_WIDTH_FIRST" => |b| [b[1] - b[3] / 2.0, b[0] - b[2] / 2.0, b[1] + b[3] / 2.0, b[0] + b[2] / 2.0],
+        other => {
+            return Err(c.unsupported(format!(
+                "`box_coordinate_mode` {other} (CORNERS_HEIGHT_FIRST, CORNERS_WIDTH_FIRST, CENTER_SIZE_HEIGHT_FIRST or CENTER_SIZE_WIDTH_FIRST)"
+            )))
+        }
+    };
+    let mode = c.opt_string("sampling_mode")?.unwrap_or_else(|| "DEFAULT".into());
+    let centre_of_one = match mode.as_str() {
+        "ALIGN_CORNERS" => true,
+        "STRICT_ALIGN_CORNERS" => false,
+        other => {
+            return Err(c.unsupported(format!(
+                "`sampling_mode` {other} (crop_resize runs ALIGN_CORNERS and STRICT_ALIGN_CORNERS)"
+            )))
+        }
+    };
+    let Some(bx) = roi.or(boxes) else {
+        return Err(c.error("required argument `boxes` (or `roi`) is missing"));
+    };
+    let legacy = roi.is_some();
+    Ok(Box::new(move |a| {
+        let xt = a[x];
+        let (nb, nc, h, w) = xt.dims4()?;
+        let bv = a[bx].to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+        // (image index or None for every image, [h0, w0, h1, w1]) per box.
+        let mut list: Vec<(Option<usize>, [f64; 4])> = Vec::new();
+        let index_ok = |v: f64| -> CResult<usize> {
+            if v < 0.0 || v as usize >= nb {
+                candle_core::bail!("box index {v} outside a batch of {nb}")
+            }
+            Ok(v as usize)
+        };
+        if legacy {
+            let d = a[bx].dims();
+            let k = if d.len() == 5 { d[2] } else { 0 };
+            if k != 4 && k != 5 {
+                candle_core::bail!("roi of shape {d:?}; expected [N, 1, 4 or 5, 1, 1]")
+            }
+            for r in bv.chunks(k) {
+                let (idx, b) = if k == 5 {
+                    (Some(index_ok(r[0])?), &r[1..])
+                } else {
+                    (None, r)
+                };
+                list.push((idx, [b[0], b[1], b[2], b[3]]));
+            }
+        } else {
+            let (n, four) = a[bx].dims2()?;
+            if four != 4 {
+                candle_core::bail!("boxes of shape {:?}; expected [N, 4]", a[bx].dims())
+            }
+            let idx: Vec<f64> = match indices {
+                Some(i) => a[i].to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?,
+                None => (0..n).map(|v| v as f64).collect(),
+            };
+            if idx.len() != n {
+                candle_core::bail!("{} box indices for {n} boxes", idx.len())
+            }
+            for (r, &i) in bv.chunks(4).zip(&idx) {
+                list.push((Some(index_ok(i)?), [r[0], r[1], r[2], r[3]]));
+            }
+        }
+        let xs = xt.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let points = |start: f64, end: f64, n_out: usize| -> Vec<f64> {
+            (0..n_out)
+                .map(|i| match n_out {
+                    1 if centre_of_one => (start + end) / 2.0,
+                    1 => start,
+                    _ => start + i as f64 * (end - start) / (n_out - 1) as f64,
+                })
+                .collect()
+        };
+        let mut out = Vec::new();
+        let mut crops = 0usize;
+        for (idx, raw) in &list {
+            let mut b = order(*raw);
+            if normalized {
+                b = [
+                    b[0] * (h - 1) as f64,
+                    b[1] * (w - 1) as f64,
+                    b[2] * (h - 1) as f64,
+                    b[3] * (w - 1) as f64,
+                ];
+            }
+            let b = b.map(|v| v * scale);
+            let (ys, xs_) = (points(b[0], b[2], th), points(b[1], b[3], tw));
+            let images: Vec<usize> = match idx {
+                Some(i) => vec![*i],
+                None => (0..nb).collect(),
+            };
+            for img in images {
+                crops += 1;
+                for ch in 0..nc {
+                    let plane = &xs[(img * nc + ch) * h * w..][..h * w];
+                    for &py in &ys {
+                        for &px in &xs_ {
+                            let inside = (0.0..=(h - 1) as f64).contains(&py) && (0.0..=(w - 1) as f64).contains(&px);
+                            if !inside {
+                                out.push(pad_value as f32);
+                                continue;
+                            }
+                            let (y0, x0) = (py.floor() as usize, px.floor() as usize);
+                            let (y1, x1) = ((y0 + 1).min(h - 1), (x0 + 1).min(w - 1));
+                            let (fy, fx) = (py - y0 as f64, px - x0 as f64);
+                            let at = |y: usize, x: usize| plane[y * w + x] as f64;
+                            let v = (1.0 - fy) * ((1.0 - fx) * at(y0, x0) + fx * at(y0, x1))
+                                + fy * ((1.0 - fx) * at(y1, x0) + fx * at(y1, x1));
+                            out.push(v as f32);
+                        }
+                    }
+                }
+            }
+        }
+        let shape: Vec<usize> = if !legacy {
+            vec![crops, nc, th, tw]
+        } else {
+            let per = if list.iter().all(|(i, _)| i.is_some()) { 1 } else { nb };
+            vec![list.len(), per, nc, th, tw]
+        };
+        one(Tensor::from_vec(out, shape, xt.device())?.to_dtype(xt.dtype())?)
     }))
 }
