@@ -224,5 +224,33 @@ def cases() -> list[Case]:
                            pad_type="same", output_shape=[1, 2, 5, 5]))
     out.append(conv_t_case("conv_transpose2d_fp16", (1, 2, 3, 3), (2, 2, 3, 3), strides=[2, 2], opset="iOS16",
                            fp16=True))
+    # A weight computed at run time (a program input).
+    for name, xs, ws, kw, groups, s_, pt in (("2d", (1, 2, 5, 6), (3, 2, 3, 2), {"strides": [2, 1]}, 1, [2, 1], "same"),
+                                             ("1d_groups", (2, 4, 7), (4, 2, 3), {"groups": 2}, 2, [1], "valid")):
+        x = uniform(f"{FAM}/dyn/{name}/x", xs)
+        w = uniform(f"{FAM}/dyn/{name}/w", ws, -1, 1)
+        mkw = {"pad_type": pt}
+        if "strides" in kw:
+            mkw["strides"] = np.array(kw["strides"], np.int32)
+        if groups != 1:
+            mkw["groups"] = np.int32(groups)
+        n = len(ws) - 2
+        ref = conv_ref(f64(x), f64(w), None, s_, [1] * n, pads_of(pt, None, xs[2:], ws[2:], s_, [1] * n), groups)
+        out.append(Case(FAM, "conv", f"conv_dynamic_weight_{name}", {"x": x, "w": w},
+                        lambda x, w, mkw=mkw: mb.conv(x=x, weight=w, **mkw), {"y": ref},
+                        note="weight is a run-time input"))
+    # conv_quantized (iOS15, experimental): uint8 weight, W = Wq * quant_scale + quant_bias.
+    for name, nsc in (("per_tensor", 1), ("per_channel", 3)):
+        x = uniform(f"{FAM}/cq/{name}/x", (1, 2, 5, 5))
+        wq = np.random.default_rng(7 + nsc).integers(0, 256, size=(3, 2, 3, 3)).astype(np.uint8)
+        sc = uniform(f"{FAM}/cq/{name}/s", (nsc,), 0.001, 0.01)
+        bi = uniform(f"{FAM}/cq/{name}/b", (nsc,), -1, 0)
+        wf = f64(wq) * f64(sc).reshape(-1, 1, 1, 1) + f64(bi).reshape(-1, 1, 1, 1)
+        out.append(Case(FAM, "conv_quantized", f"conv_quantized_linear_{name}", {"x": x},
+                        lambda x, wq=wq, sc=sc, bi=bi: mb.conv_quantized(
+                            x=x, weight=wq, quantization_type="linear", nbits=8, quant_scale=sc, quant_bias=bi,
+                            strides=np.array([2, 1], np.int32), pad_type="same"),
+                        {"y": conv_ref(f64(x), wf, None, [2, 1], [1, 1],
+                                       pads_of("same", None, (5, 5), (3, 3), [2, 1], [1, 1]), 1)}))
     out.append(conv_t_case("conv_transpose3d", (1, 2, 2, 3, 2), (2, 2, 2, 2, 3), strides=[2, 1, 2]))
     return out

@@ -18,15 +18,24 @@ pub(super) fn builder(op_type: &str) -> Option<Builder> {
     Some(match op_type {
         "conv" => conv,
         "conv_transpose" => conv_transpose,
+        "conv_quantized" => conv,
         _ => return None,
     })
 }
 
 pub(super) fn conv(c: &mut OpCtx) -> Result<Kernel> {
+    if c.op.r#type == "conv" && c.is_runtime("weight")? {
+        return conv_dynamic(c);
+    }
     let x = c.tensor("x")?;
     let w = c
         .const_tensor("weight")?
         .ok_or_else(|| c.error("`weight` must be a constant"))?;
+    let w = if c.op.r#type == "conv_quantized" {
+        dequantize_weight(c, w)?
+    } else {
+        w
+    };
     let bias = c.const_tensor("bias")?;
     let groups = c.opt_int("groups")?.unwrap_or(1);
     let n = w.rank().saturating_sub(2);
@@ -118,6 +127,110 @@ pub(super) fn conv(c: &mut OpCtx) -> Result<Kernel> {
             None => y,
         })
     }))
+}
+
+/// A conv whose weight is computed at run time (coremltools allows it
+/// without dilations): the weight's shape is checked on every call, then
+/// the direct kernel runs (the weight is read to the host each call).
+fn conv_dynamic(c: &mut OpCtx) -> Result<Kernel> {
+    let x = c.tensor("x")?;
+    let w = c.tensor("weight")?;
+    let bias = c.const_tensor("bias")?;
+    let groups = c.opt_int("groups")?.unwrap_or(1);
+    if groups < 1 {
+        return Err(c.unsupported(format!("`groups` {groups}")));
+    }
+    let groups = groups as usize;
+    let n = c
+        .opt_ints("strides")?
+        .or(c.opt_ints("dilations")?)
+        .map(|v| v.len())
+        .or_else(|| c.opt_ints("pad").ok().flatten().map(|p| p.len() / 2));
+    // The spatial rank comes from the weight at run time; parameters given here must agree with it.
+    let strides_p = c.opt_ints("strides")?;
+    let dil_p = c.opt_ints("dilations")?;
+    let pad_type = c.opt_string("pad_type")?.unwrap_or_else(|| "valid".into());
+    let pad = c.opt_ints("pad")?.unwrap_or_default();
+    if let Some(n) = n {
+        check_pad_type(c, &pad_type, &pad, n)?;
+    } else if !matches!(pad_type.as_str(), "valid" | "same" | "same_lower") {
+        return Err(c.unsupported(format!("`pad_type` {pad_type} without `pad`")));
+    }
+    let bs = bias
+        .as_ref()
+        .map(host_f32)
+        .transpose()
+        .map_err(|e| c.error(e.to_string()))?;
+    Ok(Box::new(move |a| {
+        let (x, w) = (a[x], a[w]);
+        let n = w.rank().saturating_sub(2);
+        if !(1..=3).contains(&n) || x.rank() != n + 2 {
+            candle_core::bail!("weight of shape {:?} for an input of shape {:?}", w.dims(), x.dims())
+        }
+        let (cout, cin_g) = (w.dims()[0], w.dims()[1]);
+        if cout % groups != 0 || bs.as_ref().is_some_and(|b| b.len() != cout) {
+            candle_core::bail!("weight of shape {:?} with {groups} groups and the bias given", w.dims())
+        }
+        check_channels(x, cin_g * groups, n)?;
+        let pick = |p: &Option<Vec<i64>>| -> CResult<Vec<usize>> {
+            match p {
+                None => Ok(vec![1; n]),
+                Some(v) if v.len() == n && v.iter().all(|&s| s >= 1) => Ok(v.iter().map(|&s| s as usize).collect()),
+                Some(v) => candle_core::bail!("strides/dilations {v:?} for {n} spatial dims"),
+            }
+        };
+        let (strides, dil) = (pick(&strides_p)?, pick(&dil_p)?);
+        let kd = w.dims()[2..].to_vec();
+        let pads = spatial_pads(&pad_type, &pad, &x.dims()[2..], &kd, &strides, &dil)?;
+        let ws = host_f32(w)?;
+        one(conv_direct(
+            x,
+            &ws,
+            w.dims(),
+            bs.as_deref(),
+            groups,
+            &strides,
+            &dil,
+            &pads,
+        )?)
+    }))
+}
+
+/// `conv_quantized`'s weight as floats: `linear` quantization is `w ·
+/// quant_scale + quant_bias`, with one scale and bias for all weights or one
+/// per output channel. `lut` is refused (coremltools documents no table layout).
+fn dequantize_weight(c: &mut OpCtx, w: Tensor) -> Result<Tensor> {
+    let kind = c.opt_string("quantization_type")?.unwrap_or_default();
+    if kind != "linear" {
+        return Err(c.unsupported(format!("`quantization_type` {kind} (linear is supported)")));
+    }
+    let nbits = c.opt_int("nbits")?.unwrap_or(8);
+    if !(1..=8).contains(&nbits) {
+        return Err(c.unsupported(format!("`nbits` {nbits} (1 to 8)")));
+    }
+    let cout = w.dims().first().copied().unwrap_or(0);
+    let mut per = Vec::new();
+    for arg in ["quant_scale", "quant_bias"] {
+        let t = c
+            .const_tensor(arg)?
+            .ok_or_else(|| c.error(format!("required argument `{arg}` is missing")))?;
+        let n = t.elem_count();
+        if n != 1 && n != cout {
+            return Err(c.unsupported(format!("`{arg}` of {n} values (1, or one per output channel: {cout})")));
+        }
+        let mut shape = vec![1usize; w.rank()];
+        shape[0] = n;
+        per.push(
+            t.to_dtype(candle_core::DType::F32)
+                .and_then(|t| t.reshape(shape))
+                .map_err(|e| c.error(e.to_string()))?,
+        );
+    }
+    let dt = per[0].dtype();
+    w.to_dtype(dt)
+        .and_then(|w| w.broadcast_mul(&per[0]))
+        .and_then(|w| w.broadcast_add(&per[1]))
+        .map_err(|e| c.error(e.to_string()))
 }
 
 /// Refuses a pad type the op does not define, or a custom `pad` of the wrong length.
