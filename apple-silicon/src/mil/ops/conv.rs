@@ -43,6 +43,9 @@ pub(super) fn conv(c: &mut OpCtx) -> Result<Kernel> {
         return Err(c.unsupported(format!("`weight` of rank {} (1-, 2- or 3-D convolution)", w.rank())));
     }
     let (cout, cin_g) = (w.dims()[0], w.dims()[1]);
+    if w.dims().contains(&0) {
+        return Err(c.unsupported(format!("`weight` of shape {:?} (an empty dim)", w.dims())));
+    }
     if groups < 1 || cout % groups as usize != 0 {
         return Err(c.unsupported(format!("`groups` {groups} (must divide C_out {cout})")));
     }
@@ -98,6 +101,10 @@ pub(super) fn conv(c: &mut OpCtx) -> Result<Kernel> {
         check_channels(x, cin_g * groups, n)?;
         let spatial = &x.dims()[2..];
         let pads = spatial_pads(&pad_type, &pad, spatial, &kdims, &strides, &dil)?;
+        // Sizes checked here: candle's conv would underflow on a kernel longer than the input.
+        for i in 0..n {
+            window_out(spatial[i], pads[i], (kdims[i] - 1) * dil[i] + 1, strides[i])?;
+        }
         if let Some(w2) = pointwise.as_ref().filter(|_| pads.iter().all(|&p| p == (0, 0))) {
             let y = pointwise_conv2d(x, &w2.to_dtype(x.dtype())?)?;
             return one(match &bias {
@@ -168,7 +175,7 @@ fn conv_dynamic(c: &mut OpCtx) -> Result<Kernel> {
             candle_core::bail!("weight of shape {:?} for an input of shape {:?}", w.dims(), x.dims())
         }
         let (cout, cin_g) = (w.dims()[0], w.dims()[1]);
-        if cout % groups != 0 || bs.as_ref().is_some_and(|b| b.len() != cout) {
+        if w.dims().contains(&0) || cout % groups != 0 || bs.as_ref().is_some_and(|b| b.len() != cout) {
             candle_core::bail!("weight of shape {:?} with {groups} groups and the bias given", w.dims())
         }
         check_channels(x, cin_g * groups, n)?;
@@ -349,6 +356,9 @@ pub(super) fn conv_transpose(c: &mut OpCtx) -> Result<Kernel> {
         return Err(c.unsupported(format!("`weight` of rank {} (1-, 2- or 3-D convolution)", w.rank())));
     }
     let (cin, cout_g) = (w.dims()[0], w.dims()[1]);
+    if w.dims().contains(&0) {
+        return Err(c.unsupported(format!("`weight` of shape {:?} (an empty dim)", w.dims())));
+    }
     if groups < 1 || cin % groups as usize != 0 {
         return Err(c.unsupported(format!("`groups` {groups} (must divide C_in {cin})")));
     }
@@ -385,6 +395,9 @@ pub(super) fn conv_transpose(c: &mut OpCtx) -> Result<Kernel> {
         let x = a[x];
         check_channels(x, cin, n)?;
         let sp = x.dims()[2..].to_vec();
+        if sp.contains(&0) {
+            candle_core::bail!("input of shape {:?} has an empty spatial dim", x.dims())
+        }
         let mut osp = Vec::with_capacity(n);
         let mut pb = Vec::with_capacity(n);
         for i in 0..n {
@@ -486,6 +499,9 @@ pub(super) fn depthwise_conv(
     Ok(Box::new(move |a| {
         let x = a[x];
         let pads = spatial_pads(&pad_type, &pad, &x.dims()[2..], &[kh, kw], &[stride; 2], &[dilation; 2])?;
+        for (i, k) in [kh, kw].into_iter().enumerate() {
+            window_out(x.dims()[2 + i], pads[i], (k - 1) * dilation + 1, stride)?;
+        }
         one(depthwise::depthwise_conv2d(
             x,
             &ws,
@@ -506,6 +522,37 @@ mod tests {
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         let d = (a - b).unwrap().abs().unwrap().flatten_all().unwrap();
         d.max(0).unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    #[test]
+    fn direct_conv_refuses_a_kernel_longer_than_the_padded_input() {
+        let x = Tensor::zeros((1, 1, 2, 2), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let e = conv_direct(
+            &x,
+            &[0.0; 9],
+            &[1, 1, 3, 3],
+            None,
+            1,
+            &[1, 1],
+            &[1, 1],
+            &[(0, 0), (0, 0)],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("shorter than the dilated kernel"), "{e}");
+        // One pad on each side makes it fit: a 2x2 output.
+        let y = conv_direct(
+            &x,
+            &[1.0; 9],
+            &[1, 1, 3, 3],
+            None,
+            1,
+            &[1, 1],
+            &[1, 1],
+            &[(1, 1), (0, 1)],
+        )
+        .unwrap();
+        assert_eq!(y.dims(), &[1, 1, 2, 1]);
     }
 
     #[test]

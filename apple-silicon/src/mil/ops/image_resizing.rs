@@ -453,6 +453,9 @@ impl Sampler {
 /// (x, y)`, giving `[B, C, oh, ow]`. Costs `O(B·C·oh·ow)` samples.
 fn sample_all(x: &Tensor, s: &Sampler, pts: &[Vec<(f64, f64)>], oh: usize, ow: usize) -> CResult<Tensor> {
     let (nb, nc, h, w) = x.dims4()?;
+    if h == 0 || w == 0 {
+        candle_core::bail!("input of shape {:?} has an empty spatial dim", x.dims())
+    }
     let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
     let mut out = Vec::with_capacity(nb * nc * oh * ow);
     for (b, bp) in pts.iter().enumerate().take(nb) {
@@ -584,6 +587,9 @@ fn crop_resize(c: &mut OpCtx) -> Result<Kernel> {
     Ok(Box::new(move |a| {
         let xt = a[x];
         let (nb, nc, h, w) = xt.dims4()?;
+        if h == 0 || w == 0 {
+            candle_core::bail!("input of shape {:?} has an empty spatial dim", xt.dims())
+        }
         let bv = a[bx].to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
         // (image index or None for every image, [h0, w0, h1, w1]) per box.
         let mut list: Vec<(Option<usize>, [f64; 4])> = Vec::new();

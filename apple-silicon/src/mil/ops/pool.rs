@@ -62,6 +62,13 @@ pub(super) fn pool(c: &mut OpCtx, kind: PoolKind) -> Result<Kernel> {
         if !candle_path {
             return one(pool_direct(x, kind, &k, &strides, &pads, ceil_mode, exclude)?);
         }
+        // Sizes checked here: candle's pooling would underflow on a kernel longer than the input.
+        for i in 0..2 {
+            if spatial[i] == 0 {
+                candle_core::bail!("input of shape {:?} has an empty spatial dim", x.dims())
+            }
+            pooled_size(spatial[i], pads[i], k[i], strides[i], false)?;
+        }
         let padded = pads.iter().any(|&(b, e)| b + e > 0);
         let kk = (k[0], k[1]);
         let ss = (strides[0], strides[1]);
@@ -121,6 +128,9 @@ fn pool_direct(
 ) -> CResult<Tensor> {
     let n = k.len();
     let sp = &x.dims()[2..];
+    if sp.contains(&0) {
+        candle_core::bail!("input of shape {:?} has an empty spatial dim", x.dims())
+    }
     let mut osp = Vec::with_capacity(n);
     for i in 0..n {
         osp.push(pooled_size(sp[i], pads[i], k[i], strides[i], ceil)?);
@@ -185,4 +195,18 @@ fn pool_direct(
     let mut shape = x.dims()[..2].to_vec();
     shape.extend(&osp);
     from_host(out, &shape, x)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pooled_size;
+
+    #[test]
+    fn pooled_sizes_follow_coremltools() {
+        assert_eq!(pooled_size(7, (0, 0), 3, 2, false).unwrap(), 3);
+        assert_eq!(pooled_size(6, (0, 0), 3, 2, true).unwrap(), 3);
+        // Ceil mode drops a last window that would start in the end padding.
+        assert_eq!(pooled_size(5, (1, 1), 2, 2, true).unwrap(), 3);
+        assert!(pooled_size(2, (0, 0), 3, 1, false).is_err());
+    }
 }

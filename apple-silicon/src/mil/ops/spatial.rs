@@ -33,8 +33,8 @@ pub(super) fn spatial_pads(
         "same" | "same_lower" => (0..n)
             .map(|i| {
                 let out = input[i].div_ceil(strides[i]);
-                let eff = (kernel[i] - 1) * dilations[i] + 1;
-                let total = ((out - 1) * strides[i] + eff).saturating_sub(input[i]);
+                let eff = kernel[i].saturating_sub(1) * dilations[i] + 1;
+                let total = (out.saturating_sub(1) * strides[i] + eff).saturating_sub(input[i]);
                 let small = total / 2;
                 if pad_type == "same" {
                     (small, total - small)
@@ -117,11 +117,11 @@ pub(super) fn lift3(v: &[usize], fill: usize) -> [usize; 3] {
 }
 
 /// Output size of one spatial dim of a window op: `floor((in + pads -
-/// dilated_kernel) / stride) + 1`, or an error when the padded input is
-/// shorter than the kernel.
+/// dilated_kernel) / stride) + 1`, or an error when the input is empty or
+/// the padded input is shorter than the kernel.
 pub(super) fn window_out(input: usize, pads: (usize, usize), eff: usize, stride: usize) -> CResult<usize> {
     let span = input + pads.0 + pads.1;
-    if span < eff {
+    if span < eff || input == 0 {
         candle_core::bail!("padded input {span} is shorter than the dilated kernel {eff}")
     }
     Ok((span - eff) / stride + 1)
