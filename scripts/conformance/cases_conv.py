@@ -128,15 +128,15 @@ def conv_case(name, xshape, wshape, *, strides=None, dil=None, pad_type="valid",
 
 
 def conv_t_case(name, xshape, wshape, *, strides=None, dil=None, pad_type="valid", pad=None, groups=1,
-                bias=True, output_shape=None, opset="iOS15", fp16=False, note=""):
+                bias=True, output_shape=None, opset="iOS15", fp16=False, wdtype=None, note=""):
     n = len(wshape) - 2
     tag = f"{FAM}/{name}"
     x = uniform(tag + "/x", xshape)
     w = uniform(tag + "/w", wshape, -1, 1)
     b = uniform(tag + "/b", (wshape[1] * groups,), -1, 1) if bias else None
     if fp16:
-        x, w = x.astype(np.float16), w.astype(np.float16)
-        b = b.astype(np.float16) if b is not None else None
+        x, w = x.astype(np.float16), w.astype(wdtype or np.float16)
+        b = b.astype(wdtype or np.float16) if b is not None else None
     s = strides or [1] * n
     d = dil or [1] * n
     kw = {"pad_type": pad_type}
@@ -252,5 +252,8 @@ def cases() -> list[Case]:
                             strides=np.array([2, 1], np.int32), pad_type="same"),
                         {"y": conv_ref(f64(x), wf, None, [2, 1], [1, 1],
                                        pads_of("same", None, (5, 5), (3, 3), [2, 1], [1, 1]), 1)}))
+    out.append(conv_t_case("conv_transpose2d_fp16_weights_fp32_ios17", (1, 2, 3, 3), (2, 3, 2, 2), strides=[2, 2],
+                           opset="iOS17", fp16=True, wdtype=np.float32,
+                           note="iOS17: fp32 weight and bias on an fp16 input"))
     out.append(conv_t_case("conv_transpose3d", (1, 2, 2, 3, 2), (2, 2, 2, 2, 3), strides=[2, 1, 2]))
     return out

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from coremltools.converters.mil import Builder as mb
 
-from caselib import Case, f64, uniform
+from caselib import Case, f64, ints, uniform
 
 FAM = "image_resizing"
 
@@ -135,6 +135,15 @@ def cases() -> list[Case]:
                         lambda x, s=s, k=k, i=interp, m=mode: mb.resize(
                             x=x, shape=s, resized_dims=np.uint32(k), interpolation_mode=i, sampling_mode=m),
                         {"y": want(f64(x))}, opset="iOS17"))
+    xi = ints(f"{FAM}/resize/int", (1, 2, 3, 4))
+    out.append(Case(FAM, "resize", "resize_nearest_int32", {"x": xi},
+                    lambda x: mb.resize(x=x, shape=np.array([5, 3], np.int32), resized_dims=np.uint32(2),
+                                        interpolation_mode="NEAREST_NEIGHBOR"),
+                    {"y": nearest(xi, 5, 3)}, opset="iOS17", note="int32 input, exact"))
+    out.append(Case(FAM, "resize", "resize_linear_fp16", {"x": x16},
+                    lambda x: mb.resize(x=x, shape=np.array([5, 6], np.int32), resized_dims=np.uint32(2),
+                                        sampling_mode="UNALIGN_CORNERS"),
+                    {"y": bilinear(f64(x16), 5, 6, "UNALIGN_CORNERS")}, opset="iOS17", precision="fp16"))
     shp_in = np.array([4, 7], np.int32)
     out.append(Case(FAM, "resize", "resize_runtime_shape", {"x": x, "shape": shp_in},
                     lambda x, shape: mb.resize(x=x, shape=shape, resized_dims=np.uint32(2)),
