@@ -215,6 +215,8 @@ def cases() -> list[Case]:
     out.append(conv_t_case("conv_transpose2d_custom", (1, 2, 4, 3), (2, 3, 3, 3), strides=[2, 1],
                            pad_type="custom", pad=[1, 1, 0, 2]))
     out.append(conv_t_case("conv_transpose2d_dilations", (1, 2, 3, 3), (2, 2, 2, 3), dil=[2, 1], bias=False))
+    out.append(conv_t_case("conv_transpose2d_stride2_dil2_custom", (2, 3, 3, 4), (3, 2, 3, 2), strides=[2, 2],
+                           dil=[2, 2], pad_type="custom", pad=[2, 1, 0, 3]))
     out.append(conv_t_case("conv_transpose2d_groups2", (1, 4, 3, 3), (4, 3, 2, 2), groups=2, strides=[2, 2],
                            note="weight [C_in, C_out/groups, *K]: 6 output channels"))
     out.append(conv_t_case("conv_transpose2d_output_shape", (1, 2, 3, 3), (2, 2, 3, 3), strides=[2, 2],

@@ -343,7 +343,9 @@ fn tap(o: usize, k: usize, s: usize, d: usize, pad_begin: usize, len: usize) -> 
 /// `conv_transpose`: the adjoint of `conv` (every input element scattered
 /// through the kernel into the output), 1-3 spatial dims, any strides,
 /// dilations, pads, groups and `output_shape`; weight `[C_in, C_out/groups,
-/// *K]`. Direct on the host: `O(N·C_in·|in|·C_out/g·|K|)`.
+/// *K]`. 2-D with one group and equal strides and dilations runs candle's
+/// transposed conv; the rest is direct on the host:
+/// `O(N·C_in·|in|·C_out/g·|K|)`.
 pub(super) fn conv_transpose(c: &mut OpCtx) -> Result<Kernel> {
     let x = c.tensor("x")?;
     let w = c
@@ -391,6 +393,13 @@ pub(super) fn conv_transpose(c: &mut OpCtx) -> Result<Kernel> {
         .transpose()
         .map_err(|e| c.error(e.to_string()))?;
     let kd = w.dims()[2..].to_vec();
+    // 2-D, one group, equal strides and dilations: candle's kernel.
+    let fast = n == 2 && groups == 1 && strides[0] == strides[1] && dil[0] == dil[1];
+    let candle_w = fast.then(|| w.clone());
+    let bias_t = match (&bias, fast) {
+        (Some(b), true) => Some(b.reshape((1, cout, 1, 1)).map_err(|e| c.error(e.to_string()))?),
+        _ => None,
+    };
     Ok(Box::new(move |a| {
         let x = a[x];
         check_channels(x, cin, n)?;
@@ -416,6 +425,23 @@ pub(super) fn conv_transpose(c: &mut OpCtx) -> Result<Kernel> {
             };
             pb.push(begin);
             osp.push(size);
+        }
+        if let Some(wc) = &candle_w {
+            // candle's transposed conv gives the full output; the pads and
+            // `output_shape` then crop it (or extend it with zeros).
+            let mut y = x.conv_transpose2d(&wc.to_dtype(x.dtype())?, 0, 0, strides[0], dil[0])?;
+            for i in 0..n {
+                let avail = y.dims()[2 + i];
+                let take = osp[i].min(avail.saturating_sub(pb[i]));
+                y = y.narrow(2 + i, pb[i].min(avail), take)?;
+                if take < osp[i] {
+                    y = y.pad_with_zeros(2 + i, 0, osp[i] - take)?;
+                }
+            }
+            if let Some(b) = &bias_t {
+                y = y.broadcast_add(&b.to_dtype(x.dtype())?)?;
+            }
+            return one(y.contiguous()?);
         }
         let xs = host_f32(x)?;
         let nb = x.dims()[0];
