@@ -187,6 +187,10 @@ def cases() -> list[Case]:
     out.append(conv_case("conv2d_depthwise", (1, 3, 6, 6), (3, 1, 3, 3), groups=3, pad_type="same"))
     out.append(conv_case("conv2d_depthwise_stride2", (1, 3, 7, 6), (3, 1, 3, 3), groups=3, strides=[2, 2],
                          pad_type="custom", pad=[1, 1, 1, 1]))
+    out.append(conv_case("conv2d_depthwise_unequal_strides", (1, 3, 7, 8), (3, 1, 3, 3), groups=3, strides=[1, 3],
+                         pad_type="same"))
+    out.append(conv_case("conv2d_groups_unequal_strides_dil2", (1, 4, 9, 8), (2, 2, 2, 3), groups=2, strides=[3, 2],
+                         dil=[2, 2], pad_type="custom", pad=[0, 1, 2, 2]))
     out.append(conv_case("conv2d_depthwise_multiplier2", (1, 2, 5, 5), (4, 1, 3, 3), groups=2,
                          note="groups = C_in, two filters per input channel"))
     out.append(conv_case("conv2d_pointwise", (2, 3, 4, 5), (4, 3, 1, 1)))

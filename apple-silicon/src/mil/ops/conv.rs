@@ -61,9 +61,9 @@ pub(super) fn conv(c: &mut OpCtx) -> Result<Kernel> {
     let (strides, dil, pad_type, pad) = spatial_params(c, n)?;
     check_pad_type(c, &pad_type, &pad, n)?;
     let kdims = w.dims()[2..].to_vec();
-    let uniform = n <= 2 && strides.iter().all(|&s| s == strides[0]) && dil.iter().all(|&d| d == dil[0]);
-    if !uniform {
-        // Unequal strides or dilations, or 3-D: the direct kernel.
+    let equal_strides = strides.iter().all(|&s| s == strides[0]);
+    if n > 2 || dil.iter().any(|&d| d != dil[0]) {
+        // Unequal dilations, or 3-D: the direct kernel.
         let ws = host_f32(&w).map_err(|e| c.error(e.to_string()))?;
         let bs = bias
             .as_ref()
@@ -78,8 +78,10 @@ pub(super) fn conv(c: &mut OpCtx) -> Result<Kernel> {
             one(conv_direct(x, &ws, &wd, bs.as_deref(), groups, &strides, &dil, &pads)?)
         }));
     }
-    let (stride, dilation) = (strides[0], dil[0]);
-    let depthwise = n == 2 && groups > 1 && cin_g == 1 && cout == groups;
+    // Unequal strides: candle's conv at stride 1, then every stride-th
+    // row and column (costs the product of the strides in extra work).
+    let (stride, dilation) = (if equal_strides { strides[0] } else { 1 }, dil[0]);
+    let depthwise = equal_strides && n == 2 && groups > 1 && cin_g == 1 && cout == groups;
     if depthwise {
         return depthwise_conv(c, x, &w, bias.as_ref(), (pad_type, pad), stride, dilation);
     }
@@ -124,11 +126,21 @@ pub(super) fn conv(c: &mut OpCtx) -> Result<Kernel> {
         };
         // iOS17: weight and bias may have another dtype than x.
         let w = w.to_dtype(x.dtype())?;
-        let y = if n == 2 {
+        let mut y = if n == 2 {
             xp.conv2d(&w, p, stride, dilation, groups)?
         } else {
             xp.conv1d(&w, p, stride, dilation, groups)?
         };
+        if !equal_strides {
+            for (i, &s) in strides.iter().enumerate() {
+                let len = y.dims()[2 + i];
+                if s > 1 {
+                    let idx: Vec<u32> = (0..len as u32).step_by(s).collect();
+                    let idx = Tensor::from_vec(idx, len.div_ceil(s), y.device())?;
+                    y = y.index_select(&idx, 2 + i)?;
+                }
+            }
+        }
         one(match &bias {
             Some(b) => y.broadcast_add(&b.to_dtype(x.dtype())?)?,
             None => y,
