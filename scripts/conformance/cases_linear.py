@@ -73,6 +73,11 @@ def cases() -> list[Case]:
     out.append(Case(FAM, "matmul", "matmul_fp16_const_fp32_ios17", {"x": x16}, lambda x: mb.matmul(x=x, y=yc),
                     {"z": f64(x16) @ f64(yc)}, opset="iOS17", precision="fp16",
                     note="iOS17: a constant fp32 y on an fp16 x; the result is fp16"))
+    xc = uniform(f"{FAM}/mm/cx/x", (3, 4))
+    out.append(Case(FAM, "matmul", "matmul_const_fp32_x_fp16_y_ios17", {"y": y16},
+                    lambda y: mb.matmul(x=xc, y=y),
+                    {"z": f64(xc) @ f64(y16)}, opset="iOS17", precision="fp16",
+                    note="iOS17: a constant fp32 x on an fp16 y; the result is fp16"))
     xi, yi = ints(f"{FAM}/mm/i/x", (2, 3)), ints(f"{FAM}/mm/i/y", (3, 2))
     out.append(Case(FAM, "matmul", "matmul_int32", {"x": xi, "y": yi}, lambda x, y: mb.matmul(x=x, y=y),
                     {"z": xi.astype(np.int64) @ yi.astype(np.int64)}))

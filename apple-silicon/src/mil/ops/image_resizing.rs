@@ -689,3 +689,35 @@ fn crop_resize(c: &mut OpCtx) -> Result<Kernel> {
         one(Tensor::from_vec(out, shape, xt.device())?.to_dtype(xt.dtype())?)
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Sampling;
+
+    /// The grid points `resize_bilinear`'s docstring lists for `Xin = 2`.
+    #[test]
+    fn sampling_points_match_the_definitions_examples() {
+        let cases: [(Sampling, usize, &[f64]); 8] = [
+            (Sampling::Unalign, 5, &[0., 0.1, 0.5, 0.9, 1.]),
+            (Sampling::StrictAlign, 5, &[0., 0.25, 0.5, 0.75, 1.]),
+            (Sampling::Default, 5, &[0., 0.4, 0.8, 1., 1.]),
+            (Sampling::Offset, 5, &[0.1, 0.3, 0.5, 0.7, 0.9]),
+            (Sampling::Unalign, 6, &[0., 0., 0.33, 0.67, 1., 1.]),
+            (Sampling::Align, 6, &[0., 0.2, 0.4, 0.6, 0.8, 1.]),
+            (Sampling::Default, 6, &[0., 0.33, 0.67, 1., 1., 1.]),
+            (Sampling::Offset, 6, &[0.08, 0.25, 0.42, 0.58, 0.75, 0.92]),
+        ];
+        for (mode, n_out, want) in cases {
+            for (i, &w) in want.iter().enumerate() {
+                let got = mode.point(i, 2, n_out);
+                // The docstring rounds to two decimals.
+                assert!(
+                    (got - w).abs() < 0.005 + 1e-12,
+                    "{mode:?} out {n_out} point {i}: {got}, listed {w}"
+                );
+            }
+        }
+        assert_eq!(Sampling::Align.point(0, 5, 1), 2.0);
+        assert_eq!(Sampling::StrictAlign.point(0, 5, 1), 0.0);
+    }
+}

@@ -69,13 +69,14 @@ fn compute_type(d: DType) -> DType {
 }
 
 pub(super) fn matmul(c: &mut OpCtx) -> Result<Kernel> {
+    // iOS17: the result takes the dtype of the run-time operand when the other is constant.
+    let y_decides = !c.is_runtime("x")? && c.is_runtime("y")?;
     let x = c.tensor("x")?;
     let y = c.tensor("y")?;
     let tx = c.opt_bool("transpose_x")?.unwrap_or(false);
     let ty = c.opt_bool("transpose_y")?.unwrap_or(false);
     Ok(Box::new(move |a| {
-        // The output takes the dtype of a run-time operand (iOS17: a constant may differ).
-        let out_dt = a[x].dtype();
+        let out_dt = if y_decides { a[y].dtype() } else { a[x].dtype() };
         let ct = compute_type(out_dt);
         let (mut l, mut r) = (a[x].to_dtype(ct)?, a[y].to_dtype(ct)?);
         if l.rank() == 0 || r.rank() == 0 {
