@@ -49,6 +49,10 @@ def cases() -> list[Case]:
                     lambda q, k, v, m: mb.scaled_dot_product_attention(query=q, key=k, value=v, attn_mask=m),
                     {"y": sdpa(f64(q), f64(k), f64(v), bmi)}, opset="iOS18",
                     note="a run-time bool mask, broadcast over heads"))
+    m1 = np.array([True, True, False, True, False, True])
+    out.append(Case(FAM, op, "sdpa_bool_mask_rank1", {"q": q, "k": k, "v": v},
+                    lambda q, k, v: mb.scaled_dot_product_attention(query=q, key=k, value=v, attn_mask=m1),
+                    {"y": sdpa(f64(q), f64(k), f64(v), m1)}, opset="iOS18", note="mask [S]: one key mask for all"))
     causal = np.triu(np.full((4, 6), -1e4, np.float32), k=3)
     out.append(Case(FAM, op, "sdpa_float_mask", {"q": q, "k": k, "v": v},
                     lambda q, k, v: mb.scaled_dot_product_attention(query=q, key=k, value=v, attn_mask=causal),
