@@ -8,7 +8,7 @@
 
 use candle_core::{DType as CDType, Tensor};
 
-use super::spatial::{from_host, host_f32, lift3, spatial_pads, spatial_params, window_out};
+use super::spatial::{check_elems, check_padded, from_host, host_f32, lift3, spatial_pads, spatial_params, window_out};
 use super::{one, Builder, CResult};
 use crate::error::Result;
 use crate::mil::{depthwise, Kernel, OpCtx};
@@ -105,8 +105,9 @@ pub(super) fn conv(c: &mut OpCtx) -> Result<Kernel> {
         let pads = spatial_pads(&pad_type, &pad, spatial, &kdims, &strides, &dil)?;
         // Sizes checked here: candle's conv would underflow on a kernel longer than the input.
         for i in 0..n {
-            window_out(spatial[i], pads[i], (kdims[i] - 1) * dil[i] + 1, strides[i])?;
+            window_out(spatial[i], pads[i], eff_kernel(kdims[i], dil[i]), strides[i])?;
         }
+        check_padded(x, &pads)?;
         if let Some(w2) = pointwise.as_ref().filter(|_| pads.iter().all(|&p| p == (0, 0))) {
             let y = pointwise_conv2d(x, &w2.to_dtype(x.dtype())?)?;
             return one(match &bias {
@@ -293,8 +294,11 @@ fn conv_direct(
     let sp = &x.dims()[2..];
     let mut osp = Vec::with_capacity(nsp);
     for i in 0..nsp {
-        osp.push(window_out(sp[i], pads[i], (wd[2 + i] - 1) * dil[i] + 1, strides[i])?);
+        osp.push(window_out(sp[i], pads[i], eff_kernel(wd[2 + i], dil[i]), strides[i])?);
     }
+    let mut shape = vec![nb, cout];
+    shape.extend(&osp);
+    check_elems(&shape, "conv output")?;
     let xs = host_f32(x)?;
     let (i3, k3, o3) = (lift3(sp, 1), lift3(&wd[2..], 1), lift3(&osp, 1));
     let (s3, d3) = (lift3(strides, 1), lift3(dil, 1));
@@ -341,9 +345,12 @@ fn conv_direct(
             }
         }
     }
-    let mut shape = vec![nb, cout];
-    shape.extend(&osp);
     from_host(out, &shape, x)
+}
+
+/// The dilated kernel length `(k - 1) · d + 1`, saturating (sizes come from the program).
+fn eff_kernel(k: usize, d: usize) -> usize {
+    k.saturating_sub(1).saturating_mul(d).saturating_add(1)
 }
 
 /// Input index read by output `o`, kernel tap `k`, or `None` in the padding.
@@ -422,11 +429,13 @@ pub(super) fn conv_transpose(c: &mut OpCtx) -> Result<Kernel> {
         let mut osp = Vec::with_capacity(n);
         let mut pb = Vec::with_capacity(n);
         for i in 0..n {
-            let full = (sp[i] - 1) * strides[i] + (kd[i] - 1) * dil[i] + 1;
+            let full = (sp[i] - 1)
+                .saturating_mul(strides[i])
+                .saturating_add(eff_kernel(kd[i], dil[i]));
             let want = output_shape.as_ref().map(|os| os[os.len() - n + i] as usize);
             let (begin, size) = match pad_type.as_str() {
                 "same" => {
-                    let size = want.unwrap_or(sp[i] * strides[i]);
+                    let size = want.unwrap_or(sp[i].saturating_mul(strides[i]));
                     (full.saturating_sub(size) / 2, size)
                 }
                 "custom" => {
@@ -438,6 +447,18 @@ pub(super) fn conv_transpose(c: &mut OpCtx) -> Result<Kernel> {
             pb.push(begin);
             osp.push(size);
         }
+        let nb = x.dims()[0];
+        let mut shape = vec![nb, cout];
+        shape.extend(&osp);
+        check_elems(&shape, "conv_transpose output")?;
+        let full: Vec<usize> = (0..n)
+            .map(|i| {
+                (sp[i] - 1)
+                    .saturating_mul(strides[i])
+                    .saturating_add(eff_kernel(kd[i], dil[i]))
+            })
+            .collect();
+        check_elems(&[nb, cout, full.iter().product()], "conv_transpose full output")?;
         if let Some(wc) = &candle_w {
             // candle's transposed conv gives the full output; the pads and
             // `output_shape` then crop it (or extend it with zeros).
@@ -456,7 +477,6 @@ pub(super) fn conv_transpose(c: &mut OpCtx) -> Result<Kernel> {
             return one(y.contiguous()?);
         }
         let xs = host_f32(x)?;
-        let nb = x.dims()[0];
         let (i3, k3, o3) = (lift3(&sp, 1), lift3(&kd, 1), lift3(&osp, 1));
         let (s3, d3, p3) = (lift3(&strides, 1), lift3(&dil, 1), lift3(&pb, 0));
         let (isz, ksz, osz) = (
@@ -504,8 +524,6 @@ pub(super) fn conv_transpose(c: &mut OpCtx) -> Result<Kernel> {
                 *v += bs[(i / osz) % cout] as f64;
             }
         }
-        let mut shape = vec![nb, cout];
-        shape.extend(&osp);
         one(from_host(out.into_iter().map(|v| v as f32).collect(), &shape, x)?)
     }))
 }
@@ -538,8 +556,9 @@ pub(super) fn depthwise_conv(
         let x = a[x];
         let pads = spatial_pads(&pad_type, &pad, &x.dims()[2..], &[kh, kw], &[stride; 2], &[dilation; 2])?;
         for (i, k) in [kh, kw].into_iter().enumerate() {
-            window_out(x.dims()[2 + i], pads[i], (k - 1) * dilation + 1, stride)?;
+            window_out(x.dims()[2 + i], pads[i], eff_kernel(k, dilation), stride)?;
         }
+        check_padded(x, &pads)?;
         one(depthwise::depthwise_conv2d(
             x,
             &ws,

@@ -30,6 +30,7 @@
 
 use candle_core::{DType, Tensor};
 
+use super::spatial::check_elems;
 use super::{one, Builder, CResult};
 use crate::error::Result;
 use crate::mil::{Kernel, OpCtx};
@@ -121,6 +122,10 @@ enum Interp {
 /// Resizes dim `dim` of `x` to `n_out`.
 fn resize_dim(x: &Tensor, dim: usize, n_out: usize, how: Interp) -> CResult<Tensor> {
     let n_in = x.dims()[dim];
+    let mut out_shape = x.dims().to_vec();
+    out_shape[dim] = n_out;
+    check_elems(&out_shape, "resized output")?;
+    check_elems(&[n_out, n_in], "interpolation matrix")?;
     if n_in == 0 || n_out == 0 {
         let mut shape = x.dims().to_vec();
         shape[dim] = n_out;
@@ -456,6 +461,7 @@ fn sample_all(x: &Tensor, s: &Sampler, pts: &[Vec<(f64, f64)>], oh: usize, ow: u
     if h == 0 || w == 0 {
         candle_core::bail!("input of shape {:?} has an empty spatial dim", x.dims())
     }
+    check_elems(&[nb, nc, oh, ow], "sampled output")?;
     let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
     let mut out = Vec::with_capacity(nb * nc * oh * ow);
     for (b, bp) in pts.iter().enumerate().take(nb) {
@@ -506,6 +512,7 @@ fn affine(c: &mut OpCtx) -> Result<Kernel> {
         if six != 6 || (d != 1 && d != nb) {
             candle_core::bail!("transform_matrix of shape {:?} for a batch of {nb}", mt.dims())
         }
+        check_elems(&[nb, xt.dims()[1], oh, ow], "affine output")?;
         let mv = mt.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
         // The output grid in the same normalised coordinates the sampler reads.
         let norm = |i: usize, n: usize| {
@@ -629,6 +636,11 @@ fn crop_resize(c: &mut OpCtx) -> Result<Kernel> {
                 list.push((Some(index_ok(i)?), [r[0], r[1], r[2], r[3]]));
             }
         }
+        let crops_total = list
+            .iter()
+            .map(|(i, _)| if i.is_some() { 1 } else { nb })
+            .sum::<usize>();
+        check_elems(&[crops_total, nc, th, tw], "crop_resize output")?;
         let xs = xt.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         let points = |start: f64, end: f64, n_out: usize| -> Vec<f64> {
             (0..n_out)

@@ -12,7 +12,7 @@
 
 use candle_core::Tensor;
 
-use super::spatial::{from_host, host_f32, lift3, pad_value, spatial_pads, spatial_params};
+use super::spatial::{check_elems, check_padded, from_host, host_f32, lift3, pad_value, spatial_pads, spatial_params};
 use super::{one, Builder, CResult};
 use crate::error::Result;
 use crate::mil::{Kernel, OpCtx};
@@ -69,6 +69,7 @@ pub(super) fn pool(c: &mut OpCtx, kind: PoolKind) -> Result<Kernel> {
             }
             pooled_size(spatial[i], pads[i], k[i], strides[i], false)?;
         }
+        check_padded(x, &pads)?;
         let padded = pads.iter().any(|&(b, e)| b + e > 0);
         let kk = (k[0], k[1]);
         let ss = (strides[0], strides[1]);
@@ -101,7 +102,7 @@ pub(super) fn pool(c: &mut OpCtx, kind: PoolKind) -> Result<Kernel> {
 
 /// Output size of one pooled dim (coremltools' rule, ceil mode included).
 fn pooled_size(input: usize, (b, e): (usize, usize), k: usize, s: usize, ceil: bool) -> CResult<usize> {
-    let span = input + b + e;
+    let span = input.saturating_add(b).saturating_add(e);
     if span < k {
         candle_core::bail!("padded input {span} is shorter than the kernel {k}")
     }
@@ -109,7 +110,7 @@ fn pooled_size(input: usize, (b, e): (usize, usize), k: usize, s: usize, ceil: b
         return Ok((span - k) / s + 1);
     }
     let mut out = (span - k).div_ceil(s) + 1;
-    if b + e > 0 && (out - 1) * s >= input + b {
+    if b.saturating_add(e) > 0 && (out - 1) * s >= input.saturating_add(b) {
         out -= 1;
     }
     Ok(out)
@@ -135,6 +136,9 @@ fn pool_direct(
     for i in 0..n {
         osp.push(pooled_size(sp[i], pads[i], k[i], strides[i], ceil)?);
     }
+    let mut shape = x.dims()[..2].to_vec();
+    shape.extend(&osp);
+    check_elems(&shape, "pool output")?;
     let pb: Vec<usize> = pads.iter().map(|p| p.0).collect();
     let pe: Vec<usize> = pads.iter().map(|p| p.1).collect();
     let (i3, k3, o3, s3) = (lift3(sp, 1), lift3(k, 1), lift3(&osp, 1), lift3(strides, 1));
@@ -147,7 +151,7 @@ fn pool_direct(
     // (clipped to input + padding) and in the input.
     let range = |d: usize, o: usize| {
         let start = o * s3[d];
-        let end = (start + k3[d]).min(i3[d] + b3[d] + e3[d]);
+        let end = (start + k3[d]).min(i3[d].saturating_add(b3[d]).saturating_add(e3[d]));
         let lo = start.saturating_sub(b3[d]).min(i3[d]);
         let hi = end.saturating_sub(b3[d]).min(i3[d]);
         (end - start, lo, hi)
@@ -192,8 +196,6 @@ fn pool_direct(
             }
         }
     }
-    let mut shape = x.dims()[..2].to_vec();
-    shape.extend(&osp);
     from_host(out, &shape, x)
 }
 
@@ -208,5 +210,17 @@ mod tests {
         // Ceil mode drops a last window that would start in the end padding.
         assert_eq!(pooled_size(5, (1, 1), 2, 2, true).unwrap(), 3);
         assert!(pooled_size(2, (0, 0), 3, 1, false).is_err());
+    }
+
+    #[test]
+    fn absurd_pads_are_errors_before_allocation() {
+        use super::{pool_direct, PoolKind};
+        use candle_core::{DType, Device, Tensor};
+        let x = Tensor::zeros((1, 1, 2, 2), DType::F32, &Device::Cpu).unwrap();
+        let huge = 1usize << 40;
+        let e = pool_direct(&x, PoolKind::Avg, &[1, 1], &[1, 1], &[(huge, 0), (0, 0)], false, false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("exceeds"), "{e}");
     }
 }

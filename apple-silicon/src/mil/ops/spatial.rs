@@ -33,8 +33,15 @@ pub(super) fn spatial_pads(
         "same" | "same_lower" => (0..n)
             .map(|i| {
                 let out = input[i].div_ceil(strides[i]);
-                let eff = kernel[i].saturating_sub(1) * dilations[i] + 1;
-                let total = (out.saturating_sub(1) * strides[i] + eff).saturating_sub(input[i]);
+                let eff = kernel[i]
+                    .saturating_sub(1)
+                    .saturating_mul(dilations[i])
+                    .saturating_add(1);
+                let total = out
+                    .saturating_sub(1)
+                    .saturating_mul(strides[i])
+                    .saturating_add(eff)
+                    .saturating_sub(input[i]);
                 let small = total / 2;
                 if pad_type == "same" {
                     (small, total - small)
@@ -120,9 +127,35 @@ pub(super) fn lift3(v: &[usize], fill: usize) -> [usize; 3] {
 /// dilated_kernel) / stride) + 1`, or an error when the input is empty or
 /// the padded input is shorter than the kernel.
 pub(super) fn window_out(input: usize, pads: (usize, usize), eff: usize, stride: usize) -> CResult<usize> {
-    let span = input + pads.0 + pads.1;
+    let span = input.saturating_add(pads.0).saturating_add(pads.1);
     if span < eff || input == 0 {
         candle_core::bail!("padded input {span} is shorter than the dilated kernel {eff}")
     }
     Ok((span - eff) / stride + 1)
+}
+
+/// Most elements a conv, pool or resize kernel of this family allocates
+/// for one tensor (2 GiB of f32): sizes come from the program's parameters,
+/// so an absurd pad, scale or target size is an error before anything is
+/// allocated.
+pub(super) const MAX_ELEMS: usize = 1 << 29;
+
+/// Refuses a tensor of `shape` larger than [`MAX_ELEMS`].
+pub(super) fn check_elems(shape: &[usize], what: &str) -> CResult<()> {
+    let n = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
+    match n {
+        Some(n) if n <= MAX_ELEMS => Ok(()),
+        _ => candle_core::bail!("{what} of shape {shape:?} exceeds {MAX_ELEMS} elements"),
+    }
+}
+
+/// The shape of `x` with its trailing spatial dims padded by `pads`, checked against [`MAX_ELEMS`].
+pub(super) fn check_padded(x: &Tensor, pads: &[(usize, usize)]) -> CResult<()> {
+    let mut shape = x.dims().to_vec();
+    let r = shape.len();
+    for (i, &(b, e)) in pads.iter().enumerate() {
+        let d = &mut shape[r - pads.len() + i];
+        *d = d.saturating_add(b).saturating_add(e);
+    }
+    check_elems(&shape, "padded input")
 }
