@@ -1,10 +1,15 @@
-//! Convolution (coremltools `conv.py`).
+//! Convolution (coremltools `conv.py`): `conv`, `conv_transpose`,
+//! `conv_quantized`.
 //!
-//! Conventions: NCHW (or NCW) input, weight `[C_out, C_in / groups, *kernel]`
-//! constant, optional per-channel `bias`; `pad_type` valid / same /
+//! Conventions: `[N, C, *spatial]` input with 1-3 spatial dims, weight
+//! `[C_out, C_in / groups, *kernel]` (`conv_transpose`: `[C_in, C_out /
+//! groups, *kernel]`), optional per-channel `bias`; iOS17 lets weight and
+//! bias have another float dtype than x. `pad_type` valid / same /
 //! same_lower / custom with `pad` as `[begin, end]` per spatial dim (see
-//! `spatial`). Depthwise 2-D convs take our own kernel (`mil::depthwise`),
-//! 1×1 stride-1 convs one matmul.
+//! `spatial`). Kernels: depthwise 2-D convs take our own (`mil::depthwise`),
+//! 1×1 stride-1 convs one matmul, other 1-/2-D convs with equal dilations
+//! candle's conv (unequal strides as stride 1 then subsampled); 3-D,
+//! unequal dilations and run-time weights a direct host loop.
 
 use candle_core::{DType as CDType, Tensor};
 
