@@ -455,6 +455,21 @@ fn bad_options_are_errors_naming_op_parameter_and_value() {
             s("fp32"),
             "fp32",
         ),
+        ("conv/conv2d_same_odd", "conv", "pad_type", s("diagonal"), "diagonal"),
+        (
+            "image_resizing/resize_bilinear_default_up",
+            "resize_bilinear",
+            "sampling_mode",
+            s("BICUBIC"),
+            "BICUBIC",
+        ),
+        (
+            "image_resizing/resample_bilinear_border_n_minus_one_to_one_align",
+            "resample",
+            "padding_mode",
+            s("wrap"),
+            "wrap",
+        ),
         (
             "quantization_ops/quantize_int8_scalar",
             "quantize",

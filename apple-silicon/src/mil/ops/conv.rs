@@ -1,15 +1,20 @@
-//! Convolution (coremltools `conv.py`).
+//! Convolution (coremltools `conv.py`): `conv`, `conv_transpose`,
+//! `conv_quantized`.
 //!
-//! Conventions: NCHW (or NCW) input, weight `[C_out, C_in / groups, *kernel]`
-//! constant, optional per-channel `bias`; `pad_type` valid / same /
+//! Conventions: `[N, C, *spatial]` input with 1-3 spatial dims, weight
+//! `[C_out, C_in / groups, *kernel]` (`conv_transpose`: `[C_in, C_out /
+//! groups, *kernel]`), optional per-channel `bias`; iOS17 lets weight and
+//! bias have another float dtype than x. `pad_type` valid / same /
 //! same_lower / custom with `pad` as `[begin, end]` per spatial dim (see
-//! `spatial`). Depthwise 2-D convs take our own kernel (`mil::depthwise`),
-//! 1×1 stride-1 convs one matmul.
+//! `spatial`). Kernels: depthwise 2-D convs take our own (`mil::depthwise`),
+//! 1×1 stride-1 convs one matmul, other 1-/2-D convs with equal dilations
+//! candle's conv (unequal strides as stride 1 then subsampled); 3-D,
+//! unequal dilations and run-time weights a direct host loop.
 
 use candle_core::{DType as CDType, Tensor};
 
-use super::spatial::{spatial_pads, spatial_params};
-use super::{check_padded, one, Builder, CResult};
+use super::spatial::{check_elems, check_padded, from_host, host_f32, lift3, spatial_pads, spatial_params, window_out};
+use super::{one, Builder, CResult};
 use crate::error::Result;
 use crate::mil::{depthwise, Kernel, OpCtx};
 
@@ -17,29 +22,71 @@ use crate::mil::{depthwise, Kernel, OpCtx};
 pub(super) fn builder(op_type: &str) -> Option<Builder> {
     Some(match op_type {
         "conv" => conv,
+        "conv_transpose" => conv_transpose,
+        "conv_quantized" => conv,
         _ => return None,
     })
 }
 
 pub(super) fn conv(c: &mut OpCtx) -> Result<Kernel> {
+    if c.op.r#type == "conv" && c.is_runtime("weight")? {
+        return conv_dynamic(c);
+    }
     let x = c.tensor("x")?;
     let w = c
         .const_tensor("weight")?
         .ok_or_else(|| c.error("`weight` must be a constant"))?;
+    let w = if c.op.r#type == "conv_quantized" {
+        dequantize_weight(c, w)?
+    } else {
+        w
+    };
     let bias = c.const_tensor("bias")?;
-    let groups = c.opt_int("groups")?.unwrap_or(1).max(1) as usize;
+    let groups = c.opt_int("groups")?.unwrap_or(1);
     let n = w.rank().saturating_sub(2);
-    if !(1..=2).contains(&n) {
-        return Err(c.unsupported(format!("{n}-D convolution (1-D and 2-D are supported)")));
+    if !(1..=3).contains(&n) {
+        return Err(c.unsupported(format!("`weight` of rank {} (1-, 2- or 3-D convolution)", w.rank())));
+    }
+    let (cout, cin_g) = (w.dims()[0], w.dims()[1]);
+    if w.dims().contains(&0) {
+        return Err(c.unsupported(format!("`weight` of shape {:?} (an empty dim)", w.dims())));
+    }
+    if groups < 1 || cout % groups as usize != 0 {
+        return Err(c.unsupported(format!("`groups` {groups} (must divide C_out {cout})")));
+    }
+    let groups = groups as usize;
+    if let Some(b) = &bias {
+        if b.elem_count() != cout {
+            return Err(c.error(format!(
+                "`bias` has {} values for {cout} output channels",
+                b.elem_count()
+            )));
+        }
     }
     let (strides, dil, pad_type, pad) = spatial_params(c, n)?;
-    if strides.iter().any(|&s| s != strides[0]) || dil.iter().any(|&d| d != dil[0]) {
-        return Err(c.unsupported(format!("unequal strides {strides:?} or dilations {dil:?}")));
-    }
-    let (stride, dilation) = (strides[0], dil[0]);
+    check_pad_type(c, &pad_type, &pad, n)?;
     let kdims = w.dims()[2..].to_vec();
-    let (cout, cin_g) = (w.dims()[0], w.dims()[1]);
-    let depthwise = n == 2 && groups > 1 && cin_g == 1 && cout == groups;
+    let equal_strides = strides.iter().all(|&s| s == strides[0]);
+    if n > 2 || dil.iter().any(|&d| d != dil[0]) {
+        // Unequal dilations, or 3-D: the direct kernel.
+        let ws = host_f32(&w).map_err(|e| c.error(e.to_string()))?;
+        let bs = bias
+            .as_ref()
+            .map(host_f32)
+            .transpose()
+            .map_err(|e| c.error(e.to_string()))?;
+        let wd = w.dims().to_vec();
+        return Ok(Box::new(move |a| {
+            let x = a[x];
+            check_channels(x, cin_g * groups, n)?;
+            let pads = spatial_pads(&pad_type, &pad, &x.dims()[2..], &kdims, &strides, &dil)?;
+            one(conv_direct(x, &ws, &wd, bs.as_deref(), groups, &strides, &dil, &pads)?)
+        }));
+    }
+    // Unequal strides: candle's conv at stride 1, then every stride-th
+    // row and column (costs the product of the strides in extra work).
+    let (stride, dilation) = (if equal_strides { strides[0] } else { 1 }, dil[0]);
+    let depthwise = equal_strides && n == 2 && groups > 1 && cin_g == 1 && cout == groups;
     if depthwise {
         return depthwise_conv(c, x, &w, bias.as_ref(), (pad_type, pad), stride, dilation);
     }
@@ -58,20 +105,18 @@ pub(super) fn conv(c: &mut OpCtx) -> Result<Kernel> {
         .map_err(|e| c.error(e.to_string()))?;
     Ok(Box::new(move |a| {
         let x = a[x];
-        if x.rank() != n + 2 {
-            candle_core::bail!(
-                "{n}-D conv of a tensor of shape {:?} (expected rank {})",
-                x.dims(),
-                n + 2
-            )
-        }
+        check_channels(x, cin_g * groups, n)?;
         let spatial = &x.dims()[2..];
         let pads = spatial_pads(&pad_type, &pad, spatial, &kdims, &strides, &dil)?;
+        // Sizes checked here: candle's conv would underflow on a kernel longer than the input.
+        for i in 0..n {
+            window_out(spatial[i], pads[i], eff_kernel(kdims[i], dil[i]), strides[i])?;
+        }
         check_padded(x, &pads)?;
         if let Some(w2) = pointwise.as_ref().filter(|_| pads.iter().all(|&p| p == (0, 0))) {
-            let y = pointwise_conv2d(x, w2)?;
+            let y = pointwise_conv2d(x, &w2.to_dtype(x.dtype())?)?;
             return one(match &bias {
-                Some(b) => y.broadcast_add(b)?,
+                Some(b) => y.broadcast_add(&b.to_dtype(x.dtype())?)?,
                 None => y,
             });
         }
@@ -85,15 +130,406 @@ pub(super) fn conv(c: &mut OpCtx) -> Result<Kernel> {
             }
             (xp, 0)
         };
-        let y = if n == 2 {
+        // iOS17: weight and bias may have another dtype than x.
+        let w = w.to_dtype(x.dtype())?;
+        let mut y = if n == 2 {
             xp.conv2d(&w, p, stride, dilation, groups)?
         } else {
             xp.conv1d(&w, p, stride, dilation, groups)?
         };
+        if !equal_strides {
+            for (i, &s) in strides.iter().enumerate() {
+                let len = y.dims()[2 + i];
+                if s > 1 {
+                    let idx: Vec<u32> = (0..len as u32).step_by(s).collect();
+                    let idx = Tensor::from_vec(idx, len.div_ceil(s), y.device())?;
+                    y = y.index_select(&idx, 2 + i)?;
+                }
+            }
+        }
         one(match &bias {
-            Some(b) => y.broadcast_add(b)?,
+            Some(b) => y.broadcast_add(&b.to_dtype(x.dtype())?)?,
             None => y,
         })
+    }))
+}
+
+/// A conv whose weight is computed at run time (coremltools allows it
+/// without dilations): the weight's shape is checked on every call, then
+/// the direct kernel runs (the weight is read to the host each call).
+fn conv_dynamic(c: &mut OpCtx) -> Result<Kernel> {
+    let x = c.tensor("x")?;
+    let w = c.tensor("weight")?;
+    let bias = c.const_tensor("bias")?;
+    let groups = c.opt_int("groups")?.unwrap_or(1);
+    if groups < 1 {
+        return Err(c.unsupported(format!("`groups` {groups}")));
+    }
+    let groups = groups as usize;
+    let n = c
+        .opt_ints("strides")?
+        .or(c.opt_ints("dilations")?)
+        .map(|v| v.len())
+        .or_else(|| c.opt_ints("pad").ok().flatten().map(|p| p.len() / 2));
+    // The spatial rank comes from the weight at run time; parameters given here must agree with it.
+    let strides_p = c.opt_ints("strides")?;
+    let dil_p = c.opt_ints("dilations")?;
+    let pad_type = c.opt_string("pad_type")?.unwrap_or_else(|| "valid".into());
+    let pad = c.opt_ints("pad")?.unwrap_or_default();
+    if let Some(n) = n {
+        check_pad_type(c, &pad_type, &pad, n)?;
+    } else if !matches!(pad_type.as_str(), "valid" | "same" | "same_lower") {
+        return Err(c.unsupported(format!("`pad_type` {pad_type} without `pad`")));
+    }
+    let bs = bias
+        .as_ref()
+        .map(host_f32)
+        .transpose()
+        .map_err(|e| c.error(e.to_string()))?;
+    Ok(Box::new(move |a| {
+        let (x, w) = (a[x], a[w]);
+        let n = w.rank().saturating_sub(2);
+        if !(1..=3).contains(&n) || x.rank() != n + 2 {
+            candle_core::bail!("weight of shape {:?} for an input of shape {:?}", w.dims(), x.dims())
+        }
+        let (cout, cin_g) = (w.dims()[0], w.dims()[1]);
+        if w.dims().contains(&0) || cout % groups != 0 || bs.as_ref().is_some_and(|b| b.len() != cout) {
+            candle_core::bail!("weight of shape {:?} with {groups} groups and the bias given", w.dims())
+        }
+        check_channels(x, cin_g * groups, n)?;
+        let pick = |p: &Option<Vec<i64>>| -> CResult<Vec<usize>> {
+            match p {
+                None => Ok(vec![1; n]),
+                Some(v) if v.len() == n && v.iter().all(|&s| s >= 1) => Ok(v.iter().map(|&s| s as usize).collect()),
+                Some(v) => candle_core::bail!("strides/dilations {v:?} for {n} spatial dims"),
+            }
+        };
+        let (strides, dil) = (pick(&strides_p)?, pick(&dil_p)?);
+        let kd = w.dims()[2..].to_vec();
+        let pads = spatial_pads(&pad_type, &pad, &x.dims()[2..], &kd, &strides, &dil)?;
+        let ws = host_f32(w)?;
+        one(conv_direct(
+            x,
+            &ws,
+            w.dims(),
+            bs.as_deref(),
+            groups,
+            &strides,
+            &dil,
+            &pads,
+        )?)
+    }))
+}
+
+/// `conv_quantized`'s weight as floats: `linear` quantization is `w ·
+/// quant_scale + quant_bias`, with one scale and bias for all weights or one
+/// per output channel. `lut` is refused (coremltools documents no table layout).
+fn dequantize_weight(c: &mut OpCtx, w: Tensor) -> Result<Tensor> {
+    let kind = c.opt_string("quantization_type")?.unwrap_or_default();
+    if kind != "linear" {
+        return Err(c.unsupported(format!("`quantization_type` {kind} (linear is supported)")));
+    }
+    let nbits = c.opt_int("nbits")?.unwrap_or(8);
+    if !(1..=8).contains(&nbits) {
+        return Err(c.unsupported(format!("`nbits` {nbits} (1 to 8)")));
+    }
+    let cout = w.dims().first().copied().unwrap_or(0);
+    let mut per = Vec::new();
+    for arg in ["quant_scale", "quant_bias"] {
+        let t = c
+            .const_tensor(arg)?
+            .ok_or_else(|| c.error(format!("required argument `{arg}` is missing")))?;
+        let n = t.elem_count();
+        if n != 1 && n != cout {
+            return Err(c.unsupported(format!("`{arg}` of {n} values (1, or one per output channel: {cout})")));
+        }
+        let mut shape = vec![1usize; w.rank()];
+        shape[0] = n;
+        per.push(
+            t.to_dtype(candle_core::DType::F32)
+                .and_then(|t| t.reshape(shape))
+                .map_err(|e| c.error(e.to_string()))?,
+        );
+    }
+    let dt = per[0].dtype();
+    w.to_dtype(dt)
+        .and_then(|w| w.broadcast_mul(&per[0]))
+        .and_then(|w| w.broadcast_add(&per[1]))
+        .map_err(|e| c.error(e.to_string()))
+}
+
+/// Refuses a pad type the op does not define, or a custom `pad` of the wrong length.
+fn check_pad_type(c: &OpCtx, pad_type: &str, pad: &[i64], n: usize) -> Result<()> {
+    match pad_type {
+        "valid" | "same" | "same_lower" => Ok(()),
+        "custom" if pad.len() == 2 * n && pad.iter().all(|&p| p >= 0) => Ok(()),
+        "custom" => Err(c.unsupported(format!("`pad` {pad:?} (2 x {n} non-negative values)"))),
+        other => Err(c.unsupported(format!("`pad_type` {other} (valid, same, same_lower or custom)"))),
+    }
+}
+
+/// `x` must be `[n, channels, *spatial]` with `n_sp` spatial dims.
+fn check_channels(x: &Tensor, channels: usize, n_sp: usize) -> CResult<()> {
+    if x.rank() != n_sp + 2 || x.dims()[1] != channels {
+        candle_core::bail!(
+            "input of shape {:?}; expected [N, {channels}] and {n_sp} spatial dims",
+            x.dims()
+        )
+    }
+    Ok(())
+}
+
+/// Direct convolution of any 1-3 spatial dims, strides, dilations, pads
+/// and groups, on the host in f32 with f64 sums: `O(N·C_out·|out|·C_in/g·|K|)`.
+/// For the shapes the candle paths above do not take.
+#[allow(clippy::too_many_arguments)]
+fn conv_direct(
+    x: &Tensor,
+    w: &[f32],
+    wd: &[usize],
+    bias: Option<&[f32]>,
+    groups: usize,
+    strides: &[usize],
+    dil: &[usize],
+    pads: &[(usize, usize)],
+) -> CResult<Tensor> {
+    let nsp = wd.len() - 2;
+    let (nb, cin) = (x.dims()[0], x.dims()[1]);
+    let (cout, cin_g) = (wd[0], wd[1]);
+    let sp = &x.dims()[2..];
+    let mut osp = Vec::with_capacity(nsp);
+    for i in 0..nsp {
+        osp.push(window_out(sp[i], pads[i], eff_kernel(wd[2 + i], dil[i]), strides[i])?);
+    }
+    let mut shape = vec![nb, cout];
+    shape.extend(&osp);
+    check_elems(&shape, "conv output")?;
+    let xs = host_f32(x)?;
+    let (i3, k3, o3) = (lift3(sp, 1), lift3(&wd[2..], 1), lift3(&osp, 1));
+    let (s3, d3) = (lift3(strides, 1), lift3(dil, 1));
+    let pb: Vec<usize> = pads.iter().map(|p| p.0).collect();
+    let p3 = lift3(&pb, 0);
+    let (isz, ksz, osz) = (
+        i3.iter().product::<usize>(),
+        k3.iter().product::<usize>(),
+        o3.iter().product::<usize>(),
+    );
+    let cout_g = cout / groups;
+    let mut out = vec![0f32; nb * cout * osz];
+    for b in 0..nb {
+        for co in 0..cout {
+            let g = co / cout_g;
+            for o0 in 0..o3[0] {
+                for o1 in 0..o3[1] {
+                    for o2 in 0..o3[2] {
+                        let mut acc = bias.map_or(0f64, |bs| bs[co] as f64);
+                        for ci in 0..cin_g {
+                            let xbase = (b * cin + g * cin_g + ci) * isz;
+                            let wbase = (co * cin_g + ci) * ksz;
+                            for k0 in 0..k3[0] {
+                                let Some(i0) = tap(o0, k0, s3[0], d3[0], p3[0], i3[0]) else {
+                                    continue;
+                                };
+                                for k1 in 0..k3[1] {
+                                    let Some(i1) = tap(o1, k1, s3[1], d3[1], p3[1], i3[1]) else {
+                                        continue;
+                                    };
+                                    for k2 in 0..k3[2] {
+                                        let Some(i2) = tap(o2, k2, s3[2], d3[2], p3[2], i3[2]) else {
+                                            continue;
+                                        };
+                                        let xv = xs[xbase + (i0 * i3[1] + i1) * i3[2] + i2] as f64;
+                                        acc += xv * w[wbase + (k0 * k3[1] + k1) * k3[2] + k2] as f64;
+                                    }
+                                }
+                            }
+                        }
+                        out[((b * cout + co) * o3[0] + o0) * o3[1] * o3[2] + o1 * o3[2] + o2] = acc as f32;
+                    }
+                }
+            }
+        }
+    }
+    from_host(out, &shape, x)
+}
+
+/// The dilated kernel length `(k - 1) · d + 1`, saturating (sizes come from the program).
+fn eff_kernel(k: usize, d: usize) -> usize {
+    k.saturating_sub(1).saturating_mul(d).saturating_add(1)
+}
+
+/// Input index read by output `o`, kernel tap `k`, or `None` in the padding.
+#[inline]
+fn tap(o: usize, k: usize, s: usize, d: usize, pad_begin: usize, len: usize) -> Option<usize> {
+    (o * s + k * d).checked_sub(pad_begin).filter(|&i| i < len)
+}
+
+/// `conv_transpose`: the adjoint of `conv` (every input element scattered
+/// through the kernel into the output), 1-3 spatial dims, any strides,
+/// dilations, pads, groups and `output_shape`; weight `[C_in, C_out/groups,
+/// *K]`. 2-D with one group and equal strides and dilations runs candle's
+/// transposed conv; the rest is direct on the host:
+/// `O(N·C_in·|in|·C_out/g·|K|)`.
+pub(super) fn conv_transpose(c: &mut OpCtx) -> Result<Kernel> {
+    let x = c.tensor("x")?;
+    let w = c
+        .const_tensor("weight")?
+        .ok_or_else(|| c.error("`weight` must be a constant"))?;
+    let bias = c.const_tensor("bias")?;
+    let groups = c.opt_int("groups")?.unwrap_or(1);
+    let n = w.rank().saturating_sub(2);
+    if !(1..=3).contains(&n) {
+        return Err(c.unsupported(format!("`weight` of rank {} (1-, 2- or 3-D convolution)", w.rank())));
+    }
+    let (cin, cout_g) = (w.dims()[0], w.dims()[1]);
+    if w.dims().contains(&0) {
+        return Err(c.unsupported(format!("`weight` of shape {:?} (an empty dim)", w.dims())));
+    }
+    if groups < 1 || cin % groups as usize != 0 {
+        return Err(c.unsupported(format!("`groups` {groups} (must divide C_in {cin})")));
+    }
+    let groups = groups as usize;
+    let cout = cout_g * groups;
+    if let Some(b) = &bias {
+        if b.elem_count() != cout {
+            return Err(c.error(format!(
+                "`bias` has {} values for {cout} output channels",
+                b.elem_count()
+            )));
+        }
+    }
+    let (strides, dil, pad_type, pad) = spatial_params(c, n)?;
+    if pad_type == "same_lower" {
+        return Err(c.unsupported("`pad_type` same_lower (conv_transpose takes valid, same or custom)"));
+    }
+    check_pad_type(c, &pad_type, &pad, n)?;
+    let output_shape = c.opt_ints("output_shape")?;
+    if let Some(os) = &output_shape {
+        let ok = (os.len() == n + 2 || os.len() == n) && os.iter().all(|&v| v >= 1);
+        if !ok {
+            return Err(c.unsupported(format!("`output_shape` {os:?} (N, C_out and {n} spatial sizes)")));
+        }
+    }
+    let ws = host_f32(&w).map_err(|e| c.error(e.to_string()))?;
+    let bs = bias
+        .as_ref()
+        .map(host_f32)
+        .transpose()
+        .map_err(|e| c.error(e.to_string()))?;
+    let kd = w.dims()[2..].to_vec();
+    // 2-D, one group, equal strides and dilations: candle's kernel.
+    let fast = n == 2 && groups == 1 && strides[0] == strides[1] && dil[0] == dil[1];
+    let candle_w = fast.then(|| w.clone());
+    let bias_t = match (&bias, fast) {
+        (Some(b), true) => Some(b.reshape((1, cout, 1, 1)).map_err(|e| c.error(e.to_string()))?),
+        _ => None,
+    };
+    Ok(Box::new(move |a| {
+        let x = a[x];
+        check_channels(x, cin, n)?;
+        let sp = x.dims()[2..].to_vec();
+        if sp.contains(&0) {
+            candle_core::bail!("input of shape {:?} has an empty spatial dim", x.dims())
+        }
+        let mut osp = Vec::with_capacity(n);
+        let mut pb = Vec::with_capacity(n);
+        for i in 0..n {
+            let full = (sp[i] - 1)
+                .saturating_mul(strides[i])
+                .saturating_add(eff_kernel(kd[i], dil[i]));
+            let want = output_shape.as_ref().map(|os| os[os.len() - n + i] as usize);
+            let (begin, size) = match pad_type.as_str() {
+                "same" => {
+                    let size = want.unwrap_or(sp[i].saturating_mul(strides[i]));
+                    (full.saturating_sub(size) / 2, size)
+                }
+                "custom" => {
+                    let (b, e) = (pad[2 * i] as usize, pad[2 * i + 1] as usize);
+                    (b, want.unwrap_or(full.saturating_sub(b + e)))
+                }
+                _ => (0, want.unwrap_or(full)),
+            };
+            pb.push(begin);
+            osp.push(size);
+        }
+        let nb = x.dims()[0];
+        let mut shape = vec![nb, cout];
+        shape.extend(&osp);
+        check_elems(&shape, "conv_transpose output")?;
+        let full: Vec<usize> = (0..n)
+            .map(|i| {
+                (sp[i] - 1)
+                    .saturating_mul(strides[i])
+                    .saturating_add(eff_kernel(kd[i], dil[i]))
+            })
+            .collect();
+        check_elems(&[nb, cout, full.iter().product()], "conv_transpose full output")?;
+        if let Some(wc) = &candle_w {
+            // candle's transposed conv gives the full output; the pads and
+            // `output_shape` then crop it (or extend it with zeros).
+            let mut y = x.conv_transpose2d(&wc.to_dtype(x.dtype())?, 0, 0, strides[0], dil[0])?;
+            for i in 0..n {
+                let avail = y.dims()[2 + i];
+                let take = osp[i].min(avail.saturating_sub(pb[i]));
+                y = y.narrow(2 + i, pb[i].min(avail), take)?;
+                if take < osp[i] {
+                    y = y.pad_with_zeros(2 + i, 0, osp[i] - take)?;
+                }
+            }
+            if let Some(b) = &bias_t {
+                y = y.broadcast_add(&b.to_dtype(x.dtype())?)?;
+            }
+            return one(y.contiguous()?);
+        }
+        let xs = host_f32(x)?;
+        let (i3, k3, o3) = (lift3(&sp, 1), lift3(&kd, 1), lift3(&osp, 1));
+        let (s3, d3, p3) = (lift3(&strides, 1), lift3(&dil, 1), lift3(&pb, 0));
+        let (isz, ksz, osz) = (
+            i3.iter().product::<usize>(),
+            k3.iter().product::<usize>(),
+            o3.iter().product::<usize>(),
+        );
+        let cin_g = cin / groups;
+        let mut out = vec![0f64; nb * cout * osz];
+        for b in 0..nb {
+            for ci in 0..cin {
+                let g = ci / cin_g;
+                for i0 in 0..i3[0] {
+                    for i1 in 0..i3[1] {
+                        for i2 in 0..i3[2] {
+                            let xv = xs[(b * cin + ci) * isz + (i0 * i3[1] + i1) * i3[2] + i2] as f64;
+                            for co in 0..cout_g {
+                                let obase = (b * cout + g * cout_g + co) * osz;
+                                let wbase = (ci * cout_g + co) * ksz;
+                                for k0 in 0..k3[0] {
+                                    let Some(o0) = tap(i0, k0, s3[0], d3[0], p3[0], o3[0]) else {
+                                        continue;
+                                    };
+                                    for k1 in 0..k3[1] {
+                                        let Some(o1) = tap(i1, k1, s3[1], d3[1], p3[1], o3[1]) else {
+                                            continue;
+                                        };
+                                        for k2 in 0..k3[2] {
+                                            let Some(o2) = tap(i2, k2, s3[2], d3[2], p3[2], o3[2]) else {
+                                                continue;
+                                            };
+                                            out[obase + (o0 * o3[1] + o1) * o3[2] + o2] +=
+                                                xv * ws[wbase + (k0 * k3[1] + k1) * k3[2] + k2] as f64;
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(bs) = &bs {
+            for (i, v) in out.iter_mut().enumerate() {
+                *v += bs[(i / osz) % cout] as f64;
+            }
+        }
+        one(from_host(out.into_iter().map(|v| v as f32).collect(), &shape, x)?)
     }))
 }
 
@@ -127,6 +563,9 @@ pub(super) fn depthwise_conv(
             candle_core::bail!("2-D conv of a tensor of shape {:?} (expected [n, c, h, w])", x.dims())
         }
         let pads = spatial_pads(&pad_type, &pad, &x.dims()[2..], &[kh, kw], &[stride; 2], &[dilation; 2])?;
+        for (i, k) in [kh, kw].into_iter().enumerate() {
+            window_out(x.dims()[2 + i], pads[i], eff_kernel(k, dilation), stride)?;
+        }
         check_padded(x, &pads)?;
         one(depthwise::depthwise_conv2d(
             x,
@@ -148,6 +587,37 @@ mod tests {
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         let d = (a - b).unwrap().abs().unwrap().flatten_all().unwrap();
         d.max(0).unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    #[test]
+    fn direct_conv_refuses_a_kernel_longer_than_the_padded_input() {
+        let x = Tensor::zeros((1, 1, 2, 2), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let e = conv_direct(
+            &x,
+            &[0.0; 9],
+            &[1, 1, 3, 3],
+            None,
+            1,
+            &[1, 1],
+            &[1, 1],
+            &[(0, 0), (0, 0)],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("shorter than the dilated kernel"), "{e}");
+        // One pad on each side makes it fit: a 2x2 output.
+        let y = conv_direct(
+            &x,
+            &[1.0; 9],
+            &[1, 1, 3, 3],
+            None,
+            1,
+            &[1, 1],
+            &[1, 1],
+            &[(1, 1), (0, 1)],
+        )
+        .unwrap();
+        assert_eq!(y.dims(), &[1, 1, 2, 1]);
     }
 
     #[test]

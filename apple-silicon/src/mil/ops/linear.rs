@@ -1,8 +1,13 @@
-//! Linear algebra (coremltools `linear.py`): `linear`, `matmul`.
+//! Linear algebra (coremltools `linear.py`): `linear`, `matmul`, `einsum`.
 //!
 //! Conventions: `linear` is `x @ weightᵀ + bias` with `weight` `[out, in]`
-//! constant; `matmul` broadcasts leading (batch) dims, with optional
-//! transposes of the last two dims of either operand.
+//! constant, `x` of rank 1-3; `matmul` broadcasts leading (batch) dims, with
+//! optional transposes of the last two dims of either operand, rank-1
+//! operands as numpy; iOS17 lets a constant operand have another dtype (the
+//! result takes the run-time operand's). Integer products are computed in
+//! f64. `einsum` is the one contraction coremltools defines (see [`einsum`]).
+
+use candle_core::DType;
 
 use super::{one, Builder};
 use crate::error::Result;
@@ -13,6 +18,7 @@ pub(super) fn builder(op_type: &str) -> Option<Builder> {
     Some(match op_type {
         "linear" => linear,
         "matmul" => matmul,
+        "einsum" => einsum,
         _ => return None,
     })
 }
@@ -26,42 +32,143 @@ pub(super) fn linear(c: &mut OpCtx) -> Result<Kernel> {
     if w.rank() != 2 {
         return Err(c.error(format!("weight of rank {}; expected [out, in]", w.rank())));
     }
+    let (dout, din) = w.dims2().map_err(|e| c.error(e.to_string()))?;
+    if let Some(b) = &b {
+        if b.elem_count() != dout {
+            return Err(c.error(format!("`bias` has {} values for {dout} outputs", b.elem_count())));
+        }
+    }
     Ok(Box::new(move |a| {
         let x = a[x];
-        // As candle-nn's Linear: x @ W^T with W broadcast over leading dims.
-        let y = match x.dims() {
-            [b0, b1, _, _] => x.matmul(&w.broadcast_left((*b0, *b1))?.t()?)?,
-            [bsize, _, _] => x.matmul(&w.broadcast_left(*bsize)?.t()?)?,
-            _ => x.matmul(&w.t()?)?,
-        };
-        one(match &b {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
-        })
+        let dims = x.dims().to_vec();
+        if dims.last() != Some(&din) {
+            candle_core::bail!("input of shape {dims:?}; expected a last dim of {din}")
+        }
+        let ct = compute_type(x.dtype());
+        // Leading dims flattened: one [rows, in] @ [in, out] product.
+        let rows = x.elem_count() / din.max(1);
+        let x2 = x.to_dtype(ct)?.reshape((rows, din))?;
+        let mut y = x2.matmul(&w.to_dtype(ct)?.t()?)?;
+        if let Some(b) = &b {
+            y = y.broadcast_add(&b.to_dtype(ct)?)?;
+        }
+        let mut shape = dims;
+        *shape.last_mut().expect("rank >= 1") = dout;
+        one(y.reshape(shape)?.to_dtype(x.dtype())?)
     }))
 }
 
+/// The dtype a product is computed in: floats as they are, integers in f64
+/// (candle has no integer matmul; sums of int32 products stay exact up to 2^53).
+fn compute_type(d: DType) -> DType {
+    if d.is_float() {
+        d
+    } else {
+        DType::F64
+    }
+}
+
 pub(super) fn matmul(c: &mut OpCtx) -> Result<Kernel> {
+    // iOS17: the result takes the dtype of the run-time operand when the other is constant.
+    let y_decides = !c.is_runtime("x")? && c.is_runtime("y")?;
     let x = c.tensor("x")?;
     let y = c.tensor("y")?;
     let tx = c.opt_bool("transpose_x")?.unwrap_or(false);
     let ty = c.opt_bool("transpose_y")?.unwrap_or(false);
     Ok(Box::new(move |a| {
-        let (mut l, mut r) = (a[x].clone(), a[y].clone());
-        if l.rank() < 2 || r.rank() < 2 {
+        let out_dt = if y_decides { a[y].dtype() } else { a[x].dtype() };
+        let ct = compute_type(out_dt);
+        let (mut l, mut r) = (a[x].to_dtype(ct)?, a[y].to_dtype(ct)?);
+        if l.rank() == 0 || r.rank() == 0 {
             candle_core::bail!(
-                "matmul of ranks {} and {} (only rank >= 2 is supported)",
+                "matmul of ranks {} and {} (both must be at least 1)",
                 l.rank(),
                 r.rank()
             )
         }
-        if tx {
+        // Rank-1 operands: numpy's rule (a row on the left, a column on the
+        // right, that dim dropped from the result); transposes do not apply.
+        let (lv, rv) = (l.rank() == 1, r.rank() == 1);
+        if lv {
+            l = l.unsqueeze(0)?;
+        } else if tx {
             l = l.t()?;
         }
-        if ty {
+        if rv {
+            r = r.unsqueeze(1)?;
+        } else if ty {
             r = r.t()?;
         }
         super::check_matmul(&l, &r)?;
-        one(l.broadcast_matmul(&r)?)
+        let mut out = l.broadcast_matmul(&r)?;
+        if rv {
+            out = out.squeeze(out.rank() - 1)?;
+        }
+        if lv {
+            out = out.squeeze(out.rank() - if rv { 1 } else { 2 })?;
+        }
+        one(out.to_dtype(out_dt)?)
     }))
+}
+
+/// `einsum` as coremltools defines it: `nchw,nwhu->nchu` (rank 4) or
+/// `chw,whr->chr` (rank 3) and their renamings; `n` and `h` broadcast.
+pub(super) fn einsum(c: &mut OpCtx) -> Result<Kernel> {
+    let vals = c.tensors("values")?;
+    let eq = c
+        .opt_string("equation")?
+        .ok_or_else(|| c.error("required argument `equation` is missing"))?;
+    if vals.len() != 2 {
+        return Err(c.unsupported(format!("{} operands (einsum takes two)", vals.len())));
+    }
+    let rank = einsum_rank(&eq).ok_or_else(|| {
+        c.unsupported(format!(
+            "`equation` {eq} (coremltools accepts nchw,nwhu->nchu and chw,whr->chr up to renaming)"
+        ))
+    })?;
+    let (x, y) = (vals[0], vals[1]);
+    Ok(Box::new(move |a| {
+        let (l, r) = (a[x], a[y]);
+        if l.rank() != rank || r.rank() != rank {
+            candle_core::bail!(
+                "operands of ranks {} and {} for a rank-{rank} equation",
+                l.rank(),
+                r.rank()
+            )
+        }
+        // [.., C, H, W1] x [.., W1, H, W2]: H becomes a batch dim, then back.
+        let (hl, hr) = (rank - 2, rank - 3);
+        let lt = l.transpose(hl, hr)?.contiguous()?; // [.., H, C, W1]
+        let rt = r.transpose(hl, hr)?.contiguous()?; // [.., H, W1, W2]
+        let ct = compute_type(l.dtype());
+        let out = lt.to_dtype(ct)?.broadcast_matmul(&rt.to_dtype(ct)?)?; // [.., H, C, W2]
+        one(out.transpose(hl, hr)?.contiguous()?.to_dtype(l.dtype())?)
+    }))
+}
+
+/// The rank of an einsum equation of coremltools' one supported form
+/// (`abcd,adce->abce` or `bcd,dce->bce` up to renaming), if it is one.
+fn einsum_rank(eq: &str) -> Option<usize> {
+    let eq: String = eq.chars().filter(|c| !c.is_whitespace()).collect();
+    let (lhs, out) = eq.split_once("->")?;
+    let (a, b) = lhs.split_once(',')?;
+    let (a, b, o): (Vec<char>, Vec<char>, Vec<char>) =
+        (a.chars().collect(), b.chars().collect(), out.chars().collect());
+    let r = a.len();
+    if !(r == 3 || r == 4) || b.len() != r || o.len() != r {
+        return None;
+    }
+    let lead = &a[..r - 3];
+    let (c, h, w1) = (a[r - 3], a[r - 2], a[r - 1]);
+    let (w1b, hb, w2) = (b[r - 3], b[r - 2], b[r - 1]);
+    let distinct = {
+        let mut all: Vec<char> = lead.to_vec();
+        all.extend([c, h, w1, w2]);
+        let n = all.len();
+        all.sort();
+        all.dedup();
+        all.len() == n
+    };
+    let ok = distinct && b[..r - 3] == *lead && w1b == w1 && hb == h && o[..r - 3] == *lead && o[r - 3..] == [c, h, w2];
+    ok.then_some(r)
 }

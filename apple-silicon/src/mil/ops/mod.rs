@@ -11,6 +11,7 @@ mod control_flow;
 mod conv;
 mod elementwise_binary;
 mod elementwise_unary;
+mod image_resizing;
 mod linear;
 mod movement;
 mod normalization;
@@ -22,6 +23,7 @@ mod scatter_gather;
 mod spatial;
 mod tensor_operation;
 mod tensor_transformation;
+mod transformers;
 
 use candle_core::Tensor;
 
@@ -41,6 +43,8 @@ pub fn builder(op_type: &str) -> Option<Builder> {
         .or_else(|| linear::builder(op_type))
         .or_else(|| conv::builder(op_type))
         .or_else(|| pool::builder(op_type))
+        .or_else(|| image_resizing::builder(op_type))
+        .or_else(|| transformers::builder(op_type))
         .or_else(|| normalization::builder(op_type))
         .or_else(|| reduction::builder(op_type))
         .or_else(|| tensor_transformation::builder(op_type))

@@ -1,14 +1,19 @@
-//! Pooling (coremltools `pool.py`): `max_pool`, `avg_pool`.
+//! Pooling (coremltools `pool.py`): `max_pool`, `avg_pool`, `l2_pool`.
 //!
-//! Conventions: NCHW input, `kernel_sizes` and `strides` per spatial dim,
-//! `pad_type` as for conv; `ceil_mode` extends the end padding; padded cells
-//! are -inf for max and, with `exclude_padding_from_average`, left out of the
-//! average's count.
+//! Conventions: `[N, C, *spatial]` input with 1-3 spatial dims,
+//! `kernel_sizes` and `strides` per spatial dim, `pad_type` as for conv.
+//! `ceil_mode` rounds the output size up (coremltools'
+//! `spatial_dimensions_out_shape`: a last window that would start in the end
+//! padding is dropped); the extra cells are not counted by any average.
+//! Padded cells never win a max; an average divides by the window's cells
+//! inside input and padding (PyTorch's `count_include_pad`), or, with
+//! `exclude_padding_from_average`, by its cells inside the input. `l2_pool`
+//! is the root of the window's sum of squares.
 
 use candle_core::Tensor;
 
-use super::spatial::{pad_value, spatial_pads, spatial_params};
-use super::{one, Builder};
+use super::spatial::{check_elems, check_padded, from_host, host_f32, lift3, pad_value, spatial_pads, spatial_params};
+use super::{one, Builder, CResult};
 use crate::error::Result;
 use crate::mil::{Kernel, OpCtx};
 
@@ -17,6 +22,7 @@ pub(super) fn builder(op_type: &str) -> Option<Builder> {
     Some(match op_type {
         "max_pool" => |c| pool(c, PoolKind::Max),
         "avg_pool" => |c| pool(c, PoolKind::Avg),
+        "l2_pool" => |c| pool(c, PoolKind::L2),
         _ => return None,
     })
 }
@@ -25,40 +31,45 @@ pub(super) fn builder(op_type: &str) -> Option<Builder> {
 pub(super) enum PoolKind {
     Max,
     Avg,
+    L2,
 }
 
 pub(super) fn pool(c: &mut OpCtx, kind: PoolKind) -> Result<Kernel> {
     let x = c.tensor("x")?;
-    let k: Vec<usize> = c.ints("kernel_sizes")?.into_iter().map(|v| v.max(1) as usize).collect();
-    if k.len() != 2 {
-        return Err(c.unsupported(format!("{}-D pooling (2-D is supported)", k.len())));
+    let kv = c.ints("kernel_sizes")?;
+    let n = kv.len();
+    if !(1..=3).contains(&n) || kv.iter().any(|&v| v < 1) {
+        return Err(c.unsupported(format!("`kernel_sizes` {kv:?} (1 to 3 positive sizes)")));
     }
-    let (strides, _, pad_type, pad) = spatial_params(c, 2)?;
+    let k: Vec<usize> = kv.iter().map(|&v| v as usize).collect();
+    let (strides, _, pad_type, pad) = spatial_params(c, n)?;
+    match pad_type.as_str() {
+        "valid" | "same" | "same_lower" => {}
+        "custom" if pad.len() == 2 * n && pad.iter().all(|&p| p >= 0) => {}
+        "custom" => return Err(c.unsupported(format!("`pad` {pad:?} (2 x {n} non-negative values)"))),
+        other => return Err(c.unsupported(format!("`pad_type` {other} (valid, same, same_lower or custom)"))),
+    }
     let ceil_mode = c.opt_bool("ceil_mode")?.unwrap_or(false);
     let exclude = c.opt_bool("exclude_padding_from_average")?.unwrap_or(false);
+    let candle_path = n == 2 && !ceil_mode && !matches!(kind, PoolKind::L2);
     Ok(Box::new(move |a| {
         let x = a[x];
-        if x.rank() != 4 {
-            candle_core::bail!(
-                "2-D pooling of a tensor of shape {:?} (expected [n, c, h, w])",
-                x.dims()
-            )
+        if x.rank() != n + 2 {
+            candle_core::bail!("input of rank {} for {n}-D pooling", x.rank())
         }
         let spatial = &x.dims()[2..];
-        let mut pads = spatial_pads(&pad_type, &pad, spatial, &k, &strides, &[1, 1])?;
-        if ceil_mode {
-            for i in 0..2 {
-                let span = spatial[i].saturating_add(pads[i].0).saturating_add(pads[i].1);
-                if span < k[i] {
-                    candle_core::bail!("pool window {k:?} larger than the padded input {spatial:?}")
-                }
-                let floor_out = (span - k[i]) / strides[i] + 1;
-                let ceil_out = (span - k[i]).div_ceil(strides[i]) + 1;
-                if ceil_out > floor_out {
-                    pads[i].1 += (ceil_out - 1) * strides[i] + k[i] - span;
-                }
-            }
+        let pads = spatial_pads(&pad_type, &pad, spatial, &k, &strides, &vec![1; n])?;
+        if !candle_path {
+            return one(pool_direct(x, kind, &k, &strides, &pads, ceil_mode, exclude)?);
         }
+        // Sizes checked here: candle's pooling would underflow on a kernel longer than the input.
+        for i in 0..2 {
+            if spatial[i] == 0 {
+                candle_core::bail!("input of shape {:?} has an empty spatial dim", x.dims())
+            }
+            pooled_size(spatial[i], pads[i], k[i], strides[i], false)?;
+        }
+        check_padded(x, &pads)?;
         let padded = pads.iter().any(|&(b, e)| b + e > 0);
         let kk = (k[0], k[1]);
         let ss = (strides[0], strides[1]);
@@ -71,13 +82,13 @@ pub(super) fn pool(c: &mut OpCtx, kind: PoolKind) -> Result<Kernel> {
                 };
                 one(xp.max_pool2d_with_stride(kk, ss)?)
             }
-            PoolKind::Avg => {
+            _ => {
                 if !padded {
                     return one(x.avg_pool2d_with_stride(kk, ss)?);
                 }
                 let xp = pad_value(x, &pads, 0.0)?;
                 let sum = xp.avg_pool2d_with_stride(kk, ss)?;
-                if !exclude && !ceil_mode {
+                if !exclude {
                     return one(sum);
                 }
                 // Divide by the number of real (unpadded) elements per window.
@@ -87,4 +98,129 @@ pub(super) fn pool(c: &mut OpCtx, kind: PoolKind) -> Result<Kernel> {
             }
         }
     }))
+}
+
+/// Output size of one pooled dim (coremltools' rule, ceil mode included).
+fn pooled_size(input: usize, (b, e): (usize, usize), k: usize, s: usize, ceil: bool) -> CResult<usize> {
+    let span = input.saturating_add(b).saturating_add(e);
+    if span < k {
+        candle_core::bail!("padded input {span} is shorter than the kernel {k}")
+    }
+    if !ceil {
+        return Ok((span - k) / s + 1);
+    }
+    let mut out = (span - k).div_ceil(s) + 1;
+    if b.saturating_add(e) > 0 && (out - 1) * s >= input.saturating_add(b) {
+        out -= 1;
+    }
+    Ok(out)
+}
+
+/// Any pooling of 1-3 spatial dims on the host (f64 sums):
+/// `O(N·C·|out|·|K|)`.
+fn pool_direct(
+    x: &Tensor,
+    kind: PoolKind,
+    k: &[usize],
+    strides: &[usize],
+    pads: &[(usize, usize)],
+    ceil: bool,
+    exclude: bool,
+) -> CResult<Tensor> {
+    let n = k.len();
+    let sp = &x.dims()[2..];
+    if sp.contains(&0) {
+        candle_core::bail!("input of shape {:?} has an empty spatial dim", x.dims())
+    }
+    let mut osp = Vec::with_capacity(n);
+    for i in 0..n {
+        osp.push(pooled_size(sp[i], pads[i], k[i], strides[i], ceil)?);
+    }
+    let mut shape = x.dims()[..2].to_vec();
+    shape.extend(&osp);
+    check_elems(&shape, "pool output")?;
+    let pb: Vec<usize> = pads.iter().map(|p| p.0).collect();
+    let pe: Vec<usize> = pads.iter().map(|p| p.1).collect();
+    let (i3, k3, o3, s3) = (lift3(sp, 1), lift3(k, 1), lift3(&osp, 1), lift3(strides, 1));
+    let (b3, e3) = (lift3(&pb, 0), lift3(&pe, 0));
+    let planes = x.dims()[0] * x.dims()[1];
+    let isz: usize = i3.iter().product();
+    let xs = host_f32(x)?;
+    let mut out = Vec::with_capacity(planes * o3.iter().product::<usize>());
+    // Window of output `o` along one dim: its cells in padded coordinates
+    // (clipped to input + padding) and in the input.
+    let range = |d: usize, o: usize| {
+        let start = o * s3[d];
+        let end = (start + k3[d]).min(i3[d].saturating_add(b3[d]).saturating_add(e3[d]));
+        let lo = start.saturating_sub(b3[d]).min(i3[d]);
+        let hi = end.saturating_sub(b3[d]).min(i3[d]);
+        (end - start, lo, hi)
+    };
+    for p in 0..planes {
+        let plane = &xs[p * isz..(p + 1) * isz];
+        for o0 in 0..o3[0] {
+            let (n0, lo0, hi0) = range(0, o0);
+            for o1 in 0..o3[1] {
+                let (n1, lo1, hi1) = range(1, o1);
+                for o2 in 0..o3[2] {
+                    let (n2, lo2, hi2) = range(2, o2);
+                    let mut acc = match kind {
+                        PoolKind::Max => f64::NEG_INFINITY,
+                        _ => 0.0,
+                    };
+                    for i0 in lo0..hi0 {
+                        for i1 in lo1..hi1 {
+                            for i2 in lo2..hi2 {
+                                let v = plane[(i0 * i3[1] + i1) * i3[2] + i2] as f64;
+                                match kind {
+                                    PoolKind::Max => acc = acc.max(v),
+                                    PoolKind::Avg => acc += v,
+                                    PoolKind::L2 => acc += v * v,
+                                }
+                            }
+                        }
+                    }
+                    out.push(match kind {
+                        PoolKind::Max => acc,
+                        PoolKind::L2 => acc.sqrt(),
+                        PoolKind::Avg => {
+                            let count = if exclude {
+                                (hi0 - lo0) * (hi1 - lo1) * (hi2 - lo2)
+                            } else {
+                                n0 * n1 * n2
+                            };
+                            acc / count.max(1) as f64
+                        }
+                    } as f32);
+                }
+            }
+        }
+    }
+    from_host(out, &shape, x)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pooled_size;
+
+    #[test]
+    fn pooled_sizes_follow_coremltools() {
+        assert_eq!(pooled_size(7, (0, 0), 3, 2, false).unwrap(), 3);
+        assert_eq!(pooled_size(6, (0, 0), 3, 2, true).unwrap(), 3);
+        // Ceil mode drops a last window that would start in the end padding.
+        assert_eq!(pooled_size(5, (1, 1), 2, 2, true).unwrap(), 3);
+        assert!(pooled_size(2, (0, 0), 3, 1, false).is_err());
+    }
+
+    #[test]
+    fn absurd_pads_are_errors_before_allocation() {
+        use super::{pool_direct, PoolKind};
+        use candle_core::{DType, Device, Tensor};
+        let x = Tensor::zeros((1, 1, 2, 2), DType::F32, &Device::Cpu).unwrap();
+        let huge = 1usize << 40;
+        let e = pool_direct(&x, PoolKind::Avg, &[1, 1], &[1, 1], &[(huge, 0), (0, 0)], false, false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("exceeds"), "{e}");
+    }
 }

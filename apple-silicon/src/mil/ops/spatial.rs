@@ -109,3 +109,59 @@ pub(super) fn pad_value(x: &Tensor, pads: &[(usize, usize)], value: f64) -> CRes
     }
     Ok(t)
 }
+
+/// A tensor's values as f32 on the host, with its candle dtype (for the way back).
+pub(super) fn host_f32(t: &Tensor) -> CResult<Vec<f32>> {
+    t.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()
+}
+
+/// Host values back into a tensor of `like`'s dtype and device.
+pub(super) fn from_host(v: Vec<f32>, shape: &[usize], like: &Tensor) -> CResult<Tensor> {
+    Tensor::from_vec(v, shape, like.device())?.to_dtype(like.dtype())
+}
+
+/// Spatial dims, kernel, strides, dilations and begin pads lifted to three
+/// dims (leading 1s, stride and dilation 1, no pad), so one triple loop
+/// serves 1-, 2- and 3-D windows.
+pub(super) fn lift3(v: &[usize], fill: usize) -> [usize; 3] {
+    let mut out = [fill; 3];
+    out[3 - v.len()..].copy_from_slice(v);
+    out
+}
+
+/// Output size of one spatial dim of a window op: `floor((in + pads -
+/// dilated_kernel) / stride) + 1`, or an error when the input is empty or
+/// the padded input is shorter than the kernel.
+pub(super) fn window_out(input: usize, pads: (usize, usize), eff: usize, stride: usize) -> CResult<usize> {
+    let span = input.saturating_add(pads.0).saturating_add(pads.1);
+    if span < eff || input == 0 {
+        candle_core::bail!("padded input {span} is shorter than the dilated kernel {eff}")
+    }
+    Ok((span - eff) / stride + 1)
+}
+
+/// Most elements a conv, pool or resize kernel of this family allocates
+/// for one tensor (2 GiB of f32): sizes come from the program's parameters,
+/// so an absurd pad, scale or target size is an error before anything is
+/// allocated.
+pub(super) const MAX_ELEMS: usize = 1 << 29;
+
+/// Refuses a tensor of `shape` larger than [`MAX_ELEMS`].
+pub(super) fn check_elems(shape: &[usize], what: &str) -> CResult<()> {
+    let n = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
+    match n {
+        Some(n) if n <= MAX_ELEMS => Ok(()),
+        _ => candle_core::bail!("{what} of shape {shape:?} exceeds {MAX_ELEMS} elements"),
+    }
+}
+
+/// The shape of `x` with its trailing spatial dims padded by `pads`, checked against [`MAX_ELEMS`].
+pub(super) fn check_padded(x: &Tensor, pads: &[(usize, usize)]) -> CResult<()> {
+    let mut shape = x.dims().to_vec();
+    let r = shape.len();
+    for (i, &(b, e)) in pads.iter().enumerate() {
+        let d = &mut shape[r - pads.len() + i];
+        *d = d.saturating_add(b).saturating_add(e);
+    }
+    check_elems(&shape, "padded input")
+}
