@@ -217,3 +217,26 @@ fn repeated_input_names_are_an_error() {
         "{err}"
     );
 }
+
+#[test]
+fn inspect_reports_what_prepare_accepts_op_instance_by_op_instance() {
+    let conformance = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/conformance");
+    // Every op type of this program is known, but one op's option is refused at prepare.
+    let refused = conformance.join("image_resizing/crop_resize_default_sampling_ios17/model.mlpackage");
+    let out = cli().arg("inspect").arg(&refused).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!text.contains("all supported"), "{text}");
+    assert!(
+        text.contains("refused at prepare") && text.contains("sampling_mode"),
+        "{text}"
+    );
+    let out = cli().arg("inspect").arg(&refused).arg("--json").output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["candle"]["supported"], false, "{v}");
+    // The same op with the sampling mode it implements.
+    let accepted = conformance.join("image_resizing/crop_resize_normalized/model.mlpackage");
+    let out = cli().arg("inspect").arg(&accepted).arg("--json").output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["candle"]["supported"], true, "{v}");
+}

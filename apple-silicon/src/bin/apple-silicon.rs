@@ -192,6 +192,9 @@ fn inspect(path: &Path, json: bool) -> Result<()> {
     let pkg = MlPackage::open(&pkg_path)?;
     let ops = pkg.op_histogram();
     let golden = GoldenModel::open(path).ok();
+    // Support is what the plan builder accepts, op instance by op instance
+    // (an op type can be known while one of its options is not): build it.
+    let candle = mil::Plan::build(&pkg, FloatPolicy::Upcast).err();
     if json {
         let v = serde_json::json!({
             "path": pkg_path,
@@ -202,6 +205,10 @@ fn inspect(path: &Path, json: bool) -> Result<()> {
             "metadata": pkg.metadata(),
             "io_schema": pkg.io_schema(),
             "ops": ops,
+            "candle": match &candle {
+                None => serde_json::json!({ "supported": true }),
+                Some(e) => serde_json::json!({ "supported": false, "error": e.to_string() }),
+            },
             "manifest": golden.map(|g| g.manifest),
         });
         println!("{}", serde_json::to_string_pretty(&v).expect("serialisable"));
@@ -244,12 +251,15 @@ fn inspect(path: &Path, json: bool) -> Result<()> {
     println!(
         "ops          {total} in {} types; Candle interpreter: {}",
         ops.len(),
-        if unsupported.is_empty() {
-            "all supported".to_string()
-        } else {
-            format!("{} unsupported", unsupported.len())
+        match &candle {
+            None => "all supported (the plan builds)".to_string(),
+            Some(_) if !unsupported.is_empty() => format!("{} op types unsupported", unsupported.len()),
+            Some(_) => "refused at prepare".to_string(),
         }
     );
+    if let Some(e) = &candle {
+        println!("candle       {e}");
+    }
     for (op, n) in &ops {
         let mark = if mil::is_supported(op) {
             ""
