@@ -42,27 +42,9 @@ pub(super) fn conv(c: &mut OpCtx) -> Result<Kernel> {
         w
     };
     let bias = c.const_tensor("bias")?;
-    let groups = c.opt_int("groups")?.unwrap_or(1);
-    let n = w.rank().saturating_sub(2);
-    if !(1..=3).contains(&n) {
-        return Err(c.unsupported(format!("`weight` of rank {} (1-, 2- or 3-D convolution)", w.rank())));
-    }
+    let (n, groups) = weight_groups(c, &w, "C_out")?;
     let (cout, cin_g) = (w.dims()[0], w.dims()[1]);
-    if w.dims().contains(&0) {
-        return Err(c.unsupported(format!("`weight` of shape {:?} (an empty dim)", w.dims())));
-    }
-    if groups < 1 || cout % groups as usize != 0 {
-        return Err(c.unsupported(format!("`groups` {groups} (must divide C_out {cout})")));
-    }
-    let groups = groups as usize;
-    if let Some(b) = &bias {
-        if b.elem_count() != cout {
-            return Err(c.error(format!(
-                "`bias` has {} values for {cout} output channels",
-                b.elem_count()
-            )));
-        }
-    }
+    check_bias(c, bias.as_ref(), cout)?;
     let (strides, dil, pad_type, pad) = spatial_params(c, n)?;
     check_pad_type(c, &pad_type, &pad, n)?;
     let kdims = w.dims()[2..].to_vec();
@@ -364,6 +346,37 @@ fn tap(o: usize, k: usize, s: usize, d: usize, pad_begin: usize, len: usize) -> 
     (o * s + k * d).checked_sub(pad_begin).filter(|&i| i < len)
 }
 
+/// Checks a conv or conv_transpose weight (rank 3–5, no empty dim) and
+/// `groups`, which must divide the weight's first dim (`first` names it:
+/// C_out for conv, C_in for conv_transpose). Returns the spatial rank and
+/// the group count.
+fn weight_groups(c: &mut OpCtx, w: &Tensor, first: &str) -> Result<(usize, usize)> {
+    let groups = c.opt_int("groups")?.unwrap_or(1);
+    let n = w.rank().saturating_sub(2);
+    if !(1..=3).contains(&n) {
+        return Err(c.unsupported(format!("`weight` of rank {} (1-, 2- or 3-D convolution)", w.rank())));
+    }
+    if w.dims().contains(&0) {
+        return Err(c.unsupported(format!("`weight` of shape {:?} (an empty dim)", w.dims())));
+    }
+    let d0 = w.dims()[0];
+    if groups < 1 || !d0.is_multiple_of(groups as usize) {
+        return Err(c.unsupported(format!("`groups` {groups} (must divide {first} {d0})")));
+    }
+    Ok((n, groups as usize))
+}
+
+/// A bias, when given, holds one value per output channel.
+fn check_bias(c: &OpCtx, bias: Option<&Tensor>, cout: usize) -> Result<()> {
+    match bias {
+        Some(b) if b.elem_count() != cout => Err(c.error(format!(
+            "`bias` has {} values for {cout} output channels",
+            b.elem_count()
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// `conv_transpose`: the adjoint of `conv` (every input element scattered
 /// through the kernel into the output), 1-3 spatial dims, any strides,
 /// dilations, pads, groups and `output_shape`; weight `[C_in, C_out/groups,
@@ -376,28 +389,10 @@ pub(super) fn conv_transpose(c: &mut OpCtx) -> Result<Kernel> {
         .const_tensor("weight")?
         .ok_or_else(|| c.error("`weight` must be a constant"))?;
     let bias = c.const_tensor("bias")?;
-    let groups = c.opt_int("groups")?.unwrap_or(1);
-    let n = w.rank().saturating_sub(2);
-    if !(1..=3).contains(&n) {
-        return Err(c.unsupported(format!("`weight` of rank {} (1-, 2- or 3-D convolution)", w.rank())));
-    }
+    let (n, groups) = weight_groups(c, &w, "C_in")?;
     let (cin, cout_g) = (w.dims()[0], w.dims()[1]);
-    if w.dims().contains(&0) {
-        return Err(c.unsupported(format!("`weight` of shape {:?} (an empty dim)", w.dims())));
-    }
-    if groups < 1 || cin % groups as usize != 0 {
-        return Err(c.unsupported(format!("`groups` {groups} (must divide C_in {cin})")));
-    }
-    let groups = groups as usize;
     let cout = cout_g * groups;
-    if let Some(b) = &bias {
-        if b.elem_count() != cout {
-            return Err(c.error(format!(
-                "`bias` has {} values for {cout} output channels",
-                b.elem_count()
-            )));
-        }
-    }
+    check_bias(c, bias.as_ref(), cout)?;
     let (strides, dil, pad_type, pad) = spatial_params(c, n)?;
     if pad_type == "same_lower" {
         return Err(c.unsupported("`pad_type` same_lower (conv_transpose takes valid, same or custom)"));
