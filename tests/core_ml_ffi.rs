@@ -320,6 +320,49 @@ fn compiled_models_load_without_compiling_and_the_store_compiles_once_per_key() 
     not(coreml_bridge),
     ignore = "needs the Linux build of coreml-bridge: run scripts/swift/rust-ffi-test.sh"
 )]
+fn core_ml_compiles_the_bytes_that_were_hashed_and_nothing_else() {
+    require_test_runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(TempDirCompiledStore::in_dir(dir.path().join("store")));
+    let engine = CoreMlEngine::with_store(store.clone());
+    let pkg = fake_package(dir.path(), "swapped", json!({"behavior": "add_one"}));
+    // Swapped between open (which hashed) and prepare: nothing is compiled or stored.
+    std::fs::write(
+        pkg.path.join("fake_model.json"),
+        json!({"behavior": "identity"}).to_string(),
+    )
+    .unwrap();
+    let e = prepare_err(&engine, &pkg, PrepareOptions::default());
+    assert_eq!(e.kind(), ErrorKind::InvalidArtifact);
+    assert!(e.to_string().contains("changed since it was opened"), "{e}");
+    assert_eq!(store.builds(), 0);
+    assert!(store.lookup(&key_of(&pkg, ComputeUnits::All)).unwrap().is_none());
+
+    // Reopened, it compiles from a private copy that is gone once the entry is installed.
+    let pkg = ModelArtifact::with_format(ModelFmt::MlPackage, &pkg.path).unwrap();
+    let m = prepare(&engine, &pkg, PrepareOptions::default());
+    let compiled = core_ml_model(m.as_ref()).compiled_path().to_path_buf();
+    assert_eq!(compiled.file_name().unwrap(), "swapped.mlmodelc");
+    let entry: Vec<_> = std::fs::read_dir(compiled.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(entry, ["swapped.mlmodelc"], "the compile's source copy is removed");
+    let out = engine
+        .infer(m.as_ref(), &one("x", f32s(vec![2], &[1.0, 2.0])), SECS)
+        .unwrap();
+    assert_eq!(
+        out["y"].to_vec::<f32>().unwrap(),
+        [1.0, 2.0],
+        "the identity model the second hash covers"
+    );
+}
+
+#[test]
+#[cfg_attr(
+    not(coreml_bridge),
+    ignore = "needs the Linux build of coreml-bridge: run scripts/swift/rust-ffi-test.sh"
+)]
 fn the_compiled_model_cache_serves_another_engine_without_compiling() {
     require_test_runtime();
     let dir = tempfile::tempdir().unwrap();

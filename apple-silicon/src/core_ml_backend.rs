@@ -36,6 +36,7 @@ use std::time::{Duration, Instant};
 
 use crate::cache::ModelCache;
 use crate::core_ml_bridge::{self as bridge, BridgeModel, BridgeSchema, ComputePlan, RuntimeInfo};
+use crate::digest::{self, TreeSnapshot};
 use crate::error::{Error, Result};
 use crate::inference::{
     downcast_model, CacheKey, CapabilityReport, ComputeUnits, InferenceEngine, IoSchema, ModelArtifact, ModelFmt,
@@ -573,9 +574,15 @@ impl CoreMlEngine {
     /// input shapes); other packages get `unknown` there (the SHA-256 still
     /// identifies them).
     pub fn cache_key(artifact: &ModelArtifact, units: ComputeUnits, info: &RuntimeInfo) -> CacheKey {
-        let (backend, quantization, shape_key) = match MlPackage::open(&artifact.path) {
-            Ok(p) => ("mlprogram".to_string(), p.quantization(), p.shape_key()),
-            Err(_) => ("unknown".to_string(), "unknown".to_string(), "unknown".to_string()),
+        CoreMlEngine::key_for(artifact, MlPackage::open(&artifact.path).ok().as_ref(), units, info)
+    }
+
+    /// [`CoreMlEngine::cache_key`] from a package already read (`None`: not
+    /// an ML Program this crate parses).
+    fn key_for(artifact: &ModelArtifact, pkg: Option<&MlPackage>, units: ComputeUnits, info: &RuntimeInfo) -> CacheKey {
+        let (backend, quantization, shape_key) = match pkg {
+            Some(p) => ("mlprogram".to_string(), p.quantization(), p.shape_key()),
+            None => ("unknown".to_string(), "unknown".to_string(), "unknown".to_string()),
         };
         let coreml_version = match (&info.coreml_version, info.test_runtime) {
             (_, true) => "test-runtime".to_string(),
@@ -593,10 +600,14 @@ impl CoreMlEngine {
         }
     }
 
-    /// Compiles (through the store) or finds the compiled directory.
+    /// Compiles (through the store) or finds the compiled directory. What
+    /// Core ML compiles is a private copy of `snap`, the bytes whose digest
+    /// is the key's: a package swapped on disk after it was hashed cannot put
+    /// other weights under its key.
     fn compiled_dir(
         &self,
         artifact: &ModelArtifact,
+        snap: &TreeSnapshot,
         key: &CacheKey,
         opts: &PrepareOptions,
         deadline: Instant,
@@ -621,15 +632,26 @@ impl CoreMlEngine {
                     operation: format!("compile of {}", path.display()),
                     after: timeout,
                 })?;
-            bridge::compile_model(&path, dir, left)
-                .map(|_| ())
-                .map_err(|e| match e.into_error() {
-                    Error::Timeout { operation, .. } => Error::Timeout {
-                        operation,
-                        after: timeout,
-                    },
-                    other => other,
-                })
+            // The copy keeps the package's file name: compile names its
+            // output after the stem. It lives inside the store's fresh entry
+            // directory and is removed before the entry is installed.
+            let staging = dir.join(".source");
+            let name = path.file_name().unwrap_or(std::ffi::OsStr::new("model.mlpackage"));
+            std::fs::create_dir(&staging).map_err(|e| Error::io(format!("creating {}", staging.display()), e))?;
+            let compiled = snap.write_into(&staging.join(name)).and_then(|()| {
+                bridge::compile_model(&staging.join(name), dir, left)
+                    .map(|_| ())
+                    .map_err(|e| match e.into_error() {
+                        Error::Timeout { operation, .. } => Error::Timeout {
+                            operation,
+                            after: timeout,
+                        },
+                        other => other,
+                    })
+            });
+            let cleaned = std::fs::remove_dir_all(&staging)
+                .map_err(|e| Error::io(format!("removing the compile's source copy {}", staging.display()), e));
+            compiled.and(cleaned)
         };
         let dir = self.store.get_or_build(key, &mut build)?;
         find_compiled_model(&dir)
@@ -672,10 +694,22 @@ impl InferenceEngine for CoreMlEngine {
             Some(u) => (u, None),
             None => (opts.compute_units, None),
         };
-        let key = CoreMlEngine::cache_key(artifact, units, &info);
-        let compiled = match artifact.format {
-            ModelFmt::MlModelC => artifact.path.clone(),
-            _ => self.compiled_dir(artifact, &key, &opts, deadline)?,
+        // One read, one truth (as in CandleEngine): a package is read and
+        // hashed once here; its key and its compiled form come from those
+        // bytes, and nothing is built if they are not what `artifact` hashed.
+        // A compiled `.mlmodelc` is loaded from its path: nothing is stored
+        // under its digest, so a swap there fools only that one load.
+        let (key, compiled) = match artifact.format {
+            ModelFmt::MlModelC => (CoreMlEngine::cache_key(artifact, units, &info), artifact.path.clone()),
+            _ => {
+                let snap = Arc::new(digest::read_tree(&artifact.path)?);
+                artifact.check_unchanged(&snap.sha256)?;
+                let pkg = MlPackage::from_snapshot(snap.clone()).ok();
+                let key = CoreMlEngine::key_for(artifact, pkg.as_ref(), units, &info);
+                drop(pkg);
+                let dir = self.compiled_dir(artifact, &snap, &key, &opts, deadline)?;
+                (key, dir)
+            }
         };
         let left = deadline
             .checked_duration_since(Instant::now())

@@ -79,6 +79,38 @@ pub(crate) fn read_tree(path: &Path) -> Result<TreeSnapshot> {
     })
 }
 
+impl TreeSnapshot {
+    /// Writes the snapshot's files under `dest`, which must not exist yet:
+    /// a private copy of exactly the bytes that were hashed, for a consumer
+    /// (Core ML's compiler) that can only read from a path. Every directory
+    /// and file is created new, so nothing already on disk is followed or
+    /// overwritten. Costs one write of the whole tree.
+    pub(crate) fn write_into(&self, dest: &Path) -> Result<()> {
+        let io = |what: &str, p: &Path, e| Error::io(format!("{what} {}", p.display()), e);
+        fs::create_dir(dest).map_err(|e| io("creating", dest, e))?;
+        for (rel, bytes) in &self.files {
+            // Relative paths came from our own confined walk; normalise again
+            // so a `..` can never be written through.
+            let parts =
+                fsx::normalize(rel).ok_or_else(|| Error::internal(format!("snapshot path `{rel}` is not relative")))?;
+            let mut path = dest.to_path_buf();
+            for (i, part) in parts.iter().enumerate() {
+                path.push(part);
+                if i + 1 < parts.len() && !path.is_dir() {
+                    fs::create_dir(&path).map_err(|e| io("creating", &path, e))?;
+                }
+            }
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .map_err(|e| io("creating", &path, e))?;
+            std::io::Write::write_all(&mut f, bytes).map_err(|e| io("writing", &path, e))?;
+        }
+        Ok(())
+    }
+}
+
 /// Lowercase hex of a digest.
 pub fn to_hex(digest: &[u8; 32]) -> String {
     hex::encode(digest)
@@ -147,6 +179,29 @@ mod tests {
         fs::write(b.path().join("two"), b"22").unwrap();
         fs::rename(b.path().join("two"), b.path().join("three")).unwrap();
         assert_ne!(da, sha256_path(b.path()).unwrap());
+    }
+
+    #[test]
+    fn a_written_snapshot_hashes_as_what_was_read_and_never_overwrites() {
+        let a = tempfile::tempdir().unwrap();
+        fs::create_dir_all(a.path().join("Data/com.apple.CoreML/weights")).unwrap();
+        fs::write(a.path().join("Manifest.json"), b"{}").unwrap();
+        fs::write(a.path().join("Data/com.apple.CoreML/weights/weight.bin"), [7u8; 300]).unwrap();
+        let snap = read_tree(a.path()).unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let dest = out.path().join("copy.mlpackage");
+        snap.write_into(&dest).unwrap();
+        assert_eq!(sha256_path(&dest).unwrap(), snap.sha256);
+        assert_eq!(sha256_path(a.path()).unwrap(), snap.sha256);
+        // A destination that exists (a planted link included) is refused, not reused.
+        let err = snap.write_into(&dest).unwrap_err();
+        assert!(err.to_string().contains("copy.mlpackage"), "{err}");
+        #[cfg(unix)]
+        {
+            let planted = out.path().join("planted.mlpackage");
+            std::os::unix::fs::symlink(a.path(), &planted).unwrap();
+            assert!(snap.write_into(&planted).is_err());
+        }
     }
 
     #[cfg(unix)]

@@ -190,6 +190,23 @@ impl ModelArtifact {
     pub fn sha256_hex(&self) -> String {
         digest::to_hex(&self.sha256)
     }
+
+    /// Checks that bytes read after opening (digest `read`) are the ones
+    /// [`ModelArtifact::open`] hashed: an engine builds from what it read,
+    /// and stores it under this artifact's digest only if they match.
+    pub(crate) fn check_unchanged(&self, read: &[u8; 32]) -> Result<()> {
+        if *read == self.sha256 {
+            return Ok(());
+        }
+        Err(Error::invalid_artifact(
+            &self.path,
+            format!(
+                "the package changed since it was opened: its sha256 was {} then and is {} now; open the artifact again",
+                self.sha256_hex(),
+                digest::to_hex(read)
+            ),
+        ))
+    }
 }
 
 /// How to prepare a model. Build with the `with_*` methods:
@@ -506,6 +523,19 @@ pub trait InferenceEngine: Send + Sync {
     /// Runs one inference. Returns [`Error::Timeout`] if it does not finish
     /// within `timeout`; the caller's thread is never blocked much longer.
     fn infer(&self, model: &dyn PreparedModel, inputs: &TensorMap, timeout: Duration) -> Result<TensorMap>;
+    /// [`InferenceEngine::infer`], also returning how long each stage took
+    /// (marshal in, predict, marshal out, total). An engine that cannot see
+    /// inside its call reports the total only (the default).
+    fn infer_timed(
+        &self,
+        model: &dyn PreparedModel,
+        inputs: &TensorMap,
+        timeout: Duration,
+    ) -> Result<(TensorMap, crate::telemetry::StageTimings)> {
+        let t = std::time::Instant::now();
+        let out = self.infer(model, inputs, timeout)?;
+        Ok((out, crate::telemetry::StageTimings::total(t.elapsed())))
+    }
     /// What the engine can do with the model and where it runs it.
     fn capabilities(&self, model: &dyn PreparedModel) -> CapabilityReport;
 }

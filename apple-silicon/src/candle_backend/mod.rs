@@ -193,16 +193,7 @@ impl CandleEngine {
         let read = pkg
             .sha256()
             .ok_or_else(|| Error::internal("a package opened in memory has a digest"))?;
-        if read != artifact.sha256 {
-            return Err(Error::invalid_artifact(
-                &artifact.path,
-                format!(
-                    "the package changed since it was opened: its sha256 was {} then and is {} now; open the artifact again",
-                    artifact.sha256_hex(),
-                    crate::digest::to_hex(&read)
-                ),
-            ));
-        }
+        artifact.check_unchanged(&read)?;
         let key = CacheKey {
             sha256: artifact.sha256_hex(),
             coreml_version: ENGINE_VERSION.into(),
