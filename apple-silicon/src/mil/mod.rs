@@ -26,11 +26,10 @@ pub mod limits;
 mod lower;
 mod ops;
 pub mod value;
+mod workers;
 
-use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Arc, Once};
+use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::{DType as CDType, Device, Tensor as CTensor};
@@ -42,6 +41,8 @@ use crate::tensor::{DType, Tensor, TensorMap};
 pub use limits::CancelFlag;
 pub use lower::Lowered;
 use value::{Decoded, Decoder, HostData};
+use workers::barrier;
+pub use workers::quiet_panics;
 
 /// How fp16 values of a program are computed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -785,50 +786,6 @@ impl Plan {
     }
 }
 
-thread_local! {
-    /// Library panic barriers this thread is inside (see [`quiet_panics`]).
-    static IN_BARRIER: Cell<usize> = const { Cell::new(0) };
-}
-
-/// How caught panics stay quiet. Rust's panic hook is process-wide and
-/// prints to stderr before unwinding starts, so `catch_unwind` alone would
-/// still print every caught panic. Swapping the hook for the span of a call
-/// would race with other threads (one thread's restore can drop another's
-/// hook, or silence a panic the application wants to see). So, once per
-/// process, this installs a hook that wraps the one in force and stays
-/// silent only for a panic raised on a thread that is inside one of this
-/// library's barriers (a per-thread counter); every other panic goes to the
-/// previous hook, unchanged. An application that sets its own hook later
-/// replaces this one, and then sees our caught panics too (still caught).
-/// Panics on rayon worker threads inside a kernel are caught (rayon carries
-/// them to the caller) but printed by the hook, as those threads are not
-/// inside a barrier.
-pub fn quiet_panics() {
-    static INSTALL: Once = Once::new();
-    INSTALL.call_once(|| {
-        let prev = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            if IN_BARRIER.with(|b| b.get()) == 0 {
-                prev(info);
-            }
-        }));
-    });
-}
-
-/// Runs `f`, catching a panic as its message, without printing it.
-fn barrier<R>(f: impl FnOnce() -> R) -> std::result::Result<R, String> {
-    quiet_panics();
-    IN_BARRIER.with(|b| b.set(b.get() + 1));
-    let r = catch_unwind(AssertUnwindSafe(f));
-    IN_BARRIER.with(|b| b.set(b.get() - 1));
-    r.map_err(|p| {
-        p.downcast_ref::<String>()
-            .cloned()
-            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "unknown panic".into())
-    })
-}
-
 /// Bytes of the regular files under `root`, without following links (the
 /// size the default memory budget is derived from). Stops at 16 levels.
 fn package_bytes(root: &std::path::Path) -> u64 {
@@ -1049,45 +1006,6 @@ mod tests {
                 .contains("op `add_0` (add): tile output of shape [1073741824, 2] needs 8589934592 bytes"),
             "{e}"
         );
-    }
-
-    #[test]
-    fn caught_panics_are_not_printed_and_others_still_are() {
-        // In a child process (the hook is process-wide): this same test
-        // binary, running `quiet_panic_child` with output not captured.
-        if std::env::var_os("MIL_QUIET_PANIC_CHILD").is_some() {
-            return;
-        }
-        let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "mil::tests::quiet_panic_child",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env("MIL_QUIET_PANIC_CHILD", "1")
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "{err}");
-        assert!(
-            !err.contains("caught in a barrier"),
-            "a caught panic was printed: {err}"
-        );
-        assert!(
-            err.contains("outside any barrier"),
-            "other panics must still print: {err}"
-        );
-    }
-
-    #[test]
-    fn quiet_panic_child() {
-        if std::env::var_os("MIL_QUIET_PANIC_CHILD").is_none() {
-            return;
-        }
-        assert!(barrier(|| panic!("caught in a barrier")).is_err());
-        // A panic outside the library's barriers goes to the previous hook.
-        assert!(catch_unwind(|| panic!("outside any barrier")).is_err());
     }
 
     #[test]
