@@ -240,3 +240,51 @@ fn inspect_reports_what_prepare_accepts_op_instance_by_op_instance() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["candle"]["supported"], true, "{v}");
 }
+
+#[test]
+fn bench_reports_prepare_percentiles_throughput_and_memory() {
+    let out = cli()
+        .args([
+            "bench",
+            &fixture("mlp_int8"),
+            "--iterations",
+            "7",
+            "--warmup",
+            "1",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["iterations"], 7);
+    assert_eq!(v["engine"], "candle");
+    assert!(v["cold_prepare_ms"].as_f64().unwrap() > 0.0);
+    // The warm prepare is a second engine on the cold one's cache.
+    let notes = v["warm_prepare_notes"].to_string();
+    assert!(notes.contains("cache hit"), "{notes}");
+    let stages = v["stages"].as_array().unwrap();
+    let total = stages.iter().find(|s| s[0] == "total").expect("a total stage");
+    assert_eq!(total[1]["n"], 7);
+    let p: Vec<f64> = ["p50_ms", "p95_ms", "p99_ms", "max_ms"]
+        .iter()
+        .map(|k| total[1][*k].as_f64().unwrap())
+        .collect();
+    assert!(p[0] > 0.0 && p.windows(2).all(|w| w[0] <= w[1]), "{p:?}");
+    assert!(v["throughput_per_s"].as_f64().unwrap() > 0.0);
+    if cfg!(target_os = "linux") {
+        let (before, peak) = (
+            v["rss_before_bytes"].as_u64().unwrap(),
+            v["peak_rss_bytes"].as_u64().unwrap(),
+        );
+        assert!(peak >= before && before > 0, "{before} {peak}");
+    }
+
+    let out = cli()
+        .args(["bench", &fixture("mlp_int8"), "--iterations", "0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--iterations"));
+}

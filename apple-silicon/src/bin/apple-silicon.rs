@@ -1,5 +1,6 @@
 //! `apple-silicon`: inspect and run Core ML models from the command line.
 
+mod bench_cli;
 mod cache_cli;
 mod gates_cli;
 
@@ -86,6 +87,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Measure a model: cold and warm prepare, p50/p95/p99 per stage,
+    /// throughput and peak RSS.
+    Bench(bench_cli::BenchArgs),
     /// Inspect and maintain the compiled-model cache.
     Cache(cache_cli::CacheArgs),
     /// Run the plan's Gates A–D on a model directory and print the verdicts.
@@ -159,6 +163,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Bench(args) => bench_cli::run(args),
         Command::Cache(args) => cache_cli::run(args),
         Command::Gates(args) => gates_cli::run(args),
     };
