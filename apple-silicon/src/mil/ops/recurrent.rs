@@ -70,7 +70,9 @@ impl Act {
 
 /// Reads activation parameter `arg` (default `default`).
 fn activation(c: &mut OpCtx, arg: &str, default: Act) -> Result<Act> {
-    let Some(s) = c.opt_string(arg)? else { return Ok(default) };
+    let Some(s) = c.opt_string(arg)? else {
+        return Ok(default);
+    };
     Ok(match s.to_ascii_lowercase().as_str() {
         "sigmoid" => Act::Sigmoid,
         // scaled_tanh with its default alpha = beta = 1.
@@ -100,7 +102,11 @@ fn direction(c: &mut OpCtx, bidirectional_ok: bool) -> Result<Direction> {
         "reverse" => Direction::Reverse,
         "bidirectional" if bidirectional_ok => Direction::Bidirectional,
         _ => {
-            let allowed = if bidirectional_ok { "forward, reverse or bidirectional" } else { "forward or reverse" };
+            let allowed = if bidirectional_ok {
+                "forward, reverse or bidirectional"
+            } else {
+                "forward or reverse"
+            };
             return Err(c.unsupported(format!("parameter `direction` = `{s}`; expected {allowed}")));
         }
     })
@@ -167,7 +173,10 @@ fn read_weights(c: &mut OpCtx, suffix: &str, gates: usize, hidden: Option<usize>
     let bias = vector(c, &format!("bias{suffix}"), gates * h)?.unwrap_or_else(|| vec![0.0; gates * h]);
     let t = |w: Tensor| w.t().and_then(|w| w.contiguous());
     let (wih_t, whh_t) = (t(wih), t(whh));
-    let (wih_t, whh_t) = (wih_t.map_err(|e| c.error(e.to_string()))?, whh_t.map_err(|e| c.error(e.to_string()))?);
+    let (wih_t, whh_t) = (
+        wih_t.map_err(|e| c.error(e.to_string()))?,
+        whh_t.map_err(|e| c.error(e.to_string()))?,
+    );
     let w = Weights {
         wih_t,
         whh_t,
@@ -182,9 +191,20 @@ fn read_weights(c: &mut OpCtx, suffix: &str, gates: usize, hidden: Option<usize>
 /// `xp` (`[b, G*H]`, biases in), the previous state and the weights, update
 /// `h` (and `c`) in place.
 enum Cell {
-    Rnn { act: Act },
-    Gru { rec: Act, act: Act, reset_after: bool },
-    Lstm { rec: Act, cell: Act, act: Act, clip: Option<f32> },
+    Rnn {
+        act: Act,
+    },
+    Gru {
+        rec: Act,
+        act: Act,
+        reset_after: bool,
+    },
+    Lstm {
+        rec: Act,
+        cell: Act,
+        act: Act,
+        clip: Option<f32>,
+    },
 }
 
 /// `[rows, k] @ w_t` on host data, as a host vector `[rows, n]`.
@@ -204,7 +224,15 @@ impl Cell {
     }
 
     /// One step for the whole batch.
-    fn step(&self, w: &Weights, who_t: Option<&Tensor>, xp: &[f32], b: usize, h: &mut [f32], cs: &mut [f32]) -> CResult<()> {
+    fn step(
+        &self,
+        w: &Weights,
+        who_t: Option<&Tensor>,
+        xp: &[f32],
+        b: usize,
+        h: &mut [f32],
+        cs: &mut [f32],
+    ) -> CResult<()> {
         let hs = h.len() / b.max(1);
         let g = self.gates() * hs;
         let mut hp = host_matmul(h, b, &w.whh_t)?;
@@ -289,12 +317,23 @@ struct Layer {
 /// Runs one direction over `x` (`[s, b, I]` f32 host), from `h0`/`c0`
 /// (`[b, H]`); returns every step's `h` in processing order, and the final
 /// `h`, `c`.
-fn run_dir(l: &Layer, w: &Weights, x: &Tensor, rev: bool, mut h: Vec<f32>, mut cs: Vec<f32>) -> CResult<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+fn run_dir(
+    l: &Layer,
+    w: &Weights,
+    x: &Tensor,
+    rev: bool,
+    mut h: Vec<f32>,
+    mut cs: Vec<f32>,
+) -> CResult<(Vec<f32>, Vec<f32>, Vec<f32>)> {
     let (s, b, i) = x.dims3()?;
     let g = l.cell.gates() * l.hidden;
     check_alloc("recurrent input projection", &[s, b, g], 4)?;
     // All steps' input projections in one matmul.
-    let mut xp = x.reshape((s * b, i))?.matmul(&w.wih_t)?.flatten_all()?.to_vec1::<f32>()?;
+    let mut xp = x
+        .reshape((s * b, i))?
+        .matmul(&w.wih_t)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
     for (col, v) in xp.chunks_mut(g).flat_map(|r| r.iter_mut().enumerate()) {
         *v += w.bias_in[col];
     }
@@ -303,7 +342,8 @@ fn run_dir(l: &Layer, w: &Weights, x: &Tensor, rev: bool, mut h: Vec<f32>, mut c
     for k in 0..s {
         check_cancel()?;
         let t = if rev { s - 1 - k } else { k };
-        l.cell.step(w, l.who_t.as_ref(), &xp[t * b * g..(t + 1) * b * g], b, &mut h, &mut cs)?;
+        l.cell
+            .step(w, l.who_t.as_ref(), &xp[t * b * g..(t + 1) * b * g], b, &mut h, &mut cs)?;
         seq.extend_from_slice(&h);
     }
     Ok((seq, h, cs))
@@ -311,7 +351,9 @@ fn run_dir(l: &Layer, w: &Weights, x: &Tensor, rev: bool, mut h: Vec<f32>, mut c
 
 /// Splits a `[b, D*H]` state into direction `d`'s `[b, H]` part.
 fn half(state: &[f32], b: usize, hs: usize, dirs: usize, d: usize) -> Vec<f32> {
-    (0..b).flat_map(|n| state[(n * dirs + d) * hs..(n * dirs + d + 1) * hs].iter().copied()).collect()
+    (0..b)
+        .flat_map(|n| state[(n * dirs + d) * hs..(n * dirs + d + 1) * hs].iter().copied())
+        .collect()
 }
 
 fn state_of(t: &Tensor, b: usize, width: usize, what: &str) -> CResult<Vec<f32>> {
@@ -328,6 +370,10 @@ impl Layer {
             candle_core::bail!("x of shape {:?}; expected [seq, batch, {}]", x.dims(), self.input)
         }
         let (s, b, _) = x.dims3()?;
+        if s == 0 {
+            // There is no last step to return.
+            candle_core::bail!("x of shape {:?}: an empty sequence", x.dims())
+        }
         let (hs, dirs) = (self.hidden, if self.dir == Direction::Bidirectional { 2 } else { 1 });
         let width = dirs * hs;
         let s_out = if self.seq_out { s } else { 1 };
@@ -484,4 +530,83 @@ pub(super) fn lstm(c: &mut OpCtx) -> Result<Kernel> {
         seq_out,
     };
     Ok(kernel(layer, x, h0, Some(c0)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(v: &[f32], shape: &[usize]) -> Tensor {
+        Tensor::from_slice(v, shape, &Device::Cpu).unwrap()
+    }
+
+    /// A one-unit linear rnn: h[t] = w x[t] + u h[t-1] + b, by hand.
+    fn linear_rnn(dir: Direction, seq_out: bool) -> Layer {
+        Layer {
+            cell: Cell::Rnn { act: Act::Linear },
+            dir,
+            fwd: Weights {
+                wih_t: t(&[2.0], &[1, 1]),
+                whh_t: t(&[0.5], &[1, 1]),
+                bias_in: vec![1.0],
+                bias_h: vec![0.0],
+                peephole: None,
+            },
+            back: None,
+            who_t: None,
+            hidden: 1,
+            input: 1,
+            seq_out,
+        }
+    }
+
+    fn vals(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1().unwrap()
+    }
+
+    #[test]
+    fn rnn_steps_by_hand_forward_and_reverse() {
+        let x = t(&[1.0, 2.0, 3.0], &[3, 1, 1]);
+        let h0 = t(&[4.0], &[1, 1]);
+        // forward: 2+0.5*4+1 = 5; 4+2.5+1 = 7.5; 6+3.75+1 = 10.75
+        let out = linear_rnn(Direction::Forward, true).run(&x, &h0, None).unwrap();
+        assert_eq!(vals(&out[0]), [5.0, 7.5, 10.75]);
+        assert_eq!(vals(&out[1]), [10.75]);
+        // reverse reads x[2], x[1], x[0] and emits in that order:
+        // 6+2+1 = 9; 4+4.5+1 = 9.5; 2+4.75+1 = 7.75
+        let out = linear_rnn(Direction::Reverse, true).run(&x, &h0, None).unwrap();
+        assert_eq!(vals(&out[0]), [9.0, 9.5, 7.75]);
+        let out = linear_rnn(Direction::Reverse, false).run(&x, &h0, None).unwrap();
+        assert_eq!(out[0].dims(), [1, 1, 1]);
+        assert_eq!(vals(&out[0]), [7.75]);
+    }
+
+    #[test]
+    fn bad_run_time_shapes_are_errors() {
+        let l = linear_rnn(Direction::Forward, false);
+        let h0 = t(&[0.0], &[1, 1]);
+        // input size, state shape, empty sequence, rank
+        assert!(l.run(&t(&[1.0, 2.0], &[1, 1, 2]), &h0, None).is_err());
+        assert!(l.run(&t(&[1.0, 2.0], &[1, 2, 1]), &h0, None).is_err());
+        assert!(l.run(&t(&[], &[0, 1, 1]), &h0, None).is_err());
+        assert!(l.run(&t(&[1.0], &[1, 1]), &h0, None).is_err());
+    }
+
+    #[test]
+    fn activations_use_standard_parameters() {
+        assert_eq!(Act::HardSigmoid.apply(1.0), 0.7);
+        assert_eq!(Act::HardSigmoid.apply(10.0), 1.0);
+        assert_eq!(Act::HardSigmoid.apply(-10.0), 0.0);
+        assert_eq!(Act::Relu.apply(-2.0), 0.0);
+        assert_eq!(Act::Linear.apply(-2.0), -2.0);
+        assert!((Act::Sigmoid.apply(0.0) - 0.5).abs() < 1e-7);
+    }
+
+    #[test]
+    fn half_takes_one_direction_of_a_bidirectional_state() {
+        // b = 2, H = 2, D = 2: rows [f0 f1 b0 b1]
+        let s = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0];
+        assert_eq!(half(&s, 2, 2, 2, 0), [1.0, 2.0, 5.0, 6.0]);
+        assert_eq!(half(&s, 2, 2, 2, 1), [3.0, 4.0, 7.0, 8.0]);
+    }
 }
