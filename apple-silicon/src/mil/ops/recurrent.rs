@@ -116,13 +116,16 @@ fn direction(c: &mut OpCtx, bidirectional_ok: bool) -> Result<Direction> {
 struct Weights {
     /// `weight_ih` transposed: `[I, G*H]`.
     wih_t: Tensor,
-    /// `weight_hh` transposed: `[H, G*H]`.
+    /// `weight_hh` transposed: `[H, G*H]`; for a reset-before `gru` only
+    /// its r and z columns (`[H, 2*H]`), `W_ho` being in `who_t`.
     whh_t: Tensor,
+    /// A reset-before `gru`'s `W_ho` transposed (`[H, H]`).
+    who_t: Option<Tensor>,
     /// Added to the input projection (`[G*H]`).
     bias_in: Vec<f32>,
-    /// Added to the hidden projection (`[G*H]`; only `gru` with
-    /// `reset_after` keeps it apart from `bias_in`).
-    bias_h: Vec<f32>,
+    /// Added to the hidden projection (`[G*H]`): only `gru` with
+    /// `reset_after` has a bias that is not simply additive.
+    bias_h: Option<Vec<f32>>,
     /// `lstm` peephole `[3*H]` (`[i, f, o]`).
     peephole: Option<Vec<f32>>,
 }
@@ -181,7 +184,8 @@ fn read_weights(c: &mut OpCtx, suffix: &str, gates: usize, hidden: Option<usize>
         wih_t,
         whh_t,
         bias_in: bias,
-        bias_h: vec![0.0; gates * h],
+        who_t: None,
+        bias_h: None,
         peephole: None,
     };
     Ok((w, h))
@@ -224,20 +228,16 @@ impl Cell {
     }
 
     /// One step for the whole batch.
-    fn step(
-        &self,
-        w: &Weights,
-        who_t: Option<&Tensor>,
-        xp: &[f32],
-        b: usize,
-        h: &mut [f32],
-        cs: &mut [f32],
-    ) -> CResult<()> {
+    fn step(&self, w: &Weights, xp: &[f32], b: usize, h: &mut [f32], cs: &mut [f32]) -> CResult<()> {
         let hs = h.len() / b.max(1);
         let g = self.gates() * hs;
         let mut hp = host_matmul(h, b, &w.whh_t)?;
-        for (col, v) in hp.chunks_mut(g).flat_map(|r| r.iter_mut().enumerate()) {
-            *v += w.bias_h[col];
+        // Row stride of `hp`: G*H, or 2*H for a reset-before gru.
+        let hg = w.whh_t.dims()[1];
+        if let Some(bias_h) = &w.bias_h {
+            for (col, v) in hp.chunks_mut(hg).flat_map(|r| r.iter_mut().enumerate()) {
+                *v += bias_h[col];
+            }
         }
         match *self {
             Cell::Rnn { act } => {
@@ -246,29 +246,31 @@ impl Cell {
                 }
             }
             Cell::Gru { rec, act, reset_after } => {
-                // Gate blocks within a row of G*H: r, o, z.
+                // Gate blocks of `xp`: r, o, z; of `hp`: r, o, z, or r, z
+                // for a reset-before gru.
+                let zo = if reset_after { 2 * hs } else { hs };
                 let mut r = vec![0f32; b * hs];
                 for n in 0..b {
                     for j in 0..hs {
-                        let (xr, hr) = (xp[n * g + j], hp[n * g + j]);
-                        r[n * hs + j] = rec.apply(xr + hr);
+                        r[n * hs + j] = rec.apply(xp[n * g + j] + hp[n * hg + j]);
                     }
                 }
                 // Reset before the product: W_ho (r * h), a second matmul.
-                let ho = match (reset_after, who_t) {
+                let ho = match (reset_after, &w.who_t) {
                     (false, Some(who_t)) => {
                         let rh: Vec<f32> = r.iter().zip(h.iter()).map(|(a, b)| a * b).collect();
                         Some(host_matmul(&rh, b, who_t)?)
                     }
+                    (false, None) => candle_core::bail!("reset-before gru without W_ho"),
                     _ => None,
                 };
                 for n in 0..b {
                     for j in 0..hs {
                         let k = n * hs + j;
-                        let z = rec.apply(xp[n * g + 2 * hs + j] + hp[n * g + 2 * hs + j]);
+                        let z = rec.apply(xp[n * g + 2 * hs + j] + hp[n * hg + zo + j]);
                         let hidden = match &ho {
                             Some(ho) => ho[k],
-                            None => r[k] * hp[n * g + hs + j],
+                            None => r[k] * hp[n * hg + hs + j],
                         };
                         let o = act.apply(xp[n * g + hs + j] + hidden);
                         h[k] = (1.0 - z) * o + z * h[k];
@@ -281,7 +283,7 @@ impl Cell {
                 for n in 0..b {
                     for j in 0..hs {
                         let k = n * hs + j;
-                        let pre = |gate: usize| xp[n * g + gate * hs + j] + hp[n * g + gate * hs + j];
+                        let pre = |gate: usize| xp[n * g + gate * hs + j] + hp[n * hg + gate * hs + j];
                         let c_prev = cs[k];
                         let i = rec.apply(pre(0) + c_prev * p(0, j));
                         let f = rec.apply(pre(1) + c_prev * p(1, j));
@@ -301,14 +303,12 @@ impl Cell {
     }
 }
 
-/// A whole layer: its cell, one or two directions' weights, and for a
-/// reset-before `gru` each direction's `W_ho` transposed.
+/// A whole layer: its cell and one or two directions' weights.
 struct Layer {
     cell: Cell,
     dir: Direction,
     fwd: Weights,
     back: Option<Weights>,
-    who_t: Option<Tensor>,
     hidden: usize,
     input: usize,
     seq_out: bool,
@@ -342,8 +342,7 @@ fn run_dir(
     for k in 0..s {
         check_cancel()?;
         let t = if rev { s - 1 - k } else { k };
-        l.cell
-            .step(w, l.who_t.as_ref(), &xp[t * b * g..(t + 1) * b * g], b, &mut h, &mut cs)?;
+        l.cell.step(w, &xp[t * b * g..(t + 1) * b * g], b, &mut h, &mut cs)?;
         seq.extend_from_slice(&h);
     }
     Ok((seq, h, cs))
@@ -445,7 +444,6 @@ pub(super) fn rnn(c: &mut OpCtx) -> Result<Kernel> {
         dir,
         fwd,
         back: None,
-        who_t: None,
         hidden,
         input,
         seq_out,
@@ -463,26 +461,34 @@ pub(super) fn gru(c: &mut OpCtx) -> Result<Kernel> {
     let (mut fwd, hidden) = read_weights(c, "", 3, None)?;
     let input = fwd.wih_t.dims()[0];
     let input_bias = vector(c, "input_bias", 3 * hidden)?.unwrap_or_else(|| vec![0.0; 3 * hidden]);
-    let who_t = if reset_after {
+    if reset_after {
         // `bias` acts inside the reset product of the o gate: it goes to
         // the hidden side (for r and z the side makes no difference).
-        fwd.bias_h = std::mem::replace(&mut fwd.bias_in, input_bias);
-        None
+        fwd.bias_h = Some(std::mem::replace(&mut fwd.bias_in, input_bias));
     } else {
-        // Every bias is additive: all on the input side. `W_ho` is kept
-        // apart for the `W_ho (r * h)` product.
+        // Every bias is additive: all on the input side. `W_ho` is split
+        // off for the `W_ho (r * h)` product; the per-step `h` product
+        // keeps the r and z columns.
         for (b, v) in fwd.bias_in.iter_mut().zip(input_bias) {
             *b += v;
         }
-        let who = fwd.whh_t.narrow(1, hidden, hidden).and_then(|w| w.contiguous());
-        Some(who.map_err(|e| c.error(e.to_string()))?)
-    };
+        let split = (|| {
+            let who = fwd.whh_t.narrow(1, hidden, hidden)?.contiguous()?;
+            let (wr, wz) = (
+                fwd.whh_t.narrow(1, 0, hidden)?,
+                fwd.whh_t.narrow(1, 2 * hidden, hidden)?,
+            );
+            CResult::Ok((who, Tensor::cat(&[&wr, &wz], 1)?.contiguous()?))
+        })();
+        let (who, wrz) = split.map_err(|e| c.error(e.to_string()))?;
+        fwd.who_t = Some(who);
+        fwd.whh_t = wrz;
+    }
     let layer = Layer {
         cell: Cell::Gru { rec, act, reset_after },
         dir,
         fwd,
         back: None,
-        who_t,
         hidden,
         input,
         seq_out,
@@ -524,7 +530,6 @@ pub(super) fn lstm(c: &mut OpCtx) -> Result<Kernel> {
         dir,
         fwd,
         back,
-        who_t: None,
         hidden,
         input,
         seq_out,
@@ -548,12 +553,12 @@ mod tests {
             fwd: Weights {
                 wih_t: t(&[2.0], &[1, 1]),
                 whh_t: t(&[0.5], &[1, 1]),
+                who_t: None,
                 bias_in: vec![1.0],
-                bias_h: vec![0.0],
+                bias_h: None,
                 peephole: None,
             },
             back: None,
-            who_t: None,
             hidden: 1,
             input: 1,
             seq_out,
