@@ -389,7 +389,10 @@ impl Layer {
             let (w, rev) = match (d, self.dir) {
                 (0, Direction::Reverse) => (&self.fwd, true),
                 (0, _) => (&self.fwd, false),
-                _ => (self.back.as_ref().expect("bidirectional has back weights"), true),
+                _ => match &self.back {
+                    Some(back) => (back, true),
+                    None => candle_core::bail!("bidirectional layer without backward weights"),
+                },
             };
             let (seq, h, c) = run_dir(self, w, &xf, rev, half(&h0, b, hs, dirs, d), half(&c0, b, hs, dirs, d))?;
             let step_len = b * hs;
