@@ -133,7 +133,7 @@ def rnn_cases() -> list[Case]:
     out = []
 
     def case(name, s=4, batch=2, isz=3, hsz=5, bias=True, direction="forward", seq=False, activation=None,
-             fp16=False, note=""):
+             fp16=False, opset=None, note=""):
         dt = np.float16 if fp16 else np.float32
         tag = f"{FAM}/rnn/{name}"
         x = uniform(f"{tag}/x", (s, batch, isz), -1, 1, dt)
@@ -151,7 +151,7 @@ def rnn_cases() -> list[Case]:
         out.append(Case(FAM, "rnn", f"rnn_{name}", {"x": x, "initial_h": h0},
                         lambda x, initial_h, kw=kw: mb.rnn(x=x, initial_h=initial_h, weight_ih=wih, weight_hh=whh,
                                                            **kw),
-                        {"y": y, "h": hn}, opset="iOS17" if fp16 else "iOS15",
+                        {"y": y, "h": hn}, opset=opset or ("iOS17" if fp16 else "iOS15"),
                         precision="fp16" if fp16 else "fp32", note=note))
 
     case("default", bias=False, note="defaults: forward, tanh, last step only, no bias")
@@ -164,6 +164,8 @@ def rnn_cases() -> list[Case]:
     case("hidden7", s=3, batch=3, isz=4, hsz=7, seq=True, direction="reverse")
     case("fp16_seq", seq=True, fp16=True, note="iOS17: fp16")
     case("fp16_reverse_relu", direction="reverse", activation="relu", fp16=True, note="iOS17: fp16")
+    case("ios18_fp16", seq=True, fp16=True, opset="iOS18", note="iOS18 programs use the iOS17 form")
+    case("larger", s=10, batch=3, isz=16, hsz=24, seq=True)
     return out
 
 
@@ -214,6 +216,8 @@ def gru_cases() -> list[Case]:
     case("ios18_reset_before_input_bias", seq=True, reset_after=False, input_bias=True,
          note="iOS18: input_bias with reset_after false (both biases additive)")
     case("ios18_reset_after_odd", s=1, batch=1, isz=1, hsz=3, reset_after=True, input_bias=True, seq=True)
+    case("larger", s=10, batch=4, isz=16, hsz=24, seq=True)
+    case("ios18_larger_reset_after", s=10, batch=4, isz=16, hsz=24, seq=True, reset_after=True, input_bias=True)
     case("ios18_fp16_reset_after", seq=True, reset_after=True, input_bias=True, fp16=True, note="iOS18: fp16")
     return out
 
@@ -223,7 +227,7 @@ def lstm_cases() -> list[Case]:
 
     def case(name, s=4, batch=2, isz=3, hsz=5, bias=True, peephole=False, direction="forward", seq=False,
              rec=None, cell=None, activation=None, clip=None, back_bias=True, back_peephole=None, fp16=False,
-             const_state=False, note=""):
+             const_state=False, opset=None, note=""):
         dt = np.float16 if fp16 else np.float32
         tag = f"{FAM}/lstm/{name}"
         nd = 2 if direction == "bidirectional" else 1
@@ -258,7 +262,8 @@ def lstm_cases() -> list[Case]:
 
         y, hn, cn = lstm_ref(f64(x), f64(h0), f64(c0), f64w(fwd), f64w(back), direction, seq, rec or "sigmoid",
                              cell or "tanh", activation or "tanh", None if clip is None else float(dt(clip)))
-        opset, prec = ("iOS17", "fp16") if fp16 else ("iOS15", "fp32")
+        prec = "fp16" if fp16 else "fp32"
+        opset = opset or ("iOS17" if fp16 else "iOS15")
         if const_state:
             out.append(Case(FAM, "lstm", f"lstm_{name}", {"x": x},
                             lambda x, kw=kw: mb.lstm(x=x, initial_h=h0, initial_c=c0, **kw),
@@ -291,7 +296,12 @@ def lstm_cases() -> list[Case]:
          note="size-1 seq, batch and input")
     case("hidden7_bidir_odd", s=3, batch=3, isz=1, hsz=7, direction="bidirectional", seq=True)
     case("seq1_bidir", s=1, batch=1, isz=2, hsz=3, direction="bidirectional", note="one step, both directions")
+    case("act_uppercase", seq=True, rec="HARD_SIGMOID", cell="TANH", activation="Relu",
+         note="coremltools checks lstm activation names case-insensitively")
+    case("larger_bidir", s=12, batch=3, isz=16, hsz=20, direction="bidirectional", seq=True, peephole=True)
     case("fp16_seq", seq=True, peephole=True, fp16=True, note="iOS17: fp16")
+    case("ios18_fp16_reverse", direction="reverse", seq=True, fp16=True, opset="iOS18",
+         note="iOS18 programs use the iOS17 form")
     case("fp16_bidir", direction="bidirectional", seq=True, fp16=True, note="iOS17: fp16")
     case("fp16_reverse_clip", direction="reverse", clip=0.3, fp16=True, note="iOS17: fp16")
     return out
