@@ -485,6 +485,21 @@ fn bad_options_are_errors_naming_op_parameter_and_value() {
             "LOGITS",
         ),
         (
+            "recurrent/gru_reverse_seq",
+            "gru",
+            "direction",
+            s("bidirectional"),
+            "bidirectional",
+        ),
+        (
+            "recurrent/lstm_act_tanh_relu_linear",
+            "lstm",
+            "cell_activation",
+            s("softplus"),
+            "softplus",
+        ),
+        ("recurrent/rnn_act_relu", "rnn", "activation", s("gelu"), "gelu"),
+        (
             "normalization/local_response_norm_size3",
             "local_response_norm",
             "size",

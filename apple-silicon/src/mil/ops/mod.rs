@@ -18,6 +18,7 @@ mod normalization;
 mod pool;
 mod quantization_ops;
 mod random;
+mod recurrent;
 mod reduction;
 mod scatter_gather;
 mod spatial;
@@ -52,6 +53,7 @@ pub fn builder(op_type: &str) -> Option<Builder> {
         .or_else(|| scatter_gather::builder(op_type))
         .or_else(|| quantization_ops::builder(op_type))
         .or_else(|| random::builder(op_type))
+        .or_else(|| recurrent::builder(op_type))
         .or_else(|| classify::builder(op_type))
 }
 
