@@ -9,6 +9,7 @@ use std::time::Duration;
 use apple_silicon::core_ml_backend::CoreMlEngine;
 use apple_silicon::golden;
 use apple_silicon::parity::{compare, Thresholds};
+use apple_silicon::telemetry::Stage;
 use apple_silicon::{CandleEngine, ErrorKind, InferenceEngine, ModelArtifact, PrepareOptions, ResilientEngine};
 
 #[test]
@@ -33,6 +34,19 @@ fn without_core_ml_the_fallback_serves_every_real_model_and_reports_why() {
             };
             assert!(compare(&out, &m.expected().unwrap(), budget).unwrap().passed, "{id}");
         }
+        // The fallback's telemetry has every stage of those calls, not just the total.
+        let (_, fallback) = engine.snapshots(model.as_ref()).unwrap();
+        for stage in [Stage::MarshalIn, Stage::Predict, Stage::MarshalOut, Stage::Total] {
+            let l = fallback
+                .latency
+                .get(&stage)
+                .unwrap_or_else(|| panic!("{id}: no {stage:?} samples"));
+            assert_eq!(l.count, 3, "{id}: {stage:?}");
+        }
+        assert!(
+            fallback.latency[&Stage::Predict].p50_us <= fallback.latency[&Stage::Total].p50_us,
+            "{id}: predict is inside the total"
+        );
         let caps = engine.capabilities(model.as_ref());
         assert_eq!(caps.engine, "candle", "{id}: {caps:?}");
         let notes = caps.notes.join(" | ");

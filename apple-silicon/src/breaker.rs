@@ -1006,7 +1006,12 @@ impl ResilientEngine {
         }
     }
 
-    fn call_primary(&self, model: &Arc<dyn PreparedModel>, inputs: &TensorMap, budget: Duration) -> Result<TensorMap> {
+    fn call_primary(
+        &self,
+        model: &Arc<dyn PreparedModel>,
+        inputs: &TensorMap,
+        budget: Duration,
+    ) -> Result<(TensorMap, StageTimings)> {
         match &self.guard {
             Some(runner) => {
                 let deadline = Deadline::after(budget);
@@ -1018,10 +1023,10 @@ impl ResilientEngine {
                     if left.is_zero() {
                         return Err(deadline.timeout_error("primary inference (waited for a worker)"));
                     }
-                    engine.infer(&*model, &inputs, left)
+                    engine.infer_timed(&*model, &inputs, left)
                 })
             }
-            None => self.primary.infer(&**model, inputs, budget),
+            None => self.primary.infer_timed(&**model, inputs, budget),
         }
     }
 }
@@ -1147,8 +1152,17 @@ impl InferenceEngine for ResilientEngine {
                 let t0 = Instant::now();
                 let r = self.call_primary(primary, inputs, budget);
                 let latency = t0.elapsed();
-                rm.primary_tel
-                    .record_inference(&StageTimings::total(latency), kind_of(&r));
+                // The engine's stages, and the total as this call saw it
+                // (including any wait for a guard worker).
+                let timings = match &r {
+                    Ok((_, t)) => StageTimings {
+                        total: Some(latency),
+                        ..*t
+                    },
+                    Err(_) => StageTimings::total(latency),
+                };
+                let r = r.map(|(out, _)| out);
+                rm.primary_tel.record_inference(&timings, kind_of(&r));
                 let outcome = match &r {
                     Ok(_) => CallOutcome::ok(latency),
                     Err(e) => CallOutcome::failed(e.kind(), latency),
@@ -1172,9 +1186,16 @@ impl InferenceEngine for ResilientEngine {
 
         rm.primary_tel.record_fallback();
         let t0 = Instant::now();
-        let r = self.fallback.infer(&*rm.fallback, inputs, deadline.remaining());
-        rm.fallback_tel
-            .record_inference(&StageTimings::total(t0.elapsed()), kind_of(&r));
+        let r = self.fallback.infer_timed(&*rm.fallback, inputs, deadline.remaining());
+        let timings = match &r {
+            Ok((_, t)) => StageTimings {
+                total: Some(t0.elapsed()),
+                ..*t
+            },
+            Err(_) => StageTimings::total(t0.elapsed()),
+        };
+        let r = r.map(|(out, _)| out);
+        rm.fallback_tel.record_inference(&timings, kind_of(&r));
         rm.served(served);
         r
     }

@@ -26,6 +26,7 @@ use crate::inference::{
 };
 use crate::mil::{CancelFlag, FloatPolicy, Plan};
 use crate::mlpackage::MlPackage;
+use crate::telemetry::StageTimings;
 use crate::tensor::{DType, TensorMap};
 
 /// Name of the lowered package inside a cache entry.
@@ -105,11 +106,23 @@ struct Inner {
 }
 
 impl Inner {
-    fn run(&self, inputs: &TensorMap, cancel: Option<&CancelFlag>) -> Result<TensorMap> {
+    /// Runs the model; stage timings as far as the runner can tell them (a
+    /// BERT encoder is one `predict`).
+    fn run(&self, inputs: &TensorMap, cancel: Option<&CancelFlag>) -> Result<(TensorMap, StageTimings)> {
         match &self.runner {
-            Runner::Program(p) => p.run_cancellable(inputs, cancel),
+            Runner::Program(p) => p.run_timed(inputs, cancel),
             #[cfg(feature = "bert")]
-            Runner::Bert(b) => b.run(inputs),
+            Runner::Bert(b) => {
+                let t = std::time::Instant::now();
+                let out = b.run(inputs)?;
+                Ok((
+                    out,
+                    StageTimings {
+                        predict: Some(t.elapsed()),
+                        ..StageTimings::default()
+                    },
+                ))
+            }
         }
     }
 }
@@ -140,7 +153,7 @@ impl CandleModel {
     /// [`InferenceEngine::infer`].
     pub fn run_blocking(&self, inputs: &TensorMap) -> Result<TensorMap> {
         self.inner.schema.validate_inputs(inputs)?;
-        self.inner.run(inputs, None)
+        self.inner.run(inputs, None).map(|(out, _)| out)
     }
 }
 
@@ -368,6 +381,19 @@ impl InferenceEngine for CandleEngine {
     }
 
     fn infer(&self, model: &dyn PreparedModel, inputs: &TensorMap, timeout: Duration) -> Result<TensorMap> {
+        self.infer_timed(model, inputs, timeout).map(|(out, _)| out)
+    }
+
+    /// Stages: `marshal_in` (inputs into candle tensors), `predict` (the
+    /// program's ops), `marshal_out` (outputs back), and `total`, the whole
+    /// call including validation and the hop to the deadline worker.
+    fn infer_timed(
+        &self,
+        model: &dyn PreparedModel,
+        inputs: &TensorMap,
+        timeout: Duration,
+    ) -> Result<(TensorMap, StageTimings)> {
+        let started = std::time::Instant::now();
         let m = downcast_model::<CandleModel>(model, "candle")?;
         m.inner.schema.validate_inputs(inputs)?;
         let inner = Arc::clone(&m.inner);
@@ -375,9 +401,13 @@ impl InferenceEngine for CandleEngine {
         // The worker owns everything it touches: if the deadline passes, the
         // caller returns, the flag is set and an ML Program stops at its next
         // op (a BERT encoder runs to its end), freeing the worker.
-        self.runner.run_cancellable("candle inference", timeout, move |cancel| {
-            inner.run(&inputs, Some(cancel))
-        })
+        let (out, mut timings) = self
+            .runner
+            .run_cancellable("candle inference", timeout, move |cancel| {
+                inner.run(&inputs, Some(cancel))
+            })?;
+        timings.total = Some(started.elapsed());
+        Ok((out, timings))
     }
 
     fn capabilities(&self, model: &dyn PreparedModel) -> CapabilityReport {

@@ -720,12 +720,31 @@ impl Plan {
     /// inside a long kernel) once `cancel` is set, with [`Error::Timeout`]
     /// naming the op it stopped at. Costs one atomic load per op.
     pub fn run_cancellable(&self, inputs: &TensorMap, cancel: Option<&CancelFlag>) -> Result<TensorMap> {
-        let started = Instant::now();
-        barrier(|| limits::scoped(Some(self.run_limit), cancel, Some(started), || self.run_inner(inputs)))
-            .unwrap_or_else(|msg| Err(Error::internal(format!("the interpreter panicked: {msg}"))))
+        self.run_timed(inputs, cancel).map(|(out, _)| out)
     }
 
-    fn run_inner(&self, inputs: &TensorMap) -> Result<TensorMap> {
+    /// Like [`Plan::run_cancellable`], also returning how long the run spent
+    /// converting inputs (`marshal_in`), in the ops (`predict`) and
+    /// converting outputs (`marshal_out`); `total` is left to the caller,
+    /// who sees the whole call. Costs a few clock reads.
+    pub fn run_timed(
+        &self,
+        inputs: &TensorMap,
+        cancel: Option<&CancelFlag>,
+    ) -> Result<(TensorMap, crate::telemetry::StageTimings)> {
+        let started = Instant::now();
+        let mut timings = crate::telemetry::StageTimings::default();
+        let out = barrier(|| {
+            limits::scoped(Some(self.run_limit), cancel, Some(started), || {
+                self.run_inner(inputs, &mut timings)
+            })
+        })
+        .unwrap_or_else(|msg| Err(Error::internal(format!("the interpreter panicked: {msg}"))))?;
+        Ok((out, timings))
+    }
+
+    fn run_inner(&self, inputs: &TensorMap, timings: &mut crate::telemetry::StageTimings) -> Result<TensorMap> {
+        let t_in = Instant::now();
         let mut slots: Vec<Option<CTensor>> = vec![None; self.n_slots];
         for inp in &self.inputs {
             let t = inputs.get(&inp.name).ok_or_else(|| {
@@ -733,6 +752,8 @@ impl Plan {
             })?;
             slots[inp.slot] = Some(to_candle(t, self.policy).map_err(|e| candle_err(&inp.name, "input", e))?);
         }
+        let t_ops = Instant::now();
+        timings.marshal_in = Some(t_ops - t_in);
         for (i, step) in self.steps.iter().enumerate() {
             if limits::check_cancel().is_err() {
                 let at = format!(
@@ -770,6 +791,8 @@ impl Plan {
                 slots[*s] = None;
             }
         }
+        let t_out = Instant::now();
+        timings.predict = Some(t_out - t_ops);
         let mut out = TensorMap::new();
         for o in &self.outputs {
             let t = match &o.val {
@@ -782,6 +805,7 @@ impl Plan {
                 from_candle(t, o.dtype).map_err(|e| candle_err(&o.name, "output", e))?,
             );
         }
+        timings.marshal_out = Some(t_out.elapsed());
         Ok(out)
     }
 }
