@@ -84,6 +84,8 @@ struct Step {
     frees: Vec<usize>,
 }
 
+use ops::state::StateSlot;
+
 struct PlanInput {
     name: String,
     slot: usize,
@@ -99,6 +101,8 @@ struct PlanOutput {
 /// many threads at once.
 pub struct Plan {
     inputs: Vec<PlanInput>,
+    /// The program's states (ops/state.rs); empty for a stateless program.
+    states: Vec<StateSlot>,
     outputs: Vec<PlanOutput>,
     steps: Vec<Step>,
     n_slots: usize,
@@ -462,12 +466,23 @@ impl Plan {
         let mut env: HashMap<String, Val> = HashMap::new();
         let mut n_slots = 0usize;
         let mut inputs = Vec::new();
+        let mut states = Vec::new();
         for inp in &main.inputs {
             env.insert(inp.name.clone(), Val::Slot(n_slots));
-            inputs.push(PlanInput {
-                name: inp.name.clone(),
-                slot: n_slots,
-            });
+            // State-typed inputs (checked against the description at open) come from the state map.
+            if let Some(st) = pkg.io_schema().state(&inp.name) {
+                states.push(StateSlot {
+                    name: inp.name.clone(),
+                    slot: n_slots,
+                    dtype: st.dtype,
+                    shape: st.shape.clone(),
+                });
+            } else {
+                inputs.push(PlanInput {
+                    name: inp.name.clone(),
+                    slot: n_slots,
+                });
+            }
             n_slots += 1;
         }
         let mut steps: Vec<Step> = Vec::new();
@@ -540,6 +555,7 @@ impl Plan {
             let builder = ops::builder(&op.r#type).ok_or_else(|| ctx.unsupported("op type"))?;
             let kernel = builder(&mut ctx)?;
             let operands = std::mem::take(&mut ctx.operands);
+            let writes_state = ops::state::check_operands(&ctx, &operands, &states)?;
             if operands.iter().all(|v| matches!(v, Val::Const(_))) {
                 // Every input is known now: run the op once, keep its results.
                 let args: Vec<&CTensor> = operands
@@ -572,7 +588,8 @@ impl Plan {
             }
             used_consts.append(&mut ctx.used);
             kept_ops.push(op_index);
-            let mut outputs = Vec::new();
+            // write_state's result is the state's new value, in the state's slot.
+            let mut outputs: Vec<usize> = writes_state.into_iter().collect();
             for o in &op.outputs {
                 env.insert(o.name.clone(), Val::Slot(n_slots));
                 outputs.push(n_slots);
@@ -603,13 +620,14 @@ impl Plan {
                 dtype,
             });
         }
-        // Liveness: free each intermediate after its last reader.
+        // Liveness: free each intermediate after its last reader (never a state).
         let keep: HashSet<usize> = outputs
             .iter()
             .filter_map(|o| match o.val {
                 Val::Slot(s) => Some(s),
                 _ => None,
             })
+            .chain(states.iter().map(|s| s.slot))
             .collect();
         let mut last_use: HashMap<usize, usize> = HashMap::new();
         for (i, s) in steps.iter().enumerate() {
@@ -660,6 +678,7 @@ impl Plan {
             .collect();
         let plan = Plan {
             inputs,
+            states,
             outputs,
             steps,
             n_slots,
@@ -719,13 +738,65 @@ impl Plan {
     /// inside a long kernel) once `cancel` is set, with [`Error::Timeout`]
     /// naming the op it stopped at. Costs one atomic load per op.
     pub fn run_cancellable(&self, inputs: &TensorMap, cancel: Option<&CancelFlag>) -> Result<TensorMap> {
-        let started = Instant::now();
-        barrier(|| limits::scoped(Some(self.run_limit), cancel, Some(started), || self.run_inner(inputs)))
-            .unwrap_or_else(|msg| Err(Error::internal(format!("the interpreter panicked: {msg}"))))
+        self.run_guarded(inputs, None, cancel).map(|(out, _)| out)
     }
 
-    fn run_inner(&self, inputs: &TensorMap) -> Result<TensorMap> {
+    /// The program's states (name, dtype, shape), in the function's order;
+    /// empty for a stateless program. A stateful program runs with
+    /// [`Plan::run_with_state`].
+    pub fn states(&self) -> Vec<(String, DType, Vec<usize>)> {
+        self.states
+            .iter()
+            .map(|s| (s.name.clone(), s.dtype, s.shape.clone()))
+            .collect()
+    }
+
+    /// Runs a stateful program (Core ML `StateType` inputs, iOS18+) with a
+    /// caller-owned state: `state` must hold every state of the program by
+    /// name, in its declared dtype and shape ([`Plan::states`]), and nothing
+    /// else, or the run is [`Error::SchemaMismatch`] naming the state.
+    /// `read_state` reads it, `write_state` replaces it; once the run has
+    /// succeeded, `state` holds the new values (the same map can drive the
+    /// next run). A run that fails leaves `state` unchanged. Works on a
+    /// stateless program too, with an empty map.
+    pub fn run_with_state(&self, inputs: &TensorMap, state: &mut TensorMap) -> Result<TensorMap> {
+        self.run_with_state_cancellable(inputs, state, None)
+    }
+
+    /// [`Plan::run_with_state`] stopping at the next op once `cancel` is set
+    /// (as [`Plan::run_cancellable`]); a cancelled run leaves `state` unchanged.
+    pub fn run_with_state_cancellable(
+        &self,
+        inputs: &TensorMap,
+        state: &mut TensorMap,
+        cancel: Option<&CancelFlag>,
+    ) -> Result<TensorMap> {
+        let (out, new_state) = self.run_guarded(inputs, Some(state), cancel)?;
+        // Only now, after the whole run succeeded: every state at once.
+        state.extend(new_state);
+        Ok(out)
+    }
+
+    /// A run inside the panic barrier and the limits: outputs, and the
+    /// states' final values (empty without a state map).
+    fn run_guarded(
+        &self,
+        inputs: &TensorMap,
+        state: Option<&TensorMap>,
+        cancel: Option<&CancelFlag>,
+    ) -> Result<(TensorMap, TensorMap)> {
+        let started = Instant::now();
+        barrier(|| {
+            limits::scoped(Some(self.run_limit), cancel, Some(started), || {
+                self.run_inner(inputs, state)
+            })
+        })
+        .unwrap_or_else(|msg| Err(Error::internal(format!("the interpreter panicked: {msg}"))))
+    }
+
+    fn run_inner(&self, inputs: &TensorMap, state: Option<&TensorMap>) -> Result<(TensorMap, TensorMap)> {
         let mut slots: Vec<Option<CTensor>> = vec![None; self.n_slots];
+        ops::state::load(&self.states, state, self.policy, &mut slots)?;
         for inp in &self.inputs {
             let t = inputs.get(&inp.name).ok_or_else(|| {
                 Error::schema_mismatch(format!("input `{}`", inp.name), "the input to be present", "nothing")
@@ -781,7 +852,11 @@ impl Plan {
                 from_candle(t, o.dtype).map_err(|e| candle_err(&o.name, "output", e))?,
             );
         }
-        Ok(out)
+        let new_state = match state {
+            Some(_) => ops::state::store(&self.states, &slots)?,
+            None => TensorMap::new(),
+        };
+        Ok((out, new_state))
     }
 }
 
@@ -986,6 +1061,7 @@ mod tests {
                 name: "x".into(),
                 slot: 0,
             }],
+            states: Vec::new(),
             outputs: vec![PlanOutput {
                 name: "y".into(),
                 val: Val::Slot(n),

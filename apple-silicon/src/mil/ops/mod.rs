@@ -21,6 +21,7 @@ mod random;
 mod reduction;
 mod scatter_gather;
 mod spatial;
+pub(super) mod state;
 mod tensor_operation;
 mod tensor_transformation;
 mod transformers;
@@ -53,6 +54,7 @@ pub fn builder(op_type: &str) -> Option<Builder> {
         .or_else(|| quantization_ops::builder(op_type))
         .or_else(|| random::builder(op_type))
         .or_else(|| classify::builder(op_type))
+        .or_else(|| state::builder(op_type))
 }
 
 pub(super) fn one(t: Tensor) -> CResult<Vec<Tensor>> {
