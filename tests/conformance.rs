@@ -125,7 +125,19 @@ fn run_case(c: &Case, policy: FloatPolicy) -> (&'static str, String, Option<f64>
         Ok(i) => i,
         Err(e) => return ("error", format!("inputs: {e}"), None, inspect_ok, true),
     };
-    let out = match plan.run(&inputs) {
+    // Stateful cases run with their initial states; the map then holds the final ones.
+    let mut state = None;
+    if c.dir.join("states").is_dir() {
+        match read_dir_npy(&c.dir.join("states")) {
+            Ok(s) => state = Some(s),
+            Err(e) => return ("error", format!("states: {e}"), None, inspect_ok, true),
+        }
+    }
+    let run = match state.as_mut() {
+        Some(st) => plan.run_with_state(&inputs, st),
+        None => plan.run(&inputs),
+    };
+    let out = match run {
         Ok(o) => o,
         Err(e) => return ("error", format!("run: {e}"), None, inspect_ok, true),
     };
@@ -158,10 +170,23 @@ fn run_case(c: &Case, policy: FloatPolicy) -> (&'static str, String, Option<f64>
     if expected.is_empty() {
         return ("error", "no expected outputs".into(), None, inspect_ok, true);
     }
+    let expected_states = match &state {
+        Some(_) => match read_dir_npy(&c.dir.join("expected_states")) {
+            Ok(e) => e,
+            Err(e) => return ("error", format!("expected_states: {e}"), None, inspect_ok, true),
+        },
+        None => TensorMap::new(),
+    };
+    let final_states = state.unwrap_or_default();
+    let checks = expected.iter().map(|(n, w)| ("output", n, w, out.get(n))).chain(
+        expected_states
+            .iter()
+            .map(|(n, w)| ("state", n, w, final_states.get(n))),
+    );
     let mut worst = 0f64;
-    for (name, want) in &expected {
-        let Some(got) = out.get(name) else {
-            return ("error", format!("output `{name}` missing"), None, inspect_ok, true);
+    for (what, name, want, got) in checks {
+        let Some(got) = got else {
+            return ("error", format!("{what} `{name}` missing"), None, inspect_ok, true);
         };
         // Bool references are stored as u8; outputs may come back as floats (Core ML has no bool I/O).
         let got = if want.dtype() == DType::U8 {
@@ -171,7 +196,7 @@ fn run_case(c: &Case, policy: FloatPolicy) -> (&'static str, String, Option<f64>
         };
         match error_of(&got, want) {
             Ok(e) => worst = worst.max(e),
-            Err(msg) => return ("fail", format!("output `{name}`: {msg}"), None, inspect_ok, true),
+            Err(msg) => return ("fail", format!("{what} `{name}`: {msg}"), None, inspect_ok, true),
         }
     }
     if worst > rtol {
