@@ -762,7 +762,8 @@ fn wrong_or_missing_states_are_schema_mismatches_naming_the_state() {
         e.to_string().contains("k_cache") && e.to_string().contains("run_with_state"),
         "{e}"
     );
-    let cases: Vec<(Box<dyn Fn(&mut TensorMap)>, &[&str])> = vec![
+    type Edit = Box<dyn Fn(&mut TensorMap)>;
+    let cases: Vec<(Edit, &[&str])> = vec![
         (
             Box::new(|s| {
                 s.remove("v_cache");
@@ -873,4 +874,60 @@ fn only_state_ops_take_states_and_writes_must_match_the_state() {
         "{e}"
     );
     assert_eq!(state, before);
+}
+
+#[test]
+fn candle_engine_runs_a_stateful_model_with_a_caller_state() {
+    use apple_silicon::{CandleEngine, ErrorKind, InferenceEngine, ModelArtifact, PrepareOptions};
+    use std::time::Duration;
+    let dir = root().join("state/counter_fp32");
+    let engine = CandleEngine::new();
+    let model = engine
+        .prepare(
+            &ModelArtifact::open(dir.join("model.mlpackage")).unwrap(),
+            PrepareOptions::default(),
+        )
+        .unwrap();
+    assert_eq!(model.io_schema().states[0].name, "count");
+    let inputs = read_dir_npy(&dir.join("inputs")).unwrap();
+    let mut state = read_dir_npy(&dir.join("states")).unwrap();
+    let t = Duration::from_secs(10);
+    for run in 1..=2 {
+        engine.infer_with_state(&*model, &inputs, &mut state, t).unwrap();
+        assert_eq!(state["count"].to_f32_vec(), vec![run as f32]);
+    }
+    // Without a state: a clear SchemaMismatch, not a wrong answer.
+    let e = engine.infer(&*model, &inputs, t).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::SchemaMismatch, "{e}");
+    // A wrong state is refused before the run, and left as it was.
+    let mut bad = TensorMap::from([(
+        "count".to_string(),
+        Tensor::from_vec(vec![2], f16s(&[0.0, 0.0])).unwrap(),
+    )]);
+    let before = bad.clone();
+    let e = engine.infer_with_state(&*model, &inputs, &mut bad, t).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::SchemaMismatch, "{e}");
+    assert!(e.to_string().contains("shape of state `count`"), "{e}");
+    assert_eq!(bad, before);
+}
+
+#[test]
+fn a_lowered_stateful_program_keeps_its_states() {
+    // What the engine's cache stores: the plan's program written back as a package.
+    let dir = root().join("state/kv_cache_slice_update_runtime_pos_fp16");
+    let pkg = MlPackage::open(dir.join("model.mlpackage")).unwrap();
+    let (plan, lowered) = Plan::build_lowered(&pkg, FloatPolicy::Native).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dst = tmp.path().join("lowered.mlpackage");
+    lowered.write(&pkg, &dst).unwrap();
+    let again = Plan::build(&MlPackage::open(&dst).unwrap(), FloatPolicy::Native).unwrap();
+    assert_eq!(again.states(), plan.states());
+    let inputs = read_dir_npy(&dir.join("inputs")).unwrap();
+    let mut s1 = read_dir_npy(&dir.join("states")).unwrap();
+    let mut s2 = s1.clone();
+    assert_eq!(
+        plan.run_with_state(&inputs, &mut s1).unwrap(),
+        again.run_with_state(&inputs, &mut s2).unwrap()
+    );
+    assert_eq!(s1, s2);
 }
