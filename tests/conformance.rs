@@ -931,3 +931,42 @@ fn a_lowered_stateful_program_keeps_its_states() {
     );
     assert_eq!(s1, s2);
 }
+
+/// Opens a copy of a case's package with its spec edited by `edit`.
+fn open_edited(case: &str, edit: impl FnOnce(&mut coreml_proto::proto::Model)) -> apple_silicon::Result<MlPackage> {
+    use coreml_proto::proto::Model;
+    use prost::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let dst = dir.path().join("m.mlpackage");
+    copy_dir(&root().join(case).join("model.mlpackage"), &dst);
+    let spec_path = dst.join("Data/com.apple.CoreML/model.mlmodel");
+    let mut spec = Model::decode(std::fs::read(&spec_path).unwrap().as_slice()).unwrap();
+    edit(&mut spec);
+    std::fs::write(&spec_path, spec.encode_to_vec()).unwrap();
+    MlPackage::open(&dst)
+}
+
+#[test]
+fn states_must_agree_between_description_and_function() {
+    use apple_silicon::ErrorKind;
+    let case = "state/three_states_fp32";
+    // The description drops a state the function takes.
+    let e = open_edited(case, |s| {
+        s.description.as_mut().unwrap().state.retain(|f| f.name != "keep");
+    })
+    .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArtifact, "{e}");
+    assert!(e.to_string().contains("input `keep` is a state"), "{e}");
+    // The description declares a state the function does not take.
+    let e = open_edited(case, |s| {
+        let d = s.description.as_mut().unwrap();
+        let mut extra = d.state[0].clone();
+        extra.name = "ghost".into();
+        d.state.push(extra);
+    })
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("state `ghost` is not a state-typed input"),
+        "{e}"
+    );
+}
