@@ -9,6 +9,10 @@
 //! conversion: it walks the steps, calling each kernel on its slots, and frees
 //! every intermediate after its last use.
 //!
+//! Stateful programs (iOS18 `read_state` / `write_state`) run with
+//! [`Plan::run_with_state`] and a caller-owned map of their states
+//! (`ops/state.rs`).
+//!
 //! An op type the interpreter does not know is an [`Error::Unsupported`]
 //! naming the op type and its name in the program, raised by `build`, never
 //! at run time.
@@ -41,6 +45,7 @@ use crate::mlpackage::MlPackage;
 use crate::tensor::{DType, Tensor, TensorMap};
 pub use limits::CancelFlag;
 pub use lower::Lowered;
+use ops::state::StateSlot;
 use value::{Decoded, Decoder, HostData};
 
 /// How fp16 values of a program are computed.
@@ -83,8 +88,6 @@ struct Step {
     kernel: Kernel,
     frees: Vec<usize>,
 }
-
-use ops::state::StateSlot;
 
 struct PlanInput {
     name: String,
@@ -739,42 +742,6 @@ impl Plan {
     /// naming the op it stopped at. Costs one atomic load per op.
     pub fn run_cancellable(&self, inputs: &TensorMap, cancel: Option<&CancelFlag>) -> Result<TensorMap> {
         self.run_guarded(inputs, None, cancel).map(|(out, _)| out)
-    }
-
-    /// The program's states (name, dtype, shape), in the function's order;
-    /// empty for a stateless program. A stateful program runs with
-    /// [`Plan::run_with_state`].
-    pub fn states(&self) -> Vec<(String, DType, Vec<usize>)> {
-        self.states
-            .iter()
-            .map(|s| (s.name.clone(), s.dtype, s.shape.clone()))
-            .collect()
-    }
-
-    /// Runs a stateful program (Core ML `StateType` inputs, iOS18+) with a
-    /// caller-owned state: `state` must hold every state of the program by
-    /// name, in its declared dtype and shape ([`Plan::states`]), and nothing
-    /// else, or the run is [`Error::SchemaMismatch`] naming the state.
-    /// `read_state` reads it, `write_state` replaces it; once the run has
-    /// succeeded, `state` holds the new values (the same map can drive the
-    /// next run). A run that fails leaves `state` unchanged. Works on a
-    /// stateless program too, with an empty map.
-    pub fn run_with_state(&self, inputs: &TensorMap, state: &mut TensorMap) -> Result<TensorMap> {
-        self.run_with_state_cancellable(inputs, state, None)
-    }
-
-    /// [`Plan::run_with_state`] stopping at the next op once `cancel` is set
-    /// (as [`Plan::run_cancellable`]); a cancelled run leaves `state` unchanged.
-    pub fn run_with_state_cancellable(
-        &self,
-        inputs: &TensorMap,
-        state: &mut TensorMap,
-        cancel: Option<&CancelFlag>,
-    ) -> Result<TensorMap> {
-        let (out, new_state) = self.run_guarded(inputs, Some(state), cancel)?;
-        // Only now, after the whole run succeeded: every state at once.
-        state.extend(new_state);
-        Ok(out)
     }
 
     /// A run inside the panic barrier and the limits: outputs, and the

@@ -20,7 +20,7 @@ use candle_core::Tensor as CTensor;
 
 use super::Builder;
 use crate::error::{Error, Result};
-use crate::mil::{candle_err, from_candle, to_candle, FloatPolicy, Kernel, OpCtx, Val};
+use crate::mil::{candle_err, from_candle, to_candle, CancelFlag, FloatPolicy, Kernel, OpCtx, Plan, Val};
 use crate::tensor::{DType, TensorMap};
 use coreml_proto::proto::mil_spec::argument::binding::Binding;
 
@@ -40,6 +40,46 @@ pub(crate) struct StateSlot {
     pub slot: usize,
     pub dtype: DType,
     pub shape: Vec<usize>,
+}
+
+// The stateful run entries: the run itself is Plan::run_guarded, which
+// loads and stores the states with `load` and `store` below.
+impl Plan {
+    /// The program's states (name, dtype, shape), in the function's order;
+    /// empty for a stateless program. A stateful program runs with
+    /// [`Plan::run_with_state`].
+    pub fn states(&self) -> Vec<(String, DType, Vec<usize>)> {
+        self.states
+            .iter()
+            .map(|s| (s.name.clone(), s.dtype, s.shape.clone()))
+            .collect()
+    }
+
+    /// Runs a stateful program (Core ML `StateType` inputs, iOS18+) with a
+    /// caller-owned state: `state` must hold every state of the program by
+    /// name, in its declared dtype and shape ([`Plan::states`]), and nothing
+    /// else, or the run is [`Error::SchemaMismatch`] naming the state.
+    /// `read_state` reads it, `write_state` replaces it; once the run has
+    /// succeeded, `state` holds the new values (the same map can drive the
+    /// next run). A run that fails leaves `state` unchanged. Works on a
+    /// stateless program too, with an empty map.
+    pub fn run_with_state(&self, inputs: &TensorMap, state: &mut TensorMap) -> Result<TensorMap> {
+        self.run_with_state_cancellable(inputs, state, None)
+    }
+
+    /// [`Plan::run_with_state`] stopping at the next op once `cancel` is set
+    /// (as [`Plan::run_cancellable`]); a cancelled run leaves `state` unchanged.
+    pub fn run_with_state_cancellable(
+        &self,
+        inputs: &TensorMap,
+        state: &mut TensorMap,
+        cancel: Option<&CancelFlag>,
+    ) -> Result<TensorMap> {
+        let (out, new_state) = self.run_guarded(inputs, Some(state), cancel)?;
+        // Only now, after the whole run succeeded: every state at once.
+        state.extend(new_state);
+        Ok(out)
+    }
 }
 
 /// Name of the state bound to `input` (for messages).
