@@ -125,7 +125,19 @@ fn run_case(c: &Case, policy: FloatPolicy) -> (&'static str, String, Option<f64>
         Ok(i) => i,
         Err(e) => return ("error", format!("inputs: {e}"), None, inspect_ok, true),
     };
-    let out = match plan.run(&inputs) {
+    // Stateful cases run with their initial states; the map then holds the final ones.
+    let mut state = None;
+    if c.dir.join("states").is_dir() {
+        match read_dir_npy(&c.dir.join("states")) {
+            Ok(s) => state = Some(s),
+            Err(e) => return ("error", format!("states: {e}"), None, inspect_ok, true),
+        }
+    }
+    let run = match state.as_mut() {
+        Some(st) => plan.run_with_state(&inputs, st),
+        None => plan.run(&inputs),
+    };
+    let out = match run {
         Ok(o) => o,
         Err(e) => return ("error", format!("run: {e}"), None, inspect_ok, true),
     };
@@ -158,10 +170,23 @@ fn run_case(c: &Case, policy: FloatPolicy) -> (&'static str, String, Option<f64>
     if expected.is_empty() {
         return ("error", "no expected outputs".into(), None, inspect_ok, true);
     }
+    let expected_states = match &state {
+        Some(_) => match read_dir_npy(&c.dir.join("expected_states")) {
+            Ok(e) => e,
+            Err(e) => return ("error", format!("expected_states: {e}"), None, inspect_ok, true),
+        },
+        None => TensorMap::new(),
+    };
+    let final_states = state.unwrap_or_default();
+    let checks = expected.iter().map(|(n, w)| ("output", n, w, out.get(n))).chain(
+        expected_states
+            .iter()
+            .map(|(n, w)| ("state", n, w, final_states.get(n))),
+    );
     let mut worst = 0f64;
-    for (name, want) in &expected {
-        let Some(got) = out.get(name) else {
-            return ("error", format!("output `{name}` missing"), None, inspect_ok, true);
+    for (what, name, want, got) in checks {
+        let Some(got) = got else {
+            return ("error", format!("{what} `{name}` missing"), None, inspect_ok, true);
         };
         // Bool references are stored as u8; outputs may come back as floats (Core ML has no bool I/O).
         let got = if want.dtype() == DType::U8 {
@@ -171,7 +196,7 @@ fn run_case(c: &Case, policy: FloatPolicy) -> (&'static str, String, Option<f64>
         };
         match error_of(&got, want) {
             Ok(e) => worst = worst.max(e),
-            Err(msg) => return ("fail", format!("output `{name}`: {msg}"), None, inspect_ok, true),
+            Err(msg) => return ("fail", format!("{what} `{name}`: {msg}"), None, inspect_ok, true),
         }
     }
     if worst > rtol {
@@ -642,4 +667,321 @@ fn malformed_compressed_constants_are_invalid_artifacts() {
             "{case}: `{s}` does not name {op} / {want}"
         );
     }
+}
+
+/// The plan, inputs and initial states of a stateful case.
+fn stateful(case: &str) -> (Plan, TensorMap, TensorMap) {
+    let dir = root().join(case);
+    let pkg = MlPackage::open(dir.join("model.mlpackage")).unwrap();
+    let plan = Plan::build(&pkg, FloatPolicy::Native).unwrap();
+    (
+        plan,
+        read_dir_npy(&dir.join("inputs")).unwrap(),
+        read_dir_npy(&dir.join("states")).unwrap(),
+    )
+}
+
+fn f16s(v: &[f32]) -> Vec<half::f16> {
+    v.iter().map(|&x| half::f16::from_f32(x)).collect()
+}
+
+#[test]
+fn io_schema_lists_states_apart_from_inputs() {
+    let pkg = MlPackage::open(root().join("state/kv_cache_slice_update_runtime_pos_fp32/model.mlpackage")).unwrap();
+    let s = pkg.io_schema();
+    let names = |v: &[apple_silicon::TensorSpec]| v.iter().map(|t| t.name.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&s.inputs), ["new_k", "new_v", "pos"]);
+    assert_eq!(names(&s.states), ["k_cache", "v_cache"]);
+    let k = s.state("k_cache").unwrap();
+    assert_eq!((k.dtype, k.shape.as_slice()), (DType::F16, [1, 2, 6, 4].as_slice()));
+    let (plan, _, states) = stateful("state/kv_cache_slice_update_runtime_pos_fp32");
+    assert_eq!(
+        plan.states(),
+        vec![
+            ("k_cache".to_string(), DType::F16, vec![1, 2, 6, 4]),
+            ("v_cache".to_string(), DType::F16, vec![1, 2, 6, 4])
+        ]
+    );
+    s.validate_states(&states).unwrap();
+    // read_state is a run-time value: never folded into a constant.
+    // (two explicit reads, one read-back of each coreml_update_state)
+    assert_eq!(plan.step_histogram()["read_state"], 5);
+    assert_eq!(plan.step_histogram()["write_state"], 2);
+}
+
+#[test]
+fn one_state_map_advances_across_runs() {
+    // count += 1 per run; y = x * count.
+    let (plan, inputs, mut state) = stateful("state/counter_fp32");
+    let x = inputs["x"].to_f32_vec();
+    for run in 1..=3 {
+        let y = plan.run_with_state(&inputs, &mut state).unwrap();
+        assert_eq!(state["count"].to_f32_vec(), vec![run as f32], "run {run}");
+        let want: Vec<f32> = x.iter().map(|v| v * run as f32).collect();
+        assert_eq!(y["y"].to_f32_vec(), want, "run {run}");
+    }
+    // A KV cache filled one position per run, at a run-time position.
+    let (plan, mut inputs, mut state) = stateful("state/kv_cache_slice_update_runtime_pos_fp32");
+    let zeros = Tensor::from_vec(vec![1, 2, 6, 4], f16s(&[0.0; 48])).unwrap();
+    state.insert("k_cache".into(), zeros.clone());
+    state.insert("v_cache".into(), zeros);
+    for pos in 0..6i32 {
+        let step = Tensor::from_vec(vec![1, 2, 1, 4], vec![(pos + 1) as f32; 8]).unwrap();
+        inputs.insert("new_k".into(), step.clone());
+        inputs.insert("new_v".into(), step);
+        inputs.insert("pos".into(), Tensor::from_vec(vec![1], vec![pos]).unwrap());
+        let out = plan.run_with_state(&inputs, &mut state).unwrap();
+        assert_eq!(out["k"], state["k_cache"].cast(DType::F16));
+    }
+    // Every position holds the step that wrote it: k[0, h, p, d] = p + 1.
+    let k = state["k_cache"].to_f32_vec();
+    let want: Vec<f32> = (0..48).map(|i| ((i / 4) % 6 + 1) as f32).collect();
+    assert_eq!(k, want);
+    assert_eq!(state["v_cache"].to_f32_vec(), want);
+}
+
+#[test]
+fn a_failed_run_leaves_the_state_unchanged() {
+    use apple_silicon::ErrorKind;
+    let (plan, mut inputs, mut state) = stateful("state/kv_cache_slice_update_runtime_pos_fp32");
+    let before = state.clone();
+    // The key cache is written, then the value's update does not fit its slice: the run fails
+    // after a write_state ran, and neither state changes.
+    inputs.insert(
+        "new_v".into(),
+        Tensor::from_vec(vec![1, 2, 2, 4], vec![1f32; 16]).unwrap(),
+    );
+    let e = plan.run_with_state(&inputs, &mut state).unwrap_err();
+    assert!(e.to_string().contains("slice_update"), "{e}");
+    assert_eq!(state, before);
+    // Cancelled before it starts: a Timeout, the state untouched.
+    let (plan, inputs, mut state) = stateful("state/counter_fp32");
+    let before = state.clone();
+    let cancel = apple_silicon::mil::CancelFlag::new();
+    cancel.cancel();
+    let e = plan
+        .run_with_state_cancellable(&inputs, &mut state, Some(&cancel))
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+    assert_eq!(state, before);
+}
+
+#[test]
+fn wrong_or_missing_states_are_schema_mismatches_naming_the_state() {
+    use apple_silicon::ErrorKind;
+    let (plan, inputs, state) = stateful("state/kv_cache_slice_update_runtime_pos_fp32");
+    // Plan::run on a stateful program.
+    let e = plan.run(&inputs).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::SchemaMismatch, "{e}");
+    assert!(
+        e.to_string().contains("k_cache") && e.to_string().contains("run_with_state"),
+        "{e}"
+    );
+    type Edit = Box<dyn Fn(&mut TensorMap)>;
+    let cases: Vec<(Edit, &[&str])> = vec![
+        (
+            Box::new(|s| {
+                s.remove("v_cache");
+            }),
+            &["state `v_cache`", "present"],
+        ),
+        (
+            Box::new(|s| {
+                s.insert(
+                    "k_cache".into(),
+                    Tensor::from_vec(vec![1, 2, 5, 4], f16s(&[0.0; 40])).unwrap(),
+                );
+            }),
+            &["shape of state `k_cache`", "[1, 2, 6, 4]", "[1, 2, 5, 4]"],
+        ),
+        (
+            Box::new(|s| {
+                s.insert(
+                    "k_cache".into(),
+                    Tensor::from_vec(vec![1, 2, 6, 4], vec![0f32; 48]).unwrap(),
+                );
+            }),
+            &["dtype of state `k_cache`", "f16", "f32"],
+        ),
+        (
+            Box::new(|s| {
+                s.insert("extra".into(), Tensor::from_vec(vec![1], vec![0f32]).unwrap());
+            }),
+            &["state `extra`", "unknown"],
+        ),
+    ];
+    for (edit, want) in cases {
+        let mut s = state.clone();
+        edit(&mut s);
+        let before = s.clone();
+        let e = plan.run_with_state(&inputs, &mut s).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::SchemaMismatch, "{e}");
+        for w in want {
+            assert!(e.to_string().contains(w), "`{e}` does not say {w}");
+        }
+        assert_eq!(s, before, "a refused run must not touch the state");
+    }
+    // A stateless plan runs with an empty state map.
+    let pkg = MlPackage::open(root().join("activation/gelu_exact/model.mlpackage")).unwrap();
+    let plan = Plan::build(&pkg, FloatPolicy::Native).unwrap();
+    let inputs = read_dir_npy(&root().join("activation/gelu_exact/inputs")).unwrap();
+    let mut empty = TensorMap::new();
+    assert_eq!(
+        plan.run_with_state(&inputs, &mut empty).unwrap(),
+        plan.run(&inputs).unwrap()
+    );
+}
+
+/// A copy of a case's package with its main block edited by `edit`, built.
+fn build_edited(case: &str, edit: impl FnOnce(&mut mil_spec::Block)) -> apple_silicon::Result<Plan> {
+    use coreml_proto::proto::{model, Model};
+    use prost::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let dst = dir.path().join("m.mlpackage");
+    copy_dir(&root().join(case).join("model.mlpackage"), &dst);
+    let spec_path = dst.join("Data/com.apple.CoreML/model.mlmodel");
+    let mut spec = Model::decode(std::fs::read(&spec_path).unwrap().as_slice()).unwrap();
+    let Some(model::Type::MlProgram(p)) = &mut spec.r#type else {
+        panic!("{case}: not an ML Program")
+    };
+    edit(
+        p.functions
+            .get_mut("main")
+            .unwrap()
+            .block_specializations
+            .values_mut()
+            .next()
+            .unwrap(),
+    );
+    std::fs::write(&spec_path, spec.encode_to_vec()).unwrap();
+    Plan::build(&MlPackage::open(&dst).unwrap(), FloatPolicy::Native)
+}
+
+/// Rebinds argument `param` of the first `op_type` op to the value named `to`.
+fn rebind(block: &mut mil_spec::Block, op_type: &str, param: &str, to: &str) {
+    let op = block.operations.iter_mut().find(|o| o.r#type == op_type).unwrap();
+    op.inputs.get_mut(param).unwrap().arguments[0].binding =
+        Some(mil_spec::argument::binding::Binding::Name(to.into()));
+}
+
+#[test]
+fn only_state_ops_take_states_and_writes_must_match_the_state() {
+    // An ordinary op reading a state as a tensor.
+    let e = build_edited("state/read_state_fp16", |b| rebind(b, "add", "y", "s")).unwrap_err();
+    assert!(e.to_string().contains("takes state `s` as a tensor"), "{e}");
+    // read_state of something that is not a state.
+    let e = build_edited("state/read_state_fp16", |b| rebind(b, "read_state", "input", "x")).unwrap_err();
+    assert!(
+        e.to_string().contains("(read_state)") && e.to_string().contains("not a state input"),
+        "{e}"
+    );
+    // write_state of the [3] input into the [1] counter: a run-time error naming the state and
+    // both shapes, and the caller's states stay as they were.
+    let plan = build_edited("state/three_states_fp16", |b| rebind(b, "write_state", "data", "x")).unwrap();
+    let dir = root().join("state/three_states_fp16");
+    let inputs = read_dir_npy(&dir.join("inputs")).unwrap();
+    let mut state = read_dir_npy(&dir.join("states")).unwrap();
+    let before = state.clone();
+    let e = plan.run_with_state(&inputs, &mut state).unwrap_err();
+    let s = e.to_string();
+    assert!(
+        s.contains("writing state `count`") && s.contains("[3]") && s.contains("[1]"),
+        "{e}"
+    );
+    assert_eq!(state, before);
+}
+
+#[test]
+fn candle_engine_runs_a_stateful_model_with_a_caller_state() {
+    use apple_silicon::{CandleEngine, ErrorKind, InferenceEngine, ModelArtifact, PrepareOptions};
+    use std::time::Duration;
+    let dir = root().join("state/counter_fp32");
+    let engine = CandleEngine::new();
+    let model = engine
+        .prepare(
+            &ModelArtifact::open(dir.join("model.mlpackage")).unwrap(),
+            PrepareOptions::default(),
+        )
+        .unwrap();
+    assert_eq!(model.io_schema().states[0].name, "count");
+    let inputs = read_dir_npy(&dir.join("inputs")).unwrap();
+    let mut state = read_dir_npy(&dir.join("states")).unwrap();
+    let t = Duration::from_secs(10);
+    for run in 1..=2 {
+        engine.infer_with_state(&*model, &inputs, &mut state, t).unwrap();
+        assert_eq!(state["count"].to_f32_vec(), vec![run as f32]);
+    }
+    // Without a state: a clear SchemaMismatch, not a wrong answer.
+    let e = engine.infer(&*model, &inputs, t).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::SchemaMismatch, "{e}");
+    // A wrong state is refused before the run, and left as it was.
+    let mut bad = TensorMap::from([(
+        "count".to_string(),
+        Tensor::from_vec(vec![2], f16s(&[0.0, 0.0])).unwrap(),
+    )]);
+    let before = bad.clone();
+    let e = engine.infer_with_state(&*model, &inputs, &mut bad, t).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::SchemaMismatch, "{e}");
+    assert!(e.to_string().contains("shape of state `count`"), "{e}");
+    assert_eq!(bad, before);
+}
+
+#[test]
+fn a_lowered_stateful_program_keeps_its_states() {
+    // What the engine's cache stores: the plan's program written back as a package.
+    let dir = root().join("state/kv_cache_slice_update_runtime_pos_fp16");
+    let pkg = MlPackage::open(dir.join("model.mlpackage")).unwrap();
+    let (plan, lowered) = Plan::build_lowered(&pkg, FloatPolicy::Native).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dst = tmp.path().join("lowered.mlpackage");
+    lowered.write(&pkg, &dst).unwrap();
+    let again = Plan::build(&MlPackage::open(&dst).unwrap(), FloatPolicy::Native).unwrap();
+    assert_eq!(again.states(), plan.states());
+    let inputs = read_dir_npy(&dir.join("inputs")).unwrap();
+    let mut s1 = read_dir_npy(&dir.join("states")).unwrap();
+    let mut s2 = s1.clone();
+    assert_eq!(
+        plan.run_with_state(&inputs, &mut s1).unwrap(),
+        again.run_with_state(&inputs, &mut s2).unwrap()
+    );
+    assert_eq!(s1, s2);
+}
+
+/// Opens a copy of a case's package with its spec edited by `edit`.
+fn open_edited(case: &str, edit: impl FnOnce(&mut coreml_proto::proto::Model)) -> apple_silicon::Result<MlPackage> {
+    use coreml_proto::proto::Model;
+    use prost::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let dst = dir.path().join("m.mlpackage");
+    copy_dir(&root().join(case).join("model.mlpackage"), &dst);
+    let spec_path = dst.join("Data/com.apple.CoreML/model.mlmodel");
+    let mut spec = Model::decode(std::fs::read(&spec_path).unwrap().as_slice()).unwrap();
+    edit(&mut spec);
+    std::fs::write(&spec_path, spec.encode_to_vec()).unwrap();
+    MlPackage::open(&dst)
+}
+
+#[test]
+fn states_must_agree_between_description_and_function() {
+    use apple_silicon::ErrorKind;
+    let case = "state/three_states_fp32";
+    // The description drops a state the function takes.
+    let e = open_edited(case, |s| {
+        s.description.as_mut().unwrap().state.retain(|f| f.name != "keep");
+    })
+    .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArtifact, "{e}");
+    assert!(e.to_string().contains("input `keep` is a state"), "{e}");
+    // The description declares a state the function does not take.
+    let e = open_edited(case, |s| {
+        let d = s.description.as_mut().unwrap();
+        let mut extra = d.state[0].clone();
+        extra.name = "ghost".into();
+        d.state.push(extra);
+    })
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("state `ghost` is not a state-typed input"),
+        "{e}"
+    );
 }

@@ -970,6 +970,7 @@ mod tests {
         let s = |v: Vec<TensorSpec>| IoSchema {
             inputs: v,
             outputs: vec![],
+            states: vec![],
         };
         assert_eq!(max_batch(&s(vec![])), 1);
         assert_eq!(max_batch(&s(vec![fixed.clone()])), 2);

@@ -1068,6 +1068,7 @@ impl BridgeSchema {
         IoSchema {
             inputs: self.inputs.iter().filter_map(Feature::to_tensor_spec).collect(),
             outputs: self.outputs.iter().filter_map(Feature::to_tensor_spec).collect(),
+            states: Vec::new(),
         }
     }
 

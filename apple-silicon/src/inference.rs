@@ -419,6 +419,12 @@ pub struct IoSchema {
     pub inputs: Vec<TensorSpec>,
     /// Outputs, in the model's order.
     pub outputs: Vec<TensorSpec>,
+    /// States (Core ML `StateType` features, iOS18+): tensors the model reads
+    /// and overwrites across runs, held by the caller. Not inputs: they go
+    /// to a stateful run (e.g. [`crate::mil::Plan::run_with_state`]) in a
+    /// map of their own. Empty for a stateless model.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub states: Vec<TensorSpec>,
 }
 
 impl IoSchema {
@@ -430,6 +436,50 @@ impl IoSchema {
     /// The output named `name`.
     pub fn output(&self, name: &str) -> Option<&TensorSpec> {
         self.outputs.iter().find(|s| s.name == name)
+    }
+
+    /// The state named `name`.
+    pub fn state(&self, name: &str) -> Option<&TensorSpec> {
+        self.states.iter().find(|s| s.name == name)
+    }
+
+    /// Checks that `states` holds exactly the model's states, each with its
+    /// dtype and shape (states have fixed shapes). The error names the
+    /// state, what was expected and what came.
+    pub fn validate_states(&self, states: &TensorMap) -> Result<()> {
+        for spec in &self.states {
+            let Some(t) = states.get(&spec.name) else {
+                let given: Vec<&str> = states.keys().map(String::as_str).collect();
+                return Err(Error::schema_mismatch(
+                    format!("state `{}`", spec.name),
+                    "the state to be present",
+                    format!("states {given:?}"),
+                ));
+            };
+            if t.dtype() != spec.dtype {
+                return Err(Error::schema_mismatch(
+                    format!("dtype of state `{}`", spec.name),
+                    spec.dtype.name(),
+                    t.dtype().name(),
+                ));
+            }
+            if t.shape() != spec.shape.as_slice() {
+                return Err(Error::schema_mismatch(
+                    format!("shape of state `{}`", spec.name),
+                    format!("{:?}", spec.shape),
+                    format!("{:?}", t.shape()),
+                ));
+            }
+        }
+        if let Some(extra) = states.keys().find(|k| self.state(k).is_none()) {
+            let names: Vec<&str> = self.states.iter().map(|s| s.name.as_str()).collect();
+            return Err(Error::schema_mismatch(
+                format!("state `{extra}`"),
+                format!("only the model's states {names:?}"),
+                format!("an unknown state `{extra}`"),
+            ));
+        }
+        Ok(())
     }
 
     /// Checks that `inputs` has exactly the model's inputs, each with its
@@ -610,6 +660,7 @@ mod tests {
                 },
             ],
             outputs: vec![TensorSpec::fixed("y", DType::F32, vec![1, 2])],
+            states: vec![],
         }
     }
 

@@ -507,7 +507,62 @@ fn build_schema(spec: &Model, main: &Function) -> std::result::Result<IoSchema, 
             outputs.len()
         ));
     }
-    Ok(IoSchema { inputs, outputs })
+    let states = state_specs(desc, main)?;
+    Ok(IoSchema {
+        inputs,
+        outputs,
+        states,
+    })
+}
+
+/// The model's states: its description's `state` features, which must be
+/// exactly the main function's state-typed inputs, each a fixed-shape array.
+fn state_specs(
+    desc: &coreml_proto::proto::ModelDescription,
+    main: &Function,
+) -> std::result::Result<Vec<TensorSpec>, String> {
+    // Function inputs of state type, by name, with the tensor type they wrap.
+    let mut wrapped: HashMap<&str, &mil_spec::TensorType> = HashMap::new();
+    for v in &main.inputs {
+        if let Some(mil_spec::value_type::Type::StateType(st)) = v.r#type.as_ref().and_then(|t| t.r#type.as_ref()) {
+            match st.wrapped_type.as_ref().and_then(|w| w.r#type.as_ref()) {
+                Some(mil_spec::value_type::Type::TensorType(t)) => {
+                    wrapped.insert(v.name.as_str(), t);
+                }
+                _ => return Err(format!("state input `{}` does not wrap a tensor", v.name)),
+            }
+        }
+    }
+    let mut states = Vec::new();
+    for f in &desc.state {
+        let arr = match f.r#type.as_ref().and_then(|t| t.r#type.as_ref()) {
+            Some(feature_type::Type::StateType(st)) => match &st.r#type {
+                Some(coreml_proto::proto::state_feature_type::Type::ArrayType(a)) => a,
+                None => return Err(format!("state `{}` has no array type", f.name)),
+            },
+            _ => return Err(format!("state `{}` is not a state feature", f.name)),
+        };
+        if !wrapped.contains_key(f.name.as_str()) {
+            return Err(format!(
+                "state `{}` is not a state-typed input of the main function",
+                f.name
+            ));
+        }
+        let spec = array_spec(&f.name, arr, &wrapped, "state")?;
+        if spec.constraint != ShapeConstraint::Fixed {
+            return Err(format!(
+                "state `{}` has a flexible shape; states are fixed-shape",
+                f.name
+            ));
+        }
+        states.push(spec);
+    }
+    if let Some(name) = wrapped.keys().find(|n| !desc.state.iter().any(|f| f.name == **n)) {
+        return Err(format!(
+            "the main function's input `{name}` is a state, but the model description declares no state `{name}`"
+        ));
+    }
+    Ok(states)
 }
 
 fn feature_spec(
@@ -535,21 +590,32 @@ fn feature_spec(
         }
         None => return Err(format!("{role} `{}` has no type", f.name)),
     };
-    let prog_type = types.get(f.name.as_str());
+    array_spec(&f.name, arr, types, role)
+}
+
+/// The spec of the multi-array feature `name` (an input, output or state);
+/// `types` fills in what the feature leaves unset from the program's types.
+fn array_spec(
+    name: &str,
+    arr: &coreml_proto::proto::ArrayFeatureType,
+    types: &HashMap<&str, &mil_spec::TensorType>,
+    role: &str,
+) -> std::result::Result<TensorSpec, String> {
+    let prog_type = types.get(name);
     let dtype = match array_dtype(arr.data_type) {
         Some(d) => d,
         // ML Program outputs often leave the dtype unset: take the program's.
         None => prog_type.and_then(|t| mil_dtype(t.data_type)).ok_or_else(|| {
             format!(
                 "{role} `{}` has an unknown or unsupported dtype (code {})",
-                f.name, arr.data_type
+                name, arr.data_type
             )
         })?,
     };
     let mut shape: Vec<usize> = arr
         .shape
         .iter()
-        .map(|&d| usize::try_from(d).map_err(|_| format!("{role} `{}` has a negative dimension {d}", f.name)))
+        .map(|&d| usize::try_from(d).map_err(|_| format!("{role} `{}` has a negative dimension {d}", name)))
         .collect::<std::result::Result<_, _>>()?;
     if shape.is_empty() {
         if let Some(s) = prog_type.and_then(|t| mil_shape(t)) {
@@ -569,7 +635,7 @@ fn feature_spec(
                             usize::try_from(d).map_err(|_| {
                                 format!(
                                     "{role} `{}`: enumerated shape {i} {:?} has a negative dimension {d}",
-                                    f.name, s.shape
+                                    name, s.shape
                                 )
                             })
                         })
@@ -584,7 +650,7 @@ fn feature_spec(
                 .map(|(i, s)| {
                     let range = format!(
                         "{role} `{}`: dimension {i} range [{}, {}]",
-                        f.name, s.lower_bound, s.upper_bound
+                        name, s.lower_bound, s.upper_bound
                     );
                     let lo = usize::try_from(s.lower_bound)
                         .map_err(|_| format!("{range} has a lower bound too large for this host"))?;
@@ -612,7 +678,7 @@ fn feature_spec(
         ShapeConstraint::Range(r) => r.first().is_some_and(|&(lo, hi)| hi != Some(lo)),
     };
     Ok(TensorSpec {
-        name: f.name.clone(),
+        name: name.to_string(),
         shape,
         dtype,
         batch_capable,

@@ -14,6 +14,7 @@
 //! let schema = IoSchema {
 //!     inputs: vec![TensorSpec::fixed("x", DType::F32, vec![1, 2])],
 //!     outputs: vec![TensorSpec::fixed("y", DType::F32, vec![1, 2])],
+//!     states: vec![],
 //! };
 //! let engine = FaultyEngine::echo("coreml", schema).with_errors(ErrorKind::Internal, Pattern::Every(2));
 //! let model = engine.prepare(&fake_artifact("m"), PrepareOptions::default()).unwrap();
@@ -707,6 +708,7 @@ mod tests {
                 TensorSpec::fixed("y", DType::F32, vec![2, 2]),
                 TensorSpec::fixed("z", DType::I32, vec![3]),
             ],
+            states: Vec::new(),
         }
     }
 

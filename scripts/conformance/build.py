@@ -77,6 +77,9 @@ def load_cases() -> list[Case]:
             raise SystemExit(f"{c.family}/{c.name}: opset {c.opset} not in {OPSETS}")
         if c.precision not in ("fp32", "fp16"):
             raise SystemExit(f"{c.family}/{c.name}: precision {c.precision}")
+        if set(c.states) != set(c.expected_states):
+            raise SystemExit(f"{c.family}/{c.name}: states {sorted(c.states)} but expected_states "
+                             f"{sorted(c.expected_states)}")
     return cases
 
 
@@ -87,8 +90,12 @@ def program_of(case: Case):
         if arr.dtype not in DTYPES:
             raise SystemExit(f"{case.family}/{case.name}: input {name} has dtype {arr.dtype}")
         specs[name] = mb.TensorSpec(shape=arr.shape, dtype=DTYPES[arr.dtype])
+    for name, arr in case.states.items():
+        if arr.dtype not in DTYPES or name in specs:
+            raise SystemExit(f"{case.family}/{case.name}: state {name} ({arr.dtype}) is not a new name of a known dtype")
+        specs[name] = mb.StateTensorSpec(shape=arr.shape, dtype=DTYPES[arr.dtype])
     with Function(specs, target) as fn:
-        outs = case.build(**{n: fn.inputs[n] for n in case.inputs})
+        outs = case.build(**{n: fn.inputs[n] for n in [*case.inputs, *case.states]})
         if not isinstance(outs, (tuple, list)):
             outs = [outs]
         outs = list(outs)
@@ -133,6 +140,9 @@ def build_case(case: Case, out_root: Path) -> None:
     if case.precision == "fp32" and not any(a.dtype == np.float16 for a in case.inputs.values()):
         fp16 = [op.type for op in common.main_block(spec).operations
                 if any(o.type.tensorType.dataType == FP16 for o in op.outputs)]
+        if case.states:
+            # States are fp16 only: reading one, and the casts to and from it, are fp16 by design.
+            fp16 = [t for t in fp16 if t not in ("read_state", "cast")]
         if fp16 and case.op != "cast":
             raise SystemExit(f"{case.family}/{case.name}: fp32 program computes in fp16: {fp16}")
 
@@ -145,16 +155,23 @@ def build_case(case: Case, out_root: Path) -> None:
     for name, arr in case.inputs.items():
         # Written in the model's interface dtype (bool and iOS15 fp16 inputs are fp32 there).
         common.write_npy(d / "inputs" / f"{name}.npy", np.asarray(arr).astype(io_in[name]))
-    for name, arr in case.expected.items():
-        arr = np.asarray(arr)
-        if arr.dtype.kind == "f":
-            arr = arr.astype(np.float64)
-        elif arr.dtype.kind in "iu":
-            arr = arr.astype(np.int32)
-        elif arr.dtype == np.bool_:
-            # Stored as uint8 0/1: the crate's .npy reader takes `|u1`, not `|b1`.
-            arr = arr.astype(np.uint8)
-        common.write_npy(d / "expected" / f"{name}.npy", arr)
+    io_state = {f.name: IO_DTYPES[f.type.stateType.arrayType.dataType] for f in spec.description.state}
+    if set(io_state) != set(case.states):
+        raise SystemExit(f"{case.family}/{case.name}: the model's states {sorted(io_state)}, the case's "
+                         f"{sorted(case.states)}")
+    for name, arr in case.states.items():
+        common.write_npy(d / "states" / f"{name}.npy", np.asarray(arr).astype(io_state[name]))
+    for folder, refs in (("expected", case.expected), ("expected_states", case.expected_states)):
+        for name, arr in refs.items():
+            arr = np.asarray(arr)
+            if arr.dtype.kind == "f":
+                arr = arr.astype(np.float64)
+            elif arr.dtype.kind in "iu":
+                arr = arr.astype(np.int32)
+            elif arr.dtype == np.bool_:
+                # Stored as uint8 0/1: the crate's .npy reader takes `|u1`, not `|b1`.
+                arr = arr.astype(np.uint8)
+            common.write_npy(d / folder / f"{name}.npy", arr)
     common.write_json(
         d / "case.json",
         {

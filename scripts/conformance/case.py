@@ -9,10 +9,14 @@ family named as coremltools names its definition file (`ops/defs/iOSxx/<family>.
     model.mlpackage/   the program (mb.program at the case's opset, then ct.convert)
     inputs/<in>.npy    the program's inputs, in their declared dtypes
     expected/<out>.npy the reference output, float64 for floats (bools as uint8 0/1)
+    states/<s>.npy     stateful cases: each state's value before the run, in its declared dtype
+    expected_states/<s>.npy  stateful cases: each state's value after the run (float64 for floats)
     case.json          {"op", "family", "name", "opset", "precision", "rtol", "note"}, and for
                        distribution cases {"check": "distribution", "stats": {out: {...}}}
 
-`tests/conformance.rs` runs every case through the interpreter and compares.
+`tests/conformance.rs` runs every case through the interpreter and compares; a case with
+`states/` runs with that state map (`Plan::run_with_state`) and its final states are compared
+with `expected_states/` under the same budget as the outputs.
 """
 
 from __future__ import annotations
@@ -56,6 +60,13 @@ class Case:
     check: str = "values"
     """`values`: outputs compared with `expected`. `distribution` (random ops, whose values cannot
     match Apple's generator): `expected` is empty and each output is checked against `stats`."""
+    states: dict[str, np.ndarray] = field(default_factory=dict)
+    """Stateful programs (iOS18): each state's initial value by name; its dtype (float32 / float16
+    / int32) declares the state's type (`mb.StateTensorSpec`). `build` gets one state var per
+    state as a keyword argument too (after the inputs), to use with `mb.read_state` and
+    `mb.coreml_update_state`."""
+    expected_states: dict[str, np.ndarray] = field(default_factory=dict)
+    """Reference value of every state after one run (required when `states` is set)."""
     stats: dict[str, dict] = field(default_factory=dict)
     """For `distribution` cases, per output: `shape` (exact), `dtype` (the output's, `f32`/`f16`),
     and any of `min`/`max` (bounds on every value), `values` (the allowed set), `mean` and `std`

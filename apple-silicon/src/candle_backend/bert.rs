@@ -129,6 +129,7 @@ impl BertEncoder {
                 batch_capable: true,
                 ..TensorSpec::fixed("embedding", DType::F32, vec![1, hidden])
             }],
+            states: Vec::new(),
         };
         let weight_bytes = std::fs::metadata(&weights).map(|m| m.len()).unwrap_or(0);
         Ok(BertEncoder {

@@ -355,6 +355,41 @@ impl CandleEngine {
 /// This module's engine, under the name [`crate::inference_backend`] gives it.
 pub type Engine = CandleEngine;
 
+impl CandleEngine {
+    /// [`InferenceEngine::infer`] for a stateful ML Program (Core ML
+    /// `StateType`, iOS18+): `state` holds every state of the model by name
+    /// ([`IoSchema::states`]) and, once the run has succeeded within
+    /// `timeout`, their new values (see [`Plan::run_with_state`]). A run that
+    /// fails or misses its deadline leaves `state` unchanged. Costs one copy
+    /// of the states (the worker owns its own, as it owns the inputs).
+    pub fn infer_with_state(
+        &self,
+        model: &dyn PreparedModel,
+        inputs: &TensorMap,
+        state: &mut TensorMap,
+        timeout: Duration,
+    ) -> Result<TensorMap> {
+        let m = downcast_model::<CandleModel>(model, "candle")?;
+        m.inner.schema.validate_inputs(inputs)?;
+        m.inner.schema.validate_states(state)?;
+        let inner = Arc::clone(&m.inner);
+        let (inputs, mut st) = (inputs.clone(), state.clone());
+        let (out, st) = self
+            .runner
+            .run_cancellable("candle inference", timeout, move |cancel| {
+                let plan = match &inner.runner {
+                    Runner::Program(p) => p,
+                    #[cfg(feature = "bert")]
+                    Runner::Bert(_) => return Err(Error::unsupported("state with a BERT encoder (it has none)")),
+                };
+                let out = plan.run_with_state_cancellable(&inputs, &mut st, Some(cancel))?;
+                Ok((out, st))
+            })?;
+        *state = st;
+        Ok(out)
+    }
+}
+
 impl InferenceEngine for CandleEngine {
     fn name(&self) -> &str {
         "candle"

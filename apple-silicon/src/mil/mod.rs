@@ -9,6 +9,10 @@
 //! conversion: it walks the steps, calling each kernel on its slots, and frees
 //! every intermediate after its last use.
 //!
+//! Stateful programs (iOS18 `read_state` / `write_state`) run with
+//! [`Plan::run_with_state`] and a caller-owned map of their states
+//! (`ops/state.rs`).
+//!
 //! An op type the interpreter does not know is an [`Error::Unsupported`]
 //! naming the op type and its name in the program, raised by `build`, never
 //! at run time.
@@ -40,6 +44,7 @@ use crate::mlpackage::MlPackage;
 use crate::tensor::{DType, Tensor, TensorMap};
 pub use limits::CancelFlag;
 pub use lower::Lowered;
+use ops::state::StateSlot;
 use value::{Decoded, Decoder, HostData};
 use workers::barrier;
 pub use workers::quiet_panics;
@@ -100,6 +105,8 @@ struct PlanOutput {
 /// many threads at once.
 pub struct Plan {
     inputs: Vec<PlanInput>,
+    /// The program's states (ops/state.rs); empty for a stateless program.
+    states: Vec<StateSlot>,
     outputs: Vec<PlanOutput>,
     steps: Vec<Step>,
     n_slots: usize,
@@ -463,12 +470,23 @@ impl Plan {
         let mut env: HashMap<String, Val> = HashMap::new();
         let mut n_slots = 0usize;
         let mut inputs = Vec::new();
+        let mut states = Vec::new();
         for inp in &main.inputs {
             env.insert(inp.name.clone(), Val::Slot(n_slots));
-            inputs.push(PlanInput {
-                name: inp.name.clone(),
-                slot: n_slots,
-            });
+            // State-typed inputs (checked against the description at open) come from the state map.
+            if let Some(st) = pkg.io_schema().state(&inp.name) {
+                states.push(StateSlot {
+                    name: inp.name.clone(),
+                    slot: n_slots,
+                    dtype: st.dtype,
+                    shape: st.shape.clone(),
+                });
+            } else {
+                inputs.push(PlanInput {
+                    name: inp.name.clone(),
+                    slot: n_slots,
+                });
+            }
             n_slots += 1;
         }
         let mut steps: Vec<Step> = Vec::new();
@@ -541,6 +559,7 @@ impl Plan {
             let builder = ops::builder(&op.r#type).ok_or_else(|| ctx.unsupported("op type"))?;
             let kernel = builder(&mut ctx)?;
             let operands = std::mem::take(&mut ctx.operands);
+            let writes_state = ops::state::check_operands(&ctx, &operands, &states)?;
             if operands.iter().all(|v| matches!(v, Val::Const(_))) {
                 // Every input is known now: run the op once, keep its results.
                 let args: Vec<&CTensor> = operands
@@ -573,7 +592,8 @@ impl Plan {
             }
             used_consts.append(&mut ctx.used);
             kept_ops.push(op_index);
-            let mut outputs = Vec::new();
+            // write_state's result is the state's new value, in the state's slot.
+            let mut outputs: Vec<usize> = writes_state.into_iter().collect();
             for o in &op.outputs {
                 env.insert(o.name.clone(), Val::Slot(n_slots));
                 outputs.push(n_slots);
@@ -604,13 +624,14 @@ impl Plan {
                 dtype,
             });
         }
-        // Liveness: free each intermediate after its last reader.
+        // Liveness: free each intermediate after its last reader (never a state).
         let keep: HashSet<usize> = outputs
             .iter()
             .filter_map(|o| match o.val {
                 Val::Slot(s) => Some(s),
                 _ => None,
             })
+            .chain(states.iter().map(|s| s.slot))
             .collect();
         let mut last_use: HashMap<usize, usize> = HashMap::new();
         for (i, s) in steps.iter().enumerate() {
@@ -661,6 +682,7 @@ impl Plan {
             .collect();
         let plan = Plan {
             inputs,
+            states,
             outputs,
             steps,
             n_slots,
@@ -732,20 +754,25 @@ impl Plan {
         inputs: &TensorMap,
         cancel: Option<&CancelFlag>,
     ) -> Result<(TensorMap, crate::telemetry::StageTimings)> {
-        let started = Instant::now();
-        let mut timings = crate::telemetry::StageTimings::default();
-        let out = barrier(|| {
-            limits::scoped(Some(self.run_limit), cancel, Some(started), || {
-                self.run_inner(inputs, &mut timings)
-            })
-        })
-        .unwrap_or_else(|msg| Err(Error::internal(format!("the interpreter panicked: {msg}"))))?;
-        Ok((out, timings))
+        self.run_guarded(inputs, None, cancel).map(|r| (r.outputs, r.timings))
     }
 
-    fn run_inner(&self, inputs: &TensorMap, timings: &mut crate::telemetry::StageTimings) -> Result<TensorMap> {
+    /// A run inside the panic barrier and the limits.
+    fn run_guarded(&self, inputs: &TensorMap, state: Option<&TensorMap>, cancel: Option<&CancelFlag>) -> Result<Ran> {
+        let started = Instant::now();
+        barrier(|| {
+            limits::scoped(Some(self.run_limit), cancel, Some(started), || {
+                self.run_inner(inputs, state)
+            })
+        })
+        .unwrap_or_else(|msg| Err(Error::internal(format!("the interpreter panicked: {msg}"))))
+    }
+
+    fn run_inner(&self, inputs: &TensorMap, state: Option<&TensorMap>) -> Result<Ran> {
+        let mut timings = crate::telemetry::StageTimings::default();
         let t_in = Instant::now();
         let mut slots: Vec<Option<CTensor>> = vec![None; self.n_slots];
+        ops::state::load(&self.states, state, self.policy, &mut slots)?;
         for inp in &self.inputs {
             let t = inputs.get(&inp.name).ok_or_else(|| {
                 Error::schema_mismatch(format!("input `{}`", inp.name), "the input to be present", "nothing")
@@ -805,9 +832,25 @@ impl Plan {
                 from_candle(t, o.dtype).map_err(|e| candle_err(&o.name, "output", e))?,
             );
         }
+        let states = match state {
+            Some(_) => ops::state::store(&self.states, &slots)?,
+            None => TensorMap::new(),
+        };
         timings.marshal_out = Some(t_out.elapsed());
-        Ok(out)
+        Ok(Ran {
+            outputs: out,
+            states,
+            timings,
+        })
     }
+}
+
+/// What one run produced: outputs, the states' final values (empty without
+/// a state map) and the stage timings.
+struct Ran {
+    outputs: TensorMap,
+    states: TensorMap,
+    timings: crate::telemetry::StageTimings,
 }
 
 /// Bytes of the regular files under `root`, without following links (the
@@ -967,6 +1010,7 @@ mod tests {
                 name: "x".into(),
                 slot: 0,
             }],
+            states: Vec::new(),
             outputs: vec![PlanOutput {
                 name: "y".into(),
                 val: Val::Slot(n),

@@ -22,6 +22,7 @@ mod recurrent;
 mod reduction;
 mod scatter_gather;
 mod spatial;
+pub(super) mod state;
 mod tensor_operation;
 mod tensor_transformation;
 mod transformers;
@@ -55,6 +56,7 @@ pub fn builder(op_type: &str) -> Option<Builder> {
         .or_else(|| random::builder(op_type))
         .or_else(|| recurrent::builder(op_type))
         .or_else(|| classify::builder(op_type))
+        .or_else(|| state::builder(op_type))
 }
 
 pub(super) fn one(t: Tensor) -> CResult<Vec<Tensor>> {
