@@ -1,0 +1,449 @@
+"""ONNX -> ML Program converter of our own (coremltools 9 has no ONNX frontend; no torch here).
+
+    from onnx2mil import convert
+    mlmodel, io = convert("model.onnx", {"x": (1, 3, 64, 256)}, target="iOS15")
+
+Walks the ONNX graph with the `onnx` package and emits coremltools `mb` ops. Input shapes are fixed
+at conversion time, so every tensor has a static shape and whatever the ONNX graph computes about
+shapes (Shape -> Gather/Slice -> Concat -> Reshape chains) is folded to constants here with numpy:
+a value is either a numpy constant (known at conversion) or an `mb` Var. An op whose inputs are all
+constants is evaluated in numpy and never reaches the program.
+
+Refuses what it does not know: an unknown ONNX op, or a known op with an attribute value it does
+not implement, raises `Unsupported` naming the node, its op type and the offending attribute.
+Nothing is approximated silently.
+
+Conventions: ONNX int64 becomes MIL int32 (shape arithmetic is folded anyway); float tensors are
+fp32 in the program (compute precision is ct.convert's business). Output names are sanitised to
+MIL identifiers; `io` maps ONNX names to program names.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+__all__ = ["Unsupported", "convert", "build_program"]
+
+
+class Unsupported(Exception):
+    """An ONNX node this converter cannot express faithfully."""
+
+
+def _san(name: str) -> str:
+    s = re.sub(r"[^A-Za-z0-9_]", "_", name)
+    return s if s and not s[0].isdigit() else "v_" + s
+
+
+def _attrs(node) -> dict:
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _s(v):
+    return v.decode() if isinstance(v, bytes) else v
+
+
+class _Ctx:
+    def __init__(self, mb, types, opset: int):
+        self.mb, self.types, self.opset = mb, types, opset
+        self.vals: dict[str, object] = {}
+        self.names: set[str] = set()
+
+    def fail(self, node, what: str):
+        raise Unsupported(f"ONNX node '{node.name or node.output[0]}' ({node.op_type}): {what}")
+
+    def name(self, raw: str) -> str:
+        base = _san(raw)
+        n, i = base, 1
+        while n in self.names:
+            n, i = f"{base}_{i}", i + 1
+        self.names.add(n)
+        return n
+
+    def get(self, name: str):
+        if name == "":
+            return None
+        if name not in self.vals:
+            raise Unsupported(f"tensor '{name}' is used before it is defined")
+        return self.vals[name]
+
+    @staticmethod
+    def is_const(v) -> bool:
+        return isinstance(v, np.ndarray)
+
+    def shape(self, v) -> tuple:
+        if self.is_const(v):
+            return tuple(v.shape)
+        shp = tuple(v.shape)
+        if any(not isinstance(d, (int, np.integer)) for d in shp):
+            raise Unsupported(f"{v.name} has a symbolic shape {shp}: fix the input shapes")
+        return tuple(int(d) for d in shp)
+
+    def var(self, v):
+        """A constant as something an mb op accepts (float64 -> fp32, int64 -> int32)."""
+        if self.is_const(v):
+            if v.dtype in (np.float64, np.float16):
+                return v.astype(np.float32)
+            if v.dtype == np.int64:
+                return v.astype(np.int32)
+            return v
+        return v
+
+
+def _ints(v) -> list[int]:
+    return [int(x) for x in np.asarray(v).reshape(-1)]
+
+
+# ---------------------------------------------------------------------------------------------
+# numpy evaluation of nodes whose inputs are all constants (shape subgraphs)
+
+
+def _np_slice(x, starts, ends, axes, steps):
+    axes = list(range(len(starts))) if axes is None else [a % x.ndim for a in axes]
+    steps = [1] * len(starts) if steps is None else steps
+    sl = [slice(None)] * x.ndim
+    for a, b, e, s in zip(axes, starts, ends, steps):
+        sl[a] = slice(int(max(min(b, 2**62), -2**62)), int(max(min(e, 2**62), -2**62)), int(s))
+    return x[tuple(sl)]
+
+
+def _reshape_target(in_shape, target, allowzero=0):
+    t = list(_ints(target))
+    for i, d in enumerate(t):
+        if d == 0 and not allowzero:
+            t[i] = in_shape[i]
+    if -1 in t:
+        known = int(np.prod([d for d in t if d != -1]))
+        t[t.index(-1)] = int(np.prod(in_shape)) // known
+    return t
+
+
+_ONNX_NP = {1: np.float32, 6: np.int32, 7: np.int64, 9: np.bool_, 10: np.float16, 11: np.float64}
+_MIL_DT = {1: "fp32", 6: "int32", 7: "int32", 9: "bool", 10: "fp16"}
+
+
+def _fold(node, ins, a):
+    op = node.op_type
+    x = ins[0] if ins else None
+    if op == "Shape":
+        return np.array(x.shape, np.int64)
+    if op == "Cast":
+        return x.astype(_ONNX_NP[a["to"]])
+    if op in ("Add", "Sub", "Mul", "Div", "Pow", "Equal", "Less", "Greater", "Max", "Min"):
+        f = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Pow": np.power, "Equal": np.equal,
+             "Less": np.less, "Greater": np.greater, "Max": np.maximum, "Min": np.minimum}.get(op)
+        if op == "Div":
+            return (x // ins[1]) if np.issubdtype(x.dtype, np.integer) else (x / ins[1]).astype(x.dtype)
+        return f(x, ins[1]).astype(x.dtype if op not in ("Equal", "Less", "Greater") else np.bool_)
+    if op == "Slice":
+        if len(ins) == 1:  # opset < 10: attributes
+            return _np_slice(x, a["starts"], a["ends"], a.get("axes"), None)
+        return _np_slice(x, _ints(ins[1]), _ints(ins[2]), _ints(ins[3]) if len(ins) > 3 and ins[3] is not None else None,
+                         _ints(ins[4]) if len(ins) > 4 and ins[4] is not None else None)
+    if op == "Concat":
+        return np.concatenate(ins, axis=a["axis"])
+    if op == "Gather":
+        return np.take(x, ins[1], axis=a.get("axis", 0))
+    if op == "Unsqueeze":
+        axes = a["axes"] if "axes" in a else _ints(ins[1])
+        for ax in sorted(ax % (x.ndim + len(axes)) for ax in axes):
+            x = np.expand_dims(x, ax)
+        return x
+    if op == "Squeeze":
+        axes = a.get("axes") if "axes" in a else (_ints(ins[1]) if len(ins) > 1 else None)
+        return np.squeeze(x, axis=tuple(axes) if axes is not None else None)
+    if op == "Reshape":
+        return x.reshape(_reshape_target(x.shape, ins[1], a.get("allowzero", 0)))
+    if op == "Identity":
+        return x
+    if op == "ConstantOfShape":
+        v = numpy_helper.to_array(a["value"]) if "value" in a else np.zeros(1, np.float32)
+        return np.full(_ints(x), v.reshape(-1)[0], v.dtype)
+    if op == "Range":
+        return np.arange(x, ins[1], ins[2]).astype(x.dtype)
+    if op == "Transpose":
+        return np.transpose(x, a.get("perm"))
+    if op == "Sqrt":
+        return np.sqrt(x)
+    if op == "Neg":
+        return -x
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# node -> mb ops
+
+
+def _conv_pads(node, a, ctx, rank):
+    if _s(a.get("auto_pad", "NOTSET")) not in ("NOTSET", ""):
+        ctx.fail(node, f"auto_pad={_s(a['auto_pad'])!r} is not supported (only explicit pads)")
+    p = list(a.get("pads", [0] * (2 * rank)))
+    # ONNX: [x1_begin, x2_begin, ..., x1_end, x2_end]; MIL: [x1_begin, x1_end, x2_begin, x2_end].
+    return [v for i in range(rank) for v in (p[i], p[i + rank])]
+
+
+def _emit(ctx: _Ctx, node):
+    mb = ctx.mb
+    a = _attrs(node)
+    op = node.op_type
+    ins = [ctx.get(n) for n in node.input]
+    out = node.output[0]
+    nm = ctx.name(out)
+
+    if op == "Constant":
+        if "value" not in a:
+            ctx.fail(node, f"only the 'value' attribute is supported, got {sorted(a)}")
+        return numpy_helper.to_array(a["value"])
+
+    if ins and all(v is None or ctx.is_const(v) for v in ins):
+        folded = _fold(node, [v for v in ins], a)
+        if folded is not None:
+            return np.asarray(folded)
+
+    x = ins[0] if ins else None
+    V = ctx.var
+
+    if op == "Identity":
+        return x
+    if op == "Shape":  # static shapes: the shape is known here
+        return np.array(ctx.shape(x), np.int64)
+    if op in ("Add", "Sub", "Mul", "Div", "Pow"):
+        f = {"Add": mb.add, "Sub": mb.sub, "Mul": mb.mul, "Div": mb.real_div, "Pow": mb.pow}[op]
+        return f(x=V(x), y=V(ins[1]), name=nm)
+    if op == "Relu":
+        return mb.relu(x=x, name=nm)
+    if op == "Sigmoid":
+        return mb.sigmoid(x=x, name=nm)
+    if op == "Tanh":
+        return mb.tanh(x=x, name=nm)
+    if op == "Sqrt":
+        return mb.sqrt(x=x, name=nm)
+    if op == "Exp":
+        return mb.exp(x=x, name=nm)
+    if op == "Erf":
+        return mb.erf(x=x, name=nm)
+    if op == "Neg":
+        return mb.mul(x=x, y=np.float32(-1), name=nm)
+    if op == "HardSigmoid":
+        return mb.sigmoid_hard(x=x, alpha=np.float32(a.get("alpha", 0.2)), beta=np.float32(a.get("beta", 0.5)), name=nm)
+    if op == "LeakyRelu":
+        return mb.leaky_relu(x=x, alpha=np.float32(a.get("alpha", 0.01)), name=nm)
+    if op == "Clip":
+        lo = a.get("min") if ctx.opset < 11 else (ins[1] if len(ins) > 1 else None)
+        hi = a.get("max") if ctx.opset < 11 else (ins[2] if len(ins) > 2 else None)
+        if lo is not None and not ctx.is_const(lo) or hi is not None and not ctx.is_const(hi):
+            ctx.fail(node, "min/max must be constants")
+        lo = np.float32(-3.4e38 if lo is None else np.asarray(lo).reshape(()))
+        hi = np.float32(3.4e38 if hi is None else np.asarray(hi).reshape(()))
+        if lo == 0 and hi >= 3.4e38:
+            return mb.relu(x=x, name=nm)
+        return mb.clip(x=x, alpha=lo, beta=hi, name=nm)
+    if op == "Softmax":
+        rank = len(ctx.shape(x))
+        axis = a.get("axis", 1 if ctx.opset < 13 else -1) % rank
+        # Before opset 13 Softmax flattens to 2-D at `axis`: the same as MIL's softmax only on the last axis.
+        if ctx.opset < 13 and axis != rank - 1:
+            ctx.fail(node, f"axis={axis} of a rank-{rank} input under opset {ctx.opset} (2-D coercion) is not supported")
+        return mb.softmax(x=x, axis=axis, name=nm)
+
+    if op == "Conv":
+        w, b = ins[1], ins[2] if len(ins) > 2 else None
+        if not ctx.is_const(w) or (b is not None and not ctx.is_const(b)):
+            ctx.fail(node, "weight and bias must be constants")
+        rank = w.ndim - 2
+        return mb.conv(x=x, weight=V(w), bias=None if b is None else V(b), strides=a.get("strides", [1] * rank),
+                       pad_type="custom", pad=_conv_pads(node, a, ctx, rank), dilations=a.get("dilations", [1] * rank),
+                       groups=a.get("group", 1), name=nm)
+    if op == "ConvTranspose":
+        w, b = ins[1], ins[2] if len(ins) > 2 else None
+        if not ctx.is_const(w) or (b is not None and not ctx.is_const(b)):
+            ctx.fail(node, "weight and bias must be constants")
+        if "output_shape" in a:
+            ctx.fail(node, "output_shape is not supported")
+        if any(_ints(a.get("output_padding", [0]))):
+            ctx.fail(node, f"output_padding={a['output_padding']} is not supported")
+        rank = w.ndim - 2
+        return mb.conv_transpose(x=x, weight=V(w), bias=None if b is None else V(b),
+                                 strides=a.get("strides", [1] * rank), pad_type="custom",
+                                 pad=_conv_pads(node, a, ctx, rank), dilations=a.get("dilations", [1] * rank),
+                                 groups=a.get("group", 1), name=nm)
+    if op == "BatchNormalization":
+        if len(node.output) > 1 and any(node.output[1:]):
+            ctx.fail(node, "training-mode outputs are not supported")
+        return mb.batch_norm(x=x, gamma=V(ins[1]), beta=V(ins[2]), mean=V(ins[3]), variance=V(ins[4]),
+                             epsilon=np.float32(a.get("epsilon", 1e-5)), name=nm)
+    if op == "GlobalAveragePool":
+        rank = len(ctx.shape(x))
+        return mb.reduce_mean(x=x, axes=list(range(2, rank)), keep_dims=True, name=nm)
+    if op in ("AveragePool", "MaxPool"):
+        if len(node.output) > 1 and any(node.output[1:]):
+            ctx.fail(node, "the Indices output is not supported")
+        if any(d != 1 for d in a.get("dilations", [1])):
+            ctx.fail(node, f"dilations={a['dilations']} is not supported")
+        if a.get("storage_order", 0):
+            ctx.fail(node, "storage_order=1 is not supported")
+        k = list(a["kernel_shape"])
+        kw = dict(x=x, kernel_sizes=k, strides=a.get("strides", [1] * len(k)), pad_type="custom",
+                  pad=_conv_pads(node, a, ctx, len(k)), ceil_mode=bool(a.get("ceil_mode", 0)), name=nm)
+        if op == "MaxPool":
+            return mb.max_pool(**kw)
+        return mb.avg_pool(exclude_padding_from_average=not a.get("count_include_pad", 0), **kw)
+    if op == "Resize":
+        mode = _s(a.get("mode", "nearest"))
+        ctm = _s(a.get("coordinate_transformation_mode", "half_pixel"))
+        shp = ctx.shape(x)
+        scales = ins[2] if len(ins) > 2 else None
+        sizes = ins[3] if len(ins) > 3 else None
+        if scales is not None and scales.size:
+            sc = [float(s) for s in scales]
+        elif sizes is not None and sizes.size:
+            sc = [o / i for o, i in zip(_ints(sizes), shp)]
+        else:
+            ctx.fail(node, "needs constant scales or sizes")
+        if len(shp) != 4 or sc[0] != 1 or sc[1] != 1:
+            ctx.fail(node, f"only spatial resizing of rank-4 inputs is supported (scales {sc})")
+        if mode == "nearest":
+            nmode = _s(a.get("nearest_mode", "round_prefer_floor"))
+            if ctm != "asymmetric" or nmode != "floor" or any(s != int(s) for s in sc[2:]):
+                ctx.fail(node, f"nearest resize with coordinate_transformation_mode={ctm!r}, nearest_mode={nmode!r}, "
+                               f"scales {sc[2:]}: only asymmetric/floor with integer scales is supported")
+            return mb.upsample_nearest_neighbor(x=x, scale_factor_height=int(sc[2]), scale_factor_width=int(sc[3]),
+                                                name=nm)
+        if mode == "linear":
+            # MIL's upsample_bilinear: align_corners=False is ONNX's half_pixel, True is align_corners.
+            if ctm not in ("half_pixel", "align_corners", "pytorch_half_pixel"):
+                ctx.fail(node, f"linear resize with coordinate_transformation_mode={ctm!r} is not supported")
+            if ctm == "pytorch_half_pixel" and (shp[2] * sc[2] == 1 or shp[3] * sc[3] == 1):
+                ctx.fail(node, "pytorch_half_pixel to a size-1 output is not supported")
+            return mb.upsample_bilinear(x=x, scale_factor_height=np.float32(sc[2]), scale_factor_width=np.float32(sc[3]),
+                                        align_corners=ctm == "align_corners", name=nm)
+        ctx.fail(node, f"mode={mode!r} is not supported")
+
+    if op == "Concat":
+        vals = [V(v) for v in ins]
+        return mb.concat(values=vals, axis=a["axis"], name=nm)
+    if op == "Cast":
+        to = a["to"]
+        if to not in _MIL_DT:
+            ctx.fail(node, f"to={to} is not supported")
+        return mb.cast(x=x, dtype=_MIL_DT[to], name=nm)
+    if op == "Reshape":
+        if not ctx.is_const(ins[1]):
+            ctx.fail(node, "the target shape must fold to a constant")
+        return mb.reshape(x=x, shape=_reshape_target(ctx.shape(x), ins[1], a.get("allowzero", 0)), name=nm)
+    if op == "Flatten":
+        shp = ctx.shape(x)
+        ax = a.get("axis", 1) % (len(shp) + 1) if shp else 0
+        return mb.reshape(x=x, shape=[int(np.prod(shp[:ax])), int(np.prod(shp[ax:]))], name=nm)
+    if op == "Transpose":
+        perm = a.get("perm", list(reversed(range(len(ctx.shape(x))))))
+        return mb.transpose(x=x, perm=list(perm), name=nm)
+    if op in ("Squeeze", "Unsqueeze"):
+        axes = a.get("axes") if "axes" in a else (_ints(ins[1]) if len(ins) > 1 else None)
+        if op == "Squeeze":
+            return mb.squeeze(x=x, axes=axes, name=nm) if axes is not None else mb.squeeze(x=x, name=nm)
+        return mb.expand_dims(x=x, axes=list(axes), name=nm)
+    if op == "Slice":
+        shp = ctx.shape(x)
+        if ctx.opset < 10:
+            starts, ends, axes, steps = a["starts"], a["ends"], a.get("axes"), None
+        else:
+            for v in ins[1:]:
+                if v is not None and not ctx.is_const(v):
+                    ctx.fail(node, "starts/ends/axes/steps must fold to constants")
+            starts, ends = _ints(ins[1]), _ints(ins[2])
+            axes = _ints(ins[3]) if len(ins) > 3 and ins[3] is not None else None
+            steps = _ints(ins[4]) if len(ins) > 4 and ins[4] is not None else None
+        axes = list(range(len(starts))) if axes is None else [ax % len(shp) for ax in axes]
+        steps = steps or [1] * len(starts)
+        begin, end, stride = [0] * len(shp), list(shp), [1] * len(shp)
+        for ax, b0, e0, s0 in zip(axes, starts, ends, steps):
+            # Python slice semantics (what ONNX specifies) resolved against the static dim.
+            b1, e1, s1 = slice(b0, e0, s0).indices(shp[ax])
+            if s1 < 0:
+                ctx.fail(node, f"negative step {s1} is not supported")
+            begin[ax], end[ax], stride[ax] = b1, max(e1, b1), s1
+        return mb.slice_by_index(x=x, begin=begin, end=end, stride=stride, name=nm)
+    if op == "Gather":
+        idx = ins[1]
+        if not ctx.is_const(idx):
+            ctx.fail(node, "indices must be constants")
+        return mb.gather(x=V(x), indices=idx.astype(np.int32), axis=a.get("axis", 0), name=nm)
+    if op in ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin"):
+        f = {"ReduceMean": mb.reduce_mean, "ReduceSum": mb.reduce_sum, "ReduceMax": mb.reduce_max,
+             "ReduceMin": mb.reduce_min}[op]
+        axes = a.get("axes") if "axes" in a else (_ints(ins[1]) if len(ins) > 1 and ins[1] is not None else None)
+        if axes is None:
+            axes = list(range(len(ctx.shape(x))))
+        return f(x=x, axes=list(axes), keep_dims=bool(a.get("keepdims", 1)), name=nm)
+    if op == "MatMul":
+        return mb.matmul(x=V(x), y=V(ins[1]), name=nm)
+    if op == "Gemm":
+        if a.get("alpha", 1.0) != 1.0 or a.get("beta", 1.0) != 1.0 or a.get("transA", 0):
+            ctx.fail(node, f"alpha/beta/transA {a} are not supported")
+        w = ins[1] if a.get("transB", 0) else ins[1].T
+        return mb.linear(x=x, weight=V(np.ascontiguousarray(w)), bias=None if len(ins) < 3 else V(ins[2]), name=nm)
+    ctx.fail(node, "unknown ONNX op")
+
+
+def build_program(model: onnx.ModelProto, input_shapes: dict, target: str = "iOS15"):
+    """(mb program, {onnx output name: program output name}) for fixed input shapes."""
+    from coremltools import target as ct_target
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.mil import types
+
+    opsets = {o.domain: o.version for o in model.opset_import}
+    if set(opsets) - {"", "ai.onnx"}:
+        raise Unsupported(f"operator sets {sorted(set(opsets) - {'', 'ai.onnx'})} are not supported")
+    g = model.graph
+    inits = {t.name for t in g.initializer}
+    graph_inputs = [i for i in g.input if i.name not in inits]
+    missing = {i.name for i in graph_inputs} - set(input_shapes)
+    if missing:
+        raise Unsupported(f"no shape given for inputs {sorted(missing)}")
+    for i in graph_inputs:
+        if i.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
+            raise Unsupported(f"input '{i.name}': only float inputs are supported")
+    specs = [mb.TensorSpec(shape=tuple(input_shapes[i.name]), dtype=types.fp32) for i in graph_inputs]
+    out_names = {o.name: _san(o.name) for o in g.output}
+
+    def body(*args):
+        ctx = _Ctx(mb, types, opsets.get("", opsets.get("ai.onnx")))
+        for t in g.initializer:
+            ctx.vals[t.name] = numpy_helper.to_array(t)
+        for i, v in zip(graph_inputs, args):
+            ctx.vals[i.name] = v
+            ctx.names.add(v.name)
+        for node in g.node:
+            res = _emit(ctx, node)
+            if len(node.output) > 1 and any(node.output[1:]) and node.op_type not in ("BatchNormalization",):
+                ctx.fail(node, "more than one output is not supported")
+            ctx.vals[node.output[0]] = res
+        outs = []
+        for o in g.output:
+            v = ctx.vals[o.name]
+            v = ctx.var(v) if ctx.is_const(v) else v
+            outs.append(mb.identity(x=v, name=out_names[o.name]))
+        return tuple(outs)
+
+    # mb.program names the program's inputs after the function's parameters: give it one per input.
+    params = [_san(i.name) for i in graph_inputs]
+    ns = {"body": body}
+    exec(f"def main({', '.join(params)}):\n    return body({', '.join(params)})\n", ns)  # noqa: S102
+    prog = mb.program(input_specs=specs, opset_version=getattr(ct_target, target))(ns["main"])
+    return prog, out_names
+
+
+def convert(onnx_path, input_shapes: dict, target: str = "iOS15", precision: str = "fp32"):
+    """(MLModel, {onnx output name: program output name}); see the module doc."""
+    import coremltools as ct
+
+    model = onnx.load(str(onnx_path))
+    prog, out_names = build_program(model, input_shapes, target)
+    mlmodel = ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=getattr(ct.target, target),
+                         compute_precision=ct.precision.FLOAT32 if precision == "fp32" else ct.precision.FLOAT16,
+                         skip_model_load=True)
+    return mlmodel, out_names
