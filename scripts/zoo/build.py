@@ -71,13 +71,16 @@ def build_member(member: dict, out_root: Path, cache: Path, manifest: dict, ct) 
 
     model = onnx.load_from_string(onnx_bytes)
     with common.quiet():
-        prog, out_names = onnx2mil.build_program(model, {k: v["shape"] for k, v in member["inputs"].items()},
-                                                 member["target"])
+        prog, out_names, dequantized = onnx2mil.build_program(
+            model, {k: v["shape"] for k, v in member["inputs"].items()}, member["target"], member.get("int4_block"))
         mlmodel = ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=getattr(ct.target, member["target"]),
                              compute_precision=ct.precision.FLOAT32 if member["precision"] == "fp32"
                              else ct.precision.FLOAT16, skip_model_load=True)
     inputs = make_inputs(member, cache, manifest)
-    expected = reference.run_onnxruntime(onnx_bytes, inputs)
+    ref_bytes = onnx_bytes
+    if dequantized:  # compressed: the reference runs the original graph on the weights the program holds
+        ref_bytes = onnx2mil.with_weights(model, dequantized).SerializeToString()
+    expected = reference.run_onnxruntime(ref_bytes, inputs)
 
     pkg = common.start_model_dir(out_root, mid, mlmodel)
     d = pkg.parent
@@ -95,11 +98,16 @@ def build_member(member: dict, out_root: Path, cache: Path, manifest: dict, ct) 
         "id": mid,
         "what": member["what"],
         "battery": member["battery"],
+        "input_why": member.get("input_why"),
+        "note": member.get("note"),
         "source": {"wheel": f["wheel"], "wheel_sha256": manifest["wheels"][f["wheel"]]["sha256"],
                    "file": f["path"], "file_sha256": f["sha256"]},
         "inputs_from": {k: (manifest["files"][v["from"]] | {"preprocess": v["preprocess"], "crop": v.get("crop")}) if "from" in v
                         else {"seed": v["seed"], "scale": v.get("scale", 1.0)} for k, v in member["inputs"].items()},
-        "reference": "onnxruntime CPUExecutionProvider (single thread) on the original ONNX file",
+        "reference": "onnxruntime CPUExecutionProvider (single thread) on the original ONNX file"
+                     + (f", its {len(dequantized)} Conv weights replaced by their int4-dequantized values "
+                        f"(block {member['int4_block']})" if dequantized else ""),
+        "compression": {"int4_block": member["int4_block"], "weights": len(dequantized)} if dequantized else None,
         "converter": "scripts/zoo/onnx2mil.py",
         "target": member["target"],
         "precision": member["precision"],

@@ -47,10 +47,34 @@ def _s(v):
 
 
 class _Ctx:
-    def __init__(self, mb, types, opset: int):
+    def __init__(self, mb, types, opset: int, int4_block: int | None = None):
         self.mb, self.types, self.opset = mb, types, opset
         self.vals: dict[str, object] = {}
         self.names: set[str] = set()
+        self.int4_block = int4_block
+        self.dequantized: dict[str, np.ndarray] = {}  # initializer name -> the weight the program holds
+
+    def conv_weight(self, node, onnx_name: str, w: np.ndarray):
+        """A conv weight: the fp32 constant, or with int4 compression on (iOS18) a
+        constexpr_blockwise_shift_scale over symmetric int4 blocks along the input channels (the
+        whole axis when its size is not a multiple of the block), one scale per (output channel,
+        block). The dequantized weight is recorded so the reference runs on exactly it."""
+        w = np.asarray(w, np.float32)
+        if self.int4_block is None:
+            return w
+        if onnx_name in self.dequantized:
+            self.fail(node, f"weight {onnx_name} is used twice under int4 compression")
+        cout, cin = w.shape[:2]
+        b = self.int4_block if cin % self.int4_block == 0 else cin
+        blocks = w.reshape(cout, cin // b, b, *w.shape[2:])
+        amax = np.abs(blocks).max(axis=tuple(range(2, blocks.ndim)), keepdims=True)
+        scale = np.where(amax > 0, amax / 7.0, 1.0).astype(np.float32)
+        q = np.clip(np.round(blocks / scale), -8, 7).astype(np.int8)
+        self.dequantized[onnx_name] = (q.astype(np.float32) * scale).reshape(w.shape)
+        scale_shape = (cout, cin // b) + (1,) * (w.ndim - 2)
+        return self.mb.constexpr_blockwise_shift_scale(
+            data=q.reshape(w.shape).astype(self.types.np_int4_dtype), scale=scale.reshape(scale_shape),
+            name=self.name(onnx_name + "_int4"))
 
     def fail(self, node, what: str):
         raise Unsupported(f"ONNX node '{node.name or node.output[0]}' ({node.op_type}): {what}")
@@ -254,7 +278,7 @@ def _emit(ctx: _Ctx, node):
         if not ctx.is_const(w) or (b is not None and not ctx.is_const(b)):
             ctx.fail(node, "weight and bias must be constants")
         rank = w.ndim - 2
-        return mb.conv(x=x, weight=V(w), bias=None if b is None else V(b), strides=a.get("strides", [1] * rank),
+        return mb.conv(x=x, weight=ctx.conv_weight(node, node.input[1], w), bias=None if b is None else V(b), strides=a.get("strides", [1] * rank),
                        pad_type="custom", pad=_conv_pads(node, a, ctx, rank), dilations=a.get("dilations", [1] * rank),
                        groups=a.get("group", 1), name=nm)
     if op == "ConvTranspose":
@@ -386,11 +410,87 @@ def _emit(ctx: _Ctx, node):
             ctx.fail(node, f"alpha/beta/transA {a} are not supported")
         w = ins[1] if a.get("transB", 0) else ins[1].T
         return mb.linear(x=x, weight=V(np.ascontiguousarray(w)), bias=None if len(ins) < 3 else V(ins[2]), name=nm)
+    if op == "Pad":
+        mode = _s(a.get("mode", "constant"))
+        if mode == "edge":
+            mode = "replicate"
+        if mode not in ("constant", "reflect", "replicate"):
+            ctx.fail(node, f"mode={mode!r} is not supported")
+        pads = np.asarray(a.get("pads")) if ctx.opset < 11 else ins[1]
+        if not ctx.is_const(pads) or (len(ins) > 3 and ins[3] is not None):
+            ctx.fail(node, "pads must fold to a constant and axes is not supported")
+        p = _ints(pads)
+        rank = len(p) // 2
+        if any(v < 0 for v in p):
+            ctx.fail(node, f"negative pads {p} are not supported")
+        # ONNX: [x1_begin, x2_begin, ..., x1_end, ...]; MIL: (begin, end) per dim of the last N.
+        pairs = [(p[i], p[i + rank]) for i in range(rank)]
+        while len(pairs) > 1 and pairs[0] == (0, 0):
+            pairs.pop(0)  # MIL pads the last N dims: drop untouched leading ones
+        cv = 0.0
+        if mode == "constant":
+            v = a.get("value", 0.0) if ctx.opset < 11 else (ins[2] if len(ins) > 2 and ins[2] is not None else 0.0)
+            cv = float(np.asarray(v).reshape(-1)[0]) if np.asarray(v).size else 0.0
+        return mb.pad(x=x, pad=np.array([v for pr in pairs for v in pr], np.int32), mode=mode,
+                      constant_val=np.float32(cv), name=nm)
+    if op == "LSTM":
+        return _lstm(ctx, node, a, ins, nm)
     ctx.fail(node, "unknown ONNX op")
 
 
-def build_program(model: onnx.ModelProto, input_shapes: dict, target: str = "iOS15"):
-    """(mb program, {onnx output name: program output name}) for fixed input shapes."""
+def _lstm(ctx: _Ctx, node, a, ins, nm):
+    """ONNX LSTM (one direction, default activations) -> mb.lstm; returns (Y, Y_h, Y_c)."""
+    mb = ctx.mb
+    if a.get("layout", 0) != 0:
+        ctx.fail(node, f"layout={a['layout']} is not supported")
+    direction = _s(a.get("direction", "forward"))
+    if direction not in ("forward", "reverse"):
+        ctx.fail(node, f"direction={direction!r} is not supported")
+    acts = [_s(v) for v in a.get("activations", [b"Sigmoid", b"Tanh", b"Tanh"])]
+    if [v.lower() for v in acts] != ["sigmoid", "tanh", "tanh"] or "clip" in a or a.get("input_forget", 0):
+        ctx.fail(node, f"activations={acts}, clip or input_forget are not supported")
+    x, w, r = ins[0], ins[1], ins[2]
+    b = ins[3] if len(ins) > 3 else None
+    if len(ins) > 4 and ins[4] is not None:
+        ctx.fail(node, "sequence_lens is not supported")
+    if len(ins) > 7 and ins[7] is not None:
+        ctx.fail(node, "peepholes (P) are not supported")
+    if not all(ctx.is_const(v) for v in (w, r)) or (b is not None and not ctx.is_const(b)):
+        ctx.fail(node, "W, R and B must be constants")
+    H = int(a["hidden_size"])
+    s_len, batch, _ = ctx.shape(x)
+
+    def reorder(m):  # ONNX gates i, o, f, c -> MIL i, f, o, c
+        i, o, f, c = np.split(np.asarray(m, np.float32), 4, axis=0)
+        return np.concatenate([i, f, o, c], axis=0)
+
+    bias = np.zeros(4 * H, np.float32) if b is None else reorder(b[0][: 4 * H] + b[0][4 * H:])
+
+    def state(v, tag):
+        if v is None:
+            return np.zeros((batch, H), np.float32)
+        if ctx.is_const(v):
+            return np.asarray(v, np.float32).reshape(batch, H)
+        return mb.squeeze(x=v, axes=[0], name=ctx.name(f"{nm}_{tag}0"))
+
+    h0 = state(ins[5] if len(ins) > 5 else None, "h")
+    c0 = state(ins[6] if len(ins) > 6 else None, "c")
+    y, h, c = mb.lstm(x=x, initial_h=h0, initial_c=c0, weight_ih=reorder(w[0]), weight_hh=reorder(r[0]), bias=bias,
+                      direction=direction, output_sequence=True, recurrent_activation="sigmoid",
+                      cell_activation="tanh", activation="tanh", name=nm)
+    outs = node.output
+    return (mb.expand_dims(x=y, axes=[1], name=ctx.name(outs[0] + "_y")),
+            mb.expand_dims(x=h, axes=[0], name=ctx.name(outs[1] if len(outs) > 1 and outs[1] else nm + "_h")),
+            mb.expand_dims(x=c, axes=[0], name=ctx.name(outs[2] if len(outs) > 2 and outs[2] else nm + "_c")))
+
+
+def build_program(model: onnx.ModelProto, input_shapes: dict, target: str = "iOS15", int4_block: int | None = None):
+    """(mb program, {onnx output name: program output name}, {initializer: dequantized weight})
+    for fixed input shapes. With `int4_block` (iOS18 only) Conv weights are stored as blockwise
+    int4 (`_Ctx.conv_weight`); the third item then holds the weights the program computes with,
+    for a reference run on the same weights (`with_weights`)."""
+    if int4_block is not None and target != "iOS18":
+        raise Unsupported(f"int4 compression needs target iOS18, not {target}")
     from coremltools import target as ct_target
     from coremltools.converters.mil import Builder as mb
     from coremltools.converters.mil.mil import types
@@ -409,9 +509,12 @@ def build_program(model: onnx.ModelProto, input_shapes: dict, target: str = "iOS
             raise Unsupported(f"input '{i.name}': only float inputs are supported")
     specs = [mb.TensorSpec(shape=tuple(input_shapes[i.name]), dtype=types.fp32) for i in graph_inputs]
     out_names = {o.name: _san(o.name) for o in g.output}
+    dequantized: list[dict] = []
 
     def body(*args):
-        ctx = _Ctx(mb, types, opsets.get("", opsets.get("ai.onnx")))
+        ctx = _Ctx(mb, types, opsets.get("", opsets.get("ai.onnx")), int4_block)
+        dequantized.append(ctx.dequantized)
+        ctx.names.update(out_names.values())  # reserved for the final identity ops
         for t in g.initializer:
             ctx.vals[t.name] = numpy_helper.to_array(t)
         for i, v in zip(graph_inputs, args):
@@ -419,6 +522,11 @@ def build_program(model: onnx.ModelProto, input_shapes: dict, target: str = "iOS
             ctx.names.add(v.name)
         for node in g.node:
             res = _emit(ctx, node)
+            if isinstance(res, tuple):  # multi-output ops (LSTM) return one value per ONNX output
+                for name, v in zip(node.output, res):
+                    if name:
+                        ctx.vals[name] = v
+                continue
             if len(node.output) > 1 and any(node.output[1:]) and node.op_type not in ("BatchNormalization",):
                 ctx.fail(node, "more than one output is not supported")
             ctx.vals[node.output[0]] = res
@@ -434,7 +542,28 @@ def build_program(model: onnx.ModelProto, input_shapes: dict, target: str = "iOS
     ns = {"body": body}
     exec(f"def main({', '.join(params)}):\n    return body({', '.join(params)})\n", ns)  # noqa: S102
     prog = mb.program(input_specs=specs, opset_version=getattr(ct_target, target))(ns["main"])
-    return prog, out_names
+    return prog, out_names, dequantized[0]
+
+
+def with_weights(model: onnx.ModelProto, weights: dict) -> onnx.ModelProto:
+    """A copy of `model` whose initializers or Constant nodes named in `weights` hold those arrays."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    done = set()
+    for t in m.graph.initializer:
+        if t.name in weights:
+            t.CopyFrom(numpy_helper.from_array(weights[t.name].astype(numpy_helper.to_array(t).dtype), t.name))
+            done.add(t.name)
+    for n in m.graph.node:
+        if n.op_type == "Constant" and n.output[0] in weights:
+            for a in n.attribute:
+                if a.name == "value":
+                    old = numpy_helper.to_array(a.t)
+                    a.t.CopyFrom(numpy_helper.from_array(weights[n.output[0]].astype(old.dtype), a.t.name))
+                    done.add(n.output[0])
+    if set(weights) - done:
+        raise Unsupported(f"weights {sorted(set(weights) - done)[:3]}... are neither initializers nor Constant values")
+    return m
 
 
 def convert(onnx_path, input_shapes: dict, target: str = "iOS15", precision: str = "fp32"):
@@ -442,7 +571,7 @@ def convert(onnx_path, input_shapes: dict, target: str = "iOS15", precision: str
     import coremltools as ct
 
     model = onnx.load(str(onnx_path))
-    prog, out_names = build_program(model, input_shapes, target)
+    prog, out_names, _ = build_program(model, input_shapes, target)
     mlmodel = ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=getattr(ct.target, target),
                          compute_precision=ct.precision.FLOAT32 if precision == "fp32" else ct.precision.FLOAT16,
                          skip_model_load=True)
