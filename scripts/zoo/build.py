@@ -53,14 +53,24 @@ def build_key(member: dict, manifest: dict) -> str:
 
 
 def make_inputs(member: dict, cache: Path, manifest: dict) -> dict:
+    """{input name: array as onnxruntime takes it} (program_input() gives the program's form)."""
     out = {}
     for name, spec in member["inputs"].items():
-        if "from" in spec:
+        if "value" in spec:
+            out[name] = np.array(spec["value"], dtype=spec["dtype"]).reshape(spec["shape"])
+        elif "from" in spec:
             png = fetch.member_file(cache, spec["from"], manifest)
             out[name] = reference.preprocess(spec["preprocess"], png, spec["shape"], spec.get("crop"))
         else:
             out[name] = reference.seeded(spec["shape"], spec["seed"], spec.get("scale", 1.0))
     return out
+
+
+def program_input(arr: np.ndarray) -> np.ndarray:
+    """The program's form of an onnxruntime input: int64 -> int32, a scalar -> shape [1]."""
+    if arr.dtype == np.int64:
+        arr = arr.astype(np.int32)
+    return arr.reshape(arr.shape or (1,))
 
 
 def build_member(member: dict, out_root: Path, cache: Path, manifest: dict, ct) -> dict:
@@ -88,7 +98,7 @@ def build_member(member: dict, out_root: Path, cache: Path, manifest: dict, ct) 
     for name, arr in inputs.items():
         prog_name = onnx2mil._san(name)
         in_names[name] = prog_name
-        common.write_npy(d / "inputs" / f"{prog_name}.npy", arr)
+        common.write_npy(d / "inputs" / f"{prog_name}.npy", program_input(arr))
     for name, arr in expected.items():
         common.write_npy(d / "expected" / f"{out_names[name]}.npy", arr.astype(np.float32))
     spec = mlmodel.get_spec()
@@ -103,6 +113,7 @@ def build_member(member: dict, out_root: Path, cache: Path, manifest: dict, ct) 
         "source": {"wheel": f["wheel"], "wheel_sha256": manifest["wheels"][f["wheel"]]["sha256"],
                    "file": f["path"], "file_sha256": f["sha256"]},
         "inputs_from": {k: (manifest["files"][v["from"]] | {"preprocess": v["preprocess"], "crop": v.get("crop")}) if "from" in v
+                        else {"value": v["value"]} if "value" in v
                         else {"seed": v["seed"], "scale": v.get("scale", 1.0)} for k, v in member["inputs"].items()},
         "reference": "onnxruntime CPUExecutionProvider (single thread) on the original ONNX file"
                      + (f", its {len(dequantized)} Conv weights replaced by their int4-dequantized values "
@@ -113,7 +124,8 @@ def build_member(member: dict, out_root: Path, cache: Path, manifest: dict, ct) 
         "precision": member["precision"],
         "budget": {"rtol": member["rtol"], "meaning": "L-inf <= rtol * max(1, max |expected|) per output",
                    "why": member.get("rtol_why", "fp32 program vs fp32 onnxruntime: summation order differs")},
-        "io": {"inputs": {k: {"name": v, "shape": list(inputs[k].shape), "dtype": "float32"} for k, v in in_names.items()},
+        "io": {"inputs": {k: {"name": v, "shape": list(program_input(inputs[k]).shape),
+                              "dtype": str(program_input(inputs[k]).dtype)} for k, v in in_names.items()},
                "outputs": {k: {"name": v, "shape": list(expected[k].shape), "dtype": "float32"}
                            for k, v in out_names.items()}},
         "ops": ops,
@@ -147,7 +159,7 @@ def main() -> None:
             continue
         try:
             build_member(member, out, cache, manifest, ct)
-        except onnx2mil.Unsupported as e:
+        except (onnx2mil.Unsupported, ValueError, TypeError) as e:  # refusals by us or by coremltools' checks
             common.log(f"[zoo] {member['id']}: NOT BUILT: {e}")
             failed.append(member["id"])
     common.log(f"[zoo] done in {time.time() - t0:.1f}s" + (f"; not built: {', '.join(failed)}" if failed else ""))

@@ -183,6 +183,10 @@ def _fold(node, ins, a):
         return x.reshape(_reshape_target(x.shape, ins[1], a.get("allowzero", 0)))
     if op == "Identity":
         return x
+    if op == "Size":
+        return np.array(x.size, np.int64)
+    if op == "Not":
+        return np.logical_not(x)
     if op == "ConstantOfShape":
         v = numpy_helper.to_array(a["value"]) if "value" in a else np.zeros(1, np.float32)
         return np.full(_ints(x), v.reshape(-1)[0], v.dtype)
@@ -234,6 +238,15 @@ def _emit(ctx: _Ctx, node):
         return x
     if op == "Shape":  # static shapes: the shape is known here
         return np.array(ctx.shape(x), np.int64)
+    if op == "Size":
+        return np.array(int(np.prod(ctx.shape(x))), np.int64)
+    if op in ("Equal", "Less", "Greater"):
+        f = {"Equal": mb.equal, "Less": mb.less, "Greater": mb.greater}[op]
+        return f(x=V(x), y=V(ins[1]), name=nm)
+    if op == "Not":
+        return mb.logical_not(x=x, name=nm)
+    if op == "If":
+        return _if(ctx, node, a, x, nm)
     if op in ("Add", "Sub", "Mul", "Div", "Pow"):
         f = {"Add": mb.add, "Sub": mb.sub, "Mul": mb.mul, "Div": mb.real_div, "Pow": mb.pow}[op]
         return f(x=V(x), y=V(ins[1]), name=nm)
@@ -438,6 +451,49 @@ def _emit(ctx: _Ctx, node):
     ctx.fail(node, "unknown ONNX op")
 
 
+def _run_graph(ctx: _Ctx, graph) -> tuple:
+    """Emit a subgraph's nodes into the current block (outer values stay visible); its outputs."""
+    for t in graph.initializer:
+        ctx.vals[t.name] = numpy_helper.to_array(t)
+    for n in graph.node:
+        _bind(ctx, n, _emit(ctx, n))
+    return tuple(ctx.get(o.name) for o in graph.output)
+
+
+def _if(ctx: _Ctx, node, a, cond, nm):
+    """ONNX If: a condition that folds (shape checks) inlines the branch it picks; a runtime
+    condition becomes mb.cond with both branches as blocks."""
+    if ctx.is_const(cond):
+        return _run_graph(ctx, a["then_branch"] if bool(np.asarray(cond).reshape(-1)[0]) else a["else_branch"])
+    mb = ctx.mb
+    if int(np.prod(ctx.shape(cond))) != 1:
+        ctx.fail(node, f"condition of shape {ctx.shape(cond)} is not a single value")
+
+    def branch(g):
+        def fn():
+            outs = _run_graph(ctx, g)
+            return tuple(mb.identity(x=ctx.var(v), name=ctx.name(f"{nm}_{g.name}_{i}")) for i, v in enumerate(outs))
+        return fn
+
+    pred = mb.squeeze(x=cond, name=ctx.name(nm + "_pred")) if ctx.shape(cond) != () else cond
+    res = mb.cond(pred=pred, _true_fn=branch(a["then_branch"]), _false_fn=branch(a["else_branch"]), name=nm)
+    return tuple(res) if isinstance(res, (tuple, list)) else (res,)
+
+
+def _bind(ctx: _Ctx, node, res) -> None:
+    """Record a node's result: one value, or a tuple with one value per ONNX output."""
+    if isinstance(res, tuple):
+        if len(res) < len([o for o in node.output if o]):
+            ctx.fail(node, f"{len(res)} values for outputs {list(node.output)}")
+        for name, v in zip(node.output, res):
+            if name:
+                ctx.vals[name] = v
+        return
+    if len(node.output) > 1 and any(node.output[1:]) and node.op_type not in ("BatchNormalization",):
+        ctx.fail(node, "more than one output is not supported")
+    ctx.vals[node.output[0]] = res
+
+
 def _lstm(ctx: _Ctx, node, a, ins, nm):
     """ONNX LSTM (one direction, default activations) -> mb.lstm; returns (Y, Y_h, Y_c)."""
     mb = ctx.mb
@@ -458,6 +514,8 @@ def _lstm(ctx: _Ctx, node, a, ins, nm):
     if not all(ctx.is_const(v) for v in (w, r)) or (b is not None and not ctx.is_const(b)):
         ctx.fail(node, "W, R and B must be constants")
     H = int(a["hidden_size"])
+    if len(ctx.shape(x)) != 3:
+        ctx.fail(node, f"X of shape {ctx.shape(x)}: expected [seq, batch, input]")
     s_len, batch, _ = ctx.shape(x)
 
     def reorder(m):  # ONNX gates i, o, f, c -> MIL i, f, o, c
@@ -504,10 +562,14 @@ def build_program(model: onnx.ModelProto, input_shapes: dict, target: str = "iOS
     missing = {i.name for i in graph_inputs} - set(input_shapes)
     if missing:
         raise Unsupported(f"no shape given for inputs {sorted(missing)}")
+    specs = []
     for i in graph_inputs:
-        if i.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
-            raise Unsupported(f"input '{i.name}': only float inputs are supported")
-    specs = [mb.TensorSpec(shape=tuple(input_shapes[i.name]), dtype=types.fp32) for i in graph_inputs]
+        et = i.type.tensor_type.elem_type
+        if et not in (onnx.TensorProto.FLOAT, onnx.TensorProto.INT64, onnx.TensorProto.INT32):
+            raise Unsupported(f"input '{i.name}': element type {et} is not supported")
+        # int64 inputs become int32 (Core ML has no int64 features); a scalar becomes shape [1].
+        shape = tuple(input_shapes[i.name]) or (1,)
+        specs.append(mb.TensorSpec(shape=shape, dtype=types.fp32 if et == onnx.TensorProto.FLOAT else types.int32))
     out_names = {o.name: _san(o.name) for o in g.output}
     dequantized: list[dict] = []
 
@@ -521,15 +583,7 @@ def build_program(model: onnx.ModelProto, input_shapes: dict, target: str = "iOS
             ctx.vals[i.name] = v
             ctx.names.add(v.name)
         for node in g.node:
-            res = _emit(ctx, node)
-            if isinstance(res, tuple):  # multi-output ops (LSTM) return one value per ONNX output
-                for name, v in zip(node.output, res):
-                    if name:
-                        ctx.vals[name] = v
-                continue
-            if len(node.output) > 1 and any(node.output[1:]) and node.op_type not in ("BatchNormalization",):
-                ctx.fail(node, "more than one output is not supported")
-            ctx.vals[node.output[0]] = res
+            _bind(ctx, node, _emit(ctx, node))
         outs = []
         for o in g.output:
             v = ctx.vals[o.name]
