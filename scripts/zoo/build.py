@@ -33,10 +33,11 @@ sys.path.insert(0, str(HERE.parent / "models"))
 
 import common  # noqa: E402  (scripts/models/common.py: deterministic package writing)
 import fetch  # noqa: E402
+import npmil  # noqa: E402
 import onnx2mil  # noqa: E402
 import reference  # noqa: E402
 
-SCRIPTS = ["build.py", "fetch.py", "onnx2mil.py", "reference.py", "members.json"]
+SCRIPTS = ["build.py", "fetch.py", "onnx2mil.py", "reference.py", "npmil.py", "members.json"]
 
 
 def build_key(member: dict, manifest: dict) -> str:
@@ -94,13 +95,31 @@ def build_member(member: dict, out_root: Path, cache: Path, manifest: dict, ct) 
 
     pkg = common.start_model_dir(out_root, mid, mlmodel)
     d = pkg.parent
+    # Program input names in ONNX input order, as ct.convert left them (it renames reserved ones,
+    # e.g. "state" -> "state_workaround").
+    spec_inputs = [i.name for i in mlmodel.get_spec().description.input]
     in_names = {}
-    for name, arr in inputs.items():
-        prog_name = onnx2mil._san(name)
+    inits = {t.name for t in model.graph.initializer}
+    onnx_inputs = [i.name for i in model.graph.input if i.name not in inits]
+    assert sorted(onnx_inputs) == sorted(inputs) and len(spec_inputs) == len(onnx_inputs), (onnx_inputs, spec_inputs)
+    for name, prog_name in zip(onnx_inputs, spec_inputs):
+        arr = inputs[name]
         in_names[name] = prog_name
         common.write_npy(d / "inputs" / f"{prog_name}.npy", program_input(arr))
     for name, arr in expected.items():
         common.write_npy(d / "expected" / f"{out_names[name]}.npy", arr.astype(np.float32))
+    npcheck = None
+    if member.get("npcheck"):
+        # The converted program itself, run by npmil (float64 numpy, not our engine), against
+        # onnxruntime: checks the conversion of ops the Rust engine may not run yet.
+        got = npmil.run(mlmodel._mil_program, {in_names[k]: program_input(v) for k, v in inputs.items()})
+        npcheck = {}
+        for name, want in expected.items():
+            linf = float(np.max(np.abs(got[out_names[name]] - want)))
+            rel = linf / max(1.0, float(np.max(np.abs(want))))
+            npcheck[out_names[name]] = {"linf": linf, "rel": rel}
+            if not rel <= member["rtol"]:
+                raise onnx2mil.Unsupported(f"npmil run of the converted program is off: {name} rel {rel:.3e}")
     spec = mlmodel.get_spec()
     ops, counts, _, _ = common.op_summary(spec)
     f = manifest["files"][member["onnx"]]
@@ -128,6 +147,8 @@ def build_member(member: dict, out_root: Path, cache: Path, manifest: dict, ct) 
                               "dtype": str(program_input(inputs[k]).dtype)} for k, v in in_names.items()},
                "outputs": {k: {"name": v, "shape": list(expected[k].shape), "dtype": "float32"}
                            for k, v in out_names.items()}},
+        "npmil_check": npcheck and {"what": "the converted program run by scripts/zoo/npmil.py (float64 numpy "
+                                            "MIL semantics) against the same expected outputs", "outputs": npcheck},
         "ops": ops,
         "op_counts": counts,
         "coremltools_version": ct.__version__,
