@@ -448,6 +448,20 @@ def _emit(ctx: _Ctx, node):
                       constant_val=np.float32(cv), name=nm)
     if op == "LSTM":
         return _lstm(ctx, node, a, ins, nm)
+    if op == "Split":
+        axis = a.get("axis", 0)
+        sizes = a.get("split") if "split" in a else (ins[1] if len(ins) > 1 else None)
+        if sizes is not None and not ctx.is_const(np.asarray(sizes) if isinstance(sizes, list) else sizes):
+            ctx.fail(node, "split sizes must fold to constants")
+        n_out = len(node.output)
+        if sizes is None:
+            dim = ctx.shape(x)[axis]
+            if dim % n_out:
+                ctx.fail(node, f"uneven split of {dim} into {n_out} without sizes")
+            res = mb.split(x=x, num_splits=n_out, axis=axis, name=nm)
+        else:
+            res = mb.split(x=x, split_sizes=np.array(_ints(sizes), np.int32), axis=axis, name=nm)
+        return tuple(res)
     ctx.fail(node, "unknown ONNX op")
 
 
@@ -554,9 +568,11 @@ def build_program(model: onnx.ModelProto, input_shapes: dict, target: str = "iOS
     from coremltools.converters.mil.mil import types
 
     opsets = {o.domain: o.version for o in model.opset_import}
-    if set(opsets) - {"", "ai.onnx"}:
-        raise Unsupported(f"operator sets {sorted(set(opsets) - {'', 'ai.onnx'})} are not supported")
     g = model.graph
+    # Exporters list custom domains they may not use (Paddle2ONNX adds "Paddle"): refuse only nodes in them.
+    for n in g.node:
+        if n.domain not in ("", "ai.onnx"):
+            raise Unsupported(f"ONNX node '{n.name or n.output[0]}' ({n.op_type}): operator set '{n.domain}' is not supported")
     inits = {t.name for t in g.initializer}
     graph_inputs = [i for i in g.input if i.name not in inits]
     missing = {i.name for i in graph_inputs} - set(input_shapes)
