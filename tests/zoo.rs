@@ -6,7 +6,8 @@
 //!
 //! Every member listed in scripts/zoo/members.json runs through
 //! `CandleEngine` and must match within its budget: L∞ ≤ rtol × max(1,
-//! max |expected|) per output, rtol from member.json (1e-4 for fp32).
+//! max |expected|) per output, rtol from member.json (1e-4 for fp32), and
+//! RMSE ≤ budget.rmse where member.json sets one.
 //! `inspect` (`unsupported_ops`) must agree with `prepare`. A member whose
 //! files are absent fails the test with a message naming `make zoo`, unless
 //! `APPLE_SILICON_ALLOW_SKIP=1`.
@@ -95,16 +96,27 @@ fn run_member(engine: &CandleEngine, dir: &Path) -> Result<String, String> {
         }
         let (g, w) = (got.to_f64_vec(), want.to_f64_vec());
         let scale = w.iter().fold(1.0f64, |m, v| m.max(v.abs()));
-        let mut linf = 0.0f64;
+        let (mut linf, mut sq) = (0.0f64, 0.0f64);
         for (a, b) in g.iter().zip(&w) {
             let d = (a - b).abs();
             // A NaN anywhere is a failure, never a silently small max.
             linf = if d.is_nan() { f64::INFINITY } else { linf.max(d) };
+            sq += d * d;
         }
+        let rmse = (sq / w.len().max(1) as f64).sqrt();
         let rel = linf / scale;
-        figures.push(format!("{name}: L∞ {linf:.2e} (rel {rel:.2e}, budget {rtol:.0e})"));
+        figures.push(format!(
+            "{name}: L∞ {linf:.2e} (rel {rel:.2e}, budget {rtol:.0e}), RMSE {rmse:.2e}"
+        ));
         if rel > rtol {
-            bad.push(format!("{name}: L∞ {linf:.3e} relative {rel:.3e} > budget {rtol:e}"));
+            bad.push(format!(
+                "{name}: L∞ {linf:.3e} relative {rel:.3e} > budget {rtol:e} (RMSE {rmse:.3e})"
+            ));
+        }
+        if let Some(max_rmse) = info["budget"]["rmse"].as_f64() {
+            if rmse > max_rmse {
+                bad.push(format!("{name}: RMSE {rmse:.3e} > budget {max_rmse:e}"));
+            }
         }
     }
     if bad.is_empty() {
