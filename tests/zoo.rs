@@ -126,37 +126,61 @@ fn run_member(engine: &CandleEngine, dir: &Path) -> Result<String, String> {
     }
 }
 
-#[test]
-fn every_zoo_member_matches_onnxruntime_within_budget() {
-    let allow_skip = std::env::var(ALLOW_SKIP_ENV).is_ok_and(|v| v == "1");
+/// Runs every member under `root`; Err lists the failures, or the absent
+/// members (naming `make zoo`) unless `allow_skip`. Ok holds the report lines.
+fn run_zoo(root: &Path, allow_skip: bool) -> Result<Vec<String>, String> {
     let engine = CandleEngine::new();
-    let (mut missing, mut failed) = (Vec::new(), Vec::new());
+    let (mut missing, mut failed, mut report) = (Vec::new(), Vec::new(), Vec::new());
     for m in members() {
         let id = m["id"].as_str().unwrap();
-        let dir = zoo_dir().join(id);
+        let dir = root.join(id);
         if !dir.join("member.json").is_file() {
             missing.push(id.to_string());
             continue;
         }
         match run_member(&engine, &dir) {
-            Ok(fig) => println!("zoo {id:<20} ok   {fig}"),
+            Ok(fig) => report.push(format!("zoo {id:<20} ok   {fig}")),
             Err(e) => {
-                println!("zoo {id:<20} FAIL {e}");
+                report.push(format!("zoo {id:<20} FAIL {e}"));
                 failed.push(format!("{id}: {e}"));
             }
         }
+    }
+    for line in &report {
+        println!("{line}");
     }
     if !missing.is_empty() {
         let msg = format!(
             "zoo members not built: {} (in {}): run `make zoo`",
             missing.join(", "),
-            zoo_dir().display()
+            root.display()
         );
-        if allow_skip {
-            println!("skipped ({ALLOW_SKIP_ENV}=1): {msg}");
-        } else {
-            panic!("{msg} (or set {ALLOW_SKIP_ENV}=1 to skip them)");
+        if !allow_skip {
+            return Err(format!("{msg} (or set {ALLOW_SKIP_ENV}=1 to skip them)"));
         }
+        report.push(format!("skipped ({ALLOW_SKIP_ENV}=1): {msg}"));
     }
-    assert!(failed.is_empty(), "zoo members failed:\n{}", failed.join("\n"));
+    if !failed.is_empty() {
+        return Err(format!("zoo members failed:\n{}", failed.join("\n")));
+    }
+    Ok(report)
+}
+
+#[test]
+fn every_zoo_member_matches_onnxruntime_within_budget() {
+    let allow_skip = std::env::var(ALLOW_SKIP_ENV).is_ok_and(|v| v == "1");
+    if let Err(e) = run_zoo(&zoo_dir(), allow_skip) {
+        panic!("{e}");
+    }
+}
+
+#[test]
+fn absent_members_fail_naming_make_zoo_unless_skips_are_allowed() {
+    let empty = tempfile::tempdir().unwrap();
+    let e = run_zoo(empty.path(), false).unwrap_err();
+    assert!(e.contains("run `make zoo`"), "{e}");
+    assert!(e.contains("ppocr_v4_det"), "{e}");
+    assert!(e.contains(ALLOW_SKIP_ENV), "{e}");
+    let report = run_zoo(empty.path(), true).unwrap();
+    assert!(report.last().unwrap().contains("skipped"), "{report:?}");
 }
