@@ -10,6 +10,7 @@ the original ONNX file for the expected outputs, and write
     models/zoo/<member>/inputs/<name>.npy   # program input names
     models/zoo/<member>/expected/<name>.npy # program output names, float32, from onnxruntime
     models/zoo/<member>/member.json         # source wheel, sha256s, budget, ops, io
+    models/zoo/<member>/manifest.json       # what the smoke reads (apple_silicon::golden), absolute budgets
 
 A member whose member.json records the same inputs of the build (members.json entry, script
 hashes) is kept as it is (warm run < 1 s). A member the converter refuses is reported and
@@ -156,6 +157,15 @@ def build_member(member: dict, out_root: Path, cache: Path, manifest: dict, ct) 
         "build_key": build_key(member, manifest),
     }
     common.write_json(d / "member.json", info)
+    # The smoke's manifest (apple_silicon::golden::ModelManifest): absolute budgets, from the
+    # relative one at the smallest output scale, so the smoke is never looser than tests/zoo.rs.
+    scale = min(max(1.0, float(np.max(np.abs(v)))) for v in expected.values())
+    l_inf = member["rtol"] * scale
+    common.write_json(d / "manifest.json", {
+        "model": mid, "source": f"{f['wheel']} {f['path']} (sha256 {f['sha256']})", "backend": "mlprogram",
+        "precision": member["precision"], "quantization": "int4_blockwise" if dequantized else "none",
+        "accuracy_delta_l_inf": l_inf, "accuracy_delta_rmse": member.get("rmse") or l_inf,
+        "reference": info["reference"], "ops": ops, "zoo": "see member.json (tests/zoo.rs budgets)"})
     common.log(f"[zoo] {mid}: {sum(counts.values())} ops ({len(ops)} types) in {time.time() - t0:.1f}s")
     return info
 
