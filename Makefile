@@ -44,6 +44,7 @@ download-models: venv zoo
 # Installs onnx + onnxruntime into .venv (pinned, scripts/bench/requirements.txt). tests/zoo.rs runs it.
 zoo: venv
 	bash scripts/setup_python.sh --bench
+	$(PY) scripts/zoo/test_onnx2mil.py
 	$(PY) scripts/zoo/build.py
 
 # Every model through the engine chain: engine, precision, parity, p50/p95/p99.

@@ -61,14 +61,13 @@ def _lstm(a):
     wih, whh = a["weight_ih"], a["weight_hh"]
     b = a.get("bias")
     b = np.zeros(wih.shape[0]) if b is None else b
-    if a.get("direction", "forward") not in ("forward", "reverse") or a.get("peephole") is not None:
-        raise NotImplementedError("lstm: only forward/reverse without peepholes")
+    if a.get("direction", "forward") != "forward" or a.get("peephole") is not None:
+        raise NotImplementedError("lstm: only forward without peepholes")
     acts = (a.get("recurrent_activation", "sigmoid"), a.get("cell_activation", "tanh"), a.get("activation", "tanh"))
     if acts != ("sigmoid", "tanh", "tanh") or a.get("clip") is not None:
         raise NotImplementedError(f"lstm activations {acts} / clip")
-    steps = range(x.shape[0]) if a.get("direction", "forward") == "forward" else reversed(range(x.shape[0]))
     hs = {}
-    for t in steps:
+    for t in range(x.shape[0]):
         z = x[t] @ wih.T + h @ whh.T + b
         i, f, o, g = np.split(z, 4, axis=-1)  # MIL gate order: input, forget, output, cell
         c = _sigmoid(f) * c + _sigmoid(i) * np.tanh(g)

@@ -509,13 +509,15 @@ def _bind(ctx: _Ctx, node, res) -> None:
 
 
 def _lstm(ctx: _Ctx, node, a, ins, nm):
-    """ONNX LSTM (one direction, default activations) -> mb.lstm; returns (Y, Y_h, Y_c)."""
+    """ONNX LSTM (forward, default activations) -> mb.lstm; returns (Y, Y_h, Y_c)."""
     mb = ctx.mb
     if a.get("layout", 0) != 0:
         ctx.fail(node, f"layout={a['layout']} is not supported")
     direction = _s(a.get("direction", "forward"))
-    if direction not in ("forward", "reverse"):
-        ctx.fail(node, f"direction={direction!r} is not supported")
+    if direction != "forward":
+        # MIL's definition does not say in which order a reverse lstm lays out its output
+        # sequence, and nothing here can check it: refuse rather than guess.
+        ctx.fail(node, f"direction={direction!r} is not supported (forward only)")
     acts = [_s(v) for v in a.get("activations", [b"Sigmoid", b"Tanh", b"Tanh"])]
     if [v.lower() for v in acts] != ["sigmoid", "tanh", "tanh"] or "clip" in a or a.get("input_forget", 0):
         ctx.fail(node, f"activations={acts}, clip or input_forget are not supported")
