@@ -8,14 +8,15 @@
 //! `CandleEngine` and must match within its budget: L∞ ≤ rtol × max(1,
 //! max |expected|) per output, rtol from member.json (1e-4 for fp32), and
 //! RMSE ≤ budget.rmse where member.json sets one.
-//! `inspect` (`unsupported_ops`) must agree with `prepare`. A member whose
+//! fp16 members run under both float policies (f32 upcast and f16
+//! arithmetic). `inspect` (`unsupported_ops`) must agree with `prepare`. A member whose
 //! files are absent fails the test with a message naming `make zoo`, unless
 //! `APPLE_SILICON_ALLOW_SKIP=1`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use apple_silicon::mil::unsupported_ops;
+use apple_silicon::mil::{unsupported_ops, FloatPolicy};
 use apple_silicon::mlpackage::MlPackage;
 use apple_silicon::{golden, CandleEngine, InferenceEngine, ModelArtifact, PrepareOptions, Tensor, TensorMap};
 use serde_json::Value;
@@ -47,7 +48,12 @@ fn read_npy_dir(dir: &Path) -> Result<TensorMap, String> {
 }
 
 /// One member through the engine: Ok(figures) or Err(why).
-fn run_member(engine: &CandleEngine, dir: &Path) -> Result<String, String> {
+///
+/// `native_f16`: the engine computes fp16 in f16. Where member.json gives a
+/// `budget.native_f16` ({mask_threshold, min_agreement}), that run is held
+/// to it instead of L∞/RMSE: the share of outputs on the same side of the
+/// threshold as the reference (the decision the application takes).
+fn run_member(engine: &CandleEngine, dir: &Path, native_f16: bool) -> Result<String, String> {
     let info: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("member.json")).map_err(|e| e.to_string())?)
             .map_err(|e| e.to_string())?;
@@ -108,6 +114,20 @@ fn run_member(engine: &CandleEngine, dir: &Path) -> Result<String, String> {
         figures.push(format!(
             "{name}: L∞ {linf:.2e} (rel {rel:.2e}, budget {rtol:.0e}), RMSE {rmse:.2e}"
         ));
+        let mask = &info["budget"]["native_f16"];
+        if native_f16 && mask.is_object() {
+            let (t, min) = (
+                mask["mask_threshold"].as_f64().ok_or("native_f16.mask_threshold")?,
+                mask["min_agreement"].as_f64().ok_or("native_f16.min_agreement")?,
+            );
+            let same = g.iter().zip(&w).filter(|(a, b)| (**a > t) == (**b > t)).count();
+            let agree = same as f64 / w.len().max(1) as f64;
+            figures.push(format!("{name}: mask (> {t}) agreement {agree:.5} (budget ≥ {min})"));
+            if agree < min {
+                bad.push(format!("{name}: mask agreement {agree:.5} < {min}"));
+            }
+            continue;
+        }
         if rel > rtol {
             bad.push(format!(
                 "{name}: L∞ {linf:.3e} relative {rel:.3e} > budget {rtol:e} (RMSE {rmse:.3e})"
@@ -130,6 +150,7 @@ fn run_member(engine: &CandleEngine, dir: &Path) -> Result<String, String> {
 /// members (naming `make zoo`) unless `allow_skip`. Ok holds the report lines.
 fn run_zoo(root: &Path, allow_skip: bool) -> Result<Vec<String>, String> {
     let engine = CandleEngine::new();
+    let native = CandleEngine::new().with_float_policy(FloatPolicy::Native);
     let (mut missing, mut failed, mut report) = (Vec::new(), Vec::new(), Vec::new());
     for m in members() {
         let id = m["id"].as_str().unwrap();
@@ -138,11 +159,18 @@ fn run_zoo(root: &Path, allow_skip: bool) -> Result<Vec<String>, String> {
             missing.push(id.to_string());
             continue;
         }
-        match run_member(&engine, &dir) {
-            Ok(fig) => report.push(format!("zoo {id:<20} ok   {fig}")),
-            Err(e) => {
-                report.push(format!("zoo {id:<20} FAIL {e}"));
-                failed.push(format!("{id}: {e}"));
+        // fp16 programs run under both float policies: upcast to f32 (the default) and f16 arithmetic.
+        let mut runs = vec![("", &engine, false)];
+        if m["precision"] == "fp16" {
+            runs.push((" (f16 arithmetic)", &native, true));
+        }
+        for (how, eng, native_f16) in runs {
+            match run_member(eng, &dir, native_f16) {
+                Ok(fig) => report.push(format!("zoo {id:<20} ok   {fig}{how}")),
+                Err(e) => {
+                    report.push(format!("zoo {id:<20} FAIL {e}{how}"));
+                    failed.push(format!("{id}{how}: {e}"));
+                }
             }
         }
     }

@@ -142,7 +142,7 @@ def build_member(member: dict, out_root: Path, cache: Path, manifest: dict, ct) 
         "converter": "scripts/zoo/onnx2mil.py",
         "target": member["target"],
         "precision": member["precision"],
-        "budget": {"rtol": member["rtol"], "rmse": member.get("rmse"),
+        "budget": {"rtol": member["rtol"], "rmse": member.get("rmse"), "native_f16": member.get("native_f16"),
                    "meaning": "L-inf <= rtol * max(1, max |expected|) per output (and RMSE <= rmse when set)",
                    "why": member.get("rtol_why", "fp32 program vs fp32 onnxruntime: summation order differs")},
         "io": {"inputs": {k: {"name": v, "shape": list(program_input(inputs[k]).shape),
