@@ -266,6 +266,10 @@ def _emit(ctx: _Ctx, node):
         return mb.mul(x=x, y=np.float32(-1), name=nm)
     if op == "HardSigmoid":
         return mb.sigmoid_hard(x=x, alpha=np.float32(a.get("alpha", 0.2)), beta=np.float32(a.get("beta", 0.5)), name=nm)
+    if op == "HardSwish":
+        # x * hardsigmoid(x; 1/6, 1/2): MIL has no hard-swish op (coremltools' own frontends decompose it too).
+        hs = mb.sigmoid_hard(x=x, alpha=np.float32(1.0 / 6.0), beta=np.float32(0.5), name=ctx.name(nm + "_hsig"))
+        return mb.mul(x=x, y=hs, name=nm)
     if op == "LeakyRelu":
         return mb.leaky_relu(x=x, alpha=np.float32(a.get("alpha", 0.01)), name=nm)
     if op == "Clip":
