@@ -192,6 +192,8 @@ def _fold(node, ins, a):
         return np.full(_ints(x), v.reshape(-1)[0], v.dtype)
     if op == "Range":
         return np.arange(x, ins[1], ins[2]).astype(x.dtype)
+    if op == "Expand":
+        return x * np.ones(_ints(ins[1]), x.dtype)  # ONNX Expand broadcasts both ways
     if op == "Transpose":
         return np.transpose(x, a.get("perm"))
     if op == "Sqrt":
@@ -452,6 +454,17 @@ def _emit(ctx: _Ctx, node):
                       constant_val=np.float32(cv), name=nm)
     if op == "LSTM":
         return _lstm(ctx, node, a, ins, nm)
+    if op == "Expand":
+        if not ctx.is_const(ins[1]):
+            ctx.fail(node, "the target shape must fold to a constant")
+        shp = ctx.shape(x)
+        out = np.broadcast_shapes(shp, tuple(_ints(ins[1])))
+        if out == shp:
+            return x
+        reps = [o // i if i == 1 else 1 for o, i in zip(out, (1,) * (len(out) - len(shp)) + shp)]
+        if len(out) > len(shp):
+            x = mb.reshape(x=x, shape=[1] * (len(out) - len(shp)) + list(shp), name=ctx.name(nm + "_rank"))
+        return mb.tile(x=x, reps=reps, name=nm)
     if op == "Split":
         axis = a.get("axis", 0)
         sizes = a.get("split") if "split" in a else (ins[1] if len(ins) > 1 else None)

@@ -33,6 +33,8 @@ def preprocess(kind: str, png: bytes, shape, crop=None) -> np.ndarray:
         x = (img / 255.0 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
     elif kind in ("cls", "rec"):  # RapidOCR cls/rec: (x/255 - 0.5) / 0.5
         x = (img / 255.0 - 0.5) / 0.5
+    elif kind == "unit":  # YOLO exports (e.g. NudeNet's cv2.dnn.blobFromImage(img, 1/255, swapRB)): x/255
+        x = img / 255.0
     else:
         raise ValueError(f"unknown preprocess {kind!r}")
     x = np.ascontiguousarray(x.transpose(2, 0, 1)[None].repeat(n, 0), dtype=np.float32)
