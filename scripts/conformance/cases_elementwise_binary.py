@@ -80,6 +80,12 @@ def cases() -> list[Case]:
     xp = (np.abs(x) + np.float32(0.1)).astype(np.float32)
     out.append(Case(FAM, "pow", "pow_const_exponent", {"x": xp}, lambda x: mb.pow(x=x, y=np.float32(3.0)),
                     {"z": f64(xp) ** 3}))
+    # Negative bases to integral powers, and 0^0: real in numpy (x**2 of a centred tensor is how
+    # exported LayerNorms compute the variance).
+    xn = np.concatenate([x.reshape(-1), np.float32([0.0, -0.0, -1.5])]).astype(np.float32)
+    yn = np.float32([2, 3, 2, -1, 0, 2, 0, 0, 3])
+    out.append(Case(FAM, "pow", "pow_negative_base_integral_exponent", {"x": xn, "y": yn},
+                    lambda x, y: mb.pow(x=x, y=y), {"z": np.power(f64(xn), f64(yn))}))
     for op, ref in LOGIC.items():
         fn = getattr(mb, op)
         for tag, (xs, ys) in SHAPES.items():

@@ -4,7 +4,8 @@
 //! ops yield bools (u8); when the operands' dtypes differ, `y` is cast to
 //! `x`'s. `floor_div` and `mod` round toward minus infinity (numpy: the
 //! remainder takes the divisor's sign); integer `pow`, `floor_div` and `mod`
-//! are computed elementwise in i64 (candle has no integer kernels for them).
+//! are computed elementwise in i64 (candle has no integer kernels for them);
+//! float `pow` elementwise with `powf` (a negative base to an integral power is real, 0^0 = 1).
 
 use candle_core::Tensor;
 
@@ -120,5 +121,17 @@ fn pow(a: &Tensor, b: &Tensor) -> CResult<Tensor> {
             Ok(x.wrapping_pow(u32::try_from(y).unwrap_or(u32::MAX)))
         });
     }
-    a.broadcast_pow(b)
+    // candle's pow is exp(y * ln x): NaN for every negative base and for 0^0. numpy's (and
+    // MIL's) real power is defined there when y is integral (LayerNorm decompositions square a
+    // centred, half-negative tensor with pow(x, 2)), so compute it elementwise with powf.
+    let shape = broadcast_shape(&[a.dims(), b.dims()])?;
+    let flat = |t: &Tensor| -> CResult<Vec<f64>> {
+        t.to_dtype(CDType::F64)?
+            .broadcast_as(shape.as_slice())?
+            .contiguous()?
+            .flatten_all()?
+            .to_vec1()
+    };
+    let out: Vec<f64> = flat(a)?.into_iter().zip(flat(b)?).map(|(x, y)| x.powf(y)).collect();
+    Tensor::from_vec(out, shape.as_slice(), a.device())?.to_dtype(a.dtype())
 }

@@ -1,0 +1,214 @@
+//! The real-model battery ("zoo", issue #11 item 4): networks other people
+//! trained, taken from pinned PyPI wheels as ONNX files, converted to ML
+//! Programs by scripts/zoo/onnx2mil.py and built by `make zoo` into
+//! `models/zoo/<member>/` with expected outputs from onnxruntime on the
+//! original ONNX file (scripts/zoo/README.md).
+//!
+//! Every member listed in scripts/zoo/members.json runs through
+//! `CandleEngine` and must match within its budget: L∞ ≤ rtol × max(1,
+//! max |expected|) per output, rtol from member.json (1e-4 for fp32), and
+//! RMSE ≤ budget.rmse where member.json sets one.
+//! fp16 members run under both float policies (f32 upcast and f16
+//! arithmetic). `inspect` (`unsupported_ops`) must agree with `prepare`. A member whose
+//! files are absent fails the test with a message naming `make zoo`, unless
+//! `APPLE_SILICON_ALLOW_SKIP=1`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use apple_silicon::mil::{unsupported_ops, FloatPolicy};
+use apple_silicon::mlpackage::MlPackage;
+use apple_silicon::{golden, CandleEngine, InferenceEngine, ModelArtifact, PrepareOptions, Tensor, TensorMap};
+use serde_json::Value;
+
+/// Allows members whose files are absent to be skipped (reported, not failed).
+const ALLOW_SKIP_ENV: &str = "APPLE_SILICON_ALLOW_SKIP";
+const T: Duration = Duration::from_secs(300);
+
+fn members() -> Vec<Value> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/zoo/members.json");
+    let m: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    m["members"].as_array().unwrap().clone()
+}
+
+fn zoo_dir() -> PathBuf {
+    golden::models_dir().join("zoo")
+}
+
+fn read_npy_dir(dir: &Path) -> Result<TensorMap, String> {
+    let mut m = TensorMap::new();
+    for e in std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))? {
+        let p = e.map_err(|e| e.to_string())?.path();
+        if p.extension().is_some_and(|x| x == "npy") {
+            let name = p.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+            m.insert(name, Tensor::read_npy(&p).map_err(|e| e.to_string())?);
+        }
+    }
+    Ok(m)
+}
+
+/// One member through the engine: Ok(figures) or Err(why).
+///
+/// `native_f16`: the engine computes fp16 in f16. Where member.json gives a
+/// `budget.native_f16` ({mask_threshold, min_agreement}), that run is held
+/// to it instead of L∞/RMSE: the share of outputs on the same side of the
+/// threshold as the reference (the decision the application takes).
+fn run_member(engine: &CandleEngine, dir: &Path, native_f16: bool) -> Result<String, String> {
+    let info: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("member.json")).map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    let rtol = info["budget"]["rtol"]
+        .as_f64()
+        .ok_or("member.json has no budget.rtol")?;
+    let pkg_path = dir.join("model.mlpackage");
+    let pkg = MlPackage::open(&pkg_path).map_err(|e| e.to_string())?;
+    let inspect_unsupported = unsupported_ops(&pkg);
+
+    let artifact = ModelArtifact::open(&pkg_path).map_err(|e| e.to_string())?;
+    let prepared = engine.prepare(&artifact, PrepareOptions::default());
+    let model = match prepared {
+        Err(e) => {
+            return Err(format!(
+                "prepare: {e} (inspect's unsupported ops: {inspect_unsupported:?})"
+            ));
+        }
+        Ok(m) => {
+            if !inspect_unsupported.is_empty() {
+                return Err(format!(
+                    "inspect reports unsupported {inspect_unsupported:?} but prepare accepted the package"
+                ));
+            }
+            m
+        }
+    };
+    let inputs = read_npy_dir(&dir.join("inputs"))?;
+    let expected = read_npy_dir(&dir.join("expected"))?;
+    let t0 = std::time::Instant::now();
+    let out = engine
+        .infer(model.as_ref(), &inputs, T)
+        .map_err(|e| format!("infer: {e}"))?;
+    let ms = t0.elapsed().as_secs_f64() * 1e3;
+    let mut figures = Vec::new();
+    let mut bad = Vec::new();
+    for (name, want) in &expected {
+        let got = out.get(name).ok_or_else(|| format!("output `{name}` missing"))?;
+        if got.shape() != want.shape() {
+            bad.push(format!(
+                "{name}: shape {:?} != expected {:?}",
+                got.shape(),
+                want.shape()
+            ));
+            continue;
+        }
+        let (g, w) = (got.to_f64_vec(), want.to_f64_vec());
+        let scale = w.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+        let (mut linf, mut sq) = (0.0f64, 0.0f64);
+        for (a, b) in g.iter().zip(&w) {
+            let d = (a - b).abs();
+            // A NaN anywhere is a failure, never a silently small max.
+            linf = if d.is_nan() { f64::INFINITY } else { linf.max(d) };
+            sq += d * d;
+        }
+        let rmse = (sq / w.len().max(1) as f64).sqrt();
+        let rel = linf / scale;
+        figures.push(format!(
+            "{name}: L∞ {linf:.2e} (rel {rel:.2e}, budget {rtol:.0e}), RMSE {rmse:.2e}"
+        ));
+        let mask = &info["budget"]["native_f16"];
+        if native_f16 && mask.is_object() {
+            let (t, min) = (
+                mask["mask_threshold"].as_f64().ok_or("native_f16.mask_threshold")?,
+                mask["min_agreement"].as_f64().ok_or("native_f16.min_agreement")?,
+            );
+            let same = g.iter().zip(&w).filter(|(a, b)| (**a > t) == (**b > t)).count();
+            let agree = same as f64 / w.len().max(1) as f64;
+            figures.push(format!("{name}: mask (> {t}) agreement {agree:.5} (budget ≥ {min})"));
+            if agree < min {
+                bad.push(format!("{name}: mask agreement {agree:.5} < {min}"));
+            }
+            continue;
+        }
+        if rel > rtol {
+            bad.push(format!(
+                "{name}: L∞ {linf:.3e} relative {rel:.3e} > budget {rtol:e} (RMSE {rmse:.3e})"
+            ));
+        }
+        if let Some(max_rmse) = info["budget"]["rmse"].as_f64() {
+            if rmse > max_rmse {
+                bad.push(format!("{name}: RMSE {rmse:.3e} > budget {max_rmse:e}"));
+            }
+        }
+    }
+    if bad.is_empty() {
+        Ok(format!("{} [{ms:.0} ms]", figures.join("; ")))
+    } else {
+        Err(bad.join("; "))
+    }
+}
+
+/// Runs every member under `root`; Err lists the failures, or the absent
+/// members (naming `make zoo`) unless `allow_skip`. Ok holds the report lines.
+fn run_zoo(root: &Path, allow_skip: bool) -> Result<Vec<String>, String> {
+    let engine = CandleEngine::new();
+    let native = CandleEngine::new().with_float_policy(FloatPolicy::Native);
+    let (mut missing, mut failed, mut report) = (Vec::new(), Vec::new(), Vec::new());
+    for m in members() {
+        let id = m["id"].as_str().unwrap();
+        let dir = root.join(id);
+        if !dir.join("member.json").is_file() {
+            missing.push(id.to_string());
+            continue;
+        }
+        // fp16 programs run under both float policies: upcast to f32 (the default) and f16 arithmetic.
+        let mut runs = vec![("", &engine, false)];
+        if m["precision"] == "fp16" {
+            runs.push((" (f16 arithmetic)", &native, true));
+        }
+        for (how, eng, native_f16) in runs {
+            match run_member(eng, &dir, native_f16) {
+                Ok(fig) => report.push(format!("zoo {id:<20} ok   {fig}{how}")),
+                Err(e) => {
+                    report.push(format!("zoo {id:<20} FAIL {e}{how}"));
+                    failed.push(format!("{id}{how}: {e}"));
+                }
+            }
+        }
+    }
+    for line in &report {
+        println!("{line}");
+    }
+    if !missing.is_empty() {
+        let msg = format!(
+            "zoo members not built: {} (in {}): run `make zoo`",
+            missing.join(", "),
+            root.display()
+        );
+        if !allow_skip {
+            return Err(format!("{msg} (or set {ALLOW_SKIP_ENV}=1 to skip them)"));
+        }
+        report.push(format!("skipped ({ALLOW_SKIP_ENV}=1): {msg}"));
+    }
+    if !failed.is_empty() {
+        return Err(format!("zoo members failed:\n{}", failed.join("\n")));
+    }
+    Ok(report)
+}
+
+#[test]
+fn every_zoo_member_matches_onnxruntime_within_budget() {
+    let allow_skip = std::env::var(ALLOW_SKIP_ENV).is_ok_and(|v| v == "1");
+    if let Err(e) = run_zoo(&zoo_dir(), allow_skip) {
+        panic!("{e}");
+    }
+}
+
+#[test]
+fn absent_members_fail_naming_make_zoo_unless_skips_are_allowed() {
+    let empty = tempfile::tempdir().unwrap();
+    let e = run_zoo(empty.path(), false).unwrap_err();
+    assert!(e.contains("run `make zoo`"), "{e}");
+    assert!(e.contains("ppocr_v4_det"), "{e}");
+    assert!(e.contains(ALLOW_SKIP_ENV), "{e}");
+    let report = run_zoo(empty.path(), true).unwrap();
+    assert!(report.last().unwrap().contains("skipped"), "{report:?}");
+}
