@@ -21,6 +21,20 @@ if [ -n "$lean_extra" ]; then
     exit 1
 fi
 
+step "Package: what crates.io would get (the library, the Swift bridge, docs; no tests or fixtures)"
+# --list only: a full `cargo package` (which also verifies the build) is run by hand before a release.
+pkg_files=$(cargo package --list --allow-dirty 2>/dev/null)
+for need in Cargo.toml README.md LICENSE-MIT LICENSE-APACHE build.rs apple-silicon/src/lib.rs \
+            coreml-bridge/Package.swift coreml-bridge/include/coreml_bridge.h; do
+    grep -qx "$need" <<<"$pkg_files" || { echo "the package lacks $need" >&2; exit 1; }
+done
+if grep -E '^(tests|scripts|models)/' <<<"$pkg_files" | head -3 | grep -q .; then
+    echo "the package includes repository-only files:" >&2
+    grep -E '^(tests|scripts|models)/' <<<"$pkg_files" | head -5 >&2
+    exit 1
+fi
+echo "package: $(wc -l <<<"$pkg_files") files"
+
 step "macOS type-check: cargo clippy for aarch64-apple-darwin, with and without --features coreml"
 bash scripts/check_macos_target.sh
 
