@@ -7,16 +7,22 @@
 //! `1_Pooling/config.json`, which decide pooling (mean or CLS) and whether the
 //! embedding is L2-normalised. Inputs are `input_ids` and `attention_mask`
 //! (i32, `[batch, seq]`); the output is `embedding` (f32, `[batch, hidden]`).
+//!
+//! The encoder's layers are loaded one `BertEncoder` each (the weights of
+//! layer i renamed into a one-layer stack) rather than as one `BertModel`, so
+//! a run can stop between layers once its deadline has passed: the same
+//! maths, with a cancellation point per layer.
 
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType as CDType, Device, Tensor as CTensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config};
+use candle_transformers::models::bert::{BertEncoder as LayerStack, BertModel, Config};
 
 use crate::cache::fsx::{self, Confined};
 use crate::error::{Error, Result};
 use crate::inference::{IoSchema, ShapeConstraint, TensorSpec};
+use crate::mil::CancelFlag;
 use crate::tensor::{DType, Tensor, TensorMap};
 
 /// How token states become one sentence embedding.
@@ -30,7 +36,10 @@ pub enum Pooling {
 
 /// A loaded BERT encoder with its pooling head.
 pub struct BertEncoder {
-    model: BertModel,
+    /// Embeddings only (a model with zero layers).
+    embeddings: BertModel,
+    /// One single-layer stack per encoder layer, in order.
+    layers: Vec<LayerStack>,
     pooling: Pooling,
     normalize: bool,
     schema: IoSchema,
@@ -107,10 +116,35 @@ impl BertEncoder {
         // SAFETY: the weights file is mapped read-only and treated as immutable.
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], CDType::F32, &Device::Cpu) }
             .map_err(|e| Error::invalid_artifact(&weights, format!("not readable safetensors: {e}")))?;
-        let model = BertModel::load(vb, &config).map_err(|e| Error::Load {
+        let load_err = |e: candle_core::Error| Error::Load {
             model: weights.display().to_string(),
             message: format!("building BERT from the weights: {e}"),
-        })?;
+        };
+        let embeddings = BertModel::load(
+            vb.clone(),
+            &Config {
+                num_hidden_layers: 0,
+                ..config.clone()
+            },
+        )
+        .map_err(load_err)?;
+        let prefix = ["encoder", "bert.encoder"]
+            .into_iter()
+            .find(|p| vb.contains_tensor(&format!("{p}.layer.0.attention.self.query.weight")))
+            .unwrap_or("encoder");
+        let one_layer = Config {
+            num_hidden_layers: 1,
+            ..config.clone()
+        };
+        let layers = (0..config.num_hidden_layers)
+            .map(|i| {
+                let renamed = vb
+                    .clone()
+                    .rename_f(move |n: &str| n.replacen(".layer.0.", &format!(".layer.{i}."), 1));
+                LayerStack::load(renamed.pp(prefix), &one_layer)
+            })
+            .collect::<candle_core::Result<Vec<_>>>()
+            .map_err(load_err)?;
         let max = raw
             .get("max_position_embeddings")
             .and_then(|v| v.as_u64())
@@ -133,7 +167,8 @@ impl BertEncoder {
         };
         let weight_bytes = std::fs::metadata(&weights).map(|m| m.len()).unwrap_or(0);
         Ok(BertEncoder {
-            model,
+            embeddings,
+            layers,
             pooling,
             normalize,
             schema,
@@ -157,8 +192,9 @@ impl BertEncoder {
     }
 
     /// Encodes a batch. `inputs` must already match the schema, and both
-    /// inputs must have the same shape.
-    pub fn run(&self, inputs: &TensorMap) -> Result<TensorMap> {
+    /// inputs must have the same shape. Once `cancel` is set the run stops
+    /// before the next layer with [`Error::Timeout`].
+    pub fn run(&self, inputs: &TensorMap, cancel: Option<&CancelFlag>) -> Result<TensorMap> {
         let ids = &inputs["input_ids"];
         let mask = &inputs["attention_mask"];
         if ids.shape() != mask.shape() {
@@ -168,11 +204,23 @@ impl BertEncoder {
                 format!("{:?}", mask.shape()),
             ));
         }
-        self.forward(ids, mask)
-            .map_err(|e| Error::internal(format!("BERT forward failed: {e}")))
+        match self.forward(ids, mask, cancel) {
+            Ok(Some(out)) => Ok(out),
+            Ok(None) => Err(Error::Timeout {
+                operation: format!("BERT encoder (stopped before a layer of {})", self.layers.len()),
+                after: std::time::Duration::ZERO,
+            }),
+            Err(e) => Err(Error::internal(format!("BERT forward failed: {e}"))),
+        }
     }
 
-    fn forward(&self, ids: &Tensor, mask: &Tensor) -> candle_core::Result<TensorMap> {
+    /// The embedding, or `None` when cancelled between layers.
+    fn forward(
+        &self,
+        ids: &Tensor,
+        mask: &Tensor,
+        cancel: Option<&CancelFlag>,
+    ) -> candle_core::Result<Option<TensorMap>> {
         let dev = &Device::Cpu;
         let to_i64 = |t: &Tensor| -> candle_core::Result<CTensor> {
             let v: Vec<i64> = t.to_f64_vec().into_iter().map(|x| x as i64).collect();
@@ -181,7 +229,16 @@ impl BertEncoder {
         let ids_t = to_i64(ids)?;
         let mask_t = to_i64(mask)?;
         let types = ids_t.zeros_like()?;
-        let states = self.model.forward(&ids_t, &types, Some(&mask_t))?;
+        let mut states = self.embeddings.forward(&ids_t, &types, Some(&mask_t))?;
+        // BERT's additive mask: 0 where attended, f32::MIN where padded.
+        let keep = mask_t.to_dtype(CDType::F32)?.unsqueeze(1)?.unsqueeze(1)?;
+        let additive = ((keep.ones_like()? - &keep)? * f64::from(f32::MIN))?;
+        for layer in &self.layers {
+            if cancel.is_some_and(|c| c.is_cancelled()) {
+                return Ok(None);
+            }
+            states = layer.forward(&states, &additive)?;
+        }
         let pooled = match self.pooling {
             Pooling::Cls => states.narrow(1, 0, 1)?.squeeze(1)?,
             Pooling::Mean => {
@@ -200,6 +257,34 @@ impl BertEncoder {
         let shape = emb.dims().to_vec();
         let values = emb.flatten_all()?.to_vec1::<f32>()?;
         let t = Tensor::from_vec(shape, values).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-        Ok(TensorMap::from([("embedding".to_string(), t)]))
+        Ok(Some(TensorMap::from([("embedding".to_string(), t)])))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cancelled_run_stops_between_layers_and_an_uncancelled_one_does_not() {
+        let dir = crate::golden::models_dir().join("minilm_l6_safetensors");
+        assert!(
+            dir.join("model.safetensors").is_file(),
+            "{} is missing: run `make download-models`",
+            dir.display()
+        );
+        let enc = BertEncoder::load(&dir, 8).unwrap();
+        assert_eq!(enc.layers.len(), 6, "MiniLM-L6 has six layers, one stack each");
+        let ids = Tensor::from_vec(vec![1, 8], vec![101i32, 7592, 2088, 2003, 1037, 3231, 102, 0]).unwrap();
+        let mask = Tensor::from_vec(vec![1, 8], vec![1i32, 1, 1, 1, 1, 1, 1, 0]).unwrap();
+        let inputs = TensorMap::from([("input_ids".to_string(), ids), ("attention_mask".to_string(), mask)]);
+        let out = enc.run(&inputs, Some(&CancelFlag::new())).unwrap();
+        let e = out["embedding"].to_f32_vec();
+        let norm: f32 = e.iter().map(|v| v * v).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-4, "an L2-normalised embedding, got norm {norm}");
+        let cancel = CancelFlag::new();
+        cancel.cancel();
+        let err = enc.run(&inputs, Some(&cancel)).unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::Timeout, "{err}");
     }
 }

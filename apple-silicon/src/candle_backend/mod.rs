@@ -114,7 +114,7 @@ impl Inner {
             #[cfg(feature = "bert")]
             Runner::Bert(b) => {
                 let t = std::time::Instant::now();
-                let out = b.run(inputs)?;
+                let out = b.run(inputs, cancel)?;
                 Ok((
                     out,
                     StageTimings {
@@ -435,7 +435,7 @@ impl InferenceEngine for CandleEngine {
         let inputs = inputs.clone();
         // The worker owns everything it touches: if the deadline passes, the
         // caller returns, the flag is set and an ML Program stops at its next
-        // op (a BERT encoder runs to its end), freeing the worker.
+        // op (a BERT encoder at its next layer), freeing the worker.
         let (out, mut timings) = self
             .runner
             .run_cancellable("candle inference", timeout, move |cancel| {
