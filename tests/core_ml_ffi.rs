@@ -1236,3 +1236,296 @@ fn without_the_bridge_the_engine_is_unavailable_with_the_reason() {
     );
     assert!(!bridge::is_linked());
 }
+
+// ---------------------------------------------------------------------------
+// Fuzzing the C ABI
+// ---------------------------------------------------------------------------
+
+/// splitmix64: a seeded, dependency-free generator for the ABI fuzz pass.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn pick<T: Copy>(&mut self, v: &[T]) -> T {
+        v[self.below(v.len() as u64) as usize]
+    }
+    /// Mostly small, sometimes hostile: 0, negative, huge, overflowing.
+    fn dim(&mut self) -> i64 {
+        match self.below(10) {
+            0 => self.pick(&[0, -1, i64::MIN, i64::MAX, 1 << 32, 1 << 62]),
+            1 => -(self.below(5) as i64),
+            _ => 1 + self.below(4) as i64,
+        }
+    }
+}
+
+/// One random descriptor set over memory that is really there: every
+/// pointer is NULL or points at a live buffer, and `byte_len` never exceeds
+/// what is allocated, so any read outside it is the bridge's (valgrind
+/// sees it). Everything else — names, dtypes, ranks, shapes, strides,
+/// lengths, counts — is random.
+struct Case {
+    names: Vec<CString>,
+    shapes: Vec<Vec<i64>>,
+    strides: Vec<Vec<i64>>,
+    data: Vec<u8>,
+    tensors: Vec<ffi::CoremlTensor>,
+}
+
+fn random_case(rng: &mut Rng) -> Case {
+    if rng.below(3) == 0 {
+        return near_valid_case(rng);
+    }
+    let n = rng.below(4) as usize;
+    let mut c = Case {
+        names: Vec::new(),
+        shapes: Vec::new(),
+        strides: Vec::new(),
+        data: vec![0x5a; rng.pick(&[0usize, 1, 7, 8, 64, 4096])],
+        tensors: Vec::new(),
+    };
+    for _ in 0..n {
+        c.names
+            .push(CString::new(rng.pick(&["x", "x", "y", "", "x\u{e9}", "nope"])).unwrap());
+        let rank = rng.pick(&[1usize, 1, 2, 3, 0, 17]);
+        c.shapes.push((0..rank).map(|_| rng.dim()).collect());
+        c.strides.push(
+            (0..rank)
+                .map(|_| match rng.below(6) {
+                    0 => rng.pick(&[-1, i64::MAX, 1 << 40]),
+                    _ => rng.below(8) as i64,
+                })
+                .collect(),
+        );
+    }
+    for i in 0..n {
+        let byte_len = match rng.below(4) {
+            0 => c.data.len() as u64,
+            1 => 0,
+            _ => rng.below(c.data.len() as u64 + 1),
+        };
+        c.tensors.push(ffi::CoremlTensor {
+            name: if rng.below(12) == 0 {
+                ptr::null()
+            } else {
+                c.names[i].as_ptr()
+            },
+            dtype: rng.pick(&[1, 1, 2, 3, 4, 5, 6, 0, -1, 99]),
+            rank: match rng.below(10) {
+                0 => rng.pick(&[0, -1, 17, i32::MAX]),
+                _ => c.shapes[i].len() as i32,
+            },
+            shape: if rng.below(12) == 0 || c.shapes[i].is_empty() {
+                ptr::null()
+            } else {
+                c.shapes[i].as_ptr()
+            },
+            strides: if rng.below(2) == 0 || c.strides[i].is_empty() {
+                ptr::null()
+            } else {
+                c.strides[i].as_ptr()
+            },
+            data: if rng.below(12) == 0 {
+                ptr::null()
+            } else {
+                c.data.as_ptr().cast()
+            },
+            byte_len,
+        });
+    }
+    c
+}
+
+/// A valid f32 input `x` for the add-one model, half the time with one
+/// field changed: validation must catch each field on its own.
+fn near_valid_case(rng: &mut Rng) -> Case {
+    let shape: Vec<i64> = (0..1 + rng.below(3)).map(|_| 1 + rng.below(3) as i64).collect();
+    let elems: i64 = shape.iter().product();
+    let mut c = Case {
+        names: vec![CString::new("x").unwrap()],
+        strides: vec![vec![1; shape.len()]],
+        shapes: vec![shape],
+        data: vec![0; elems as usize * 4],
+        tensors: Vec::new(),
+    };
+    let mut t = ffi::CoremlTensor {
+        name: c.names[0].as_ptr(),
+        dtype: ffi::COREML_DTYPE_F32,
+        rank: c.shapes[0].len() as i32,
+        shape: c.shapes[0].as_ptr(),
+        strides: ptr::null(),
+        data: c.data.as_ptr().cast(),
+        byte_len: c.data.len() as u64,
+    };
+    match rng.below(16) {
+        0 => t.name = ptr::null(),
+        1 => t.dtype = rng.pick(&[0, 6, 7, -3]),
+        2 => t.rank = rng.pick(&[0, -1, 17, t.rank + 1]),
+        3 => t.shape = ptr::null(),
+        4 => {
+            c.strides[0][0] = rng.pick(&[i64::MAX, -1, 1 << 40, 2]);
+            t.strides = c.strides[0].as_ptr();
+        }
+        5 => t.data = ptr::null(),
+        6 => t.byte_len = rng.below(t.byte_len),
+        7 => c.shapes[0][0] = rng.pick(&[0, -1, i64::MAX, 1 << 31]),
+        _ => {}
+    }
+    c.tensors.push(t);
+    c
+}
+
+#[test]
+#[cfg_attr(
+    not(coreml_bridge),
+    ignore = "needs the Linux build of coreml-bridge: run scripts/swift/rust-ffi-test.sh"
+)]
+fn the_c_abi_answers_random_descriptors_handles_and_nulls_with_a_status() {
+    require_test_runtime();
+    let secs: f64 = std::env::var("CORE_ML_FFI_FUZZ_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3.0);
+    let seed: u64 = std::env::var("CORE_ML_FFI_FUZZ_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(7);
+    let dir = tempfile::tempdir().unwrap();
+    let compiled = fake_compiled(dir.path(), "fuzz", json!({"behavior": "add_one"}));
+    let mut live = raw_load(&compiled, 20_000);
+    let freed = raw_load(&compiled, 20_000);
+    // SAFETY: a handle from coreml_load_model, freed once.
+    unsafe { ffi::coreml_free_model(freed) };
+    let pkg_c = CString::new(fake_package(dir.path(), "fuzzpkg", json!({})).path.to_str().unwrap()).unwrap();
+    let compiled_c = CString::new(compiled.to_str().unwrap()).unwrap();
+    let nowhere = CString::new("/nonexistent/\u{1}/x.mlmodelc").unwrap();
+    let out_dir = CString::new(dir.path().join("out").to_str().unwrap()).unwrap();
+
+    let mut rng = Rng(seed);
+    let mut seen = std::collections::BTreeMap::<(&str, i32), u64>::new();
+    let until = Instant::now() + Duration::from_secs_f64(secs);
+    let mut iterations = 0u64;
+    while Instant::now() < until {
+        iterations += 1;
+        let handle = match rng.below(8) {
+            0 => ptr::null_mut(),
+            1 => freed,
+            2 => ptr::without_provenance_mut(rng.next() as usize),
+            _ => live,
+        };
+        let timeout = rng.pick(&[20_000i64, 20_000, 0, -1, -5, i64::MAX, 1]);
+        let mut err: *mut c_char = ptr::null_mut();
+        let err_slot: *mut *mut c_char = if rng.below(4) == 0 { ptr::null_mut() } else { &mut err };
+        let (entry, code) = match rng.below(10) {
+            0..=5 => {
+                let case = random_case(&mut rng);
+                let mut outputs: *mut ffi::CoremlOutputs = ptr::null_mut();
+                let out_slot: *mut *mut ffi::CoremlOutputs = if rng.below(10) == 0 {
+                    ptr::null_mut()
+                } else {
+                    &mut outputs
+                };
+                let n = match rng.below(8) {
+                    0 => rng.pick(&[-1, 0, 1 << 20]),
+                    _ => case.tensors.len() as i32,
+                };
+                let n = if n > case.tensors.len() as i32 {
+                    case.tensors.len() as i32
+                } else {
+                    n
+                };
+                let inputs = if case.tensors.is_empty() || rng.below(12) == 0 {
+                    ptr::null()
+                } else {
+                    case.tensors.as_ptr()
+                };
+                // SAFETY: every pointer is NULL or live for the call; n never exceeds the array.
+                let code = unsafe { ffi::coreml_predict(handle, inputs, n, timeout, out_slot, err_slot) };
+                if code == ffi::COREML_OK {
+                    // SAFETY: outputs handed out by the bridge, freed once.
+                    unsafe { ffi::coreml_free_outputs(outputs) };
+                } else {
+                    assert!(outputs.is_null(), "a failed predict ({code}) handed out outputs");
+                }
+                ("predict", code)
+            }
+            6 => {
+                let mut json: *mut c_char = ptr::null_mut();
+                let slot: *mut *mut c_char = if rng.below(5) == 0 { ptr::null_mut() } else { &mut json };
+                // SAFETY: out slots are NULL or live.
+                let code = unsafe { ffi::coreml_model_schema(handle, slot, err_slot) };
+                take_string(json);
+                ("schema", code)
+            }
+            7 => {
+                let path = rng.pick(&[compiled_c.as_ptr(), nowhere.as_ptr(), ptr::null()]);
+                let units = rng.pick(&[0, 1, 2, 3, 4, -1, i32::MAX]);
+                let mut h: *mut c_void = ptr::null_mut();
+                let slot: *mut *mut c_void = if rng.below(5) == 0 { ptr::null_mut() } else { &mut h };
+                // SAFETY: C strings are live or NULL; out slots NULL or live.
+                let code = unsafe { ffi::coreml_load_model(path, units, timeout, slot, err_slot) };
+                if code == ffi::COREML_OK {
+                    // SAFETY: a handle just loaded, freed once.
+                    unsafe { ffi::coreml_free_model(h) };
+                }
+                ("load", code)
+            }
+            8 => {
+                let src = rng.pick(&[pkg_c.as_ptr(), nowhere.as_ptr(), ptr::null()]);
+                let dst = rng.pick(&[out_dir.as_ptr(), nowhere.as_ptr(), ptr::null()]);
+                let mut path: *mut c_char = ptr::null_mut();
+                let slot: *mut *mut c_char = if rng.below(5) == 0 { ptr::null_mut() } else { &mut path };
+                // SAFETY: as above.
+                let code = unsafe { ffi::coreml_compile_model(src, dst, timeout, slot, err_slot) };
+                take_string(path);
+                ("compile", code)
+            }
+            _ => {
+                let path = rng.pick(&[compiled_c.as_ptr(), nowhere.as_ptr(), ptr::null()]);
+                let mut json: *mut c_char = ptr::null_mut();
+                let slot: *mut *mut c_char = if rng.below(5) == 0 { ptr::null_mut() } else { &mut json };
+                // SAFETY: as above.
+                let code = unsafe { ffi::coreml_compute_plan(path, rng.pick(&[0, 1, 9]), timeout, slot, err_slot) };
+                take_string(json);
+                ("compute_plan", code)
+            }
+        };
+        take_string(err);
+        assert!(
+            (ffi::COREML_OK..=ffi::COREML_ERR_UNSUPPORTED).contains(&code),
+            "{entry} returned {code}, not a status"
+        );
+        *seen.entry((entry, code)).or_default() += 1;
+        // A short timeout poisoned the live handle: a fresh one for what follows.
+        if code == ffi::COREML_ERR_TIMEOUT && entry == "predict" && handle == live {
+            // SAFETY: the poisoned handle, freed once; its replacement is loaded.
+            unsafe { ffi::coreml_free_model(live) };
+            live = raw_load(&compiled, 20_000);
+        }
+    }
+    // SAFETY: NULL is a no-op for every free function.
+    unsafe {
+        ffi::coreml_free_string(ptr::null_mut());
+        ffi::coreml_free_outputs(ptr::null_mut());
+        ffi::coreml_free_model(ptr::null_mut());
+        ffi::coreml_free_model(live);
+    }
+    println!("C ABI fuzz: seed {seed}, {iterations} calls in {secs} s; (entry, status) counts: {seen:?}");
+    assert!(iterations > 50, "only {iterations} calls");
+    for entry in ["predict", "schema", "load", "compile"] {
+        assert!(seen.keys().any(|(e, _)| *e == entry), "{entry} never called: {seen:?}");
+    }
+    assert!(
+        seen.contains_key(&("predict", ffi::COREML_OK)),
+        "some random predictions must be valid: {seen:?}"
+    );
+}
