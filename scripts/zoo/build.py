@@ -34,12 +34,13 @@ sys.path.insert(0, str(HERE.parent / "models"))
 
 import common  # noqa: E402  (scripts/models/common.py: deterministic package writing)
 import fetch  # noqa: E402
+import g2p_gru  # noqa: E402
 import kv_decoder  # noqa: E402
 import npmil  # noqa: E402
 import onnx2mil  # noqa: E402
 import reference  # noqa: E402
 
-SCRIPTS = ["build.py", "fetch.py", "onnx2mil.py", "reference.py", "npmil.py", "kv_decoder.py", "members.json"]
+SCRIPTS = ["build.py", "fetch.py", "onnx2mil.py", "reference.py", "npmil.py", "kv_decoder.py", "g2p_gru.py", "members.json"]
 
 
 def build_key(member: dict, manifest: dict) -> str:
@@ -192,8 +193,9 @@ def main() -> None:
             common.log(f"[zoo] {member['id']}: up to date")
             continue
         try:
-            if member.get("kind") == "kv_decoder":  # built with mb from pinned weights, not from ONNX
-                kv_decoder.build_member(member, out, cache, manifest, ct, fetch, common, build_key(member, manifest))
+            builders = {"kv_decoder": kv_decoder.build_member, "gru_seq2seq": g2p_gru.build_member}
+            if member.get("kind") in builders:  # built with mb from pinned weights, not from ONNX
+                builders[member["kind"]](member, out, cache, manifest, ct, fetch, common, build_key(member, manifest))
             else:
                 build_member(member, out, cache, manifest, ct)
         except (onnx2mil.Unsupported, ValueError, TypeError) as e:  # refusals by us or by coremltools' checks
