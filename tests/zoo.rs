@@ -88,7 +88,7 @@ fn run_member(engine: &CandleEngine, dir: &Path, native_f16: bool) -> Result<Str
     let inputs = read_npy_dir(&dir.join("inputs"))?;
     let expected = read_npy_dir(&dir.join("expected"))?;
     if info["stateful"].is_object() {
-        return run_stateful(engine, model.as_ref(), &info, &inputs, &expected, rtol);
+        return run_stateful(engine, model.as_ref(), dir, &info, &inputs, &expected, rtol);
     }
     let t0 = std::time::Instant::now();
     let out = engine
@@ -192,10 +192,13 @@ fn step_of(t: &Tensor, step: usize) -> Result<Tensor, String> {
 /// A stateful member (member.json `stateful`): its states start as zeros,
 /// then every step runs `infer_with_state` on slice t of the inputs with the
 /// states the previous step left, and each step's outputs are compared with
-/// slice t of the expected ones (budget per step and output).
+/// slice t of the expected ones (budget per step and output). The states
+/// after the last step are compared with `expected_states/` (budget
+/// `stateful.state_rtol`).
 fn run_stateful(
     engine: &CandleEngine,
     model: &dyn apple_silicon::PreparedModel,
+    dir: &Path,
     info: &Value,
     inputs: &TensorMap,
     expected: &TensorMap,
@@ -251,13 +254,39 @@ fn run_stateful(
         }
     }
     let ms = t0.elapsed().as_secs_f64() * 1e3 / steps.max(1) as f64;
-    if !bad.is_empty() {
-        return Err(bad.join("; "));
-    }
-    let figures: Vec<String> = worst
+    let mut figures: Vec<String> = worst
         .iter()
         .map(|(n, (l, r, s))| format!("{n}: worst step {s} L∞ {l:.2e} (rel {r:.2e}, budget {rtol:.0e})"))
         .collect();
+    let state_rtol = st["state_rtol"].as_f64().ok_or("stateful.state_rtol")?;
+    let want_states = read_npy_dir(&dir.join("expected_states"))?;
+    if want_states.len() != state.len() {
+        bad.push(format!(
+            "expected_states holds {} states, the program has {}",
+            want_states.len(),
+            state.len()
+        ));
+    }
+    for (name, want) in &want_states {
+        let got = state.get(name).ok_or_else(|| format!("state `{name}` missing"))?;
+        if let Some(c) = compare(name, got, want, &mut bad) {
+            figures.push(format!(
+                "state {name} after step {}: L∞ {:.2e} (rel {:.2e}, budget {state_rtol:.0e})",
+                steps - 1,
+                c.linf,
+                c.rel
+            ));
+            if c.rel > state_rtol {
+                bad.push(format!(
+                    "state {name}: L∞ {:.3e} relative {:.3e} > budget {state_rtol:e}",
+                    c.linf, c.rel
+                ));
+            }
+        }
+    }
+    if !bad.is_empty() {
+        return Err(bad.join("; "));
+    }
     Ok(format!(
         "{steps} steps with state; {} [{ms:.1} ms/step]",
         figures.join("; ")

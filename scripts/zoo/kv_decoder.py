@@ -87,8 +87,9 @@ def tokens(vocab_txt: str, text: str) -> np.ndarray:
     return np.array(ids, np.int32)
 
 
-def reference(W: dict, ids: np.ndarray, kv_fp16: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """float64 full-sequence causal forward, no cache: (hidden [T, 384], logits [T, 30522]).
+def reference(W: dict, ids: np.ndarray, kv_fp16: bool = True):
+    """float64 full-sequence causal forward, no cache: (hidden [T, 384], logits [T, 30522],
+    keys and values [LAYERS, HEADS, T, HEAD_DIM] each: what the caches hold after step T-1).
     kv_fp16: round keys and values to fp16, as the program's states store them."""
     f = {k: v.astype(np.float64) for k, v in W.items()}
     T = len(ids)
@@ -110,17 +111,20 @@ def reference(W: dict, ids: np.ndarray, kv_fp16: bool = True) -> tuple[np.ndarra
 
     h = ln(f["word_emb"][ids] + f["pos_type"][:T], f["emb_ln_g"], f["emb_ln_b"])
     causal = np.where(np.arange(T)[None, :] <= np.arange(T)[:, None], 0.0, -np.inf)
+    ks, vs = [], []
     for l in range(LAYERS):
         def heads(x):
             return x.reshape(T, HEADS, HEAD_DIM).transpose(1, 0, 2)
         q, k, v = heads(lin(h, f"l{l}_q")), rnd(heads(lin(h, f"l{l}_k"))), rnd(heads(lin(h, f"l{l}_v")))
+        ks.append(k)
+        vs.append(v)
         s = q @ k.transpose(0, 2, 1) / np.sqrt(HEAD_DIM) + causal
         p = np.exp(s - s.max(-1, keepdims=True))
         p /= p.sum(-1, keepdims=True)
         ctx = (p @ v).transpose(1, 0, 2).reshape(T, HIDDEN)
         h = ln(lin(ctx, f"l{l}_ao") + h, f[f"l{l}_ln1_g"], f[f"l{l}_ln1_b"])
         h = ln(lin(gelu(lin(h, f"l{l}_fi")), f"l{l}_fo") + h, f[f"l{l}_ln2_g"], f[f"l{l}_ln2_b"])
-    return h, h @ f["word_emb"].T
+    return h, h @ f["word_emb"].T, np.stack(ks), np.stack(vs)
 
 
 def build_program(W: dict, max_len: int):
@@ -206,13 +210,18 @@ def build_member(member: dict, out_root, cache, manifest: dict, ct, fetch, commo
         mlmodel = ct.convert(build_program(W, max_len), convert_to="mlprogram",
                              minimum_deployment_target=ct.target.iOS18,
                              compute_precision=ct.precision.FLOAT32, skip_model_load=True)
-    hidden, logits = reference(W, ids)
-    hidden_exact, logits_exact = reference(W, ids, kv_fp16=False)
+    hidden, logits, keys, values = reference(W, ids)
+    hidden_exact, logits_exact, _, _ = reference(W, ids, kv_fp16=False)
     d = common.start_model_dir(out_root, member["id"], mlmodel).parent
     common.write_npy(d / "inputs" / "input_ids.npy", ids.reshape(n, 1, 1))
     common.write_npy(d / "inputs" / "pos.npy", np.arange(n, dtype=np.int32).reshape(n, 1))
     common.write_npy(d / "expected" / "hidden.npy", hidden.reshape(n, 1, 1, HIDDEN).astype(np.float32))
     common.write_npy(d / "expected" / "logits.npy", logits.reshape(n, 1, 1, -1).astype(np.float32))
+    # The caches after the last step: the reference's fp16 keys and values at positions < n, zeros after.
+    for name, kv in (("k_cache", keys), ("v_cache", values)):
+        full = np.zeros((LAYERS, HEADS, max_len, HEAD_DIM), np.float32)
+        full[:, :, :n] = kv
+        common.write_npy(d / "expected_states" / f"{name}.npy", full)
     ops, counts, _, _ = common.op_summary(mlmodel.get_spec())
     wf = manifest["files"][member["weights"]]
     cache_shape = [LAYERS, HEADS, max_len, HEAD_DIM]
@@ -237,7 +246,10 @@ def build_member(member: dict, out_root, cache, manifest: dict, ct, fetch, commo
         "budget": {"rtol": member["rtol"], "rmse": None, "native_f16": None,
                    "meaning": "per step and output: L-inf <= rtol * max(1, max |expected|)",
                    "why": member.get("rtol_why")},
-        "stateful": {"steps": n, "step_axis": 0,
+        "stateful": {"steps": n, "step_axis": 0, "state_rtol": member["state_rtol"],
+                     "expected_states": "expected_states/<state>.npy: the caches after the last step "
+                                        "(L-inf <= state_rtol * max(1, max |expected|): one fp16 step of "
+                                        "a key computed a hair apart is allowed)",
                      "states": {s: {"shape": cache_shape, "dtype": "float16", "start": "zeros"}
                                 for s in ("k_cache", "v_cache")},
                      "how": "inputs/ and expected/ hold every step along axis 0; step t runs "
