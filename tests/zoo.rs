@@ -9,7 +9,10 @@
 //! max |expected|) per output, rtol from member.json (1e-4 for fp32), and
 //! RMSE ≤ budget.rmse where member.json sets one.
 //! fp16 members run under both float policies (f32 upcast and f16
-//! arithmetic). `inspect` (`unsupported_ops`) must agree with `prepare`. A member whose
+//! arithmetic). A stateful member (member.json `stateful`: a decoder with
+//! its KV cache in state) is stepped token by token through
+//! `infer_with_state`, each step checked. `inspect` (`unsupported_ops`) must
+//! agree with `prepare`. A member whose
 //! files are absent fails the test with a message naming `make zoo`, unless
 //! `APPLE_SILICON_ALLOW_SKIP=1`.
 
@@ -18,6 +21,7 @@ use std::time::Duration;
 
 use apple_silicon::mil::{unsupported_ops, FloatPolicy};
 use apple_silicon::mlpackage::MlPackage;
+use apple_silicon::tensor::DType;
 use apple_silicon::{golden, CandleEngine, InferenceEngine, ModelArtifact, PrepareOptions, Tensor, TensorMap};
 use serde_json::Value;
 
@@ -83,6 +87,9 @@ fn run_member(engine: &CandleEngine, dir: &Path, native_f16: bool) -> Result<Str
     };
     let inputs = read_npy_dir(&dir.join("inputs"))?;
     let expected = read_npy_dir(&dir.join("expected"))?;
+    if info["stateful"].is_object() {
+        return run_stateful(engine, model.as_ref(), dir, &info, &inputs, &expected, rtol);
+    }
     let t0 = std::time::Instant::now();
     let out = engine
         .infer(model.as_ref(), &inputs, T)
@@ -92,27 +99,12 @@ fn run_member(engine: &CandleEngine, dir: &Path, native_f16: bool) -> Result<Str
     let mut bad = Vec::new();
     for (name, want) in &expected {
         let got = out.get(name).ok_or_else(|| format!("output `{name}` missing"))?;
-        if got.shape() != want.shape() {
-            bad.push(format!(
-                "{name}: shape {:?} != expected {:?}",
-                got.shape(),
-                want.shape()
-            ));
+        let Some(c) = compare(name, got, want, &mut bad) else {
             continue;
-        }
-        let (g, w) = (got.to_f64_vec(), want.to_f64_vec());
-        let scale = w.iter().fold(1.0f64, |m, v| m.max(v.abs()));
-        let (mut linf, mut sq) = (0.0f64, 0.0f64);
-        for (a, b) in g.iter().zip(&w) {
-            let d = (a - b).abs();
-            // A NaN anywhere is a failure, never a silently small max.
-            linf = if d.is_nan() { f64::INFINITY } else { linf.max(d) };
-            sq += d * d;
-        }
-        let rmse = (sq / w.len().max(1) as f64).sqrt();
-        let rel = linf / scale;
+        };
         figures.push(format!(
-            "{name}: L∞ {linf:.2e} (rel {rel:.2e}, budget {rtol:.0e}), RMSE {rmse:.2e}"
+            "{name}: L∞ {:.2e} (rel {:.2e}, budget {rtol:.0e}), RMSE {:.2e}",
+            c.linf, c.rel, c.rmse
         ));
         let mask = &info["budget"]["native_f16"];
         if native_f16 && mask.is_object() {
@@ -120,6 +112,7 @@ fn run_member(engine: &CandleEngine, dir: &Path, native_f16: bool) -> Result<Str
                 mask["mask_threshold"].as_f64().ok_or("native_f16.mask_threshold")?,
                 mask["min_agreement"].as_f64().ok_or("native_f16.min_agreement")?,
             );
+            let (g, w) = (got.to_f64_vec(), want.to_f64_vec());
             let same = g.iter().zip(&w).filter(|(a, b)| (**a > t) == (**b > t)).count();
             let agree = same as f64 / w.len().max(1) as f64;
             figures.push(format!("{name}: mask (> {t}) agreement {agree:.5} (budget ≥ {min})"));
@@ -128,14 +121,15 @@ fn run_member(engine: &CandleEngine, dir: &Path, native_f16: bool) -> Result<Str
             }
             continue;
         }
-        if rel > rtol {
+        if c.rel > rtol {
             bad.push(format!(
-                "{name}: L∞ {linf:.3e} relative {rel:.3e} > budget {rtol:e} (RMSE {rmse:.3e})"
+                "{name}: L∞ {:.3e} relative {:.3e} > budget {rtol:e} (RMSE {:.3e})",
+                c.linf, c.rel, c.rmse
             ));
         }
         if let Some(max_rmse) = info["budget"]["rmse"].as_f64() {
-            if rmse > max_rmse {
-                bad.push(format!("{name}: RMSE {rmse:.3e} > budget {max_rmse:e}"));
+            if c.rmse > max_rmse {
+                bad.push(format!("{name}: RMSE {:.3e} > budget {max_rmse:e}", c.rmse));
             }
         }
     }
@@ -144,6 +138,159 @@ fn run_member(engine: &CandleEngine, dir: &Path, native_f16: bool) -> Result<Str
     } else {
         Err(bad.join("; "))
     }
+}
+
+/// L∞, L∞ relative to max(1, max |want|), and RMSE of one output.
+struct Diff {
+    linf: f64,
+    rel: f64,
+    rmse: f64,
+}
+
+/// `got` against `want`; None (and a line in `bad`) when the shapes differ.
+/// A NaN anywhere makes L∞ infinite, never a silently small max.
+fn compare(name: &str, got: &Tensor, want: &Tensor, bad: &mut Vec<String>) -> Option<Diff> {
+    if got.shape() != want.shape() {
+        bad.push(format!(
+            "{name}: shape {:?} != expected {:?}",
+            got.shape(),
+            want.shape()
+        ));
+        return None;
+    }
+    let (g, w) = (got.to_f64_vec(), want.to_f64_vec());
+    let scale = w.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+    let (mut linf, mut sq) = (0.0f64, 0.0f64);
+    for (a, b) in g.iter().zip(&w) {
+        let d = (a - b).abs();
+        linf = if d.is_nan() { f64::INFINITY } else { linf.max(d) };
+        sq += d * d;
+    }
+    let rmse = (sq / w.len().max(1) as f64).sqrt();
+    Some(Diff {
+        linf,
+        rel: linf / scale,
+        rmse,
+    })
+}
+
+/// Step `t` of a tensor whose axis 0 is the step axis (shape [steps, ...]).
+fn step_of(t: &Tensor, step: usize) -> Result<Tensor, String> {
+    let (&steps, rest) = t.shape().split_first().ok_or("a stepped tensor needs a step axis")?;
+    if step >= steps {
+        return Err(format!("step {step} of a tensor with {steps} steps"));
+    }
+    let chunk = t.as_bytes().len() / steps;
+    Tensor::from_bytes(
+        t.dtype(),
+        rest.to_vec(),
+        t.as_bytes()[step * chunk..(step + 1) * chunk].to_vec(),
+    )
+    .map_err(|e| e.to_string())
+}
+
+/// A stateful member (member.json `stateful`): its states start as zeros,
+/// then every step runs `infer_with_state` on slice t of the inputs with the
+/// states the previous step left, and each step's outputs are compared with
+/// slice t of the expected ones (budget per step and output). The states
+/// after the last step are compared with `expected_states/` (budget
+/// `stateful.state_rtol`).
+fn run_stateful(
+    engine: &CandleEngine,
+    model: &dyn apple_silicon::PreparedModel,
+    dir: &Path,
+    info: &Value,
+    inputs: &TensorMap,
+    expected: &TensorMap,
+    rtol: f64,
+) -> Result<String, String> {
+    let st = &info["stateful"];
+    let steps = st["steps"].as_u64().ok_or("stateful.steps")? as usize;
+    let mut state = TensorMap::new();
+    for (name, s) in st["states"].as_object().ok_or("stateful.states")? {
+        let dtype = s["dtype"]
+            .as_str()
+            .and_then(DType::parse)
+            .ok_or_else(|| format!("state {name}: dtype"))?;
+        let shape: Vec<usize> = s["shape"]
+            .as_array()
+            .ok_or_else(|| format!("state {name}: shape"))?
+            .iter()
+            .map(|d| d.as_u64().map(|d| d as usize).ok_or("state shape"))
+            .collect::<Result<_, _>>()?;
+        state.insert(name.clone(), Tensor::zeros(dtype, shape).map_err(|e| e.to_string())?);
+    }
+    let (mut bad, mut worst) = (
+        Vec::new(),
+        std::collections::BTreeMap::<String, (f64, f64, usize)>::new(),
+    );
+    let t0 = std::time::Instant::now();
+    for step in 0..steps {
+        let mut x = TensorMap::new();
+        for (name, t) in inputs {
+            x.insert(name.clone(), step_of(t, step)?);
+        }
+        let out = engine
+            .infer_with_state(model, &x, &mut state, T)
+            .map_err(|e| format!("step {step}: infer_with_state: {e}"))?;
+        for (name, want) in expected {
+            let got = out
+                .get(name)
+                .ok_or_else(|| format!("step {step}: output `{name}` missing"))?;
+            let want = step_of(want, step)?;
+            let Some(c) = compare(name, got, &want, &mut bad) else {
+                continue;
+            };
+            if c.rel > rtol {
+                bad.push(format!(
+                    "step {step} {name}: L∞ {:.3e} relative {:.3e} > budget {rtol:e}",
+                    c.linf, c.rel
+                ));
+            }
+            let w = worst.entry(name.clone()).or_insert((0.0, 0.0, 0));
+            if c.rel >= w.1 {
+                *w = (c.linf, c.rel, step);
+            }
+        }
+    }
+    let ms = t0.elapsed().as_secs_f64() * 1e3 / steps.max(1) as f64;
+    let mut figures: Vec<String> = worst
+        .iter()
+        .map(|(n, (l, r, s))| format!("{n}: worst step {s} L∞ {l:.2e} (rel {r:.2e}, budget {rtol:.0e})"))
+        .collect();
+    let state_rtol = st["state_rtol"].as_f64().ok_or("stateful.state_rtol")?;
+    let want_states = read_npy_dir(&dir.join("expected_states"))?;
+    if want_states.len() != state.len() {
+        bad.push(format!(
+            "expected_states holds {} states, the program has {}",
+            want_states.len(),
+            state.len()
+        ));
+    }
+    for (name, want) in &want_states {
+        let got = state.get(name).ok_or_else(|| format!("state `{name}` missing"))?;
+        if let Some(c) = compare(name, got, want, &mut bad) {
+            figures.push(format!(
+                "state {name} after step {}: L∞ {:.2e} (rel {:.2e}, budget {state_rtol:.0e})",
+                steps - 1,
+                c.linf,
+                c.rel
+            ));
+            if c.rel > state_rtol {
+                bad.push(format!(
+                    "state {name}: L∞ {:.3e} relative {:.3e} > budget {state_rtol:e}",
+                    c.linf, c.rel
+                ));
+            }
+        }
+    }
+    if !bad.is_empty() {
+        return Err(bad.join("; "));
+    }
+    Ok(format!(
+        "{steps} steps with state; {} [{ms:.1} ms/step]",
+        figures.join("; ")
+    ))
 }
 
 /// Runs every member under `root`; Err lists the failures, or the absent

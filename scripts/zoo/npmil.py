@@ -95,8 +95,49 @@ def _slice(a):
     return np.squeeze(out, axis=axes) if axes else out
 
 
+def _grid(n_in: int, n_out: int, mode: str, scale: float | None = None) -> np.ndarray:
+    """Source coordinates of a bilinear resize along one axis, as coremltools' image_resizing.py
+    defines them (resize_bilinear's sampling modes; upsample_bilinear's align_corners by `scale`)."""
+    i = np.arange(n_out, dtype=np.float64)
+    if mode in ("STRICT_ALIGN_CORNERS", "ALIGN_CORNERS"):
+        g = i * ((n_in - 1) / (n_out - 1)) if n_out > 1 else np.zeros(1)
+    elif mode == "DEFAULT":
+        g = i * ((n_in - n_in / n_out) / (n_out - 1)) if n_out > 1 else np.zeros(1)
+    elif mode == "UNALIGN_CORNERS":
+        sp = n_in / n_out
+        g = i * sp + 0.5 * sp - 0.5
+    elif mode == "UPSAMPLE_HALF_PIXEL":  # upsample_bilinear, align_corners=False: by the given scale
+        g = (i + 0.5) / scale - 0.5
+    else:
+        raise NotImplementedError(f"bilinear sampling mode {mode}")
+    return np.clip(g, 0, n_in - 1)
+
+
+def _bilinear(x, out_h, out_w, mode_h, mode_w=None, scales=(None, None)):
+    """Bilinear interpolation of the last two axes at the grids of _grid."""
+    for axis, n_out, mode, sc in ((-2, out_h, mode_h, scales[0]), (-1, out_w, mode_w or mode_h, scales[1])):
+        g = _grid(x.shape[axis], n_out, mode, sc)
+        lo = np.floor(g).astype(np.int64)
+        hi = np.minimum(lo + 1, x.shape[axis] - 1)
+        w = g - lo
+        shape = [1] * x.ndim
+        shape[axis] = n_out
+        w = w.reshape(shape)
+        x = np.take(x, lo, axis=axis) * (1 - w) + np.take(x, hi, axis=axis) * w
+    return x
+
+
 def _op(op, a):
     t = op.op_type
+    if t == "resize_bilinear":
+        return _bilinear(a["x"], int(a["target_size_height"]), int(a["target_size_width"]),
+                         a.get("sampling_mode", "DEFAULT"))
+    if t == "upsample_bilinear":
+        sh, sw = float(a.get("scale_factor_height", 1)), float(a.get("scale_factor_width", 1))
+        oh, ow = int(np.floor(a["x"].shape[-2] * sh)), int(np.floor(a["x"].shape[-1] * sw))
+        if a.get("align_corners", True):
+            return _bilinear(a["x"], oh, ow, "ALIGN_CORNERS")
+        return _bilinear(a["x"], oh, ow, "UPSAMPLE_HALF_PIXEL", scales=(sh, sw))
     if t in ("add", "sub", "mul", "real_div", "pow", "maximum", "minimum", "equal", "less", "greater"):
         f = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "real_div": np.divide, "pow": np.power,
              "maximum": np.maximum, "minimum": np.minimum, "equal": np.equal, "less": np.less, "greater": np.greater}[t]

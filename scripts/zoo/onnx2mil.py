@@ -356,13 +356,28 @@ def _emit(ctx: _Ctx, node):
             return mb.upsample_nearest_neighbor(x=x, scale_factor_height=int(sc[2]), scale_factor_width=int(sc[3]),
                                                 name=nm)
         if mode == "linear":
-            # MIL's upsample_bilinear: align_corners=False is ONNX's half_pixel, True is align_corners.
-            if ctm not in ("half_pixel", "align_corners", "pytorch_half_pixel"):
+            # Exact output sizes (ONNX: floor(in * scale), or the sizes given) with resize_bilinear's
+            # sampling modes: half_pixel (and pytorch_half_pixel, the same unless an output is 1)
+            # is UNALIGN_CORNERS, align_corners is STRICT_ALIGN_CORNERS, asymmetric is DEFAULT
+            # (coremltools' grid i * in / out). Half-pixel and asymmetric grids use ONNX's scale, so
+            # an explicit scale must be out / in exactly.
+            if a.get("antialias", 0) or _s(a.get("keep_aspect_ratio_policy", "stretch")) != "stretch":
+                ctx.fail(node, "linear resize with antialias or keep_aspect_ratio_policy is not supported")
+            modes = {"half_pixel": "UNALIGN_CORNERS", "pytorch_half_pixel": "UNALIGN_CORNERS",
+                     "align_corners": "STRICT_ALIGN_CORNERS", "asymmetric": "DEFAULT"}
+            if ctm not in modes:
                 ctx.fail(node, f"linear resize with coordinate_transformation_mode={ctm!r} is not supported")
-            if ctm == "pytorch_half_pixel" and (shp[2] * sc[2] == 1 or shp[3] * sc[3] == 1):
-                ctx.fail(node, "pytorch_half_pixel to a size-1 output is not supported")
-            return mb.upsample_bilinear(x=x, scale_factor_height=np.float32(sc[2]), scale_factor_width=np.float32(sc[3]),
-                                        align_corners=ctm == "align_corners", name=nm)
+            if sizes is not None and sizes.size:
+                out = _ints(sizes)[2:]
+            else:
+                out = [int(np.floor(i * s + 1e-9)) for i, s in zip(shp[2:], sc[2:])]
+            if min(out) < 1 or (min(out) == 1 and ctm in ("align_corners", "pytorch_half_pixel")):
+                ctx.fail(node, f"linear resize to {out} with coordinate_transformation_mode={ctm!r} is not supported")
+            if ctm != "align_corners" and any(abs(o / i - s) > 1e-6 * s for o, i, s in zip(out, shp[2:], sc[2:])):
+                ctx.fail(node, f"linear resize with coordinate_transformation_mode={ctm!r} and scales {sc[2:]} "
+                               f"that are not output/input sizes ({out} from {shp[2:]}) is not supported")
+            return mb.resize_bilinear(x=x, target_size_height=out[0], target_size_width=out[1],
+                                      sampling_mode=modes[ctm], name=nm)
         ctx.fail(node, f"mode={mode!r} is not supported")
 
     if op == "Concat":

@@ -74,6 +74,44 @@ def r(*shape, scale=1.0):
     return (rng.standard_normal(shape) * scale).astype(np.float32)
 
 
+def _resize(ctm, x_shape, scales=None, sizes=None, opset=17):
+    ins = ["x", "", "s" if scales is not None else "", "z" if sizes is not None else ""]
+    inits = [(k, v) for k, v in (("s", scales), ("z", sizes)) if v is not None]
+    while ins[-1] == "":
+        ins.pop()
+    node = helper.make_node("Resize", ins, ["y"], name="rz", mode="linear", coordinate_transformation_mode=ctm)
+    return model([node], [f32("x", x_shape)], [f32("y", None)], inits=[(k, np.asarray(v)) for k, v in inits],
+                 opset=opset)
+
+
+def test_linear_resize_half_pixel_integer_scale():
+    agrees(_resize("half_pixel", [1, 2, 5, 7], scales=np.array([1, 1, 2, 2], np.float32)), {"x": r(1, 2, 5, 7)})
+
+
+def test_linear_resize_half_pixel_sizes_non_integer_ratio():
+    agrees(_resize("half_pixel", [1, 3, 5, 7], sizes=np.array([1, 3, 8, 10], np.int64)), {"x": r(1, 3, 5, 7)})
+
+
+def test_linear_resize_pytorch_half_pixel_downscale():
+    agrees(_resize("pytorch_half_pixel", [1, 1, 9, 12], sizes=np.array([1, 1, 4, 5], np.int64)), {"x": r(1, 1, 9, 12)})
+
+
+def test_linear_resize_align_corners_sizes():
+    agrees(_resize("align_corners", [1, 2, 6, 4], sizes=np.array([1, 2, 11, 9], np.int64)), {"x": r(1, 2, 6, 4)})
+
+
+def test_linear_resize_asymmetric_scale():
+    agrees(_resize("asymmetric", [1, 2, 4, 6], scales=np.array([1, 1, 2, 1.5], np.float32)), {"x": r(1, 2, 4, 6)})
+
+
+def test_linear_resize_refusals_name_the_value():
+    # a scale that is not output/input (floor(5 * 1.7) = 8): ONNX's half-pixel grid uses 1.7 itself
+    refuses(_resize("half_pixel", [1, 1, 5, 5], scales=np.array([1, 1, 1.7, 1.7], np.float32)), {"x": [1, 1, 5, 5]},
+            "rz", "Resize", "1.7")
+    refuses(_resize("tf_crop_and_resize", [1, 1, 4, 4], scales=np.array([1, 1, 2, 2], np.float32)),
+            {"x": [1, 1, 4, 4]}, "rz", "tf_crop_and_resize")
+
+
 def test_unknown_op_is_refused_naming_node_and_op():
     m = model([helper.make_node("Hardmax", ["x"], ["y"], name="hm1")], [f32("x", [2, 3])], [f32("y", [2, 3])])
     refuses(m, {"x": [2, 3]}, "hm1", "Hardmax", "unknown ONNX op")
