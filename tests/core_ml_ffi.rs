@@ -1297,9 +1297,11 @@ fn random_case(rng: &mut Rng) -> Case {
         c.names
             .push(CString::new(rng.pick(&["x", "x", "y", "", "x\u{e9}", "nope"])).unwrap());
         let rank = rng.pick(&[1usize, 1, 2, 3, 0, 17]);
-        c.shapes.push((0..rank).map(|_| rng.dim()).collect());
+        // Backing arrays always hold COREML_MAX_RANK entries, so any rank the
+        // header allows is readable; only the rank checks guard the rest.
+        c.shapes.push((0..rank.max(16)).map(|_| rng.dim()).collect());
         c.strides.push(
-            (0..rank)
+            (0..rank.max(16))
                 .map(|_| match rng.below(6) {
                     0 => rng.pick(&[-1, i64::MAX, 1 << 40]),
                     _ => rng.below(8) as i64,
@@ -1322,14 +1324,14 @@ fn random_case(rng: &mut Rng) -> Case {
             dtype: rng.pick(&[1, 1, 2, 3, 4, 5, 6, 0, -1, 99]),
             rank: match rng.below(10) {
                 0 => rng.pick(&[0, -1, 17, i32::MAX]),
-                _ => c.shapes[i].len() as i32,
+                _ => rng.pick(&[1, 2, 3, 16]),
             },
-            shape: if rng.below(12) == 0 || c.shapes[i].is_empty() {
+            shape: if rng.below(12) == 0 {
                 ptr::null()
             } else {
                 c.shapes[i].as_ptr()
             },
-            strides: if rng.below(2) == 0 || c.strides[i].is_empty() {
+            strides: if rng.below(2) == 0 {
                 ptr::null()
             } else {
                 c.strides[i].as_ptr()
@@ -1348,11 +1350,14 @@ fn random_case(rng: &mut Rng) -> Case {
 /// A valid f32 input `x` for the add-one model, half the time with one
 /// field changed: validation must catch each field on its own.
 fn near_valid_case(rng: &mut Rng) -> Case {
-    let shape: Vec<i64> = (0..1 + rng.below(3)).map(|_| 1 + rng.below(3) as i64).collect();
+    let rank = 1 + rng.below(3) as usize;
+    // Padded to COREML_MAX_RANK entries, like random_case's arrays.
+    let mut shape: Vec<i64> = (0..rank).map(|_| 1 + rng.below(3) as i64).collect();
     let elems: i64 = shape.iter().product();
+    shape.resize(16, 1);
     let mut c = Case {
         names: vec![CString::new("x").unwrap()],
-        strides: vec![vec![1; shape.len()]],
+        strides: vec![vec![1; 16]],
         shapes: vec![shape],
         data: vec![0; elems as usize * 4],
         tensors: Vec::new(),
@@ -1360,7 +1365,7 @@ fn near_valid_case(rng: &mut Rng) -> Case {
     let mut t = ffi::CoremlTensor {
         name: c.names[0].as_ptr(),
         dtype: ffi::COREML_DTYPE_F32,
-        rank: c.shapes[0].len() as i32,
+        rank: rank as i32,
         shape: c.shapes[0].as_ptr(),
         strides: ptr::null(),
         data: c.data.as_ptr().cast(),
