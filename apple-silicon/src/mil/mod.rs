@@ -7,7 +7,8 @@
 //! into each op's kernel, and ops whose inputs are all constant folded away.
 //! [`Plan::run`] then does no string lookups, no parsing and no weight
 //! conversion: it walks the steps, calling each kernel on its slots, and frees
-//! every intermediate after its last use.
+//! every intermediate after its last use. `cond` and `while_loop` run their
+//! nested blocks as lists of steps over the same slots (see [`block`]).
 //!
 //! An op type the interpreter does not know is an [`Error::Unsupported`]
 //! naming the op type and its name in the program, raised by `build`, never
@@ -20,6 +21,7 @@
 //! becomes [`Error::Internal`], and is not printed: see [`quiet_panics`]);
 //! and a run stops at the next op once its [`CancelFlag`] is set.
 
+mod block;
 mod constexpr;
 mod depthwise;
 pub mod limits;
@@ -39,6 +41,7 @@ use coreml_proto::proto::mil_spec::{self, argument::binding::Binding, DataType, 
 use crate::error::{Error, Result};
 use crate::mlpackage::MlPackage;
 use crate::tensor::{DType, Tensor, TensorMap};
+use block::{BlockBuilder, RVal, Step};
 pub use limits::CancelFlag;
 pub use lower::Lowered;
 use value::{Decoded, Decoder, HostData};
@@ -74,15 +77,6 @@ pub(crate) struct ConstVal {
 
 /// Constants up to this many elements keep a host copy for parameter reads.
 const HOST_COPY_LIMIT: usize = 4096;
-
-struct Step {
-    name: String,
-    op_type: String,
-    operands: Vec<Val>,
-    outputs: Vec<usize>,
-    kernel: Kernel,
-    frees: Vec<usize>,
-}
 
 struct PlanInput {
     name: String,
@@ -125,7 +119,9 @@ impl std::fmt::Debug for Plan {
 
 /// Whether the interpreter implements `op_type`.
 pub fn is_supported(op_type: &str) -> bool {
-    op_type == "const" || constexpr::is_constexpr(op_type) || ops::builder(op_type).is_some()
+    matches!(op_type, "const" | "cond" | "while_loop")
+        || constexpr::is_constexpr(op_type)
+        || ops::builder(op_type).is_some()
 }
 
 /// Op types of `pkg`'s main function that the interpreter does not implement.
@@ -446,147 +442,28 @@ impl Plan {
     fn build_inner(pkg: &MlPackage, policy: FloatPolicy, budget: u64) -> Result<(Plan, Lowered)> {
         let main = pkg.main_function();
         let block = pkg.main_block()?;
-        let unsupported: Vec<String> = block
-            .operations
-            .iter()
-            .filter(|op| !is_supported(&op.r#type))
-            .map(|op| format!("`{}` (op `{}`)", op.r#type, op_name(op)))
-            .collect();
+        let mut unsupported = Vec::new();
+        unsupported_in(block, &mut unsupported);
         if !unsupported.is_empty() {
             return Err(Error::unsupported(format!(
                 "ML Program ops not implemented by the Candle interpreter: {}",
                 unsupported.join(", ")
             )));
         }
-        let mut dec = Decoder::new(pkg);
+        let mut bb = BlockBuilder::new(pkg, policy, budget);
         let mut env: HashMap<String, Val> = HashMap::new();
-        let mut n_slots = 0usize;
         let mut inputs = Vec::new();
         for inp in &main.inputs {
-            env.insert(inp.name.clone(), Val::Slot(n_slots));
+            let slot = bb.slot();
+            env.insert(inp.name.clone(), Val::Slot(slot));
             inputs.push(PlanInput {
                 name: inp.name.clone(),
-                slot: n_slots,
+                slot,
             });
-            n_slots += 1;
         }
         let mut steps: Vec<Step> = Vec::new();
-        // Bytes of every constant made so far, against the budget.
-        let mut held = 0u64;
-        let mut hold = |name: &str, c: &ConstVal| -> Result<()> {
-            let bytes = c
-                .tensor
-                .as_ref()
-                .map_or(0, |t| (t.elem_count() * t.dtype().size_in_bytes()) as u64);
-            held = held.saturating_add(bytes);
-            if held > budget {
-                return Err(Error::MemoryPressure {
-                    message: format!(
-                        "constants of {} need more than the memory budget of {budget} bytes \
-                         (reached at `{name}`, {held} bytes); raise it with PrepareOptions::with_memory_budget",
-                        pkg.path().display()
-                    ),
-                });
-            }
-            Ok(())
-        };
-        let mut folded = 0usize;
-        let mut kept_ops = Vec::new();
-        let mut used_consts: Vec<String> = Vec::new();
-        for (op_index, op) in block.operations.iter().enumerate() {
-            let name = op_name(op);
-            if !op.blocks.is_empty() {
-                return Err(Error::unsupported(format!(
-                    "op `{name}` ({}): ops with nested blocks (control flow)",
-                    op.r#type
-                )));
-            }
-            if op.r#type == "const" {
-                let v = op
-                    .attributes
-                    .get("val")
-                    .ok_or_else(|| Error::invalid_artifact(pkg.path(), format!("const op `{name}` has no `val`")))?;
-                let d = dec.decode(v, &format!("const `{name}`"))?;
-                let out = op
-                    .outputs
-                    .first()
-                    .ok_or_else(|| Error::invalid_artifact(pkg.path(), format!("const op `{name}` has no output")))?;
-                let c = make_const(d, policy, &name)?;
-                hold(&name, &c)?;
-                env.insert(out.name.clone(), Val::Const(Arc::new(c)));
-                continue;
-            }
-            let mut ctx = OpCtx {
-                op,
-                name: name.clone(),
-                env: &env,
-                dec: &mut dec,
-                policy,
-                operands: Vec::new(),
-                used: Vec::new(),
-            };
-            if constexpr::is_constexpr(&op.r#type) {
-                let ds = constexpr::materialize_outputs(&mut ctx)?;
-                if ds.len() != op.outputs.len() {
-                    return Err(ctx.error(format!("has {} outputs; {} expected", op.outputs.len(), ds.len())));
-                }
-                for (out, d) in op.outputs.iter().zip(ds) {
-                    let c = make_const(d, policy, &name)?;
-                    hold(&name, &c)?;
-                    env.insert(out.name.clone(), Val::Const(Arc::new(c)));
-                }
-                continue;
-            }
-            let builder = ops::builder(&op.r#type).ok_or_else(|| ctx.unsupported("op type"))?;
-            let kernel = builder(&mut ctx)?;
-            let operands = std::mem::take(&mut ctx.operands);
-            if operands.iter().all(|v| matches!(v, Val::Const(_))) {
-                // Every input is known now: run the op once, keep its results.
-                let args: Vec<&CTensor> = operands
-                    .iter()
-                    .filter_map(|v| match v {
-                        Val::Const(c) => c.tensor.as_ref(),
-                        Val::Slot(_) => None,
-                    })
-                    .collect();
-                if args.len() != operands.len() {
-                    return Err(ctx.error("an operand has no tensor value"));
-                }
-                // An op failing on constants is the program's fault: a
-                // compile error, not an internal one.
-                let outs = kernel(&args).map_err(|e| match candle_err(&name, &op.r#type, e) {
-                    Error::Internal { message } => Error::Compile {
-                        model: pkg.path().display().to_string(),
-                        message,
-                    },
-                    other => other,
-                })?;
-                for (o, t) in op.outputs.iter().zip(outs) {
-                    let host = small_host(&t);
-                    let c = ConstVal { tensor: Some(t), host };
-                    hold(&name, &c)?;
-                    env.insert(o.name.clone(), Val::Const(Arc::new(c)));
-                }
-                folded += 1;
-                continue;
-            }
-            used_consts.append(&mut ctx.used);
-            kept_ops.push(op_index);
-            let mut outputs = Vec::new();
-            for o in &op.outputs {
-                env.insert(o.name.clone(), Val::Slot(n_slots));
-                outputs.push(n_slots);
-                n_slots += 1;
-            }
-            steps.push(Step {
-                name,
-                op_type: op.r#type.clone(),
-                operands,
-                outputs,
-                kernel,
-                frees: Vec::new(),
-            });
-        }
+        bb.build_ops(&block.operations, &mut env, &mut steps, true)?;
+        let mut used_consts = std::mem::take(&mut bb.used);
         let schema = pkg.io_schema();
         let mut outputs = Vec::new();
         for name in &block.outputs {
@@ -603,7 +480,8 @@ impl Plan {
                 dtype,
             });
         }
-        // Liveness: free each intermediate after its last reader.
+        // Liveness: free each value after its last reader (values read
+        // inside nested blocks count as read by their cond/while step).
         let keep: HashSet<usize> = outputs
             .iter()
             .filter_map(|o| match o.val {
@@ -611,22 +489,11 @@ impl Plan {
                 _ => None,
             })
             .collect();
-        let mut last_use: HashMap<usize, usize> = HashMap::new();
-        for (i, s) in steps.iter().enumerate() {
-            for v in &s.operands {
-                if let Val::Slot(slot) = v {
-                    last_use.insert(*slot, i);
-                }
-            }
-        }
-        for (slot, i) in last_use {
-            if !keep.contains(&slot) {
-                steps[i].frees.push(slot);
-            }
-        }
+        let owned: HashSet<usize> = (0..bb.n_slots).collect();
+        block::liveness(&mut steps, &owned, &keep);
         let mut seen = HashSet::new();
         let mut const_bytes = 0usize;
-        for s in &steps {
+        for s in block::all_steps(&steps) {
             for v in &s.operands {
                 if let Val::Const(c) = v {
                     if seen.insert(Arc::as_ptr(c) as usize) {
@@ -641,7 +508,7 @@ impl Plan {
         let mut seen_names = HashSet::new();
         let consts = used_consts
             .into_iter()
-            .filter(|n| seen_names.insert(n.clone()))
+            .filter(|n| !bb.kept_names.contains(n) && seen_names.insert(n.clone()))
             .filter_map(|n| match env.get(&n) {
                 Some(Val::Const(c)) => match (&c.tensor, &c.host) {
                     (Some(t), _) => Some((n, lower::LoweredConst::Tensor(t.clone()))),
@@ -662,12 +529,13 @@ impl Plan {
             inputs,
             outputs,
             steps,
-            n_slots,
+            n_slots: bb.n_slots,
             policy,
-            folded,
+            folded: bb.folded,
             const_bytes,
             run_limit: budget,
         };
+        let kept_ops = std::mem::take(&mut bb.kept_ops);
         Ok((plan, Lowered { kept_ops, consts }))
     }
 
@@ -725,63 +593,45 @@ impl Plan {
     }
 
     fn run_inner(&self, inputs: &TensorMap) -> Result<TensorMap> {
-        let mut slots: Vec<Option<CTensor>> = vec![None; self.n_slots];
+        let mut slots: Vec<Option<RVal>> = vec![None; self.n_slots];
         for inp in &self.inputs {
             let t = inputs.get(&inp.name).ok_or_else(|| {
                 Error::schema_mismatch(format!("input `{}`", inp.name), "the input to be present", "nothing")
             })?;
-            slots[inp.slot] = Some(to_candle(t, self.policy).map_err(|e| candle_err(&inp.name, "input", e))?);
+            slots[inp.slot] = Some(RVal::T(
+                to_candle(t, self.policy).map_err(|e| candle_err(&inp.name, "input", e))?,
+            ));
         }
-        for (i, step) in self.steps.iter().enumerate() {
-            if limits::check_cancel().is_err() {
-                let at = format!(
-                    "op `{}` ({}), step {} of {}",
-                    step.name,
-                    step.op_type,
-                    i + 1,
-                    self.steps.len()
-                );
-                return Err(limits::take_tripped(&at).unwrap_or_else(|| Error::internal("cancelled")));
-            }
-            let mut args: Vec<&CTensor> = Vec::with_capacity(step.operands.len());
-            for v in &step.operands {
-                let t = match v {
-                    Val::Const(c) => c.tensor.as_ref(),
-                    Val::Slot(s) => slots[*s].as_ref(),
-                };
-                args.push(t.ok_or_else(|| Error::internal(format!("op `{}` read an empty slot", step.name)))?);
-            }
-            let outs = (step.kernel)(&args).map_err(|e| candle_err(&step.name, &step.op_type, e))?;
-            drop(args);
-            if outs.len() < step.outputs.len() {
-                return Err(Error::internal(format!(
-                    "op `{}` ({}) produced {} outputs, {} expected",
-                    step.name,
-                    step.op_type,
-                    outs.len(),
-                    step.outputs.len()
-                )));
-            }
-            for (slot, t) in step.outputs.iter().zip(outs) {
-                slots[*slot] = Some(t);
-            }
-            for s in &step.frees {
-                slots[*s] = None;
-            }
-        }
+        block::run_steps(&self.steps, &mut slots)?;
         let mut out = TensorMap::new();
         for o in &self.outputs {
             let t = match &o.val {
                 Val::Const(c) => c.tensor.as_ref(),
-                Val::Slot(s) => slots[*s].as_ref(),
+                Val::Slot(s) => match &slots[*s] {
+                    Some(RVal::T(t)) => Some(t),
+                    _ => None,
+                },
             }
-            .ok_or_else(|| Error::internal(format!("output `{}` was never computed", o.name)))?;
+            .ok_or_else(|| Error::internal(format!("output `{}` was never computed as a tensor", o.name)))?;
             out.insert(
                 o.name.clone(),
                 from_candle(t, o.dtype).map_err(|e| candle_err(&o.name, "output", e))?,
             );
         }
         Ok(out)
+    }
+}
+
+/// The unsupported op types of `block` and its nested blocks, as
+/// "`type` (op `name`)".
+fn unsupported_in(block: &mil_spec::Block, out: &mut Vec<String>) {
+    for op in &block.operations {
+        if !is_supported(&op.r#type) {
+            out.push(format!("`{}` (op `{}`)", op.r#type, op_name(op)));
+        }
+        for b in &op.blocks {
+            unsupported_in(b, out);
+        }
     }
 }
 
@@ -976,7 +826,7 @@ mod tests {
                     op_type: "add".into(),
                     operands: vec![Val::Slot(i)],
                     outputs: vec![i + 1],
-                    kernel,
+                    exec: block::Exec::Kernel(kernel),
                     frees: vec![i],
                 }
             })
@@ -1038,10 +888,10 @@ mod tests {
         let ran = Arc::new(AtomicUsize::new(0));
         let mut plan = counting_plan(1, &ran, &CancelFlag::new(), usize::MAX);
         plan.run_limit = 1 << 20;
-        plan.steps[0].kernel = Box::new(|a: &[&CTensor]| {
+        plan.steps[0].exec = block::Exec::Kernel(Box::new(|a: &[&CTensor]| {
             limits::check_alloc("tile output", &[1 << 30, 2], 4)?;
             Ok(vec![a[0].clone()])
-        });
+        }));
         let e = plan.run(&x()).unwrap_err();
         assert_eq!(e.kind(), crate::ErrorKind::MemoryPressure, "{e}");
         assert!(
@@ -1096,7 +946,7 @@ mod tests {
         assert_eq!(r.unwrap_err(), "boom");
         let ran = Arc::new(AtomicUsize::new(0));
         let mut plan = counting_plan(1, &ran, &CancelFlag::new(), usize::MAX);
-        plan.steps[0].kernel = Box::new(|_| panic!("kernel bug"));
+        plan.steps[0].exec = block::Exec::Kernel(Box::new(|_| panic!("kernel bug")));
         let e = plan.run(&x()).unwrap_err();
         assert_eq!(e.kind(), crate::ErrorKind::Internal);
         assert!(e.to_string().contains("kernel bug"), "{e}");

@@ -1,8 +1,9 @@
-//! Control flow (coremltools `control_flow.py`): `select`.
+//! Control flow (coremltools `control_flow.py`): `select`. `cond` and
+//! `while_loop` hold nested blocks and are built by the plan builder
+//! (`mil/block.rs`).
 //!
 //! Conventions: `select(cond, a, b)` broadcasts all three operands; a
-//! non-zero `cond` picks `a`. Ops with nested blocks (`cond`, `while_loop`)
-//! are refused by the plan builder until they are implemented.
+//! non-zero `cond` picks `a`.
 
 use candle_core::DType as CDType;
 
