@@ -1,4 +1,5 @@
-"""Cases of coremltools' control_flow.py: `select`, `cond` and `while_loop` (list ops not yet).
+"""Cases of coremltools' control_flow.py: `select`, `cond`, `while_loop` and the list ops
+(`make_list`, `list_length`, `list_read`, `list_write`, `list_gather`, `list_scatter`).
 References are numpy (float64) on the stored inputs: np.where for select, and for the ops with
 nested blocks the same control flow written in Python.
 
@@ -344,4 +345,4 @@ def list_cases() -> list[Case]:
 
 
 def cases() -> list[Case]:
-    return select_cases() + cond_cases() + while_cases()
+    return select_cases() + cond_cases() + while_cases() + list_cases()

@@ -13,7 +13,9 @@
 //! with nested blocks counts as reading every outer slot its blocks read
 //! (`captured`), so a value read inside a loop lives until the loop ends.
 //!
-//! Run-time values are [`RVal`]s (tensors).
+//! Run-time values are tensors or lists ([`RVal`]). A list is shared
+//! (`Arc`) and copied on write; a list op whose list operand dies at that op
+//! takes it from its slot, so writing in a loop does not copy the list.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -21,7 +23,7 @@ use std::sync::Arc;
 use candle_core::{DType as CDType, Tensor as CTensor};
 use coreml_proto::proto::mil_spec::{self, Operation};
 
-use super::ops;
+use super::ops::{self, ListKernel, ListVal};
 use super::{
     candle_err, constexpr, limits, make_const, op_name, small_host, ConstVal, FloatPolicy, Kernel, OpCtx, Val,
 };
@@ -29,16 +31,19 @@ use crate::error::{Error, Result};
 use crate::mil::value::Decoder;
 use crate::mlpackage::MlPackage;
 
-/// A value at run time.
+/// A value at run time: a tensor, or a list of tensors.
 #[derive(Clone)]
 pub(crate) enum RVal {
     T(CTensor),
+    L(Arc<ListVal>),
 }
 
 /// What a step does.
 pub(crate) enum Exec {
     /// A tensor kernel over the step's operands.
     Kernel(Kernel),
+    /// A list op: operands in, one tensor or list out.
+    List(ListKernel),
     /// `cond`: runs branch 0 when the predicate (operand 0) is true, else branch 1.
     Cond(Box<CondExec>),
     /// `while_loop`: runs `body` while `cond` says so, over the loop slots
@@ -268,18 +273,23 @@ impl<'p> BlockBuilder<'p> {
             if !op.blocks.is_empty() {
                 return Err(ctx.unsupported("nested blocks on an op other than cond and while_loop"));
             }
-            let builder = ops::builder(&op.r#type).ok_or_else(|| ctx.unsupported("op type"))?;
-            let kernel = builder(&mut ctx)?;
-            if ctx.operands.iter().all(|v| matches!(v, Val::Const(_))) {
-                if !top {
-                    self.used.append(&mut ctx.used);
+            let exec = if let Some(b) = ops::list_builder(&op.r#type) {
+                // Lists never fold: they are run-time values.
+                Exec::List(b(&mut ctx)?)
+            } else {
+                let builder = ops::builder(&op.r#type).ok_or_else(|| ctx.unsupported("op type"))?;
+                let kernel = builder(&mut ctx)?;
+                if ctx.operands.iter().all(|v| matches!(v, Val::Const(_))) {
+                    if !top {
+                        self.used.append(&mut ctx.used);
+                    }
+                    let operands = std::mem::take(&mut ctx.operands);
+                    drop(ctx);
+                    self.fold(op, &name, &operands, kernel, env)?;
+                    continue;
                 }
-                let operands = std::mem::take(&mut ctx.operands);
-                drop(ctx);
-                self.fold(op, &name, &operands, kernel, env)?;
-                continue;
-            }
-            let exec = Exec::Kernel(kernel);
+                Exec::Kernel(kernel)
+            };
             let operands = std::mem::take(&mut ctx.operands);
             self.used.append(&mut ctx.used);
             if top {
@@ -563,6 +573,7 @@ fn read<'s>(slots: &'s [Option<RVal>], v: &'s Val, step: &Step) -> Result<RValRe
             .ok_or_else(|| Error::internal(format!("op `{}` read a string constant", step.name))),
         Val::Slot(s) => match slots[*s].as_ref() {
             Some(RVal::T(t)) => Ok(RValRef::T(t)),
+            Some(RVal::L(l)) => Ok(RValRef::L(l)),
             None => Err(Error::internal(format!("op `{}` read an empty slot", step.name))),
         },
     }
@@ -570,19 +581,25 @@ fn read<'s>(slots: &'s [Option<RVal>], v: &'s Val, step: &Step) -> Result<RValRe
 
 enum RValRef<'s> {
     T(&'s CTensor),
+    L(&'s Arc<ListVal>),
 }
 
 impl RValRef<'_> {
     fn owned(&self) -> RVal {
         match self {
             RValRef::T(t) => RVal::T((*t).clone()),
+            RValRef::L(l) => RVal::L((*l).clone()),
         }
     }
 }
 
-fn tensor_arg<'s>(r: RValRef<'s>, _step: &Step) -> Result<&'s CTensor> {
+fn tensor_arg<'s>(r: RValRef<'s>, step: &Step) -> Result<&'s CTensor> {
     match r {
         RValRef::T(t) => Ok(t),
+        RValRef::L(_) => Err(Error::internal(format!(
+            "op `{}` ({}) read a list where a tensor is expected",
+            step.name, step.op_type
+        ))),
     }
 }
 
@@ -607,6 +624,19 @@ pub(crate) fn run_steps(steps: &[Step], slots: &mut [Option<RVal>]) -> Result<()
                 }
                 let outs = k(&args).map_err(|e| candle_err(&step.name, &step.op_type, e))?;
                 outs.into_iter().map(RVal::T).collect()
+            }
+            Exec::List(k) => {
+                let args = step
+                    .operands
+                    .iter()
+                    .map(|v| read(slots, v, step).map(|r| r.owned()))
+                    .collect::<Result<Vec<_>>>()?;
+                // Dropping the dead operands first leaves a list written in a
+                // loop with one owner, so it is updated in place.
+                for s in &step.frees {
+                    slots[*s] = None;
+                }
+                vec![k(args).map_err(|e| candle_err(&step.name, &step.op_type, e))?]
             }
             Exec::Cond(c) => {
                 let pred = tensor_arg(read(slots, &step.operands[0], step)?, step)?;
@@ -860,7 +890,7 @@ mod tests {
     }
 
     #[test]
-    fn lowered_programs_with_blocks_run_the_same() {
+    fn lowered_programs_with_blocks_and_lists_run_the_same() {
         let x = Tensor::from_vec(vec![2, 3], vec![0.5f32, -1.0, 2.0, 0.25, 0.0, -0.75]).unwrap();
         let n = |v: i32| Tensor::from_vec(vec![1], vec![v]).unwrap();
         let b = |v: bool| Tensor::from_vec(vec![1], vec![v as u8]).unwrap();
@@ -871,6 +901,7 @@ mod tests {
                 "cond_nested_01",
                 inputs(&[("x", x.clone()), ("p", b(false)), ("q", b(true))]),
             ),
+            ("list_read_in_loop", inputs(&[("x", x.clone()), ("n", n(4))])),
         ];
         for (case, ins) in cases {
             let pkg = fixture(case);

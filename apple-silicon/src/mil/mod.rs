@@ -8,7 +8,8 @@
 //! [`Plan::run`] then does no string lookups, no parsing and no weight
 //! conversion: it walks the steps, calling each kernel on its slots, and frees
 //! every intermediate after its last use. `cond` and `while_loop` run their
-//! nested blocks as lists of steps over the same slots (see [`block`]).
+//! nested blocks as lists of steps over the same slots, and lists are
+//! run-time values beside tensors (see [`block`]).
 //!
 //! An op type the interpreter does not know is an [`Error::Unsupported`]
 //! naming the op type and its name in the program, raised by `build`, never
@@ -122,6 +123,7 @@ pub fn is_supported(op_type: &str) -> bool {
     matches!(op_type, "const" | "cond" | "while_loop")
         || constexpr::is_constexpr(op_type)
         || ops::builder(op_type).is_some()
+        || ops::list_builder(op_type).is_some()
 }
 
 /// Op types of `pkg`'s main function that the interpreter does not implement.
@@ -296,6 +298,34 @@ impl<'b, 'p> OpCtx<'b, 'p> {
             idx.push(self.operands.len() - 1);
         }
         Ok(idx)
+    }
+
+    /// A variadic argument of constants (e.g. `make_list`'s `elem_shape`), each
+    /// with its host value; empty when absent.
+    pub fn consts(&mut self, arg: &str) -> Result<Vec<Decoded>> {
+        let Some(a) = self.op.inputs.get(arg) else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for b in &a.arguments {
+            let v = match &b.binding {
+                Some(Binding::Name(n)) => self.lookup(arg, n)?,
+                Some(Binding::Value(v)) => self.decode_val(v, arg)?,
+                None => return Err(self.bad(format!("argument `{arg}` has an empty binding"))),
+            };
+            match v {
+                Val::Const(c) => match &c.host {
+                    Some(d) => out.push(d.clone()),
+                    None => return Err(self.bad(format!("argument `{arg}` is too large to be a parameter"))),
+                },
+                Val::Slot(_) => {
+                    return Err(self.unsupported(format!(
+                        "argument `{arg}` computed at run time (the interpreter needs it constant)"
+                    )))
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// A constant argument's host value (`None` when absent).
