@@ -918,4 +918,85 @@ mod tests {
             }
         }
     }
+
+    /// Builds a copy of `case` whose first `op_type` op (searched in nested
+    /// blocks too) is changed by `edit`; returns the build's error.
+    fn build_edited(case: &str, op_type: &str, edit: impl FnOnce(&mut Operation)) -> Error {
+        use coreml_proto::proto::{model, Model};
+        use prost::Message;
+        fn find<'a>(b: &'a mut mil_spec::Block, t: &str) -> Option<&'a mut Operation> {
+            for op in b.operations.iter_mut() {
+                if op.r#type == t {
+                    return Some(op);
+                }
+                for nb in op.blocks.iter_mut() {
+                    if let Some(o) = find(nb, t) {
+                        return Some(o);
+                    }
+                }
+            }
+            None
+        }
+        fn copy(src: &std::path::Path, dst: &std::path::Path) {
+            std::fs::create_dir_all(dst).unwrap();
+            for e in std::fs::read_dir(src).unwrap() {
+                let p = e.unwrap().path();
+                let to = dst.join(p.file_name().unwrap());
+                if p.is_dir() {
+                    copy(&p, &to)
+                } else {
+                    std::fs::copy(&p, &to).unwrap();
+                }
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let dst = dir.path().join("m.mlpackage");
+        copy(fixture(case).path(), &dst);
+        let spec_path = dst.join("Data/com.apple.CoreML/model.mlmodel");
+        let mut spec = Model::decode(std::fs::read(&spec_path).unwrap().as_slice()).unwrap();
+        let Some(model::Type::MlProgram(p)) = &mut spec.r#type else {
+            panic!("not an ML Program")
+        };
+        let main = p.functions.get_mut("main").unwrap();
+        let block = main.block_specializations.values_mut().next().unwrap();
+        edit(find(block, op_type).unwrap_or_else(|| panic!("{case}: no {op_type}")));
+        std::fs::write(&spec_path, spec.encode_to_vec()).unwrap();
+        Plan::build(&MlPackage::open(&dst).unwrap(), FloatPolicy::Native)
+            .err()
+            .unwrap_or_else(|| panic!("{case}: the edited {op_type} must be refused"))
+    }
+
+    #[test]
+    fn malformed_blocks_are_errors_naming_the_op() {
+        use crate::ErrorKind;
+        let e = build_edited("cond_runtime_true", "cond", |op| {
+            op.blocks.pop();
+        });
+        assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+        assert!(e.to_string().contains("(cond): 1 blocks"), "{e}");
+        let e = build_edited("while_counted_5", "while_loop", |op| {
+            op.blocks[1].outputs.pop();
+        });
+        assert_eq!(e.kind(), ErrorKind::InvalidArtifact, "{e}");
+        assert!(e.to_string().contains("body block 2→1"), "{e}");
+        let e = build_edited("while_counted_5", "while_loop", |op| {
+            op.blocks[1].outputs[1] = "nowhere".into();
+        });
+        assert!(e.to_string().contains("block output `nowhere` is never defined"), "{e}");
+        let e = build_edited("cond_runtime_false", "cond", |op| {
+            op.blocks[0].inputs.push(op.outputs[0].clone());
+        });
+        assert!(e.to_string().contains("a branch with 1 inputs"), "{e}");
+        // An op the interpreter lacks, inside a loop body: named up front.
+        let e = build_edited("while_nested_cond", "mod", |op| op.r#type = "frobnicate".into());
+        assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+        assert!(e.to_string().contains("`frobnicate`"), "{e}");
+    }
+
+    #[test]
+    fn step_counts_include_the_steps_inside_blocks() {
+        let pkg = fixture("list_length_grown");
+        let plan = Plan::build(&pkg, FloatPolicy::Native).unwrap();
+        assert!(plan.step_histogram()["list_write"] == 1 && plan.step_count() > plan.steps.len());
+    }
 }

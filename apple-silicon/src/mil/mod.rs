@@ -574,9 +574,10 @@ impl Plan {
         self.policy
     }
 
-    /// Number of run-time steps (ops left after folding constants).
+    /// Number of run-time steps (ops left after folding constants),
+    /// counting those inside `cond` / `while_loop` blocks once each.
     pub fn step_count(&self) -> usize {
-        self.steps.len()
+        block::all_steps(&self.steps).len()
     }
 
     /// Number of ops folded into constants at build time.
@@ -589,10 +590,10 @@ impl Plan {
         self.const_bytes
     }
 
-    /// Run-time step counts by op type.
+    /// Run-time step counts by op type (steps inside blocks included).
     pub fn step_histogram(&self) -> BTreeMap<String, usize> {
         let mut h = BTreeMap::new();
-        for s in &self.steps {
+        for s in block::all_steps(&self.steps) {
             *h.entry(s.op_type.clone()).or_default() += 1;
         }
         h
