@@ -4,8 +4,7 @@
 //! array, which the `cond` or `while_loop` step runs.
 //!
 //! Scoping: a nested block sees every value of its enclosing blocks by name
-//! (a copy of the outer environment plus its own inputs); names it defines
-//! stay inside it. A `cond` whose predicate is a constant is inlined: the
+//! (a chain of scopes, [`Env`]); names it defines stay inside it. A `cond` whose predicate is a constant is inlined: the
 //! chosen branch's ops become steps of the enclosing block.
 //!
 //! Liveness: each block frees the slots it owns (its steps' outputs, and for
@@ -131,6 +130,46 @@ pub(crate) fn liveness(steps: &mut [Step], owned: &HashSet<usize>, keep: &HashSe
     foreign
 }
 
+/// Names in scope while building a block: its own, then its enclosing
+/// blocks' (a chain, so entering a block copies nothing).
+pub(crate) struct Env<'a> {
+    pub map: HashMap<String, Val>,
+    parent: Option<&'a Env<'a>>,
+}
+
+impl<'a> Env<'a> {
+    /// The main block's scope.
+    pub fn top() -> Env<'static> {
+        Env {
+            map: HashMap::new(),
+            parent: None,
+        }
+    }
+
+    fn nested(parent: &'a Env<'a>) -> Env<'a> {
+        Env {
+            map: HashMap::new(),
+            parent: Some(parent),
+        }
+    }
+
+    /// The value `name` refers to here.
+    pub fn get(&self, name: &str) -> Option<&Val> {
+        let mut e = Some(self);
+        while let Some(env) = e {
+            if let Some(v) = env.map.get(name) {
+                return Some(v);
+            }
+            e = env.parent;
+        }
+        None
+    }
+
+    pub fn insert(&mut self, name: String, v: Val) {
+        self.map.insert(name, v);
+    }
+}
+
 /// Builds blocks into steps; one per plan, shared by its nested blocks.
 pub(crate) struct BlockBuilder<'p> {
     pub pkg: &'p MlPackage,
@@ -190,7 +229,7 @@ impl<'p> BlockBuilder<'p> {
         Ok(())
     }
 
-    fn add_const(&mut self, env: &mut HashMap<String, Val>, out: &str, name: &str, c: ConstVal) -> Result<()> {
+    fn add_const(&mut self, env: &mut Env<'_>, out: &str, name: &str, c: ConstVal) -> Result<()> {
         self.hold(name, &c)?;
         env.insert(out.to_string(), Val::Const(Arc::new(c)));
         Ok(())
@@ -198,13 +237,7 @@ impl<'p> BlockBuilder<'p> {
 
     /// Builds `ops` into `steps`, defining their outputs in `env`. `top`:
     /// the main block (its kept ops are recorded by index).
-    pub fn build_ops(
-        &mut self,
-        ops: &[Operation],
-        env: &mut HashMap<String, Val>,
-        steps: &mut Vec<Step>,
-        top: bool,
-    ) -> Result<()> {
+    pub fn build_ops(&mut self, ops: &[Operation], env: &mut Env<'_>, steps: &mut Vec<Step>, top: bool) -> Result<()> {
         for (op_index, op) in ops.iter().enumerate() {
             let name = op_name(op);
             if op.r#type == "const" {
@@ -314,14 +347,7 @@ impl<'p> BlockBuilder<'p> {
     }
 
     /// Every input is known now: runs the op once and keeps its results.
-    fn fold(
-        &mut self,
-        op: &Operation,
-        name: &str,
-        operands: &[Val],
-        kernel: Kernel,
-        env: &mut HashMap<String, Val>,
-    ) -> Result<()> {
+    fn fold(&mut self, op: &Operation, name: &str, operands: &[Val], kernel: Kernel, env: &mut Env<'_>) -> Result<()> {
         let args: Vec<&CTensor> = operands
             .iter()
             .filter_map(|v| match v {
@@ -357,12 +383,12 @@ impl<'p> BlockBuilder<'p> {
     fn build_sub(
         &mut self,
         blk: &mil_spec::Block,
-        outer: &HashMap<String, Val>,
+        outer: &Env<'_>,
         inputs: &[usize],
         free_inputs: bool,
         op: &str,
     ) -> Result<SubBlock> {
-        let mut env = outer.clone();
+        let mut env = Env::nested(outer);
         for (inp, s) in blk.inputs.iter().zip(inputs) {
             env.insert(inp.name.clone(), Val::Slot(*s));
         }
@@ -391,7 +417,7 @@ impl<'p> BlockBuilder<'p> {
         })
     }
 
-    fn block_outputs(&mut self, blk: &mil_spec::Block, env: &HashMap<String, Val>, op: &str) -> Result<Vec<Val>> {
+    fn block_outputs(&mut self, blk: &mil_spec::Block, env: &Env<'_>, op: &str) -> Result<Vec<Val>> {
         blk.outputs
             .iter()
             .map(|n| {
@@ -414,7 +440,7 @@ impl<'p> BlockBuilder<'p> {
         op: &Operation,
         name: &str,
         operands: Vec<Val>,
-        env: &mut HashMap<String, Val>,
+        env: &mut Env<'_>,
         steps: &mut Vec<Step>,
         unsupported: impl Fn(String) -> Error,
     ) -> Result<()> {
@@ -441,9 +467,10 @@ impl<'p> BlockBuilder<'p> {
             // Known now: the chosen branch becomes part of this block.
             let pred = truth(c.tensor.as_ref()).map_err(|e| self.malformed(name, format!("`pred`: {e}")))?;
             let blk = &op.blocks[if pred { 0 } else { 1 }];
-            let mut inner = env.clone();
+            let mut inner = Env::nested(env);
             self.build_ops(&blk.operations, &mut inner, steps, false)?;
             let outs = self.block_outputs(blk, &inner, name)?;
+            drop(inner);
             for (o, v) in op.outputs.iter().zip(outs) {
                 env.insert(o.name.clone(), v);
             }
@@ -476,7 +503,7 @@ impl<'p> BlockBuilder<'p> {
         op: &Operation,
         name: &str,
         operands: Vec<Val>,
-        env: &mut HashMap<String, Val>,
+        env: &mut Env<'_>,
         steps: &mut Vec<Step>,
         unsupported: impl Fn(String) -> Error,
     ) -> Result<()> {

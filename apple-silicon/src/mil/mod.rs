@@ -31,7 +31,7 @@ mod ops;
 pub mod value;
 
 use std::cell::Cell;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Once};
 use std::time::Instant;
@@ -210,7 +210,7 @@ fn candle_err(name: &str, op_type: &str, e: impl std::fmt::Display) -> Error {
 pub(crate) struct OpCtx<'b, 'p> {
     pub op: &'b Operation,
     pub name: String,
-    env: &'b HashMap<String, Val>,
+    env: &'b block::Env<'b>,
     dec: &'b mut Decoder<'p>,
     pub policy: FloatPolicy,
     operands: Vec<Val>,
@@ -481,7 +481,7 @@ impl Plan {
             )));
         }
         let mut bb = BlockBuilder::new(pkg, policy, budget);
-        let mut env: HashMap<String, Val> = HashMap::new();
+        let mut env = block::Env::top();
         let mut inputs = Vec::new();
         for inp in &main.inputs {
             let slot = bb.slot();
@@ -539,7 +539,7 @@ impl Plan {
         let consts = used_consts
             .into_iter()
             .filter(|n| !bb.kept_names.contains(n) && seen_names.insert(n.clone()))
-            .filter_map(|n| match env.get(&n) {
+            .filter_map(|n| match env.map.get(&n) {
                 Some(Val::Const(c)) => match (&c.tensor, &c.host) {
                     (Some(t), _) => Some((n, lower::LoweredConst::Tensor(t.clone()))),
                     (
