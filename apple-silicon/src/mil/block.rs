@@ -401,14 +401,15 @@ impl<'p> BlockBuilder<'p> {
             owned.extend(inputs);
         }
         let keep: HashSet<usize> = slots_of(&outputs).collect();
-        let mut captured = liveness(&mut steps, &owned, &keep);
+        let read = liveness(&mut steps, &owned, &keep);
         let own_outputs: Vec<usize> = keep.iter().copied().filter(|s| defined.contains(s)).collect();
-        for s in slots_of(&outputs) {
-            if !defined.contains(&s) && !inputs.contains(&s) && !captured.contains(&s) {
-                captured.push(s);
-            }
-        }
-        captured.retain(|s| !inputs.contains(s));
+        // Outer slots the block reads, or returns as they are.
+        let inputs: HashSet<usize> = inputs.iter().copied().collect();
+        let outer = slots_of(&outputs).filter(|s| !defined.contains(s));
+        let captured = union(&read, &outer.collect::<Vec<_>>())
+            .into_iter()
+            .filter(|s| !inputs.contains(s))
+            .collect();
         Ok(SubBlock {
             steps,
             outputs,
@@ -478,8 +479,7 @@ impl<'p> BlockBuilder<'p> {
         }
         let t = self.build_sub(&op.blocks[0], env, &[], false, name)?;
         let f = self.build_sub(&op.blocks[1], env, &[], false, name)?;
-        let mut captured = t.captured.clone();
-        captured.extend(f.captured.iter().filter(|s| !t.captured.contains(s)));
+        let captured = union(&t.captured, &f.captured);
         let outputs: Vec<usize> = (0..n).map(|_| self.slot()).collect();
         for (o, s) in op.outputs.iter().zip(&outputs) {
             env.insert(o.name.clone(), Val::Slot(*s));
@@ -537,8 +537,7 @@ impl<'p> BlockBuilder<'p> {
         let vars: Vec<usize> = (0..n).map(|_| self.slot()).collect();
         let cond = self.build_sub(cb, env, &vars, false, name)?;
         let body = self.build_sub(bb, env, &vars, true, name)?;
-        let mut captured = cond.captured.clone();
-        captured.extend(body.captured.iter().filter(|s| !cond.captured.contains(s)));
+        let captured = union(&cond.captured, &body.captured);
         for (o, s) in op.outputs.iter().zip(&vars) {
             env.insert(o.name.clone(), Val::Slot(*s));
         }
@@ -573,6 +572,12 @@ pub(crate) fn all_steps(steps: &[Step]) -> Vec<&Step> {
         }
     }
     out
+}
+
+/// The slots of `a` and `b`, each once, in order.
+fn union(a: &[usize], b: &[usize]) -> Vec<usize> {
+    let mut seen = HashSet::new();
+    a.iter().chain(b).copied().filter(|s| seen.insert(*s)).collect()
 }
 
 fn slots_of(vals: &[Val]) -> impl Iterator<Item = usize> + '_ {
