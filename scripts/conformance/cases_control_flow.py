@@ -99,6 +99,9 @@ def cond_cases() -> list[Case]:
                                                                           _true_fn=lambda: mb.mul(x=x, y=3.0),
                                                                           _false_fn=lambda: mb.mul(x=x, y=-1.0))),
                         {"y": ref}, note="a cond inside a branch of a cond"))
+    out.append(Case(FAM, "cond", "cond_runtime_true_ios18", {"x": x, "y": y, "p": np.array([True])}, two_outputs,
+                    {"a": f64(x) * 2, "b": f64(x) + f64(y)}, opset="iOS18",
+                    note="the iOS15 definition under a later deployment target"))
     # fp16.
     x16 = x.astype(np.float16)
     for val in (True, False):
@@ -211,6 +214,12 @@ def while_cases() -> list[Case]:
                     {"s": np.array([s], np.int32)}, note="a while_loop in the body of another, inner trip count "
                     "read from the outer loop var (0 trips on the first pass); initial values come in as an input "
                     "(coremltools refuses constant initial values of a nested loop whose values change)"))
+
+    # Later opsets: control_flow.py is defined once (iOS15) and carries over unchanged.
+    for opset in ("iOS17", "iOS18"):
+        out.append(Case(FAM, "while_loop", f"while_counted_{opset.lower()}", {"x": x, "n": np.array([3], np.int32)},
+                        counted, {"i": np.array([3], np.int32), "acc": sum(f64(x) * (i + 1) for i in range(3))},
+                        opset=opset, note="the iOS15 definition under a later deployment target"))
 
     x16 = x.astype(np.float16)
 
@@ -338,6 +347,35 @@ def list_cases() -> list[Case]:
 
         _, ls = mb.while_loop(_cond=lambda i, ls: mb.less(x=i, y=n_s), _body=body, loop_vars=(np.int32(0), ls))
         return mb.list_gather(ls=ls, indices=[2, 1])
+
+    bx = bools(f"{FAM}/list/bool", (2, 3))
+
+    def bool_list(b, n):
+        n_s = scalar(n)
+        ls = mb.make_list(init_length=1, elem_shape=[2, 3], dtype="bool")
+
+        def body(i, ls, v):
+            return mb.add(x=i, y=1), mb.list_write(ls=ls, index=i, value=v), mb.logical_not(x=v)
+
+        _, ls, _ = mb.while_loop(_cond=lambda i, ls, v: mb.less(x=i, y=n_s), _body=body,
+                                 loop_vars=(np.int32(0), ls, b))
+        return mb.list_gather(ls=ls, indices=[0, 1, 2])
+
+    out.append(Case(FAM, "list_write", "list_write_bool", {"b": bx, "n": np.array([3], np.int32)}, bool_list,
+                    {"g": np.stack([bx, ~bx, bx])}, note="bool list; a bool loop var"))
+
+    def list_through_cond(x, p):
+        ls = mb.make_list(init_length=2, dynamic_length=False, elem_shape=[2, 3], dtype="fp32")
+        ls = mb.list_write(ls=ls, index=0, value=x)
+        ls = mb.cond(pred=scalar(p), _true_fn=lambda: mb.list_write(ls=ls, index=1, value=mb.mul(x=x, y=2.0)),
+                     _false_fn=lambda: mb.list_write(ls=ls, index=1, value=mb.mul(x=x, y=-1.0)))
+        return mb.list_read(ls=ls, index=1), mb.list_read(ls=ls, index=0)
+
+    for val in (True, False):
+        out.append(Case(FAM, "list_read", f"list_through_cond_{str(val).lower()}", {"x": x, "p": np.array([val])},
+                        list_through_cond, {"r1": f64(x) * (2 if val else -1), "r0": f64(x)},
+                        note="a list as a cond output: each branch writes its own element; the list "
+                        "before the cond is still read afterwards (copy on write)"))
 
     out.append(Case(FAM, "list_write", "list_write_fp16", {"x": x16, "n": np.array([3], np.int32)}, fp16_list,
                     {"g": np.stack([f64(x16) * 2, f64(x16)])}, opset="iOS16", precision="fp16"))
