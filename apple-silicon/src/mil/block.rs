@@ -1026,6 +1026,38 @@ mod tests {
     }
 
     #[test]
+    fn a_list_written_in_a_loop_body_is_updated_in_place() {
+        let plan = Plan::build(&fixture("list_write_in_loop_fixed"), FloatPolicy::Upcast).unwrap();
+        let mut slots: Vec<Option<RVal>> = vec![None; plan.n_slots];
+        let make = plan.steps.iter().position(|s| s.op_type == "make_list").unwrap();
+        run_steps(&plan.steps[make..make + 1], &mut slots).unwrap();
+        let Some(RVal::L(list)) = slots[plan.steps[make].outputs[0]].take() else {
+            panic!("no list")
+        };
+        let before = Arc::as_ptr(&list);
+        let lp = plan.steps.iter().position(|s| s.op_type == "while_loop").unwrap();
+        let Exec::While(w) = &plan.steps[lp].exec else {
+            unreachable!()
+        };
+        let write = w.body.steps.iter().position(|s| s.op_type == "list_write").unwrap();
+        let step = &w.body.steps[write];
+        // Operands: ls, index, value; the loop var `ls` dies at this step.
+        let [Val::Slot(ls), Val::Slot(i), Val::Slot(v)] = step.operands.as_slice() else {
+            panic!("operands")
+        };
+        assert!(step.frees.contains(ls));
+        slots[*ls] = Some(RVal::L(list));
+        slots[*i] = Some(RVal::T(CTensor::new(2i64, &Device::Cpu).unwrap()));
+        slots[*v] = Some(RVal::T(CTensor::ones((2, 3), CDType::F32, &Device::Cpu).unwrap()));
+        run_steps(std::slice::from_ref(step), &mut slots).unwrap();
+        let Some(RVal::L(after)) = &slots[step.outputs[0]] else {
+            panic!("no list out")
+        };
+        assert_eq!(Arc::as_ptr(after), before, "the list was copied");
+        assert!(slots[*ls].is_none());
+    }
+
+    #[test]
     fn step_counts_include_the_steps_inside_blocks() {
         let pkg = fixture("list_length_grown");
         let plan = Plan::build(&pkg, FloatPolicy::Native).unwrap();
