@@ -186,6 +186,8 @@ pub(crate) struct BlockBuilder<'p> {
     pub kept_ops: Vec<usize>,
     /// Names the kept ops define (a lowered program must not also hold them as constants).
     pub kept_names: HashSet<String>,
+    /// Slots that hold lists.
+    lists: HashSet<usize>,
 }
 
 impl<'p> BlockBuilder<'p> {
@@ -201,12 +203,32 @@ impl<'p> BlockBuilder<'p> {
             used: Vec::new(),
             kept_ops: Vec::new(),
             kept_names: HashSet::new(),
+            lists: HashSet::new(),
         }
     }
 
     pub fn slot(&mut self) -> usize {
         self.n_slots += 1;
         self.n_slots - 1
+    }
+
+    /// Whether `slot` holds a list.
+    pub fn is_list(&self, slot: usize) -> bool {
+        self.lists.contains(&slot)
+    }
+
+    /// A slot for the op output `o`, marked as a list when it is declared
+    /// list-typed or `list` says so.
+    fn slot_for(&mut self, o: &mil_spec::NamedValueType, list: bool) -> usize {
+        let s = self.slot();
+        let declared = matches!(
+            o.r#type.as_ref().and_then(|t| t.r#type.as_ref()),
+            Some(mil_spec::value_type::Type::ListType(_))
+        );
+        if list || declared {
+            self.lists.insert(s);
+        }
+        s
     }
 
     fn hold(&mut self, name: &str, c: &ConstVal) -> Result<()> {
@@ -257,6 +279,7 @@ impl<'p> BlockBuilder<'p> {
                 op,
                 name: name.clone(),
                 env,
+                lists: &self.lists,
                 dec: &mut self.dec,
                 policy: self.policy,
                 operands: Vec::new(),
@@ -284,7 +307,7 @@ impl<'p> BlockBuilder<'p> {
                     None
                 };
                 let operands = if pred.is_none() {
-                    ctx.tensors("loop_vars")?;
+                    ctx.values("loop_vars")?;
                     std::mem::take(&mut ctx.operands)
                 } else {
                     std::mem::take(&mut ctx.operands)
@@ -328,9 +351,10 @@ impl<'p> BlockBuilder<'p> {
             if top {
                 self.kept_ops.push(op_index);
             }
+            let makes_list = matches!(op.r#type.as_str(), "make_list" | "list_write" | "list_scatter");
             let mut outputs = Vec::new();
             for o in &op.outputs {
-                let s = self.slot();
+                let s = self.slot_for(o, makes_list);
                 env.insert(o.name.clone(), Val::Slot(s));
                 outputs.push(s);
             }
@@ -480,7 +504,7 @@ impl<'p> BlockBuilder<'p> {
         let t = self.build_sub(&op.blocks[0], env, &[], false, name)?;
         let f = self.build_sub(&op.blocks[1], env, &[], false, name)?;
         let captured = union(&t.captured, &f.captured);
-        let outputs: Vec<usize> = (0..n).map(|_| self.slot()).collect();
+        let outputs: Vec<usize> = op.outputs.iter().map(|o| self.slot_for(o, false)).collect();
         for (o, s) in op.outputs.iter().zip(&outputs) {
             env.insert(o.name.clone(), Val::Slot(*s));
         }
@@ -534,7 +558,7 @@ impl<'p> BlockBuilder<'p> {
             ));
         }
         // The loop vars live in the step's output slots, which both blocks read as their inputs.
-        let vars: Vec<usize> = (0..n).map(|_| self.slot()).collect();
+        let vars: Vec<usize> = op.outputs.iter().map(|o| self.slot_for(o, false)).collect();
         let cond = self.build_sub(cb, env, &vars, false, name)?;
         let body = self.build_sub(bb, env, &vars, true, name)?;
         let captured = union(&cond.captured, &body.captured);
@@ -1055,6 +1079,27 @@ mod tests {
         };
         assert_eq!(Arc::as_ptr(after), before, "the list was copied");
         assert!(slots[*ls].is_none());
+    }
+
+    #[test]
+    fn lists_and_tensors_in_each_others_place_are_refused_at_build() {
+        use mil_spec::argument::binding::Binding;
+        let e = build_edited("list_length_grown", "list_gather", |op| {
+            let ls = op.inputs["ls"].clone();
+            op.inputs.insert("indices".into(), ls);
+        });
+        assert!(
+            e.to_string()
+                .contains("argument `indices` is a list where a tensor is expected"),
+            "{e}"
+        );
+        let e = build_edited("list_length_grown", "list_length", |op| {
+            op.inputs.get_mut("ls").unwrap().arguments[0].binding = Some(Binding::Name("x".into()));
+        });
+        assert!(
+            e.to_string().contains("(list_length)") && e.to_string().contains("`ls` is not a list"),
+            "{e}"
+        );
     }
 
     #[test]

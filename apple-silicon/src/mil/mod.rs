@@ -211,6 +211,8 @@ pub(crate) struct OpCtx<'b, 'p> {
     pub op: &'b Operation,
     pub name: String,
     env: &'b block::Env<'b>,
+    /// Slots that hold lists (declared list-typed).
+    lists: &'b HashSet<usize>,
     dec: &'b mut Decoder<'p>,
     pub policy: FloatPolicy,
     operands: Vec<Val>,
@@ -278,12 +280,43 @@ impl<'b, 'p> OpCtx<'b, 'p> {
                 return Err(self.bad(format!("argument `{arg}` is a string where a tensor is expected")));
             }
         }
+        self.no_list(arg, &v)?;
         self.operands.push(v);
         Ok(Some(self.operands.len() - 1))
     }
 
+    fn no_list(&self, arg: &str, v: &Val) -> Result<()> {
+        match v {
+            Val::Slot(s) if self.lists.contains(s) => {
+                Err(self.bad(format!("argument `{arg}` is a list where a tensor is expected")))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// A list operand (list ops' `ls`); returns its index among the operands.
+    pub fn list(&mut self, arg: &str) -> Result<usize> {
+        match self.resolve(arg)? {
+            Some(Val::Slot(s)) if self.lists.contains(&s) => {
+                self.operands.push(Val::Slot(s));
+                Ok(self.operands.len() - 1)
+            }
+            Some(_) => Err(self.bad(format!("argument `{arg}` is not a list"))),
+            None => Err(self.bad(format!("required argument `{arg}` is missing"))),
+        }
+    }
+
     /// A variadic tensor argument (e.g. `concat`'s `values`).
     pub fn tensors(&mut self, arg: &str) -> Result<Vec<usize>> {
+        let idx = self.values(arg)?;
+        for &i in &idx {
+            self.no_list(arg, &self.operands[i])?;
+        }
+        Ok(idx)
+    }
+
+    /// A variadic argument of tensors or lists (`while_loop`'s `loop_vars`).
+    pub fn values(&mut self, arg: &str) -> Result<Vec<usize>> {
         let Some(a) = self.op.inputs.get(arg) else {
             return Err(self.bad(format!("required argument `{arg}` is missing")));
         };
@@ -500,6 +533,11 @@ impl Plan {
             let val = env.get(name).cloned().ok_or_else(|| {
                 Error::invalid_artifact(pkg.path(), format!("block output `{name}` is never defined"))
             })?;
+            if matches!(val, Val::Slot(s) if bb.is_list(s)) {
+                return Err(Error::unsupported(format!(
+                    "program output `{name}` is a list (outputs are tensors)"
+                )));
+            }
             let dtype = schema.output(name).map(|s| s.dtype).unwrap_or(DType::F32);
             if matches!(val, Val::Const(_)) {
                 used_consts.push(name.clone());

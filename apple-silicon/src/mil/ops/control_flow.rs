@@ -212,7 +212,7 @@ fn make_list(c: &mut OpCtx) -> Result<ListKernel> {
 }
 
 fn list_length(c: &mut OpCtx) -> Result<ListKernel> {
-    let ls = c.tensor("ls")?;
+    let ls = c.list("ls")?;
     Ok(Box::new(move |mut a| {
         let l = list_of(a.swap_remove(ls))?;
         Ok(RVal::T(Tensor::new(l.elems.len() as i64, &Device::Cpu)?))
@@ -220,7 +220,7 @@ fn list_length(c: &mut OpCtx) -> Result<ListKernel> {
 }
 
 fn list_read(c: &mut OpCtx) -> Result<ListKernel> {
-    let ls = c.tensor("ls")?;
+    let ls = c.list("ls")?;
     let index = c.tensor("index")?;
     Ok(Box::new(move |a| {
         let i = scalar_of(tensor_of(&a[index])?, "index")?;
@@ -230,7 +230,7 @@ fn list_read(c: &mut OpCtx) -> Result<ListKernel> {
 }
 
 fn list_write(c: &mut OpCtx) -> Result<ListKernel> {
-    let ls = c.tensor("ls")?;
+    let ls = c.list("ls")?;
     let index = c.tensor("index")?;
     let value = c.tensor("value")?;
     Ok(Box::new(move |mut a| {
@@ -245,7 +245,7 @@ fn list_write(c: &mut OpCtx) -> Result<ListKernel> {
 }
 
 fn list_gather(c: &mut OpCtx) -> Result<ListKernel> {
-    let ls = c.tensor("ls")?;
+    let ls = c.list("ls")?;
     let indices = c.tensor("indices")?;
     Ok(Box::new(move |a| {
         let idx = ints_of(tensor_of(&a[indices])?)?;
@@ -267,7 +267,7 @@ fn list_gather(c: &mut OpCtx) -> Result<ListKernel> {
 }
 
 fn list_scatter(c: &mut OpCtx) -> Result<ListKernel> {
-    let ls = c.tensor("ls")?;
+    let ls = c.list("ls")?;
     let indices = c.tensor("indices")?;
     let value = c.tensor("value")?;
     Ok(Box::new(move |mut a| {
