@@ -4,8 +4,9 @@
 //! array, which the `cond` or `while_loop` step runs.
 //!
 //! Scoping: a nested block sees every value of its enclosing blocks by name
-//! (a chain of scopes, [`Env`]); names it defines stay inside it. A `cond` whose predicate is a constant is inlined: the
-//! chosen branch's ops become steps of the enclosing block.
+//! (a chain of scopes, [`Env`]); names it defines stay inside it. A `cond`
+//! whose predicate is a constant is inlined: the chosen branch's ops become
+//! steps of the enclosing block.
 //!
 //! Liveness: each block frees the slots it owns (its steps' outputs, and for
 //! a loop body its inputs) after their last reader in that block. A step
@@ -50,11 +51,14 @@ pub(crate) enum Exec {
     While(Box<WhileExec>),
 }
 
+/// A `cond` step's branches (true, false).
 pub(crate) struct CondExec {
     branches: [SubBlock; 2],
     captured: Vec<usize>,
 }
 
+/// A `while_loop` step's blocks; both read the loop vars from the step's
+/// output slots.
 pub(crate) struct WhileExec {
     cond: SubBlock,
     body: SubBlock,
@@ -71,6 +75,8 @@ pub(crate) struct SubBlock {
     captured: Vec<usize>,
 }
 
+/// One op of a plan: its operands, output slots, what it does, and the
+/// slots to free once it has run.
 pub(crate) struct Step {
     pub name: String,
     pub op_type: String,
@@ -300,22 +306,16 @@ impl<'p> BlockBuilder<'p> {
                 continue;
             }
             if op.r#type == "cond" || op.r#type == "while_loop" {
-                let mut used = std::mem::take(&mut ctx.used);
-                let pred = if op.r#type == "cond" {
-                    Some(ctx.tensor("pred")?)
+                let is_cond = op.r#type == "cond";
+                if is_cond {
+                    ctx.tensor("pred")?;
                 } else {
-                    None
-                };
-                let operands = if pred.is_none() {
                     ctx.values("loop_vars")?;
-                    std::mem::take(&mut ctx.operands)
-                } else {
-                    std::mem::take(&mut ctx.operands)
-                };
-                used.append(&mut ctx.used);
+                }
+                let operands = std::mem::take(&mut ctx.operands);
+                self.used.append(&mut ctx.used);
                 let unsupported = |what: String| Error::unsupported(format!("op `{name}` ({}): {what}", op.r#type));
-                self.used.append(&mut used);
-                if op.r#type == "cond" {
+                if is_cond {
                     self.build_cond(op, &name, operands, env, steps, unsupported)?;
                 } else {
                     self.build_while(op, &name, operands, env, steps, unsupported)?;
