@@ -769,6 +769,14 @@ fn run_while(w: &WhileExec, step: &Step, slots: &mut [Option<RVal>]) -> Result<(
         }
         run_steps(&w.body.steps, slots)?;
         let next = finish(&w.body, slots, step)?;
+        // A loop var that grows each trip (e.g. concatenated with itself)
+        // stops at the memory limit, whether or not its op checks sizes.
+        for v in &next {
+            if let RVal::T(t) = v {
+                limits::check_alloc("loop var", t.dims(), t.dtype().size_in_bytes())
+                    .map_err(|e| candle_err(&step.name, &step.op_type, e))?;
+            }
+        }
         for (s, v) in step.outputs.iter().zip(next) {
             slots[*s] = Some(v);
         }
@@ -884,6 +892,24 @@ mod tests {
             "{e}"
         );
         assert!(ran.load(Ordering::SeqCst) >= 1000);
+    }
+
+    #[test]
+    fn a_loop_var_growing_each_trip_stops_at_the_memory_limit() {
+        // v = concat(v, v) forever: the size check after each trip ends it.
+        let mut plan = endless(Some(Arc::new(AtomicUsize::new(0))));
+        plan.run_limit = 1 << 16;
+        let Exec::While(w) = &mut plan.steps[0].exec else {
+            unreachable!()
+        };
+        w.body.steps[0].exec = Exec::Kernel(Box::new(|a: &[&CTensor]| Ok(vec![CTensor::cat(&[a[0], a[0]], 0)?])));
+        let e = plan.run(&x()).unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::MemoryPressure, "{e}");
+        assert!(
+            e.to_string()
+                .contains("op `loop` (while_loop): loop var of shape [32768]"),
+            "{e}"
+        );
     }
 
     #[test]
