@@ -531,6 +531,13 @@ fn bad_options_are_errors_naming_op_parameter_and_value() {
             TV::Ints(RepeatedInts { values: vec![0] }),
             "0",
         ),
+        (
+            "control_flow/make_list_runtime_init_length",
+            "make_list",
+            "dtype",
+            s("fp64"),
+            "fp64",
+        ),
     ] {
         let e = build_with_param(case, op, param, val);
         println!("{case}: {e}");

@@ -117,7 +117,17 @@ def program_of(case: Case):
 
 
 def main_ops(spec) -> list[str]:
-    return [op.type for op in common.main_block(spec).operations]
+    """Op types of the main block and of every block nested in it (cond / while_loop bodies)."""
+    out: list[str] = []
+
+    def walk(block):
+        for op in block.operations:
+            out.append(op.type)
+            for b in op.blocks:
+                walk(b)
+
+    walk(common.main_block(spec))
+    return out
 
 
 def build_case(case: Case, out_root: Path) -> None:

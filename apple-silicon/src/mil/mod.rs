@@ -7,7 +7,9 @@
 //! into each op's kernel, and ops whose inputs are all constant folded away.
 //! [`Plan::run`] then does no string lookups, no parsing and no weight
 //! conversion: it walks the steps, calling each kernel on its slots, and frees
-//! every intermediate after its last use.
+//! every intermediate after its last use. `cond` and `while_loop` run their
+//! nested blocks as lists of steps over the same slots, and lists are
+//! run-time values beside tensors (see [`block`]).
 //!
 //! Stateful programs (iOS18 `read_state` / `write_state`) run with
 //! [`Plan::run_with_state`] and a caller-owned map of their states
@@ -24,6 +26,7 @@
 //! becomes [`Error::Internal`], and is not printed: see [`quiet_panics`]);
 //! and a run stops at the next op once its [`CancelFlag`] is set.
 
+mod block;
 mod constexpr;
 mod depthwise;
 pub mod limits;
@@ -32,7 +35,7 @@ mod ops;
 pub mod value;
 mod workers;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -42,6 +45,7 @@ use coreml_proto::proto::mil_spec::{self, argument::binding::Binding, DataType, 
 use crate::error::{Error, Result};
 use crate::mlpackage::MlPackage;
 use crate::tensor::{DType, Tensor, TensorMap};
+use block::{BlockBuilder, RVal, Step};
 pub use limits::CancelFlag;
 pub use lower::Lowered;
 use ops::state::StateSlot;
@@ -80,15 +84,6 @@ pub(crate) struct ConstVal {
 
 /// Constants up to this many elements keep a host copy for parameter reads.
 const HOST_COPY_LIMIT: usize = 4096;
-
-struct Step {
-    name: String,
-    op_type: String,
-    operands: Vec<Val>,
-    outputs: Vec<usize>,
-    kernel: Kernel,
-    frees: Vec<usize>,
-}
 
 struct PlanInput {
     name: String,
@@ -133,7 +128,10 @@ impl std::fmt::Debug for Plan {
 
 /// Whether the interpreter implements `op_type`.
 pub fn is_supported(op_type: &str) -> bool {
-    op_type == "const" || constexpr::is_constexpr(op_type) || ops::builder(op_type).is_some()
+    matches!(op_type, "const" | "cond" | "while_loop")
+        || constexpr::is_constexpr(op_type)
+        || ops::builder(op_type).is_some()
+        || ops::list_builder(op_type).is_some()
 }
 
 /// Op types of `pkg`'s main function that the interpreter does not implement.
@@ -220,7 +218,9 @@ fn candle_err(name: &str, op_type: &str, e: impl std::fmt::Display) -> Error {
 pub(crate) struct OpCtx<'b, 'p> {
     pub op: &'b Operation,
     pub name: String,
-    env: &'b HashMap<String, Val>,
+    env: &'b block::Env<'b>,
+    /// Slots that hold lists (declared list-typed).
+    lists: &'b HashSet<usize>,
     dec: &'b mut Decoder<'p>,
     pub policy: FloatPolicy,
     operands: Vec<Val>,
@@ -288,12 +288,43 @@ impl<'b, 'p> OpCtx<'b, 'p> {
                 return Err(self.bad(format!("argument `{arg}` is a string where a tensor is expected")));
             }
         }
+        self.no_list(arg, &v)?;
         self.operands.push(v);
         Ok(Some(self.operands.len() - 1))
     }
 
+    fn no_list(&self, arg: &str, v: &Val) -> Result<()> {
+        match v {
+            Val::Slot(s) if self.lists.contains(s) => {
+                Err(self.bad(format!("argument `{arg}` is a list where a tensor is expected")))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// A list operand (list ops' `ls`); returns its index among the operands.
+    pub fn list(&mut self, arg: &str) -> Result<usize> {
+        match self.resolve(arg)? {
+            Some(Val::Slot(s)) if self.lists.contains(&s) => {
+                self.operands.push(Val::Slot(s));
+                Ok(self.operands.len() - 1)
+            }
+            Some(_) => Err(self.bad(format!("argument `{arg}` is not a list"))),
+            None => Err(self.bad(format!("required argument `{arg}` is missing"))),
+        }
+    }
+
     /// A variadic tensor argument (e.g. `concat`'s `values`).
     pub fn tensors(&mut self, arg: &str) -> Result<Vec<usize>> {
+        let idx = self.values(arg)?;
+        for &i in &idx {
+            self.no_list(arg, &self.operands[i])?;
+        }
+        Ok(idx)
+    }
+
+    /// A variadic argument of tensors or lists (`while_loop`'s `loop_vars`).
+    pub fn values(&mut self, arg: &str) -> Result<Vec<usize>> {
         let Some(a) = self.op.inputs.get(arg) else {
             return Err(self.bad(format!("required argument `{arg}` is missing")));
         };
@@ -308,6 +339,34 @@ impl<'b, 'p> OpCtx<'b, 'p> {
             idx.push(self.operands.len() - 1);
         }
         Ok(idx)
+    }
+
+    /// A variadic argument of constants (e.g. `make_list`'s `elem_shape`), each
+    /// with its host value; empty when absent.
+    pub fn consts(&mut self, arg: &str) -> Result<Vec<Decoded>> {
+        let Some(a) = self.op.inputs.get(arg) else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for b in &a.arguments {
+            let v = match &b.binding {
+                Some(Binding::Name(n)) => self.lookup(arg, n)?,
+                Some(Binding::Value(v)) => self.decode_val(v, arg)?,
+                None => return Err(self.bad(format!("argument `{arg}` has an empty binding"))),
+            };
+            match v {
+                Val::Const(c) => match &c.host {
+                    Some(d) => out.push(d.clone()),
+                    None => return Err(self.bad(format!("argument `{arg}` is too large to be a parameter"))),
+                },
+                Val::Slot(_) => {
+                    return Err(self.unsupported(format!(
+                        "argument `{arg}` computed at run time (the interpreter needs it constant)"
+                    )))
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// A constant argument's host value (`None` when absent).
@@ -454,166 +513,49 @@ impl Plan {
     fn build_inner(pkg: &MlPackage, policy: FloatPolicy, budget: u64) -> Result<(Plan, Lowered)> {
         let main = pkg.main_function();
         let block = pkg.main_block()?;
-        let unsupported: Vec<String> = block
-            .operations
-            .iter()
-            .filter(|op| !is_supported(&op.r#type))
-            .map(|op| format!("`{}` (op `{}`)", op.r#type, op_name(op)))
-            .collect();
+        let mut unsupported = Vec::new();
+        unsupported_in(block, &mut unsupported);
         if !unsupported.is_empty() {
             return Err(Error::unsupported(format!(
                 "ML Program ops not implemented by the Candle interpreter: {}",
                 unsupported.join(", ")
             )));
         }
-        let mut dec = Decoder::new(pkg);
-        let mut env: HashMap<String, Val> = HashMap::new();
-        let mut n_slots = 0usize;
+        let mut bb = BlockBuilder::new(pkg, policy, budget);
+        let mut env = block::Env::top();
         let mut inputs = Vec::new();
-        let mut states = Vec::new();
         for inp in &main.inputs {
-            env.insert(inp.name.clone(), Val::Slot(n_slots));
+            let slot = bb.slot();
+            env.insert(inp.name.clone(), Val::Slot(slot));
             // State-typed inputs (checked against the description at open) come from the state map.
             if let Some(st) = pkg.io_schema().state(&inp.name) {
-                states.push(StateSlot {
+                bb.states.push(StateSlot {
                     name: inp.name.clone(),
-                    slot: n_slots,
+                    slot,
                     dtype: st.dtype,
                     shape: st.shape.clone(),
                 });
             } else {
                 inputs.push(PlanInput {
                     name: inp.name.clone(),
-                    slot: n_slots,
+                    slot,
                 });
             }
-            n_slots += 1;
         }
         let mut steps: Vec<Step> = Vec::new();
-        // Bytes of every constant made so far, against the budget.
-        let mut held = 0u64;
-        let mut hold = |name: &str, c: &ConstVal| -> Result<()> {
-            let bytes = c
-                .tensor
-                .as_ref()
-                .map_or(0, |t| (t.elem_count() * t.dtype().size_in_bytes()) as u64);
-            held = held.saturating_add(bytes);
-            if held > budget {
-                return Err(Error::MemoryPressure {
-                    message: format!(
-                        "constants of {} need more than the memory budget of {budget} bytes \
-                         (reached at `{name}`, {held} bytes); raise it with PrepareOptions::with_memory_budget",
-                        pkg.path().display()
-                    ),
-                });
-            }
-            Ok(())
-        };
-        let mut folded = 0usize;
-        let mut kept_ops = Vec::new();
-        let mut used_consts: Vec<String> = Vec::new();
-        for (op_index, op) in block.operations.iter().enumerate() {
-            let name = op_name(op);
-            if !op.blocks.is_empty() {
-                return Err(Error::unsupported(format!(
-                    "op `{name}` ({}): ops with nested blocks (control flow)",
-                    op.r#type
-                )));
-            }
-            if op.r#type == "const" {
-                let v = op
-                    .attributes
-                    .get("val")
-                    .ok_or_else(|| Error::invalid_artifact(pkg.path(), format!("const op `{name}` has no `val`")))?;
-                let d = dec.decode(v, &format!("const `{name}`"))?;
-                let out = op
-                    .outputs
-                    .first()
-                    .ok_or_else(|| Error::invalid_artifact(pkg.path(), format!("const op `{name}` has no output")))?;
-                let c = make_const(d, policy, &name)?;
-                hold(&name, &c)?;
-                env.insert(out.name.clone(), Val::Const(Arc::new(c)));
-                continue;
-            }
-            let mut ctx = OpCtx {
-                op,
-                name: name.clone(),
-                env: &env,
-                dec: &mut dec,
-                policy,
-                operands: Vec::new(),
-                used: Vec::new(),
-            };
-            if constexpr::is_constexpr(&op.r#type) {
-                let ds = constexpr::materialize_outputs(&mut ctx)?;
-                if ds.len() != op.outputs.len() {
-                    return Err(ctx.error(format!("has {} outputs; {} expected", op.outputs.len(), ds.len())));
-                }
-                for (out, d) in op.outputs.iter().zip(ds) {
-                    let c = make_const(d, policy, &name)?;
-                    hold(&name, &c)?;
-                    env.insert(out.name.clone(), Val::Const(Arc::new(c)));
-                }
-                continue;
-            }
-            let builder = ops::builder(&op.r#type).ok_or_else(|| ctx.unsupported("op type"))?;
-            let kernel = builder(&mut ctx)?;
-            let operands = std::mem::take(&mut ctx.operands);
-            let writes_state = ops::state::check_operands(&ctx, &operands, &states)?;
-            if operands.iter().all(|v| matches!(v, Val::Const(_))) {
-                // Every input is known now: run the op once, keep its results.
-                let args: Vec<&CTensor> = operands
-                    .iter()
-                    .filter_map(|v| match v {
-                        Val::Const(c) => c.tensor.as_ref(),
-                        Val::Slot(_) => None,
-                    })
-                    .collect();
-                if args.len() != operands.len() {
-                    return Err(ctx.error("an operand has no tensor value"));
-                }
-                // An op failing on constants is the program's fault: a
-                // compile error, not an internal one.
-                let outs = kernel(&args).map_err(|e| match candle_err(&name, &op.r#type, e) {
-                    Error::Internal { message } => Error::Compile {
-                        model: pkg.path().display().to_string(),
-                        message,
-                    },
-                    other => other,
-                })?;
-                for (o, t) in op.outputs.iter().zip(outs) {
-                    let host = small_host(&t);
-                    let c = ConstVal { tensor: Some(t), host };
-                    hold(&name, &c)?;
-                    env.insert(o.name.clone(), Val::Const(Arc::new(c)));
-                }
-                folded += 1;
-                continue;
-            }
-            used_consts.append(&mut ctx.used);
-            kept_ops.push(op_index);
-            // write_state's result is the state's new value, in the state's slot.
-            let mut outputs: Vec<usize> = writes_state.into_iter().collect();
-            for o in &op.outputs {
-                env.insert(o.name.clone(), Val::Slot(n_slots));
-                outputs.push(n_slots);
-                n_slots += 1;
-            }
-            steps.push(Step {
-                name,
-                op_type: op.r#type.clone(),
-                operands,
-                outputs,
-                kernel,
-                frees: Vec::new(),
-            });
-        }
+        bb.build_ops(&block.operations, &mut env, &mut steps, true)?;
+        let mut used_consts = std::mem::take(&mut bb.used);
         let schema = pkg.io_schema();
         let mut outputs = Vec::new();
         for name in &block.outputs {
             let val = env.get(name).cloned().ok_or_else(|| {
                 Error::invalid_artifact(pkg.path(), format!("block output `{name}` is never defined"))
             })?;
+            if matches!(val, Val::Slot(s) if bb.is_list(s)) {
+                return Err(Error::unsupported(format!(
+                    "program output `{name}` is a list (outputs are tensors)"
+                )));
+            }
             let dtype = schema.output(name).map(|s| s.dtype).unwrap_or(DType::F32);
             if matches!(val, Val::Const(_)) {
                 used_consts.push(name.clone());
@@ -624,31 +566,22 @@ impl Plan {
                 dtype,
             });
         }
-        // Liveness: free each intermediate after its last reader (never a state).
+        // Liveness: free each value after its last reader (values read
+        // inside nested blocks count as read by their cond/while step);
+        // never a state.
         let keep: HashSet<usize> = outputs
             .iter()
             .filter_map(|o| match o.val {
                 Val::Slot(s) => Some(s),
                 _ => None,
             })
-            .chain(states.iter().map(|s| s.slot))
+            .chain(bb.states.iter().map(|s| s.slot))
             .collect();
-        let mut last_use: HashMap<usize, usize> = HashMap::new();
-        for (i, s) in steps.iter().enumerate() {
-            for v in &s.operands {
-                if let Val::Slot(slot) = v {
-                    last_use.insert(*slot, i);
-                }
-            }
-        }
-        for (slot, i) in last_use {
-            if !keep.contains(&slot) {
-                steps[i].frees.push(slot);
-            }
-        }
+        let owned: HashSet<usize> = (0..bb.n_slots).collect();
+        block::liveness(&mut steps, &owned, &keep);
         let mut seen = HashSet::new();
         let mut const_bytes = 0usize;
-        for s in &steps {
+        for s in block::all_steps(&steps) {
             for v in &s.operands {
                 if let Val::Const(c) = v {
                     if seen.insert(Arc::as_ptr(c) as usize) {
@@ -663,8 +596,8 @@ impl Plan {
         let mut seen_names = HashSet::new();
         let consts = used_consts
             .into_iter()
-            .filter(|n| seen_names.insert(n.clone()))
-            .filter_map(|n| match env.get(&n) {
+            .filter(|n| !bb.kept_names.contains(n) && seen_names.insert(n.clone()))
+            .filter_map(|n| match env.map.get(&n) {
                 Some(Val::Const(c)) => match (&c.tensor, &c.host) {
                     (Some(t), _) => Some((n, lower::LoweredConst::Tensor(t.clone()))),
                     (
@@ -682,15 +615,16 @@ impl Plan {
             .collect();
         let plan = Plan {
             inputs,
-            states,
+            states: std::mem::take(&mut bb.states),
             outputs,
             steps,
-            n_slots,
+            n_slots: bb.n_slots,
             policy,
-            folded,
+            folded: bb.folded,
             const_bytes,
             run_limit: budget,
         };
+        let kept_ops = std::mem::take(&mut bb.kept_ops);
         Ok((plan, Lowered { kept_ops, consts }))
     }
 
@@ -699,9 +633,10 @@ impl Plan {
         self.policy
     }
 
-    /// Number of run-time steps (ops left after folding constants).
+    /// Number of run-time steps (ops left after folding constants),
+    /// counting those inside `cond` / `while_loop` blocks once each.
     pub fn step_count(&self) -> usize {
-        self.steps.len()
+        block::all_steps(&self.steps).len()
     }
 
     /// Number of ops folded into constants at build time.
@@ -714,10 +649,10 @@ impl Plan {
         self.const_bytes
     }
 
-    /// Run-time step counts by op type.
+    /// Run-time step counts by op type (steps inside blocks included).
     pub fn step_histogram(&self) -> BTreeMap<String, usize> {
         let mut h = BTreeMap::new();
-        for s in &self.steps {
+        for s in block::all_steps(&self.steps) {
             *h.entry(s.op_type.clone()).or_default() += 1;
         }
         h
@@ -771,62 +706,31 @@ impl Plan {
     fn run_inner(&self, inputs: &TensorMap, state: Option<&TensorMap>) -> Result<Ran> {
         let mut timings = crate::telemetry::StageTimings::default();
         let t_in = Instant::now();
-        let mut slots: Vec<Option<CTensor>> = vec![None; self.n_slots];
+        let mut slots: Vec<Option<RVal>> = vec![None; self.n_slots];
         ops::state::load(&self.states, state, self.policy, &mut slots)?;
         for inp in &self.inputs {
             let t = inputs.get(&inp.name).ok_or_else(|| {
                 Error::schema_mismatch(format!("input `{}`", inp.name), "the input to be present", "nothing")
             })?;
-            slots[inp.slot] = Some(to_candle(t, self.policy).map_err(|e| candle_err(&inp.name, "input", e))?);
+            slots[inp.slot] = Some(RVal::T(
+                to_candle(t, self.policy).map_err(|e| candle_err(&inp.name, "input", e))?,
+            ));
         }
         let t_ops = Instant::now();
         timings.marshal_in = Some(t_ops - t_in);
-        for (i, step) in self.steps.iter().enumerate() {
-            if limits::check_cancel().is_err() {
-                let at = format!(
-                    "op `{}` ({}), step {} of {}",
-                    step.name,
-                    step.op_type,
-                    i + 1,
-                    self.steps.len()
-                );
-                return Err(limits::take_tripped(&at).unwrap_or_else(|| Error::internal("cancelled")));
-            }
-            let mut args: Vec<&CTensor> = Vec::with_capacity(step.operands.len());
-            for v in &step.operands {
-                let t = match v {
-                    Val::Const(c) => c.tensor.as_ref(),
-                    Val::Slot(s) => slots[*s].as_ref(),
-                };
-                args.push(t.ok_or_else(|| Error::internal(format!("op `{}` read an empty slot", step.name)))?);
-            }
-            let outs = (step.kernel)(&args).map_err(|e| candle_err(&step.name, &step.op_type, e))?;
-            drop(args);
-            if outs.len() < step.outputs.len() {
-                return Err(Error::internal(format!(
-                    "op `{}` ({}) produced {} outputs, {} expected",
-                    step.name,
-                    step.op_type,
-                    outs.len(),
-                    step.outputs.len()
-                )));
-            }
-            for (slot, t) in step.outputs.iter().zip(outs) {
-                slots[*slot] = Some(t);
-            }
-            for s in &step.frees {
-                slots[*s] = None;
-            }
-        }
+        block::run_steps(&self.steps, &mut slots)?;
         let t_out = Instant::now();
         timings.predict = Some(t_out - t_ops);
         let mut out = TensorMap::new();
         for o in &self.outputs {
             let t = match &o.val {
                 Val::Const(c) => c.tensor.as_ref(),
-                Val::Slot(s) => slots[*s].as_ref(),
+                Val::Slot(s) => match &slots[*s] {
+                    Some(RVal::T(t)) => Some(t),
+                    _ => None,
+                },
             }
-            .ok_or_else(|| Error::internal(format!("output `{}` was never computed", o.name)))?;
+            .ok_or_else(|| Error::internal(format!("output `{}` was never computed as a tensor", o.name)))?;
             out.insert(
                 o.name.clone(),
                 from_candle(t, o.dtype).map_err(|e| candle_err(&o.name, "output", e))?,
@@ -851,6 +755,19 @@ struct Ran {
     outputs: TensorMap,
     states: TensorMap,
     timings: crate::telemetry::StageTimings,
+}
+
+/// The unsupported op types of `block` and its nested blocks, as
+/// "`type` (op `name`)".
+fn unsupported_in(block: &mil_spec::Block, out: &mut Vec<String>) {
+    for op in &block.operations {
+        if !is_supported(&op.r#type) {
+            out.push(format!("`{}` (op `{}`)", op.r#type, op_name(op)));
+        }
+        for b in &op.blocks {
+            unsupported_in(b, out);
+        }
+    }
 }
 
 /// Bytes of the regular files under `root`, without following links (the
@@ -1000,7 +917,7 @@ mod tests {
                     op_type: "add".into(),
                     operands: vec![Val::Slot(i)],
                     outputs: vec![i + 1],
-                    kernel,
+                    exec: block::Exec::Kernel(kernel),
                     frees: vec![i],
                 }
             })
@@ -1063,10 +980,10 @@ mod tests {
         let ran = Arc::new(AtomicUsize::new(0));
         let mut plan = counting_plan(1, &ran, &CancelFlag::new(), usize::MAX);
         plan.run_limit = 1 << 20;
-        plan.steps[0].kernel = Box::new(|a: &[&CTensor]| {
+        plan.steps[0].exec = block::Exec::Kernel(Box::new(|a: &[&CTensor]| {
             limits::check_alloc("tile output", &[1 << 30, 2], 4)?;
             Ok(vec![a[0].clone()])
-        });
+        }));
         let e = plan.run(&x()).unwrap_err();
         assert_eq!(e.kind(), crate::ErrorKind::MemoryPressure, "{e}");
         assert!(
@@ -1082,7 +999,7 @@ mod tests {
         assert_eq!(r.unwrap_err(), "boom");
         let ran = Arc::new(AtomicUsize::new(0));
         let mut plan = counting_plan(1, &ran, &CancelFlag::new(), usize::MAX);
-        plan.steps[0].kernel = Box::new(|_| panic!("kernel bug"));
+        plan.steps[0].exec = block::Exec::Kernel(Box::new(|_| panic!("kernel bug")));
         let e = plan.run(&x()).unwrap_err();
         assert_eq!(e.kind(), crate::ErrorKind::Internal);
         assert!(e.to_string().contains("kernel bug"), "{e}");

@@ -34,6 +34,7 @@ pub(super) use crate::mil::limits::check_alloc;
 use crate::mil::{Kernel, OpCtx};
 
 pub(crate) type Builder = fn(&mut OpCtx) -> Result<Kernel>;
+pub(crate) use control_flow::{list_builder, ListKernel, ListVal};
 pub(crate) type CResult<T> = candle_core::Result<T>;
 
 /// The builder for `op_type`, if the interpreter implements it.

@@ -16,10 +16,9 @@
 //! folded (its operand is a run-time slot), so `read_state` always sees
 //! the run's value.
 
-use candle_core::Tensor as CTensor;
-
 use super::Builder;
 use crate::error::{Error, Result};
+use crate::mil::block::RVal;
 use crate::mil::{candle_err, from_candle, to_candle, CancelFlag, FloatPolicy, Kernel, OpCtx, Plan, Val};
 use crate::tensor::{DType, TensorMap};
 use coreml_proto::proto::mil_spec::argument::binding::Binding;
@@ -156,7 +155,7 @@ pub(crate) fn load(
     plan_states: &[StateSlot],
     states: Option<&TensorMap>,
     policy: FloatPolicy,
-    slots: &mut [Option<CTensor>],
+    slots: &mut [Option<RVal>],
 ) -> Result<()> {
     let names = || plan_states.iter().map(|s| s.name.as_str()).collect::<Vec<_>>();
     let Some(states) = states else {
@@ -192,7 +191,9 @@ pub(crate) fn load(
                 format!("{:?}", t.shape()),
             ));
         }
-        slots[st.slot] = Some(to_candle(t, policy).map_err(|e| candle_err(&st.name, "state", e))?);
+        slots[st.slot] = Some(RVal::T(
+            to_candle(t, policy).map_err(|e| candle_err(&st.name, "state", e))?,
+        ));
     }
     if let Some(extra) = states.keys().find(|k| !plan_states.iter().any(|s| &s.name == *k)) {
         return Err(Error::schema_mismatch(
@@ -205,12 +206,12 @@ pub(crate) fn load(
 }
 
 /// The states' values at the end of a run, in their declared dtypes.
-pub(crate) fn store(plan_states: &[StateSlot], slots: &[Option<CTensor>]) -> Result<TensorMap> {
+pub(crate) fn store(plan_states: &[StateSlot], slots: &[Option<RVal>]) -> Result<TensorMap> {
     let mut out = TensorMap::new();
     for st in plan_states {
-        let t = slots[st.slot]
-            .as_ref()
-            .ok_or_else(|| Error::internal(format!("state `{}` lost its value", st.name)))?;
+        let Some(RVal::T(t)) = &slots[st.slot] else {
+            return Err(Error::internal(format!("state `{}` lost its value", st.name)));
+        };
         out.insert(
             st.name.clone(),
             from_candle(t, st.dtype).map_err(|e| candle_err(&st.name, "state", e))?,
