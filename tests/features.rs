@@ -1,0 +1,264 @@
+//! Feature values through CandleEngine: ML Programs with `ImageType` inputs
+//! (RGB, BGR, grayscale, with and without scale/bias) and an image
+//! classifier with string labels, built by scripts/features/build.py with
+//! coremltools; references from numpy. Also the int64 classifier of the
+//! conformance suite, and bad images.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use apple_silicon::{
+    CandleEngine, ColorLayout, Dictionary, FeatureKind, FeatureMap, FeatureValue, Image, InferenceEngine,
+    ModelArtifact, PixelFormat, PrepareOptions, PreparedModel, Tensor, TensorMap,
+};
+use serde_json::Value;
+
+const T: Duration = Duration::from_secs(20);
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/features")
+}
+
+fn prepare(dir: &Path) -> (CandleEngine, Box<dyn PreparedModel>) {
+    let engine = CandleEngine::new();
+    let art = ModelArtifact::open(dir.join("model.mlpackage")).unwrap();
+    let model = engine.prepare(&art, PrepareOptions::default()).unwrap();
+    (engine, model)
+}
+
+fn case(name: &str) -> (PathBuf, Value) {
+    let dir = fixtures().join(name);
+    let meta = serde_json::from_str(&std::fs::read_to_string(dir.join("case.json")).unwrap()).unwrap();
+    (dir, meta)
+}
+
+/// The case's pixels: (height, width, bytes; RGB order for color).
+fn pixels(dir: &Path) -> (usize, usize, Vec<u8>) {
+    let t = Tensor::read_npy(dir.join("pixels.npy")).unwrap();
+    (t.shape()[0], t.shape()[1], t.as_bytes().to_vec())
+}
+
+/// `rgb` (packed RGB) in `format`, each row padded by `pad` bytes.
+fn convert(rgb: &[u8], w: usize, h: usize, format: PixelFormat, pad: usize) -> Image {
+    let bpp = format.bytes_per_pixel();
+    let stride = w * bpp + pad;
+    let mut data = vec![0u8; stride * h];
+    for y in 0..h {
+        for x in 0..w {
+            let s = &rgb[(y * w + x) * 3..][..3];
+            let (r, g, b) = (s[0], s[1], s[2]);
+            let px: Vec<u8> = match format {
+                PixelFormat::Rgb => vec![r, g, b],
+                PixelFormat::Bgr => vec![b, g, r],
+                PixelFormat::Bgra => vec![b, g, r, 255],
+                PixelFormat::Argb => vec![255, r, g, b],
+                _ => unreachable!(),
+            };
+            data[y * stride + x * bpp..][..bpp].copy_from_slice(&px);
+        }
+    }
+    Image::new(w, h, format, stride, data).unwrap()
+}
+
+fn image_input(img: Image) -> FeatureMap {
+    FeatureMap::from([("image".to_string(), FeatureValue::Image(img))])
+}
+
+/// Largest |got − want| / max(1, max |want|).
+fn rel_err(got: &Tensor, want: &Tensor) -> f64 {
+    assert_eq!(got.shape(), want.shape());
+    let (g, w) = (got.to_f64_vec(), want.to_f64_vec());
+    let scale = w.iter().fold(1f64, |m, v| m.max(v.abs()));
+    g.iter().zip(&w).map(|(a, b)| (a - b).abs() / scale).fold(0.0, f64::max)
+}
+
+fn check_image_case(name: &str, layout: ColorLayout) {
+    let (dir, _) = case(name);
+    let (engine, model) = prepare(&dir);
+    let spec = &model.io_schema().inputs[0];
+    let FeatureKind::Image(is) = &spec.kind else {
+        panic!("{name}: input is {:?}, not an image", spec.kind)
+    };
+    let (h, w, px) = pixels(&dir);
+    assert_eq!((is.width, is.height, is.color), (w, h, layout), "{name}");
+    assert_eq!(spec.shape, vec![1, layout.channels(), h, w], "{name}");
+    let want = Tensor::read_npy(dir.join("expected/y.npy")).unwrap();
+    let images: Vec<(String, Image)> = if layout.channels() == 1 {
+        let mut padded = Vec::new();
+        for row in px.chunks(w) {
+            padded.extend_from_slice(row);
+            padded.extend_from_slice(&[7, 7, 7]);
+        }
+        vec![
+            (
+                "gray8".into(),
+                Image::packed(w, h, PixelFormat::Gray8, px.clone()).unwrap(),
+            ),
+            (
+                "gray8 stride+3".into(),
+                Image::new(w, h, PixelFormat::Gray8, w + 3, padded).unwrap(),
+            ),
+        ]
+    } else {
+        [
+            (PixelFormat::Rgb, 0),
+            (PixelFormat::Bgr, 0),
+            (PixelFormat::Bgra, 0),
+            (PixelFormat::Bgra, 12),
+            (PixelFormat::Argb, 5),
+        ]
+        .into_iter()
+        .map(|(f, pad)| (format!("{} pad {pad}", f.name()), convert(&px, w, h, f, pad)))
+        .collect()
+    };
+    for (what, img) in images {
+        let out = engine.infer_features(model.as_ref(), &image_input(img), T).unwrap();
+        let FeatureValue::Tensor(y) = &out["y"] else {
+            panic!("{name}: y is not a tensor")
+        };
+        let e = rel_err(y, &want);
+        println!("{name} ({what}): rel err {e:.2e}");
+        assert!(e <= 1e-5, "{name} ({what}): rel err {e:.3e}");
+    }
+}
+
+#[test]
+fn rgb_image_with_scale_and_bias_matches_numpy() {
+    check_image_case("image_rgb", ColorLayout::Rgb);
+}
+
+#[test]
+fn rgb_image_without_preprocessing_matches_numpy() {
+    check_image_case("image_rgb_unscaled", ColorLayout::Rgb);
+}
+
+#[test]
+fn bgr_image_matches_numpy() {
+    check_image_case("image_bgr", ColorLayout::Bgr);
+}
+
+#[test]
+fn grayscale_image_matches_numpy() {
+    check_image_case("image_gray", ColorLayout::Grayscale);
+}
+
+#[test]
+fn image_classifier_gives_the_label_and_probabilities_in_label_order() {
+    let (dir, meta) = case("image_classifier");
+    let (engine, model) = prepare(&dir);
+    let schema = model.io_schema();
+    let c = schema.classifier.as_ref().expect("a classifier schema");
+    let labels: Vec<String> = meta["labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(c.labels, apple_silicon::ClassLabels::Strings(labels.clone()));
+    assert_eq!(schema.output(&c.label_output).unwrap().kind, FeatureKind::String);
+    let (h, w, px) = pixels(&dir);
+    let out = engine
+        .infer_features(
+            model.as_ref(),
+            &image_input(convert(&px, w, h, PixelFormat::Bgra, 8)),
+            T,
+        )
+        .unwrap();
+    assert_eq!(
+        out[&c.label_output],
+        FeatureValue::String(meta["label"].as_str().unwrap().into())
+    );
+    let FeatureValue::Dictionary(Dictionary::Strings(d)) = &out[&c.probabilities_output] else {
+        panic!("probabilities: {:?}", out[&c.probabilities_output])
+    };
+    let keys: Vec<&String> = d.iter().map(|(k, _)| k).collect();
+    assert_eq!(keys, labels.iter().collect::<Vec<_>>());
+    for ((k, got), want) in d.iter().zip(meta["probabilities"].as_array().unwrap()) {
+        let want = want.as_f64().unwrap();
+        println!("P({k}) = {got:.6} (numpy {want:.6})");
+        assert!((got - want).abs() <= 1e-5, "P({k}) = {got}, numpy {want}");
+    }
+    println!("label: {:?}", out[&c.label_output]);
+}
+
+#[test]
+fn int64_classifier_gives_an_int_label_and_an_int_keyed_dictionary() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/conformance/classify/classify_int64_labels");
+    let (engine, model) = prepare(&dir);
+    let x = Tensor::read_npy(dir.join("inputs/x.npy")).unwrap();
+    let want_label = Tensor::read_npy(dir.join("expected/classLabel.npy"))
+        .unwrap()
+        .to_f64_vec()[0] as i64;
+    let want_p = Tensor::read_npy(dir.join("expected/classLabel_probs.npy"))
+        .unwrap()
+        .to_f64_vec();
+    let out = engine
+        .infer_features(
+            model.as_ref(),
+            &FeatureMap::from([("x".to_string(), FeatureValue::Tensor(x.clone()))]),
+            T,
+        )
+        .unwrap();
+    assert_eq!(out["classLabel"], FeatureValue::Int64(want_label));
+    let FeatureValue::Dictionary(Dictionary::Int64(d)) = &out["classLabel_probs"] else {
+        panic!()
+    };
+    assert_eq!(d.iter().map(|e| e.0).collect::<Vec<_>>(), vec![3, 7, 11, 20, 42]);
+    for ((_, got), want) in d.iter().zip(&want_p) {
+        assert!((got - want).abs() <= 1e-6, "{got} vs {want}");
+    }
+    // Tensor callers keep their API: the label as an i64 scalar, probabilities in class order.
+    let t = engine
+        .infer(model.as_ref(), &TensorMap::from([("x".to_string(), x)]), T)
+        .unwrap();
+    assert_eq!(t["classLabel"].to_f64_vec(), vec![want_label as f64]);
+    assert_eq!(t["classLabel_probs"].shape(), &[5]);
+}
+
+#[test]
+fn bad_images_and_features_are_clear_errors() {
+    let (dir, _) = case("image_rgb");
+    let (engine, model) = prepare(&dir);
+    let (h, w, px) = pixels(&dir);
+    let run = |m: FeatureMap| engine.infer_features(model.as_ref(), &m, T).unwrap_err().to_string();
+
+    // Wrong size.
+    let small = convert(&px[..(w - 1) * 3 * (h - 1)], w - 1, h - 1, PixelFormat::Rgb, 0);
+    assert_eq!(
+        run(image_input(small)),
+        format!(
+            "schema mismatch for size of image `image`: expected {w}x{h}, got {}x{}",
+            w - 1,
+            h - 1
+        )
+    );
+    // Gray pixels for a color model.
+    let gray = Image::packed(w, h, PixelFormat::Gray8, vec![0; w * h]).unwrap();
+    let e = run(image_input(gray));
+    assert!(
+        e.contains("pixel format of image `image`") && e.contains("got gray8"),
+        "{e}"
+    );
+    // A tensor where the model takes an image.
+    let t = Tensor::from_vec(vec![1, 3, h, w], vec![0f32; 3 * h * w]).unwrap();
+    let e = run(FeatureMap::from([("image".to_string(), FeatureValue::Tensor(t))]));
+    assert!(e.contains("expected an image (5x4, Rgb), got a multi-array"), "{e}");
+    // Missing and unknown inputs.
+    let e = run(FeatureMap::new());
+    assert!(e.contains("input `image`") && e.contains("to be present"), "{e}");
+    let mut m = image_input(convert(&px, w, h, PixelFormat::Rgb, 0));
+    m.insert("extra".into(), FeatureValue::Int64(1));
+    assert!(run(m).contains("unknown input `extra`"));
+    // Images that cannot exist: a stride shorter than a row, a buffer shorter than its rows.
+    let e = Image::new(w, h, PixelFormat::Bgra, w * 4 - 1, vec![0; w * 4 * h])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains(&format!("at least {} bytes per row", w * 4)), "{e}");
+    let e = Image::new(w, h, PixelFormat::Rgb, w * 3, px[..px.len() - 1].to_vec())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(&format!("at least {} bytes", px.len())) && e.contains(&format!("got {} bytes", px.len() - 1)),
+        "{e}"
+    );
+}
