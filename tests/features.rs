@@ -262,3 +262,80 @@ fn bad_images_and_features_are_clear_errors() {
         "{e}"
     );
 }
+
+fn main_ops(spec: &mut coreml_proto::proto::Model) -> &mut Vec<coreml_proto::proto::mil_spec::Operation> {
+    let Some(coreml_proto::proto::model::Type::MlProgram(p)) = spec.r#type.as_mut() else {
+        panic!("not an ML Program")
+    };
+    let f = p.functions.get_mut("main").unwrap();
+    let opset = f.opset.clone();
+    &mut f.block_specializations.get_mut(&opset).unwrap().operations
+}
+
+/// A copy of fixture `name`'s package with its spec edited by `f`.
+fn edited(name: &str, f: impl FnOnce(&mut coreml_proto::proto::Model)) -> (tempfile::TempDir, PathBuf) {
+    use prost::Message;
+    fn copy_dir(src: &Path, dst: &Path) {
+        std::fs::create_dir_all(dst).unwrap();
+        for e in std::fs::read_dir(src).unwrap() {
+            let e = e.unwrap();
+            let to = dst.join(e.file_name());
+            if e.file_type().unwrap().is_dir() {
+                copy_dir(&e.path(), &to);
+            } else {
+                std::fs::copy(e.path(), &to).unwrap();
+            }
+        }
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let pkg = tmp.path().join("m.mlpackage");
+    copy_dir(&fixtures().join(name).join("model.mlpackage"), &pkg);
+    let spec_path = pkg.join("Data/com.apple.CoreML/model.mlmodel");
+    let mut spec = coreml_proto::proto::Model::decode(std::fs::read(&spec_path).unwrap().as_slice()).unwrap();
+    f(&mut spec);
+    std::fs::write(&spec_path, spec.encode_to_vec()).unwrap();
+    (tmp, pkg)
+}
+
+fn open_err(pkg: &Path) -> String {
+    apple_silicon::mlpackage::MlPackage::open(pkg).unwrap_err().to_string()
+}
+
+#[test]
+fn schema_problems_of_feature_models_are_named() {
+    use coreml_proto::proto::feature_type;
+    // A classifier without its label set.
+    let (_t, pkg) = edited("image_classifier", |s| {
+        let ops = main_ops(s);
+        let i = ops.iter().position(|o| o.r#type == "classify").unwrap();
+        ops[i].r#type = "identity".into();
+    });
+    let e = open_err(&pkg);
+    assert!(e.contains("no `classify` op holding the label set"), "{e}");
+    // A string output that is not a classifier's label.
+    let (_t, pkg) = edited("image_classifier", |s| {
+        let d = s.description.as_mut().unwrap();
+        d.predicted_feature_name.clear();
+        d.predicted_probabilities_name.clear();
+    });
+    let e = open_err(&pkg);
+    assert!(
+        e.contains(
+            "output `classLabel` is a string feature; an ML Program's only string output is a classifier's label"
+        ),
+        "{e}"
+    );
+    // An image whose size disagrees with the program's tensor.
+    let (_t, pkg) = edited("image_rgb", |s| {
+        let d = s.description.as_mut().unwrap();
+        let Some(feature_type::Type::ImageType(img)) = d.input[0].r#type.as_mut().unwrap().r#type.as_mut() else {
+            panic!()
+        };
+        img.width = 6;
+    });
+    let e = open_err(&pkg);
+    assert!(
+        e.contains("image input `image` (6x4, Rgb) is a program tensor of shape [1, 3, 4, 5]; expected [1, 3, 4, 6]"),
+        "{e}"
+    );
+}
