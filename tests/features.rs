@@ -339,3 +339,47 @@ fn schema_problems_of_feature_models_are_named() {
         "{e}"
     );
 }
+
+/// MobileNetV2 with its real ImageNet weights as an image classifier
+/// (models/mobilenet_v2_classifier, built by scripts/features/mobilenet_classifier.py in
+/// `make download-models`): Chelsea the cat, fed as BGRA with padded rows, must come out as
+/// the string "Egyptian cat", with probabilities matching numpy's forward pass.
+#[test]
+fn mobilenet_v2_image_classifier_says_egyptian_cat() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/mobilenet_v2_classifier");
+    if !dir.join("model.mlpackage").is_dir() {
+        if std::env::var("APPLE_SILICON_ALLOW_SKIP").is_ok_and(|v| v == "1") {
+            eprintln!("skipped: {} is absent", dir.display());
+            return;
+        }
+        panic!(
+            "{} is absent: run `make download-models` (or set APPLE_SILICON_ALLOW_SKIP=1)",
+            dir.display()
+        );
+    }
+    let meta: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("case.json")).unwrap()).unwrap();
+    let (engine, model) = prepare(&dir);
+    let (h, w, px) = pixels(&dir);
+    let img = convert(&px, w, h, PixelFormat::Bgra, 64);
+    let t0 = std::time::Instant::now();
+    let out = engine.infer_features(model.as_ref(), &image_input(img), T).unwrap();
+    println!("mobilenet_v2_classifier: one image in {:?}", t0.elapsed());
+    assert_eq!(out["classLabel"], FeatureValue::String("Egyptian cat".into()));
+    assert_eq!(meta["label"], "Egyptian cat");
+    let FeatureValue::Dictionary(Dictionary::Strings(d)) = &out["classLabel_probs"] else {
+        panic!("probabilities are not a string-keyed dictionary")
+    };
+    let want = Tensor::read_npy(dir.join("probabilities.npy")).unwrap().to_f64_vec();
+    assert_eq!(d.len(), 1000);
+    let worst = d
+        .iter()
+        .zip(&want)
+        .map(|((_, g), w)| (g - w).abs())
+        .fold(0f64, f64::max);
+    println!(
+        "P(Egyptian cat) = {:.6} (numpy {:.6}); max |Δp| over 1000 classes {worst:.2e}",
+        d.iter().find(|(k, _)| k == "Egyptian cat").unwrap().1,
+        want[285]
+    );
+    assert!(worst <= 1e-4, "max |Δp| {worst:.3e}");
+}
