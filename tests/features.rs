@@ -383,3 +383,45 @@ fn mobilenet_v2_image_classifier_says_egyptian_cat() {
     );
     assert!(worst <= 1e-4, "max |Δp| {worst:.3e}");
 }
+
+/// Images of every allowed size run; others are refused naming the allowed sizes.
+fn check_flexible(name: &str, refused: (usize, usize), allowed_words: &str) {
+    let (dir, meta) = case(name);
+    let (engine, model) = prepare(&dir);
+    let spec = &model.io_schema().inputs[0];
+    let FeatureKind::Image(is) = &spec.kind else {
+        panic!("{name}: not an image")
+    };
+    assert_eq!(is.describe_sizes(), allowed_words, "{name}");
+    for s in meta["sizes"].as_array().unwrap() {
+        let (w, h) = (s[0].as_u64().unwrap() as usize, s[1].as_u64().unwrap() as usize);
+        let px = Tensor::read_npy(dir.join(format!("pixels_{w}x{h}.npy"))).unwrap();
+        let img = convert(px.as_bytes(), w, h, PixelFormat::Bgra, 4);
+        let out = engine.infer_features(model.as_ref(), &image_input(img), T).unwrap();
+        let FeatureValue::Tensor(y) = &out["y"] else { panic!() };
+        let want = Tensor::read_npy(dir.join(format!("expected/y_{w}x{h}.npy"))).unwrap();
+        let e = rel_err(y, &want);
+        println!("{name} {w}x{h}: rel err {e:.2e}");
+        assert!(e <= 1e-6, "{name} {w}x{h}: {e}");
+    }
+    let (w, h) = refused;
+    let img = Image::packed(w, h, PixelFormat::Rgb, vec![0; w * h * 3]).unwrap();
+    let e = engine
+        .infer_features(model.as_ref(), &image_input(img), T)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        e,
+        format!("schema mismatch for size of image `image`: expected {allowed_words}, got {w}x{h}")
+    );
+}
+
+#[test]
+fn enumerated_image_sizes() {
+    check_flexible("image_sizes_enumerated", (8, 10), "one of 5x4, 10x8");
+}
+
+#[test]
+fn ranged_image_sizes() {
+    check_flexible("image_sizes_range", (13, 4), "width 3..=12 and height 2..=16");
+}

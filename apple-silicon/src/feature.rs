@@ -369,8 +369,9 @@ impl ImageSpec {
         match &self.sizes {
             ImageSizes::Fixed => format!("{}x{}", self.width, self.height),
             ImageSizes::Enumerated { sizes } => {
-                let all: Vec<String> = std::iter::once((self.width, self.height))
-                    .chain(sizes.iter().copied())
+                let default = (self.width, self.height);
+                let all: Vec<String> = std::iter::once(default)
+                    .chain(sizes.iter().copied().filter(|&s| s != default))
                     .map(|(w, h)| format!("{w}x{h}"))
                     .collect();
                 format!("one of {}", all.join(", "))

@@ -94,6 +94,33 @@ def image_case(out: Path, name: str, layout, h: int, w: int, scale: float, bias,
     common.write_json(d / "case.json", {"input": "image", "layout": str(layout.name), "ops": ops})
 
 
+def flexible_case(out: Path, name: str, shape, sizes: list[tuple[int, int]], seed: int) -> None:
+    """y = image * 0.5 + 1 over an image of several allowed sizes (`EnumeratedShapes` or
+    `RangeDim`s): one pixels / expected pair per size in `sizes` ((width, height))."""
+    from coremltools.converters.mil.mil import get_new_symbol
+
+    rng = np.random.default_rng(seed)
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1, 3, get_new_symbol(), get_new_symbol()), dtype=types.fp32)],
+                opset_version=TARGET)
+    def prog(image):
+        return mb.add(x=image, y=np.float32(1.0), name="y")
+
+    mlmodel = convert(prog, ct.ImageType(name="image", shape=shape, color_layout=ct.colorlayout.RGB, scale=0.5))
+    d = out / name
+    if d.exists():
+        shutil.rmtree(d)
+    d.mkdir(parents=True)
+    common.save_package(mlmodel, d / "model.mlpackage", f"features/{name}")
+    for w, h in sizes:
+        pixels = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+        common.write_npy(d / f"pixels_{w}x{h}.npy", pixels)
+        common.write_npy(d / "expected" / f"y_{w}x{h}.npy",
+                         pixels.astype(np.float64).transpose(2, 0, 1)[None] * 0.5 + 1.0)
+    common.write_json(d / "case.json", {"input": "image", "layout": "RGB", "ops": ops_of(mlmodel),
+                                        "sizes": [list(s) for s in sizes]})
+
+
 def classifier_case(out: Path) -> None:
     """Image → per-channel mean → linear → softmax → classify with string labels."""
     name = "image_classifier"
@@ -151,6 +178,12 @@ def main() -> None:
     image_case(args.out, "image_gray", ct.colorlayout.GRAYSCALE, 5, 3, 1 / 127.5, -1.0, seed=3)
     image_case(args.out, "image_rgb_unscaled", ct.colorlayout.RGB, 2, 3, 1.0, [0.0, 0.0, 0.0], seed=4)
     classifier_case(args.out)
+    flexible_case(args.out, "image_sizes_enumerated",
+                  ct.EnumeratedShapes(shapes=[(1, 3, 4, 5), (1, 3, 8, 10)], default=(1, 3, 4, 5)),
+                  [(5, 4), (10, 8)], seed=5)
+    flexible_case(args.out, "image_sizes_range",
+                  ct.Shape(shape=(1, 3, ct.RangeDim(2, 16, default=4), ct.RangeDim(3, 12, default=5))),
+                  [(5, 4), (12, 2), (3, 16)], seed=6)
     common.log(f"feature fixtures written to {args.out}")
 
 
