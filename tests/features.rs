@@ -425,3 +425,30 @@ fn enumerated_image_sizes() {
 fn ranged_image_sizes() {
     check_flexible("image_sizes_range", (13, 4), "width 3..=12 and height 2..=16");
 }
+
+/// The compiled form a cached CandleEngine stores keeps the image input and
+/// the classifier: a cold and a warm prepare give the same label.
+#[test]
+fn cached_compiled_form_keeps_image_and_classifier_features() {
+    use apple_silicon::cache::{host_meta, CacheConfig, ModelCache};
+    let (dir, meta) = case("image_classifier");
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = std::sync::Arc::new(ModelCache::open(CacheConfig::at(tmp.path()), host_meta()).unwrap());
+    let art = ModelArtifact::open(dir.join("model.mlpackage")).unwrap();
+    let (h, w, px) = pixels(&dir);
+    for round in ["cold", "warm"] {
+        let engine = CandleEngine::new().with_cache(cache.clone());
+        let model = engine.prepare(&art, PrepareOptions::default()).unwrap();
+        let img = convert(&px, w, h, PixelFormat::Rgb, 0);
+        let out = engine.infer_features(model.as_ref(), &image_input(img), T).unwrap();
+        assert_eq!(
+            out["classLabel"],
+            FeatureValue::String(meta["label"].as_str().unwrap().into()),
+            "{round}"
+        );
+        assert!(
+            matches!(model.io_schema().inputs[0].kind, FeatureKind::Image(_)),
+            "{round}"
+        );
+    }
+}
