@@ -452,3 +452,30 @@ fn cached_compiled_form_keeps_image_and_classifier_features() {
         );
     }
 }
+
+/// GRAYSCALE_FLOAT16 (iOS16+): half-float pixels (OneComponent16Half) into an fp16 program.
+#[test]
+fn grayscale_f16_image_matches_numpy() {
+    let (dir, _) = case("image_gray_f16");
+    let (engine, model) = prepare(&dir);
+    let spec = &model.io_schema().inputs[0];
+    let FeatureKind::Image(is) = &spec.kind else {
+        panic!("not an image")
+    };
+    assert_eq!(is.color, ColorLayout::GrayscaleF16);
+    assert_eq!(spec.dtype, apple_silicon::DType::F16);
+    let px = Tensor::read_npy(dir.join("pixels.npy")).unwrap();
+    let (h, w) = (px.shape()[0], px.shape()[1]);
+    let img = Image::packed(w, h, PixelFormat::GrayF16, px.as_bytes().to_vec()).unwrap();
+    let out = engine.infer_features(model.as_ref(), &image_input(img), T).unwrap();
+    let FeatureValue::Tensor(y) = &out["y"] else { panic!() };
+    let e = rel_err(y, &Tensor::read_npy(dir.join("expected/y.npy")).unwrap());
+    println!("image_gray_f16: rel err {e:.2e} (fp16)");
+    assert!(e <= 1e-3, "{e}");
+    let gray8 = Image::packed(w, h, PixelFormat::Gray8, vec![0; w * h]).unwrap();
+    let e = engine
+        .infer_features(model.as_ref(), &image_input(gray8), T)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("expected a gray_f16 pixel format, got gray8"), "{e}");
+}

@@ -477,7 +477,9 @@ pub fn image_to_tensor(name: &str, image: &Image, spec: &TensorSpec, image_spec:
     }
     let layout = image_spec.color;
     let fits = match image.format() {
-        PixelFormat::Gray8 => layout.is_gray(),
+        // As Core ML's pixel buffers: OneComponent8 for GRAYSCALE, OneComponent16Half for
+        // GRAYSCALE_FLOAT16.
+        PixelFormat::Gray8 => layout == ColorLayout::Grayscale,
         PixelFormat::GrayF16 => layout == ColorLayout::GrayscaleF16,
         _ => !layout.is_gray(),
     };
@@ -485,7 +487,7 @@ pub fn image_to_tensor(name: &str, image: &Image, spec: &TensorSpec, image_spec:
         let expected = match layout {
             ColorLayout::Rgb | ColorLayout::Bgr => "a color pixel format (rgb, bgr, bgra or argb)",
             ColorLayout::Grayscale => "a gray8 pixel format",
-            ColorLayout::GrayscaleF16 => "a gray8 or gray_f16 pixel format",
+            ColorLayout::GrayscaleF16 => "a gray_f16 pixel format",
         };
         return Err(Error::schema_mismatch(
             format!("pixel format of image `{name}` (the model's color layout is {layout:?})"),

@@ -121,6 +121,38 @@ def flexible_case(out: Path, name: str, shape, sizes: list[tuple[int, int]], see
                                         "sizes": [list(s) for s in sizes]})
 
 
+def gray_f16_case(out: Path) -> None:
+    """GRAYSCALE_FLOAT16 (iOS16+): half-float pixels into an fp16 program, y = image * 0.5 + 1."""
+    name = "image_gray_f16"
+    rng = np.random.default_rng(8)
+    h, w = 3, 4
+    pixels = rng.uniform(-4, 4, size=(h, w)).astype(np.float16)
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1, 1, h, w), dtype=types.fp16)], opset_version=TARGET)
+    def prog(image):
+        return mb.add(x=image, y=np.float16(1.0), name="y")
+
+    with common.quiet():
+        mlmodel = ct.convert(
+            prog,
+            convert_to="mlprogram",
+            inputs=[ct.ImageType(name="image", shape=(1, 1, h, w), color_layout=ct.colorlayout.GRAYSCALE_FLOAT16,
+                                 scale=0.5)],
+            outputs=[ct.TensorType(name="y", dtype=np.float16)],
+            minimum_deployment_target=TARGET,
+            compute_precision=ct.precision.FLOAT16,
+            skip_model_load=True,
+        )
+    d = out / name
+    if d.exists():
+        shutil.rmtree(d)
+    d.mkdir(parents=True)
+    common.save_package(mlmodel, d / "model.mlpackage", f"features/{name}")
+    common.write_npy(d / "pixels.npy", pixels)
+    common.write_npy(d / "expected" / "y.npy", pixels.astype(np.float64)[None, None] * 0.5 + 1.0)
+    common.write_json(d / "case.json", {"input": "image", "layout": "GRAYSCALE_FLOAT16", "ops": ops_of(mlmodel)})
+
+
 def classifier_case(out: Path) -> None:
     """Image → per-channel mean → linear → softmax → classify with string labels."""
     name = "image_classifier"
@@ -178,6 +210,7 @@ def main() -> None:
     image_case(args.out, "image_gray", ct.colorlayout.GRAYSCALE, 5, 3, 1 / 127.5, -1.0, seed=3)
     image_case(args.out, "image_rgb_unscaled", ct.colorlayout.RGB, 2, 3, 1.0, [0.0, 0.0, 0.0], seed=4)
     classifier_case(args.out)
+    gray_f16_case(args.out)
     flexible_case(args.out, "image_sizes_enumerated",
                   ct.EnumeratedShapes(shapes=[(1, 3, 4, 5), (1, 3, 8, 10)], default=(1, 3, 4, 5)),
                   [(5, 4), (10, 8)], seed=5)
