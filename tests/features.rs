@@ -179,6 +179,37 @@ fn image_classifier_gives_the_label_and_probabilities_in_label_order() {
         assert!((got - want).abs() <= 1e-5, "P({k}) = {got}, numpy {want}");
     }
     println!("label: {:?}", out[&c.label_output]);
+    // The parity harness on features: the label exactly, probabilities by the fp32 budget.
+    let want = FeatureMap::from([
+        (
+            c.label_output.clone(),
+            FeatureValue::String(meta["label"].as_str().unwrap().into()),
+        ),
+        (
+            c.probabilities_output.clone(),
+            FeatureValue::Dictionary(Dictionary::Strings(
+                labels
+                    .iter()
+                    .cloned()
+                    .zip(
+                        meta["probabilities"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .map(|v| v.as_f64().unwrap()),
+                    )
+                    .collect(),
+            )),
+        ),
+    ]);
+    let r = apple_silicon::parity::compare_features(
+        &out,
+        &want,
+        apple_silicon::parity::Thresholds::for_precision(apple_silicon::parity::Precision::Fp32),
+    )
+    .unwrap();
+    println!("{r}");
+    assert!(r.passed, "{r}");
 }
 
 #[test]
