@@ -859,6 +859,7 @@ impl PreparedModel for ResilientModel {
 ///     inputs: vec![TensorSpec::fixed("x", DType::F32, vec![2])],
 ///     outputs: vec![TensorSpec::fixed("y", DType::F32, vec![2])],
 ///     states: vec![],
+///     classifier: None,
 /// };
 /// // As on Linux: the primary cannot prepare, the fallback serves.
 /// let coreml = FaultyEngine::echo("coreml", schema.clone()).unavailable("no Core ML on this host");

@@ -751,6 +751,35 @@ impl InferenceEngine for CoreMlEngine {
         downcast_model::<CoreMlModel>(model, bridge::ENGINE_NAME)?.run(inputs, timeout)
     }
 
+    /// Multi-array features only: the bridge's C ABI (version 1) carries no
+    /// images, strings, scalars or dictionaries, so any other input is
+    /// refused as [`Error::Unsupported`] before Core ML is called (issue #12:
+    /// ABI version 2 adds them). Costs what `infer` costs.
+    fn infer_features(
+        &self,
+        model: &dyn PreparedModel,
+        inputs: &crate::feature::FeatureMap,
+        timeout: Duration,
+    ) -> Result<crate::feature::FeatureMap> {
+        use crate::feature::FeatureValue;
+        let mut tensors = TensorMap::new();
+        for (name, v) in inputs {
+            match v {
+                FeatureValue::Tensor(t) => {
+                    tensors.insert(name.clone(), t.clone());
+                }
+                other => {
+                    return Err(Error::unsupported(format!(
+                        "input `{name}` is {}: the coreml-bridge C ABI (version 1) carries multi-arrays only",
+                        other.kind_name()
+                    )))
+                }
+            }
+        }
+        let out = self.infer(model, &tensors, timeout)?;
+        Ok(out.into_iter().map(|(k, t)| (k, FeatureValue::Tensor(t))).collect())
+    }
+
     /// The report. The first call per model asks the bridge for the compute
     /// plan (about the cost of a load, bounded by the engine's plan timeout)
     /// and remembers it.
@@ -971,6 +1000,7 @@ mod tests {
             inputs: v,
             outputs: vec![],
             states: vec![],
+            classifier: None,
         };
         assert_eq!(max_batch(&s(vec![])), 1);
         assert_eq!(max_batch(&s(vec![fixed.clone()])), 2);

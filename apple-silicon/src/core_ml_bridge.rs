@@ -999,6 +999,7 @@ impl Feature {
             dtype,
             batch_capable,
             constraint,
+            kind: Default::default(),
         })
     }
 
@@ -1069,6 +1070,7 @@ impl BridgeSchema {
             inputs: self.inputs.iter().filter_map(Feature::to_tensor_spec).collect(),
             outputs: self.outputs.iter().filter_map(Feature::to_tensor_spec).collect(),
             states: Vec::new(),
+            classifier: None,
         }
     }
 

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::digest;
 use crate::error::{Error, Result};
+use crate::feature::{ClassifierSpec, FeatureKind, FeatureMap};
 use crate::tensor::{DType, TensorMap};
 
 /// Where Core ML may run a model. Names follow `MLComputeUnits`.
@@ -361,6 +362,15 @@ pub struct TensorSpec {
     /// Other shapes the model accepts.
     #[serde(default)]
     pub constraint: ShapeConstraint,
+    /// What kind of feature it is (a tensor, an image, a classifier's label
+    /// or probabilities, …); `dtype` and `shape` are the tensor the program
+    /// itself sees for it (see [`FeatureKind`]).
+    #[serde(default, skip_serializing_if = "is_tensor_kind")]
+    pub kind: FeatureKind,
+}
+
+fn is_tensor_kind(k: &FeatureKind) -> bool {
+    *k == FeatureKind::Tensor
 }
 
 impl TensorSpec {
@@ -372,6 +382,7 @@ impl TensorSpec {
             dtype,
             batch_capable: false,
             constraint: ShapeConstraint::Fixed,
+            kind: FeatureKind::Tensor,
         }
     }
 
@@ -425,6 +436,10 @@ pub struct IoSchema {
     /// map of their own. Empty for a stateless model.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub states: Vec<TensorSpec>,
+    /// For a classifier: its label and probabilities outputs and its label
+    /// set. `None` for other models.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classifier: Option<ClassifierSpec>,
 }
 
 impl IoSchema {
@@ -586,6 +601,20 @@ pub trait InferenceEngine: Send + Sync {
         let out = self.infer(model, inputs, timeout)?;
         Ok((out, crate::telemetry::StageTimings::total(t.elapsed())))
     }
+    /// Runs one inference on feature values ([`crate::feature::FeatureValue`]):
+    /// images, a classifier's label and probabilities, scalars, as well as
+    /// tensors. The default converts the inputs to the program's tensors
+    /// ([`crate::feature::features_to_tensors`]: an image becomes its raw
+    /// `[1, C, H, W]` pixels, which the program scales and biases itself),
+    /// runs [`InferenceEngine::infer`] and converts the outputs back
+    /// ([`crate::feature::tensors_to_features`]). Costs `infer` plus a pass
+    /// over each image and a copy of each non-tensor output.
+    fn infer_features(&self, model: &dyn PreparedModel, inputs: &FeatureMap, timeout: Duration) -> Result<FeatureMap> {
+        let schema = model.io_schema();
+        let tensors = crate::feature::features_to_tensors(schema, inputs)?;
+        let out = self.infer(model, &tensors, timeout)?;
+        crate::feature::tensors_to_features(schema, out)
+    }
     /// What the engine can do with the model and where it runs it.
     fn capabilities(&self, model: &dyn PreparedModel) -> CapabilityReport;
 }
@@ -661,6 +690,7 @@ mod tests {
             ],
             outputs: vec![TensorSpec::fixed("y", DType::F32, vec![1, 2])],
             states: vec![],
+            classifier: None,
         }
     }
 

@@ -11,6 +11,7 @@
 //! | [`inference`] | the seam: engines, prepared models, artifacts, options, reports |
 //! | [`tensor`] | host tensors, dtypes and `.npy` I/O |
 //! | [`error`] | the failure taxonomy |
+//! | [`feature`] | feature values (images, labels, dictionaries, …) and their conversion to the program's tensors |
 //! | [`mlpackage`] | reading `.mlpackage` directories and their schema |
 //! | [`milblob`] | reading MILBlob `weight.bin` files |
 //! | [`digest`] | content hashes of artifacts |
@@ -38,6 +39,7 @@ pub mod deadline;
 pub mod diff;
 pub mod digest;
 pub mod error;
+pub mod feature;
 pub mod gates;
 pub mod golden;
 pub mod inference;
@@ -67,6 +69,10 @@ pub use candle_backend::CandleEngine;
 pub use core_ml_backend::{CompiledStore, CoreMlEngine, CoreMlModel, TempDirCompiledStore};
 pub use deadline::{infer_async, run_with_deadline, Deadline, DeadlineRunner};
 pub use error::{Error, ErrorKind, Result};
+pub use feature::{
+    ClassLabels, ClassifierSpec, ColorLayout, Dictionary, FeatureKind, FeatureMap, FeatureValue, Image, ImageSizes,
+    ImageSpec, PixelFormat,
+};
 pub use inference::{
     CacheKey, CapabilityReport, CompiledMeta, ComputeUnits, InferenceEngine, IoSchema, ModelArtifact, ModelFmt,
     PrepareOptions, PreparedModel, ShapeConstraint, TensorSpec,

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::cache::fsx::{self, Confined};
 use crate::digest::{self, TreeSnapshot};
 use crate::error::{Error, Result};
+use crate::feature::{ClassLabels, ClassifierSpec, ColorLayout, FeatureKind, ImageSizes, ImageSpec, KeyKind};
 use crate::inference::{IoSchema, ShapeConstraint, TensorSpec};
 use crate::milblob::WeightFile;
 use crate::tensor::DType;
@@ -490,15 +491,16 @@ fn mil_shape(t: &mil_spec::TensorType) -> Option<Vec<usize>> {
 fn build_schema(spec: &Model, main: &Function) -> std::result::Result<IoSchema, String> {
     let desc = spec.description.as_ref().ok_or("the spec has no model description")?;
     let types = program_types(main);
+    let classifier = classifier_spec(desc, main)?;
     let inputs = desc
         .input
         .iter()
-        .map(|f| feature_spec(f, &types, "input"))
+        .map(|f| feature_spec(f, &types, "input", classifier.as_ref()))
         .collect::<std::result::Result<Vec<_>, _>>()?;
     let outputs = desc
         .output
         .iter()
-        .map(|f| feature_spec(f, &types, "output"))
+        .map(|f| feature_spec(f, &types, "output", classifier.as_ref()))
         .collect::<std::result::Result<Vec<_>, _>>()?;
     if inputs.is_empty() || outputs.is_empty() {
         return Err(format!(
@@ -507,12 +509,107 @@ fn build_schema(spec: &Model, main: &Function) -> std::result::Result<IoSchema, 
             outputs.len()
         ));
     }
+    if let Some(c) = &classifier {
+        for name in [&c.label_output, &c.probabilities_output] {
+            if !outputs.iter().any(|o| &o.name == name) {
+                return Err(format!(
+                    "the classifier's output `{name}` is not among the model's outputs"
+                ));
+            }
+        }
+    }
     let states = state_specs(desc, main)?;
     Ok(IoSchema {
         inputs,
         outputs,
         states,
+        classifier,
     })
+}
+
+/// A classifier's outputs and label set: the description names the outputs
+/// (`predictedFeatureName`, `predictedProbabilitiesName`), the program's
+/// `classify` op holds the labels (its `classes` literal).
+fn classifier_spec(
+    desc: &coreml_proto::proto::ModelDescription,
+    main: &Function,
+) -> std::result::Result<Option<ClassifierSpec>, String> {
+    let label = desc.predicted_feature_name.as_str();
+    let probs = desc.predicted_probabilities_name.as_str();
+    if label.is_empty() && probs.is_empty() {
+        return Ok(None);
+    }
+    let classify = main
+        .block_specializations
+        .get(&main.opset)
+        .and_then(|b| b.operations.iter().find(|op| op.r#type == "classify"));
+    let Some(op) = classify else {
+        return Err(format!(
+            "the model description names classifier outputs (`{label}`, `{probs}`) but the program has no \
+             `classify` op holding the label set"
+        ));
+    };
+    let v = match op
+        .inputs
+        .get("classes")
+        .and_then(|a| a.arguments.first())
+        .and_then(|a| a.binding.as_ref())
+    {
+        Some(mil_spec::argument::binding::Binding::Value(v)) => v,
+        _ => return Err("the `classify` op's `classes` is not a list literal (the label set is missing)".into()),
+    };
+    let labels = class_labels(v)?;
+    if labels.is_empty() {
+        return Err("the `classify` op's label set is empty".into());
+    }
+    let name_of = |i: usize| op.outputs.get(i).map(|o| o.name.clone()).unwrap_or_default();
+    Ok(Some(ClassifierSpec {
+        label_output: if label.is_empty() {
+            name_of(0)
+        } else {
+            label.to_string()
+        },
+        probabilities_output: if probs.is_empty() {
+            name_of(1)
+        } else {
+            probs.to_string()
+        },
+        labels,
+    }))
+}
+
+/// The labels of a `classify` op's `classes` list literal: all int64 or all
+/// strings.
+pub(crate) fn class_labels(v: &mil_spec::Value) -> std::result::Result<ClassLabels, String> {
+    use mil_spec::{tensor_value, value};
+    let Some(value::Value::ImmediateValue(iv)) = &v.value else {
+        return Err("`classes` is not an immediate list".into());
+    };
+    let Some(value::immediate_value::Value::List(list)) = &iv.value else {
+        return Err("`classes` is not a list".into());
+    };
+    let mut ints = Vec::new();
+    let mut strings = Vec::new();
+    for (i, e) in list.values.iter().enumerate() {
+        let t = match &e.value {
+            Some(value::Value::ImmediateValue(iv)) => match &iv.value {
+                Some(value::immediate_value::Value::Tensor(t)) => t,
+                _ => return Err(format!("label {i} of `classes` is not a tensor")),
+            },
+            _ => return Err(format!("label {i} of `classes` is not an immediate value")),
+        };
+        match &t.value {
+            Some(tensor_value::Value::LongInts(l)) if l.values.len() == 1 => ints.push(l.values[0]),
+            Some(tensor_value::Value::Ints(l)) if l.values.len() == 1 => ints.push(l.values[0] as i64),
+            Some(tensor_value::Value::Strings(l)) if l.values.len() == 1 => strings.push(l.values[0].clone()),
+            _ => return Err(format!("label {i} of `classes` is not one int64 or one string")),
+        }
+    }
+    match (ints.is_empty(), strings.is_empty()) {
+        (_, true) => Ok(ClassLabels::Int64(ints)),
+        (true, false) => Ok(ClassLabels::Strings(strings)),
+        (false, false) => Err("`classes` mixes int64 and string labels".into()),
+    }
 }
 
 /// The model's states: its description's `state` features, which must be
@@ -569,28 +666,168 @@ fn feature_spec(
     f: &FeatureDescription,
     types: &HashMap<&str, &mil_spec::TensorType>,
     role: &str,
+    classifier: Option<&ClassifierSpec>,
 ) -> std::result::Result<TensorSpec, String> {
-    let arr = match f.r#type.as_ref().and_then(|t| t.r#type.as_ref()) {
-        Some(feature_type::Type::MultiArrayType(a)) => a,
-        Some(other) => {
-            let kind = match other {
-                feature_type::Type::ImageType(_) => "image",
-                feature_type::Type::Int64Type(_) => "int64 scalar",
-                feature_type::Type::DoubleType(_) => "double scalar",
-                feature_type::Type::StringType(_) => "string",
-                feature_type::Type::DictionaryType(_) => "dictionary",
-                feature_type::Type::SequenceType(_) => "sequence",
-                feature_type::Type::StateType(_) => "state",
-                feature_type::Type::MultiArrayType(_) => unreachable!(),
-            };
-            return Err(format!(
-                "{role} `{}` is a {kind} feature; only multi-array features are supported",
-                f.name
-            ));
-        }
+    let ty = match f.r#type.as_ref().and_then(|t| t.r#type.as_ref()) {
+        Some(t) => t,
         None => return Err(format!("{role} `{}` has no type", f.name)),
     };
-    array_spec(&f.name, arr, types, role)
+    let name = f.name.as_str();
+    let is_output = role == "output";
+    let refuse = |kind: &str, why: &str| Err(format!("{role} `{name}` is a {kind} feature; {why}"));
+    let scalar = |dtype: DType, kind: FeatureKind| TensorSpec {
+        kind,
+        ..TensorSpec::fixed(name, dtype, vec![])
+    };
+    match ty {
+        feature_type::Type::MultiArrayType(a) => array_spec(name, a, types, role),
+        feature_type::Type::ImageType(img) if !is_output => image_spec(name, img, types),
+        feature_type::Type::ImageType(_) => refuse("image", "image outputs are not supported"),
+        feature_type::Type::Int64Type(_) if is_output => Ok(scalar(DType::I64, FeatureKind::Int64)),
+        feature_type::Type::DoubleType(_) if is_output => Ok(scalar(DType::F64, FeatureKind::Double)),
+        feature_type::Type::StringType(_) if is_output => match classifier {
+            Some(c) if c.label_output == name && matches!(c.labels, ClassLabels::Strings(_)) => {
+                Ok(scalar(DType::I64, FeatureKind::String))
+            }
+            _ => refuse(
+                "string",
+                "an ML Program's only string output is a classifier's label (with string labels)",
+            ),
+        },
+        feature_type::Type::DictionaryType(d) if is_output => {
+            use coreml_proto::proto::dictionary_feature_type::KeyType;
+            let key = match d.key_type {
+                Some(KeyType::StringKeyType(_)) => KeyKind::String,
+                Some(KeyType::Int64KeyType(_)) => KeyKind::Int64,
+                None => return refuse("dictionary", "its key type is missing"),
+            };
+            match classifier {
+                Some(c) if c.probabilities_output == name => {
+                    if c.labels.key_kind() != key {
+                        return Err(format!(
+                            "output `{name}` is a dictionary with {key:?} keys, but the classifier's labels are {:?}",
+                            c.labels.key_kind()
+                        ));
+                    }
+                    Ok(TensorSpec {
+                        kind: FeatureKind::Dictionary { key },
+                        ..TensorSpec::fixed(name, DType::F32, vec![c.labels.len()])
+                    })
+                }
+                _ => refuse(
+                    "dictionary",
+                    "an ML Program's only dictionary output is a classifier's probabilities",
+                ),
+            }
+        }
+        feature_type::Type::Int64Type(_)
+        | feature_type::Type::DoubleType(_)
+        | feature_type::Type::StringType(_)
+        | feature_type::Type::DictionaryType(_) => refuse(
+            "scalar, string or dictionary",
+            "an ML Program takes multi-array, image and state inputs only",
+        ),
+        feature_type::Type::SequenceType(_) => refuse("sequence", "ML Programs have no sequence features"),
+        feature_type::Type::StateType(_) => refuse("state", "states belong in the description's `state` list"),
+    }
+}
+
+/// The spec of image input `name`: the program's `[1, C, H, W]` tensor (its
+/// dtype, fp32 or for `GRAYSCALE_FLOAT16` fp16) with the image's size,
+/// color layout and allowed sizes.
+fn image_spec(
+    name: &str,
+    img: &coreml_proto::proto::ImageFeatureType,
+    types: &HashMap<&str, &mil_spec::TensorType>,
+) -> std::result::Result<TensorSpec, String> {
+    use coreml_proto::proto::image_feature_type::{ColorSpace, SizeFlexibility};
+    let color = match ColorSpace::try_from(img.color_space) {
+        Ok(ColorSpace::Rgb) => ColorLayout::Rgb,
+        Ok(ColorSpace::Bgr) => ColorLayout::Bgr,
+        Ok(ColorSpace::Grayscale) => ColorLayout::Grayscale,
+        Ok(ColorSpace::GrayscaleFloat16) => ColorLayout::GrayscaleF16,
+        _ => {
+            return Err(format!(
+                "image input `{name}` has an unknown color space (code {})",
+                img.color_space
+            ))
+        }
+    };
+    let dim = |v: i64, what: &str| {
+        usize::try_from(v)
+            .ok()
+            .filter(|&d| d > 0)
+            .ok_or_else(|| format!("image input `{name}` has {what} {v}; expected at least 1"))
+    };
+    let (width, height) = (dim(img.width, "width")?, dim(img.height, "height")?);
+    let t = types
+        .get(name)
+        .ok_or_else(|| format!("image input `{name}` is not a tensor input of the main function"))?;
+    let dtype = mil_dtype(t.data_type)
+        .filter(|d| d.is_float())
+        .ok_or_else(|| format!("image input `{name}`: the program's input is not a float tensor"))?;
+    let c = color.channels();
+    if t.rank != 4 && t.dimensions.len() != 4 {
+        return Err(format!(
+            "image input `{name}`: the program's input has rank {}; an image is [1, {c}, H, W]",
+            t.rank.max(t.dimensions.len() as i64)
+        ));
+    }
+    if let Some(s) = mil_shape(t) {
+        if s != [1, c, height, width] {
+            return Err(format!(
+                "image input `{name}` ({width}x{height}, {color:?}) is a program tensor of shape {s:?}; expected [1, {c}, {height}, {width}]"
+            ));
+        }
+    }
+    let bound = |r: Option<&coreml_proto::proto::SizeRange>,
+                 what: &str|
+     -> std::result::Result<(usize, Option<usize>), String> {
+        let r = r.ok_or_else(|| format!("image input `{name}`: its size range has no {what} range"))?;
+        let lo = usize::try_from(r.lower_bound)
+            .map_err(|_| format!("image input `{name}`: {what} lower bound too large"))?;
+        let hi = if r.upper_bound < 0 {
+            None
+        } else {
+            Some(r.upper_bound as usize)
+        };
+        if hi.is_some_and(|h| h < lo) {
+            return Err(format!(
+                "image input `{name}`: {what} range [{lo}, {}] is inverted",
+                r.upper_bound
+            ));
+        }
+        Ok((lo, hi))
+    };
+    let (sizes, constraint) = match &img.size_flexibility {
+        None => (ImageSizes::Fixed, ShapeConstraint::Fixed),
+        Some(SizeFlexibility::EnumeratedSizes(e)) => {
+            let sizes: Vec<(usize, usize)> = e.sizes.iter().map(|s| (s.width as usize, s.height as usize)).collect();
+            let shapes = sizes.iter().map(|&(w, h)| vec![1, c, h, w]).collect();
+            (ImageSizes::Enumerated { sizes }, ShapeConstraint::Enumerated(shapes))
+        }
+        Some(SizeFlexibility::ImageSizeRange(r)) => {
+            let w = bound(r.width_range.as_ref(), "width")?;
+            let h = bound(r.height_range.as_ref(), "height")?;
+            (
+                ImageSizes::Range { width: w, height: h },
+                ShapeConstraint::Range(vec![(1, Some(1)), (c, Some(c)), h, w]),
+            )
+        }
+    };
+    Ok(TensorSpec {
+        name: name.to_string(),
+        shape: vec![1, c, height, width],
+        dtype,
+        batch_capable: false,
+        constraint,
+        kind: FeatureKind::Image(ImageSpec {
+            width,
+            height,
+            color,
+            sizes,
+        }),
+    })
 }
 
 /// The spec of the multi-array feature `name` (an input, output or state);
@@ -683,5 +920,6 @@ fn array_spec(
         dtype,
         batch_capable,
         constraint,
+        kind: FeatureKind::Tensor,
     })
 }

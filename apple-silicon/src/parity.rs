@@ -7,6 +7,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::feature::{Dictionary, FeatureMap, FeatureValue};
 use crate::tensor::TensorMap;
 
 /// Arithmetic/storage precision of a model variant, which sets its budget.
@@ -83,6 +84,11 @@ pub struct OutputParity {
     pub elements: usize,
     /// Elements where exactly one side is NaN.
     pub nan_mismatches: usize,
+    /// For features compared exactly (strings, labels, int64, dictionary
+    /// keys, sequences, images): how they differ; `None` when they agree or
+    /// the output is compared by value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mismatch: Option<String>,
 }
 
 /// Parity of every output, and the verdict against thresholds.
@@ -127,6 +133,9 @@ impl fmt::Display for ParityReport {
                     String::new()
                 }
             )?;
+            if let Some(m) = &o.mismatch {
+                writeln!(f, "{:<24} differs: {m}", o.name)?;
+            }
         }
         write!(
             f,
@@ -163,14 +172,103 @@ pub fn compare(a: &TensorMap, b: &TensorMap, thresholds: Thresholds) -> Result<P
         }
         outputs.push(compare_values(name, &ta.to_f64_vec(), &tb.to_f64_vec()));
     }
-    let passed = outputs
-        .iter()
-        .all(|o| o.nan_mismatches == 0 && o.l_inf <= thresholds.l_inf && o.rmse <= thresholds.rmse);
-    Ok(ParityReport {
+    Ok(report(outputs, thresholds))
+}
+
+fn report(outputs: Vec<OutputParity>, thresholds: Thresholds) -> ParityReport {
+    let passed = outputs.iter().all(|o| {
+        o.mismatch.is_none() && o.nan_mismatches == 0 && o.l_inf <= thresholds.l_inf && o.rmse <= thresholds.rmse
+    });
+    ParityReport {
         outputs,
         thresholds,
         passed,
-    })
+    }
+}
+
+/// Compares feature outputs ([`crate::feature::FeatureValue`]) of two runs:
+/// tensors and doubles by value against `thresholds`, a dictionary's
+/// probabilities by value once its keys agree in order; strings (labels),
+/// int64s, sequences, images and dictionary keys exactly (a difference is a
+/// [`OutputParity::mismatch`] and fails the report). Both maps must hold the
+/// same names with the same kinds and shapes. Costs one pass over every value.
+pub fn compare_features(a: &FeatureMap, b: &FeatureMap, thresholds: Thresholds) -> Result<ParityReport> {
+    let names_a: Vec<&String> = a.keys().collect();
+    let names_b: Vec<&String> = b.keys().collect();
+    if names_a != names_b {
+        return Err(Error::schema_mismatch(
+            "compared outputs",
+            format!("{names_b:?}"),
+            format!("{names_a:?}"),
+        ));
+    }
+    let mut outputs = Vec::new();
+    for (name, va) in a {
+        let vb = &b[name];
+        let exact = |same: bool, what: String| {
+            let mut o = compare_values(name, &[], &[]);
+            o.elements = 1;
+            o.mismatch = (!same).then_some(what);
+            o
+        };
+        let o = match (va, vb) {
+            (FeatureValue::Tensor(ta), FeatureValue::Tensor(tb)) => {
+                if ta.shape() != tb.shape() {
+                    return Err(Error::schema_mismatch(
+                        format!("shape of output `{name}`"),
+                        format!("{:?}", tb.shape()),
+                        format!("{:?}", ta.shape()),
+                    ));
+                }
+                compare_values(name, &ta.to_f64_vec(), &tb.to_f64_vec())
+            }
+            (FeatureValue::Double(x), FeatureValue::Double(y)) => compare_values(name, &[*x], &[*y]),
+            (FeatureValue::Dictionary(da), FeatureValue::Dictionary(db)) => {
+                let (ka, pa) = dict_parts(da);
+                let (kb, pb) = dict_parts(db);
+                if ka != kb {
+                    let at = ka
+                        .iter()
+                        .zip(&kb)
+                        .position(|(x, y)| x != y)
+                        .unwrap_or(ka.len().min(kb.len()));
+                    exact(
+                        false,
+                        format!(
+                            "keys differ at entry {at} ({:?} vs {:?}; {} vs {} entries)",
+                            ka.get(at),
+                            kb.get(at),
+                            ka.len(),
+                            kb.len()
+                        ),
+                    )
+                } else {
+                    compare_values(name, &pa, &pb)
+                }
+            }
+            (FeatureValue::String(x), FeatureValue::String(y)) => exact(x == y, format!("{x:?} vs {y:?}")),
+            (FeatureValue::Int64(x), FeatureValue::Int64(y)) => exact(x == y, format!("{x} vs {y}")),
+            (FeatureValue::Sequence(x), FeatureValue::Sequence(y)) => exact(x == y, "the sequences differ".to_string()),
+            (FeatureValue::Image(x), FeatureValue::Image(y)) => exact(x == y, "the images differ".to_string()),
+            (x, y) => {
+                return Err(Error::schema_mismatch(
+                    format!("kind of output `{name}`"),
+                    y.kind_name(),
+                    x.kind_name(),
+                ))
+            }
+        };
+        outputs.push(o);
+    }
+    Ok(report(outputs, thresholds))
+}
+
+/// A dictionary's keys (as text) and values, in order.
+fn dict_parts(d: &Dictionary) -> (Vec<String>, Vec<f64>) {
+    match d {
+        Dictionary::Strings(v) => v.iter().map(|(k, p)| (k.clone(), *p)).unzip(),
+        Dictionary::Int64(v) => v.iter().map(|(k, p)| (k.to_string(), *p)).unzip(),
+    }
 }
 
 fn compare_values(name: &str, a: &[f64], b: &[f64]) -> OutputParity {
@@ -216,6 +314,7 @@ fn compare_values(name: &str, a: &[f64], b: &[f64]) -> OutputParity {
         ),
         elements: a.len(),
         nan_mismatches,
+        mismatch: None,
     }
 }
 
@@ -263,6 +362,57 @@ mod tests {
         let c = map(vec![1.0, 2.0, 3.0]);
         let e = compare(&a, &c, Thresholds::for_precision(Precision::Fp32)).unwrap_err();
         assert!(e.to_string().contains("shape of output `y`"), "{e}");
+    }
+
+    #[test]
+    fn features_compare_labels_exactly_and_probabilities_by_value() {
+        let out = |label: &str, p: f64, keys: [&str; 2]| {
+            FeatureMap::from([
+                ("label".to_string(), FeatureValue::String(label.into())),
+                (
+                    "probs".to_string(),
+                    FeatureValue::Dictionary(Dictionary::Strings(vec![
+                        (keys[0].into(), p),
+                        (keys[1].into(), 1.0 - p),
+                    ])),
+                ),
+            ])
+        };
+        let t = Thresholds::for_precision(Precision::Fp32);
+        let r = compare_features(
+            &out("cat", 0.7, ["cat", "dog"]),
+            &out("cat", 0.700005, ["cat", "dog"]),
+            t,
+        )
+        .unwrap();
+        assert!(r.passed, "{r}");
+        assert!((r.outputs[1].l_inf - 5e-6).abs() < 1e-9);
+        let r = compare_features(&out("cat", 0.7, ["cat", "dog"]), &out("dog", 0.7, ["cat", "dog"]), t).unwrap();
+        assert!(!r.passed);
+        assert_eq!(r.outputs[0].mismatch.as_deref(), Some("\"cat\" vs \"dog\""));
+        assert!(
+            r.to_string()
+                .contains("label                    differs: \"cat\" vs \"dog\""),
+            "{r}"
+        );
+        let r = compare_features(&out("cat", 0.7, ["cat", "dog"]), &out("cat", 0.7, ["dog", "cat"]), t).unwrap();
+        assert!(!r.passed);
+        assert!(
+            r.outputs[1]
+                .mismatch
+                .as_ref()
+                .unwrap()
+                .contains("keys differ at entry 0"),
+            "{r}"
+        );
+        let mut other = out("cat", 0.7, ["cat", "dog"]);
+        other.insert("label".into(), FeatureValue::Int64(1));
+        let e = compare_features(&out("cat", 0.7, ["cat", "dog"]), &other, t).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("kind of output `label`: expected an int64, got a string"),
+            "{e}"
+        );
     }
 
     #[test]

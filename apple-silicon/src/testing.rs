@@ -15,6 +15,7 @@
 //!     inputs: vec![TensorSpec::fixed("x", DType::F32, vec![1, 2])],
 //!     outputs: vec![TensorSpec::fixed("y", DType::F32, vec![1, 2])],
 //!     states: vec![],
+//!     classifier: None,
 //! };
 //! let engine = FaultyEngine::echo("coreml", schema).with_errors(ErrorKind::Internal, Pattern::Every(2));
 //! let model = engine.prepare(&fake_artifact("m"), PrepareOptions::default()).unwrap();
@@ -709,6 +710,7 @@ mod tests {
                 TensorSpec::fixed("z", DType::I32, vec![3]),
             ],
             states: Vec::new(),
+            classifier: None,
         }
     }
 

@@ -181,6 +181,13 @@ def build_case(case: Case, out_root: Path) -> None:
             elif arr.dtype == np.bool_:
                 # Stored as uint8 0/1: the crate's .npy reader takes `|u1`, not `|b1`.
                 arr = arr.astype(np.uint8)
+            if arr.ndim == 0:
+                # A scalar output (e.g. classify's label) stays rank 0: write_npy's
+                # ascontiguousarray would make it [1].
+                (d / folder).mkdir(parents=True, exist_ok=True)
+                with open(d / folder / f"{name}.npy", "wb") as f:
+                    np.lib.format.write_array(f, arr, version=(1, 0), allow_pickle=False)
+                continue
             common.write_npy(d / folder / f"{name}.npy", arr)
     common.write_json(
         d / "case.json",

@@ -16,6 +16,7 @@ pub fn schema() -> IoSchema {
         inputs: vec![TensorSpec::fixed("x", DType::F32, vec![1, 4])],
         outputs: vec![TensorSpec::fixed("y", DType::F32, vec![1, 4])],
         states: vec![],
+        classifier: None,
     }
 }
 

@@ -242,14 +242,34 @@ fn inspect(path: &Path, json: bool) -> Result<()> {
         ("output", &pkg.io_schema().outputs),
     ] {
         for s in specs {
+            let kind = match &s.kind {
+                apple_silicon::FeatureKind::Tensor => String::new(),
+                apple_silicon::FeatureKind::Image(i) => format!(
+                    "  image {}x{} {:?}, sizes {}",
+                    i.width,
+                    i.height,
+                    i.color,
+                    i.describe_sizes()
+                ),
+                other => format!("  {other:?}"),
+            };
             println!(
-                "{role}       {:<20} {:<4} {:?}  allowed {}",
+                "{role}       {:<20} {:<4} {:?}  allowed {}{kind}",
                 s.name,
                 s.dtype.name(),
                 s.shape,
                 s.describe_allowed()
             );
         }
+    }
+    if let Some(c) = &pkg.io_schema().classifier {
+        println!(
+            "classifier   label `{}`, probabilities `{}`, {} {:?} labels",
+            c.label_output,
+            c.probabilities_output,
+            c.labels.len(),
+            c.labels.key_kind()
+        );
     }
     let total: usize = ops.values().sum();
     let unsupported = mil::unsupported_ops(&pkg);

@@ -156,6 +156,7 @@ impl BertEncoder {
             dtype: DType::I32,
             batch_capable: true,
             constraint: ShapeConstraint::Range(vec![(1, None), (1, Some(max))]),
+            kind: Default::default(),
         };
         let schema = IoSchema {
             inputs: vec![token_spec("attention_mask"), token_spec("input_ids")],
@@ -164,6 +165,7 @@ impl BertEncoder {
                 ..TensorSpec::fixed("embedding", DType::F32, vec![1, hidden])
             }],
             states: Vec::new(),
+            classifier: None,
         };
         let weight_bytes = std::fs::metadata(&weights).map(|m| m.len()).unwrap_or(0);
         Ok(BertEncoder {

@@ -5,16 +5,18 @@
 //! output is the label of the largest probability (the first on ties), its
 //! second the probabilities keyed by label, which Core ML returns as a
 //! dictionary; here it is the vector of probabilities in `classes` order.
-//! String labels cannot be a tensor and are refused at plan build. (Today
-//! the package reader refuses a classifier's int64 / dictionary output
-//! features before a plan is built; see tests/fixtures/conformance/KNOWN.json.)
+//! String labels cannot be a tensor: with them the first output is the
+//! class's index, which [`crate::feature::tensors_to_features`] turns into
+//! the label (the package's schema carries the label set).
 
 use candle_core::{DType as CDType, Device, Tensor};
-use coreml_proto::proto::mil_spec::{self, argument::binding::Binding, tensor_value, value};
+use coreml_proto::proto::mil_spec::argument::binding::Binding;
 
 use super::{Builder, CResult};
 use crate::error::Result;
+use crate::feature::ClassLabels;
 use crate::mil::{Kernel, OpCtx};
+use crate::mlpackage::class_labels;
 
 /// The builder for `op_type`, if this family has it.
 pub(super) fn builder(op_type: &str) -> Option<Builder> {
@@ -24,48 +26,23 @@ pub(super) fn builder(op_type: &str) -> Option<Builder> {
     })
 }
 
-/// The int64 labels of a `classes` list literal, or why they are not.
-fn int_labels(v: &mil_spec::Value) -> std::result::Result<Vec<i64>, String> {
-    let Some(value::Value::ImmediateValue(iv)) = &v.value else {
-        return Err("`classes` is not an immediate list".into());
-    };
-    let Some(value::immediate_value::Value::List(list)) = &iv.value else {
-        return Err("`classes` is not a list".into());
-    };
-    list.values
-        .iter()
-        .map(|e| match &e.value {
-            Some(value::Value::ImmediateValue(iv)) => match &iv.value {
-                Some(value::immediate_value::Value::Tensor(t)) => match &t.value {
-                    Some(tensor_value::Value::LongInts(l)) if l.values.len() == 1 => Ok(l.values[0]),
-                    Some(tensor_value::Value::Ints(l)) if l.values.len() == 1 => Ok(l.values[0] as i64),
-                    Some(tensor_value::Value::Strings(_)) => Err("string labels".to_string()),
-                    _ => Err("a label that is not one int64".to_string()),
-                },
-                _ => Err("a label that is not a tensor".to_string()),
-            },
-            _ => Err("a label that is not an immediate value".to_string()),
-        })
-        .collect()
-}
-
 fn classify(c: &mut OpCtx) -> Result<Kernel> {
     let p = c.tensor("probabilities")?;
-    let classes = match c
+    let labels = match c
         .op
         .inputs
         .get("classes")
         .and_then(|a| a.arguments.first())
         .and_then(|a| a.binding.as_ref())
     {
-        Some(Binding::Value(v)) => int_labels(v).map_err(|e| {
-            if e == "string labels" {
-                c.unsupported("parameter `classes` holds string labels (a string output is not a tensor)")
-            } else {
-                c.error(e)
-            }
-        })?,
+        Some(Binding::Value(v)) => class_labels(v).map_err(|e| c.error(e))?,
         _ => return Err(c.error("`classes` must be a list literal")),
+    };
+    // String labels cannot be a tensor: the kernel gives the class index,
+    // which the feature layer maps to its label (crate::feature).
+    let classes: Vec<i64> = match labels {
+        ClassLabels::Int64(v) => v,
+        ClassLabels::Strings(v) => (0..v.len() as i64).collect(),
     };
     if classes.is_empty() {
         return Err(c.error("`classes` is empty"));
