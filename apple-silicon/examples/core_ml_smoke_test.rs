@@ -6,6 +6,11 @@
 //! cargo run --release --example core_ml_smoke_test [-- --iterations N] [--fixtures-only]
 //! ```
 //!
+//! Under the table, each model's stages (marshal in, predict, marshal out,
+//! total) as the serving engine's telemetry recorded them; the telemetry
+//! snapshots themselves (JSON, both engines of the chain) go to
+//! `target/smoke_telemetry.json`.
+//!
 //! Exits non-zero if any model fails to run or misses its parity budget.
 
 use std::process::ExitCode;
@@ -14,6 +19,7 @@ use std::time::{Duration, Instant};
 use apple_silicon::core_ml_backend::CoreMlEngine;
 use apple_silicon::golden::{self, GoldenModel};
 use apple_silicon::parity::{compare, Thresholds};
+use apple_silicon::telemetry::{Stage, TelemetrySnapshot};
 use apple_silicon::{CandleEngine, InferenceEngine, ModelArtifact, PrepareOptions, ResilientEngine};
 
 struct Row {
@@ -26,6 +32,9 @@ struct Row {
     passed: bool,
     prepare_ms: f64,
     p: [f64; 3],
+    /// Telemetry of the engine that served, then the other one.
+    served: TelemetrySnapshot,
+    other: TelemetrySnapshot,
 }
 
 fn percentile(sorted: &[f64], q: f64) -> f64 {
@@ -33,7 +42,7 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-fn smoke(engine: &dyn InferenceEngine, m: &GoldenModel, iterations: usize) -> apple_silicon::Result<Row> {
+fn smoke(engine: &ResilientEngine, m: &GoldenModel, iterations: usize) -> apple_silicon::Result<Row> {
     let artifact = ModelArtifact::open(m.package_path())?;
     let t0 = Instant::now();
     let model = engine.prepare(&artifact, PrepareOptions::default())?;
@@ -54,6 +63,12 @@ fn smoke(engine: &dyn InferenceEngine, m: &GoldenModel, iterations: usize) -> ap
     }
     lat.sort_by(f64::total_cmp);
     let caps = engine.capabilities(model.as_ref());
+    let (primary, fallback) = engine.snapshots(model.as_ref())?;
+    let (served, other) = if caps.engine == fallback.engine {
+        (fallback, primary)
+    } else {
+        (primary, fallback)
+    };
     let worst = report.worst().expect("at least one output");
     Ok(Row {
         why: caps.notes.clone(),
@@ -69,6 +84,8 @@ fn smoke(engine: &dyn InferenceEngine, m: &GoldenModel, iterations: usize) -> ap
         passed: report.passed,
         prepare_ms,
         p: [percentile(&lat, 0.50), percentile(&lat, 0.95), percentile(&lat, 0.99)],
+        served,
+        other,
     })
 }
 
@@ -103,9 +120,22 @@ fn main() -> ExitCode {
         "model", "engine", "precision", "units", "parity vs golden", "prepare", "p50 ms", "p95 ms", "p99 ms"
     );
     let mut failures = 0;
+    let mut stage_lines = Vec::new();
+    let mut snapshots = Vec::new();
     for m in &models {
         match smoke(&engine, m, iterations) {
             Ok(r) => {
+                let stages: Vec<String> = [Stage::MarshalIn, Stage::Predict, Stage::MarshalOut, Stage::Total]
+                    .iter()
+                    .filter_map(|s| {
+                        r.served.latency.get(s).map(|l| {
+                            let ms = |us: u64| us as f64 / 1e3;
+                            format!("{s:?} {:.2}/{:.2}/{:.2}", ms(l.p50_us), ms(l.p95_us), ms(l.p99_us))
+                        })
+                    })
+                    .collect();
+                stage_lines.push(format!("{:<20} {}", r.id, stages.join("  ")));
+                snapshots.push(serde_json::json!({ "model": r.id, "served": r.served, "other": r.other }));
                 if !reason_shown {
                     if let Some(why) = r.why.iter().find(|n| n.contains("Core ML") || n.contains("coreml")) {
                         println!("(engine chain: {why})");
@@ -134,6 +164,15 @@ fn main() -> ExitCode {
                 println!("{:<20} FAILED: {e}", m.id);
             }
         }
+    }
+    println!("\nstages of the serving engine, p50/p95/p99 ms (telemetry; the first, unmeasured call included):");
+    for l in &stage_lines {
+        println!("{l}");
+    }
+    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/smoke_telemetry.json");
+    match std::fs::write(&out, serde_json::to_string_pretty(&snapshots).unwrap_or_default()) {
+        Ok(()) => println!("telemetry snapshots: {}", out.display()),
+        Err(e) => println!("telemetry snapshots not written to {}: {e}", out.display()),
     }
     println!(
         "{} models, {} iterations each, {} failures",
