@@ -74,6 +74,25 @@ fn gates_print_a_verdict_for_every_gate() {
         assert!(line("C ").contains("N/A") && text.contains("unavailable"), "{text}");
     }
     line("D ");
+    // Whatever the soak's verdict on this noisy machine, its inferences must
+    // not fail, and it must have judged enough intervals, throughput and p99.
+    let d_rows: Vec<&str> = text.lines().skip_while(|l| !l.starts_with("D ")).collect();
+    let d_value = |m: &str| -> f64 {
+        d_rows
+            .iter()
+            .find_map(|l| {
+                let cols: Vec<&str> = l.split_whitespace().collect();
+                let i = cols.iter().position(|c| *c == m)?;
+                cols.get(i + 1)?.parse().ok()
+            })
+            .unwrap_or_else(|| panic!("gate D has no `{m}` row: {text}"))
+    };
+    assert_eq!(d_value("errors"), 0.0, "{text}");
+    assert!(d_value("calls") > 0.0 && d_value("intervals") >= 3.0, "{text}");
+    assert!(
+        d_value("throughput_cv") >= 0.0 && d_value("p99_spike_ratio") >= 1.0,
+        "{text}"
+    );
     if !out.status.success() {
         // Only the soak (and, with Core ML, its speed-up gate) may fail on a noisy shared
         // machine; A and B must not.

@@ -416,6 +416,8 @@ fn gate_d_cfg(probe: apple_silicon::breaker::MemoryProbe) -> GateDConfig {
         .with_duration(Duration::from_millis(1400), Duration::from_millis(200))
         .with_warmup_intervals(1)
         .with_max_throughput_cv(0.5)
+        // Wide enough for 1 ms sleeps on a loaded 2-core machine; the spike test uses 100 ms.
+        .with_max_p99_spike(20.0)
         .with_memory_probe(probe)
 }
 
@@ -482,6 +484,21 @@ fn gate_d_fails_on_unsteady_throughput() {
     let model = prepared(&engine);
     let v = gate_d(&engine, &*model, &input(1), &gate_d_cfg(engine.handle().memory_probe()));
     assert_failed_because(&v, "throughput_cv");
+}
+
+#[test]
+fn gate_d_fails_on_a_p99_spike_in_one_interval() {
+    // Steady at 1 ms, but calls 300..303 (past the 200 ms warm-up) take 100 ms more: a
+    // burst that lands in one or two of the five measured intervals, so the median is clean.
+    let engine = echo()
+        .with_latency(Duration::from_millis(1))
+        .with_latency_spikes(Pattern::Range(300, 303), Duration::from_millis(100));
+    let model = prepared(&engine);
+    let cfg = gate_d_cfg(engine.handle().memory_probe()).with_max_throughput_cv(10.0);
+    let v = gate_d(&engine, &*model, &input(1), &cfg);
+    assert_failed_because(&v, "p99_spike_ratio");
+    assert!(v.measurements["p99_worst_interval_ms"] >= 100.0, "{v:#?}");
+    assert!(v.measurements["p99_median_interval_ms"] < 50.0, "{v:#?}");
 }
 
 #[test]

@@ -5,7 +5,7 @@
 //! | [`gate_a`] | N prepare (compile + load) cycles: no errors, memory growth under a budget, prepare p99 under a bound, cache hit ratio ≥ 90% |
 //! | [`gate_b`] | output schema, timeout enforcement, p99 under the SLA, parity with a reference within the precision's thresholds |
 //! | [`gate_c`] | the primary (Core ML) at least 30% faster than the CPU engine at p99; `NotApplicable` where the primary is unavailable |
-//! | [`gate_d`] | a soak: no errors, no memory growth trend (least-squares slope), steady throughput (coefficient of variation) |
+//! | [`gate_d`] | a soak: no errors, no memory growth trend (least-squares slope), steady throughput (coefficient of variation), no p99 spikes (no interval's p99 far above the median interval's) |
 //!
 //! Every gate returns a [`GateVerdict`]: its status, each measurement next to
 //! its threshold, and the reasons it failed. [`render_table`] prints verdicts
@@ -1032,6 +1032,9 @@ pub struct GateDConfig {
     pub max_throughput_cv: f64,
     /// Largest allowed number of failed inferences.
     pub max_errors: u64,
+    /// Largest allowed ratio of the worst interval's p99 latency to the
+    /// median interval's p99 (the plan: no spikes).
+    pub max_p99_spike: f64,
     /// Reads memory use (default: process RSS).
     pub memory_probe: MemoryProbe,
     /// Called at the end of every interval.
@@ -1040,7 +1043,8 @@ pub struct GateDConfig {
 
 impl Default for GateDConfig {
     /// One hour in 10 s intervals (first left out), 10 s timeout, ≤ 100 KB
-    /// growth per 100 calls, throughput CV ≤ 0.2, no errors.
+    /// growth per 100 calls, throughput CV ≤ 0.2, no interval's p99 above
+    /// 3× the median interval's, no errors.
     fn default() -> Self {
         GateDConfig {
             duration: Duration::from_secs(3600),
@@ -1050,6 +1054,7 @@ impl Default for GateDConfig {
             max_growth_per_100_calls: 100.0 * 1024.0,
             max_throughput_cv: 0.2,
             max_errors: 0,
+            max_p99_spike: 3.0,
             memory_probe: process_memory_probe(),
             observer: None,
         }
@@ -1088,6 +1093,11 @@ impl GateDConfig {
         self.max_errors = n;
         self
     }
+    /// Sets the p99 spike bound (worst interval p99 / median interval p99).
+    pub fn with_max_p99_spike(mut self, ratio: f64) -> Self {
+        self.max_p99_spike = ratio;
+        self
+    }
     /// Sets the memory probe.
     pub fn with_memory_probe(mut self, probe: MemoryProbe) -> Self {
         self.memory_probe = probe;
@@ -1105,7 +1115,9 @@ impl GateDConfig {
 /// `max_errors`, that memory has no upward trend (least-squares slope of the
 /// samples against the call count, in bytes per 100 calls) and that
 /// throughput is steady (coefficient of variation of calls per second
-/// across intervals). Needs at least three measured intervals. Costs
+/// across intervals) and so is latency (no interval's p99 above
+/// `max_p99_spike` × the median interval's p99). Needs at least three
+/// measured intervals. Costs
 /// `duration` of one thread's time.
 pub fn gate_d(
     engine: &dyn InferenceEngine,
@@ -1123,6 +1135,7 @@ pub fn gate_d(
     // (cumulative calls, memory, seconds since start) per interval end; calls/s per interval.
     let mut samples: Vec<(f64, Option<u64>, f64)> = vec![];
     let mut throughput: Vec<f64> = vec![];
+    let mut interval_p99: Vec<f64> = vec![];
     while start.elapsed() < cfg.duration {
         let t0 = Instant::now();
         let r = engine.infer(model, inputs, cfg.timeout);
@@ -1140,6 +1153,8 @@ pub fn gate_d(
             let elapsed_s = start.elapsed().as_secs_f64();
             throughput.push(rate);
             samples.push((calls as f64, memory, elapsed_s));
+            let p99 = percentile(&mut interval_latency, 0.99).map_or(0.0, ms);
+            interval_p99.push(p99);
             if let Some(observe) = &cfg.observer {
                 let mut p = |q| percentile(&mut interval_latency, q).map_or(0.0, ms);
                 observe(&SoakSample {
@@ -1148,7 +1163,7 @@ pub fn gate_d(
                     throughput_per_s: rate,
                     p50_ms: p(0.50),
                     p95_ms: p(0.95),
-                    p99_ms: p(0.99),
+                    p99_ms: p99,
                     memory_bytes: memory,
                     errors,
                     warmup: samples.len() <= cfg.warmup_intervals,
@@ -1219,6 +1234,19 @@ pub fn gate_d(
             "throughput must be steady",
         ),
         None => v.fail("throughput was zero in every interval".into()),
+    }
+    let mut p99s = interval_p99[skip..].to_vec();
+    p99s.sort_by(f64::total_cmp);
+    let (median, worst) = (p99s[p99s.len() / 2], p99s[p99s.len() - 1]);
+    v.measure("p99_median_interval_ms", median);
+    v.measure("p99_worst_interval_ms", worst);
+    if median > 0.0 {
+        v.check(
+            "p99_spike_ratio",
+            worst / median,
+            Threshold::AtMost(cfg.max_p99_spike),
+            "no interval's p99 may spike far above the soak's typical p99",
+        );
     }
     v.finish()
 }

@@ -84,6 +84,8 @@ pub enum Pattern {
     FirstN(u64),
     /// Every call from number `n` on.
     From(u64),
+    /// Calls `a` up to (not including) `b`: a burst.
+    Range(u64, u64),
     /// Each call with this probability, drawn from the engine's seeded stream.
     Rate(f64),
 }
@@ -98,6 +100,7 @@ impl Pattern {
             Pattern::Every(k) => (n + 1).is_multiple_of(k),
             Pattern::FirstN(k) => n < k,
             Pattern::From(k) => n >= k,
+            Pattern::Range(a, b) => (a..b).contains(&n),
             Pattern::Rate(p) => {
                 let h = splitmix64(seed ^ splitmix64(salt) ^ n.wrapping_mul(0xD1B5_4A32_D192_ED03));
                 ((h >> 11) as f64 / (1u64 << 53) as f64) < p
