@@ -28,7 +28,9 @@ mod constexpr;
 mod depthwise;
 pub mod limits;
 mod lower;
+mod marshal;
 mod ops;
+mod par_elementwise;
 pub mod value;
 mod workers;
 
@@ -44,6 +46,8 @@ use crate::mlpackage::MlPackage;
 use crate::tensor::{DType, Tensor, TensorMap};
 pub use limits::CancelFlag;
 pub use lower::Lowered;
+pub use marshal::PlanInputs;
+use marshal::RunInputs;
 use ops::state::StateSlot;
 use value::{Decoded, Decoder, HostData};
 use workers::barrier;
@@ -754,11 +758,17 @@ impl Plan {
         inputs: &TensorMap,
         cancel: Option<&CancelFlag>,
     ) -> Result<(TensorMap, crate::telemetry::StageTimings)> {
-        self.run_guarded(inputs, None, cancel).map(|r| (r.outputs, r.timings))
+        self.run_guarded(RunInputs::Host(inputs), None, cancel)
+            .map(|r| (r.outputs, r.timings))
     }
 
     /// A run inside the panic barrier and the limits.
-    fn run_guarded(&self, inputs: &TensorMap, state: Option<&TensorMap>, cancel: Option<&CancelFlag>) -> Result<Ran> {
+    fn run_guarded(
+        &self,
+        inputs: RunInputs<'_>,
+        state: Option<&TensorMap>,
+        cancel: Option<&CancelFlag>,
+    ) -> Result<Ran> {
         let started = Instant::now();
         barrier(|| {
             limits::scoped(Some(self.run_limit), cancel, Some(started), || {
@@ -768,19 +778,19 @@ impl Plan {
         .unwrap_or_else(|msg| Err(Error::internal(format!("the interpreter panicked: {msg}"))))
     }
 
-    fn run_inner(&self, inputs: &TensorMap, state: Option<&TensorMap>) -> Result<Ran> {
+    fn run_inner(&self, inputs: RunInputs<'_>, state: Option<&TensorMap>) -> Result<Ran> {
         let mut timings = crate::telemetry::StageTimings::default();
         let t_in = Instant::now();
         let mut slots: Vec<Option<CTensor>> = vec![None; self.n_slots];
         ops::state::load(&self.states, state, self.policy, &mut slots)?;
-        for inp in &self.inputs {
-            let t = inputs.get(&inp.name).ok_or_else(|| {
-                Error::schema_mismatch(format!("input `{}`", inp.name), "the input to be present", "nothing")
-            })?;
-            slots[inp.slot] = Some(to_candle(t, self.policy).map_err(|e| candle_err(&inp.name, "input", e))?);
+        let ahead = inputs.converted_before();
+        let inputs = inputs.into_prepared(self)?;
+        for (slot, t) in inputs.tensors {
+            slots[slot] = Some(t);
         }
         let t_ops = Instant::now();
-        timings.marshal_in = Some(t_ops - t_in);
+        // Inputs converted before the run (on the caller's thread) count too.
+        timings.marshal_in = Some(t_ops - t_in + ahead);
         for (i, step) in self.steps.iter().enumerate() {
             if limits::check_cancel().is_err() {
                 let at = format!(

@@ -20,7 +20,7 @@ use candle_core::Tensor as CTensor;
 
 use super::Builder;
 use crate::error::{Error, Result};
-use crate::mil::{candle_err, from_candle, to_candle, CancelFlag, FloatPolicy, Kernel, OpCtx, Plan, Val};
+use crate::mil::{candle_err, from_candle, to_candle, CancelFlag, FloatPolicy, Kernel, OpCtx, Plan, RunInputs, Val};
 use crate::tensor::{DType, TensorMap};
 use coreml_proto::proto::mil_spec::argument::binding::Binding;
 
@@ -75,7 +75,7 @@ impl Plan {
         state: &mut TensorMap,
         cancel: Option<&CancelFlag>,
     ) -> Result<TensorMap> {
-        let ran = self.run_guarded(inputs, Some(state), cancel)?;
+        let ran = self.run_guarded(RunInputs::Host(inputs), Some(state), cancel)?;
         // Only now, after the whole run succeeded: every state at once.
         state.extend(ran.states);
         Ok(ran.outputs)
