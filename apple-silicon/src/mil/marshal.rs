@@ -17,6 +17,7 @@ use crate::tensor::TensorMap;
 /// [`Plan::prepare_inputs`] and consumed by [`Plan::run_prepared`]. Owns
 /// its data (`Send`, `'static`): it can move to another thread while the
 /// caller's map goes away.
+#[derive(Debug)]
 pub struct PlanInputs {
     /// (slot, tensor) per program input.
     pub(super) tensors: Vec<(usize, CTensor)>,

@@ -1097,4 +1097,20 @@ mod tests {
         assert_eq!(e.kind(), crate::ErrorKind::Internal);
         assert!(e.to_string().contains("kernel bug"), "{e}");
     }
+
+    #[test]
+    fn inputs_prepared_ahead_run_like_the_callers_map() {
+        let ran = Arc::new(AtomicUsize::new(0));
+        let plan = counting_plan(3, &ran, &CancelFlag::new(), usize::MAX);
+        let prepared = plan.prepare_inputs(&x()).unwrap();
+        // Owned: runs on another thread after the caller's map is gone.
+        let (out, timings) =
+            std::thread::scope(|s| s.spawn(|| plan.run_prepared(prepared, None)).join().unwrap()).unwrap();
+        assert_eq!(out["y"].to_f32_vec(), vec![4.0, 5.0]);
+        assert_eq!(out["y"].to_f32_vec(), plan.run(&x()).unwrap()["y"].to_f32_vec());
+        assert!(timings.marshal_in.is_some() && timings.predict.is_some());
+        let e = plan.prepare_inputs(&TensorMap::new()).unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::SchemaMismatch, "{e}");
+        assert!(e.to_string().contains("input `x`"), "{e}");
+    }
 }
