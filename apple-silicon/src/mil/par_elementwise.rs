@@ -172,14 +172,20 @@ fn fast(op: BinOp, a: &Tensor, b: &Tensor) -> CResult<Option<Tensor>> {
         return Ok(None);
     };
     let mut out: Vec<f32> = Vec::with_capacity(n);
-    with_f32_slice(a, |xa| {
-        with_f32_slice(b, |xb| {
-            out.spare_capacity_mut()[..n]
-                .par_chunks_mut(CHUNK)
-                .enumerate()
-                .for_each(|(c, dst)| fill(op, xa, pa, xb, pb, c * CHUNK, dst));
-        })
-    })??;
+    let mut run = |xa: &[f32], xb: &[f32]| {
+        out.spare_capacity_mut()[..n]
+            .par_chunks_mut(CHUNK)
+            .enumerate()
+            .for_each(|(c, dst)| fill(op, xa, pa, xb, pb, c * CHUNK, dst));
+    };
+    if a.id() == b.id() {
+        // `x op x`: one read lock of the storage, not two nested ones.
+        with_f32_slice(a, |xa| run(xa, xa))?;
+    } else {
+        // Two read locks, nested; sound even for two views of one storage,
+        // since the interpreter never write-locks a tensor it has produced.
+        with_f32_slice(a, |xa| with_f32_slice(b, |xb| run(xa, xb)))??;
+    }
     // SAFETY: `fill` wrote every one of the first `n` elements (the chunks
     // cover `0..n` exactly once).
     unsafe { out.set_len(n) };
@@ -325,6 +331,20 @@ mod tests {
             t.exp().unwrap(),
             "exp, transposed",
         );
+    }
+
+    #[test]
+    fn an_operand_with_itself() {
+        let x = ramp(&[5, 113, 127], 0.4);
+        for op in OPS {
+            let got = binary(op, &x, &x).unwrap();
+            let want = op.candle(&x, &x).unwrap();
+            let (g, w) = (
+                got.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                want.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            );
+            assert!(g.iter().zip(&w).all(|(a, b)| a.to_bits() == b.to_bits()), "{op:?}");
+        }
     }
 
     #[test]
