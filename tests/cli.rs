@@ -285,7 +285,7 @@ fn bench_reports_prepare_percentiles_throughput_and_memory() {
     assert!(notes.contains("cache hit"), "{notes}");
     let stages = v["stages"].as_array().unwrap();
     let names: Vec<&str> = stages.iter().map(|s| s[0].as_str().unwrap()).collect();
-    assert_eq!(names, ["marshal_in", "predict", "marshal_out", "total"]);
+    assert_eq!(names, ["marshal_in", "predict", "marshal_out", "framework", "total"]);
     let total = stages.iter().find(|s| s[0] == "total").expect("a total stage");
     assert_eq!(total[1]["n"], 7);
     let p: Vec<f64> = ["p50_ms", "p95_ms", "p99_ms", "max_ms"]

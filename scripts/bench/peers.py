@@ -70,13 +70,15 @@ def run_child(cmd: list[str], what: str) -> dict:
     return row
 
 
-def engines_for(key: str, exe: Path, iterations: int) -> list[tuple[str, list[str]]]:
+def engines_for(key: str, exe: Path, iterations: int, before: Path | None = None) -> list[tuple[str, list[str]]]:
     m = MODELS[key]
     it = ["--iterations", str(iterations), "--json"]
     out = [
         ("candle-interpreter", [str(exe), "--child", m["fp32"], *it]),
         ("onnxruntime", [sys.executable, str(HERE / "ort_bench.py"), "--model", m["fp32"], *it]),
     ]
+    if before:
+        out.append(("interpreter-before", [str(before), "--child", m["fp32"], *it]))
     if m["native"]:
         out.append(("candle-transformers", [str(exe), "--child", m["native"], *it]))
     return out
@@ -91,7 +93,7 @@ def machine() -> dict:
 def summarize(key: str, rounds: list[dict]) -> list[dict]:
     """rounds: [{engine: row}] -> one summary per engine (interpreter, native, ONNX Runtime)."""
     names = list(rounds[0])
-    names.sort(key=lambda n: {"candle-interpreter": 0, "candle-transformers": 1, "onnxruntime": 2}[n])
+    names.sort(key=lambda n: {"candle-interpreter": 0, "interpreter-before": 1, "candle-transformers": 2, "onnxruntime": 3}[n])
     out = []
     for n in names:
         rows = [r[n] for r in rounds]
@@ -123,6 +125,8 @@ def main():
     ap.add_argument("--iterations", type=int, default=20, help="timed runs per child process")
     ap.add_argument("--model", action="append", choices=sorted(MODELS), help="repeatable; default: both")
     ap.add_argument("--candle-bench", help="use this candle_bench executable instead of building it")
+    ap.add_argument("--before", help="an older candle_bench executable, run in the same rounds as `interpreter-before` "
+                                     "(before/after figures from one interleaved run)")
     args = ap.parse_args()
     if args.rounds <= 0 or args.iterations <= 0:
         ap.error(f"--rounds and --iterations expect positive integers, got {args.rounds} and {args.iterations}")
@@ -136,7 +140,7 @@ def main():
     load_before = os.getloadavg()
     raw, summaries = {}, []
     for key in keys:
-        engines = engines_for(key, exe, args.iterations)
+        engines = engines_for(key, exe, args.iterations, Path(args.before) if args.before else None)
         rounds = []
         for r in range(args.rounds):
             order = engines[r % len(engines):] + engines[: r % len(engines)]

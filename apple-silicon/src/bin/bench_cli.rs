@@ -87,7 +87,8 @@ struct Report {
     warm_prepare_notes: Vec<String>,
     iterations: usize,
     warmup: usize,
-    /// Per stage the engine measured: marshal_in, predict, marshal_out, total.
+    /// Per stage the engine measured: marshal_in, predict, marshal_out,
+    /// framework (see [`framework_overhead`]), total.
     stages: Vec<(String, Percentiles)>,
     throughput_per_s: f64,
     rss_before_bytes: Option<u64>,
@@ -165,10 +166,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
         eprintln!();
     }
     type Pick = fn(&StageTimings) -> Option<Duration>;
-    let picks: [(&str, Pick); 4] = [
+    let picks: [(&str, Pick); 5] = [
         ("marshal_in", |s| s.marshal_in),
         ("predict", |s| s.predict),
         ("marshal_out", |s| s.marshal_out),
+        ("framework", framework_overhead),
         ("total", |s| s.total),
     ];
     let stages = picks
@@ -197,6 +199,15 @@ pub fn run(args: BenchArgs) -> Result<()> {
         print_table(&report, &args.model);
     }
     Ok(())
+}
+
+/// What a call cost beyond the engine's own stages: `total` minus
+/// marshal_in, predict and marshal_out — validation, copies and the hops to
+/// the deadline worker and the interpreter's pool. `None` unless all four are
+/// known (a BERT encoder reports only `predict`).
+fn framework_overhead(s: &StageTimings) -> Option<Duration> {
+    let inside = s.marshal_in? + s.predict? + s.marshal_out?;
+    Some(s.total?.saturating_sub(inside))
 }
 
 fn mib(b: Option<u64>) -> String {
@@ -251,5 +262,24 @@ mod tests {
         let p = Percentiles::of(ms(&[7])).unwrap();
         assert_eq!((p.p50_ms, p.p99_ms), (7.0, 7.0));
         assert!(Percentiles::of(Vec::new()).is_none());
+    }
+
+    #[test]
+    fn framework_overhead_is_total_minus_the_engine_stages() {
+        let ms = Duration::from_millis;
+        let full = StageTimings {
+            marshal_in: Some(ms(1)),
+            predict: Some(ms(20)),
+            marshal_out: Some(ms(2)),
+            total: Some(ms(25)),
+        };
+        assert_eq!(framework_overhead(&full), Some(ms(2)));
+        // A clock that saw the parts sum past the whole is not negative overhead.
+        let skewed = StageTimings {
+            total: Some(ms(22)),
+            ..full
+        };
+        assert_eq!(framework_overhead(&skewed), Some(Duration::ZERO));
+        assert_eq!(framework_overhead(&StageTimings::total(ms(5))), None);
     }
 }

@@ -24,7 +24,7 @@ use crate::inference::{
     downcast_model, CacheKey, CapabilityReport, ComputeUnits, InferenceEngine, IoSchema, ModelArtifact, ModelFmt,
     PrepareOptions, PreparedModel, ShapeConstraint,
 };
-use crate::mil::{CancelFlag, FloatPolicy, Plan};
+use crate::mil::{CancelFlag, FloatPolicy, Plan, PlanInputs};
 use crate::mlpackage::MlPackage;
 use crate::telemetry::StageTimings;
 use crate::tensor::{DType, TensorMap};
@@ -125,6 +125,15 @@ impl Inner {
             }
         }
     }
+}
+
+/// Inputs handed to the deadline worker, which owns them.
+enum Owned {
+    /// An ML Program's, already converted ([`Plan::prepare_inputs`]).
+    Prepared(PlanInputs),
+    /// A BERT encoder's: a copy of the caller's map.
+    #[cfg(feature = "bert")]
+    Host(TensorMap),
 }
 
 /// A model prepared by [`CandleEngine`]. `Send + Sync`: one prepared model can
@@ -432,15 +441,27 @@ impl InferenceEngine for CandleEngine {
         let m = downcast_model::<CandleModel>(model, "candle")?;
         m.inner.schema.validate_inputs(inputs)?;
         let inner = Arc::clone(&m.inner);
-        let inputs = inputs.clone();
         // The worker owns everything it touches: if the deadline passes, the
         // caller returns, the flag is set and an ML Program stops at its next
-        // op (a BERT encoder at its next layer), freeing the worker.
-        let (out, mut timings) = self
-            .runner
-            .run_cancellable("candle inference", timeout, move |cancel| {
-                inner.run(&inputs, Some(cancel))
-            })?;
+        // op (a BERT encoder at its next layer), freeing the worker. An ML
+        // Program's inputs are converted here, so that the conversion is the
+        // only copy the worker's ownership costs.
+        let owned = match &inner.runner {
+            Runner::Program(p) => Owned::Prepared(p.prepare_inputs(inputs)?),
+            #[cfg(feature = "bert")]
+            Runner::Bert(_) => Owned::Host(inputs.clone()),
+        };
+        let (out, mut timings) =
+            self.runner
+                .run_cancellable("candle inference", timeout, move |cancel| match owned {
+                    Owned::Prepared(p) => match &inner.runner {
+                        Runner::Program(plan) => plan.run_prepared(p, Some(cancel)),
+                        #[cfg(feature = "bert")]
+                        Runner::Bert(_) => Err(Error::internal("inputs prepared for a program reached a BERT encoder")),
+                    },
+                    #[cfg(feature = "bert")]
+                    Owned::Host(m) => inner.run(&m, Some(cancel)),
+                })?;
         timings.total = Some(started.elapsed());
         Ok((out, timings))
     }

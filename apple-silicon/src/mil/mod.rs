@@ -31,7 +31,9 @@ mod constexpr;
 mod depthwise;
 pub mod limits;
 mod lower;
+mod marshal;
 mod ops;
+mod par_elementwise;
 pub mod value;
 mod workers;
 
@@ -48,6 +50,8 @@ use crate::tensor::{DType, Tensor, TensorMap};
 use block::{BlockBuilder, RVal, Step};
 pub use limits::CancelFlag;
 pub use lower::Lowered;
+pub use marshal::PlanInputs;
+use marshal::RunInputs;
 use ops::state::StateSlot;
 use value::{Decoded, Decoder, HostData};
 use workers::barrier;
@@ -689,11 +693,17 @@ impl Plan {
         inputs: &TensorMap,
         cancel: Option<&CancelFlag>,
     ) -> Result<(TensorMap, crate::telemetry::StageTimings)> {
-        self.run_guarded(inputs, None, cancel).map(|r| (r.outputs, r.timings))
+        self.run_guarded(RunInputs::Host(inputs), None, cancel)
+            .map(|r| (r.outputs, r.timings))
     }
 
     /// A run inside the panic barrier and the limits.
-    fn run_guarded(&self, inputs: &TensorMap, state: Option<&TensorMap>, cancel: Option<&CancelFlag>) -> Result<Ran> {
+    fn run_guarded(
+        &self,
+        inputs: RunInputs<'_>,
+        state: Option<&TensorMap>,
+        cancel: Option<&CancelFlag>,
+    ) -> Result<Ran> {
         let started = Instant::now();
         barrier(|| {
             limits::scoped(Some(self.run_limit), cancel, Some(started), || {
@@ -703,21 +713,19 @@ impl Plan {
         .unwrap_or_else(|msg| Err(Error::internal(format!("the interpreter panicked: {msg}"))))
     }
 
-    fn run_inner(&self, inputs: &TensorMap, state: Option<&TensorMap>) -> Result<Ran> {
+    fn run_inner(&self, inputs: RunInputs<'_>, state: Option<&TensorMap>) -> Result<Ran> {
         let mut timings = crate::telemetry::StageTimings::default();
         let t_in = Instant::now();
         let mut slots: Vec<Option<RVal>> = vec![None; self.n_slots];
         ops::state::load(&self.states, state, self.policy, &mut slots)?;
-        for inp in &self.inputs {
-            let t = inputs.get(&inp.name).ok_or_else(|| {
-                Error::schema_mismatch(format!("input `{}`", inp.name), "the input to be present", "nothing")
-            })?;
-            slots[inp.slot] = Some(RVal::T(
-                to_candle(t, self.policy).map_err(|e| candle_err(&inp.name, "input", e))?,
-            ));
+        let ahead = inputs.converted_before();
+        let inputs = inputs.into_prepared(self)?;
+        for (slot, t) in inputs.tensors {
+            slots[slot] = Some(RVal::T(t));
         }
         let t_ops = Instant::now();
-        timings.marshal_in = Some(t_ops - t_in);
+        // Inputs converted before the run (on the caller's thread) count too.
+        timings.marshal_in = Some(t_ops - t_in + ahead);
         block::run_steps(&self.steps, &mut slots)?;
         let t_out = Instant::now();
         timings.predict = Some(t_out - t_ops);
@@ -1003,5 +1011,21 @@ mod tests {
         let e = plan.run(&x()).unwrap_err();
         assert_eq!(e.kind(), crate::ErrorKind::Internal);
         assert!(e.to_string().contains("kernel bug"), "{e}");
+    }
+
+    #[test]
+    fn inputs_prepared_ahead_run_like_the_callers_map() {
+        let ran = Arc::new(AtomicUsize::new(0));
+        let plan = counting_plan(3, &ran, &CancelFlag::new(), usize::MAX);
+        let prepared = plan.prepare_inputs(&x()).unwrap();
+        // Owned: runs on another thread after the caller's map is gone.
+        let (out, timings) =
+            std::thread::scope(|s| s.spawn(|| plan.run_prepared(prepared, None)).join().unwrap()).unwrap();
+        assert_eq!(out["y"].to_f32_vec(), vec![4.0, 5.0]);
+        assert_eq!(out["y"].to_f32_vec(), plan.run(&x()).unwrap()["y"].to_f32_vec());
+        assert!(timings.marshal_in.is_some() && timings.predict.is_some());
+        let e = plan.prepare_inputs(&TensorMap::new()).unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::SchemaMismatch, "{e}");
+        assert!(e.to_string().contains("input `x`"), "{e}");
     }
 }

@@ -3,8 +3,9 @@
 //! Plan building and running happen inside a panic barrier ([`barrier`]) on
 //! the interpreter's own rayon pool: the caller's thread hands the work over
 //! and waits. Kernels that parallelise (candle's matmul and convolutions, our
-//! depthwise kernel) then fan out on that pool's threads, not on the
-//! application's global rayon pool. Two reasons:
+//! depthwise kernel, large elementwise ops in `par_elementwise.rs`) then fan
+//! out on that pool's threads, not on the application's global rayon pool
+//! (nor on candle's own spinning elementwise pool). Two reasons:
 //! - a panic on one of those threads is library code failing: rayon carries
 //!   it to the barrier, which reports it as an error, and the panic hook
 //!   ([`quiet_panics`]) knows to stay silent on these threads instead of

@@ -7,7 +7,9 @@
 //! `softmax` normalises along `axis` (default -1). `softplus` is computed as
 //! `log1p(exp(-|x|)) + max(x, 0)`, which does not overflow.
 
-use candle_core::Tensor;
+use candle_core::{op, Tensor};
+
+use crate::mil::par_elementwise as par;
 
 use super::elementwise_unary::{clamp, map_f32};
 use super::{axis_of, one, unary, Builder, CResult};
@@ -17,10 +19,10 @@ use crate::mil::{Kernel, OpCtx};
 /// The builder for `op_type`, if this family has it.
 pub(super) fn builder(op_type: &str) -> Option<Builder> {
     Some(match op_type {
-        "relu" => |c| unary(c, |x| x.relu()),
+        "relu" => |c| unary(c, |x| par::unary::<op::Relu>(x, |x| x.relu())),
         "relu6" => |c| unary(c, |x| clamp(x, 0.0, 6.0)),
         "sigmoid" => |c| unary(c, candle_nn::ops::sigmoid),
-        "silu" => |c| unary(c, |x| x.silu()),
+        "silu" => |c| unary(c, |x| par::unary::<op::Silu>(x, |x| x.silu())),
         "gelu" => gelu,
         "leaky_relu" => leaky_relu,
         "softplus" => |c| unary(c, |x| map_f32(x, softplus)),
@@ -42,8 +44,8 @@ pub(super) fn gelu(c: &mut OpCtx) -> Result<Kernel> {
     let x = c.tensor("x")?;
     let mode = c.opt_string("mode")?.unwrap_or_else(|| "EXACT".into());
     let f: fn(&Tensor) -> CResult<Tensor> = match mode.as_str() {
-        "EXACT" => |x| x.gelu_erf(),
-        "TANH_APPROXIMATION" => |x| x.gelu(),
+        "EXACT" => |x| par::unary::<op::GeluErf>(x, |x| x.gelu_erf()),
+        "TANH_APPROXIMATION" => |x| par::unary::<op::Gelu>(x, |x| x.gelu()),
         "SIGMOID_APPROXIMATION" => |x| x.broadcast_mul(&candle_nn::ops::sigmoid(&x.affine(1.702, 0.0)?)?),
         other => {
             return Err(c.unsupported(format!(

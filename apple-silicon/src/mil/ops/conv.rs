@@ -16,6 +16,7 @@ use candle_core::{DType as CDType, Tensor};
 use super::spatial::{check_elems, check_padded, from_host, host_f32, lift3, spatial_pads, spatial_params, window_out};
 use super::{one, Builder, CResult};
 use crate::error::Result;
+use crate::mil::par_elementwise::{self, BinOp};
 use crate::mil::{depthwise, Kernel, OpCtx};
 
 /// The builder for `op_type`, if this family has it.
@@ -98,7 +99,7 @@ pub(super) fn conv(c: &mut OpCtx) -> Result<Kernel> {
         if let Some(w2) = pointwise.as_ref().filter(|_| pads.iter().all(|&p| p == (0, 0))) {
             let y = pointwise_conv2d(x, &w2.to_dtype(x.dtype())?)?;
             return one(match &bias {
-                Some(b) => y.broadcast_add(&b.to_dtype(x.dtype())?)?,
+                Some(b) => par_elementwise::binary(BinOp::Add, &y, &b.to_dtype(x.dtype())?)?,
                 None => y,
             });
         }
@@ -130,7 +131,7 @@ pub(super) fn conv(c: &mut OpCtx) -> Result<Kernel> {
             }
         }
         one(match &bias {
-            Some(b) => y.broadcast_add(&b.to_dtype(x.dtype())?)?,
+            Some(b) => par_elementwise::binary(BinOp::Add, &y, &b.to_dtype(x.dtype())?)?,
             None => y,
         })
     }))
@@ -472,7 +473,7 @@ pub(super) fn conv_transpose(c: &mut OpCtx) -> Result<Kernel> {
                 }
             }
             if let Some(b) = &bias_t {
-                y = y.broadcast_add(&b.to_dtype(x.dtype())?)?;
+                y = par_elementwise::binary(BinOp::Add, &y, &b.to_dtype(x.dtype())?)?;
             }
             return one(y.contiguous()?);
         }

@@ -13,19 +13,20 @@ use candle_core::DType as CDType;
 
 use super::{broadcast_shape, one, Builder, CResult};
 use crate::error::Result;
+use crate::mil::par_elementwise::{self, BinOp};
 use crate::mil::{Kernel, OpCtx};
 
 /// The builder for `op_type`, if this family has it.
 pub(super) fn builder(op_type: &str) -> Option<Builder> {
     Some(match op_type {
-        "add" => |c| binary(c, |a, b| a.broadcast_add(b)),
-        "sub" => |c| binary(c, |a, b| a.broadcast_sub(b)),
-        "mul" => |c| binary(c, |a, b| a.broadcast_mul(b)),
-        "real_div" => |c| binary(c, |a, b| a.broadcast_div(b)),
+        "add" => |c| binary(c, |a, b| par_elementwise::binary(BinOp::Add, a, b)),
+        "sub" => |c| binary(c, |a, b| par_elementwise::binary(BinOp::Sub, a, b)),
+        "mul" => |c| binary(c, |a, b| par_elementwise::binary(BinOp::Mul, a, b)),
+        "real_div" => |c| binary(c, |a, b| par_elementwise::binary(BinOp::Div, a, b)),
         "floor_div" => |c| binary(c, floor_div),
         "mod" => |c| binary(c, modulo),
-        "maximum" => |c| binary(c, |a, b| a.broadcast_maximum(b)),
-        "minimum" => |c| binary(c, |a, b| a.broadcast_minimum(b)),
+        "maximum" => |c| binary(c, |a, b| par_elementwise::binary(BinOp::Max, a, b)),
+        "minimum" => |c| binary(c, |a, b| par_elementwise::binary(BinOp::Min, a, b)),
         "pow" => |c| binary(c, pow),
         "equal" => |c| binary(c, |a, b| a.broadcast_eq(b)),
         "not_equal" => |c| binary(c, |a, b| a.broadcast_ne(b)),

@@ -8,25 +8,26 @@
 //! `tan`, ...) map each element in f32 (f16 through f32); the int32 forms of
 //! `square` and `exp2` map in i64.
 
-use candle_core::{DType as CDType, Tensor};
+use candle_core::{op, DType as CDType, Tensor};
 
 use super::{one, unary, unary_eps, Builder, CResult};
 use crate::error::Result;
+use crate::mil::par_elementwise as par;
 use crate::mil::{compute_dtype, depthwise, Kernel, OpCtx};
 
 /// The builder for `op_type`, if this family has it.
 pub(super) fn builder(op_type: &str) -> Option<Builder> {
     Some(match op_type {
-        "erf" => |c| unary(c, |x| x.erf()),
-        "exp" => |c| unary(c, |x| x.exp()),
-        "sqrt" => |c| unary(c, |x| x.sqrt()),
-        "abs" => |c| unary(c, |x| x.abs()),
+        "erf" => |c| unary(c, |x| par::unary::<op::Erf>(x, |x| x.erf())),
+        "exp" => |c| unary(c, |x| par::unary::<op::Exp>(x, |x| x.exp())),
+        "sqrt" => |c| unary(c, |x| par::unary::<op::Sqrt>(x, |x| x.sqrt())),
+        "abs" => |c| unary(c, |x| par::unary::<op::Abs>(x, |x| x.abs())),
         "floor" => |c| unary(c, |x| x.floor()),
         "ceil" => |c| unary(c, |x| x.ceil()),
         "round" => |c| unary(c, |x| map_f32(x, f32::round_ties_even)),
         "sign" => |c| unary(c, |x| x.sign()),
-        "sin" => |c| unary(c, |x| x.sin()),
-        "cos" => |c| unary(c, |x| x.cos()),
+        "sin" => |c| unary(c, |x| par::unary::<op::Sin>(x, |x| x.sin())),
+        "cos" => |c| unary(c, |x| par::unary::<op::Cos>(x, |x| x.cos())),
         "square" => |c| unary(c, |x| if x.dtype().is_int() { x.mul(x) } else { x.sqr() }),
         "tan" => |c| unary(c, |x| map_f32(x, f32::tan)),
         "acos" => |c| unary(c, |x| map_f32(x, f32::acos)),
@@ -35,7 +36,7 @@ pub(super) fn builder(op_type: &str) -> Option<Builder> {
         "atanh" => |c| unary(c, |x| map_f32(x, f32::atanh)),
         "cosh" => |c| unary(c, |x| map_f32(x, f32::cosh)),
         "sinh" => |c| unary(c, |x| map_f32(x, f32::sinh)),
-        "tanh" => |c| unary(c, |x| x.tanh()),
+        "tanh" => |c| unary(c, |x| par::unary::<op::Tanh>(x, |x| x.tanh())),
         "exp2" => |c| unary(c, exp2),
         "threshold" => threshold,
         "identity" => |c| unary(c, |x| Ok(x.clone())),

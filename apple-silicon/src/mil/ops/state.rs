@@ -19,7 +19,7 @@
 use super::Builder;
 use crate::error::{Error, Result};
 use crate::mil::block::RVal;
-use crate::mil::{candle_err, from_candle, to_candle, CancelFlag, FloatPolicy, Kernel, OpCtx, Plan, Val};
+use crate::mil::{candle_err, from_candle, to_candle, CancelFlag, FloatPolicy, Kernel, OpCtx, Plan, RunInputs, Val};
 use crate::tensor::{DType, TensorMap};
 use coreml_proto::proto::mil_spec::argument::binding::Binding;
 
@@ -74,7 +74,7 @@ impl Plan {
         state: &mut TensorMap,
         cancel: Option<&CancelFlag>,
     ) -> Result<TensorMap> {
-        let ran = self.run_guarded(inputs, Some(state), cancel)?;
+        let ran = self.run_guarded(RunInputs::Host(inputs), Some(state), cancel)?;
         // Only now, after the whole run succeeded: every state at once.
         state.extend(ran.states);
         Ok(ran.outputs)
