@@ -343,3 +343,23 @@ fn the_prepare_budget_bounds_the_constants() {
     // The default budget serves the same model.
     assert!(engine.prepare(&artifact, PrepareOptions::default()).is_ok());
 }
+
+#[test]
+fn concat_and_stack_outputs_are_checked_against_the_run_limit() {
+    // Each case's inputs total 48 bytes and so does its output: under a
+    // 40-byte limit the op is refused before it allocates, at 48 it runs.
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/conformance/tensor_operation");
+    for (case, what) in [("concat_axis1_three", "concat output"), ("stack_axis0", "stack output")] {
+        let pkg = MlPackage::open(fixtures.join(case).join("model.mlpackage")).unwrap();
+        let mut inputs = TensorMap::new();
+        for e in std::fs::read_dir(fixtures.join(case).join("inputs")).unwrap() {
+            let p = e.unwrap().path();
+            let name = p.file_stem().unwrap().to_string_lossy().into_owned();
+            inputs.insert(name, Tensor::read_npy(&p).unwrap());
+        }
+        let tight = Plan::build_budgeted(&pkg, FloatPolicy::Upcast, Some(40)).unwrap();
+        assert_memory(&tight.run(&inputs).unwrap_err(), what);
+        let enough = Plan::build_budgeted(&pkg, FloatPolicy::Upcast, Some(48)).unwrap();
+        enough.run(&inputs).unwrap_or_else(|e| panic!("{case}: {e}"));
+    }
+}

@@ -73,6 +73,9 @@ fn concat(c: &mut OpCtx) -> Result<Kernel> {
             parts = parts.iter().map(|p| p.reshape(1)).collect::<CResult<_>>()?;
         }
         let dt = parts[0].dtype();
+        // The output is every input together: checked before it is made, so a
+        // chain of concats doubling a tensor stops at the memory limit.
+        check_total("concat output", &parts, dt.size_in_bytes())?;
         let parts: Vec<Tensor> = parts.iter().map(|p| p.to_dtype(dt)).collect::<CResult<_>>()?;
         let ax = axis_at(axis, parts[0].rank())?;
         if !interleave {
@@ -148,8 +151,18 @@ fn stack(c: &mut OpCtx) -> Result<Kernel> {
             )
         }
         let ax = axis_at(axis, parts[0].rank() + 1)?;
+        check_total("stack output", &parts, parts[0].dtype().size_in_bytes())?;
         one(Tensor::stack(&parts, ax)?)
     }))
+}
+
+/// Checks the bytes of an output holding all of `parts` (at `elem_bytes`
+/// each) against the memory limit, with checked arithmetic.
+fn check_total<T: std::borrow::Borrow<Tensor>>(what: &str, parts: &[T], elem_bytes: usize) -> CResult<()> {
+    let elems = parts
+        .iter()
+        .try_fold(0u64, |acc, p| acc.checked_add(p.borrow().elem_count() as u64));
+    crate::mil::limits::check_bytes(what, elems.and_then(|n| n.checked_mul(elem_bytes as u64)))
 }
 
 fn pad(c: &mut OpCtx) -> Result<Kernel> {
