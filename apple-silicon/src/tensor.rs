@@ -148,6 +148,42 @@ impl fmt::Debug for Tensor {
 /// (numpy's own reader refuses headers over 10 000 bytes by default).
 pub const MAX_NPY_HEADER_BYTES: usize = 64 << 10;
 
+/// Deepest bracket nesting a `.npy` header may have. A plain array's header
+/// is `{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3)}` (depth 2);
+/// structured dtypes nest a little deeper and are refused later anyway.
+const MAX_NPY_HEADER_NESTING: usize = 4;
+
+/// How deeply `{`, `[` and `(` nest in `header`, outside quoted strings. The
+/// header parser behind npyz backtracks exponentially on deeply nested
+/// malformed input (a 186-byte file hung it), so depth is checked first.
+/// Costs one pass over the header.
+fn npy_header_nesting(header: &[u8]) -> usize {
+    let (mut depth, mut max, mut quote, mut escaped) = (0usize, 0usize, None::<u8>, false);
+    for &b in header {
+        match quote {
+            Some(q) => {
+                if escaped {
+                    escaped = false;
+                } else if b == b'\\' {
+                    escaped = true;
+                } else if b == q {
+                    quote = None;
+                }
+            }
+            None => match b {
+                b'\'' | b'"' => quote = Some(b),
+                b'{' | b'[' | b'(' => {
+                    depth += 1;
+                    max = max.max(depth);
+                }
+                b'}' | b']' | b')' => depth = depth.saturating_sub(1),
+                _ => {}
+            },
+        }
+    }
+    max
+}
+
 /// The `'shape': (…)` tuple of a `.npy` header dictionary, when it can be
 /// found and every entry is a non-negative integer.
 fn npy_header_shape(header: &str) -> Option<Vec<u64>> {
@@ -405,6 +441,12 @@ impl Tensor {
                 ".npy header of {header_len} bytes runs past the end of the file ({len} bytes)"
             )));
         }
+        let nesting = npy_header_nesting(&bytes[start..data_start]);
+        if nesting > MAX_NPY_HEADER_NESTING {
+            return Err(bad(format!(
+                "not a valid .npy file: its header nests brackets {nesting} deep (a plain array's header nests 2)"
+            )));
+        }
         // npyz multiplies the shape out unchecked: check it first.
         if let Some(dims) = std::str::from_utf8(&bytes[start..data_start])
             .ok()
@@ -579,5 +621,25 @@ mod tests {
         // Truncated data.
         let full = Tensor::from_vec(vec![8], vec![1.0f32; 8]).unwrap().to_npy_bytes();
         assert!(Tensor::from_npy_bytes(&full[..full.len() - 3]).is_err());
+    }
+
+    #[test]
+    fn npy_headers_that_nest_deeply_are_refused_before_parsing() {
+        // What the fuzzer found: malformed nested braces made the header
+        // parser backtrack for minutes. Now refused at once.
+        let mut bytes = Tensor::from_vec(vec![1, 64], vec![0.5f32; 64]).unwrap().to_npy_bytes();
+        let hlen = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+        let mut header = format!("{{'descr':{} '<f4', 'fortran[or 'shape': (1, 64), }}", "{".repeat(40)).into_bytes();
+        header.resize(hlen - 1, b' ');
+        header.push(b'\n');
+        bytes[10..10 + hlen].copy_from_slice(&header);
+        let t = std::time::Instant::now();
+        let err = Tensor::from_npy_bytes(&bytes).unwrap_err();
+        assert!(err.to_string().contains("nests brackets 41 deep"), "{err}");
+        assert!(t.elapsed() < std::time::Duration::from_secs(1));
+        // Brackets inside quoted strings do not count; plain headers still parse.
+        assert_eq!(npy_header_nesting(b"{'descr': '<f4((((((', 'shape': (1, 64)}"), 2);
+        let plain = Tensor::from_vec(vec![1, 64], vec![0.5f32; 64]).unwrap().to_npy_bytes();
+        assert_eq!(Tensor::from_npy_bytes(&plain).unwrap().shape(), &[1, 64]);
     }
 }
