@@ -700,7 +700,11 @@ impl InferenceEngine for CoreMlEngine {
         // A compiled `.mlmodelc` is loaded from its path: nothing is stored
         // under its digest, so a swap there fools only that one load.
         let (key, compiled) = match artifact.format {
-            ModelFmt::MlModelC => (CoreMlEngine::cache_key(artifact, units, &info), artifact.path.clone()),
+            // Nothing to parse: a compiled bundle is not an ML Program package.
+            ModelFmt::MlModelC => (
+                CoreMlEngine::key_for(artifact, None, units, &info),
+                artifact.path.clone(),
+            ),
             _ => {
                 let snap = Arc::new(digest::read_tree(&artifact.path)?);
                 artifact.check_unchanged(&snap.sha256)?;

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::feature::{Dictionary, FeatureMap, FeatureValue};
-use crate::tensor::TensorMap;
+use crate::tensor::{Tensor, TensorMap};
 
 /// Arithmetic/storage precision of a model variant, which sets its budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -151,8 +151,17 @@ impl fmt::Display for ParityReport {
 /// names with the same shapes (dtypes may differ: values compare as f64).
 /// Costs one pass over every element.
 pub fn compare(a: &TensorMap, b: &TensorMap, thresholds: Thresholds) -> Result<ParityReport> {
-    let names_a: Vec<&String> = a.keys().collect();
-    let names_b: Vec<&String> = b.keys().collect();
+    same_names(a.keys(), b.keys())?;
+    let mut outputs = Vec::new();
+    for (name, ta) in a {
+        outputs.push(compare_tensor(name, ta, &b[name])?);
+    }
+    Ok(report(outputs, thresholds))
+}
+
+/// Both runs produced the same output names (maps iterate sorted).
+fn same_names<'a>(a: impl Iterator<Item = &'a String>, b: impl Iterator<Item = &'a String>) -> Result<()> {
+    let (names_a, names_b): (Vec<&String>, Vec<&String>) = (a.collect(), b.collect());
     if names_a != names_b {
         return Err(Error::schema_mismatch(
             "compared outputs",
@@ -160,19 +169,19 @@ pub fn compare(a: &TensorMap, b: &TensorMap, thresholds: Thresholds) -> Result<P
             format!("{names_a:?}"),
         ));
     }
-    let mut outputs = Vec::new();
-    for (name, ta) in a {
-        let tb = &b[name];
-        if ta.shape() != tb.shape() {
-            return Err(Error::schema_mismatch(
-                format!("shape of output `{name}`"),
-                format!("{:?}", tb.shape()),
-                format!("{:?}", ta.shape()),
-            ));
-        }
-        outputs.push(compare_values(name, &ta.to_f64_vec(), &tb.to_f64_vec()));
+    Ok(())
+}
+
+/// One tensor output of both runs: shapes must agree, values compare as f64.
+fn compare_tensor(name: &str, ta: &Tensor, tb: &Tensor) -> Result<OutputParity> {
+    if ta.shape() != tb.shape() {
+        return Err(Error::schema_mismatch(
+            format!("shape of output `{name}`"),
+            format!("{:?}", tb.shape()),
+            format!("{:?}", ta.shape()),
+        ));
     }
-    Ok(report(outputs, thresholds))
+    Ok(compare_values(name, &ta.to_f64_vec(), &tb.to_f64_vec()))
 }
 
 fn report(outputs: Vec<OutputParity>, thresholds: Thresholds) -> ParityReport {
@@ -193,15 +202,7 @@ fn report(outputs: Vec<OutputParity>, thresholds: Thresholds) -> ParityReport {
 /// [`OutputParity::mismatch`] and fails the report). Both maps must hold the
 /// same names with the same kinds and shapes. Costs one pass over every value.
 pub fn compare_features(a: &FeatureMap, b: &FeatureMap, thresholds: Thresholds) -> Result<ParityReport> {
-    let names_a: Vec<&String> = a.keys().collect();
-    let names_b: Vec<&String> = b.keys().collect();
-    if names_a != names_b {
-        return Err(Error::schema_mismatch(
-            "compared outputs",
-            format!("{names_b:?}"),
-            format!("{names_a:?}"),
-        ));
-    }
+    same_names(a.keys(), b.keys())?;
     let mut outputs = Vec::new();
     for (name, va) in a {
         let vb = &b[name];
@@ -212,16 +213,7 @@ pub fn compare_features(a: &FeatureMap, b: &FeatureMap, thresholds: Thresholds) 
             o
         };
         let o = match (va, vb) {
-            (FeatureValue::Tensor(ta), FeatureValue::Tensor(tb)) => {
-                if ta.shape() != tb.shape() {
-                    return Err(Error::schema_mismatch(
-                        format!("shape of output `{name}`"),
-                        format!("{:?}", tb.shape()),
-                        format!("{:?}", ta.shape()),
-                    ));
-                }
-                compare_values(name, &ta.to_f64_vec(), &tb.to_f64_vec())
-            }
+            (FeatureValue::Tensor(ta), FeatureValue::Tensor(tb)) => compare_tensor(name, ta, tb)?,
             (FeatureValue::Double(x), FeatureValue::Double(y)) => compare_values(name, &[*x], &[*y]),
             (FeatureValue::Dictionary(da), FeatureValue::Dictionary(db)) => {
                 let (ka, pa) = dict_parts(da);
