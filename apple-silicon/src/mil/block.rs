@@ -937,11 +937,7 @@ mod tests {
     }
 
     fn fixture(case: &str) -> MlPackage {
-        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/conformance/control_flow")
-            .join(case)
-            .join("model.mlpackage");
-        MlPackage::open(p).unwrap()
+        MlPackage::open(crate::mil::test_support::package_path(&format!("control_flow/{case}"))).unwrap()
     }
 
     fn inputs(pairs: &[(&str, Tensor)]) -> TensorMap {
@@ -1013,8 +1009,6 @@ mod tests {
     /// Builds a copy of `case` whose first `op_type` op (searched in nested
     /// blocks too) is changed by `edit`; returns the build's error.
     fn build_edited(case: &str, op_type: &str, edit: impl FnOnce(&mut Operation)) -> Error {
-        use coreml_proto::proto::{model, Model};
-        use prost::Message;
         fn find<'a>(b: &'a mut mil_spec::Block, t: &str) -> Option<&'a mut Operation> {
             for op in b.operations.iter_mut() {
                 if op.r#type == t {
@@ -1028,33 +1022,9 @@ mod tests {
             }
             None
         }
-        fn copy(src: &std::path::Path, dst: &std::path::Path) {
-            std::fs::create_dir_all(dst).unwrap();
-            for e in std::fs::read_dir(src).unwrap() {
-                let p = e.unwrap().path();
-                let to = dst.join(p.file_name().unwrap());
-                if p.is_dir() {
-                    copy(&p, &to)
-                } else {
-                    std::fs::copy(&p, &to).unwrap();
-                }
-            }
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let dst = dir.path().join("m.mlpackage");
-        copy(fixture(case).path(), &dst);
-        let spec_path = dst.join("Data/com.apple.CoreML/model.mlmodel");
-        let mut spec = Model::decode(std::fs::read(&spec_path).unwrap().as_slice()).unwrap();
-        let Some(model::Type::MlProgram(p)) = &mut spec.r#type else {
-            panic!("not an ML Program")
-        };
-        let main = p.functions.get_mut("main").unwrap();
-        let block = main.block_specializations.values_mut().next().unwrap();
-        edit(find(block, op_type).unwrap_or_else(|| panic!("{case}: no {op_type}")));
-        std::fs::write(&spec_path, spec.encode_to_vec()).unwrap();
-        Plan::build(&MlPackage::open(&dst).unwrap(), FloatPolicy::Native)
-            .err()
-            .unwrap_or_else(|| panic!("{case}: the edited {op_type} must be refused"))
+        crate::mil::test_support::build_edited(&format!("control_flow/{case}"), |block| {
+            edit(find(block, op_type).unwrap_or_else(|| panic!("{case}: no {op_type}")))
+        })
     }
 
     #[test]

@@ -34,6 +34,8 @@ mod lower;
 mod marshal;
 mod ops;
 mod par_elementwise;
+#[cfg(test)]
+mod test_support;
 pub mod value;
 mod workers;
 

@@ -270,62 +270,25 @@ pub(super) fn build_with_param(
 ) -> String {
     use coreml_proto::proto::mil_spec::argument::binding::Binding;
     use coreml_proto::proto::mil_spec::value::{self, immediate_value};
-    use coreml_proto::proto::{model, Model};
-    use prost::Message;
-    fn copy(src: &std::path::Path, dst: &std::path::Path) {
-        std::fs::create_dir_all(dst).unwrap();
-        for e in std::fs::read_dir(src).unwrap() {
-            let p = e.unwrap().path();
-            let to = dst.join(p.file_name().unwrap());
-            if p.is_dir() {
-                copy(&p, &to)
-            } else {
-                std::fs::copy(&p, &to).unwrap();
-            }
-        }
-    }
-    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/conformance")
-        .join(case)
-        .join("model.mlpackage");
-    let dir = tempfile::tempdir().unwrap();
-    let dst = dir.path().join("m.mlpackage");
-    copy(&src, &dst);
-    let spec_path = dst.join("Data/com.apple.CoreML/model.mlmodel");
-    let mut spec = Model::decode(std::fs::read(&spec_path).unwrap().as_slice()).unwrap();
-    let Some(model::Type::MlProgram(p)) = &mut spec.r#type else {
-        panic!("{case}: not an ML Program")
-    };
-    let block = p
-        .functions
-        .get_mut("main")
-        .unwrap()
-        .block_specializations
-        .values_mut()
-        .next()
-        .unwrap();
-    let op = block.operations.iter().find(|o| o.r#type == op_type).unwrap();
-    let Some(Binding::Name(cname)) = op.inputs[param].arguments[0].binding.clone() else {
-        panic!("{case}: `{param}` is not bound to a constant")
-    };
-    let c = block
-        .operations
-        .iter_mut()
-        .find(|o| o.r#type == "const" && o.outputs[0].name == cname)
-        .unwrap();
-    let Some(value::Value::ImmediateValue(iv)) = &mut c.attributes.get_mut("val").unwrap().value else {
-        panic!("{case}: no immediate value")
-    };
-    let Some(immediate_value::Value::Tensor(t)) = &mut iv.value else {
-        panic!("{case}: no tensor")
-    };
-    t.value = Some(val);
-    std::fs::write(&spec_path, spec.encode_to_vec()).unwrap();
-    let pkg = crate::mlpackage::MlPackage::open(&dst).unwrap();
-    crate::mil::Plan::build(&pkg, crate::mil::FloatPolicy::Native)
-        .err()
-        .unwrap_or_else(|| panic!("{case}: a bad `{param}` must be refused at build"))
-        .to_string()
+    crate::mil::test_support::build_edited(case, |block| {
+        let op = block.operations.iter().find(|o| o.r#type == op_type).unwrap();
+        let Some(Binding::Name(cname)) = op.inputs[param].arguments[0].binding.clone() else {
+            panic!("{case}: `{param}` is not bound to a constant")
+        };
+        let c = block
+            .operations
+            .iter_mut()
+            .find(|o| o.r#type == "const" && o.outputs[0].name == cname)
+            .unwrap();
+        let Some(value::Value::ImmediateValue(iv)) = &mut c.attributes.get_mut("val").unwrap().value else {
+            panic!("{case}: no immediate value")
+        };
+        let Some(immediate_value::Value::Tensor(t)) = &mut iv.value else {
+            panic!("{case}: no tensor")
+        };
+        t.value = Some(val);
+    })
+    .to_string()
 }
 
 #[cfg(test)]

@@ -612,19 +612,10 @@ mod tests {
         assert!(slice_positions(6, None, None, 0).is_err());
     }
 
-    use std::path::PathBuf;
-
-    use crate::mil::{FloatPolicy, Plan};
-    use crate::mlpackage::MlPackage;
     use crate::tensor::{Tensor as HostTensor, TensorMap};
 
     fn run(case: &str, items: Vec<(&str, HostTensor)>) -> crate::Result<TensorMap> {
-        let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/conformance/tensor_transformation")
-            .join(case)
-            .join("model.mlpackage");
-        let plan = Plan::build(&MlPackage::open(p).unwrap(), FloatPolicy::Upcast).unwrap();
-        plan.run(&items.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+        crate::mil::test_support::run_case(&format!("tensor_transformation/{case}"), items)
     }
 
     fn ints(v: &[i32]) -> HostTensor {
