@@ -413,47 +413,29 @@ fn copy_dir(src: &Path, dst: &Path) {
 /// A copy of a case's package in which the constant bound to `param` of the
 /// `op_type` op is replaced by `val`; returns the plan build's error.
 fn build_with_param(case: &str, op_type: &str, param: &str, val: mil_spec::tensor_value::Value) -> String {
-    use coreml_proto::proto::{model, Model};
-    use prost::Message;
-    let dir = tempfile::tempdir().unwrap();
-    let dst = dir.path().join("m.mlpackage");
-    copy_dir(&root().join(case).join("model.mlpackage"), &dst);
-    let spec_path = dst.join("Data/com.apple.CoreML/model.mlmodel");
-    let mut spec = Model::decode(std::fs::read(&spec_path).unwrap().as_slice()).unwrap();
-    let Some(model::Type::MlProgram(p)) = &mut spec.r#type else {
-        panic!("{case}: not an ML Program")
-    };
-    let block = p
-        .functions
-        .get_mut("main")
-        .unwrap()
-        .block_specializations
-        .values_mut()
-        .next()
-        .unwrap();
-    let op = block.operations.iter().find(|o| o.r#type == op_type).unwrap();
-    let Some(mil_spec::argument::binding::Binding::Name(cname)) = op.inputs[param].arguments[0].binding.clone() else {
-        panic!("{case}: `{param}` is not bound to a constant")
-    };
-    let c = block
-        .operations
-        .iter_mut()
-        .find(|o| o.r#type == "const" && o.outputs[0].name == cname)
-        .unwrap();
-    let v = c.attributes.get_mut("val").unwrap();
-    let Some(mil_spec::value::Value::ImmediateValue(iv)) = &mut v.value else {
-        panic!("{case}: no immediate value")
-    };
-    let Some(mil_spec::value::immediate_value::Value::Tensor(t)) = &mut iv.value else {
-        panic!("{case}: no tensor")
-    };
-    t.value = Some(val);
-    std::fs::write(&spec_path, spec.encode_to_vec()).unwrap();
-    let pkg = MlPackage::open(&dst).unwrap();
-    Plan::build(&pkg, FloatPolicy::Native)
-        .err()
-        .unwrap_or_else(|| panic!("{case}: a bad `{param}` must be refused at build"))
-        .to_string()
+    build_edited(case, |block| {
+        let op = block.operations.iter().find(|o| o.r#type == op_type).unwrap();
+        let Some(mil_spec::argument::binding::Binding::Name(cname)) = op.inputs[param].arguments[0].binding.clone()
+        else {
+            panic!("{case}: `{param}` is not bound to a constant")
+        };
+        let c = block
+            .operations
+            .iter_mut()
+            .find(|o| o.r#type == "const" && o.outputs[0].name == cname)
+            .unwrap();
+        let v = c.attributes.get_mut("val").unwrap();
+        let Some(mil_spec::value::Value::ImmediateValue(iv)) = &mut v.value else {
+            panic!("{case}: no immediate value")
+        };
+        let Some(mil_spec::value::immediate_value::Value::Tensor(t)) = &mut iv.value else {
+            panic!("{case}: no tensor")
+        };
+        t.value = Some(val);
+    })
+    .err()
+    .unwrap_or_else(|| panic!("{case}: a bad `{param}` must be refused at build"))
+    .to_string()
 }
 
 #[test]
@@ -560,35 +542,16 @@ fn build_with_inline(
     param: &str,
     edit: impl FnOnce(&mut mil_spec::Value),
 ) -> apple_silicon::Error {
-    use coreml_proto::proto::{model, Model};
-    use prost::Message;
-    let dir = tempfile::tempdir().unwrap();
-    let dst = dir.path().join("m.mlpackage");
-    copy_dir(&root().join(case).join("model.mlpackage"), &dst);
-    let spec_path = dst.join("Data/com.apple.CoreML/model.mlmodel");
-    let mut spec = Model::decode(std::fs::read(&spec_path).unwrap().as_slice()).unwrap();
-    let Some(model::Type::MlProgram(p)) = &mut spec.r#type else {
-        panic!("{case}: not an ML Program")
-    };
-    let block = p
-        .functions
-        .get_mut("main")
-        .unwrap()
-        .block_specializations
-        .values_mut()
-        .next()
-        .unwrap();
-    let op = block.operations.iter_mut().find(|o| o.r#type == op_type).unwrap();
-    let arg = op.inputs.get_mut(param).unwrap().arguments.get_mut(0).unwrap();
-    let Some(mil_spec::argument::binding::Binding::Value(v)) = &mut arg.binding else {
-        panic!("{case}: `{param}` is not an inline value")
-    };
-    edit(v);
-    std::fs::write(&spec_path, spec.encode_to_vec()).unwrap();
-    let pkg = MlPackage::open(&dst).unwrap();
-    Plan::build(&pkg, FloatPolicy::Native)
-        .err()
-        .unwrap_or_else(|| panic!("{case}: a malformed `{param}` must be refused at build"))
+    build_edited(case, |block| {
+        let op = block.operations.iter_mut().find(|o| o.r#type == op_type).unwrap();
+        let arg = op.inputs.get_mut(param).unwrap().arguments.get_mut(0).unwrap();
+        let Some(mil_spec::argument::binding::Binding::Value(v)) = &mut arg.binding else {
+            panic!("{case}: `{param}` is not an inline value")
+        };
+        edit(v);
+    })
+    .err()
+    .unwrap_or_else(|| panic!("{case}: a malformed `{param}` must be refused at build"))
 }
 
 /// Sets the constant dimensions of a value's tensor type.
@@ -839,7 +802,8 @@ fn wrong_or_missing_states_are_schema_mismatches_naming_the_state() {
     );
 }
 
-/// A copy of a case's package with its main block edited by `edit`, built.
+/// A copy of a case's package with its main block edited by `edit`, built
+/// (native policy).
 fn build_edited(case: &str, edit: impl FnOnce(&mut mil_spec::Block)) -> apple_silicon::Result<Plan> {
     use coreml_proto::proto::{model, Model};
     use prost::Message;
