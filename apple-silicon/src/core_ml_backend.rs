@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use crate::cache::ModelCache;
 use crate::core_ml_bridge::{self as bridge, BridgeModel, BridgeSchema, ComputePlan, RuntimeInfo};
-use crate::digest::{self, TreeSnapshot};
+use crate::digest;
 use crate::error::{Error, Result};
 use crate::inference::{
     downcast_model, CacheKey, CapabilityReport, ComputeUnits, InferenceEngine, IoSchema, ModelArtifact, ModelFmt,
@@ -600,14 +600,14 @@ impl CoreMlEngine {
         }
     }
 
-    /// Compiles (through the store) or finds the compiled directory. What
-    /// Core ML compiles is a private copy of `snap`, the bytes whose digest
-    /// is the key's: a package swapped on disk after it was hashed cannot put
-    /// other weights under its key.
+    /// Compiles (through the store) or finds the compiled directory. On a
+    /// miss the package is read once into memory and checked against the
+    /// artifact's digest (the key's), and Core ML compiles a private copy of
+    /// exactly those bytes: a package swapped on disk after it was hashed
+    /// cannot put other weights under its key.
     fn compiled_dir(
         &self,
         artifact: &ModelArtifact,
-        snap: &TreeSnapshot,
         key: &CacheKey,
         opts: &PrepareOptions,
         deadline: Instant,
@@ -635,6 +635,8 @@ impl CoreMlEngine {
             // The copy keeps the package's file name: compile names its
             // output after the stem. It lives inside the store's fresh entry
             // directory and is removed before the entry is installed.
+            let snap = digest::read_tree(&path)?;
+            artifact.check_unchanged(&snap.sha256)?;
             let staging = dir.join(".source");
             let name = path.file_name().unwrap_or(std::ffi::OsStr::new("model.mlpackage"));
             std::fs::create_dir(&staging).map_err(|e| Error::io(format!("creating {}", staging.display()), e))?;
@@ -694,11 +696,11 @@ impl InferenceEngine for CoreMlEngine {
             Some(u) => (u, None),
             None => (opts.compute_units, None),
         };
-        // One read, one truth (as in CandleEngine): a package is read and
-        // hashed once here; its key and its compiled form come from those
-        // bytes, and nothing is built if they are not what `artifact` hashed.
-        // A compiled `.mlmodelc` is loaded from its path: nothing is stored
-        // under its digest, so a swap there fools only that one load.
+        // The key's content part is the artifact's digest; what is stored
+        // under it is compiled from bytes checked against that digest (see
+        // `compiled_dir`), so a warm prepare reads only the spec. A compiled
+        // `.mlmodelc` is loaded from its path: nothing is stored under its
+        // digest, so a swap there fools only that one load.
         let (key, compiled) = match artifact.format {
             // Nothing to parse: a compiled bundle is not an ML Program package.
             ModelFmt::MlModelC => (
@@ -706,12 +708,8 @@ impl InferenceEngine for CoreMlEngine {
                 artifact.path.clone(),
             ),
             _ => {
-                let snap = Arc::new(digest::read_tree(&artifact.path)?);
-                artifact.check_unchanged(&snap.sha256)?;
-                let pkg = MlPackage::from_snapshot(snap.clone()).ok();
-                let key = CoreMlEngine::key_for(artifact, pkg.as_ref(), units, &info);
-                drop(pkg);
-                let dir = self.compiled_dir(artifact, &snap, &key, &opts, deadline)?;
+                let key = CoreMlEngine::cache_key(artifact, units, &info);
+                let dir = self.compiled_dir(artifact, &key, &opts, deadline)?;
                 (key, dir)
             }
         };

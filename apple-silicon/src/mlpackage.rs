@@ -145,12 +145,6 @@ impl MlPackage {
         MlPackage::from_source(root, Source::Memory(Arc::new(snap)))
     }
 
-    /// A package over a tree already read into memory (see
-    /// [`MlPackage::open_in_memory`]); `snap.root` is its path.
-    pub(crate) fn from_snapshot(snap: Arc<TreeSnapshot>) -> Result<MlPackage> {
-        MlPackage::from_source(snap.root.clone(), Source::Memory(snap))
-    }
-
     /// The SHA-256 ([`crate::digest::sha256_path`]) of the bytes a package
     /// opened with [`MlPackage::open_in_memory`] holds; `None` for one read
     /// from disk on demand.
