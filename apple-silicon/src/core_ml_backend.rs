@@ -1003,6 +1003,7 @@ mod tests {
             outputs: vec![],
             states: vec![],
             classifier: None,
+            functions: Default::default(),
         };
         assert_eq!(max_batch(&s(vec![])), 1);
         assert_eq!(max_batch(&s(vec![fixed.clone()])), 2);

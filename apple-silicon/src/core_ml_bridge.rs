@@ -1071,6 +1071,7 @@ impl BridgeSchema {
             outputs: self.outputs.iter().filter_map(Feature::to_tensor_spec).collect(),
             states: Vec::new(),
             classifier: None,
+            functions: Default::default(),
         }
     }
 

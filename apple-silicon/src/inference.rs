@@ -239,6 +239,11 @@ pub struct PrepareOptions {
     /// 32× the package's size, at least 1 GiB, at most half the machine's
     /// memory ([`crate::mil::limits::default_memory_budget`]).
     pub memory_budget: Option<u64>,
+    /// For a multifunction package (several functions sharing weights): the
+    /// function to prepare (Core ML's `MLModelConfiguration.functionName`,
+    /// macOS 15). `None`: the package's default function. The package's
+    /// function names are in [`IoSchema::functions`].
+    pub function_name: Option<String>,
 }
 
 impl Default for PrepareOptions {
@@ -249,6 +254,7 @@ impl Default for PrepareOptions {
             sla: None,
             prepare_timeout: Duration::from_secs(300),
             memory_budget: None,
+            function_name: None,
         }
     }
 }
@@ -282,6 +288,14 @@ impl PrepareOptions {
     /// engine allocate; see [`PrepareOptions::memory_budget`].
     pub fn with_memory_budget(mut self, bytes: u64) -> Self {
         self.memory_budget = Some(bytes);
+        self
+    }
+
+    /// Selects the function of a multifunction package to prepare
+    /// (`MLModelConfiguration.functionName`); see
+    /// [`PrepareOptions::function_name`].
+    pub fn with_function_name(mut self, name: impl Into<String>) -> Self {
+        self.function_name = Some(name.into());
         self
     }
 }
@@ -440,6 +454,33 @@ pub struct IoSchema {
     /// set. `None` for other models.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub classifier: Option<ClassifierSpec>,
+    /// The package's functions (a multifunction package lists each; a
+    /// single-function package lists nothing) and which one this schema
+    /// describes.
+    #[serde(default, skip_serializing_if = "FunctionSet::is_single")]
+    pub functions: FunctionSet,
+}
+
+/// The functions of a package, for a multifunction package (coremltools'
+/// `MultiFunctionDescriptor`): several programs sharing weights, one chosen at
+/// prepare with [`PrepareOptions::with_function_name`].
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct FunctionSet {
+    /// Every function's name, in the package's order. Empty for a
+    /// single-function package.
+    pub names: Vec<String>,
+    /// The package's default function (what a prepare without a function
+    /// name selects).
+    pub default: Option<String>,
+    /// The function this prepared model runs.
+    pub selected: Option<String>,
+}
+
+impl FunctionSet {
+    /// Whether the package has one function only (nothing to list).
+    pub fn is_single(&self) -> bool {
+        self.names.is_empty()
+    }
 }
 
 impl IoSchema {
@@ -579,6 +620,95 @@ pub trait PreparedModel: Send + Sync + Any {
     fn as_any(&self) -> &dyn Any;
 }
 
+/// A stateful model's state (Core ML's `MLState`, iOS18/macOS 15: e.g. the
+/// KV cache of a decoder), created by [`InferenceEngine::make_state`] for
+/// one prepared model and passed to every
+/// [`InferenceEngine::infer_with_state`] call on it. It outlives calls and
+/// belongs to its model and function: another model's state is refused.
+/// A run updates it only when the whole run succeeds. A run that times out
+/// poisons it (later runs are refused), as it poisons the model handle on
+/// Core ML.
+///
+/// Like `MLState`, it may move between threads but not be shared: it is
+/// `Send` and not `Sync`, and every run takes it by `&mut`.
+///
+/// ```compile_fail
+/// fn shared<T: Sync>() {}
+/// shared::<apple_silicon::ModelState>();
+/// ```
+pub struct ModelState {
+    owner: String,
+    engine: &'static str,
+    poisoned: bool,
+    inner: Box<dyn Any + Send>,
+}
+
+impl ModelState {
+    /// Wraps an engine's own state for the prepared model whose cache key
+    /// (plus function, for a multifunction package) is `owner`.
+    pub fn new(engine: &'static str, owner: impl Into<String>, inner: Box<dyn Any + Send>) -> ModelState {
+        ModelState {
+            owner: owner.into(),
+            engine,
+            poisoned: false,
+            inner,
+        }
+    }
+
+    /// The prepared model (cache key, and function) this state belongs to.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// The engine that made it.
+    pub fn engine(&self) -> &str {
+        self.engine
+    }
+
+    /// Whether a timed-out run left it unusable.
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned
+    }
+
+    /// Marks it unusable (a run timed out while it was in use).
+    pub fn poison(&mut self) {
+        self.poisoned = true;
+    }
+
+    /// The engine's own state, after checking that it belongs to `owner`,
+    /// was made by `engine` and is not poisoned. The error names what was
+    /// expected and what came.
+    pub fn inner_for<T: Any>(&mut self, engine: &str, owner: &str) -> Result<&mut T> {
+        if self.engine != engine || self.owner != owner {
+            return Err(Error::schema_mismatch(
+                "model state",
+                format!("a state made by the {engine} engine for model `{owner}`"),
+                format!("a state made by the {} engine for model `{}`", self.engine, self.owner),
+            ));
+        }
+        if self.poisoned {
+            return Err(Error::Unavailable {
+                engine: engine.to_string(),
+                reason: "this state was poisoned by a run that timed out; make a new state".into(),
+            });
+        }
+        let got = std::any::type_name::<T>();
+        self.inner
+            .downcast_mut::<T>()
+            .ok_or_else(|| Error::internal(format!("model state does not hold a {got}")))
+    }
+}
+
+impl std::fmt::Debug for ModelState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelState")
+            .field("owner", &self.owner)
+            .field("engine", &self.engine)
+            .field("poisoned", &self.poisoned)
+            .finish_non_exhaustive()
+    }
+}
+
 /// An engine that prepares and runs models.
 pub trait InferenceEngine: Send + Sync {
     /// Short engine name (`candle`, `coreml`, `resilient`).
@@ -614,6 +744,58 @@ pub trait InferenceEngine: Send + Sync {
         let tensors = crate::feature::features_to_tensors(schema, inputs)?;
         let out = self.infer(model, &tensors, timeout)?;
         crate::feature::tensors_to_features(schema, out)
+    }
+    /// Creates a fresh state (every state tensor zeroed, as Core ML's
+    /// `makeState()` does) for a stateful model; see [`ModelState`]. The
+    /// default refuses: the engine has no stateful models.
+    fn make_state(&self, model: &dyn PreparedModel) -> Result<ModelState> {
+        let _ = model;
+        Err(Error::unsupported(format!(
+            "stateful models on the {} engine",
+            self.name()
+        )))
+    }
+    /// Runs one inference of a stateful model with its `state` (Core ML's
+    /// `prediction(from:using:)`); the state is updated only if the whole
+    /// run succeeds. The default refuses.
+    fn infer_with_state(
+        &self,
+        model: &dyn PreparedModel,
+        state: &mut ModelState,
+        inputs: &TensorMap,
+        timeout: Duration,
+    ) -> Result<TensorMap> {
+        let _ = (model, state, inputs, timeout);
+        Err(Error::unsupported(format!(
+            "stateful models on the {} engine",
+            self.name()
+        )))
+    }
+    /// Runs a batch of inferences under one `timeout` for the whole batch
+    /// (Core ML's `predictions(fromBatch:)`); every member is validated
+    /// before any runs. The default runs them one after another, each with
+    /// what is left of the deadline.
+    fn infer_batch(&self, model: &dyn PreparedModel, batch: &[TensorMap], timeout: Duration) -> Result<Vec<TensorMap>> {
+        for (i, inputs) in batch.iter().enumerate() {
+            model
+                .io_schema()
+                .validate_inputs(inputs)
+                .map_err(|e| Error::schema_mismatch(format!("batch member {i}"), "valid inputs", e.to_string()))?;
+        }
+        let deadline = std::time::Instant::now() + timeout;
+        batch
+            .iter()
+            .map(|inputs| {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    return Err(Error::Timeout {
+                        operation: "batch inference".into(),
+                        after: timeout,
+                    });
+                }
+                self.infer(model, inputs, left)
+            })
+            .collect()
     }
     /// What the engine can do with the model and where it runs it.
     fn capabilities(&self, model: &dyn PreparedModel) -> CapabilityReport;
@@ -691,6 +873,7 @@ mod tests {
             outputs: vec![TensorSpec::fixed("y", DType::F32, vec![1, 2])],
             states: vec![],
             classifier: None,
+            functions: Default::default(),
         }
     }
 

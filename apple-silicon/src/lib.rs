@@ -74,8 +74,8 @@ pub use feature::{
     ImageSpec, PixelFormat,
 };
 pub use inference::{
-    CacheKey, CapabilityReport, CompiledMeta, ComputeUnits, InferenceEngine, IoSchema, ModelArtifact, ModelFmt,
-    PrepareOptions, PreparedModel, ShapeConstraint, TensorSpec,
+    CacheKey, CapabilityReport, CompiledMeta, ComputeUnits, FunctionSet, InferenceEngine, IoSchema, ModelArtifact,
+    ModelFmt, ModelState, PrepareOptions, PreparedModel, ShapeConstraint, TensorSpec,
 };
 pub use telemetry::{TelemetryRegistry, TelemetrySnapshot};
 pub use tensor::{DType, Tensor, TensorMap};

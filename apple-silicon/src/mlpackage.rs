@@ -518,6 +518,7 @@ fn build_schema(spec: &Model, main: &Function) -> std::result::Result<IoSchema, 
         outputs,
         states,
         classifier,
+        functions: Default::default(),
     })
 }
 

@@ -714,6 +714,7 @@ mod tests {
             ],
             states: Vec::new(),
             classifier: None,
+            functions: Default::default(),
         }
     }
 

@@ -17,6 +17,7 @@ pub fn schema() -> IoSchema {
         outputs: vec![TensorSpec::fixed("y", DType::F32, vec![1, 4])],
         states: vec![],
         classifier: None,
+        functions: Default::default(),
     }
 }
 

@@ -166,6 +166,7 @@ impl BertEncoder {
             }],
             states: Vec::new(),
             classifier: None,
+            functions: Default::default(),
         };
         let weight_bytes = std::fs::metadata(&weights).map(|m| m.len()).unwrap_or(0);
         Ok(BertEncoder {
