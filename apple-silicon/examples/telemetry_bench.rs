@@ -62,6 +62,7 @@ fn main() {
                 predict: Some(d),
                 marshal_out: Some(d / 10),
                 total: Some(d + d / 5),
+                queue_wait: None,
             },
             if i.is_multiple_of(100) {
                 Err(apple_silicon::ErrorKind::Timeout)

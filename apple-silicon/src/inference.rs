@@ -618,6 +618,12 @@ pub trait PreparedModel: Send + Sync + Any {
     fn sla_estimate(&self) -> Duration;
     /// For engines to recover their concrete type.
     fn as_any(&self) -> &dyn Any;
+    /// Whether this instance can no longer run (e.g. a Core ML prediction
+    /// timed out inside it and still holds it): a pool
+    /// ([`crate::pool`]) rebuilds a poisoned instance. Default: never.
+    fn is_poisoned(&self) -> bool {
+        false
+    }
 }
 
 /// A stateful model's state (Core ML's `MLState`, iOS18/macOS 15: e.g. the

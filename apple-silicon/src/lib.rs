@@ -22,6 +22,7 @@
 //! | [`cache`] | the atomic compiled-model cache shared by the engines |
 //! | [`telemetry`] | counters, latency histograms, failure taxonomy, memory high-water, JSON snapshots |
 //! | [`deadline`] | running work under deadlines on a bounded pool; the async form |
+//! | [`pool`] | N prepared instances of one model behind a bounded, deadline-aware queue |
 //! | [`breaker`] | the circuit breaker and [`ResilientEngine`] (primary with a fallback) |
 //! | [`gates`] | Gates A–D as functions returning typed verdicts |
 //! | [`testing`] | test doubles: an echo engine and a fault-injecting engine |
@@ -47,6 +48,7 @@ pub mod mil;
 pub mod milblob;
 pub mod mlpackage;
 pub mod parity;
+pub mod pool;
 pub mod telemetry;
 pub mod tensor;
 pub mod testing;
@@ -77,6 +79,7 @@ pub use inference::{
     CacheKey, CapabilityReport, CompiledMeta, ComputeUnits, FunctionSet, InferenceEngine, IoSchema, ModelArtifact,
     ModelFmt, ModelState, PrepareOptions, PreparedModel, ShapeConstraint, TensorSpec,
 };
+pub use pool::{PoolConfig, PooledEngine, PooledModel};
 pub use telemetry::{TelemetryRegistry, TelemetrySnapshot};
 pub use tensor::{DType, Tensor, TensorMap};
 

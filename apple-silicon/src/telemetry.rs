@@ -82,11 +82,14 @@ pub enum Stage {
     MarshalOut,
     /// One whole inference call as its caller saw it.
     Total,
+    /// Time a call waited in a model pool's queue for a free instance
+    /// ([`crate::pool`]); not part of `Total`'s inner stages.
+    QueueWait,
 }
 
 impl Stage {
     /// Every stage, in declaration order.
-    pub const ALL: [Stage; 7] = [
+    pub const ALL: [Stage; 8] = [
         Stage::Prepare,
         Stage::Compile,
         Stage::Load,
@@ -94,6 +97,7 @@ impl Stage {
         Stage::Predict,
         Stage::MarshalOut,
         Stage::Total,
+        Stage::QueueWait,
     ];
 
     fn index(self) -> usize {
@@ -394,6 +398,10 @@ pub struct TelemetrySnapshot {
     pub compute_units_actual: Option<ComputeUnits>,
     /// Share of the model's ops on the Neural Engine, where known.
     pub ane_op_coverage_pct: Option<u32>,
+    /// The most calls ever waiting at once in a model pool's queue
+    /// ([`crate::pool`]); `None` outside a pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_depth_high_water: Option<u64>,
 }
 
 impl TelemetrySnapshot {
@@ -422,6 +430,8 @@ pub struct StageTimings {
     pub marshal_out: Option<Duration>,
     /// The whole call.
     pub total: Option<Duration>,
+    /// Waiting in a model pool's queue before the call started.
+    pub queue_wait: Option<Duration>,
 }
 
 impl StageTimings {
@@ -443,20 +453,12 @@ fn new_histogram() -> Option<Histogram<u64>> {
     Histogram::new_with_bounds(1, HIST_MAX_US, HIST_SIGFIG).ok()
 }
 
-struct Hists([Histogram<u64>; 7]);
+struct Hists([Histogram<u64>; Stage::ALL.len()]);
 
 impl Hists {
     fn new() -> Option<Box<Hists>> {
         let h = new_histogram()?;
-        Some(Box::new(Hists([
-            h.clone(),
-            h.clone(),
-            h.clone(),
-            h.clone(),
-            h.clone(),
-            h.clone(),
-            h,
-        ])))
+        Some(Box::new(Hists(std::array::from_fn(|_| h.clone()))))
     }
 
     fn record(&mut self, stage: Stage, d: Duration) {
@@ -498,6 +500,7 @@ pub struct ModelTelemetry {
     failures: [AtomicU64; 7],
     fallbacks: AtomicU64,
     memory_high_water: AtomicU64,
+    queue_depth_high_water: AtomicU64,
     shards: Box<[Shard]>,
     info: Mutex<ComputeInfo>,
 }
@@ -526,6 +529,7 @@ impl ModelTelemetry {
             failures: Default::default(),
             fallbacks: AtomicU64::new(0),
             memory_high_water: AtomicU64::new(0),
+            queue_depth_high_water: AtomicU64::new(0),
             shards: (0..n).map(|_| Shard(Mutex::new(None))).collect(),
             info: Mutex::new(ComputeInfo::default()),
         }
@@ -614,12 +618,27 @@ impl ModelTelemetry {
                 (Stage::Predict, timings.predict),
                 (Stage::MarshalOut, timings.marshal_out),
                 (Stage::Total, timings.total),
+                (Stage::QueueWait, timings.queue_wait),
             ] {
                 if let Some(d) = d {
                     h.record(stage, d);
                 }
             }
         });
+    }
+
+    /// Raises the queue-depth high-water mark to `depth` (calls waiting in a
+    /// model pool's queue, this one included). One atomic `fetch_max`.
+    pub fn record_queue_depth(&self, depth: u64) {
+        self.queue_depth_high_water.fetch_max(depth, Ordering::Relaxed);
+    }
+
+    /// The most calls seen waiting at once in a pool's queue, if any waited.
+    pub fn queue_depth_high_water(&self) -> Option<u64> {
+        match self.queue_depth_high_water.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(n),
+        }
     }
 
     /// Raises the memory high-water mark to `bytes` if higher. One atomic
@@ -750,6 +769,7 @@ impl ModelTelemetry {
             compute_units_requested: info.requested,
             compute_units_actual: info.actual,
             ane_op_coverage_pct: info.ane_pct,
+            queue_depth_high_water: self.queue_depth_high_water(),
         }
     }
 }
@@ -960,6 +980,7 @@ mod tests {
                     predict: Some(Duration::from_micros(900 + i)),
                     marshal_out: Some(Duration::from_micros(20)),
                     total: Some(Duration::from_micros(960 + i)),
+                    queue_wait: Some(Duration::from_micros(5)),
                 },
                 Ok(()),
             );

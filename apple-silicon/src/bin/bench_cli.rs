@@ -272,6 +272,7 @@ mod tests {
             predict: Some(ms(20)),
             marshal_out: Some(ms(2)),
             total: Some(ms(25)),
+            queue_wait: None,
         };
         assert_eq!(framework_overhead(&full), Some(ms(2)));
         // A clock that saw the parts sum past the whole is not negative overhead.
