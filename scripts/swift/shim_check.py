@@ -17,8 +17,9 @@ from Apple's SDK headers. This script:
    fails, and so does a MAP row the shim no longer has (a PENDING row the shim lacks is
    reported as pending);
 3. checks each row against objc2-core-ml's generated bindings: the class or protocol exists;
-   the selector exists on it as an instance or class method as the shim says; a result is
-   `Option<...>` exactly when the shim's is optional (`?`); the shim `throws` exactly when the
+   the selector exists on it as an instance or class method as the shim says; a result and
+   each parameter are `Option<...>` (nullable) exactly when the shim's are optional (`?`), and
+   the parameter counts agree; the shim `throws` exactly when the
    selector reports an NSError (`error:` / `Result<..>`), and is `async` exactly when it takes a
    completion handler; a settable property has a setter; an enum case has the same raw value;
    a string constant exists;
@@ -54,6 +55,7 @@ PACKAGE = ROOT / "coreml-bridge/Package.swift"
 PIN = ROOT / "scripts/swift/shim-check/Cargo.toml"
 GUARD = "#if !canImport(CoreML)"
 PLATFORMS = ("macOS", "iOS", "tvOS", "watchOS")
+UNAVAILABLE = "unavailable"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -72,7 +74,8 @@ def parse_avail(spec: str | None) -> dict[str, str] | None:
 
 
 def vtuple(v: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in v.split("."))
+    """"13.0" -> (13, 0); "unavailable" sorts after every version."""
+    return (10**6,) if v == UNAVAILABLE else tuple(int(x) for x in v.split("."))
 
 
 def fmt_avail(a: dict[str, str] | None) -> str:
@@ -97,6 +100,8 @@ def compare_avail(shim: dict[str, str] | None, sdk: dict[str, str], floors: dict
         s, a = shim.get(p), sdk.get(p)
         if s is not None and (a is None or vtuple(s) != vtuple(a)):
             diffs.append(f"{p} {s} in the shim, {p} {a or '(not recorded)'} in the SDK")
+        elif s is None and p in floors and a == UNAVAILABLE:
+            diffs.append(f"{p} is a platform of the package, but the SDK marks it unavailable")
         elif s is None and p in floors and a is not None and vtuple(a) > vtuple(floors[p]):
             diffs.append(f"no {p} in the shim's @available, but the SDK has {p} {a} "
                          f"(above the package's floor {p} {floors[p]})")
@@ -115,6 +120,7 @@ class Decl:
     settable: bool = False
     is_func: bool = False
     avail: dict[str, str] | None = None
+    params: list[bool] | None = None  # a function's parameters: optional?
 
     @property
     def where(self) -> str:
@@ -193,12 +199,12 @@ def shim_decls(text: str, fname: str = "CoreMLShim.swift") -> dict[str, Decl]:
         elif stack and kind == "protocol" and PROTO_MEMBER.match(code):
             p = PROTO_MEMBER.match(code)
             key, d = member(owner, p.group(1), p.group(2), code, raw, last)
-            keys[key] = Decl(fname, no, d.throws, d.is_async, d.settable, d.is_func, avail)
+            keys[key] = Decl(fname, no, d.throws, d.is_async, d.settable, d.is_func, avail, d.params)
         elif stack and MEMBER.match(code) and "private" not in code.split("func")[0]:
             mm = MEMBER.match(code)
             if not (mm.group(2) == "init" and "override" in mm.group(1)):
                 key, d = member(owner, mm.group(2), mm.group(3), code, raw, last)
-                keys[key] = Decl(fname, no, d.throws, d.is_async, d.settable, d.is_func, avail)
+                keys[key] = Decl(fname, no, d.throws, d.is_async, d.settable, d.is_func, avail, d.params)
         pending_avail = None
         depth += code.count("{") - code.count("}")
         while stack and depth < stack[-1][1]:
@@ -238,7 +244,9 @@ def member(owner: str, kind: str, name: str, code: str, raw: list[str], last: in
     if "->" in rest and rest.split("->", 1)[1].strip().endswith("?"):
         key += "?"
     throws = re.search(r"\bthrows\b", effects) is not None
-    return key, Decl("", 0, throws=throws, is_async=re.search(r"\basync\b", effects) is not None, is_func=True)
+    params = [p.split(":", 1)[1].split("=")[0].strip().endswith(("?", "!")) for p in split_top(plist, "([<") if ":" in p]
+    return key, Decl("", 0, throws=throws, is_async=re.search(r"\basync\b", effects) is not None, is_func=True,
+                     params=params)
 
 
 def shim_files(shim_dir: Path) -> list[Path]:
@@ -271,6 +279,7 @@ class Method:
     optional: bool
     errors: bool      # reports an NSError: `Result<..>` or an NSError in its completion handler
     handler: bool     # takes a completion handler
+    params: list[bool]  # its parameters (no self, no error): optional?
 
 
 @dataclass
@@ -328,8 +337,25 @@ def objc2_index(src: Path) -> Index:
                 handler = "completionHandler:" in s.group(1) or "DynBlock" in head and s.group(1).endswith("Handler:")
                 errors = result or (handler and "NSError" in head)
                 idx.methods.setdefault(owner, []).append(
-                    Method(s.group(1), is_class, ret.startswith("Option<"), errors, handler))
+                    Method(s.group(1), is_class, ret.startswith("Option<"), errors, handler, rust_params(sig)))
     return idx
+
+
+def rust_params(sig: str) -> list[bool]:
+    """`fn f(&self, a: &X, b: Option<&Y>) -> Z;` -> [False, True]."""
+    start = sig.index("(", sig.index("fn ")) + 1
+    depth, end = 1, start
+    for end in range(start, len(sig)):
+        depth += sig[end] == "("
+        depth -= sig[end] == ")"
+        if depth == 0:
+            break
+    out = []
+    for p in split_top(sig[start:end], "(<"):
+        if ":" not in p or p.strip().startswith("this:"):
+            continue
+        out.append(p.split(":", 1)[1].strip().startswith("Option<"))
+    return out
 
 
 def sdk_methods(idx: Index, cls: str, sel: str) -> list[Method]:
@@ -387,6 +413,15 @@ def check_effects(key: str, row: tuple, d: Decl, idx: Index) -> str | None:
     m = found[0]
     errs = []
     if d.is_func or key.split(".")[-1].startswith("init("):
+        wanted = m.params[:-1] if m.handler else m.params
+        if d.params is not None and len(d.params) != len(wanted):
+            errs.append(f"the shim takes {len(d.params)} parameter(s), `{sel}` {len(wanted)}"
+                        + (" (besides its completion handler)" if m.handler else ""))
+        elif d.params is not None:
+            for i, (mine, theirs) in enumerate(zip(d.params, wanted)):
+                if mine != theirs:
+                    errs.append(f"parameter {i + 1} is {'' if mine else 'non-'}optional in the shim, "
+                                f"{'' if theirs else 'non-'}optional (nullable) in `{sel}`")
         if d.throws != m.errors:
             errs.append(f"the shim {'throws' if d.throws else 'does not throw'}, but `{sel}` "
                         f"{'reports' if m.errors else 'reports no'} NSError "
@@ -500,6 +535,15 @@ def self_test(idx: Index, shim_dir: Path, floors: dict[str, str]) -> int:
         (main, "open var modelDescription: MLModelDescription { MLModelDescription() }",
          "open var modelDescription: MLModelDescription = MLModelDescription()", "has no `setModelDescription:`"),
         (main, "#if !canImport(CoreML)", "#if os(Linux)", "must hold its declarations"),
+        (main, "strides: [NSNumber], deallocator: ((UnsafeMutableRawPointer) -> Void)? = nil) throws {",
+         "strides: [NSNumber], deallocator: @escaping (UnsafeMutableRawPointer) -> Void) throws {",
+         "parameter 5 is non-optional in the shim"),
+        (main, "public init(contentsOf url: URL, configuration: MLModelConfiguration) throws {",
+         "public init(contentsOf url: URL?, configuration: MLModelConfiguration) throws {",
+         "parameter 1 is optional in the shim"),
+        (main, "@available(macOS 13.0, iOS 16.0, tvOS 16.0, *)\n    open class func compileModel",
+         "@available(macOS 13.0, iOS 16.0, tvOS 16.0, watchOS 9.0, *)\n    open class func compileModel",
+         "watchOS 9.0 in the shim, watchOS unavailable in the SDK"),
         ("CoreMLShimV2.swift", None, v2 + "extension MLModel {\n    public func newState() -> Int { 0 }\n}\n#endif\n",
          "not Apple's Swift API"),
         ("CoreMLShimV2.swift", None,
@@ -555,7 +599,12 @@ def api_avail(text: str) -> dict[str, str] | None:
     if not m:
         return None
     names = {"macos": "macOS", "ios": "iOS", "tvos": "tvOS", "watchos": "watchOS"}
-    return {names[p]: v for p, v in re.findall(r"(macos|ios|tvos|watchos)\(([\d.]+)\)", m.group(1))}
+    out = {names[p]: v for p, v in re.findall(r"(macos|ios|tvos|watchos)\(([\d.]+)\)", m.group(1))}
+    for u in re.findall(r"API_UNAVAILABLE\(([^)]*)\)", text) + re.findall(r"__(\w+?)_UNAVAILABLE\b", text):
+        for p in re.findall(r"\w+", u.lower()):
+            if p in names:
+                out[names[p]] = UNAVAILABLE
+    return out
 
 
 def header_avail_from_text(text: str) -> dict[str, dict[str, str]]:
@@ -582,6 +631,9 @@ def header_avail_from_text(text: str) -> dict[str, dict[str, str]]:
         if stmt == ";":
             continue
         im = re.search(r"@(interface|protocol)\s+(\w+)\s*(\([^)]*\))?", stmt)
+        if im and not stmt[im.end():].strip():  # `@protocol MTLDevice;`: a forward declaration
+            owner = None
+            continue
         if im:
             before = stmt[: im.start()]
             a = api_avail(before) or api_avail(stmt[im.start(): im.start() + 200].split("\n", 1)[0])
@@ -614,12 +666,13 @@ def header_avail_from_text(text: str) -> dict[str, dict[str, str]]:
     return out
 
 
-def split_top(text: str) -> list[str]:
-    """Splits at commas outside parentheses (an API_AVAILABLE(...) holds commas)."""
+def split_top(text: str, opening: str = "(") -> list[str]:
+    """Splits at commas outside brackets (an API_AVAILABLE(...) or a generic type holds commas)."""
+    closing = {"(": ")", "[": "]", "<": ">"}
     parts, depth, cur = [], 0, ""
     for ch in text:
-        depth += ch == "("
-        depth -= ch == ")"
+        depth += ch in opening
+        depth -= ch in "".join(closing[o] for o in opening)
         if ch == "," and depth == 0:
             parts.append(cur)
             cur = ""
@@ -639,6 +692,10 @@ def header_cases() -> list[tuple[str, str, dict[str, str]]]:
     enum = ("typedef NS_ENUM(NSInteger, MLKind) {\n    MLKindA = 0,\n"
             "    MLKindB API_AVAILABLE(macos(12.0), ios(16.0), watchos(9.0), tvos(16.0)) = 1,\n"
             "} API_AVAILABLE(macos(10.13), ios(11.0), watchos(4.0), tvos(11.0));\n")
+    compile = ("@interface MLThing (MLModelCompilation)\n+ (void)compileModelAtURL:(NSURL *)modelURL\n"
+               "        completionHandler:(void (^)(NSURL * _Nullable compiledModelURL, NSError * _Nullable error))handler\n"
+               "        API_AVAILABLE(macos(13.0), ios(16.0), tvos(16.0)) API_UNAVAILABLE(watchos)\n"
+               "        NS_REFINED_FOR_SWIFT NS_SWIFT_ASYNC_NAME(compileModel(at:));\n@end\n")
     return [
         ("MLThing", cls, {"macOS": "15.0", "iOS": "18.0", "watchOS": "11.0", "tvOS": "18.0"}),
         ("MLThing predictionFromFeatures:usingState:error:", cls,
@@ -646,6 +703,8 @@ def header_cases() -> list[tuple[str, str, dict[str, str]]]:
         ("MLThing label", cls, {"macOS": "13.0", "iOS": "16.0"}),
         ("MLKind", enum, {"macOS": "10.13", "iOS": "11.0", "watchOS": "4.0", "tvOS": "11.0"}),
         ("MLKind.B", enum, {"macOS": "12.0", "iOS": "16.0", "watchOS": "9.0", "tvOS": "16.0"}),
+        ("MLThing compileModelAtURL:completionHandler:", compile,
+         {"macOS": "13.0", "iOS": "16.0", "tvOS": "16.0", "watchOS": UNAVAILABLE}),
     ]
 
 

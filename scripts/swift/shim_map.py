@@ -238,7 +238,8 @@ WRONG_NAMES: dict[str, str] = {
 # Availability, which objc2-core-ml does not carry. Keyed by the Objective-C declaration:
 # "Class" (class, protocol, NS_ENUM, constant, function), "Class selector" (a member that has
 # its own API_AVAILABLE; others inherit their class's or category's), "Enum.Case".
-# Value: (availability as Swift's @available spells it, source). Source "header": read in
+# Value: (availability as Swift's @available spells it, "watchOS unavailable" for
+# API_UNAVAILABLE(watchos); source). Source "header": read in
 # Apple's SDK header text (the iPhoneOS 18.x SDK headers, which carry every platform's
 # API_AVAILABLE); "doc": from the declaration's page at developer.apple.com/documentation/coreml,
 # not yet seen in a header. `shim_check.py --headers DIR` compares every row with a real SDK's
@@ -260,7 +261,7 @@ AVAIL: dict[str, tuple[str, str]] = {
     "MLModelConfiguration functionName": (V15, H),
     "MLModel": (V10_13, H),
     "MLModel modelWithContentsOfURL:configuration:error:_": (V10_14, H),
-    "MLModel compileModelAtURL:completionHandler:": (V13, D),
+    "MLModel compileModelAtURL:completionHandler:": ("macOS 13.0, iOS 16.0, tvOS 16.0, watchOS unavailable", H),
     "MLModel predictionsFromBatch:error:_": (V10_14, D),
     "MLModel predictionsFromBatch:options:error:_": (V10_14, D),
     "MLModel newState": (V15, H),
@@ -301,11 +302,11 @@ AVAIL: dict[str, tuple[str, str]] = {
     "MLState getMultiArrayForStateNamed:handler:": (V15, H),
     "MLStateConstraint": (V15, H),
     "MLCPUComputeDevice": (V14, H),
-    "MLGPUComputeDevice": (V14, D),
-    "MLNeuralEngineComputeDevice": (V14, D),
+    "MLGPUComputeDevice": (V14, H),
+    "MLNeuralEngineComputeDevice": (V14, H),
     "MLComputeDeviceProtocol": (V14, D),
-    "MLAllComputeDevices": (V14, D),
-    "MLModelStructure": (V14_4, D),
+    "MLAllComputeDevices": (V14, H),
+    "MLModelStructure": (V14_4, H),
     "MLModelStructureNeuralNetwork": (V14_4, D),
     "MLModelStructureNeuralNetworkLayer": (V14_4, D),
     "MLModelStructureProgram": (V14_4, D),
@@ -314,7 +315,7 @@ AVAIL: dict[str, tuple[str, str]] = {
     "MLModelStructureProgramOperation": (V14_4, D),
     "MLModelStructureProgramNamedValueType": (V14_4, D),
     "MLModelStructurePipeline": (V14_4, D),
-    "MLComputePlan": (V14_4, D),
+    "MLComputePlan": (V14_4, H),
     "MLComputePlanDeviceUsage": (V14_4, D),
     "MLComputePlanCost": (V14_4, D),
 }

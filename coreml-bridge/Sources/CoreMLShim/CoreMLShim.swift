@@ -20,11 +20,12 @@
 //   (scripts/swift/shim_check.py): each needs a row in scripts/swift/
 //   shim_map.py naming its Objective-C declaration (class, selector, enum
 //   case); the objc2-core-ml crate, generated from the SDK headers, must have
-//   it with the same instance/class kind, optionality, raw value, `throws`
+//   it with the same instance/class kind, optionality of the result and of
+//   each parameter (nullability), raw value, `throws`
 //   (selector ends in `error:`), `async` (completion handler) and setter; its
 //   `@available` must equal Apple's API_AVAILABLE as shim_map.AVAIL records
-//   it. A new declaration without a row fails the build: add the row (or
-//   move it from PENDING) together with the declaration.
+//   it. A new declaration without a row fails the build: add the row with
+//   the declaration (a row in PENDING already serves).
 #if !canImport(CoreML)
 import Foundation
 
