@@ -615,7 +615,9 @@ def header_avail_from_text(text: str) -> dict[str, dict[str, str]]:
     # NS_ENUMs: the type's availability follows its closing brace; a case's sits on the case.
     for m in re.finditer(r"typedef\s+NS_(?:ENUM|OPTIONS)\(\w+,\s*(\w+)\)\s*\{(.*?)\}([^;]*);", text, re.S):
         name, cases, tail = m.groups()
-        if (a := api_avail(tail)) is not None:
+        # The type's API_AVAILABLE follows its closing brace, or precedes `typedef`.
+        before = re.split(r"[;}]", text[: m.start()])[-1]
+        if (a := api_avail(tail) or api_avail(before)) is not None:
             out[name] = a
         for case in split_top(cases):
             cm = re.match(r"\s*(\w+)", case)
@@ -643,7 +645,8 @@ def header_avail_from_text(text: str) -> dict[str, dict[str, str]]:
             stmt = stmt[im.end():]
             stmt = re.sub(r"^\s*(?::\s*\w+)?\s*(<[^>]*>)?\s*(\{[^}]*\})?", "", stmt)
         if owner is None:
-            for km in re.finditer(r"ML_EXPORT\s+[\w\s*<>,]*?\b(ML\w+)\s*(?:\(void\))?\s*(API_AVAILABLE\([^;]*\)\))", stmt):
+            for km in re.finditer(r"(?:ML|FOUNDATION)_EXPORT\s+[\w\s*<>,]*?\b(ML\w+)\s*(?:\(void\))?\s*(API_AVAILABLE\([^;]*\)\))",
+                                  stmt):
                 out[km.group(1)] = api_avail(km.group(2)) or {}
             continue
         s = stmt.strip()
@@ -703,6 +706,12 @@ def header_cases() -> list[tuple[str, str, dict[str, str]]]:
         ("MLThing label", cls, {"macOS": "13.0", "iOS": "16.0"}),
         ("MLKind", enum, {"macOS": "10.13", "iOS": "11.0", "watchOS": "4.0", "tvOS": "11.0"}),
         ("MLKind.B", enum, {"macOS": "12.0", "iOS": "16.0", "watchOS": "9.0", "tvOS": "16.0"}),
+        ("MLShape", "API_AVAILABLE(macos(10.14), ios(12.0), watchos(5.0), tvos(12.0))\n"
+                    "typedef NS_ENUM(NSInteger, MLShape) {\n    MLShapeA = 1, // a comment, with a comma\n};\n",
+         {"macOS": "10.14", "iOS": "12.0", "watchOS": "5.0", "tvOS": "12.0"}),
+        ("MLThingKey", "typedef NSString * MLKey NS_STRING_ENUM;\nFOUNDATION_EXPORT MLKey const MLThingKey "
+                       "API_AVAILABLE(macos(10.13), ios(11.0), watchos(4.0), tvos(11.0));\n",
+         {"macOS": "10.13", "iOS": "11.0", "watchOS": "4.0", "tvOS": "11.0"}),
         ("MLThing compileModelAtURL:completionHandler:", compile,
          {"macOS": "13.0", "iOS": "16.0", "tvOS": "16.0", "watchOS": UNAVAILABLE}),
     ]

@@ -239,9 +239,10 @@ WRONG_NAMES: dict[str, str] = {
 # "Class" (class, protocol, NS_ENUM, constant, function), "Class selector" (a member that has
 # its own API_AVAILABLE; others inherit their class's or category's), "Enum.Case".
 # Value: (availability as Swift's @available spells it, "watchOS unavailable" for
-# API_UNAVAILABLE(watchos); source). Source "header": read in
-# Apple's SDK header text (the iPhoneOS 18.x SDK headers, which carry every platform's
-# API_AVAILABLE); "doc": from the declaration's page at developer.apple.com/documentation/coreml,
+# API_UNAVAILABLE(watchos); source). Source "header": seen in Apple's SDK header text, which
+# carries every platform's API_AVAILABLE (iPhoneOS 18.x SDK headers for the macOS 13-15 API;
+# the iOS 13 SDK's CoreML headers, run through --headers, for the older API: 27 rows, none
+# differed); "doc": from the declaration's page at developer.apple.com/documentation/coreml,
 # not yet seen in a header. `shim_check.py --headers DIR` compares every row with a real SDK's
 # CoreML.framework/Headers (on a Mac: $(xcrun --show-sdk-path)/System/Library/Frameworks/...).
 V10_13 = "macOS 10.13, iOS 11.0, tvOS 11.0, watchOS 4.0"
@@ -262,8 +263,8 @@ AVAIL: dict[str, tuple[str, str]] = {
     "MLModel": (V10_13, H),
     "MLModel modelWithContentsOfURL:configuration:error:_": (V10_14, H),
     "MLModel compileModelAtURL:completionHandler:": ("macOS 13.0, iOS 16.0, tvOS 16.0, watchOS unavailable", H),
-    "MLModel predictionsFromBatch:error:_": (V10_14, D),
-    "MLModel predictionsFromBatch:options:error:_": (V10_14, D),
+    "MLModel predictionsFromBatch:error:_": (V10_14, H),
+    "MLModel predictionsFromBatch:options:error:_": (V10_14, H),
     "MLModel newState": (V15, H),
     "MLModel predictionFromFeatures:usingState:error:_": (V15, H),
     "MLModel predictionFromFeatures:usingState:options:error:_": (V15, H),
@@ -271,14 +272,14 @@ AVAIL: dict[str, tuple[str, str]] = {
     "MLModelDescription classLabels": (V11, D),
     "MLModelDescription stateDescriptionsByName": (V15, D),
     "MLModelMetadataKey": (V10_13, D),
-    "MLModelAuthorKey": (V10_13, D),
-    "MLModelDescriptionKey": (V10_13, D),
-    "MLModelVersionStringKey": (V10_13, D),
-    "MLModelLicenseKey": (V10_13, D),
-    "MLModelCreatorDefinedKey": (V10_13, D),
-    "MLFeatureType": (V10_13, D),
+    "MLModelAuthorKey": (V10_13, H),
+    "MLModelDescriptionKey": (V10_13, H),
+    "MLModelVersionStringKey": (V10_13, H),
+    "MLModelLicenseKey": (V10_13, H),
+    "MLModelCreatorDefinedKey": (V10_13, H),
+    "MLFeatureType": (V10_13, H),
     "MLFeatureType.State": (V15, D),
-    "MLFeatureDescription": (V10_13, D),
+    "MLFeatureDescription": (V10_13, H),
     "MLFeatureDescription stateConstraint": (V15, D),
     "MLMultiArrayDataType": (V10_13, H),
     "MLMultiArrayDataType.Float64": (V11, H),
@@ -287,17 +288,17 @@ AVAIL: dict[str, tuple[str, str]] = {
     "MLMultiArrayDataType.Int8": (V26, D),
     "MLMultiArray": (V10_13, H),
     "MLMultiArray getBytesWithHandler:": ("macOS 12.3, iOS 15.4, tvOS 15.4, watchOS 8.5", H),
-    "MLMultiArrayConstraint": (V10_13, D),
-    "MLMultiArrayConstraint shapeConstraint": (V10_14, D),
-    "MLMultiArrayShapeConstraintType": (V10_14, D),
-    "MLMultiArrayShapeConstraint": (V10_14, D),
-    "MLFeatureProvider": (V10_13, D),
-    "MLFeatureValue": (V10_13, D),
-    "MLDictionaryFeatureProvider": (V10_13, D),
-    "MLBatchProvider": (V10_14, D),
-    "MLArrayBatchProvider": (V10_14, D),
-    "MLPredictionOptions": (V10_13, D),
-    "MLImageConstraint": (V10_13, D),
+    "MLMultiArrayConstraint": (V10_13, H),
+    "MLMultiArrayConstraint shapeConstraint": (V10_14, H),
+    "MLMultiArrayShapeConstraintType": (V10_14, H),
+    "MLMultiArrayShapeConstraint": (V10_14, H),
+    "MLFeatureProvider": (V10_13, H),
+    "MLFeatureValue": (V10_13, H),
+    "MLDictionaryFeatureProvider": (V10_13, H),
+    "MLBatchProvider": (V10_14, H),
+    "MLArrayBatchProvider": (V10_14, H),
+    "MLPredictionOptions": (V10_13, H),
+    "MLImageConstraint": (V10_13, H),
     "MLState": (V15, H),
     "MLState getMultiArrayForStateNamed:handler:": (V15, H),
     "MLStateConstraint": (V15, H),
