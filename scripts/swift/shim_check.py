@@ -328,10 +328,9 @@ def objc2_index(src: Path) -> Index:
                         sig += nxt.strip() + " "
                         if nxt.rstrip().endswith(";"):
                             break
-                head = sig.split("->")[0]
+                head, ret = split_sig(sig)
                 is_class = "&self" not in head and "Allocated<Self>" not in head
-                ret = sig.split(")", 1)[1].split("->", 1)[1] if "->" in sig.split(")", 1)[-1] else ""
-                ret = ret.strip().rstrip(";").strip()
+                ret = ret.strip().rstrip(";").strip().removeprefix("->").strip()
                 result = ret.startswith("Result<")
                 ret = re.sub(r"^Result<(.*), Retained<NSError>>$", r"\1", ret)
                 handler = "completionHandler:" in s.group(1) or "DynBlock" in head and s.group(1).endswith("Handler:")
@@ -341,8 +340,9 @@ def objc2_index(src: Path) -> Index:
     return idx
 
 
-def rust_params(sig: str) -> list[bool]:
-    """`fn f(&self, a: &X, b: Option<&Y>) -> Z;` -> [False, True]."""
+def split_sig(sig: str) -> tuple[str, str]:
+    """`fn f(&self, h: &DynBlock<dyn Fn(*mut X)>) -> Z;` -> ("&self, h: ...", "-> Z;"): the
+    parameter list found by matching parentheses (a block type holds its own)."""
     start = sig.index("(", sig.index("fn ")) + 1
     depth, end = 1, start
     for end in range(start, len(sig)):
@@ -350,8 +350,13 @@ def rust_params(sig: str) -> list[bool]:
         depth -= sig[end] == ")"
         if depth == 0:
             break
+    return sig[start:end], sig[end + 1:]
+
+
+def rust_params(sig: str) -> list[bool]:
+    """`fn f(&self, a: &X, b: Option<&Y>) -> Z;` -> [False, True]."""
     out = []
-    for p in split_top(sig[start:end], "(<"):
+    for p in split_top(split_sig(sig)[0], "(<"):
         if ":" not in p or p.strip().startswith("this:"):
             continue
         out.append(p.split(":", 1)[1].strip().startswith("Option<"))
