@@ -51,7 +51,7 @@ cargo run --example fuzz -- --secs 30 --seed "${FUZZ_SEED:-29}"
 step "Leak check (quick): valgrind over compile+load and inference loops, native Gate A memory growth"
 bash scripts/leak_check.sh --quick
 
-step "Core ML shim vs Apple's SDK: every CoreMLShim declaration against objc2-core-ml's generated bindings"
+step "Core ML shim vs Apple's SDK: every CoreMLShim declaration against objc2-core-ml's generated bindings and Apple's availability"
 python3 scripts/swift/shim_check.py --self-test
 python3 scripts/swift/shim_check.py
 

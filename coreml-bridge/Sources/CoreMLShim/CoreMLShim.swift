@@ -14,7 +14,18 @@
 //   that Core ML would create (MLModel, MLMultiArray, MLComputePlan) cannot
 //   be created at all, because their initialisers throw.
 // - Under canImport(CoreML) this file is empty: Apple platforms use the real
-//   framework.
+//   framework. So is every other file of this directory (the check below
+//   reads them all and fails one that is not guarded so).
+// - `make test` checks every declaration against Apple's SDK without a Mac
+//   (scripts/swift/shim_check.py): each needs a row in scripts/swift/
+//   shim_map.py naming its Objective-C declaration (class, selector, enum
+//   case); the objc2-core-ml crate, generated from the SDK headers, must have
+//   it with the same instance/class kind, optionality of the result and of
+//   each parameter (nullability), raw value, `throws`
+//   (selector ends in `error:`), `async` (completion handler) and setter; its
+//   `@available` must equal Apple's API_AVAILABLE as shim_map.AVAIL records
+//   it. A new declaration without a row fails the build: add the row with
+//   the declaration (a row in PENDING already serves).
 #if !canImport(CoreML)
 import Foundation
 
@@ -129,8 +140,8 @@ open class MLFeatureDescription: NSObject {
 public enum MLMultiArrayDataType: Int {
     case double = 65600
     case float32 = 65568
-    /// mlmultiarraydatatype/float16
-    @available(macOS 12.0, iOS 15.0, tvOS 15.0, watchOS 8.0, *)
+    /// mlmultiarraydatatype/float16 (the SDK header's API_AVAILABLE: iOS 16, not the 15 the page once said)
+    @available(macOS 12.0, iOS 16.0, tvOS 16.0, watchOS 9.0, *)
     case float16 = 65552
     case int32 = 131104
     /// mlmultiarraydatatype/int8
