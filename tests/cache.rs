@@ -385,6 +385,52 @@ fn entries_of_another_os_build_or_core_ml_are_evicted_at_open_current_ones_survi
     assert_eq!(entry_names(root), Vec::<String>::new());
 }
 
+#[test]
+fn an_entry_is_judged_by_the_versions_in_its_key_not_by_the_cache_that_stored_it() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path();
+    // A process that cannot know the Core ML version (no bridge) stores an
+    // entry that an engine keyed with the real one.
+    let blind = ModelCache::open(CacheConfig::at(root), env_meta(cache::ANY, "24A335")).unwrap();
+    let coreml_key = key_for(1, &env_meta("8.0", "24A335"));
+    let e = blind.get_or_build(&coreml_key, |p| write_model(p, "ml80")).unwrap();
+    let built = &e.meta().built_for;
+    assert_eq!(
+        (built.coreml_version.as_str(), built.os_build.as_str()),
+        ("8.0", "24A335")
+    );
+    // Candle entries carry the engine's version; test-runtime entries none.
+    let mut candle_key = key_for(2, &meta());
+    candle_key.coreml_version = apple_silicon::candle_backend::ENGINE_VERSION.into();
+    candle_key.os_build = "any".into();
+    blind.get_or_build(&candle_key, |p| write_model(p, "cndl")).unwrap();
+    let mut old_candle = candle_key.clone();
+    old_candle.sha256 = format!("{:064x}", 3);
+    old_candle.coreml_version = "candle-0.0.1".into();
+    blind.get_or_build(&old_candle, |p| write_model(p, "cold")).unwrap();
+    let mut fake = key_for(4, &meta());
+    fake.coreml_version = "test-runtime".into();
+    blind.get_or_build(&fake, |p| write_model(p, "fake")).unwrap();
+
+    // Same Core ML: only the Candle entry of another engine version goes.
+    let same = ModelCache::open(CacheConfig::at(root), meta()).unwrap();
+    assert_eq!(same.stats().evictions.version_mismatch, 1, "{:?}", same.stats());
+    let mut left = entry_names(root);
+    let mut want = vec![id(&coreml_key), id(&candle_key), id(&fake)];
+    left.sort();
+    want.sort();
+    assert_eq!(left, want);
+    // A Core ML update evicts the Core ML entry only; the Candle and
+    // test-runtime entries do not depend on Core ML.
+    let updated = ModelCache::open(CacheConfig::at(root), env_meta("9.0", "24A335")).unwrap();
+    assert_eq!(updated.stats().evictions.version_mismatch, 1, "{:?}", updated.stats());
+    let mut left = entry_names(root);
+    let mut want = vec![id(&candle_key), id(&fake)];
+    left.sort();
+    want.sort();
+    assert_eq!(left, want);
+}
+
 // ---------------------------------------------------------------- precompiled-only, imports, failures
 
 #[test]

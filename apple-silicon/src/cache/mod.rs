@@ -210,12 +210,14 @@ fn resolve_root(
     })
 }
 
-/// This host as far as it can be known without Core ML: platform
-/// (`macos-arm64`, `linux-x86_64`, …), OS build (macOS `kern.osversion`, the
-/// kernel release on Linux, else [`ANY`]), Core ML version `none` where Core
-/// ML does not exist and [`ANY`] on Apple platforms (an engine with the bridge
-/// should fill in the real one), backend `mlprogram`. Costs one small file
-/// read on Linux, one `sysctl` process on macOS.
+/// This host: platform (`macos-arm64`, `linux-x86_64`, …), OS build (macOS
+/// `kern.osversion`, the kernel release on Linux, else [`ANY`]), and the Core
+/// ML version: the real one where the Swift bridge is linked and reports it
+/// (the same value [`crate::CoreMlEngine`] puts in its cache keys), `none`
+/// where Core ML does not exist, [`ANY`] on an Apple platform without the
+/// bridge (a build without the `coreml` feature cannot know it). Backend
+/// `mlprogram`. Costs one small file read on Linux; on macOS one `sysctl`
+/// process and, with the bridge, one runtime-info call.
 pub fn host_meta() -> CompiledMeta {
     let os = std::env::consts::OS;
     let arch = match (os, std::env::consts::ARCH) {
@@ -224,9 +226,52 @@ pub fn host_meta() -> CompiledMeta {
     };
     CompiledMeta {
         platform: format!("{os}-{arch}"),
-        coreml_version: if cfg!(target_vendor = "apple") { ANY } else { "none" }.to_string(),
+        coreml_version: host_coreml_version(),
         backend: "mlprogram".to_string(),
         os_build: detect_os_build().unwrap_or_else(|| ANY.to_string()),
+    }
+}
+
+/// The Core ML version for [`host_meta`]. Only Apple platforms ask the
+/// bridge: on Linux the bridge is the test runtime, whose keys say
+/// `test-runtime` and are matched by [`version_rule`].
+fn host_coreml_version() -> String {
+    if !cfg!(target_vendor = "apple") {
+        return "none".to_string();
+    }
+    match crate::core_ml_bridge::runtime_info() {
+        Ok(info) => info.coreml_version.unwrap_or_else(|| ANY.to_string()),
+        Err(_) => ANY.to_string(),
+    }
+}
+
+/// What a cache entry was built for, from the key it was built under (the
+/// key is what the building engine knew: its Core ML version, or for the
+/// Candle engine its own version, and the OS build) plus this host's
+/// platform.
+fn built_for(key: &CacheKey, current: &CompiledMeta) -> CompiledMeta {
+    CompiledMeta {
+        platform: current.platform.clone(),
+        coreml_version: key.coreml_version.clone(),
+        backend: key.backend.clone(),
+        os_build: key.os_build.clone(),
+    }
+}
+
+/// Which version an entry built for `built` must match here, by who built
+/// it: a Candle entry (`candle-<version>`) this build's engine version; a
+/// test-runtime entry nothing (the fake runtime has no versions); a Core ML
+/// entry the host's Core ML version and OS build. `None` for a field means
+/// "not compared".
+fn version_rule<'a>(current: &'a CompiledMeta, built: &CompiledMeta) -> (Option<&'a str>, Option<&'a str>) {
+    if built.coreml_version.starts_with("candle-") {
+        (Some(crate::candle_backend::ENGINE_VERSION), None)
+    } else if built.coreml_version == "test-runtime" {
+        (None, None)
+    } else {
+        // Entries written before keys carried an OS build say "any"/"unknown".
+        let os = (!matches!(built.os_build.as_str(), "any" | "unknown")).then_some(current.os_build.as_str());
+        (Some(current.coreml_version.as_str()), os)
     }
 }
 
@@ -1017,7 +1062,7 @@ impl ModelCache {
             format: FORMAT,
             key: key.clone(),
             key_string: key_string.to_string(),
-            built_for: self.inner.current.clone(),
+            built_for: built_for(key, &self.inner.current),
             created_unix_ms: unix_ms(SystemTime::now()),
             total_bytes: files.iter().map(|f| f.size).sum(),
             files,
@@ -1072,16 +1117,24 @@ impl ModelCache {
         }
     }
 
-    /// Why an entry built for `built` is stale here, or `None`.
+    /// Why an entry built for `built` is stale here, or `None`; see
+    /// [`version_rule`] for which versions are compared.
     fn version_mismatch(&self, built: &CompiledMeta) -> Option<String> {
         let cur = &self.inner.current;
+        let (version, os_build) = version_rule(cur, built);
+        let what = if built.coreml_version.starts_with("candle-") {
+            "engine version"
+        } else {
+            "Core ML version"
+        };
         let diffs: Vec<String> = [
-            ("platform", &cur.platform, &built.platform),
-            ("Core ML version", &cur.coreml_version, &built.coreml_version),
-            ("OS build", &cur.os_build, &built.os_build),
+            ("platform", Some(cur.platform.as_str()), &built.platform),
+            (what, version, &built.coreml_version),
+            ("OS build", os_build, &built.os_build),
         ]
         .into_iter()
-        .filter(|(_, want, got)| want.as_str() != ANY && want != got)
+        .filter_map(|(what, want, got)| want.map(|w| (what, w, got)))
+        .filter(|(_, want, got)| *want != ANY && want != got)
         .map(|(what, want, got)| format!("{what} {got}, expected {want}"))
         .collect();
         (!diffs.is_empty()).then(|| format!("built for {}", diffs.join("; ")))
