@@ -37,11 +37,6 @@ struct Row {
     other: TelemetrySnapshot,
 }
 
-fn percentile(sorted: &[f64], q: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
 fn smoke(engine: &ResilientEngine, m: &GoldenModel, iterations: usize) -> apple_silicon::Result<Row> {
     let artifact = ModelArtifact::open(m.package_path())?;
     let t0 = Instant::now();
@@ -59,9 +54,8 @@ fn smoke(engine: &ResilientEngine, m: &GoldenModel, iterations: usize) -> apple_
     for _ in 0..iterations {
         let t = Instant::now();
         engine.infer(model.as_ref(), &inputs, timeout)?;
-        lat.push(t.elapsed().as_secs_f64() * 1e3);
+        lat.push(t.elapsed());
     }
-    lat.sort_by(f64::total_cmp);
     let caps = engine.capabilities(model.as_ref());
     let (primary, fallback) = engine.snapshots(model.as_ref())?;
     let (served, other) = if caps.engine == fallback.engine {
@@ -83,7 +77,8 @@ fn smoke(engine: &ResilientEngine, m: &GoldenModel, iterations: usize) -> apple_
         parity: format!("L∞ {:.1e} ≤ {:.0e}", worst.l_inf, budget.l_inf),
         passed: report.passed,
         prepare_ms,
-        p: [percentile(&lat, 0.50), percentile(&lat, 0.95), percentile(&lat, 0.99)],
+        p: [0.50, 0.95, 0.99]
+            .map(|q| apple_silicon::gates::percentile(&mut lat, q).map_or(f64::NAN, |d| d.as_secs_f64() * 1e3)),
         served,
         other,
     })

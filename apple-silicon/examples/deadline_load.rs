@@ -38,11 +38,10 @@ struct Tally {
     late_us: Vec<u64>,
 }
 
-fn pct(v: &[u64], p: f64) -> f64 {
-    if v.is_empty() {
-        return 0.0;
-    }
-    v[((v.len() - 1) as f64 * p).round() as usize] as f64 / 1000.0
+/// Nearest-rank percentile of microsecond samples, in ms (0 for none).
+fn pct(v: &[u64], q: f64) -> f64 {
+    let mut d: Vec<Duration> = v.iter().map(|&us| Duration::from_micros(us)).collect();
+    apple_silicon::gates::percentile(&mut d, q).map_or(0.0, |d| d.as_secs_f64() * 1e3)
 }
 
 fn stuck_in(msg: &str) -> Option<usize> {
@@ -112,8 +111,7 @@ fn load(name: &str, engine: Arc<dyn InferenceEngine>, model_id: &str, secs: u64,
             });
         }
     });
-    let mut t = tally.lock().unwrap();
-    t.late_us.sort_unstable();
+    let t = tally.lock().unwrap();
     let total = t.ok + t.timeout + t.shed + t.other;
     println!(
         "| {name} | {model_id} ({:.1} ms/call alone) | {threads} | {total} | {} | {} | {} ({:.1}%) | {} | {:.1} / {:.1} / {:.1} |",

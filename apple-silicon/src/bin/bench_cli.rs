@@ -62,13 +62,10 @@ impl Percentiles {
         if v.is_empty() {
             return None;
         }
-        v.sort();
-        let at = |q: f64| {
-            let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
-            v[rank - 1].as_secs_f64() * 1e3
-        };
+        let n = v.len();
+        let mut at = |q: f64| apple_silicon::gates::percentile(&mut v, q).map_or(f64::NAN, |d| d.as_secs_f64() * 1e3);
         Some(Percentiles {
-            n: v.len(),
+            n,
             p50_ms: at(0.50),
             p95_ms: at(0.95),
             p99_ms: at(0.99),
