@@ -7,6 +7,7 @@
 //! | `coreml` on macOS with `COREML_BRIDGE_LIB_DIR` | link the prebuilt `libCoreMLBridge.a` from there instead of building |
 //! | `coreml` on Linux with `COREML_BRIDGE_LIB_DIR` | the test path: link the Linux build of the bridge and the Swift runtime (`COREML_BRIDGE_SWIFT_LIB_DIR`, default `/usr/libexec/swift/lib/swift/linux`); see `scripts/swift/rust-ffi-test.sh` |
 //! | `coreml` anywhere else | a documented no-op with a warning: no bridge is linked, so `CoreMlEngine` answers `Unavailable` |
+//! | `coreml` under docs.rs (`DOCS_RS` set) | nothing is built or linked; `cfg(coreml_bridge)` is set so the docs show the bridge-backed code (rustdoc never links) |
 //!
 //! When it links the bridge it sets `cfg(coreml_bridge)`. Without it the
 //! crate's `core_ml_bridge::ffi` functions are stubs that return
@@ -40,7 +41,13 @@ fn main() {
     println!("cargo::rustc-check-cfg=cfg(coreml_bridge)");
     println!("cargo::rerun-if-changed=build.rs");
     println!("cargo::rerun-if-env-changed=COREML_BRIDGE_LIB_DIR");
+    println!("cargo::rerun-if-env-changed=DOCS_RS");
     if env::var_os("CARGO_FEATURE_COREML").is_none() {
+        return;
+    }
+    // docs.rs has no Swift toolchain and only runs rustdoc, which links nothing.
+    if env::var_os("DOCS_RS").is_some() {
+        println!("cargo::rustc-cfg=coreml_bridge");
         return;
     }
     let target_os = env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();

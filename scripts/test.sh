@@ -12,6 +12,9 @@ cargo fmt --all -- --check
 step "cargo clippy --all-targets -D warnings"
 cargo clippy --all-targets -- -D warnings
 
+step "cargo doc: every intra-doc link resolves (-D warnings)"
+RUSTDOCFLAGS="-D warnings" cargo doc --quiet --no-deps
+
 step "Lean library: the library alone (--no-default-features) builds and pulls no CLI or BERT crate"
 cargo check --lib --no-default-features
 lean_extra=$(cargo tree -e normal --no-default-features --prefix none | sed 's/ v.*//' | sort -u \

@@ -22,7 +22,7 @@
 //!
 //! Where Core ML does not exist, `prepare` returns [`Error::Unavailable`]
 //! with the reason. That covers builds without the bridge (see
-//! [`core_ml_bridge::NO_BRIDGE_REASON`]) and a bridge that reports no Core ML
+//! [`crate::core_ml_bridge::NO_BRIDGE_REASON`]) and a bridge that reports no Core ML
 //! (Linux without the test runtime).
 
 #![deny(missing_docs)]

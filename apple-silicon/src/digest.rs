@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 /// Hashes a file's bytes, or a directory tree as described in the module docs.
 /// Reads every byte once, in 1 MiB chunks. Inside a tree every file is opened
 /// relative to the tree's root without following links
-/// ([`crate::cache::fsx::Confined`]); special files are refused unopened.
+/// (the cache's confined opener); special files are refused unopened.
 pub fn sha256_path(path: &Path) -> Result<[u8; 32]> {
     let meta = fs::symlink_metadata(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
     let mut hasher = Sha256::new();

@@ -143,7 +143,7 @@ pub struct Blob<'a> {
 impl WeightFile {
     /// Maps `path` and checks its header. A FIFO, device or socket is refused
     /// without being read (a link named by the caller is followed; packages
-    /// open their weights with [`crate::MlPackage::open_weights`], which
+    /// open their weights with [`crate::mlpackage::MlPackage::open_weights`], which
     /// follows none).
     pub fn open(path: impl AsRef<Path>) -> Result<WeightFile> {
         let path = path.as_ref();

@@ -21,7 +21,7 @@
 //!   prepared again on a thread of its own (retrying with backoff), while
 //!   the other instances keep serving.
 //! - **Telemetry.** With [`PooledEngine::with_telemetry`], every call's
-//!   stages, its queue wait ([`Stage::QueueWait`]) and the queue-depth high
+//!   stages, its queue wait ([`crate::telemetry::Stage::QueueWait`]) and the queue-depth high
 //!   water mark go to the registry under the engine name `pool`.
 //!
 //! Costs: `size` prepares (memory × `size` for engines that load weights per

@@ -9,7 +9,7 @@
 //! conversion: it walks the steps, calling each kernel on its slots, and frees
 //! every intermediate after its last use. `cond` and `while_loop` run their
 //! nested blocks as lists of steps over the same slots, and lists are
-//! run-time values beside tensors (see [`block`]).
+//! run-time values beside tensors (see the `block` module).
 //!
 //! Stateful programs (iOS18 `read_state` / `write_state`) run with
 //! [`Plan::run_with_state`] and a caller-owned map of their states
