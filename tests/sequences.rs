@@ -614,3 +614,111 @@ fn copy_dir(src: &Path, dst: &Path) {
         }
     }
 }
+
+/// On Linux Core ML cannot prepare: the resilient engine's states are the
+/// fallback's, and a whole sequence runs on it.
+#[test]
+fn resilient_states_come_from_the_fallback_when_the_primary_is_unavailable() {
+    let dir = state_case("counter_fp32");
+    let engine = ResilientEngine::new(
+        Box::new(apple_silicon::CoreMlEngine::new()),
+        Box::new(CandleEngine::new()),
+    );
+    let model = prepare_with(&engine, &dir.join("model.mlpackage"), PrepareOptions::default());
+    let x = npy_dir(&dir.join("inputs"));
+    let mut state = engine.make_state(&*model).unwrap();
+    for run in 1..=3 {
+        let out = engine.infer_with_state(&*model, &mut state, &x, T).unwrap();
+        let want: Vec<f32> = x["x"].to_f32_vec().iter().map(|v| v * run as f32).collect();
+        assert_eq!(out["y"].to_f32_vec(), want);
+    }
+}
+
+/// GuardedEngine forwards states: a step on its runner hands the state back;
+/// one that times out leaves the caller a poisoned stand-in.
+#[test]
+fn guarded_engine_forwards_states_and_batches() {
+    use apple_silicon::deadline::GuardedEngine;
+    let dir = state_case("counter_fp32");
+    let engine = GuardedEngine::new(Box::new(CandleEngine::new()));
+    let model = prepare_with(&engine, &dir.join("model.mlpackage"), PrepareOptions::default());
+    let x = npy_dir(&dir.join("inputs"));
+    let mut state = engine.make_state(&*model).unwrap();
+    engine.infer_with_state(&*model, &mut state, &x, T).unwrap();
+    let out = engine.infer_with_state(&*model, &mut state, &x, T).unwrap();
+    let want: Vec<f32> = x["x"].to_f32_vec().iter().map(|v| v * 2.0).collect();
+    assert_eq!(out["y"].to_f32_vec(), want);
+    let e = engine
+        .infer_with_state(&*model, &mut state, &x, Duration::from_nanos(1))
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+    assert!(state.is_poisoned());
+    let e = engine.infer_with_state(&*model, &mut state, &x, T).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+
+    let (mf, _) = mf_case("multifunction");
+    let m = prepare_with(&engine, &mf.join("model.mlpackage"), PrepareOptions::default());
+    let xs = npy_dir(&mf.join("inputs/scores"));
+    let want = &npy_dir(&mf.join("expected/scores"))["probs"];
+    for o in engine.infer_batch(&*m, &[xs.clone(), xs], T).unwrap() {
+        assert!(rel_err(&o["probs"], want) < 1e-5);
+    }
+}
+
+#[test]
+fn infer_with_state_async_timeout_returns_a_poisoned_state() {
+    let dir = state_case("counter_fp32");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let engine: Arc<dyn InferenceEngine> = Arc::new(CandleEngine::new());
+    let model: Arc<dyn PreparedModel> = Arc::from(prepare_with(
+        &*engine,
+        &dir.join("model.mlpackage"),
+        PrepareOptions::default(),
+    ));
+    let x = npy_dir(&dir.join("inputs"));
+    rt.block_on(async {
+        let state = engine.make_state(&*model).unwrap();
+        let (back, out) = apple_silicon::infer_with_state_async(
+            engine.clone(),
+            model.clone(),
+            state,
+            x.clone(),
+            Duration::from_nanos(1),
+        )
+        .await;
+        assert_eq!(out.unwrap_err().kind(), ErrorKind::Timeout);
+        assert!(back.is_poisoned());
+        let (_, out) = apple_silicon::infer_with_state_async(engine.clone(), model.clone(), back, x, T).await;
+        assert_eq!(out.unwrap_err().kind(), ErrorKind::Unavailable);
+    });
+}
+
+/// A multifunction description that does not match its program is named
+/// when the package is opened.
+#[test]
+fn inconsistent_multifunction_descriptions_are_named() {
+    use apple_silicon::mlpackage::MlPackage;
+    use coreml_proto::proto::Model;
+    use prost::Message;
+    let (dir, _) = mf_case("multifunction");
+    let edit = |f: &dyn Fn(&mut Model)| -> String {
+        let tmp = tempfile::tempdir().unwrap();
+        let pkg = tmp.path().join("m.mlpackage");
+        copy_dir(&dir.join("model.mlpackage"), &pkg);
+        let spec_path = pkg.join("Data/com.apple.CoreML/model.mlmodel");
+        let mut spec = Model::decode(std::fs::read(&spec_path).unwrap().as_slice()).unwrap();
+        f(&mut spec);
+        std::fs::write(&spec_path, spec.encode_to_vec()).unwrap();
+        MlPackage::open(&pkg).unwrap_err().to_string()
+    };
+    let e = edit(&|s: &mut Model| s.description.as_mut().unwrap().functions[1].name = "ghost".into());
+    assert!(
+        e.contains("function `ghost`, which the ML Program does not have"),
+        "{e}"
+    );
+    let e = edit(&|s: &mut Model| s.description.as_mut().unwrap().default_function_name = "ghost".into());
+    assert!(e.contains("default function `ghost`") && e.contains("scores"), "{e}");
+}
