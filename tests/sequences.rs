@@ -282,6 +282,11 @@ fn multifunction_package_lists_and_runs_each_function_against_numpy() {
     for name in &names {
         let model = prepare_with(&engine, &pkg, PrepareOptions::default().with_function_name(name));
         assert_eq!(model.io_schema().functions.selected.as_deref(), Some(name.as_str()));
+        let notes = engine.capabilities(&*model).notes.join("; ");
+        assert!(
+            notes.contains(&format!("function `{name}` of a multifunction package")),
+            "{notes}"
+        );
         let out = engine
             .infer(&*model, &npy_dir(&dir.join("inputs").join(name)), T)
             .unwrap();

@@ -251,6 +251,13 @@ impl CandleEngine {
             plan.step_count(),
             plan.folded_count()
         )];
+        let functions = &pkg.io_schema().functions;
+        if !functions.is_single() {
+            notes.push(format!(
+                "function `{function}` of a multifunction package with functions {:?}",
+                functions.names
+            ));
+        }
         if opts.compute_units != ComputeUnits::CpuOnly {
             notes.push(format!(
                 "requested compute units `{}`; the Candle engine runs on the CPU only",
