@@ -510,3 +510,63 @@ fn grayscale_f16_image_matches_numpy() {
         .to_string();
     assert!(e.contains("expected a gray_f16 pixel format, got gray8"), "{e}");
 }
+
+/// The parity harness compares every feature kind: strings, int64s,
+/// sequences and images exactly; doubles, dictionaries' probabilities and
+/// tensors by the precision budget.
+#[test]
+fn parity_compares_every_feature_kind() {
+    use apple_silicon::feature::Sequence;
+    use apple_silicon::parity::{compare_features, Precision, Thresholds};
+    let img = |v: u8| FeatureValue::Image(Image::new(1, 1, PixelFormat::Rgb, 3, vec![v, 0, 0]).unwrap());
+    let run = |label: &str, n: i64, d: f64, seq: &[&str], px: u8, p: f64, t: f32| {
+        FeatureMap::from([
+            ("label".to_string(), FeatureValue::String(label.into())),
+            ("n".to_string(), FeatureValue::Int64(n)),
+            ("d".to_string(), FeatureValue::Double(d)),
+            (
+                "seq".to_string(),
+                FeatureValue::Sequence(Sequence::Strings(seq.iter().map(|s| s.to_string()).collect())),
+            ),
+            ("img".to_string(), img(px)),
+            (
+                "probs".to_string(),
+                FeatureValue::Dictionary(Dictionary::Int64(vec![(0, p), (1, 1.0 - p)])),
+            ),
+            (
+                "t".to_string(),
+                FeatureValue::Tensor(Tensor::from_vec(vec![2], vec![t, 1.0]).unwrap()),
+            ),
+        ])
+    };
+    let budget = Thresholds::for_precision(Precision::Fp32);
+    let base = run("cat", 3, 0.5, &["a", "b"], 7, 0.25, 2.0);
+    // Within budget everywhere: passes.
+    let near = run("cat", 3, 0.5 + 1e-7, &["a", "b"], 7, 0.25 + 1e-7, 2.0 + 1e-7);
+    let r = compare_features(&base, &near, budget).unwrap();
+    assert!(r.passed, "{r}");
+    assert_eq!(r.outputs.len(), 7);
+    // Any exact kind that differs fails, named.
+    for (other, name) in [
+        (run("dog", 3, 0.5, &["a", "b"], 7, 0.25, 2.0), "label"),
+        (run("cat", 4, 0.5, &["a", "b"], 7, 0.25, 2.0), "n"),
+        (run("cat", 3, 0.5, &["a", "c"], 7, 0.25, 2.0), "seq"),
+        (run("cat", 3, 0.5, &["a", "b"], 8, 0.25, 2.0), "img"),
+    ] {
+        let r = compare_features(&base, &other, budget).unwrap();
+        assert!(!r.passed, "{name}: {r}");
+        let o = r.outputs.iter().find(|o| o.name == name).unwrap();
+        assert!(o.mismatch.is_some(), "{name}: {r}");
+    }
+    // Values past the budget fail: a double, a probability, a tensor.
+    for (other, name) in [
+        (run("cat", 3, 0.6, &["a", "b"], 7, 0.25, 2.0), "d"),
+        (run("cat", 3, 0.5, &["a", "b"], 7, 0.35, 2.0), "probs"),
+        (run("cat", 3, 0.5, &["a", "b"], 7, 0.25, 2.5), "t"),
+    ] {
+        let r = compare_features(&base, &other, budget).unwrap();
+        assert!(!r.passed, "{name}: {r}");
+        let o = r.outputs.iter().find(|o| o.name == name).unwrap();
+        assert!(o.l_inf > budget.l_inf, "{name}: {r}");
+    }
+}

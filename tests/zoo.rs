@@ -206,8 +206,19 @@ fn run_stateful(
 ) -> Result<String, String> {
     let st = &info["stateful"];
     let steps = st["steps"].as_u64().ok_or("stateful.steps")? as usize;
-    let mut state = TensorMap::new();
-    for (name, s) in st["states"].as_object().ok_or("stateful.states")? {
+    // A fresh state from the engine (zeros, as Core ML's makeState()); it
+    // must hold what member.json says the program's states are.
+    let mut state = engine.make_state(model).map_err(|e| format!("make_state: {e}"))?;
+    let fresh = engine.read_state(&state).map_err(|e| e.to_string())?;
+    let declared = st["states"].as_object().ok_or("stateful.states")?;
+    if fresh.len() != declared.len() {
+        return Err(format!(
+            "make_state made {} states, member.json declares {}",
+            fresh.len(),
+            declared.len()
+        ));
+    }
+    for (name, s) in declared {
         let dtype = s["dtype"]
             .as_str()
             .and_then(DType::parse)
@@ -218,7 +229,12 @@ fn run_stateful(
             .iter()
             .map(|d| d.as_u64().map(|d| d as usize).ok_or("state shape"))
             .collect::<Result<_, _>>()?;
-        state.insert(name.clone(), Tensor::zeros(dtype, shape).map_err(|e| e.to_string())?);
+        let want = Tensor::zeros(dtype, shape).map_err(|e| e.to_string())?;
+        if fresh.get(name) != Some(&want) {
+            return Err(format!(
+                "make_state's `{name}` is not zeros of member.json's dtype and shape"
+            ));
+        }
     }
     let (mut bad, mut worst) = (
         Vec::new(),
@@ -231,7 +247,7 @@ fn run_stateful(
             x.insert(name.clone(), step_of(t, step)?);
         }
         let out = engine
-            .infer_with_state(model, &x, &mut state, T)
+            .infer_with_state(model, &mut state, &x, T)
             .map_err(|e| format!("step {step}: infer_with_state: {e}"))?;
         for (name, want) in expected {
             let got = out
@@ -258,6 +274,7 @@ fn run_stateful(
         .iter()
         .map(|(n, (l, r, s))| format!("{n}: worst step {s} L∞ {l:.2e} (rel {r:.2e}, budget {rtol:.0e})"))
         .collect();
+    let state = engine.read_state(&state).map_err(|e| e.to_string())?;
     let state_rtol = st["state_rtol"].as_f64().ok_or("stateful.state_rtol")?;
     let want_states = read_npy_dir(&dir.join("expected_states"))?;
     if want_states.len() != state.len() {

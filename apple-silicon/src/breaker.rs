@@ -38,6 +38,8 @@
 //! `apple_silicon::breaker`, `warn` for trips, `info` otherwise) and counted
 //! in [`BreakerStats`].
 
+mod sequences;
+
 use std::any::Any;
 use std::collections::VecDeque;
 use std::fmt;
@@ -50,7 +52,8 @@ use serde::{Deserialize, Serialize};
 use crate::deadline::{Deadline, DeadlineRunner};
 use crate::error::{Error, ErrorKind, Result};
 use crate::inference::{
-    downcast_model, CapabilityReport, InferenceEngine, IoSchema, ModelArtifact, PrepareOptions, PreparedModel,
+    downcast_model, CapabilityReport, InferenceEngine, IoSchema, ModelArtifact, ModelState, PrepareOptions,
+    PreparedModel,
 };
 use crate::telemetry::{ModelTelemetry, Op, Stage, StageTimings, TelemetryRegistry, TelemetrySnapshot};
 use crate::tensor::TensorMap;
@@ -860,6 +863,7 @@ impl PreparedModel for ResilientModel {
 ///     outputs: vec![TensorSpec::fixed("y", DType::F32, vec![2])],
 ///     states: vec![],
 ///     classifier: None,
+///     functions: Default::default(),
 /// };
 /// // As on Linux: the primary cannot prepare, the fallback serves.
 /// let coreml = FaultyEngine::echo("coreml", schema.clone()).unavailable("no Core ML on this host");
@@ -1200,6 +1204,31 @@ impl InferenceEngine for ResilientEngine {
         rm.fallback_tel.record_inference(&timings, kind_of(&r));
         rm.served(served);
         r
+    }
+
+    /// A state of the engine serving the model now (the primary while its
+    /// breaker is closed and it can make one, else the fallback), which
+    /// serves every step of it: see the `sequences` module.
+    fn make_state(&self, model: &dyn PreparedModel) -> Result<ModelState> {
+        self.make_state_impl(model)
+    }
+
+    /// A step on the engine that made `state`, never falling back mid-sequence:
+    /// a primary's state is refused once the breaker has opened.
+    fn infer_with_state(
+        &self,
+        model: &dyn PreparedModel,
+        state: &mut ModelState,
+        inputs: &TensorMap,
+        timeout: Duration,
+    ) -> Result<TensorMap> {
+        self.infer_with_state_impl(model, state, inputs, timeout)
+    }
+
+    /// The batch on the primary under the breaker, on the fallback (as one
+    /// batch, within what is left of `timeout`) if that fails.
+    fn infer_batch(&self, model: &dyn PreparedModel, batch: &[TensorMap], timeout: Duration) -> Result<Vec<TensorMap>> {
+        self.infer_batch_impl(model, batch, timeout)
     }
 
     fn capabilities(&self, model: &dyn PreparedModel) -> CapabilityReport {

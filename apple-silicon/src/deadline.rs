@@ -34,9 +34,10 @@
 //! - [`GuardedEngine`] — wraps any [`InferenceEngine`] so that its `prepare`
 //!   and `infer` run on a runner: a caller gets an answer or `Timeout` by the
 //!   deadline even from an engine that ignores its timeout.
-//! - [`infer_async`] — the async form for Tokio: the call runs in
-//!   `spawn_blocking` (itself bounded by a runner) and the future is bounded
-//!   by `tokio::time::timeout`, so an async task is never blocked.
+//! - [`infer_async`], [`prepare_async`], [`infer_batch_async`],
+//!   [`infer_with_state_async`] — the async forms for Tokio: the call runs
+//!   in `spawn_blocking` (itself bounded by a runner) and the future is
+//!   bounded by `tokio::time::timeout`, so an async task is never blocked.
 //! - [`Deadline`] — a copyable point in time that long-running work (an
 //!   interpreter between ops) checks to give up early.
 //!
@@ -52,7 +53,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::inference::{CapabilityReport, InferenceEngine, IoSchema, ModelArtifact, PrepareOptions, PreparedModel};
+use crate::inference::{
+    CapabilityReport, InferenceEngine, IoSchema, ModelArtifact, ModelState, PrepareOptions, PreparedModel,
+};
 use crate::tensor::TensorMap;
 
 /// A point in time by which work must be done. `Copy`: hand it to the work
@@ -562,16 +565,97 @@ pub async fn infer_async_on(
     inputs: TensorMap,
     timeout: Duration,
 ) -> Result<TensorMap> {
-    let deadline = Deadline::after(timeout);
     let operation = format!("{} inference", engine.name());
+    off_runtime(runner, operation, timeout, move |left| {
+        engine.infer(&*model, &inputs, left)
+    })
+    .await
+}
+
+/// Prepares a model without ever blocking the async task, as
+/// [`infer_async`] runs an inference: the engine's `prepare` runs in Tokio's
+/// blocking pool under the global [`DeadlineRunner`], and the future
+/// returns its model or [`Error::Timeout`] by `opts.prepare_timeout`. A
+/// prepare that finishes after that is dropped. The model comes back shared,
+/// ready for [`infer_async`]. Needs a Tokio runtime with its timer (see
+/// [`infer_async`]). Costs two thread hand-offs on top of the prepare.
+pub async fn prepare_async(
+    engine: Arc<dyn InferenceEngine>,
+    artifact: ModelArtifact,
+    opts: PrepareOptions,
+) -> Result<Arc<dyn PreparedModel>> {
+    let operation = format!("{} prepare", engine.name());
+    let timeout = opts.prepare_timeout;
+    off_runtime(DeadlineRunner::global().clone(), operation, timeout, move |_| {
+        engine.prepare(&artifact, opts).map(Arc::from)
+    })
+    .await
+}
+
+/// [`InferenceEngine::infer_batch`] without blocking the async task (see
+/// [`infer_async`]): one `timeout` for the whole batch.
+pub async fn infer_batch_async(
+    engine: Arc<dyn InferenceEngine>,
+    model: Arc<dyn PreparedModel>,
+    batch: Vec<TensorMap>,
+    timeout: Duration,
+) -> Result<Vec<TensorMap>> {
+    let operation = format!("{} batch inference", engine.name());
+    off_runtime(DeadlineRunner::global().clone(), operation, timeout, move |left| {
+        engine.infer_batch(&*model, &batch, left)
+    })
+    .await
+}
+
+/// [`InferenceEngine::infer_with_state`] without blocking the async task
+/// (see [`infer_async`]). The state moves into the call and comes back
+/// with its result: updated if the step succeeded, unchanged if it failed;
+/// if the step timed out (or never ran), what comes back is a poisoned
+/// stand-in (a late step may still hold the real one), which refuses later
+/// steps.
+pub async fn infer_with_state_async(
+    engine: Arc<dyn InferenceEngine>,
+    model: Arc<dyn PreparedModel>,
+    mut state: ModelState,
+    inputs: TensorMap,
+    timeout: Duration,
+) -> (ModelState, Result<TensorMap>) {
+    let operation = format!("{} inference", engine.name());
+    let mut moved = state.take();
+    let r = off_runtime(DeadlineRunner::global().clone(), operation, timeout, move |left| {
+        let out = engine.infer_with_state(&*model, &mut moved, &inputs, left);
+        Ok((moved, out))
+    })
+    .await;
+    match r {
+        Ok((moved, out)) => (moved, out),
+        Err(e) => (state, Err(e)),
+    }
+}
+
+/// Runs `f` (given what is left of `timeout`) in Tokio's blocking pool under
+/// `runner`, and awaits it at most `timeout`.
+async fn off_runtime<T, F>(runner: DeadlineRunner, operation: String, timeout: Duration, f: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(Duration) -> Result<T> + Send + 'static,
+{
+    let deadline = Deadline::after(timeout);
     let handle = tokio::runtime::Handle::try_current().map_err(|_| Error::Unavailable {
-        engine: "infer_async".into(),
-        reason: "it was awaited outside a Tokio runtime".into(),
+        engine: "async call".into(),
+        reason: format!("{operation} was awaited outside a Tokio runtime"),
     })?;
     let op = operation.clone();
     let task = handle.spawn_blocking(move || {
         let remaining = deadline.remaining();
-        runner.run(&op, remaining, move || engine.infer(&*model, &inputs, remaining))
+        let waited = format!("{op} (waited for a worker)");
+        runner.run(&op, remaining, move || {
+            let left = deadline.remaining();
+            if left.is_zero() {
+                return Err(deadline.timeout_error(&waited));
+            }
+            f(left)
+        })
     });
     match tokio::time::timeout(deadline.remaining(), task).await {
         Ok(Ok(result)) => result,
@@ -676,6 +760,47 @@ impl InferenceEngine for GuardedEngine {
                 return Err(deadline.timeout_error("inference (waited for a worker)"));
             }
             inner.infer(&*m, &inputs, remaining)
+        })
+    }
+
+    /// The inner engine's state for the inner model.
+    fn make_state(&self, model: &dyn PreparedModel) -> Result<ModelState> {
+        let gm = crate::inference::downcast_model::<GuardedModel>(model, "guarded")?;
+        self.inner.make_state(&*gm.inner)
+    }
+
+    /// The inner engine's step on the runner: the state moves into the
+    /// worker and back; if the deadline passes first (or the runner refuses
+    /// the work), the caller is left a poisoned stand-in: the late step may
+    /// still hold the real state.
+    fn infer_with_state(
+        &self,
+        model: &dyn PreparedModel,
+        state: &mut ModelState,
+        inputs: &TensorMap,
+        timeout: Duration,
+    ) -> Result<TensorMap> {
+        let deadline = Deadline::after(timeout);
+        let gm = crate::inference::downcast_model::<GuardedModel>(model, "guarded")?;
+        let (inner, m, inputs) = (self.inner.clone(), gm.inner.clone(), inputs.clone());
+        let mut moved = state.take();
+        let op = format!("{} inference", self.inner.name());
+        let (back, out) = self.runner.run(&op, timeout, move || {
+            let out = inner.infer_with_state(&*m, &mut moved, &inputs, deadline.remaining());
+            Ok((moved, out))
+        })?;
+        state.restore(back);
+        out
+    }
+
+    /// The inner engine's batch on the runner, one deadline for the batch.
+    fn infer_batch(&self, model: &dyn PreparedModel, batch: &[TensorMap], timeout: Duration) -> Result<Vec<TensorMap>> {
+        let deadline = Deadline::after(timeout);
+        let gm = crate::inference::downcast_model::<GuardedModel>(model, "guarded")?;
+        let (inner, m, batch) = (self.inner.clone(), gm.inner.clone(), batch.to_vec());
+        let op = format!("{} batch inference", self.inner.name());
+        self.runner.run(&op, timeout, move || {
+            inner.infer_batch(&*m, &batch, deadline.remaining())
         })
     }
 

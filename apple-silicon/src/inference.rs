@@ -705,6 +705,41 @@ impl ModelState {
     }
 }
 
+impl ModelState {
+    /// The engine's own state, read-only (for inspection: e.g. a state's
+    /// tensors), after checking that `engine` made it. A poisoned state is
+    /// readable: it holds what it held before the run that timed out.
+    pub fn inner_ref<T: Any>(&self, engine: &str) -> Result<&T> {
+        if self.engine != engine {
+            return Err(Error::schema_mismatch(
+                "model state",
+                format!("a state made by the {engine} engine"),
+                format!("a state made by the {} engine for model `{}`", self.engine, self.owner),
+            ));
+        }
+        let got = std::any::type_name::<T>();
+        self.inner
+            .downcast_ref::<T>()
+            .ok_or_else(|| Error::internal(format!("model state does not hold a {got}")))
+    }
+
+    /// Moves the state out, leaving in its place a poisoned stand-in with
+    /// the same owner and engine: for handing a state to a worker that may
+    /// outlive its caller's deadline. Put the state back with
+    /// [`ModelState::restore`] when the worker returns it; if it never
+    /// does, the stand-in refuses later runs. Costs a box of nothing.
+    pub fn take(&mut self) -> ModelState {
+        let mut stand_in = ModelState::new(self.engine, self.owner.clone(), Box::new(()));
+        stand_in.poisoned = true;
+        std::mem::replace(self, stand_in)
+    }
+
+    /// Puts back a state moved out with [`ModelState::take`].
+    pub fn restore(&mut self, state: ModelState) {
+        *self = state;
+    }
+}
+
 impl std::fmt::Debug for ModelState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ModelState")

@@ -69,7 +69,9 @@ pub use breaker::{BreakerConfig, CircuitBreaker, ReenablePolicy, ResilientEngine
 pub use cache::{CacheConfig, CacheEntry, ModelCache};
 pub use candle_backend::CandleEngine;
 pub use core_ml_backend::{CompiledStore, CoreMlEngine, CoreMlModel, TempDirCompiledStore};
-pub use deadline::{infer_async, run_with_deadline, Deadline, DeadlineRunner};
+pub use deadline::{
+    infer_async, infer_batch_async, infer_with_state_async, prepare_async, run_with_deadline, Deadline, DeadlineRunner,
+};
 pub use error::{Error, ErrorKind, Result};
 pub use feature::{
     ClassLabels, ClassifierSpec, ColorLayout, Dictionary, FeatureKind, FeatureMap, FeatureValue, Image, ImageSizes,

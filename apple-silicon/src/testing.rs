@@ -16,6 +16,7 @@
 //!     outputs: vec![TensorSpec::fixed("y", DType::F32, vec![1, 2])],
 //!     states: vec![],
 //!     classifier: None,
+//!     functions: Default::default(),
 //! };
 //! let engine = FaultyEngine::echo("coreml", schema).with_errors(ErrorKind::Internal, Pattern::Every(2));
 //! let model = engine.prepare(&fake_artifact("m"), PrepareOptions::default()).unwrap();

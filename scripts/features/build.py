@@ -37,6 +37,9 @@ ct = common.import_coremltools()
 from coremltools.converters.mil import Builder as mb  # noqa: E402
 from coremltools.converters.mil.mil import types  # noqa: E402
 
+sys.path.insert(0, str(HERE))
+import multifunction  # noqa: E402
+
 TARGET = ct.target.iOS16
 
 
@@ -217,6 +220,7 @@ def main() -> None:
     flexible_case(args.out, "image_sizes_range",
                   ct.Shape(shape=(1, 3, ct.RangeDim(2, 16, default=4), ct.RangeDim(3, 12, default=5))),
                   [(5, 4), (12, 2), (3, 16)], seed=6)
+    multifunction.build(args.out)
     common.log(f"feature fixtures written to {args.out}")
 
 

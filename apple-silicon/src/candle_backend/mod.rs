@@ -4,12 +4,18 @@
 //! numerical ground truth and the engine the circuit breaker falls back to,
 //! and it runs on any host.
 //!
+//! Stateful programs keep their states in caller-owned [`ModelState`]s
+//! (`state`); a multifunction package runs the function
+//! [`PrepareOptions::function_name`] names; batches run on one worker under
+//! one deadline.
+//!
 //! Each inference runs off the caller's thread; if it does not finish within
 //! its timeout the caller gets [`Error::Timeout`] at the deadline and the late
 //! result is discarded when it arrives (the work only touches its own copies).
 
 #[cfg(feature = "bert")]
 mod bert;
+mod state;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,7 +28,7 @@ use crate::deadline::DeadlineRunner;
 use crate::error::{Error, ErrorKind, Result};
 use crate::inference::{
     downcast_model, CacheKey, CapabilityReport, ComputeUnits, InferenceEngine, IoSchema, ModelArtifact, ModelFmt,
-    PrepareOptions, PreparedModel, ShapeConstraint,
+    ModelState, PrepareOptions, PreparedModel, ShapeConstraint,
 };
 use crate::mil::{CancelFlag, FloatPolicy, Plan, PlanInputs};
 use crate::mlpackage::MlPackage;
@@ -98,6 +104,9 @@ struct Inner {
     runner: Runner,
     schema: IoSchema,
     cache_key: String,
+    /// The function it runs (`main` unless a multifunction package's other
+    /// function was selected).
+    function: String,
     sla: Duration,
     requested: ComputeUnits,
     precision: String,
@@ -216,13 +225,24 @@ impl CandleEngine {
             .sha256()
             .ok_or_else(|| Error::internal("a package opened in memory has a digest"))?;
         artifact.check_unchanged(&read)?;
+        let pkg = match &opts.function_name {
+            Some(name) => pkg.select_function(name)?,
+            None => pkg,
+        };
+        let function = pkg.function_name().to_string();
+        // Two functions of one package never share a cache entry or a plan.
+        let shape_key = if pkg.io_schema().functions.is_single() {
+            pkg.shape_key()
+        } else {
+            format!("fn-{function}_{}", pkg.shape_key())
+        };
         let key = CacheKey {
             sha256: artifact.sha256_hex(),
             coreml_version: ENGINE_VERSION.into(),
             backend: "mlprogram".into(),
             compute_units: ComputeUnits::CpuOnly,
             quantization: format!("{}-{:?}", pkg.quantization(), self.float_policy).to_lowercase(),
-            shape_key: pkg.shape_key(),
+            shape_key,
             os_build: "any".into(),
         };
         let (plan, how) = self.plan_for(&pkg, &key, opts)?;
@@ -231,6 +251,13 @@ impl CandleEngine {
             plan.step_count(),
             plan.folded_count()
         )];
+        let functions = &pkg.io_schema().functions;
+        if !functions.is_single() {
+            notes.push(format!(
+                "function `{function}` of a multifunction package with functions {:?}",
+                functions.names
+            ));
+        }
         if opts.compute_units != ComputeUnits::CpuOnly {
             notes.push(format!(
                 "requested compute units `{}`; the Candle engine runs on the CPU only",
@@ -242,6 +269,7 @@ impl CandleEngine {
             schema: pkg.io_schema().clone(),
             runner: Runner::Program(plan),
             cache_key: key.to_string(),
+            function,
             sla: opts.sla.unwrap_or(Duration::from_secs(1)),
             requested: opts.compute_units,
             notes,
@@ -334,6 +362,13 @@ impl CandleEngine {
 
     #[cfg(feature = "bert")]
     fn prepare_bert(&self, artifact: &ModelArtifact, opts: &PrepareOptions) -> Result<Inner> {
+        if let Some(name) = &opts.function_name {
+            return Err(Error::schema_mismatch(
+                format!("function of {}", artifact.path.display()),
+                "no function name (a BERT safetensors model has one function)",
+                format!("`{name}`"),
+            ));
+        }
         let enc = BertEncoder::load(&artifact.path, self.bert_seq_len)?;
         let key = CacheKey {
             sha256: artifact.sha256_hex(),
@@ -353,6 +388,7 @@ impl CandleEngine {
             )],
             runner: Runner::Bert(Box::new(enc)),
             cache_key: key.to_string(),
+            function: "main".into(),
             sla: opts.sla.unwrap_or(Duration::from_secs(1)),
             requested: opts.compute_units,
             precision: "f32".into(),
@@ -364,38 +400,37 @@ impl CandleEngine {
 /// This module's engine, under the name [`crate::inference_backend`] gives it.
 pub type Engine = CandleEngine;
 
+impl Inner {
+    /// The owner of this model's states (see [`ModelState::owner`]).
+    fn state_owner(&self) -> String {
+        state::owner(&self.cache_key, &self.function)
+    }
+
+    fn plan(&self) -> Result<&Plan> {
+        match &self.runner {
+            Runner::Program(p) => Ok(p),
+            #[cfg(feature = "bert")]
+            Runner::Bert(_) => Err(Error::unsupported(
+                "states and batches of inputs prepared for a program with a BERT encoder",
+            )),
+        }
+    }
+}
+
 impl CandleEngine {
-    /// [`InferenceEngine::infer`] for a stateful ML Program (Core ML
-    /// `StateType`, iOS18+): `state` holds every state of the model by name
-    /// ([`IoSchema::states`]) and, once the run has succeeded within
-    /// `timeout`, their new values (see [`Plan::run_with_state`]). A run that
-    /// fails or misses its deadline leaves `state` unchanged. Costs one copy
-    /// of the states (the worker owns its own, as it owns the inputs).
-    pub fn infer_with_state(
-        &self,
-        model: &dyn PreparedModel,
-        inputs: &TensorMap,
-        state: &mut TensorMap,
-        timeout: Duration,
-    ) -> Result<TensorMap> {
+    /// The tensors of a state this engine made (a copy, by state name): for
+    /// tests and inspection. Costs one copy of the states.
+    pub fn read_state(&self, state: &ModelState) -> Result<TensorMap> {
+        state::read(state)
+    }
+
+    /// Replaces the tensors of `state`, made by [`InferenceEngine::make_state`]
+    /// for `model`, with `tensors`: exactly the model's states in their
+    /// declared dtypes and shapes, checked before anything changes (e.g. to
+    /// resume a sequence from saved caches).
+    pub fn write_state(&self, model: &dyn PreparedModel, state: &mut ModelState, tensors: TensorMap) -> Result<()> {
         let m = downcast_model::<CandleModel>(model, "candle")?;
-        m.inner.schema.validate_inputs(inputs)?;
-        m.inner.schema.validate_states(state)?;
-        let inner = Arc::clone(&m.inner);
-        let (inputs, mut st) = (inputs.clone(), state.clone());
-        let (out, st) = self
-            .runner
-            .run_cancellable("candle inference", timeout, move |cancel| {
-                let plan = match &inner.runner {
-                    Runner::Program(p) => p,
-                    #[cfg(feature = "bert")]
-                    Runner::Bert(_) => return Err(Error::unsupported("state with a BERT encoder (it has none)")),
-                };
-                let out = plan.run_with_state_cancellable(&inputs, &mut st, Some(cancel))?;
-                Ok((out, st))
-            })?;
-        *state = st;
-        Ok(out)
+        state::write(state, &m.inner.state_owner(), &m.inner.schema, tensors)
     }
 }
 
@@ -464,6 +499,90 @@ impl InferenceEngine for CandleEngine {
                 })?;
         timings.total = Some(started.elapsed());
         Ok((out, timings))
+    }
+
+    /// A fresh state, every state tensor zeroed (`makeState()`), checked
+    /// against the plan's memory budget before it is allocated.
+    fn make_state(&self, model: &dyn PreparedModel) -> Result<ModelState> {
+        let m = downcast_model::<CandleModel>(model, "candle")?;
+        let limit = m.inner.plan().map(Plan::run_limit).unwrap_or(0);
+        state::fresh(&m.inner.schema, m.inner.state_owner(), limit)
+    }
+
+    /// One step of a stateful ML Program (iOS18 `StateType`s). The state
+    /// must have been made for this model and function; the step runs on a
+    /// copy of it (the worker owns its copy, as it owns the inputs), which
+    /// replaces the state only when the run succeeded within `timeout`. A
+    /// failed run leaves the state unchanged; one that times out poisons it.
+    /// Costs one copy of the states and of the inputs on top of the run.
+    fn infer_with_state(
+        &self,
+        model: &dyn PreparedModel,
+        state: &mut ModelState,
+        inputs: &TensorMap,
+        timeout: Duration,
+    ) -> Result<TensorMap> {
+        let m = downcast_model::<CandleModel>(model, "candle")?;
+        let owner = m.inner.state_owner();
+        let mut tensors = state
+            .inner_for::<state::CandleState>(state::ENGINE, &owner)?
+            .tensors
+            .clone();
+        m.inner.schema.validate_inputs(inputs)?;
+        m.inner.schema.validate_states(&tensors)?;
+        m.inner.plan()?;
+        let (inner, inputs) = (Arc::clone(&m.inner), inputs.clone());
+        let r = self.runner.run_cancellable("candle inference", timeout, move |cancel| {
+            let out = inner
+                .plan()?
+                .run_with_state_cancellable(&inputs, &mut tensors, Some(cancel))?;
+            Ok((out, tensors))
+        });
+        match r {
+            Ok((out, tensors)) => {
+                state.inner_for::<state::CandleState>(state::ENGINE, &owner)?.tensors = tensors;
+                Ok(out)
+            }
+            Err(e) => {
+                if e.kind() == ErrorKind::Timeout {
+                    state.poison();
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Runs the members one after another on one worker under one deadline
+    /// for the whole batch (the worker stops at its next op once it passes).
+    /// Every member is checked and converted before any runs; a member that
+    /// does not match the model is a [`Error::SchemaMismatch`] naming it.
+    /// Costs what the members' inferences cost, with one thread hand-off.
+    fn infer_batch(&self, model: &dyn PreparedModel, batch: &[TensorMap], timeout: Duration) -> Result<Vec<TensorMap>> {
+        let m = downcast_model::<CandleModel>(model, "candle")?;
+        let member = |i: usize, e: Error| {
+            Error::schema_mismatch(format!("batch member {i}"), "inputs matching the model", e.to_string())
+        };
+        let mut owned = Vec::with_capacity(batch.len());
+        for (i, inputs) in batch.iter().enumerate() {
+            m.inner.schema.validate_inputs(inputs).map_err(|e| member(i, e))?;
+            owned.push(match &m.inner.runner {
+                Runner::Program(p) => Owned::Prepared(p.prepare_inputs(inputs).map_err(|e| member(i, e))?),
+                #[cfg(feature = "bert")]
+                Runner::Bert(_) => Owned::Host(inputs.clone()),
+            });
+        }
+        let inner = Arc::clone(&m.inner);
+        self.runner
+            .run_cancellable("candle batch inference", timeout, move |cancel| {
+                owned
+                    .into_iter()
+                    .map(|o| match o {
+                        Owned::Prepared(p) => inner.plan()?.run_prepared(p, Some(cancel)).map(|(out, _)| out),
+                        #[cfg(feature = "bert")]
+                        Owned::Host(m) => inner.run(&m, Some(cancel)).map(|(out, _)| out),
+                    })
+                    .collect()
+            })
     }
 
     fn capabilities(&self, model: &dyn PreparedModel) -> CapabilityReport {

@@ -201,15 +201,17 @@ impl Lowered {
     pub fn write(&self, pkg: &MlPackage, dest: &Path) -> Result<()> {
         let io = |what: &str, e: std::io::Error| Error::io(format!("{what} {}", dest.display()), e);
         let mut spec = pkg.spec().clone();
-        let main_name = spec
-            .description
-            .as_ref()
-            .map(|d| d.default_function_name.clone())
-            .filter(|n| !n.is_empty())
-            .unwrap_or_else(|| "main".into());
+        let main_name = pkg.function_name().to_string();
+        // A multifunction package lowers to its selected function alone, as
+        // the default: the lowered weights serve no other function.
+        if let Some(d) = spec.description.as_mut().filter(|d| !d.functions.is_empty()) {
+            d.functions.retain(|f| f.name == main_name);
+            d.default_function_name = main_name.clone();
+        }
         let Some(model::Type::MlProgram(program)) = &mut spec.r#type else {
             return Err(Error::internal("lowering a package that is not an ML Program"));
         };
+        program.functions.retain(|name, _| *name == main_name);
         let f = program
             .functions
             .get_mut(&main_name)
