@@ -2,6 +2,9 @@
 //! the two independent MiniLM references, MobileNetV2 on a real photograph,
 //! malformed inputs, timeouts and unsupported ops.
 
+mod common;
+
+use common::copy_dir;
 use std::time::Duration;
 
 use apple_silicon::golden::{self, GoldenModel};
@@ -287,19 +290,6 @@ fn compiled_bundles_and_foreign_formats_are_unsupported() {
         .err()
         .unwrap();
     assert_eq!(e.kind(), ErrorKind::Unsupported);
-}
-
-fn copy_dir(src: &std::path::Path, dst: &std::path::Path) {
-    std::fs::create_dir_all(dst).unwrap();
-    for e in std::fs::read_dir(src).unwrap() {
-        let e = e.unwrap();
-        let to = dst.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &to);
-        } else {
-            std::fs::copy(e.path(), &to).unwrap();
-        }
-    }
 }
 
 /// Rewrites the MLP fixture's input `x` to accept the given flexibility.

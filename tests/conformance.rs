@@ -18,6 +18,9 @@
 //! (prepare). Results go to target/conformance.json (for
 //! scripts/conformance/table.py).
 
+mod common;
+
+use common::copy_dir;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -397,19 +400,6 @@ fn every_conformance_case_matches_its_reference() {
 }
 
 /// Copies `src` (a directory tree) to `dst`.
-fn copy_dir(src: &Path, dst: &Path) {
-    std::fs::create_dir_all(dst).unwrap();
-    for e in std::fs::read_dir(src).unwrap() {
-        let p = e.unwrap().path();
-        let to = dst.join(p.file_name().unwrap());
-        if p.is_dir() {
-            copy_dir(&p, &to);
-        } else {
-            std::fs::copy(&p, &to).unwrap();
-        }
-    }
-}
-
 /// A copy of a case's package in which the constant bound to `param` of the
 /// `op_type` op is replaced by `val`; returns the plan build's error.
 fn build_with_param(case: &str, op_type: &str, param: &str, val: mil_spec::tensor_value::Value) -> String {

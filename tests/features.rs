@@ -4,6 +4,9 @@
 //! coremltools; references from numpy. Also the int64 classifier of the
 //! conformance suite, and bad images.
 
+mod common;
+
+use common::copy_dir;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -306,18 +309,6 @@ fn main_ops(spec: &mut coreml_proto::proto::Model) -> &mut Vec<coreml_proto::pro
 /// A copy of fixture `name`'s package with its spec edited by `f`.
 fn edited(name: &str, f: impl FnOnce(&mut coreml_proto::proto::Model)) -> (tempfile::TempDir, PathBuf) {
     use prost::Message;
-    fn copy_dir(src: &Path, dst: &Path) {
-        std::fs::create_dir_all(dst).unwrap();
-        for e in std::fs::read_dir(src).unwrap() {
-            let e = e.unwrap();
-            let to = dst.join(e.file_name());
-            if e.file_type().unwrap().is_dir() {
-                copy_dir(&e.path(), &to);
-            } else {
-                std::fs::copy(e.path(), &to).unwrap();
-            }
-        }
-    }
     let tmp = tempfile::tempdir().unwrap();
     let pkg = tmp.path().join("m.mlpackage");
     copy_dir(&fixtures().join(name).join("model.mlpackage"), &pkg);

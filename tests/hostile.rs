@@ -4,6 +4,9 @@
 //! found, never followed outside its root, never block, never allocate what a
 //! file claims before checking it against the file's size.
 
+mod common;
+
+use common::copy_dir;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
@@ -19,19 +22,6 @@ use prost::Message;
 
 const WEIGHTS: &str = "@model_path/weights/weight.bin";
 const T: Duration = Duration::from_secs(60);
-
-fn copy_dir(src: &Path, dst: &Path) {
-    std::fs::create_dir_all(dst).unwrap();
-    for e in std::fs::read_dir(src).unwrap() {
-        let e = e.unwrap();
-        let to = dst.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &to);
-        } else {
-            std::fs::copy(e.path(), &to).unwrap();
-        }
-    }
-}
 
 /// A copy of the `mlp_fp32` model directory (manifest, package, inputs,
 /// expected outputs) under `dir`.

@@ -1,6 +1,9 @@
 //! `.mlpackage` reading against the committed fixtures (real coremltools
 //! output) and against corrupted and hostile copies of them.
 
+mod common;
+
+use common::copy_dir;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -169,19 +172,6 @@ fn artifact_hash_is_stable_and_matches_the_fixture_checksums() {
 }
 
 // ---- corrupted and hostile packages -------------------------------------
-
-fn copy_dir(src: &Path, dst: &Path) {
-    fs::create_dir_all(dst).unwrap();
-    for e in fs::read_dir(src).unwrap() {
-        let e = e.unwrap();
-        let to = dst.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &to);
-        } else {
-            fs::copy(e.path(), &to).unwrap();
-        }
-    }
-}
 
 struct Scratch {
     _dir: tempfile::TempDir,

@@ -5,6 +5,9 @@
 //! packages; references are numpy's (expected/*.npy) or plain arithmetic
 //! the fixture's case.json spells out.
 
+mod common;
+
+use common::copy_dir;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -605,19 +608,6 @@ fn resilient_batches_are_forwarded() {
         .infer_batch(&*model, &[npy_dir(&dir.join("inputs/scores"))], T)
         .unwrap_err();
     assert!(e.to_string().contains("batch member 0"), "{e}");
-}
-
-fn copy_dir(src: &Path, dst: &Path) {
-    std::fs::create_dir_all(dst).unwrap();
-    for e in std::fs::read_dir(src).unwrap() {
-        let e = e.unwrap();
-        let to = dst.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &to);
-        } else {
-            std::fs::copy(e.path(), &to).unwrap();
-        }
-    }
 }
 
 /// On Linux Core ML cannot prepare: the resilient engine's states are the

@@ -1,5 +1,6 @@
-//! Shared helpers for the resilience and gates tests: a small schema, inputs
-//! for it, and the timing margin used on our noisy shared machines.
+//! Shared helpers for the integration tests: a small schema, inputs for it,
+//! the timing margin used on our noisy shared machines, and copying a
+//! fixture tree to edit it.
 #![allow(dead_code)]
 
 use std::time::{Duration, Instant};
@@ -45,4 +46,19 @@ pub fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(5));
     }
     cond()
+}
+
+/// Copies the tree at `src` to `dst` (created), following nothing special:
+/// fixtures are plain files and directories.
+pub fn copy_dir(src: &std::path::Path, dst: &std::path::Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        let to = dst.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to);
+        } else {
+            std::fs::copy(e.path(), &to).unwrap();
+        }
+    }
 }
