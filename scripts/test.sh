@@ -45,6 +45,9 @@ step "cargo test (unit, integration, doc tests)"
 cargo test --all-targets
 cargo test --doc
 
+step "Every feature kind through CandleEngine (the example the macOS workflow runs with --engine coreml)"
+cargo run --quiet --example feature_kinds
+
 step "Fuzz (short, time-bounded): npy, weight.bin, spec, Manifest.json, mutated programs"
 # A fixed seed: the same case sequence every run (seed 29 ran 155,815 cases clean
 # in a 10-minute `make fuzz`), so CI cannot fail on a new random draw; `make fuzz`

@@ -103,7 +103,11 @@ impl GoldenModel {
     }
 }
 
-fn read_npy_dir(model_dir: &Path, sub: &str) -> Result<TensorMap> {
+/// Every `<name>.npy` in directory `sub` of `model_dir`, by name: each a
+/// regular file opened without following links (`sub` included), its data
+/// bounded by the file's size. An empty directory is an error. Reads each
+/// file once.
+pub fn read_npy_dir(model_dir: &Path, sub: &str) -> Result<TensorMap> {
     let dir = Confined::open(model_dir)?.open_dir(sub)?;
     let shown = dir.root().to_path_buf();
     let mut out = TensorMap::new();
