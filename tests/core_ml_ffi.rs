@@ -803,6 +803,76 @@ fn statuses_the_safe_api_never_causes_are_returned_and_mapped() {
     assert_eq!(code, ffi::COREML_ERR_INVALID_HANDLE, "a freed handle is unknown");
 }
 
+/// Issue #13: a descriptor with zero strides and a huge shape used to be
+/// copied in full before any deadline or schema check (56.5 s, then
+/// OUT_OF_MEMORY). Now it is capped before any allocation, refused by the
+/// schema before any copy, and a copy that is allowed stops at the deadline.
+#[test]
+#[cfg_attr(
+    not(coreml_bridge),
+    ignore = "needs the Linux build of coreml-bridge: run scripts/swift/rust-ffi-test.sh"
+)]
+fn huge_zero_stride_inputs_are_capped_checked_and_stopped_at_the_deadline() {
+    require_test_runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let any_shape = raw_load(
+        &fake_compiled(dir.path(), "add_one", json!({"behavior": "add_one"})),
+        20_000,
+    );
+    let fixed = raw_load(
+        &fake_compiled(
+            dir.path(),
+            "fixed",
+            json!({"inputs": [{"name": "x", "dtype": "f32", "shape": [2]}]}),
+        ),
+        20_000,
+    );
+    let name = CString::new("x").unwrap();
+    let one = [1.0f32];
+    let zero = [0i64; 2];
+    let tensor = |shape: &[i64]| ffi::CoremlTensor {
+        name: name.as_ptr(),
+        dtype: ffi::COREML_DTYPE_F32,
+        rank: shape.len() as i32,
+        shape: shape.as_ptr(),
+        strides: zero.as_ptr(),
+        data: one.as_ptr().cast(),
+        byte_len: 4,
+    };
+    // 4 TiB of f32 described by 4 bytes: past the byte cap, refused at once.
+    let huge = [1i64 << 20, 1 << 20];
+    let t = Instant::now();
+    let (code, msg) = raw_predict(any_shape, &[tensor(&huge)], 60_000);
+    assert_eq!(code, ffi::COREML_ERR_OUT_OF_MEMORY, "{msg:?}");
+    assert!(
+        msg.as_deref().unwrap().contains("COREML_BRIDGE_MAX_INPUT_BYTES"),
+        "{msg:?}"
+    );
+    assert!(t.elapsed() < margin(500), "{:?}", t.elapsed());
+    // 1 GiB: under the cap, but its gather takes far longer than 20 ms.
+    let big = [1i64 << 28];
+    let t = Instant::now();
+    let (code, msg) = raw_predict(any_shape, &[tensor(&big)], 20);
+    let took = t.elapsed();
+    assert_eq!(code, ffi::COREML_ERR_TIMEOUT, "{msg:?}");
+    assert!(msg.as_deref().unwrap().contains("copying input 'x'"), "{msg:?}");
+    assert!(took < Duration::from_millis(20) + margin(250), "took {took:?}");
+    println!("1 GiB zero-stride input with a 20 ms timeout: TIMEOUT after {took:?}");
+    // Nothing ran on the model: the handle is not poisoned.
+    let (code, msg) = raw_predict(any_shape, &[tensor(&[3])], 20_000);
+    assert_eq!(code, ffi::COREML_OK, "{msg:?}");
+    // A shape the model does not take: refused before the copy.
+    let t = Instant::now();
+    let (code, msg) = raw_predict(fixed, &[tensor(&big)], 60_000);
+    assert_eq!(code, ffi::COREML_ERR_SCHEMA_MISMATCH, "{msg:?}");
+    assert!(t.elapsed() < margin(500), "{:?}", t.elapsed());
+    // SAFETY: handles from raw_load, each freed once.
+    unsafe {
+        ffi::coreml_free_model(any_shape);
+        ffi::coreml_free_model(fixed);
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Timeouts, poisoning, rebuilds, freeing while running
 // ---------------------------------------------------------------------------
@@ -1419,6 +1489,8 @@ fn the_c_abi_answers_random_descriptors_handles_and_nulls_with_a_status() {
     let mut seen = std::collections::BTreeMap::<(&str, i32), u64>::new();
     let until = Instant::now() + Duration::from_secs_f64(secs);
     let mut iterations = 0u64;
+    let mut slowest = (Duration::ZERO, "", 0i64, 0i32);
+    let mut worst_overshoot = Duration::ZERO;
     while Instant::now() < until {
         iterations += 1;
         let handle = match rng.below(8) {
@@ -1427,7 +1499,11 @@ fn the_c_abi_answers_random_descriptors_handles_and_nulls_with_a_status() {
             2 => ptr::without_provenance_mut(rng.next() as usize),
             _ => live,
         };
-        let timeout = rng.pick(&[20_000i64, 20_000, 0, -1, -5, i64::MAX, 1]);
+        let timeout = rng.pick(&[20_000i64, 20_000, 0, -1, -5, i64::MAX, 1, 5, 50]);
+        // What the call may take: its timeout (the bridge clamps to 30 days;
+        // an invalid one is refused at once) plus a margin.
+        let allowed = Duration::from_millis(timeout.clamp(0, 30 * 24 * 3_600_000) as u64) + margin(250);
+        let call_start = Instant::now();
         let mut err: *mut c_char = ptr::null_mut();
         let err_slot: *mut *mut c_char = if rng.below(4) == 0 { ptr::null_mut() } else { &mut err };
         let (entry, code) = match rng.below(10) {
@@ -1504,11 +1580,23 @@ fn the_c_abi_answers_random_descriptors_handles_and_nulls_with_a_status() {
                 ("compute_plan", code)
             }
         };
+        let took = call_start.elapsed();
         take_string(err);
         assert!(
             (ffi::COREML_OK..=ffi::COREML_ERR_UNSUPPORTED).contains(&code),
             "{entry} returned {code}, not a status"
         );
+        assert!(
+            took <= allowed,
+            "{entry} with timeout_ms {timeout} took {took:?} (status {code}); allowed {allowed:?}"
+        );
+        if took > slowest.0 {
+            slowest = (took, entry, timeout, code);
+        }
+        if timeout > 0 && timeout < 20_000 {
+            let over = took.saturating_sub(Duration::from_millis(timeout as u64));
+            worst_overshoot = worst_overshoot.max(over);
+        }
         *seen.entry((entry, code)).or_default() += 1;
         // A short timeout poisoned the live handle: a fresh one for what follows.
         if code == ffi::COREML_ERR_TIMEOUT && entry == "predict" && handle == live {
@@ -1525,6 +1613,10 @@ fn the_c_abi_answers_random_descriptors_handles_and_nulls_with_a_status() {
         ffi::coreml_free_model(live);
     }
     println!("C ABI fuzz: seed {seed}, {iterations} calls in {secs} s; (entry, status) counts: {seen:?}");
+    println!(
+        "C ABI fuzz: slowest call {:?} ({} with timeout_ms {}, status {}); worst overshoot past a 1..50 ms timeout {:?}",
+        slowest.0, slowest.1, slowest.2, slowest.3, worst_overshoot
+    );
     assert!(iterations > 50, "only {iterations} calls");
     for entry in ["predict", "schema", "load", "compile"] {
         assert!(seen.keys().any(|(e, _)| *e == entry), "{entry} never called: {seen:?}");

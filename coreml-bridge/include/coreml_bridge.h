@@ -242,9 +242,18 @@ int32_t coreml_model_schema(void* handle, char** out_json, char** out_err);
  *                On COREML_ERR_TIMEOUT the handle becomes POISONED: every
  *                later predict on it returns COREML_ERR_POISONED at once.
  *   out_outputs  OUT, owned: release with coreml_free_outputs
- * Inputs are validated against the model's schema first: unknown or missing
- * required names, or shapes outside the model's constraints, give
- * COREML_ERR_SCHEMA_MISMATCH without running anything.
+ * Order of work: the deadline starts first; then every descriptor is
+ * checked (INVALID_ARGUMENT), then checked against the model's schema before
+ * a byte is copied: unknown or missing required names, shapes outside the
+ * model's constraints, or an element type the feature does not take (f32,
+ * f16, f64 and i32 convert into each other, i8 only from i8) give
+ * COREML_ERR_SCHEMA_MISMATCH. Then the total row-major size of the copies is
+ * capped at COREML_BRIDGE_MAX_INPUT_BYTES (environment, read once, 1 MiB ..
+ * 1 TiB, default 2 GiB; COREML_ERR_OUT_OF_MEMORY past it: zero strides let a
+ * few bytes describe terabytes). The copy itself checks the deadline every
+ * 2^20 elements: a copy that outlasts it gives COREML_ERR_TIMEOUT without
+ * poisoning the handle (nothing ran on the model). The prediction gets what
+ * is left of the deadline.
  * Errors: INVALID_ARGUMENT, INVALID_HANDLE, SCHEMA_MISMATCH, PREDICT,
  * TIMEOUT, POISONED, UNAVAILABLE (stuck-work cap), UNSUPPORTED,
  * OUT_OF_MEMORY, INTERNAL.

@@ -93,23 +93,29 @@ public enum Bridge {
 
     /// Runs one prediction on the handle's queue and waits with the deadline.
     public static func predict(handle id: UInt, inputs: [HostTensor], timeoutMs: Int64) throws -> [HostTensor] {
-        let timeout = try validateTimeout(timeoutMs)
+        let deadline = try CallDeadline(timeoutMs: timeoutMs)
         let h = try lookup(id)
-        if let reason = h.poisonedBecause {
-            throw BridgeError(.poisoned, "model handle is poisoned (\(reason)); free it and load the model again")
-        }
+        try h.checkNotPoisoned()
         try h.schema.validate(inputs)
+        return try predict(h, inputs: inputs, deadline: deadline)
+    }
+
+    /// The prediction itself: inputs already validated and copied; waits
+    /// for what is left of `deadline`. A timeout poisons the handle.
+    static func predict(_ h: ModelHandle, inputs: [HostTensor], deadline: CallDeadline) throws -> [HostTensor] {
+        try h.checkNotPoisoned()
+        let left = try deadline.remainingMs("prediction")
         let model = h.model
         do {
             // The work item retains `model` and `inputs` (Swift-owned copies):
             // freeing the handle or returning to the caller cannot pull memory
             // from under a late prediction.
-            return try runWithDeadline(on: h.queue, timeoutMs: timeout, what: "prediction") {
+            return try runWithDeadline(on: h.queue, timeoutMs: left, what: "prediction") {
                 try model.predict(inputs)
             }
         } catch let e as BridgeError where e.status == .timeout {
-            h.poison("a prediction timed out after \(timeout) ms")
-            throw BridgeError(.timeout, "\(e.message); the model handle is now poisoned")
+            h.poison("a prediction timed out after \(deadline.timeoutMs) ms")
+            throw BridgeError(.timeout, "prediction did not finish within \(deadline.timeoutMs) ms; the model handle is now poisoned")
         } catch {
             throw bridgeError(error, status: .predict, context: "prediction failed")
         }

@@ -69,14 +69,43 @@ func deliver(_ s: String, to out: CStringOut) throws {
 
 let maxInputs: Int32 = 4096
 
-/// Reads and copies the caller's tensor descriptors into Swift-owned,
-/// row-major storage, validating every field.
-func readInputs(_ inputs: UnsafePointer<CoremlTensor>?, _ count: Int32) throws -> [HostTensor] {
+/// Most bytes the inputs of one call may copy in total (their row-major
+/// size): `COREML_BRIDGE_MAX_INPUT_BYTES` (1 MiB ... 1 TiB, read once),
+/// default 2 GiB. A descriptor can describe far more than it backs (zero
+/// strides); this cap, checked before any allocation, keeps such a call
+/// from allocating and copying without bound.
+let maxInputBytes: Int = {
+    if let s = ProcessInfo.processInfo.environment["COREML_BRIDGE_MAX_INPUT_BYTES"], let v = Int(s),
+       (1 << 20)...(1 << 40) ~= v {
+        return v
+    }
+    return 2 << 30
+}()
+
+/// A caller's tensor descriptor, every field checked, nothing copied yet.
+/// Valid only during the C call that received it.
+struct InputView {
+    let name: String
+    let dtype: DType
+    let shape: [Int]
+    let strides: [Int]
+    let data: UnsafeRawPointer
+    let byteLen: Int
+    /// Row-major size of the copy.
+    let byteCount: Int
+
+    var signature: InputSignature { InputSignature(name: name, dtype: dtype, shape: shape) }
+}
+
+/// Reads the caller's tensor descriptors, validating every field with
+/// checked arithmetic. Copies nothing: the caller checks them against the
+/// model and the byte cap first (`copyInputs`).
+func readInputViews(_ inputs: UnsafePointer<CoremlTensor>?, _ count: Int32) throws -> [InputView] {
     guard let inputs = inputs else { throw BridgeError.invalid("inputs is NULL") }
     guard count >= 1, count <= maxInputs else {
         throw BridgeError.invalid("n_inputs must be in 1...\(maxInputs) (got \(count))")
     }
-    var result: [HostTensor] = []
+    var result: [InputView] = []
     var names = Set<String>()
     for i in 0..<Int(count) {
         let t = inputs[i]
@@ -87,31 +116,7 @@ func readInputs(_ inputs: UnsafePointer<CoremlTensor>?, _ count: Int32) throws -
         guard let dtype = DType(rawValue: t.dtype), dtype != .i64 else {
             throw BridgeError.invalid("\(label): unknown or unsupported input dtype code \(t.dtype) (1 f32, 2 f16, 3 f64, 4 i32, 5 i8)")
         }
-        guard t.rank >= 1, t.rank <= Int32(COREML_MAX_RANK) else {
-            throw BridgeError.invalid("\(label): rank must be in 1...\(COREML_MAX_RANK) (got \(t.rank))")
-        }
-        let rank = Int(t.rank)
-        guard let shapePtr = t.shape else { throw BridgeError.invalid("\(label): shape is NULL") }
-        var shape: [Int] = []
-        for k in 0..<rank {
-            let d = shapePtr[k]
-            guard d >= 1, d <= Int64(Int.max) else {
-                throw BridgeError.invalid("\(label): dimension \(k) is \(d); every dimension must be >= 1")
-            }
-            shape.append(Int(d))
-        }
-        let rowMajor = Strided.rowMajorStrides(shape)
-        var strides = rowMajor
-        if let stridesPtr = t.strides {
-            strides = []
-            for k in 0..<rank {
-                let s = stridesPtr[k]
-                guard s >= 0, s <= Int64(Int.max) else {
-                    throw BridgeError.invalid("\(label): stride \(k) is \(s); strides must be >= 0 (in elements)")
-                }
-                strides.append(Int(s))
-            }
-        }
+        let (shape, strides) = try readShape(t.rank, t.shape, t.strides, label)
         guard let data = t.data else { throw BridgeError.invalid("\(label): data is NULL") }
         guard t.byte_len <= UInt64(Int.max) else { throw BridgeError.invalid("\(label): byte_len too large") }
         let byteLen = Int(t.byte_len)
@@ -129,13 +134,85 @@ func readInputs(_ inputs: UnsafePointer<CoremlTensor>?, _ count: Int32) throws -
                 throw BridgeError.invalid("\(label): byte_len is \(byteLen) but shape \(shape) with strides \(strides) spans \(span) elements of \(dtype.size) bytes")
             }
         }
-        let buffer = try TensorBuffer(byteCount: bytes)
-        try Strided.copy(shape: shape, elementSize: dtype.size,
-                         src: data, srcStrides: strides, srcByteCount: byteLen,
-                         dst: buffer.pointer, dstStrides: rowMajor, dstByteCount: bytes)
-        result.append(try HostTensor(name: name, dtype: dtype, shape: shape, buffer: buffer))
+        result.append(InputView(name: name, dtype: dtype, shape: shape, strides: strides,
+                                data: data, byteLen: byteLen, byteCount: bytes))
     }
     return result
+}
+
+/// Reads `rank` dimensions (each >= 1) and strides (each >= 0, NULL:
+/// row-major) from C arrays.
+func readShape(_ rankRaw: Int32, _ shapePtr: UnsafePointer<Int64>?, _ stridesPtr: UnsafePointer<Int64>?,
+               _ label: String) throws -> ([Int], [Int]) {
+    guard rankRaw >= 1, rankRaw <= Int32(COREML_MAX_RANK) else {
+        throw BridgeError.invalid("\(label): rank must be in 1...\(COREML_MAX_RANK) (got \(rankRaw))")
+    }
+    let rank = Int(rankRaw)
+    guard let shapePtr = shapePtr else { throw BridgeError.invalid("\(label): shape is NULL") }
+    var shape: [Int] = []
+    for k in 0..<rank {
+        let d = shapePtr[k]
+        guard d >= 1, d <= Int64(Int.max) else {
+            throw BridgeError.invalid("\(label): dimension \(k) is \(d); every dimension must be >= 1")
+        }
+        shape.append(Int(d))
+    }
+    var strides = Strided.rowMajorStrides(shape)
+    if let stridesPtr = stridesPtr {
+        strides = []
+        for k in 0..<rank {
+            let s = stridesPtr[k]
+            guard s >= 0, s <= Int64(Int.max) else {
+                throw BridgeError.invalid("\(label): stride \(k) is \(s); strides must be >= 0 (in elements)")
+            }
+            strides.append(Int(s))
+        }
+    }
+    return (shape, strides)
+}
+
+/// Refuses inputs whose copies would exceed `maxInputBytes` together.
+func checkInputBytes(_ views: [InputView]) throws {
+    var total = 0
+    for v in views {
+        guard let t = Strided.checkedAdd(total, v.byteCount), t <= maxInputBytes else {
+            throw BridgeError(.outOfMemory, "the inputs need more than \(maxInputBytes) bytes of copies (input '\(v.name)': \(v.dtype.name) \(v.shape) = \(v.byteCount) bytes; COREML_BRIDGE_MAX_INPUT_BYTES raises the cap)")
+        }
+        total = t
+    }
+}
+
+/// Copies checked views into Swift-owned, row-major storage, stopping with
+/// `.timeout` once `deadline` has passed (checked at a coarse grain inside
+/// the copy).
+func copyInputs(_ views: [InputView], deadline: CallDeadline) throws -> [HostTensor] {
+    var result: [HostTensor] = []
+    for v in views {
+        if deadline.expired {
+            throw BridgeError(.timeout, "copying the inputs did not finish within \(deadline.timeoutMs) ms")
+        }
+        let buffer = try TensorBuffer(byteCount: v.byteCount)
+        do {
+            try Strided.copy(shape: v.shape, elementSize: v.dtype.size,
+                             src: v.data, srcStrides: v.strides, srcByteCount: v.byteLen,
+                             dst: buffer.pointer, dstStrides: Strided.rowMajorStrides(v.shape),
+                             dstByteCount: v.byteCount, shouldStop: { deadline.expired })
+        } catch let e as BridgeError where e.status == .timeout {
+            throw BridgeError(.timeout, "copying input '\(v.name)' (\(v.byteCount) bytes) did not finish within \(deadline.timeoutMs) ms; nothing ran")
+        }
+        result.append(try HostTensor(name: v.name, dtype: v.dtype, shape: v.shape, buffer: buffer))
+    }
+    return result
+}
+
+/// Reads, validates against `schema`, caps and copies the caller's inputs,
+/// in that order: nothing is allocated for inputs the model would refuse.
+func readAndCopyInputs(_ inputs: UnsafePointer<CoremlTensor>?, _ count: Int32,
+                       schema: ModelSchema, deadline: CallDeadline) throws -> [HostTensor] {
+    let views = try readInputViews(inputs, count)
+    try schema.validate(views.map { $0.signature })
+    try checkInputBytes(views)
+    return try copyInputs(views, deadline: deadline)
 }
 
 // MARK: Outputs
@@ -261,10 +338,13 @@ public func coreml_predict(_ handle: UnsafeMutableRawPointer?,
     cEntry(outErr) {
         outOutputs?.pointee = nil
         let out = try requireOut(outOutputs, "out_outputs")
-        let id = handleID(handle)
-        _ = try Bridge.lookup(id) // a bad handle is reported before the inputs
-        let tensors = try readInputs(inputs, nInputs)
-        let results = try Bridge.predict(handle: id, inputs: tensors, timeoutMs: timeoutMs)
+        // The deadline starts before anything is read, so the copy of the
+        // inputs counts against it too.
+        let deadline = try CallDeadline(timeoutMs: timeoutMs)
+        let h = try Bridge.lookup(handleID(handle)) // a bad handle is reported before the inputs
+        try h.checkNotPoisoned()
+        let tensors = try readAndCopyInputs(inputs, nInputs, schema: h.schema, deadline: deadline)
+        let results = try Bridge.predict(h, inputs: tensors, deadline: deadline)
         out.pointee = try makeOutputs(results)
     }
 }

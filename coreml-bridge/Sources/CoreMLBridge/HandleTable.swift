@@ -68,6 +68,13 @@ public final class ModelHandle: @unchecked Sendable {
         return poisonReason
     }
 
+    /// Throws `.poisoned` once a prediction on this handle timed out.
+    func checkNotPoisoned() throws {
+        if let reason = poisonedBecause {
+            throw BridgeError(.poisoned, "model handle is poisoned (\(reason)); free it and load the model again")
+        }
+    }
+
     func poison(_ reason: String) {
         lock.lock(); defer { lock.unlock() }
         if poisonReason == nil { poisonReason = reason }

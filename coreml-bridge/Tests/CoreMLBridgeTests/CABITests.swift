@@ -238,6 +238,47 @@ final class ConcurrencyTests: BridgeTestCase {
         XCTAssertEqual(C.schema(h).0, OK, "schema still works on a poisoned handle")
     }
 
+    /// Issue #13: a descriptor with zero strides and a huge shape describes
+    /// far more than it backs. It is checked against the model and the byte
+    /// cap before any copy, and a copy that is allowed honours the deadline.
+    func testHugeZeroStrideInputsAreRefusedOrStoppedInTime() {
+        let one = bytes([Float(1)])
+        // Past the byte cap: refused at once, nothing allocated.
+        let h = loaded("add_one")
+        defer { C.free(h) }
+        var start = Date()
+        let huge = CInput("x", dtype: .f32, shape: [1 << 20, 1 << 20], strides: [0, 0], bytes: one)
+        var (st, _, err) = cPredict(h, [huge], timeoutMs: 60_000)
+        XCTAssertEqual(st, code(COREML_ERR_OUT_OF_MEMORY), err ?? "")
+        XCTAssertTrue(err?.contains("COREML_BRIDGE_MAX_INPUT_BYTES") ?? false, err ?? "")
+        XCTAssertLessThan(Date().timeIntervalSince(start), 0.5)
+        // Under the cap (1 GiB) but far longer to gather than the timeout:
+        // the copy stops at the deadline, and the handle is not poisoned
+        // (nothing ran on the model).
+        start = Date()
+        let big = CInput("x", dtype: .f32, shape: [1 << 28], strides: [0], bytes: one)
+        (st, _, err) = cPredict(h, [big], timeoutMs: 20)
+        let took = Date().timeIntervalSince(start)
+        XCTAssertEqual(st, code(COREML_ERR_TIMEOUT), err ?? "")
+        XCTAssertTrue(err?.contains("copying input 'x'") ?? false, err ?? "")
+        XCTAssertLessThan(took, 0.25, "the copy honours the 20 ms deadline (took \(took) s)")
+        XCTAssertEqual(cPredict(h, [input(2)]).0, OK, "a copy timeout does not poison the handle")
+        // A shape the model does not take is refused before the copy.
+        let fixed = loaded("fixed", #"{"inputs": [{"name": "x", "dtype": "f32", "shape": [2]}]}"#)
+        defer { C.free(fixed) }
+        start = Date()
+        (st, _, err) = cPredict(fixed, [big], timeoutMs: 60_000)
+        XCTAssertEqual(st, code(COREML_ERR_SCHEMA_MISMATCH), err ?? "")
+        XCTAssertLessThan(Date().timeIntervalSince(start), 0.5)
+        // So is an element type Core ML does not convert.
+        let i8 = CInput("x", dtype: .i8, shape: [2], bytes: [1, 2])
+        (st, _, err) = cPredict(fixed, [i8])
+        XCTAssertEqual(st, code(COREML_ERR_SCHEMA_MISMATCH), err ?? "")
+        XCTAssertTrue(err?.contains("the model takes f32") ?? false, err ?? "")
+        XCTAssertEqual(cPredict(fixed, [CInput("x", dtype: .f64, shape: [2], bytes: bytes([1.0, 2.0]))]).0, OK,
+                       "f64 converts to an f32 feature")
+    }
+
     func testFreeWhileTimedOutWorkIsStillRunning() {
         var h = loaded("sleep_300ms")
         weak var model = Bridge.handles.lookup(UInt(bitPattern: h))?.model as AnyObject?
