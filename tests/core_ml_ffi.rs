@@ -1308,6 +1308,258 @@ fn without_the_bridge_the_engine_is_unavailable_with_the_reason() {
 }
 
 // ---------------------------------------------------------------------------
+// Model state (ABI v2)
+// ---------------------------------------------------------------------------
+
+#[test]
+#[cfg_attr(
+    not(coreml_bridge),
+    ignore = "needs the Linux build of coreml-bridge: run scripts/swift/rust-ffi-test.sh"
+)]
+fn a_state_accumulates_across_calls_through_the_engine_and_belongs_to_its_model() {
+    require_test_runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let engine = CoreMlEngine::new();
+    let model = prepare(
+        &engine,
+        &fake_package(dir.path(), "acc", json!({"behavior": "accumulate"})),
+        PrepareOptions::default(),
+    );
+    let states = &model.io_schema().states;
+    assert_eq!(states.len(), 1, "{states:?}");
+    assert_eq!(
+        (states[0].name.as_str(), states[0].dtype, states[0].shape.as_slice()),
+        ("s", DType::F32, &[3usize][..])
+    );
+    let mut a = engine.make_state(model.as_ref()).unwrap();
+    let mut b = engine.make_state(model.as_ref()).unwrap();
+    let run = |state: &mut apple_silicon::ModelState, v: &[f32]| {
+        engine
+            .infer_with_state(model.as_ref(), state, &one("x", f32s(vec![3], v)), SECS)
+            .map(|out| out["y"].to_vec::<f32>().unwrap())
+    };
+    assert_eq!(run(&mut a, &[1.0, 2.0, 3.0]).unwrap(), [1.0, 2.0, 3.0]);
+    assert_eq!(run(&mut a, &[10.0, 20.0, 30.0]).unwrap(), [11.0, 22.0, 33.0]);
+    assert_eq!(
+        run(&mut b, &[5.0, 5.0, 5.0]).unwrap(),
+        [5.0, 5.0, 5.0],
+        "states are independent"
+    );
+    // A wrong input shape is refused and changes nothing.
+    let e = engine
+        .infer_with_state(model.as_ref(), &mut a, &one("x", f32s(vec![2], &[1.0, 1.0])), SECS)
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::SchemaMismatch, "{e}");
+    assert_eq!(run(&mut a, &[0.0; 3]).unwrap(), [11.0, 22.0, 33.0]);
+    // Without a state the stateful model fails (as Core ML's would).
+    assert!(engine
+        .infer(model.as_ref(), &one("x", f32s(vec![3], &[1.0; 3])), SECS)
+        .is_err());
+
+    // Another model's state: refused naming what was expected.
+    let other = prepare(
+        &engine,
+        &fake_package(
+            dir.path(),
+            "acc2",
+            json!({"behavior": "accumulate", "metadata": {"author": "other"}}),
+        ),
+        PrepareOptions::default(),
+    );
+    let e = engine
+        .infer_with_state(other.as_ref(), &mut a, &one("x", f32s(vec![3], &[1.0; 3])), SECS)
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::SchemaMismatch, "{e}");
+    assert!(e.to_string().contains("model state"), "{e}");
+    // The same package prepared twice: same cache key, but another loaded
+    // model; the bridge-side owner check refuses it.
+    let twin = prepare(
+        &engine,
+        &fake_package(dir.path(), "acc", json!({"behavior": "accumulate"})),
+        PrepareOptions::default(),
+    );
+    let e = engine
+        .infer_with_state(twin.as_ref(), &mut a, &one("x", f32s(vec![3], &[1.0; 3])), SECS)
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::SchemaMismatch, "{e}");
+    assert!(e.to_string().contains("another loaded model"), "{e}");
+    // A stateless model makes an empty state that behaves like none.
+    let plain = prepare(
+        &engine,
+        &fake_package(dir.path(), "plain", json!({"behavior": "add_one"})),
+        PrepareOptions::default(),
+    );
+    assert!(plain.io_schema().states.is_empty());
+    let mut empty = engine.make_state(plain.as_ref()).unwrap();
+    let out = engine
+        .infer_with_state(plain.as_ref(), &mut empty, &one("x", f32s(vec![1], &[1.0])), SECS)
+        .unwrap();
+    assert_eq!(out["y"].to_vec::<f32>().unwrap(), [2.0]);
+}
+
+#[test]
+#[cfg_attr(
+    not(coreml_bridge),
+    ignore = "needs the Linux build of coreml-bridge: run scripts/swift/rust-ffi-test.sh"
+)]
+fn a_timed_out_prediction_poisons_its_state_and_a_new_state_works_after_the_reload() {
+    require_test_runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let engine = CoreMlEngine::new();
+    let model = prepare(
+        &engine,
+        &fake_package(
+            dir.path(),
+            "slowacc",
+            json!({"behavior": "accumulate", "sleep_ms": 600}),
+        ),
+        PrepareOptions::default(),
+    );
+    let x = one("x", f32s(vec![3], &[1.0, 2.0, 3.0]));
+    let mut state = engine.make_state(model.as_ref()).unwrap();
+    let t = Instant::now();
+    let e = engine
+        .infer_with_state(model.as_ref(), &mut state, &x, Duration::from_millis(100))
+        .unwrap_err();
+    let took = t.elapsed();
+    assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+    assert!(took < Duration::from_millis(100) + margin(400), "{took:?}");
+    assert!(state.is_poisoned());
+    let e = engine
+        .infer_with_state(model.as_ref(), &mut state, &x, SECS)
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+    assert!(e.to_string().contains("poisoned"), "{e}");
+    // The engine reloads the model; a new state starts from zero.
+    let mut fresh = engine.make_state(model.as_ref()).unwrap();
+    assert_eq!(core_ml_model(model.as_ref()).rebuilds(), 1);
+    let out = engine.infer_with_state(model.as_ref(), &mut fresh, &x, SECS).unwrap();
+    assert_eq!(out["y"].to_vec::<f32>().unwrap(), [1.0, 2.0, 3.0]);
+}
+
+fn raw_make_state(handle: *mut c_void) -> *mut c_void {
+    let mut state: *mut c_void = ptr::null_mut();
+    let mut err: *mut c_char = ptr::null_mut();
+    // SAFETY: live out slots.
+    let code = unsafe { ffi::coreml_make_state(handle, 20_000, &mut state, &mut err) };
+    let msg = take_string(err);
+    assert_eq!(code, ffi::COREML_OK, "make_state: {msg:?}");
+    assert!(!state.is_null());
+    state
+}
+
+fn raw_predict_with_state(
+    handle: *mut c_void,
+    state: *mut c_void,
+    inputs: &[ffi::CoremlTensor],
+    timeout_ms: i64,
+) -> (i32, Option<String>) {
+    let mut outputs: *mut ffi::CoremlOutputs = ptr::null_mut();
+    let mut err: *mut c_char = ptr::null_mut();
+    // SAFETY: descriptors built by the caller from live memory; out slots are live.
+    let code = unsafe {
+        ffi::coreml_predict_with_state(
+            handle,
+            state,
+            inputs.as_ptr(),
+            inputs.len() as i32,
+            timeout_ms,
+            &mut outputs,
+            &mut err,
+        )
+    };
+    // SAFETY: NULL or outputs the bridge handed out.
+    unsafe { ffi::coreml_free_outputs(outputs) };
+    (code, take_string(err))
+}
+
+/// Raw FFI: a state used by two threads at once, a state with another
+/// handle, a model handle passed as a state, and freeing a state while a
+/// timed-out prediction still uses it.
+#[test]
+#[cfg_attr(
+    not(coreml_bridge),
+    ignore = "needs the Linux build of coreml-bridge: run scripts/swift/rust-ffi-test.sh"
+)]
+fn the_c_abi_refuses_a_busy_state_a_foreign_state_and_frees_states_safely() {
+    require_test_runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let compiled = fake_compiled(dir.path(), "acc", json!({"behavior": "accumulate", "sleep_ms": 300}));
+    let h1 = raw_load(&compiled, 20_000);
+    let h2 = raw_load(&compiled, 20_000);
+    let s1 = raw_make_state(h1);
+    let name = CString::new("x").unwrap();
+    let shape = [3i64];
+    let data = [1.0f32, 1.0, 1.0];
+    let x = ffi::CoremlTensor {
+        name: name.as_ptr(),
+        dtype: ffi::COREML_DTYPE_F32,
+        rank: 1,
+        shape: shape.as_ptr(),
+        strides: ptr::null(),
+        data: data.as_ptr().cast(),
+        byte_len: 12,
+    };
+    let (code, msg) = raw_predict_with_state(h2, s1, &[x], 20_000);
+    assert_eq!(code, ffi::COREML_ERR_STATE_MISMATCH, "{msg:?}");
+    let (code, _) = raw_predict_with_state(h1, h1, &[x], 20_000);
+    assert_eq!(code, ffi::COREML_ERR_INVALID_HANDLE, "a model handle is not a state");
+    let (code, _) = raw_predict_with_state(h1, ptr::null_mut(), &[x], 20_000);
+    assert_eq!(code, ffi::COREML_ERR_INVALID_HANDLE);
+
+    // Two threads, one state: the second is refused at once.
+    let (h1_addr, s1_addr) = (h1.addr(), s1.addr());
+    let busy = std::thread::spawn(move || {
+        let name = CString::new("x").unwrap();
+        let shape = [3i64];
+        let data = [1.0f32; 3];
+        let x = ffi::CoremlTensor {
+            name: name.as_ptr(),
+            dtype: ffi::COREML_DTYPE_F32,
+            rank: 1,
+            shape: shape.as_ptr(),
+            strides: ptr::null(),
+            data: data.as_ptr().cast(),
+            byte_len: 12,
+        };
+        raw_predict_with_state(
+            ptr::without_provenance_mut(h1_addr),
+            ptr::without_provenance_mut(s1_addr),
+            &[x],
+            20_000,
+        )
+        .0
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let t = Instant::now();
+    let (code, msg) = raw_predict_with_state(h1, s1, &[x], 20_000);
+    assert_eq!(code, ffi::COREML_ERR_STATE_IN_USE, "{msg:?}");
+    assert!(t.elapsed() < margin(100), "refused at once: {:?}", t.elapsed());
+    assert_eq!(busy.join().unwrap(), ffi::COREML_OK);
+
+    // A timeout poisons the state; freeing it (and the handle) while the
+    // late prediction runs is safe.
+    let (code, msg) = raw_predict_with_state(h1, s1, &[x], 30);
+    assert_eq!(code, ffi::COREML_ERR_TIMEOUT, "{msg:?}");
+    // SAFETY: each id freed once; the bridge keeps what the late work needs.
+    unsafe {
+        ffi::coreml_free_state(s1);
+        ffi::coreml_free_model(h1);
+        ffi::coreml_free_state(s1);
+        ffi::coreml_free_state(ptr::null_mut());
+    }
+    std::thread::sleep(Duration::from_millis(400));
+    let s2 = raw_make_state(h2);
+    let (code, msg) = raw_predict_with_state(h2, s2, &[x], 20_000);
+    assert_eq!(code, ffi::COREML_OK, "{msg:?}");
+    // SAFETY: freed once each.
+    unsafe {
+        ffi::coreml_free_state(s2);
+        ffi::coreml_free_model(h2);
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Fuzzing the C ABI
 // ---------------------------------------------------------------------------
 
@@ -1477,7 +1729,11 @@ fn the_c_abi_answers_random_descriptors_handles_and_nulls_with_a_status() {
     let dir = tempfile::tempdir().unwrap();
     let compiled = fake_compiled(dir.path(), "fuzz", json!({"behavior": "add_one"}));
     let mut live = raw_load(&compiled, 20_000);
+    let mut live_state = raw_make_state(live);
     let freed = raw_load(&compiled, 20_000);
+    let freed_state = raw_make_state(freed);
+    // SAFETY: a state from coreml_make_state, freed once.
+    unsafe { ffi::coreml_free_state(freed_state) };
     // SAFETY: a handle from coreml_load_model, freed once.
     unsafe { ffi::coreml_free_model(freed) };
     let pkg_c = CString::new(fake_package(dir.path(), "fuzzpkg", json!({})).path.to_str().unwrap()).unwrap();
@@ -1506,7 +1762,7 @@ fn the_c_abi_answers_random_descriptors_handles_and_nulls_with_a_status() {
         let call_start = Instant::now();
         let mut err: *mut c_char = ptr::null_mut();
         let err_slot: *mut *mut c_char = if rng.below(4) == 0 { ptr::null_mut() } else { &mut err };
-        let (entry, code) = match rng.below(10) {
+        let (entry, code) = match rng.below(12) {
             0..=5 => {
                 let case = random_case(&mut rng);
                 let mut outputs: *mut ffi::CoremlOutputs = ptr::null_mut();
@@ -1560,6 +1816,53 @@ fn the_c_abi_answers_random_descriptors_handles_and_nulls_with_a_status() {
                 }
                 ("load", code)
             }
+            10 => {
+                let case = random_case(&mut rng);
+                let state = match rng.below(6) {
+                    0 => ptr::null_mut(),
+                    1 => freed_state,
+                    2 => ptr::without_provenance_mut(rng.next() as usize),
+                    3 => handle,
+                    _ => live_state,
+                };
+                let mut outputs: *mut ffi::CoremlOutputs = ptr::null_mut();
+                let inputs = if case.tensors.is_empty() {
+                    ptr::null()
+                } else {
+                    case.tensors.as_ptr()
+                };
+                // SAFETY: every pointer is NULL or live for the call; the count matches the array.
+                let code = unsafe {
+                    ffi::coreml_predict_with_state(
+                        handle,
+                        state,
+                        inputs,
+                        case.tensors.len() as i32,
+                        timeout,
+                        &mut outputs,
+                        err_slot,
+                    )
+                };
+                if code == ffi::COREML_OK {
+                    // SAFETY: outputs handed out by the bridge, freed once.
+                    unsafe { ffi::coreml_free_outputs(outputs) };
+                } else {
+                    assert!(
+                        outputs.is_null(),
+                        "a failed predict_with_state ({code}) handed out outputs"
+                    );
+                }
+                ("predict_with_state", code)
+            }
+            11 => {
+                let mut s: *mut c_void = ptr::null_mut();
+                let slot: *mut *mut c_void = if rng.below(5) == 0 { ptr::null_mut() } else { &mut s };
+                // SAFETY: out slots NULL or live.
+                let code = unsafe { ffi::coreml_make_state(handle, timeout, slot, err_slot) };
+                // SAFETY: a state just made (or NULL), freed once.
+                unsafe { ffi::coreml_free_state(s) };
+                ("make_state", code)
+            }
             8 => {
                 let src = rng.pick(&[pkg_c.as_ptr(), nowhere.as_ptr(), ptr::null()]);
                 let dst = rng.pick(&[out_dir.as_ptr(), nowhere.as_ptr(), ptr::null()]);
@@ -1583,7 +1886,7 @@ fn the_c_abi_answers_random_descriptors_handles_and_nulls_with_a_status() {
         let took = call_start.elapsed();
         take_string(err);
         assert!(
-            (ffi::COREML_OK..=ffi::COREML_ERR_UNSUPPORTED).contains(&code),
+            (ffi::COREML_OK..=ffi::COREML_ERR_STATE_MISMATCH).contains(&code),
             "{entry} returned {code}, not a status"
         );
         assert!(
@@ -1599,10 +1902,14 @@ fn the_c_abi_answers_random_descriptors_handles_and_nulls_with_a_status() {
         }
         *seen.entry((entry, code)).or_default() += 1;
         // A short timeout poisoned the live handle: a fresh one for what follows.
-        if code == ffi::COREML_ERR_TIMEOUT && entry == "predict" && handle == live {
-            // SAFETY: the poisoned handle, freed once; its replacement is loaded.
-            unsafe { ffi::coreml_free_model(live) };
+        if code == ffi::COREML_ERR_TIMEOUT && entry.starts_with("predict") && handle == live {
+            // SAFETY: the poisoned handle and its state, freed once; replacements are made.
+            unsafe {
+                ffi::coreml_free_state(live_state);
+                ffi::coreml_free_model(live);
+            }
             live = raw_load(&compiled, 20_000);
+            live_state = raw_make_state(live);
         }
     }
     // SAFETY: NULL is a no-op for every free function.
@@ -1610,6 +1917,8 @@ fn the_c_abi_answers_random_descriptors_handles_and_nulls_with_a_status() {
         ffi::coreml_free_string(ptr::null_mut());
         ffi::coreml_free_outputs(ptr::null_mut());
         ffi::coreml_free_model(ptr::null_mut());
+        ffi::coreml_free_state(ptr::null_mut());
+        ffi::coreml_free_state(live_state);
         ffi::coreml_free_model(live);
     }
     println!("C ABI fuzz: seed {seed}, {iterations} calls in {secs} s; (entry, status) counts: {seen:?}");
@@ -1618,7 +1927,14 @@ fn the_c_abi_answers_random_descriptors_handles_and_nulls_with_a_status() {
         slowest.0, slowest.1, slowest.2, slowest.3, worst_overshoot
     );
     assert!(iterations > 50, "only {iterations} calls");
-    for entry in ["predict", "schema", "load", "compile"] {
+    for entry in [
+        "predict",
+        "schema",
+        "load",
+        "compile",
+        "predict_with_state",
+        "make_state",
+    ] {
         assert!(seen.keys().any(|(e, _)| *e == entry), "{entry} never called: {seen:?}");
     }
     assert!(

@@ -72,7 +72,7 @@ pub mod ffi {
     use std::ffi::{c_char, c_void};
 
     /// `COREML_BRIDGE_ABI_VERSION`: the header version this mirror was written against.
-    pub const COREML_BRIDGE_ABI_VERSION: i32 = 1;
+    pub const COREML_BRIDGE_ABI_VERSION: i32 = 2;
     /// `COREML_MAX_RANK`: the largest tensor rank the bridge accepts.
     pub const COREML_MAX_RANK: i32 = 16;
 
@@ -102,6 +102,10 @@ pub mod ffi {
     pub const COREML_ERR_INVALID_HANDLE: i32 = 11;
     /// `COREML_ERR_UNSUPPORTED`: valid, but this OS's Core ML cannot do it.
     pub const COREML_ERR_UNSUPPORTED: i32 = 12;
+    /// `COREML_ERR_STATE_IN_USE` (v2): the model state is being used by another call.
+    pub const COREML_ERR_STATE_IN_USE: i32 = 13;
+    /// `COREML_ERR_STATE_MISMATCH` (v2): the model state belongs to another model handle.
+    pub const COREML_ERR_STATE_MISMATCH: i32 = 14;
 
     /// `COREML_DTYPE_F32`: IEEE binary32.
     pub const COREML_DTYPE_F32: i32 = 1;
@@ -257,6 +261,25 @@ pub mod ffi {
             out_outputs: *mut *mut CoremlOutputs,
             out_err: *mut *mut c_char,
         ) -> i32 => COREML_ERR_UNAVAILABLE;
+        /// `coreml_make_state` (v2): a fresh state (`MLModel.makeState()`) for a model handle.
+        fn coreml_make_state(
+            handle: *mut c_void,
+            timeout_ms: i64,
+            out_state: *mut *mut c_void,
+            out_err: *mut *mut c_char,
+        ) -> i32 => COREML_ERR_UNAVAILABLE;
+        /// `coreml_predict_with_state` (v2): one prediction reading and updating a state.
+        fn coreml_predict_with_state(
+            handle: *mut c_void,
+            state: *mut c_void,
+            inputs: *const CoremlTensor,
+            n_inputs: i32,
+            timeout_ms: i64,
+            out_outputs: *mut *mut CoremlOutputs,
+            out_err: *mut *mut c_char,
+        ) -> i32 => COREML_ERR_UNAVAILABLE;
+        /// `coreml_free_state` (v2): releases a state (NULL/unknown/freed ignored).
+        fn coreml_free_state(state: *mut c_void) => ();
         /// `coreml_compute_plan`: per-operation devices (MLComputePlan, macOS 14.4+) as JSON.
         fn coreml_compute_plan(
             compiled_path: *const c_char,
@@ -324,6 +347,10 @@ pub enum Status {
     InvalidHandle,
     /// 12: valid, but not possible on this OS.
     Unsupported,
+    /// 13 (v2): the model state is being used by another call.
+    StateInUse,
+    /// 14 (v2): the model state belongs to another model handle.
+    StateMismatch,
     /// A code the header does not define.
     Unknown(i32),
 }
@@ -345,6 +372,8 @@ impl Status {
             ffi::COREML_ERR_INTERNAL => Status::Internal,
             ffi::COREML_ERR_INVALID_HANDLE => Status::InvalidHandle,
             ffi::COREML_ERR_UNSUPPORTED => Status::Unsupported,
+            ffi::COREML_ERR_STATE_IN_USE => Status::StateInUse,
+            ffi::COREML_ERR_STATE_MISMATCH => Status::StateMismatch,
             other => Status::Unknown(other),
         }
     }
@@ -365,6 +394,8 @@ impl Status {
             Status::Internal => ffi::COREML_ERR_INTERNAL,
             Status::InvalidHandle => ffi::COREML_ERR_INVALID_HANDLE,
             Status::Unsupported => ffi::COREML_ERR_UNSUPPORTED,
+            Status::StateInUse => ffi::COREML_ERR_STATE_IN_USE,
+            Status::StateMismatch => ffi::COREML_ERR_STATE_MISMATCH,
             Status::Unknown(c) => c,
         }
     }
@@ -385,6 +416,8 @@ impl Status {
             Status::Internal => "COREML_ERR_INTERNAL",
             Status::InvalidHandle => "COREML_ERR_INVALID_HANDLE",
             Status::Unsupported => "COREML_ERR_UNSUPPORTED",
+            Status::StateInUse => "COREML_ERR_STATE_IN_USE",
+            Status::StateMismatch => "COREML_ERR_STATE_MISMATCH",
             Status::Unknown(_) => "unknown status",
         }
     }
@@ -403,6 +436,8 @@ pub enum Operation {
     Predict,
     /// `coreml_compute_plan`.
     ComputePlan,
+    /// `coreml_make_state`.
+    MakeState,
     /// `coreml_runtime_info`.
     RuntimeInfo,
 }
@@ -416,6 +451,7 @@ impl Operation {
             Operation::Schema => "schema query",
             Operation::Predict => "prediction",
             Operation::ComputePlan => "compute plan",
+            Operation::MakeState => "making a state",
             Operation::RuntimeInfo => "runtime info",
         }
     }
@@ -437,6 +473,8 @@ impl Operation {
 /// | `OUT_OF_MEMORY` | `MemoryPressure` |
 /// | `INTERNAL`, `INVALID_HANDLE`, unknown codes | `Internal` |
 /// | `UNSUPPORTED` | `Unsupported` |
+/// | `STATE_IN_USE` | `Unavailable` (the state serves one call at a time; the safe API's `&mut` makes this unreachable) |
+/// | `STATE_MISMATCH` | `SchemaMismatch` (expected: a state of this model handle) |
 pub fn status_to_error(status: Status, op: Operation, subject: &str, message: &str, timeout: Duration) -> Error {
     let model = subject.to_string();
     let message = message.to_string();
@@ -481,8 +519,17 @@ pub fn status_to_error(status: Status, op: Operation, subject: &str, message: &s
             op.name()
         )),
         Status::Unsupported => Error::unsupported(format!("{} of {subject}: {message}", op.name())),
+        Status::StateInUse => Error::Unavailable {
+            engine: ENGINE_NAME.to_string(),
+            reason: format!("{} of {subject}: {message}", op.name()),
+        },
+        Status::StateMismatch => Error::schema_mismatch(
+            format!("model state for the {} of {subject}", op.name()),
+            "a state made by this loaded model (coreml_make_state on the same handle)",
+            message,
+        ),
         Status::Unknown(code) => Error::internal(format!(
-            "the bridge returned status {code} for the {} of {subject}; expected one of 0..=12 \
+            "the bridge returned status {code} for the {} of {subject}; expected one of 0..=14 \
              (is the library built from another version of coreml_bridge.h?): {message}",
             op.name()
         )),
@@ -684,10 +731,16 @@ pub fn check_abi() -> Result<()> {
     if !is_linked() {
         return Err(BridgeError::unavailable(NO_BRIDGE_REASON).into_error());
     }
-    let got = abi_version();
+    check_abi_version(abi_version())
+}
+
+/// Refuses a bridge whose ABI version `got` is not this mirror's
+/// ([`ffi::COREML_BRIDGE_ABI_VERSION`]); the error names both. Pure.
+pub fn check_abi_version(got: i32) -> Result<()> {
     if got != ffi::COREML_BRIDGE_ABI_VERSION {
         return Err(Error::internal(format!(
-            "coreml-bridge ABI version: expected {}, got {got} (rebuild the Swift library from this checkout)",
+            "coreml-bridge ABI version: this crate speaks version {}, the linked library speaks version {got} \
+             (rebuild the Swift library from this checkout)",
             ffi::COREML_BRIDGE_ABI_VERSION
         )));
     }
@@ -1056,6 +1109,10 @@ pub struct BridgeSchema {
     pub inputs: Vec<Feature>,
     /// Outputs, sorted by name.
     pub outputs: Vec<Feature>,
+    /// States of a stateful model (v2), sorted by name: each state buffer's
+    /// name, dtype and shape. Empty for a stateless model.
+    #[serde(default)]
+    pub states: Vec<Feature>,
     /// Metadata.
     #[serde(default)]
     pub metadata: SchemaMetadata,
@@ -1069,7 +1126,7 @@ impl BridgeSchema {
         IoSchema {
             inputs: self.inputs.iter().filter_map(Feature::to_tensor_spec).collect(),
             outputs: self.outputs.iter().filter_map(Feature::to_tensor_spec).collect(),
-            states: Vec::new(),
+            states: self.states.iter().filter_map(Feature::to_tensor_spec).collect(),
             classifier: None,
             functions: Default::default(),
         }
@@ -1339,6 +1396,7 @@ impl BridgeModel {
             schema: BridgeSchema {
                 inputs: Vec::new(),
                 outputs: Vec::new(),
+                states: Vec::new(),
                 metadata: SchemaMetadata::default(),
             },
             poisoned: Cell::new(false),
@@ -1408,22 +1466,100 @@ impl BridgeModel {
     /// On [`Status::Timeout`] the prediction keeps running in the bridge
     /// (Core ML cannot be interrupted) and this model becomes poisoned.
     pub fn predict(&self, inputs: &TensorMap, timeout: Duration) -> std::result::Result<TensorMap, BridgeError> {
+        self.predict_inner(inputs, timeout, None)
+    }
+
+    /// Makes a fresh state for this model (`coreml_make_state`, Core ML's
+    /// `makeState()`: every state buffer zeroed; an empty state for a
+    /// stateless model). Waits at most `timeout`. Costs the allocation of
+    /// the model's state buffers. Core ML has states from macOS 15 / iOS 18
+    /// on; before, the bridge answers [`Status::Unsupported`].
+    pub fn make_state(&self, timeout: Duration) -> std::result::Result<BridgeState, BridgeError> {
+        let subject = self.subject();
+        let mut state: *mut c_void = ptr::null_mut();
+        let mut err = BridgeString::null();
+        // SAFETY: a live handle (self is alive); empty out slots.
+        let code = unsafe { ffi::coreml_make_state(self.raw(), timeout_ms(timeout), &mut state, err.out()) };
+        if Status::from_code(code) == Status::Poisoned {
+            self.poisoned.set(true);
+        }
+        check(code, &mut err, Operation::MakeState, &subject, timeout)?;
+        if state.is_null() {
+            return Err(missing_out(Operation::MakeState, "out_state"));
+        }
+        Ok(BridgeState {
+            handle: state.addr(),
+            model: self.handle,
+            poisoned: Cell::new(false),
+        })
+    }
+
+    /// Runs one prediction that reads and updates `state`
+    /// (`coreml_predict_with_state`, Core ML's
+    /// `prediction(from:using:options:)`). Same checks, copies, deadline
+    /// and costs as [`BridgeModel::predict`]. A state made by another
+    /// loaded model is refused with [`Status::StateMismatch`] before
+    /// anything runs. On [`Status::Timeout`] both this model and `state`
+    /// become poisoned (the late prediction may still update the state).
+    pub fn predict_with_state(
+        &self,
+        state: &BridgeState,
+        inputs: &TensorMap,
+        timeout: Duration,
+    ) -> std::result::Result<TensorMap, BridgeError> {
+        if state.model != self.handle {
+            return Err(BridgeError::refused(
+                Status::StateMismatch,
+                Error::schema_mismatch(
+                    format!("model state for {}", self.subject()),
+                    "a state made by this loaded model",
+                    "a state made by another loaded model (or by this model before it was loaded again)",
+                ),
+            ));
+        }
+        let out = self.predict_inner(inputs, timeout, Some(state));
+        if let Err(e) = &out {
+            if matches!(e.status(), Status::Timeout | Status::Poisoned) {
+                state.poisoned.set(true);
+            }
+        }
+        out
+    }
+
+    fn predict_inner(
+        &self,
+        inputs: &TensorMap,
+        timeout: Duration,
+        state: Option<&BridgeState>,
+    ) -> std::result::Result<TensorMap, BridgeError> {
         let subject = self.subject();
         let marshalled =
             marshal_inputs(inputs, &subject).map_err(|e| BridgeError::refused(Status::InvalidArgument, e))?;
         let mut outputs = BridgeOutputs(ptr::null_mut());
         let mut err = BridgeString::null();
-        // SAFETY: a live handle; `descriptors` point into `marshalled` and
-        // `inputs`, both alive until after the call; empty out slots.
+        // SAFETY: a live handle (and state: `state` is alive); `descriptors`
+        // point into `marshalled` and `inputs`, both alive until after the
+        // call; empty out slots.
         let code = unsafe {
-            ffi::coreml_predict(
-                self.raw(),
-                marshalled.descriptors.as_ptr(),
-                marshalled.descriptors.len() as i32,
-                timeout_ms(timeout),
-                &mut outputs.0,
-                err.out(),
-            )
+            match state {
+                None => ffi::coreml_predict(
+                    self.raw(),
+                    marshalled.descriptors.as_ptr(),
+                    marshalled.descriptors.len() as i32,
+                    timeout_ms(timeout),
+                    &mut outputs.0,
+                    err.out(),
+                ),
+                Some(st) => ffi::coreml_predict_with_state(
+                    self.raw(),
+                    st.raw(),
+                    marshalled.descriptors.as_ptr(),
+                    marshalled.descriptors.len() as i32,
+                    timeout_ms(timeout),
+                    &mut outputs.0,
+                    err.out(),
+                ),
+            }
         };
         drop(marshalled);
         let status = Status::from_code(code);
@@ -1457,6 +1593,43 @@ pub fn describe_tensors(tensors: &TensorMap) -> String {
         .map(|(n, t)| format!("{n}: {} {:?}", t.dtype(), t.shape()))
         .collect();
     format!("{{{}}}", v.join(", "))
+}
+
+/// A model state made by the bridge ([`BridgeModel::make_state`]): Core ML's
+/// `MLState`, held across predictions of the model that made it. Dropping it
+/// calls `coreml_free_state`, which is safe while a timed-out prediction
+/// still uses it (the bridge keeps the `MLState` alive until that returns).
+///
+/// `Send` but not `Sync`, like [`BridgeModel`]: a state serves one call at a
+/// time (the bridge refuses a second with [`Status::StateInUse`]).
+#[derive(Debug)]
+pub struct BridgeState {
+    /// The bridge's state id, never dereferenced.
+    handle: usize,
+    /// The id of the model handle that made it.
+    model: usize,
+    /// Set when a prediction with it timed out or found it poisoned.
+    poisoned: Cell<bool>,
+}
+
+impl BridgeState {
+    fn raw(&self) -> *mut c_void {
+        ptr::without_provenance_mut(self.handle)
+    }
+
+    /// Whether a prediction with it timed out: it is then unusable (make a
+    /// new state). No call.
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned.get()
+    }
+}
+
+impl Drop for BridgeState {
+    fn drop(&mut self) {
+        // SAFETY: the id came from coreml_make_state and is freed only here,
+        // once. The bridge ignores unknown ids in any case.
+        unsafe { ffi::coreml_free_state(self.raw()) };
+    }
 }
 
 impl Drop for BridgeModel {
@@ -1568,7 +1741,7 @@ mod tests {
     fn every_header_function_is_declared_with_the_same_signature() {
         let header = header_functions();
         let names: Vec<&str> = header.iter().map(|(_, n, _)| n.as_str()).collect();
-        assert_eq!(names.len(), 10, "functions parsed from the header: {names:?}");
+        assert_eq!(names.len(), 13, "functions parsed from the header: {names:?}");
         let declared: BTreeMap<&str, &ffi::Signature> = ffi::SIGNATURES.iter().map(|s| (s.name, s)).collect();
         assert_eq!(
             declared.keys().copied().collect::<BTreeSet<_>>(),
@@ -1629,6 +1802,8 @@ mod tests {
             ("COREML_ERR_INTERNAL", ffi::COREML_ERR_INTERNAL),
             ("COREML_ERR_INVALID_HANDLE", ffi::COREML_ERR_INVALID_HANDLE),
             ("COREML_ERR_UNSUPPORTED", ffi::COREML_ERR_UNSUPPORTED),
+            ("COREML_ERR_STATE_IN_USE", ffi::COREML_ERR_STATE_IN_USE),
+            ("COREML_ERR_STATE_MISMATCH", ffi::COREML_ERR_STATE_MISMATCH),
             ("COREML_DTYPE_F32", ffi::COREML_DTYPE_F32),
             ("COREML_DTYPE_F16", ffi::COREML_DTYPE_F16),
             ("COREML_DTYPE_F64", ffi::COREML_DTYPE_F64),
@@ -1657,7 +1832,7 @@ mod tests {
             }
         }
         assert_eq!(
-            (0..=12).collect::<BTreeSet<i32>>().len(),
+            (0..=14).collect::<BTreeSet<i32>>().len(),
             header
                 .keys()
                 .filter(|n| n.starts_with("COREML_OK") || n.starts_with("COREML_ERR_"))
@@ -1783,22 +1958,43 @@ int main(void) {
         assert_eq!(kind(Status::Internal, Operation::Predict), ErrorKind::Internal);
         assert_eq!(kind(Status::InvalidHandle, Operation::Predict), ErrorKind::Internal);
         assert_eq!(kind(Status::Unsupported, Operation::Predict), ErrorKind::Unsupported);
+        assert_eq!(kind(Status::StateInUse, Operation::Predict), ErrorKind::Unavailable);
+        assert_eq!(
+            kind(Status::StateMismatch, Operation::Predict),
+            ErrorKind::SchemaMismatch
+        );
         assert_eq!(kind(Status::Unknown(99), Operation::Predict), ErrorKind::Internal);
         assert_eq!(kind(Status::Ok, Operation::Predict), ErrorKind::Internal);
 
         let e = status_to_error(Status::Timeout, Operation::Predict, "m.mlmodelc", "late", t);
         assert_eq!(e.to_string(), "prediction of m.mlmodelc timed out after 250ms");
         let e = status_to_error(Status::Unknown(99), Operation::Load, "m", "?", t).to_string();
-        assert!(e.contains("status 99") && e.contains("expected one of 0..=12"), "{e}");
+        assert!(e.contains("status 99") && e.contains("expected one of 0..=14"), "{e}");
         let b = BridgeError::new(Status::Poisoned, Operation::Predict, "m", "poisoned", t);
         assert!(b.is_poisoned());
         assert!(b.to_string().contains("COREML_ERR_POISONED"), "{b}");
         assert!(b.to_string().contains("load it again"), "{b}");
-        for code in (0..=12).collect::<BTreeSet<i32>>() {
+        for code in (0..=14).collect::<BTreeSet<i32>>() {
             assert_eq!(Status::from_code(code).code(), code);
             assert_ne!(Status::from_code(code), Status::Unknown(code));
         }
-        assert_eq!(Status::from_code(13), Status::Unknown(13));
+        assert_eq!(Status::from_code(15), Status::Unknown(15));
+    }
+
+    #[test]
+    fn a_bridge_of_another_abi_version_is_refused_naming_both_versions() {
+        assert_eq!(ffi::COREML_BRIDGE_ABI_VERSION, 2);
+        assert!(check_abi_version(2).is_ok());
+        for got in [0, 1, 3] {
+            let e = check_abi_version(got).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Internal);
+            let text = e.to_string();
+            assert!(
+                text.contains("this crate speaks version 2") && text.contains(&format!("speaks version {got}")),
+                "{text}"
+            );
+            assert!(text.contains("rebuild the Swift library"), "{text}");
+        }
     }
 
     #[test]

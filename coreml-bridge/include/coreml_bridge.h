@@ -18,7 +18,8 @@
  * - Ownership: every `char*` the bridge hands out is owned by the caller and
  *   must be released with coreml_free_string (not free()). A CoremlOutputs*
  *   must be released with coreml_free_outputs. A model handle with
- *   coreml_free_model. Each exactly once.
+ *   coreml_free_model, a model state with coreml_free_state. Each exactly
+ *   once.
  * - Error messages: "<what failed>: <reason>", followed, when the failure
  *   came from an NSError, by its domain, code, description and the chain of
  *   NSUnderlyingErrorKey errors, e.g.
@@ -62,7 +63,7 @@ extern "C" {
 #endif
 
 /* Incremented on every incompatible change of this header. */
-#define COREML_BRIDGE_ABI_VERSION 1
+#define COREML_BRIDGE_ABI_VERSION 2
 
 /* ---- Status codes (int32_t) -------------------------------------------- */
 typedef enum CoremlStatus {
@@ -78,7 +79,9 @@ typedef enum CoremlStatus {
     COREML_ERR_OUT_OF_MEMORY     = 9,  /* an allocation failed or a size overflowed */
     COREML_ERR_INTERNAL          = 10, /* a bug in the bridge or an unexpected Core ML answer */
     COREML_ERR_INVALID_HANDLE    = 11, /* NULL, unknown, already freed or garbage model handle */
-    COREML_ERR_UNSUPPORTED       = 12  /* valid request this OS's Core ML cannot do (e.g. int8 arrays before macOS 26) */
+    COREML_ERR_UNSUPPORTED       = 12, /* valid request this OS's Core ML cannot do (e.g. int8 arrays before macOS 26) */
+    COREML_ERR_STATE_IN_USE      = 13, /* (v2) the model state is being used by another call right now */
+    COREML_ERR_STATE_MISMATCH    = 14  /* (v2) the model state belongs to another model handle */
 } CoremlStatus;
 
 /* ---- Element types (int32_t) ------------------------------------------- */
@@ -210,6 +213,9 @@ int32_t coreml_load_model(const char* compiled_path, int32_t compute_units,
  * {
  *   "inputs":  [FEATURE...],   sorted by name
  *   "outputs": [FEATURE...],   sorted by name
+ *   "states":  [FEATURE...],   (v2) sorted by name; feature_type "state",
+ *                              dtype and "shape" = the state buffer's
+ *                              (MLStateConstraint); [] for stateless models
  *   "metadata": {"author": s, "description": s, "version": s,
  *                "license": s, "user_defined": {s: s, ...}}
  * }
@@ -261,6 +267,59 @@ int32_t coreml_model_schema(void* handle, char** out_json, char** out_err);
 int32_t coreml_predict(void* handle, const CoremlTensor* inputs,
                        int32_t n_inputs, int64_t timeout_ms,
                        CoremlOutputs** out_outputs, char** out_err);
+
+/* ---- Model state (ABI v2) ------------------------------------------------
+ * A stateful model (Core ML: a model with state features, macOS 15 / iOS 18,
+ * e.g. a decoder's KV cache) keeps its state in an MLState the caller holds
+ * across predictions. Here that is an opaque state handle: an identifier,
+ * never a pointer, from a table separate from model handles (a model handle
+ * passed as a state, or the reverse, is COREML_ERR_INVALID_HANDLE).
+ *
+ * - A state belongs to the model handle that made it. Passing it with
+ *   another handle gives COREML_ERR_STATE_MISMATCH (even for a handle on the
+ *   same model file: Core ML's states are per MLModel instance).
+ * - A state serves one call at a time. A call that finds it in use by
+ *   another thread's call returns COREML_ERR_STATE_IN_USE at once (it does
+ *   not wait, and changes nothing).
+ * - A prediction with a state that times out poisons BOTH the model handle
+ *   and the state (the late prediction may still update it): later calls
+ *   with either return COREML_ERR_POISONED. Free both; load and make anew.
+ * - Freeing the model handle does not free its states (and the reverse);
+ *   a state of a freed handle can only be freed.
+ * - Where MLState does not exist (before macOS 15 / iOS 18):
+ *   COREML_ERR_UNSUPPORTED. For a model without states Core ML makes an
+ *   empty state, and predictions with it behave as coreml_predict.
+ */
+
+/*
+ * Make a fresh state for a model (Core ML: MLModel.makeState(); every state
+ * buffer zeroed). Runs on the handle's queue under the deadline; a state
+ * made after the deadline is dropped. A timeout here does not poison the
+ * handle (no prediction ran), but later calls queue behind the late work.
+ *   out_state  OUT: opaque state handle, released with coreml_free_state.
+ * Errors: INVALID_ARGUMENT, INVALID_HANDLE, POISONED, TIMEOUT, UNSUPPORTED,
+ * UNAVAILABLE (stuck-work cap), PREDICT (Core ML failed), INTERNAL.
+ */
+int32_t coreml_make_state(void* handle, int64_t timeout_ms, void** out_state,
+                          char** out_err);
+
+/*
+ * One prediction that reads and updates `state` (Core ML:
+ * MLModel.prediction(from:using:options:)). Inputs, outputs, validation,
+ * the byte cap and the deadline are exactly those of coreml_predict; the
+ * handle and the state are checked first (INVALID_HANDLE, STATE_MISMATCH,
+ * POISONED, STATE_IN_USE), before any input is read.
+ * Errors: those of coreml_predict, plus STATE_MISMATCH and STATE_IN_USE.
+ */
+int32_t coreml_predict_with_state(void* handle, void* state,
+                                  const CoremlTensor* inputs, int32_t n_inputs,
+                                  int64_t timeout_ms,
+                                  CoremlOutputs** out_outputs, char** out_err);
+
+/* Release a state. NULL, unknown and already-freed states are ignored. Safe
+ * while a (timed-out) prediction still uses it: that work keeps the MLState
+ * alive until it returns. */
+void coreml_free_state(void* state);
 
 /*
  * Where each operation of a compiled model would run, from MLComputePlan

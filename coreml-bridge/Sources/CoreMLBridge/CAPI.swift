@@ -349,6 +349,49 @@ public func coreml_predict(_ handle: UnsafeMutableRawPointer?,
     }
 }
 
+@_cdecl("coreml_make_state")
+public func coreml_make_state(_ handle: UnsafeMutableRawPointer?,
+                              _ timeoutMs: Int64,
+                              _ outState: UnsafeMutablePointer<UnsafeMutableRawPointer?>?,
+                              _ outErr: CStringOut?) -> Int32 {
+    cEntry(outErr) {
+        outState?.pointee = nil
+        let out = try requireOut(outState, "out_state")
+        let id = try Bridge.makeState(handle: handleID(handle), timeoutMs: timeoutMs)
+        out.pointee = UnsafeMutableRawPointer(bitPattern: id)
+    }
+}
+
+@_cdecl("coreml_predict_with_state")
+public func coreml_predict_with_state(_ handle: UnsafeMutableRawPointer?,
+                                      _ state: UnsafeMutableRawPointer?,
+                                      _ inputs: UnsafePointer<CoremlTensor>?,
+                                      _ nInputs: Int32,
+                                      _ timeoutMs: Int64,
+                                      _ outOutputs: UnsafeMutablePointer<UnsafeMutablePointer<CoremlOutputs>?>?,
+                                      _ outErr: CStringOut?) -> Int32 {
+    cEntry(outErr) {
+        outOutputs?.pointee = nil
+        let out = try requireOut(outOutputs, "out_outputs")
+        let deadline = try CallDeadline(timeoutMs: timeoutMs)
+        let id = handleID(handle)
+        let h = try Bridge.lookup(id)
+        let stateID = handleID(state)
+        let s = try Bridge.lookupState(stateID)
+        try h.checkNotPoisoned()
+        try Bridge.takeState(s, stateID: stateID, for: id)
+        defer { s.release() }
+        let tensors = try readAndCopyInputs(inputs, nInputs, schema: h.schema, deadline: deadline)
+        let results = try Bridge.predict(h, state: s, inputs: tensors, deadline: deadline)
+        out.pointee = try makeOutputs(results)
+    }
+}
+
+@_cdecl("coreml_free_state")
+public func coreml_free_state(_ state: UnsafeMutableRawPointer?) {
+    withAutoreleasePool { Bridge.free(state: handleID(state)) }
+}
+
 @_cdecl("coreml_compute_plan")
 public func coreml_compute_plan(_ compiledPath: UnsafePointer<CChar>?,
                                 _ computeUnitsRaw: Int32,

@@ -98,7 +98,19 @@ public final class CoreMLRuntime: ModelRuntime {
         meta.userDefined = md[.creatorDefinedKey] as? [String: String] ?? [:]
         return ModelSchema(inputs: description.inputDescriptionsByName.values.map(feature),
                            outputs: description.outputDescriptionsByName.values.map(feature),
+                           states: states(of: description),
                            metadata: meta)
+    }
+
+    /// A stateful model's states (macOS 15+): name, element type, buffer shape.
+    static func states(of description: MLModelDescription) -> [FeatureSchema] {
+        guard #available(macOS 15.0, iOS 18.0, tvOS 18.0, watchOS 11.0, *) else { return [] }
+        return description.stateDescriptionsByName.values.map { d in
+            let c = d.stateConstraint
+            return FeatureSchema(name: d.name, featureType: "state", optional: d.isOptional,
+                                 dtype: c.flatMap { DType(multiArrayRawValue: $0.dataType.rawValue) },
+                                 shape: c?.bufferShape.map { $0.intValue } ?? [], constraint: .none)
+        }
     }
 
     // MARK: Compute plan
@@ -253,13 +265,41 @@ final class CoreMLLoadedModel: LoadedModel {
         return try HostTensor(name: name, dtype: dtype, shape: [1], buffer: buffer)
     }
 
-    func predict(_ inputs: [HostTensor]) throws -> [HostTensor] {
+    /// The inputs as a feature provider; the arrays borrow the bridge's buffers.
+    static func provider(_ inputs: [HostTensor]) throws -> MLDictionaryFeatureProvider {
         var features: [String: Any] = [:]
         for t in inputs {
             features[t.name] = MLFeatureValue(multiArray: try Self.multiArray(for: t))
         }
-        let provider = try MLDictionaryFeatureProvider(dictionary: features)
-        let result = try model.prediction(from: provider)
+        return try MLDictionaryFeatureProvider(dictionary: features)
+    }
+
+    func predict(_ inputs: [HostTensor]) throws -> [HostTensor] {
+        try Self.outputs(of: try model.prediction(from: try Self.provider(inputs)))
+    }
+
+    /// `makeState()` (macOS 15+): Core ML allocates the state buffers, zeroed.
+    func makeState() throws -> AnyObject {
+        guard #available(macOS 15.0, iOS 18.0, tvOS 18.0, watchOS 11.0, *) else {
+            throw BridgeError(.unsupported, "model states (MLState) need macOS 15 / iOS 18 or later (this OS: \(ProcessInfo.processInfo.operatingSystemVersionString))")
+        }
+        return model.makeState()
+    }
+
+    /// `prediction(from:using:options:)` (macOS 15+).
+    func predict(_ inputs: [HostTensor], state: AnyObject) throws -> [HostTensor] {
+        guard #available(macOS 15.0, iOS 18.0, tvOS 18.0, watchOS 11.0, *) else {
+            throw BridgeError(.unsupported, "model states (MLState) need macOS 15 / iOS 18 or later")
+        }
+        guard let s = state as? MLState else {
+            throw BridgeError(.internalError, "the state was not made by Core ML")
+        }
+        let result = try model.prediction(from: try Self.provider(inputs), using: s, options: MLPredictionOptions())
+        return try Self.outputs(of: result)
+    }
+
+    /// Multi-array, double and int64 outputs as row-major tensors.
+    static func outputs(of result: any MLFeatureProvider) throws -> [HostTensor] {
         var outputs: [HostTensor] = []
         for name in result.featureNames.sorted() {
             guard let value = result.featureValue(for: name) else { continue }

@@ -23,6 +23,21 @@ public protocol LoadedModel: AnyObject {
     /// must be row-major `HostTensor`s (gather strided storage with
     /// `HostTensor.gather`).
     func predict(_ inputs: [HostTensor]) throws -> [HostTensor]
+    /// A fresh state for a stateful model (Core ML: `makeState()`), opaque
+    /// to the bridge. Called on the handle's queue.
+    func makeState() throws -> AnyObject
+    /// One prediction that reads and updates `state` (made by this model's
+    /// `makeState`). Called on the handle's queue.
+    func predict(_ inputs: [HostTensor], state: AnyObject) throws -> [HostTensor]
+}
+
+extension LoadedModel {
+    public func makeState() throws -> AnyObject {
+        throw BridgeError(.unsupported, "this runtime's models have no state")
+    }
+    public func predict(_ inputs: [HostTensor], state: AnyObject) throws -> [HostTensor] {
+        throw BridgeError(.unsupported, "this runtime's models have no state")
+    }
 }
 
 public struct RuntimeInfo {
@@ -55,7 +70,7 @@ public struct RuntimeInfo {
 }
 
 /// Mirrors COREML_BRIDGE_ABI_VERSION.
-public let bridgeABIVersion: Int32 = 1
+public let bridgeABIVersion: Int32 = 2
 
 /// Where Core ML does not exist and the test runtime is not enabled: every
 /// model call fails with `unavailable` and says why.

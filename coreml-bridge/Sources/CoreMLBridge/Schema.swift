@@ -131,17 +131,23 @@ public struct ModelMetadata: Equatable, Sendable {
 public struct ModelSchema: Equatable, Sendable {
     public var inputs: [FeatureSchema]
     public var outputs: [FeatureSchema]
+    /// A stateful model's states (Core ML: `stateDescriptionsByName`,
+    /// macOS 15): name, element type and buffer shape; empty otherwise.
+    public var states: [FeatureSchema]
     public var metadata: ModelMetadata
 
-    public init(inputs: [FeatureSchema], outputs: [FeatureSchema], metadata: ModelMetadata = ModelMetadata()) {
+    public init(inputs: [FeatureSchema], outputs: [FeatureSchema], states: [FeatureSchema] = [],
+                metadata: ModelMetadata = ModelMetadata()) {
         self.inputs = inputs.sorted { $0.name < $1.name }
         self.outputs = outputs.sorted { $0.name < $1.name }
+        self.states = states.sorted { $0.name < $1.name }
         self.metadata = metadata
     }
 
     public var jsonObject: [String: Any] {
         ["inputs": inputs.map { $0.jsonObject },
          "outputs": outputs.map { $0.jsonObject },
+         "states": states.map { $0.jsonObject },
          "metadata": metadata.jsonObject]
     }
 

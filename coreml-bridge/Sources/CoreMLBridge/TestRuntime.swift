@@ -13,6 +13,9 @@ import Darwin
 ///
 ///   identity        output y = input x (any shape, any dtype)
 ///   add_one         y = x + 1
+///   accumulate      stateful: state s (f32, default shape [3]) += x, y = s;
+///                   needs a state (coreml_make_state); a prediction
+///                   without one fails as Core ML's would
 ///   sleep_<N>ms     identity after sleeping N ms in every prediction
 ///   fail_compile, fail_load, fail_predict
 ///                   fail at that stage with a two-level NSError chain
@@ -159,6 +162,9 @@ struct FakeSpec: Decodable {
     /// Default: one input "x" and one output "y", any shape and dtype.
     var inputs: [FakeFeature]?
     var outputs: [FakeFeature]?
+    /// States (behavior "accumulate": default one f32 state "s" of shape [3];
+    /// the first one is the accumulator).
+    var states: [FakeFeature]?
     /// Extra elements after each innermost row of every output (like ANE
     /// padding): the bridge must copy outputs through their strides.
     var pad_outputs: Int?
@@ -169,6 +175,8 @@ struct FakeSpec: Decodable {
         let s = stem.lowercased()
         if s.hasPrefix("add_one") {
             behavior = "add_one"
+        } else if s.hasPrefix("accumulate") {
+            behavior = "accumulate"
         } else if s.hasPrefix("fail_") {
             fail_stage = String(s.dropFirst(5))
         } else if s.hasPrefix("sleep_") {
@@ -186,8 +194,17 @@ struct FakeSpec: Decodable {
     }
 
     func schema() throws -> ModelSchema {
-        let ins = try (inputs ?? [FakeFeature(name: "x")]).map { try $0.schema() }
-        let outs = try (outputs ?? [FakeFeature(name: "y")]).map { try $0.schema() }
+        let stateful = behavior == "accumulate"
+        let defaultStates = stateful ? [FakeFeature(name: "s", dtype: "f32", shape: [3])] : []
+        let sts = try (states ?? defaultStates).map { f -> FeatureSchema in
+            var st = try f.schema()
+            st.featureType = "state"
+            st.constraint = .none
+            return st
+        }
+        let defaultShape = stateful ? sts.first?.shape : nil
+        let ins = try (inputs ?? [FakeFeature(name: "x", dtype: stateful ? "f32" : nil, shape: defaultShape)]).map { try $0.schema() }
+        let outs = try (outputs ?? [FakeFeature(name: "y", dtype: stateful ? "f32" : nil, shape: defaultShape)]).map { try $0.schema() }
         var meta = ModelMetadata()
         if let m = metadata {
             meta.author = m.author ?? ""
@@ -196,7 +213,7 @@ struct FakeSpec: Decodable {
             meta.license = m.license ?? ""
             meta.userDefined = m.user_defined ?? [:]
         }
-        return ModelSchema(inputs: ins, outputs: outs, metadata: meta)
+        return ModelSchema(inputs: ins, outputs: outs, states: sts, metadata: meta)
     }
 }
 
@@ -218,6 +235,11 @@ final class FakeModel: LoadedModel {
     func predict(_ inputs: [HostTensor]) throws -> [HostTensor] {
         sleepMs(spec.sleep_ms)
         if spec.fail_stage == "predict" { throw spec.nsError(stage: "predict") }
+        if spec.behavior == "accumulate" {
+            throw NSError(domain: coreMLErrorDomain, code: 0, userInfo: [
+                NSLocalizedDescriptionKey: "fake: this model is stateful; predict with a state",
+            ])
+        }
         let byName = Dictionary(inputs.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
         let ordered = inputOrder.compactMap { byName[$0] }
         guard !ordered.isEmpty else { return [] }
@@ -227,6 +249,48 @@ final class FakeModel: LoadedModel {
             outputs.append(try produce(name: name, from: source))
         }
         return outputs
+    }
+
+    /// Like Core ML's `makeState()`: every state buffer zeroed (an empty
+    /// state for a stateless model).
+    func makeState() throws -> AnyObject {
+        sleepMs(spec.load_sleep_ms)
+        let state = FakeState()
+        for st in schema.states {
+            guard st.dtype == .f32 else {
+                throw BridgeError(.unsupported, "fake model: state '\(st.name)' must be f32")
+            }
+            state.values[st.name] = [Float](repeating: 0, count: try Strided.elementCount(st.shape))
+        }
+        return state
+    }
+
+    /// "accumulate": s += x, y = s, committed only once all of it is
+    /// computed (never a half-updated state). Other behaviours ignore the
+    /// state.
+    func predict(_ inputs: [HostTensor], state: AnyObject) throws -> [HostTensor] {
+        guard let fs = state as? FakeState else {
+            throw BridgeError(.internalError, "fake model: a state of another runtime")
+        }
+        guard spec.behavior == "accumulate" else { return try predict(inputs) }
+        sleepMs(spec.sleep_ms)
+        if spec.fail_stage == "predict" { throw spec.nsError(stage: "predict") }
+        guard let st = schema.states.first, let current = fs.values[st.name],
+              let x = inputs.first(where: { $0.name == inputOrder.first }) else {
+            throw BridgeError(.internalError, "fake accumulator: no state or no input")
+        }
+        guard x.dtype == .f32, x.elementCount == current.count else {
+            throw BridgeError(.schemaMismatch, "fake accumulator: input '\(x.name)' is \(x.dtype.name) \(x.shape); the state '\(st.name)' is f32 \(st.shape)")
+        }
+        let add = x.values(as: Float.self)
+        let next = zip(current, add).map { $0 + $1 }
+        let buffer = try TensorBuffer(byteCount: next.count * 4)
+        next.withUnsafeBytes { raw in
+            if let base = raw.baseAddress { buffer.pointer.copyMemory(from: base, byteCount: raw.count) }
+        }
+        let y = try HostTensor(name: outputOrder.first ?? "y", dtype: .f32, shape: st.shape, buffer: buffer)
+        fs.values[st.name] = next
+        return [y]
     }
 
     /// Writes the result into a padded, strided buffer (when pad_outputs > 0)
@@ -277,5 +341,15 @@ final class FakeModel: LoadedModel {
 }
 
 extension FakeFeature {
-    init(name: String) { self.name = name }
+    init(name: String, dtype: String? = nil, shape: [Int]? = nil) {
+        self.name = name
+        self.dtype = dtype
+        self.shape = shape
+    }
+}
+
+/// The fake runtime's MLState: one f32 buffer per state, touched only on
+/// the model's queue.
+final class FakeState {
+    var values: [String: [Float]] = [:]
 }

@@ -11,7 +11,8 @@ final class CABITests: BridgeTestCase {
         let c: [CoremlStatus] = [COREML_OK, COREML_ERR_INVALID_ARGUMENT, COREML_ERR_COMPILE, COREML_ERR_LOAD,
                                  COREML_ERR_SCHEMA_MISMATCH, COREML_ERR_PREDICT, COREML_ERR_TIMEOUT, COREML_ERR_POISONED,
                                  COREML_ERR_UNAVAILABLE, COREML_ERR_OUT_OF_MEMORY, COREML_ERR_INTERNAL,
-                                 COREML_ERR_INVALID_HANDLE, COREML_ERR_UNSUPPORTED]
+                                 COREML_ERR_INVALID_HANDLE, COREML_ERR_UNSUPPORTED, COREML_ERR_STATE_IN_USE,
+                                 COREML_ERR_STATE_MISMATCH]
         XCTAssertEqual(c.map(code), BridgeStatus.allCases.map { $0.rawValue })
         let d: [CoremlDType] = [COREML_DTYPE_F32, COREML_DTYPE_F16, COREML_DTYPE_F64, COREML_DTYPE_I32, COREML_DTYPE_I8, COREML_DTYPE_I64]
         XCTAssertEqual(d.map { Int32($0.rawValue) }, DType.allCases.map { $0.rawValue })
@@ -209,7 +210,7 @@ final class CABITests: BridgeTestCase {
 
         let (is_, info, ierr) = C.runtimeInfo()
         XCTAssertEqual(is_, OK, ierr ?? "")
-        XCTAssertEqual(info?["bridge_abi_version"] as? Int, 1)
+        XCTAssertEqual(info?["bridge_abi_version"] as? Int, 2)
         XCTAssertEqual(info?["test_runtime"] as? Bool, true)
         XCTAssertNotNil(info?["os_version"] as? String)
     }

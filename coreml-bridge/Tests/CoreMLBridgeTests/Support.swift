@@ -188,3 +188,35 @@ struct SendableHandle: @unchecked Sendable {
     let raw: UnsafeMutableRawPointer?
     init(_ raw: UnsafeMutableRawPointer?) { self.raw = raw }
 }
+
+/// coreml_make_state through C.
+func cMakeState(_ h: UnsafeMutableRawPointer?, timeoutMs: Int64 = 5000) -> (Int32, UnsafeMutableRawPointer?, String?) {
+    var s: UnsafeMutableRawPointer?
+    var err: UnsafeMutablePointer<CChar>?
+    let st = CoreMLBridgeC.coreml_make_state(h, timeoutMs, &s, &err)
+    return (st, s, C.takeString(err))
+}
+
+/// coreml_predict_with_state through C; copies the outputs and frees them.
+func cPredictWithState(_ h: UnsafeMutableRawPointer?, _ state: UnsafeMutableRawPointer?, _ inputs: [CInput],
+                       timeoutMs: Int64 = 5000) -> (Int32, [OutTensor], String?) {
+    var outs: UnsafeMutablePointer<CoremlOutputs>?
+    var err: UnsafeMutablePointer<CChar>?
+    let descriptors = inputs.map { $0.tensor }
+    let st = descriptors.withUnsafeBufferPointer {
+        CoreMLBridgeC.coreml_predict_with_state(h, state, $0.baseAddress, Int32(inputs.count), timeoutMs, &outs, &err)
+    }
+    var result: [OutTensor] = []
+    if let o = outs {
+        for i in 0..<Int(o.pointee.count) {
+            let t = o.pointee.tensors[i]
+            result.append(OutTensor(
+                name: String(cString: t.name), dtype: t.dtype,
+                shape: Array(UnsafeBufferPointer(start: t.shape, count: Int(t.rank))),
+                bytes: Array(UnsafeRawBufferPointer(start: t.data, count: Int(t.byte_len)))))
+        }
+        CoreMLBridgeC.coreml_free_outputs(o)
+    }
+    withExtendedLifetime(inputs) {}
+    return (st, result, C.takeString(err))
+}
