@@ -1308,6 +1308,72 @@ fn without_the_bridge_the_engine_is_unavailable_with_the_reason() {
 }
 
 // ---------------------------------------------------------------------------
+// Batches (ABI v2)
+// ---------------------------------------------------------------------------
+
+#[test]
+#[cfg_attr(
+    not(coreml_bridge),
+    ignore = "needs the Linux build of coreml-bridge: run scripts/swift/rust-ffi-test.sh"
+)]
+fn a_batch_runs_every_member_under_one_deadline_and_refuses_a_bad_member_before_running() {
+    require_test_runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let engine = CoreMlEngine::new();
+    let add = prepare(
+        &engine,
+        &fake_package(dir.path(), "add", json!({"behavior": "add_one"})),
+        PrepareOptions::default(),
+    );
+    let batch: Vec<TensorMap> = [vec![1.0f32], vec![2.0, 3.0], vec![10.0, 20.0, 30.0]]
+        .iter()
+        .map(|v| one("x", f32s(vec![v.len()], v)))
+        .collect();
+    let out = engine.infer_batch(add.as_ref(), &batch, SECS).unwrap();
+    let ys: Vec<Vec<f32>> = out.iter().map(|o| o["y"].to_vec::<f32>().unwrap()).collect();
+    assert_eq!(ys, [vec![2.0], vec![3.0, 4.0], vec![11.0, 21.0, 31.0]]);
+    assert!(engine.infer_batch(add.as_ref(), &[], SECS).unwrap().is_empty());
+
+    // A slow model with a fixed shape: member #2 is wrong, so nothing runs.
+    let slow = prepare(
+        &engine,
+        &fake_package(
+            dir.path(),
+            "slow",
+            json!({"sleep_ms": 200, "inputs": [{"name": "x", "dtype": "f32", "shape": [2]}]}),
+        ),
+        PrepareOptions::default(),
+    );
+    let good = one("x", f32s(vec![2], &[1.0, 2.0]));
+    let bad = one("x", f32s(vec![3], &[1.0, 2.0, 3.0]));
+    let t = Instant::now();
+    let e = engine
+        .infer_batch(slow.as_ref(), &[good.clone(), good.clone(), bad], SECS)
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::SchemaMismatch, "{e}");
+    assert!(e.to_string().contains("batch member #2"), "{e}");
+    assert!(t.elapsed() < margin(150), "refused before running: {:?}", t.elapsed());
+
+    // One deadline for the batch: 3 x 200 ms do not fit in 350 ms.
+    let t = Instant::now();
+    let e = engine
+        .infer_batch(
+            slow.as_ref(),
+            &[good.clone(), good.clone(), good.clone()],
+            Duration::from_millis(350),
+        )
+        .unwrap_err();
+    let took = t.elapsed();
+    assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+    assert!(took < Duration::from_millis(350) + margin(300), "{took:?}");
+    // The poisoned handle is replaced by the next call.
+    let out = engine.infer_batch(slow.as_ref(), &[good], SECS).unwrap();
+    assert_eq!(out[0]["y"].to_vec::<f32>().unwrap(), [1.0, 2.0]);
+    assert_eq!(core_ml_model(slow.as_ref()).rebuilds(), 1);
+    println!("batch of 3 x 200 ms with a 350 ms timeout: Timeout after {took:?}");
+}
+
+// ---------------------------------------------------------------------------
 // Model state (ABI v2)
 // ---------------------------------------------------------------------------
 
@@ -1762,7 +1828,7 @@ fn the_c_abi_answers_random_descriptors_handles_and_nulls_with_a_status() {
         let call_start = Instant::now();
         let mut err: *mut c_char = ptr::null_mut();
         let err_slot: *mut *mut c_char = if rng.below(4) == 0 { ptr::null_mut() } else { &mut err };
-        let (entry, code) = match rng.below(12) {
+        let (entry, code) = match rng.below(13) {
             0..=5 => {
                 let case = random_case(&mut rng);
                 let mut outputs: *mut ffi::CoremlOutputs = ptr::null_mut();
@@ -1854,6 +1920,45 @@ fn the_c_abi_answers_random_descriptors_handles_and_nulls_with_a_status() {
                 }
                 ("predict_with_state", code)
             }
+            12 => {
+                let cases: Vec<Case> = (0..1 + rng.below(3)).map(|_| random_case(&mut rng)).collect();
+                let members: Vec<ffi::CoremlBatchMember> = cases
+                    .iter()
+                    .map(|c| ffi::CoremlBatchMember {
+                        inputs: if c.tensors.is_empty() {
+                            ptr::null()
+                        } else {
+                            c.tensors.as_ptr()
+                        },
+                        n_inputs: c.tensors.len() as i32,
+                    })
+                    .collect();
+                let n = match rng.below(8) {
+                    0 => rng.pick(&[-1, 0]),
+                    _ => members.len() as i32,
+                };
+                let mut slots = vec![ptr::null_mut::<ffi::CoremlOutputs>(); members.len()];
+                let out_slot = if rng.below(10) == 0 {
+                    ptr::null_mut()
+                } else {
+                    slots.as_mut_ptr()
+                };
+                let batch = if rng.below(12) == 0 {
+                    ptr::null()
+                } else {
+                    members.as_ptr()
+                };
+                // SAFETY: every pointer is NULL or live; n never exceeds the arrays.
+                let code = unsafe { ffi::coreml_predict_batch(handle, batch, n, timeout, out_slot, err_slot) };
+                for o in &slots {
+                    if code != ffi::COREML_OK {
+                        assert!(o.is_null(), "a failed batch ({code}) handed out outputs");
+                    }
+                    // SAFETY: NULL or outputs handed out by the bridge, freed once.
+                    unsafe { ffi::coreml_free_outputs(*o) };
+                }
+                ("predict_batch", code)
+            }
             11 => {
                 let mut s: *mut c_void = ptr::null_mut();
                 let slot: *mut *mut c_void = if rng.below(5) == 0 { ptr::null_mut() } else { &mut s };
@@ -1934,6 +2039,7 @@ fn the_c_abi_answers_random_descriptors_handles_and_nulls_with_a_status() {
         "compile",
         "predict_with_state",
         "make_state",
+        "predict_batch",
     ] {
         assert!(seen.keys().any(|(e, _)| *e == entry), "{entry} never called: {seen:?}");
     }

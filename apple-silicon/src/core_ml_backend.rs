@@ -858,6 +858,16 @@ impl InferenceEngine for CoreMlEngine {
         out
     }
 
+    /// A batch through `coreml_predict_batch` (Core ML's
+    /// `predictions(from:options:)`) under one `timeout` for everything
+    /// (waiting for the model, a reload, the batch). Every member is
+    /// checked against the model before any runs; a bad member is refused
+    /// naming its index. Costs the batch plus copies of inputs and outputs.
+    fn infer_batch(&self, model: &dyn PreparedModel, batch: &[TensorMap], timeout: Duration) -> Result<Vec<TensorMap>> {
+        let m = downcast_model::<CoreMlModel>(model, bridge::ENGINE_NAME)?;
+        m.with_loaded("batch prediction", timeout, |bm, left| bm.predict_batch(batch, left))
+    }
+
     /// Multi-array features only: the bridge's C ABI (version 1) carries no
     /// images, strings, scalars or dictionaries, so any other input is
     /// refused as [`Error::Unsupported`] before Core ML is called (issue #12:

@@ -75,6 +75,8 @@ pub mod ffi {
     pub const COREML_BRIDGE_ABI_VERSION: i32 = 2;
     /// `COREML_MAX_RANK`: the largest tensor rank the bridge accepts.
     pub const COREML_MAX_RANK: i32 = 16;
+    /// `COREML_MAX_BATCH` (v2): the most members one `coreml_predict_batch` may have.
+    pub const COREML_MAX_BATCH: i32 = 4096;
 
     /// `COREML_OK`: success.
     pub const COREML_OK: i32 = 0;
@@ -182,6 +184,16 @@ pub mod ffi {
         pub reserved: *mut c_void,
     }
 
+    /// `CoremlBatchMember` (v2): one member of a batch, its own input descriptors.
+    #[repr(C)]
+    #[derive(Debug, Clone, Copy)]
+    pub struct CoremlBatchMember {
+        /// `n_inputs` descriptors, as for `coreml_predict`.
+        pub inputs: *const CoremlTensor,
+        /// Number of descriptors.
+        pub n_inputs: i32,
+    }
+
     /// One C function as declared here, for the header-agreement test:
     /// Rust spellings of the parameter and return types.
     #[derive(Debug, Clone, Copy)]
@@ -257,6 +269,15 @@ pub mod ffi {
             handle: *mut c_void,
             inputs: *const CoremlTensor,
             n_inputs: i32,
+            timeout_ms: i64,
+            out_outputs: *mut *mut CoremlOutputs,
+            out_err: *mut *mut c_char,
+        ) -> i32 => COREML_ERR_UNAVAILABLE;
+        /// `coreml_predict_batch` (v2): a batch under one deadline; one outputs slot per member.
+        fn coreml_predict_batch(
+            handle: *mut c_void,
+            batch: *const CoremlBatchMember,
+            n_batch: i32,
             timeout_ms: i64,
             out_outputs: *mut *mut CoremlOutputs,
             out_err: *mut *mut c_char,
@@ -663,6 +684,7 @@ impl Drop for BridgeString {
 }
 
 /// Predict outputs owned by the bridge, freed exactly once on drop.
+#[repr(transparent)]
 struct BridgeOutputs(*mut ffi::CoremlOutputs);
 
 impl Drop for BridgeOutputs {
@@ -1469,6 +1491,80 @@ impl BridgeModel {
         self.predict_inner(inputs, timeout, None)
     }
 
+    /// Runs a batch under one deadline (`coreml_predict_batch`, Core ML's
+    /// `predictions(from:options:)`, which may run the members together).
+    /// Every member is checked here and then by the bridge against the
+    /// model before any runs; a bad member is refused naming its index. An
+    /// empty batch returns at once. Costs the batch, plus one copy of every
+    /// input (in the bridge) and two of every output. On
+    /// [`Status::Timeout`] this model becomes poisoned.
+    pub fn predict_batch(
+        &self,
+        batch: &[TensorMap],
+        timeout: Duration,
+    ) -> std::result::Result<Vec<TensorMap>, BridgeError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let subject = self.subject();
+        if batch.len() > ffi::COREML_MAX_BATCH as usize {
+            return Err(BridgeError::refused(
+                Status::InvalidArgument,
+                Error::schema_mismatch(
+                    format!("batch size for {subject}"),
+                    format!("1..={}", ffi::COREML_MAX_BATCH),
+                    batch.len().to_string(),
+                ),
+            ));
+        }
+        let marshalled = batch
+            .iter()
+            .enumerate()
+            .map(|(i, inputs)| {
+                marshal_inputs(inputs, &format!("batch member #{i} of {subject}"))
+                    .map_err(|e| BridgeError::refused(Status::InvalidArgument, e))
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let members: Vec<ffi::CoremlBatchMember> = marshalled
+            .iter()
+            .map(|m| ffi::CoremlBatchMember {
+                inputs: m.descriptors.as_ptr(),
+                n_inputs: m.descriptors.len() as i32,
+            })
+            .collect();
+        // One guard per slot: whatever the bridge stored is freed once.
+        let mut slots: Vec<BridgeOutputs> = (0..batch.len()).map(|_| BridgeOutputs(ptr::null_mut())).collect();
+        let mut err = BridgeString::null();
+        // SAFETY: a live handle; `members` point into `marshalled` and
+        // `batch`, alive until after the call; `slots` has `n_batch` entries
+        // and BridgeOutputs is a transparent pointer wrapper.
+        let code = unsafe {
+            ffi::coreml_predict_batch(
+                self.raw(),
+                members.as_ptr(),
+                members.len() as i32,
+                timeout_ms(timeout),
+                slots.as_mut_ptr().cast::<*mut ffi::CoremlOutputs>(),
+                err.out(),
+            )
+        };
+        drop(members);
+        drop(marshalled);
+        let status = Status::from_code(code);
+        if matches!(status, Status::Timeout | Status::Poisoned) {
+            self.poisoned.set(true);
+        }
+        check(code, &mut err, Operation::Predict, &subject, timeout)?;
+        slots
+            .iter()
+            .enumerate()
+            // SAFETY: COREML_OK: each slot holds the bridge's outputs, valid
+            // until `slots` is dropped (which frees them).
+            .map(|(i, o)| unsafe { read_outputs(o.0, &format!("batch member #{i} of {subject}")) })
+            .collect::<Result<Vec<_>>>()
+            .map_err(|e| BridgeError::refused(Status::Internal, e))
+    }
+
     /// Makes a fresh state for this model (`coreml_make_state`, Core ML's
     /// `makeState()`: every state buffer zeroed; an empty state for a
     /// stateless model). Waits at most `timeout`. Costs the allocation of
@@ -1727,6 +1823,7 @@ mod tests {
             "void*" => "*mut c_void",
             "void**" => "*mut *mut c_void",
             "const CoremlTensor*" => "*const CoremlTensor",
+            "const CoremlBatchMember*" => "*const CoremlBatchMember",
             "CoremlOutputs*" => "*mut CoremlOutputs",
             "CoremlOutputs**" => "*mut *mut CoremlOutputs",
             other => panic!("C type `{other}` has no Rust mapping in this test: extend rust_type()"),
@@ -1741,7 +1838,7 @@ mod tests {
     fn every_header_function_is_declared_with_the_same_signature() {
         let header = header_functions();
         let names: Vec<&str> = header.iter().map(|(_, n, _)| n.as_str()).collect();
-        assert_eq!(names.len(), 13, "functions parsed from the header: {names:?}");
+        assert_eq!(names.len(), 14, "functions parsed from the header: {names:?}");
         let declared: BTreeMap<&str, &ffi::Signature> = ffi::SIGNATURES.iter().map(|s| (s.name, s)).collect();
         assert_eq!(
             declared.keys().copied().collect::<BTreeSet<_>>(),
@@ -1789,6 +1886,7 @@ mod tests {
         let ours: BTreeMap<&str, i32> = [
             ("COREML_BRIDGE_ABI_VERSION", ffi::COREML_BRIDGE_ABI_VERSION),
             ("COREML_MAX_RANK", ffi::COREML_MAX_RANK),
+            ("COREML_MAX_BATCH", ffi::COREML_MAX_BATCH),
             ("COREML_OK", ffi::COREML_OK),
             ("COREML_ERR_INVALID_ARGUMENT", ffi::COREML_ERR_INVALID_ARGUMENT),
             ("COREML_ERR_COMPILE", ffi::COREML_ERR_COMPILE),
@@ -1870,6 +1968,8 @@ int main(void) {
   F(CoremlOutputTensor, shape); F(CoremlOutputTensor, data); F(CoremlOutputTensor, byte_len);
   printf("CoremlOutputs %zu\n", sizeof(CoremlOutputs));
   F(CoremlOutputs, count); F(CoremlOutputs, tensors); F(CoremlOutputs, reserved);
+  printf("CoremlBatchMember %zu\n", sizeof(CoremlBatchMember));
+  F(CoremlBatchMember, inputs); F(CoremlBatchMember, n_inputs);
   printf("CoremlStatus %zu\n", sizeof(CoremlStatus));
   return 0;
 }
@@ -1900,7 +2000,7 @@ int main(void) {
                 (k.to_string(), v.parse().unwrap())
             })
             .collect();
-        use ffi::{CoremlOutputTensor as O, CoremlOutputs as Os, CoremlTensor as T};
+        use ffi::{CoremlBatchMember as B, CoremlOutputTensor as O, CoremlOutputs as Os, CoremlTensor as T};
         let rust: BTreeMap<String, usize> = [
             ("CoremlTensor", size_of::<T>()),
             ("CoremlTensor.name", offset_of!(T, name)),
@@ -1921,6 +2021,9 @@ int main(void) {
             ("CoremlOutputs.count", offset_of!(Os, count)),
             ("CoremlOutputs.tensors", offset_of!(Os, tensors)),
             ("CoremlOutputs.reserved", offset_of!(Os, reserved)),
+            ("CoremlBatchMember", size_of::<B>()),
+            ("CoremlBatchMember.inputs", offset_of!(B, inputs)),
+            ("CoremlBatchMember.n_inputs", offset_of!(B, n_inputs)),
             // The enums cross as int32_t; the C enum type itself must fit.
             ("CoremlStatus", size_of::<i32>()),
         ]

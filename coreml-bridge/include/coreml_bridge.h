@@ -169,6 +169,18 @@ typedef struct CoremlOutputs {
     void*                     reserved;  /* bridge-private bookkeeping */
 } CoremlOutputs;
 
+/*
+ * (v2) One member of a batch for coreml_predict_batch: its own input
+ * descriptors (same rules as coreml_predict's `inputs`).
+ */
+typedef struct CoremlBatchMember {
+    const CoremlTensor* inputs;
+    int32_t             n_inputs;
+} CoremlBatchMember;
+
+/* Most members one coreml_predict_batch call may have. */
+#define COREML_MAX_BATCH 4096
+
 /* ---- Functions ---------------------------------------------------------- */
 
 /* The ABI version the library was built with (== COREML_BRIDGE_ABI_VERSION
@@ -267,6 +279,28 @@ int32_t coreml_model_schema(void* handle, char** out_json, char** out_err);
 int32_t coreml_predict(void* handle, const CoremlTensor* inputs,
                        int32_t n_inputs, int64_t timeout_ms,
                        CoremlOutputs** out_outputs, char** out_err);
+
+/*
+ * (v2) A batch of predictions under ONE deadline (Core ML:
+ * MLModel.predictions(from: MLArrayBatchProvider, options:), which may run
+ * the members together).
+ *   batch        `n_batch` members, 1..COREML_MAX_BATCH
+ *   timeout_ms   one deadline for checking and copying every member's
+ *                inputs and running the whole batch. On COREML_ERR_TIMEOUT
+ *                during the run the handle becomes POISONED, as for
+ *                coreml_predict.
+ *   out_outputs  OUT: a caller-owned array of `n_batch` slots. On success
+ *                slot i holds member i's outputs (release each with
+ *                coreml_free_outputs); on failure every slot is NULL.
+ * Every member is validated against the model (descriptors, schema, and the
+ * byte cap over the whole batch) before any input is copied and before
+ * anything runs: a bad member gives its status with "batch member #i" in
+ * the message, and nothing ran.
+ * Errors: those of coreml_predict.
+ */
+int32_t coreml_predict_batch(void* handle, const CoremlBatchMember* batch,
+                             int32_t n_batch, int64_t timeout_ms,
+                             CoremlOutputs** out_outputs, char** out_err);
 
 /* ---- Model state (ABI v2) ------------------------------------------------
  * A stateful model (Core ML: a model with state features, macOS 15 / iOS 18,

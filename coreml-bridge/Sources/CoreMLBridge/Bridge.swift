@@ -123,6 +123,29 @@ public enum Bridge {
         }
     }
 
+    /// A batch on the handle's queue, waiting for what is left of
+    /// `deadline`; inputs validated and copied. A timeout poisons the handle.
+    static func predictBatch(_ h: ModelHandle, batch: [[HostTensor]], deadline: CallDeadline) throws -> [[HostTensor]] {
+        try h.checkNotPoisoned()
+        let left = try deadline.remainingMs("batch prediction")
+        let model = h.model
+        let results: [[HostTensor]]
+        do {
+            results = try runWithDeadline(on: h.queue, timeoutMs: left, what: "batch prediction") {
+                try model.predictBatch(batch)
+            }
+        } catch let e as BridgeError where e.status == .timeout {
+            h.poison("a batch prediction timed out after \(deadline.timeoutMs) ms")
+            throw BridgeError(.timeout, "batch prediction of \(batch.count) members did not finish within \(deadline.timeoutMs) ms; the model handle is now poisoned")
+        } catch {
+            throw bridgeError(error, status: .predict, context: "batch prediction failed")
+        }
+        guard results.count == batch.count else {
+            throw BridgeError(.internalError, "batch prediction returned \(results.count) results for \(batch.count) members")
+        }
+        return results
+    }
+
     // MARK: State
 
     static func lookupState(_ id: UInt) throws -> StateHandle {

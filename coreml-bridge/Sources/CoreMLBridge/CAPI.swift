@@ -205,6 +205,31 @@ func copyInputs(_ views: [InputView], deadline: CallDeadline) throws -> [HostTen
     return result
 }
 
+let maxBatch: Int32 = 4096
+
+/// Reads and validates every member of a batch (descriptors, schema, one
+/// byte cap over all of them), then copies them all under the deadline:
+/// a bad member is refused before any copy, naming its index.
+func readAndCopyBatch(_ batch: UnsafePointer<CoremlBatchMember>?, _ count: Int32,
+                      schema: ModelSchema, deadline: CallDeadline) throws -> [[HostTensor]] {
+    guard let batch = batch else { throw BridgeError.invalid("batch is NULL") }
+    guard count >= 1, count <= maxBatch else {
+        throw BridgeError.invalid("n_batch must be in 1...\(maxBatch) (got \(count))")
+    }
+    var members: [[InputView]] = []
+    for i in 0..<Int(count) {
+        do {
+            let views = try readInputViews(batch[i].inputs, batch[i].n_inputs)
+            try schema.validate(views.map { $0.signature })
+            members.append(views)
+        } catch let e as BridgeError {
+            throw BridgeError(e.status, "batch member #\(i): \(e.message)")
+        }
+    }
+    try checkInputBytes(members.flatMap { $0 })
+    return try members.map { try copyInputs($0, deadline: deadline) }
+}
+
 /// Reads, validates against `schema`, caps and copies the caller's inputs,
 /// in that order: nothing is allocated for inputs the model would refuse.
 func readAndCopyInputs(_ inputs: UnsafePointer<CoremlTensor>?, _ count: Int32,
@@ -346,6 +371,37 @@ public func coreml_predict(_ handle: UnsafeMutableRawPointer?,
         let tensors = try readAndCopyInputs(inputs, nInputs, schema: h.schema, deadline: deadline)
         let results = try Bridge.predict(h, inputs: tensors, deadline: deadline)
         out.pointee = try makeOutputs(results)
+    }
+}
+
+@_cdecl("coreml_predict_batch")
+public func coreml_predict_batch(_ handle: UnsafeMutableRawPointer?,
+                                 _ batch: UnsafePointer<CoremlBatchMember>?,
+                                 _ nBatch: Int32,
+                                 _ timeoutMs: Int64,
+                                 _ outOutputs: UnsafeMutablePointer<UnsafeMutablePointer<CoremlOutputs>?>?,
+                                 _ outErr: CStringOut?) -> Int32 {
+    // The slots are cleared only once n_batch is known to be sane.
+    let valid = outOutputs != nil && nBatch >= 1 && nBatch <= maxBatch
+    if valid, let slots = outOutputs {
+        for i in 0..<Int(nBatch) { slots[i] = nil }
+    }
+    return cEntry(outErr) {
+        guard let slots = outOutputs else { throw BridgeError.invalid("out_outputs is NULL") }
+        guard valid else { throw BridgeError.invalid("n_batch must be in 1...\(maxBatch) (got \(nBatch))") }
+        let deadline = try CallDeadline(timeoutMs: timeoutMs)
+        let h = try Bridge.lookup(handleID(handle))
+        try h.checkNotPoisoned()
+        let members = try readAndCopyBatch(batch, nBatch, schema: h.schema, deadline: deadline)
+        let results = try Bridge.predictBatch(h, batch: members, deadline: deadline)
+        var made: [UnsafeMutablePointer<CoremlOutputs>] = []
+        do {
+            for r in results { made.append(try makeOutputs(r)) }
+        } catch {
+            made.forEach { coreml_free_outputs($0) }
+            throw error
+        }
+        for (i, o) in made.enumerated() { slots[i] = o }
     }
 }
 

@@ -298,6 +298,17 @@ final class CoreMLLoadedModel: LoadedModel {
         return try Self.outputs(of: result)
     }
 
+    /// `predictions(from:options:)` over an `MLArrayBatchProvider`: Core ML
+    /// may run the members together.
+    func predictBatch(_ batch: [[HostTensor]]) throws -> [[HostTensor]] {
+        let providers: [any MLFeatureProvider] = try batch.map { try Self.provider($0) }
+        let result = try model.predictions(from: MLArrayBatchProvider(array: providers), options: MLPredictionOptions())
+        guard result.count == batch.count else {
+            throw BridgeError(.internalError, "Core ML returned \(result.count) results for a batch of \(batch.count)")
+        }
+        return try (0..<result.count).map { try Self.outputs(of: result.features(at: $0)) }
+    }
+
     /// Multi-array, double and int64 outputs as row-major tensors.
     static func outputs(of result: any MLFeatureProvider) throws -> [HostTensor] {
         var outputs: [HostTensor] = []

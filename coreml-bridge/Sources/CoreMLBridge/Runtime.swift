@@ -29,6 +29,9 @@ public protocol LoadedModel: AnyObject {
     /// One prediction that reads and updates `state` (made by this model's
     /// `makeState`). Called on the handle's queue.
     func predict(_ inputs: [HostTensor], state: AnyObject) throws -> [HostTensor]
+    /// Predictions for every member of a batch, in order (Core ML:
+    /// `predictions(from:options:)`). Called on the handle's queue.
+    func predictBatch(_ batch: [[HostTensor]]) throws -> [[HostTensor]]
 }
 
 extension LoadedModel {
@@ -37,6 +40,10 @@ extension LoadedModel {
     }
     public func predict(_ inputs: [HostTensor], state: AnyObject) throws -> [HostTensor] {
         throw BridgeError(.unsupported, "this runtime's models have no state")
+    }
+    /// One member after another.
+    public func predictBatch(_ batch: [[HostTensor]]) throws -> [[HostTensor]] {
+        try batch.map { try predict($0) }
     }
 }
 

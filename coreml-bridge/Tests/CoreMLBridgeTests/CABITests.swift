@@ -32,6 +32,10 @@ final class CABITests: BridgeTestCase {
             MemoryLayout<CoremlOutputs>.size, MemoryLayout<CoremlOutputs>.offset(of: \CoremlOutputs.reserved)!,
         ])
         XCTAssertEqual(MemoryLayout<CoremlTensor>.size, 48)
+        var batch = [size_t](repeating: 0, count: 2)
+        batch.withUnsafeMutableBufferPointer { harness_batch_layout($0.baseAddress) }
+        XCTAssertEqual(batch.map { Int($0) }, [MemoryLayout<CoremlBatchMember>.size,
+                                               MemoryLayout<CoremlBatchMember>.offset(of: \CoremlBatchMember.n_inputs)!])
     }
 
     func testBadArgumentsFromC() {
