@@ -1374,6 +1374,57 @@ fn a_batch_runs_every_member_under_one_deadline_and_refuses_a_bad_member_before_
 }
 
 // ---------------------------------------------------------------------------
+// Multifunction packages (ABI v2)
+// ---------------------------------------------------------------------------
+
+#[test]
+#[cfg_attr(
+    not(coreml_bridge),
+    ignore = "needs the Linux build of coreml-bridge: run scripts/swift/rust-ffi-test.sh"
+)]
+fn prepare_honours_the_function_name_and_the_schema_lists_the_functions() {
+    require_test_runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let engine = CoreMlEngine::new();
+    let artifact = fake_package(
+        dir.path(),
+        "two",
+        json!({"functions": {"plus": "add_one", "same": "identity"}, "default_function": "same", "sleep_ms": 150}),
+    );
+    let plus = prepare(&engine, &artifact, PrepareOptions::default().with_function_name("plus"));
+    let same = prepare(&engine, &artifact, PrepareOptions::default());
+    let x = one("x", f32s(vec![2], &[1.0, 2.0]));
+    let y = |m: &dyn PreparedModel| engine.infer(m, &x, SECS).unwrap()["y"].to_vec::<f32>().unwrap();
+    assert_eq!(y(plus.as_ref()), [2.0, 3.0]);
+    assert_eq!(y(same.as_ref()), [1.0, 2.0], "no name: the package's default function");
+    let f = &plus.io_schema().functions;
+    assert_eq!(f.names, ["plus", "same"]);
+    assert_eq!(f.selected.as_deref(), Some("plus"));
+    assert_eq!(core_ml_model(plus.as_ref()).function(), Some("plus"));
+    assert_eq!(same.io_schema().functions.selected, None);
+
+    // A reload after a timeout loads the same function again.
+    let e = engine.infer(plus.as_ref(), &x, Duration::from_millis(50)).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+    assert_eq!(y(plus.as_ref()), [2.0, 3.0]);
+    assert_eq!(core_ml_model(plus.as_ref()).rebuilds(), 1);
+
+    // A state of one function is refused by another function of the same package.
+    let mut s = engine.make_state(plus.as_ref()).unwrap();
+    let e = engine.infer_with_state(same.as_ref(), &mut s, &x, SECS).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::SchemaMismatch, "{e}");
+    assert!(e.to_string().contains("function `plus`"), "{e}");
+
+    // An unknown function: Core ML's load error, naming the functions.
+    let e = prepare_err(&engine, &artifact, PrepareOptions::default().with_function_name("nope"));
+    assert_eq!(e.kind(), ErrorKind::Load, "{e}");
+    assert!(
+        e.to_string().contains("no function 'nope'") && e.to_string().contains("plus"),
+        "{e}"
+    );
+}
+
+// ---------------------------------------------------------------------------
 // Model state (ABI v2)
 // ---------------------------------------------------------------------------
 
@@ -1805,6 +1856,7 @@ fn the_c_abi_answers_random_descriptors_handles_and_nulls_with_a_status() {
     let pkg_c = CString::new(fake_package(dir.path(), "fuzzpkg", json!({})).path.to_str().unwrap()).unwrap();
     let compiled_c = CString::new(compiled.to_str().unwrap()).unwrap();
     let nowhere = CString::new("/nonexistent/\u{1}/x.mlmodelc").unwrap();
+    let (empty_c, fname_c) = (CString::new("").unwrap(), CString::new("main").unwrap());
     let out_dir = CString::new(dir.path().join("out").to_str().unwrap()).unwrap();
 
     let mut rng = Rng(seed);
@@ -1874,8 +1926,15 @@ fn the_c_abi_answers_random_descriptors_handles_and_nulls_with_a_status() {
                 let units = rng.pick(&[0, 1, 2, 3, 4, -1, i32::MAX]);
                 let mut h: *mut c_void = ptr::null_mut();
                 let slot: *mut *mut c_void = if rng.below(5) == 0 { ptr::null_mut() } else { &mut h };
-                // SAFETY: C strings are live or NULL; out slots NULL or live.
-                let code = unsafe { ffi::coreml_load_model(path, units, timeout, slot, err_slot) };
+                let code = match rng.below(3) {
+                    0 => {
+                        let function = rng.pick(&[ptr::null(), empty_c.as_ptr(), fname_c.as_ptr()]);
+                        // SAFETY: as below; the function name is NULL or a live C string.
+                        unsafe { ffi::coreml_load_model_function(path, function, units, timeout, slot, err_slot) }
+                    }
+                    // SAFETY: C strings are live or NULL; out slots NULL or live.
+                    _ => unsafe { ffi::coreml_load_model(path, units, timeout, slot, err_slot) },
+                };
                 if code == ffi::COREML_OK {
                     // SAFETY: a handle just loaded, freed once.
                     unsafe { ffi::coreml_free_model(h) };

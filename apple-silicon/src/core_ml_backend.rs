@@ -295,6 +295,8 @@ pub struct CoreMlModel {
     artifact: PathBuf,
     compiled: PathBuf,
     units_requested: ComputeUnits,
+    /// The function of a multifunction package it runs (`None`: the default).
+    function: Option<String>,
     units_note: Option<String>,
     schema: IoSchema,
     bridge_schema: BridgeSchema,
@@ -354,6 +356,21 @@ impl CoreMlModel {
         }
     }
 
+    /// What a [`ModelState`] of this model names as its owner: the cache
+    /// key, plus the function for a multifunction package.
+    fn state_owner(&self) -> String {
+        match &self.function {
+            Some(f) => format!("{} (function `{f}`)", self.key),
+            None => self.key.clone(),
+        }
+    }
+
+    /// The function of a multifunction package this model runs (`None`:
+    /// the package's default), from [`PrepareOptions::function_name`].
+    pub fn function(&self) -> Option<&str> {
+        self.function.as_deref()
+    }
+
     /// Runs `f` on the loaded model with what is left of `timeout`: a
     /// bounded wait for the model, a reload when it is absent or poisoned,
     /// then `f`. A model that `f` left poisoned is dropped (the next call
@@ -381,8 +398,13 @@ impl CoreMlModel {
             Some(m) if !m.is_poisoned() => m,
             old => {
                 drop(old);
-                let m = BridgeModel::load(&self.compiled, self.units_requested, remaining("reload")?)
-                    .map_err(Error::from)?;
+                let m = BridgeModel::load_function(
+                    &self.compiled,
+                    self.function.as_deref(),
+                    self.units_requested,
+                    remaining("reload")?,
+                )
+                .map_err(Error::from)?;
                 self.rebuilds.fetch_add(1, Ordering::Relaxed);
                 m
             }
@@ -428,8 +450,13 @@ impl CoreMlModel {
                     // Frees a poisoned handle; a late prediction on it keeps
                     // what it needs alive on the bridge side.
                     drop(old);
-                    let m = BridgeModel::load(&self.compiled, self.units_requested, remaining("reload")?)
-                        .map_err(Error::from)?;
+                    let m = BridgeModel::load_function(
+                        &self.compiled,
+                        self.function.as_deref(),
+                        self.units_requested,
+                        remaining("reload")?,
+                    )
+                    .map_err(Error::from)?;
                     self.rebuilds.fetch_add(1, Ordering::Relaxed);
                     m
                 }
@@ -783,12 +810,15 @@ impl InferenceEngine for CoreMlEngine {
                 operation: format!("prepare of {}", artifact.path.display()),
                 after: opts.prepare_timeout,
             })?;
-        let model = BridgeModel::load(&compiled, units, left).map_err(|e| match e.into_error() {
-            Error::Timeout { operation, .. } => Error::Timeout {
-                operation,
-                after: opts.prepare_timeout,
-            },
-            other => other,
+        let function = opts.function_name.clone();
+        let model = BridgeModel::load_function(&compiled, function.as_deref(), units, left).map_err(|e| {
+            match e.into_error() {
+                Error::Timeout { operation, .. } => Error::Timeout {
+                    operation,
+                    after: opts.prepare_timeout,
+                },
+                other => other,
+            }
         })?;
         let bridge_schema = model.schema().clone();
         Ok(Box::new(CoreMlModel {
@@ -796,6 +826,7 @@ impl InferenceEngine for CoreMlEngine {
             artifact: artifact.path.clone(),
             compiled,
             units_requested: units,
+            function,
             units_note,
             schema: bridge_schema.to_io_schema(),
             bridge_schema,
@@ -827,7 +858,7 @@ impl InferenceEngine for CoreMlEngine {
         let state = m.with_loaded("making a state", MAKE_STATE_TIMEOUT, |bm, left| bm.make_state(left))?;
         Ok(ModelState::new(
             bridge::ENGINE_NAME,
-            m.key.clone(),
+            m.state_owner(),
             Box::new(CoreMlState { state }),
         ))
     }
@@ -848,7 +879,7 @@ impl InferenceEngine for CoreMlEngine {
         timeout: Duration,
     ) -> Result<TensorMap> {
         let m = downcast_model::<CoreMlModel>(model, bridge::ENGINE_NAME)?;
-        let inner = state.inner_for::<CoreMlState>(bridge::ENGINE_NAME, &m.key)?;
+        let inner = state.inner_for::<CoreMlState>(bridge::ENGINE_NAME, &m.state_owner())?;
         let out = m.with_loaded("prediction with a state", timeout, |bm, left| {
             bm.predict_with_state(&inner.state, inputs, left)
         });

@@ -261,6 +261,15 @@ pub mod ffi {
             out_handle: *mut *mut c_void,
             out_err: *mut *mut c_char,
         ) -> i32 => COREML_ERR_UNAVAILABLE;
+        /// `coreml_load_model_function` (v2): loads one function of a multifunction model (NULL: the default).
+        fn coreml_load_model_function(
+            compiled_path: *const c_char,
+            function_name: *const c_char,
+            compute_units: i32,
+            timeout_ms: i64,
+            out_handle: *mut *mut c_void,
+            out_err: *mut *mut c_char,
+        ) -> i32 => COREML_ERR_UNAVAILABLE;
         /// `coreml_model_schema`: inputs, outputs and metadata as JSON.
         fn coreml_model_schema(handle: *mut c_void, out_json: *mut *mut c_char, out_err: *mut *mut c_char) -> i32
             => COREML_ERR_UNAVAILABLE;
@@ -1135,6 +1144,13 @@ pub struct BridgeSchema {
     /// name, dtype and shape. Empty for a stateless model.
     #[serde(default)]
     pub states: Vec<Feature>,
+    /// A multifunction model's functions, sorted (v2); empty for one
+    /// function, or where Core ML cannot list them (before macOS 15).
+    #[serde(default)]
+    pub functions: Vec<String>,
+    /// The function the handle was loaded with (`None`: the default).
+    #[serde(default)]
+    pub function: Option<String>,
     /// Metadata.
     #[serde(default)]
     pub metadata: SchemaMetadata,
@@ -1150,7 +1166,11 @@ impl BridgeSchema {
             outputs: self.outputs.iter().filter_map(Feature::to_tensor_spec).collect(),
             states: self.states.iter().filter_map(Feature::to_tensor_spec).collect(),
             classifier: None,
-            functions: Default::default(),
+            functions: crate::inference::FunctionSet {
+                names: self.functions.clone(),
+                default: None,
+                selected: self.function.clone(),
+            },
         }
     }
 
@@ -1392,20 +1412,54 @@ impl BridgeModel {
     /// (device specialisation). Waits at most `timeout`. A load that finishes
     /// later is discarded by the bridge.
     pub fn load(compiled: &Path, units: ComputeUnits, timeout: Duration) -> std::result::Result<Self, BridgeError> {
+        Self::load_function(compiled, None, units, timeout)
+    }
+
+    /// Like [`BridgeModel::load`], for one function of a multifunction model
+    /// (`coreml_load_model_function`; Core ML's
+    /// `MLModelConfiguration.functionName`, macOS 15+, `Unsupported` before).
+    /// `None` loads the default function through `coreml_load_model`. An
+    /// unknown name is Core ML's load error. Same costs as `load`.
+    pub fn load_function(
+        compiled: &Path,
+        function: Option<&str>,
+        units: ComputeUnits,
+        timeout: Duration,
+    ) -> std::result::Result<Self, BridgeError> {
         ensure_linked()?;
+        let c_function = function
+            .map(|f| {
+                CString::new(f).map_err(|_| {
+                    BridgeError::refused(
+                        Status::InvalidArgument,
+                        Error::invalid_artifact(compiled, format!("function name {f:?} contains a NUL byte")),
+                    )
+                })
+            })
+            .transpose()?;
         let subject = compiled.display().to_string();
         let c_path = path_cstring(compiled, Operation::Load, "compiled model path")?;
         let mut handle: *mut c_void = ptr::null_mut();
         let mut err = BridgeString::null();
-        // SAFETY: a NUL-terminated string that outlives the call; empty out slots.
+        // SAFETY: NUL-terminated strings that outlive the call; empty out slots.
         let code = unsafe {
-            ffi::coreml_load_model(
-                c_path.as_ptr(),
-                units.ffi_code(),
-                timeout_ms(timeout),
-                &mut handle,
-                err.out(),
-            )
+            match &c_function {
+                None => ffi::coreml_load_model(
+                    c_path.as_ptr(),
+                    units.ffi_code(),
+                    timeout_ms(timeout),
+                    &mut handle,
+                    err.out(),
+                ),
+                Some(f) => ffi::coreml_load_model_function(
+                    c_path.as_ptr(),
+                    f.as_ptr(),
+                    units.ffi_code(),
+                    timeout_ms(timeout),
+                    &mut handle,
+                    err.out(),
+                ),
+            }
         };
         check(code, &mut err, Operation::Load, &subject, timeout)?;
         if handle.is_null() {
@@ -1419,6 +1473,8 @@ impl BridgeModel {
                 inputs: Vec::new(),
                 outputs: Vec::new(),
                 states: Vec::new(),
+                functions: Vec::new(),
+                function: None,
                 metadata: SchemaMetadata::default(),
             },
             poisoned: Cell::new(false),
@@ -1838,7 +1894,7 @@ mod tests {
     fn every_header_function_is_declared_with_the_same_signature() {
         let header = header_functions();
         let names: Vec<&str> = header.iter().map(|(_, n, _)| n.as_str()).collect();
-        assert_eq!(names.len(), 14, "functions parsed from the header: {names:?}");
+        assert_eq!(names.len(), 15, "functions parsed from the header: {names:?}");
         let declared: BTreeMap<&str, &ffi::Signature> = ffi::SIGNATURES.iter().map(|s| (s.name, s)).collect();
         assert_eq!(
             declared.keys().copied().collect::<BTreeSet<_>>(),

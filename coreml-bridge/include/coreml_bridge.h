@@ -221,6 +221,24 @@ int32_t coreml_load_model(const char* compiled_path, int32_t compute_units,
                           char** out_err);
 
 /*
+ * (v2) Load one function of a multifunction model (coremltools'
+ * MultiFunctionDescriptor: several functions sharing weights).
+ *   function_name  NULL: the model's default function (then exactly
+ *                  coreml_load_model); otherwise a non-empty name. Core ML:
+ *                  MLModelConfiguration.functionName (macOS 15 / iOS 18);
+ *                  a name on an older OS gives COREML_ERR_UNSUPPORTED, an
+ *                  unknown name COREML_ERR_LOAD (Core ML's error).
+ * The other parameters, the handle and the errors are coreml_load_model's.
+ * The schema of the handle names the function ("function") and lists the
+ * package's functions ("functions"). States made with a handle belong to
+ * that handle, so to its function.
+ */
+int32_t coreml_load_model_function(const char* compiled_path,
+                                   const char* function_name,
+                                   int32_t compute_units, int64_t timeout_ms,
+                                   void** out_handle, char** out_err);
+
+/*
  * The model's interface and metadata as JSON (owned string):
  * {
  *   "inputs":  [FEATURE...],   sorted by name
@@ -228,6 +246,11 @@ int32_t coreml_load_model(const char* compiled_path, int32_t compute_units,
  *   "states":  [FEATURE...],   (v2) sorted by name; feature_type "state",
  *                              dtype and "shape" = the state buffer's
  *                              (MLStateConstraint); [] for stateless models
+ *   "functions": [s...],       (v2) a multifunction model's functions, sorted
+ *                              (MLModelAsset.functionNames, macOS 15); []
+ *                              for one function or when it cannot be known
+ *   "function":  s|null,       (v2) the function this handle was loaded with
+ *                              (null: the default)
  *   "metadata": {"author": s, "description": s, "version": s,
  *                "license": s, "user_defined": {s: s, ...}}
  * }

@@ -62,8 +62,9 @@ public enum Bridge {
     }
 
     /// Loads a compiled model; returns its handle id.
-    public static func load(compiledPath: String, computeUnits: ComputeUnits, timeoutMs: Int64,
-                            runtime: ModelRuntime = Runtimes.current) throws -> UInt {
+    public static func load(compiledPath: String, computeUnits: ComputeUnits, functionName: String? = nil,
+                            timeoutMs: Int64, runtime: ModelRuntime = Runtimes.current) throws -> UInt {
+        if let f = functionName, f.isEmpty { throw BridgeError.invalid("function_name is empty") }
         let timeout = try validateTimeout(timeoutMs)
         let url = try fileURL(compiledPath, what: "compiled_path")
         try requireExists(url, what: "compiled_path")
@@ -73,7 +74,7 @@ public enum Bridge {
         let model: LoadedModel
         do {
             model = try runWithDeadline(on: queue, timeoutMs: timeout, what: "loading '\(url.path)'") {
-                try runtime.load(compiledAt: url, computeUnits: computeUnits)
+                try runtime.load(compiledAt: url, computeUnits: computeUnits, functionName: functionName)
             }
         } catch {
             throw bridgeError(error, status: .load, context: "load failed for '\(url.path)'")

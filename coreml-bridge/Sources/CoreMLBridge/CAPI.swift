@@ -342,6 +342,24 @@ public func coreml_load_model(_ compiledPath: UnsafePointer<CChar>?,
     }
 }
 
+@_cdecl("coreml_load_model_function")
+public func coreml_load_model_function(_ compiledPath: UnsafePointer<CChar>?,
+                                       _ functionName: UnsafePointer<CChar>?,
+                                       _ computeUnitsRaw: Int32,
+                                       _ timeoutMs: Int64,
+                                       _ outHandle: UnsafeMutablePointer<UnsafeMutableRawPointer?>?,
+                                       _ outErr: CStringOut?) -> Int32 {
+    cEntry(outErr) {
+        outHandle?.pointee = nil
+        let out = try requireOut(outHandle, "out_handle")
+        let function = try functionName.map { try string($0, "function_name") }
+        let id = try Bridge.load(compiledPath: try string(compiledPath, "compiled_path"),
+                                 computeUnits: try computeUnits(computeUnitsRaw),
+                                 functionName: function, timeoutMs: timeoutMs)
+        out.pointee = UnsafeMutableRawPointer(bitPattern: id)
+    }
+}
+
 @_cdecl("coreml_model_schema")
 public func coreml_model_schema(_ handle: UnsafeMutableRawPointer?,
                                 _ outJSON: CStringOut?,

@@ -39,8 +39,29 @@ public final class CoreMLRuntime: ModelRuntime {
     }
 
     public func load(compiledAt url: URL, computeUnits: ComputeUnits) throws -> LoadedModel {
-        let model = try MLModel(contentsOf: url, configuration: Self.configuration(computeUnits))
-        return CoreMLLoadedModel(model: model, schema: Self.schema(of: model.modelDescription))
+        try load(compiledAt: url, computeUnits: computeUnits, functionName: nil)
+    }
+
+    /// `MLModelConfiguration.functionName` selects the function (macOS 15+;
+    /// `.unsupported` before); `MLModelAsset(url:).functionNames` lists them.
+    public func load(compiledAt url: URL, computeUnits: ComputeUnits, functionName: String?) throws -> LoadedModel {
+        let config = Self.configuration(computeUnits)
+        var functions: [String] = []
+        if #available(macOS 15.0, iOS 18.0, tvOS 18.0, watchOS 11.0, *) {
+            config.functionName = functionName
+            // A model whose functions cannot be listed still loads (a
+            // single-function model answers one name or none).
+            if let asset = try? MLModelAsset(url: url) {
+                functions = (try? blockingAwait { try await asset.functionNames }) ?? []
+            }
+        } else if let f = functionName {
+            throw BridgeError(.unsupported, "loading function '\(f)': multifunction models (MLModelConfiguration.functionName) need macOS 15 / iOS 18 or later")
+        }
+        let model = try MLModel(contentsOf: url, configuration: config)
+        var schema = Self.schema(of: model.modelDescription)
+        schema.functions = functions.count > 1 ? functions.sorted() : []
+        schema.function = functionName
+        return CoreMLLoadedModel(model: model, schema: schema)
     }
 
     // MARK: Schema

@@ -10,6 +10,8 @@ public protocol ModelRuntime: AnyObject {
     /// bridge takes ownership of (moves into place, or deletes when late).
     func compile(packageAt url: URL) throws -> URL
     func load(compiledAt url: URL, computeUnits: ComputeUnits) throws -> LoadedModel
+    /// Loads one function of a multifunction model (`nil`: the default).
+    func load(compiledAt url: URL, computeUnits: ComputeUnits, functionName: String?) throws -> LoadedModel
     /// The compute plan as a JSON object (see coreml_compute_plan).
     func computePlan(compiledAt url: URL, computeUnits: ComputeUnits) throws -> [String: Any]
     func runtimeInfo() -> RuntimeInfo
@@ -44,6 +46,16 @@ extension LoadedModel {
     /// One member after another.
     public func predictBatch(_ batch: [[HostTensor]]) throws -> [[HostTensor]] {
         try batch.map { try predict($0) }
+    }
+}
+
+extension ModelRuntime {
+    /// Runtimes without multifunction models: the default function only.
+    public func load(compiledAt url: URL, computeUnits: ComputeUnits, functionName: String?) throws -> LoadedModel {
+        guard functionName == nil else {
+            throw BridgeError(.unsupported, "the \(name) runtime has no multifunction models")
+        }
+        return try load(compiledAt: url, computeUnits: computeUnits)
     }
 }
 

@@ -135,6 +135,11 @@ public struct ModelSchema: Equatable, Sendable {
     /// macOS 15): name, element type and buffer shape; empty otherwise.
     public var states: [FeatureSchema]
     public var metadata: ModelMetadata
+    /// A multifunction model's functions (Core ML: `MLModelAsset.functionNames`,
+    /// macOS 15), sorted; empty when there is one function or it cannot be known.
+    public var functions: [String] = []
+    /// The function this handle was loaded with (nil: the default).
+    public var function: String?
 
     public init(inputs: [FeatureSchema], outputs: [FeatureSchema], states: [FeatureSchema] = [],
                 metadata: ModelMetadata = ModelMetadata()) {
@@ -148,6 +153,8 @@ public struct ModelSchema: Equatable, Sendable {
         ["inputs": inputs.map { $0.jsonObject },
          "outputs": outputs.map { $0.jsonObject },
          "states": states.map { $0.jsonObject },
+         "functions": functions,
+         "function": function.map { $0 as Any } ?? NSNull(),
          "metadata": metadata.jsonObject]
     }
 

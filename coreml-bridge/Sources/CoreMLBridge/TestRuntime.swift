@@ -54,10 +54,29 @@ public final class TestRuntime: ModelRuntime {
     }
 
     public func load(compiledAt url: URL, computeUnits: ComputeUnits) throws -> LoadedModel {
-        let spec = try Self.spec(at: url)
+        try load(compiledAt: url, computeUnits: computeUnits, functionName: nil)
+    }
+
+    /// A multifunction fake (`functions`: name -> behaviour) runs the
+    /// chosen function's behaviour; an unknown name fails the load as
+    /// Core ML's does.
+    public func load(compiledAt url: URL, computeUnits: ComputeUnits, functionName: String?) throws -> LoadedModel {
+        var spec = try Self.spec(at: url)
         sleepMs(spec.load_sleep_ms)
         if spec.fail_stage == "load" { throw spec.nsError(stage: "load") }
-        return FakeModel(spec: spec, schema: try spec.schema())
+        let chosen = functionName ?? spec.default_function
+        if let f = chosen {
+            guard let functions = spec.functions, let behavior = functions[f] else {
+                throw NSError(domain: coreMLErrorDomain, code: 0, userInfo: [
+                    NSLocalizedDescriptionKey: "fake: the model has no function '\(f)' (functions: \((spec.functions ?? [:]).keys.sorted()))",
+                ])
+            }
+            spec.behavior = behavior
+        }
+        var schema = try spec.schema()
+        schema.functions = (spec.functions ?? [:]).keys.sorted()
+        schema.function = functionName
+        return FakeModel(spec: spec, schema: schema)
     }
 
     public func computePlan(compiledAt url: URL, computeUnits: ComputeUnits) throws -> [String: Any] {
@@ -165,6 +184,10 @@ struct FakeSpec: Decodable {
     /// States (behavior "accumulate": default one f32 state "s" of shape [3];
     /// the first one is the accumulator).
     var states: [FakeFeature]?
+    /// A multifunction model: function name -> behaviour, and the function
+    /// a load without a name selects.
+    var functions: [String: String]?
+    var default_function: String?
     /// Extra elements after each innermost row of every output (like ANE
     /// padding): the bridge must copy outputs through their strides.
     var pad_outputs: Int?

@@ -70,6 +70,34 @@ extension MLModel {
     }
 }
 
+// MARK: Multifunction (macOS 15)
+
+extension MLModelConfiguration {
+    /// mlmodelconfiguration/functionname: `var functionName: String? { get set }`
+    /// (The shim stores nothing: no model can be loaded with it anyway.)
+    @available(macOS 15.0, iOS 18.0, tvOS 18.0, watchOS 11.0, *)
+    public var functionName: String? {
+        get { nil }
+        set { _ = newValue }
+    }
+}
+
+/// mlmodelasset: `class MLModelAsset : NSObject`
+@available(macOS 13.0, iOS 16.0, tvOS 16.0, watchOS 9.0, *)
+open class MLModelAsset: NSObject {
+    /// mlmodelasset/init(url:)-43988: `convenience init(url compiledModelURL: URL) throws`
+    @available(macOS 15.0, iOS 18.0, tvOS 18.0, watchOS 11.0, *)
+    public init(url compiledModelURL: URL) throws {
+        throw unavailable("MLModelAsset(url:)")
+    }
+
+    /// mlmodelasset/functionnames: `var functionNames: [String] { get async throws }`
+    @available(macOS 15.0, iOS 18.0, tvOS 18.0, watchOS 11.0, *)
+    open var functionNames: [String] {
+        get async throws { throw unavailable("MLModelAsset.functionNames") }
+    }
+}
+
 // MARK: Batch
 
 /// mlbatchprovider: `protocol MLBatchProvider`
