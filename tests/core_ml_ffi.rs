@@ -1374,6 +1374,92 @@ fn a_batch_runs_every_member_under_one_deadline_and_refuses_a_bad_member_before_
 }
 
 // ---------------------------------------------------------------------------
+// Feature kinds (ABI v2)
+// ---------------------------------------------------------------------------
+
+#[test]
+#[cfg_attr(
+    not(coreml_bridge),
+    ignore = "needs the Linux build of coreml-bridge: run scripts/swift/rust-ffi-test.sh"
+)]
+fn a_classifier_returns_its_label_and_probabilities_and_scalars_and_strings_round_trip() {
+    use apple_silicon::{ClassLabels, Dictionary, FeatureMap, FeatureValue};
+    require_test_runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let engine = CoreMlEngine::new();
+    let classifier = prepare(
+        &engine,
+        &fake_package(
+            dir.path(),
+            "cls",
+            json!({"behavior": "classify", "class_labels": ["cat", "dog", "fish"]}),
+        ),
+        PrepareOptions::default(),
+    );
+    let c = classifier
+        .io_schema()
+        .classifier
+        .as_ref()
+        .expect("a classifier in the schema");
+    assert_eq!(
+        (c.label_output.as_str(), c.probabilities_output.as_str()),
+        ("classLabel", "classLabel_probs")
+    );
+    assert_eq!(
+        c.labels,
+        ClassLabels::Strings(vec!["cat".into(), "dog".into(), "fish".into()])
+    );
+    let x = FeatureMap::from([("x".to_string(), FeatureValue::Tensor(f32s(vec![3], &[0.1, 0.2, 0.7])))]);
+    let out = engine.infer_features(classifier.as_ref(), &x, SECS).unwrap();
+    assert_eq!(out["classLabel"], FeatureValue::String("fish".into()));
+    let FeatureValue::Dictionary(Dictionary::Strings(probs)) = &out["classLabel_probs"] else {
+        panic!("probabilities: {:?}", out["classLabel_probs"]);
+    };
+    let keys: Vec<&str> = probs.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys, ["cat", "dog", "fish"]);
+    for ((_, got), want) in probs.iter().zip([0.1f32, 0.2, 0.7]) {
+        assert_eq!(*got, f64::from(want), "the scores as f32 widened to f64");
+    }
+
+    let kinds = prepare(
+        &engine,
+        &fake_package(
+            dir.path(),
+            "kinds",
+            json!({"behavior": "add_one",
+                   "inputs": [{"name": "n", "feature_type": "int64"}, {"name": "d", "feature_type": "double"},
+                              {"name": "s", "feature_type": "string"}],
+                   "outputs": [{"name": "n_out", "feature_type": "int64"}, {"name": "d_out", "feature_type": "double"},
+                               {"name": "s_out", "feature_type": "string"}]}),
+        ),
+        PrepareOptions::default(),
+    );
+    let inputs = FeatureMap::from([
+        ("n".to_string(), FeatureValue::Int64(41)),
+        ("d".to_string(), FeatureValue::Double(1.5)),
+        ("s".to_string(), FeatureValue::String("h\u{e9}llo".into())),
+    ]);
+    let out = engine.infer_features(kinds.as_ref(), &inputs, SECS).unwrap();
+    assert_eq!(out["n_out"], FeatureValue::Int64(42));
+    assert_eq!(out["d_out"], FeatureValue::Double(2.5));
+    assert_eq!(out["s_out"], FeatureValue::String("h\u{e9}llo".into()));
+    // A value of the wrong kind: SchemaMismatch naming both kinds.
+    let mut wrong = inputs.clone();
+    wrong.insert("n".into(), FeatureValue::String("41".into()));
+    let e = engine.infer_features(kinds.as_ref(), &wrong, SECS).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::SchemaMismatch, "{e}");
+    assert!(e.to_string().contains("is a int64 feature; got a string value"), "{e}");
+    // Images are not in ABI v2's feature calls: refused before calling.
+    let mut with_image = inputs.clone();
+    with_image.insert(
+        "n".into(),
+        FeatureValue::Image(apple_silicon::Image::new(1, 1, apple_silicon::PixelFormat::Gray8, 1, vec![0]).unwrap()),
+    );
+    let e = engine.infer_features(kinds.as_ref(), &with_image, SECS).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+}
+
+// ---------------------------------------------------------------------------
 // Multifunction packages (ABI v2)
 // ---------------------------------------------------------------------------
 
@@ -1857,6 +1943,7 @@ fn the_c_abi_answers_random_descriptors_handles_and_nulls_with_a_status() {
     let compiled_c = CString::new(compiled.to_str().unwrap()).unwrap();
     let nowhere = CString::new("/nonexistent/\u{1}/x.mlmodelc").unwrap();
     let (empty_c, fname_c) = (CString::new("").unwrap(), CString::new("main").unwrap());
+    let hello_c = CString::new("h\u{e9}llo").unwrap();
     let out_dir = CString::new(dir.path().join("out").to_str().unwrap()).unwrap();
 
     let mut rng = Rng(seed);
@@ -1880,7 +1967,7 @@ fn the_c_abi_answers_random_descriptors_handles_and_nulls_with_a_status() {
         let call_start = Instant::now();
         let mut err: *mut c_char = ptr::null_mut();
         let err_slot: *mut *mut c_char = if rng.below(4) == 0 { ptr::null_mut() } else { &mut err };
-        let (entry, code) = match rng.below(13) {
+        let (entry, code) = match rng.below(14) {
             0..=5 => {
                 let case = random_case(&mut rng);
                 let mut outputs: *mut ffi::CoremlOutputs = ptr::null_mut();
@@ -2018,6 +2105,40 @@ fn the_c_abi_answers_random_descriptors_handles_and_nulls_with_a_status() {
                 }
                 ("predict_batch", code)
             }
+            13 => {
+                let case = random_case(&mut rng);
+                let features: Vec<ffi::CoremlFeature> = case
+                    .tensors
+                    .iter()
+                    .map(|t| ffi::CoremlFeature {
+                        name: t.name,
+                        kind: rng.pick(&[1, 1, 2, 3, 4, 5, 0, -1]),
+                        tensor: *t,
+                        int64_value: rng.next() as i64,
+                        double_value: f64::from_bits(rng.next()),
+                        string_value: rng.pick(&[ptr::null(), hello_c.as_ptr(), empty_c.as_ptr()]),
+                    })
+                    .collect();
+                let mut outputs: *mut ffi::CoremlFeatureOutputs = ptr::null_mut();
+                let inputs = if features.is_empty() {
+                    ptr::null()
+                } else {
+                    features.as_ptr()
+                };
+                // SAFETY: every pointer is NULL or live for the call; the count matches the array.
+                let code = unsafe {
+                    ffi::coreml_predict_features(handle, inputs, features.len() as i32, timeout, &mut outputs, err_slot)
+                };
+                if code != ffi::COREML_OK {
+                    assert!(
+                        outputs.is_null(),
+                        "a failed predict_features ({code}) handed out outputs"
+                    );
+                }
+                // SAFETY: NULL or outputs handed out by the bridge, freed once.
+                unsafe { ffi::coreml_free_feature_outputs(outputs) };
+                ("predict_features", code)
+            }
             11 => {
                 let mut s: *mut c_void = ptr::null_mut();
                 let slot: *mut *mut c_void = if rng.below(5) == 0 { ptr::null_mut() } else { &mut s };
@@ -2099,6 +2220,7 @@ fn the_c_abi_answers_random_descriptors_handles_and_nulls_with_a_status() {
         "predict_with_state",
         "make_state",
         "predict_batch",
+        "predict_features",
     ] {
         assert!(seen.keys().any(|(e, _)| *e == entry), "{entry} never called: {seen:?}");
     }

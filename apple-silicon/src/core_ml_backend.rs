@@ -899,33 +899,20 @@ impl InferenceEngine for CoreMlEngine {
         m.with_loaded("batch prediction", timeout, |bm, left| bm.predict_batch(batch, left))
     }
 
-    /// Multi-array features only: the bridge's C ABI (version 1) carries no
-    /// images, strings, scalars or dictionaries, so any other input is
-    /// refused as [`Error::Unsupported`] before Core ML is called (issue #12:
-    /// ABI version 2 adds them). Costs what `infer` costs.
+    /// Feature values of every kind through `coreml_predict_features`:
+    /// multi-arrays, int64, double and string inputs; outputs of every kind
+    /// but images and sequences (a classifier's label string and its
+    /// probabilities dictionary). Image inputs are refused as `Unsupported`
+    /// (ABI version 2 has no images yet). Bounded by `timeout` in all, as
+    /// `infer`. Costs what `infer` costs, plus string copies.
     fn infer_features(
         &self,
         model: &dyn PreparedModel,
         inputs: &crate::feature::FeatureMap,
         timeout: Duration,
     ) -> Result<crate::feature::FeatureMap> {
-        use crate::feature::FeatureValue;
-        let mut tensors = TensorMap::new();
-        for (name, v) in inputs {
-            match v {
-                FeatureValue::Tensor(t) => {
-                    tensors.insert(name.clone(), t.clone());
-                }
-                other => {
-                    return Err(Error::unsupported(format!(
-                        "input `{name}` is {}: the coreml-bridge C ABI (version 1) carries multi-arrays only",
-                        other.kind_name()
-                    )))
-                }
-            }
-        }
-        let out = self.infer(model, &tensors, timeout)?;
-        Ok(out.into_iter().map(|(k, t)| (k, FeatureValue::Tensor(t))).collect())
+        let m = downcast_model::<CoreMlModel>(model, bridge::ENGINE_NAME)?;
+        m.with_loaded("prediction", timeout, |bm, left| bm.predict_features(inputs, left))
     }
 
     /// The report. The first call per model asks the bridge for the compute

@@ -184,6 +184,75 @@ pub mod ffi {
         pub reserved: *mut c_void,
     }
 
+    /// `COREML_FEATURE_TENSOR` (v2): a multi-array feature value.
+    pub const COREML_FEATURE_TENSOR: i32 = 1;
+    /// `COREML_FEATURE_INT64` (v2): an int64 feature value.
+    pub const COREML_FEATURE_INT64: i32 = 2;
+    /// `COREML_FEATURE_DOUBLE` (v2): a double feature value.
+    pub const COREML_FEATURE_DOUBLE: i32 = 3;
+    /// `COREML_FEATURE_STRING` (v2): a string feature value.
+    pub const COREML_FEATURE_STRING: i32 = 4;
+    /// `COREML_FEATURE_DICTIONARY` (v2): a dictionary (outputs only).
+    pub const COREML_FEATURE_DICTIONARY: i32 = 5;
+
+    /// `CoremlFeature` (v2): an input feature; `kind` selects the field read.
+    #[repr(C)]
+    #[derive(Debug, Clone, Copy)]
+    pub struct CoremlFeature {
+        /// Feature name.
+        pub name: *const c_char,
+        /// A `COREML_FEATURE_*` kind (not DICTIONARY).
+        pub kind: i32,
+        /// TENSOR: the array (its name is ignored).
+        pub tensor: CoremlTensor,
+        /// INT64.
+        pub int64_value: i64,
+        /// DOUBLE.
+        pub double_value: f64,
+        /// STRING: NUL-terminated UTF-8.
+        pub string_value: *const c_char,
+    }
+
+    /// `CoremlOutputFeature` (v2): an output feature in bridge-owned memory.
+    #[repr(C)]
+    #[derive(Debug, Clone, Copy)]
+    pub struct CoremlOutputFeature {
+        /// Feature name.
+        pub name: *const c_char,
+        /// A `COREML_FEATURE_*` kind.
+        pub kind: i32,
+        /// TENSOR.
+        pub tensor: CoremlOutputTensor,
+        /// INT64.
+        pub int64_value: i64,
+        /// DOUBLE.
+        pub double_value: f64,
+        /// STRING.
+        pub string_value: *const c_char,
+        /// DICTIONARY: number of entries.
+        pub dict_count: i32,
+        /// DICTIONARY: `COREML_FEATURE_STRING` or `COREML_FEATURE_INT64` keys.
+        pub dict_key_kind: i32,
+        /// DICTIONARY: string keys.
+        pub dict_string_keys: *const *const c_char,
+        /// DICTIONARY: int64 keys.
+        pub dict_int64_keys: *const i64,
+        /// DICTIONARY: values.
+        pub dict_values: *const f64,
+    }
+
+    /// `CoremlFeatureOutputs` (v2): released with `coreml_free_feature_outputs`.
+    #[repr(C)]
+    #[derive(Debug)]
+    pub struct CoremlFeatureOutputs {
+        /// Number of entries in `features`.
+        pub count: i32,
+        /// `count` features, sorted by name.
+        pub features: *const CoremlOutputFeature,
+        /// Bridge-private bookkeeping.
+        pub reserved: *mut c_void,
+    }
+
     /// `CoremlBatchMember` (v2): one member of a batch, its own input descriptors.
     #[repr(C)]
     #[derive(Debug, Clone, Copy)]
@@ -291,6 +360,17 @@ pub mod ffi {
             out_outputs: *mut *mut CoremlOutputs,
             out_err: *mut *mut c_char,
         ) -> i32 => COREML_ERR_UNAVAILABLE;
+        /// `coreml_predict_features` (v2): feature values of every kind in and out.
+        fn coreml_predict_features(
+            handle: *mut c_void,
+            inputs: *const CoremlFeature,
+            n_inputs: i32,
+            timeout_ms: i64,
+            out_outputs: *mut *mut CoremlFeatureOutputs,
+            out_err: *mut *mut c_char,
+        ) -> i32 => COREML_ERR_UNAVAILABLE;
+        /// `coreml_free_feature_outputs` (v2): releases feature outputs (NULL/unknown/freed ignored).
+        fn coreml_free_feature_outputs(outputs: *mut CoremlFeatureOutputs) => ();
         /// `coreml_make_state` (v2): a fresh state (`MLModel.makeState()`) for a model handle.
         fn coreml_make_state(
             handle: *mut c_void,
@@ -690,6 +770,127 @@ impl Drop for BridgeString {
     fn drop(&mut self) {
         self.free();
     }
+}
+
+/// Feature outputs owned by the bridge, freed exactly once on drop.
+struct BridgeFeatureOutputs(*mut ffi::CoremlFeatureOutputs);
+
+impl Drop for BridgeFeatureOutputs {
+    fn drop(&mut self) {
+        // SAFETY: NULL or outputs from coreml_predict_features, freed only here.
+        unsafe { ffi::coreml_free_feature_outputs(self.0) };
+    }
+}
+
+/// A NUL-terminated string of the bridge's outputs, or `bad`'s error.
+///
+/// # Safety
+///
+/// `p` must be NULL or a NUL-terminated string.
+unsafe fn bridge_str(p: *const c_char, what: &str, bad: &dyn Fn(String) -> Error) -> Result<String> {
+    if p.is_null() {
+        return Err(bad(format!("{what} is NULL")));
+    }
+    // SAFETY: non-NULL and NUL-terminated per the caller's contract.
+    unsafe { CStr::from_ptr(p) }
+        .to_str()
+        .map(str::to_string)
+        .map_err(|_| bad(format!("{what} is not UTF-8")))
+}
+
+/// Copies feature outputs into owned values, checking every field against
+/// the header's promises (`Internal` on a broken one).
+///
+/// # Safety
+///
+/// `outputs` must be NULL or as `coreml_predict_features` hands it out.
+unsafe fn read_feature_outputs(
+    outputs: *const ffi::CoremlFeatureOutputs,
+    subject: &str,
+) -> Result<crate::feature::FeatureMap> {
+    use crate::feature::{Dictionary, FeatureValue};
+    let bad = |what: String| {
+        Error::internal(format!(
+            "the bridge returned inconsistent outputs for {subject}: {what}"
+        ))
+    };
+    if outputs.is_null() {
+        return Err(bad("expected an outputs pointer, got NULL".into()));
+    }
+    // SAFETY: non-NULL and valid per the caller's contract.
+    let outs = unsafe { &*outputs };
+    let count = usize::try_from(outs.count).map_err(|_| bad(format!("count {} is negative", outs.count)))?;
+    if count > 0 && outs.features.is_null() {
+        return Err(bad(format!("expected {count} features, got a NULL array")));
+    }
+    let mut map = crate::feature::FeatureMap::new();
+    for i in 0..count {
+        // SAFETY: `features` holds `count` entries.
+        let f = unsafe { &*outs.features.add(i) };
+        // SAFETY: the bridge's strings.
+        let name = unsafe { bridge_str(f.name, &format!("output #{i}'s name"), &bad) }?;
+        let value = match f.kind {
+            // SAFETY: the bridge's output tensor.
+            ffi::COREML_FEATURE_TENSOR => FeatureValue::Tensor(unsafe { read_output_tensor(&f.tensor, &name, &bad) }?),
+            ffi::COREML_FEATURE_INT64 => FeatureValue::Int64(f.int64_value),
+            ffi::COREML_FEATURE_DOUBLE => FeatureValue::Double(f.double_value),
+            // SAFETY: the bridge's string.
+            ffi::COREML_FEATURE_STRING => {
+                FeatureValue::String(unsafe { bridge_str(f.string_value, &format!("output `{name}`"), &bad) }?)
+            }
+            ffi::COREML_FEATURE_DICTIONARY => {
+                let n = usize::try_from(f.dict_count)
+                    .map_err(|_| bad(format!("output `{name}`: negative dict_count {}", f.dict_count)))?;
+                if n > 0 && f.dict_values.is_null() {
+                    return Err(bad(format!("output `{name}`: NULL dict_values for {n} entries")));
+                }
+                let values = if n == 0 {
+                    &[][..]
+                } else {
+                    // SAFETY: `dict_values` holds `dict_count` doubles.
+                    unsafe { std::slice::from_raw_parts(f.dict_values, n) }
+                };
+                match f.dict_key_kind {
+                    ffi::COREML_FEATURE_STRING => {
+                        if n > 0 && f.dict_string_keys.is_null() {
+                            return Err(bad(format!("output `{name}`: NULL dict_string_keys")));
+                        }
+                        let mut entries = Vec::with_capacity(n);
+                        for (k, v) in values.iter().enumerate() {
+                            // SAFETY: `dict_string_keys` holds `dict_count` strings.
+                            let key = unsafe { bridge_str(*f.dict_string_keys.add(k), "a dictionary key", &bad) }?;
+                            entries.push((key, *v));
+                        }
+                        FeatureValue::Dictionary(Dictionary::Strings(entries))
+                    }
+                    ffi::COREML_FEATURE_INT64 => {
+                        if n > 0 && f.dict_int64_keys.is_null() {
+                            return Err(bad(format!("output `{name}`: NULL dict_int64_keys")));
+                        }
+                        let keys = if n == 0 {
+                            &[][..]
+                        } else {
+                            // SAFETY: `dict_int64_keys` holds `dict_count` keys.
+                            unsafe { std::slice::from_raw_parts(f.dict_int64_keys, n) }
+                        };
+                        FeatureValue::Dictionary(Dictionary::Int64(
+                            keys.iter().copied().zip(values.iter().copied()).collect(),
+                        ))
+                    }
+                    other => return Err(bad(format!("output `{name}`: dictionary key kind {other}"))),
+                }
+            }
+            other => {
+                return Err(bad(format!(
+                    "output `{name}`: expected a feature kind 1..=5, got {other}"
+                )))
+            }
+        };
+        if map.insert(name.clone(), value).is_some() {
+            return Err(bad(format!("output `{name}` appears twice")));
+        }
+    }
+    Ok(map)
 }
 
 /// Predict outputs owned by the bridge, freed exactly once on drop.
@@ -1133,6 +1334,28 @@ pub struct SchemaMetadata {
     pub user_defined: std::collections::BTreeMap<String, String>,
 }
 
+/// A classifier as the bridge reports it (`predictedFeatureName`,
+/// `predictedProbabilitiesName`, `classLabels`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BridgeClassifier {
+    /// The output holding the predicted label.
+    pub label_output: String,
+    /// The output holding the probabilities dictionary.
+    pub probabilities_output: Option<String>,
+    /// The labels: strings or int64s (empty when Core ML does not say).
+    pub labels: BridgeLabels,
+}
+
+/// A classifier's labels as JSON gives them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum BridgeLabels {
+    /// String labels.
+    Strings(Vec<String>),
+    /// Int64 labels.
+    Int64(Vec<i64>),
+}
+
 /// A loaded model's interface (`coreml_model_schema`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BridgeSchema {
@@ -1151,6 +1374,9 @@ pub struct BridgeSchema {
     /// The function the handle was loaded with (`None`: the default).
     #[serde(default)]
     pub function: Option<String>,
+    /// A classifier's outputs and labels (v2); `None` for other models.
+    #[serde(default)]
+    pub classifier: Option<BridgeClassifier>,
     /// Metadata.
     #[serde(default)]
     pub metadata: SchemaMetadata,
@@ -1165,7 +1391,14 @@ impl BridgeSchema {
             inputs: self.inputs.iter().filter_map(Feature::to_tensor_spec).collect(),
             outputs: self.outputs.iter().filter_map(Feature::to_tensor_spec).collect(),
             states: self.states.iter().filter_map(Feature::to_tensor_spec).collect(),
-            classifier: None,
+            classifier: self.classifier.as_ref().map(|c| crate::feature::ClassifierSpec {
+                label_output: c.label_output.clone(),
+                probabilities_output: c.probabilities_output.clone().unwrap_or_default(),
+                labels: match &c.labels {
+                    BridgeLabels::Strings(v) => crate::feature::ClassLabels::Strings(v.clone()),
+                    BridgeLabels::Int64(v) => crate::feature::ClassLabels::Int64(v.clone()),
+                },
+            }),
             functions: crate::inference::FunctionSet {
                 names: self.functions.clone(),
                 default: None,
@@ -1239,6 +1472,24 @@ fn marshal_inputs(inputs: &TensorMap, subject: &str) -> Result<MarshalledInputs>
     let mut shapes = Vec::with_capacity(inputs.len());
     let mut descriptors = Vec::with_capacity(inputs.len());
     for (name, t) in inputs {
+        let (c_name, shape, descriptor) = marshal_tensor(name, t, subject)?;
+        descriptors.push(descriptor);
+        // Moving a CString or Vec moves only its header; the heap buffers the
+        // descriptor points into stay where they are.
+        names.push(c_name);
+        shapes.push(shape);
+    }
+    Ok(MarshalledInputs {
+        _names: names,
+        _shapes: shapes,
+        descriptors,
+    })
+}
+
+/// One tensor's descriptor, its name and its shape (which the descriptor
+/// points into: keep both alive with the tensor while it is used).
+fn marshal_tensor(name: &str, t: &Tensor, subject: &str) -> Result<(CString, Vec<i64>, ffi::CoremlTensor)> {
+    {
         let code = dtype_code(t.dtype())
             .filter(|_| INPUT_DTYPES.contains(&t.dtype()))
             .ok_or_else(|| {
@@ -1275,14 +1526,14 @@ fn marshal_inputs(inputs: &TensorMap, subject: &str) -> Result<MarshalledInputs>
                     format!("{:?}", t.shape()),
                 )
             })?;
-        let c_name = CString::new(name.as_str()).map_err(|_| {
+        let c_name = CString::new(name).map_err(|_| {
             Error::schema_mismatch(
                 format!("name of input `{}`", name.escape_debug()),
                 "a name without NUL bytes",
                 "a name with a NUL byte",
             )
         })?;
-        descriptors.push(ffi::CoremlTensor {
+        let descriptor = ffi::CoremlTensor {
             name: c_name.as_ptr(),
             dtype: code,
             rank: rank as i32,
@@ -1290,17 +1541,9 @@ fn marshal_inputs(inputs: &TensorMap, subject: &str) -> Result<MarshalledInputs>
             strides: ptr::null(),
             data: t.as_bytes().as_ptr().cast::<c_void>(),
             byte_len: t.as_bytes().len() as u64,
-        });
-        // Moving a CString or Vec moves only its header; the heap buffers the
-        // descriptor points into stay where they are.
-        names.push(c_name);
-        shapes.push(shape);
+        };
+        Ok((c_name, shape, descriptor))
     }
-    Ok(MarshalledInputs {
-        _names: names,
-        _shapes: shapes,
-        descriptors,
-    })
 }
 
 /// Copies predict outputs into owned tensors, checking every field against
@@ -1338,6 +1581,22 @@ unsafe fn read_outputs(outputs: *const ffi::CoremlOutputs, subject: &str) -> Res
             .to_str()
             .map_err(|_| bad(format!("output #{i}'s name is not UTF-8")))?
             .to_string();
+        // SAFETY: `t` is one of the bridge's output tensors.
+        let tensor = unsafe { read_output_tensor(t, &name, &bad) }?;
+        if map.insert(name.clone(), tensor).is_some() {
+            return Err(bad(format!("output `{name}` appears twice")));
+        }
+    }
+    Ok(map)
+}
+
+/// Copies one output tensor, checking its fields (`bad` makes the error).
+///
+/// # Safety
+///
+/// `t`'s pointers must be valid as the header describes.
+unsafe fn read_output_tensor(t: &ffi::CoremlOutputTensor, name: &str, bad: &dyn Fn(String) -> Error) -> Result<Tensor> {
+    {
         let dtype = dtype_from_code(t.dtype)
             .ok_or_else(|| bad(format!("output `{name}`: expected a dtype code 1..=6, got {}", t.dtype)))?;
         let rank = usize::try_from(t.rank)
@@ -1378,12 +1637,8 @@ unsafe fn read_outputs(outputs: *const ffi::CoremlOutputs, subject: &str) -> Res
             // SAFETY: `data` holds `byte_len` (== expected) readable bytes.
             unsafe { std::slice::from_raw_parts(t.data.cast::<u8>(), expected) }.to_vec()
         };
-        let tensor = Tensor::from_bytes(dtype, shape, bytes)?;
-        if map.insert(name.clone(), tensor).is_some() {
-            return Err(bad(format!("output `{name}` appears twice")));
-        }
+        Tensor::from_bytes(dtype, shape, bytes)
     }
-    Ok(map)
 }
 
 /// A model loaded by the bridge. Dropping it calls `coreml_free_model`.
@@ -1475,6 +1730,7 @@ impl BridgeModel {
                 states: Vec::new(),
                 functions: Vec::new(),
                 function: None,
+                classifier: None,
                 metadata: SchemaMetadata::default(),
             },
             poisoned: Cell::new(false),
@@ -1619,6 +1875,121 @@ impl BridgeModel {
             .map(|(i, o)| unsafe { read_outputs(o.0, &format!("batch member #{i} of {subject}")) })
             .collect::<Result<Vec<_>>>()
             .map_err(|e| BridgeError::refused(Status::Internal, e))
+    }
+
+    /// Runs one prediction on feature values of any kind
+    /// (`coreml_predict_features`): multi-arrays, int64, double and string
+    /// inputs; every output Core ML returns except images and sequences (a
+    /// classifier's label and probabilities included). Images,
+    /// dictionaries and sequences as inputs are refused as `Unsupported`
+    /// before calling. Same checks, deadline and costs as
+    /// [`BridgeModel::predict`], plus a copy of every string.
+    pub fn predict_features(
+        &self,
+        inputs: &crate::feature::FeatureMap,
+        timeout: Duration,
+    ) -> std::result::Result<crate::feature::FeatureMap, BridgeError> {
+        use crate::feature::FeatureValue;
+        let subject = self.subject();
+        let refuse = |e: Error| BridgeError::refused(Status::InvalidArgument, e);
+        if inputs.is_empty() || inputs.len() > MAX_INPUTS {
+            return Err(refuse(Error::schema_mismatch(
+                format!("number of inputs of {subject}"),
+                format!("1..={MAX_INPUTS}"),
+                inputs.len().to_string(),
+            )));
+        }
+        // Owned C data the descriptors point into, alive across the call.
+        let mut keep_names = Vec::with_capacity(inputs.len());
+        let mut keep_tensor = Vec::new();
+        let mut descriptors = Vec::with_capacity(inputs.len());
+        let empty = ffi::CoremlTensor {
+            name: ptr::null(),
+            dtype: 0,
+            rank: 0,
+            shape: ptr::null(),
+            strides: ptr::null(),
+            data: ptr::null(),
+            byte_len: 0,
+        };
+        for (name, value) in inputs {
+            let c_name = CString::new(name.as_str()).map_err(|_| {
+                refuse(Error::schema_mismatch(
+                    format!("name of input `{}`", name.escape_debug()),
+                    "a name without NUL bytes",
+                    "a name with a NUL byte",
+                ))
+            })?;
+            let mut f = ffi::CoremlFeature {
+                name: c_name.as_ptr(),
+                kind: 0,
+                tensor: empty,
+                int64_value: 0,
+                double_value: 0.0,
+                string_value: ptr::null(),
+            };
+            match value {
+                FeatureValue::Tensor(t) => {
+                    let (n, shape, d) = marshal_tensor(name, t, &subject).map_err(refuse)?;
+                    f.kind = ffi::COREML_FEATURE_TENSOR;
+                    f.tensor = d;
+                    keep_tensor.push((n, shape));
+                }
+                FeatureValue::Int64(v) => {
+                    f.kind = ffi::COREML_FEATURE_INT64;
+                    f.int64_value = *v;
+                }
+                FeatureValue::Double(v) => {
+                    f.kind = ffi::COREML_FEATURE_DOUBLE;
+                    f.double_value = *v;
+                }
+                FeatureValue::String(s) => {
+                    let c = CString::new(s.as_str()).map_err(|_| {
+                        refuse(Error::schema_mismatch(
+                            format!("input `{name}` of {subject}"),
+                            "a string without NUL bytes",
+                            "a string with a NUL byte",
+                        ))
+                    })?;
+                    f.kind = ffi::COREML_FEATURE_STRING;
+                    f.string_value = c.as_ptr();
+                    keep_names.push(c);
+                }
+                other => {
+                    return Err(BridgeError::refused(
+                        Status::Unsupported,
+                        Error::unsupported(format!(
+                            "input `{name}` of {subject} is {}: the bridge's feature calls take multi-arrays, int64, \
+                             double and string values (images are not in ABI version 2 yet)",
+                            other.kind_name()
+                        )),
+                    ))
+                }
+            }
+            keep_names.push(c_name);
+            descriptors.push(f);
+        }
+        let mut outputs = BridgeFeatureOutputs(ptr::null_mut());
+        let mut err = BridgeString::null();
+        // SAFETY: a live handle; every descriptor points into `keep_names`,
+        // `keep_tensor` or `inputs`, all alive until after the call.
+        let code = unsafe {
+            ffi::coreml_predict_features(
+                self.raw(),
+                descriptors.as_ptr(),
+                descriptors.len() as i32,
+                timeout_ms(timeout),
+                &mut outputs.0,
+                err.out(),
+            )
+        };
+        drop((descriptors, keep_names, keep_tensor));
+        if matches!(Status::from_code(code), Status::Timeout | Status::Poisoned) {
+            self.poisoned.set(true);
+        }
+        check(code, &mut err, Operation::Predict, &subject, timeout)?;
+        // SAFETY: COREML_OK: the bridge's outputs, valid until `outputs` drops.
+        unsafe { read_feature_outputs(outputs.0, &subject) }.map_err(|e| BridgeError::refused(Status::Internal, e))
     }
 
     /// Makes a fresh state for this model (`coreml_make_state`, Core ML's
@@ -1880,6 +2251,9 @@ mod tests {
             "void**" => "*mut *mut c_void",
             "const CoremlTensor*" => "*const CoremlTensor",
             "const CoremlBatchMember*" => "*const CoremlBatchMember",
+            "const CoremlFeature*" => "*const CoremlFeature",
+            "CoremlFeatureOutputs*" => "*mut CoremlFeatureOutputs",
+            "CoremlFeatureOutputs**" => "*mut *mut CoremlFeatureOutputs",
             "CoremlOutputs*" => "*mut CoremlOutputs",
             "CoremlOutputs**" => "*mut *mut CoremlOutputs",
             other => panic!("C type `{other}` has no Rust mapping in this test: extend rust_type()"),
@@ -1894,7 +2268,7 @@ mod tests {
     fn every_header_function_is_declared_with_the_same_signature() {
         let header = header_functions();
         let names: Vec<&str> = header.iter().map(|(_, n, _)| n.as_str()).collect();
-        assert_eq!(names.len(), 15, "functions parsed from the header: {names:?}");
+        assert_eq!(names.len(), 17, "functions parsed from the header: {names:?}");
         let declared: BTreeMap<&str, &ffi::Signature> = ffi::SIGNATURES.iter().map(|s| (s.name, s)).collect();
         assert_eq!(
             declared.keys().copied().collect::<BTreeSet<_>>(),
@@ -1958,6 +2332,11 @@ mod tests {
             ("COREML_ERR_UNSUPPORTED", ffi::COREML_ERR_UNSUPPORTED),
             ("COREML_ERR_STATE_IN_USE", ffi::COREML_ERR_STATE_IN_USE),
             ("COREML_ERR_STATE_MISMATCH", ffi::COREML_ERR_STATE_MISMATCH),
+            ("COREML_FEATURE_TENSOR", ffi::COREML_FEATURE_TENSOR),
+            ("COREML_FEATURE_INT64", ffi::COREML_FEATURE_INT64),
+            ("COREML_FEATURE_DOUBLE", ffi::COREML_FEATURE_DOUBLE),
+            ("COREML_FEATURE_STRING", ffi::COREML_FEATURE_STRING),
+            ("COREML_FEATURE_DICTIONARY", ffi::COREML_FEATURE_DICTIONARY),
             ("COREML_DTYPE_F32", ffi::COREML_DTYPE_F32),
             ("COREML_DTYPE_F16", ffi::COREML_DTYPE_F16),
             ("COREML_DTYPE_F64", ffi::COREML_DTYPE_F64),
@@ -2026,6 +2405,16 @@ int main(void) {
   F(CoremlOutputs, count); F(CoremlOutputs, tensors); F(CoremlOutputs, reserved);
   printf("CoremlBatchMember %zu\n", sizeof(CoremlBatchMember));
   F(CoremlBatchMember, inputs); F(CoremlBatchMember, n_inputs);
+  printf("CoremlFeature %zu\n", sizeof(CoremlFeature));
+  F(CoremlFeature, name); F(CoremlFeature, kind); F(CoremlFeature, tensor); F(CoremlFeature, int64_value);
+  F(CoremlFeature, double_value); F(CoremlFeature, string_value);
+  printf("CoremlOutputFeature %zu\n", sizeof(CoremlOutputFeature));
+  F(CoremlOutputFeature, name); F(CoremlOutputFeature, kind); F(CoremlOutputFeature, tensor);
+  F(CoremlOutputFeature, int64_value); F(CoremlOutputFeature, double_value); F(CoremlOutputFeature, string_value);
+  F(CoremlOutputFeature, dict_count); F(CoremlOutputFeature, dict_key_kind); F(CoremlOutputFeature, dict_string_keys);
+  F(CoremlOutputFeature, dict_int64_keys); F(CoremlOutputFeature, dict_values);
+  printf("CoremlFeatureOutputs %zu\n", sizeof(CoremlFeatureOutputs));
+  F(CoremlFeatureOutputs, count); F(CoremlFeatureOutputs, features); F(CoremlFeatureOutputs, reserved);
   printf("CoremlStatus %zu\n", sizeof(CoremlStatus));
   return 0;
 }
@@ -2056,7 +2445,10 @@ int main(void) {
                 (k.to_string(), v.parse().unwrap())
             })
             .collect();
-        use ffi::{CoremlBatchMember as B, CoremlOutputTensor as O, CoremlOutputs as Os, CoremlTensor as T};
+        use ffi::{
+            CoremlBatchMember as B, CoremlFeature as Fe, CoremlFeatureOutputs as Fos, CoremlOutputFeature as Of,
+            CoremlOutputTensor as O, CoremlOutputs as Os, CoremlTensor as T,
+        };
         let rust: BTreeMap<String, usize> = [
             ("CoremlTensor", size_of::<T>()),
             ("CoremlTensor.name", offset_of!(T, name)),
@@ -2077,6 +2469,29 @@ int main(void) {
             ("CoremlOutputs.count", offset_of!(Os, count)),
             ("CoremlOutputs.tensors", offset_of!(Os, tensors)),
             ("CoremlOutputs.reserved", offset_of!(Os, reserved)),
+            ("CoremlFeature", size_of::<Fe>()),
+            ("CoremlFeature.name", offset_of!(Fe, name)),
+            ("CoremlFeature.kind", offset_of!(Fe, kind)),
+            ("CoremlFeature.tensor", offset_of!(Fe, tensor)),
+            ("CoremlFeature.int64_value", offset_of!(Fe, int64_value)),
+            ("CoremlFeature.double_value", offset_of!(Fe, double_value)),
+            ("CoremlFeature.string_value", offset_of!(Fe, string_value)),
+            ("CoremlOutputFeature", size_of::<Of>()),
+            ("CoremlOutputFeature.name", offset_of!(Of, name)),
+            ("CoremlOutputFeature.kind", offset_of!(Of, kind)),
+            ("CoremlOutputFeature.tensor", offset_of!(Of, tensor)),
+            ("CoremlOutputFeature.int64_value", offset_of!(Of, int64_value)),
+            ("CoremlOutputFeature.double_value", offset_of!(Of, double_value)),
+            ("CoremlOutputFeature.string_value", offset_of!(Of, string_value)),
+            ("CoremlOutputFeature.dict_count", offset_of!(Of, dict_count)),
+            ("CoremlOutputFeature.dict_key_kind", offset_of!(Of, dict_key_kind)),
+            ("CoremlOutputFeature.dict_string_keys", offset_of!(Of, dict_string_keys)),
+            ("CoremlOutputFeature.dict_int64_keys", offset_of!(Of, dict_int64_keys)),
+            ("CoremlOutputFeature.dict_values", offset_of!(Of, dict_values)),
+            ("CoremlFeatureOutputs", size_of::<Fos>()),
+            ("CoremlFeatureOutputs.count", offset_of!(Fos, count)),
+            ("CoremlFeatureOutputs.features", offset_of!(Fos, features)),
+            ("CoremlFeatureOutputs.reserved", offset_of!(Fos, reserved)),
             ("CoremlBatchMember", size_of::<B>()),
             ("CoremlBatchMember.inputs", offset_of!(B, inputs)),
             ("CoremlBatchMember.n_inputs", offset_of!(B, n_inputs)),

@@ -160,7 +160,8 @@ typedef struct CoremlOutputTensor {
  * with coreml_free_outputs. `tensors` has `count` entries, sorted by name.
  * Only multi-array, Double (-> F64 [1]) and Int64 (-> I64 [1]) output
  * features are returned; other feature types (string, dictionary, image,
- * sequence) are omitted: coreml_model_schema lists them with dtype null.
+ * sequence) are omitted: coreml_model_schema lists them with dtype null
+ * (v2: coreml_predict_features returns strings and dictionaries too).
  * Never write through these pointers.
  */
 typedef struct CoremlOutputs {
@@ -177,6 +178,67 @@ typedef struct CoremlBatchMember {
     const CoremlTensor* inputs;
     int32_t             n_inputs;
 } CoremlBatchMember;
+
+/* ---- Feature values (ABI v2) -------------------------------------------- */
+typedef enum CoremlFeatureKind {
+    COREML_FEATURE_TENSOR     = 1,  /* MLFeatureValue(multiArray:) */
+    COREML_FEATURE_INT64      = 2,  /* MLFeatureValue(int64:) */
+    COREML_FEATURE_DOUBLE     = 3,  /* MLFeatureValue(double:) */
+    COREML_FEATURE_STRING     = 4,  /* MLFeatureValue(string:) */
+    COREML_FEATURE_DICTIONARY = 5   /* outputs only: dictionaryValue (a classifier's probabilities) */
+} CoremlFeatureKind;
+
+/*
+ * An input feature of coreml_predict_features, read only during the call
+ * (every byte and string is copied first). `kind` selects the field read:
+ *   TENSOR  `tensor` (as for coreml_predict; tensor.name is ignored, `name`
+ *           names the feature)
+ *   INT64   `int64_value`      DOUBLE  `double_value`
+ *   STRING  `string_value`, NUL-terminated UTF-8, at most 16 MiB
+ * Images are not in this version of the feature calls (see the guide).
+ */
+typedef struct CoremlFeature {
+    const char*  name;
+    int32_t      kind;
+    CoremlTensor tensor;
+    int64_t      int64_value;
+    double       double_value;
+    const char*  string_value;
+} CoremlFeature;
+
+/*
+ * An output feature, pointing into bridge-owned memory valid until
+ * coreml_free_feature_outputs. `kind` says which fields hold it:
+ *   TENSOR      `tensor` (row-major, as in CoremlOutputs)
+ *   INT64       `int64_value`     DOUBLE  `double_value`
+ *   STRING      `string_value`
+ *   DICTIONARY  `dict_count` entries: keys in `dict_string_keys` (when
+ *               dict_key_kind is COREML_FEATURE_STRING) or
+ *               `dict_int64_keys` (COREML_FEATURE_INT64), values in
+ *               `dict_values`; sorted by key
+ * Fields of other kinds are zero / NULL.
+ */
+typedef struct CoremlOutputFeature {
+    const char*         name;
+    int32_t             kind;
+    CoremlOutputTensor  tensor;
+    int64_t             int64_value;
+    double              double_value;
+    const char*         string_value;
+    int32_t             dict_count;
+    int32_t             dict_key_kind;
+    const char* const*  dict_string_keys;
+    const int64_t*      dict_int64_keys;
+    const double*       dict_values;
+} CoremlOutputFeature;
+
+/* The outputs of coreml_predict_features, sorted by name; released with
+ * coreml_free_feature_outputs. */
+typedef struct CoremlFeatureOutputs {
+    int32_t                    count;
+    const CoremlOutputFeature* features;
+    void*                      reserved;  /* bridge-private bookkeeping */
+} CoremlFeatureOutputs;
 
 /* Most members one coreml_predict_batch call may have. */
 #define COREML_MAX_BATCH 4096
@@ -251,6 +313,10 @@ int32_t coreml_load_model_function(const char* compiled_path,
  *                              for one function or when it cannot be known
  *   "function":  s|null,       (v2) the function this handle was loaded with
  *                              (null: the default)
+ *   "classifier": null | {     (v2) MLModelDescription.predictedFeatureName,
+ *       "label_output": s,          .predictedProbabilitiesName and
+ *       "probabilities_output": s|null, .classLabels (macOS 14+; [] before)
+ *       "labels": [s...] | [int...] }
  *   "metadata": {"author": s, "description": s, "version": s,
  *                "license": s, "user_defined": {s: s, ...}}
  * }
@@ -324,6 +390,27 @@ int32_t coreml_predict(void* handle, const CoremlTensor* inputs,
 int32_t coreml_predict_batch(void* handle, const CoremlBatchMember* batch,
                              int32_t n_batch, int64_t timeout_ms,
                              CoremlOutputs** out_outputs, char** out_err);
+
+/*
+ * (v2) One prediction with feature values of any kind: multi-arrays,
+ * int64, double and string inputs; outputs of every kind Core ML returns
+ * except images and sequences (a classifier's label string and its
+ * probability dictionary included). Core ML: MLDictionaryFeatureProvider of
+ * MLFeatureValue(multiArray:|int64:|double:|string:), prediction(from:).
+ * Validation as coreml_predict, plus each value's kind against the
+ * feature's type (SCHEMA_MISMATCH naming both), before any copy; the
+ * deadline, byte cap and poisoning are coreml_predict's.
+ *   out_outputs  OUT, owned: release with coreml_free_feature_outputs
+ * Errors: those of coreml_predict.
+ */
+int32_t coreml_predict_features(void* handle, const CoremlFeature* inputs,
+                                int32_t n_inputs, int64_t timeout_ms,
+                                CoremlFeatureOutputs** out_outputs,
+                                char** out_err);
+
+/* Release feature outputs. NULL, unknown and already-released pointers are
+ * ignored. */
+void coreml_free_feature_outputs(CoremlFeatureOutputs* outputs);
 
 /* ---- Model state (ABI v2) ------------------------------------------------
  * A stateful model (Core ML: a model with state features, macOS 15 / iOS 18,

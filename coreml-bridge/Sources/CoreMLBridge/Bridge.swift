@@ -147,6 +147,25 @@ public enum Bridge {
         return results
     }
 
+    /// Feature values of any kind on the handle's queue, waiting for what
+    /// is left of `deadline`; inputs validated and copied. A timeout
+    /// poisons the handle.
+    static func predictFeatures(_ h: ModelHandle, inputs: [NamedFeature], deadline: CallDeadline) throws -> [NamedFeature] {
+        try h.checkNotPoisoned()
+        let left = try deadline.remainingMs("prediction")
+        let model = h.model
+        do {
+            return try runWithDeadline(on: h.queue, timeoutMs: left, what: "prediction") {
+                try model.predictFeatures(inputs)
+            }
+        } catch let e as BridgeError where e.status == .timeout {
+            h.poison("a prediction timed out after \(deadline.timeoutMs) ms")
+            throw BridgeError(.timeout, "prediction did not finish within \(deadline.timeoutMs) ms; the model handle is now poisoned")
+        } catch {
+            throw bridgeError(error, status: .predict, context: "prediction failed")
+        }
+    }
+
     // MARK: State
 
     static func lookupState(_ id: UInt) throws -> StateHandle {

@@ -113,6 +113,14 @@ func readInputViews(_ inputs: UnsafePointer<CoremlTensor>?, _ count: Int32) thro
         let name = try string(t.name, "\(what) name")
         let label = "\(what) '\(name)'"
         guard names.insert(name).inserted else { throw BridgeError.invalid("\(label): duplicate name") }
+        result.append(try readTensorView(t, name: name, label: label))
+    }
+    return result
+}
+
+/// Checks one tensor descriptor (everything but its name) without copying.
+func readTensorView(_ t: CoremlTensor, name: String, label: String) throws -> InputView {
+    do {
         guard let dtype = DType(rawValue: t.dtype), dtype != .i64 else {
             throw BridgeError.invalid("\(label): unknown or unsupported input dtype code \(t.dtype) (1 f32, 2 f16, 3 f64, 4 i32, 5 i8)")
         }
@@ -134,10 +142,9 @@ func readInputViews(_ inputs: UnsafePointer<CoremlTensor>?, _ count: Int32) thro
                 throw BridgeError.invalid("\(label): byte_len is \(byteLen) but shape \(shape) with strides \(strides) spans \(span) elements of \(dtype.size) bytes")
             }
         }
-        result.append(InputView(name: name, dtype: dtype, shape: shape, strides: strides,
-                                data: data, byteLen: byteLen, byteCount: bytes))
+        return InputView(name: name, dtype: dtype, shape: shape, strides: strides,
+                         data: data, byteLen: byteLen, byteCount: bytes)
     }
-    return result
 }
 
 /// Reads `rank` dimensions (each >= 1) and strides (each >= 0, NULL:

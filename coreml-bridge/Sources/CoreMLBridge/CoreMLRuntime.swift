@@ -59,6 +59,7 @@ public final class CoreMLRuntime: ModelRuntime {
         }
         let model = try MLModel(contentsOf: url, configuration: config)
         var schema = Self.schema(of: model.modelDescription)
+        schema.classifier = Self.classifier(of: model.modelDescription)
         schema.functions = functions.count > 1 ? functions.sorted() : []
         schema.function = functionName
         return CoreMLLoadedModel(model: model, schema: schema)
@@ -121,6 +122,20 @@ public final class CoreMLRuntime: ModelRuntime {
                            outputs: description.outputDescriptionsByName.values.map(feature),
                            states: states(of: description),
                            metadata: meta)
+    }
+
+    /// A classifier's outputs and labels; nil for other models.
+    static func classifier(of description: MLModelDescription) -> ClassifierSchema? {
+        guard let label = description.predictedFeatureName else { return nil }
+        var c = ClassifierSchema(labelOutput: label, probabilitiesOutput: description.predictedProbabilitiesName)
+        if #available(macOS 14.0, iOS 17.0, tvOS 17.0, watchOS 10.0, *), let labels = description.classLabels {
+            if let strings = labels as? [String] {
+                c.stringLabels = strings
+            } else {
+                c.int64Labels = labels.compactMap { ($0 as? NSNumber)?.int64Value }
+            }
+        }
+        return c
     }
 
     /// A stateful model's states (macOS 15+): name, element type, buffer shape.
@@ -328,6 +343,53 @@ final class CoreMLLoadedModel: LoadedModel {
             throw BridgeError(.internalError, "Core ML returned \(result.count) results for a batch of \(batch.count)")
         }
         return try (0..<result.count).map { try Self.outputs(of: result.features(at: $0)) }
+    }
+
+    /// Feature values of every kind: multi-arrays as for `predict`; int64,
+    /// double and string inputs as NSNumber / NSString, which
+    /// MLDictionaryFeatureProvider(dictionary:) converts to feature values.
+    func predictFeatures(_ inputs: [NamedFeature]) throws -> [NamedFeature] {
+        var features: [String: Any] = [:]
+        for f in inputs {
+            switch f.value {
+            case .tensor(let t): features[f.name] = MLFeatureValue(multiArray: try Self.multiArray(for: t))
+            case .int64(let v): features[f.name] = NSNumber(value: v)
+            case .double(let v): features[f.name] = NSNumber(value: v)
+            case .string(let s): features[f.name] = NSString(string: s)
+            case .dictionary: throw BridgeError(.unsupported, "input '\(f.name)': dictionary inputs are not supported")
+            }
+        }
+        let result = try model.prediction(from: try MLDictionaryFeatureProvider(dictionary: features))
+        var outputs: [NamedFeature] = []
+        for name in result.featureNames.sorted() {
+            guard let value = result.featureValue(for: name) else { continue }
+            switch value.type {
+            case .multiArray:
+                if let array = value.multiArrayValue {
+                    outputs.append(NamedFeature(name: name, value: .tensor(try Self.hostTensor(name: name, array: array))))
+                }
+            case .double: outputs.append(NamedFeature(name: name, value: .double(value.doubleValue)))
+            case .int64: outputs.append(NamedFeature(name: name, value: .int64(value.int64Value)))
+            case .string: outputs.append(NamedFeature(name: name, value: .string(value.stringValue)))
+            case .dictionary:
+                var entries: [(key: FeatureKey, value: Double)] = []
+                for (k, v) in value.dictionaryValue {
+                    if let s = k.base as? String {
+                        entries.append((.string(s), v.doubleValue))
+                    } else if let n = k.base as? NSNumber {
+                        entries.append((.int64(n.int64Value), v.doubleValue))
+                    } else if let i = k.base as? Int64 {
+                        entries.append((.int64(i), v.doubleValue))
+                    } else if let i = k.base as? Int {
+                        entries.append((.int64(Int64(i)), v.doubleValue))
+                    }
+                }
+                outputs.append(NamedFeature(name: name, value: .dictionary(entries)))
+            default:
+                continue // image, sequence: not in this version of the feature calls
+            }
+        }
+        return outputs
     }
 
     /// Multi-array, double and int64 outputs as row-major tensors.

@@ -34,6 +34,9 @@ public protocol LoadedModel: AnyObject {
     /// Predictions for every member of a batch, in order (Core ML:
     /// `predictions(from:options:)`). Called on the handle's queue.
     func predictBatch(_ batch: [[HostTensor]]) throws -> [[HostTensor]]
+    /// One prediction on feature values of any kind (validated against
+    /// `schema`); outputs of every kind. Called on the handle's queue.
+    func predictFeatures(_ inputs: [NamedFeature]) throws -> [NamedFeature]
 }
 
 extension LoadedModel {
@@ -42,6 +45,16 @@ extension LoadedModel {
     }
     public func predict(_ inputs: [HostTensor], state: AnyObject) throws -> [HostTensor] {
         throw BridgeError(.unsupported, "this runtime's models have no state")
+    }
+    /// Multi-array inputs only, through `predict`.
+    public func predictFeatures(_ inputs: [NamedFeature]) throws -> [NamedFeature] {
+        let tensors: [HostTensor] = try inputs.map { f in
+            guard case .tensor(let t) = f.value else {
+                throw BridgeError(.unsupported, "input '\(f.name)': this runtime takes multi-arrays only")
+            }
+            return t
+        }
+        return try predict(tensors).map { NamedFeature(name: $0.name, value: .tensor($0)) }
     }
     /// One member after another.
     public func predictBatch(_ batch: [[HostTensor]]) throws -> [[HostTensor]] {

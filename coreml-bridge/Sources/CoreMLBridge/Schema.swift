@@ -140,6 +140,8 @@ public struct ModelSchema: Equatable, Sendable {
     public var functions: [String] = []
     /// The function this handle was loaded with (nil: the default).
     public var function: String?
+    /// A classifier's label and probabilities outputs and its labels.
+    public var classifier: ClassifierSchema?
 
     public init(inputs: [FeatureSchema], outputs: [FeatureSchema], states: [FeatureSchema] = [],
                 metadata: ModelMetadata = ModelMetadata()) {
@@ -155,6 +157,7 @@ public struct ModelSchema: Equatable, Sendable {
          "states": states.map { $0.jsonObject },
          "functions": functions,
          "function": function.map { $0 as Any } ?? NSNull(),
+         "classifier": classifier.map { $0.jsonObject as Any } ?? NSNull(),
          "metadata": metadata.jsonObject]
     }
 

@@ -13,6 +13,10 @@ import Darwin
 ///
 ///   identity        output y = input x (any shape, any dtype)
 ///   add_one         y = x + 1
+///   classify        a classifier: input x (f32 [n]) over `class_labels`
+///                   (default ["cat", "dog", "fish"]); outputs "classLabel"
+///                   (string: the label of the largest x) and
+///                   "classLabel_probs" (dictionary label -> x[i])
 ///   accumulate      stateful: state s (f32, default shape [3]) += x, y = s;
 ///                   needs a state (coreml_make_state); a prediction
 ///                   without one fails as Core ML's would
@@ -187,6 +191,8 @@ struct FakeSpec: Decodable {
     /// A multifunction model: function name -> behaviour, and the function
     /// a load without a name selects.
     var functions: [String: String]?
+    /// Labels of a "classify" model.
+    var class_labels: [String]?
     var default_function: String?
     /// Extra elements after each innermost row of every output (like ANE
     /// padding): the bridge must copy outputs through their strides.
@@ -198,6 +204,8 @@ struct FakeSpec: Decodable {
         let s = stem.lowercased()
         if s.hasPrefix("add_one") {
             behavior = "add_one"
+        } else if s.hasPrefix("classify") {
+            behavior = "classify"
         } else if s.hasPrefix("accumulate") {
             behavior = "accumulate"
         } else if s.hasPrefix("fail_") {
@@ -226,8 +234,14 @@ struct FakeSpec: Decodable {
             return st
         }
         let defaultShape = stateful ? sts.first?.shape : nil
-        let ins = try (inputs ?? [FakeFeature(name: "x", dtype: stateful ? "f32" : nil, shape: defaultShape)]).map { try $0.schema() }
-        let outs = try (outputs ?? [FakeFeature(name: "y", dtype: stateful ? "f32" : nil, shape: defaultShape)]).map { try $0.schema() }
+        let labels = class_labels ?? ["cat", "dog", "fish"]
+        let classify = behavior == "classify"
+        let defaultOutputs = classify
+            ? [FakeFeature(name: "classLabel", featureType: "string"), FakeFeature(name: "classLabel_probs", featureType: "dictionary")]
+            : [FakeFeature(name: "y", dtype: stateful ? "f32" : nil, shape: defaultShape)]
+        let inputShape = classify ? [labels.count] : defaultShape
+        let ins = try (inputs ?? [FakeFeature(name: "x", dtype: stateful || classify ? "f32" : nil, shape: inputShape)]).map { try $0.schema() }
+        let outs = try (outputs ?? defaultOutputs).map { try $0.schema() }
         var meta = ModelMetadata()
         if let m = metadata {
             meta.author = m.author ?? ""
@@ -236,7 +250,12 @@ struct FakeSpec: Decodable {
             meta.license = m.license ?? ""
             meta.userDefined = m.user_defined ?? [:]
         }
-        return ModelSchema(inputs: ins, outputs: outs, states: sts, metadata: meta)
+        var schema = ModelSchema(inputs: ins, outputs: outs, states: sts, metadata: meta)
+        if classify {
+            schema.classifier = ClassifierSchema(labelOutput: "classLabel", probabilitiesOutput: "classLabel_probs",
+                                                 stringLabels: labels)
+        }
+        return schema
     }
 }
 
@@ -270,6 +289,42 @@ final class FakeModel: LoadedModel {
         for (i, name) in outputOrder.enumerated() {
             let source = ordered[i % ordered.count]
             outputs.append(try produce(name: name, from: source))
+        }
+        return outputs
+    }
+
+    /// Features of every kind: "classify" labels its input; otherwise output
+    /// i comes from input i (tensors as `predict`; scalars and strings
+    /// echoed, numbers plus one for "add_one").
+    func predictFeatures(_ inputs: [NamedFeature]) throws -> [NamedFeature] {
+        sleepMs(spec.sleep_ms)
+        if spec.fail_stage == "predict" { throw spec.nsError(stage: "predict") }
+        if spec.behavior == "classify" {
+            guard let c = schema.classifier, let f = inputs.first, case .tensor(let x) = f.value,
+                  x.dtype == .f32, x.elementCount == c.stringLabels.count, !c.stringLabels.isEmpty else {
+                throw BridgeError(.schemaMismatch, "fake classifier: needs one f32 input of \(schema.classifier?.stringLabels.count ?? 0) scores")
+            }
+            let scores = x.values(as: Float.self)
+            var best = 0
+            for (i, v) in scores.enumerated() where v > scores[best] { best = i }
+            let probs = zip(c.stringLabels, scores).map { (key: FeatureKey.string($0), value: Double($1)) }
+            return [NamedFeature(name: c.labelOutput, value: .string(c.stringLabels[best])),
+                    NamedFeature(name: c.probabilitiesOutput ?? "probs", value: .dictionary(probs))]
+        }
+        let byName = Dictionary(inputs.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+        let ordered = inputOrder.compactMap { byName[$0] }
+        guard !ordered.isEmpty else { return [] }
+        let plus = spec.behavior == "add_one"
+        var outputs: [NamedFeature] = []
+        for (i, name) in outputOrder.enumerated() {
+            let source = ordered[i % ordered.count]
+            switch source.value {
+            case .tensor(let t): outputs.append(NamedFeature(name: name, value: .tensor(try produce(name: name, from: t))))
+            case .int64(let v): outputs.append(NamedFeature(name: name, value: .int64(plus ? v &+ 1 : v)))
+            case .double(let v): outputs.append(NamedFeature(name: name, value: .double(plus ? v + 1 : v)))
+            case .string(let s): outputs.append(NamedFeature(name: name, value: .string(s)))
+            case .dictionary(let d): outputs.append(NamedFeature(name: name, value: .dictionary(d)))
+            }
         }
         return outputs
     }
@@ -364,10 +419,11 @@ final class FakeModel: LoadedModel {
 }
 
 extension FakeFeature {
-    init(name: String, dtype: String? = nil, shape: [Int]? = nil) {
+    init(name: String, dtype: String? = nil, shape: [Int]? = nil, featureType: String? = nil) {
         self.name = name
         self.dtype = dtype
         self.shape = shape
+        self.feature_type = featureType
     }
 }
 

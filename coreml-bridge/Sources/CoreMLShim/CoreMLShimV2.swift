@@ -98,6 +98,25 @@ open class MLModelAsset: NSObject {
     }
 }
 
+// MARK: Feature kinds and classifiers
+
+extension MLFeatureValue {
+    /// mlfeaturevalue/stringvalue: `var stringValue: String { get }`
+    public var stringValue: String { "" }
+    /// mlfeaturevalue/dictionaryvalue: `var dictionaryValue: [AnyHashable : NSNumber] { get }`
+    public var dictionaryValue: [AnyHashable: NSNumber] { [:] }
+}
+
+extension MLModelDescription {
+    /// mlmodeldescription/predictedfeaturename: `var predictedFeatureName: String? { get }`
+    public var predictedFeatureName: String? { nil }
+    /// mlmodeldescription/predictedprobabilitiesname: `var predictedProbabilitiesName: String? { get }`
+    public var predictedProbabilitiesName: String? { nil }
+    /// mlmodeldescription/classlabels: `var classLabels: [Any]? { get }`
+    @available(macOS 14.0, iOS 17.0, tvOS 17.0, watchOS 10.0, *)
+    public var classLabels: [Any]? { nil }
+}
+
 // MARK: Batch
 
 /// mlbatchprovider: `protocol MLBatchProvider`
