@@ -803,6 +803,76 @@ fn statuses_the_safe_api_never_causes_are_returned_and_mapped() {
     assert_eq!(code, ffi::COREML_ERR_INVALID_HANDLE, "a freed handle is unknown");
 }
 
+/// Issue #13: a descriptor with zero strides and a huge shape used to be
+/// copied in full before any deadline or schema check (56.5 s, then
+/// OUT_OF_MEMORY). Now it is capped before any allocation, refused by the
+/// schema before any copy, and a copy that is allowed stops at the deadline.
+#[test]
+#[cfg_attr(
+    not(coreml_bridge),
+    ignore = "needs the Linux build of coreml-bridge: run scripts/swift/rust-ffi-test.sh"
+)]
+fn huge_zero_stride_inputs_are_capped_checked_and_stopped_at_the_deadline() {
+    require_test_runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let any_shape = raw_load(
+        &fake_compiled(dir.path(), "add_one", json!({"behavior": "add_one"})),
+        20_000,
+    );
+    let fixed = raw_load(
+        &fake_compiled(
+            dir.path(),
+            "fixed",
+            json!({"inputs": [{"name": "x", "dtype": "f32", "shape": [2]}]}),
+        ),
+        20_000,
+    );
+    let name = CString::new("x").unwrap();
+    let one = [1.0f32];
+    let zero = [0i64; 2];
+    let tensor = |shape: &[i64]| ffi::CoremlTensor {
+        name: name.as_ptr(),
+        dtype: ffi::COREML_DTYPE_F32,
+        rank: shape.len() as i32,
+        shape: shape.as_ptr(),
+        strides: zero.as_ptr(),
+        data: one.as_ptr().cast(),
+        byte_len: 4,
+    };
+    // 4 TiB of f32 described by 4 bytes: past the byte cap, refused at once.
+    let huge = [1i64 << 20, 1 << 20];
+    let t = Instant::now();
+    let (code, msg) = raw_predict(any_shape, &[tensor(&huge)], 60_000);
+    assert_eq!(code, ffi::COREML_ERR_OUT_OF_MEMORY, "{msg:?}");
+    assert!(
+        msg.as_deref().unwrap().contains("COREML_BRIDGE_MAX_INPUT_BYTES"),
+        "{msg:?}"
+    );
+    assert!(t.elapsed() < margin(500), "{:?}", t.elapsed());
+    // 1 GiB: under the cap, but its gather takes far longer than 20 ms.
+    let big = [1i64 << 28];
+    let t = Instant::now();
+    let (code, msg) = raw_predict(any_shape, &[tensor(&big)], 20);
+    let took = t.elapsed();
+    assert_eq!(code, ffi::COREML_ERR_TIMEOUT, "{msg:?}");
+    assert!(msg.as_deref().unwrap().contains("copying input 'x'"), "{msg:?}");
+    assert!(took < Duration::from_millis(20) + margin(250), "took {took:?}");
+    println!("1 GiB zero-stride input with a 20 ms timeout: TIMEOUT after {took:?}");
+    // Nothing ran on the model: the handle is not poisoned.
+    let (code, msg) = raw_predict(any_shape, &[tensor(&[3])], 20_000);
+    assert_eq!(code, ffi::COREML_OK, "{msg:?}");
+    // A shape the model does not take: refused before the copy.
+    let t = Instant::now();
+    let (code, msg) = raw_predict(fixed, &[tensor(&big)], 60_000);
+    assert_eq!(code, ffi::COREML_ERR_SCHEMA_MISMATCH, "{msg:?}");
+    assert!(t.elapsed() < margin(500), "{:?}", t.elapsed());
+    // SAFETY: handles from raw_load, each freed once.
+    unsafe {
+        ffi::coreml_free_model(any_shape);
+        ffi::coreml_free_model(fixed);
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Timeouts, poisoning, rebuilds, freeing while running
 // ---------------------------------------------------------------------------
@@ -1238,6 +1308,461 @@ fn without_the_bridge_the_engine_is_unavailable_with_the_reason() {
 }
 
 // ---------------------------------------------------------------------------
+// Batches (ABI v2)
+// ---------------------------------------------------------------------------
+
+#[test]
+#[cfg_attr(
+    not(coreml_bridge),
+    ignore = "needs the Linux build of coreml-bridge: run scripts/swift/rust-ffi-test.sh"
+)]
+fn a_batch_runs_every_member_under_one_deadline_and_refuses_a_bad_member_before_running() {
+    require_test_runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let engine = CoreMlEngine::new();
+    let add = prepare(
+        &engine,
+        &fake_package(dir.path(), "add", json!({"behavior": "add_one"})),
+        PrepareOptions::default(),
+    );
+    let batch: Vec<TensorMap> = [vec![1.0f32], vec![2.0, 3.0], vec![10.0, 20.0, 30.0]]
+        .iter()
+        .map(|v| one("x", f32s(vec![v.len()], v)))
+        .collect();
+    let out = engine.infer_batch(add.as_ref(), &batch, SECS).unwrap();
+    let ys: Vec<Vec<f32>> = out.iter().map(|o| o["y"].to_vec::<f32>().unwrap()).collect();
+    assert_eq!(ys, [vec![2.0], vec![3.0, 4.0], vec![11.0, 21.0, 31.0]]);
+    assert!(engine.infer_batch(add.as_ref(), &[], SECS).unwrap().is_empty());
+
+    // A slow model with a fixed shape: member #2 is wrong, so nothing runs.
+    let slow = prepare(
+        &engine,
+        &fake_package(
+            dir.path(),
+            "slow",
+            json!({"sleep_ms": 200, "inputs": [{"name": "x", "dtype": "f32", "shape": [2]}]}),
+        ),
+        PrepareOptions::default(),
+    );
+    let good = one("x", f32s(vec![2], &[1.0, 2.0]));
+    let bad = one("x", f32s(vec![3], &[1.0, 2.0, 3.0]));
+    let t = Instant::now();
+    let e = engine
+        .infer_batch(slow.as_ref(), &[good.clone(), good.clone(), bad], SECS)
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::SchemaMismatch, "{e}");
+    assert!(e.to_string().contains("batch member #2"), "{e}");
+    assert!(t.elapsed() < margin(150), "refused before running: {:?}", t.elapsed());
+
+    // One deadline for the batch: 3 x 200 ms do not fit in 350 ms.
+    let t = Instant::now();
+    let e = engine
+        .infer_batch(
+            slow.as_ref(),
+            &[good.clone(), good.clone(), good.clone()],
+            Duration::from_millis(350),
+        )
+        .unwrap_err();
+    let took = t.elapsed();
+    assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+    assert!(took < Duration::from_millis(350) + margin(300), "{took:?}");
+    // The poisoned handle is replaced by the next call.
+    let out = engine.infer_batch(slow.as_ref(), &[good], SECS).unwrap();
+    assert_eq!(out[0]["y"].to_vec::<f32>().unwrap(), [1.0, 2.0]);
+    assert_eq!(core_ml_model(slow.as_ref()).rebuilds(), 1);
+    println!("batch of 3 x 200 ms with a 350 ms timeout: Timeout after {took:?}");
+}
+
+// ---------------------------------------------------------------------------
+// Feature kinds (ABI v2)
+// ---------------------------------------------------------------------------
+
+#[test]
+#[cfg_attr(
+    not(coreml_bridge),
+    ignore = "needs the Linux build of coreml-bridge: run scripts/swift/rust-ffi-test.sh"
+)]
+fn a_classifier_returns_its_label_and_probabilities_and_scalars_and_strings_round_trip() {
+    use apple_silicon::{ClassLabels, Dictionary, FeatureMap, FeatureValue};
+    require_test_runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let engine = CoreMlEngine::new();
+    let classifier = prepare(
+        &engine,
+        &fake_package(
+            dir.path(),
+            "cls",
+            json!({"behavior": "classify", "class_labels": ["cat", "dog", "fish"]}),
+        ),
+        PrepareOptions::default(),
+    );
+    let c = classifier
+        .io_schema()
+        .classifier
+        .as_ref()
+        .expect("a classifier in the schema");
+    assert_eq!(
+        (c.label_output.as_str(), c.probabilities_output.as_str()),
+        ("classLabel", "classLabel_probs")
+    );
+    assert_eq!(
+        c.labels,
+        ClassLabels::Strings(vec!["cat".into(), "dog".into(), "fish".into()])
+    );
+    let x = FeatureMap::from([("x".to_string(), FeatureValue::Tensor(f32s(vec![3], &[0.1, 0.2, 0.7])))]);
+    let out = engine.infer_features(classifier.as_ref(), &x, SECS).unwrap();
+    assert_eq!(out["classLabel"], FeatureValue::String("fish".into()));
+    let FeatureValue::Dictionary(Dictionary::Strings(probs)) = &out["classLabel_probs"] else {
+        panic!("probabilities: {:?}", out["classLabel_probs"]);
+    };
+    let keys: Vec<&str> = probs.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys, ["cat", "dog", "fish"]);
+    for ((_, got), want) in probs.iter().zip([0.1f32, 0.2, 0.7]) {
+        assert_eq!(*got, f64::from(want), "the scores as f32 widened to f64");
+    }
+
+    let kinds = prepare(
+        &engine,
+        &fake_package(
+            dir.path(),
+            "kinds",
+            json!({"behavior": "add_one",
+                   "inputs": [{"name": "n", "feature_type": "int64"}, {"name": "d", "feature_type": "double"},
+                              {"name": "s", "feature_type": "string"}],
+                   "outputs": [{"name": "n_out", "feature_type": "int64"}, {"name": "d_out", "feature_type": "double"},
+                               {"name": "s_out", "feature_type": "string"}]}),
+        ),
+        PrepareOptions::default(),
+    );
+    let inputs = FeatureMap::from([
+        ("n".to_string(), FeatureValue::Int64(41)),
+        ("d".to_string(), FeatureValue::Double(1.5)),
+        ("s".to_string(), FeatureValue::String("h\u{e9}llo".into())),
+    ]);
+    let out = engine.infer_features(kinds.as_ref(), &inputs, SECS).unwrap();
+    assert_eq!(out["n_out"], FeatureValue::Int64(42));
+    assert_eq!(out["d_out"], FeatureValue::Double(2.5));
+    assert_eq!(out["s_out"], FeatureValue::String("h\u{e9}llo".into()));
+    // A value of the wrong kind: SchemaMismatch naming both kinds.
+    let mut wrong = inputs.clone();
+    wrong.insert("n".into(), FeatureValue::String("41".into()));
+    let e = engine.infer_features(kinds.as_ref(), &wrong, SECS).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::SchemaMismatch, "{e}");
+    assert!(e.to_string().contains("is a int64 feature; got a string value"), "{e}");
+    // Images are not in ABI v2's feature calls: refused before calling.
+    let mut with_image = inputs.clone();
+    with_image.insert(
+        "n".into(),
+        FeatureValue::Image(apple_silicon::Image::new(1, 1, apple_silicon::PixelFormat::Gray8, 1, vec![0]).unwrap()),
+    );
+    let e = engine.infer_features(kinds.as_ref(), &with_image, SECS).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+}
+
+// ---------------------------------------------------------------------------
+// Multifunction packages (ABI v2)
+// ---------------------------------------------------------------------------
+
+#[test]
+#[cfg_attr(
+    not(coreml_bridge),
+    ignore = "needs the Linux build of coreml-bridge: run scripts/swift/rust-ffi-test.sh"
+)]
+fn prepare_honours_the_function_name_and_the_schema_lists_the_functions() {
+    require_test_runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let engine = CoreMlEngine::new();
+    let artifact = fake_package(
+        dir.path(),
+        "two",
+        json!({"functions": {"plus": "add_one", "same": "identity"}, "default_function": "same", "sleep_ms": 150}),
+    );
+    let plus = prepare(&engine, &artifact, PrepareOptions::default().with_function_name("plus"));
+    let same = prepare(&engine, &artifact, PrepareOptions::default());
+    let x = one("x", f32s(vec![2], &[1.0, 2.0]));
+    let y = |m: &dyn PreparedModel| engine.infer(m, &x, SECS).unwrap()["y"].to_vec::<f32>().unwrap();
+    assert_eq!(y(plus.as_ref()), [2.0, 3.0]);
+    assert_eq!(y(same.as_ref()), [1.0, 2.0], "no name: the package's default function");
+    let f = &plus.io_schema().functions;
+    assert_eq!(f.names, ["plus", "same"]);
+    assert_eq!(f.selected.as_deref(), Some("plus"));
+    assert_eq!(core_ml_model(plus.as_ref()).function(), Some("plus"));
+    assert_eq!(same.io_schema().functions.selected, None);
+
+    // A reload after a timeout loads the same function again.
+    let e = engine.infer(plus.as_ref(), &x, Duration::from_millis(50)).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+    assert_eq!(y(plus.as_ref()), [2.0, 3.0]);
+    assert_eq!(core_ml_model(plus.as_ref()).rebuilds(), 1);
+
+    // A state of one function is refused by another function of the same package.
+    let mut s = engine.make_state(plus.as_ref()).unwrap();
+    let e = engine.infer_with_state(same.as_ref(), &mut s, &x, SECS).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::SchemaMismatch, "{e}");
+    assert!(e.to_string().contains("function `plus`"), "{e}");
+
+    // An unknown function: Core ML's load error, naming the functions.
+    let e = prepare_err(&engine, &artifact, PrepareOptions::default().with_function_name("nope"));
+    assert_eq!(e.kind(), ErrorKind::Load, "{e}");
+    assert!(
+        e.to_string().contains("no function 'nope'") && e.to_string().contains("plus"),
+        "{e}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Model state (ABI v2)
+// ---------------------------------------------------------------------------
+
+#[test]
+#[cfg_attr(
+    not(coreml_bridge),
+    ignore = "needs the Linux build of coreml-bridge: run scripts/swift/rust-ffi-test.sh"
+)]
+fn a_state_accumulates_across_calls_through_the_engine_and_belongs_to_its_model() {
+    require_test_runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let engine = CoreMlEngine::new();
+    let model = prepare(
+        &engine,
+        &fake_package(dir.path(), "acc", json!({"behavior": "accumulate"})),
+        PrepareOptions::default(),
+    );
+    let states = &model.io_schema().states;
+    assert_eq!(states.len(), 1, "{states:?}");
+    assert_eq!(
+        (states[0].name.as_str(), states[0].dtype, states[0].shape.as_slice()),
+        ("s", DType::F32, &[3usize][..])
+    );
+    let mut a = engine.make_state(model.as_ref()).unwrap();
+    let mut b = engine.make_state(model.as_ref()).unwrap();
+    let run = |state: &mut apple_silicon::ModelState, v: &[f32]| {
+        engine
+            .infer_with_state(model.as_ref(), state, &one("x", f32s(vec![3], v)), SECS)
+            .map(|out| out["y"].to_vec::<f32>().unwrap())
+    };
+    assert_eq!(run(&mut a, &[1.0, 2.0, 3.0]).unwrap(), [1.0, 2.0, 3.0]);
+    assert_eq!(run(&mut a, &[10.0, 20.0, 30.0]).unwrap(), [11.0, 22.0, 33.0]);
+    assert_eq!(
+        run(&mut b, &[5.0, 5.0, 5.0]).unwrap(),
+        [5.0, 5.0, 5.0],
+        "states are independent"
+    );
+    // A wrong input shape is refused and changes nothing.
+    let e = engine
+        .infer_with_state(model.as_ref(), &mut a, &one("x", f32s(vec![2], &[1.0, 1.0])), SECS)
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::SchemaMismatch, "{e}");
+    assert_eq!(run(&mut a, &[0.0; 3]).unwrap(), [11.0, 22.0, 33.0]);
+    // Without a state the stateful model fails (as Core ML's would).
+    assert!(engine
+        .infer(model.as_ref(), &one("x", f32s(vec![3], &[1.0; 3])), SECS)
+        .is_err());
+
+    // Another model's state: refused naming what was expected.
+    let other = prepare(
+        &engine,
+        &fake_package(
+            dir.path(),
+            "acc2",
+            json!({"behavior": "accumulate", "metadata": {"author": "other"}}),
+        ),
+        PrepareOptions::default(),
+    );
+    let e = engine
+        .infer_with_state(other.as_ref(), &mut a, &one("x", f32s(vec![3], &[1.0; 3])), SECS)
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::SchemaMismatch, "{e}");
+    assert!(e.to_string().contains("model state"), "{e}");
+    // The same package prepared twice: same cache key, but another loaded
+    // model; the bridge-side owner check refuses it.
+    let twin = prepare(
+        &engine,
+        &fake_package(dir.path(), "acc", json!({"behavior": "accumulate"})),
+        PrepareOptions::default(),
+    );
+    let e = engine
+        .infer_with_state(twin.as_ref(), &mut a, &one("x", f32s(vec![3], &[1.0; 3])), SECS)
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::SchemaMismatch, "{e}");
+    assert!(e.to_string().contains("another loaded model"), "{e}");
+    // A stateless model makes an empty state that behaves like none.
+    let plain = prepare(
+        &engine,
+        &fake_package(dir.path(), "plain", json!({"behavior": "add_one"})),
+        PrepareOptions::default(),
+    );
+    assert!(plain.io_schema().states.is_empty());
+    let mut empty = engine.make_state(plain.as_ref()).unwrap();
+    let out = engine
+        .infer_with_state(plain.as_ref(), &mut empty, &one("x", f32s(vec![1], &[1.0])), SECS)
+        .unwrap();
+    assert_eq!(out["y"].to_vec::<f32>().unwrap(), [2.0]);
+}
+
+#[test]
+#[cfg_attr(
+    not(coreml_bridge),
+    ignore = "needs the Linux build of coreml-bridge: run scripts/swift/rust-ffi-test.sh"
+)]
+fn a_timed_out_prediction_poisons_its_state_and_a_new_state_works_after_the_reload() {
+    require_test_runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let engine = CoreMlEngine::new();
+    let model = prepare(
+        &engine,
+        &fake_package(
+            dir.path(),
+            "slowacc",
+            json!({"behavior": "accumulate", "sleep_ms": 600}),
+        ),
+        PrepareOptions::default(),
+    );
+    let x = one("x", f32s(vec![3], &[1.0, 2.0, 3.0]));
+    let mut state = engine.make_state(model.as_ref()).unwrap();
+    let t = Instant::now();
+    let e = engine
+        .infer_with_state(model.as_ref(), &mut state, &x, Duration::from_millis(100))
+        .unwrap_err();
+    let took = t.elapsed();
+    assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+    assert!(took < Duration::from_millis(100) + margin(400), "{took:?}");
+    assert!(state.is_poisoned());
+    let e = engine
+        .infer_with_state(model.as_ref(), &mut state, &x, SECS)
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+    assert!(e.to_string().contains("poisoned"), "{e}");
+    // The engine reloads the model; a new state starts from zero.
+    let mut fresh = engine.make_state(model.as_ref()).unwrap();
+    assert_eq!(core_ml_model(model.as_ref()).rebuilds(), 1);
+    let out = engine.infer_with_state(model.as_ref(), &mut fresh, &x, SECS).unwrap();
+    assert_eq!(out["y"].to_vec::<f32>().unwrap(), [1.0, 2.0, 3.0]);
+}
+
+fn raw_make_state(handle: *mut c_void) -> *mut c_void {
+    let mut state: *mut c_void = ptr::null_mut();
+    let mut err: *mut c_char = ptr::null_mut();
+    // SAFETY: live out slots.
+    let code = unsafe { ffi::coreml_make_state(handle, 20_000, &mut state, &mut err) };
+    let msg = take_string(err);
+    assert_eq!(code, ffi::COREML_OK, "make_state: {msg:?}");
+    assert!(!state.is_null());
+    state
+}
+
+fn raw_predict_with_state(
+    handle: *mut c_void,
+    state: *mut c_void,
+    inputs: &[ffi::CoremlTensor],
+    timeout_ms: i64,
+) -> (i32, Option<String>) {
+    let mut outputs: *mut ffi::CoremlOutputs = ptr::null_mut();
+    let mut err: *mut c_char = ptr::null_mut();
+    // SAFETY: descriptors built by the caller from live memory; out slots are live.
+    let code = unsafe {
+        ffi::coreml_predict_with_state(
+            handle,
+            state,
+            inputs.as_ptr(),
+            inputs.len() as i32,
+            timeout_ms,
+            &mut outputs,
+            &mut err,
+        )
+    };
+    // SAFETY: NULL or outputs the bridge handed out.
+    unsafe { ffi::coreml_free_outputs(outputs) };
+    (code, take_string(err))
+}
+
+/// Raw FFI: a state used by two threads at once, a state with another
+/// handle, a model handle passed as a state, and freeing a state while a
+/// timed-out prediction still uses it.
+#[test]
+#[cfg_attr(
+    not(coreml_bridge),
+    ignore = "needs the Linux build of coreml-bridge: run scripts/swift/rust-ffi-test.sh"
+)]
+fn the_c_abi_refuses_a_busy_state_a_foreign_state_and_frees_states_safely() {
+    require_test_runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let compiled = fake_compiled(dir.path(), "acc", json!({"behavior": "accumulate", "sleep_ms": 300}));
+    let h1 = raw_load(&compiled, 20_000);
+    let h2 = raw_load(&compiled, 20_000);
+    let s1 = raw_make_state(h1);
+    let name = CString::new("x").unwrap();
+    let shape = [3i64];
+    let data = [1.0f32, 1.0, 1.0];
+    let x = ffi::CoremlTensor {
+        name: name.as_ptr(),
+        dtype: ffi::COREML_DTYPE_F32,
+        rank: 1,
+        shape: shape.as_ptr(),
+        strides: ptr::null(),
+        data: data.as_ptr().cast(),
+        byte_len: 12,
+    };
+    let (code, msg) = raw_predict_with_state(h2, s1, &[x], 20_000);
+    assert_eq!(code, ffi::COREML_ERR_STATE_MISMATCH, "{msg:?}");
+    let (code, _) = raw_predict_with_state(h1, h1, &[x], 20_000);
+    assert_eq!(code, ffi::COREML_ERR_INVALID_HANDLE, "a model handle is not a state");
+    let (code, _) = raw_predict_with_state(h1, ptr::null_mut(), &[x], 20_000);
+    assert_eq!(code, ffi::COREML_ERR_INVALID_HANDLE);
+
+    // Two threads, one state: the second is refused at once.
+    let (h1_addr, s1_addr) = (h1.addr(), s1.addr());
+    let busy = std::thread::spawn(move || {
+        let name = CString::new("x").unwrap();
+        let shape = [3i64];
+        let data = [1.0f32; 3];
+        let x = ffi::CoremlTensor {
+            name: name.as_ptr(),
+            dtype: ffi::COREML_DTYPE_F32,
+            rank: 1,
+            shape: shape.as_ptr(),
+            strides: ptr::null(),
+            data: data.as_ptr().cast(),
+            byte_len: 12,
+        };
+        raw_predict_with_state(
+            ptr::without_provenance_mut(h1_addr),
+            ptr::without_provenance_mut(s1_addr),
+            &[x],
+            20_000,
+        )
+        .0
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let t = Instant::now();
+    let (code, msg) = raw_predict_with_state(h1, s1, &[x], 20_000);
+    assert_eq!(code, ffi::COREML_ERR_STATE_IN_USE, "{msg:?}");
+    assert!(t.elapsed() < margin(100), "refused at once: {:?}", t.elapsed());
+    assert_eq!(busy.join().unwrap(), ffi::COREML_OK);
+
+    // A timeout poisons the state; freeing it (and the handle) while the
+    // late prediction runs is safe.
+    let (code, msg) = raw_predict_with_state(h1, s1, &[x], 30);
+    assert_eq!(code, ffi::COREML_ERR_TIMEOUT, "{msg:?}");
+    // SAFETY: each id freed once; the bridge keeps what the late work needs.
+    unsafe {
+        ffi::coreml_free_state(s1);
+        ffi::coreml_free_model(h1);
+        ffi::coreml_free_state(s1);
+        ffi::coreml_free_state(ptr::null_mut());
+    }
+    std::thread::sleep(Duration::from_millis(400));
+    let s2 = raw_make_state(h2);
+    let (code, msg) = raw_predict_with_state(h2, s2, &[x], 20_000);
+    assert_eq!(code, ffi::COREML_OK, "{msg:?}");
+    // SAFETY: freed once each.
+    unsafe {
+        ffi::coreml_free_state(s2);
+        ffi::coreml_free_model(h2);
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Fuzzing the C ABI
 // ---------------------------------------------------------------------------
 
@@ -1407,18 +1932,26 @@ fn the_c_abi_answers_random_descriptors_handles_and_nulls_with_a_status() {
     let dir = tempfile::tempdir().unwrap();
     let compiled = fake_compiled(dir.path(), "fuzz", json!({"behavior": "add_one"}));
     let mut live = raw_load(&compiled, 20_000);
+    let mut live_state = raw_make_state(live);
     let freed = raw_load(&compiled, 20_000);
+    let freed_state = raw_make_state(freed);
+    // SAFETY: a state from coreml_make_state, freed once.
+    unsafe { ffi::coreml_free_state(freed_state) };
     // SAFETY: a handle from coreml_load_model, freed once.
     unsafe { ffi::coreml_free_model(freed) };
     let pkg_c = CString::new(fake_package(dir.path(), "fuzzpkg", json!({})).path.to_str().unwrap()).unwrap();
     let compiled_c = CString::new(compiled.to_str().unwrap()).unwrap();
     let nowhere = CString::new("/nonexistent/\u{1}/x.mlmodelc").unwrap();
+    let (empty_c, fname_c) = (CString::new("").unwrap(), CString::new("main").unwrap());
+    let hello_c = CString::new("h\u{e9}llo").unwrap();
     let out_dir = CString::new(dir.path().join("out").to_str().unwrap()).unwrap();
 
     let mut rng = Rng(seed);
     let mut seen = std::collections::BTreeMap::<(&str, i32), u64>::new();
     let until = Instant::now() + Duration::from_secs_f64(secs);
     let mut iterations = 0u64;
+    let mut slowest = (Duration::ZERO, "", 0i64, 0i32);
+    let mut worst_overshoot = Duration::ZERO;
     while Instant::now() < until {
         iterations += 1;
         let handle = match rng.below(8) {
@@ -1427,10 +1960,14 @@ fn the_c_abi_answers_random_descriptors_handles_and_nulls_with_a_status() {
             2 => ptr::without_provenance_mut(rng.next() as usize),
             _ => live,
         };
-        let timeout = rng.pick(&[20_000i64, 20_000, 0, -1, -5, i64::MAX, 1]);
+        let timeout = rng.pick(&[20_000i64, 20_000, 0, -1, -5, i64::MAX, 1, 5, 50]);
+        // What the call may take: its timeout (the bridge clamps to 30 days;
+        // an invalid one is refused at once) plus a margin.
+        let allowed = Duration::from_millis(timeout.clamp(0, 30 * 24 * 3_600_000) as u64) + margin(250);
+        let call_start = Instant::now();
         let mut err: *mut c_char = ptr::null_mut();
         let err_slot: *mut *mut c_char = if rng.below(4) == 0 { ptr::null_mut() } else { &mut err };
-        let (entry, code) = match rng.below(10) {
+        let (entry, code) = match rng.below(14) {
             0..=5 => {
                 let case = random_case(&mut rng);
                 let mut outputs: *mut ffi::CoremlOutputs = ptr::null_mut();
@@ -1476,13 +2013,140 @@ fn the_c_abi_answers_random_descriptors_handles_and_nulls_with_a_status() {
                 let units = rng.pick(&[0, 1, 2, 3, 4, -1, i32::MAX]);
                 let mut h: *mut c_void = ptr::null_mut();
                 let slot: *mut *mut c_void = if rng.below(5) == 0 { ptr::null_mut() } else { &mut h };
-                // SAFETY: C strings are live or NULL; out slots NULL or live.
-                let code = unsafe { ffi::coreml_load_model(path, units, timeout, slot, err_slot) };
+                let code = match rng.below(3) {
+                    0 => {
+                        let function = rng.pick(&[ptr::null(), empty_c.as_ptr(), fname_c.as_ptr()]);
+                        // SAFETY: as below; the function name is NULL or a live C string.
+                        unsafe { ffi::coreml_load_model_function(path, function, units, timeout, slot, err_slot) }
+                    }
+                    // SAFETY: C strings are live or NULL; out slots NULL or live.
+                    _ => unsafe { ffi::coreml_load_model(path, units, timeout, slot, err_slot) },
+                };
                 if code == ffi::COREML_OK {
                     // SAFETY: a handle just loaded, freed once.
                     unsafe { ffi::coreml_free_model(h) };
                 }
                 ("load", code)
+            }
+            10 => {
+                let case = random_case(&mut rng);
+                let state = match rng.below(6) {
+                    0 => ptr::null_mut(),
+                    1 => freed_state,
+                    2 => ptr::without_provenance_mut(rng.next() as usize),
+                    3 => handle,
+                    _ => live_state,
+                };
+                let mut outputs: *mut ffi::CoremlOutputs = ptr::null_mut();
+                let inputs = if case.tensors.is_empty() {
+                    ptr::null()
+                } else {
+                    case.tensors.as_ptr()
+                };
+                // SAFETY: every pointer is NULL or live for the call; the count matches the array.
+                let code = unsafe {
+                    ffi::coreml_predict_with_state(
+                        handle,
+                        state,
+                        inputs,
+                        case.tensors.len() as i32,
+                        timeout,
+                        &mut outputs,
+                        err_slot,
+                    )
+                };
+                if code == ffi::COREML_OK {
+                    // SAFETY: outputs handed out by the bridge, freed once.
+                    unsafe { ffi::coreml_free_outputs(outputs) };
+                } else {
+                    assert!(
+                        outputs.is_null(),
+                        "a failed predict_with_state ({code}) handed out outputs"
+                    );
+                }
+                ("predict_with_state", code)
+            }
+            12 => {
+                let cases: Vec<Case> = (0..1 + rng.below(3)).map(|_| random_case(&mut rng)).collect();
+                let members: Vec<ffi::CoremlBatchMember> = cases
+                    .iter()
+                    .map(|c| ffi::CoremlBatchMember {
+                        inputs: if c.tensors.is_empty() {
+                            ptr::null()
+                        } else {
+                            c.tensors.as_ptr()
+                        },
+                        n_inputs: c.tensors.len() as i32,
+                    })
+                    .collect();
+                let n = match rng.below(8) {
+                    0 => rng.pick(&[-1, 0]),
+                    _ => members.len() as i32,
+                };
+                let mut slots = vec![ptr::null_mut::<ffi::CoremlOutputs>(); members.len()];
+                let out_slot = if rng.below(10) == 0 {
+                    ptr::null_mut()
+                } else {
+                    slots.as_mut_ptr()
+                };
+                let batch = if rng.below(12) == 0 {
+                    ptr::null()
+                } else {
+                    members.as_ptr()
+                };
+                // SAFETY: every pointer is NULL or live; n never exceeds the arrays.
+                let code = unsafe { ffi::coreml_predict_batch(handle, batch, n, timeout, out_slot, err_slot) };
+                for o in &slots {
+                    if code != ffi::COREML_OK {
+                        assert!(o.is_null(), "a failed batch ({code}) handed out outputs");
+                    }
+                    // SAFETY: NULL or outputs handed out by the bridge, freed once.
+                    unsafe { ffi::coreml_free_outputs(*o) };
+                }
+                ("predict_batch", code)
+            }
+            13 => {
+                let case = random_case(&mut rng);
+                let features: Vec<ffi::CoremlFeature> = case
+                    .tensors
+                    .iter()
+                    .map(|t| ffi::CoremlFeature {
+                        name: t.name,
+                        kind: rng.pick(&[1, 1, 2, 3, 4, 5, 0, -1]),
+                        tensor: *t,
+                        int64_value: rng.next() as i64,
+                        double_value: f64::from_bits(rng.next()),
+                        string_value: rng.pick(&[ptr::null(), hello_c.as_ptr(), empty_c.as_ptr()]),
+                    })
+                    .collect();
+                let mut outputs: *mut ffi::CoremlFeatureOutputs = ptr::null_mut();
+                let inputs = if features.is_empty() {
+                    ptr::null()
+                } else {
+                    features.as_ptr()
+                };
+                // SAFETY: every pointer is NULL or live for the call; the count matches the array.
+                let code = unsafe {
+                    ffi::coreml_predict_features(handle, inputs, features.len() as i32, timeout, &mut outputs, err_slot)
+                };
+                if code != ffi::COREML_OK {
+                    assert!(
+                        outputs.is_null(),
+                        "a failed predict_features ({code}) handed out outputs"
+                    );
+                }
+                // SAFETY: NULL or outputs handed out by the bridge, freed once.
+                unsafe { ffi::coreml_free_feature_outputs(outputs) };
+                ("predict_features", code)
+            }
+            11 => {
+                let mut s: *mut c_void = ptr::null_mut();
+                let slot: *mut *mut c_void = if rng.below(5) == 0 { ptr::null_mut() } else { &mut s };
+                // SAFETY: out slots NULL or live.
+                let code = unsafe { ffi::coreml_make_state(handle, timeout, slot, err_slot) };
+                // SAFETY: a state just made (or NULL), freed once.
+                unsafe { ffi::coreml_free_state(s) };
+                ("make_state", code)
             }
             8 => {
                 let src = rng.pick(&[pkg_c.as_ptr(), nowhere.as_ptr(), ptr::null()]);
@@ -1504,17 +2168,33 @@ fn the_c_abi_answers_random_descriptors_handles_and_nulls_with_a_status() {
                 ("compute_plan", code)
             }
         };
+        let took = call_start.elapsed();
         take_string(err);
         assert!(
-            (ffi::COREML_OK..=ffi::COREML_ERR_UNSUPPORTED).contains(&code),
+            (ffi::COREML_OK..=ffi::COREML_ERR_STATE_MISMATCH).contains(&code),
             "{entry} returned {code}, not a status"
         );
+        assert!(
+            took <= allowed,
+            "{entry} with timeout_ms {timeout} took {took:?} (status {code}); allowed {allowed:?}"
+        );
+        if took > slowest.0 {
+            slowest = (took, entry, timeout, code);
+        }
+        if timeout > 0 && timeout < 20_000 {
+            let over = took.saturating_sub(Duration::from_millis(timeout as u64));
+            worst_overshoot = worst_overshoot.max(over);
+        }
         *seen.entry((entry, code)).or_default() += 1;
         // A short timeout poisoned the live handle: a fresh one for what follows.
-        if code == ffi::COREML_ERR_TIMEOUT && entry == "predict" && handle == live {
-            // SAFETY: the poisoned handle, freed once; its replacement is loaded.
-            unsafe { ffi::coreml_free_model(live) };
+        if code == ffi::COREML_ERR_TIMEOUT && entry.starts_with("predict") && handle == live {
+            // SAFETY: the poisoned handle and its state, freed once; replacements are made.
+            unsafe {
+                ffi::coreml_free_state(live_state);
+                ffi::coreml_free_model(live);
+            }
             live = raw_load(&compiled, 20_000);
+            live_state = raw_make_state(live);
         }
     }
     // SAFETY: NULL is a no-op for every free function.
@@ -1522,11 +2202,26 @@ fn the_c_abi_answers_random_descriptors_handles_and_nulls_with_a_status() {
         ffi::coreml_free_string(ptr::null_mut());
         ffi::coreml_free_outputs(ptr::null_mut());
         ffi::coreml_free_model(ptr::null_mut());
+        ffi::coreml_free_state(ptr::null_mut());
+        ffi::coreml_free_state(live_state);
         ffi::coreml_free_model(live);
     }
     println!("C ABI fuzz: seed {seed}, {iterations} calls in {secs} s; (entry, status) counts: {seen:?}");
+    println!(
+        "C ABI fuzz: slowest call {:?} ({} with timeout_ms {}, status {}); worst overshoot past a 1..50 ms timeout {:?}",
+        slowest.0, slowest.1, slowest.2, slowest.3, worst_overshoot
+    );
     assert!(iterations > 50, "only {iterations} calls");
-    for entry in ["predict", "schema", "load", "compile"] {
+    for entry in [
+        "predict",
+        "schema",
+        "load",
+        "compile",
+        "predict_with_state",
+        "make_state",
+        "predict_batch",
+        "predict_features",
+    ] {
         assert!(seen.keys().any(|(e, _)| *e == entry), "{entry} never called: {seen:?}");
     }
     assert!(

@@ -35,12 +35,14 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::cache::ModelCache;
-use crate::core_ml_bridge::{self as bridge, BridgeModel, BridgeSchema, ComputePlan, RuntimeInfo};
+use crate::core_ml_bridge::{
+    self as bridge, BridgeError, BridgeModel, BridgeSchema, BridgeState, ComputePlan, RuntimeInfo,
+};
 use crate::digest;
 use crate::error::{Error, Result};
 use crate::inference::{
     downcast_model, CacheKey, CapabilityReport, ComputeUnits, InferenceEngine, IoSchema, ModelArtifact, ModelFmt,
-    PrepareOptions, PreparedModel, ShapeConstraint,
+    ModelState, PrepareOptions, PreparedModel, ShapeConstraint,
 };
 use crate::mlpackage::MlPackage;
 use crate::tensor::TensorMap;
@@ -293,6 +295,8 @@ pub struct CoreMlModel {
     artifact: PathBuf,
     compiled: PathBuf,
     units_requested: ComputeUnits,
+    /// The function of a multifunction package it runs (`None`: the default).
+    function: Option<String>,
     units_note: Option<String>,
     schema: IoSchema,
     bridge_schema: BridgeSchema,
@@ -352,6 +356,75 @@ impl CoreMlModel {
         }
     }
 
+    /// What a [`ModelState`] of this model names as its owner: the cache
+    /// key, plus the function for a multifunction package.
+    fn state_owner(&self) -> String {
+        match &self.function {
+            Some(f) => format!("{} (function `{f}`)", self.key),
+            None => self.key.clone(),
+        }
+    }
+
+    /// The function of a multifunction package this model runs (`None`:
+    /// the package's default), from [`PrepareOptions::function_name`].
+    pub fn function(&self) -> Option<&str> {
+        self.function.as_deref()
+    }
+
+    /// Runs `f` on the loaded model with what is left of `timeout`: a
+    /// bounded wait for the model, a reload when it is absent or poisoned,
+    /// then `f`. A model that `f` left poisoned is dropped (the next call
+    /// reloads). Timeouts report the caller's whole `timeout`.
+    fn with_loaded<R>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        f: impl FnOnce(&BridgeModel, Duration) -> std::result::Result<R, BridgeError>,
+    ) -> Result<R> {
+        let deadline = Instant::now() + timeout;
+        let remaining = |what: &str| -> Result<Duration> {
+            deadline
+                .checked_duration_since(Instant::now())
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| self.timeout(what, timeout))
+        };
+        let mut guard = self.slot.acquire(deadline).ok_or_else(|| {
+            self.timeout(
+                "waiting for the model (another inference on it is still running)",
+                timeout,
+            )
+        })?;
+        let model = match guard.value.take() {
+            Some(m) if !m.is_poisoned() => m,
+            old => {
+                drop(old);
+                let m = BridgeModel::load_function(
+                    &self.compiled,
+                    self.function.as_deref(),
+                    self.units_requested,
+                    remaining("reload")?,
+                )
+                .map_err(Error::from)?;
+                self.rebuilds.fetch_add(1, Ordering::Relaxed);
+                m
+            }
+        };
+        let result = match remaining(what) {
+            Ok(left) => f(&model, left).map_err(|e| match e.into_error() {
+                Error::Timeout { operation, .. } => Error::Timeout {
+                    operation,
+                    after: timeout,
+                },
+                other => other,
+            }),
+            Err(e) => Err(e),
+        };
+        if !model.is_poisoned() {
+            guard.value = Some(model);
+        }
+        result
+    }
+
     /// One inference: bounded wait for the model, reload if poisoned, predict.
     fn run(&self, inputs: &TensorMap, timeout: Duration) -> Result<TensorMap> {
         let start = Instant::now();
@@ -377,8 +450,13 @@ impl CoreMlModel {
                     // Frees a poisoned handle; a late prediction on it keeps
                     // what it needs alive on the bridge side.
                     drop(old);
-                    let m = BridgeModel::load(&self.compiled, self.units_requested, remaining("reload")?)
-                        .map_err(Error::from)?;
+                    let m = BridgeModel::load_function(
+                        &self.compiled,
+                        self.function.as_deref(),
+                        self.units_requested,
+                        remaining("reload")?,
+                    )
+                    .map_err(Error::from)?;
                     self.rebuilds.fetch_add(1, Ordering::Relaxed);
                     m
                 }
@@ -660,6 +738,18 @@ impl CoreMlEngine {
     }
 }
 
+/// How long [`InferenceEngine::make_state`] waits for Core ML to allocate a
+/// model's state buffers (the trait's call has no timeout of its own).
+pub const MAKE_STATE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What a [`ModelState`] made by [`CoreMlEngine`] holds: the bridge's state,
+/// which belongs to the loaded model (handle) that made it. A model that is
+/// loaded again after a timeout refuses the states of its earlier load.
+#[derive(Debug)]
+pub struct CoreMlState {
+    state: BridgeState,
+}
+
 /// This module's engine, under the name [`crate::inference_backend`] gives it.
 pub type Engine = CoreMlEngine;
 
@@ -720,12 +810,15 @@ impl InferenceEngine for CoreMlEngine {
                 operation: format!("prepare of {}", artifact.path.display()),
                 after: opts.prepare_timeout,
             })?;
-        let model = BridgeModel::load(&compiled, units, left).map_err(|e| match e.into_error() {
-            Error::Timeout { operation, .. } => Error::Timeout {
-                operation,
-                after: opts.prepare_timeout,
-            },
-            other => other,
+        let function = opts.function_name.clone();
+        let model = BridgeModel::load_function(&compiled, function.as_deref(), units, left).map_err(|e| {
+            match e.into_error() {
+                Error::Timeout { operation, .. } => Error::Timeout {
+                    operation,
+                    after: opts.prepare_timeout,
+                },
+                other => other,
+            }
         })?;
         let bridge_schema = model.schema().clone();
         Ok(Box::new(CoreMlModel {
@@ -733,6 +826,7 @@ impl InferenceEngine for CoreMlEngine {
             artifact: artifact.path.clone(),
             compiled,
             units_requested: units,
+            function,
             units_note,
             schema: bridge_schema.to_io_schema(),
             bridge_schema,
@@ -753,33 +847,72 @@ impl InferenceEngine for CoreMlEngine {
         downcast_model::<CoreMlModel>(model, bridge::ENGINE_NAME)?.run(inputs, timeout)
     }
 
-    /// Multi-array features only: the bridge's C ABI (version 1) carries no
-    /// images, strings, scalars or dictionaries, so any other input is
-    /// refused as [`Error::Unsupported`] before Core ML is called (issue #12:
-    /// ABI version 2 adds them). Costs what `infer` costs.
+    /// A fresh state (Core ML's `makeState()`, every buffer zeroed) through
+    /// `coreml_make_state`, owned by the returned [`ModelState`] and freed
+    /// with it. Waits at most [`MAKE_STATE_TIMEOUT`] in all. Costs the
+    /// allocation of the model's state buffers. Core ML has states from
+    /// macOS 15 on (`Unsupported` before); a stateless model gets an empty
+    /// state that behaves like no state.
+    fn make_state(&self, model: &dyn PreparedModel) -> Result<ModelState> {
+        let m = downcast_model::<CoreMlModel>(model, bridge::ENGINE_NAME)?;
+        let state = m.with_loaded("making a state", MAKE_STATE_TIMEOUT, |bm, left| bm.make_state(left))?;
+        Ok(ModelState::new(
+            bridge::ENGINE_NAME,
+            m.state_owner(),
+            Box::new(CoreMlState { state }),
+        ))
+    }
+
+    /// One prediction that reads and updates `state`
+    /// (`coreml_predict_with_state`, Core ML's
+    /// `prediction(from:using:options:)`), bounded by `timeout` in all
+    /// (waiting for the model, a reload, the prediction). A state of
+    /// another model, or of this model before it was loaded again, is
+    /// refused as `SchemaMismatch` before anything runs. A timeout poisons
+    /// the state (and the model, which the next call reloads). Costs what
+    /// `infer` costs.
+    fn infer_with_state(
+        &self,
+        model: &dyn PreparedModel,
+        state: &mut ModelState,
+        inputs: &TensorMap,
+        timeout: Duration,
+    ) -> Result<TensorMap> {
+        let m = downcast_model::<CoreMlModel>(model, bridge::ENGINE_NAME)?;
+        let inner = state.inner_for::<CoreMlState>(bridge::ENGINE_NAME, &m.state_owner())?;
+        let out = m.with_loaded("prediction with a state", timeout, |bm, left| {
+            bm.predict_with_state(&inner.state, inputs, left)
+        });
+        if inner.state.is_poisoned() {
+            state.poison();
+        }
+        out
+    }
+
+    /// A batch through `coreml_predict_batch` (Core ML's
+    /// `predictions(from:options:)`) under one `timeout` for everything
+    /// (waiting for the model, a reload, the batch). Every member is
+    /// checked against the model before any runs; a bad member is refused
+    /// naming its index. Costs the batch plus copies of inputs and outputs.
+    fn infer_batch(&self, model: &dyn PreparedModel, batch: &[TensorMap], timeout: Duration) -> Result<Vec<TensorMap>> {
+        let m = downcast_model::<CoreMlModel>(model, bridge::ENGINE_NAME)?;
+        m.with_loaded("batch prediction", timeout, |bm, left| bm.predict_batch(batch, left))
+    }
+
+    /// Feature values of every kind through `coreml_predict_features`:
+    /// multi-arrays, int64, double and string inputs; outputs of every kind
+    /// but images and sequences (a classifier's label string and its
+    /// probabilities dictionary). Image inputs are refused as `Unsupported`
+    /// (ABI version 2 has no images yet). Bounded by `timeout` in all, as
+    /// `infer`. Costs what `infer` costs, plus string copies.
     fn infer_features(
         &self,
         model: &dyn PreparedModel,
         inputs: &crate::feature::FeatureMap,
         timeout: Duration,
     ) -> Result<crate::feature::FeatureMap> {
-        use crate::feature::FeatureValue;
-        let mut tensors = TensorMap::new();
-        for (name, v) in inputs {
-            match v {
-                FeatureValue::Tensor(t) => {
-                    tensors.insert(name.clone(), t.clone());
-                }
-                other => {
-                    return Err(Error::unsupported(format!(
-                        "input `{name}` is {}: the coreml-bridge C ABI (version 1) carries multi-arrays only",
-                        other.kind_name()
-                    )))
-                }
-            }
-        }
-        let out = self.infer(model, &tensors, timeout)?;
-        Ok(out.into_iter().map(|(k, t)| (k, FeatureValue::Tensor(t))).collect())
+        let m = downcast_model::<CoreMlModel>(model, bridge::ENGINE_NAME)?;
+        m.with_loaded("prediction", timeout, |bm, left| bm.predict_features(inputs, left))
     }
 
     /// The report. The first call per model asks the bridge for the compute

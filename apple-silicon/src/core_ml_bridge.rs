@@ -72,9 +72,11 @@ pub mod ffi {
     use std::ffi::{c_char, c_void};
 
     /// `COREML_BRIDGE_ABI_VERSION`: the header version this mirror was written against.
-    pub const COREML_BRIDGE_ABI_VERSION: i32 = 1;
+    pub const COREML_BRIDGE_ABI_VERSION: i32 = 2;
     /// `COREML_MAX_RANK`: the largest tensor rank the bridge accepts.
     pub const COREML_MAX_RANK: i32 = 16;
+    /// `COREML_MAX_BATCH` (v2): the most members one `coreml_predict_batch` may have.
+    pub const COREML_MAX_BATCH: i32 = 4096;
 
     /// `COREML_OK`: success.
     pub const COREML_OK: i32 = 0;
@@ -102,6 +104,10 @@ pub mod ffi {
     pub const COREML_ERR_INVALID_HANDLE: i32 = 11;
     /// `COREML_ERR_UNSUPPORTED`: valid, but this OS's Core ML cannot do it.
     pub const COREML_ERR_UNSUPPORTED: i32 = 12;
+    /// `COREML_ERR_STATE_IN_USE` (v2): the model state is being used by another call.
+    pub const COREML_ERR_STATE_IN_USE: i32 = 13;
+    /// `COREML_ERR_STATE_MISMATCH` (v2): the model state belongs to another model handle.
+    pub const COREML_ERR_STATE_MISMATCH: i32 = 14;
 
     /// `COREML_DTYPE_F32`: IEEE binary32.
     pub const COREML_DTYPE_F32: i32 = 1;
@@ -178,6 +184,85 @@ pub mod ffi {
         pub reserved: *mut c_void,
     }
 
+    /// `COREML_FEATURE_TENSOR` (v2): a multi-array feature value.
+    pub const COREML_FEATURE_TENSOR: i32 = 1;
+    /// `COREML_FEATURE_INT64` (v2): an int64 feature value.
+    pub const COREML_FEATURE_INT64: i32 = 2;
+    /// `COREML_FEATURE_DOUBLE` (v2): a double feature value.
+    pub const COREML_FEATURE_DOUBLE: i32 = 3;
+    /// `COREML_FEATURE_STRING` (v2): a string feature value.
+    pub const COREML_FEATURE_STRING: i32 = 4;
+    /// `COREML_FEATURE_DICTIONARY` (v2): a dictionary (outputs only).
+    pub const COREML_FEATURE_DICTIONARY: i32 = 5;
+
+    /// `CoremlFeature` (v2): an input feature; `kind` selects the field read.
+    #[repr(C)]
+    #[derive(Debug, Clone, Copy)]
+    pub struct CoremlFeature {
+        /// Feature name.
+        pub name: *const c_char,
+        /// A `COREML_FEATURE_*` kind (not DICTIONARY).
+        pub kind: i32,
+        /// TENSOR: the array (its name is ignored).
+        pub tensor: CoremlTensor,
+        /// INT64.
+        pub int64_value: i64,
+        /// DOUBLE.
+        pub double_value: f64,
+        /// STRING: NUL-terminated UTF-8.
+        pub string_value: *const c_char,
+    }
+
+    /// `CoremlOutputFeature` (v2): an output feature in bridge-owned memory.
+    #[repr(C)]
+    #[derive(Debug, Clone, Copy)]
+    pub struct CoremlOutputFeature {
+        /// Feature name.
+        pub name: *const c_char,
+        /// A `COREML_FEATURE_*` kind.
+        pub kind: i32,
+        /// TENSOR.
+        pub tensor: CoremlOutputTensor,
+        /// INT64.
+        pub int64_value: i64,
+        /// DOUBLE.
+        pub double_value: f64,
+        /// STRING.
+        pub string_value: *const c_char,
+        /// DICTIONARY: number of entries.
+        pub dict_count: i32,
+        /// DICTIONARY: `COREML_FEATURE_STRING` or `COREML_FEATURE_INT64` keys.
+        pub dict_key_kind: i32,
+        /// DICTIONARY: string keys.
+        pub dict_string_keys: *const *const c_char,
+        /// DICTIONARY: int64 keys.
+        pub dict_int64_keys: *const i64,
+        /// DICTIONARY: values.
+        pub dict_values: *const f64,
+    }
+
+    /// `CoremlFeatureOutputs` (v2): released with `coreml_free_feature_outputs`.
+    #[repr(C)]
+    #[derive(Debug)]
+    pub struct CoremlFeatureOutputs {
+        /// Number of entries in `features`.
+        pub count: i32,
+        /// `count` features, sorted by name.
+        pub features: *const CoremlOutputFeature,
+        /// Bridge-private bookkeeping.
+        pub reserved: *mut c_void,
+    }
+
+    /// `CoremlBatchMember` (v2): one member of a batch, its own input descriptors.
+    #[repr(C)]
+    #[derive(Debug, Clone, Copy)]
+    pub struct CoremlBatchMember {
+        /// `n_inputs` descriptors, as for `coreml_predict`.
+        pub inputs: *const CoremlTensor,
+        /// Number of descriptors.
+        pub n_inputs: i32,
+    }
+
     /// One C function as declared here, for the header-agreement test:
     /// Rust spellings of the parameter and return types.
     #[derive(Debug, Clone, Copy)]
@@ -245,6 +330,15 @@ pub mod ffi {
             out_handle: *mut *mut c_void,
             out_err: *mut *mut c_char,
         ) -> i32 => COREML_ERR_UNAVAILABLE;
+        /// `coreml_load_model_function` (v2): loads one function of a multifunction model (NULL: the default).
+        fn coreml_load_model_function(
+            compiled_path: *const c_char,
+            function_name: *const c_char,
+            compute_units: i32,
+            timeout_ms: i64,
+            out_handle: *mut *mut c_void,
+            out_err: *mut *mut c_char,
+        ) -> i32 => COREML_ERR_UNAVAILABLE;
         /// `coreml_model_schema`: inputs, outputs and metadata as JSON.
         fn coreml_model_schema(handle: *mut c_void, out_json: *mut *mut c_char, out_err: *mut *mut c_char) -> i32
             => COREML_ERR_UNAVAILABLE;
@@ -257,6 +351,45 @@ pub mod ffi {
             out_outputs: *mut *mut CoremlOutputs,
             out_err: *mut *mut c_char,
         ) -> i32 => COREML_ERR_UNAVAILABLE;
+        /// `coreml_predict_batch` (v2): a batch under one deadline; one outputs slot per member.
+        fn coreml_predict_batch(
+            handle: *mut c_void,
+            batch: *const CoremlBatchMember,
+            n_batch: i32,
+            timeout_ms: i64,
+            out_outputs: *mut *mut CoremlOutputs,
+            out_err: *mut *mut c_char,
+        ) -> i32 => COREML_ERR_UNAVAILABLE;
+        /// `coreml_predict_features` (v2): feature values of every kind in and out.
+        fn coreml_predict_features(
+            handle: *mut c_void,
+            inputs: *const CoremlFeature,
+            n_inputs: i32,
+            timeout_ms: i64,
+            out_outputs: *mut *mut CoremlFeatureOutputs,
+            out_err: *mut *mut c_char,
+        ) -> i32 => COREML_ERR_UNAVAILABLE;
+        /// `coreml_free_feature_outputs` (v2): releases feature outputs (NULL/unknown/freed ignored).
+        fn coreml_free_feature_outputs(outputs: *mut CoremlFeatureOutputs) => ();
+        /// `coreml_make_state` (v2): a fresh state (`MLModel.makeState()`) for a model handle.
+        fn coreml_make_state(
+            handle: *mut c_void,
+            timeout_ms: i64,
+            out_state: *mut *mut c_void,
+            out_err: *mut *mut c_char,
+        ) -> i32 => COREML_ERR_UNAVAILABLE;
+        /// `coreml_predict_with_state` (v2): one prediction reading and updating a state.
+        fn coreml_predict_with_state(
+            handle: *mut c_void,
+            state: *mut c_void,
+            inputs: *const CoremlTensor,
+            n_inputs: i32,
+            timeout_ms: i64,
+            out_outputs: *mut *mut CoremlOutputs,
+            out_err: *mut *mut c_char,
+        ) -> i32 => COREML_ERR_UNAVAILABLE;
+        /// `coreml_free_state` (v2): releases a state (NULL/unknown/freed ignored).
+        fn coreml_free_state(state: *mut c_void) => ();
         /// `coreml_compute_plan`: per-operation devices (MLComputePlan, macOS 14.4+) as JSON.
         fn coreml_compute_plan(
             compiled_path: *const c_char,
@@ -324,6 +457,10 @@ pub enum Status {
     InvalidHandle,
     /// 12: valid, but not possible on this OS.
     Unsupported,
+    /// 13 (v2): the model state is being used by another call.
+    StateInUse,
+    /// 14 (v2): the model state belongs to another model handle.
+    StateMismatch,
     /// A code the header does not define.
     Unknown(i32),
 }
@@ -345,6 +482,8 @@ impl Status {
             ffi::COREML_ERR_INTERNAL => Status::Internal,
             ffi::COREML_ERR_INVALID_HANDLE => Status::InvalidHandle,
             ffi::COREML_ERR_UNSUPPORTED => Status::Unsupported,
+            ffi::COREML_ERR_STATE_IN_USE => Status::StateInUse,
+            ffi::COREML_ERR_STATE_MISMATCH => Status::StateMismatch,
             other => Status::Unknown(other),
         }
     }
@@ -365,6 +504,8 @@ impl Status {
             Status::Internal => ffi::COREML_ERR_INTERNAL,
             Status::InvalidHandle => ffi::COREML_ERR_INVALID_HANDLE,
             Status::Unsupported => ffi::COREML_ERR_UNSUPPORTED,
+            Status::StateInUse => ffi::COREML_ERR_STATE_IN_USE,
+            Status::StateMismatch => ffi::COREML_ERR_STATE_MISMATCH,
             Status::Unknown(c) => c,
         }
     }
@@ -385,6 +526,8 @@ impl Status {
             Status::Internal => "COREML_ERR_INTERNAL",
             Status::InvalidHandle => "COREML_ERR_INVALID_HANDLE",
             Status::Unsupported => "COREML_ERR_UNSUPPORTED",
+            Status::StateInUse => "COREML_ERR_STATE_IN_USE",
+            Status::StateMismatch => "COREML_ERR_STATE_MISMATCH",
             Status::Unknown(_) => "unknown status",
         }
     }
@@ -403,6 +546,8 @@ pub enum Operation {
     Predict,
     /// `coreml_compute_plan`.
     ComputePlan,
+    /// `coreml_make_state`.
+    MakeState,
     /// `coreml_runtime_info`.
     RuntimeInfo,
 }
@@ -416,6 +561,7 @@ impl Operation {
             Operation::Schema => "schema query",
             Operation::Predict => "prediction",
             Operation::ComputePlan => "compute plan",
+            Operation::MakeState => "making a state",
             Operation::RuntimeInfo => "runtime info",
         }
     }
@@ -437,6 +583,8 @@ impl Operation {
 /// | `OUT_OF_MEMORY` | `MemoryPressure` |
 /// | `INTERNAL`, `INVALID_HANDLE`, unknown codes | `Internal` |
 /// | `UNSUPPORTED` | `Unsupported` |
+/// | `STATE_IN_USE` | `Unavailable` (the state serves one call at a time; the safe API's `&mut` makes this unreachable) |
+/// | `STATE_MISMATCH` | `SchemaMismatch` (expected: a state of this model handle) |
 pub fn status_to_error(status: Status, op: Operation, subject: &str, message: &str, timeout: Duration) -> Error {
     let model = subject.to_string();
     let message = message.to_string();
@@ -481,8 +629,17 @@ pub fn status_to_error(status: Status, op: Operation, subject: &str, message: &s
             op.name()
         )),
         Status::Unsupported => Error::unsupported(format!("{} of {subject}: {message}", op.name())),
+        Status::StateInUse => Error::Unavailable {
+            engine: ENGINE_NAME.to_string(),
+            reason: format!("{} of {subject}: {message}", op.name()),
+        },
+        Status::StateMismatch => Error::schema_mismatch(
+            format!("model state for the {} of {subject}", op.name()),
+            "a state made by this loaded model (coreml_make_state on the same handle)",
+            message,
+        ),
         Status::Unknown(code) => Error::internal(format!(
-            "the bridge returned status {code} for the {} of {subject}; expected one of 0..=12 \
+            "the bridge returned status {code} for the {} of {subject}; expected one of 0..=14 \
              (is the library built from another version of coreml_bridge.h?): {message}",
             op.name()
         )),
@@ -615,7 +772,129 @@ impl Drop for BridgeString {
     }
 }
 
+/// Feature outputs owned by the bridge, freed exactly once on drop.
+struct BridgeFeatureOutputs(*mut ffi::CoremlFeatureOutputs);
+
+impl Drop for BridgeFeatureOutputs {
+    fn drop(&mut self) {
+        // SAFETY: NULL or outputs from coreml_predict_features, freed only here.
+        unsafe { ffi::coreml_free_feature_outputs(self.0) };
+    }
+}
+
+/// A NUL-terminated string of the bridge's outputs, or `bad`'s error.
+///
+/// # Safety
+///
+/// `p` must be NULL or a NUL-terminated string.
+unsafe fn bridge_str(p: *const c_char, what: &str, bad: &dyn Fn(String) -> Error) -> Result<String> {
+    if p.is_null() {
+        return Err(bad(format!("{what} is NULL")));
+    }
+    // SAFETY: non-NULL and NUL-terminated per the caller's contract.
+    unsafe { CStr::from_ptr(p) }
+        .to_str()
+        .map(str::to_string)
+        .map_err(|_| bad(format!("{what} is not UTF-8")))
+}
+
+/// Copies feature outputs into owned values, checking every field against
+/// the header's promises (`Internal` on a broken one).
+///
+/// # Safety
+///
+/// `outputs` must be NULL or as `coreml_predict_features` hands it out.
+unsafe fn read_feature_outputs(
+    outputs: *const ffi::CoremlFeatureOutputs,
+    subject: &str,
+) -> Result<crate::feature::FeatureMap> {
+    use crate::feature::{Dictionary, FeatureValue};
+    let bad = |what: String| {
+        Error::internal(format!(
+            "the bridge returned inconsistent outputs for {subject}: {what}"
+        ))
+    };
+    if outputs.is_null() {
+        return Err(bad("expected an outputs pointer, got NULL".into()));
+    }
+    // SAFETY: non-NULL and valid per the caller's contract.
+    let outs = unsafe { &*outputs };
+    let count = usize::try_from(outs.count).map_err(|_| bad(format!("count {} is negative", outs.count)))?;
+    if count > 0 && outs.features.is_null() {
+        return Err(bad(format!("expected {count} features, got a NULL array")));
+    }
+    let mut map = crate::feature::FeatureMap::new();
+    for i in 0..count {
+        // SAFETY: `features` holds `count` entries.
+        let f = unsafe { &*outs.features.add(i) };
+        // SAFETY: the bridge's strings.
+        let name = unsafe { bridge_str(f.name, &format!("output #{i}'s name"), &bad) }?;
+        let value = match f.kind {
+            // SAFETY: the bridge's output tensor.
+            ffi::COREML_FEATURE_TENSOR => FeatureValue::Tensor(unsafe { read_output_tensor(&f.tensor, &name, &bad) }?),
+            ffi::COREML_FEATURE_INT64 => FeatureValue::Int64(f.int64_value),
+            ffi::COREML_FEATURE_DOUBLE => FeatureValue::Double(f.double_value),
+            // SAFETY: the bridge's string.
+            ffi::COREML_FEATURE_STRING => {
+                FeatureValue::String(unsafe { bridge_str(f.string_value, &format!("output `{name}`"), &bad) }?)
+            }
+            ffi::COREML_FEATURE_DICTIONARY => {
+                let n = usize::try_from(f.dict_count)
+                    .map_err(|_| bad(format!("output `{name}`: negative dict_count {}", f.dict_count)))?;
+                if n > 0 && f.dict_values.is_null() {
+                    return Err(bad(format!("output `{name}`: NULL dict_values for {n} entries")));
+                }
+                let values = if n == 0 {
+                    &[][..]
+                } else {
+                    // SAFETY: `dict_values` holds `dict_count` doubles.
+                    unsafe { std::slice::from_raw_parts(f.dict_values, n) }
+                };
+                match f.dict_key_kind {
+                    ffi::COREML_FEATURE_STRING => {
+                        if n > 0 && f.dict_string_keys.is_null() {
+                            return Err(bad(format!("output `{name}`: NULL dict_string_keys")));
+                        }
+                        let mut entries = Vec::with_capacity(n);
+                        for (k, v) in values.iter().enumerate() {
+                            // SAFETY: `dict_string_keys` holds `dict_count` strings.
+                            let key = unsafe { bridge_str(*f.dict_string_keys.add(k), "a dictionary key", &bad) }?;
+                            entries.push((key, *v));
+                        }
+                        FeatureValue::Dictionary(Dictionary::Strings(entries))
+                    }
+                    ffi::COREML_FEATURE_INT64 => {
+                        if n > 0 && f.dict_int64_keys.is_null() {
+                            return Err(bad(format!("output `{name}`: NULL dict_int64_keys")));
+                        }
+                        let keys = if n == 0 {
+                            &[][..]
+                        } else {
+                            // SAFETY: `dict_int64_keys` holds `dict_count` keys.
+                            unsafe { std::slice::from_raw_parts(f.dict_int64_keys, n) }
+                        };
+                        FeatureValue::Dictionary(Dictionary::Int64(
+                            keys.iter().copied().zip(values.iter().copied()).collect(),
+                        ))
+                    }
+                    other => return Err(bad(format!("output `{name}`: dictionary key kind {other}"))),
+                }
+            }
+            other => {
+                return Err(bad(format!(
+                    "output `{name}`: expected a feature kind 1..=5, got {other}"
+                )))
+            }
+        };
+        if map.insert(name.clone(), value).is_some() {
+            return Err(bad(format!("output `{name}` appears twice")));
+        }
+    }
+    Ok(map)
+}
+
 /// Predict outputs owned by the bridge, freed exactly once on drop.
+#[repr(transparent)]
 struct BridgeOutputs(*mut ffi::CoremlOutputs);
 
 impl Drop for BridgeOutputs {
@@ -684,10 +963,16 @@ pub fn check_abi() -> Result<()> {
     if !is_linked() {
         return Err(BridgeError::unavailable(NO_BRIDGE_REASON).into_error());
     }
-    let got = abi_version();
+    check_abi_version(abi_version())
+}
+
+/// Refuses a bridge whose ABI version `got` is not this mirror's
+/// ([`ffi::COREML_BRIDGE_ABI_VERSION`]); the error names both. Pure.
+pub fn check_abi_version(got: i32) -> Result<()> {
     if got != ffi::COREML_BRIDGE_ABI_VERSION {
         return Err(Error::internal(format!(
-            "coreml-bridge ABI version: expected {}, got {got} (rebuild the Swift library from this checkout)",
+            "coreml-bridge ABI version: this crate speaks version {}, the linked library speaks version {got} \
+             (rebuild the Swift library from this checkout)",
             ffi::COREML_BRIDGE_ABI_VERSION
         )));
     }
@@ -1049,6 +1334,28 @@ pub struct SchemaMetadata {
     pub user_defined: std::collections::BTreeMap<String, String>,
 }
 
+/// A classifier as the bridge reports it (`predictedFeatureName`,
+/// `predictedProbabilitiesName`, `classLabels`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BridgeClassifier {
+    /// The output holding the predicted label.
+    pub label_output: String,
+    /// The output holding the probabilities dictionary.
+    pub probabilities_output: Option<String>,
+    /// The labels: strings or int64s (empty when Core ML does not say).
+    pub labels: BridgeLabels,
+}
+
+/// A classifier's labels as JSON gives them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum BridgeLabels {
+    /// String labels.
+    Strings(Vec<String>),
+    /// Int64 labels.
+    Int64(Vec<i64>),
+}
+
 /// A loaded model's interface (`coreml_model_schema`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BridgeSchema {
@@ -1056,6 +1363,20 @@ pub struct BridgeSchema {
     pub inputs: Vec<Feature>,
     /// Outputs, sorted by name.
     pub outputs: Vec<Feature>,
+    /// States of a stateful model (v2), sorted by name: each state buffer's
+    /// name, dtype and shape. Empty for a stateless model.
+    #[serde(default)]
+    pub states: Vec<Feature>,
+    /// A multifunction model's functions, sorted (v2); empty for one
+    /// function, or where Core ML cannot list them (before macOS 15).
+    #[serde(default)]
+    pub functions: Vec<String>,
+    /// The function the handle was loaded with (`None`: the default).
+    #[serde(default)]
+    pub function: Option<String>,
+    /// A classifier's outputs and labels (v2); `None` for other models.
+    #[serde(default)]
+    pub classifier: Option<BridgeClassifier>,
     /// Metadata.
     #[serde(default)]
     pub metadata: SchemaMetadata,
@@ -1069,9 +1390,20 @@ impl BridgeSchema {
         IoSchema {
             inputs: self.inputs.iter().filter_map(Feature::to_tensor_spec).collect(),
             outputs: self.outputs.iter().filter_map(Feature::to_tensor_spec).collect(),
-            states: Vec::new(),
-            classifier: None,
-            functions: Default::default(),
+            states: self.states.iter().filter_map(Feature::to_tensor_spec).collect(),
+            classifier: self.classifier.as_ref().map(|c| crate::feature::ClassifierSpec {
+                label_output: c.label_output.clone(),
+                probabilities_output: c.probabilities_output.clone().unwrap_or_default(),
+                labels: match &c.labels {
+                    BridgeLabels::Strings(v) => crate::feature::ClassLabels::Strings(v.clone()),
+                    BridgeLabels::Int64(v) => crate::feature::ClassLabels::Int64(v.clone()),
+                },
+            }),
+            functions: crate::inference::FunctionSet {
+                names: self.functions.clone(),
+                default: None,
+                selected: self.function.clone(),
+            },
         }
     }
 
@@ -1140,6 +1472,24 @@ fn marshal_inputs(inputs: &TensorMap, subject: &str) -> Result<MarshalledInputs>
     let mut shapes = Vec::with_capacity(inputs.len());
     let mut descriptors = Vec::with_capacity(inputs.len());
     for (name, t) in inputs {
+        let (c_name, shape, descriptor) = marshal_tensor(name, t, subject)?;
+        descriptors.push(descriptor);
+        // Moving a CString or Vec moves only its header; the heap buffers the
+        // descriptor points into stay where they are.
+        names.push(c_name);
+        shapes.push(shape);
+    }
+    Ok(MarshalledInputs {
+        _names: names,
+        _shapes: shapes,
+        descriptors,
+    })
+}
+
+/// One tensor's descriptor, its name and its shape (which the descriptor
+/// points into: keep both alive with the tensor while it is used).
+fn marshal_tensor(name: &str, t: &Tensor, subject: &str) -> Result<(CString, Vec<i64>, ffi::CoremlTensor)> {
+    {
         let code = dtype_code(t.dtype())
             .filter(|_| INPUT_DTYPES.contains(&t.dtype()))
             .ok_or_else(|| {
@@ -1176,14 +1526,14 @@ fn marshal_inputs(inputs: &TensorMap, subject: &str) -> Result<MarshalledInputs>
                     format!("{:?}", t.shape()),
                 )
             })?;
-        let c_name = CString::new(name.as_str()).map_err(|_| {
+        let c_name = CString::new(name).map_err(|_| {
             Error::schema_mismatch(
                 format!("name of input `{}`", name.escape_debug()),
                 "a name without NUL bytes",
                 "a name with a NUL byte",
             )
         })?;
-        descriptors.push(ffi::CoremlTensor {
+        let descriptor = ffi::CoremlTensor {
             name: c_name.as_ptr(),
             dtype: code,
             rank: rank as i32,
@@ -1191,17 +1541,9 @@ fn marshal_inputs(inputs: &TensorMap, subject: &str) -> Result<MarshalledInputs>
             strides: ptr::null(),
             data: t.as_bytes().as_ptr().cast::<c_void>(),
             byte_len: t.as_bytes().len() as u64,
-        });
-        // Moving a CString or Vec moves only its header; the heap buffers the
-        // descriptor points into stay where they are.
-        names.push(c_name);
-        shapes.push(shape);
+        };
+        Ok((c_name, shape, descriptor))
     }
-    Ok(MarshalledInputs {
-        _names: names,
-        _shapes: shapes,
-        descriptors,
-    })
 }
 
 /// Copies predict outputs into owned tensors, checking every field against
@@ -1239,6 +1581,22 @@ unsafe fn read_outputs(outputs: *const ffi::CoremlOutputs, subject: &str) -> Res
             .to_str()
             .map_err(|_| bad(format!("output #{i}'s name is not UTF-8")))?
             .to_string();
+        // SAFETY: `t` is one of the bridge's output tensors.
+        let tensor = unsafe { read_output_tensor(t, &name, &bad) }?;
+        if map.insert(name.clone(), tensor).is_some() {
+            return Err(bad(format!("output `{name}` appears twice")));
+        }
+    }
+    Ok(map)
+}
+
+/// Copies one output tensor, checking its fields (`bad` makes the error).
+///
+/// # Safety
+///
+/// `t`'s pointers must be valid as the header describes.
+unsafe fn read_output_tensor(t: &ffi::CoremlOutputTensor, name: &str, bad: &dyn Fn(String) -> Error) -> Result<Tensor> {
+    {
         let dtype = dtype_from_code(t.dtype)
             .ok_or_else(|| bad(format!("output `{name}`: expected a dtype code 1..=6, got {}", t.dtype)))?;
         let rank = usize::try_from(t.rank)
@@ -1279,12 +1637,8 @@ unsafe fn read_outputs(outputs: *const ffi::CoremlOutputs, subject: &str) -> Res
             // SAFETY: `data` holds `byte_len` (== expected) readable bytes.
             unsafe { std::slice::from_raw_parts(t.data.cast::<u8>(), expected) }.to_vec()
         };
-        let tensor = Tensor::from_bytes(dtype, shape, bytes)?;
-        if map.insert(name.clone(), tensor).is_some() {
-            return Err(bad(format!("output `{name}` appears twice")));
-        }
+        Tensor::from_bytes(dtype, shape, bytes)
     }
-    Ok(map)
 }
 
 /// A model loaded by the bridge. Dropping it calls `coreml_free_model`.
@@ -1313,20 +1667,54 @@ impl BridgeModel {
     /// (device specialisation). Waits at most `timeout`. A load that finishes
     /// later is discarded by the bridge.
     pub fn load(compiled: &Path, units: ComputeUnits, timeout: Duration) -> std::result::Result<Self, BridgeError> {
+        Self::load_function(compiled, None, units, timeout)
+    }
+
+    /// Like [`BridgeModel::load`], for one function of a multifunction model
+    /// (`coreml_load_model_function`; Core ML's
+    /// `MLModelConfiguration.functionName`, macOS 15+, `Unsupported` before).
+    /// `None` loads the default function through `coreml_load_model`. An
+    /// unknown name is Core ML's load error. Same costs as `load`.
+    pub fn load_function(
+        compiled: &Path,
+        function: Option<&str>,
+        units: ComputeUnits,
+        timeout: Duration,
+    ) -> std::result::Result<Self, BridgeError> {
         ensure_linked()?;
+        let c_function = function
+            .map(|f| {
+                CString::new(f).map_err(|_| {
+                    BridgeError::refused(
+                        Status::InvalidArgument,
+                        Error::invalid_artifact(compiled, format!("function name {f:?} contains a NUL byte")),
+                    )
+                })
+            })
+            .transpose()?;
         let subject = compiled.display().to_string();
         let c_path = path_cstring(compiled, Operation::Load, "compiled model path")?;
         let mut handle: *mut c_void = ptr::null_mut();
         let mut err = BridgeString::null();
-        // SAFETY: a NUL-terminated string that outlives the call; empty out slots.
+        // SAFETY: NUL-terminated strings that outlive the call; empty out slots.
         let code = unsafe {
-            ffi::coreml_load_model(
-                c_path.as_ptr(),
-                units.ffi_code(),
-                timeout_ms(timeout),
-                &mut handle,
-                err.out(),
-            )
+            match &c_function {
+                None => ffi::coreml_load_model(
+                    c_path.as_ptr(),
+                    units.ffi_code(),
+                    timeout_ms(timeout),
+                    &mut handle,
+                    err.out(),
+                ),
+                Some(f) => ffi::coreml_load_model_function(
+                    c_path.as_ptr(),
+                    f.as_ptr(),
+                    units.ffi_code(),
+                    timeout_ms(timeout),
+                    &mut handle,
+                    err.out(),
+                ),
+            }
         };
         check(code, &mut err, Operation::Load, &subject, timeout)?;
         if handle.is_null() {
@@ -1339,6 +1727,10 @@ impl BridgeModel {
             schema: BridgeSchema {
                 inputs: Vec::new(),
                 outputs: Vec::new(),
+                states: Vec::new(),
+                functions: Vec::new(),
+                function: None,
+                classifier: None,
                 metadata: SchemaMetadata::default(),
             },
             poisoned: Cell::new(false),
@@ -1408,22 +1800,289 @@ impl BridgeModel {
     /// On [`Status::Timeout`] the prediction keeps running in the bridge
     /// (Core ML cannot be interrupted) and this model becomes poisoned.
     pub fn predict(&self, inputs: &TensorMap, timeout: Duration) -> std::result::Result<TensorMap, BridgeError> {
+        self.predict_inner(inputs, timeout, None)
+    }
+
+    /// Runs a batch under one deadline (`coreml_predict_batch`, Core ML's
+    /// `predictions(from:options:)`, which may run the members together).
+    /// Every member is checked here and then by the bridge against the
+    /// model before any runs; a bad member is refused naming its index. An
+    /// empty batch returns at once. Costs the batch, plus one copy of every
+    /// input (in the bridge) and two of every output. On
+    /// [`Status::Timeout`] this model becomes poisoned.
+    pub fn predict_batch(
+        &self,
+        batch: &[TensorMap],
+        timeout: Duration,
+    ) -> std::result::Result<Vec<TensorMap>, BridgeError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let subject = self.subject();
+        if batch.len() > ffi::COREML_MAX_BATCH as usize {
+            return Err(BridgeError::refused(
+                Status::InvalidArgument,
+                Error::schema_mismatch(
+                    format!("batch size for {subject}"),
+                    format!("1..={}", ffi::COREML_MAX_BATCH),
+                    batch.len().to_string(),
+                ),
+            ));
+        }
+        let marshalled = batch
+            .iter()
+            .enumerate()
+            .map(|(i, inputs)| {
+                marshal_inputs(inputs, &format!("batch member #{i} of {subject}"))
+                    .map_err(|e| BridgeError::refused(Status::InvalidArgument, e))
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let members: Vec<ffi::CoremlBatchMember> = marshalled
+            .iter()
+            .map(|m| ffi::CoremlBatchMember {
+                inputs: m.descriptors.as_ptr(),
+                n_inputs: m.descriptors.len() as i32,
+            })
+            .collect();
+        // One guard per slot: whatever the bridge stored is freed once.
+        let mut slots: Vec<BridgeOutputs> = (0..batch.len()).map(|_| BridgeOutputs(ptr::null_mut())).collect();
+        let mut err = BridgeString::null();
+        // SAFETY: a live handle; `members` point into `marshalled` and
+        // `batch`, alive until after the call; `slots` has `n_batch` entries
+        // and BridgeOutputs is a transparent pointer wrapper.
+        let code = unsafe {
+            ffi::coreml_predict_batch(
+                self.raw(),
+                members.as_ptr(),
+                members.len() as i32,
+                timeout_ms(timeout),
+                slots.as_mut_ptr().cast::<*mut ffi::CoremlOutputs>(),
+                err.out(),
+            )
+        };
+        drop(members);
+        drop(marshalled);
+        let status = Status::from_code(code);
+        if matches!(status, Status::Timeout | Status::Poisoned) {
+            self.poisoned.set(true);
+        }
+        check(code, &mut err, Operation::Predict, &subject, timeout)?;
+        slots
+            .iter()
+            .enumerate()
+            // SAFETY: COREML_OK: each slot holds the bridge's outputs, valid
+            // until `slots` is dropped (which frees them).
+            .map(|(i, o)| unsafe { read_outputs(o.0, &format!("batch member #{i} of {subject}")) })
+            .collect::<Result<Vec<_>>>()
+            .map_err(|e| BridgeError::refused(Status::Internal, e))
+    }
+
+    /// Runs one prediction on feature values of any kind
+    /// (`coreml_predict_features`): multi-arrays, int64, double and string
+    /// inputs; every output Core ML returns except images and sequences (a
+    /// classifier's label and probabilities included). Images,
+    /// dictionaries and sequences as inputs are refused as `Unsupported`
+    /// before calling. Same checks, deadline and costs as
+    /// [`BridgeModel::predict`], plus a copy of every string.
+    pub fn predict_features(
+        &self,
+        inputs: &crate::feature::FeatureMap,
+        timeout: Duration,
+    ) -> std::result::Result<crate::feature::FeatureMap, BridgeError> {
+        use crate::feature::FeatureValue;
+        let subject = self.subject();
+        let refuse = |e: Error| BridgeError::refused(Status::InvalidArgument, e);
+        if inputs.is_empty() || inputs.len() > MAX_INPUTS {
+            return Err(refuse(Error::schema_mismatch(
+                format!("number of inputs of {subject}"),
+                format!("1..={MAX_INPUTS}"),
+                inputs.len().to_string(),
+            )));
+        }
+        // Owned C data the descriptors point into, alive across the call.
+        let mut keep_names = Vec::with_capacity(inputs.len());
+        let mut keep_tensor = Vec::new();
+        let mut descriptors = Vec::with_capacity(inputs.len());
+        let empty = ffi::CoremlTensor {
+            name: ptr::null(),
+            dtype: 0,
+            rank: 0,
+            shape: ptr::null(),
+            strides: ptr::null(),
+            data: ptr::null(),
+            byte_len: 0,
+        };
+        for (name, value) in inputs {
+            let c_name = CString::new(name.as_str()).map_err(|_| {
+                refuse(Error::schema_mismatch(
+                    format!("name of input `{}`", name.escape_debug()),
+                    "a name without NUL bytes",
+                    "a name with a NUL byte",
+                ))
+            })?;
+            let mut f = ffi::CoremlFeature {
+                name: c_name.as_ptr(),
+                kind: 0,
+                tensor: empty,
+                int64_value: 0,
+                double_value: 0.0,
+                string_value: ptr::null(),
+            };
+            match value {
+                FeatureValue::Tensor(t) => {
+                    let (n, shape, d) = marshal_tensor(name, t, &subject).map_err(refuse)?;
+                    f.kind = ffi::COREML_FEATURE_TENSOR;
+                    f.tensor = d;
+                    keep_tensor.push((n, shape));
+                }
+                FeatureValue::Int64(v) => {
+                    f.kind = ffi::COREML_FEATURE_INT64;
+                    f.int64_value = *v;
+                }
+                FeatureValue::Double(v) => {
+                    f.kind = ffi::COREML_FEATURE_DOUBLE;
+                    f.double_value = *v;
+                }
+                FeatureValue::String(s) => {
+                    let c = CString::new(s.as_str()).map_err(|_| {
+                        refuse(Error::schema_mismatch(
+                            format!("input `{name}` of {subject}"),
+                            "a string without NUL bytes",
+                            "a string with a NUL byte",
+                        ))
+                    })?;
+                    f.kind = ffi::COREML_FEATURE_STRING;
+                    f.string_value = c.as_ptr();
+                    keep_names.push(c);
+                }
+                other => {
+                    return Err(BridgeError::refused(
+                        Status::Unsupported,
+                        Error::unsupported(format!(
+                            "input `{name}` of {subject} is {}: the bridge's feature calls take multi-arrays, int64, \
+                             double and string values (images are not in ABI version 2 yet)",
+                            other.kind_name()
+                        )),
+                    ))
+                }
+            }
+            keep_names.push(c_name);
+            descriptors.push(f);
+        }
+        let mut outputs = BridgeFeatureOutputs(ptr::null_mut());
+        let mut err = BridgeString::null();
+        // SAFETY: a live handle; every descriptor points into `keep_names`,
+        // `keep_tensor` or `inputs`, all alive until after the call.
+        let code = unsafe {
+            ffi::coreml_predict_features(
+                self.raw(),
+                descriptors.as_ptr(),
+                descriptors.len() as i32,
+                timeout_ms(timeout),
+                &mut outputs.0,
+                err.out(),
+            )
+        };
+        drop((descriptors, keep_names, keep_tensor));
+        if matches!(Status::from_code(code), Status::Timeout | Status::Poisoned) {
+            self.poisoned.set(true);
+        }
+        check(code, &mut err, Operation::Predict, &subject, timeout)?;
+        // SAFETY: COREML_OK: the bridge's outputs, valid until `outputs` drops.
+        unsafe { read_feature_outputs(outputs.0, &subject) }.map_err(|e| BridgeError::refused(Status::Internal, e))
+    }
+
+    /// Makes a fresh state for this model (`coreml_make_state`, Core ML's
+    /// `makeState()`: every state buffer zeroed; an empty state for a
+    /// stateless model). Waits at most `timeout`. Costs the allocation of
+    /// the model's state buffers. Core ML has states from macOS 15 / iOS 18
+    /// on; before, the bridge answers [`Status::Unsupported`].
+    pub fn make_state(&self, timeout: Duration) -> std::result::Result<BridgeState, BridgeError> {
+        let subject = self.subject();
+        let mut state: *mut c_void = ptr::null_mut();
+        let mut err = BridgeString::null();
+        // SAFETY: a live handle (self is alive); empty out slots.
+        let code = unsafe { ffi::coreml_make_state(self.raw(), timeout_ms(timeout), &mut state, err.out()) };
+        if Status::from_code(code) == Status::Poisoned {
+            self.poisoned.set(true);
+        }
+        check(code, &mut err, Operation::MakeState, &subject, timeout)?;
+        if state.is_null() {
+            return Err(missing_out(Operation::MakeState, "out_state"));
+        }
+        Ok(BridgeState {
+            handle: state.addr(),
+            model: self.handle,
+            poisoned: Cell::new(false),
+        })
+    }
+
+    /// Runs one prediction that reads and updates `state`
+    /// (`coreml_predict_with_state`, Core ML's
+    /// `prediction(from:using:options:)`). Same checks, copies, deadline
+    /// and costs as [`BridgeModel::predict`]. A state made by another
+    /// loaded model is refused with [`Status::StateMismatch`] before
+    /// anything runs. On [`Status::Timeout`] both this model and `state`
+    /// become poisoned (the late prediction may still update the state).
+    pub fn predict_with_state(
+        &self,
+        state: &BridgeState,
+        inputs: &TensorMap,
+        timeout: Duration,
+    ) -> std::result::Result<TensorMap, BridgeError> {
+        if state.model != self.handle {
+            return Err(BridgeError::refused(
+                Status::StateMismatch,
+                Error::schema_mismatch(
+                    format!("model state for {}", self.subject()),
+                    "a state made by this loaded model",
+                    "a state made by another loaded model (or by this model before it was loaded again)",
+                ),
+            ));
+        }
+        let out = self.predict_inner(inputs, timeout, Some(state));
+        if let Err(e) = &out {
+            if matches!(e.status(), Status::Timeout | Status::Poisoned) {
+                state.poisoned.set(true);
+            }
+        }
+        out
+    }
+
+    fn predict_inner(
+        &self,
+        inputs: &TensorMap,
+        timeout: Duration,
+        state: Option<&BridgeState>,
+    ) -> std::result::Result<TensorMap, BridgeError> {
         let subject = self.subject();
         let marshalled =
             marshal_inputs(inputs, &subject).map_err(|e| BridgeError::refused(Status::InvalidArgument, e))?;
         let mut outputs = BridgeOutputs(ptr::null_mut());
         let mut err = BridgeString::null();
-        // SAFETY: a live handle; `descriptors` point into `marshalled` and
-        // `inputs`, both alive until after the call; empty out slots.
+        // SAFETY: a live handle (and state: `state` is alive); `descriptors`
+        // point into `marshalled` and `inputs`, both alive until after the
+        // call; empty out slots.
         let code = unsafe {
-            ffi::coreml_predict(
-                self.raw(),
-                marshalled.descriptors.as_ptr(),
-                marshalled.descriptors.len() as i32,
-                timeout_ms(timeout),
-                &mut outputs.0,
-                err.out(),
-            )
+            match state {
+                None => ffi::coreml_predict(
+                    self.raw(),
+                    marshalled.descriptors.as_ptr(),
+                    marshalled.descriptors.len() as i32,
+                    timeout_ms(timeout),
+                    &mut outputs.0,
+                    err.out(),
+                ),
+                Some(st) => ffi::coreml_predict_with_state(
+                    self.raw(),
+                    st.raw(),
+                    marshalled.descriptors.as_ptr(),
+                    marshalled.descriptors.len() as i32,
+                    timeout_ms(timeout),
+                    &mut outputs.0,
+                    err.out(),
+                ),
+            }
         };
         drop(marshalled);
         let status = Status::from_code(code);
@@ -1457,6 +2116,43 @@ pub fn describe_tensors(tensors: &TensorMap) -> String {
         .map(|(n, t)| format!("{n}: {} {:?}", t.dtype(), t.shape()))
         .collect();
     format!("{{{}}}", v.join(", "))
+}
+
+/// A model state made by the bridge ([`BridgeModel::make_state`]): Core ML's
+/// `MLState`, held across predictions of the model that made it. Dropping it
+/// calls `coreml_free_state`, which is safe while a timed-out prediction
+/// still uses it (the bridge keeps the `MLState` alive until that returns).
+///
+/// `Send` but not `Sync`, like [`BridgeModel`]: a state serves one call at a
+/// time (the bridge refuses a second with [`Status::StateInUse`]).
+#[derive(Debug)]
+pub struct BridgeState {
+    /// The bridge's state id, never dereferenced.
+    handle: usize,
+    /// The id of the model handle that made it.
+    model: usize,
+    /// Set when a prediction with it timed out or found it poisoned.
+    poisoned: Cell<bool>,
+}
+
+impl BridgeState {
+    fn raw(&self) -> *mut c_void {
+        ptr::without_provenance_mut(self.handle)
+    }
+
+    /// Whether a prediction with it timed out: it is then unusable (make a
+    /// new state). No call.
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned.get()
+    }
+}
+
+impl Drop for BridgeState {
+    fn drop(&mut self) {
+        // SAFETY: the id came from coreml_make_state and is freed only here,
+        // once. The bridge ignores unknown ids in any case.
+        unsafe { ffi::coreml_free_state(self.raw()) };
+    }
 }
 
 impl Drop for BridgeModel {
@@ -1554,6 +2250,10 @@ mod tests {
             "void*" => "*mut c_void",
             "void**" => "*mut *mut c_void",
             "const CoremlTensor*" => "*const CoremlTensor",
+            "const CoremlBatchMember*" => "*const CoremlBatchMember",
+            "const CoremlFeature*" => "*const CoremlFeature",
+            "CoremlFeatureOutputs*" => "*mut CoremlFeatureOutputs",
+            "CoremlFeatureOutputs**" => "*mut *mut CoremlFeatureOutputs",
             "CoremlOutputs*" => "*mut CoremlOutputs",
             "CoremlOutputs**" => "*mut *mut CoremlOutputs",
             other => panic!("C type `{other}` has no Rust mapping in this test: extend rust_type()"),
@@ -1568,7 +2268,7 @@ mod tests {
     fn every_header_function_is_declared_with_the_same_signature() {
         let header = header_functions();
         let names: Vec<&str> = header.iter().map(|(_, n, _)| n.as_str()).collect();
-        assert_eq!(names.len(), 10, "functions parsed from the header: {names:?}");
+        assert_eq!(names.len(), 17, "functions parsed from the header: {names:?}");
         let declared: BTreeMap<&str, &ffi::Signature> = ffi::SIGNATURES.iter().map(|s| (s.name, s)).collect();
         assert_eq!(
             declared.keys().copied().collect::<BTreeSet<_>>(),
@@ -1616,6 +2316,7 @@ mod tests {
         let ours: BTreeMap<&str, i32> = [
             ("COREML_BRIDGE_ABI_VERSION", ffi::COREML_BRIDGE_ABI_VERSION),
             ("COREML_MAX_RANK", ffi::COREML_MAX_RANK),
+            ("COREML_MAX_BATCH", ffi::COREML_MAX_BATCH),
             ("COREML_OK", ffi::COREML_OK),
             ("COREML_ERR_INVALID_ARGUMENT", ffi::COREML_ERR_INVALID_ARGUMENT),
             ("COREML_ERR_COMPILE", ffi::COREML_ERR_COMPILE),
@@ -1629,6 +2330,13 @@ mod tests {
             ("COREML_ERR_INTERNAL", ffi::COREML_ERR_INTERNAL),
             ("COREML_ERR_INVALID_HANDLE", ffi::COREML_ERR_INVALID_HANDLE),
             ("COREML_ERR_UNSUPPORTED", ffi::COREML_ERR_UNSUPPORTED),
+            ("COREML_ERR_STATE_IN_USE", ffi::COREML_ERR_STATE_IN_USE),
+            ("COREML_ERR_STATE_MISMATCH", ffi::COREML_ERR_STATE_MISMATCH),
+            ("COREML_FEATURE_TENSOR", ffi::COREML_FEATURE_TENSOR),
+            ("COREML_FEATURE_INT64", ffi::COREML_FEATURE_INT64),
+            ("COREML_FEATURE_DOUBLE", ffi::COREML_FEATURE_DOUBLE),
+            ("COREML_FEATURE_STRING", ffi::COREML_FEATURE_STRING),
+            ("COREML_FEATURE_DICTIONARY", ffi::COREML_FEATURE_DICTIONARY),
             ("COREML_DTYPE_F32", ffi::COREML_DTYPE_F32),
             ("COREML_DTYPE_F16", ffi::COREML_DTYPE_F16),
             ("COREML_DTYPE_F64", ffi::COREML_DTYPE_F64),
@@ -1657,7 +2365,7 @@ mod tests {
             }
         }
         assert_eq!(
-            (0..=12).collect::<BTreeSet<i32>>().len(),
+            (0..=14).collect::<BTreeSet<i32>>().len(),
             header
                 .keys()
                 .filter(|n| n.starts_with("COREML_OK") || n.starts_with("COREML_ERR_"))
@@ -1695,6 +2403,18 @@ int main(void) {
   F(CoremlOutputTensor, shape); F(CoremlOutputTensor, data); F(CoremlOutputTensor, byte_len);
   printf("CoremlOutputs %zu\n", sizeof(CoremlOutputs));
   F(CoremlOutputs, count); F(CoremlOutputs, tensors); F(CoremlOutputs, reserved);
+  printf("CoremlBatchMember %zu\n", sizeof(CoremlBatchMember));
+  F(CoremlBatchMember, inputs); F(CoremlBatchMember, n_inputs);
+  printf("CoremlFeature %zu\n", sizeof(CoremlFeature));
+  F(CoremlFeature, name); F(CoremlFeature, kind); F(CoremlFeature, tensor); F(CoremlFeature, int64_value);
+  F(CoremlFeature, double_value); F(CoremlFeature, string_value);
+  printf("CoremlOutputFeature %zu\n", sizeof(CoremlOutputFeature));
+  F(CoremlOutputFeature, name); F(CoremlOutputFeature, kind); F(CoremlOutputFeature, tensor);
+  F(CoremlOutputFeature, int64_value); F(CoremlOutputFeature, double_value); F(CoremlOutputFeature, string_value);
+  F(CoremlOutputFeature, dict_count); F(CoremlOutputFeature, dict_key_kind); F(CoremlOutputFeature, dict_string_keys);
+  F(CoremlOutputFeature, dict_int64_keys); F(CoremlOutputFeature, dict_values);
+  printf("CoremlFeatureOutputs %zu\n", sizeof(CoremlFeatureOutputs));
+  F(CoremlFeatureOutputs, count); F(CoremlFeatureOutputs, features); F(CoremlFeatureOutputs, reserved);
   printf("CoremlStatus %zu\n", sizeof(CoremlStatus));
   return 0;
 }
@@ -1725,7 +2445,10 @@ int main(void) {
                 (k.to_string(), v.parse().unwrap())
             })
             .collect();
-        use ffi::{CoremlOutputTensor as O, CoremlOutputs as Os, CoremlTensor as T};
+        use ffi::{
+            CoremlBatchMember as B, CoremlFeature as Fe, CoremlFeatureOutputs as Fos, CoremlOutputFeature as Of,
+            CoremlOutputTensor as O, CoremlOutputs as Os, CoremlTensor as T,
+        };
         let rust: BTreeMap<String, usize> = [
             ("CoremlTensor", size_of::<T>()),
             ("CoremlTensor.name", offset_of!(T, name)),
@@ -1746,6 +2469,32 @@ int main(void) {
             ("CoremlOutputs.count", offset_of!(Os, count)),
             ("CoremlOutputs.tensors", offset_of!(Os, tensors)),
             ("CoremlOutputs.reserved", offset_of!(Os, reserved)),
+            ("CoremlFeature", size_of::<Fe>()),
+            ("CoremlFeature.name", offset_of!(Fe, name)),
+            ("CoremlFeature.kind", offset_of!(Fe, kind)),
+            ("CoremlFeature.tensor", offset_of!(Fe, tensor)),
+            ("CoremlFeature.int64_value", offset_of!(Fe, int64_value)),
+            ("CoremlFeature.double_value", offset_of!(Fe, double_value)),
+            ("CoremlFeature.string_value", offset_of!(Fe, string_value)),
+            ("CoremlOutputFeature", size_of::<Of>()),
+            ("CoremlOutputFeature.name", offset_of!(Of, name)),
+            ("CoremlOutputFeature.kind", offset_of!(Of, kind)),
+            ("CoremlOutputFeature.tensor", offset_of!(Of, tensor)),
+            ("CoremlOutputFeature.int64_value", offset_of!(Of, int64_value)),
+            ("CoremlOutputFeature.double_value", offset_of!(Of, double_value)),
+            ("CoremlOutputFeature.string_value", offset_of!(Of, string_value)),
+            ("CoremlOutputFeature.dict_count", offset_of!(Of, dict_count)),
+            ("CoremlOutputFeature.dict_key_kind", offset_of!(Of, dict_key_kind)),
+            ("CoremlOutputFeature.dict_string_keys", offset_of!(Of, dict_string_keys)),
+            ("CoremlOutputFeature.dict_int64_keys", offset_of!(Of, dict_int64_keys)),
+            ("CoremlOutputFeature.dict_values", offset_of!(Of, dict_values)),
+            ("CoremlFeatureOutputs", size_of::<Fos>()),
+            ("CoremlFeatureOutputs.count", offset_of!(Fos, count)),
+            ("CoremlFeatureOutputs.features", offset_of!(Fos, features)),
+            ("CoremlFeatureOutputs.reserved", offset_of!(Fos, reserved)),
+            ("CoremlBatchMember", size_of::<B>()),
+            ("CoremlBatchMember.inputs", offset_of!(B, inputs)),
+            ("CoremlBatchMember.n_inputs", offset_of!(B, n_inputs)),
             // The enums cross as int32_t; the C enum type itself must fit.
             ("CoremlStatus", size_of::<i32>()),
         ]
@@ -1783,22 +2532,43 @@ int main(void) {
         assert_eq!(kind(Status::Internal, Operation::Predict), ErrorKind::Internal);
         assert_eq!(kind(Status::InvalidHandle, Operation::Predict), ErrorKind::Internal);
         assert_eq!(kind(Status::Unsupported, Operation::Predict), ErrorKind::Unsupported);
+        assert_eq!(kind(Status::StateInUse, Operation::Predict), ErrorKind::Unavailable);
+        assert_eq!(
+            kind(Status::StateMismatch, Operation::Predict),
+            ErrorKind::SchemaMismatch
+        );
         assert_eq!(kind(Status::Unknown(99), Operation::Predict), ErrorKind::Internal);
         assert_eq!(kind(Status::Ok, Operation::Predict), ErrorKind::Internal);
 
         let e = status_to_error(Status::Timeout, Operation::Predict, "m.mlmodelc", "late", t);
         assert_eq!(e.to_string(), "prediction of m.mlmodelc timed out after 250ms");
         let e = status_to_error(Status::Unknown(99), Operation::Load, "m", "?", t).to_string();
-        assert!(e.contains("status 99") && e.contains("expected one of 0..=12"), "{e}");
+        assert!(e.contains("status 99") && e.contains("expected one of 0..=14"), "{e}");
         let b = BridgeError::new(Status::Poisoned, Operation::Predict, "m", "poisoned", t);
         assert!(b.is_poisoned());
         assert!(b.to_string().contains("COREML_ERR_POISONED"), "{b}");
         assert!(b.to_string().contains("load it again"), "{b}");
-        for code in (0..=12).collect::<BTreeSet<i32>>() {
+        for code in (0..=14).collect::<BTreeSet<i32>>() {
             assert_eq!(Status::from_code(code).code(), code);
             assert_ne!(Status::from_code(code), Status::Unknown(code));
         }
-        assert_eq!(Status::from_code(13), Status::Unknown(13));
+        assert_eq!(Status::from_code(15), Status::Unknown(15));
+    }
+
+    #[test]
+    fn a_bridge_of_another_abi_version_is_refused_naming_both_versions() {
+        assert_eq!(ffi::COREML_BRIDGE_ABI_VERSION, 2);
+        assert!(check_abi_version(2).is_ok());
+        for got in [0, 1, 3] {
+            let e = check_abi_version(got).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Internal);
+            let text = e.to_string();
+            assert!(
+                text.contains("this crate speaks version 2") && text.contains(&format!("speaks version {got}")),
+                "{text}"
+            );
+            assert!(text.contains("rebuild the Swift library"), "{text}");
+        }
     }
 
     #[test]

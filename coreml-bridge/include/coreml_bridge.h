@@ -18,7 +18,8 @@
  * - Ownership: every `char*` the bridge hands out is owned by the caller and
  *   must be released with coreml_free_string (not free()). A CoremlOutputs*
  *   must be released with coreml_free_outputs. A model handle with
- *   coreml_free_model. Each exactly once.
+ *   coreml_free_model, a model state with coreml_free_state. Each exactly
+ *   once.
  * - Error messages: "<what failed>: <reason>", followed, when the failure
  *   came from an NSError, by its domain, code, description and the chain of
  *   NSUnderlyingErrorKey errors, e.g.
@@ -62,7 +63,7 @@ extern "C" {
 #endif
 
 /* Incremented on every incompatible change of this header. */
-#define COREML_BRIDGE_ABI_VERSION 1
+#define COREML_BRIDGE_ABI_VERSION 2
 
 /* ---- Status codes (int32_t) -------------------------------------------- */
 typedef enum CoremlStatus {
@@ -78,7 +79,9 @@ typedef enum CoremlStatus {
     COREML_ERR_OUT_OF_MEMORY     = 9,  /* an allocation failed or a size overflowed */
     COREML_ERR_INTERNAL          = 10, /* a bug in the bridge or an unexpected Core ML answer */
     COREML_ERR_INVALID_HANDLE    = 11, /* NULL, unknown, already freed or garbage model handle */
-    COREML_ERR_UNSUPPORTED       = 12  /* valid request this OS's Core ML cannot do (e.g. int8 arrays before macOS 26) */
+    COREML_ERR_UNSUPPORTED       = 12, /* valid request this OS's Core ML cannot do (e.g. int8 arrays before macOS 26) */
+    COREML_ERR_STATE_IN_USE      = 13, /* (v2) the model state is being used by another call right now */
+    COREML_ERR_STATE_MISMATCH    = 14  /* (v2) the model state belongs to another model handle */
 } CoremlStatus;
 
 /* ---- Element types (int32_t) ------------------------------------------- */
@@ -157,7 +160,8 @@ typedef struct CoremlOutputTensor {
  * with coreml_free_outputs. `tensors` has `count` entries, sorted by name.
  * Only multi-array, Double (-> F64 [1]) and Int64 (-> I64 [1]) output
  * features are returned; other feature types (string, dictionary, image,
- * sequence) are omitted: coreml_model_schema lists them with dtype null.
+ * sequence) are omitted: coreml_model_schema lists them with dtype null
+ * (v2: coreml_predict_features returns strings and dictionaries too).
  * Never write through these pointers.
  */
 typedef struct CoremlOutputs {
@@ -165,6 +169,79 @@ typedef struct CoremlOutputs {
     const CoremlOutputTensor* tensors;
     void*                     reserved;  /* bridge-private bookkeeping */
 } CoremlOutputs;
+
+/*
+ * (v2) One member of a batch for coreml_predict_batch: its own input
+ * descriptors (same rules as coreml_predict's `inputs`).
+ */
+typedef struct CoremlBatchMember {
+    const CoremlTensor* inputs;
+    int32_t             n_inputs;
+} CoremlBatchMember;
+
+/* ---- Feature values (ABI v2) -------------------------------------------- */
+typedef enum CoremlFeatureKind {
+    COREML_FEATURE_TENSOR     = 1,  /* MLFeatureValue(multiArray:) */
+    COREML_FEATURE_INT64      = 2,  /* MLFeatureValue(int64:) */
+    COREML_FEATURE_DOUBLE     = 3,  /* MLFeatureValue(double:) */
+    COREML_FEATURE_STRING     = 4,  /* MLFeatureValue(string:) */
+    COREML_FEATURE_DICTIONARY = 5   /* outputs only: dictionaryValue (a classifier's probabilities) */
+} CoremlFeatureKind;
+
+/*
+ * An input feature of coreml_predict_features, read only during the call
+ * (every byte and string is copied first). `kind` selects the field read:
+ *   TENSOR  `tensor` (as for coreml_predict; tensor.name is ignored, `name`
+ *           names the feature)
+ *   INT64   `int64_value`      DOUBLE  `double_value`
+ *   STRING  `string_value`, NUL-terminated UTF-8, at most 16 MiB
+ * Images are not in this version of the feature calls (see the guide).
+ */
+typedef struct CoremlFeature {
+    const char*  name;
+    int32_t      kind;
+    CoremlTensor tensor;
+    int64_t      int64_value;
+    double       double_value;
+    const char*  string_value;
+} CoremlFeature;
+
+/*
+ * An output feature, pointing into bridge-owned memory valid until
+ * coreml_free_feature_outputs. `kind` says which fields hold it:
+ *   TENSOR      `tensor` (row-major, as in CoremlOutputs)
+ *   INT64       `int64_value`     DOUBLE  `double_value`
+ *   STRING      `string_value`
+ *   DICTIONARY  `dict_count` entries: keys in `dict_string_keys` (when
+ *               dict_key_kind is COREML_FEATURE_STRING) or
+ *               `dict_int64_keys` (COREML_FEATURE_INT64), values in
+ *               `dict_values`; sorted by key
+ * Fields of other kinds are zero / NULL.
+ */
+typedef struct CoremlOutputFeature {
+    const char*         name;
+    int32_t             kind;
+    CoremlOutputTensor  tensor;
+    int64_t             int64_value;
+    double              double_value;
+    const char*         string_value;
+    int32_t             dict_count;
+    int32_t             dict_key_kind;
+    const char* const*  dict_string_keys;
+    const int64_t*      dict_int64_keys;
+    const double*       dict_values;
+} CoremlOutputFeature;
+
+/* The outputs of coreml_predict_features, sorted by name; released with
+ * coreml_free_feature_outputs. */
+typedef struct CoremlFeatureOutputs {
+    int32_t                    count;
+    const CoremlOutputFeature* features;
+    void*                      reserved;  /* bridge-private bookkeeping */
+} CoremlFeatureOutputs;
+
+/* Most members one coreml_predict_batch call may have. */
+#define COREML_MAX_BATCH 4096
 
 /* ---- Functions ---------------------------------------------------------- */
 
@@ -206,10 +283,40 @@ int32_t coreml_load_model(const char* compiled_path, int32_t compute_units,
                           char** out_err);
 
 /*
+ * (v2) Load one function of a multifunction model (coremltools'
+ * MultiFunctionDescriptor: several functions sharing weights).
+ *   function_name  NULL: the model's default function (then exactly
+ *                  coreml_load_model); otherwise a non-empty name. Core ML:
+ *                  MLModelConfiguration.functionName (macOS 15 / iOS 18);
+ *                  a name on an older OS gives COREML_ERR_UNSUPPORTED, an
+ *                  unknown name COREML_ERR_LOAD (Core ML's error).
+ * The other parameters, the handle and the errors are coreml_load_model's.
+ * The schema of the handle names the function ("function") and lists the
+ * package's functions ("functions"). States made with a handle belong to
+ * that handle, so to its function.
+ */
+int32_t coreml_load_model_function(const char* compiled_path,
+                                   const char* function_name,
+                                   int32_t compute_units, int64_t timeout_ms,
+                                   void** out_handle, char** out_err);
+
+/*
  * The model's interface and metadata as JSON (owned string):
  * {
  *   "inputs":  [FEATURE...],   sorted by name
  *   "outputs": [FEATURE...],   sorted by name
+ *   "states":  [FEATURE...],   (v2) sorted by name; feature_type "state",
+ *                              dtype and "shape" = the state buffer's
+ *                              (MLStateConstraint); [] for stateless models
+ *   "functions": [s...],       (v2) a multifunction model's functions, sorted
+ *                              (MLModelAsset.functionNames, macOS 15); []
+ *                              for one function or when it cannot be known
+ *   "function":  s|null,       (v2) the function this handle was loaded with
+ *                              (null: the default)
+ *   "classifier": null | {     (v2) MLModelDescription.predictedFeatureName,
+ *       "label_output": s,          .predictedProbabilitiesName and
+ *       "probabilities_output": s|null, .classLabels (macOS 14+; [] before)
+ *       "labels": [s...] | [int...] }
  *   "metadata": {"author": s, "description": s, "version": s,
  *                "license": s, "user_defined": {s: s, ...}}
  * }
@@ -242,9 +349,18 @@ int32_t coreml_model_schema(void* handle, char** out_json, char** out_err);
  *                On COREML_ERR_TIMEOUT the handle becomes POISONED: every
  *                later predict on it returns COREML_ERR_POISONED at once.
  *   out_outputs  OUT, owned: release with coreml_free_outputs
- * Inputs are validated against the model's schema first: unknown or missing
- * required names, or shapes outside the model's constraints, give
- * COREML_ERR_SCHEMA_MISMATCH without running anything.
+ * Order of work: the deadline starts first; then every descriptor is
+ * checked (INVALID_ARGUMENT), then checked against the model's schema before
+ * a byte is copied: unknown or missing required names, shapes outside the
+ * model's constraints, or an element type the feature does not take (f32,
+ * f16, f64 and i32 convert into each other, i8 only from i8) give
+ * COREML_ERR_SCHEMA_MISMATCH. Then the total row-major size of the copies is
+ * capped at COREML_BRIDGE_MAX_INPUT_BYTES (environment, read once, 1 MiB ..
+ * 1 TiB, default 2 GiB; COREML_ERR_OUT_OF_MEMORY past it: zero strides let a
+ * few bytes describe terabytes). The copy itself checks the deadline every
+ * 2^20 elements: a copy that outlasts it gives COREML_ERR_TIMEOUT without
+ * poisoning the handle (nothing ran on the model). The prediction gets what
+ * is left of the deadline.
  * Errors: INVALID_ARGUMENT, INVALID_HANDLE, SCHEMA_MISMATCH, PREDICT,
  * TIMEOUT, POISONED, UNAVAILABLE (stuck-work cap), UNSUPPORTED,
  * OUT_OF_MEMORY, INTERNAL.
@@ -252,6 +368,102 @@ int32_t coreml_model_schema(void* handle, char** out_json, char** out_err);
 int32_t coreml_predict(void* handle, const CoremlTensor* inputs,
                        int32_t n_inputs, int64_t timeout_ms,
                        CoremlOutputs** out_outputs, char** out_err);
+
+/*
+ * (v2) A batch of predictions under ONE deadline (Core ML:
+ * MLModel.predictions(from: MLArrayBatchProvider, options:), which may run
+ * the members together).
+ *   batch        `n_batch` members, 1..COREML_MAX_BATCH
+ *   timeout_ms   one deadline for checking and copying every member's
+ *                inputs and running the whole batch. On COREML_ERR_TIMEOUT
+ *                during the run the handle becomes POISONED, as for
+ *                coreml_predict.
+ *   out_outputs  OUT: a caller-owned array of `n_batch` slots. On success
+ *                slot i holds member i's outputs (release each with
+ *                coreml_free_outputs); on failure every slot is NULL.
+ * Every member is validated against the model (descriptors, schema, and the
+ * byte cap over the whole batch) before any input is copied and before
+ * anything runs: a bad member gives its status with "batch member #i" in
+ * the message, and nothing ran.
+ * Errors: those of coreml_predict.
+ */
+int32_t coreml_predict_batch(void* handle, const CoremlBatchMember* batch,
+                             int32_t n_batch, int64_t timeout_ms,
+                             CoremlOutputs** out_outputs, char** out_err);
+
+/*
+ * (v2) One prediction with feature values of any kind: multi-arrays,
+ * int64, double and string inputs; outputs of every kind Core ML returns
+ * except images and sequences (a classifier's label string and its
+ * probability dictionary included). Core ML: MLDictionaryFeatureProvider of
+ * MLFeatureValue(multiArray:|int64:|double:|string:), prediction(from:).
+ * Validation as coreml_predict, plus each value's kind against the
+ * feature's type (SCHEMA_MISMATCH naming both), before any copy; the
+ * deadline, byte cap and poisoning are coreml_predict's.
+ *   out_outputs  OUT, owned: release with coreml_free_feature_outputs
+ * Errors: those of coreml_predict.
+ */
+int32_t coreml_predict_features(void* handle, const CoremlFeature* inputs,
+                                int32_t n_inputs, int64_t timeout_ms,
+                                CoremlFeatureOutputs** out_outputs,
+                                char** out_err);
+
+/* Release feature outputs. NULL, unknown and already-released pointers are
+ * ignored. */
+void coreml_free_feature_outputs(CoremlFeatureOutputs* outputs);
+
+/* ---- Model state (ABI v2) ------------------------------------------------
+ * A stateful model (Core ML: a model with state features, macOS 15 / iOS 18,
+ * e.g. a decoder's KV cache) keeps its state in an MLState the caller holds
+ * across predictions. Here that is an opaque state handle: an identifier,
+ * never a pointer, from a table separate from model handles (a model handle
+ * passed as a state, or the reverse, is COREML_ERR_INVALID_HANDLE).
+ *
+ * - A state belongs to the model handle that made it. Passing it with
+ *   another handle gives COREML_ERR_STATE_MISMATCH (even for a handle on the
+ *   same model file: Core ML's states are per MLModel instance).
+ * - A state serves one call at a time. A call that finds it in use by
+ *   another thread's call returns COREML_ERR_STATE_IN_USE at once (it does
+ *   not wait, and changes nothing).
+ * - A prediction with a state that times out poisons BOTH the model handle
+ *   and the state (the late prediction may still update it): later calls
+ *   with either return COREML_ERR_POISONED. Free both; load and make anew.
+ * - Freeing the model handle does not free its states (and the reverse);
+ *   a state of a freed handle can only be freed.
+ * - Where MLState does not exist (before macOS 15 / iOS 18):
+ *   COREML_ERR_UNSUPPORTED. For a model without states Core ML makes an
+ *   empty state, and predictions with it behave as coreml_predict.
+ */
+
+/*
+ * Make a fresh state for a model (Core ML: MLModel.makeState(); every state
+ * buffer zeroed). Runs on the handle's queue under the deadline; a state
+ * made after the deadline is dropped. A timeout here does not poison the
+ * handle (no prediction ran), but later calls queue behind the late work.
+ *   out_state  OUT: opaque state handle, released with coreml_free_state.
+ * Errors: INVALID_ARGUMENT, INVALID_HANDLE, POISONED, TIMEOUT, UNSUPPORTED,
+ * UNAVAILABLE (stuck-work cap), PREDICT (Core ML failed), INTERNAL.
+ */
+int32_t coreml_make_state(void* handle, int64_t timeout_ms, void** out_state,
+                          char** out_err);
+
+/*
+ * One prediction that reads and updates `state` (Core ML:
+ * MLModel.prediction(from:using:options:)). Inputs, outputs, validation,
+ * the byte cap and the deadline are exactly those of coreml_predict; the
+ * handle and the state are checked first (INVALID_HANDLE, STATE_MISMATCH,
+ * POISONED, STATE_IN_USE), before any input is read.
+ * Errors: those of coreml_predict, plus STATE_MISMATCH and STATE_IN_USE.
+ */
+int32_t coreml_predict_with_state(void* handle, void* state,
+                                  const CoremlTensor* inputs, int32_t n_inputs,
+                                  int64_t timeout_ms,
+                                  CoremlOutputs** out_outputs, char** out_err);
+
+/* Release a state. NULL, unknown and already-freed states are ignored. Safe
+ * while a (timed-out) prediction still uses it: that work keeps the MLState
+ * alive until it returns. */
+void coreml_free_state(void* state);
 
 /*
  * Where each operation of a compiled model would run, from MLComputePlan

@@ -69,14 +69,43 @@ func deliver(_ s: String, to out: CStringOut) throws {
 
 let maxInputs: Int32 = 4096
 
-/// Reads and copies the caller's tensor descriptors into Swift-owned,
-/// row-major storage, validating every field.
-func readInputs(_ inputs: UnsafePointer<CoremlTensor>?, _ count: Int32) throws -> [HostTensor] {
+/// Most bytes the inputs of one call may copy in total (their row-major
+/// size): `COREML_BRIDGE_MAX_INPUT_BYTES` (1 MiB ... 1 TiB, read once),
+/// default 2 GiB. A descriptor can describe far more than it backs (zero
+/// strides); this cap, checked before any allocation, keeps such a call
+/// from allocating and copying without bound.
+let maxInputBytes: Int = {
+    if let s = ProcessInfo.processInfo.environment["COREML_BRIDGE_MAX_INPUT_BYTES"], let v = Int(s),
+       (1 << 20)...(1 << 40) ~= v {
+        return v
+    }
+    return 2 << 30
+}()
+
+/// A caller's tensor descriptor, every field checked, nothing copied yet.
+/// Valid only during the C call that received it.
+struct InputView {
+    let name: String
+    let dtype: DType
+    let shape: [Int]
+    let strides: [Int]
+    let data: UnsafeRawPointer
+    let byteLen: Int
+    /// Row-major size of the copy.
+    let byteCount: Int
+
+    var signature: InputSignature { InputSignature(name: name, dtype: dtype, shape: shape) }
+}
+
+/// Reads the caller's tensor descriptors, validating every field with
+/// checked arithmetic. Copies nothing: the caller checks them against the
+/// model and the byte cap first (`copyInputs`).
+func readInputViews(_ inputs: UnsafePointer<CoremlTensor>?, _ count: Int32) throws -> [InputView] {
     guard let inputs = inputs else { throw BridgeError.invalid("inputs is NULL") }
     guard count >= 1, count <= maxInputs else {
         throw BridgeError.invalid("n_inputs must be in 1...\(maxInputs) (got \(count))")
     }
-    var result: [HostTensor] = []
+    var result: [InputView] = []
     var names = Set<String>()
     for i in 0..<Int(count) {
         let t = inputs[i]
@@ -84,34 +113,18 @@ func readInputs(_ inputs: UnsafePointer<CoremlTensor>?, _ count: Int32) throws -
         let name = try string(t.name, "\(what) name")
         let label = "\(what) '\(name)'"
         guard names.insert(name).inserted else { throw BridgeError.invalid("\(label): duplicate name") }
+        result.append(try readTensorView(t, name: name, label: label))
+    }
+    return result
+}
+
+/// Checks one tensor descriptor (everything but its name) without copying.
+func readTensorView(_ t: CoremlTensor, name: String, label: String) throws -> InputView {
+    do {
         guard let dtype = DType(rawValue: t.dtype), dtype != .i64 else {
             throw BridgeError.invalid("\(label): unknown or unsupported input dtype code \(t.dtype) (1 f32, 2 f16, 3 f64, 4 i32, 5 i8)")
         }
-        guard t.rank >= 1, t.rank <= Int32(COREML_MAX_RANK) else {
-            throw BridgeError.invalid("\(label): rank must be in 1...\(COREML_MAX_RANK) (got \(t.rank))")
-        }
-        let rank = Int(t.rank)
-        guard let shapePtr = t.shape else { throw BridgeError.invalid("\(label): shape is NULL") }
-        var shape: [Int] = []
-        for k in 0..<rank {
-            let d = shapePtr[k]
-            guard d >= 1, d <= Int64(Int.max) else {
-                throw BridgeError.invalid("\(label): dimension \(k) is \(d); every dimension must be >= 1")
-            }
-            shape.append(Int(d))
-        }
-        let rowMajor = Strided.rowMajorStrides(shape)
-        var strides = rowMajor
-        if let stridesPtr = t.strides {
-            strides = []
-            for k in 0..<rank {
-                let s = stridesPtr[k]
-                guard s >= 0, s <= Int64(Int.max) else {
-                    throw BridgeError.invalid("\(label): stride \(k) is \(s); strides must be >= 0 (in elements)")
-                }
-                strides.append(Int(s))
-            }
-        }
+        let (shape, strides) = try readShape(t.rank, t.shape, t.strides, label)
         guard let data = t.data else { throw BridgeError.invalid("\(label): data is NULL") }
         guard t.byte_len <= UInt64(Int.max) else { throw BridgeError.invalid("\(label): byte_len too large") }
         let byteLen = Int(t.byte_len)
@@ -129,13 +142,109 @@ func readInputs(_ inputs: UnsafePointer<CoremlTensor>?, _ count: Int32) throws -
                 throw BridgeError.invalid("\(label): byte_len is \(byteLen) but shape \(shape) with strides \(strides) spans \(span) elements of \(dtype.size) bytes")
             }
         }
-        let buffer = try TensorBuffer(byteCount: bytes)
-        try Strided.copy(shape: shape, elementSize: dtype.size,
-                         src: data, srcStrides: strides, srcByteCount: byteLen,
-                         dst: buffer.pointer, dstStrides: rowMajor, dstByteCount: bytes)
-        result.append(try HostTensor(name: name, dtype: dtype, shape: shape, buffer: buffer))
+        return InputView(name: name, dtype: dtype, shape: shape, strides: strides,
+                         data: data, byteLen: byteLen, byteCount: bytes)
+    }
+}
+
+/// Reads `rank` dimensions (each >= 1) and strides (each >= 0, NULL:
+/// row-major) from C arrays.
+func readShape(_ rankRaw: Int32, _ shapePtr: UnsafePointer<Int64>?, _ stridesPtr: UnsafePointer<Int64>?,
+               _ label: String) throws -> ([Int], [Int]) {
+    guard rankRaw >= 1, rankRaw <= Int32(COREML_MAX_RANK) else {
+        throw BridgeError.invalid("\(label): rank must be in 1...\(COREML_MAX_RANK) (got \(rankRaw))")
+    }
+    let rank = Int(rankRaw)
+    guard let shapePtr = shapePtr else { throw BridgeError.invalid("\(label): shape is NULL") }
+    var shape: [Int] = []
+    for k in 0..<rank {
+        let d = shapePtr[k]
+        guard d >= 1, d <= Int64(Int.max) else {
+            throw BridgeError.invalid("\(label): dimension \(k) is \(d); every dimension must be >= 1")
+        }
+        shape.append(Int(d))
+    }
+    var strides = Strided.rowMajorStrides(shape)
+    if let stridesPtr = stridesPtr {
+        strides = []
+        for k in 0..<rank {
+            let s = stridesPtr[k]
+            guard s >= 0, s <= Int64(Int.max) else {
+                throw BridgeError.invalid("\(label): stride \(k) is \(s); strides must be >= 0 (in elements)")
+            }
+            strides.append(Int(s))
+        }
+    }
+    return (shape, strides)
+}
+
+/// Refuses inputs whose copies would exceed `maxInputBytes` together.
+func checkInputBytes(_ views: [InputView]) throws {
+    var total = 0
+    for v in views {
+        guard let t = Strided.checkedAdd(total, v.byteCount), t <= maxInputBytes else {
+            throw BridgeError(.outOfMemory, "the inputs need more than \(maxInputBytes) bytes of copies (input '\(v.name)': \(v.dtype.name) \(v.shape) = \(v.byteCount) bytes; COREML_BRIDGE_MAX_INPUT_BYTES raises the cap)")
+        }
+        total = t
+    }
+}
+
+/// Copies checked views into Swift-owned, row-major storage, stopping with
+/// `.timeout` once `deadline` has passed (checked at a coarse grain inside
+/// the copy).
+func copyInputs(_ views: [InputView], deadline: CallDeadline) throws -> [HostTensor] {
+    var result: [HostTensor] = []
+    for v in views {
+        if deadline.expired {
+            throw BridgeError(.timeout, "copying the inputs did not finish within \(deadline.timeoutMs) ms")
+        }
+        let buffer = try TensorBuffer(byteCount: v.byteCount)
+        do {
+            try Strided.copy(shape: v.shape, elementSize: v.dtype.size,
+                             src: v.data, srcStrides: v.strides, srcByteCount: v.byteLen,
+                             dst: buffer.pointer, dstStrides: Strided.rowMajorStrides(v.shape),
+                             dstByteCount: v.byteCount, shouldStop: { deadline.expired })
+        } catch let e as BridgeError where e.status == .timeout {
+            throw BridgeError(.timeout, "copying input '\(v.name)' (\(v.byteCount) bytes) did not finish within \(deadline.timeoutMs) ms; nothing ran")
+        }
+        result.append(try HostTensor(name: v.name, dtype: v.dtype, shape: v.shape, buffer: buffer))
     }
     return result
+}
+
+let maxBatch: Int32 = 4096
+
+/// Reads and validates every member of a batch (descriptors, schema, one
+/// byte cap over all of them), then copies them all under the deadline:
+/// a bad member is refused before any copy, naming its index.
+func readAndCopyBatch(_ batch: UnsafePointer<CoremlBatchMember>?, _ count: Int32,
+                      schema: ModelSchema, deadline: CallDeadline) throws -> [[HostTensor]] {
+    guard let batch = batch else { throw BridgeError.invalid("batch is NULL") }
+    guard count >= 1, count <= maxBatch else {
+        throw BridgeError.invalid("n_batch must be in 1...\(maxBatch) (got \(count))")
+    }
+    var members: [[InputView]] = []
+    for i in 0..<Int(count) {
+        do {
+            let views = try readInputViews(batch[i].inputs, batch[i].n_inputs)
+            try schema.validate(views.map { $0.signature })
+            members.append(views)
+        } catch let e as BridgeError {
+            throw BridgeError(e.status, "batch member #\(i): \(e.message)")
+        }
+    }
+    try checkInputBytes(members.flatMap { $0 })
+    return try members.map { try copyInputs($0, deadline: deadline) }
+}
+
+/// Reads, validates against `schema`, caps and copies the caller's inputs,
+/// in that order: nothing is allocated for inputs the model would refuse.
+func readAndCopyInputs(_ inputs: UnsafePointer<CoremlTensor>?, _ count: Int32,
+                       schema: ModelSchema, deadline: CallDeadline) throws -> [HostTensor] {
+    let views = try readInputViews(inputs, count)
+    try schema.validate(views.map { $0.signature })
+    try checkInputBytes(views)
+    return try copyInputs(views, deadline: deadline)
 }
 
 // MARK: Outputs
@@ -240,6 +349,24 @@ public func coreml_load_model(_ compiledPath: UnsafePointer<CChar>?,
     }
 }
 
+@_cdecl("coreml_load_model_function")
+public func coreml_load_model_function(_ compiledPath: UnsafePointer<CChar>?,
+                                       _ functionName: UnsafePointer<CChar>?,
+                                       _ computeUnitsRaw: Int32,
+                                       _ timeoutMs: Int64,
+                                       _ outHandle: UnsafeMutablePointer<UnsafeMutableRawPointer?>?,
+                                       _ outErr: CStringOut?) -> Int32 {
+    cEntry(outErr) {
+        outHandle?.pointee = nil
+        let out = try requireOut(outHandle, "out_handle")
+        let function = try functionName.map { try string($0, "function_name") }
+        let id = try Bridge.load(compiledPath: try string(compiledPath, "compiled_path"),
+                                 computeUnits: try computeUnits(computeUnitsRaw),
+                                 functionName: function, timeoutMs: timeoutMs)
+        out.pointee = UnsafeMutableRawPointer(bitPattern: id)
+    }
+}
+
 @_cdecl("coreml_model_schema")
 public func coreml_model_schema(_ handle: UnsafeMutableRawPointer?,
                                 _ outJSON: CStringOut?,
@@ -261,12 +388,89 @@ public func coreml_predict(_ handle: UnsafeMutableRawPointer?,
     cEntry(outErr) {
         outOutputs?.pointee = nil
         let out = try requireOut(outOutputs, "out_outputs")
-        let id = handleID(handle)
-        _ = try Bridge.lookup(id) // a bad handle is reported before the inputs
-        let tensors = try readInputs(inputs, nInputs)
-        let results = try Bridge.predict(handle: id, inputs: tensors, timeoutMs: timeoutMs)
+        // The deadline starts before anything is read, so the copy of the
+        // inputs counts against it too.
+        let deadline = try CallDeadline(timeoutMs: timeoutMs)
+        let h = try Bridge.lookup(handleID(handle)) // a bad handle is reported before the inputs
+        try h.checkNotPoisoned()
+        let tensors = try readAndCopyInputs(inputs, nInputs, schema: h.schema, deadline: deadline)
+        let results = try Bridge.predict(h, inputs: tensors, deadline: deadline)
         out.pointee = try makeOutputs(results)
     }
+}
+
+@_cdecl("coreml_predict_batch")
+public func coreml_predict_batch(_ handle: UnsafeMutableRawPointer?,
+                                 _ batch: UnsafePointer<CoremlBatchMember>?,
+                                 _ nBatch: Int32,
+                                 _ timeoutMs: Int64,
+                                 _ outOutputs: UnsafeMutablePointer<UnsafeMutablePointer<CoremlOutputs>?>?,
+                                 _ outErr: CStringOut?) -> Int32 {
+    // The slots are cleared only once n_batch is known to be sane.
+    let valid = outOutputs != nil && nBatch >= 1 && nBatch <= maxBatch
+    if valid, let slots = outOutputs {
+        for i in 0..<Int(nBatch) { slots[i] = nil }
+    }
+    return cEntry(outErr) {
+        guard let slots = outOutputs else { throw BridgeError.invalid("out_outputs is NULL") }
+        guard valid else { throw BridgeError.invalid("n_batch must be in 1...\(maxBatch) (got \(nBatch))") }
+        let deadline = try CallDeadline(timeoutMs: timeoutMs)
+        let h = try Bridge.lookup(handleID(handle))
+        try h.checkNotPoisoned()
+        let members = try readAndCopyBatch(batch, nBatch, schema: h.schema, deadline: deadline)
+        let results = try Bridge.predictBatch(h, batch: members, deadline: deadline)
+        var made: [UnsafeMutablePointer<CoremlOutputs>] = []
+        do {
+            for r in results { made.append(try makeOutputs(r)) }
+        } catch {
+            made.forEach { coreml_free_outputs($0) }
+            throw error
+        }
+        for (i, o) in made.enumerated() { slots[i] = o }
+    }
+}
+
+@_cdecl("coreml_make_state")
+public func coreml_make_state(_ handle: UnsafeMutableRawPointer?,
+                              _ timeoutMs: Int64,
+                              _ outState: UnsafeMutablePointer<UnsafeMutableRawPointer?>?,
+                              _ outErr: CStringOut?) -> Int32 {
+    cEntry(outErr) {
+        outState?.pointee = nil
+        let out = try requireOut(outState, "out_state")
+        let id = try Bridge.makeState(handle: handleID(handle), timeoutMs: timeoutMs)
+        out.pointee = UnsafeMutableRawPointer(bitPattern: id)
+    }
+}
+
+@_cdecl("coreml_predict_with_state")
+public func coreml_predict_with_state(_ handle: UnsafeMutableRawPointer?,
+                                      _ state: UnsafeMutableRawPointer?,
+                                      _ inputs: UnsafePointer<CoremlTensor>?,
+                                      _ nInputs: Int32,
+                                      _ timeoutMs: Int64,
+                                      _ outOutputs: UnsafeMutablePointer<UnsafeMutablePointer<CoremlOutputs>?>?,
+                                      _ outErr: CStringOut?) -> Int32 {
+    cEntry(outErr) {
+        outOutputs?.pointee = nil
+        let out = try requireOut(outOutputs, "out_outputs")
+        let deadline = try CallDeadline(timeoutMs: timeoutMs)
+        let id = handleID(handle)
+        let h = try Bridge.lookup(id)
+        let stateID = handleID(state)
+        let s = try Bridge.lookupState(stateID)
+        try h.checkNotPoisoned()
+        try Bridge.takeState(s, stateID: stateID, for: id)
+        defer { s.release() }
+        let tensors = try readAndCopyInputs(inputs, nInputs, schema: h.schema, deadline: deadline)
+        let results = try Bridge.predict(h, state: s, inputs: tensors, deadline: deadline)
+        out.pointee = try makeOutputs(results)
+    }
+}
+
+@_cdecl("coreml_free_state")
+public func coreml_free_state(_ state: UnsafeMutableRawPointer?) {
+    withAutoreleasePool { Bridge.free(state: handleID(state)) }
 }
 
 @_cdecl("coreml_compute_plan")

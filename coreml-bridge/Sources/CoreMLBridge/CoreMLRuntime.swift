@@ -39,8 +39,30 @@ public final class CoreMLRuntime: ModelRuntime {
     }
 
     public func load(compiledAt url: URL, computeUnits: ComputeUnits) throws -> LoadedModel {
-        let model = try MLModel(contentsOf: url, configuration: Self.configuration(computeUnits))
-        return CoreMLLoadedModel(model: model, schema: Self.schema(of: model.modelDescription))
+        try load(compiledAt: url, computeUnits: computeUnits, functionName: nil)
+    }
+
+    /// `MLModelConfiguration.functionName` selects the function (macOS 15+;
+    /// `.unsupported` before); `MLModelAsset(url:).functionNames` lists them.
+    public func load(compiledAt url: URL, computeUnits: ComputeUnits, functionName: String?) throws -> LoadedModel {
+        let config = Self.configuration(computeUnits)
+        var functions: [String] = []
+        if #available(macOS 15.0, iOS 18.0, tvOS 18.0, watchOS 11.0, *) {
+            config.functionName = functionName
+            // A model whose functions cannot be listed still loads (a
+            // single-function model answers one name or none).
+            if let asset = try? MLModelAsset(url: url) {
+                functions = (try? blockingAwait { try await asset.functionNames }) ?? []
+            }
+        } else if let f = functionName {
+            throw BridgeError(.unsupported, "loading function '\(f)': multifunction models (MLModelConfiguration.functionName) need macOS 15 / iOS 18 or later")
+        }
+        let model = try MLModel(contentsOf: url, configuration: config)
+        var schema = Self.schema(of: model.modelDescription)
+        schema.classifier = Self.classifier(of: model.modelDescription)
+        schema.functions = functions.count > 1 ? functions.sorted() : []
+        schema.function = functionName
+        return CoreMLLoadedModel(model: model, schema: schema)
     }
 
     // MARK: Schema
@@ -98,7 +120,33 @@ public final class CoreMLRuntime: ModelRuntime {
         meta.userDefined = md[.creatorDefinedKey] as? [String: String] ?? [:]
         return ModelSchema(inputs: description.inputDescriptionsByName.values.map(feature),
                            outputs: description.outputDescriptionsByName.values.map(feature),
+                           states: states(of: description),
                            metadata: meta)
+    }
+
+    /// A classifier's outputs and labels; nil for other models.
+    static func classifier(of description: MLModelDescription) -> ClassifierSchema? {
+        guard let label = description.predictedFeatureName else { return nil }
+        var c = ClassifierSchema(labelOutput: label, probabilitiesOutput: description.predictedProbabilitiesName)
+        if #available(macOS 14.0, iOS 17.0, tvOS 17.0, watchOS 10.0, *), let labels = description.classLabels {
+            if let strings = labels as? [String] {
+                c.stringLabels = strings
+            } else {
+                c.int64Labels = labels.compactMap { ($0 as? NSNumber)?.int64Value }
+            }
+        }
+        return c
+    }
+
+    /// A stateful model's states (macOS 15+): name, element type, buffer shape.
+    static func states(of description: MLModelDescription) -> [FeatureSchema] {
+        guard #available(macOS 15.0, iOS 18.0, tvOS 18.0, watchOS 11.0, *) else { return [] }
+        return description.stateDescriptionsByName.values.map { d in
+            let c = d.stateConstraint
+            return FeatureSchema(name: d.name, featureType: "state", optional: d.isOptional,
+                                 dtype: c.flatMap { DType(multiArrayRawValue: $0.dataType.rawValue) },
+                                 shape: c?.bufferShape.map { $0.intValue } ?? [], constraint: .none)
+        }
     }
 
     // MARK: Compute plan
@@ -253,13 +301,99 @@ final class CoreMLLoadedModel: LoadedModel {
         return try HostTensor(name: name, dtype: dtype, shape: [1], buffer: buffer)
     }
 
-    func predict(_ inputs: [HostTensor]) throws -> [HostTensor] {
+    /// The inputs as a feature provider; the arrays borrow the bridge's buffers.
+    static func provider(_ inputs: [HostTensor]) throws -> MLDictionaryFeatureProvider {
         var features: [String: Any] = [:]
         for t in inputs {
             features[t.name] = MLFeatureValue(multiArray: try Self.multiArray(for: t))
         }
-        let provider = try MLDictionaryFeatureProvider(dictionary: features)
-        let result = try model.prediction(from: provider)
+        return try MLDictionaryFeatureProvider(dictionary: features)
+    }
+
+    func predict(_ inputs: [HostTensor]) throws -> [HostTensor] {
+        try Self.outputs(of: try model.prediction(from: try Self.provider(inputs)))
+    }
+
+    /// `makeState()` (macOS 15+): Core ML allocates the state buffers, zeroed.
+    func makeState() throws -> AnyObject {
+        guard #available(macOS 15.0, iOS 18.0, tvOS 18.0, watchOS 11.0, *) else {
+            throw BridgeError(.unsupported, "model states (MLState) need macOS 15 / iOS 18 or later (this OS: \(ProcessInfo.processInfo.operatingSystemVersionString))")
+        }
+        return model.makeState()
+    }
+
+    /// `prediction(from:using:options:)` (macOS 15+).
+    func predict(_ inputs: [HostTensor], state: AnyObject) throws -> [HostTensor] {
+        guard #available(macOS 15.0, iOS 18.0, tvOS 18.0, watchOS 11.0, *) else {
+            throw BridgeError(.unsupported, "model states (MLState) need macOS 15 / iOS 18 or later")
+        }
+        guard let s = state as? MLState else {
+            throw BridgeError(.internalError, "the state was not made by Core ML")
+        }
+        let result = try model.prediction(from: try Self.provider(inputs), using: s, options: MLPredictionOptions())
+        return try Self.outputs(of: result)
+    }
+
+    /// `predictions(from:options:)` over an `MLArrayBatchProvider`: Core ML
+    /// may run the members together.
+    func predictBatch(_ batch: [[HostTensor]]) throws -> [[HostTensor]] {
+        let providers: [any MLFeatureProvider] = try batch.map { try Self.provider($0) }
+        let result = try model.predictions(from: MLArrayBatchProvider(array: providers), options: MLPredictionOptions())
+        guard result.count == batch.count else {
+            throw BridgeError(.internalError, "Core ML returned \(result.count) results for a batch of \(batch.count)")
+        }
+        return try (0..<result.count).map { try Self.outputs(of: result.features(at: $0)) }
+    }
+
+    /// Feature values of every kind: multi-arrays as for `predict`; int64,
+    /// double and string inputs as NSNumber / NSString, which
+    /// MLDictionaryFeatureProvider(dictionary:) converts to feature values.
+    func predictFeatures(_ inputs: [NamedFeature]) throws -> [NamedFeature] {
+        var features: [String: Any] = [:]
+        for f in inputs {
+            switch f.value {
+            case .tensor(let t): features[f.name] = MLFeatureValue(multiArray: try Self.multiArray(for: t))
+            case .int64(let v): features[f.name] = NSNumber(value: v)
+            case .double(let v): features[f.name] = NSNumber(value: v)
+            case .string(let s): features[f.name] = NSString(string: s)
+            case .dictionary: throw BridgeError(.unsupported, "input '\(f.name)': dictionary inputs are not supported")
+            }
+        }
+        let result = try model.prediction(from: try MLDictionaryFeatureProvider(dictionary: features))
+        var outputs: [NamedFeature] = []
+        for name in result.featureNames.sorted() {
+            guard let value = result.featureValue(for: name) else { continue }
+            switch value.type {
+            case .multiArray:
+                if let array = value.multiArrayValue {
+                    outputs.append(NamedFeature(name: name, value: .tensor(try Self.hostTensor(name: name, array: array))))
+                }
+            case .double: outputs.append(NamedFeature(name: name, value: .double(value.doubleValue)))
+            case .int64: outputs.append(NamedFeature(name: name, value: .int64(value.int64Value)))
+            case .string: outputs.append(NamedFeature(name: name, value: .string(value.stringValue)))
+            case .dictionary:
+                var entries: [(key: FeatureKey, value: Double)] = []
+                for (k, v) in value.dictionaryValue {
+                    if let s = k.base as? String {
+                        entries.append((.string(s), v.doubleValue))
+                    } else if let n = k.base as? NSNumber {
+                        entries.append((.int64(n.int64Value), v.doubleValue))
+                    } else if let i = k.base as? Int64 {
+                        entries.append((.int64(i), v.doubleValue))
+                    } else if let i = k.base as? Int {
+                        entries.append((.int64(Int64(i)), v.doubleValue))
+                    }
+                }
+                outputs.append(NamedFeature(name: name, value: .dictionary(entries)))
+            default:
+                continue // image, sequence: not in this version of the feature calls
+            }
+        }
+        return outputs
+    }
+
+    /// Multi-array, double and int64 outputs as row-major tensors.
+    static func outputs(of result: any MLFeatureProvider) throws -> [HostTensor] {
         var outputs: [HostTensor] = []
         for name in result.featureNames.sorted() {
             guard let value = result.featureValue(for: name) else { continue }

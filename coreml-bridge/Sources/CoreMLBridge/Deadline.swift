@@ -22,6 +22,35 @@ func validateTimeout(_ timeoutMs: Int64) throws -> Int64 {
     return min(timeoutMs, maxTimeoutMs)
 }
 
+/// The deadline of one C call, started when its timeout is validated: the
+/// copy of the caller's inputs and the queued work share it, so a call never
+/// runs much past its timeout whatever part of it is slow.
+public struct CallDeadline: Sendable {
+    /// The caller's timeout (after clamping).
+    public let timeoutMs: Int64
+    let end: UInt64 // DispatchTime.uptimeNanoseconds
+
+    /// Validates `timeoutMs` (see `validateTimeout`) and starts the clock.
+    public init(timeoutMs: Int64) throws {
+        let t = try validateTimeout(timeoutMs)
+        self.timeoutMs = t
+        let (e, o) = DispatchTime.now().uptimeNanoseconds.addingReportingOverflow(UInt64(t) * 1_000_000)
+        end = o ? UInt64.max : e
+    }
+
+    public var expired: Bool { DispatchTime.now().uptimeNanoseconds >= end }
+
+    /// Whole milliseconds left (rounded up, >= 1); throws `.timeout` naming
+    /// `what` when none are.
+    public func remainingMs(_ what: String) throws -> Int64 {
+        let now = DispatchTime.now().uptimeNanoseconds
+        guard end > now else {
+            throw BridgeError(.timeout, "\(what) did not finish within \(timeoutMs) ms")
+        }
+        return Int64(min((end - now + 999_999) / 1_000_000, UInt64(maxTimeoutMs)))
+    }
+}
+
 /// The hand-over point between a caller waiting with a deadline and a worker
 /// on some queue. The worker owns everything it touches; the caller takes the
 /// result only if it arrives before the deadline. After a timeout the slot is

@@ -68,8 +68,60 @@ public final class ModelHandle: @unchecked Sendable {
         return poisonReason
     }
 
+    /// Throws `.poisoned` once a prediction on this handle timed out.
+    func checkNotPoisoned() throws {
+        if let reason = poisonedBecause {
+            throw BridgeError(.poisoned, "model handle is poisoned (\(reason)); free it and load the model again")
+        }
+    }
+
     func poison(_ reason: String) {
         lock.lock(); defer { lock.unlock() }
         if poisonReason == nil { poisonReason = reason }
+    }
+}
+
+/// One model state behind a C handle (Core ML's `MLState`): the model
+/// handle it belongs to, whether a call is using it, and the poisoned flag.
+/// A state is used by one call at a time; a second call is refused with
+/// `.stateInUse` instead of waiting (MLState is not safe to share).
+public final class StateHandle: @unchecked Sendable {
+    /// The id of the model handle that made it.
+    public let owner: UInt
+    let state: AnyObject
+    private let lock = NSLock()
+    private var inUse = false
+    private var poisonReason: String?
+
+    init(owner: UInt, state: AnyObject) {
+        self.owner = owner
+        self.state = state
+    }
+
+    /// Marks the state in use by the calling entry point; refuses a poisoned
+    /// state or one another call is using. Pair with `release()`.
+    func acquire() throws {
+        lock.lock(); defer { lock.unlock() }
+        if let reason = poisonReason {
+            throw BridgeError(.poisoned, "model state is poisoned (\(reason)); free it and make a new state")
+        }
+        if inUse {
+            throw BridgeError(.stateInUse, "model state is in use by another call; a state serves one call at a time")
+        }
+        inUse = true
+    }
+
+    func release() {
+        lock.lock(); inUse = false; lock.unlock()
+    }
+
+    func poison(_ reason: String) {
+        lock.lock(); defer { lock.unlock() }
+        if poisonReason == nil { poisonReason = reason }
+    }
+
+    public var isPoisoned: Bool {
+        lock.lock(); defer { lock.unlock() }
+        return poisonReason != nil
     }
 }

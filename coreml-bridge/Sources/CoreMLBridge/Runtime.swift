@@ -10,6 +10,8 @@ public protocol ModelRuntime: AnyObject {
     /// bridge takes ownership of (moves into place, or deletes when late).
     func compile(packageAt url: URL) throws -> URL
     func load(compiledAt url: URL, computeUnits: ComputeUnits) throws -> LoadedModel
+    /// Loads one function of a multifunction model (`nil`: the default).
+    func load(compiledAt url: URL, computeUnits: ComputeUnits, functionName: String?) throws -> LoadedModel
     /// The compute plan as a JSON object (see coreml_compute_plan).
     func computePlan(compiledAt url: URL, computeUnits: ComputeUnits) throws -> [String: Any]
     func runtimeInfo() -> RuntimeInfo
@@ -23,6 +25,51 @@ public protocol LoadedModel: AnyObject {
     /// must be row-major `HostTensor`s (gather strided storage with
     /// `HostTensor.gather`).
     func predict(_ inputs: [HostTensor]) throws -> [HostTensor]
+    /// A fresh state for a stateful model (Core ML: `makeState()`), opaque
+    /// to the bridge. Called on the handle's queue.
+    func makeState() throws -> AnyObject
+    /// One prediction that reads and updates `state` (made by this model's
+    /// `makeState`). Called on the handle's queue.
+    func predict(_ inputs: [HostTensor], state: AnyObject) throws -> [HostTensor]
+    /// Predictions for every member of a batch, in order (Core ML:
+    /// `predictions(from:options:)`). Called on the handle's queue.
+    func predictBatch(_ batch: [[HostTensor]]) throws -> [[HostTensor]]
+    /// One prediction on feature values of any kind (validated against
+    /// `schema`); outputs of every kind. Called on the handle's queue.
+    func predictFeatures(_ inputs: [NamedFeature]) throws -> [NamedFeature]
+}
+
+extension LoadedModel {
+    public func makeState() throws -> AnyObject {
+        throw BridgeError(.unsupported, "this runtime's models have no state")
+    }
+    public func predict(_ inputs: [HostTensor], state: AnyObject) throws -> [HostTensor] {
+        throw BridgeError(.unsupported, "this runtime's models have no state")
+    }
+    /// Multi-array inputs only, through `predict`.
+    public func predictFeatures(_ inputs: [NamedFeature]) throws -> [NamedFeature] {
+        let tensors: [HostTensor] = try inputs.map { f in
+            guard case .tensor(let t) = f.value else {
+                throw BridgeError(.unsupported, "input '\(f.name)': this runtime takes multi-arrays only")
+            }
+            return t
+        }
+        return try predict(tensors).map { NamedFeature(name: $0.name, value: .tensor($0)) }
+    }
+    /// One member after another.
+    public func predictBatch(_ batch: [[HostTensor]]) throws -> [[HostTensor]] {
+        try batch.map { try predict($0) }
+    }
+}
+
+extension ModelRuntime {
+    /// Runtimes without multifunction models: the default function only.
+    public func load(compiledAt url: URL, computeUnits: ComputeUnits, functionName: String?) throws -> LoadedModel {
+        guard functionName == nil else {
+            throw BridgeError(.unsupported, "the \(name) runtime has no multifunction models")
+        }
+        return try load(compiledAt: url, computeUnits: computeUnits)
+    }
 }
 
 public struct RuntimeInfo {
@@ -55,7 +102,7 @@ public struct RuntimeInfo {
 }
 
 /// Mirrors COREML_BRIDGE_ABI_VERSION.
-public let bridgeABIVersion: Int32 = 1
+public let bridgeABIVersion: Int32 = 2
 
 /// Where Core ML does not exist and the test runtime is not enabled: every
 /// model call fails with `unavailable` and says why.

@@ -67,6 +67,12 @@ public struct FeatureSchema: Equatable, Sendable {
         ]
     }
 
+    /// Whether Core ML takes a multi-array of `given` for a feature of `want`.
+    static func convertible(_ given: DType, to want: DType) -> Bool {
+        let numeric: Set<DType> = [.f32, .f16, .f64, .i32]
+        return given == want || (numeric.contains(given) && numeric.contains(want))
+    }
+
     /// Whether an input of this shape satisfies the constraint.
     func accepts(shape s: [Int]) -> Bool {
         switch constraint {
@@ -95,6 +101,19 @@ public struct FeatureSchema: Equatable, Sendable {
     }
 }
 
+/// What schema validation needs of an input: enough to refuse it before
+/// its bytes are copied.
+public struct InputSignature: Sendable {
+    public var name: String
+    public var dtype: DType
+    public var shape: [Int]
+    public init(name: String, dtype: DType, shape: [Int]) {
+        self.name = name
+        self.dtype = dtype
+        self.shape = shape
+    }
+}
+
 public struct ModelMetadata: Equatable, Sendable {
     public var author = ""
     public var description = ""
@@ -112,17 +131,33 @@ public struct ModelMetadata: Equatable, Sendable {
 public struct ModelSchema: Equatable, Sendable {
     public var inputs: [FeatureSchema]
     public var outputs: [FeatureSchema]
+    /// A stateful model's states (Core ML: `stateDescriptionsByName`,
+    /// macOS 15): name, element type and buffer shape; empty otherwise.
+    public var states: [FeatureSchema]
     public var metadata: ModelMetadata
+    /// A multifunction model's functions (Core ML: `MLModelAsset.functionNames`,
+    /// macOS 15), sorted; empty when there is one function or it cannot be known.
+    public var functions: [String] = []
+    /// The function this handle was loaded with (nil: the default).
+    public var function: String?
+    /// A classifier's label and probabilities outputs and its labels.
+    public var classifier: ClassifierSchema?
 
-    public init(inputs: [FeatureSchema], outputs: [FeatureSchema], metadata: ModelMetadata = ModelMetadata()) {
+    public init(inputs: [FeatureSchema], outputs: [FeatureSchema], states: [FeatureSchema] = [],
+                metadata: ModelMetadata = ModelMetadata()) {
         self.inputs = inputs.sorted { $0.name < $1.name }
         self.outputs = outputs.sorted { $0.name < $1.name }
+        self.states = states.sorted { $0.name < $1.name }
         self.metadata = metadata
     }
 
     public var jsonObject: [String: Any] {
         ["inputs": inputs.map { $0.jsonObject },
          "outputs": outputs.map { $0.jsonObject },
+         "states": states.map { $0.jsonObject },
+         "functions": functions,
+         "function": function.map { $0 as Any } ?? NSNull(),
+         "classifier": classifier.map { $0.jsonObject as Any } ?? NSNull(),
          "metadata": metadata.jsonObject]
     }
 
@@ -130,9 +165,15 @@ public struct ModelSchema: Equatable, Sendable {
 
     /// Checks the inputs of a prediction against the model before anything
     /// is queued: names, presence, feature type and shape constraints.
-    /// (Element types are not checked: Core ML converts between multi-array
-    /// data types itself.)
     public func validate(_ tensors: [HostTensor]) throws {
+        try validate(tensors.map { InputSignature(name: $0.name, dtype: $0.dtype, shape: $0.shape) })
+    }
+
+    /// The same checks on descriptors not yet copied (the C entry points
+    /// validate before they copy a byte), plus element types: Core ML
+    /// converts between f32, f16, f64 and i32 multi-arrays itself, so those
+    /// are interchangeable; i8 must meet i8.
+    public func validate(_ tensors: [InputSignature]) throws {
         let byName = Dictionary(inputs.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
         for t in tensors {
             guard let f = byName[t.name] else {
@@ -140,6 +181,9 @@ public struct ModelSchema: Equatable, Sendable {
             }
             guard f.featureType == "multiArray" else {
                 throw BridgeError(.unsupported, "input '\(t.name)' is a \(f.featureType) feature; the bridge only feeds multi-arrays")
+            }
+            if let want = f.dtype, !FeatureSchema.convertible(t.dtype, to: want) {
+                throw BridgeError(.schemaMismatch, "input '\(t.name)' is \(t.dtype.name); the model takes \(want.name) (f32, f16, f64 and i32 convert into each other, i8 only from i8)")
             }
             guard f.accepts(shape: t.shape) else {
                 throw BridgeError(.schemaMismatch, "input '\(t.name)' has shape \(t.shape); the model accepts \(f.constraintDescription)")

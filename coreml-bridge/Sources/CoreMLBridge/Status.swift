@@ -16,6 +16,8 @@ public enum BridgeStatus: Int32, CaseIterable, Sendable {
     case internalError = 10
     case invalidHandle = 11
     case unsupported = 12
+    case stateInUse = 13
+    case stateMismatch = 14
 }
 
 /// The one error type that crosses into the C layer: a status and a message.

@@ -76,6 +76,10 @@ public struct HostTensor: @unchecked Sendable {
 /// and must be >= 0; every index the copy touches is bounds-checked against
 /// the byte counts before a single byte moves.
 public enum Strided {
+    /// Elements copied between two `shouldStop` checks of `copy` (1 Mi:
+    /// about a millisecond of element-wise copying).
+    public static let stopCheckElements = 1 << 20
+
     public static func checkedMul(_ a: Int, _ b: Int) -> Int? {
         let (r, o) = a.multipliedReportingOverflow(by: b)
         return o ? nil : r
@@ -128,9 +132,15 @@ public enum Strided {
 
     /// Copies every element of an array of `shape` from `src` (laid out with
     /// `srcStrides`) to `dst` (laid out with `dstStrides`).
+    ///
+    /// `shouldStop` is asked about every `stopCheckElements` elements (and
+    /// between contiguous chunks of that many): when it answers true the
+    /// copy ends with `BridgeError(.timeout)`, leaving `dst` partly written.
+    /// That is what keeps a caller's copy inside its deadline.
     public static func copy(shape: [Int], elementSize: Int,
                             src: UnsafeRawPointer, srcStrides: [Int], srcByteCount: Int,
-                            dst: UnsafeMutableRawPointer, dstStrides: [Int], dstByteCount: Int) throws {
+                            dst: UnsafeMutableRawPointer, dstStrides: [Int], dstByteCount: Int,
+                            shouldStop: (() -> Bool)? = nil) throws {
         guard elementSize > 0 else { throw BridgeError(.internalError, "element size \(elementSize)") }
         let srcSpan = try span(shape: shape, strides: srcStrides)
         let dstSpan = try span(shape: shape, strides: dstStrides)
@@ -148,8 +158,26 @@ public enum Strided {
         }
         let rowMajor = rowMajorStrides(shape)
         let count = try elementCount(shape)
+        // Coarse-grained stop checks: one per `stopCheckElements` elements.
+        var sinceCheck = 0
+        func tick(_ n: Int) throws {
+            guard let stop = shouldStop else { return }
+            sinceCheck += n
+            if sinceCheck >= stopCheckElements {
+                sinceCheck = 0
+                if stop() { throw BridgeError(.timeout, "copy of shape \(shape) stopped at its deadline") }
+            }
+        }
         if srcStrides == rowMajor && dstStrides == rowMajor {
-            dst.copyMemory(from: src, byteCount: count * elementSize)
+            // In chunks, so a stop request is seen between them.
+            let chunk = shouldStop == nil ? count : stopCheckElements
+            var done = 0
+            while done < count {
+                let n = min(chunk, count - done)
+                (dst + done * elementSize).copyMemory(from: src + done * elementSize, byteCount: n * elementSize)
+                done += n
+                try tick(n)
+            }
             return
         }
         // Innermost dimension: one memcpy per row when both sides are
@@ -161,8 +189,15 @@ public enum Strided {
         var srcOff = 0, dstOff = 0 // in elements, for the current outer index
         while true {
             if contiguousRow {
-                (dst + dstOff * elementSize).copyMemory(from: src + srcOff * elementSize,
-                                                        byteCount: inner * elementSize)
+                // In chunks, so a stop request is seen inside a long row too.
+                var done = 0
+                while done < inner {
+                    let n = shouldStop == nil ? inner : min(stopCheckElements, inner - done)
+                    (dst + (dstOff + done) * elementSize).copyMemory(from: src + (srcOff + done) * elementSize,
+                                                                     byteCount: n * elementSize)
+                    done += n
+                    try tick(n)
+                }
             } else {
                 // Offsets are formed only for elements that exist: stepping
                 // past the last one could overflow for a huge stride that
@@ -174,6 +209,7 @@ public enum Strided {
                         d += dIn
                     }
                     (dst + d * elementSize).copyMemory(from: src + s * elementSize, byteCount: elementSize)
+                    try tick(1)
                 }
             }
             // Odometer over the outer dimensions. Every offset it forms is an

@@ -13,6 +13,13 @@ import Darwin
 ///
 ///   identity        output y = input x (any shape, any dtype)
 ///   add_one         y = x + 1
+///   classify        a classifier: input x (f32 [n]) over `class_labels`
+///                   (default ["cat", "dog", "fish"]); outputs "classLabel"
+///                   (string: the label of the largest x) and
+///                   "classLabel_probs" (dictionary label -> x[i])
+///   accumulate      stateful: state s (f32, default shape [3]) += x, y = s;
+///                   needs a state (coreml_make_state); a prediction
+///                   without one fails as Core ML's would
 ///   sleep_<N>ms     identity after sleeping N ms in every prediction
 ///   fail_compile, fail_load, fail_predict
 ///                   fail at that stage with a two-level NSError chain
@@ -51,10 +58,29 @@ public final class TestRuntime: ModelRuntime {
     }
 
     public func load(compiledAt url: URL, computeUnits: ComputeUnits) throws -> LoadedModel {
-        let spec = try Self.spec(at: url)
+        try load(compiledAt: url, computeUnits: computeUnits, functionName: nil)
+    }
+
+    /// A multifunction fake (`functions`: name -> behaviour) runs the
+    /// chosen function's behaviour; an unknown name fails the load as
+    /// Core ML's does.
+    public func load(compiledAt url: URL, computeUnits: ComputeUnits, functionName: String?) throws -> LoadedModel {
+        var spec = try Self.spec(at: url)
         sleepMs(spec.load_sleep_ms)
         if spec.fail_stage == "load" { throw spec.nsError(stage: "load") }
-        return FakeModel(spec: spec, schema: try spec.schema())
+        let chosen = functionName ?? spec.default_function
+        if let f = chosen {
+            guard let functions = spec.functions, let behavior = functions[f] else {
+                throw NSError(domain: coreMLErrorDomain, code: 0, userInfo: [
+                    NSLocalizedDescriptionKey: "fake: the model has no function '\(f)' (functions: \((spec.functions ?? [:]).keys.sorted()))",
+                ])
+            }
+            spec.behavior = behavior
+        }
+        var schema = try spec.schema()
+        schema.functions = (spec.functions ?? [:]).keys.sorted()
+        schema.function = functionName
+        return FakeModel(spec: spec, schema: schema)
     }
 
     public func computePlan(compiledAt url: URL, computeUnits: ComputeUnits) throws -> [String: Any] {
@@ -159,6 +185,15 @@ struct FakeSpec: Decodable {
     /// Default: one input "x" and one output "y", any shape and dtype.
     var inputs: [FakeFeature]?
     var outputs: [FakeFeature]?
+    /// States (behavior "accumulate": default one f32 state "s" of shape [3];
+    /// the first one is the accumulator).
+    var states: [FakeFeature]?
+    /// A multifunction model: function name -> behaviour, and the function
+    /// a load without a name selects.
+    var functions: [String: String]?
+    /// Labels of a "classify" model.
+    var class_labels: [String]?
+    var default_function: String?
     /// Extra elements after each innermost row of every output (like ANE
     /// padding): the bridge must copy outputs through their strides.
     var pad_outputs: Int?
@@ -169,6 +204,10 @@ struct FakeSpec: Decodable {
         let s = stem.lowercased()
         if s.hasPrefix("add_one") {
             behavior = "add_one"
+        } else if s.hasPrefix("classify") {
+            behavior = "classify"
+        } else if s.hasPrefix("accumulate") {
+            behavior = "accumulate"
         } else if s.hasPrefix("fail_") {
             fail_stage = String(s.dropFirst(5))
         } else if s.hasPrefix("sleep_") {
@@ -186,8 +225,23 @@ struct FakeSpec: Decodable {
     }
 
     func schema() throws -> ModelSchema {
-        let ins = try (inputs ?? [FakeFeature(name: "x")]).map { try $0.schema() }
-        let outs = try (outputs ?? [FakeFeature(name: "y")]).map { try $0.schema() }
+        let stateful = behavior == "accumulate"
+        let defaultStates = stateful ? [FakeFeature(name: "s", dtype: "f32", shape: [3])] : []
+        let sts = try (states ?? defaultStates).map { f -> FeatureSchema in
+            var st = try f.schema()
+            st.featureType = "state"
+            st.constraint = .none
+            return st
+        }
+        let defaultShape = stateful ? sts.first?.shape : nil
+        let labels = class_labels ?? ["cat", "dog", "fish"]
+        let classify = behavior == "classify"
+        let defaultOutputs = classify
+            ? [FakeFeature(name: "classLabel", featureType: "string"), FakeFeature(name: "classLabel_probs", featureType: "dictionary")]
+            : [FakeFeature(name: "y", dtype: stateful ? "f32" : nil, shape: defaultShape)]
+        let inputShape = classify ? [labels.count] : defaultShape
+        let ins = try (inputs ?? [FakeFeature(name: "x", dtype: stateful || classify ? "f32" : nil, shape: inputShape)]).map { try $0.schema() }
+        let outs = try (outputs ?? defaultOutputs).map { try $0.schema() }
         var meta = ModelMetadata()
         if let m = metadata {
             meta.author = m.author ?? ""
@@ -196,7 +250,12 @@ struct FakeSpec: Decodable {
             meta.license = m.license ?? ""
             meta.userDefined = m.user_defined ?? [:]
         }
-        return ModelSchema(inputs: ins, outputs: outs, metadata: meta)
+        var schema = ModelSchema(inputs: ins, outputs: outs, states: sts, metadata: meta)
+        if classify {
+            schema.classifier = ClassifierSchema(labelOutput: "classLabel", probabilitiesOutput: "classLabel_probs",
+                                                 stringLabels: labels)
+        }
+        return schema
     }
 }
 
@@ -218,6 +277,11 @@ final class FakeModel: LoadedModel {
     func predict(_ inputs: [HostTensor]) throws -> [HostTensor] {
         sleepMs(spec.sleep_ms)
         if spec.fail_stage == "predict" { throw spec.nsError(stage: "predict") }
+        if spec.behavior == "accumulate" {
+            throw NSError(domain: coreMLErrorDomain, code: 0, userInfo: [
+                NSLocalizedDescriptionKey: "fake: this model is stateful; predict with a state",
+            ])
+        }
         let byName = Dictionary(inputs.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
         let ordered = inputOrder.compactMap { byName[$0] }
         guard !ordered.isEmpty else { return [] }
@@ -227,6 +291,84 @@ final class FakeModel: LoadedModel {
             outputs.append(try produce(name: name, from: source))
         }
         return outputs
+    }
+
+    /// Features of every kind: "classify" labels its input; otherwise output
+    /// i comes from input i (tensors as `predict`; scalars and strings
+    /// echoed, numbers plus one for "add_one").
+    func predictFeatures(_ inputs: [NamedFeature]) throws -> [NamedFeature] {
+        sleepMs(spec.sleep_ms)
+        if spec.fail_stage == "predict" { throw spec.nsError(stage: "predict") }
+        if spec.behavior == "classify" {
+            guard let c = schema.classifier, let f = inputs.first, case .tensor(let x) = f.value,
+                  x.dtype == .f32, x.elementCount == c.stringLabels.count, !c.stringLabels.isEmpty else {
+                throw BridgeError(.schemaMismatch, "fake classifier: needs one f32 input of \(schema.classifier?.stringLabels.count ?? 0) scores")
+            }
+            let scores = x.values(as: Float.self)
+            var best = 0
+            for (i, v) in scores.enumerated() where v > scores[best] { best = i }
+            let probs = zip(c.stringLabels, scores).map { (key: FeatureKey.string($0), value: Double($1)) }
+            return [NamedFeature(name: c.labelOutput, value: .string(c.stringLabels[best])),
+                    NamedFeature(name: c.probabilitiesOutput ?? "probs", value: .dictionary(probs))]
+        }
+        let byName = Dictionary(inputs.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+        let ordered = inputOrder.compactMap { byName[$0] }
+        guard !ordered.isEmpty else { return [] }
+        let plus = spec.behavior == "add_one"
+        var outputs: [NamedFeature] = []
+        for (i, name) in outputOrder.enumerated() {
+            let source = ordered[i % ordered.count]
+            switch source.value {
+            case .tensor(let t): outputs.append(NamedFeature(name: name, value: .tensor(try produce(name: name, from: t))))
+            case .int64(let v): outputs.append(NamedFeature(name: name, value: .int64(plus ? v &+ 1 : v)))
+            case .double(let v): outputs.append(NamedFeature(name: name, value: .double(plus ? v + 1 : v)))
+            case .string(let s): outputs.append(NamedFeature(name: name, value: .string(s)))
+            case .dictionary(let d): outputs.append(NamedFeature(name: name, value: .dictionary(d)))
+            }
+        }
+        return outputs
+    }
+
+    /// Like Core ML's `makeState()`: every state buffer zeroed (an empty
+    /// state for a stateless model).
+    func makeState() throws -> AnyObject {
+        sleepMs(spec.load_sleep_ms)
+        let state = FakeState()
+        for st in schema.states {
+            guard st.dtype == .f32 else {
+                throw BridgeError(.unsupported, "fake model: state '\(st.name)' must be f32")
+            }
+            state.values[st.name] = [Float](repeating: 0, count: try Strided.elementCount(st.shape))
+        }
+        return state
+    }
+
+    /// "accumulate": s += x, y = s, committed only once all of it is
+    /// computed (never a half-updated state). Other behaviours ignore the
+    /// state.
+    func predict(_ inputs: [HostTensor], state: AnyObject) throws -> [HostTensor] {
+        guard let fs = state as? FakeState else {
+            throw BridgeError(.internalError, "fake model: a state of another runtime")
+        }
+        guard spec.behavior == "accumulate" else { return try predict(inputs) }
+        sleepMs(spec.sleep_ms)
+        if spec.fail_stage == "predict" { throw spec.nsError(stage: "predict") }
+        guard let st = schema.states.first, let current = fs.values[st.name],
+              let x = inputs.first(where: { $0.name == inputOrder.first }) else {
+            throw BridgeError(.internalError, "fake accumulator: no state or no input")
+        }
+        guard x.dtype == .f32, x.elementCount == current.count else {
+            throw BridgeError(.schemaMismatch, "fake accumulator: input '\(x.name)' is \(x.dtype.name) \(x.shape); the state '\(st.name)' is f32 \(st.shape)")
+        }
+        let add = x.values(as: Float.self)
+        let next = zip(current, add).map { $0 + $1 }
+        let buffer = try TensorBuffer(byteCount: next.count * 4)
+        next.withUnsafeBytes { raw in
+            if let base = raw.baseAddress { buffer.pointer.copyMemory(from: base, byteCount: raw.count) }
+        }
+        let y = try HostTensor(name: outputOrder.first ?? "y", dtype: .f32, shape: st.shape, buffer: buffer)
+        fs.values[st.name] = next
+        return [y]
     }
 
     /// Writes the result into a padded, strided buffer (when pad_outputs > 0)
@@ -277,5 +419,16 @@ final class FakeModel: LoadedModel {
 }
 
 extension FakeFeature {
-    init(name: String) { self.name = name }
+    init(name: String, dtype: String? = nil, shape: [Int]? = nil, featureType: String? = nil) {
+        self.name = name
+        self.dtype = dtype
+        self.shape = shape
+        self.feature_type = featureType
+    }
+}
+
+/// The fake runtime's MLState: one f32 buffer per state, touched only on
+/// the model's queue.
+final class FakeState {
+    var values: [String: [Float]] = [:]
 }

@@ -12,6 +12,11 @@ void harness_layout(size_t out[6]) {
     out[5] = offsetof(CoremlOutputs, reserved);
 }
 
+void harness_batch_layout(size_t out[2]) {
+    out[0] = sizeof(CoremlBatchMember);
+    out[1] = offsetof(CoremlBatchMember, n_inputs);
+}
+
 #define CHECK_STATUS(expr, want)                                                     \
     do {                                                                             \
         char* err_ = NULL;                                                           \

@@ -11,7 +11,8 @@ final class CABITests: BridgeTestCase {
         let c: [CoremlStatus] = [COREML_OK, COREML_ERR_INVALID_ARGUMENT, COREML_ERR_COMPILE, COREML_ERR_LOAD,
                                  COREML_ERR_SCHEMA_MISMATCH, COREML_ERR_PREDICT, COREML_ERR_TIMEOUT, COREML_ERR_POISONED,
                                  COREML_ERR_UNAVAILABLE, COREML_ERR_OUT_OF_MEMORY, COREML_ERR_INTERNAL,
-                                 COREML_ERR_INVALID_HANDLE, COREML_ERR_UNSUPPORTED]
+                                 COREML_ERR_INVALID_HANDLE, COREML_ERR_UNSUPPORTED, COREML_ERR_STATE_IN_USE,
+                                 COREML_ERR_STATE_MISMATCH]
         XCTAssertEqual(c.map(code), BridgeStatus.allCases.map { $0.rawValue })
         let d: [CoremlDType] = [COREML_DTYPE_F32, COREML_DTYPE_F16, COREML_DTYPE_F64, COREML_DTYPE_I32, COREML_DTYPE_I8, COREML_DTYPE_I64]
         XCTAssertEqual(d.map { Int32($0.rawValue) }, DType.allCases.map { $0.rawValue })
@@ -31,6 +32,10 @@ final class CABITests: BridgeTestCase {
             MemoryLayout<CoremlOutputs>.size, MemoryLayout<CoremlOutputs>.offset(of: \CoremlOutputs.reserved)!,
         ])
         XCTAssertEqual(MemoryLayout<CoremlTensor>.size, 48)
+        var batch = [size_t](repeating: 0, count: 2)
+        batch.withUnsafeMutableBufferPointer { harness_batch_layout($0.baseAddress) }
+        XCTAssertEqual(batch.map { Int($0) }, [MemoryLayout<CoremlBatchMember>.size,
+                                               MemoryLayout<CoremlBatchMember>.offset(of: \CoremlBatchMember.n_inputs)!])
     }
 
     func testBadArgumentsFromC() {
@@ -209,7 +214,7 @@ final class CABITests: BridgeTestCase {
 
         let (is_, info, ierr) = C.runtimeInfo()
         XCTAssertEqual(is_, OK, ierr ?? "")
-        XCTAssertEqual(info?["bridge_abi_version"] as? Int, 1)
+        XCTAssertEqual(info?["bridge_abi_version"] as? Int, 2)
         XCTAssertEqual(info?["test_runtime"] as? Bool, true)
         XCTAssertNotNil(info?["os_version"] as? String)
     }
@@ -236,6 +241,47 @@ final class ConcurrencyTests: BridgeTestCase {
         XCTAssertEqual(ps, code(COREML_ERR_POISONED), perr ?? "")
         XCTAssertLessThan(Date().timeIntervalSince(again), 0.1, "poisoned handles fail at once")
         XCTAssertEqual(C.schema(h).0, OK, "schema still works on a poisoned handle")
+    }
+
+    /// Issue #13: a descriptor with zero strides and a huge shape describes
+    /// far more than it backs. It is checked against the model and the byte
+    /// cap before any copy, and a copy that is allowed honours the deadline.
+    func testHugeZeroStrideInputsAreRefusedOrStoppedInTime() {
+        let one = bytes([Float(1)])
+        // Past the byte cap: refused at once, nothing allocated.
+        let h = loaded("add_one")
+        defer { C.free(h) }
+        var start = Date()
+        let huge = CInput("x", dtype: .f32, shape: [1 << 20, 1 << 20], strides: [0, 0], bytes: one)
+        var (st, _, err) = cPredict(h, [huge], timeoutMs: 60_000)
+        XCTAssertEqual(st, code(COREML_ERR_OUT_OF_MEMORY), err ?? "")
+        XCTAssertTrue(err?.contains("COREML_BRIDGE_MAX_INPUT_BYTES") ?? false, err ?? "")
+        XCTAssertLessThan(Date().timeIntervalSince(start), 0.5)
+        // Under the cap (1 GiB) but far longer to gather than the timeout:
+        // the copy stops at the deadline, and the handle is not poisoned
+        // (nothing ran on the model).
+        start = Date()
+        let big = CInput("x", dtype: .f32, shape: [1 << 28], strides: [0], bytes: one)
+        (st, _, err) = cPredict(h, [big], timeoutMs: 20)
+        let took = Date().timeIntervalSince(start)
+        XCTAssertEqual(st, code(COREML_ERR_TIMEOUT), err ?? "")
+        XCTAssertTrue(err?.contains("copying input 'x'") ?? false, err ?? "")
+        XCTAssertLessThan(took, 0.25, "the copy honours the 20 ms deadline (took \(took) s)")
+        XCTAssertEqual(cPredict(h, [input(2)]).0, OK, "a copy timeout does not poison the handle")
+        // A shape the model does not take is refused before the copy.
+        let fixed = loaded("fixed", #"{"inputs": [{"name": "x", "dtype": "f32", "shape": [2]}]}"#)
+        defer { C.free(fixed) }
+        start = Date()
+        (st, _, err) = cPredict(fixed, [big], timeoutMs: 60_000)
+        XCTAssertEqual(st, code(COREML_ERR_SCHEMA_MISMATCH), err ?? "")
+        XCTAssertLessThan(Date().timeIntervalSince(start), 0.5)
+        // So is an element type Core ML does not convert.
+        let i8 = CInput("x", dtype: .i8, shape: [2], bytes: [1, 2])
+        (st, _, err) = cPredict(fixed, [i8])
+        XCTAssertEqual(st, code(COREML_ERR_SCHEMA_MISMATCH), err ?? "")
+        XCTAssertTrue(err?.contains("the model takes f32") ?? false, err ?? "")
+        XCTAssertEqual(cPredict(fixed, [CInput("x", dtype: .f64, shape: [2], bytes: bytes([1.0, 2.0]))]).0, OK,
+                       "f64 converts to an f32 feature")
     }
 
     func testFreeWhileTimedOutWorkIsStillRunning() {

@@ -188,3 +188,76 @@ struct SendableHandle: @unchecked Sendable {
     let raw: UnsafeMutableRawPointer?
     init(_ raw: UnsafeMutableRawPointer?) { self.raw = raw }
 }
+
+/// coreml_make_state through C.
+func cMakeState(_ h: UnsafeMutableRawPointer?, timeoutMs: Int64 = 5000) -> (Int32, UnsafeMutableRawPointer?, String?) {
+    var s: UnsafeMutableRawPointer?
+    var err: UnsafeMutablePointer<CChar>?
+    let st = CoreMLBridgeC.coreml_make_state(h, timeoutMs, &s, &err)
+    return (st, s, C.takeString(err))
+}
+
+/// coreml_predict_with_state through C; copies the outputs and frees them.
+func cPredictWithState(_ h: UnsafeMutableRawPointer?, _ state: UnsafeMutableRawPointer?, _ inputs: [CInput],
+                       timeoutMs: Int64 = 5000) -> (Int32, [OutTensor], String?) {
+    var outs: UnsafeMutablePointer<CoremlOutputs>?
+    var err: UnsafeMutablePointer<CChar>?
+    let descriptors = inputs.map { $0.tensor }
+    let st = descriptors.withUnsafeBufferPointer {
+        CoreMLBridgeC.coreml_predict_with_state(h, state, $0.baseAddress, Int32(inputs.count), timeoutMs, &outs, &err)
+    }
+    var result: [OutTensor] = []
+    if let o = outs {
+        for i in 0..<Int(o.pointee.count) {
+            let t = o.pointee.tensors[i]
+            result.append(OutTensor(
+                name: String(cString: t.name), dtype: t.dtype,
+                shape: Array(UnsafeBufferPointer(start: t.shape, count: Int(t.rank))),
+                bytes: Array(UnsafeRawBufferPointer(start: t.data, count: Int(t.byte_len)))))
+        }
+        CoreMLBridgeC.coreml_free_outputs(o)
+    }
+    withExtendedLifetime(inputs) {}
+    return (st, result, C.takeString(err))
+}
+
+/// coreml_predict_batch through C: one CInput list per member; copies every
+/// member's outputs and frees them.
+func cPredictBatch(_ h: UnsafeMutableRawPointer?, _ members: [[CInput]], timeoutMs: Int64 = 5000) -> (Int32, [[OutTensor]], String?) {
+    var err: UnsafeMutablePointer<CChar>?
+    let descriptors = members.map { $0.map { $0.tensor } }
+    var slots = [UnsafeMutablePointer<CoremlOutputs>?](repeating: nil, count: max(members.count, 1))
+    let st: Int32 = withArrays(descriptors) { bases in
+        let batch = zip(bases, descriptors).map { CoremlBatchMember(inputs: $0, n_inputs: Int32($1.count)) }
+        return batch.withUnsafeBufferPointer { b in
+            slots.withUnsafeMutableBufferPointer {
+                CoreMLBridgeC.coreml_predict_batch(h, b.baseAddress, Int32(members.count), timeoutMs, $0.baseAddress, &err)
+            }
+        }
+    }
+    var result: [[OutTensor]] = []
+    for o in slots.prefix(members.count) {
+        guard let o = o else { continue }
+        var one: [OutTensor] = []
+        for i in 0..<Int(o.pointee.count) {
+            let t = o.pointee.tensors[i]
+            one.append(OutTensor(
+                name: String(cString: t.name), dtype: t.dtype,
+                shape: Array(UnsafeBufferPointer(start: t.shape, count: Int(t.rank))),
+                bytes: Array(UnsafeRawBufferPointer(start: t.data, count: Int(t.byte_len)))))
+        }
+        result.append(one)
+        CoreMLBridgeC.coreml_free_outputs(o)
+    }
+    withExtendedLifetime(members) {}
+    return (st, result, C.takeString(err))
+}
+
+/// Calls `body` with stable base addresses of every array (in order).
+func withArrays<T, R>(_ arrays: [[T]], _ body: ([UnsafePointer<T>?]) -> R) -> R {
+    func go(_ i: Int, _ acc: [UnsafePointer<T>?]) -> R {
+        if i == arrays.count { return body(acc) }
+        return arrays[i].withUnsafeBufferPointer { go(i + 1, acc + [$0.baseAddress]) }
+    }
+    return go(0, [])
+}

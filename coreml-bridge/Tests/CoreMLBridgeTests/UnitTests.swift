@@ -134,6 +134,25 @@ final class StridedCopyTests: XCTestCase {
         XCTAssertEqual(t.values(as: Float.self), [1, 2, 3, 1, 2, 3])
     }
 
+    func testCopyStopsWhenAskedAtACoarseGrain() throws {
+        let n = 3 * Strided.stopCheckElements + 5
+        let dst = try TensorBuffer(byteCount: n * 4)
+        var src: Float = 7
+        var asked = 0
+        XCTAssertThrowsError(try Strided.copy(shape: [n], elementSize: 4, src: &src, srcStrides: [0], srcByteCount: 4,
+                                              dst: dst.pointer, dstStrides: [1], dstByteCount: n * 4,
+                                              shouldStop: { asked += 1; return asked == 2 })) {
+            XCTAssertEqual(($0 as? BridgeError)?.status, .timeout)
+        }
+        XCTAssertEqual(asked, 2, "asked once per \(Strided.stopCheckElements) elements")
+        asked = 0
+        let contiguous = try TensorBuffer(byteCount: n * 4)
+        try Strided.copy(shape: [n], elementSize: 4, src: UnsafeRawPointer(dst.pointer), srcStrides: [1], srcByteCount: n * 4,
+                         dst: contiguous.pointer, dstStrides: [1], dstByteCount: n * 4,
+                         shouldStop: { asked += 1; return false })
+        XCTAssertEqual(asked, 3, "contiguous copies are chunked too")
+    }
+
     func testOutOfBoundsIsRejectedBeforeCopying() {
         let src: [Float] = [1, 2, 3, 4, 5]
         XCTAssertThrowsError(try src.withUnsafeBytes {

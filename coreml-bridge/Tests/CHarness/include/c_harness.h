@@ -10,6 +10,7 @@
  * sizeof(CoremlOutputTensor), offsetof(.., byte_len), sizeof(CoremlOutputs),
  * offsetof(.., reserved)]. */
 void harness_layout(size_t out[6]);
+void harness_batch_layout(size_t out[2]);
 
 /* Calls every entry point with invalid arguments; returns the number of
  * checks that did not give the documented status (0 = all good); the first
