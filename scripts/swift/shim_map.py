@@ -164,6 +164,10 @@ MAP: dict[str, tuple] = {
     "MLComputePlan.DeviceUsage.supported": (O, [(M, "MLComputePlanDeviceUsage", "supportedComputeDevices", False)]),
     "MLComputePlan.Cost": (O, [(C, "MLComputePlanCost")]),
     "MLComputePlan.Cost.weight": (O, [(M, "MLComputePlanCost", "weight", False)]),
+    # Model assets: a multifunction package's function names (macOS 15).
+    "MLModelAsset": (C, "MLModelAsset"),
+    "MLModelAsset.init(url:)": (CM, "MLModelAsset", "modelAssetWithURL:error:_", False),
+    "MLModelAsset.functionNames": (M, "MLModelAsset", "functionNamesWithCompletionHandler:", None),
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -317,6 +321,9 @@ AVAIL: dict[str, tuple[str, str]] = {
     "MLModelStructureProgramNamedValueType": (V14_4, D),
     "MLModelStructurePipeline": (V14_4, D),
     "MLComputePlan": (V14_4, H),
+    "MLModelAsset": (V13, D),
+    "MLModelAsset modelAssetWithURL:error:_": (V15, D),
+    "MLModelAsset functionNamesWithCompletionHandler:": (V15, D),
     "MLComputePlanDeviceUsage": (V14_4, D),
     "MLComputePlanCost": (V14_4, D),
 }

@@ -128,7 +128,8 @@ public final class CoreMLRuntime: ModelRuntime {
     static func classifier(of description: MLModelDescription) -> ClassifierSchema? {
         guard let label = description.predictedFeatureName else { return nil }
         var c = ClassifierSchema(labelOutput: label, probabilitiesOutput: description.predictedProbabilitiesName)
-        if #available(macOS 14.0, iOS 17.0, tvOS 17.0, watchOS 10.0, *), let labels = description.classLabels {
+        // classLabels is macOS 11 / iOS 14: below the package's floor, no availability check.
+        if let labels = description.classLabels {
             if let strings = labels as? [String] {
                 c.stringLabels = strings
             } else {

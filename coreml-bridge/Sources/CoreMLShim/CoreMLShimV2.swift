@@ -113,7 +113,7 @@ extension MLModelDescription {
     /// mlmodeldescription/predictedprobabilitiesname: `var predictedProbabilitiesName: String? { get }`
     public var predictedProbabilitiesName: String? { nil }
     /// mlmodeldescription/classlabels: `var classLabels: [Any]? { get }`
-    @available(macOS 14.0, iOS 17.0, tvOS 17.0, watchOS 10.0, *)
+    @available(macOS 11.0, iOS 14.0, tvOS 14.0, watchOS 7.0, *)
     public var classLabels: [Any]? { nil }
 }
 
