@@ -232,6 +232,36 @@ fn swapping_the_package_between_open_and_prepare_is_detected_and_never_cached() 
     assert_eq!(entries.len(), 1);
     let report = cache.verify().unwrap();
     assert!(report.bad.is_empty(), "{report:?}");
+
+    // Warm, only the spec is read: other weights swapped in after the open are never
+    // read; the compiled form of the hashed bytes serves the real outputs.
+    let evil = package_copy(dir.path(), "evil2.mlpackage");
+    other_weights(&evil);
+    std::fs::rename(pkg.join("Data"), dir.path().join("Data.orig")).unwrap();
+    std::fs::rename(evil.join("Data"), pkg.join("Data")).unwrap();
+    let model = engine.prepare(&artifact, PrepareOptions::default()).unwrap();
+    let notes = engine.capabilities(model.as_ref()).notes.join("; ");
+    assert!(notes.contains("cache hit"), "{notes}");
+    let out = engine.infer(model.as_ref(), &g.inputs().unwrap(), T).unwrap();
+    assert!(compare(&out, &g.expected().unwrap(), budget).unwrap().passed);
+
+    // Another spec on disk: not the one the compiled form was built from, so the whole
+    // package is read and checked against the artifact's digest, and refused.
+    std::fs::remove_dir_all(pkg.join("Data")).unwrap();
+    std::fs::rename(dir.path().join("Data.orig"), pkg.join("Data")).unwrap();
+    let spec_path = pkg.join("Data/com.apple.CoreML/model.mlmodel");
+    let mut spec = Model::decode(std::fs::read(&spec_path).unwrap().as_slice()).unwrap();
+    spec.description
+        .get_or_insert_with(Default::default)
+        .metadata
+        .get_or_insert_with(Default::default)
+        .short_description = "edited after the open".into();
+    std::fs::write(&spec_path, spec.encode_to_vec()).unwrap();
+    let e = engine
+        .prepare(&artifact, PrepareOptions::default())
+        .err()
+        .expect("a changed spec is noticed");
+    assert!(e.to_string().contains("changed since it was opened"), "{e}");
 }
 
 #[test]

@@ -37,6 +37,9 @@ use crate::tensor::{DType, TensorMap};
 
 /// Name of the lowered package inside a cache entry.
 const COMPILED_PACKAGE: &str = "program.mlpackage";
+/// In a cache entry: the hex SHA-256 of the spec the compiled form was built
+/// from (see `plan_for`).
+const SOURCE_SPEC: &str = "source_spec.sha256";
 
 /// Version tag of the Candle engine's compiled form, part of its cache keys.
 pub const ENGINE_VERSION: &str = concat!("candle-", env!("CARGO_PKG_VERSION"));
@@ -204,6 +207,14 @@ pub fn cpu_name() -> String {
         .unwrap_or_else(|| format!("{} CPU", std::env::consts::ARCH))
 }
 
+/// `pkg` with the function `opts` asks for (the default one when none).
+fn select_function(pkg: MlPackage, opts: &PrepareOptions) -> Result<MlPackage> {
+    match &opts.function_name {
+        Some(name) => pkg.select_function(name),
+        None => Ok(pkg),
+    }
+}
+
 fn precision_label(pkg: &MlPackage, policy: FloatPolicy) -> String {
     let q = pkg.quantization();
     if q == "fp32" {
@@ -217,35 +228,16 @@ fn precision_label(pkg: &MlPackage, policy: FloatPolicy) -> String {
 
 impl CandleEngine {
     fn prepare_program(&self, artifact: &ModelArtifact, opts: &PrepareOptions) -> Result<Inner> {
-        // One read, one truth: the plan (and any compiled form cached under
-        // the artifact's sha256) is built from bytes read once and hashed; if
-        // they are not what `ModelArtifact::open` hashed, nothing is built.
-        let pkg = MlPackage::open_in_memory(&artifact.path)?;
-        let read = pkg
-            .sha256()
-            .ok_or_else(|| Error::internal("a package opened in memory has a digest"))?;
-        artifact.check_unchanged(&read)?;
-        let pkg = match &opts.function_name {
-            Some(name) => pkg.select_function(name)?,
-            None => pkg,
-        };
+        // One read, one truth, without reading the weights twice: the key
+        // comes from the spec alone (one small read). The whole package is
+        // read, and checked against the artifact's digest, only when a plan
+        // is built from it (`read_verified`). A cache hit serves a compiled
+        // form that was built from bytes with this digest, once the spec read
+        // here is shown to be the one that form was built from.
+        let spec_only = select_function(MlPackage::open(&artifact.path)?, opts)?;
+        let key = self.key_for(artifact, &spec_only);
+        let (plan, how, pkg) = self.plan_for(artifact, spec_only, &key, opts)?;
         let function = pkg.function_name().to_string();
-        // Two functions of one package never share a cache entry or a plan.
-        let shape_key = if pkg.io_schema().functions.is_single() {
-            pkg.shape_key()
-        } else {
-            format!("fn-{function}_{}", pkg.shape_key())
-        };
-        let key = CacheKey {
-            sha256: artifact.sha256_hex(),
-            coreml_version: ENGINE_VERSION.into(),
-            backend: "mlprogram".into(),
-            compute_units: ComputeUnits::CpuOnly,
-            quantization: format!("{}-{:?}", pkg.quantization(), self.float_policy).to_lowercase(),
-            shape_key,
-            os_build: "any".into(),
-        };
-        let (plan, how) = self.plan_for(&pkg, &key, opts)?;
         let mut notes = vec![format!(
             "ML Program interpreted by candle: {} run-time steps, {} ops folded at prepare; {how}",
             plan.step_count(),
@@ -277,20 +269,67 @@ impl CandleEngine {
         })
     }
 
-    /// The plan of `pkg`: from the cache's compiled form when there is one,
-    /// else built (and, with a cache, installed for next time).
-    fn plan_for(&self, pkg: &MlPackage, key: &CacheKey, opts: &PrepareOptions) -> Result<(Plan, String)> {
+    /// The cache key of `pkg` (its selected function) for `artifact`.
+    fn key_for(&self, artifact: &ModelArtifact, pkg: &MlPackage) -> CacheKey {
+        // Two functions of one package never share a cache entry or a plan.
+        let shape_key = if pkg.io_schema().functions.is_single() {
+            pkg.shape_key()
+        } else {
+            format!("fn-{}_{}", pkg.function_name(), pkg.shape_key())
+        };
+        CacheKey {
+            sha256: artifact.sha256_hex(),
+            coreml_version: ENGINE_VERSION.into(),
+            backend: "mlprogram".into(),
+            compute_units: ComputeUnits::CpuOnly,
+            quantization: format!("{}-{:?}", pkg.quantization(), self.float_policy).to_lowercase(),
+            shape_key,
+            os_build: "any".into(),
+        }
+    }
+
+    /// The whole package, read once into memory and checked against the
+    /// artifact's digest, with the requested function; its key must be
+    /// `key` (computed from the spec read first), so a package swapped
+    /// between the two reads is refused, not built under the wrong key.
+    fn read_verified(&self, artifact: &ModelArtifact, opts: &PrepareOptions, key: &CacheKey) -> Result<MlPackage> {
+        let pkg = MlPackage::open_in_memory(&artifact.path)?;
+        let read = pkg
+            .sha256()
+            .ok_or_else(|| Error::internal("a package opened in memory has a digest"))?;
+        artifact.check_unchanged(&read)?;
+        let pkg = select_function(pkg, opts)?;
+        if self.key_for(artifact, &pkg) != *key {
+            return Err(Error::invalid_artifact(
+                &artifact.path,
+                "the package changed while it was being prepared: its spec differs from the one read first",
+            ));
+        }
+        Ok(pkg)
+    }
+
+    /// The plan for `artifact`, how it was obtained, and the package whose
+    /// schema describes it: from the cache's compiled form when there is one
+    /// (then `spec_only` describes it, once its spec is shown to be the one
+    /// the form was built from), else built from the verified package (and,
+    /// with a cache, installed for next time).
+    fn plan_for(
+        &self,
+        artifact: &ModelArtifact,
+        spec_only: MlPackage,
+        key: &CacheKey,
+        opts: &PrepareOptions,
+    ) -> Result<(Plan, String, MlPackage)> {
+        let build = |pkg: &MlPackage| Plan::build_budgeted(pkg, self.float_policy, opts.memory_budget);
         let Some(cache) = &self.cache else {
             if opts.precompiled_only {
                 return Err(Error::Compile {
-                    model: pkg.path().display().to_string(),
+                    model: artifact.path.display().to_string(),
                     message: "precompiled-only mode needs a compiled-model cache (CandleEngine::with_cache)".into(),
                 });
             }
-            return Ok((
-                Plan::build_budgeted(pkg, self.float_policy, opts.memory_budget)?,
-                "built from the package (no cache)".into(),
-            ));
+            let pkg = self.read_verified(artifact, opts, key)?;
+            return Ok((build(&pkg)?, "built from the package (no cache)".into(), pkg));
         };
         let entry = if opts.precompiled_only {
             cache.get_precompiled(key)?
@@ -299,23 +338,23 @@ impl CandleEngine {
             // Set until the build closure returns Ok: a build that failed or
             // panicked is the model's fault, anything else the cache's.
             let mut build_failed = false;
-            // The bytes were hashed as read (prepare_program checked them
-            // against the key): the entry records what it was built from.
-            let read = pkg.sha256().map(|d| crate::digest::to_hex(&d)).unwrap_or_default();
-            let got = cache.get_or_build_from(key, &read, |tmp| {
+            // The closure builds only from bytes checked against the
+            // artifact's digest: the entry records that digest as its source.
+            let got = cache.get_or_build_from(key, &artifact.sha256_hex(), |tmp| {
                 build_failed = true;
-                let (plan, lowered) = Plan::build_lowered_budgeted(pkg, self.float_policy, opts.memory_budget)?;
-                lowered.write(pkg, &tmp.join(COMPILED_PACKAGE))?;
-                built = Some(plan);
+                let pkg = self.read_verified(artifact, opts, key)?;
+                let (plan, lowered) = Plan::build_lowered_budgeted(&pkg, self.float_policy, opts.memory_budget)?;
+                lowered.write(&pkg, &tmp.join(COMPILED_PACKAGE))?;
+                std::fs::write(tmp.join(SOURCE_SPEC), crate::digest::to_hex(&pkg.spec_sha256()))
+                    .map_err(|e| Error::io(format!("writing {}", tmp.join(SOURCE_SPEC).display()), e))?;
+                built = Some((plan, pkg));
                 build_failed = false;
                 Ok(())
             });
             match got {
                 Ok(_) if built.is_some() => {
-                    return Ok((
-                        built.expect("checked"),
-                        "cache miss: compiled form built and installed".into(),
-                    ))
+                    let (plan, pkg) = built.expect("checked");
+                    return Ok((plan, "cache miss: compiled form built and installed".into(), pkg));
                 }
                 Ok(entry) => entry,
                 Err(e) if build_failed || e.kind() == ErrorKind::Timeout => return Err(e),
@@ -328,25 +367,40 @@ impl CandleEngine {
                         error = %e,
                         "compiled-model cache unusable; preparing without it"
                     );
-                    let plan = match built {
-                        Some(plan) => plan,
-                        None => Plan::build(pkg, self.float_policy)?,
+                    let (plan, pkg) = match built {
+                        Some(built) => built,
+                        None => {
+                            let pkg = self.read_verified(artifact, opts, key)?;
+                            (build(&pkg)?, pkg)
+                        }
                     };
-                    return Ok((plan, format!("built from the package, not cached ({e})")));
+                    return Ok((plan, format!("built from the package, not cached ({e})"), pkg));
                 }
             }
         };
+        // A hit. The spec read first describes the compiled form only if it is
+        // the spec the form was built from; otherwise (an entry without the
+        // record, or a spec changed on disk) the package is read and verified.
+        let recorded = std::fs::read(entry.path().join(SOURCE_SPEC))
+            .ok()
+            .filter(|r| r.len() == 64);
+        let describes = if recorded.as_deref() == Some(crate::digest::to_hex(&spec_only.spec_sha256()).as_bytes()) {
+            spec_only
+        } else {
+            self.read_verified(artifact, opts, key)?
+        };
         let compiled = entry.path().join(COMPILED_PACKAGE);
-        match MlPackage::open(&compiled).and_then(|lp| Plan::build_budgeted(&lp, self.float_policy, opts.memory_budget))
-        {
-            Ok(plan) => Ok((plan, "cache hit: loaded the compiled form".into())),
+        match MlPackage::open(&compiled).and_then(|lp| build(&lp)) {
+            Ok(plan) => Ok((plan, "cache hit: loaded the compiled form".into(), describes)),
             Err(e) if !opts.precompiled_only => {
                 // A damaged entry that passed the cache's cheap checks: serve
                 // from the package rather than fail.
                 tracing::warn!(entry = %compiled.display(), error = %e, "unusable compiled form; building from the package");
+                let pkg = self.read_verified(artifact, opts, key)?;
                 Ok((
-                    Plan::build_budgeted(pkg, self.float_policy, opts.memory_budget)?,
+                    build(&pkg)?,
                     "compiled form unusable, built from the package".into(),
+                    pkg,
                 ))
             }
             Err(e) => Err(e),

@@ -86,6 +86,7 @@ pub struct MlPackage {
     spec_rel: Vec<String>,
     spec_path: PathBuf,
     spec: Model,
+    spec_sha256: [u8; 32],
     /// The function plans are built from and the schema describes.
     function: String,
     schema: IoSchema,
@@ -183,6 +184,10 @@ impl MlPackage {
         })?;
         let spec = Model::decode(bytes.as_slice())
             .map_err(|e| bad(format!("model spec is not a valid Core ML protobuf: {e}")))?;
+        let spec_sha256 = {
+            use sha2::Digest;
+            sha2::Sha256::digest(bytes.as_slice()).into()
+        };
         drop(bytes);
         let program = match &spec.r#type {
             Some(model::Type::MlProgram(p)) => p,
@@ -209,9 +214,17 @@ impl MlPackage {
             spec_rel,
             spec_path,
             spec,
+            spec_sha256,
             function: default,
             schema,
         })
+    }
+
+    /// The SHA-256 of the spec's bytes as read (`model.mlmodel`, not the
+    /// weights): lets a cache tell, from one small read, whether a package's
+    /// spec is the one a compiled form was built from. Free (computed at open).
+    pub fn spec_sha256(&self) -> [u8; 32] {
+        self.spec_sha256
     }
 
     /// Selects the function plans are built from and the schema describes
