@@ -7,11 +7,15 @@
 //! result takes the run-time operand's). Integer products are computed in
 //! f64. `einsum` is the one contraction coremltools defines (see [`einsum`]).
 
+use std::sync::Arc;
+
 use candle_core::DType;
 
 use super::{one, Builder};
 use crate::error::Result;
-use crate::mil::{Kernel, OpCtx};
+use crate::mil::fuse::Act;
+use crate::mil::gemm::{self, Bias, MatRef};
+use crate::mil::{depthwise, Kernel, OpCtx};
 
 /// The builder for `op_type`, if this family has it.
 pub(super) fn builder(op_type: &str) -> Option<Builder> {
@@ -38,24 +42,51 @@ pub(super) fn linear(c: &mut OpCtx) -> Result<Kernel> {
             return Err(c.error(format!("`bias` has {} values for {dout} outputs", b.elem_count())));
         }
     }
-    Ok(Box::new(move |a| {
-        let x = a[x];
-        let dims = x.dims().to_vec();
-        if dims.last() != Some(&din) {
-            candle_core::bail!("input of shape {dims:?}; expected a last dim of {din}")
-        }
-        let ct = compute_type(x.dtype());
-        // Leading dims flattened: one [rows, in] @ [in, out] product.
-        let rows = x.elem_count() / din.max(1);
-        let x2 = x.to_dtype(ct)?.reshape((rows, din))?;
-        let mut y = x2.matmul(&w.to_dtype(ct)?.t()?)?;
-        if let Some(b) = &b {
-            y = y.broadcast_add(&b.to_dtype(ct)?)?;
-        }
-        let mut shape = dims;
-        *shape.last_mut().expect("rank >= 1") = dout;
-        one(y.reshape(shape)?.to_dtype(x.dtype())?)
-    }))
+    let host_b: Option<Arc<[f32]>> = match &b {
+        Some(b) if b.dtype() == DType::F32 => Some(b.to_vec1::<f32>().map_err(|e| c.error(e.to_string()))?.into()),
+        _ => None,
+    };
+    let make = move |act: Act| -> Kernel {
+        let (w, b, host_b) = (w.clone(), b.clone(), host_b.clone());
+        Box::new(move |a| {
+            let x = a[x];
+            let dims = x.dims().to_vec();
+            if dims.last() != Some(&din) {
+                candle_core::bail!("input of shape {dims:?}; expected a last dim of {din}")
+            }
+            // Leading dims flattened: one [rows, in] @ [in, out] product.
+            let rows = x.elem_count() / din.max(1);
+            let mut shape = dims;
+            *shape.last_mut().expect("rank >= 1") = dout;
+            // f32 with f32 weights: our GEMM, bias and activation fused.
+            if x.dtype() == DType::F32 && w.dtype() == DType::F32 && (b.is_none() || host_b.is_some()) {
+                let xc = x.contiguous()?;
+                let y = depthwise::with_f32_slice(&xc, |xs| {
+                    depthwise::with_f32_slice(&w, |ws| {
+                        let rhs = MatRef {
+                            data: ws,
+                            rs: 1,
+                            cs: din,
+                            batch: 0,
+                        };
+                        let bias = host_b.as_deref().map_or(Bias::None, Bias::Cols);
+                        gemm::matmul(1, (rows, dout, din), MatRef::row_major(xs, din), rhs, bias, act)
+                    })
+                })???;
+                return one(candle_core::Tensor::from_vec(y, shape, x.device())?);
+            }
+            let ct = compute_type(x.dtype());
+            let x2 = x.to_dtype(ct)?.reshape((rows, din))?;
+            let mut y = x2.matmul(&w.to_dtype(ct)?.t()?)?;
+            if let Some(b) = &b {
+                y = y.broadcast_add(&b.to_dtype(ct)?)?;
+            }
+            one(act.apply(&y.reshape(shape)?.to_dtype(x.dtype())?)?)
+        })
+    };
+    let offer = make.clone();
+    c.offer = Some(Box::new(move |act| offer(act)));
+    Ok(make(Act::Identity))
 }
 
 /// The dtype a product is computed in: floats as they are, integers in f64
