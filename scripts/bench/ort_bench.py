@@ -51,6 +51,8 @@ def main():
 
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # peers.py --threads N sets this (0 or unset: ORT's default, one thread per physical core).
+    so.intra_op_num_threads = int(os.environ.get("ORT_BENCH_THREADS", "0"))
     t = time.perf_counter()
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     prepare_ms = (time.perf_counter() - t) * 1e3

@@ -133,12 +133,19 @@ def main():
     ap.add_argument("--iterations", type=int, default=20, help="timed runs per child process")
     ap.add_argument("--model", action="append", choices=sorted(MODELS), help="repeatable; default: all")
     ap.add_argument("--candle-bench", help="use this candle_bench executable instead of building it")
+    ap.add_argument("--threads", type=int, help="threads for every engine: RAYON_NUM_THREADS for candle_bench, "
+                                                 "intra_op_num_threads for ONNX Runtime (default: each one's own)")
     ap.add_argument("--before", help="an older candle_bench executable, run in the same rounds as `interpreter-before` "
                                      "(before/after figures from one interleaved run)")
     args = ap.parse_args()
     if args.rounds <= 0 or args.iterations <= 0:
         ap.error(f"--rounds and --iterations expect positive integers, got {args.rounds} and {args.iterations}")
     keys = args.model or list(MODELS)
+    if args.threads is not None:
+        if args.threads <= 0:
+            ap.error(f"--threads expects a positive integer, got {args.threads}")
+        os.environ["RAYON_NUM_THREADS"] = str(args.threads)  # inherited by the candle_bench children
+        os.environ["ORT_BENCH_THREADS"] = str(args.threads)  # read by ort_bench.py
 
     exe = Path(args.candle_bench) if args.candle_bench else build_candle_bench()
     ours = [MODELS[k]["fp32"] for k in keys if not MODELS[k]["fp32"].startswith("zoo/")]

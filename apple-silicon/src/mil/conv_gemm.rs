@@ -96,8 +96,15 @@ pub(crate) fn conv2d(
     check_alloc("conv output", &[nb, cout, oh, ow], 4)?;
     let pointwise = win.is_pointwise();
     let mut col: Vec<f32> = Vec::new();
+    // im2col in bands of output rows, so that its buffer stays near
+    // COL_BUDGET floats whatever the image size (at least one output row).
+    let band = if pointwise || oh == 0 {
+        oh.max(1)
+    } else {
+        (COL_BUDGET / (kk * ow).max(1)).clamp(1, oh)
+    };
     if !pointwise {
-        check_alloc("conv im2col buffer", &[kk, ohw], 4)?;
+        check_alloc("conv im2col buffer", &[kk, band, ow], 4)?;
     }
     let len = nb * cout * ohw;
     let mut out: Vec<f32> = Vec::with_capacity(len);
@@ -112,18 +119,24 @@ pub(crate) fn conv2d(
                     chunks.next().expect("one chunk per image and group")
                 };
                 let xg = &x[(b * cin + g * cin_g) * h * w..(b * cin + (g + 1) * cin_g) * h * w];
-                let rhs = if pointwise {
-                    MatRef::row_major(xg, ohw)
-                } else {
-                    im2col(xg, (cin_g, h, w), win, (oh, ow), &mut col);
-                    MatRef::row_major(&col, ohw)
-                };
                 let lhs = MatRef::row_major(&weight[g * cout_g * kk..(g + 1) * cout_g * kk], kk);
                 let bias = match bias {
                     Some(bs) => Bias::Rows(&bs[g * cout_g..(g + 1) * cout_g]),
                     None => Bias::None,
                 };
-                gemm::matmul_into(d, (cout_g, ohw, kk), lhs, rhs, bias, act)?;
+                if pointwise {
+                    let rhs = MatRef::row_major(xg, ohw);
+                    gemm::matmul_into(d, (cout_g, ohw, kk), lhs, rhs, bias, act)?;
+                    continue;
+                }
+                for oy0 in (0..oh).step_by(band) {
+                    let rows = band.min(oh - oy0);
+                    im2col(xg, (cin_g, h, w), win, (oy0, rows, ow), &mut col);
+                    let rhs = MatRef::row_major(&col, rows * ow);
+                    // Columns oy0·ow.. of every output row (rows ohw apart).
+                    let dband = &mut d[oy0 * ow..];
+                    gemm::matmul_into_rows(dband, ohw, (cout_g, rows * ow, kk), lhs, rhs, bias, act)?;
+                }
             }
         }
     }
@@ -133,10 +146,21 @@ pub(crate) fn conv2d(
     Ok((out, (oh, ow)))
 }
 
-/// Fills `col` (`[cin·kh·kw, oh·ow]`) from `x` (`[cin, h, w]`): row `(c, i,
-/// j)` holds, for each output position, the input under filter tap `(i, j)`
-/// of channel `c`, or 0 in the padding. Every element is written.
-fn im2col(x: &[f32], (cin, h, w): (usize, usize, usize), win: &Window, (oh, ow): (usize, usize), col: &mut Vec<f32>) {
+/// Floats of im2col buffer per band of output rows (4 MB; small in tests so
+/// that they run several bands, and bands of one row).
+const COL_BUDGET: usize = if cfg!(test) { 300 } else { 1 << 20 };
+
+/// Fills `col` (`[cin·kh·kw, oh·ow]` for output rows `oy0..oy0 + oh`) from
+/// `x` (`[cin, h, w]`): row `(c, i, j)` holds, for each output position, the
+/// input under filter tap `(i, j)` of channel `c`, or 0 in the padding.
+/// Every element is written.
+fn im2col(
+    x: &[f32],
+    (cin, h, w): (usize, usize, usize),
+    win: &Window,
+    (oy0, oh, ow): (usize, usize, usize),
+    col: &mut Vec<f32>,
+) {
     let (kh, kw) = win.kernel;
     let (sh, sw) = win.stride;
     let (dh, dw) = win.dilation;
@@ -154,7 +178,7 @@ fn im2col(x: &[f32], (cin, h, w): (usize, usize, usize), win: &Window, (oh, ow):
         }
         .max(lo);
         for (oy, orow) in row.chunks_exact_mut(ow).enumerate() {
-            let iy = (oy * sh + i * dh).checked_sub(pt).filter(|&iy| iy < h);
+            let iy = ((oy0 + oy) * sh + i * dh).checked_sub(pt).filter(|&iy| iy < h);
             let Some(iy) = iy else {
                 orow.fill(0.0);
                 continue;

@@ -107,13 +107,33 @@ pub(crate) fn matmul(
 /// elements, row-major), every element written.
 pub(crate) fn matmul_into(
     dst: &mut [MaybeUninit<f32>],
+    mnk: (usize, usize, usize),
+    lhs: MatRef,
+    rhs: MatRef,
+    bias: Bias,
+    act: Act,
+) -> CResult<()> {
+    matmul_into_rows(dst, mnk.1, mnk, lhs, rhs, bias, act)
+}
+
+/// Like [`matmul_into`] into rows `dst_rs` apart: row `r` of the product is
+/// `dst[r · dst_rs..r · dst_rs + n]`, and only those elements are written
+/// (a band of columns of a wider matrix).
+pub(crate) fn matmul_into_rows(
+    dst: &mut [MaybeUninit<f32>],
+    dst_rs: usize,
     (m, n, k): (usize, usize, usize),
     lhs: MatRef,
     rhs: MatRef,
     bias: Bias,
     act: Act,
 ) -> CResult<()> {
-    if dst.len() != m * n || !lhs.covers(1, m, k) || !rhs.covers(1, k, n) {
+    let need = if m == 0 || n == 0 {
+        Some(0)
+    } else {
+        (m - 1).checked_mul(dst_rs).and_then(|v| v.checked_add(n))
+    };
+    if dst_rs < n || need.is_none_or(|need| dst.len() < need) || !lhs.covers(1, m, k) || !rhs.covers(1, k, n) {
         candle_core::bail!("matmul of [{m}, {k}] by [{k}, {n}]: an operand or the output is too short")
     }
     match bias {
@@ -126,7 +146,9 @@ pub(crate) fn matmul_into(
     }
     if k == 0 {
         // An empty sum: the product is zero (gemm would not write).
-        dst.fill(MaybeUninit::new(0.0));
+        for r in 0..m {
+            dst[r * dst_rs..r * dst_rs + n].fill(MaybeUninit::new(0.0));
+        }
     } else {
         let threads = rayon::current_num_threads();
         let par = if threads > 1 {
@@ -135,9 +157,9 @@ pub(crate) fn matmul_into(
             Parallelism::None
         };
         // SAFETY: the views were checked above to cover `lhs [m×k]` and
-        // `rhs [k×n]`; `dst` holds `m · n` elements, row-major; with
-        // `read_dst` false gemm only writes `dst` (alpha 0, beta 1:
-        // dst = lhs · rhs).
+        // `rhs [k×n]`, and `dst` to hold `m` rows of `n` elements `dst_rs`
+        // apart; with `read_dst` false gemm only writes those (alpha 0,
+        // beta 1: dst = lhs · rhs).
         unsafe {
             gemm::gemm(
                 m,
@@ -145,7 +167,7 @@ pub(crate) fn matmul_into(
                 k,
                 dst.as_mut_ptr() as *mut f32,
                 1,
-                n as isize,
+                dst_rs as isize,
                 false,
                 lhs.data.as_ptr(),
                 lhs.cs as isize,
@@ -162,19 +184,27 @@ pub(crate) fn matmul_into(
             )
         }
     }
-    // SAFETY: every element was written just above.
-    let dst: &mut [f32] = unsafe { &mut *(dst as *mut [MaybeUninit<f32>] as *mut [f32]) };
-    epilogue(dst, n, bias, act);
+    if matches!((bias, act), (Bias::None, Act::Identity)) {
+        return Ok(());
+    }
+    let row = |(r, d): (usize, &mut [MaybeUninit<f32>])| {
+        // SAFETY: the first `n` elements of every row were written above.
+        let d: &mut [f32] = unsafe { &mut *(&mut d[..n] as *mut [MaybeUninit<f32>] as *mut [f32]) };
+        epilogue_row(d, r, bias, act);
+    };
+    let rows = &mut dst[..(m - 1) * dst_rs + n];
+    if m * n >= PAR_EPILOGUE_MIN && rayon::current_num_threads() > 1 {
+        rows.par_chunks_mut(dst_rs).enumerate().for_each(row);
+    } else {
+        rows.chunks_mut(dst_rs).enumerate().for_each(row);
+    }
     Ok(())
 }
 
-/// Adds `bias` and applies `act` to the row-major `[rows, n]` matrix `dst`
-/// (one pass; on the pool when large).
-pub(crate) fn epilogue(dst: &mut [f32], n: usize, bias: Bias, act: Act) {
-    if matches!((bias, act), (Bias::None, Act::Identity)) || n == 0 {
-        return;
-    }
-    let row = |(r, d): (usize, &mut [f32])| match bias {
+/// Row `r` of an output: its bias added, then `act`.
+#[inline]
+fn epilogue_row(d: &mut [f32], r: usize, bias: Bias, act: Act) {
+    match bias {
         Bias::None => act.epilogue(d, 0.0),
         Bias::Rows(b) => act.epilogue(d, b[r]),
         Bias::Cols(b) => {
@@ -182,11 +212,6 @@ pub(crate) fn epilogue(dst: &mut [f32], n: usize, bias: Bias, act: Act) {
                 *x = act.f(*x + bv);
             }
         }
-    };
-    if dst.len() >= PAR_EPILOGUE_MIN && rayon::current_num_threads() > 1 {
-        dst.par_chunks_mut(n).enumerate().for_each(row);
-    } else {
-        dst.chunks_mut(n).enumerate().for_each(row);
     }
 }
 
