@@ -146,6 +146,114 @@ pub(crate) fn conv2d(
     Ok((out, (oh, ow)))
 }
 
+/// The transposed convolution of `x` (`[nb, cin, h, w]`, contiguous f32)
+/// with `weight` (`[cin, cout / groups, kh, kw]` flattened), kernel,
+/// strides and dilations from `win` (its pads are not used), into an
+/// `(oh, ow)` output whose `(0, 0)` is position `(pads.0, pads.1)` of the
+/// full (uncropped) result, plus an optional per-channel `bias`. Per image
+/// and group: `cols [cout/g·kh·kw, h·w] = W_gᵀ · x_g` on the GEMM, then each
+/// column scattered (added) into the output (col2im). Costs
+/// `2·nb·cin·h·w·cout/g·kh·kw` flops plus a `cout/g·kh·kw·h·w` buffer.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn conv_transpose2d(
+    x: &[f32],
+    (nb, cin, h, w): (usize, usize, usize, usize),
+    weight: &[f32],
+    cout: usize,
+    groups: usize,
+    win: &Window,
+    (pt, pl): (usize, usize),
+    (oh, ow): (usize, usize),
+    bias: Option<&[f32]>,
+) -> CResult<Vec<f32>> {
+    let (kh, kw) = win.kernel;
+    let (sh, sw) = win.stride;
+    let (dh, dw) = win.dilation;
+    if groups == 0 || !cin.is_multiple_of(groups) || !cout.is_multiple_of(groups) || sh == 0 || sw == 0 {
+        candle_core::bail!("transposed conv of {cin} input and {cout} output channels in {groups} groups")
+    }
+    let (cin_g, cout_g) = (cin / groups, cout / groups);
+    let kk = cout_g * kh * kw;
+    let hw = h * w;
+    if Some(x.len()) != nb.checked_mul(cin).and_then(|v| v.checked_mul(hw))
+        || Some(weight.len()) != cin.checked_mul(kk)
+        || bias.is_some_and(|b| b.len() != cout)
+    {
+        candle_core::bail!(
+            "transposed conv input of {} values for [{nb}, {cin}, {h}, {w}], weight of {} for [{cin}, {cout_g}, {kh}, {kw}]",
+            x.len(),
+            weight.len()
+        )
+    }
+    check_alloc("conv_transpose output", &[nb, cout, oh, ow], 4)?;
+    check_alloc("conv_transpose column buffer", &[kk, hw], 4)?;
+    let ohw = oh * ow;
+    let mut out = vec![0f32; nb * cout * ohw];
+    let mut cols = Vec::new();
+    for b in 0..nb {
+        for g in 0..groups {
+            let xg = &x[(b * cin + g * cin_g) * hw..(b * cin + (g + 1) * cin_g) * hw];
+            // W_gᵀ: element (r, c) is weight[(g·cin_g + c)·kk + r].
+            let lhs = MatRef {
+                data: &weight[g * cin_g * kk..(g + 1) * cin_g * kk],
+                rs: 1,
+                cs: kk,
+                batch: 0,
+            };
+            cols = gemm::matmul(
+                1,
+                (kk, hw, cin_g),
+                lhs,
+                MatRef::row_major(xg, hw),
+                Bias::None,
+                Act::Identity,
+            )?;
+            let planes = &mut out[(b * cout + g * cout_g) * ohw..(b * cout + (g + 1) * cout_g) * ohw];
+            let scatter = |(co, plane): (usize, &mut [f32])| {
+                if ohw == 0 {
+                    return;
+                }
+                for i in 0..kh {
+                    for j in 0..kw {
+                        let src = &cols[((co * kh + i) * kw + j) * hw..][..hw];
+                        let off = j * dw;
+                        // Input columns whose output column ix·sw + off − pl is inside [0, ow).
+                        let lo = pl.saturating_sub(off).div_ceil(sw).min(w);
+                        let hi = match (ow + pl).checked_sub(off + 1) {
+                            Some(last) => (last / sw + 1).min(w),
+                            None => 0,
+                        }
+                        .max(lo);
+                        for iy in 0..h {
+                            let Some(oy) = (iy * sh + i * dh).checked_sub(pt).filter(|&oy| oy < oh) else {
+                                continue;
+                            };
+                            let orow = &mut plane[oy * ow..(oy + 1) * ow];
+                            let srow = &src[iy * w..(iy + 1) * w];
+                            for ix in lo..hi {
+                                orow[ix * sw + off - pl] += srow[ix];
+                            }
+                        }
+                    }
+                }
+            };
+            if planes.len() >= 1 << 15 && rayon::current_num_threads() > 1 {
+                planes.par_chunks_mut(ohw.max(1)).enumerate().for_each(scatter);
+            } else {
+                planes.chunks_mut(ohw.max(1)).enumerate().for_each(scatter);
+            }
+        }
+    }
+    drop(cols);
+    if let Some(bs) = bias {
+        for (i, plane) in out.chunks_mut(ohw.max(1)).enumerate() {
+            let bv = bs[i % cout];
+            plane.iter_mut().for_each(|v| *v += bv);
+        }
+    }
+    Ok(out)
+}
+
 /// Floats of im2col buffer per band of output rows (4 MB; small in tests so
 /// that they run several bands, and bands of one row).
 const COL_BUDGET: usize = if cfg!(test) { 300 } else { 1 << 20 };
@@ -295,6 +403,68 @@ mod tests {
                 let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
                 assert!(diff < 1e-4, "{win:?} groups {groups}: {diff}");
             }
+        }
+    }
+
+    #[test]
+    fn transposed_matches_the_definition_on_odd_windows_groups_and_crops() {
+        #[rustfmt::skip]
+        let cases = [
+            // (nb, cin, h, w, cout, groups, kernel, stride, dilation, begin, out)
+            (1, 3, 4, 5, 2, 1, (2, 2), (2, 2), (1, 1), (0, 0), (8, 10)),
+            (2, 4, 3, 6, 6, 2, (3, 2), (2, 3), (1, 2), (1, 0), (6, 17)),
+            (1, 5, 5, 4, 5, 5, (2, 2), (2, 2), (1, 1), (1, 1), (8, 6)),
+            (1, 2, 1, 7, 3, 1, (1, 4), (1, 3), (1, 2), (0, 2), (1, 30)),
+            (1, 2, 3, 3, 2, 2, (3, 3), (1, 1), (2, 2), (2, 2), (7, 9)),
+        ];
+        for (nb, cin, h, w, cout, groups, kernel, stride, dilation, begin, (oh, ow)) in cases {
+            let win = Window {
+                kernel,
+                stride,
+                dilation,
+                pads: [(0, 0); 2],
+            };
+            let (cin_g, cout_g) = (cin / groups, cout / groups);
+            let x = ramp(nb * cin * h * w, 0.4);
+            let wt = ramp(cin * cout_g * kernel.0 * kernel.1, 1.7);
+            let b = ramp(cout, 0.9);
+            let got =
+                conv_transpose2d(&x, (nb, cin, h, w), &wt, cout, groups, &win, begin, (oh, ow), Some(&b)).unwrap();
+            // The definition: every input scattered through the kernel, in f64.
+            let mut want = vec![0f64; nb * cout * oh * ow];
+            for bi in 0..nb {
+                for ci in 0..cin {
+                    let g = ci / cin_g;
+                    for iy in 0..h {
+                        for ix in 0..w {
+                            let xv = x[((bi * cin + ci) * h + iy) * w + ix] as f64;
+                            for co in 0..cout_g {
+                                for i in 0..kernel.0 {
+                                    for j in 0..kernel.1 {
+                                        let oy = (iy * stride.0 + i * dilation.0) as isize - begin.0 as isize;
+                                        let ox = (ix * stride.1 + j * dilation.1) as isize - begin.1 as isize;
+                                        if oy < 0 || ox < 0 || oy >= oh as isize || ox >= ow as isize {
+                                            continue;
+                                        }
+                                        let wv = wt[((ci * cout_g + co) * kernel.0 + i) * kernel.1 + j] as f64;
+                                        let o = (((bi * cout + g * cout_g + co) * oh) + oy as usize) * ow + ox as usize;
+                                        want[o] += xv * wv;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            for (i, v) in want.iter_mut().enumerate() {
+                *v += b[(i / (oh * ow)) % cout] as f64;
+            }
+            let diff = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (*a as f64 - b).abs())
+                .fold(0f64, f64::max);
+            assert!(diff < 1e-5, "{win:?} groups {groups} begin {begin:?}: {diff}");
         }
     }
 

@@ -551,6 +551,34 @@ pub(super) fn conv_transpose(c: &mut OpCtx) -> Result<Kernel> {
             })
             .collect();
         check_elems(&[nb, cout, full.iter().product()], "conv_transpose full output")?;
+        // f32, 1-D or 2-D, any groups, strides, dilations and pads: the GEMM and col2im.
+        if x.dtype() == CDType::F32 && n <= 2 {
+            let one_d = n == 1;
+            let pick = |v: &[usize]| if one_d { (1, v[0]) } else { (v[0], v[1]) };
+            let win = conv_gemm::Window {
+                kernel: pick(&kd),
+                stride: pick(&strides),
+                dilation: pick(&dil),
+                pads: [(0, 0); 2],
+            };
+            let begin = if one_d { (0, pb[0]) } else { (pb[0], pb[1]) };
+            let xc = x.contiguous()?;
+            let y = depthwise::with_f32_slice(&xc, |xs| {
+                let (h, w) = pick(&sp);
+                conv_gemm::conv_transpose2d(
+                    xs,
+                    (nb, cin, h, w),
+                    &ws,
+                    cout,
+                    groups,
+                    &win,
+                    begin,
+                    pick(&osp),
+                    bs.as_deref(),
+                )
+            })??;
+            return one(Tensor::from_vec(y, shape, x.device())?);
+        }
         if let Some(wc) = &candle_w {
             // candle's transposed conv gives the full output; the pads and
             // `output_shape` then crop it (or extend it with zeros).
