@@ -217,6 +217,66 @@ mod tests {
         }
     }
 
+    /// conv2d_valid's program with a `relu6` after its conv (and, with
+    /// `expose`, the conv's own output kept as a second block output).
+    fn conv_then_relu6(expose: bool) -> crate::mil::Plan {
+        crate::mil::test_support::build_edited_result("conv/conv2d_valid", |b| {
+            let conv = b.operations.iter_mut().find(|o| o.r#type == "conv").unwrap();
+            conv.outputs[0].name = "c".into();
+            let mut relu = Operation {
+                r#type: "relu6".into(),
+                outputs: conv.outputs.clone(),
+                ..Default::default()
+            };
+            relu.outputs[0].name = "y".into();
+            relu.inputs.insert(
+                "x".into(),
+                mil_spec::Argument {
+                    arguments: vec![mil_spec::argument::Binding {
+                        binding: Some(mil_spec::argument::binding::Binding::Name("c".into())),
+                    }],
+                },
+            );
+            b.operations.push(relu);
+            if expose {
+                b.outputs.push("c".into());
+            }
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn a_plan_fuses_an_activation_only_when_nothing_else_reads_the_conv() {
+        let dir = crate::mil::test_support::package_path("conv/conv2d_valid");
+        let dir = dir.parent().unwrap();
+        let x = crate::tensor::Tensor::read_npy(dir.join("inputs/x.npy")).unwrap();
+        // The fixture's reference conv output (numpy), clamped as relu6 does.
+        let conv_ref = crate::tensor::Tensor::read_npy(dir.join("expected/y.npy"))
+            .unwrap()
+            .to_f32_vec();
+        let relu_ref: Vec<f32> = conv_ref.iter().map(|v| v.clamp(0.0, 6.0)).collect();
+        assert!(conv_ref.iter().any(|&v| v < 0.0), "the case must exercise the clamp");
+        let close = |got: &[f32], want: &[f32]| {
+            assert_eq!(got.len(), want.len());
+            let d = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(d < 1e-4, "{d}");
+        };
+        let inputs: crate::tensor::TensorMap = [("x".to_string(), x)].into_iter().collect();
+
+        let fused = conv_then_relu6(false);
+        let h = fused.step_histogram();
+        assert_eq!(h.get("conv+relu6"), Some(&1), "{h:?}");
+        assert!(!h.contains_key("relu6") && !h.contains_key("conv"), "{h:?}");
+        close(&fused.run(&inputs).unwrap()["y"].to_f32_vec(), &relu_ref);
+
+        let apart = conv_then_relu6(true);
+        let h = apart.step_histogram();
+        assert_eq!((h.get("conv"), h.get("relu6")), (Some(&1), Some(&1)), "{h:?}");
+        let out = apart.run(&inputs).unwrap();
+        close(&out["c"].to_f32_vec(), &conv_ref);
+        close(&out["y"].to_f32_vec(), &relu_ref);
+    }
+
     #[test]
     fn apply_keeps_dtype_and_shape() {
         let x = Tensor::randn(0f32, 3.0, (2, 5, 3), &Device::Cpu)

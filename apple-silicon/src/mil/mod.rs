@@ -661,7 +661,9 @@ impl Plan {
         self.const_bytes
     }
 
-    /// Run-time step counts by op type (steps inside blocks included).
+    /// Run-time step counts by op type (steps inside blocks included); a
+    /// step with an activation fused into it counts as `producer+activation`
+    /// (`conv+relu6`).
     pub fn step_histogram(&self) -> BTreeMap<String, usize> {
         let mut h = BTreeMap::new();
         for s in block::all_steps(&self.steps) {
