@@ -43,6 +43,11 @@ const PROGRAMS: [&str; 5] = [
     "minilm_l6_fp32",
     "minilm_l6_fp16",
 ];
+/// Zoo members (`models/zoo/<member>`, built by `make zoo`) that only
+/// `--child` runs (scripts/bench/peers.py compares them with ONNX Runtime on
+/// their original ONNX files): 5×5 depthwise convolutions with "same"
+/// padding (PP-LCNet), transposed convolutions and upsampling (PP-OCRv4 det).
+const ZOO_PROGRAMS: [&str; 2] = ["zoo/pplcnet_orientation", "zoo/ppocr_v4_det"];
 /// candle-transformers' BertModel on the safetensors MiniLM-L6.
 const NATIVE: &str = "minilm_l6_safetensors";
 /// Interpreter vs native MiniLM-L6, interleaved in one process.
@@ -301,10 +306,11 @@ fn resolve(id: &str) -> (PathBuf, TensorMap, f64, &'static str) {
             "candle-transformers",
         );
     }
-    if !PROGRAMS.contains(&id) {
+    if !PROGRAMS.contains(&id) && !ZOO_PROGRAMS.contains(&id) {
         die(&format!(
-            "unknown model id {id:?}; expected one of {}, {NATIVE}, {INTERLEAVED}",
-            PROGRAMS.join(", ")
+            "unknown model id {id:?}; expected one of {}, {}, {NATIVE}, {INTERLEAVED}",
+            PROGRAMS.join(", "),
+            ZOO_PROGRAMS.join(", ")
         ));
     }
     let m = golden::downloaded(id).unwrap_or_else(|e| panic!("{e}"));

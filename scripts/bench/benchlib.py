@@ -13,6 +13,8 @@ ONNX_DIR = REPO_ROOT / "target" / "onnx"
 
 # The Core ML packages we export to ONNX (fp32: the same float32 weights ONNX Runtime runs).
 EXPORTS = ("mobilenet_v2_fp32", "minilm_l6_fp32")
+# Zoo members (models/zoo/<member>) benched on their original ONNX files (scripts/bench/zoo_onnx.py).
+ZOO_IDS = ("zoo/pplcnet_orientation", "zoo/ppocr_v4_det")
 
 
 def models_dir() -> Path:
@@ -53,3 +55,24 @@ def median(values) -> float:
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+def feeds(mdir: Path) -> dict:
+    """A model's golden inputs by name: <mdir>/inputs/<name>.npy (the names in manifest.json's
+    io_schema when it has one, else every file there)."""
+    import json
+
+    import numpy as np
+
+    schema = json.loads((mdir / "manifest.json").read_text()).get("io_schema")
+    names = [f["name"] for f in schema["inputs"]] if schema else sorted(p.stem for p in (mdir / "inputs").glob("*.npy"))
+    return {n: np.load(mdir / "inputs" / f"{n}.npy") for n in names}
+
+
+def onnx_feeds(sess, feeds: dict) -> dict:
+    """`feeds` keyed by the session's input names: a one-input model whose input name the zoo
+    sanitised (x.1 -> x_1) takes its one input whatever its name."""
+    names = [i.name for i in sess.get_inputs()]
+    if set(names) == set(feeds) or len(names) != 1 or len(feeds) != 1:
+        return feeds
+    return {names[0]: next(iter(feeds.values()))}

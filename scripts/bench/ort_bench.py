@@ -35,25 +35,28 @@ WARMUP = 3
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True, choices=benchlib.EXPORTS)
+    ap.add_argument("--model", required=True, choices=benchlib.EXPORTS + benchlib.ZOO_IDS)
     ap.add_argument("--iterations", type=int, default=30)
     ap.add_argument("--onnx", help="the .onnx file (default target/onnx/<model>.onnx)")
     ap.add_argument("--json", action="store_true", help="print one JSON line instead of a summary")
     args = ap.parse_args()
     if args.iterations <= 0:
         ap.error(f"--iterations expects a positive integer, got {args.iterations}")
-    path = Path(args.onnx) if args.onnx else benchlib.ONNX_DIR / f"{args.model}.onnx"
+    default = benchlib.ONNX_DIR / (args.model.replace("/", "_") + ".onnx")  # zoo/<m> -> zoo_<m>.onnx
+    path = Path(args.onnx) if args.onnx else default
     if not path.is_file():
         raise SystemExit(f"expected an ONNX export at {path}, found none: run scripts/bench/export_onnx.py")
     mdir = benchlib.model_dir(args.model)
-    schema = json.loads((mdir / "manifest.json").read_text())["io_schema"]
-    feeds = {f["name"]: np.load(mdir / "inputs" / f"{f['name']}.npy") for f in schema["inputs"]}
+    feeds = benchlib.feeds(mdir)
 
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # peers.py --threads N sets this (0 or unset: ORT's default, one thread per physical core).
+    so.intra_op_num_threads = int(os.environ.get("ORT_BENCH_THREADS", "0"))
     t = time.perf_counter()
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     prepare_ms = (time.perf_counter() - t) * 1e3
+    feeds = benchlib.onnx_feeds(sess, feeds)
     pool_threads = len(os.listdir("/proc/self/task")) - START_THREADS  # ORT's intra-op pool workers
     for _ in range(WARMUP):
         sess.run(None, feeds)

@@ -1,12 +1,15 @@
-"""Our CandleEngine against its peers, in one run: MobileNetV2 (batch 1, 224x224) and MiniLM-L6
-(seq 128) on the same fp32 weights, through
+"""Our CandleEngine against its peers, in one run: MobileNetV2 (batch 1, 224x224), MiniLM-L6
+(seq 128), and two zoo networks (PP-LCNet: 5x5 depthwise convs with "same" pads; PP-OCRv4 det:
+transposed convs and upsampling, 1x3x192x384) on the same fp32 weights, through
 
-    candle-interpreter   candle_bench --child <id>_fp32 (the Core ML package, interpreted)
-    onnxruntime          ort_bench.py --model <id>_fp32 (export_onnx.py's graph, ONNX Runtime CPU)
+    candle-interpreter   candle_bench --child <id> (the Core ML package, interpreted)
+    onnxruntime          ort_bench.py --model <id> (export_onnx.py's graph, or for zoo/<member>
+                         the original ONNX file the member was converted from, zoo_onnx.py)
     candle-transformers  candle_bench --child minilm_l6_safetensors (MiniLM only: native BertModel)
 
-Builds the release example once, exports the ONNX graphs if missing (export_onnx.py verifies
-them against the goldens), then for each model runs R rounds; a round runs every engine once,
+Builds the release example once, exports the ONNX graphs if missing (export_onnx.py and
+zoo_onnx.py verify them against the goldens / the zoo's expected outputs; the zoo members need
+`make zoo`), then for each model runs R rounds; a round runs every engine once,
 each in a fresh process, with the order rotated from round to round so that none always goes
 first. Latencies of all rounds are pooled for p50/p95; "p50 vs ORT" is the median over rounds
 of (engine p50 / ONNX Runtime p50 of the same round), which cancels most of the machine's
@@ -39,6 +42,11 @@ HERE = Path(__file__).resolve().parent
 MODELS = {
     "mobilenet_v2": {"label": "MobileNetV2 (1×3×224×224)", "fp32": "mobilenet_v2_fp32", "native": None},
     "minilm_l6": {"label": "MiniLM-L6 (seq 128)", "fp32": "minilm_l6_fp32", "native": "minilm_l6_safetensors"},
+    # Zoo members on their original ONNX files (zoo_onnx.py): other shapes of network.
+    "pplcnet": {"label": "PP-LCNet orientation (1×3×224×224; 5×5 depthwise, same pads)",
+                "fp32": "zoo/pplcnet_orientation", "native": None},
+    "ppocr_det": {"label": "PP-OCRv4 det (1×3×192×384; conv_transpose, upsampling)",
+                  "fp32": "zoo/ppocr_v4_det", "native": None},
 }
 
 
@@ -123,18 +131,29 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--iterations", type=int, default=20, help="timed runs per child process")
-    ap.add_argument("--model", action="append", choices=sorted(MODELS), help="repeatable; default: both")
+    ap.add_argument("--model", action="append", choices=sorted(MODELS), help="repeatable; default: all")
     ap.add_argument("--candle-bench", help="use this candle_bench executable instead of building it")
+    ap.add_argument("--threads", type=int, help="threads for every engine: RAYON_NUM_THREADS for candle_bench, "
+                                                 "intra_op_num_threads for ONNX Runtime (default: each one's own)")
     ap.add_argument("--before", help="an older candle_bench executable, run in the same rounds as `interpreter-before` "
                                      "(before/after figures from one interleaved run)")
     args = ap.parse_args()
     if args.rounds <= 0 or args.iterations <= 0:
         ap.error(f"--rounds and --iterations expect positive integers, got {args.rounds} and {args.iterations}")
     keys = args.model or list(MODELS)
+    if args.threads is not None:
+        if args.threads <= 0:
+            ap.error(f"--threads expects a positive integer, got {args.threads}")
+        os.environ["RAYON_NUM_THREADS"] = str(args.threads)  # inherited by the candle_bench children
+        os.environ["ORT_BENCH_THREADS"] = str(args.threads)  # read by ort_bench.py
 
     exe = Path(args.candle_bench) if args.candle_bench else build_candle_bench()
-    subprocess.run([sys.executable, str(HERE / "export_onnx.py")] + [a for k in keys for a in ("--model", MODELS[k]["fp32"])],
-                   check=True)
+    ours = [MODELS[k]["fp32"] for k in keys if not MODELS[k]["fp32"].startswith("zoo/")]
+    zoo = [MODELS[k]["fp32"] for k in keys if MODELS[k]["fp32"].startswith("zoo/")]
+    if ours:
+        subprocess.run([sys.executable, str(HERE / "export_onnx.py")] + [a for m in ours for a in ("--model", m)], check=True)
+    if zoo:
+        subprocess.run([sys.executable, str(HERE / "zoo_onnx.py")] + [a for m in zoo for a in ("--member", m)], check=True)
 
     started = datetime.datetime.now(datetime.timezone.utc)
     load_before = os.getloadavg()

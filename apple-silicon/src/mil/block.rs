@@ -26,7 +26,7 @@ use coreml_proto::proto::mil_spec::{self, Operation};
 use super::ops::state::StateSlot;
 use super::ops::{self, ListKernel, ListVal};
 use super::{
-    candle_err, constexpr, limits, make_const, op_name, small_host, ConstVal, FloatPolicy, Kernel, OpCtx, Val,
+    candle_err, constexpr, fuse, limits, make_const, op_name, small_host, ConstVal, FloatPolicy, Kernel, OpCtx, Val,
 };
 use crate::error::{Error, Result};
 use crate::mil::value::Decoder;
@@ -198,6 +198,15 @@ pub(crate) struct BlockBuilder<'p> {
     /// The program's states (ops/state.rs): their slots are only read by
     /// `read_state` and written by `write_state`.
     pub states: Vec<StateSlot>,
+    /// The main block's outputs: a value that is one is never fused away.
+    pub block_outputs: HashSet<String>,
+}
+
+/// A step whose kernel could take the next op's activation (`fuse.rs`).
+struct Pending {
+    step: usize,
+    out: String,
+    offer: fuse::Offer,
 }
 
 impl<'p> BlockBuilder<'p> {
@@ -215,6 +224,7 @@ impl<'p> BlockBuilder<'p> {
             kept_names: HashSet::new(),
             lists: HashSet::new(),
             states: Vec::new(),
+            block_outputs: HashSet::new(),
         }
     }
 
@@ -271,6 +281,9 @@ impl<'p> BlockBuilder<'p> {
     /// Builds `ops` into `steps`, defining their outputs in `env`. `top`:
     /// the main block (its kept ops are recorded by index).
     pub fn build_ops(&mut self, ops: &[Operation], env: &mut Env<'_>, steps: &mut Vec<Step>, top: bool) -> Result<()> {
+        // Fusion only in the main block, whose outputs are known here.
+        let uses = if top { fuse::use_counts(ops) } else { HashMap::new() };
+        let mut pending: Option<Pending> = None;
         for (op_index, op) in ops.iter().enumerate() {
             let name = op_name(op);
             if op.r#type == "const" {
@@ -285,6 +298,39 @@ impl<'p> BlockBuilder<'p> {
                 self.add_const(env, &out.name, &name, c)?;
                 continue;
             }
+            // Any op but a constant ends the chance to fuse into the step before it.
+            if let Some(p) = pending.take_if(|_| !constexpr::is_constexpr(&op.r#type)) {
+                let fusable = fuse::is_activation(&op.r#type)
+                    && op.outputs.len() == 1
+                    && fuse::arg_name(op, "x") == Some(p.out.as_str())
+                    && uses.get(&p.out) == Some(&1)
+                    && !self.block_outputs.contains(&p.out);
+                if fusable {
+                    let mut ctx = OpCtx {
+                        op,
+                        name: name.clone(),
+                        env,
+                        lists: &self.lists,
+                        dec: &mut self.dec,
+                        policy: self.policy,
+                        operands: Vec::new(),
+                        used: Vec::new(),
+                        offer: None,
+                    };
+                    if let Some(act) = fuse::act_of(&mut ctx)? {
+                        let mut used = std::mem::take(&mut ctx.used);
+                        drop(ctx);
+                        self.used.append(&mut used);
+                        self.kept_ops.push(op_index);
+                        let step = &mut steps[p.step];
+                        step.exec = Exec::Kernel((p.offer)(act));
+                        step.op_type = format!("{}+{}", step.op_type, op.r#type);
+                        let slot = step.outputs[0];
+                        env.insert(op.outputs[0].name.clone(), Val::Slot(slot));
+                        continue;
+                    }
+                }
+            }
             let before = steps.len();
             let mut ctx = OpCtx {
                 op,
@@ -295,6 +341,7 @@ impl<'p> BlockBuilder<'p> {
                 policy: self.policy,
                 operands: Vec::new(),
                 used: Vec::new(),
+                offer: None,
             };
             if constexpr::is_constexpr(&op.r#type) {
                 let ds = constexpr::materialize_outputs(&mut ctx)?;
@@ -335,12 +382,14 @@ impl<'p> BlockBuilder<'p> {
                 return Err(ctx.unsupported("nested blocks on an op other than cond and while_loop"));
             }
             let mut writes_state = None;
+            let mut offer = None;
             let exec = if let Some(b) = ops::list_builder(&op.r#type) {
                 // Lists never fold: they are run-time values.
                 Exec::List(b(&mut ctx)?)
             } else {
                 let builder = ops::builder(&op.r#type).ok_or_else(|| ctx.unsupported("op type"))?;
                 let kernel = builder(&mut ctx)?;
+                offer = ctx.offer.take();
                 writes_state = ops::state::check_operands(&ctx, &ctx.operands, &self.states)?;
                 if ctx.operands.iter().all(|v| matches!(v, Val::Const(_))) {
                     if !top {
@@ -365,6 +414,15 @@ impl<'p> BlockBuilder<'p> {
                 let s = self.slot_for(o, makes_list);
                 env.insert(o.name.clone(), Val::Slot(s));
                 outputs.push(s);
+            }
+            if let (Some(offer), true, [o]) = (offer, top, op.outputs.as_slice()) {
+                if outputs.len() == 1 {
+                    pending = Some(Pending {
+                        step: steps.len(),
+                        out: o.name.clone(),
+                        offer,
+                    });
+                }
             }
             steps.push(Step {
                 name,

@@ -19,6 +19,7 @@ use candle_core::{CpuStorage, DType, Device, Storage, Tensor};
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use super::fuse::Act;
 use super::limits::{self, check_alloc};
 
 type CResult<T> = candle_core::Result<T>;
@@ -85,7 +86,9 @@ impl Geom {
 /// Depthwise convolution of `x` `[n, c, h, w]` with `weight` `[c, 1, kh, kw]`
 /// flattened to f32, an optional per-channel `bias`, explicit
 /// `[begin, end]` `pads` for height and width, and equal strides and
-/// dilations. Computes in f32 and returns the input's dtype.
+/// dilations, then `act` on each channel's plane while it is in cache.
+/// Computes in f32 and returns the input's dtype.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn depthwise_conv2d(
     x: &Tensor,
     weight: &[f32],
@@ -94,6 +97,7 @@ pub(crate) fn depthwise_conv2d(
     pads: &[(usize, usize)],
     stride: usize,
     dil: usize,
+    act: Act,
 ) -> CResult<Tensor> {
     let dtype = x.dtype();
     let (nb, ch, h, w) = x.dims4()?;
@@ -156,6 +160,9 @@ pub(crate) fn depthwise_conv2d(
                 } else {
                     split_phases(input, w, stride, &mut scratch.input);
                     conv_plane(&scratch.input, k, b, &g, &taps, dst);
+                }
+                if act != Act::Identity {
+                    act.epilogue(dst, 0.0);
                 }
             });
     })?;
@@ -325,12 +332,22 @@ mod tests {
         let bias = with_bias.then(|| values(ch, 3));
         let (want, oh, ow) = reference(&xs, dims, &ws, k, bias.as_deref(), &pads, stride, dil);
         let x = Tensor::from_vec(xs, dims, &Device::Cpu).unwrap();
-        let got = depthwise_conv2d(&x, &ws, k, bias.as_deref(), &pads, stride, dil).unwrap();
+        let got = depthwise_conv2d(&x, &ws, k, bias.as_deref(), &pads, stride, dil, Act::Identity).unwrap();
         assert_eq!(
             got.dims(),
             &[nb, ch, oh, ow],
             "{dims:?} k {k:?} pads {pads:?} s{stride} d{dil}"
         );
+        // The fused activation computes what the activation after the conv does.
+        for act in [Act::Clamp(0.0, 0.4), Act::Silu] {
+            let fused = depthwise_conv2d(&x, &ws, k, bias.as_deref(), &pads, stride, dil, act).unwrap();
+            let after = act.apply(&got).unwrap();
+            let (f, a): (Vec<f32>, Vec<f32>) = (
+                fused.flatten_all().unwrap().to_vec1().unwrap(),
+                after.flatten_all().unwrap().to_vec1().unwrap(),
+            );
+            assert_eq!(f, a, "{dims:?} k {k:?} {act:?}");
+        }
         let got = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         for (n, (g, r)) in got.iter().zip(&want).enumerate() {
             assert!(
@@ -353,6 +370,9 @@ mod tests {
         check((1, 3, 13, 10), (3, 3), [(2, 2), (2, 2)], 1, 2, true);
         check((1, 9, 10, 13), (3, 2), [(0, 3), (4, 0)], 3, 2, false);
         check((1, 4, 8, 8), (5, 5), [(0, 0), (0, 0)], 1, 1, true);
+        // 5x5 "same" (PP-LCNet, PicoDet), stride 1 and 2.
+        check((1, 6, 15, 13), (5, 5), [(2, 2), (2, 2)], 1, 1, true);
+        check((1, 6, 15, 13), (5, 5), [(1, 2), (1, 2)], 2, 1, true);
         // Padding wider than the filter reach: taps with no valid columns.
         check((1, 2, 3, 2), (3, 3), [(3, 3), (4, 4)], 1, 1, true);
         check((1, 3, 1, 1), (1, 1), [(0, 0), (0, 0)], 1, 1, true);
@@ -361,7 +381,7 @@ mod tests {
     #[test]
     fn keeps_the_input_dtype() {
         let x = Tensor::ones((1, 2, 4, 4), DType::F16, &Device::Cpu).unwrap();
-        let y = depthwise_conv2d(&x, &[1.0; 18], (3, 3), None, &[(1, 1), (1, 1)], 1, 1).unwrap();
+        let y = depthwise_conv2d(&x, &[1.0; 18], (3, 3), None, &[(1, 1), (1, 1)], 1, 1, Act::Identity).unwrap();
         assert_eq!(y.dtype(), DType::F16);
         // Centre: all nine taps; corner: four.
         let v = y

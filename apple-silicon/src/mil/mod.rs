@@ -28,7 +28,10 @@
 
 mod block;
 mod constexpr;
+mod conv_gemm;
 mod depthwise;
+mod fuse;
+mod gemm;
 pub mod limits;
 mod lower;
 mod marshal;
@@ -232,6 +235,8 @@ pub(crate) struct OpCtx<'b, 'p> {
     operands: Vec<Val>,
     /// Names of program constants this op reads (kept in a lowered program).
     used: Vec<String>,
+    /// Set by a builder whose kernel can take a fused activation (`fuse.rs`).
+    pub offer: Option<fuse::Offer>,
 }
 
 impl<'b, 'p> OpCtx<'b, 'p> {
@@ -528,6 +533,7 @@ impl Plan {
             )));
         }
         let mut bb = BlockBuilder::new(pkg, policy, budget);
+        bb.block_outputs = block.outputs.iter().cloned().collect();
         let mut env = block::Env::top();
         let mut inputs = Vec::new();
         for inp in &main.inputs {
@@ -655,7 +661,9 @@ impl Plan {
         self.const_bytes
     }
 
-    /// Run-time step counts by op type (steps inside blocks included).
+    /// Run-time step counts by op type (steps inside blocks included); a
+    /// step with an activation fused into it counts as `producer+activation`
+    /// (`conv+relu6`).
     pub fn step_histogram(&self) -> BTreeMap<String, usize> {
         let mut h = BTreeMap::new();
         for s in block::all_steps(&self.steps) {

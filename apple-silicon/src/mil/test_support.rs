@@ -30,6 +30,14 @@ pub(crate) fn run_case(case: &str, items: Vec<(&str, Tensor)>) -> crate::Result<
 /// Builds (native policy) a copy of case `case` whose main block `edit`
 /// changed; returns the build's error, which the edit must provoke.
 pub(crate) fn build_edited(case: &str, edit: impl FnOnce(&mut mil_spec::Block)) -> crate::Error {
+    build_edited_result(case, edit)
+        .err()
+        .unwrap_or_else(|| panic!("{case}: the edited program must be refused at build"))
+}
+
+/// Builds (native policy) a copy of case `case` whose main block `edit`
+/// changed: the plan, or the build's error.
+pub(crate) fn build_edited_result(case: &str, edit: impl FnOnce(&mut mil_spec::Block)) -> crate::Result<Plan> {
     let dir = tempfile::tempdir().unwrap();
     let dst = dir.path().join("m.mlpackage");
     crate::cache::fsx::copy_tree(&package_path(case), &dst).unwrap();
@@ -42,6 +50,4 @@ pub(crate) fn build_edited(case: &str, edit: impl FnOnce(&mut mil_spec::Block)) 
     edit(main.block_specializations.values_mut().next().unwrap());
     std::fs::write(&spec_path, spec.encode_to_vec()).unwrap();
     Plan::build(&MlPackage::open(&dst).unwrap(), FloatPolicy::Native)
-        .err()
-        .unwrap_or_else(|| panic!("{case}: the edited program must be refused at build"))
 }

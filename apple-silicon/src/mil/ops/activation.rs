@@ -86,7 +86,11 @@ fn softplus(v: f32) -> f32 {
 
 /// An elementwise activation with a required scalar `alpha` and, when
 /// `with_beta`, a required scalar `beta`.
-fn alpha_beta(c: &mut OpCtx, with_beta: bool, f: fn(f32, f32, f32) -> f32) -> Result<Kernel> {
+/// Generic over `f` (not a fn pointer) so that the per-element call inlines.
+fn alpha_beta<F>(c: &mut OpCtx, with_beta: bool, f: F) -> Result<Kernel>
+where
+    F: Fn(f32, f32, f32) -> f32 + Copy + Send + Sync + 'static,
+{
     let x = c.tensor("x")?;
     let alpha = c.opt_float("alpha")?.ok_or_else(|| c.error("`alpha` is required"))? as f32;
     let beta = if with_beta {

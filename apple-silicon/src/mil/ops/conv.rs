@@ -11,13 +11,16 @@
 //! candle's conv (unequal strides as stride 1 then subsampled); 3-D,
 //! unequal dilations and run-time weights a direct host loop.
 
+use std::sync::Arc;
+
 use candle_core::{DType as CDType, Tensor};
 
 use super::spatial::{check_elems, check_padded, from_host, host_f32, lift3, spatial_pads, spatial_params, window_out};
 use super::{one, Builder, CResult};
 use crate::error::Result;
+use crate::mil::fuse::Act;
 use crate::mil::par_elementwise::{self, BinOp};
-use crate::mil::{depthwise, Kernel, OpCtx};
+use crate::mil::{conv_gemm, depthwise, Kernel, OpCtx};
 
 /// The builder for `op_type`, if this family has it.
 pub(super) fn builder(op_type: &str) -> Option<Builder> {
@@ -73,36 +76,124 @@ pub(super) fn conv(c: &mut OpCtx) -> Result<Kernel> {
     if depthwise {
         return depthwise_conv(c, x, &w, bias.as_ref(), (pad_type, pad), stride, dilation);
     }
-    let bias = match bias {
-        Some(b) => Some(
-            b.reshape(if n == 2 { vec![1, cout, 1, 1] } else { vec![1, cout, 1] })
-                .map_err(|e| c.error(e.to_string()))?,
-        ),
-        None => None,
+    let general = General {
+        x,
+        n,
+        cin_g,
+        cout,
+        groups,
+        kdims,
+        strides,
+        dil,
+        pad_type,
+        pad,
+        host_bias: bias
+            .as_ref()
+            .map(host_f32)
+            .transpose()
+            .map_err(|e| c.error(e.to_string()))?,
+        bias: match bias {
+            Some(b) => Some(
+                b.reshape(if n == 2 { vec![1, cout, 1, 1] } else { vec![1, cout, 1] })
+                    .map_err(|e| c.error(e.to_string()))?,
+            ),
+            None => None,
+        },
+        w,
     };
-    // A 1x1, stride-1 conv is a matrix product `[cout, cin] @ [cin, h*w]`
-    // per image: candle's conv2d would copy the input and the output around it.
-    let pointwise = (n == 2 && groups == 1 && kdims == [1, 1] && stride == 1)
-        .then(|| w.reshape((cout, cin_g)))
-        .transpose()
-        .map_err(|e| c.error(e.to_string()))?;
-    Ok(Box::new(move |a| {
-        let x = a[x];
-        check_channels(x, cin_g * groups, n)?;
-        let spatial = &x.dims()[2..];
-        let pads = spatial_pads(&pad_type, &pad, spatial, &kdims, &strides, &dil)?;
-        // Sizes checked here: candle's conv would underflow on a kernel longer than the input.
-        for i in 0..n {
-            window_out(spatial[i], pads[i], eff_kernel(kdims[i], dil[i]), strides[i])?;
-        }
-        check_padded(x, &pads)?;
-        if let Some(w2) = pointwise.as_ref().filter(|_| pads.iter().all(|&p| p == (0, 0))) {
-            let y = pointwise_conv2d(x, &w2.to_dtype(x.dtype())?)?;
-            return one(match &bias {
-                Some(b) => par_elementwise::binary(BinOp::Add, &y, &b.to_dtype(x.dtype())?)?,
-                None => y,
-            });
-        }
+    let offer = general.clone();
+    c.offer = Some(Box::new(move |act| offer.kernel(act)));
+    Ok(general.kernel(Act::Identity))
+}
+
+/// A 1-D or 2-D conv with equal dilations and a constant weight (not
+/// depthwise): what its kernel needs, so that the kernel can be built again
+/// with an activation fused (`mil::fuse`).
+#[derive(Clone)]
+struct General {
+    x: usize,
+    n: usize,
+    cin_g: usize,
+    cout: usize,
+    groups: usize,
+    kdims: Vec<usize>,
+    strides: Vec<usize>,
+    dil: Vec<usize>,
+    pad_type: String,
+    pad: Vec<i64>,
+    host_bias: Option<Vec<f32>>,
+    /// The bias as `[1, C_out, 1(, 1)]`, for the candle path.
+    bias: Option<Tensor>,
+    w: Tensor,
+}
+
+impl General {
+    /// The kernel: f32 inputs run on our GEMM (`mil::conv_gemm`, bias and
+    /// `act` fused); other dtypes on candle's conv, then the bias and `act`.
+    fn kernel(self, act: Act) -> Kernel {
+        Box::new(move |a| {
+            let g = &self;
+            let x = a[g.x];
+            let n = g.n;
+            check_channels(x, g.cin_g * g.groups, n)?;
+            let spatial = &x.dims()[2..];
+            let pads = spatial_pads(&g.pad_type, &g.pad, spatial, &g.kdims, &g.strides, &g.dil)?;
+            // Sizes checked here: candle's conv would underflow on a kernel longer than the input.
+            for i in 0..n {
+                window_out(spatial[i], pads[i], eff_kernel(g.kdims[i], g.dil[i]), g.strides[i])?;
+            }
+            check_padded(x, &pads)?;
+            if x.dtype() == CDType::F32 {
+                return one(g.on_gemm(x, &pads, act)?);
+            }
+            let y = g.on_candle(x, &pads)?;
+            one(act.apply(&y)?)
+        })
+    }
+
+    fn on_gemm(&self, x: &Tensor, pads: &[(usize, usize)], act: Act) -> CResult<Tensor> {
+        let one_d = self.n == 1;
+        let (nb, cin) = (x.dims()[0], x.dims()[1]);
+        let (h, wd) = if one_d {
+            (1, x.dims()[2])
+        } else {
+            (x.dims()[2], x.dims()[3])
+        };
+        let pick = |v: &[usize]| if one_d { (1, v[0]) } else { (v[0], v[1]) };
+        let win = conv_gemm::Window {
+            kernel: pick(&self.kdims),
+            stride: pick(&self.strides),
+            dilation: pick(&self.dil),
+            pads: if one_d { [(0, 0), pads[0]] } else { [pads[0], pads[1]] },
+        };
+        let w = self.w.to_dtype(CDType::F32)?.contiguous()?;
+        let x = x.contiguous()?;
+        let (y, (oh, ow)) = depthwise::with_f32_slice(&x, |xs| {
+            depthwise::with_f32_slice(&w, |ws| {
+                conv_gemm::conv2d(
+                    xs,
+                    (nb, cin, h, wd),
+                    ws,
+                    self.cout,
+                    self.groups,
+                    &win,
+                    self.host_bias.as_deref(),
+                    act,
+                )
+            })
+        })???;
+        let shape = if one_d {
+            vec![nb, self.cout, ow]
+        } else {
+            vec![nb, self.cout, oh, ow]
+        };
+        Tensor::from_vec(y, shape, x.device())
+    }
+
+    /// candle's conv (unequal strides as stride 1, then subsampled) plus the bias.
+    fn on_candle(&self, x: &Tensor, pads: &[(usize, usize)]) -> CResult<Tensor> {
+        let equal_strides = self.strides.iter().all(|&s| s == self.strides[0]);
+        let (stride, dilation) = (if equal_strides { self.strides[0] } else { 1 }, self.dil[0]);
         let symmetric = pads.iter().all(|&(b, e)| b == e && b == pads[0].0);
         let (xp, p) = if symmetric {
             (x.clone(), pads[0].0)
@@ -114,14 +205,14 @@ pub(super) fn conv(c: &mut OpCtx) -> Result<Kernel> {
             (xp, 0)
         };
         // iOS17: weight and bias may have another dtype than x.
-        let w = w.to_dtype(x.dtype())?;
-        let mut y = if n == 2 {
-            xp.conv2d(&w, p, stride, dilation, groups)?
+        let w = self.w.to_dtype(x.dtype())?;
+        let mut y = if self.n == 2 {
+            xp.conv2d(&w, p, stride, dilation, self.groups)?
         } else {
-            xp.conv1d(&w, p, stride, dilation, groups)?
+            xp.conv1d(&w, p, stride, dilation, self.groups)?
         };
         if !equal_strides {
-            for (i, &s) in strides.iter().enumerate() {
+            for (i, &s) in self.strides.iter().enumerate() {
                 let len = y.dims()[2 + i];
                 if s > 1 {
                     let idx: Vec<u32> = (0..len as u32).step_by(s).collect();
@@ -130,11 +221,11 @@ pub(super) fn conv(c: &mut OpCtx) -> Result<Kernel> {
                 }
             }
         }
-        one(match &bias {
-            Some(b) => par_elementwise::binary(BinOp::Add, &y, &b.to_dtype(x.dtype())?)?,
-            None => y,
-        })
-    }))
+        match &self.bias {
+            Some(b) => par_elementwise::binary(BinOp::Add, &y, &b.to_dtype(x.dtype())?),
+            None => Ok(y),
+        }
+    }
 }
 
 /// A conv whose weight is computed at run time (coremltools allows it
@@ -460,6 +551,34 @@ pub(super) fn conv_transpose(c: &mut OpCtx) -> Result<Kernel> {
             })
             .collect();
         check_elems(&[nb, cout, full.iter().product()], "conv_transpose full output")?;
+        // f32, 1-D or 2-D, any groups, strides, dilations and pads: the GEMM and col2im.
+        if x.dtype() == CDType::F32 && n <= 2 {
+            let one_d = n == 1;
+            let pick = |v: &[usize]| if one_d { (1, v[0]) } else { (v[0], v[1]) };
+            let win = conv_gemm::Window {
+                kernel: pick(&kd),
+                stride: pick(&strides),
+                dilation: pick(&dil),
+                pads: [(0, 0); 2],
+            };
+            let begin = if one_d { (0, pb[0]) } else { (pb[0], pb[1]) };
+            let xc = x.contiguous()?;
+            let y = depthwise::with_f32_slice(&xc, |xs| {
+                let (h, w) = pick(&sp);
+                conv_gemm::conv_transpose2d(
+                    xs,
+                    (nb, cin, h, w),
+                    &ws,
+                    cout,
+                    groups,
+                    &win,
+                    begin,
+                    pick(&osp),
+                    bs.as_deref(),
+                )
+            })??;
+            return one(Tensor::from_vec(y, shape, x.device())?);
+        }
         if let Some(wc) = &candle_w {
             // candle's transposed conv gives the full output; the pads and
             // `output_shape` then crop it (or extend it with zeros).
@@ -529,15 +648,6 @@ pub(super) fn conv_transpose(c: &mut OpCtx) -> Result<Kernel> {
     }))
 }
 
-/// `x` `[n, cin, h, w]` times `w2` `[cout, cin]` as one batched matmul on
-/// the contiguous input, straight into the NCHW output.
-pub(super) fn pointwise_conv2d(x: &Tensor, w2: &Tensor) -> CResult<Tensor> {
-    let (nb, cin, h, wd) = x.dims4()?;
-    let xs = x.contiguous()?.reshape((nb, cin, h * wd))?;
-    let y = w2.broadcast_left(nb)?.matmul(&xs)?;
-    y.reshape((nb, w2.dims()[0], h, wd))
-}
-
 /// A depthwise conv runs in our own kernel (see `depthwise`), with the
 /// weights and bias flattened to f32 once here and the bias fused.
 pub(super) fn depthwise_conv(
@@ -551,28 +661,36 @@ pub(super) fn depthwise_conv(
 ) -> Result<Kernel> {
     let f32s = |t: &Tensor| -> CResult<Vec<f32>> { t.to_dtype(CDType::F32)?.flatten_all()?.to_vec1::<f32>() };
     let (_, _, kh, kw) = w.dims4().map_err(|e| c.error(e.to_string()))?;
-    let ws = f32s(w).map_err(|e| c.error(e.to_string()))?;
-    let bs = bias.map(f32s).transpose().map_err(|e| c.error(e.to_string()))?;
-    Ok(Box::new(move |a| {
-        let x = a[x];
-        if x.rank() != 4 {
-            candle_core::bail!("2-D conv of a tensor of shape {:?} (expected [n, c, h, w])", x.dims())
-        }
-        let pads = spatial_pads(&pad_type, &pad, &x.dims()[2..], &[kh, kw], &[stride; 2], &[dilation; 2])?;
-        for (i, k) in [kh, kw].into_iter().enumerate() {
-            window_out(x.dims()[2 + i], pads[i], eff_kernel(k, dilation), stride)?;
-        }
-        check_padded(x, &pads)?;
-        one(depthwise::depthwise_conv2d(
-            x,
-            &ws,
-            (kh, kw),
-            bs.as_deref(),
-            &pads,
-            stride,
-            dilation,
-        )?)
-    }))
+    // Shared by the plain kernel and the one offered for fusion.
+    let ws: Arc<[f32]> = f32s(w).map_err(|e| c.error(e.to_string()))?.into();
+    let bs: Option<Arc<[f32]>> = bias
+        .map(f32s)
+        .transpose()
+        .map_err(|e| c.error(e.to_string()))?
+        .map(Into::into);
+    let make = move |act: Act| -> Kernel {
+        let (ws, bs, pad_type, pad) = (ws.clone(), bs.clone(), pad_type.clone(), pad.clone());
+        Box::new(move |a| {
+            let x = a[x];
+            if x.rank() != 4 {
+                candle_core::bail!("2-D conv of a tensor of shape {:?} (expected [n, c, h, w])", x.dims())
+            }
+            let pads = spatial_pads(&pad_type, &pad, &x.dims()[2..], &[kh, kw], &[stride; 2], &[dilation; 2])?;
+            for (i, k) in [kh, kw].into_iter().enumerate() {
+                window_out(x.dims()[2 + i], pads[i], eff_kernel(k, dilation), stride)?;
+            }
+            check_padded(x, &pads)?;
+            // The kernel computes in f32: for another dtype the activation
+            // runs after it (on the rounded values), as the unfused op would.
+            let f32_in = x.dtype() == CDType::F32;
+            let inner = if f32_in { act } else { Act::Identity };
+            let y = depthwise::depthwise_conv2d(x, &ws, (kh, kw), bs.as_deref(), &pads, stride, dilation, inner)?;
+            one(if f32_in { y } else { act.apply(&y)? })
+        })
+    };
+    let offer = make.clone();
+    c.offer = Some(Box::new(move |act| offer(act)));
+    Ok(make(Act::Identity))
 }
 
 #[cfg(test)]
@@ -616,17 +734,73 @@ mod tests {
         assert_eq!(y.dims(), &[1, 1, 2, 1]);
     }
 
+    /// A conv kernel built with an activation fused computes what the
+    /// unfused conv followed by the activation computes, on the GEMM path
+    /// (f32) and the candle path (f16), for odd windows and groups.
     #[test]
-    fn pointwise_conv_matches_candle_conv2d() {
-        let x = Tensor::randn(0f32, 1.0, (2, 5, 3, 7), &Device::Cpu).unwrap();
-        let w = Tensor::randn(0f32, 1.0, (6, 5, 1, 1), &Device::Cpu).unwrap();
-        let want = x.conv2d(&w, 0, 1, 1, 1).unwrap();
-        let got = pointwise_conv2d(&x, &w.reshape((6, 5)).unwrap()).unwrap();
-        assert_eq!(got.dims(), want.dims());
-        assert!(max_diff(&got, &want) < 1e-5);
-        // A non-contiguous input (a transposed view) gives the same result.
-        let xt = x.transpose(2, 3).unwrap();
-        let want = xt.contiguous().unwrap().conv2d(&w, 0, 1, 1, 1).unwrap();
-        assert!(max_diff(&pointwise_conv2d(&xt, &w.reshape((6, 5)).unwrap()).unwrap(), &want) < 1e-5);
+    fn fused_conv_kernels_match_conv_then_activation() {
+        #[rustfmt::skip]
+        let cases = [
+            // (n, x dims, cout, groups, kernel, strides, dil, pad_type, pad)
+            (2, vec![2, 5, 9, 7], 6, 1, vec![1, 1], vec![1, 1], vec![1, 1], "valid", vec![]),
+            (2, vec![1, 4, 11, 8], 6, 2, vec![3, 3], vec![2, 2], vec![1, 1], "same", vec![]),
+            (2, vec![1, 3, 10, 13], 5, 1, vec![5, 3], vec![1, 2], vec![2, 2], "custom", vec![1, 3, 0, 2]),
+            (2, vec![1, 3, 8, 8], 4, 1, vec![1, 1], vec![2, 2], vec![1, 1], "valid", vec![]),
+            (1, vec![2, 4, 19], 3, 1, vec![4], vec![3], vec![2], "same_lower", vec![]),
+        ];
+        for (n, xd, cout, groups, k, st, dil, pt, pad) in cases {
+            let cin = xd[1];
+            let mut wd = vec![cout, cin / groups];
+            wd.extend(&k);
+            let x = Tensor::randn(0f32, 2.0, xd.as_slice(), &Device::Cpu).unwrap();
+            let w = Tensor::randn(0f32, 1.0, wd.as_slice(), &Device::Cpu).unwrap();
+            let b = Tensor::randn(0f32, 1.0, cout, &Device::Cpu).unwrap();
+            let mut bshape = vec![1, cout, 1];
+            if n == 2 {
+                bshape.push(1);
+            }
+            let g = General {
+                x: 0,
+                n,
+                cin_g: cin / groups,
+                cout,
+                groups,
+                kdims: k.clone(),
+                strides: st.clone(),
+                dil: dil.clone(),
+                pad_type: pt.into(),
+                pad: pad.clone(),
+                host_bias: Some(b.to_vec1().unwrap()),
+                bias: Some(b.reshape(bshape).unwrap()),
+                w,
+            };
+            for xt in [x.clone(), x.to_dtype(CDType::F16).unwrap()] {
+                let plain = g.clone().kernel(Act::Identity)(&[&xt]).unwrap().remove(0);
+                // The f32 GEMM path against candle's conv (the path before it).
+                if xt.dtype() == CDType::F32 {
+                    let spatial = &xt.dims()[2..];
+                    let pads = spatial_pads(&g.pad_type, &g.pad, spatial, &g.kdims, &g.strides, &g.dil).unwrap();
+                    let cand = g.on_candle(&xt, &pads).unwrap();
+                    assert_eq!(plain.dims(), cand.dims());
+                    assert!(max_diff(&plain, &cand) < 1e-4, "{xd:?} {k:?}");
+                }
+                for act in [
+                    Act::Relu,
+                    Act::Clamp(0.0, 6.0),
+                    Act::Silu,
+                    Act::SigmoidHard(0.2, 0.5),
+                    Act::GeluErf,
+                ] {
+                    let fused = g.clone().kernel(act)(&[&xt]).unwrap().remove(0);
+                    let want = act.apply(&plain).unwrap();
+                    assert_eq!((fused.dims(), fused.dtype()), (want.dims(), want.dtype()));
+                    let (f, w) = (
+                        fused.to_dtype(CDType::F32).unwrap(),
+                        want.to_dtype(CDType::F32).unwrap(),
+                    );
+                    assert_eq!(max_diff(&f, &w), 0.0, "{xd:?} {k:?} {act:?} {:?}", xt.dtype());
+                }
+            }
+        }
     }
 }

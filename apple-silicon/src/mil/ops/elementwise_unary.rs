@@ -52,11 +52,16 @@ pub(super) fn builder(op_type: &str) -> Option<Builder> {
 
 /// `f` applied to every element of a float tensor, computed in f32 (f16 and
 /// other float dtypes through f32); the result keeps `x`'s dtype. Costs one
-/// copy out and one in.
-pub(super) fn map_f32(x: &Tensor, f: impl Fn(f32) -> f32) -> CResult<Tensor> {
+/// pass for a contiguous f32 tensor, else one copy out and one in.
+pub(crate) fn map_f32(x: &Tensor, f: impl Fn(f32) -> f32) -> CResult<Tensor> {
     let dt = x.dtype();
     if !dt.is_float() {
         candle_core::bail!("expected a float tensor, found {dt:?}")
+    }
+    // A contiguous f32 tensor: one pass over its data, no copies around it.
+    if dt == CDType::F32 && x.is_contiguous() && x.device().is_cpu() {
+        let out = depthwise::with_f32_slice(x, |s| s.iter().map(|&v| f(v)).collect::<Vec<f32>>())?;
+        return Tensor::from_vec(out, x.shape(), x.device());
     }
     let v: Vec<f32> = x.to_dtype(CDType::F32)?.flatten_all()?.to_vec1()?;
     let out: Vec<f32> = v.into_iter().map(f).collect();
@@ -99,7 +104,7 @@ pub(super) fn clip(c: &mut OpCtx) -> Result<Kernel> {
 /// `x` clamped to `[lo, hi]`. A contiguous f32 tensor (MobileNetV2's ReLU6
 /// after every conv) takes one vectorisable pass; candle's `clamp` makes two
 /// (maximum, then minimum) through broadcast scalar tensors.
-pub(super) fn clamp(x: &Tensor, lo: f32, hi: f32) -> CResult<Tensor> {
+pub(crate) fn clamp(x: &Tensor, lo: f32, hi: f32) -> CResult<Tensor> {
     if x.dtype() != CDType::F32 || !x.is_contiguous() || !x.device().is_cpu() {
         return x.clamp(lo, hi);
     }

@@ -7,11 +7,17 @@
 //! result takes the run-time operand's). Integer products are computed in
 //! f64. `einsum` is the one contraction coremltools defines (see [`einsum`]).
 
+use std::sync::Arc;
+
 use candle_core::DType;
 
-use super::{one, Builder};
+use candle_core::Tensor;
+
+use super::{one, Builder, CResult};
 use crate::error::Result;
-use crate::mil::{Kernel, OpCtx};
+use crate::mil::fuse::Act;
+use crate::mil::gemm::{self, Bias, MatRef};
+use crate::mil::{depthwise, Kernel, OpCtx};
 
 /// The builder for `op_type`, if this family has it.
 pub(super) fn builder(op_type: &str) -> Option<Builder> {
@@ -38,24 +44,51 @@ pub(super) fn linear(c: &mut OpCtx) -> Result<Kernel> {
             return Err(c.error(format!("`bias` has {} values for {dout} outputs", b.elem_count())));
         }
     }
-    Ok(Box::new(move |a| {
-        let x = a[x];
-        let dims = x.dims().to_vec();
-        if dims.last() != Some(&din) {
-            candle_core::bail!("input of shape {dims:?}; expected a last dim of {din}")
-        }
-        let ct = compute_type(x.dtype());
-        // Leading dims flattened: one [rows, in] @ [in, out] product.
-        let rows = x.elem_count() / din.max(1);
-        let x2 = x.to_dtype(ct)?.reshape((rows, din))?;
-        let mut y = x2.matmul(&w.to_dtype(ct)?.t()?)?;
-        if let Some(b) = &b {
-            y = y.broadcast_add(&b.to_dtype(ct)?)?;
-        }
-        let mut shape = dims;
-        *shape.last_mut().expect("rank >= 1") = dout;
-        one(y.reshape(shape)?.to_dtype(x.dtype())?)
-    }))
+    let host_b: Option<Arc<[f32]>> = match &b {
+        Some(b) if b.dtype() == DType::F32 => Some(b.to_vec1::<f32>().map_err(|e| c.error(e.to_string()))?.into()),
+        _ => None,
+    };
+    let make = move |act: Act| -> Kernel {
+        let (w, b, host_b) = (w.clone(), b.clone(), host_b.clone());
+        Box::new(move |a| {
+            let x = a[x];
+            let dims = x.dims().to_vec();
+            if dims.last() != Some(&din) {
+                candle_core::bail!("input of shape {dims:?}; expected a last dim of {din}")
+            }
+            // Leading dims flattened: one [rows, in] @ [in, out] product.
+            let rows = x.elem_count() / din.max(1);
+            let mut shape = dims;
+            *shape.last_mut().expect("rank >= 1") = dout;
+            // f32 with f32 weights: our GEMM, bias and activation fused.
+            if x.dtype() == DType::F32 && w.dtype() == DType::F32 && (b.is_none() || host_b.is_some()) {
+                let xc = x.contiguous()?;
+                let y = depthwise::with_f32_slice(&xc, |xs| {
+                    depthwise::with_f32_slice(&w, |ws| {
+                        let rhs = MatRef {
+                            data: ws,
+                            rs: 1,
+                            cs: din,
+                            batch: 0,
+                        };
+                        let bias = host_b.as_deref().map_or(Bias::None, Bias::Cols);
+                        gemm::matmul(1, (rows, dout, din), MatRef::row_major(xs, din), rhs, bias, act)
+                    })
+                })???;
+                return one(candle_core::Tensor::from_vec(y, shape, x.device())?);
+            }
+            let ct = compute_type(x.dtype());
+            let x2 = x.to_dtype(ct)?.reshape((rows, din))?;
+            let mut y = x2.matmul(&w.to_dtype(ct)?.t()?)?;
+            if let Some(b) = &b {
+                y = y.broadcast_add(&b.to_dtype(ct)?)?;
+            }
+            one(act.apply(&y.reshape(shape)?.to_dtype(x.dtype())?)?)
+        })
+    };
+    let offer = make.clone();
+    c.offer = Some(Box::new(move |act| offer(act)));
+    Ok(make(Act::Identity))
 }
 
 /// The dtype a product is computed in: floats as they are, integers in f64
@@ -100,7 +133,10 @@ pub(super) fn matmul(c: &mut OpCtx) -> Result<Kernel> {
             r = r.t()?;
         }
         super::check_matmul(&l, &r)?;
-        let mut out = l.broadcast_matmul(&r)?;
+        let mut out = match strided_matmul(&l, &r)? {
+            Some(out) => out,
+            None => l.broadcast_matmul(&r)?,
+        };
         if rv {
             out = out.squeeze(out.rank() - 1)?;
         }
@@ -109,6 +145,70 @@ pub(super) fn matmul(c: &mut OpCtx) -> Result<Kernel> {
         }
         one(out.to_dtype(out_dt)?)
     }))
+}
+
+/// `l [.., m, k] · r [.., k, n]` on our GEMM when both are f32 CPU tensors
+/// with the same batch dims, each laid out with one stride per batch
+/// (any strides for the last two dims: transposed views are read in
+/// place); `None` otherwise (candle's `broadcast_matmul` then). Costs the
+/// product and one output allocation, no zero-fill, no copies.
+fn strided_matmul(l: &Tensor, r: &Tensor) -> CResult<Option<Tensor>> {
+    let (ld, rd) = (l.dims(), r.dims());
+    let rank = ld.len();
+    if l.dtype() != DType::F32 || r.dtype() != DType::F32 || rank < 2 || rd.len() != rank {
+        return Ok(None);
+    }
+    let (m, k, n) = (ld[rank - 2], ld[rank - 1], rd[rank - 1]);
+    if ld[..rank - 2] != rd[..rank - 2] || rd[rank - 2] != k {
+        return Ok(None);
+    }
+    let batches: usize = ld[..rank - 2].iter().product();
+    // One stride per batch: the batch dims must collapse (or there is one batch).
+    fn batch_stride(dims: &[usize], strides: &[usize]) -> Option<usize> {
+        let nb = dims.len() - 2;
+        let mut s = None;
+        for i in (0..nb).rev() {
+            if dims[i] == 1 {
+                continue;
+            }
+            match s {
+                None => s = Some((strides[i], dims[i])),
+                Some((inner, span)) if strides[i] == inner * span => s = Some((inner, span * dims[i])),
+                Some(_) => return None,
+            }
+        }
+        Some(s.map_or(0, |(inner, _)| inner))
+    }
+    let (ls, rs) = (l.layout(), r.layout());
+    let (Some(lb), Some(rb)) = (batch_stride(ld, ls.stride()), batch_stride(rd, rs.stride())) else {
+        return Ok(None);
+    };
+    let (lst, rst) = (ls.stride(), rs.stride());
+    let (l_store, _) = l.storage_and_layout();
+    let (r_store, _) = r.storage_and_layout();
+    let (
+        candle_core::Storage::Cpu(candle_core::CpuStorage::F32(lv)),
+        candle_core::Storage::Cpu(candle_core::CpuStorage::F32(rv)),
+    ) = (&*l_store, &*r_store)
+    else {
+        return Ok(None);
+    };
+    let lhs = MatRef {
+        data: &lv[ls.start_offset()..],
+        rs: lst[rank - 2],
+        cs: lst[rank - 1],
+        batch: lb,
+    };
+    let rhs = MatRef {
+        data: &rv[rs.start_offset()..],
+        rs: rst[rank - 2],
+        cs: rst[rank - 1],
+        batch: rb,
+    };
+    let y = gemm::matmul(batches, (m, n, k), lhs, rhs, Bias::None, Act::Identity)?;
+    let mut shape = ld[..rank - 2].to_vec();
+    shape.extend([m, n]);
+    Ok(Some(Tensor::from_vec(y, shape, l.device())?))
 }
 
 /// `einsum` as coremltools defines it: `nchw,nwhu->nchu` (rank 4) or
@@ -171,4 +271,54 @@ fn einsum_rank(eq: &str) -> Option<usize> {
     };
     let ok = distinct && b[..r - 3] == *lead && w1b == w1 && hb == h && o[..r - 3] == *lead && o[r - 3..] == [c, h, w2];
     ok.then_some(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    }
+
+    #[test]
+    fn strided_matmul_matches_candle_on_views_and_refuses_what_it_cannot_read() {
+        let t = |d: &[usize]| Tensor::randn(0f32, 1.0, d, &Device::Cpu).unwrap();
+        // Attention's shapes, odd sizes: q·kᵀ with kᵀ a transposed view, then a permuted lhs.
+        let (q, kk) = (t(&[1, 3, 7, 5]), t(&[1, 3, 9, 5]));
+        let kt = kk.transpose(2, 3).unwrap();
+        let cases = [
+            (q.clone(), kt.clone()),
+            (t(&[2, 1, 4, 6]).transpose(2, 3).unwrap(), t(&[2, 1, 4, 3])),
+            (t(&[13, 17]), t(&[17, 1])),
+            (t(&[3, 1, 6]), t(&[3, 6, 2])),
+            (t(&[4, 0]), t(&[0, 5])),
+        ];
+        for (l, r) in cases {
+            let got = strided_matmul(&l, &r).unwrap().expect("takes the fast path");
+            let want = l.broadcast_matmul(&r).unwrap();
+            assert_eq!(got.dims(), want.dims());
+            if want.elem_count() > 0 {
+                assert!(max_diff(&got, &want) < 1e-5, "{:?} x {:?}", l.dims(), r.dims());
+            }
+        }
+        // Batch dims that differ (broadcast), or do not collapse to one stride, or f16: candle's path.
+        assert!(strided_matmul(&t(&[2, 3, 4]), &t(&[1, 4, 5])).unwrap().is_none());
+        let nc = t(&[3, 2, 4, 5]).transpose(0, 1).unwrap();
+        assert!(strided_matmul(&nc, &t(&[2, 3, 5, 2])).unwrap().is_none());
+        let h = t(&[2, 3]).to_dtype(DType::F16).unwrap();
+        assert!(strided_matmul(&h, &t(&[3, 2]).to_dtype(DType::F16).unwrap())
+            .unwrap()
+            .is_none());
+    }
 }

@@ -11,6 +11,7 @@ mod control_flow;
 mod conv;
 mod elementwise_binary;
 mod elementwise_unary;
+pub(crate) use elementwise_unary::{clamp as elementwise_unary_clamp, map_f32 as elementwise_unary_map_f32};
 mod image_resizing;
 mod linear;
 mod movement;

@@ -1,0 +1,486 @@
+//! 1-D and 2-D convolution as matrix products on our GEMM (`mil::gemm`),
+//! for any kernel size, strides, dilations, explicit pads and group count,
+//! with the bias and an activation fused into the product's epilogue.
+//!
+//! Per image and group, the output `[C_out/g, oh·ow]` is `W_g [C_out/g,
+//! C_in/g·kh·kw] · col [C_in/g·kh·kw, oh·ow]`. A 1×1 kernel at stride 1
+//! without padding reads the input itself as `col` (no copy); anything else
+//! builds `col` (im2col: one row per input channel and filter tap, zeros
+//! where the tap falls in the padding), row by row on the pool. Compared
+//! with candle's conv: no zero-filled output, no separate bias and
+//! activation passes, unequal strides computed directly (not at stride 1
+//! then subsampled), and no per-call `/proc/cpuinfo` read.
+
+use std::mem::MaybeUninit;
+
+use rayon::prelude::*;
+
+use super::fuse::Act;
+use super::gemm::{self, Bias, MatRef};
+use super::limits::check_alloc;
+
+type CResult<T> = candle_core::Result<T>;
+
+/// A 2-D convolution's window: kernel `(kh, kw)`, strides, dilations and
+/// `[begin, end]` pads per spatial dim (a 1-D conv is `kh = 1`, no height pads).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Window {
+    pub kernel: (usize, usize),
+    pub stride: (usize, usize),
+    pub dilation: (usize, usize),
+    pub pads: [(usize, usize); 2],
+}
+
+impl Window {
+    /// The output size along one dim, or `None` when the dilated kernel
+    /// does not fit in the padded input (or a size overflows).
+    fn out_len(len: usize, (b, e): (usize, usize), k: usize, s: usize, d: usize) -> Option<usize> {
+        let eff = k.checked_sub(1)?.checked_mul(d)?.checked_add(1)?;
+        let span = len.checked_add(b)?.checked_add(e)?;
+        (s > 0 && span >= eff).then(|| (span - eff) / s + 1)
+    }
+
+    /// `(oh, ow)` for an `h × w` input.
+    pub fn output(&self, h: usize, w: usize) -> CResult<(usize, usize)> {
+        let oh = Self::out_len(h, self.pads[0], self.kernel.0, self.stride.0, self.dilation.0);
+        let ow = Self::out_len(w, self.pads[1], self.kernel.1, self.stride.1, self.dilation.1);
+        match (oh, ow) {
+            (Some(oh), Some(ow)) => Ok((oh, ow)),
+            _ => candle_core::bail!("conv window {self:?} does not fit a {h}x{w} input"),
+        }
+    }
+
+    fn is_pointwise(&self) -> bool {
+        self.kernel == (1, 1) && self.stride == (1, 1) && self.pads == [(0, 0); 2]
+    }
+}
+
+/// The convolution of `x` (`[nb, cin, h, w]`, contiguous f32) with `weight`
+/// (`[cout, cin / groups, kh, kw]` flattened), optional per-output-channel
+/// `bias`, then `act`. Returns `[nb, cout, oh, ow]` flattened and `(oh,
+/// ow)`. Costs `2·nb·cout·oh·ow·cin/g·kh·kw` flops on the pool, plus an
+/// im2col buffer of `cin/g·kh·kw·oh·ow` floats unless the conv is pointwise.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn conv2d(
+    x: &[f32],
+    (nb, cin, h, w): (usize, usize, usize, usize),
+    weight: &[f32],
+    cout: usize,
+    groups: usize,
+    win: &Window,
+    bias: Option<&[f32]>,
+    act: Act,
+) -> CResult<(Vec<f32>, (usize, usize))> {
+    let (kh, kw) = win.kernel;
+    if groups == 0 || !cin.is_multiple_of(groups) || !cout.is_multiple_of(groups) {
+        candle_core::bail!("conv of {cin} input and {cout} output channels in {groups} groups")
+    }
+    let (cin_g, cout_g) = (cin / groups, cout / groups);
+    let kk = cin_g * kh * kw;
+    if Some(x.len())
+        != nb
+            .checked_mul(cin)
+            .and_then(|v| v.checked_mul(h))
+            .and_then(|v| v.checked_mul(w))
+        || Some(weight.len()) != cout.checked_mul(kk)
+        || bias.is_some_and(|b| b.len() != cout)
+    {
+        candle_core::bail!(
+            "conv input of {} values for [{nb}, {cin}, {h}, {w}], weight of {} for [{cout}, {cin_g}, {kh}, {kw}]",
+            x.len(),
+            weight.len()
+        )
+    }
+    let (oh, ow) = win.output(h, w)?;
+    let ohw = oh * ow;
+    check_alloc("conv output", &[nb, cout, oh, ow], 4)?;
+    let pointwise = win.is_pointwise();
+    let mut col: Vec<f32> = Vec::new();
+    // im2col in bands of output rows, so that its buffer stays near
+    // COL_BUDGET floats whatever the image size (at least one output row).
+    let band = if pointwise || oh == 0 {
+        oh.max(1)
+    } else {
+        (COL_BUDGET / (kk * ow).max(1)).clamp(1, oh)
+    };
+    if !pointwise {
+        check_alloc("conv im2col buffer", &[kk, band, ow], 4)?;
+    }
+    let len = nb * cout * ohw;
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    {
+        let dst = &mut out.spare_capacity_mut()[..len];
+        let mut chunks = dst.chunks_exact_mut((cout_g * ohw).max(1));
+        for b in 0..nb {
+            for g in 0..groups {
+                let d: &mut [MaybeUninit<f32>] = if cout_g * ohw == 0 {
+                    &mut []
+                } else {
+                    chunks.next().expect("one chunk per image and group")
+                };
+                let xg = &x[(b * cin + g * cin_g) * h * w..(b * cin + (g + 1) * cin_g) * h * w];
+                let lhs = MatRef::row_major(&weight[g * cout_g * kk..(g + 1) * cout_g * kk], kk);
+                let bias = match bias {
+                    Some(bs) => Bias::Rows(&bs[g * cout_g..(g + 1) * cout_g]),
+                    None => Bias::None,
+                };
+                if pointwise {
+                    let rhs = MatRef::row_major(xg, ohw);
+                    gemm::matmul_into(d, (cout_g, ohw, kk), lhs, rhs, bias, act)?;
+                    continue;
+                }
+                for oy0 in (0..oh).step_by(band) {
+                    let rows = band.min(oh - oy0);
+                    im2col(xg, (cin_g, h, w), win, (oy0, rows, ow), &mut col);
+                    let rhs = MatRef::row_major(&col, rows * ow);
+                    // Columns oy0·ow.. of every output row (rows ohw apart).
+                    let dband = &mut d[oy0 * ow..];
+                    gemm::matmul_into_rows(dband, ohw, (cout_g, rows * ow, kk), lhs, rhs, bias, act)?;
+                }
+            }
+        }
+    }
+    // SAFETY: each of the nb · groups chunks of cout_g · oh · ow elements
+    // was fully written by `matmul_into`; together they are `len` elements.
+    unsafe { out.set_len(len) };
+    Ok((out, (oh, ow)))
+}
+
+/// The transposed convolution of `x` (`[nb, cin, h, w]`, contiguous f32)
+/// with `weight` (`[cin, cout / groups, kh, kw]` flattened), kernel,
+/// strides and dilations from `win` (its pads are not used), into an
+/// `(oh, ow)` output whose `(0, 0)` is position `(pads.0, pads.1)` of the
+/// full (uncropped) result, plus an optional per-channel `bias`. Per image
+/// and group: `cols [cout/g·kh·kw, h·w] = W_gᵀ · x_g` on the GEMM, then each
+/// column scattered (added) into the output (col2im). Costs
+/// `2·nb·cin·h·w·cout/g·kh·kw` flops plus a `cout/g·kh·kw·h·w` buffer.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn conv_transpose2d(
+    x: &[f32],
+    (nb, cin, h, w): (usize, usize, usize, usize),
+    weight: &[f32],
+    cout: usize,
+    groups: usize,
+    win: &Window,
+    (pt, pl): (usize, usize),
+    (oh, ow): (usize, usize),
+    bias: Option<&[f32]>,
+) -> CResult<Vec<f32>> {
+    let (kh, kw) = win.kernel;
+    let (sh, sw) = win.stride;
+    let (dh, dw) = win.dilation;
+    if groups == 0 || !cin.is_multiple_of(groups) || !cout.is_multiple_of(groups) || sh == 0 || sw == 0 {
+        candle_core::bail!("transposed conv of {cin} input and {cout} output channels in {groups} groups")
+    }
+    let (cin_g, cout_g) = (cin / groups, cout / groups);
+    let kk = cout_g * kh * kw;
+    let hw = h * w;
+    if Some(x.len()) != nb.checked_mul(cin).and_then(|v| v.checked_mul(hw))
+        || Some(weight.len()) != cin.checked_mul(kk)
+        || bias.is_some_and(|b| b.len() != cout)
+    {
+        candle_core::bail!(
+            "transposed conv input of {} values for [{nb}, {cin}, {h}, {w}], weight of {} for [{cin}, {cout_g}, {kh}, {kw}]",
+            x.len(),
+            weight.len()
+        )
+    }
+    check_alloc("conv_transpose output", &[nb, cout, oh, ow], 4)?;
+    check_alloc("conv_transpose column buffer", &[kk, hw], 4)?;
+    let ohw = oh * ow;
+    let mut out = vec![0f32; nb * cout * ohw];
+    let mut cols = Vec::new();
+    for b in 0..nb {
+        for g in 0..groups {
+            let xg = &x[(b * cin + g * cin_g) * hw..(b * cin + (g + 1) * cin_g) * hw];
+            // W_gᵀ: element (r, c) is weight[(g·cin_g + c)·kk + r].
+            let lhs = MatRef {
+                data: &weight[g * cin_g * kk..(g + 1) * cin_g * kk],
+                rs: 1,
+                cs: kk,
+                batch: 0,
+            };
+            cols = gemm::matmul(
+                1,
+                (kk, hw, cin_g),
+                lhs,
+                MatRef::row_major(xg, hw),
+                Bias::None,
+                Act::Identity,
+            )?;
+            let planes = &mut out[(b * cout + g * cout_g) * ohw..(b * cout + (g + 1) * cout_g) * ohw];
+            let scatter = |(co, plane): (usize, &mut [f32])| {
+                if ohw == 0 {
+                    return;
+                }
+                for i in 0..kh {
+                    for j in 0..kw {
+                        let src = &cols[((co * kh + i) * kw + j) * hw..][..hw];
+                        let off = j * dw;
+                        // Input columns whose output column ix·sw + off − pl is inside [0, ow).
+                        let lo = pl.saturating_sub(off).div_ceil(sw).min(w);
+                        let hi = match (ow + pl).checked_sub(off + 1) {
+                            Some(last) => (last / sw + 1).min(w),
+                            None => 0,
+                        }
+                        .max(lo);
+                        for iy in 0..h {
+                            let Some(oy) = (iy * sh + i * dh).checked_sub(pt).filter(|&oy| oy < oh) else {
+                                continue;
+                            };
+                            let orow = &mut plane[oy * ow..(oy + 1) * ow];
+                            let srow = &src[iy * w..(iy + 1) * w];
+                            for ix in lo..hi {
+                                orow[ix * sw + off - pl] += srow[ix];
+                            }
+                        }
+                    }
+                }
+            };
+            if planes.len() >= 1 << 15 && rayon::current_num_threads() > 1 {
+                planes.par_chunks_mut(ohw.max(1)).enumerate().for_each(scatter);
+            } else {
+                planes.chunks_mut(ohw.max(1)).enumerate().for_each(scatter);
+            }
+        }
+    }
+    drop(cols);
+    if let Some(bs) = bias {
+        for (i, plane) in out.chunks_mut(ohw.max(1)).enumerate() {
+            let bv = bs[i % cout];
+            plane.iter_mut().for_each(|v| *v += bv);
+        }
+    }
+    Ok(out)
+}
+
+/// Floats of im2col buffer per band of output rows (4 MB; small in tests so
+/// that they run several bands, and bands of one row).
+const COL_BUDGET: usize = if cfg!(test) { 300 } else { 1 << 20 };
+
+/// Fills `col` (`[cin·kh·kw, oh·ow]` for output rows `oy0..oy0 + oh`) from
+/// `x` (`[cin, h, w]`): row `(c, i, j)` holds, for each output position, the
+/// input under filter tap `(i, j)` of channel `c`, or 0 in the padding.
+/// Every element is written.
+fn im2col(
+    x: &[f32],
+    (cin, h, w): (usize, usize, usize),
+    win: &Window,
+    (oy0, oh, ow): (usize, usize, usize),
+    col: &mut Vec<f32>,
+) {
+    let (kh, kw) = win.kernel;
+    let (sh, sw) = win.stride;
+    let (dh, dw) = win.dilation;
+    let (pt, pl) = (win.pads[0].0, win.pads[1].0);
+    col.resize(cin * kh * kw * oh * ow, 0.0);
+    let fill = |(r, row): (usize, &mut [f32])| {
+        let (c, i, j) = (r / (kh * kw), (r / kw) % kh, r % kw);
+        let plane = &x[c * h * w..(c + 1) * h * w];
+        let off = j * dw;
+        // Output columns whose input column ox·sw + off − pl is inside [0, w).
+        let lo = pl.saturating_sub(off).div_ceil(sw).min(ow);
+        let hi = match (w + pl).checked_sub(off + 1) {
+            Some(last) if w > 0 => (last / sw + 1).min(ow),
+            _ => 0,
+        }
+        .max(lo);
+        for (oy, orow) in row.chunks_exact_mut(ow).enumerate() {
+            let iy = ((oy0 + oy) * sh + i * dh).checked_sub(pt).filter(|&iy| iy < h);
+            let Some(iy) = iy else {
+                orow.fill(0.0);
+                continue;
+            };
+            let src = &plane[iy * w..(iy + 1) * w];
+            orow[..lo].fill(0.0);
+            orow[hi..].fill(0.0);
+            if hi == lo {
+                continue;
+            }
+            let first = lo * sw + off - pl;
+            if sw == 1 {
+                orow[lo..hi].copy_from_slice(&src[first..first + (hi - lo)]);
+            } else {
+                for (d, s) in orow[lo..hi].iter_mut().zip(src[first..].iter().step_by(sw)) {
+                    *d = *s;
+                }
+            }
+        }
+    };
+    let rows = oh * ow;
+    if rows == 0 {
+        return;
+    }
+    if col.len() >= 1 << 15 && rayon::current_num_threads() > 1 {
+        col.par_chunks_mut(rows).enumerate().for_each(fill);
+    } else {
+        col.chunks_mut(rows).enumerate().for_each(fill);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The definition, one output at a time, in f64.
+    #[allow(clippy::too_many_arguments)]
+    fn reference(
+        x: &[f32],
+        (nb, cin, h, w): (usize, usize, usize, usize),
+        wt: &[f32],
+        cout: usize,
+        groups: usize,
+        win: &Window,
+        bias: Option<&[f32]>,
+        act: Act,
+    ) -> Vec<f32> {
+        let (oh, ow) = win.output(h, w).unwrap();
+        let (kh, kw) = win.kernel;
+        let (cin_g, cout_g) = (cin / groups, cout / groups);
+        let mut out = vec![0f32; nb * cout * oh * ow];
+        for b in 0..nb {
+            for co in 0..cout {
+                let g = co / cout_g;
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let mut acc = bias.map_or(0.0, |bs| bs[co] as f64);
+                        for ci in 0..cin_g {
+                            for i in 0..kh {
+                                for j in 0..kw {
+                                    let iy = (oy * win.stride.0 + i * win.dilation.0) as isize - win.pads[0].0 as isize;
+                                    let ix = (ox * win.stride.1 + j * win.dilation.1) as isize - win.pads[1].0 as isize;
+                                    if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                                        continue;
+                                    }
+                                    let xv = x[((b * cin + g * cin_g + ci) * h + iy as usize) * w + ix as usize];
+                                    acc += xv as f64 * wt[((co * cin_g + ci) * kh + i) * kw + j] as f64;
+                                }
+                            }
+                        }
+                        out[((b * cout + co) * oh + oy) * ow + ox] = act.f(acc as f32);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn ramp(n: usize, seed: f32) -> Vec<f32> {
+        (0..n).map(|i| (i as f32 * 0.61 + seed).sin()).collect()
+    }
+
+    #[test]
+    fn matches_the_definition_on_odd_windows_and_groups() {
+        #[rustfmt::skip]
+        let cases = [
+            // (nb, cin, h, w, cout, groups, kernel, stride, dilation, pads)
+            (1, 3, 9, 11, 5, 1, (1, 1), (1, 1), (1, 1), [(0, 0), (0, 0)]),
+            (2, 4, 7, 6, 6, 2, (1, 1), (2, 1), (1, 1), [(0, 0), (1, 0)]),
+            (1, 3, 13, 10, 4, 1, (3, 3), (2, 2), (1, 1), [(1, 1), (1, 1)]),
+            (1, 6, 12, 9, 9, 3, (5, 3), (1, 2), (2, 1), [(4, 3), (0, 2)]),
+            (2, 2, 1, 17, 3, 1, (1, 4), (1, 3), (1, 2), [(0, 0), (3, 1)]),
+            (1, 5, 6, 6, 10, 5, (3, 3), (3, 3), (1, 1), [(0, 2), (2, 0)]),
+            (1, 2, 4, 4, 2, 1, (5, 5), (1, 1), (1, 1), [(2, 2), (2, 2)]),
+        ];
+        for (nb, cin, h, w, cout, groups, kernel, stride, dilation, pads) in cases {
+            let win = Window {
+                kernel,
+                stride,
+                dilation,
+                pads,
+            };
+            let x = ramp(nb * cin * h * w, 0.2);
+            let wt = ramp(cout * cin / groups * kernel.0 * kernel.1, 1.1);
+            let b = ramp(cout, 2.5);
+            for (bias, act) in [
+                (None, Act::Identity),
+                (Some(&b[..]), Act::Clamp(0.0, 0.5)),
+                (Some(&b[..]), Act::Silu),
+            ] {
+                let (got, (oh, ow)) = conv2d(&x, (nb, cin, h, w), &wt, cout, groups, &win, bias, act).unwrap();
+                let want = reference(&x, (nb, cin, h, w), &wt, cout, groups, &win, bias, act);
+                assert_eq!(got.len(), nb * cout * oh * ow);
+                let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                assert!(diff < 1e-4, "{win:?} groups {groups}: {diff}");
+            }
+        }
+    }
+
+    #[test]
+    fn transposed_matches_the_definition_on_odd_windows_groups_and_crops() {
+        #[rustfmt::skip]
+        let cases = [
+            // (nb, cin, h, w, cout, groups, kernel, stride, dilation, begin, out)
+            (1, 3, 4, 5, 2, 1, (2, 2), (2, 2), (1, 1), (0, 0), (8, 10)),
+            (2, 4, 3, 6, 6, 2, (3, 2), (2, 3), (1, 2), (1, 0), (6, 17)),
+            (1, 5, 5, 4, 5, 5, (2, 2), (2, 2), (1, 1), (1, 1), (8, 6)),
+            (1, 2, 1, 7, 3, 1, (1, 4), (1, 3), (1, 2), (0, 2), (1, 30)),
+            (1, 2, 3, 3, 2, 2, (3, 3), (1, 1), (2, 2), (2, 2), (7, 9)),
+        ];
+        for (nb, cin, h, w, cout, groups, kernel, stride, dilation, begin, (oh, ow)) in cases {
+            let win = Window {
+                kernel,
+                stride,
+                dilation,
+                pads: [(0, 0); 2],
+            };
+            let (cin_g, cout_g) = (cin / groups, cout / groups);
+            let x = ramp(nb * cin * h * w, 0.4);
+            let wt = ramp(cin * cout_g * kernel.0 * kernel.1, 1.7);
+            let b = ramp(cout, 0.9);
+            let got =
+                conv_transpose2d(&x, (nb, cin, h, w), &wt, cout, groups, &win, begin, (oh, ow), Some(&b)).unwrap();
+            // The definition: every input scattered through the kernel, in f64.
+            let mut want = vec![0f64; nb * cout * oh * ow];
+            for bi in 0..nb {
+                for ci in 0..cin {
+                    let g = ci / cin_g;
+                    for iy in 0..h {
+                        for ix in 0..w {
+                            let xv = x[((bi * cin + ci) * h + iy) * w + ix] as f64;
+                            for co in 0..cout_g {
+                                for i in 0..kernel.0 {
+                                    for j in 0..kernel.1 {
+                                        let oy = (iy * stride.0 + i * dilation.0) as isize - begin.0 as isize;
+                                        let ox = (ix * stride.1 + j * dilation.1) as isize - begin.1 as isize;
+                                        if oy < 0 || ox < 0 || oy >= oh as isize || ox >= ow as isize {
+                                            continue;
+                                        }
+                                        let wv = wt[((ci * cout_g + co) * kernel.0 + i) * kernel.1 + j] as f64;
+                                        let o = (((bi * cout + g * cout_g + co) * oh) + oy as usize) * ow + ox as usize;
+                                        want[o] += xv * wv;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            for (i, v) in want.iter_mut().enumerate() {
+                *v += b[(i / (oh * ow)) % cout] as f64;
+            }
+            let diff = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (*a as f64 - b).abs())
+                .fold(0f64, f64::max);
+            assert!(diff < 1e-5, "{win:?} groups {groups} begin {begin:?}: {diff}");
+        }
+    }
+
+    #[test]
+    fn bad_sizes_are_errors() {
+        let win = Window {
+            kernel: (3, 3),
+            stride: (1, 1),
+            dilation: (1, 1),
+            pads: [(0, 0); 2],
+        };
+        let e = conv2d(&[0.0; 4], (1, 1, 2, 2), &[0.0; 9], 1, 1, &win, None, Act::Identity).unwrap_err();
+        assert!(e.to_string().contains("does not fit"), "{e}");
+        let e = conv2d(&[0.0; 3], (1, 1, 2, 2), &[0.0; 9], 1, 1, &win, None, Act::Identity).unwrap_err();
+        assert!(e.to_string().contains("conv input of 3 values"), "{e}");
+        let e = conv2d(&[0.0; 8], (1, 2, 2, 2), &[0.0; 9], 3, 2, &win, None, Act::Identity).unwrap_err();
+        assert!(e.to_string().contains("groups"), "{e}");
+    }
+}

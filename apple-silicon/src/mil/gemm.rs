@@ -1,0 +1,314 @@
+//! The interpreter's f32 matrix product: the `gemm` crate (the one candle's
+//! matmul calls) called directly, with a fused epilogue.
+//!
+//! Why not candle's `matmul`: it zero-fills every output before the product
+//! overwrites it, it asks `candle_core::utils::get_num_threads()` for a
+//! thread count on every call (on Linux that re-reads `/proc/cpuinfo`, ~6%
+//! of a MobileNetV2 run), and a bias or an activation is one more pass and
+//! one more buffer each. Here the output is written once by the product,
+//! then the bias and activation ([`Act`]) are applied to it block by block
+//! on the interpreter's pool; the thread count is the pool's.
+
+use std::mem::MaybeUninit;
+
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+use super::fuse::Act;
+use super::limits::check_alloc;
+
+type CResult<T> = candle_core::Result<T>;
+
+/// Outputs below this many elements take the epilogue on the calling thread.
+const PAR_EPILOGUE_MIN: usize = 1 << 15;
+
+/// A strided view of a matrix inside `data`: element `(r, c)` of batch `b`
+/// is `data[b · batch + r · rs + c · cs]`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct MatRef<'a> {
+    pub data: &'a [f32],
+    pub rs: usize,
+    pub cs: usize,
+    pub batch: usize,
+}
+
+impl MatRef<'_> {
+    /// A row-major `[rows, cols]` matrix, the same for every batch.
+    pub fn row_major(data: &[f32], cols: usize) -> MatRef<'_> {
+        MatRef {
+            data,
+            rs: cols,
+            cs: 1,
+            batch: 0,
+        }
+    }
+
+    /// Whether every element a `batches × rows × cols` product reads is inside `data`.
+    fn covers(&self, batches: usize, rows: usize, cols: usize) -> bool {
+        if batches == 0 || rows == 0 || cols == 0 {
+            return true;
+        }
+        let last = (batches - 1)
+            .checked_mul(self.batch)
+            .and_then(|a| (rows - 1).checked_mul(self.rs).and_then(|b| a.checked_add(b)))
+            .and_then(|a| (cols - 1).checked_mul(self.cs).and_then(|b| a.checked_add(b)));
+        last.is_some_and(|l| l < self.data.len())
+    }
+}
+
+/// The bias added before the activation: none, one per output row, or one
+/// per output column.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Bias<'a> {
+    None,
+    Rows(&'a [f32]),
+    Cols(&'a [f32]),
+}
+
+/// `batches` products `act(lhs_b [m×k] · rhs_b [k×n] + bias)`, each written
+/// row-major into `m · n` consecutive elements of the result. Costs
+/// `2·batches·m·n·k` flops on the pool plus one pass over the output when
+/// there is a bias or an activation; the output is allocated once and not
+/// zero-filled. Errors (never panics) when a view does not cover its matrix
+/// or the output is over the run's memory limit.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul(
+    batches: usize,
+    (m, n, k): (usize, usize, usize),
+    lhs: MatRef,
+    rhs: MatRef,
+    bias: Bias,
+    act: Act,
+) -> CResult<Vec<f32>> {
+    check_alloc("matmul output", &[batches, m, n], 4)?;
+    let len = batches * m * n;
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    {
+        let dst = &mut out.spare_capacity_mut()[..len];
+        for (b, d) in dst.chunks_exact_mut((m * n).max(1)).enumerate().take(batches) {
+            let l = MatRef {
+                data: &lhs.data[(b * lhs.batch).min(lhs.data.len())..],
+                ..lhs
+            };
+            let r = MatRef {
+                data: &rhs.data[(b * rhs.batch).min(rhs.data.len())..],
+                ..rhs
+            };
+            matmul_into(d, (m, n, k), l, r, bias, act)?;
+        }
+    }
+    // SAFETY: `matmul_into` wrote every element of each of the `batches`
+    // chunks of `m · n`, which together are the first `len` elements.
+    unsafe { out.set_len(len) };
+    Ok(out)
+}
+
+/// One product `act(lhs [m×k] · rhs [k×n] + bias)` into `dst` (`m · n`
+/// elements, row-major), every element written.
+pub(crate) fn matmul_into(
+    dst: &mut [MaybeUninit<f32>],
+    mnk: (usize, usize, usize),
+    lhs: MatRef,
+    rhs: MatRef,
+    bias: Bias,
+    act: Act,
+) -> CResult<()> {
+    matmul_into_rows(dst, mnk.1, mnk, lhs, rhs, bias, act)
+}
+
+/// Like [`matmul_into`] into rows `dst_rs` apart: row `r` of the product is
+/// `dst[r · dst_rs..r · dst_rs + n]`, and only those elements are written
+/// (a band of columns of a wider matrix).
+pub(crate) fn matmul_into_rows(
+    dst: &mut [MaybeUninit<f32>],
+    dst_rs: usize,
+    (m, n, k): (usize, usize, usize),
+    lhs: MatRef,
+    rhs: MatRef,
+    bias: Bias,
+    act: Act,
+) -> CResult<()> {
+    let need = if m == 0 || n == 0 {
+        Some(0)
+    } else {
+        (m - 1).checked_mul(dst_rs).and_then(|v| v.checked_add(n))
+    };
+    if dst_rs < n || need.is_none_or(|need| dst.len() < need) || !lhs.covers(1, m, k) || !rhs.covers(1, k, n) {
+        candle_core::bail!("matmul of [{m}, {k}] by [{k}, {n}]: an operand or the output is too short")
+    }
+    match bias {
+        Bias::Rows(b) if b.len() != m => candle_core::bail!("{} row biases for {m} rows", b.len()),
+        Bias::Cols(b) if b.len() != n => candle_core::bail!("{} column biases for {n} columns", b.len()),
+        _ => {}
+    }
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if k == 0 {
+        // An empty sum: the product is zero (gemm would not write).
+        for r in 0..m {
+            dst[r * dst_rs..r * dst_rs + n].fill(MaybeUninit::new(0.0));
+        }
+    } else {
+        let threads = rayon::current_num_threads();
+        let par = if threads > 1 {
+            Parallelism::Rayon(threads)
+        } else {
+            Parallelism::None
+        };
+        // SAFETY: the views were checked above to cover `lhs [m×k]` and
+        // `rhs [k×n]`, and `dst` to hold `m` rows of `n` elements `dst_rs`
+        // apart; with `read_dst` false gemm only writes those (alpha 0,
+        // beta 1: dst = lhs · rhs).
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                dst.as_mut_ptr() as *mut f32,
+                1,
+                dst_rs as isize,
+                false,
+                lhs.data.as_ptr(),
+                lhs.cs as isize,
+                lhs.rs as isize,
+                rhs.data.as_ptr(),
+                rhs.cs as isize,
+                rhs.rs as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                par,
+            )
+        }
+    }
+    if matches!((bias, act), (Bias::None, Act::Identity)) {
+        return Ok(());
+    }
+    let row = |(r, d): (usize, &mut [MaybeUninit<f32>])| {
+        // SAFETY: the first `n` elements of every row were written above.
+        let d: &mut [f32] = unsafe { &mut *(&mut d[..n] as *mut [MaybeUninit<f32>] as *mut [f32]) };
+        epilogue_row(d, r, bias, act);
+    };
+    let rows = &mut dst[..(m - 1) * dst_rs + n];
+    if m * n >= PAR_EPILOGUE_MIN && rayon::current_num_threads() > 1 {
+        rows.par_chunks_mut(dst_rs).enumerate().for_each(row);
+    } else {
+        rows.chunks_mut(dst_rs).enumerate().for_each(row);
+    }
+    Ok(())
+}
+
+/// Row `r` of an output: its bias added, then `act`.
+#[inline]
+fn epilogue_row(d: &mut [f32], r: usize, bias: Bias, act: Act) {
+    match bias {
+        Bias::None => act.epilogue(d, 0.0),
+        Bias::Rows(b) => act.epilogue(d, b[r]),
+        Bias::Cols(b) => {
+            for (x, &bv) in d.iter_mut().zip(b) {
+                *x = act.f(*x + bv);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Tensor};
+
+    fn ramp(n: usize, seed: f32) -> Vec<f32> {
+        (0..n).map(|i| (i as f32 * 0.37 + seed).sin() * 3.0).collect()
+    }
+
+    #[test]
+    fn matches_candle_matmul_bias_and_activation_on_odd_shapes() {
+        for &(b, m, n, k) in &[
+            (1, 1, 1, 1),
+            (2, 7, 13, 5),
+            (1, 33, 129, 67),
+            (3, 65, 17, 300),
+            (1, 5, 3, 0),
+        ] {
+            let (l, r) = (ramp(b * m * k, 0.1), ramp(b * k * n, 0.7));
+            let (rb, cb) = (ramp(m, 1.3), ramp(n, 2.1));
+            let lt = Tensor::from_vec(l.clone(), (b, m, k), &Device::Cpu).unwrap();
+            let rt = Tensor::from_vec(r.clone(), (b, k, n), &Device::Cpu).unwrap();
+            let prod = lt.matmul(&rt).unwrap();
+            for (bias, act) in [
+                (Bias::None, Act::Identity),
+                (Bias::Rows(&rb), Act::Clamp(0.0, 6.0)),
+                (Bias::Cols(&cb), Act::GeluErf),
+                (Bias::Rows(&rb), Act::Silu),
+            ] {
+                let want = match bias {
+                    Bias::None => prod.clone(),
+                    Bias::Rows(v) => prod
+                        .broadcast_add(&Tensor::from_slice(v, (m, 1), &Device::Cpu).unwrap())
+                        .unwrap(),
+                    Bias::Cols(v) => prod
+                        .broadcast_add(&Tensor::from_slice(v, n, &Device::Cpu).unwrap())
+                        .unwrap(),
+                };
+                let want: Vec<f32> = act.apply(&want).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+                let got = matmul(
+                    b,
+                    (m, n, k),
+                    MatRef {
+                        data: &l,
+                        rs: k,
+                        cs: 1,
+                        batch: m * k,
+                    },
+                    MatRef {
+                        data: &r,
+                        rs: n,
+                        cs: 1,
+                        batch: k * n,
+                    },
+                    bias,
+                    act,
+                )
+                .unwrap();
+                assert_eq!(got, want, "b{b} m{m} n{n} k{k} {act:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn transposed_views_and_short_operands() {
+        // rhs given as its transpose [n, k] read with swapped strides.
+        let (m, n, k) = (9, 11, 6);
+        let (l, rt) = (ramp(m * k, 0.3), ramp(n * k, 0.9));
+        let want = Tensor::from_vec(l.clone(), (m, k), &Device::Cpu)
+            .unwrap()
+            .matmul(&Tensor::from_vec(rt.clone(), (n, k), &Device::Cpu).unwrap().t().unwrap())
+            .unwrap();
+        let want: Vec<f32> = want.flatten_all().unwrap().to_vec1().unwrap();
+        let rhs = MatRef {
+            data: &rt,
+            rs: 1,
+            cs: k,
+            batch: 0,
+        };
+        let got = matmul(1, (m, n, k), MatRef::row_major(&l, k), rhs, Bias::None, Act::Identity).unwrap();
+        let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(diff < 1e-5, "{diff}");
+        let short = MatRef::row_major(&l[..m * k - 1], k);
+        let err = matmul(1, (m, n, k), short, rhs, Bias::None, Act::Identity).unwrap_err();
+        assert!(err.to_string().contains("too short"), "{err}");
+        let err = matmul(
+            1,
+            (m, n, k),
+            MatRef::row_major(&l, k),
+            rhs,
+            Bias::Rows(&[1.0]),
+            Act::Relu,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("row biases"), "{err}");
+    }
+}
