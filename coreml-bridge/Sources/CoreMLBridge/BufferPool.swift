@@ -1,0 +1,137 @@
+import Foundation
+
+/// Staging buffers of one model handle, reused across `coreml_predict_into`
+/// calls, and the counters that show it.
+///
+/// A call leases one buffer per input copy and per output backing, keyed by
+/// byte size (a shape and dtype reduce to it), and gives them back once it
+/// has copied the outputs into the caller's memory. A call that times out
+/// never gives its buffers back: its late prediction still writes into
+/// them, and they are freed when that work ends (the handle is poisoned, so
+/// no later call would have reused them). Steady-state calls with the same
+/// shapes therefore allocate no tensor-sized buffer; concurrent callers of
+/// one handle grow the pool to their number.
+public final class BufferPool: @unchecked Sendable {
+    private let lock = NSLock()
+    private var idle: [Int: [TensorBuffer]] = [:]
+    private var counters = BufferCounters()
+    /// Most idle buffers kept per size; extra returns are freed.
+    static let maxIdlePerSize = 8
+
+    public init() {}
+
+    /// An idle buffer of exactly `byteCount` bytes, or a new one (counted).
+    /// Cost: a dictionary lookup under a lock; one malloc when none is idle.
+    public func lease(byteCount: Int) throws -> TensorBuffer {
+        lock.lock()
+        if var list = idle[byteCount], let b = list.popLast() {
+            idle[byteCount] = list
+            lock.unlock()
+            return b
+        }
+        lock.unlock()
+        let b = try TensorBuffer(byteCount: byteCount)
+        lock.lock()
+        counters.bufferAllocations += 1
+        counters.bufferBytesAllocated += byteCount
+        lock.unlock()
+        return b
+    }
+
+    /// Returns leased buffers for reuse (up to `maxIdlePerSize` per size).
+    public func giveBack(_ buffers: [TensorBuffer]) {
+        lock.lock(); defer { lock.unlock() }
+        for b in buffers {
+            var list = idle[b.byteCount] ?? []
+            if list.count < Self.maxIdlePerSize {
+                list.append(b)
+                idle[b.byteCount] = list
+            }
+        }
+    }
+
+    /// Adds to the counters (one lock).
+    func count(_ update: (inout BufferCounters) -> Void) {
+        lock.lock(); update(&counters); lock.unlock()
+    }
+
+    /// A snapshot of the counters, with the idle buffers counted now.
+    public var snapshot: BufferCounters {
+        lock.lock(); defer { lock.unlock() }
+        var c = counters
+        c.pooledBuffers = idle.values.reduce(0) { $0 + $1.count }
+        return c
+    }
+}
+
+/// What `coreml_debug_counters` reports (see coreml_bridge.h).
+public struct BufferCounters: Equatable, Sendable {
+    public var calls = 0
+    public var bufferAllocations = 0
+    public var bufferBytesAllocated = 0
+    public var pooledBuffers = 0
+    public var inputCopies = 0
+    public var outputCopies = 0
+    public var bytesCopied = 0
+    public var outputsInBacking = 0
+    public var outputsRuntimeOwned = 0
+
+    var jsonObject: [String: Any] {
+        ["calls": calls, "buffer_allocations": bufferAllocations,
+         "buffer_bytes_allocated": bufferBytesAllocated, "pooled_buffers": pooledBuffers,
+         "input_copies": inputCopies, "output_copies": outputCopies, "bytes_copied": bytesCopied,
+         "outputs_in_backing": outputsInBacking, "outputs_runtime_owned": outputsRuntimeOwned]
+    }
+}
+
+/// Where a runtime's `predictInto` may write one output: a leased staging
+/// buffer, row-major, of the shape and dtype the caller asked for.
+public struct OutputBacking: @unchecked Sendable {
+    public let name: String
+    public let dtype: DType
+    public let shape: [Int]
+    public let buffer: TensorBuffer
+}
+
+/// One output as a runtime produced it: either in its backing
+/// (`inBacking`) or in the runtime's own (possibly strided) storage, kept
+/// alive by `owner` until the caller's copy is done.
+public struct OutputSource: @unchecked Sendable {
+    public let name: String
+    public let dtype: DType
+    public let shape: [Int]
+    /// In elements.
+    public let strides: [Int]
+    public let data: UnsafeRawPointer
+    public let byteCount: Int
+    public let owner: AnyObject
+    public let inBacking: Bool
+
+    public init(name: String, dtype: DType, shape: [Int], strides: [Int], data: UnsafeRawPointer,
+                byteCount: Int, owner: AnyObject, inBacking: Bool) {
+        self.name = name
+        self.dtype = dtype
+        self.shape = shape
+        self.strides = strides
+        self.data = data
+        self.byteCount = byteCount
+        self.owner = owner
+        self.inBacking = inBacking
+    }
+
+    /// A row-major tensor the runtime allocated itself.
+    public init(tensor t: HostTensor, inBacking: Bool = false) {
+        self.init(name: t.name, dtype: t.dtype, shape: t.shape, strides: Strided.rowMajorStrides(t.shape),
+                  data: UnsafeRawPointer(t.buffer.pointer), byteCount: t.byteCount, owner: t.buffer,
+                  inBacking: inBacking)
+    }
+}
+
+extension LoadedModel {
+    /// Runtimes without output backings: `predict`, every output in the
+    /// runtime's own storage (the caller's copy is still the only one the
+    /// bridge makes).
+    public func predictInto(_ inputs: [HostTensor], backings: [OutputBacking]) throws -> [OutputSource] {
+        try predict(inputs).map { OutputSource(tensor: $0) }
+    }
+}
