@@ -93,37 +93,43 @@ public struct OutputBacking: @unchecked Sendable {
     public let buffer: TensorBuffer
 }
 
-/// One output as a runtime produced it: either in its backing
-/// (`inBacking`) or in the runtime's own (possibly strided) storage, kept
-/// alive by `owner` until the caller's copy is done.
+/// One output as a runtime produced it: in its backing (`inBacking`) or in
+/// the runtime's own (possibly strided) storage, which `access` lends to
+/// the caller's copy for the duration of a closure (Core ML's arrays lend
+/// their bytes only inside `withUnsafeBytes`).
 public struct OutputSource: @unchecked Sendable {
     public let name: String
     public let dtype: DType
     public let shape: [Int]
     /// In elements.
     public let strides: [Int]
-    public let data: UnsafeRawPointer
-    public let byteCount: Int
-    public let owner: AnyObject
     public let inBacking: Bool
+    /// Calls its argument with the output's storage (`strides` apply).
+    public let access: ((UnsafeRawBufferPointer) throws -> Void) throws -> Void
 
-    public init(name: String, dtype: DType, shape: [Int], strides: [Int], data: UnsafeRawPointer,
-                byteCount: Int, owner: AnyObject, inBacking: Bool) {
+    public init(name: String, dtype: DType, shape: [Int], strides: [Int], inBacking: Bool,
+                access: @escaping ((UnsafeRawBufferPointer) throws -> Void) throws -> Void) {
         self.name = name
         self.dtype = dtype
         self.shape = shape
         self.strides = strides
-        self.data = data
-        self.byteCount = byteCount
-        self.owner = owner
         self.inBacking = inBacking
+        self.access = access
     }
 
-    /// A row-major tensor the runtime allocated itself.
+    /// Storage held by a bridge buffer (kept alive by this source).
+    public init(name: String, dtype: DType, shape: [Int], strides: [Int], buffer: TensorBuffer, inBacking: Bool) {
+        self.init(name: name, dtype: dtype, shape: shape, strides: strides, inBacking: inBacking) { body in
+            try withExtendedLifetime(buffer) {
+                try body(UnsafeRawBufferPointer(start: buffer.pointer, count: buffer.byteCount))
+            }
+        }
+    }
+
+    /// A row-major tensor.
     public init(tensor t: HostTensor, inBacking: Bool = false) {
         self.init(name: t.name, dtype: t.dtype, shape: t.shape, strides: Strided.rowMajorStrides(t.shape),
-                  data: UnsafeRawPointer(t.buffer.pointer), byteCount: t.byteCount, owner: t.buffer,
-                  inBacking: inBacking)
+                  buffer: t.buffer, inBacking: inBacking)
     }
 }
 

@@ -157,9 +157,12 @@ extension Bridge {
         var outBytes = 0, inBacking = 0
         for (t, s) in pairs {
             do {
-                try withExtendedLifetime(s.owner) {
+                try s.access { raw in
+                    guard let src = raw.baseAddress else {
+                        throw BridgeError(.internalError, "output '\(t.name)': the runtime gave no storage")
+                    }
                     try Strided.copy(shape: t.shape, elementSize: t.dtype.size,
-                                     src: s.data, srcStrides: s.strides, srcByteCount: s.byteCount,
+                                     src: src, srcStrides: s.strides, srcByteCount: raw.count,
                                      dst: t.data, dstStrides: t.strides, dstByteCount: t.byteLen,
                                      shouldStop: { deadline.expired })
                 }

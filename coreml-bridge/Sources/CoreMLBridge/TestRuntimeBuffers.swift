@@ -50,8 +50,7 @@ extension FakeModel {
                              dst: storage.pointer, dstStrides: strides, dstByteCount: storage.byteCount)
             if plusOne { try addOne(storage: storage, dtype: x.dtype, shape: x.shape, strides: strides) }
             result.append(OutputSource(name: name, dtype: x.dtype, shape: x.shape, strides: strides,
-                                       data: UnsafeRawPointer(storage.pointer), byteCount: storage.byteCount,
-                                       owner: storage, inBacking: false))
+                                       buffer: storage, inBacking: false))
         }
         return result
     }
