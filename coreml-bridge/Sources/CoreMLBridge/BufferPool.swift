@@ -66,13 +66,19 @@ public final class BufferPool: @unchecked Sendable {
 
 /// What `coreml_debug_counters` reports (see coreml_bridge.h).
 public struct BufferCounters: Equatable, Sendable {
+    /// Calls that ran a prediction.
     public var calls = 0
+    /// Staging buffers the pool allocated, and their bytes.
     public var bufferAllocations = 0
     public var bufferBytesAllocated = 0
+    /// Staging buffers idle in the pool (filled in by `snapshot`).
     public var pooledBuffers = 0
+    /// Input copies into staging buffers; output copies into caller memory;
+    /// the bytes of both.
     public var inputCopies = 0
     public var outputCopies = 0
     public var bytesCopied = 0
+    /// Outputs the runtime wrote into their backing, or into its own array.
     public var outputsInBacking = 0
     public var outputsRuntimeOwned = 0
 
@@ -87,9 +93,11 @@ public struct BufferCounters: Equatable, Sendable {
 /// Where a runtime's `predictInto` may write one output: a leased staging
 /// buffer, row-major, of the shape and dtype the caller asked for.
 public struct OutputBacking: @unchecked Sendable {
+    /// The output's name, dtype and shape, as the caller described it.
     public let name: String
     public let dtype: DType
     public let shape: [Int]
+    /// Row-major storage of exactly the output's bytes.
     public let buffer: TensorBuffer
 }
 
@@ -98,15 +106,18 @@ public struct OutputBacking: @unchecked Sendable {
 /// the caller's copy for the duration of a closure (Core ML's arrays lend
 /// their bytes only inside `withUnsafeBytes`).
 public struct OutputSource: @unchecked Sendable {
+    /// The output's name, dtype and shape as produced.
     public let name: String
     public let dtype: DType
     public let shape: [Int]
     /// In elements.
     public let strides: [Int]
+    /// Whether the runtime wrote it into the bridge's backing.
     public let inBacking: Bool
     /// Calls its argument with the output's storage (`strides` apply).
     public let access: ((UnsafeRawBufferPointer) throws -> Void) throws -> Void
 
+    /// Storage lent by `access` (e.g. Core ML's `withUnsafeBytes`).
     public init(name: String, dtype: DType, shape: [Int], strides: [Int], inBacking: Bool,
                 access: @escaping ((UnsafeRawBufferPointer) throws -> Void) throws -> Void) {
         self.name = name
