@@ -293,3 +293,44 @@ impl BridgeModel {
         parse_json(&json, Operation::Schema, &subject)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tensor::DType;
+
+    #[test]
+    fn a_name_is_made_once_and_a_nul_is_refused() {
+        let cache = NameCache::default();
+        let a = cache.get("logits", "output").unwrap();
+        let b = cache.get("probs", "output").unwrap();
+        assert_eq!(cache.get("logits", "output").unwrap(), a, "the same C string again");
+        assert_ne!(a, b);
+        // SAFETY: `a` points into a CString the cache still owns.
+        assert_eq!(unsafe { std::ffi::CStr::from_ptr(a) }.to_str().unwrap(), "logits");
+        let e = cache.get("bad\0name", "input").unwrap_err();
+        assert_eq!(e.status(), Status::InvalidArgument);
+        assert!(e.message().contains("without NUL"), "{}", e.message());
+    }
+
+    #[test]
+    fn descriptors_name_what_the_bridge_would_refuse() {
+        let t = Tensor::zeros(DType::F32, vec![2, 3]).unwrap();
+        let (code, dims) = describe("x", &t, "input", true).unwrap();
+        assert_eq!(code, ffi::COREML_DTYPE_F32);
+        assert_eq!(&dims[..2], &[2, 3]);
+        assert!(dims[2..].iter().all(|&d| d == 0));
+
+        let empty = Tensor::zeros(DType::F32, vec![2, 0]).unwrap();
+        let e = describe("x", &empty, "input", true).unwrap_err().to_string();
+        assert!(e.contains("each >= 1") && e.contains("[2, 0]"), "{e}");
+
+        // i64 is an output dtype only.
+        let long = Tensor::zeros(DType::I64, vec![1]).unwrap();
+        assert!(describe("n", &long, "input", true).is_err());
+        assert_eq!(
+            describe("n", &long, "output buffer", false).unwrap().0,
+            ffi::COREML_DTYPE_I64
+        );
+    }
+}
