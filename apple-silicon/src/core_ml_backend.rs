@@ -496,6 +496,13 @@ impl CoreMlModel {
         )))
     }
 
+    /// The bridge's buffer counters of the loaded model's handle
+    /// ([`BridgeModel::buffer_counters`]), for tests and debugging; waits
+    /// at most `timeout` for the model (loading it if needed).
+    pub fn buffer_counters(&self, timeout: Duration) -> Result<bridge::BufferCounters> {
+        self.with_loaded("reading the buffer counters", timeout, |bm, _| bm.buffer_counters())
+    }
+
     fn plan_summary(&self) -> PlanSummary {
         self.plan
             .get_or_init(
@@ -845,6 +852,25 @@ impl InferenceEngine for CoreMlEngine {
     /// the prediction plus copies of inputs and outputs.
     fn infer(&self, model: &dyn PreparedModel, inputs: &TensorMap, timeout: Duration) -> Result<TensorMap> {
         downcast_model::<CoreMlModel>(model, bridge::ENGINE_NAME)?.run(inputs, timeout)
+    }
+
+    /// One prediction into `outputs` through `coreml_predict_into`
+    /// ([`BridgeModel::predict_into`]): outputs already in the map are
+    /// overwritten in place (one copy in the bridge, no allocation in the
+    /// steady state); an empty map, or one that does not fit, is replaced
+    /// by `infer`'s result. Bounded by `timeout` in all (waiting for the
+    /// model, a reload, the prediction); a timeout poisons the model (the
+    /// next call reloads) and never lets the late prediction write into
+    /// `outputs`.
+    fn infer_into(
+        &self,
+        model: &dyn PreparedModel,
+        inputs: &TensorMap,
+        outputs: &mut TensorMap,
+        timeout: Duration,
+    ) -> Result<()> {
+        let m = downcast_model::<CoreMlModel>(model, bridge::ENGINE_NAME)?;
+        m.with_loaded("prediction", timeout, |bm, left| bm.predict_into(inputs, outputs, left))
     }
 
     /// A fresh state (Core ML's `makeState()`, every buffer zeroed) through

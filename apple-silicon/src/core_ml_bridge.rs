@@ -62,6 +62,10 @@ use crate::error::{Error, Result};
 use crate::inference::{ComputeUnits, IoSchema, ShapeConstraint, TensorSpec};
 use crate::tensor::{checked_numel, DType, Tensor, TensorMap};
 
+#[path = "core_ml_bridge_into.rs"]
+mod into;
+pub use into::{BufferCounters, STACK_TENSORS};
+
 /// The raw C ABI, mirroring `coreml-bridge/include/coreml_bridge.h` by hand.
 ///
 /// Keep it in step with the header. The unit tests of this module fail when
@@ -263,6 +267,27 @@ pub mod ffi {
         pub n_inputs: i32,
     }
 
+    /// `CoremlOutputBuffer` (v2, additive): a caller-owned buffer that
+    /// `coreml_predict_into` writes one output into.
+    #[repr(C)]
+    #[derive(Debug, Clone, Copy)]
+    pub struct CoremlOutputBuffer {
+        /// Output feature name (NUL-terminated UTF-8).
+        pub name: *const c_char,
+        /// `COREML_DTYPE_*` the model produces for it.
+        pub dtype: i32,
+        /// Number of dimensions, `1..=COREML_MAX_RANK`.
+        pub rank: i32,
+        /// `rank` dimensions, each >= 1.
+        pub shape: *const i64,
+        /// `rank` strides in elements, or NULL for row-major.
+        pub strides: *const i64,
+        /// First element (written, never read).
+        pub data: *mut c_void,
+        /// Bytes writable at `data`.
+        pub byte_len: u64,
+    }
+
     /// One C function as declared here, for the header-agreement test:
     /// Rust spellings of the parameter and return types.
     #[derive(Debug, Clone, Copy)]
@@ -400,6 +425,19 @@ pub mod ffi {
         ) -> i32 => COREML_ERR_UNAVAILABLE;
         /// `coreml_runtime_info`: OS, chip, Core ML version, test runtime, as JSON.
         fn coreml_runtime_info(out_json: *mut *mut c_char, out_err: *mut *mut c_char) -> i32
+            => COREML_ERR_UNAVAILABLE;
+        /// `coreml_predict_into` (v2, additive): outputs written into caller buffers, one copy each.
+        fn coreml_predict_into(
+            handle: *mut c_void,
+            inputs: *const CoremlTensor,
+            n_inputs: i32,
+            outputs: *const CoremlOutputBuffer,
+            n_outputs: i32,
+            timeout_ms: i64,
+            out_err: *mut *mut c_char,
+        ) -> i32 => COREML_ERR_UNAVAILABLE;
+        /// `coreml_debug_counters` (v2, additive): the handle's buffer-pool and copy counters as JSON.
+        fn coreml_debug_counters(handle: *mut c_void, out_json: *mut *mut c_char, out_err: *mut *mut c_char) -> i32
             => COREML_ERR_UNAVAILABLE;
         /// `coreml_free_model`: releases a handle (NULL/unknown/freed ignored; safe while predicting).
         fn coreml_free_model(handle: *mut c_void) => ();
@@ -1658,6 +1696,8 @@ pub struct BridgeModel {
     /// Set when a prediction timed out or found the handle poisoned. The
     /// `Cell` is also what makes the type `!Sync`.
     poisoned: Cell<bool>,
+    /// C strings of feature names for `predict_into` (made once each).
+    names: into::NameCache,
 }
 
 impl BridgeModel {
@@ -1734,6 +1774,7 @@ impl BridgeModel {
                 metadata: SchemaMetadata::default(),
             },
             poisoned: Cell::new(false),
+            names: Default::default(),
         };
         // On failure `model` is dropped here, which frees the handle.
         model.schema = model.fetch_schema()?;
@@ -2251,6 +2292,7 @@ mod tests {
             "void**" => "*mut *mut c_void",
             "const CoremlTensor*" => "*const CoremlTensor",
             "const CoremlBatchMember*" => "*const CoremlBatchMember",
+            "const CoremlOutputBuffer*" => "*const CoremlOutputBuffer",
             "const CoremlFeature*" => "*const CoremlFeature",
             "CoremlFeatureOutputs*" => "*mut CoremlFeatureOutputs",
             "CoremlFeatureOutputs**" => "*mut *mut CoremlFeatureOutputs",
@@ -2268,7 +2310,7 @@ mod tests {
     fn every_header_function_is_declared_with_the_same_signature() {
         let header = header_functions();
         let names: Vec<&str> = header.iter().map(|(_, n, _)| n.as_str()).collect();
-        assert_eq!(names.len(), 17, "functions parsed from the header: {names:?}");
+        assert_eq!(names.len(), 19, "functions parsed from the header: {names:?}");
         let declared: BTreeMap<&str, &ffi::Signature> = ffi::SIGNATURES.iter().map(|s| (s.name, s)).collect();
         assert_eq!(
             declared.keys().copied().collect::<BTreeSet<_>>(),
@@ -2405,6 +2447,9 @@ int main(void) {
   F(CoremlOutputs, count); F(CoremlOutputs, tensors); F(CoremlOutputs, reserved);
   printf("CoremlBatchMember %zu\n", sizeof(CoremlBatchMember));
   F(CoremlBatchMember, inputs); F(CoremlBatchMember, n_inputs);
+  printf("CoremlOutputBuffer %zu\n", sizeof(CoremlOutputBuffer));
+  F(CoremlOutputBuffer, name); F(CoremlOutputBuffer, dtype); F(CoremlOutputBuffer, rank); F(CoremlOutputBuffer, shape);
+  F(CoremlOutputBuffer, strides); F(CoremlOutputBuffer, data); F(CoremlOutputBuffer, byte_len);
   printf("CoremlFeature %zu\n", sizeof(CoremlFeature));
   F(CoremlFeature, name); F(CoremlFeature, kind); F(CoremlFeature, tensor); F(CoremlFeature, int64_value);
   F(CoremlFeature, double_value); F(CoremlFeature, string_value);
@@ -2446,8 +2491,8 @@ int main(void) {
             })
             .collect();
         use ffi::{
-            CoremlBatchMember as B, CoremlFeature as Fe, CoremlFeatureOutputs as Fos, CoremlOutputFeature as Of,
-            CoremlOutputTensor as O, CoremlOutputs as Os, CoremlTensor as T,
+            CoremlBatchMember as B, CoremlFeature as Fe, CoremlFeatureOutputs as Fos, CoremlOutputBuffer as Ob,
+            CoremlOutputFeature as Of, CoremlOutputTensor as O, CoremlOutputs as Os, CoremlTensor as T,
         };
         let rust: BTreeMap<String, usize> = [
             ("CoremlTensor", size_of::<T>()),
@@ -2495,6 +2540,14 @@ int main(void) {
             ("CoremlBatchMember", size_of::<B>()),
             ("CoremlBatchMember.inputs", offset_of!(B, inputs)),
             ("CoremlBatchMember.n_inputs", offset_of!(B, n_inputs)),
+            ("CoremlOutputBuffer", size_of::<Ob>()),
+            ("CoremlOutputBuffer.name", offset_of!(Ob, name)),
+            ("CoremlOutputBuffer.dtype", offset_of!(Ob, dtype)),
+            ("CoremlOutputBuffer.rank", offset_of!(Ob, rank)),
+            ("CoremlOutputBuffer.shape", offset_of!(Ob, shape)),
+            ("CoremlOutputBuffer.strides", offset_of!(Ob, strides)),
+            ("CoremlOutputBuffer.data", offset_of!(Ob, data)),
+            ("CoremlOutputBuffer.byte_len", offset_of!(Ob, byte_len)),
             // The enums cross as int32_t; the C enum type itself must fit.
             ("CoremlStatus", size_of::<i32>()),
         ]

@@ -759,6 +759,22 @@ pub trait InferenceEngine: Send + Sync {
     /// Runs one inference. Returns [`Error::Timeout`] if it does not finish
     /// within `timeout`; the caller's thread is never blocked much longer.
     fn infer(&self, model: &dyn PreparedModel, inputs: &TensorMap, timeout: Duration) -> Result<TensorMap>;
+    /// [`InferenceEngine::infer`] into the caller's `outputs`: an engine
+    /// that can reuse their storage writes each output into the tensor of
+    /// that name, dtype and shape already in `outputs` (no allocation per
+    /// call in the steady state). The default runs `infer` and replaces
+    /// `outputs` with its result (what `infer` costs). On error the
+    /// contents of `outputs` are unspecified.
+    fn infer_into(
+        &self,
+        model: &dyn PreparedModel,
+        inputs: &TensorMap,
+        outputs: &mut TensorMap,
+        timeout: Duration,
+    ) -> Result<()> {
+        *outputs = self.infer(model, inputs, timeout)?;
+        Ok(())
+    }
     /// [`InferenceEngine::infer`], also returning how long each stage took
     /// (marshal in, predict, marshal out, total). An engine that cannot see
     /// inside its call reports the total only (the default).

@@ -296,6 +296,12 @@ impl Tensor {
         &self.data
     }
 
+    /// The raw bytes, writable in place (dtype and shape stay as they are).
+    /// Costs nothing; how the output buffers of `predict_into` are reused.
+    pub fn as_bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.data
+    }
+
     /// Takes the raw bytes out of the tensor.
     pub fn into_bytes(self) -> Vec<u8> {
         self.data

@@ -507,6 +507,78 @@ int32_t coreml_compute_plan(const char* compiled_path, int32_t compute_units,
  */
 int32_t coreml_runtime_info(char** out_json, char** out_err);
 
+/* ---- Caller-owned output buffers (ABI v2, additive) ---------------------- */
+/*
+ * One output the caller wants written into its own memory by
+ * coreml_predict_into.
+ *
+ *   name      output feature name (a multi-array output of the model)
+ *   dtype     CoremlDType the model produces for it (no conversion is done)
+ *   rank      1..COREML_MAX_RANK
+ *   shape     `rank` dimensions, each >= 1: must equal the output's shape
+ *   strides   `rank` strides in ELEMENTS, each >= 0; NULL means row-major
+ *   data      first element (written, never read)
+ *   byte_len  bytes writable at `data`: at least
+ *             (1 + sum((shape[i]-1) * strides[i])) * sizeof(dtype)
+ */
+typedef struct CoremlOutputBuffer {
+    const char*    name;
+    int32_t        dtype;
+    int32_t        rank;
+    const int64_t* shape;
+    const int64_t* strides;
+    void*          data;
+    uint64_t       byte_len;
+} CoremlOutputBuffer;
+
+/*
+ * One prediction whose outputs are written into the caller's buffers.
+ * Inputs as for coreml_predict. Each of the `n_outputs` buffers (1..4096,
+ * distinct names, a subset of the model's multi-array outputs) receives its
+ * output with exactly one copy (stride-aware), made on the CALLER'S thread
+ * after the prediction finished and before this function returns: a call
+ * that times out returns at once and its late prediction writes only into
+ * bridge-owned staging buffers, never into caller memory (which the caller
+ * may free as soon as this function returns, whatever the status).
+ *
+ * Staging buffers (each input's copy, each output's backing) come from a
+ * pool of the model handle, keyed by byte size: after the first call with
+ * given shapes, further calls allocate no tensor-sized buffer in the
+ * bridge. On Core ML the output staging buffers are offered as
+ * MLPredictionOptions.outputBackings; an output Core ML did not write there
+ * (its own array instead) is copied from Core ML's array (still one copy).
+ *
+ * A buffer whose dtype or shape differs from what the model produced fails
+ * with COREML_ERR_SCHEMA_MISMATCH and a message beginning "output buffer";
+ * nothing has been written into any caller buffer then. On any error the
+ * caller buffers' contents are unspecified (a copy may have stopped at the
+ * deadline). A timeout poisons the handle, as for coreml_predict.
+ * Errors: those of coreml_predict.
+ */
+int32_t coreml_predict_into(void* handle, const CoremlTensor* inputs,
+                            int32_t n_inputs, const CoremlOutputBuffer* outputs,
+                            int32_t n_outputs, int64_t timeout_ms,
+                            char** out_err);
+
+/*
+ * The handle's buffer counters, as JSON (owned; for tests and debugging).
+ * Counted over coreml_predict_into calls since the handle was loaded:
+ * {
+ *   "calls": int,                   coreml_predict_into calls that ran a prediction
+ *   "buffer_allocations": int,      staging buffers the pool allocated
+ *   "buffer_bytes_allocated": int,
+ *   "pooled_buffers": int,          staging buffers idle in the pool now
+ *   "input_copies": int,            input copies into staging buffers
+ *   "output_copies": int,           copies into caller buffers
+ *   "bytes_copied": int,            by both kinds of copy
+ *   "outputs_in_backing": int,      outputs the runtime wrote into the staging backing
+ *   "outputs_runtime_owned": int    outputs the runtime produced in its own array
+ *                                   (an allocation the bridge cannot avoid)
+ * }
+ * Errors: INVALID_ARGUMENT, INVALID_HANDLE.
+ */
+int32_t coreml_debug_counters(void* handle, char** out_json, char** out_err);
+
 /* Release a model handle. NULL, unknown and already-freed handles are
  * ignored. Safe while a prediction on the handle is still running (also a
  * timed-out one): the running work keeps what it needs alive and the model

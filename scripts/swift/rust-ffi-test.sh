@@ -9,7 +9,7 @@
 # 2. Inside it:
 #    - installs valgrind with apt if it is missing (once; idempotent),
 #    - builds the bridge archive: swift build -c release --product CoreMLBridge,
-#    - runs   cargo test --features coreml --test core_ml_ffi --test backend_switch --test pool_ffi
+#    - runs   cargo test --features coreml --test core_ml_ffi --test backend_switch --test pool_ffi --test alloc_ffi
 #      with   CARGO_TARGET_DIR=target/chroot   (binaries built inside the chroot
 #             need its glibc: they must not mix with the host's target/)
 #             COREML_BRIDGE_LIB_DIR=<the archive's directory>   (build.rs links it)
@@ -61,7 +61,7 @@ export COREML_BRIDGE_LIB_DIR="$lib_dir"
 export COREML_BRIDGE_TEST_RUNTIME=1
 export CARGO_TERM_COLOR=never
 # backend_switch: the `coreml` side of the plan's inference_backend switch (the host runs the other).
-cargo_args=(--features coreml --test core_ml_ffi --test backend_switch --test pool_ffi)
+cargo_args=(--features coreml --test core_ml_ffi --test backend_switch --test pool_ffi --test alloc_ffi)
 
 logs="$CARGO_TARGET_DIR/rust-ffi-test"
 mkdir -p "$logs"

@@ -168,6 +168,9 @@ MAP: dict[str, tuple] = {
     "MLModelAsset": (C, "MLModelAsset"),
     "MLModelAsset.init(url:)": (CM, "MLModelAsset", "modelAssetWithURL:error:_", False),
     "MLModelAsset.functionNames": (M, "MLModelAsset", "functionNamesWithCompletionHandler:", None),
+    # Output backings (coreml_predict_into; CoreMLShimBuffers.swift). The setter is
+    # -setOutputBackings:; the getter's row stands for the property.
+    "MLPredictionOptions.outputBackings": (M, "MLPredictionOptions", "outputBackings", False),
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -302,6 +305,7 @@ AVAIL: dict[str, tuple[str, str]] = {
     "MLBatchProvider": (V10_14, H),
     "MLArrayBatchProvider": (V10_14, H),
     "MLPredictionOptions": (V10_13, H),
+    "MLPredictionOptions outputBackings": (V11, D),
     "MLImageConstraint": (V10_13, H),
     "MLState": (V15, H),
     "MLState getMultiArrayForStateNamed:handler:": (V15, H),

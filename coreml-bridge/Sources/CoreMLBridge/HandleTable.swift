@@ -49,6 +49,8 @@ public final class ModelHandle: @unchecked Sendable {
     public let model: LoadedModel
     public let queue: DispatchQueue
     public let schema: ModelSchema
+    /// Staging buffers of `coreml_predict_into` and their counters.
+    public let buffers = BufferPool()
     private let lock = NSLock()
     private var poisonReason: String?
 

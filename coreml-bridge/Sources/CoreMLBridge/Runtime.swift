@@ -37,6 +37,10 @@ public protocol LoadedModel: AnyObject {
     /// One prediction on feature values of any kind (validated against
     /// `schema`); outputs of every kind. Called on the handle's queue.
     func predictFeatures(_ inputs: [NamedFeature]) throws -> [NamedFeature]
+    /// One prediction that may write outputs into `backings` (bridge-owned
+    /// staging buffers, see BufferPool.swift); returns where each output
+    /// is. Called on the handle's queue. Default: `predict`.
+    func predictInto(_ inputs: [HostTensor], backings: [OutputBacking]) throws -> [OutputSource]
 }
 
 extension LoadedModel {

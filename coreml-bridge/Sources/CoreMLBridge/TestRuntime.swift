@@ -264,8 +264,8 @@ struct FakeSpec: Decodable {
 final class FakeModel: LoadedModel {
     let spec: FakeSpec
     let schema: ModelSchema
-    private let inputOrder: [String]
-    private let outputOrder: [String]
+    let inputOrder: [String]
+    let outputOrder: [String]
 
     init(spec: FakeSpec, schema: ModelSchema) {
         self.spec = spec
@@ -391,7 +391,7 @@ final class FakeModel: LoadedModel {
                                      from: UnsafeRawBufferPointer(start: storage.pointer, count: storage.byteCount))
     }
 
-    private func addOne(storage: TensorBuffer, dtype: DType, shape: [Int], strides: [Int]) throws {
+    func addOne(storage: TensorBuffer, dtype: DType, shape: [Int], strides: [Int]) throws {
         let n = try Strided.elementCount(shape)
         guard n > 0 else { return }
         var index = [Int](repeating: 0, count: shape.count)
