@@ -326,6 +326,21 @@ fn a_state_runs_on_the_instance_it_was_made_on_and_dies_with_it() {
 }
 
 #[test]
+fn infer_into_and_batches_go_through_the_queue() {
+    let (engine, model, rec) = pool(1, Duration::from_millis(5));
+    let mut out = TensorMap::new();
+    engine
+        .infer_into(&*model, &input(7), &mut out, Duration::from_secs(5))
+        .unwrap();
+    assert_eq!(out, expected(7));
+    let batch = engine
+        .infer_batch(&*model, &[input(1), input(2)], Duration::from_secs(5))
+        .unwrap();
+    assert_eq!(batch, vec![expected(1), expected(2)]);
+    assert_eq!(*rec.started.lock().unwrap(), vec![7, 1, 2]);
+}
+
+#[test]
 fn telemetry_records_queue_waits_and_depth() {
     let registry = Arc::new(TelemetryRegistry::new());
     let rec = Arc::new(Recorder::default());

@@ -473,6 +473,22 @@ impl InferenceEngine for PooledEngine {
         result
     }
 
+    /// The inner engine's `infer_into` on a free instance: with Core ML, the
+    /// caller's output tensors are written in place.
+    fn infer_into(
+        &self,
+        model: &dyn PreparedModel,
+        inputs: &TensorMap,
+        outputs: &mut TensorMap,
+        timeout: Duration,
+    ) -> Result<()> {
+        let m = self.model(model)?;
+        let deadline = Self::deadline(timeout);
+        let lease = m.shared.acquire(None, deadline, timeout)?;
+        let left = Self::left(deadline, timeout, m)?;
+        self.inner.infer_into(&*lease.model, inputs, outputs, left)
+    }
+
     /// A state on one instance; every run with it waits for that instance.
     fn make_state(&self, model: &dyn PreparedModel) -> Result<ModelState> {
         let m = self.model(model)?;
