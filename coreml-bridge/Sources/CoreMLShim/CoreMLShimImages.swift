@@ -44,8 +44,6 @@ public final class CFDictionary {
 public struct CVPixelBufferLockFlags: OptionSet, Sendable {
     public let rawValue: CVOptionFlags
     public init(rawValue: CVOptionFlags) { self.rawValue = rawValue }
-    /// corevideo/cvpixelbufferlockflags/readonly: `static var readOnly: CVPixelBufferLockFlags { get }`
-    public static let readOnly = CVPixelBufferLockFlags(rawValue: 1)
 }
 
 // MARK: CoreVideo constants (the values objc2-core-video carries)
