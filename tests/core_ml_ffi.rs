@@ -2457,7 +2457,7 @@ fn bad_image_descriptors_get_a_clear_status_never_a_trap() {
     let dir = tempfile::tempdir().unwrap();
     let h = raw_load(&fake_compiled(dir.path(), "img", json!({"behavior": "image"})), 20_000);
     let name = CString::new("image").unwrap();
-    let pixels = vec![1u8; 48];
+    let pixels = [1u8; 48];
     let call = |format: i32, w: i32, hgt: i32, bpr: i64, len: u64, data: *const c_void| -> (i32, String) {
         let img = ffi::CoremlImage {
             name: name.as_ptr(),
@@ -2477,7 +2477,9 @@ fn bad_image_descriptors_get_a_clear_status_never_a_trap() {
         (code, take_string(err).unwrap_or_default())
     };
     let p = pixels.as_ptr().cast::<c_void>();
-    let cases: [(i32, i32, i32, i64, u64, *const c_void, i32, &[&str]); 7] = [
+    // (pixel format, width, height, bytes per row, byte_len, data, status, words of the message)
+    type Case<'a> = (i32, i32, i32, i64, u64, *const c_void, i32, &'a [&'a str]);
+    let cases: [Case; 7] = [
         (1, 4, 3, 12, 48, p, ffi::COREML_OK, &[]),
         (
             1,
