@@ -370,15 +370,14 @@ func readAndCopyFeaturesAndImages(_ inputs: UnsafePointer<CoremlFeature>?, _ nIn
         if case .tensor(let t) = v.view { return t }
         return nil
     }
-    var total = 0
-    for t in tensorViews { total = Strided.checkedAdd(total, t.byteCount) ?? Int.max }
+    try checkInputBytes(tensorViews)
+    var total = tensorViews.reduce(0) { $0 + $1.byteCount } // within the cap: checked just above
     for i in imageViews {
         guard let t = Strided.checkedAdd(total, i.storedBytes), t <= maxInputBytes else {
             throw BridgeError(.outOfMemory, "the inputs need more than \(maxInputBytes) bytes of copies (image '\(i.name)': \(i.width)x\(i.height) = \(i.storedBytes) bytes; COREML_BRIDGE_MAX_INPUT_BYTES raises the cap)")
         }
         total = t
     }
-    try checkInputBytes(tensorViews)
     var result = try copyFeatureViews(views, deadline: deadline)
     for v in imageViews {
         let storage = try model.makePixelStorage(width: v.width, height: v.height, pixelFormat: v.format.storedAs,
