@@ -235,6 +235,25 @@ final class ImageTests: BridgeTestCase {
         XCTAssertNil(outs)
     }
 
+    /// The copy checks the call's deadline: past it, `.timeout` naming the image, and nothing ran.
+    func testTheCopyStopsAtTheDeadline() throws {
+        let bytes = [UInt8](repeating: 5, count: 12 * 3)
+        try bytes.withUnsafeBytes { raw in
+            let view = ImageView(name: "image", format: .rgb8, width: 4, height: 3, bytesPerRow: 12,
+                                 data: raw.baseAddress!, storedBytes: 3 * 64)
+            let storage = try HostPixels(width: 4, height: 3, pixelFormat: CVPixelFormat.bgra32, bytesPerPixel: 4)
+            XCTAssertEqual(storage.bytesPerRow, 64, "rows padded to 64 bytes, as CoreVideo pads them")
+            let deadline = try CallDeadline(timeoutMs: 1)
+            usleep(5000)
+            XCTAssertThrowsError(try copyImage(view, into: storage, deadline: deadline)) { e in
+                XCTAssertEqual((e as? BridgeError)?.status, .timeout)
+                XCTAssertTrue((e as? BridgeError)?.message.contains("copying image 'image'") == true, "\(e)")
+            }
+            let ok = try copyImage(view, into: storage, deadline: try CallDeadline(timeoutMs: 5000))
+            XCTAssertEqual(ok.storage.baseAddress.load(fromByteOffset: 64, as: UInt32.self), 0xFF05_0505)
+        }
+    }
+
     func testASlowImageModelTimesOutAndPoisons() {
         let h = loaded("slow", #"{"behavior": "image", "sleep_ms": 400}"#)
         defer { C.free(h) }
