@@ -1449,14 +1449,15 @@ fn a_classifier_returns_its_label_and_probabilities_and_scalars_and_strings_roun
     let e = engine.infer_features(kinds.as_ref(), &wrong, SECS).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::SchemaMismatch, "{e}");
     assert!(e.to_string().contains("is a int64 feature; got a string value"), "{e}");
-    // Images are not in ABI v2's feature calls: refused before calling.
+    // An image for an int64 feature: the bridge refuses it, naming both kinds.
     let mut with_image = inputs.clone();
     with_image.insert(
         "n".into(),
         FeatureValue::Image(apple_silicon::Image::new(1, 1, apple_silicon::PixelFormat::Gray8, 1, vec![0]).unwrap()),
     );
     let e = engine.infer_features(kinds.as_ref(), &with_image, SECS).unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+    assert_eq!(e.kind(), ErrorKind::SchemaMismatch, "{e}");
+    assert!(e.to_string().contains("is a int64 feature; got a image value"), "{e}");
 }
 
 // ---------------------------------------------------------------------------
@@ -1945,6 +1946,10 @@ fn the_c_abi_answers_random_descriptors_handles_and_nulls_with_a_status() {
     let (empty_c, fname_c) = (CString::new("").unwrap(), CString::new("main").unwrap());
     let hello_c = CString::new("h\u{e9}llo").unwrap();
     let out_dir = CString::new(dir.path().join("out").to_str().unwrap()).unwrap();
+    let image_compiled = fake_compiled(dir.path(), "fuzzimg", json!({"behavior": "image"}));
+    let mut image_live = raw_load(&image_compiled, 20_000);
+    let image_c = CString::new("image").unwrap();
+    let pixels: Vec<u8> = (0..256u32).map(|i| i as u8).collect();
 
     let mut rng = Rng(seed);
     let mut seen = std::collections::BTreeMap::<(&str, i32), u64>::new();
@@ -1967,7 +1972,7 @@ fn the_c_abi_answers_random_descriptors_handles_and_nulls_with_a_status() {
         let call_start = Instant::now();
         let mut err: *mut c_char = ptr::null_mut();
         let err_slot: *mut *mut c_char = if rng.below(4) == 0 { ptr::null_mut() } else { &mut err };
-        let (entry, code) = match rng.below(14) {
+        let (entry, code) = match rng.below(15) {
             0..=5 => {
                 let case = random_case(&mut rng);
                 let mut outputs: *mut ffi::CoremlOutputs = ptr::null_mut();
@@ -2139,6 +2144,99 @@ fn the_c_abi_answers_random_descriptors_handles_and_nulls_with_a_status() {
                 unsafe { ffi::coreml_free_feature_outputs(outputs) };
                 ("predict_features", code)
             }
+            14 => {
+                // Image descriptors: honest byte_len (never past `pixels`), everything else random.
+                let h = if handle == live { image_live } else { handle };
+                let n_images = rng.pick(&[1usize, 1, 1, 0, 2]);
+                let images: Vec<ffi::CoremlImage> = (0..n_images)
+                    .map(|_| match rng.below(2) {
+                        // A valid 4x3 image: RGB8 packed or BGRA8 with padded rows.
+                        0 => {
+                            let (format, bpr) = rng.pick(&[(1, 12), (3, 16), (3, 20)]);
+                            ffi::CoremlImage {
+                                name: image_c.as_ptr(),
+                                pixel_format: format,
+                                width: 4,
+                                height: 3,
+                                bytes_per_row: bpr,
+                                data: pixels.as_ptr().cast(),
+                                byte_len: pixels.len() as u64,
+                            }
+                        }
+                        _ => ffi::CoremlImage {
+                            name: rng.pick(&[image_c.as_ptr(), image_c.as_ptr(), hello_c.as_ptr(), ptr::null()]),
+                            pixel_format: rng.pick(&[1, 2, 3, 4, 5, 6, 0, 9, -1]),
+                            width: rng.pick(&[4, 4, 3, 1, 0, -1, i32::MAX]),
+                            height: rng.pick(&[3, 3, 2, 1, 0, -1, i32::MAX]),
+                            bytes_per_row: rng.pick(&[12, 16, 16, 11, 0, -1, i64::MAX, 1 << 40]),
+                            data: if rng.below(10) == 0 {
+                                ptr::null()
+                            } else {
+                                pixels.as_ptr().cast()
+                            },
+                            byte_len: match rng.below(4) {
+                                0 => rng.below(256),
+                                k => [pixels.len() as u64, 48, 0][k as usize - 1],
+                            },
+                        },
+                    })
+                    .collect();
+                let case = random_case(&mut rng);
+                let features: Vec<ffi::CoremlFeature> = case
+                    .tensors
+                    .iter()
+                    .take(rng.below(2) as usize)
+                    .map(|t| ffi::CoremlFeature {
+                        name: t.name,
+                        kind: 1,
+                        tensor: *t,
+                        int64_value: 0,
+                        double_value: 0.0,
+                        string_value: ptr::null(),
+                    })
+                    .collect();
+                let mut outputs: *mut ffi::CoremlFeatureOutputs = ptr::null_mut();
+                let n_in = if rng.below(12) == 0 { -1 } else { features.len() as i32 };
+                let n_img = if rng.below(12) == 0 {
+                    rng.pick(&[-1, 1 << 20])
+                } else {
+                    images.len() as i32
+                };
+                let n_img = n_img.min(images.len() as i32);
+                // SAFETY: every pointer is NULL or live for the call; counts never exceed the arrays
+                // and every byte_len is at most the bytes behind `data`.
+                let code = unsafe {
+                    ffi::coreml_predict_images(
+                        h,
+                        if features.is_empty() {
+                            ptr::null()
+                        } else {
+                            features.as_ptr()
+                        },
+                        n_in,
+                        if images.is_empty() {
+                            ptr::null()
+                        } else {
+                            images.as_ptr()
+                        },
+                        n_img,
+                        timeout,
+                        &mut outputs,
+                        err_slot,
+                    )
+                };
+                if code != ffi::COREML_OK {
+                    assert!(outputs.is_null(), "a failed predict_images ({code}) handed out outputs");
+                }
+                // SAFETY: NULL or outputs handed out by the bridge, freed once.
+                unsafe { ffi::coreml_free_feature_outputs(outputs) };
+                if code == ffi::COREML_ERR_TIMEOUT && h == image_live {
+                    // SAFETY: the poisoned image handle, freed once; replaced.
+                    unsafe { ffi::coreml_free_model(image_live) };
+                    image_live = raw_load(&image_compiled, 20_000);
+                }
+                ("predict_images", code)
+            }
             11 => {
                 let mut s: *mut c_void = ptr::null_mut();
                 let slot: *mut *mut c_void = if rng.below(5) == 0 { ptr::null_mut() } else { &mut s };
@@ -2205,6 +2303,7 @@ fn the_c_abi_answers_random_descriptors_handles_and_nulls_with_a_status() {
         ffi::coreml_free_state(ptr::null_mut());
         ffi::coreml_free_state(live_state);
         ffi::coreml_free_model(live);
+        ffi::coreml_free_model(image_live);
     }
     println!("C ABI fuzz: seed {seed}, {iterations} calls in {secs} s; (entry, status) counts: {seen:?}");
     println!(
@@ -2221,6 +2320,7 @@ fn the_c_abi_answers_random_descriptors_handles_and_nulls_with_a_status() {
         "make_state",
         "predict_batch",
         "predict_features",
+        "predict_images",
     ] {
         assert!(seen.keys().any(|(e, _)| *e == entry), "{entry} never called: {seen:?}");
     }
@@ -2228,4 +2328,218 @@ fn the_c_abi_answers_random_descriptors_handles_and_nulls_with_a_status() {
         seen.contains_key(&("predict", ffi::COREML_OK)),
         "some random predictions must be valid: {seen:?}"
     );
+    assert!(
+        seen.contains_key(&("predict_images", ffi::COREML_OK)),
+        "some random image predictions must be valid: {seen:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Image inputs (ABI v2, coreml_predict_images)
+// ---------------------------------------------------------------------------
+
+/// A 4x3 image whose pixel (x, y) has red 10y + x, green 100 + x, blue
+/// 200 + y, in `format`, rows `stride` bytes apart (padding 0xEE).
+fn test_image(format: apple_silicon::PixelFormat, stride: usize) -> apple_silicon::Image {
+    use apple_silicon::PixelFormat as P;
+    let bpp = format.bytes_per_pixel();
+    let mut data = vec![0xEEu8; stride * 3];
+    for y in 0..3 {
+        for x in 0..4 {
+            let (r, g, b) = ((10 * y + x) as u8, (100 + x) as u8, (200 + y) as u8);
+            let px: Vec<u8> = match format {
+                P::Rgb => vec![r, g, b],
+                P::Bgr => vec![b, g, r],
+                P::Bgra => vec![b, g, r, 255],
+                P::Argb => vec![255, r, g, b],
+                P::Gray8 => vec![r],
+                P::GrayF16 => vec![r, 0],
+            };
+            data[y * stride + x * bpp..y * stride + (x + 1) * bpp].copy_from_slice(&px);
+        }
+    }
+    apple_silicon::Image::new(4, 3, format, stride, data).unwrap()
+}
+
+/// The fake image model's "pixels" for the test image stored as 32BGRA.
+fn expected_bgra() -> Vec<i32> {
+    let mut e = Vec::new();
+    for y in 0..3 {
+        for x in 0..4 {
+            e.extend([200 + y, 100 + x, 10 * y + x, 255]);
+        }
+    }
+    e
+}
+
+#[test]
+#[cfg_attr(
+    not(coreml_bridge),
+    ignore = "needs the Linux build of coreml-bridge: run scripts/swift/rust-ffi-test.sh"
+)]
+fn images_reach_the_model_as_bridge_owned_pixel_buffers() {
+    use apple_silicon::{ColorLayout, FeatureKind, FeatureMap, FeatureValue, ImageSizes, PixelFormat};
+    require_test_runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let engine = CoreMlEngine::new();
+    let model = prepare(
+        &engine,
+        &fake_package(
+            dir.path(),
+            "img",
+            json!({"behavior": "image",
+                   "inputs": [{"name": "image", "feature_type": "image",
+                               "image": {"width": 4, "height": 3, "color_layout": "bgr",
+                                         "enumerated_sizes": [[8, 6]]}}]}),
+        ),
+        PrepareOptions::default(),
+    );
+    // The schema: the program's [1, 3, H, W] tensor, kind Image with size, layout and sizes.
+    let spec = model.io_schema().input("image").expect("an image input");
+    assert_eq!((spec.shape.clone(), spec.dtype), (vec![1, 3, 3, 4], DType::F32));
+    let FeatureKind::Image(is) = &spec.kind else {
+        panic!("kind {:?}", spec.kind)
+    };
+    assert_eq!((is.width, is.height, is.color), (4, 3, ColorLayout::Bgr));
+    assert_eq!(is.sizes, ImageSizes::Enumerated { sizes: vec![(8, 6)] });
+    let run = |img: apple_silicon::Image| {
+        let inputs = FeatureMap::from([("image".to_string(), FeatureValue::Image(img))]);
+        engine.infer_features(model.as_ref(), &inputs, SECS)
+    };
+    // RGB with padded rows, BGR packed, BGRA padded: the same 32BGRA pixels.
+    for (format, stride) in [(PixelFormat::Rgb, 16), (PixelFormat::Bgr, 12), (PixelFormat::Bgra, 24)] {
+        let out = run(test_image(format, stride)).unwrap_or_else(|e| panic!("{format:?}: {e}"));
+        let FeatureValue::Tensor(p) = &out["pixels"] else {
+            panic!("{:?}", out["pixels"])
+        };
+        assert_eq!(p.shape(), [3, 4, 4], "{format:?}");
+        assert_eq!(p.to_vec::<i32>().unwrap(), expected_bgra(), "{format:?}");
+        assert_eq!(
+            out["pixel_format"],
+            FeatureValue::Int64(0x4247_5241),
+            "{format:?}: 32BGRA"
+        );
+    }
+    // ARGB stays ARGB (kCVPixelFormatType_32ARGB).
+    let out = run(test_image(PixelFormat::Argb, 16)).unwrap();
+    assert_eq!(out["pixel_format"], FeatureValue::Int64(0x20));
+    // Another allowed size.
+    let big = apple_silicon::Image::packed(8, 6, PixelFormat::Rgb, vec![9; 8 * 6 * 3]).unwrap();
+    let out = run(big).unwrap();
+    let FeatureValue::Tensor(p) = &out["pixels"] else {
+        panic!()
+    };
+    assert_eq!(p.shape(), [6, 8, 4]);
+    // A size the model does not take: SchemaMismatch naming both.
+    let odd = apple_silicon::Image::packed(5, 5, PixelFormat::Rgb, vec![0; 75]).unwrap();
+    let e = run(odd).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::SchemaMismatch, "{e}");
+    assert!(
+        e.to_string().contains("5x5") && e.to_string().contains("one of 4x3, 8x6"),
+        "{e}"
+    );
+    // A grayscale image for a color feature: SchemaMismatch naming both.
+    let e = run(test_image(PixelFormat::Gray8, 4)).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::SchemaMismatch, "{e}");
+    assert!(
+        e.to_string().contains("got GRAY8") && e.to_string().contains("RGB8"),
+        "{e}"
+    );
+}
+
+#[test]
+#[cfg_attr(
+    not(coreml_bridge),
+    ignore = "needs the Linux build of coreml-bridge: run scripts/swift/rust-ffi-test.sh"
+)]
+fn bad_image_descriptors_get_a_clear_status_never_a_trap() {
+    require_test_runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let h = raw_load(&fake_compiled(dir.path(), "img", json!({"behavior": "image"})), 20_000);
+    let name = CString::new("image").unwrap();
+    let pixels = [1u8; 48];
+    let call = |format: i32, w: i32, hgt: i32, bpr: i64, len: u64, data: *const c_void| -> (i32, String) {
+        let img = ffi::CoremlImage {
+            name: name.as_ptr(),
+            pixel_format: format,
+            width: w,
+            height: hgt,
+            bytes_per_row: bpr,
+            data,
+            byte_len: len,
+        };
+        let mut out: *mut ffi::CoremlFeatureOutputs = ptr::null_mut();
+        let mut err: *mut c_char = ptr::null_mut();
+        // SAFETY: live descriptors; byte_len never exceeds `pixels`.
+        let code = unsafe { ffi::coreml_predict_images(h, ptr::null(), 0, &img, 1, 20_000, &mut out, &mut err) };
+        // SAFETY: NULL or bridge-owned outputs, freed once.
+        unsafe { ffi::coreml_free_feature_outputs(out) };
+        (code, take_string(err).unwrap_or_default())
+    };
+    let p = pixels.as_ptr().cast::<c_void>();
+    // (pixel format, width, height, bytes per row, byte_len, data, status, words of the message)
+    type Case<'a> = (i32, i32, i32, i64, u64, *const c_void, i32, &'a [&'a str]);
+    let cases: [Case; 7] = [
+        (1, 4, 3, 12, 48, p, ffi::COREML_OK, &[]),
+        (
+            1,
+            4,
+            3,
+            11,
+            48,
+            p,
+            ffi::COREML_ERR_INVALID_ARGUMENT,
+            &["at least 12", "got 11"],
+        ),
+        (
+            3,
+            4,
+            3,
+            16,
+            47,
+            p,
+            ffi::COREML_ERR_INVALID_ARGUMENT,
+            &["at least 48", "got 47"],
+        ),
+        (
+            7,
+            4,
+            3,
+            16,
+            48,
+            p,
+            ffi::COREML_ERR_INVALID_ARGUMENT,
+            &["unknown pixel_format 7"],
+        ),
+        (
+            1,
+            4,
+            3,
+            12,
+            48,
+            ptr::null(),
+            ffi::COREML_ERR_INVALID_ARGUMENT,
+            &["data is NULL"],
+        ),
+        (
+            1,
+            4,
+            i32::MAX,
+            i64::MAX,
+            48,
+            p,
+            ffi::COREML_ERR_INVALID_ARGUMENT,
+            &["overflow"],
+        ),
+        (5, 4, 3, 4, 48, p, ffi::COREML_ERR_SCHEMA_MISMATCH, &["got GRAY8"]),
+    ];
+    for (format, w, hgt, bpr, len, data, want, words) in cases {
+        let (code, msg) = call(format, w, hgt, bpr, len, data);
+        assert_eq!(code, want, "format {format} {w}x{hgt} bpr {bpr} len {len}: {msg}");
+        for word in words {
+            assert!(msg.contains(word), "`{word}` not in `{msg}`");
+        }
+    }
+    // SAFETY: the handle from raw_load, freed once.
+    unsafe { ffi::coreml_free_model(h) };
 }

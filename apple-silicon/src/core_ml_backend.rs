@@ -925,12 +925,15 @@ impl InferenceEngine for CoreMlEngine {
         m.with_loaded("batch prediction", timeout, |bm, left| bm.predict_batch(batch, left))
     }
 
-    /// Feature values of every kind through `coreml_predict_features`:
-    /// multi-arrays, int64, double and string inputs; outputs of every kind
-    /// but images and sequences (a classifier's label string and its
-    /// probabilities dictionary). Image inputs are refused as `Unsupported`
-    /// (ABI version 2 has no images yet). Bounded by `timeout` in all, as
-    /// `infer`. Costs what `infer` costs, plus string copies.
+    /// Feature values of every kind through `coreml_predict_features`
+    /// (`coreml_predict_images` when there are images): multi-arrays,
+    /// images, int64, double and string inputs; outputs of every kind but
+    /// images and sequences (a classifier's label string and its
+    /// probabilities dictionary). An image reaches Core ML as a
+    /// `CVPixelBuffer` the bridge fills with the caller's pixels (RGB / BGR
+    /// converted to 32BGRA); its size and pixel format are checked against
+    /// the model first. Bounded by `timeout` in all, as `infer`. Costs what
+    /// `infer` costs, plus string copies and one copy of each image.
     fn infer_features(
         &self,
         model: &dyn PreparedModel,

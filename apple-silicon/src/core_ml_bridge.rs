@@ -257,6 +257,40 @@ pub mod ffi {
         pub reserved: *mut c_void,
     }
 
+    /// `COREML_PIXEL_RGB8` (v2): 3 bytes R, G, B (the bridge converts to 32BGRA).
+    pub const COREML_PIXEL_RGB8: i32 = 1;
+    /// `COREML_PIXEL_BGR8` (v2): 3 bytes B, G, R (the bridge converts to 32BGRA).
+    pub const COREML_PIXEL_BGR8: i32 = 2;
+    /// `COREML_PIXEL_BGRA8` (v2): `kCVPixelFormatType_32BGRA`.
+    pub const COREML_PIXEL_BGRA8: i32 = 3;
+    /// `COREML_PIXEL_ARGB8` (v2): `kCVPixelFormatType_32ARGB`.
+    pub const COREML_PIXEL_ARGB8: i32 = 4;
+    /// `COREML_PIXEL_GRAY8` (v2): `kCVPixelFormatType_OneComponent8`.
+    pub const COREML_PIXEL_GRAY8: i32 = 5;
+    /// `COREML_PIXEL_GRAY_F16` (v2): `kCVPixelFormatType_OneComponent16Half`.
+    pub const COREML_PIXEL_GRAY_F16: i32 = 6;
+
+    /// `CoremlImage` (v2): an image input of `coreml_predict_images`, read
+    /// only during the call.
+    #[repr(C)]
+    #[derive(Debug, Clone, Copy)]
+    pub struct CoremlImage {
+        /// Feature name.
+        pub name: *const c_char,
+        /// A `COREML_PIXEL_*` format.
+        pub pixel_format: i32,
+        /// Pixels per row (>= 1).
+        pub width: i32,
+        /// Rows (>= 1).
+        pub height: i32,
+        /// Bytes from one row to the next (>= width × bytes per pixel).
+        pub bytes_per_row: i64,
+        /// First byte of the first row.
+        pub data: *const c_void,
+        /// Bytes readable at `data`.
+        pub byte_len: u64,
+    }
+
     /// `CoremlBatchMember` (v2): one member of a batch, its own input descriptors.
     #[repr(C)]
     #[derive(Debug, Clone, Copy)]
@@ -390,6 +424,17 @@ pub mod ffi {
             handle: *mut c_void,
             inputs: *const CoremlFeature,
             n_inputs: i32,
+            timeout_ms: i64,
+            out_outputs: *mut *mut CoremlFeatureOutputs,
+            out_err: *mut *mut c_char,
+        ) -> i32 => COREML_ERR_UNAVAILABLE;
+        /// `coreml_predict_images` (v2): `coreml_predict_features` plus image inputs.
+        fn coreml_predict_images(
+            handle: *mut c_void,
+            inputs: *const CoremlFeature,
+            n_inputs: i32,
+            images: *const CoremlImage,
+            n_images: i32,
             timeout_ms: i64,
             out_outputs: *mut *mut CoremlFeatureOutputs,
             out_err: *mut *mut c_char,
@@ -1279,6 +1324,9 @@ pub struct Feature {
     pub shape: Vec<i64>,
     /// Other shapes the feature may take.
     pub shape_constraint: FeatureShapeConstraint,
+    /// An image feature's size, pixel format and allowed sizes (v2).
+    #[serde(default)]
+    pub image: Option<crate::core_ml_images::BridgeImage>,
 }
 
 impl Feature {
@@ -1288,9 +1336,15 @@ impl Feature {
     }
 
     /// As a [`TensorSpec`], or `None` for features without a dtype (string,
-    /// image, dictionary, sequence, and arrays whose model does not say).
+    /// dictionary, sequence, and arrays whose model does not say). An image
+    /// with its constraint is the program's `[1, C, H, W]` tensor of kind
+    /// [`crate::feature::FeatureKind::Image`].
     /// An `unspecified`/`none` constraint becomes [`ShapeConstraint::Fixed`].
     pub fn to_tensor_spec(&self) -> Option<TensorSpec> {
+        if self.feature_type == "image" {
+            // Its program tensor, kind Image (see core_ml_images).
+            return self.image.as_ref().map(|i| i.tensor_spec(&self.name));
+        }
         let dtype = self.dtype()?;
         let dims = |v: &[i64]| v.iter().map(|&d| usize::try_from(d).unwrap_or(0)).collect::<Vec<_>>();
         let shape = dims(&self.shape);
@@ -1919,12 +1973,13 @@ impl BridgeModel {
     }
 
     /// Runs one prediction on feature values of any kind
-    /// (`coreml_predict_features`): multi-arrays, int64, double and string
-    /// inputs; every output Core ML returns except images and sequences (a
-    /// classifier's label and probabilities included). Images,
-    /// dictionaries and sequences as inputs are refused as `Unsupported`
-    /// before calling. Same checks, deadline and costs as
-    /// [`BridgeModel::predict`], plus a copy of every string.
+    /// (`coreml_predict_features`, or `coreml_predict_images` when there are
+    /// images): multi-arrays, images, int64, double and string inputs; every
+    /// output Core ML returns except images and sequences (a classifier's
+    /// label and probabilities included). Dictionaries and sequences as
+    /// inputs are refused as `Unsupported` before calling. Same checks,
+    /// deadline and costs as [`BridgeModel::predict`], plus a copy of every
+    /// string and of every image's pixels (into the bridge's pixel buffer).
     pub fn predict_features(
         &self,
         inputs: &crate::feature::FeatureMap,
@@ -1944,6 +1999,7 @@ impl BridgeModel {
         let mut keep_names = Vec::with_capacity(inputs.len());
         let mut keep_tensor = Vec::new();
         let mut descriptors = Vec::with_capacity(inputs.len());
+        let mut images = Vec::new();
         let empty = ffi::CoremlTensor {
             name: ptr::null(),
             dtype: 0,
@@ -1954,6 +2010,12 @@ impl BridgeModel {
             byte_len: 0,
         };
         for (name, value) in inputs {
+            if let FeatureValue::Image(img) = value {
+                let (n, d) = crate::core_ml_images::marshal_image(name, img, &subject).map_err(refuse)?;
+                keep_names.push(n);
+                images.push(d);
+                continue;
+            }
             let c_name = CString::new(name.as_str()).map_err(|_| {
                 refuse(Error::schema_mismatch(
                     format!("name of input `{}`", name.escape_debug()),
@@ -2000,8 +2062,8 @@ impl BridgeModel {
                     return Err(BridgeError::refused(
                         Status::Unsupported,
                         Error::unsupported(format!(
-                            "input `{name}` of {subject} is {}: the bridge's feature calls take multi-arrays, int64, \
-                             double and string values (images are not in ABI version 2 yet)",
+                            "input `{name}` of {subject} is {}: the bridge's feature calls take multi-arrays, \
+                             images, int64, double and string values",
                             other.kind_name()
                         )),
                     ))
@@ -2015,16 +2077,33 @@ impl BridgeModel {
         // SAFETY: a live handle; every descriptor points into `keep_names`,
         // `keep_tensor` or `inputs`, all alive until after the call.
         let code = unsafe {
-            ffi::coreml_predict_features(
-                self.raw(),
-                descriptors.as_ptr(),
-                descriptors.len() as i32,
-                timeout_ms(timeout),
-                &mut outputs.0,
-                err.out(),
-            )
+            if images.is_empty() {
+                ffi::coreml_predict_features(
+                    self.raw(),
+                    descriptors.as_ptr(),
+                    descriptors.len() as i32,
+                    timeout_ms(timeout),
+                    &mut outputs.0,
+                    err.out(),
+                )
+            } else {
+                ffi::coreml_predict_images(
+                    self.raw(),
+                    if descriptors.is_empty() {
+                        ptr::null()
+                    } else {
+                        descriptors.as_ptr()
+                    },
+                    descriptors.len() as i32,
+                    images.as_ptr(),
+                    images.len() as i32,
+                    timeout_ms(timeout),
+                    &mut outputs.0,
+                    err.out(),
+                )
+            }
         };
-        drop((descriptors, keep_names, keep_tensor));
+        drop((descriptors, images, keep_names, keep_tensor));
         if matches!(Status::from_code(code), Status::Timeout | Status::Poisoned) {
             self.poisoned.set(true);
         }
@@ -2294,6 +2373,7 @@ mod tests {
             "const CoremlBatchMember*" => "*const CoremlBatchMember",
             "const CoremlOutputBuffer*" => "*const CoremlOutputBuffer",
             "const CoremlFeature*" => "*const CoremlFeature",
+            "const CoremlImage*" => "*const CoremlImage",
             "CoremlFeatureOutputs*" => "*mut CoremlFeatureOutputs",
             "CoremlFeatureOutputs**" => "*mut *mut CoremlFeatureOutputs",
             "CoremlOutputs*" => "*mut CoremlOutputs",
@@ -2310,7 +2390,7 @@ mod tests {
     fn every_header_function_is_declared_with_the_same_signature() {
         let header = header_functions();
         let names: Vec<&str> = header.iter().map(|(_, n, _)| n.as_str()).collect();
-        assert_eq!(names.len(), 19, "functions parsed from the header: {names:?}");
+        assert_eq!(names.len(), 20, "functions parsed from the header: {names:?}");
         let declared: BTreeMap<&str, &ffi::Signature> = ffi::SIGNATURES.iter().map(|s| (s.name, s)).collect();
         assert_eq!(
             declared.keys().copied().collect::<BTreeSet<_>>(),
@@ -2379,6 +2459,12 @@ mod tests {
             ("COREML_FEATURE_DOUBLE", ffi::COREML_FEATURE_DOUBLE),
             ("COREML_FEATURE_STRING", ffi::COREML_FEATURE_STRING),
             ("COREML_FEATURE_DICTIONARY", ffi::COREML_FEATURE_DICTIONARY),
+            ("COREML_PIXEL_RGB8", ffi::COREML_PIXEL_RGB8),
+            ("COREML_PIXEL_BGR8", ffi::COREML_PIXEL_BGR8),
+            ("COREML_PIXEL_BGRA8", ffi::COREML_PIXEL_BGRA8),
+            ("COREML_PIXEL_ARGB8", ffi::COREML_PIXEL_ARGB8),
+            ("COREML_PIXEL_GRAY8", ffi::COREML_PIXEL_GRAY8),
+            ("COREML_PIXEL_GRAY_F16", ffi::COREML_PIXEL_GRAY_F16),
             ("COREML_DTYPE_F32", ffi::COREML_DTYPE_F32),
             ("COREML_DTYPE_F16", ffi::COREML_DTYPE_F16),
             ("COREML_DTYPE_F64", ffi::COREML_DTYPE_F64),

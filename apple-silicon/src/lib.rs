@@ -36,6 +36,7 @@ pub mod cache;
 pub mod candle_backend;
 pub mod core_ml_backend;
 pub mod core_ml_bridge;
+pub mod core_ml_images;
 pub mod deadline;
 pub mod diff;
 pub mod digest;

@@ -195,7 +195,7 @@ typedef enum CoremlFeatureKind {
  *           names the feature)
  *   INT64   `int64_value`      DOUBLE  `double_value`
  *   STRING  `string_value`, NUL-terminated UTF-8, at most 16 MiB
- * Images are not in this version of the feature calls (see the guide).
+ * Images go through coreml_predict_images (below), not through this struct.
  */
 typedef struct CoremlFeature {
     const char*  name;
@@ -239,6 +239,48 @@ typedef struct CoremlFeatureOutputs {
     const CoremlOutputFeature* features;
     void*                      reserved;  /* bridge-private bookkeeping */
 } CoremlFeatureOutputs;
+
+/* ---- Images (ABI v2, coreml_predict_images) ------------------------------
+ * Pixel formats of CoremlImage.pixel_format. Core ML takes an ImageType input
+ * as a CVPixelBuffer of kCVPixelFormatType_32BGRA or _32ARGB (color models),
+ * _OneComponent8 (grayscale) or _OneComponent16Half (grayscale float16).
+ * RGB8 and BGR8 are not CoreVideo formats Core ML takes, so the bridge
+ * converts them to 32BGRA (alpha 255) while it copies: the copy happens
+ * anyway (the buffer must be bridge-owned), and converting in that one pass
+ * costs no second pass over the pixels and no second buffer. */
+typedef enum CoremlPixelFormat {
+    COREML_PIXEL_RGB8     = 1,  /* 3 bytes: R, G, B       -> 32BGRA */
+    COREML_PIXEL_BGR8     = 2,  /* 3 bytes: B, G, R       -> 32BGRA */
+    COREML_PIXEL_BGRA8    = 3,  /* 4 bytes: B, G, R, A    kCVPixelFormatType_32BGRA */
+    COREML_PIXEL_ARGB8    = 4,  /* 4 bytes: A, R, G, B    kCVPixelFormatType_32ARGB */
+    COREML_PIXEL_GRAY8    = 5,  /* 1 byte                 kCVPixelFormatType_OneComponent8 */
+    COREML_PIXEL_GRAY_F16 = 6   /* 2 bytes, IEEE half     kCVPixelFormatType_OneComponent16Half */
+} CoremlPixelFormat;
+
+/*
+ * An image input of coreml_predict_images, read only during the call.
+ *   name           feature name (an "image" input of the model)
+ *   pixel_format   CoremlPixelFormat
+ *   width, height  pixels, each >= 1; must be a size the feature accepts
+ *                  (its default, or its MLImageSizeConstraint)
+ *   bytes_per_row  bytes from one row to the next, >= width * bytes per
+ *                  pixel (padding allowed; never smaller than a row)
+ *   data           first byte of the first row
+ *   byte_len       bytes readable at `data`: at least
+ *                  (height - 1) * bytes_per_row + width * bytes per pixel
+ * Every size is checked with overflow-checked arithmetic before anything is
+ * allocated or copied; the pixels are copied (and converted) into a
+ * bridge-owned CVPixelBuffer under the call's deadline.
+ */
+typedef struct CoremlImage {
+    const char* name;
+    int32_t     pixel_format;
+    int32_t     width;
+    int32_t     height;
+    int64_t     bytes_per_row;
+    const void* data;
+    uint64_t    byte_len;
+} CoremlImage;
 
 /* Most members one coreml_predict_batch call may have. */
 #define COREML_MAX_BATCH 4096
@@ -333,7 +375,18 @@ int32_t coreml_load_model_function(const char* compiled_path,
  *       "enumerated_shapes": [[int...]...],   (type "enumerated")
  *       "ranges": [{"lower": int, "upper": int|null}...]  one per dimension,
  *                 (type "range"; upper null = unbounded)
- *   }
+ *   },
+ *   "image": null | {           (v2) feature_type "image": MLImageConstraint
+ *       "width": int, "height": int,        pixelsWide, pixelsHigh (default size)
+ *       "pixel_format": int,                pixelFormatType (a CoreVideo OSType)
+ *       "color_layout": "color"|"rgb"|"bgr"|"grayscale"|"grayscale_f16",
+ *                 from pixelFormatType: Core ML says only "color" (32BGRA /
+ *                 32ARGB) for RGB and BGR models; the test runtime may say which
+ *       "size_constraint": {                sizeConstraint (MLImageSizeConstraint)
+ *           "type": "unspecified"|"enumerated"|"range",
+ *           "enumerated_sizes": [{"width": int, "height": int}...],
+ *           "width_range": {"lower": int, "upper": int|null},   (type "range")
+ *           "height_range": {"lower": int, "upper": int|null} } }
  * }
  * Errors: INVALID_ARGUMENT, INVALID_HANDLE, INTERNAL. Works on poisoned
  * handles (it does not touch the model's queue).
@@ -407,6 +460,36 @@ int32_t coreml_predict_features(void* handle, const CoremlFeature* inputs,
                                 int32_t n_inputs, int64_t timeout_ms,
                                 CoremlFeatureOutputs** out_outputs,
                                 char** out_err);
+
+/*
+ * (v2) coreml_predict_features with image inputs too. A sibling entry point
+ * rather than a new CoremlFeature kind: CoremlFeature's layout (and so the
+ * stride of every caller's array of it) stays what v2 callers compiled
+ * against, and an image needs fields no other kind has.
+ *   inputs, n_inputs   as coreml_predict_features, except that n_inputs may
+ *                      be 0 (then `inputs` may be NULL)
+ *   images, n_images   `n_images` CoremlImage descriptors, 0..4096 (NULL
+ *                      when 0); n_inputs + n_images >= 1; every name unique
+ *                      across both lists
+ * Core ML: each image becomes a CVPixelBuffer made by the bridge
+ * (CVPixelBufferCreate with the feature's pixel format, then the caller's
+ * rows copied through both row strides), fed as MLFeatureValue(pixelBuffer:)
+ * in the MLDictionaryFeatureProvider. Before any copy, each image is checked
+ * against the model: an image input of that name (SCHEMA_MISMATCH), a pixel
+ * format the feature takes (color: RGB8, BGR8, BGRA8, ARGB8; grayscale:
+ * GRAY8; grayscale float16: GRAY_F16 -> SCHEMA_MISMATCH naming both), a size
+ * the feature accepts (SCHEMA_MISMATCH naming the sizes it takes); bad
+ * descriptors (NULL data, a dimension < 1, bytes_per_row smaller than a
+ * row, byte_len shorter than the rows) give INVALID_ARGUMENT naming what
+ * was expected and what came. The byte cap, deadline, poisoning and outputs
+ * are coreml_predict_features'.
+ * Errors: those of coreml_predict_features.
+ */
+int32_t coreml_predict_images(void* handle, const CoremlFeature* inputs,
+                              int32_t n_inputs, const CoremlImage* images,
+                              int32_t n_images, int64_t timeout_ms,
+                              CoremlFeatureOutputs** out_outputs,
+                              char** out_err);
 
 /* Release feature outputs. NULL, unknown and already-released pointers are
  * ignored. */

@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from shim_map import AVAIL, CM, MAP, PENDING, WRONG_NAMES, C, E, K, M, O  # noqa: E402
+from shim_map import AVAIL, CM, MAP, PENDING, WRONG_NAMES, C, E, F, K, M, O, V  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIM_DIR = ROOT / "coreml-bridge/Sources/CoreMLShim"
@@ -134,6 +134,9 @@ PROTO_MEMBER = re.compile(r"^\s*(var|func)\s+(\w+)")
 MEMBER = re.compile(rf"^\s*{ATTR}(?:public|open)\s+((?:(?:override|convenience|required|final|class|static|nonisolated)\s+)*)"
                     r"(var|let|func|init)\b\??\s*(\w*)")
 CASE = re.compile(r"^\s*(?:@\w+(?:\([^)]*\))?\s+)*case\s+(\w+)(?:\s*=\s*(-?\d+)|\(([^)]*)\))?")
+# Top-level C functions and constants (CoreVideo): `public func CVX(...)`, `public let kCVX: T = 0x..`.
+TOP_FUNC = re.compile(rf"^\s*{ATTR}public\s+func\s+(\w+)\s*\(")
+TOP_LET = re.compile(rf"^\s*{ATTR}public\s+let\s+(\w+)\s*:\s*\w+\s*=\s*(-?(?:0x[0-9A-Fa-f_]+|[0-9_]+))")
 AVAILABLE = re.compile(r"@available\(([^)]*)\)")
 
 
@@ -187,7 +190,13 @@ def shim_decls(text: str, fname: str = "CoreMLShim.swift") -> dict[str, Decl]:
         own = parse_avail(inline.group(1)) if inline else pending_avail
         avail = own if own is not None else outer_avail
         m, x = DECL_TYPE.match(code), EXTENSION.match(code)
-        if m:
+        if not stack and TOP_FUNC.match(code):
+            key, d = member("", "func", TOP_FUNC.match(code).group(1), code, raw, last)
+            keys[key.lstrip(".")] = Decl(fname, no, d.throws, d.is_async, False, True, avail, d.params)
+        elif not stack and TOP_LET.match(code):
+            t = TOP_LET.match(code)
+            keys[f"{t.group(1)}={int(t.group(2).replace('_', ''), 0)}"] = Decl(fname, no, avail=avail)
+        elif m:
             name = f"{owner}.{m.group(2)}" if owner else m.group(2)
             keys[name] = Decl(fname, no, avail=avail)
             stack.append((m.group(2), depth + 1, m.group(1), avail))
@@ -289,6 +298,8 @@ class Index:
     enums: dict[tuple[str, str], int] = field(default_factory=dict)
     statics: set[str] = field(default_factory=set)
     functions: set[str] = field(default_factory=set)
+    function_params: dict[str, int] = field(default_factory=dict)  # C function -> parameter count
+    values: dict[str, int] = field(default_factory=dict)  # `pub const NAME: T = value;` (CoreVideo)
     types: set[str] = field(default_factory=set)
     conforms: set[tuple[str, str]] = field(default_factory=set)
 
@@ -302,7 +313,11 @@ def objc2_index(src: Path) -> Index:
         raise SystemExit(f"shim_check: no generated bindings under {src / 'generated'}")
     for f in files:
         text = f.read_text()
-        idx.classes.update(re.findall(r"pub struct (\w+)(?:;|\()", text))
+        idx.classes.update(re.findall(r"pub struct (\w+)(?:;|\(|\s*\{|<)", text))
+        for name, value in re.findall(r"^pub const (\w+): \w+ = (-?(?:0x[0-9a-fA-F]+|\d+));", text, re.M):
+            idx.values[name] = int(value, 0)
+        for name, params in re.findall(r"pub (?:unsafe )?(?:extern \"C-unwind\" )?fn (\w+)\(([^)]*)\)", text):
+            idx.function_params[name] = len([p for p in split_top(params, "(<") if ":" in p])
         idx.classes.update(re.findall(r"pub unsafe trait (\w+)", text))
         idx.statics.update(re.findall(r"pub static (\w+):", text))
         idx.functions.update(re.findall(r"pub (?:unsafe )?(?:extern \"C-unwind\" )?fn (\w+)\(", text))
@@ -401,6 +416,13 @@ def check_row(row: tuple, idx: Index) -> str | None:
         return None if (row[1], row[2]) in idx.conforms else f"`{row[1]}` does not conform to `{row[2]}`"
     if kind == "function":
         return None if row[1] in idx.functions else f"no function `{row[1]}`"
+    if kind == F:
+        return None if row[1] in idx.functions else f"no C function `{row[1]}`"
+    if kind == V:
+        got = idx.values.get(row[1])
+        if got is None:
+            return f"no constant `{row[1]}`"
+        return None if got == row[2] else f"`{row[1]}` is {got:#x} in the SDK, the shim says {row[2]:#x}"
     if kind == O:
         errs = [e for r in row[1] if (e := check_row(r, idx))]
         return "; ".join(errs) or None
@@ -408,7 +430,13 @@ def check_row(row: tuple, idx: Index) -> str | None:
 
 
 def check_effects(key: str, row: tuple, d: Decl, idx: Index) -> str | None:
-    """throws/async against `error:`/completion handler; a settable property's setter."""
+    """throws/async against `error:`/completion handler; a settable property's setter; a C
+    function's parameter count."""
+    if row[0] == F:
+        want = idx.function_params.get(row[1])
+        if want is not None and d.params is not None and len(d.params) != want:
+            return f"the shim takes {len(d.params)} parameter(s), `{row[1]}` {want}"
+        return None
     if row[0] not in (M, CM):
         return None
     _, cls, sel, _ = row
@@ -448,7 +476,7 @@ def row_avail(row: tuple) -> tuple[str | None, str | None]:
     """(AVAIL key whose value applies, the first key looked up) for a row; (None, None) when the
     row names no Objective-C declaration (Swift-only helpers)."""
     kind = row[0]
-    if kind in (C, K, "type", "function"):
+    if kind in (C, K, F, V, "type", "function"):
         return (row[1] if row[1] in AVAIL else None), row[1]
     if kind in (M, CM):
         own = f"{row[1]} {row[2]}"
@@ -518,6 +546,8 @@ def self_test(idx: Index, shim_dir: Path, floors: dict[str, str]) -> int:
         "missing selector": (M, "MLModel", "predictionFromFeature:error:_", False),
         "missing class": (C, "MLModelX"),
         "missing constant": (K, "MLModelAuthorsKey"),
+        "CoreVideo constant value": (V, "kCVPixelFormatType_32BGRA", 0x41524742),
+        "missing C function": (F, "CVPixelBufferMake"),
     }
     failures += [what for what, row in wrong_rows.items() if check_row(row, idx) is None]
     files = {f.name: f.read_text() for f in shim_files(shim_dir)}
@@ -540,6 +570,10 @@ def self_test(idx: Index, shim_dir: Path, floors: dict[str, str]) -> int:
         (main, "open var modelDescription: MLModelDescription { MLModelDescription() }",
          "open var modelDescription: MLModelDescription = MLModelDescription()", "has no `setModelDescription:`"),
         (main, "#if !canImport(CoreML)", "#if os(Linux)", "must hold its declarations"),
+        ("CoreMLShimImages.swift", "public let kCVPixelFormatType_32BGRA: OSType = 0x4247_5241",
+         "public let kCVPixelFormatType_32BGRA: OSType = 0x4247_5242", "has no row"),
+        ("CoreMLShimImages.swift", "_ pixelBufferOut: UnsafeMutablePointer<CVPixelBuffer?>) -> CVReturn {",
+         "_ pixelBufferOut: UnsafeMutablePointer<CVPixelBuffer?>, _ extra: Int) -> CVReturn {", "has no row"),
         (main, "strides: [NSNumber], deallocator: ((UnsafeMutableRawPointer) -> Void)? = nil) throws {",
          "strides: [NSNumber], deallocator: @escaping (UnsafeMutableRawPointer) -> Void) throws {",
          "parameter 5 is non-optional in the shim"),
@@ -746,15 +780,37 @@ def check_headers(hdir: Path) -> int:
 
 # ---------------------------------------------------------------------------------------------
 
-def objc2_source() -> Path:
+def objc2_sources() -> dict[str, Path]:
+    """src/ of objc2-core-ml and of the crates its image API needs (CoreVideo, CoreFoundation)."""
     out = subprocess.run(
         ["cargo", "metadata", "--format-version", "1", "--manifest-path", str(PIN)],
         check=True, capture_output=True, text=True,
     ).stdout
-    for p in json.loads(out)["packages"]:
-        if p["name"] == "objc2-core-ml":
-            return Path(p["manifest_path"]).parent / "src"
-    raise SystemExit("shim_check: objc2-core-ml not found in cargo metadata")
+    want = ("objc2-core-ml", "objc2-core-video", "objc2-core-foundation")
+    found = {p["name"]: Path(p["manifest_path"]).parent / "src" for p in json.loads(out)["packages"]
+             if p["name"] in want}
+    for name in want:
+        if name not in found:
+            raise SystemExit(f"shim_check: {name} not found in cargo metadata")
+    return found
+
+
+def merged_index(srcs: list[Path]) -> Index:
+    """One index over several crates' generated bindings."""
+    idx = Index()
+    for src in srcs:
+        part = objc2_index(src)
+        idx.classes |= part.classes
+        for k, v in part.methods.items():
+            idx.methods.setdefault(k, []).extend(v)
+        idx.enums.update(part.enums)
+        idx.statics |= part.statics
+        idx.functions |= part.functions
+        idx.function_params.update(part.function_params)
+        idx.values.update(part.values)
+        idx.types |= part.types
+        idx.conforms |= part.conforms
+    return idx
 
 
 def main() -> int:
@@ -767,8 +823,9 @@ def main() -> int:
     if args.headers:
         return check_headers(args.headers)
     floors = package_floors(PACKAGE.read_text())
-    src = args.objc2 or objc2_source()
-    idx = objc2_index(src)
+    srcs = objc2_sources()
+    src = args.objc2 or srcs["objc2-core-ml"]
+    idx = merged_index([src, srcs["objc2-core-video"], srcs["objc2-core-foundation"]])
     if args.self_test:
         return self_test(idx, args.shim_dir, floors)
     files = shim_files(args.shim_dir)

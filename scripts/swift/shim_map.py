@@ -9,12 +9,15 @@ Row kinds (MAP and PENDING values):
   ("classmethod", Class, selector, optional)
   ("enum", Type, ObjCCaseName, value)       NS_ENUM case and its raw value
   ("const", Name)                           string constant (extern NSString *)
+  ("cfunc", Function)                       C function (CoreVideo); its parameter count is compared
+  ("cvalue", Name, value)                   C constant and its value (CoreVideo `pub const`)
   ("overlay", [rows...])                    Swift-only API (NS_REFINED_FOR_SWIFT, Swift value
                                             types): the Objective-C rows it is built on
 Selectors are spelled as objc2 spells them: a method that reports an NSError ends in `error:_`.
 """
 
 M, CM, E, K, C, O = "method", "classmethod", "enum", "const", "class", "overlay"
+F, V = "cfunc", "cvalue"
 
 # ---------------------------------------------------------------------------------------------
 # Every declaration of the shim. A row here whose declaration the shim lacks fails the check.
@@ -171,6 +174,44 @@ MAP: dict[str, tuple] = {
     # Output backings (coreml_predict_into; CoreMLShimBuffers.swift). The setter is
     # -setOutputBackings:; the getter's row stands for the property.
     "MLPredictionOptions.outputBackings": (M, "MLPredictionOptions", "outputBackings", False),
+    # Images (CoreMLShimImages.swift). CoreVideo and CoreFoundation, against objc2-core-video and
+    # objc2-core-foundation: CVPixelBuffer is `typealias CVPixelBuffer = CVImageBuffer = CVBuffer`.
+    "CVBuffer": (C, "CVBuffer"),
+    "CFAllocator": (C, "CFAllocator"),
+    "CFDictionary": (C, "CFDictionary"),
+    "CVPixelBufferLockFlags": (C, "CVPixelBufferLockFlags"),
+    "CVPixelBufferLockFlags.rawValue": (O, []),
+    "CVPixelBufferLockFlags.init(rawValue:)": (O, []),
+    "kCVReturnSuccess=0": (V, "kCVReturnSuccess", 0),
+    "kCVPixelFormatType_32BGRA=1111970369": (V, "kCVPixelFormatType_32BGRA", 0x42475241),
+    "kCVPixelFormatType_32ARGB=32": (V, "kCVPixelFormatType_32ARGB", 0x20),
+    "kCVPixelFormatType_OneComponent8=1278226488": (V, "kCVPixelFormatType_OneComponent8", 0x4C303038),
+    "kCVPixelFormatType_OneComponent16Half=1278226536": (V, "kCVPixelFormatType_OneComponent16Half", 0x4C303068),
+    "CVPixelBufferCreate(_:_:_:_:_:_:)": (F, "CVPixelBufferCreate"),
+    "CVPixelBufferLockBaseAddress(_:_:)": (F, "CVPixelBufferLockBaseAddress"),
+    "CVPixelBufferUnlockBaseAddress(_:_:)": (F, "CVPixelBufferUnlockBaseAddress"),
+    "CVPixelBufferGetBaseAddress(_:)?": (F, "CVPixelBufferGetBaseAddress"),
+    "CVPixelBufferGetBytesPerRow(_:)": (F, "CVPixelBufferGetBytesPerRow"),
+    # Core ML's image features.
+    "MLFeatureValue.init(pixelBuffer:)": (CM, "MLFeatureValue", "featureValueWithPixelBuffer:", False),
+    "MLFeatureDescription.imageConstraint?": (M, "MLFeatureDescription", "imageConstraint", True),
+    "MLImageConstraint": (C, "MLImageConstraint"),
+    "MLImageConstraint.pixelsWide": (M, "MLImageConstraint", "pixelsWide", False),
+    "MLImageConstraint.pixelsHigh": (M, "MLImageConstraint", "pixelsHigh", False),
+    "MLImageConstraint.pixelFormatType": (M, "MLImageConstraint", "pixelFormatType", False),
+    "MLImageConstraint.sizeConstraint": (M, "MLImageConstraint", "sizeConstraint", False),
+    "MLImageSizeConstraintType": (C, "MLImageSizeConstraintType"),
+    "MLImageSizeConstraintType.unspecified=0": (E, "MLImageSizeConstraintType", "Unspecified", 0),
+    "MLImageSizeConstraintType.enumerated=2": (E, "MLImageSizeConstraintType", "Enumerated", 2),
+    "MLImageSizeConstraintType.range=3": (E, "MLImageSizeConstraintType", "Range", 3),
+    "MLImageSizeConstraint": (C, "MLImageSizeConstraint"),
+    "MLImageSizeConstraint.type": (M, "MLImageSizeConstraint", "type", False),
+    "MLImageSizeConstraint.pixelsWideRange": (M, "MLImageSizeConstraint", "pixelsWideRange", False),
+    "MLImageSizeConstraint.pixelsHighRange": (M, "MLImageSizeConstraint", "pixelsHighRange", False),
+    "MLImageSizeConstraint.enumeratedImageSizes": (M, "MLImageSizeConstraint", "enumeratedImageSizes", False),
+    "MLImageSize": (C, "MLImageSize"),
+    "MLImageSize.pixelsWide": (M, "MLImageSize", "pixelsWide", False),
+    "MLImageSize.pixelsHigh": (M, "MLImageSize", "pixelsHigh", False),
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -215,16 +256,10 @@ PENDING: dict[str, tuple] = {
     "MLFeatureValue.init(string:)": (CM, "MLFeatureValue", "featureValueWithString:", False),
     "MLFeatureValue.init(int64:)": (CM, "MLFeatureValue", "featureValueWithInt64:", False),
     "MLFeatureValue.init(double:)": (CM, "MLFeatureValue", "featureValueWithDouble:", False),
-    "MLFeatureValue.init(pixelBuffer:)": (CM, "MLFeatureValue", "featureValueWithPixelBuffer:", False),
     "MLFeatureValue.init(dictionary:)": (CM, "MLFeatureValue", "featureValueWithDictionary:error:_", False),
     "MLFeatureValue.stringValue": (M, "MLFeatureValue", "stringValue", False),
     "MLFeatureValue.dictionaryValue": (M, "MLFeatureValue", "dictionaryValue", False),
     "MLFeatureValue.imageBufferValue?": (M, "MLFeatureValue", "imageBufferValue", True),
-    "MLFeatureDescription.imageConstraint?": (M, "MLFeatureDescription", "imageConstraint", True),
-    "MLImageConstraint": (C, "MLImageConstraint"),
-    "MLImageConstraint.pixelsWide": (M, "MLImageConstraint", "pixelsWide", False),
-    "MLImageConstraint.pixelsHigh": (M, "MLImageConstraint", "pixelsHigh", False),
-    "MLImageConstraint.pixelFormatType": (M, "MLImageConstraint", "pixelFormatType", False),
     # Classifiers.
     "MLModelDescription.classLabels?": (M, "MLModelDescription", "classLabels", True),
     "MLModelDescription.predictedFeatureName?": (M, "MLModelDescription", "predictedFeatureName", True),
@@ -260,6 +295,8 @@ V14 = "macOS 14.0, iOS 17.0, tvOS 17.0, watchOS 10.0"
 V14_4 = "macOS 14.4, iOS 17.4, tvOS 17.4, watchOS 10.4"
 V15 = "macOS 15.0, iOS 18.0, tvOS 18.0, watchOS 11.0"
 V26 = "macOS 26.0, iOS 26.0, tvOS 26.0, watchOS 26.0"
+VCV = "macOS 10.4, iOS 4.0, tvOS 9.0, watchOS 4.0"
+VCF = "macOS 10.0, iOS 2.0, tvOS 9.0, watchOS 2.0"
 H, D = "header", "doc"
 
 AVAIL: dict[str, tuple[str, str]] = {
@@ -307,6 +344,26 @@ AVAIL: dict[str, tuple[str, str]] = {
     "MLPredictionOptions": (V10_13, H),
     "MLPredictionOptions outputBackings": (V11, D),
     "MLImageConstraint": (V10_13, H),
+    "MLImageConstraint sizeConstraint": (V10_14, D),
+    "MLImageSizeConstraint": (V10_14, D),
+    "MLImageSizeConstraintType": (V10_14, D),
+    "MLImageSize": (V10_14, D),
+    # CoreVideo / CoreFoundation (doc: Apple's pages, not yet seen in a header; only the floors
+    # matter to the check: the shim declares no @available of its own for them).
+    "CVBuffer": (VCV, D),
+    "CVPixelBufferLockFlags": (VCV, D),
+    "CVPixelBufferCreate": (VCV, D),
+    "CVPixelBufferLockBaseAddress": (VCV, D),
+    "CVPixelBufferUnlockBaseAddress": (VCV, D),
+    "CVPixelBufferGetBaseAddress": (VCV, D),
+    "CVPixelBufferGetBytesPerRow": (VCV, D),
+    "kCVReturnSuccess": (VCV, D),
+    "kCVPixelFormatType_32BGRA": (VCV, D),
+    "kCVPixelFormatType_32ARGB": (VCV, D),
+    "kCVPixelFormatType_OneComponent8": (VCV, D),
+    "kCVPixelFormatType_OneComponent16Half": (VCV, D),
+    "CFAllocator": (VCF, D),
+    "CFDictionary": (VCF, D),
     "MLState": (V15, H),
     "MLState getMultiArrayForStateNamed:handler:": (V15, H),
     "MLStateConstraint": (V15, H),

@@ -59,19 +59,29 @@ func readFeatureViews(_ inputs: UnsafePointer<CoremlFeature>?, _ count: Int32) t
 func readAndCopyFeatures(_ inputs: UnsafePointer<CoremlFeature>?, _ count: Int32,
                          schema: ModelSchema, deadline: CallDeadline) throws -> [NamedFeature] {
     let views = try readFeatureViews(inputs, count)
-    try schema.validate(features: views.map { v -> (name: String, featureType: String, signature: InputSignature?) in
+    try schema.validate(features: featureSignatures(views))
+    let tensorViews = views.compactMap { v -> InputView? in
+        if case .tensor(let t) = v.view { return t }
+        return nil
+    }
+    try checkInputBytes(tensorViews)
+    return try copyFeatureViews(views, deadline: deadline)
+}
+
+/// What schema validation needs of each feature view.
+func featureSignatures(_ views: [(name: String, view: FeatureView)]) -> [(name: String, featureType: String, signature: InputSignature?)] {
+    views.map { v -> (name: String, featureType: String, signature: InputSignature?) in
         switch v.view {
         case .tensor(let t): return (v.name, "multiArray", t.signature)
         case .int64: return (v.name, "int64", nil)
         case .double: return (v.name, "double", nil)
         case .string: return (v.name, "string", nil)
         }
-    })
-    let tensorViews = views.compactMap { v -> InputView? in
-        if case .tensor(let t) = v.view { return t }
-        return nil
     }
-    try checkInputBytes(tensorViews)
+}
+
+/// Copies checked feature views into bridge-owned values under the deadline.
+func copyFeatureViews(_ views: [(name: String, view: FeatureView)], deadline: CallDeadline) throws -> [NamedFeature] {
     var result: [NamedFeature] = []
     for v in views {
         switch v.view {
@@ -142,6 +152,8 @@ final class FeatureOutputsStorage {
             case .string(let s):
                 out.kind = Int32(COREML_FEATURE_STRING.rawValue)
                 out.string_value = try cString(s)
+            case .image:
+                throw BridgeError(.internalError, "output '\(f.name)': image outputs are not returned by the feature calls")
             case .dictionary(let entries):
                 out.kind = Int32(COREML_FEATURE_DICTIONARY.rawValue)
                 guard entries.count <= Int(Int32.max) else {

@@ -85,8 +85,10 @@ public final class CoreMLRuntime: ModelRuntime {
         let typeName = featureTypeName(d.type)
         guard d.type == .multiArray, let c = d.multiArrayConstraint else {
             let scalar: DType? = d.type == .double ? .f64 : (d.type == .int64 ? .i64 : nil)
-            return FeatureSchema(name: d.name, featureType: typeName, optional: d.isOptional,
-                                 dtype: scalar, shape: scalar == nil ? [] : [1], constraint: .none)
+            var f = FeatureSchema(name: d.name, featureType: typeName, optional: d.isOptional,
+                                  dtype: scalar, shape: scalar == nil ? [] : [1], constraint: .none)
+            if d.type == .image, let ic = d.imageConstraint { f.image = imageSchema(ic) }
+            return f
         }
         let sc = c.shapeConstraint
         let constraint: ShapeConstraint
@@ -358,6 +360,7 @@ final class CoreMLLoadedModel: LoadedModel {
             case .double(let v): features[f.name] = NSNumber(value: v)
             case .string(let s): features[f.name] = NSString(string: s)
             case .dictionary: throw BridgeError(.unsupported, "input '\(f.name)': dictionary inputs are not supported")
+            case .image(let img): features[f.name] = try Self.featureValue(img)
             }
         }
         let result = try model.prediction(from: try MLDictionaryFeatureProvider(dictionary: features))

@@ -15,6 +15,8 @@ public enum FeatureValue: @unchecked Sendable {
     case string(String)
     /// Entries in key order.
     case dictionary([(key: FeatureKey, value: Double)])
+    /// Inputs only: pixels in bridge-owned storage (coreml_predict_images).
+    case image(HostImage)
 
     /// The schema's `feature_type` this value feeds.
     var featureType: String {
@@ -24,6 +26,7 @@ public enum FeatureValue: @unchecked Sendable {
         case .double: return "double"
         case .string: return "string"
         case .dictionary: return "dictionary"
+        case .image: return "image"
         }
     }
 }

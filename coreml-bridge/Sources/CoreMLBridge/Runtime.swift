@@ -41,6 +41,10 @@ public protocol LoadedModel: AnyObject {
     /// staging buffers, see BufferPool.swift); returns where each output
     /// is. Called on the handle's queue. Default: `predict`.
     func predictInto(_ inputs: [HostTensor], backings: [OutputBacking]) throws -> [OutputSource]
+    /// Storage for an image input of `pixelFormat` (a CoreVideo OSType),
+    /// filled by the bridge on the CALLER's thread before the prediction is
+    /// queued (Core ML: a CVPixelBuffer; default: `HostPixels`).
+    func makePixelStorage(width: Int, height: Int, pixelFormat: UInt32, bytesPerPixel: Int) throws -> PixelStorage
 }
 
 extension LoadedModel {
@@ -59,6 +63,10 @@ extension LoadedModel {
             return t
         }
         return try predict(tensors).map { NamedFeature(name: $0.name, value: .tensor($0)) }
+    }
+    /// Malloc'ed rows.
+    public func makePixelStorage(width: Int, height: Int, pixelFormat: UInt32, bytesPerPixel: Int) throws -> PixelStorage {
+        try HostPixels(width: width, height: height, pixelFormat: pixelFormat, bytesPerPixel: bytesPerPixel)
     }
     /// One member after another.
     public func predictBatch(_ batch: [[HostTensor]]) throws -> [[HostTensor]] {

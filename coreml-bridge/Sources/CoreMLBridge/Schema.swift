@@ -35,6 +35,8 @@ public struct FeatureSchema: Equatable, Sendable {
     public var dtype: DType?
     public var shape: [Int]
     public var constraint: ShapeConstraint
+    /// An image feature's MLImageConstraint (nil for other features).
+    public var image: ImageSchema?
 
     public init(name: String, featureType: String = "multiArray", optional: Bool = false,
                 dtype: DType?, shape: [Int], constraint: ShapeConstraint) {
@@ -64,6 +66,7 @@ public struct FeatureSchema: Equatable, Sendable {
             "dtype_code": dtype.map { Int($0.rawValue) as Any } ?? NSNull(),
             "shape": shape,
             "shape_constraint": c,
+            "image": image.map { $0.jsonObject as Any } ?? NSNull(),
         ]
     }
 

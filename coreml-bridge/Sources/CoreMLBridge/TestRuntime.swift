@@ -20,6 +20,12 @@ import Darwin
 ///   accumulate      stateful: state s (f32, default shape [3]) += x, y = s;
 ///                   needs a state (coreml_make_state); a prediction
 ///                   without one fails as Core ML's would
+///   image           an image model: input "image" (image feature, 4x3,
+///                   RGB layout, 32BGRA storage; `image` in a fake input
+///                   sets size, color layout and size constraints); outputs
+///                   "pixels" (i32 [H, W, bytes per stored pixel]: the
+///                   bridge-owned pixel buffer's bytes, read through its
+///                   row stride) and "pixel_format" (int64: its OSType)
 ///   sleep_<N>ms     identity after sleeping N ms in every prediction
 ///   fail_compile, fail_load, fail_predict
 ///                   fail at that stage with a two-level NSError chain
@@ -110,6 +116,8 @@ struct FakeFeature: Decodable {
     var feature_type: String?
     var enumerated_shapes: [[Int]]?
     var ranges: [FakeRange]?
+    /// An image feature's constraint (feature_type "image").
+    var image: FakeImage?
 
     func schema() throws -> FeatureSchema {
         var dt: DType?
@@ -127,8 +135,51 @@ struct FakeFeature: Decodable {
         } else {
             constraint = .none
         }
-        return FeatureSchema(name: name, featureType: feature_type ?? "multiArray", optional: optional ?? false,
-                             dtype: dt, shape: shape ?? [], constraint: constraint)
+        var f = FeatureSchema(name: name, featureType: feature_type ?? "multiArray", optional: optional ?? false,
+                              dtype: dt, shape: shape ?? [], constraint: constraint)
+        if f.featureType == "image" {
+            f.image = try (image ?? FakeImage(width: 4, height: 3)).schema()
+            f.constraint = .none
+        }
+        return f
+    }
+}
+
+/// An image feature of a fake model.
+struct FakeImage: Decodable {
+    var width: Int
+    var height: Int
+    /// "rgb" (default), "bgr", "color", "grayscale" or "grayscale_f16".
+    var color_layout: String?
+    var enumerated_sizes: [[Int]]?
+    var width_range: FakeRange?
+    var height_range: FakeRange?
+
+    init(width: Int, height: Int) {
+        self.width = width
+        self.height = height
+    }
+
+    func schema() throws -> ImageSchema {
+        guard let layout = ImageColorLayout(rawValue: color_layout ?? "rgb") else {
+            throw BridgeError.invalid("fake model: unknown color_layout '\(color_layout ?? "")'")
+        }
+        let format: UInt32
+        switch layout {
+        case .grayscale: format = CVPixelFormat.oneComponent8
+        case .grayscaleF16: format = CVPixelFormat.oneComponent16Half
+        case .color, .rgb, .bgr: format = CVPixelFormat.bgra32
+        }
+        var sizes = ImageSizeConstraint.unspecified
+        if let e = enumerated_sizes {
+            sizes = .enumerated(try e.map { s in
+                guard s.count == 2 else { throw BridgeError.invalid("fake model: an enumerated size is [width, height]") }
+                return ImageSize(width: s[0], height: s[1])
+            })
+        } else if let w = width_range, let h = height_range {
+            sizes = .range(width: DimRange(lower: w.lower, upper: w.upper), height: DimRange(lower: h.lower, upper: h.upper))
+        }
+        return ImageSchema(width: width, height: height, pixelFormat: format, colorLayout: layout, sizes: sizes)
     }
 }
 
@@ -206,6 +257,8 @@ struct FakeSpec: Decodable {
             behavior = "add_one"
         } else if s.hasPrefix("classify") {
             behavior = "classify"
+        } else if s.hasPrefix("image") {
+            behavior = "image"
         } else if s.hasPrefix("accumulate") {
             behavior = "accumulate"
         } else if s.hasPrefix("fail_") {
@@ -235,12 +288,18 @@ struct FakeSpec: Decodable {
         }
         let defaultShape = stateful ? sts.first?.shape : nil
         let labels = class_labels ?? ["cat", "dog", "fish"]
+        let imageModel = behavior == "image"
         let classify = behavior == "classify"
         let defaultOutputs = classify
             ? [FakeFeature(name: "classLabel", featureType: "string"), FakeFeature(name: "classLabel_probs", featureType: "dictionary")]
+            : imageModel
+            ? [FakeFeature(name: "pixels", dtype: "i32"), FakeFeature(name: "pixel_format", featureType: "int64")]
             : [FakeFeature(name: "y", dtype: stateful ? "f32" : nil, shape: defaultShape)]
         let inputShape = classify ? [labels.count] : defaultShape
-        let ins = try (inputs ?? [FakeFeature(name: "x", dtype: stateful || classify ? "f32" : nil, shape: inputShape)]).map { try $0.schema() }
+        let defaultInputs = imageModel
+            ? [FakeFeature(name: "image", featureType: "image")]
+            : [FakeFeature(name: "x", dtype: stateful || classify ? "f32" : nil, shape: inputShape)]
+        let ins = try (inputs ?? defaultInputs).map { try $0.schema() }
         let outs = try (outputs ?? defaultOutputs).map { try $0.schema() }
         var meta = ModelMetadata()
         if let m = metadata {
@@ -270,8 +329,9 @@ final class FakeModel: LoadedModel {
     init(spec: FakeSpec, schema: ModelSchema) {
         self.spec = spec
         self.schema = schema
-        inputOrder = spec.inputs?.map { $0.name } ?? ["x"]
-        outputOrder = spec.outputs?.map { $0.name } ?? ["y"]
+        let image = spec.behavior == "image"
+        inputOrder = spec.inputs?.map { $0.name } ?? [image ? "image" : "x"]
+        outputOrder = spec.outputs?.map { $0.name } ?? (image ? ["pixels", "pixel_format"] : ["y"])
     }
 
     func predict(_ inputs: [HostTensor]) throws -> [HostTensor] {
@@ -311,6 +371,17 @@ final class FakeModel: LoadedModel {
             return [NamedFeature(name: c.labelOutput, value: .string(c.stringLabels[best])),
                     NamedFeature(name: c.probabilitiesOutput ?? "probs", value: .dictionary(probs))]
         }
+        if spec.behavior == "image" {
+            guard let img = inputs.lazy.compactMap({ f -> HostImage? in
+                if case .image(let i) = f.value { return i }
+                return nil
+            }).first else {
+                throw BridgeError(.schemaMismatch, "fake image model: no image input")
+            }
+            return [NamedFeature(name: outputOrder.first ?? "pixels", value: .tensor(try Self.pixels(img, name: outputOrder.first ?? "pixels"))),
+                    NamedFeature(name: outputOrder.count > 1 ? outputOrder[1] : "pixel_format",
+                                 value: .int64(Int64(img.storage.pixelFormat)))]
+        }
         let byName = Dictionary(inputs.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
         let ordered = inputOrder.compactMap { byName[$0] }
         guard !ordered.isEmpty else { return [] }
@@ -324,9 +395,30 @@ final class FakeModel: LoadedModel {
             case .double(let v): outputs.append(NamedFeature(name: name, value: .double(plus ? v + 1 : v)))
             case .string(let s): outputs.append(NamedFeature(name: name, value: .string(s)))
             case .dictionary(let d): outputs.append(NamedFeature(name: name, value: .dictionary(d)))
+            case .image(let img): outputs.append(NamedFeature(name: name, value: .tensor(try Self.pixels(img, name: name))))
             }
         }
         return outputs
+    }
+
+    /// The stored pixels' bytes as i32 [H, W, bytes per pixel], read row by
+    /// row through the storage's stride (as a model reads a CVPixelBuffer).
+    static func pixels(_ img: HostImage, name: String) throws -> HostTensor {
+        let s = img.storage
+        let bpp: Int
+        switch s.pixelFormat {
+        case CVPixelFormat.oneComponent8: bpp = 1
+        case CVPixelFormat.oneComponent16Half: bpp = 2
+        default: bpp = 4
+        }
+        let count = s.width * s.height * bpp
+        let buffer = try TensorBuffer(byteCount: count * 4)
+        let out = buffer.pointer.bindMemory(to: Int32.self, capacity: count)
+        for y in 0..<s.height {
+            let row = (UnsafeRawPointer(s.baseAddress) + y * s.bytesPerRow).assumingMemoryBound(to: UInt8.self)
+            for k in 0..<(s.width * bpp) { out[y * s.width * bpp + k] = Int32(row[k]) }
+        }
+        return try HostTensor(name: name, dtype: .i32, shape: [s.height, s.width, bpp], buffer: buffer)
     }
 
     /// Like Core ML's `makeState()`: every state buffer zeroed (an empty

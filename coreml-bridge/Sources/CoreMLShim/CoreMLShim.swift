@@ -231,6 +231,9 @@ open class MLFeatureValue: NSObject {
     /// mlfeaturevalue/init(multiarray:): `convenience init(multiArray value: MLMultiArray)`
     /// (an MLMultiArray cannot exist here, so neither can the value: it is .invalid)
     public init(multiArray value: MLMultiArray) { super.init() }
+    /// Not Apple's: the designated initialiser the shim's other feature
+    /// value initialisers (extensions) delegate to; internal, so unchecked.
+    init(shimInvalid: Void) { super.init() }
     /// mlfeaturevalue/type: `var type: MLFeatureType { get }`
     open var type: MLFeatureType { .invalid }
     /// mlfeaturevalue/multiarrayvalue: `var multiArrayValue: MLMultiArray? { get }`
