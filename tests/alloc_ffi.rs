@@ -6,15 +6,15 @@
 //! (`scripts/swift/rust-ffi-test.sh` in the Swift chroot); elsewhere
 //! ignored with the reason.
 
+mod common;
+
+use common::fake_bridge::{fake_package, require_test_runtime};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use apple_silicon::{
-    CoreMlEngine, CoreMlModel, ErrorKind, InferenceEngine, ModelArtifact, ModelFmt, PrepareOptions, Tensor, TensorMap,
-};
+use apple_silicon::{CoreMlEngine, CoreMlModel, ErrorKind, InferenceEngine, PrepareOptions, Tensor, TensorMap};
 use serde_json::json;
 
 /// Counts allocations (and reallocations) made by threads that opted in.
@@ -61,21 +61,6 @@ fn allocations_in<R>(f: impl FnOnce() -> R) -> (R, u64) {
     let r = f();
     COUNTING.with(|c| c.set(false));
     (r, ALLOCATIONS.load(Ordering::Relaxed) - before)
-}
-
-fn require_test_runtime() {
-    assert_eq!(
-        std::env::var("COREML_BRIDGE_TEST_RUNTIME").as_deref(),
-        Ok("1"),
-        "these tests need COREML_BRIDGE_TEST_RUNTIME=1 (scripts/swift/rust-ffi-test.sh sets it)"
-    );
-}
-
-fn fake_package(dir: &Path, stem: &str, spec: serde_json::Value) -> ModelArtifact {
-    let pkg = dir.join(format!("{stem}.mlpackage"));
-    std::fs::create_dir_all(&pkg).unwrap();
-    std::fs::write(pkg.join("fake_model.json"), spec.to_string()).unwrap();
-    ModelArtifact::with_format(ModelFmt::MlPackage, &pkg).unwrap()
 }
 
 /// Two inputs and two outputs: `a` (f32 [4, 8]) and `b` (i32 [3]),

@@ -11,8 +11,11 @@
 //! reported as ignored, and the tests at the bottom check that the engine
 //! answers `Unavailable` with the reason.
 
+mod common;
+
+use common::fake_bridge::{fake_compiled, fake_package, margin, require_test_runtime};
 use std::ffi::{c_char, c_void, CStr, CString};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::ptr;
 use std::time::{Duration, Instant};
@@ -27,39 +30,6 @@ use serde_json::json;
 use std::sync::Arc;
 
 const CHILD_ENV: &str = "CORE_ML_FFI_CHILD";
-
-/// Margins scale with `CORE_ML_FFI_TIME_SCALE` (the valgrind run slows everything down).
-fn margin(ms: u64) -> Duration {
-    let scale: f64 = std::env::var("CORE_ML_FFI_TIME_SCALE")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1.0);
-    Duration::from_millis((ms as f64 * scale) as u64)
-}
-
-fn require_test_runtime() {
-    assert_eq!(
-        std::env::var("COREML_BRIDGE_TEST_RUNTIME").as_deref(),
-        Ok("1"),
-        "these tests need COREML_BRIDGE_TEST_RUNTIME=1 (scripts/swift/rust-ffi-test.sh sets it)"
-    );
-}
-
-/// A fake package `<dir>/<stem>.mlpackage` holding `spec` as fake_model.json.
-fn fake_package(dir: &Path, stem: &str, spec: serde_json::Value) -> ModelArtifact {
-    let pkg = dir.join(format!("{stem}.mlpackage"));
-    std::fs::create_dir_all(&pkg).unwrap();
-    std::fs::write(pkg.join("fake_model.json"), spec.to_string()).unwrap();
-    ModelArtifact::with_format(ModelFmt::MlPackage, &pkg).unwrap()
-}
-
-/// A fake compiled model `<dir>/<stem>.mlmodelc` (loaded without compiling).
-fn fake_compiled(dir: &Path, stem: &str, spec: serde_json::Value) -> PathBuf {
-    let compiled = dir.join(format!("{stem}.mlmodelc"));
-    std::fs::create_dir_all(&compiled).unwrap();
-    std::fs::write(compiled.join("fake_model.json"), spec.to_string()).unwrap();
-    compiled
-}
 
 fn prepare(engine: &CoreMlEngine, artifact: &ModelArtifact, opts: PrepareOptions) -> Box<dyn PreparedModel> {
     engine

@@ -5,40 +5,17 @@
 //! with the reason. The queue's ordering and rebuild rules are tested over a
 //! scripted engine in tests/pool.rs.
 
-use std::path::Path;
+mod common;
+
+use common::fake_bridge::{fake_package, margin, require_test_runtime};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use apple_silicon::telemetry::Stage;
 use apple_silicon::{
-    CoreMlEngine, DType, ErrorKind, InferenceEngine, ModelArtifact, ModelFmt, PooledEngine, PrepareOptions,
-    TelemetryRegistry, Tensor, TensorMap,
+    CoreMlEngine, DType, ErrorKind, InferenceEngine, PooledEngine, PrepareOptions, TelemetryRegistry, Tensor, TensorMap,
 };
 use serde_json::json;
-
-fn require_test_runtime() {
-    assert_eq!(
-        std::env::var("COREML_BRIDGE_TEST_RUNTIME").as_deref(),
-        Ok("1"),
-        "these tests need COREML_BRIDGE_TEST_RUNTIME=1 (scripts/swift/rust-ffi-test.sh sets it)"
-    );
-}
-
-/// Margins scale with `CORE_ML_FFI_TIME_SCALE` (the valgrind run is slower).
-fn margin(ms: u64) -> Duration {
-    let scale: f64 = std::env::var("CORE_ML_FFI_TIME_SCALE")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1.0);
-    Duration::from_millis((ms as f64 * scale) as u64)
-}
-
-fn fake_package(dir: &Path, stem: &str, spec: serde_json::Value) -> ModelArtifact {
-    let pkg = dir.join(format!("{stem}.mlpackage"));
-    std::fs::create_dir_all(&pkg).unwrap();
-    std::fs::write(pkg.join("fake_model.json"), spec.to_string()).unwrap();
-    ModelArtifact::with_format(ModelFmt::MlPackage, &pkg).unwrap()
-}
 
 fn x(v: f32) -> TensorMap {
     let t = Tensor::from_vec(vec![2], vec![v, v + 1.0]).unwrap();

@@ -373,13 +373,16 @@ impl CoreMlModel {
 
     /// Runs `f` on the loaded model with what is left of `timeout`: a
     /// bounded wait for the model, a reload when it is absent or poisoned,
-    /// then `f`. A model that `f` left poisoned is dropped (the next call
-    /// reloads). Timeouts report the caller's whole `timeout`.
+    /// then `f`. If `f` finds the handle poisoned by an earlier call we did
+    /// not see time out, the model is reloaded and `f` runs once more. A
+    /// model that `f` left poisoned is dropped here (freed while a late
+    /// prediction still runs, which the bridge makes safe); the next call
+    /// reloads. Timeouts report the caller's whole `timeout`.
     fn with_loaded<R>(
         &self,
         what: &str,
         timeout: Duration,
-        f: impl FnOnce(&BridgeModel, Duration) -> std::result::Result<R, BridgeError>,
+        mut f: impl FnMut(&BridgeModel, Duration) -> std::result::Result<R, BridgeError>,
     ) -> Result<R> {
         let deadline = Instant::now() + timeout;
         let remaining = |what: &str| -> Result<Duration> {
@@ -394,61 +397,10 @@ impl CoreMlModel {
                 timeout,
             )
         })?;
-        let model = match guard.value.take() {
-            Some(m) if !m.is_poisoned() => m,
-            old => {
-                drop(old);
-                let m = BridgeModel::load_function(
-                    &self.compiled,
-                    self.function.as_deref(),
-                    self.units_requested,
-                    remaining("reload")?,
-                )
-                .map_err(Error::from)?;
-                self.rebuilds.fetch_add(1, Ordering::Relaxed);
-                m
-            }
-        };
-        let result = match remaining(what) {
-            Ok(left) => f(&model, left).map_err(|e| match e.into_error() {
-                Error::Timeout { operation, .. } => Error::Timeout {
-                    operation,
-                    after: timeout,
-                },
-                other => other,
-            }),
-            Err(e) => Err(e),
-        };
-        if !model.is_poisoned() {
-            guard.value = Some(model);
-        }
-        result
-    }
-
-    /// One inference: bounded wait for the model, reload if poisoned, predict.
-    fn run(&self, inputs: &TensorMap, timeout: Duration) -> Result<TensorMap> {
-        let start = Instant::now();
-        let deadline = start + timeout;
-        let remaining = |what: &str| -> Result<Duration> {
-            deadline
-                .checked_duration_since(Instant::now())
-                .filter(|d| !d.is_zero())
-                .ok_or_else(|| self.timeout(what, timeout))
-        };
-        let mut guard = self.slot.acquire(deadline).ok_or_else(|| {
-            self.timeout(
-                "waiting for the model (another inference on it is still running)",
-                timeout,
-            )
-        })?;
-        // One retry, for a handle the bridge reports poisoned although we did
-        // not see it time out.
         for attempt in 0..2 {
             let model = match guard.value.take() {
                 Some(m) if !m.is_poisoned() => m,
                 old => {
-                    // Frees a poisoned handle; a late prediction on it keeps
-                    // what it needs alive on the bridge side.
                     drop(old);
                     let m = BridgeModel::load_function(
                         &self.compiled,
@@ -461,22 +413,23 @@ impl CoreMlModel {
                     m
                 }
             };
-            let left = remaining("prediction")?;
-            match model.predict(inputs, left) {
+            let left = match remaining(what) {
+                Ok(left) => left,
+                Err(e) => {
+                    guard.value = Some(model);
+                    return Err(e);
+                }
+            };
+            match f(&model, left) {
                 Ok(out) => {
                     guard.value = Some(model);
                     return Ok(out);
                 }
                 Err(e) if e.is_poisoned() && attempt == 0 => {
-                    // The handle was poisoned before this call; `model` is
-                    // dropped (freed) by the next iteration's reload.
+                    // Poisoned before this call: the next turn reloads it.
                     guard.value = Some(model);
-                    continue;
                 }
                 Err(e) => {
-                    // A timed-out model is poisoned and dropped here (freed
-                    // while the late prediction still runs); the next call
-                    // reloads.
                     if !model.is_poisoned() {
                         guard.value = Some(model);
                     }
@@ -494,6 +447,11 @@ impl CoreMlModel {
             "{}: the model was reloaded but its new handle was reported poisoned at once",
             self.compiled.display()
         )))
+    }
+
+    /// One inference: bounded wait for the model, reload if poisoned, predict.
+    fn run(&self, inputs: &TensorMap, timeout: Duration) -> Result<TensorMap> {
+        self.with_loaded("prediction", timeout, |model, left| model.predict(inputs, left))
     }
 
     /// The bridge's buffer counters of the loaded model's handle

@@ -3,6 +3,8 @@
 //! fixture tree to edit it.
 #![allow(dead_code)]
 
+pub mod fake_bridge;
+
 use std::time::{Duration, Instant};
 
 use apple_silicon::{DType, IoSchema, Tensor, TensorMap, TensorSpec};
