@@ -852,6 +852,39 @@ fn huge_zero_stride_inputs_are_capped_checked_and_stopped_at_the_deadline() {
     not(coreml_bridge),
     ignore = "needs the Linux build of coreml-bridge: run scripts/swift/rust-ffi-test.sh"
 )]
+fn compile_load_and_each_inference_stage_are_timed() {
+    require_test_runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let artifact = fake_package(
+        dir.path(),
+        "staged",
+        json!({"compile_sleep_ms": 150, "load_sleep_ms": 100, "sleep_ms": 60}),
+    );
+    let engine = CoreMlEngine::new();
+    let model = prepare(&engine, &artifact, PrepareOptions::default());
+    let p = model.prepare_timings();
+    println!("prepare stages: {p:?}");
+    assert!(p.compile.unwrap() >= Duration::from_millis(150), "{p:?}");
+    assert!(p.load.unwrap() >= Duration::from_millis(100), "{p:?}");
+    let x = one("x", f32s(vec![3], &[1.0, 2.0, 3.0]));
+    let (out, t) = engine.infer_timed(model.as_ref(), &x, SECS).unwrap();
+    println!("inference stages: {t:?}");
+    assert_eq!(out["y"], x["x"]);
+    let (i, pr, o, total) = (
+        t.marshal_in.unwrap(),
+        t.predict.unwrap(),
+        t.marshal_out.unwrap(),
+        t.total.unwrap(),
+    );
+    assert!(pr >= Duration::from_millis(60), "{t:?}");
+    assert!(i + pr + o <= total, "the stages nest inside the total: {t:?}");
+}
+
+#[test]
+#[cfg_attr(
+    not(coreml_bridge),
+    ignore = "needs the Linux build of coreml-bridge: run scripts/swift/rust-ffi-test.sh"
+)]
 fn a_prediction_timeout_returns_in_time_and_the_next_call_rebuilds_the_model() {
     require_test_runtime();
     let dir = tempfile::tempdir().unwrap();

@@ -120,7 +120,7 @@ fn main() -> ExitCode {
     for m in &models {
         match smoke(&engine, m, iterations) {
             Ok(r) => {
-                let stages: Vec<String> = [Stage::MarshalIn, Stage::Predict, Stage::MarshalOut, Stage::Total]
+                let stages: Vec<String> = Stage::ALL
                     .iter()
                     .filter_map(|s| {
                         r.served.latency.get(s).map(|l| {

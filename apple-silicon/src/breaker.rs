@@ -1082,6 +1082,12 @@ impl InferenceEngine for ResilientEngine {
         ftel.record_outcome(Op::Prepare, kind_of(&f));
         ftel.record_latency(Stage::Prepare, f_time);
 
+        if let Ok(m) = &p {
+            ptel.record_prepare_stages(&m.prepare_timings());
+        }
+        if let Ok(m) = &f {
+            ftel.record_prepare_stages(&m.prepare_timings());
+        }
         let fallback_model: Arc<dyn PreparedModel> = match f {
             Ok(m) => Arc::from(m),
             Err(e) => {

@@ -45,6 +45,7 @@ use crate::inference::{
     ModelState, PrepareOptions, PreparedModel, ShapeConstraint,
 };
 use crate::mlpackage::MlPackage;
+use crate::telemetry::{PrepareTimings, StageTimings};
 use crate::tensor::TensorMap;
 
 /// Where compiled models (`.mlmodelc`) live. `CoreMlEngine` compiles only
@@ -306,6 +307,8 @@ pub struct CoreMlModel {
     rebuilds: AtomicU64,
     plan: OnceLock<PlanSummary>,
     plan_timeout: Duration,
+    /// How long prepare spent in the store (and compiling) and loading.
+    prepare_timings: PrepareTimings,
     /// Keeps the compiled directory alive (a temp store deletes it on drop).
     _store: Arc<dyn CompiledStore>,
 }
@@ -511,6 +514,10 @@ impl PreparedModel for CoreMlModel {
 
     fn as_any(&self) -> &dyn std::any::Any {
         self
+    }
+
+    fn prepare_timings(&self) -> PrepareTimings {
+        self.prepare_timings
     }
 }
 
@@ -756,16 +763,18 @@ impl InferenceEngine for CoreMlEngine {
         // `compiled_dir`), so a warm prepare reads only the spec. A compiled
         // `.mlmodelc` is loaded from its path: nothing is stored under its
         // digest, so a swap there fools only that one load.
-        let (key, compiled) = match artifact.format {
+        let compile_start = Instant::now();
+        let (key, compiled, compile_time) = match artifact.format {
             // Nothing to parse: a compiled bundle is not an ML Program package.
             ModelFmt::MlModelC => (
                 CoreMlEngine::key_for(artifact, None, units, &info),
                 artifact.path.clone(),
+                None,
             ),
             _ => {
                 let key = CoreMlEngine::cache_key(artifact, units, &info);
                 let dir = self.compiled_dir(artifact, &key, &opts, deadline)?;
-                (key, dir)
+                (key, dir, Some(compile_start.elapsed()))
             }
         };
         let left = deadline
@@ -776,6 +785,7 @@ impl InferenceEngine for CoreMlEngine {
                 after: opts.prepare_timeout,
             })?;
         let function = opts.function_name.clone();
+        let load_start = Instant::now();
         let model = BridgeModel::load_function(&compiled, function.as_deref(), units, left).map_err(|e| {
             match e.into_error() {
                 Error::Timeout { operation, .. } => Error::Timeout {
@@ -785,6 +795,10 @@ impl InferenceEngine for CoreMlEngine {
                 other => other,
             }
         })?;
+        let prepare_timings = PrepareTimings {
+            compile: compile_time,
+            load: Some(load_start.elapsed()),
+        };
         let bridge_schema = model.schema().clone();
         Ok(Box::new(CoreMlModel {
             key: key.to_string(),
@@ -801,6 +815,7 @@ impl InferenceEngine for CoreMlEngine {
             rebuilds: AtomicU64::new(0),
             plan: OnceLock::new(),
             plan_timeout: self.plan_timeout,
+            prepare_timings,
             _store: Arc::clone(&self.store),
         }))
     }
@@ -810,6 +825,24 @@ impl InferenceEngine for CoreMlEngine {
     /// the prediction plus copies of inputs and outputs.
     fn infer(&self, model: &dyn PreparedModel, inputs: &TensorMap, timeout: Duration) -> Result<TensorMap> {
         downcast_model::<CoreMlModel>(model, bridge::ENGINE_NAME)?.run(inputs, timeout)
+    }
+
+    /// Stages as Rust sees them: `marshal_in` (input descriptors over the
+    /// caller's tensors), `predict` (the bridge call: its copy of the inputs,
+    /// Core ML's prediction and its gathering of the outputs), `marshal_out`
+    /// (outputs into host tensors), and `total` (including the wait for the
+    /// model and any reload).
+    fn infer_timed(
+        &self,
+        model: &dyn PreparedModel,
+        inputs: &TensorMap,
+        timeout: Duration,
+    ) -> Result<(TensorMap, StageTimings)> {
+        let start = Instant::now();
+        let m = downcast_model::<CoreMlModel>(model, bridge::ENGINE_NAME)?;
+        let (out, mut t) = m.with_loaded("prediction", timeout, |bm, left| bm.predict_timed(inputs, left))?;
+        t.total = Some(start.elapsed());
+        Ok((out, t))
     }
 
     /// One prediction into `outputs` through `coreml_predict_into`

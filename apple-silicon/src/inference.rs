@@ -624,6 +624,12 @@ pub trait PreparedModel: Send + Sync + Any {
     fn is_poisoned(&self) -> bool {
         false
     }
+    /// How long this instance's prepare spent compiling and loading, where
+    /// the engine measured it (telemetry records them as the compile and
+    /// load stages). Default: nothing measured.
+    fn prepare_timings(&self) -> crate::telemetry::PrepareTimings {
+        crate::telemetry::PrepareTimings::default()
+    }
 }
 
 /// A stateful model's state (Core ML's `MLState`, iOS18/macOS 15: e.g. the

@@ -444,6 +444,34 @@ impl StageTimings {
     }
 }
 
+/// Durations of the stages of one prepare, where the engine sees them:
+/// `compile` (Core ML: the store lookup and, on a miss, the compile; Candle:
+/// building the plan) and `load` (Core ML: loading the compiled model).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PrepareTimings {
+    /// Compile (or plan).
+    pub compile: Option<Duration>,
+    /// Load.
+    pub load: Option<Duration>,
+}
+
+impl ModelTelemetry {
+    /// Records a prepare's compile and load stages (those measured), and
+    /// counts them as compile and load attempts that succeeded. Costs one
+    /// lock.
+    pub fn record_prepare_stages(&self, t: &PrepareTimings) {
+        for (op, stage, d) in [
+            (Op::Compile, Stage::Compile, t.compile),
+            (Op::Load, Stage::Load, t.load),
+        ] {
+            if let Some(d) = d {
+                self.record_outcome(op, Ok(()));
+                self.record_latency(stage, d);
+            }
+        }
+    }
+}
+
 // 1 µs .. 1 hour, 2 significant digits.
 const HIST_MAX_US: u64 = 3_600_000_000;
 const HIST_SIGFIG: u8 = 2;
@@ -867,6 +895,27 @@ impl TelemetryRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prepare_stages_are_recorded_where_measured() {
+        let t = ModelTelemetry::new("m", "coreml");
+        t.record_prepare_stages(&PrepareTimings {
+            compile: Some(Duration::from_millis(120)),
+            load: None,
+        });
+        t.record_prepare_stages(&PrepareTimings {
+            compile: None,
+            load: Some(Duration::from_millis(30)),
+        });
+        let s = t.snapshot();
+        assert_eq!((s.counters.compile.successes, s.counters.load.successes), (1, 1));
+        assert_eq!(s.latency[&Stage::Compile].count, 1);
+        assert!(
+            s.latency[&Stage::Load].p50_us >= 29_000,
+            "{:?}",
+            s.latency[&Stage::Load]
+        );
+    }
 
     #[test]
     fn percentiles_of_a_known_distribution() {

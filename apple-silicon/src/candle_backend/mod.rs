@@ -191,6 +191,14 @@ impl PreparedModel for CandleModel {
     fn as_any(&self) -> &dyn std::any::Any {
         self
     }
+    /// The plan stage: the whole prepare (reading the package or the cached
+    /// compiled form and building the plan) counts as compile; nothing loads.
+    fn prepare_timings(&self) -> crate::telemetry::PrepareTimings {
+        crate::telemetry::PrepareTimings {
+            compile: Some(self.inner.prepare_time),
+            load: None,
+        }
+    }
 }
 
 /// A short name of this machine's CPU (`model name` in /proc/cpuinfo where
