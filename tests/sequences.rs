@@ -506,8 +506,14 @@ fn prepare_async_keeps_a_current_thread_runtime_responsive() {
     });
 }
 
-#[test]
-fn infer_with_state_async_hands_the_state_back() {
+/// The counter state case prepared on CandleEngine, its inputs, and a
+/// current-thread runtime to drive the async forms on.
+fn counter_on_a_current_thread_runtime() -> (
+    tokio::runtime::Runtime,
+    Arc<dyn InferenceEngine>,
+    Arc<dyn PreparedModel>,
+    TensorMap,
+) {
     let dir = state_case("counter_fp32");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -519,7 +525,12 @@ fn infer_with_state_async_hands_the_state_back() {
         &dir.join("model.mlpackage"),
         PrepareOptions::default(),
     ));
-    let x = npy_dir(&dir.join("inputs"));
+    (rt, engine, model, npy_dir(&dir.join("inputs")))
+}
+
+#[test]
+fn infer_with_state_async_hands_the_state_back() {
+    let (rt, engine, model, x) = counter_on_a_current_thread_runtime();
     rt.block_on(async {
         let mut state = engine.make_state(&*model).unwrap();
         for run in 1..=2 {
@@ -662,18 +673,7 @@ fn guarded_engine_forwards_states_and_batches() {
 
 #[test]
 fn infer_with_state_async_timeout_returns_a_poisoned_state() {
-    let dir = state_case("counter_fp32");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let engine: Arc<dyn InferenceEngine> = Arc::new(CandleEngine::new());
-    let model: Arc<dyn PreparedModel> = Arc::from(prepare_with(
-        &*engine,
-        &dir.join("model.mlpackage"),
-        PrepareOptions::default(),
-    ));
-    let x = npy_dir(&dir.join("inputs"));
+    let (rt, engine, model, x) = counter_on_a_current_thread_runtime();
     rt.block_on(async {
         let state = engine.make_state(&*model).unwrap();
         let (back, out) = apple_silicon::infer_with_state_async(

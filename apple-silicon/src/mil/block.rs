@@ -306,17 +306,7 @@ impl<'p> BlockBuilder<'p> {
                     && uses.get(&p.out) == Some(&1)
                     && !self.block_outputs.contains(&p.out);
                 if fusable {
-                    let mut ctx = OpCtx {
-                        op,
-                        name: name.clone(),
-                        env,
-                        lists: &self.lists,
-                        dec: &mut self.dec,
-                        policy: self.policy,
-                        operands: Vec::new(),
-                        used: Vec::new(),
-                        offer: None,
-                    };
+                    let mut ctx = OpCtx::new(op, name.clone(), env, &self.lists, &mut self.dec, self.policy);
                     if let Some(act) = fuse::act_of(&mut ctx)? {
                         let mut used = std::mem::take(&mut ctx.used);
                         drop(ctx);
@@ -332,17 +322,7 @@ impl<'p> BlockBuilder<'p> {
                 }
             }
             let before = steps.len();
-            let mut ctx = OpCtx {
-                op,
-                name: name.clone(),
-                env,
-                lists: &self.lists,
-                dec: &mut self.dec,
-                policy: self.policy,
-                operands: Vec::new(),
-                used: Vec::new(),
-                offer: None,
-            };
+            let mut ctx = OpCtx::new(op, name.clone(), env, &self.lists, &mut self.dec, self.policy);
             if constexpr::is_constexpr(&op.r#type) {
                 let ds = constexpr::materialize_outputs(&mut ctx)?;
                 if ds.len() != op.outputs.len() {

@@ -240,6 +240,30 @@ pub(crate) struct OpCtx<'b, 'p> {
 }
 
 impl<'b, 'p> OpCtx<'b, 'p> {
+    /// The context of `op` (named `name`) before any operand is read.
+    pub(crate) fn new(
+        op: &'b Operation,
+        name: String,
+        env: &'b block::Env<'b>,
+        lists: &'b HashSet<usize>,
+        dec: &'b mut Decoder<'p>,
+        policy: FloatPolicy,
+    ) -> Self {
+        OpCtx {
+            op,
+            name,
+            env,
+            lists,
+            dec,
+            policy,
+            operands: Vec::new(),
+            used: Vec::new(),
+            offer: None,
+        }
+    }
+}
+
+impl<'b, 'p> OpCtx<'b, 'p> {
     fn lookup(&mut self, arg: &str, n: &str) -> Result<Val> {
         match self.env.get(n) {
             Some(v) => {
