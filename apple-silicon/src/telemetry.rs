@@ -455,23 +455,6 @@ pub struct PrepareTimings {
     pub load: Option<Duration>,
 }
 
-impl ModelTelemetry {
-    /// Records a prepare's compile and load stages (those measured), and
-    /// counts them as compile and load attempts that succeeded. Costs one
-    /// lock.
-    pub fn record_prepare_stages(&self, t: &PrepareTimings) {
-        for (op, stage, d) in [
-            (Op::Compile, Stage::Compile, t.compile),
-            (Op::Load, Stage::Load, t.load),
-        ] {
-            if let Some(d) = d {
-                self.record_outcome(op, Ok(()));
-                self.record_latency(stage, d);
-            }
-        }
-    }
-}
-
 // 1 µs .. 1 hour, 2 significant digits.
 const HIST_MAX_US: u64 = 3_600_000_000;
 const HIST_SIGFIG: u8 = 2;
@@ -653,6 +636,21 @@ impl ModelTelemetry {
                 }
             }
         });
+    }
+
+    /// Records a prepare's compile and load stages (those measured), and
+    /// counts them as compile and load attempts that succeeded. Costs one
+    /// lock.
+    pub fn record_prepare_stages(&self, t: &PrepareTimings) {
+        for (op, stage, d) in [
+            (Op::Compile, Stage::Compile, t.compile),
+            (Op::Load, Stage::Load, t.load),
+        ] {
+            if let Some(d) = d {
+                self.record_outcome(op, Ok(()));
+                self.record_latency(stage, d);
+            }
+        }
     }
 
     /// Raises the queue-depth high-water mark to `depth` (calls waiting in a
