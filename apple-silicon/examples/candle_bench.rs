@@ -138,6 +138,25 @@ struct Row {
     prepare_median_ms: Option<f64>,
     cache_cold_ms: Option<f64>,
     cache_warm_ms: Option<f64>,
+    /// The framework's own cost (see [`Overhead`]); none for the native BERT.
+    overhead: Option<Overhead>,
+}
+
+/// What `CandleEngine::infer` (schema check, inputs converted and handed to
+/// the deadline worker, outputs back) costs on top of running the plan
+/// directly on the calling thread: the two alternate in one process, the
+/// order swapped every pair so that neither always runs second.
+#[derive(Serialize, Deserialize)]
+struct Overhead {
+    pairs: usize,
+    /// `CandleModel::run_blocking`: the plan on the calling thread.
+    direct_p50_ms: f64,
+    /// `InferenceEngine::infer` with a 60 s deadline.
+    infer_p50_ms: f64,
+    /// Median over pairs of (infer − direct).
+    median_delta_ms: f64,
+    /// `median_delta_ms` as a share of `direct_p50_ms`, in percent.
+    percent: f64,
 }
 
 /// The interleaved A/B (the `--json` line of `--child minilm_l6_interleaved`).
@@ -281,6 +300,17 @@ fn print_table(rows: &[Row], iters: usize) {
             r.peak_rss_mb / r.weights_mb
         );
     }
+    println!("\n### Framework overhead: `CandleEngine::infer` against the plan run directly, interleaved\n");
+    println!("| model | pairs | direct p50 ms | infer p50 ms | median per-pair Δ ms | Δ / direct p50 |");
+    println!("|---|---|---|---|---|---|");
+    for r in rows {
+        if let Some(o) = &r.overhead {
+            println!(
+                "| {} | {} | {:.2} | {:.2} | {:.3} | {:.2}% |",
+                r.id, o.pairs, o.direct_p50_ms, o.infer_p50_ms, o.median_delta_ms, o.percent
+            );
+        }
+    }
 }
 
 fn print_interleaved(r: &Interleaved) {
@@ -330,6 +360,7 @@ fn child(id: &str, iters: usize, prepare_stats: bool, start_kb: u64) -> Row {
     let prepare_ms = ms(t);
     let lat = latencies(model.as_ref(), &inputs, iters);
     let peak_rss_mb = status_kb("VmHWM:").saturating_sub(start_kb) as f64 / 1024.0;
+    let overhead = (id != NATIVE).then(|| overhead(&engine, model.as_ref(), &inputs, iters));
     drop(model);
     let mut row = Row {
         id: id.into(),
@@ -347,6 +378,7 @@ fn child(id: &str, iters: usize, prepare_stats: bool, start_kb: u64) -> Row {
         prepare_median_ms: None,
         cache_cold_ms: None,
         cache_warm_ms: None,
+        overhead,
     };
     if !prepare_stats {
         return row;
@@ -383,6 +415,44 @@ fn child(id: &str, iters: usize, prepare_stats: bool, start_kb: u64) -> Row {
     row.cache_cold_ms = Some(median(&cold));
     row.cache_warm_ms = Some(median(&warm));
     row
+}
+
+/// The framework's overhead (see [`Overhead`]), after the timed runs.
+fn overhead(engine: &CandleEngine, model: &dyn PreparedModel, inputs: &TensorMap, iters: usize) -> Overhead {
+    let direct = candle(model);
+    let timeout = std::time::Duration::from_secs(60);
+    engine.infer(model, inputs, timeout).unwrap();
+    let (mut d, mut f, mut delta) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..iters {
+        let run_direct = || {
+            let t = Instant::now();
+            direct.run_blocking(inputs).unwrap();
+            ms(t)
+        };
+        let run_infer = || {
+            let t = Instant::now();
+            engine.infer(model, inputs, timeout).unwrap();
+            ms(t)
+        };
+        let (x, y) = if i % 2 == 0 {
+            let x = run_direct();
+            (x, run_infer())
+        } else {
+            let y = run_infer();
+            (run_direct(), y)
+        };
+        d.push(x);
+        f.push(y);
+        delta.push(y - x);
+    }
+    let (direct_p50_ms, median_delta_ms) = (median(&d), median(&delta));
+    Overhead {
+        pairs: iters,
+        direct_p50_ms,
+        infer_p50_ms: median(&f),
+        median_delta_ms,
+        percent: 100.0 * median_delta_ms / direct_p50_ms,
+    }
 }
 
 /// Interleaved A/B so that load from other processes hits both alike.
