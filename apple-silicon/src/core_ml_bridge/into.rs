@@ -29,7 +29,7 @@ const RANK: usize = ffi::COREML_MAX_RANK as usize;
 /// `CString`s' heap bytes never move, so pointers into them stay valid
 /// while the cache lives, however the `Vec` grows.
 #[derive(Debug, Default)]
-pub(super) struct NameCache(RefCell<Vec<CString>>);
+pub(super) struct NameCache(pub(super) RefCell<Vec<CString>>);
 
 impl NameCache {
     /// The name as a C string; the first time for a name costs one allocation.
