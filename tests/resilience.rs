@@ -537,3 +537,53 @@ fn telemetry_json_of_a_resilient_engine_round_trips() {
     assert_eq!(f.counters.predict.successes, 2);
     assert_eq!(serde_json::to_string_pretty(&back).unwrap(), json);
 }
+
+/// `infer_into` through the resilient engine reaches the serving engine's own
+/// `infer_into` (which writes into the caller's buffer in place), on the
+/// primary with and without its guard worker and on the fallback, and the
+/// breaker and telemetry see those calls as they see `infer`'s.
+#[test]
+fn infer_into_writes_into_the_callers_buffers_on_whichever_engine_serves() {
+    let buffer = || {
+        apple_silicon::TensorMap::from([(
+            "y".to_string(),
+            apple_silicon::Tensor::zeros(apple_silicon::DType::F32, vec![1, 4]).unwrap(),
+        )])
+    };
+    type Configure = fn(ResilientEngine) -> ResilientEngine;
+    let cases: [(&str, Configure, FaultyEngine, Served); 3] = [
+        ("guarded primary", |e| e, primary(), Served::Primary),
+        (
+            "unguarded primary",
+            |e| e.without_primary_guard(),
+            primary(),
+            Served::Primary,
+        ),
+        (
+            "fallback after a primary error",
+            |e| e,
+            primary().with_errors(ErrorKind::Internal, Pattern::Every(1)),
+            Served::FallbackAfterPrimaryError,
+        ),
+    ];
+    for (what, configure, engine, serves) in cases {
+        let r = rig(engine, configure);
+        let mut out = buffer();
+        let before = out["y"].as_bytes().as_ptr();
+        for i in 0..3 {
+            r.engine.infer_into(&*r.model, &input(i), &mut out, T).unwrap();
+            assert_eq!(out, expected(i), "{what}: call {i}");
+            assert_eq!(
+                out["y"].as_bytes().as_ptr(),
+                before,
+                "{what}: the caller's buffer was replaced, not written"
+            );
+            assert_eq!(served(&r), Some(serves), "{what}");
+        }
+        let fallback_calls = r.fallback_calls.load(Ordering::SeqCst);
+        match serves {
+            Served::Primary => assert_eq!((r.primary.calls(), fallback_calls), (3, 0), "{what}"),
+            _ => assert_eq!((r.primary.calls(), fallback_calls), (3, 3), "{what}"),
+        }
+    }
+}

@@ -251,6 +251,22 @@ impl EchoEngine {
     }
 }
 
+/// Writes `fresh` into `outputs` the way an engine with caller-owned output
+/// buffers does: a tensor already there with the same name, dtype and shape
+/// is overwritten in place (its allocation kept); any other is replaced.
+fn write_in_place(outputs: &mut TensorMap, fresh: TensorMap) {
+    for (name, t) in fresh {
+        match outputs.get_mut(&name) {
+            Some(slot) if slot.dtype() == t.dtype() && slot.shape() == t.shape() => {
+                slot.as_bytes_mut().copy_from_slice(t.as_bytes());
+            }
+            _ => {
+                outputs.insert(name, t);
+            }
+        }
+    }
+}
+
 impl InferenceEngine for EchoEngine {
     fn name(&self) -> &str {
         &self.name
@@ -291,6 +307,21 @@ impl InferenceEngine for EchoEngine {
             });
         }
         Ok(out)
+    }
+
+    /// `infer`, written into `outputs` in place where a buffer of the right
+    /// name, dtype and shape is already there (as Core ML's
+    /// `coreml_predict_into` does).
+    fn infer_into(
+        &self,
+        model: &dyn PreparedModel,
+        inputs: &TensorMap,
+        outputs: &mut TensorMap,
+        timeout: Duration,
+    ) -> Result<()> {
+        let fresh = self.infer(model, inputs, timeout)?;
+        write_in_place(outputs, fresh);
+        Ok(())
     }
 
     fn capabilities(&self, model: &dyn PreparedModel) -> CapabilityReport {
@@ -692,6 +723,20 @@ impl InferenceEngine for FaultyEngine {
             }
             _ => Ok(out),
         }
+    }
+
+    /// `infer` with every fault, written into `outputs` in place like
+    /// [`EchoEngine`]'s.
+    fn infer_into(
+        &self,
+        model: &dyn PreparedModel,
+        inputs: &TensorMap,
+        outputs: &mut TensorMap,
+        timeout: Duration,
+    ) -> Result<()> {
+        let fresh = self.infer(model, inputs, timeout)?;
+        write_in_place(outputs, fresh);
+        Ok(())
     }
 
     fn capabilities(&self, model: &dyn PreparedModel) -> CapabilityReport {

@@ -325,6 +325,121 @@ impl ResilientEngine {
             None => self.primary.infer_timed(&**model, inputs, budget),
         }
     }
+
+    /// [`Self::call_primary`] for `infer_into`: under a guard the output
+    /// map moves to the guard's worker and back (a move, not a copy), so
+    /// the primary still writes into the caller's buffers. It comes back
+    /// after a failed call too; only after the guard's timeout does the
+    /// worker keep it, and `outputs` is left empty.
+    pub(super) fn call_primary_into(
+        &self,
+        model: &Arc<dyn PreparedModel>,
+        inputs: &TensorMap,
+        outputs: &mut TensorMap,
+        budget: Duration,
+    ) -> Result<StageTimings> {
+        let t0 = Instant::now();
+        match &self.guard {
+            Some(runner) => {
+                let deadline = Deadline::after(budget);
+                let engine = self.primary.clone();
+                let model = model.clone();
+                let inputs = inputs.clone();
+                let mut moved = std::mem::take(outputs);
+                // The map comes back with the primary's own result, so that
+                // a failed call leaves the buffers to the fallback.
+                let (back, r) = runner.run(&self.primary_op, budget, move || {
+                    let left = deadline.remaining();
+                    if left.is_zero() {
+                        return Ok((
+                            moved,
+                            Err(deadline.timeout_error("primary inference (waited for a worker)")),
+                        ));
+                    }
+                    let r = engine.infer_into(&*model, &inputs, &mut moved, left);
+                    Ok((moved, r))
+                })?;
+                *outputs = back;
+                r?;
+            }
+            None => self.primary.infer_into(&**model, inputs, outputs, budget)?,
+        }
+        Ok(StageTimings::total(t0.elapsed()))
+    }
+
+    /// One call's route: the primary under the breaker when it admits the
+    /// call (within `primary_share` of `timeout`), else, or after a primary
+    /// failure, the fallback within what is left. `primary` and `fallback`
+    /// run the call on `out`; telemetry and the breaker see every attempt.
+    pub(super) fn route<O: ?Sized>(
+        &self,
+        rm: &ResilientModel,
+        inputs: &TensorMap,
+        timeout: Duration,
+        out: &mut O,
+        primary: impl FnOnce(&mut O, &Arc<dyn PreparedModel>, Duration) -> Result<StageTimings>,
+        fallback: impl FnOnce(&mut O, Duration) -> Result<StageTimings>,
+    ) -> Result<()> {
+        let deadline = Deadline::after(timeout);
+        rm.schema.validate_inputs(inputs)?;
+
+        let mut served = Served::FallbackPrimaryUnavailable;
+        if let Some(primary_model) = &rm.primary {
+            let route = rm.breaker.admit();
+            if route == Route::Fallback {
+                served = Served::FallbackBreakerOpen;
+            } else {
+                let budget = timeout.mul_f64(self.primary_share);
+                let t0 = Instant::now();
+                let r = primary(out, primary_model, budget);
+                let latency = t0.elapsed();
+                // The engine's stages, and the total as this call saw it
+                // (including any wait for a guard worker).
+                let timings = match &r {
+                    Ok(t) => StageTimings {
+                        total: Some(latency),
+                        ..*t
+                    },
+                    Err(_) => StageTimings::total(latency),
+                };
+                let r = r.map(|_| ());
+                rm.primary_tel.record_inference(&timings, kind_of(&r));
+                let outcome = match &r {
+                    Ok(_) => CallOutcome::ok(latency),
+                    Err(e) => CallOutcome::failed(e.kind(), latency),
+                };
+                if let Some(bytes) = rm.breaker.record(route, outcome) {
+                    rm.primary_tel.record_memory(bytes);
+                }
+                match r {
+                    Ok(()) => {
+                        rm.served(Served::Primary);
+                        return Ok(());
+                    }
+                    Err(e) => {
+                        tracing::debug!(target: "apple_silicon::breaker", model = %rm.model_id, error = %e, "primary call failed: retrying on the fallback");
+                        *lock(&rm.last_primary_error) = Some(e.to_string());
+                        served = Served::FallbackAfterPrimaryError;
+                    }
+                }
+            }
+        }
+
+        rm.primary_tel.record_fallback();
+        let t0 = Instant::now();
+        let r = fallback(out, deadline.remaining());
+        let timings = match &r {
+            Ok(t) => StageTimings {
+                total: Some(t0.elapsed()),
+                ..*t
+            },
+            Err(_) => StageTimings::total(t0.elapsed()),
+        };
+        let r = r.map(|_| ());
+        rm.fallback_tel.record_inference(&timings, kind_of(&r));
+        rm.served(served);
+        r
+    }
 }
 
 pub(super) fn model_id(artifact: &ModelArtifact) -> String {
@@ -440,66 +555,51 @@ impl InferenceEngine for ResilientEngine {
     }
 
     fn infer(&self, model: &dyn PreparedModel, inputs: &TensorMap, timeout: Duration) -> Result<TensorMap> {
-        let deadline = Deadline::after(timeout);
         let rm = downcast_model::<ResilientModel>(model, "resilient")?;
-        rm.schema.validate_inputs(inputs)?;
-
-        let mut served = Served::FallbackPrimaryUnavailable;
-        if let Some(primary) = &rm.primary {
-            let route = rm.breaker.admit();
-            if route == Route::Fallback {
-                served = Served::FallbackBreakerOpen;
-            } else {
-                let budget = timeout.mul_f64(self.primary_share);
-                let t0 = Instant::now();
-                let r = self.call_primary(primary, inputs, budget);
-                let latency = t0.elapsed();
-                // The engine's stages, and the total as this call saw it
-                // (including any wait for a guard worker).
-                let timings = match &r {
-                    Ok((_, t)) => StageTimings {
-                        total: Some(latency),
-                        ..*t
-                    },
-                    Err(_) => StageTimings::total(latency),
-                };
-                let r = r.map(|(out, _)| out);
-                rm.primary_tel.record_inference(&timings, kind_of(&r));
-                let outcome = match &r {
-                    Ok(_) => CallOutcome::ok(latency),
-                    Err(e) => CallOutcome::failed(e.kind(), latency),
-                };
-                if let Some(bytes) = rm.breaker.record(route, outcome) {
-                    rm.primary_tel.record_memory(bytes);
-                }
-                match r {
-                    Ok(out) => {
-                        rm.served(Served::Primary);
-                        return Ok(out);
-                    }
-                    Err(e) => {
-                        tracing::debug!(target: "apple_silicon::breaker", model = %rm.model_id, error = %e, "primary call failed: retrying on the fallback");
-                        *lock(&rm.last_primary_error) = Some(e.to_string());
-                        served = Served::FallbackAfterPrimaryError;
-                    }
-                }
-            }
-        }
-
-        rm.primary_tel.record_fallback();
-        let t0 = Instant::now();
-        let r = self.fallback.infer_timed(&*rm.fallback, inputs, deadline.remaining());
-        let timings = match &r {
-            Ok((_, t)) => StageTimings {
-                total: Some(t0.elapsed()),
-                ..*t
+        let mut out = None;
+        self.route(
+            rm,
+            inputs,
+            timeout,
+            &mut out,
+            |out, primary, budget| {
+                let (o, t) = self.call_primary(primary, inputs, budget)?;
+                *out = Some(o);
+                Ok(t)
             },
-            Err(_) => StageTimings::total(t0.elapsed()),
-        };
-        let r = r.map(|(out, _)| out);
-        rm.fallback_tel.record_inference(&timings, kind_of(&r));
-        rm.served(served);
-        r
+            |out, left| {
+                let (o, t) = self.fallback.infer_timed(&*rm.fallback, inputs, left)?;
+                *out = Some(o);
+                Ok(t)
+            },
+        )?;
+        out.ok_or_else(|| Error::internal("resilient inference succeeded without outputs"))
+    }
+
+    /// Like `infer`, routed the same way (breaker, fallback, telemetry), on
+    /// the serving engine's own `infer_into`: Core ML writes into the
+    /// caller's buffers (see [`ResilientEngine::call_primary_into`] for the
+    /// guard), Candle replaces them. Outputs are unspecified on error.
+    fn infer_into(
+        &self,
+        model: &dyn PreparedModel,
+        inputs: &TensorMap,
+        outputs: &mut TensorMap,
+        timeout: Duration,
+    ) -> Result<()> {
+        let rm = downcast_model::<ResilientModel>(model, "resilient")?;
+        self.route(
+            rm,
+            inputs,
+            timeout,
+            outputs,
+            |out, primary, budget| self.call_primary_into(primary, inputs, out, budget),
+            |out, left| {
+                let t0 = Instant::now();
+                self.fallback.infer_into(&*rm.fallback, inputs, out, left)?;
+                Ok(StageTimings::total(t0.elapsed()))
+            },
+        )
     }
 
     /// A state of the engine serving the model now (the primary while its
