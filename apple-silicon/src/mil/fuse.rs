@@ -11,17 +11,21 @@
 //! activation stays in a lowered program: only the plan changes).
 //!
 //! Every fused kernel computes the same function as the unfused pair: the
-//! fast f32 paths use candle's own scalar functions (the ones the unfused
-//! activation uses), and any other path applies the activation with the
-//! unfused op's own code ([`Act::apply`]).
+//! fast f32 paths use the scalar functions the unfused activation uses
+//! (candle's for relu, `vmath`'s for the transcendental ones, whose vector
+//! builds give the same bits), and any other path applies the activation
+//! with the unfused op's own code ([`Act::apply`]).
 
 use std::collections::HashMap;
 
 use candle_core::{op, op::UnaryOpT, Tensor};
 use coreml_proto::proto::mil_spec::{self, Operation};
 
-use super::ops::elementwise_unary_clamp as clamp;
+use super::ops::{
+    elementwise_unary_clamp as clamp, elementwise_unary_map_f32 as map_f32, elementwise_unary_map_fun as map_fun,
+};
 use super::par_elementwise as par;
+use super::vmath::{self, Fun};
 use super::{Kernel, OpCtx};
 use crate::error::Result;
 
@@ -63,11 +67,11 @@ impl Act {
                     v
                 }
             }
-            Act::Sigmoid => ((-v).exp() + 1.0).recip(),
             Act::SigmoidHard(a, b) => (a * v + b).clamp(0.0, 1.0),
-            Act::Silu => op::Silu::f32(v),
-            Act::GeluErf => op::GeluErf::f32(v),
-            Act::GeluTanh => op::Gelu::f32(v),
+            Act::Sigmoid => Fun::Sigmoid.f(v),
+            Act::Silu => Fun::Silu.f(v),
+            Act::GeluErf => Fun::GeluErf.f(v),
+            Act::GeluTanh => Fun::GeluTanh.f(v),
         }
     }
 
@@ -91,7 +95,38 @@ impl Act {
             }
             Act::Relu => each!(v => op::Relu::f32(v)),
             a @ Act::Clamp(..) => each!(v => a.f(v)),
-            a => each!(v => a.f(v)),
+            a @ Act::SigmoidHard(..) => each!(v => a.f(v)),
+            // The transcendental ones: vmath's vector builds.
+            Act::Sigmoid => vmath::apply_with(Fun::Sigmoid, row, bias),
+            Act::Silu => vmath::apply_with(Fun::Silu, row, bias),
+            Act::GeluErf => vmath::apply_with(Fun::GeluErf, row, bias),
+            Act::GeluTanh => vmath::apply_with(Fun::GeluTanh, row, bias),
+        }
+    }
+
+    /// `row[j] = f(row[j] + bias[j])`, the epilogue of one output row with a
+    /// bias per column (`linear`). Panics if the lengths differ.
+    #[inline]
+    pub fn epilogue_cols(self, row: &mut [f32], bias: &[f32]) {
+        assert_eq!(row.len(), bias.len(), "one bias per column");
+        // One loop per activation so that each vectorises on its own.
+        macro_rules! each {
+            ($v:ident => $e:expr) => {
+                for (x, &b) in row.iter_mut().zip(bias) {
+                    let $v = *x + b;
+                    *x = $e;
+                }
+            };
+        }
+        match self {
+            Act::Identity => each!(v => v),
+            Act::Relu => each!(v => op::Relu::f32(v)),
+            a @ Act::Clamp(..) => each!(v => a.f(v)),
+            a @ Act::SigmoidHard(..) => each!(v => a.f(v)),
+            Act::Sigmoid => vmath::apply_zip(Fun::Sigmoid, row, bias),
+            Act::Silu => vmath::apply_zip(Fun::Silu, row, bias),
+            Act::GeluErf => vmath::apply_zip(Fun::GeluErf, row, bias),
+            Act::GeluTanh => vmath::apply_zip(Fun::GeluTanh, row, bias),
         }
     }
 
@@ -102,11 +137,11 @@ impl Act {
             Act::Identity => Ok(x.clone()),
             Act::Relu => par::unary::<op::Relu>(x, |x| x.relu()),
             Act::Clamp(lo, hi) => clamp(x, lo, hi),
-            Act::Sigmoid => candle_nn::ops::sigmoid(x),
-            Act::SigmoidHard(a, b) => super::ops::elementwise_unary_map_f32(x, move |v| (a * v + b).clamp(0.0, 1.0)),
-            Act::Silu => par::unary::<op::Silu>(x, |x| x.silu()),
-            Act::GeluErf => par::unary::<op::GeluErf>(x, |x| x.gelu_erf()),
-            Act::GeluTanh => par::unary::<op::Gelu>(x, |x| x.gelu()),
+            Act::SigmoidHard(a, b) => map_f32(x, move |v| (a * v + b).clamp(0.0, 1.0)),
+            Act::Sigmoid => map_fun(x, Fun::Sigmoid),
+            Act::Silu => map_fun(x, Fun::Silu),
+            Act::GeluErf => map_fun(x, Fun::GeluErf),
+            Act::GeluTanh => map_fun(x, Fun::GeluTanh),
         }
     }
 }
@@ -211,6 +246,9 @@ mod tests {
                 let mut got = src.clone();
                 act.epilogue(&mut got, 0.0);
                 assert_eq!(got, want, "{act:?}");
+                let mut got = src.clone();
+                act.epilogue_cols(&mut got, &vec![0.0; src.len()]);
+                assert_eq!(got, want, "{act:?} by columns");
                 let each: Vec<f32> = src.iter().map(|&v| act.f(v)).collect();
                 assert_eq!(each, want, "{act:?}");
             }

@@ -207,11 +207,7 @@ fn epilogue_row(d: &mut [f32], r: usize, bias: Bias, act: Act) {
     match bias {
         Bias::None => act.epilogue(d, 0.0),
         Bias::Rows(b) => act.epilogue(d, b[r]),
-        Bias::Cols(b) => {
-            for (x, &bv) in d.iter_mut().zip(b) {
-                *x = act.f(*x + bv);
-            }
-        }
+        Bias::Cols(b) => act.epilogue_cols(d, b),
     }
 }
 

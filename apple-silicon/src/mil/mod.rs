@@ -40,6 +40,7 @@ mod par_elementwise;
 #[cfg(test)]
 mod test_support;
 pub mod value;
+mod vmath;
 mod workers;
 
 use std::collections::{BTreeMap, HashSet};

@@ -7,22 +7,23 @@
 //! `softmax` normalises along `axis` (default -1). `softplus` is computed as
 //! `log1p(exp(-|x|)) + max(x, 0)`, which does not overflow.
 
-use candle_core::{op, Tensor};
+use candle_core::{op, DType, Tensor};
 
 use crate::mil::par_elementwise as par;
 
-use super::elementwise_unary::{clamp, map_f32};
+use super::elementwise_unary::{clamp, map_f32, map_fun};
 use super::{axis_of, one, unary, Builder, CResult};
 use crate::error::Result;
-use crate::mil::{Kernel, OpCtx};
+use crate::mil::vmath::{self, Fun};
+use crate::mil::{depthwise, Kernel, OpCtx};
 
 /// The builder for `op_type`, if this family has it.
 pub(super) fn builder(op_type: &str) -> Option<Builder> {
     Some(match op_type {
         "relu" => |c| unary(c, |x| par::unary::<op::Relu>(x, |x| x.relu())),
         "relu6" => |c| unary(c, |x| clamp(x, 0.0, 6.0)),
-        "sigmoid" => |c| unary(c, candle_nn::ops::sigmoid),
-        "silu" => |c| unary(c, |x| par::unary::<op::Silu>(x, |x| x.silu())),
+        "sigmoid" => |c| unary(c, |x| map_fun(x, Fun::Sigmoid)),
+        "silu" => |c| unary(c, |x| map_fun(x, Fun::Silu)),
         "gelu" => gelu,
         "leaky_relu" => leaky_relu,
         "softplus" => |c| unary(c, |x| map_f32(x, softplus)),
@@ -44,9 +45,9 @@ pub(super) fn gelu(c: &mut OpCtx) -> Result<Kernel> {
     let x = c.tensor("x")?;
     let mode = c.opt_string("mode")?.unwrap_or_else(|| "EXACT".into());
     let f: fn(&Tensor) -> CResult<Tensor> = match mode.as_str() {
-        "EXACT" => |x| par::unary::<op::GeluErf>(x, |x| x.gelu_erf()),
-        "TANH_APPROXIMATION" => |x| par::unary::<op::Gelu>(x, |x| x.gelu()),
-        "SIGMOID_APPROXIMATION" => |x| x.broadcast_mul(&candle_nn::ops::sigmoid(&x.affine(1.702, 0.0)?)?),
+        "EXACT" => |x| map_fun(x, Fun::GeluErf),
+        "TANH_APPROXIMATION" => |x| map_fun(x, Fun::GeluTanh),
+        "SIGMOID_APPROXIMATION" => |x| map_fun(x, Fun::GeluSigmoid),
         other => {
             return Err(c.unsupported(format!(
                 "parameter `mode` = `{other}`; expected EXACT, TANH_APPROXIMATION or SIGMOID_APPROXIMATION"
@@ -72,11 +73,45 @@ pub(super) fn softmax(c: &mut OpCtx) -> Result<Kernel> {
         let x = a[x];
         let ax = axis_of(axis, x.rank())?;
         if ax + 1 == x.rank() {
-            one(candle_nn::ops::softmax_last_dim(&x.contiguous()?)?)
+            one(softmax_last_dim(x)?)
         } else {
             one(candle_nn::ops::softmax(x, ax)?)
         }
     }))
+}
+
+/// Softmax along the last axis. An f32 CPU tensor takes one vectorised
+/// pass per row ([`vmath::softmax`]; rows spread over the interpreter's pool
+/// from 64K elements on); other dtypes go to candle's `softmax_last_dim`.
+/// Costs a contiguous copy of `x` if it is strided, and one new buffer.
+pub(crate) fn softmax_last_dim(x: &Tensor) -> CResult<Tensor> {
+    use rayon::prelude::*;
+    const PAR_MIN: usize = 64 * 1024;
+    const CHUNK: usize = 16 * 1024;
+    let x = x.contiguous()?;
+    let n = x.dims().last().copied().unwrap_or(0);
+    if x.dtype() != DType::F32 || !x.device().is_cpu() || n == 0 {
+        return candle_nn::ops::softmax_last_dim(&x);
+    }
+    let out = depthwise::with_f32_slice(&x, |s| {
+        let mut out = vec![0f32; s.len()];
+        let rows = |d: &mut [f32], s: &[f32]| {
+            for (d, s) in d.chunks_exact_mut(n).zip(s.chunks_exact(n)) {
+                vmath::softmax(s, d);
+            }
+        };
+        if s.len() < PAR_MIN {
+            rows(&mut out, s);
+        } else {
+            // Whole rows per work unit, about CHUNK elements each.
+            let per = n * CHUNK.div_ceil(n);
+            out.par_chunks_mut(per)
+                .zip(s.par_chunks(per))
+                .for_each(|(d, s)| rows(d, s));
+        }
+        out
+    })?;
+    Tensor::from_vec(out, x.shape(), x.device())
 }
 
 /// `log(1 + e^v)` without overflow for large `v`.

@@ -13,13 +13,14 @@ use candle_core::{op, DType as CDType, Tensor};
 use super::{one, unary, unary_eps, Builder, CResult};
 use crate::error::Result;
 use crate::mil::par_elementwise as par;
+use crate::mil::vmath::{self, Fun};
 use crate::mil::{compute_dtype, depthwise, Kernel, OpCtx};
 
 /// The builder for `op_type`, if this family has it.
 pub(super) fn builder(op_type: &str) -> Option<Builder> {
     Some(match op_type {
-        "erf" => |c| unary(c, |x| par::unary::<op::Erf>(x, |x| x.erf())),
-        "exp" => |c| unary(c, |x| par::unary::<op::Exp>(x, |x| x.exp())),
+        "erf" => |c| unary(c, |x| map_fun(x, Fun::Erf)),
+        "exp" => |c| unary(c, |x| map_fun(x, Fun::Exp)),
         "sqrt" => |c| unary(c, |x| par::unary::<op::Sqrt>(x, |x| x.sqrt())),
         "abs" => |c| unary(c, |x| par::unary::<op::Abs>(x, |x| x.abs())),
         "floor" => |c| unary(c, |x| x.floor()),
@@ -36,7 +37,7 @@ pub(super) fn builder(op_type: &str) -> Option<Builder> {
         "atanh" => |c| unary(c, |x| map_f32(x, f32::atanh)),
         "cosh" => |c| unary(c, |x| map_f32(x, f32::cosh)),
         "sinh" => |c| unary(c, |x| map_f32(x, f32::sinh)),
-        "tanh" => |c| unary(c, |x| par::unary::<op::Tanh>(x, |x| x.tanh())),
+        "tanh" => |c| unary(c, |x| map_fun(x, Fun::Tanh)),
         "exp2" => |c| unary(c, exp2),
         "threshold" => threshold,
         "identity" => |c| unary(c, |x| Ok(x.clone())),
@@ -51,21 +52,54 @@ pub(super) fn builder(op_type: &str) -> Option<Builder> {
 }
 
 /// `f` applied to every element of a float tensor, computed in f32 (f16 and
-/// other float dtypes through f32); the result keeps `x`'s dtype. Costs one
-/// pass for a contiguous f32 tensor, else one copy out and one in.
-pub(crate) fn map_f32(x: &Tensor, f: impl Fn(f32) -> f32) -> CResult<Tensor> {
+/// other float dtypes through f32); the result keeps `x`'s dtype. A
+/// contiguous f32 tensor takes one vectorised pass ([`vmath::map_into`]),
+/// on the interpreter's pool from 64K elements on; anything else costs a
+/// copy out and one in around that pass. `f` should be small and
+/// branch-free for the pass to vectorise; `vmath`'s functions go through
+/// [`map_fun`].
+pub(crate) fn map_f32(x: &Tensor, f: impl Fn(f32) -> f32 + Copy + Send + Sync) -> CResult<Tensor> {
+    map_slices(x, move |s, d| vmath::map_into(s, d, f))
+}
+
+/// `fun` (one of `vmath`'s functions) of every element, like [`map_f32`]
+/// with the function compiled into its own vector loop.
+pub(crate) fn map_fun(x: &Tensor, fun: vmath::Fun) -> CResult<Tensor> {
+    map_slices(x, move |s, d| vmath::apply_into(fun, s, d))
+}
+
+/// `kernel(src, dst)` over a float tensor's elements in f32, chunk by chunk
+/// on the interpreter's rayon pool from 64K elements on (candle's own
+/// threshold for fanning an elementwise op out); the result keeps `x`'s
+/// dtype. Costs one pass for a contiguous f32 tensor, else a copy out and
+/// one in around it.
+fn map_slices(x: &Tensor, kernel: impl Fn(&[f32], &mut [f32]) + Send + Sync) -> CResult<Tensor> {
+    use rayon::prelude::*;
+    const PAR_MIN: usize = 64 * 1024;
+    const CHUNK: usize = 16 * 1024;
     let dt = x.dtype();
     if !dt.is_float() {
         candle_core::bail!("expected a float tensor, found {dt:?}")
     }
+    let run = |src: &[f32]| {
+        // Zeroed (calloc'd pages, not a pass) so that the slice is initialised.
+        let mut out = vec![0f32; src.len()];
+        if src.len() < PAR_MIN {
+            kernel(src, &mut out);
+        } else {
+            out.par_chunks_mut(CHUNK)
+                .zip(src.par_chunks(CHUNK))
+                .for_each(|(d, s)| kernel(s, d));
+        }
+        out
+    };
     // A contiguous f32 tensor: one pass over its data, no copies around it.
     if dt == CDType::F32 && x.is_contiguous() && x.device().is_cpu() {
-        let out = depthwise::with_f32_slice(x, |s| s.iter().map(|&v| f(v)).collect::<Vec<f32>>())?;
+        let out = depthwise::with_f32_slice(x, run)?;
         return Tensor::from_vec(out, x.shape(), x.device());
     }
     let v: Vec<f32> = x.to_dtype(CDType::F32)?.flatten_all()?.to_vec1()?;
-    let out: Vec<f32> = v.into_iter().map(f).collect();
-    Tensor::from_vec(out, x.shape(), x.device())?.to_dtype(dt)
+    Tensor::from_vec(run(&v), x.shape(), x.device())?.to_dtype(dt)
 }
 
 /// `f` applied to every element of an integer tensor (computed in i64).

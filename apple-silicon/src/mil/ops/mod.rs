@@ -11,7 +11,9 @@ mod control_flow;
 mod conv;
 mod elementwise_binary;
 mod elementwise_unary;
-pub(crate) use elementwise_unary::{clamp as elementwise_unary_clamp, map_f32 as elementwise_unary_map_f32};
+pub(crate) use elementwise_unary::{
+    clamp as elementwise_unary_clamp, map_f32 as elementwise_unary_map_f32, map_fun as elementwise_unary_map_fun,
+};
 mod image_resizing;
 mod linear;
 mod movement;

@@ -54,7 +54,7 @@ fn sdpa(c: &mut OpCtx) -> Result<Kernel> {
             };
             scores = scores.broadcast_add(&add)?;
         }
-        let w = candle_nn::ops::softmax_last_dim(&scores.contiguous()?)?;
+        let w = super::activation::softmax_last_dim(&scores)?;
         one(w.broadcast_matmul(&f(vt)?.contiguous()?)?.to_dtype(qt.dtype())?)
     }))
 }
