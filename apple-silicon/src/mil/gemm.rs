@@ -16,6 +16,7 @@ use rayon::prelude::*;
 
 use super::fuse::{Act, Tail};
 use super::limits::check_alloc;
+use super::rows::{self, Isa};
 
 type CResult<T> = candle_core::Result<T>;
 
@@ -277,9 +278,21 @@ fn product(
 /// The bias and `tail` on the first `n` elements of each row of `rows`
 /// (rows `dst_rs` apart, all written by the product).
 fn epilogue(rows: &mut [MaybeUninit<f32>], dst_rs: usize, n: usize, bias: Bias, tail: Tail, parallel: bool) {
+    let isa = Isa::detect();
     let row = |(r, d): (usize, &mut [MaybeUninit<f32>])| {
         // SAFETY: the first `n` elements of every row were written by the product.
         let d: &mut [f32] = unsafe { &mut *(&mut d[..n] as *mut [MaybeUninit<f32>] as *mut [f32]) };
+        let per_row = match bias {
+            Bias::None => Some(0.0),
+            Bias::Rows(b) => Some(b[r]),
+            Bias::Cols(_) => None,
+        };
+        if let Some(b) = per_row {
+            let res = tail.residual.map(|x| &x[r * dst_rs..r * dst_rs + n]);
+            if rows::epilogue(isa, d, b, tail.pre, res, tail.post) {
+                return;
+            }
+        }
         epilogue_row(d, r, bias, tail.pre);
         tail.finish(d, r * dst_rs);
     };

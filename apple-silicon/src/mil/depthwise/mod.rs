@@ -17,15 +17,13 @@
 //! rows copied out, so that short rows do not waste vector lanes. Any
 //! kernel size, stride, dilation and padding takes this path.
 
-mod run;
-
 use candle_core::{CpuStorage, DType, Device, Storage, Tensor};
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::fuse::Tail;
 use super::limits::{self, check_alloc};
-use run::Isa;
+use super::rows::{self as run, Isa};
 
 type CResult<T> = candle_core::Result<T>;
 
@@ -90,10 +88,14 @@ impl Layout {
     }
 
     /// Copies one channel's `h · w` input into `out` as the padded,
-    /// phase-split plane (zeros outside the image).
+    /// phase-split plane (zeros outside the image). `out` is either empty
+    /// or a plane this layout filled before: every channel writes the same
+    /// positions, so its zeros are still in place.
     fn fill(&self, src: &[f32], out: &mut Vec<f32>) {
-        out.clear();
-        out.resize(self.ph * self.row, 0.0);
+        if out.len() != self.ph * self.row {
+            out.clear();
+            out.resize(self.ph * self.row, 0.0);
+        }
         for (iy, srow) in src.chunks_exact(self.w).enumerate() {
             let pr = iy + self.pad_top;
             if pr >= self.ph {

@@ -1,18 +1,24 @@
-//! The depthwise convolution's inner loop: one run of outputs
-//! `dst[x] = act(bias + Σ_t w[t] · src[offs[t] + x])`, each output summed
-//! in a register over every filter tap and stored once.
+//! Vectorised loops over runs of f32 outputs, the convolution kernels'
+//! innermost work:
+//! - [`run`], the depthwise convolution's: `dst[x] = act(bias + Σ_t w[t] ·
+//!   src[offs[t] + x])`, each output summed in a register over every filter
+//!   tap and stored once;
+//! - [`epilogue`], a GEMM output row's: bias, activation, residual add and
+//!   a second activation in one pass.
 //!
-//! Three implementations, picked once per call by [`Isa::detect`]:
-//! AVX-512F (16 lanes, masked tail), AVX2 + FMA (8 lanes, masked tail) and
-//! a portable one (tap by tap over the run, which compilers vectorise for
-//! any target, NEON included). The vector paths apply the simple
-//! activations ([`Act::Identity`], `Relu`, `Clamp`, `HardSwish`) in
-//! registers; any other activation runs on the stored run while it is in L1.
+//! Implementations are picked by [`Isa::detect`] at run time: AVX-512F (16
+//! lanes, masked tail), AVX2 + FMA (8 lanes, masked tail; `run` only) and
+//! portable code (which compilers vectorise for any target, NEON
+//! included). The vector paths apply the simple activations
+//! ([`Act::Identity`], `Relu`, `Clamp`, `HardSwish`) in registers, with the
+//! same results as [`Act::f`]; any other activation runs on the stored run
+//! while it is in L1.
 
 use crate::mil::fuse::Act;
 
 /// Which implementation of [`run`] to use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) enum Isa {
     /// Plain Rust, any target.
     Portable,
@@ -39,6 +45,7 @@ impl Isa {
 
     /// Every implementation this CPU runs (for tests).
     #[cfg(test)]
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
     pub fn available() -> Vec<Isa> {
         let mut v = vec![Isa::Portable];
         #[cfg(target_arch = "x86_64")]
@@ -86,6 +93,28 @@ pub(crate) fn run(isa: Isa, dst: &mut [f32], src: &[f32], offs: &[usize], wts: &
     if inner != act {
         act.epilogue(dst, 0.0);
     }
+}
+
+/// `d[x] = post(pre(d[x] + bias) + res[x])`, or `pre(d[x] + bias)`
+/// without `res`, in one pass; exactly what [`Act::f`] computes on each.
+/// Returns `false`, having done nothing, when this CPU or these activations
+/// have no vector path here (the caller then runs its scalar loop). Errs
+/// never; panics (an internal invariant) when `res` is shorter than `d`.
+pub(crate) fn epilogue(isa: Isa, d: &mut [f32], bias: f32, pre: Act, res: Option<&[f32]>, post: Act) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 && in_registers(pre) && in_registers(post) {
+        assert!(
+            res.is_none_or(|r| r.len() >= d.len()),
+            "residual run shorter than its outputs"
+        );
+        // SAFETY: `Isa::Avx512` is only produced when the CPU has AVX-512F;
+        // `res`, when given, is at least as long as `d` (asserted).
+        unsafe { x86::epilogue_avx512(d, bias, pre, res, post) };
+        return true;
+    }
+    // Other targets: no vector path here.
+    let _ = (isa, d, bias, pre, res, post);
+    false
 }
 
 /// Tap by tap over the run: a plain zip per tap, which vectorises.
@@ -187,6 +216,31 @@ mod x86 {
         }
     }
 
+    /// AVX-512F version of [`super::epilogue`].
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F; `res`, when given, holds at least `d.len()` values.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn epilogue_avx512(d: &mut [f32], bias: f32, pre: Act, res: Option<&[f32]>, post: Act) {
+        let n = d.len();
+        let dp = d.as_mut_ptr();
+        let bv = _mm512_set1_ps(bias);
+        let mut x = 0;
+        while x < n {
+            let m: __mmask16 = if n - x >= 16 { !0 } else { (1u16 << (n - x)) - 1 };
+            // SAFETY (all loads and stores): lanes past `n - x` are masked off.
+            let mut v = act16(_mm512_add_ps(unsafe { _mm512_maskz_loadu_ps(m, dp.add(x)) }, bv), pre);
+            if let Some(r) = res {
+                v = act16(
+                    _mm512_add_ps(v, unsafe { _mm512_maskz_loadu_ps(m, r.as_ptr().add(x)) }),
+                    post,
+                );
+            }
+            unsafe { _mm512_mask_storeu_ps(dp.add(x), m, v) };
+            x += 16;
+        }
+    }
+
     /// `act` on 8 lanes (see `act16`).
     #[inline]
     #[target_feature(enable = "avx2,fma")]
@@ -234,6 +288,57 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_vector_epilogue_is_the_scalar_one() {
+        let src: Vec<f32> = (0..77).map(|i| ((i * 29 % 83) as f32 - 41.0) * 0.13).collect();
+        let res: Vec<f32> = (0..77).map(|i| ((i * 17 % 31) as f32 - 15.0) * 0.2).collect();
+        let acts = [
+            Act::Identity,
+            Act::Relu,
+            Act::Clamp(0.0, 6.0),
+            Act::HardSwish(1.0 / 6.0, 0.5),
+        ];
+        for n in [0usize, 1, 15, 16, 17, 77] {
+            for pre in acts {
+                for post in acts {
+                    for r in [None, Some(&res[..n])] {
+                        let want: Vec<f32> = src[..n]
+                            .iter()
+                            .enumerate()
+                            .map(|(x, &v)| {
+                                let v = pre.f(v + 0.75);
+                                r.map_or(v, |r| post.f(v + r[x]))
+                            })
+                            .collect();
+                        let mut got = src[..n].to_vec();
+                        let done = epilogue(Isa::detect(), &mut got, 0.75, pre, r, post);
+                        if done {
+                            assert_eq!(got, want, "{pre:?} {post:?} n{n} residual {}", r.is_some());
+                        } else {
+                            assert_eq!(got, &src[..n], "untouched when not done");
+                        }
+                    }
+                }
+            }
+        }
+        assert!(!epilogue(
+            Isa::Portable,
+            &mut [1.0],
+            0.0,
+            Act::Relu,
+            None,
+            Act::Identity
+        ));
+        assert!(!epilogue(
+            Isa::detect(),
+            &mut [1.0],
+            0.0,
+            Act::Silu,
+            None,
+            Act::Identity
+        ));
+    }
 
     #[test]
     fn every_isa_matches_the_sum_with_each_activation() {
