@@ -1,19 +1,30 @@
-//! Plan-time fusion of an activation into the op that produces its input.
+//! Plan-time fusion of the elementwise ops after a `conv` or `linear` into
+//! that op's kernel.
 //!
-//! A `conv` or `linear` whose only reader is the next op, an activation
-//! (`relu`, `relu6`, `clip`, `sigmoid`, `sigmoid_hard`, `silu`, `gelu`),
-//! applies that activation in its own kernel: on each output block while it
-//! is still in cache, instead of a second pass over memory and a second
-//! buffer. The producer's builder offers a kernel factory ([`Offer`]); the
-//! block builder (`block.rs`) takes the offer when the activation comes
-//! next, replaces the producer's kernel with one built for [`Act`], and
-//! binds the activation's output name to the producer's slot (the
-//! activation stays in a lowered program: only the plan changes).
+//! A `conv` or `linear` whose output only the next op reads applies, in its
+//! own kernel's epilogue ([`Epi`]: `post(pre(v) + r)`), on each output block
+//! while it is still in cache instead of in more passes over memory and
+//! more buffers:
+//! - an activation (`relu`, `relu6`, `clip`, `sigmoid`, `sigmoid_hard`,
+//!   `silu`, `gelu`), or hard-swish as coremltools spells it
+//!   (`sigmoid_hard(v)` then `mul` of `v` by it: [`Act::HardSwish`]);
+//! - then a residual `add` of another value (`r`, either operand order),
+//!   added in the epilogue when it is f32 of exactly the output's shape and
+//!   otherwise by the add op's own code (broadcasting, dtype conversion);
+//! - then a second activation.
 //!
-//! Every fused kernel computes the same function as the unfused pair: the
-//! fast f32 paths use candle's own scalar functions (the ones the unfused
-//! activation uses), and any other path applies the activation with the
-//! unfused op's own code ([`Act::apply`]).
+//! The producer's builder offers a kernel factory ([`Offer`]); the block
+//! builder (`block.rs`) asks [`join`] whether the next op extends the
+//! epilogue, builds the producer's kernel again for it, and binds the
+//! joined op's output name to the producer's slot (a residual becomes one
+//! more operand of the step, so liveness sees it; the ops stay in a lowered
+//! program: only the plan changes).
+//!
+//! Every fused kernel computes the same function as the unfused ops: the
+//! fast f32 paths use the unfused ops' scalar functions (or vector code
+//! giving the same results, `mil::rows`), and any other path applies the
+//! epilogue with the unfused ops' own code ([`Act::apply`],
+//! [`Epi::finish_unfused`]).
 
 use std::collections::HashMap;
 
