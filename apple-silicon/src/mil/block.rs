@@ -202,11 +202,15 @@ pub(crate) struct BlockBuilder<'p> {
     pub block_outputs: HashSet<String>,
 }
 
-/// A step whose kernel could take the next op's activation (`fuse.rs`).
+/// A step whose kernel could take the next op into its epilogue (`fuse.rs`).
 struct Pending {
     step: usize,
     out: String,
     offer: fuse::Offer,
+    /// What it has fused so far.
+    epi: fuse::Epi,
+    /// The hard-swish `mul` fused ahead of its turn: its index and output.
+    skip: Option<(usize, String)>,
 }
 
 impl<'p> BlockBuilder<'p> {
@@ -298,25 +302,65 @@ impl<'p> BlockBuilder<'p> {
                 self.add_const(env, &out.name, &name, c)?;
                 continue;
             }
+            // The second half of a fused hard-swish: its value is the step's.
+            if let Some(p) = pending.as_mut() {
+                if let Some((_, out)) = p.skip.take_if(|(i, _)| *i == op_index) {
+                    let slot = steps[p.step].outputs[0];
+                    env.insert(out.clone(), Val::Slot(slot));
+                    self.kept_ops.push(op_index);
+                    p.out = out;
+                    continue;
+                }
+            }
             // Any op but a constant ends the chance to fuse into the step before it.
-            if let Some(p) = pending.take_if(|_| !constexpr::is_constexpr(&op.r#type)) {
-                let fusable = fuse::is_activation(&op.r#type)
-                    && op.outputs.len() == 1
-                    && fuse::arg_name(op, "x") == Some(p.out.as_str())
-                    && uses.get(&p.out) == Some(&1)
-                    && !self.block_outputs.contains(&p.out);
-                if fusable {
+            if let Some(mut p) = pending.take_if(|_| !constexpr::is_constexpr(&op.r#type)) {
+                if let Some(join) = fuse::join(ops, op_index, &p.out, &p.epi, &uses, &self.block_outputs) {
                     let mut ctx = OpCtx::new(op, name.clone(), env, &self.lists, &mut self.dec, self.policy);
-                    if let Some(act) = fuse::act_of(&mut ctx)? {
+                    let (epi, suffix, extra) = match join {
+                        fuse::Join::Act => (
+                            fuse::act_of(&mut ctx)?.map(|a| fuse::with_act(p.epi, a)),
+                            op.r#type.clone(),
+                            None,
+                        ),
+                        fuse::Join::HardSwish { mul } => {
+                            let epi = match fuse::act_of(&mut ctx)? {
+                                Some(fuse::Act::SigmoidHard(a, b)) => {
+                                    Some(fuse::with_act(p.epi, fuse::Act::HardSwish(a, b)))
+                                }
+                                _ => None,
+                            };
+                            p.skip = epi.map(|_| (mul, ops[mul].outputs[0].name.clone()));
+                            (epi, "hard_swish".to_string(), None)
+                        }
+                        fuse::Join::Add { producer_is_x, .. } => {
+                            ctx.tensor("x")?;
+                            ctx.tensor("y")?;
+                            let other = ctx.operands[if producer_is_x { 1 } else { 0 }].clone();
+                            let residual = fuse::Residual {
+                                operand: steps[p.step].operands.len(),
+                                producer_is_x,
+                            };
+                            let epi = fuse::Epi {
+                                residual: Some(residual),
+                                ..p.epi
+                            };
+                            (Some(epi), op.r#type.clone(), Some(other))
+                        }
+                    };
+                    if let Some(epi) = epi {
                         let mut used = std::mem::take(&mut ctx.used);
                         drop(ctx);
                         self.used.append(&mut used);
                         self.kept_ops.push(op_index);
                         let step = &mut steps[p.step];
-                        step.exec = Exec::Kernel((p.offer)(act));
-                        step.op_type = format!("{}+{}", step.op_type, op.r#type);
+                        step.operands.extend(extra);
+                        step.exec = Exec::Kernel((p.offer)(epi));
+                        step.op_type = format!("{}+{suffix}", step.op_type);
                         let slot = step.outputs[0];
                         env.insert(op.outputs[0].name.clone(), Val::Slot(slot));
+                        p.epi = epi;
+                        p.out = op.outputs[0].name.clone();
+                        pending = Some(p);
                         continue;
                     }
                 }
@@ -401,6 +445,8 @@ impl<'p> BlockBuilder<'p> {
                         step: steps.len(),
                         out: o.name.clone(),
                         offer,
+                        epi: fuse::Epi::act(fuse::Act::Identity),
+                        skip: None,
                     });
                 }
             }

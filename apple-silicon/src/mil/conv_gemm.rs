@@ -15,7 +15,7 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-use super::fuse::Act;
+use super::fuse::{Act, Tail};
 use super::gemm::{self, Bias, MatRef};
 use super::limits::check_alloc;
 
@@ -57,7 +57,8 @@ impl Window {
 
 /// The convolution of `x` (`[nb, cin, h, w]`, contiguous f32) with `weight`
 /// (`[cout, cin / groups, kh, kw]` flattened), optional per-output-channel
-/// `bias`, then `act`. Returns `[nb, cout, oh, ow]` flattened and `(oh,
+/// `bias`, then `tail` (an activation; a residual of one value per output,
+/// in the output's order). Returns `[nb, cout, oh, ow]` flattened and `(oh,
 /// ow)`. Costs `2·nb·cout·oh·ow·cin/g·kh·kw` flops on the pool, plus an
 /// im2col buffer of `cin/g·kh·kw·oh·ow` floats unless the conv is pointwise.
 #[allow(clippy::too_many_arguments)]
@@ -69,7 +70,7 @@ pub(crate) fn conv2d(
     groups: usize,
     win: &Window,
     bias: Option<&[f32]>,
-    act: Act,
+    tail: Tail,
 ) -> CResult<(Vec<f32>, (usize, usize))> {
     let (kh, kw) = win.kernel;
     if groups == 0 || !cin.is_multiple_of(groups) || !cout.is_multiple_of(groups) {
@@ -107,6 +108,12 @@ pub(crate) fn conv2d(
         check_alloc("conv im2col buffer", &[kk, band, ow], 4)?;
     }
     let len = nb * cout * ohw;
+    if tail.residual.is_some_and(|r| r.len() != len) {
+        candle_core::bail!(
+            "conv residual of {} values for an output of [{nb}, {cout}, {oh}, {ow}]",
+            tail.residual.map_or(0, <[f32]>::len)
+        )
+    }
     let mut out: Vec<f32> = Vec::with_capacity(len);
     {
         let dst = &mut out.spare_capacity_mut()[..len];
@@ -124,9 +131,10 @@ pub(crate) fn conv2d(
                     Some(bs) => Bias::Rows(&bs[g * cout_g..(g + 1) * cout_g]),
                     None => Bias::None,
                 };
+                let tail = tail.from((b * groups + g) * cout_g * ohw);
                 if pointwise {
                     let rhs = MatRef::row_major(xg, ohw);
-                    gemm::matmul_into(d, (cout_g, ohw, kk), lhs, rhs, bias, act)?;
+                    gemm::matmul_into(d, (cout_g, ohw, kk), lhs, rhs, bias, tail)?;
                     continue;
                 }
                 for oy0 in (0..oh).step_by(band) {
@@ -135,7 +143,8 @@ pub(crate) fn conv2d(
                     let rhs = MatRef::row_major(&col, rows * ow);
                     // Columns oy0·ow.. of every output row (rows ohw apart).
                     let dband = &mut d[oy0 * ow..];
-                    gemm::matmul_into_rows(dband, ohw, (cout_g, rows * ow, kk), lhs, rhs, bias, act)?;
+                    let tail = tail.from(oy0 * ow);
+                    gemm::matmul_into_rows(dband, ohw, (cout_g, rows * ow, kk), lhs, rhs, bias, tail)?;
                 }
             }
         }
@@ -206,7 +215,7 @@ pub(crate) fn conv_transpose2d(
                 lhs,
                 MatRef::row_major(xg, hw),
                 Bias::None,
-                Act::Identity,
+                Tail::act(Act::Identity),
             )?;
             let planes = &mut out[(b * cout + g * cout_g) * ohw..(b * cout + (g + 1) * cout_g) * ohw];
             let scatter = |(co, plane): (usize, &mut [f32])| {
@@ -397,11 +406,22 @@ mod tests {
                 (Some(&b[..]), Act::Clamp(0.0, 0.5)),
                 (Some(&b[..]), Act::Silu),
             ] {
-                let (got, (oh, ow)) = conv2d(&x, (nb, cin, h, w), &wt, cout, groups, &win, bias, act).unwrap();
-                let want = reference(&x, (nb, cin, h, w), &wt, cout, groups, &win, bias, act);
+                let dims = (nb, cin, h, w);
+                let (got, (oh, ow)) = conv2d(&x, dims, &wt, cout, groups, &win, bias, Tail::act(act)).unwrap();
+                let want = reference(&x, dims, &wt, cout, groups, &win, bias, act);
                 assert_eq!(got.len(), nb * cout * oh * ow);
                 let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
                 assert!(diff < 1e-4, "{win:?} groups {groups}: {diff}");
+                // A fused residual: exactly the unfused add (and activation) on the same product.
+                let res = ramp(got.len(), 0.7);
+                let tail = Tail {
+                    pre: act,
+                    residual: Some(&res),
+                    post: Act::Clamp(-0.5, 1.0),
+                };
+                let (fused, _) = conv2d(&x, dims, &wt, cout, groups, &win, bias, tail).unwrap();
+                let apart: Vec<f32> = got.iter().zip(&res).map(|(g, r)| tail.post.f(g + r)).collect();
+                assert_eq!(fused, apart, "{win:?} groups {groups} + residual");
             }
         }
     }
@@ -476,11 +496,41 @@ mod tests {
             dilation: (1, 1),
             pads: [(0, 0); 2],
         };
-        let e = conv2d(&[0.0; 4], (1, 1, 2, 2), &[0.0; 9], 1, 1, &win, None, Act::Identity).unwrap_err();
+        let e = conv2d(
+            &[0.0; 4],
+            (1, 1, 2, 2),
+            &[0.0; 9],
+            1,
+            1,
+            &win,
+            None,
+            Tail::act(Act::Identity),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("does not fit"), "{e}");
-        let e = conv2d(&[0.0; 3], (1, 1, 2, 2), &[0.0; 9], 1, 1, &win, None, Act::Identity).unwrap_err();
+        let e = conv2d(
+            &[0.0; 3],
+            (1, 1, 2, 2),
+            &[0.0; 9],
+            1,
+            1,
+            &win,
+            None,
+            Tail::act(Act::Identity),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("conv input of 3 values"), "{e}");
-        let e = conv2d(&[0.0; 8], (1, 2, 2, 2), &[0.0; 9], 3, 2, &win, None, Act::Identity).unwrap_err();
+        let e = conv2d(
+            &[0.0; 8],
+            (1, 2, 2, 2),
+            &[0.0; 9],
+            3,
+            2,
+            &win,
+            None,
+            Tail::act(Act::Identity),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("groups"), "{e}");
     }
 }

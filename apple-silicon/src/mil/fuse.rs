@@ -1,20 +1,31 @@
-//! Plan-time fusion of an activation into the op that produces its input.
+//! Plan-time fusion of the elementwise ops after a `conv` or `linear` into
+//! that op's kernel.
 //!
-//! A `conv` or `linear` whose only reader is the next op, an activation
-//! (`relu`, `relu6`, `clip`, `sigmoid`, `sigmoid_hard`, `silu`, `gelu`),
-//! applies that activation in its own kernel: on each output block while it
-//! is still in cache, instead of a second pass over memory and a second
-//! buffer. The producer's builder offers a kernel factory ([`Offer`]); the
-//! block builder (`block.rs`) takes the offer when the activation comes
-//! next, replaces the producer's kernel with one built for [`Act`], and
-//! binds the activation's output name to the producer's slot (the
-//! activation stays in a lowered program: only the plan changes).
+//! A `conv` or `linear` whose output only the next op reads applies, in its
+//! own kernel's epilogue ([`Epi`]: `post(pre(v) + r)`), on each output block
+//! while it is still in cache instead of in more passes over memory and
+//! more buffers:
+//! - an activation (`relu`, `relu6`, `clip`, `sigmoid`, `sigmoid_hard`,
+//!   `silu`, `gelu`), or hard-swish as coremltools spells it
+//!   (`sigmoid_hard(v)` then `mul` of `v` by it: [`Act::HardSwish`]);
+//! - then a residual `add` of another value (`r`, either operand order),
+//!   added in the epilogue when it is f32 of exactly the output's shape and
+//!   otherwise by the add op's own code (broadcasting, dtype conversion);
+//! - then a second activation.
 //!
-//! Every fused kernel computes the same function as the unfused pair: the
-//! fast f32 paths use the scalar functions the unfused activation uses
-//! (candle's for relu, `vmath`'s for the transcendental ones, whose vector
-//! builds give the same bits), and any other path applies the activation
-//! with the unfused op's own code ([`Act::apply`]).
+//! The producer's builder offers a kernel factory ([`Offer`]); the block
+//! builder (`block.rs`) asks [`join`] whether the next op extends the
+//! epilogue, builds the producer's kernel again for it, and binds the
+//! joined op's output name to the producer's slot (a residual becomes one
+//! more operand of the step, so liveness sees it; the ops stay in a lowered
+//! program: only the plan changes).
+//!
+//! Every fused kernel computes the same function as the unfused ops: the
+//! fast f32 paths use the unfused ops' scalar functions (candle's for relu,
+//! `vmath`'s for the transcendental ones, or vector code giving the same
+//! results, `mil::rows`), and any other path applies the
+//! epilogue with the unfused ops' own code ([`Act::apply`],
+//! [`Epi::finish_unfused`]).
 
 use std::collections::HashMap;
 
@@ -31,8 +42,117 @@ use crate::error::Result;
 
 type CResult<T> = candle_core::Result<T>;
 
-/// Builds the producer's kernel again with an activation fused (plan time).
-pub(crate) type Offer = Box<dyn FnOnce(Act) -> Kernel>;
+/// Builds the producer's kernel again with an epilogue fused (plan time;
+/// callable again as more ops join the epilogue).
+pub(crate) type Offer = Box<dyn Fn(Epi) -> Kernel>;
+
+/// What a fused kernel applies to each output value `v` (its bias added):
+/// `post(pre(v) + r)`, with `r` the residual operand's value at the same
+/// index, or just `pre(v)` without a residual (`post` is then `Identity`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Epi {
+    pub pre: Act,
+    pub residual: Option<Residual>,
+    pub post: Act,
+}
+
+/// The other operand of a fused `add`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Residual {
+    /// Its index among the fused step's operands.
+    pub operand: usize,
+    /// Whether the producer was the add's `x` (the add converts `y` to
+    /// `x`'s dtype: the unfused fallback keeps that order).
+    pub producer_is_x: bool,
+}
+
+impl Epi {
+    /// Just an activation.
+    pub fn act(pre: Act) -> Epi {
+        Epi {
+            pre,
+            residual: None,
+            post: Act::Identity,
+        }
+    }
+
+    /// The residual operand among the kernel's arguments, when the fused
+    /// kernel can add it in its own epilogue: an f32 tensor of exactly the
+    /// output's shape. `None` otherwise (then [`Epi::finish_unfused`]).
+    pub fn fast_residual(&self, a: &[&Tensor], out_dims: &[usize]) -> CResult<Option<Tensor>> {
+        match self.residual {
+            Some(r) => {
+                let t = a[r.operand];
+                if t.dtype() == candle_core::DType::F32 && t.dims() == out_dims {
+                    Ok(Some(t.contiguous()?))
+                } else {
+                    Ok(None)
+                }
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The epilogue past `pre`, computed as the unfused ops would on `y`
+    /// (the producer's output with `pre` applied): the add (broadcasting,
+    /// dtype conversion as the add op does), then `post`.
+    pub fn finish_unfused(&self, y: Tensor, a: &[&Tensor]) -> CResult<Tensor> {
+        let Some(r) = self.residual else { return Ok(y) };
+        let other = a[r.operand];
+        let (l, rt) = if r.producer_is_x { (&y, other) } else { (other, &y) };
+        super::ops::check_broadcast(&[l.dims(), rt.dims()], l.dtype().size_in_bytes())?;
+        let sum = if l.dtype() != rt.dtype() {
+            par::binary(par::BinOp::Add, l, &rt.to_dtype(l.dtype())?)?
+        } else {
+            par::binary(par::BinOp::Add, l, rt)?
+        };
+        self.post.apply(&sum)
+    }
+}
+
+/// A kernel's view of an [`Epi`]: the residual, when fused, as the output's
+/// f32 values in the output's order.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Tail<'a> {
+    pub pre: Act,
+    pub residual: Option<&'a [f32]>,
+    pub post: Act,
+}
+
+impl Tail<'_> {
+    /// Just an activation.
+    pub fn act(pre: Act) -> Tail<'static> {
+        Tail {
+            pre,
+            residual: None,
+            post: Act::Identity,
+        }
+    }
+
+    /// The same epilogue for a part of the output starting at index `at`.
+    pub fn from(self, at: usize) -> Self {
+        Tail {
+            residual: self.residual.map(|r| &r[at.min(r.len())..]),
+            ..self
+        }
+    }
+
+    /// For a run of outputs starting at index `at` of the output, `pre`
+    /// already applied: adds the residual's matching values, then `post`.
+    /// One pass over the run (none without a residual or `post`).
+    #[inline]
+    pub fn finish(&self, run: &mut [f32], at: usize) {
+        if let Some(r) = self.residual {
+            let n = run.len();
+            for (d, r) in run.iter_mut().zip(&r[at..at + n]) {
+                *d += r;
+            }
+        }
+        if self.post != Act::Identity {
+            self.post.epilogue(run, 0.0);
+        }
+    }
+}
 
 /// An elementwise activation a kernel can apply to its output.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -48,6 +168,9 @@ pub(crate) enum Act {
     Silu,
     GeluErf,
     GeluTanh,
+    /// `v · clamp(alpha · v + beta, 0, 1)`: hard-swish, as coremltools
+    /// spells it (`mul(v, sigmoid_hard(v))`).
+    HardSwish(f32, f32),
 }
 
 impl Act {
@@ -72,6 +195,7 @@ impl Act {
             Act::Silu => Fun::Silu.f(v),
             Act::GeluErf => Fun::GeluErf.f(v),
             Act::GeluTanh => Fun::GeluTanh.f(v),
+            Act::HardSwish(a, b) => v * (a * v + b).clamp(0.0, 1.0),
         }
     }
 
@@ -96,6 +220,7 @@ impl Act {
             Act::Relu => each!(v => op::Relu::f32(v)),
             a @ Act::Clamp(..) => each!(v => a.f(v)),
             a @ Act::SigmoidHard(..) => each!(v => a.f(v)),
+            a @ Act::HardSwish(..) => each!(v => a.f(v)),
             // The transcendental ones: vmath's vector builds.
             Act::Sigmoid => vmath::apply_with(Fun::Sigmoid, row, bias),
             Act::Silu => vmath::apply_with(Fun::Silu, row, bias),
@@ -123,6 +248,7 @@ impl Act {
             Act::Relu => each!(v => op::Relu::f32(v)),
             a @ Act::Clamp(..) => each!(v => a.f(v)),
             a @ Act::SigmoidHard(..) => each!(v => a.f(v)),
+            a @ Act::HardSwish(..) => each!(v => a.f(v)),
             Act::Sigmoid => vmath::apply_zip(Fun::Sigmoid, row, bias),
             Act::Silu => vmath::apply_zip(Fun::Silu, row, bias),
             Act::GeluErf => vmath::apply_zip(Fun::GeluErf, row, bias),
@@ -142,6 +268,10 @@ impl Act {
             Act::Silu => map_fun(x, Fun::Silu),
             Act::GeluErf => map_fun(x, Fun::GeluErf),
             Act::GeluTanh => map_fun(x, Fun::GeluTanh),
+            Act::HardSwish(a, b) => {
+                let hs = map_f32(x, move |v| (a * v + b).clamp(0.0, 1.0))?;
+                par::binary(par::BinOp::Mul, x, &hs)
+            }
         }
     }
 }
@@ -181,6 +311,82 @@ pub(crate) fn act_of(c: &mut OpCtx) -> Result<Option<Act>> {
         },
         _ => None,
     })
+}
+
+/// How the op at `ops[i]` can join the epilogue `epi` of the step whose
+/// output is `out` (nothing else may read `out`; `keep`: names that must
+/// stay values of their own, the block's outputs).
+#[derive(Debug, PartialEq)]
+pub(crate) enum Join<'o> {
+    /// An activation of `out` (its parameters read by [`act_of`]).
+    Act,
+    /// `sigmoid_hard(out)` then, as the next op, `mul` of `out` by it
+    /// (either order), at `ops[mul]`: hard-swish.
+    HardSwish { mul: usize },
+    /// `add(out, other)`, either order.
+    Add { other: &'o str, producer_is_x: bool },
+}
+
+/// Whether (and how) `ops[i]` joins the pending epilogue: an activation
+/// takes `pre` (no residual yet) or `post` (after the residual), hard-swish
+/// likewise, an add takes the residual once. `None` ends the fusion.
+pub(crate) fn join<'o>(
+    ops: &'o [Operation],
+    i: usize,
+    out: &str,
+    epi: &Epi,
+    uses: &HashMap<String, usize>,
+    keep: &std::collections::HashSet<String>,
+) -> Option<Join<'o>> {
+    let op = &ops[i];
+    if op.outputs.len() != 1 || keep.contains(out) {
+        return None;
+    }
+    let uses_of = |n: &str| uses.get(n).copied().unwrap_or(0);
+    let act_free = match epi.residual {
+        None => epi.pre == Act::Identity,
+        Some(_) => epi.post == Act::Identity,
+    };
+    let reads_out = arg_name(op, "x") == Some(out);
+    match op.r#type.as_str() {
+        "add" if epi.residual.is_none() && uses_of(out) == 1 => {
+            let (x, y) = (arg_name(op, "x")?, arg_name(op, "y")?);
+            match (x == out, y == out) {
+                (true, false) => Some(Join::Add {
+                    other: y,
+                    producer_is_x: true,
+                }),
+                (false, true) => Some(Join::Add {
+                    other: x,
+                    producer_is_x: false,
+                }),
+                _ => None,
+            }
+        }
+        "sigmoid_hard" if act_free && reads_out && uses_of(out) == 2 => {
+            let hs = op.outputs[0].name.as_str();
+            if uses_of(hs) != 1 || keep.contains(hs) {
+                return None;
+            }
+            let j = (i + 1..ops.len()).find(|&j| ops[j].r#type != "const")?;
+            let m = &ops[j];
+            let pair = (arg_name(m, "x")?, arg_name(m, "y")?);
+            let is_hs = m.r#type == "mul" && m.outputs.len() == 1 && (pair == (out, hs) || pair == (hs, out));
+            is_hs.then_some(Join::HardSwish { mul: j })
+        }
+        t if is_activation(t) => (act_free && reads_out && uses_of(out) == 1).then_some(Join::Act),
+        _ => None,
+    }
+}
+
+/// `epi` with activation `act` in its free place (see [`join`]).
+pub(crate) fn with_act(mut epi: Epi, act: Act) -> Epi {
+    if epi.residual.is_none() {
+        epi.pre = act;
+    } else {
+        epi.post = act;
+    }
+    epi
 }
 
 /// How many times each name is read by `ops` (arguments of every op,
@@ -313,6 +519,127 @@ mod tests {
         let out = apart.run(&inputs).unwrap();
         close(&out["c"].to_f32_vec(), &conv_ref);
         close(&out["y"].to_f32_vec(), &relu_ref);
+    }
+
+    fn name_arg(n: &str) -> mil_spec::Argument {
+        mil_spec::Argument {
+            arguments: vec![mil_spec::argument::Binding {
+                binding: Some(mil_spec::argument::binding::Binding::Name(n.into())),
+            }],
+        }
+    }
+
+    fn float_arg(v: f32) -> mil_spec::Argument {
+        use mil_spec::{tensor_value, value};
+        let tensor = mil_spec::TensorValue {
+            value: Some(tensor_value::Value::Floats(tensor_value::RepeatedFloats {
+                values: vec![v],
+            })),
+        };
+        let val = mil_spec::Value {
+            doc_string: String::new(),
+            r#type: Some(mil_spec::ValueType {
+                r#type: Some(mil_spec::value_type::Type::TensorType(mil_spec::TensorType {
+                    data_type: mil_spec::DataType::Float32 as i32,
+                    rank: 0,
+                    dimensions: vec![],
+                    attributes: Default::default(),
+                })),
+            }),
+            value: Some(value::Value::ImmediateValue(value::ImmediateValue {
+                value: Some(value::immediate_value::Value::Tensor(tensor)),
+            })),
+        };
+        mil_spec::Argument {
+            arguments: vec![mil_spec::argument::Binding {
+                binding: Some(mil_spec::argument::binding::Binding::Value(val)),
+            }],
+        }
+    }
+
+    /// conv2d_depthwise's program (x [1, 3, 6, 6] -> y of the same shape)
+    /// with hard-swish as coremltools spells it, a residual add of the
+    /// input (`x_first`: the input is the add's `x`) and a `relu` after:
+    /// `relu(hs(conv(x)) + x)`. With `expose`, the conv's output is a block
+    /// output too (nothing may fuse into the conv).
+    fn depthwise_hs_add_relu(x_first: bool, expose: bool) -> crate::mil::Plan {
+        crate::mil::test_support::build_edited_result("conv/conv2d_depthwise", |b| {
+            let conv = b.operations.iter_mut().find(|o| o.r#type == "conv").unwrap();
+            conv.outputs[0].name = "c".into();
+            let out = conv.outputs[0].clone();
+            let op = |t: &str, name: &str, args: Vec<(&str, mil_spec::Argument)>| {
+                let mut o = Operation {
+                    r#type: t.into(),
+                    outputs: vec![out.clone()],
+                    ..Default::default()
+                };
+                o.outputs[0].name = name.into();
+                o.inputs = args.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+                o
+            };
+            let hs = op(
+                "sigmoid_hard",
+                "hs",
+                vec![
+                    ("x", name_arg("c")),
+                    ("alpha", float_arg(1.0 / 6.0)),
+                    ("beta", float_arg(0.5)),
+                ],
+            );
+            let mul = op("mul", "m", vec![("x", name_arg("hs")), ("y", name_arg("c"))]);
+            let (ax, ay) = if x_first { ("x", "m") } else { ("m", "x") };
+            let add = op("add", "a", vec![("x", name_arg(ax)), ("y", name_arg(ay))]);
+            let relu = op("relu", "y", vec![("x", name_arg("a"))]);
+            b.operations.extend([hs, mul, add, relu]);
+            if expose {
+                b.outputs.push("c".into());
+            }
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn a_plan_fuses_hard_swish_and_a_residual_add_into_a_depthwise_conv() {
+        let dir = crate::mil::test_support::package_path("conv/conv2d_depthwise");
+        let dir = dir.parent().unwrap();
+        let x = crate::tensor::Tensor::read_npy(dir.join("inputs/x.npy")).unwrap();
+        let xs = x.to_f32_vec();
+        // The fixture's reference conv output (numpy), then the ops after it, in f64.
+        let conv_ref = crate::tensor::Tensor::read_npy(dir.join("expected/y.npy"))
+            .unwrap()
+            .to_f32_vec();
+        let want: Vec<f32> = conv_ref
+            .iter()
+            .zip(&xs)
+            .map(|(&c, &x)| {
+                let (c, x) = (c as f64, x as f64);
+                (c * (c / 6.0 + 0.5).clamp(0.0, 1.0) + x).max(0.0) as f32
+            })
+            .collect();
+        // Hard-swish's curved part (|v| < 3) is exercised.
+        assert!(conv_ref.iter().any(|&v| v.abs() < 3.0 && v != 0.0));
+        let inputs: crate::tensor::TensorMap = [("x".to_string(), x)].into_iter().collect();
+        let close = |got: &[f32]| {
+            assert_eq!(got.len(), want.len());
+            let d = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(d < 1e-4, "{d}");
+        };
+        for x_first in [true, false] {
+            let fused = depthwise_hs_add_relu(x_first, false);
+            let h = fused.step_histogram();
+            assert_eq!(h.get("conv+hard_swish+add+relu"), Some(&1), "{h:?}");
+            assert_eq!(h.len(), 1, "{h:?}");
+            close(&fused.run(&inputs).unwrap()["y"].to_f32_vec());
+        }
+        let apart = depthwise_hs_add_relu(true, true);
+        let h = apart.step_histogram();
+        assert_eq!(
+            (h.get("conv"), h.get("mul"), h.get("add+relu")),
+            (Some(&1), Some(&1), None),
+            "{h:?}"
+        );
+        let out = apart.run(&inputs).unwrap();
+        close(&out["y"].to_f32_vec());
     }
 
     #[test]

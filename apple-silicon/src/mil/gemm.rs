@@ -14,8 +14,9 @@ use std::mem::MaybeUninit;
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::fuse::Act;
+use super::fuse::{Act, Tail};
 use super::limits::check_alloc;
+use super::rows::{self, Isa};
 
 type CResult<T> = candle_core::Result<T>;
 
@@ -65,10 +66,11 @@ pub(crate) enum Bias<'a> {
     Cols(&'a [f32]),
 }
 
-/// `batches` products `act(lhs_b [m×k] · rhs_b [k×n] + bias)`, each written
-/// row-major into `m · n` consecutive elements of the result. Costs
-/// `2·batches·m·n·k` flops on the pool plus one pass over the output when
-/// there is a bias or an activation; the output is allocated once and not
+/// `batches` products `lhs_b [m×k] · rhs_b [k×n] + bias` then `tail` (an
+/// activation, a residual of `batches · m · n` values in the result's
+/// order), each written row-major into `m · n` consecutive elements of the
+/// result. Costs `2·batches·m·n·k` flops on the pool plus one pass over the
+/// output when there is a bias or a tail; the output is allocated once and not
 /// zero-filled. Errors (never panics) when a view does not cover its matrix
 /// or the output is over the run's memory limit.
 #[allow(clippy::too_many_arguments)]
@@ -78,10 +80,16 @@ pub(crate) fn matmul(
     lhs: MatRef,
     rhs: MatRef,
     bias: Bias,
-    act: Act,
+    tail: Tail,
 ) -> CResult<Vec<f32>> {
     check_alloc("matmul output", &[batches, m, n], 4)?;
     let len = batches * m * n;
+    if tail.residual.is_some_and(|r| r.len() != len) {
+        candle_core::bail!(
+            "a residual of {} values for a [{batches}, {m}, {n}] product",
+            tail.residual.map_or(0, <[f32]>::len)
+        )
+    }
     let mut out: Vec<f32> = Vec::with_capacity(len);
     {
         let dst = &mut out.spare_capacity_mut()[..len];
@@ -94,7 +102,7 @@ pub(crate) fn matmul(
                 data: &rhs.data[(b * rhs.batch).min(rhs.data.len())..],
                 ..rhs
             };
-            matmul_into(d, (m, n, k), l, r, bias, act)?;
+            matmul_into(d, (m, n, k), l, r, bias, tail.from(b * m * n))?;
         }
     }
     // SAFETY: `matmul_into` wrote every element of each of the `batches`
@@ -103,22 +111,23 @@ pub(crate) fn matmul(
     Ok(out)
 }
 
-/// One product `act(lhs [m×k] · rhs [k×n] + bias)` into `dst` (`m · n`
-/// elements, row-major), every element written.
+/// One product `lhs [m×k] · rhs [k×n] + bias` then `tail` into `dst`
+/// (`m · n` elements, row-major; a residual indexed as `dst`), every
+/// element written.
 pub(crate) fn matmul_into(
     dst: &mut [MaybeUninit<f32>],
     mnk: (usize, usize, usize),
     lhs: MatRef,
     rhs: MatRef,
     bias: Bias,
-    act: Act,
+    tail: Tail,
 ) -> CResult<()> {
-    matmul_into_rows(dst, mnk.1, mnk, lhs, rhs, bias, act)
+    matmul_into_rows(dst, mnk.1, mnk, lhs, rhs, bias, tail)
 }
 
 /// Like [`matmul_into`] into rows `dst_rs` apart: row `r` of the product is
 /// `dst[r · dst_rs..r · dst_rs + n]`, and only those elements are written
-/// (a band of columns of a wider matrix).
+/// (a band of columns of a wider matrix); a residual is indexed as `dst`.
 pub(crate) fn matmul_into_rows(
     dst: &mut [MaybeUninit<f32>],
     dst_rs: usize,
@@ -126,14 +135,20 @@ pub(crate) fn matmul_into_rows(
     lhs: MatRef,
     rhs: MatRef,
     bias: Bias,
-    act: Act,
+    tail: Tail,
 ) -> CResult<()> {
     let need = if m == 0 || n == 0 {
         Some(0)
     } else {
         (m - 1).checked_mul(dst_rs).and_then(|v| v.checked_add(n))
     };
-    if dst_rs < n || need.is_none_or(|need| dst.len() < need) || !lhs.covers(1, m, k) || !rhs.covers(1, k, n) {
+    let short_res = tail.residual.is_some_and(|r| need.is_none_or(|need| r.len() < need));
+    if dst_rs < n
+        || need.is_none_or(|need| dst.len() < need)
+        || short_res
+        || !lhs.covers(1, m, k)
+        || !rhs.covers(1, k, n)
+    {
         candle_core::bail!("matmul of [{m}, {k}] by [{k}, {n}]: an operand or the output is too short")
     }
     match bias {
@@ -144,61 +159,148 @@ pub(crate) fn matmul_into_rows(
     if m == 0 || n == 0 {
         return Ok(());
     }
-    if k == 0 {
-        // An empty sum: the product is zero (gemm would not write).
-        for r in 0..m {
-            dst[r * dst_rs..r * dst_rs + n].fill(MaybeUninit::new(0.0));
-        }
-    } else {
-        let threads = rayon::current_num_threads();
+    let plain = matches!((bias, tail.pre, tail.residual), (Bias::None, Act::Identity, None));
+    let threads = rayon::current_num_threads();
+    let band = band_width(m);
+    if plain || m * n < BAND_MIN || band >= n {
+        // One product on the whole pool, then (if any) one epilogue pass.
         let par = if threads > 1 {
             Parallelism::Rayon(threads)
         } else {
             Parallelism::None
         };
-        // SAFETY: the views were checked above to cover `lhs [m×k]` and
-        // `rhs [k×n]`, and `dst` to hold `m` rows of `n` elements `dst_rs`
-        // apart; with `read_dst` false gemm only writes those (alpha 0,
-        // beta 1: dst = lhs · rhs).
-        unsafe {
-            gemm::gemm(
-                m,
-                n,
-                k,
-                dst.as_mut_ptr() as *mut f32,
-                1,
-                dst_rs as isize,
-                false,
-                lhs.data.as_ptr(),
-                lhs.cs as isize,
-                lhs.rs as isize,
-                rhs.data.as_ptr(),
-                rhs.cs as isize,
-                rhs.rs as isize,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                par,
-            )
+        product(dst, dst_rs, (m, n, k), lhs, rhs, par);
+        if !plain {
+            let rows = &mut dst[..(m - 1) * dst_rs + n];
+            let parallel = m * n >= PAR_EPILOGUE_MIN && threads > 1;
+            epilogue(rows, dst_rs, n, bias, tail, parallel);
         }
-    }
-    if matches!((bias, act), (Bias::None, Act::Identity)) {
         return Ok(());
     }
-    let row = |(r, d): (usize, &mut [MaybeUninit<f32>])| {
-        // SAFETY: the first `n` elements of every row were written above.
-        let d: &mut [f32] = unsafe { &mut *(&mut d[..n] as *mut [MaybeUninit<f32>] as *mut [f32]) };
-        epilogue_row(d, r, bias, act);
-    };
+    // Blocks of rows on the pool; in each, bands of columns, each band's
+    // epilogue applied right after its product, while it is in cache.
+    let rows_per = if threads > 1 { m.div_ceil(threads) } else { m };
     let rows = &mut dst[..(m - 1) * dst_rs + n];
-    if m * n >= PAR_EPILOGUE_MIN && rayon::current_num_threads() > 1 {
+    let block = |(i, d): (usize, &mut [MaybeUninit<f32>])| {
+        let r0 = i * rows_per;
+        let mb = rows_per.min(m - r0);
+        let lhs = MatRef {
+            data: &lhs.data[r0 * lhs.rs..],
+            ..lhs
+        };
+        let bias = match bias {
+            Bias::Rows(b) => Bias::Rows(&b[r0..r0 + mb]),
+            other => other,
+        };
+        let tail = tail.from(r0 * dst_rs);
+        for c0 in (0..n).step_by(band) {
+            let w = band.min(n - c0);
+            let rhs = MatRef {
+                data: &rhs.data[c0 * rhs.cs..],
+                ..rhs
+            };
+            let bias = match bias {
+                Bias::Cols(b) => Bias::Cols(&b[c0..c0 + w]),
+                other => other,
+            };
+            let d = &mut d[c0..(mb - 1) * dst_rs + c0 + w];
+            product(d, dst_rs, (mb, w, k), lhs, rhs, Parallelism::None);
+            epilogue(d, dst_rs, w, bias, tail.from(c0), false);
+        }
+    };
+    if threads > 1 {
+        rows.par_chunks_mut(rows_per * dst_rs).enumerate().for_each(block);
+    } else {
+        block((0, rows));
+    }
+    Ok(())
+}
+
+/// Products with an epilogue at least this large run in column bands.
+const BAND_MIN: usize = 1 << 15;
+
+/// Columns per band for `m` rows: about 32K outputs (128 KB, in L2), a
+/// multiple of 64 columns.
+fn band_width(m: usize) -> usize {
+    ((1usize << 15) / m.max(1)).div_ceil(64).max(1) * 64
+}
+
+/// `dst = lhs · rhs` (rows `dst_rs` apart), every element of the `m × n`
+/// product written. The caller has checked every view covers its matrix.
+fn product(
+    dst: &mut [MaybeUninit<f32>],
+    dst_rs: usize,
+    (m, n, k): (usize, usize, usize),
+    lhs: MatRef,
+    rhs: MatRef,
+    par: Parallelism,
+) {
+    if k == 0 {
+        // An empty sum: the product is zero (gemm would not write).
+        for r in 0..m {
+            dst[r * dst_rs..r * dst_rs + n].fill(MaybeUninit::new(0.0));
+        }
+        return;
+    }
+    assert!(
+        m == 0 || n == 0 || dst.len() >= (m - 1) * dst_rs + n,
+        "product destination too short"
+    );
+    // SAFETY: the callers checked the views to cover `lhs [m×k]` and
+    // `rhs [k×n]`, and `dst` holds `m` rows of `n` elements `dst_rs` apart
+    // (asserted above); with `read_dst` false gemm only writes those
+    // (alpha 0, beta 1: dst = lhs · rhs).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr() as *mut f32,
+            1,
+            dst_rs as isize,
+            false,
+            lhs.data.as_ptr(),
+            lhs.cs as isize,
+            lhs.rs as isize,
+            rhs.data.as_ptr(),
+            rhs.cs as isize,
+            rhs.rs as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
+/// The bias and `tail` on the first `n` elements of each row of `rows`
+/// (rows `dst_rs` apart, all written by the product).
+fn epilogue(rows: &mut [MaybeUninit<f32>], dst_rs: usize, n: usize, bias: Bias, tail: Tail, parallel: bool) {
+    let isa = Isa::detect();
+    let row = |(r, d): (usize, &mut [MaybeUninit<f32>])| {
+        // SAFETY: the first `n` elements of every row were written by the product.
+        let d: &mut [f32] = unsafe { &mut *(&mut d[..n] as *mut [MaybeUninit<f32>] as *mut [f32]) };
+        let per_row = match bias {
+            Bias::None => Some(0.0),
+            Bias::Rows(b) => Some(b[r]),
+            Bias::Cols(_) => None,
+        };
+        if let Some(b) = per_row {
+            let res = tail.residual.map(|x| &x[r * dst_rs..r * dst_rs + n]);
+            if rows::epilogue(isa, d, b, tail.pre, res, tail.post) {
+                return;
+            }
+        }
+        epilogue_row(d, r, bias, tail.pre);
+        tail.finish(d, r * dst_rs);
+    };
+    if parallel {
         rows.par_chunks_mut(dst_rs).enumerate().for_each(row);
     } else {
         rows.chunks_mut(dst_rs).enumerate().for_each(row);
     }
-    Ok(())
 }
 
 /// Row `r` of an output: its bias added, then `act`.
@@ -222,12 +324,23 @@ mod tests {
 
     #[test]
     fn matches_candle_matmul_bias_and_activation_on_odd_shapes() {
+        // One thread (bands in turn) and three (row blocks on the pool).
+        for threads in [1, 3] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(products_match_candle);
+        }
+    }
+
+    fn products_match_candle() {
         for &(b, m, n, k) in &[
             (1, 1, 1, 1),
             (2, 7, 13, 5),
             (1, 33, 129, 67),
             (3, 65, 17, 300),
             (1, 5, 3, 0),
+            // Large enough for column bands (and row blocks on a pool).
+            (1, 40, 1000, 7),
+            (2, 100, 700, 3),
         ] {
             let (l, r) = (ramp(b * m * k, 0.1), ramp(b * k * n, 0.7));
             let (rb, cb) = (ramp(m, 1.3), ramp(n, 2.1));
@@ -266,10 +379,32 @@ mod tests {
                         batch: k * n,
                     },
                     bias,
-                    act,
+                    Tail::act(act),
                 )
                 .unwrap();
                 assert_eq!(got, want, "b{b} m{m} n{n} k{k} {act:?}");
+                // A residual (in the result's order) added after `act`, then a second activation.
+                let res = ramp(b * m * n, 3.3);
+                let tail = Tail {
+                    pre: act,
+                    residual: Some(&res),
+                    post: Act::Relu,
+                };
+                let lhs = MatRef {
+                    data: &l,
+                    rs: k,
+                    cs: 1,
+                    batch: m * k,
+                };
+                let rhs = MatRef {
+                    data: &r,
+                    rs: n,
+                    cs: 1,
+                    batch: k * n,
+                };
+                let got = matmul(b, (m, n, k), lhs, rhs, bias, tail).unwrap();
+                let want: Vec<f32> = want.iter().zip(&res).map(|(w, r)| Act::Relu.f(w + r)).collect();
+                assert_eq!(got, want, "b{b} m{m} n{n} k{k} {act:?} + residual");
             }
         }
     }
@@ -290,11 +425,19 @@ mod tests {
             cs: k,
             batch: 0,
         };
-        let got = matmul(1, (m, n, k), MatRef::row_major(&l, k), rhs, Bias::None, Act::Identity).unwrap();
+        let got = matmul(
+            1,
+            (m, n, k),
+            MatRef::row_major(&l, k),
+            rhs,
+            Bias::None,
+            Tail::act(Act::Identity),
+        )
+        .unwrap();
         let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         assert!(diff < 1e-5, "{diff}");
         let short = MatRef::row_major(&l[..m * k - 1], k);
-        let err = matmul(1, (m, n, k), short, rhs, Bias::None, Act::Identity).unwrap_err();
+        let err = matmul(1, (m, n, k), short, rhs, Bias::None, Tail::act(Act::Identity)).unwrap_err();
         assert!(err.to_string().contains("too short"), "{err}");
         let err = matmul(
             1,
@@ -302,7 +445,7 @@ mod tests {
             MatRef::row_major(&l, k),
             rhs,
             Bias::Rows(&[1.0]),
-            Act::Relu,
+            Tail::act(Act::Relu),
         )
         .unwrap_err();
         assert!(err.to_string().contains("row biases"), "{err}");

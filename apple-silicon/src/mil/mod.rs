@@ -37,6 +37,7 @@ mod lower;
 mod marshal;
 mod ops;
 mod par_elementwise;
+mod rows;
 #[cfg(test)]
 mod test_support;
 pub mod value;

@@ -18,7 +18,7 @@ use candle_core::{DType as CDType, Tensor};
 use super::spatial::{check_elems, check_padded, from_host, host_f32, lift3, spatial_pads, spatial_params, window_out};
 use super::{one, Builder, CResult};
 use crate::error::Result;
-use crate::mil::fuse::Act;
+use crate::mil::fuse::{Act, Epi, Tail};
 use crate::mil::par_elementwise::{self, BinOp};
 use crate::mil::{conv_gemm, depthwise, Kernel, OpCtx};
 
@@ -102,8 +102,8 @@ pub(super) fn conv(c: &mut OpCtx) -> Result<Kernel> {
         w,
     };
     let offer = general.clone();
-    c.offer = Some(Box::new(move |act| offer.kernel(act)));
-    Ok(general.kernel(Act::Identity))
+    c.offer = Some(Box::new(move |epi| offer.clone().kernel(epi)));
+    Ok(general.kernel(Epi::act(Act::Identity)))
 }
 
 /// A 1-D or 2-D conv with equal dilations and a constant weight (not
@@ -129,8 +129,10 @@ struct General {
 
 impl General {
     /// The kernel: f32 inputs run on our GEMM (`mil::conv_gemm`, bias and
-    /// `act` fused); other dtypes on candle's conv, then the bias and `act`.
-    fn kernel(self, act: Act) -> Kernel {
+    /// `epi` fused; a residual of another dtype or shape is added after, as
+    /// the unfused add would); other dtypes on candle's conv, then the bias
+    /// and `epi` as the unfused ops compute them.
+    fn kernel(self, epi: Epi) -> Kernel {
         Box::new(move |a| {
             let g = &self;
             let x = a[g.x];
@@ -139,19 +141,37 @@ impl General {
             let spatial = &x.dims()[2..];
             let pads = spatial_pads(&g.pad_type, &g.pad, spatial, &g.kdims, &g.strides, &g.dil)?;
             // Sizes checked here: candle's conv would underflow on a kernel longer than the input.
+            let mut out_dims = vec![x.dims()[0], g.cout];
             for i in 0..n {
-                window_out(spatial[i], pads[i], eff_kernel(g.kdims[i], g.dil[i]), g.strides[i])?;
+                out_dims.push(window_out(
+                    spatial[i],
+                    pads[i],
+                    eff_kernel(g.kdims[i], g.dil[i]),
+                    g.strides[i],
+                )?);
             }
             check_padded(x, &pads)?;
             if x.dtype() == CDType::F32 {
-                return one(g.on_gemm(x, &pads, act)?);
+                if let Some(r) = epi.fast_residual(a, &out_dims)? {
+                    let y = depthwise::with_f32_slice(&r, |rs| {
+                        let tail = Tail {
+                            pre: epi.pre,
+                            residual: Some(rs),
+                            post: epi.post,
+                        };
+                        g.on_gemm(x, &pads, tail)
+                    })??;
+                    return one(y);
+                }
+                let y = g.on_gemm(x, &pads, Tail::act(epi.pre))?;
+                return one(epi.finish_unfused(y, a)?);
             }
             let y = g.on_candle(x, &pads)?;
-            one(act.apply(&y)?)
+            one(epi.finish_unfused(epi.pre.apply(&y)?, a)?)
         })
     }
 
-    fn on_gemm(&self, x: &Tensor, pads: &[(usize, usize)], act: Act) -> CResult<Tensor> {
+    fn on_gemm(&self, x: &Tensor, pads: &[(usize, usize)], tail: Tail) -> CResult<Tensor> {
         let one_d = self.n == 1;
         let (nb, cin) = (x.dims()[0], x.dims()[1]);
         let (h, wd) = if one_d {
@@ -178,7 +198,7 @@ impl General {
                     self.groups,
                     &win,
                     self.host_bias.as_deref(),
-                    act,
+                    tail,
                 )
             })
         })???;
@@ -668,7 +688,7 @@ pub(super) fn depthwise_conv(
         .transpose()
         .map_err(|e| c.error(e.to_string()))?
         .map(Into::into);
-    let make = move |act: Act| -> Kernel {
+    let make = move |epi: Epi| -> Kernel {
         let (ws, bs, pad_type, pad) = (ws.clone(), bs.clone(), pad_type.clone(), pad.clone());
         Box::new(move |a| {
             let x = a[x];
@@ -676,21 +696,36 @@ pub(super) fn depthwise_conv(
                 candle_core::bail!("2-D conv of a tensor of shape {:?} (expected [n, c, h, w])", x.dims())
             }
             let pads = spatial_pads(&pad_type, &pad, &x.dims()[2..], &[kh, kw], &[stride; 2], &[dilation; 2])?;
+            let mut out_dims = x.dims()[..2].to_vec();
             for (i, k) in [kh, kw].into_iter().enumerate() {
-                window_out(x.dims()[2 + i], pads[i], eff_kernel(k, dilation), stride)?;
+                out_dims.push(window_out(x.dims()[2 + i], pads[i], eff_kernel(k, dilation), stride)?);
             }
             check_padded(x, &pads)?;
-            // The kernel computes in f32: for another dtype the activation
-            // runs after it (on the rounded values), as the unfused op would.
-            let f32_in = x.dtype() == CDType::F32;
-            let inner = if f32_in { act } else { Act::Identity };
-            let y = depthwise::depthwise_conv2d(x, &ws, (kh, kw), bs.as_deref(), &pads, stride, dilation, inner)?;
-            one(if f32_in { y } else { act.apply(&y)? })
+            let conv = |tail: Tail| {
+                depthwise::depthwise_conv2d(x, &ws, (kh, kw), bs.as_deref(), &pads, stride, dilation, tail)
+            };
+            // The kernel computes in f32: for another dtype the epilogue
+            // runs after it (on the rounded values), as the unfused ops would.
+            if x.dtype() != CDType::F32 {
+                let y = epi.pre.apply(&conv(Tail::act(Act::Identity))?)?;
+                return one(epi.finish_unfused(y, a)?);
+            }
+            if let Some(r) = epi.fast_residual(a, &out_dims)? {
+                let y = depthwise::with_f32_slice(&r, |rs| {
+                    conv(Tail {
+                        pre: epi.pre,
+                        residual: Some(rs),
+                        post: epi.post,
+                    })
+                })??;
+                return one(y);
+            }
+            one(epi.finish_unfused(conv(Tail::act(epi.pre))?, a)?)
         })
     };
     let offer = make.clone();
-    c.offer = Some(Box::new(move |act| offer(act)));
-    Ok(make(Act::Identity))
+    c.offer = Some(Box::new(move |epi| offer(epi)));
+    Ok(make(Epi::act(Act::Identity)))
 }
 
 #[cfg(test)]
@@ -775,7 +810,7 @@ mod tests {
                 w,
             };
             for xt in [x.clone(), x.to_dtype(CDType::F16).unwrap()] {
-                let plain = g.clone().kernel(Act::Identity)(&[&xt]).unwrap().remove(0);
+                let plain = g.clone().kernel(Epi::act(Act::Identity))(&[&xt]).unwrap().remove(0);
                 // The f32 GEMM path against candle's conv (the path before it).
                 if xt.dtype() == CDType::F32 {
                     let spatial = &xt.dims()[2..];
@@ -790,8 +825,9 @@ mod tests {
                     Act::Silu,
                     Act::SigmoidHard(0.2, 0.5),
                     Act::GeluErf,
+                    Act::HardSwish(1.0 / 6.0, 0.5),
                 ] {
-                    let fused = g.clone().kernel(act)(&[&xt]).unwrap().remove(0);
+                    let fused = g.clone().kernel(Epi::act(act))(&[&xt]).unwrap().remove(0);
                     let want = act.apply(&plain).unwrap();
                     assert_eq!((fused.dims(), fused.dtype()), (want.dims(), want.dtype()));
                     let (f, w) = (
@@ -799,6 +835,37 @@ mod tests {
                         want.to_dtype(CDType::F32).unwrap(),
                     );
                     assert_eq!(max_diff(&f, &w), 0.0, "{xd:?} {k:?} {act:?} {:?}", xt.dtype());
+                }
+                // A fused residual add: a same-shape f32 one in the epilogue,
+                // a broadcast one or another dtype as the add op computes it.
+                let od = plain.dims().to_vec();
+                let mut bd = vec![1; od.len()];
+                bd[1] = cout;
+                for (rd, producer_is_x) in [(od.clone(), true), (od.clone(), false), (bd, true)] {
+                    let r = Tensor::randn(0f32, 1.0, rd.as_slice(), &Device::Cpu).unwrap();
+                    let epi = Epi {
+                        pre: Act::Clamp(0.0, 6.0),
+                        residual: Some(crate::mil::fuse::Residual {
+                            operand: 1,
+                            producer_is_x,
+                        }),
+                        post: Act::Relu,
+                    };
+                    let fused = g.clone().kernel(epi)(&[&xt, &r]).unwrap().remove(0);
+                    let pre = epi.pre.apply(&plain).unwrap();
+                    // The add op converts its `y` to `x`'s dtype.
+                    let sum = if producer_is_x {
+                        pre.broadcast_add(&r.to_dtype(pre.dtype()).unwrap())
+                    } else {
+                        r.broadcast_add(&pre.to_dtype(r.dtype()).unwrap())
+                    };
+                    let want = Act::Relu.apply(&sum.unwrap()).unwrap();
+                    assert_eq!((fused.dims(), fused.dtype()), (want.dims(), want.dtype()));
+                    let (f, w) = (
+                        fused.to_dtype(CDType::F32).unwrap(),
+                        want.to_dtype(CDType::F32).unwrap(),
+                    );
+                    assert_eq!(max_diff(&f, &w), 0.0, "{xd:?} {k:?} residual {rd:?}");
                 }
             }
         }

@@ -15,7 +15,7 @@ use candle_core::Tensor;
 
 use super::{one, Builder, CResult};
 use crate::error::Result;
-use crate::mil::fuse::Act;
+use crate::mil::fuse::{Act, Epi, Tail};
 use crate::mil::gemm::{self, Bias, MatRef};
 use crate::mil::{depthwise, Kernel, OpCtx};
 
@@ -48,7 +48,7 @@ pub(super) fn linear(c: &mut OpCtx) -> Result<Kernel> {
         Some(b) if b.dtype() == DType::F32 => Some(b.to_vec1::<f32>().map_err(|e| c.error(e.to_string()))?.into()),
         _ => None,
     };
-    let make = move |act: Act| -> Kernel {
+    let make = move |epi: Epi| -> Kernel {
         let (w, b, host_b) = (w.clone(), b.clone(), host_b.clone());
         Box::new(move |a| {
             let x = a[x];
@@ -63,19 +63,37 @@ pub(super) fn linear(c: &mut OpCtx) -> Result<Kernel> {
             // f32 with f32 weights: our GEMM, bias and activation fused.
             if x.dtype() == DType::F32 && w.dtype() == DType::F32 && (b.is_none() || host_b.is_some()) {
                 let xc = x.contiguous()?;
-                let y = depthwise::with_f32_slice(&xc, |xs| {
-                    depthwise::with_f32_slice(&w, |ws| {
-                        let rhs = MatRef {
-                            data: ws,
-                            rs: 1,
-                            cs: din,
-                            batch: 0,
-                        };
-                        let bias = host_b.as_deref().map_or(Bias::None, Bias::Cols);
-                        gemm::matmul(1, (rows, dout, din), MatRef::row_major(xs, din), rhs, bias, act)
-                    })
-                })???;
-                return one(candle_core::Tensor::from_vec(y, shape, x.device())?);
+                let product = |tail: Tail| -> CResult<Vec<f32>> {
+                    depthwise::with_f32_slice(&xc, |xs| {
+                        depthwise::with_f32_slice(&w, |ws| {
+                            let rhs = MatRef {
+                                data: ws,
+                                rs: 1,
+                                cs: din,
+                                batch: 0,
+                            };
+                            let bias = host_b.as_deref().map_or(Bias::None, Bias::Cols);
+                            gemm::matmul(1, (rows, dout, din), MatRef::row_major(xs, din), rhs, bias, tail)
+                        })
+                    })??
+                };
+                let y = match epi.fast_residual(a, &shape)? {
+                    Some(r) => {
+                        let y = depthwise::with_f32_slice(&r, |rs| {
+                            product(Tail {
+                                pre: epi.pre,
+                                residual: Some(rs),
+                                post: epi.post,
+                            })
+                        })??;
+                        candle_core::Tensor::from_vec(y, shape, x.device())?
+                    }
+                    None => {
+                        let y = candle_core::Tensor::from_vec(product(Tail::act(epi.pre))?, shape, x.device())?;
+                        epi.finish_unfused(y, a)?
+                    }
+                };
+                return one(y);
             }
             let ct = compute_type(x.dtype());
             let x2 = x.to_dtype(ct)?.reshape((rows, din))?;
@@ -83,12 +101,13 @@ pub(super) fn linear(c: &mut OpCtx) -> Result<Kernel> {
             if let Some(b) = &b {
                 y = y.broadcast_add(&b.to_dtype(ct)?)?;
             }
-            one(act.apply(&y.reshape(shape)?.to_dtype(x.dtype())?)?)
+            let y = epi.pre.apply(&y.reshape(shape)?.to_dtype(x.dtype())?)?;
+            one(epi.finish_unfused(y, a)?)
         })
     };
     let offer = make.clone();
-    c.offer = Some(Box::new(move |act| offer(act)));
-    Ok(make(Act::Identity))
+    c.offer = Some(Box::new(move |epi| offer(epi)));
+    Ok(make(Epi::act(Act::Identity)))
 }
 
 /// The dtype a product is computed in: floats as they are, integers in f64
@@ -205,7 +224,7 @@ fn strided_matmul(l: &Tensor, r: &Tensor) -> CResult<Option<Tensor>> {
         cs: rst[rank - 1],
         batch: rb,
     };
-    let y = gemm::matmul(batches, (m, n, k), lhs, rhs, Bias::None, Act::Identity)?;
+    let y = gemm::matmul(batches, (m, n, k), lhs, rhs, Bias::None, Tail::act(Act::Identity))?;
     let mut shape = ld[..rank - 2].to_vec();
     shape.extend([m, n]);
     Ok(Some(Tensor::from_vec(y, shape, l.device())?))

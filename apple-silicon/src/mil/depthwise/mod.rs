@@ -1,0 +1,448 @@
+//! Depthwise 2-D convolution (one filter per channel, `groups == channels`).
+//!
+//! candle's grouped convolution runs one convolution per group, which for
+//! hundreds of channels costs far more than the arithmetic, so the
+//! interpreter runs depthwise convolutions here, channels in parallel on
+//! rayon's pool, with the bias, an activation and a residual add fused
+//! ([`Tail`]).
+//!
+//! Per channel, the input is copied once into a zero-bordered plane whose
+//! rows are split into their stride phases (columns `p, p + s, p + 2s, ...`
+//! for each `p < s`), so that every filter tap of an output row reads one
+//! contiguous run, at an offset fixed for the whole plane. Each output is
+//! then summed over all taps in a register and stored once (`run`: AVX-512
+//! or AVX2 + FMA when the CPU has them, else portable code), activated
+//! while still in the register. Narrow planes at stride 1 (rows under 16
+//! outputs) are computed as one run as wide as the padded plane and their
+//! rows copied out, so that short rows do not waste vector lanes. Any
+//! kernel size, stride, dilation and padding takes this path.
+
+use candle_core::{CpuStorage, DType, Device, Storage, Tensor};
+use rayon::prelude::*;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::fuse::Tail;
+use super::limits::{self, check_alloc};
+use super::rows::{self as run, Isa};
+
+type CResult<T> = candle_core::Result<T>;
+
+/// Rows narrower than this (at stride 1) are computed plane-wide.
+const NARROW: usize = 16;
+
+/// Where one channel's padded, phase-split plane puts things.
+#[derive(Clone, Debug)]
+struct Layout {
+    w: usize,
+    ow: usize,
+    stride: usize,
+    pad_top: usize,
+    pad_left: usize,
+    /// Padded rows and columns the outputs read.
+    ph: usize,
+    pw: usize,
+    /// Length of one stride phase of a padded row, and of a whole row (`stride · phase`).
+    phase: usize,
+    row: usize,
+    /// Per filter tap `(i, j)`, row-major: where output `(0, 0)` reads it.
+    offs: Vec<usize>,
+}
+
+impl Layout {
+    fn new(
+        g: (usize, usize, usize),
+        (kh, kw): (usize, usize),
+        stride: usize,
+        dil: usize,
+        (pt, pl): (usize, usize),
+    ) -> Layout {
+        let (w, oh, ow) = g;
+        let ph = (oh - 1) * stride + (kh - 1) * dil + 1;
+        let pw = (ow - 1) * stride + (kw - 1) * dil + 1;
+        let phase = pw.div_ceil(stride);
+        let row = phase * stride;
+        let mut offs = Vec::with_capacity(kh * kw);
+        for i in 0..kh {
+            for j in 0..kw {
+                let c = j * dil;
+                offs.push(i * dil * row + (c % stride) * phase + c / stride);
+            }
+        }
+        Layout {
+            w,
+            ow,
+            stride,
+            pad_top: pt,
+            pad_left: pl,
+            ph,
+            pw,
+            phase,
+            row,
+            offs,
+        }
+    }
+
+    /// Whether the plane is computed as one run (see the module doc).
+    fn plane_wide(&self) -> bool {
+        self.stride == 1 && self.ow < NARROW
+    }
+
+    /// Copies one channel's `h · w` input into `out` as the padded,
+    /// phase-split plane (zeros outside the image). `out` is either empty
+    /// or a plane this layout filled before: every channel writes the same
+    /// positions, so its zeros are still in place.
+    fn fill(&self, src: &[f32], out: &mut Vec<f32>) {
+        if out.len() != self.ph * self.row {
+            out.clear();
+            out.resize(self.ph * self.row, 0.0);
+        }
+        for (iy, srow) in src.chunks_exact(self.w).enumerate() {
+            let pr = iy + self.pad_top;
+            if pr >= self.ph {
+                break;
+            }
+            let drow = &mut out[pr * self.row..(pr + 1) * self.row];
+            // Columns past `pw` are never read.
+            let n = self.w.min(self.pw.saturating_sub(self.pad_left));
+            if self.stride == 1 {
+                drow[self.pad_left..self.pad_left + n].copy_from_slice(&srow[..n]);
+            } else if self.stride == 2 {
+                // Pairs of columns to the two phases: a loop compilers vectorise.
+                let (even, odd) = drow.split_at_mut(self.phase);
+                let pl = self.pad_left;
+                let mut ix = 0;
+                if pl % 2 == 1 && n > 0 {
+                    odd[pl / 2] = srow[0];
+                    ix = 1;
+                }
+                let base = (ix + pl) / 2;
+                let pairs = (n - ix) / 2;
+                let dst = even[base..].iter_mut().zip(odd[base..].iter_mut());
+                for ((e, o), p) in dst.zip(srow[ix..ix + 2 * pairs].chunks_exact(2)) {
+                    *e = p[0];
+                    *o = p[1];
+                }
+                if ix + 2 * pairs < n {
+                    even[base + pairs] = srow[ix + 2 * pairs];
+                }
+            } else {
+                // Phase `p` holds padded columns `p + s·k`, input columns `p + s·k − pad_left`.
+                let s = self.stride;
+                for p in 0..s {
+                    let k0 = self.pad_left.saturating_sub(p).div_ceil(s);
+                    let ix0 = p + s * k0 - self.pad_left;
+                    if ix0 >= n {
+                        continue;
+                    }
+                    let dst = &mut drow[p * self.phase + k0..(p + 1) * self.phase];
+                    for (d, &v) in dst.iter_mut().zip(srow[ix0..n].iter().step_by(s)) {
+                        *d = v;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Depthwise convolution of `x` `[n, c, h, w]` with `weight` `[c, 1, kh, kw]`
+/// flattened to f32, an optional per-channel `bias`, explicit
+/// `[begin, end]` `pads` for height and width, and equal strides and
+/// dilations, then `tail` (activation, residual add) on each channel's plane
+/// while it is in cache. Computes in f32 and returns the input's dtype.
+/// Costs `n·c·oh·ow·kh·kw` multiply-adds plus one copy of the input;
+/// errors when a residual is not one value per output.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn depthwise_conv2d(
+    x: &Tensor,
+    weight: &[f32],
+    (kh, kw): (usize, usize),
+    bias: Option<&[f32]>,
+    pads: &[(usize, usize)],
+    stride: usize,
+    dil: usize,
+    tail: Tail,
+) -> CResult<Tensor> {
+    depthwise_conv2d_on(Isa::detect(), x, weight, (kh, kw), bias, pads, stride, dil, tail)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn depthwise_conv2d_on(
+    isa: Isa,
+    x: &Tensor,
+    weight: &[f32],
+    (kh, kw): (usize, usize),
+    bias: Option<&[f32]>,
+    pads: &[(usize, usize)],
+    stride: usize,
+    dil: usize,
+    tail: Tail,
+) -> CResult<Tensor> {
+    let dtype = x.dtype();
+    let (nb, ch, h, w) = x.dims4()?;
+    if weight.len() != ch * kh * kw || bias.is_some_and(|b| b.len() != ch) {
+        candle_core::bail!("depthwise weight/bias do not match {ch} channels of a {kh}x{kw} filter")
+    }
+    let (&(pt, pb), &(pl, pr)) = match pads {
+        [a, b] => (a, b),
+        _ => candle_core::bail!("depthwise pads {pads:?}; expected [begin, end] for height and width"),
+    };
+    if kh == 0 || kw == 0 || stride == 0 || dil == 0 {
+        candle_core::bail!("depthwise kernel {kh}x{kw}, stride {stride}, dilation {dil}")
+    }
+    // Checked: hostile pads or dilations must not wrap (callers bound the
+    // padded size by the memory limit before this).
+    let eff_h = (kh - 1).checked_mul(dil).and_then(|v| v.checked_add(1));
+    let eff_w = (kw - 1).checked_mul(dil).and_then(|v| v.checked_add(1));
+    let span_h = h.checked_add(pt).and_then(|v| v.checked_add(pb));
+    let span_w = w.checked_add(pl).and_then(|v| v.checked_add(pr));
+    let (Some(eff_h), Some(eff_w), Some(span_h), Some(span_w)) = (eff_h, eff_w, span_h, span_w) else {
+        candle_core::bail!("depthwise geometry overflows (kernel {kh}x{kw}, dilation {dil}, pads {pads:?})")
+    };
+    if span_h < eff_h || span_w < eff_w || h == 0 || w == 0 {
+        candle_core::bail!("kernel {kh}x{kw} larger than the padded input {h}x{w}")
+    }
+    let (oh, ow) = ((span_h - eff_h) / stride + 1, (span_w - eff_w) / stride + 1);
+    let lay = Layout::new((w, oh, ow), (kh, kw), stride, dil, (pt, pl));
+    check_alloc("depthwise output", &[nb, ch, oh, ow], 4)?;
+    check_alloc("depthwise padded plane", &[lay.ph, lay.row], 4)?;
+    let plane = oh * ow;
+    if tail.residual.is_some_and(|r| r.len() != nb * ch * plane) {
+        candle_core::bail!(
+            "depthwise residual of {} values for an output of [{nb}, {ch}, {oh}, {ow}]",
+            tail.residual.map_or(0, <[f32]>::len)
+        )
+    }
+    let x32 = x.to_dtype(DType::F32)?.contiguous()?;
+    let mut out = vec![0f32; nb * ch * plane];
+    // The channel loop runs on rayon's threads, which do not see this
+    // thread's scope: they check their own copy of the flag, once a plane.
+    let cancel = limits::cancel_flag();
+    let stopped = AtomicBool::new(false);
+    with_f32_slice(&x32, |src| {
+        out.par_chunks_mut(plane)
+            .enumerate()
+            .for_each_init(Scratch::default, |scratch, (p, dst)| {
+                if cancel.as_ref().is_some_and(|c| c.is_cancelled()) {
+                    stopped.store(true, Ordering::Relaxed);
+                    return;
+                }
+                let c = p % ch;
+                let k = &weight[c * kh * kw..(c + 1) * kh * kw];
+                let b = bias.map_or(0.0, |b| b[c]);
+                lay.fill(&src[p * h * w..(p + 1) * h * w], &mut scratch.input);
+                let padded = &scratch.input;
+                if lay.plane_wide() {
+                    // One run over the plane `row` wide; its rows' first `ow` are the outputs.
+                    let len = (oh - 1) * lay.row + ow;
+                    scratch.acc.resize(len, 0.0);
+                    run::run(isa, &mut scratch.acc[..len], padded, &lay.offs, k, b, tail.pre);
+                    for (oy, drow) in dst.chunks_exact_mut(ow).enumerate() {
+                        drow.copy_from_slice(&scratch.acc[oy * lay.row..oy * lay.row + ow]);
+                    }
+                    tail.finish(dst, p * plane);
+                } else {
+                    for (oy, drow) in dst.chunks_exact_mut(ow).enumerate() {
+                        let from = oy * stride * lay.row;
+                        run::run(isa, drow, &padded[from..], &lay.offs, k, b, tail.pre);
+                        tail.finish(drow, p * plane + oy * ow);
+                    }
+                }
+            });
+    })?;
+    if stopped.load(Ordering::Relaxed) {
+        limits::note_cancelled();
+        candle_core::bail!("cancelled")
+    }
+    Tensor::from_vec(out, (nb, ch, oh, ow), &Device::Cpu)?.to_dtype(dtype)
+}
+
+/// Calls `f` with the data of a contiguous f32 CPU tensor, without copying.
+pub(super) fn with_f32_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> CResult<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        candle_core::bail!("expected a contiguous tensor")
+    };
+    match &*storage {
+        Storage::Cpu(CpuStorage::F32(data)) => Ok(f(&data[start..end])),
+        _ => candle_core::bail!("expected an f32 CPU tensor"),
+    }
+}
+
+/// Per-thread buffers reused across channels.
+#[derive(Default)]
+struct Scratch {
+    input: Vec<f32>,
+    acc: Vec<f32>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mil::fuse::Act;
+
+    /// The straightforward loop the kernel replaced: zero padding by bounds
+    /// checks on every tap.
+    #[allow(clippy::too_many_arguments)]
+    fn reference(
+        xs: &[f32],
+        (nb, ch, h, w): (usize, usize, usize, usize),
+        ws: &[f32],
+        (kh, kw): (usize, usize),
+        bias: Option<&[f32]>,
+        pads: &[(usize, usize)],
+        stride: usize,
+        dil: usize,
+    ) -> (Vec<f32>, usize, usize) {
+        let (pt, pb) = pads[0];
+        let (pl, pr) = pads[1];
+        let oh = (h + pt + pb - ((kh - 1) * dil + 1)) / stride + 1;
+        let ow = (w + pl + pr - ((kw - 1) * dil + 1)) / stride + 1;
+        let mut out = vec![0f32; nb * ch * oh * ow];
+        for b in 0..nb {
+            for c in 0..ch {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let mut acc = bias.map_or(0.0, |b| b[c]);
+                        for i in 0..kh {
+                            for j in 0..kw {
+                                let iy = (oy * stride + i * dil) as isize - pt as isize;
+                                let ix = (ox * stride + j * dil) as isize - pl as isize;
+                                if iy >= 0 && iy < h as isize && ix >= 0 && ix < w as isize {
+                                    let v = xs[((b * ch + c) * h + iy as usize) * w + ix as usize];
+                                    acc += ws[(c * kh + i) * kw + j] * v;
+                                }
+                            }
+                        }
+                        out[((b * ch + c) * oh + oy) * ow + ox] = acc;
+                    }
+                }
+            }
+        }
+        (out, oh, ow)
+    }
+
+    /// Deterministic values in [-1, 1) without a random-number dependency.
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s % 2000) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn check(
+        dims: (usize, usize, usize, usize),
+        k: (usize, usize),
+        pads: [(usize, usize); 2],
+        stride: usize,
+        dil: usize,
+        with_bias: bool,
+    ) {
+        let (nb, ch, h, w) = dims;
+        let xs = values(nb * ch * h * w, 1);
+        let ws = values(ch * k.0 * k.1, 2);
+        let bias = with_bias.then(|| values(ch, 3));
+        let (want, oh, ow) = reference(&xs, dims, &ws, k, bias.as_deref(), &pads, stride, dil);
+        let x = Tensor::from_vec(xs, dims, &Device::Cpu).unwrap();
+        let res = values(nb * ch * oh * ow, 4);
+        let res_t = Tensor::from_vec(res.clone(), (nb, ch, oh, ow), &Device::Cpu).unwrap();
+        let conv = |isa: Isa, tail: Tail| {
+            depthwise_conv2d_on(isa, &x, &ws, k, bias.as_deref(), &pads, stride, dil, tail).unwrap()
+        };
+        let flat = |t: &Tensor| -> Vec<f32> { t.flatten_all().unwrap().to_vec1().unwrap() };
+        // Every implementation this CPU runs, the portable one included.
+        for isa in Isa::available() {
+            let got = conv(isa, Tail::act(Act::Identity));
+            let at = format!("{isa:?} {dims:?} k {k:?} pads {pads:?} s{stride} d{dil}");
+            assert_eq!(got.dims(), &[nb, ch, oh, ow], "{at}");
+            for (n, (g, r)) in flat(&got).iter().zip(&want).enumerate() {
+                assert!((g - r).abs() <= 1e-5 * (1.0 + r.abs()), "{at}: [{n}] {g} vs {r}");
+            }
+            // A fused epilogue computes what the unfused ops after the conv compute.
+            for (pre, residual, post) in [
+                (Act::Clamp(0.0, 0.4), false, Act::Identity),
+                (Act::Silu, false, Act::Identity),
+                (Act::HardSwish(1.0 / 6.0, 0.5), false, Act::Identity),
+                (Act::Identity, true, Act::Identity),
+                (Act::Clamp(0.0, 6.0), true, Act::Relu),
+                (Act::HardSwish(0.2, 0.5), true, Act::Silu),
+            ] {
+                let tail = Tail {
+                    pre,
+                    residual: residual.then_some(&res[..]),
+                    post,
+                };
+                let fused = conv(isa, tail);
+                let mut after = pre.apply(&got).unwrap();
+                if residual {
+                    after = post.apply(&(after + &res_t).unwrap()).unwrap();
+                }
+                assert_eq!(flat(&fused), flat(&after), "{at} {tail:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn matches_reference_over_odd_shapes() {
+        // MobileNetV2's shapes: 3x3, pad 1, stride 1 and 2 (even and odd sizes).
+        check((1, 32, 112, 112), (3, 3), [(1, 1), (1, 1)], 1, 1, true);
+        check((1, 13, 15, 15), (3, 3), [(1, 1), (1, 1)], 2, 1, true);
+        check((1, 13, 14, 14), (3, 3), [(0, 1), (0, 1)], 2, 1, false);
+        // Non-square, batch > 1, channels not a multiple of any vector width.
+        check((2, 7, 9, 17), (3, 3), [(1, 1), (1, 1)], 1, 1, true);
+        check((2, 5, 11, 6), (3, 5), [(1, 2), (2, 1)], 2, 1, true);
+        // Dilation, asymmetric padding, stride 3, no padding.
+        check((1, 3, 13, 10), (3, 3), [(2, 2), (2, 2)], 1, 2, true);
+        check((1, 9, 10, 13), (3, 2), [(0, 3), (4, 0)], 3, 2, false);
+        check((1, 4, 8, 8), (5, 5), [(0, 0), (0, 0)], 1, 1, true);
+        // 5x5 "same" (PP-LCNet, PicoDet), stride 1 and 2.
+        check((1, 6, 15, 13), (5, 5), [(2, 2), (2, 2)], 1, 1, true);
+        check((1, 6, 15, 13), (5, 5), [(1, 2), (1, 2)], 2, 1, true);
+        // Padding wider than the filter reach: taps with no valid columns.
+        check((1, 2, 3, 2), (3, 3), [(3, 3), (4, 4)], 1, 1, true);
+        check((1, 3, 1, 1), (1, 1), [(0, 0), (0, 0)], 1, 1, true);
+    }
+
+    #[test]
+    fn a_residual_of_the_wrong_length_is_an_error() {
+        let x = Tensor::ones((1, 2, 4, 4), DType::F32, &Device::Cpu).unwrap();
+        let tail = Tail {
+            pre: Act::Identity,
+            residual: Some(&[0.0; 5]),
+            post: Act::Identity,
+        };
+        let e = depthwise_conv2d(&x, &[1.0; 18], (3, 3), None, &[(1, 1), (1, 1)], 1, 1, tail).unwrap_err();
+        assert!(e.to_string().contains("residual of 5 values"), "{e}");
+    }
+
+    #[test]
+    fn keeps_the_input_dtype() {
+        let x = Tensor::ones((1, 2, 4, 4), DType::F16, &Device::Cpu).unwrap();
+        let y = depthwise_conv2d(
+            &x,
+            &[1.0; 18],
+            (3, 3),
+            None,
+            &[(1, 1), (1, 1)],
+            1,
+            1,
+            Tail::act(Act::Identity),
+        )
+        .unwrap();
+        assert_eq!(y.dtype(), DType::F16);
+        // Centre: all nine taps; corner: four.
+        let v = y
+            .to_dtype(DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_eq!((v[5], v[0]), (9.0, 4.0));
+    }
+}

@@ -1,0 +1,381 @@
+//! Vectorised loops over runs of f32 outputs, the convolution kernels'
+//! innermost work:
+//! - [`run`], the depthwise convolution's: `dst[x] = act(bias + Σ_t w[t] ·
+//!   src[offs[t] + x])`, each output summed in a register over every filter
+//!   tap and stored once;
+//! - [`epilogue`], a GEMM output row's: bias, activation, residual add and
+//!   a second activation in one pass.
+//!
+//! Implementations are picked by [`Isa::detect`] at run time: AVX-512F (16
+//! lanes, masked tail), AVX2 + FMA (8 lanes, masked tail; `run` only) and
+//! portable code (which compilers vectorise for any target, NEON
+//! included). The vector paths apply the simple activations
+//! ([`Act::Identity`], `Relu`, `Clamp`, `HardSwish`) in registers, with the
+//! same results as [`Act::f`]; any other activation runs on the stored run
+//! while it is in L1.
+
+use crate::mil::fuse::Act;
+
+/// Which implementation of [`run`] to use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+pub(crate) enum Isa {
+    /// Plain Rust, any target.
+    Portable,
+    /// AVX2 and FMA (x86-64).
+    Avx2,
+    /// AVX-512F (x86-64).
+    Avx512,
+}
+
+impl Isa {
+    /// The widest implementation this CPU runs (checked at run time).
+    pub fn detect() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                return Isa::Avx512;
+            }
+            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Portable
+    }
+
+    /// Every implementation this CPU runs (for tests).
+    #[cfg(test)]
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
+    pub fn available() -> Vec<Isa> {
+        let mut v = vec![Isa::Portable];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                v.push(Isa::Avx2);
+            }
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                v.push(Isa::Avx512);
+            }
+        }
+        v
+    }
+}
+
+/// Whether the vector paths compute `act` in registers.
+fn in_registers(act: Act) -> bool {
+    matches!(act, Act::Identity | Act::Relu | Act::Clamp(..) | Act::HardSwish(..))
+}
+
+/// `dst[x] = act(bias + Σ_t wts[t] · src[offs[t] + x])` for every `x` of
+/// `dst`. Costs `dst.len() · offs.len()` multiply-adds and one store per
+/// output. Panics (an internal invariant, checked once) unless every
+/// `offs[t] + dst.len() <= src.len()` and `wts.len() == offs.len()`.
+pub(crate) fn run(isa: Isa, dst: &mut [f32], src: &[f32], offs: &[usize], wts: &[f32], bias: f32, act: Act) {
+    let n = dst.len();
+    assert!(
+        wts.len() == offs.len() && offs.iter().all(|&o| o.checked_add(n).is_some_and(|e| e <= src.len())),
+        "depthwise run outside its input"
+    );
+    if n == 0 {
+        return;
+    }
+    let inner = if in_registers(act) { act } else { Act::Identity };
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx512` is only produced when the CPU has AVX-512F;
+        // the assert above keeps every read inside `src`.
+        Isa::Avx512 => unsafe { x86::run_avx512(dst, src, offs, wts, bias, inner) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above, for AVX2 and FMA.
+        Isa::Avx2 => unsafe { x86::run_avx2(dst, src, offs, wts, bias, inner) },
+        _ => run_portable(dst, src, offs, wts, bias, inner),
+    }
+    if inner != act {
+        act.epilogue(dst, 0.0);
+    }
+}
+
+/// `d[x] = post(pre(d[x] + bias) + res[x])`, or `pre(d[x] + bias)`
+/// without `res`, in one pass; exactly what [`Act::f`] computes on each.
+/// Returns `false`, having done nothing, when this CPU or these activations
+/// have no vector path here (the caller then runs its scalar loop). Errs
+/// never; panics (an internal invariant) when `res` is shorter than `d`.
+pub(crate) fn epilogue(isa: Isa, d: &mut [f32], bias: f32, pre: Act, res: Option<&[f32]>, post: Act) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 && in_registers(pre) && in_registers(post) {
+        assert!(
+            res.is_none_or(|r| r.len() >= d.len()),
+            "residual run shorter than its outputs"
+        );
+        // SAFETY: `Isa::Avx512` is only produced when the CPU has AVX-512F;
+        // `res`, when given, is at least as long as `d` (asserted).
+        unsafe { x86::epilogue_avx512(d, bias, pre, res, post) };
+        return true;
+    }
+    // Other targets: no vector path here.
+    let _ = (isa, d, bias, pre, res, post);
+    false
+}
+
+/// Tap by tap over the run: a plain zip per tap, which vectorises.
+fn run_portable(dst: &mut [f32], src: &[f32], offs: &[usize], wts: &[f32], bias: f32, act: Act) {
+    let n = dst.len();
+    dst.fill(bias);
+    for (&o, &w) in offs.iter().zip(wts) {
+        for (d, s) in dst.iter_mut().zip(&src[o..o + n]) {
+            *d += w * s;
+        }
+    }
+    if act != Act::Identity {
+        act.epilogue(dst, 0.0);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use crate::mil::fuse::Act;
+
+    /// `act` on 16 lanes, as [`Act::f`] computes it on each (NaN kept
+    /// where `Act::f` keeps it: `max_ps`/`min_ps` return their second
+    /// operand when either is NaN).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn act16(v: __m512, act: Act) -> __m512 {
+        match act {
+            Act::Relu => _mm512_max_ps(v, _mm512_setzero_ps()),
+            Act::Clamp(lo, hi) => _mm512_min_ps(_mm512_set1_ps(hi), _mm512_max_ps(_mm512_set1_ps(lo), v)),
+            Act::HardSwish(a, b) => {
+                // Not fused: `a · v + b` rounds twice, as the scalar code does.
+                let t = _mm512_add_ps(_mm512_mul_ps(v, _mm512_set1_ps(a)), _mm512_set1_ps(b));
+                let t = _mm512_min_ps(_mm512_set1_ps(1.0), _mm512_max_ps(_mm512_setzero_ps(), t));
+                _mm512_mul_ps(v, t)
+            }
+            _ => v,
+        }
+    }
+
+    /// AVX-512F version of [`super::run`] (same contract).
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F, and every `offs[t] + dst.len()` must be
+    /// at most `src.len()`, with `wts.len() == offs.len()`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn run_avx512(dst: &mut [f32], src: &[f32], offs: &[usize], wts: &[f32], bias: f32, act: Act) {
+        match offs.len() {
+            9 => run16::<9>(dst, src, offs, wts, bias, act),
+            25 => run16::<25>(dst, src, offs, wts, bias, act),
+            _ => run16_any(dst, src, offs, wts, bias, act),
+        }
+    }
+
+    /// A fixed number of taps: the weights stay in registers.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn run16<const T: usize>(dst: &mut [f32], src: &[f32], offs: &[usize], wts: &[f32], bias: f32, act: Act) {
+        let n = dst.len();
+        let w: [__m512; T] = std::array::from_fn(|t| _mm512_set1_ps(wts[t]));
+        let o: [usize; T] = std::array::from_fn(|t| offs[t]);
+        let (sp, dp) = (src.as_ptr(), dst.as_mut_ptr());
+        let bv = _mm512_set1_ps(bias);
+        let mut x = 0;
+        while x < n {
+            let m: __mmask16 = if n - x >= 16 { !0 } else { (1u16 << (n - x)) - 1 };
+            let mut acc = bv;
+            for t in 0..T {
+                // SAFETY: lanes past `n - x` are masked off; the rest are
+                // below `o[t] + n <= src.len()`.
+                let v = unsafe { _mm512_maskz_loadu_ps(m, sp.add(o[t] + x)) };
+                acc = _mm512_fmadd_ps(w[t], v, acc);
+            }
+            // SAFETY: the masked lanes are below `n`.
+            unsafe { _mm512_mask_storeu_ps(dp.add(x), m, act16(acc, act)) };
+            x += 16;
+        }
+    }
+
+    /// Any number of taps.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn run16_any(dst: &mut [f32], src: &[f32], offs: &[usize], wts: &[f32], bias: f32, act: Act) {
+        let n = dst.len();
+        let (sp, dp) = (src.as_ptr(), dst.as_mut_ptr());
+        let bv = _mm512_set1_ps(bias);
+        let mut x = 0;
+        while x < n {
+            let m: __mmask16 = if n - x >= 16 { !0 } else { (1u16 << (n - x)) - 1 };
+            let mut acc = bv;
+            for (&o, &w) in offs.iter().zip(wts) {
+                // SAFETY: as in `run16`.
+                let v = unsafe { _mm512_maskz_loadu_ps(m, sp.add(o + x)) };
+                acc = _mm512_fmadd_ps(_mm512_set1_ps(w), v, acc);
+            }
+            // SAFETY: as in `run16`.
+            unsafe { _mm512_mask_storeu_ps(dp.add(x), m, act16(acc, act)) };
+            x += 16;
+        }
+    }
+
+    /// AVX-512F version of [`super::epilogue`].
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F; `res`, when given, holds at least `d.len()` values.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn epilogue_avx512(d: &mut [f32], bias: f32, pre: Act, res: Option<&[f32]>, post: Act) {
+        let n = d.len();
+        let dp = d.as_mut_ptr();
+        let bv = _mm512_set1_ps(bias);
+        let mut x = 0;
+        while x < n {
+            let m: __mmask16 = if n - x >= 16 { !0 } else { (1u16 << (n - x)) - 1 };
+            // SAFETY (all loads and stores): lanes past `n - x` are masked off.
+            let mut v = act16(_mm512_add_ps(unsafe { _mm512_maskz_loadu_ps(m, dp.add(x)) }, bv), pre);
+            if let Some(r) = res {
+                v = act16(
+                    _mm512_add_ps(v, unsafe { _mm512_maskz_loadu_ps(m, r.as_ptr().add(x)) }),
+                    post,
+                );
+            }
+            unsafe { _mm512_mask_storeu_ps(dp.add(x), m, v) };
+            x += 16;
+        }
+    }
+
+    /// `act` on 8 lanes (see `act16`).
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn act8(v: __m256, act: Act) -> __m256 {
+        match act {
+            Act::Relu => _mm256_max_ps(v, _mm256_setzero_ps()),
+            Act::Clamp(lo, hi) => _mm256_min_ps(_mm256_set1_ps(hi), _mm256_max_ps(_mm256_set1_ps(lo), v)),
+            Act::HardSwish(a, b) => {
+                let t = _mm256_add_ps(_mm256_mul_ps(v, _mm256_set1_ps(a)), _mm256_set1_ps(b));
+                let t = _mm256_min_ps(_mm256_set1_ps(1.0), _mm256_max_ps(_mm256_setzero_ps(), t));
+                _mm256_mul_ps(v, t)
+            }
+            _ => v,
+        }
+    }
+
+    /// AVX2 + FMA version of [`super::run`] (same contract).
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA; offsets as for `run_avx512`.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn run_avx2(dst: &mut [f32], src: &[f32], offs: &[usize], wts: &[f32], bias: f32, act: Act) {
+        let n = dst.len();
+        let (sp, dp) = (src.as_ptr(), dst.as_mut_ptr());
+        let bv = _mm256_set1_ps(bias);
+        let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let mut x = 0;
+        while x < n {
+            let rem = (n - x).min(8) as i32;
+            // Lanes below `rem` have their sign bit set: those are loaded and stored.
+            let m = _mm256_cmpgt_epi32(_mm256_set1_epi32(rem), lanes);
+            let mut acc = bv;
+            for (&o, &w) in offs.iter().zip(wts) {
+                // SAFETY: masked-off lanes are not read; the rest are below `o + n <= src.len()`.
+                let v = unsafe { _mm256_maskload_ps(sp.add(o + x), m) };
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(w), v, acc);
+            }
+            // SAFETY: the stored lanes are below `n`.
+            unsafe { _mm256_maskstore_ps(dp.add(x), m, act8(acc, act)) };
+            x += 8;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_vector_epilogue_is_the_scalar_one() {
+        let src: Vec<f32> = (0..77).map(|i| ((i * 29 % 83) as f32 - 41.0) * 0.13).collect();
+        let res: Vec<f32> = (0..77).map(|i| ((i * 17 % 31) as f32 - 15.0) * 0.2).collect();
+        let acts = [
+            Act::Identity,
+            Act::Relu,
+            Act::Clamp(0.0, 6.0),
+            Act::HardSwish(1.0 / 6.0, 0.5),
+        ];
+        for n in [0usize, 1, 15, 16, 17, 77] {
+            for pre in acts {
+                for post in acts {
+                    for r in [None, Some(&res[..n])] {
+                        let want: Vec<f32> = src[..n]
+                            .iter()
+                            .enumerate()
+                            .map(|(x, &v)| {
+                                let v = pre.f(v + 0.75);
+                                r.map_or(v, |r| post.f(v + r[x]))
+                            })
+                            .collect();
+                        let mut got = src[..n].to_vec();
+                        let done = epilogue(Isa::detect(), &mut got, 0.75, pre, r, post);
+                        if done {
+                            assert_eq!(got, want, "{pre:?} {post:?} n{n} residual {}", r.is_some());
+                        } else {
+                            assert_eq!(got, &src[..n], "untouched when not done");
+                        }
+                    }
+                }
+            }
+        }
+        assert!(!epilogue(
+            Isa::Portable,
+            &mut [1.0],
+            0.0,
+            Act::Relu,
+            None,
+            Act::Identity
+        ));
+        assert!(!epilogue(
+            Isa::detect(),
+            &mut [1.0],
+            0.0,
+            Act::Silu,
+            None,
+            Act::Identity
+        ));
+    }
+
+    #[test]
+    fn every_isa_matches_the_sum_with_each_activation() {
+        let src: Vec<f32> = (0..200).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.07).collect();
+        for taps in [1usize, 2, 9, 25, 30] {
+            let offs: Vec<usize> = (0..taps).map(|t| (t * 5) % 41).collect();
+            let wts: Vec<f32> = (0..taps).map(|t| ((t * 13 % 7) as f32 - 3.0) * 0.31).collect();
+            for n in [1usize, 7, 8, 15, 16, 17, 33, 100] {
+                let want: Vec<f32> = (0..n)
+                    .map(|x| 0.25 + offs.iter().zip(&wts).map(|(&o, &w)| w * src[o + x]).sum::<f32>())
+                    .collect();
+                for act in [
+                    Act::Identity,
+                    Act::Relu,
+                    Act::Clamp(-0.5, 0.75),
+                    Act::HardSwish(1.0 / 6.0, 0.5),
+                    Act::Silu,
+                ] {
+                    for isa in Isa::available() {
+                        let mut got = vec![f32::NAN; n];
+                        run(isa, &mut got, &src, &offs, &wts, 0.25, act);
+                        // The activation of the sum, up to the sum's rounding.
+                        for (x, (g, w)) in got.iter().zip(&want).enumerate() {
+                            let r = act.f(*w);
+                            assert!(
+                                (g - r).abs() <= 1e-5 * (1.0 + r.abs()),
+                                "{isa:?} {act:?} t{taps} n{n} [{x}] {g} vs {r}"
+                            );
+                        }
+                        // Exactly the activation of the unactivated run (the fused = unfused promise).
+                        let mut raw = vec![0.0; n];
+                        run(isa, &mut raw, &src, &offs, &wts, 0.25, Act::Identity);
+                        let after: Vec<f32> = raw.iter().map(|&v| act.f(v)).collect();
+                        assert_eq!(got, after, "{isa:?} {act:?} t{taps} n{n}");
+                    }
+                }
+            }
+        }
+    }
+}
