@@ -79,6 +79,36 @@ pub struct Decoded {
 pub struct Decoder<'a> {
     pkg: &'a MlPackage,
     weights: HashMap<String, WeightFile>,
+    /// Reads still to come of each blob (file name, offset) of the main
+    /// block: a blob's pages are given back after its last read.
+    reads_left: HashMap<(String, u64), usize>,
+}
+
+/// Blobs from this size on give their pages back after their last read.
+const RELEASE_FROM: usize = 64 << 10;
+
+/// Counts every `blobFileValue` of `block` (nested blocks included).
+fn count_blob_reads(block: &mil_spec::Block, out: &mut HashMap<(String, u64), usize>) {
+    let mut add = |v: &Value| {
+        if let Some(value::Value::BlobFileValue(b)) = &v.value {
+            *out.entry((b.file_name.clone(), b.offset)).or_default() += 1;
+        }
+    };
+    for op in &block.operations {
+        for arg in op.inputs.values() {
+            for a in &arg.arguments {
+                if let Some(mil_spec::argument::binding::Binding::Value(v)) = &a.binding {
+                    add(v);
+                }
+            }
+        }
+        op.attributes.values().for_each(&mut add);
+    }
+    for op in &block.operations {
+        for b in &op.blocks {
+            count_blob_reads(b, out);
+        }
+    }
 }
 
 fn dtype_name(code: i32) -> String {
@@ -90,9 +120,14 @@ fn dtype_name(code: i32) -> String {
 impl<'a> Decoder<'a> {
     /// A decoder for values of `pkg`.
     pub fn new(pkg: &'a MlPackage) -> Decoder<'a> {
+        let mut reads_left = HashMap::new();
+        if let Ok(block) = pkg.main_block() {
+            count_blob_reads(block, &mut reads_left);
+        }
         Decoder {
             pkg,
             weights: HashMap::new(),
+            reads_left,
         }
     }
 
@@ -157,29 +192,63 @@ impl<'a> Decoder<'a> {
                     }
                     other => other,
                 };
-                match DataType::try_from(dtype) {
-                    Ok(DataType::Float32) => HostData::F32(blob.to_f32().map_err(named)?),
-                    Ok(DataType::Float16) => HostData::F16(blob.to_f16().map_err(named)?),
-                    Ok(DataType::Bfloat16) => HostData::F32(blob.to_f32().map_err(named)?),
-                    Ok(
-                        DataType::Int8
-                        | DataType::Uint8
-                        | DataType::Int16
-                        | DataType::Uint16
-                        | DataType::Int32
-                        | DataType::Uint32
-                        | DataType::Int4
-                        | DataType::Uint4
-                        | DataType::Uint2
-                        | DataType::Uint1
-                        | DataType::Uint3
-                        | DataType::Uint6,
-                    ) => HostData::I64(blob.to_i64().map_err(named)?),
-                    _ => {
-                        return Err(Error::unsupported(format!(
-                            "{what}: weights of type {}",
-                            dtype_name(dtype)
-                        )))
+                let decode = |blob: &crate::milblob::Blob<'_>| -> Result<HostData> {
+                    Ok(match DataType::try_from(dtype) {
+                        Ok(DataType::Float32 | DataType::Bfloat16) => HostData::F32(blob.to_f32().map_err(named)?),
+                        Ok(DataType::Float16) => HostData::F16(blob.to_f16().map_err(named)?),
+                        Ok(
+                            DataType::Int8
+                            | DataType::Uint8
+                            | DataType::Int16
+                            | DataType::Uint16
+                            | DataType::Int32
+                            | DataType::Uint32
+                            | DataType::Int4
+                            | DataType::Uint4
+                            | DataType::Uint2
+                            | DataType::Uint1
+                            | DataType::Uint3
+                            | DataType::Uint6,
+                        ) => HostData::I64(blob.to_i64().map_err(named)?),
+                        _ => {
+                            return Err(Error::unsupported(format!(
+                                "{what}: weights of type {}",
+                                dtype_name(dtype)
+                            )))
+                        }
+                    })
+                };
+                // After a large blob's last read the file's pages need not stay
+                // resident beside the decoded copy: it is decoded chunk by chunk,
+                // each chunk's pages given back. Small blobs (parameters an op
+                // may read twice while it is being fused) are read as they are.
+                let key = (b.file_name.clone(), b.offset);
+                let last = blob.data.len() >= RELEASE_FROM
+                    && self.reads_left.get_mut(&key).is_some_and(|left| {
+                        *left = left.saturating_sub(1);
+                        *left == 0
+                    });
+                if !last {
+                    decode(&blob)?
+                } else {
+                    let wf = &self.weights[&b.file_name];
+                    // Checked by the dense decode of the first chunk: the variant.
+                    let kind = std::mem::discriminant(&decode(&crate::milblob::Blob {
+                        data: &[],
+                        count: 0,
+                        padding_bits: 0,
+                        ..blob
+                    })?);
+                    // SAFETY: `blob` is not used after this, and no other read
+                    // of this blob is to come (`reads_left`).
+                    unsafe {
+                        if kind == std::mem::discriminant(&HostData::F16(Vec::new())) {
+                            HostData::F16(wf.consume(b.offset, |p| p.to_f16().map_err(named))?)
+                        } else if kind == std::mem::discriminant(&HostData::I64(Vec::new())) {
+                            HostData::I64(wf.consume(b.offset, |p| p.to_i64().map_err(named))?)
+                        } else {
+                            HostData::F32(wf.consume(b.offset, |p| p.to_f32().map_err(named))?)
+                        }
                     }
                 }
             }
