@@ -233,7 +233,7 @@ fn host_arg(ctx: &mut OpCtx, arg: &str) -> Result<Option<Decoded>> {
         Some(Val::Slot(_)) => Err(ctx.unsupported(format!(
             "argument `{arg}` is computed at run time; constexpr ops take constants"
         ))),
-        Some(Val::Const(c)) => match (&c.host, &c.tensor) {
+        Some(Val::Const(c)) => match (&c.host, c.tensor()) {
             (Some(d), _) => Ok(Some(d.clone())),
             (None, Some(t)) => decoded_of(t)
                 .map(Some)
