@@ -321,6 +321,14 @@ impl<'p> BlockBuilder<'p> {
             let before = steps.len();
             let mut ctx = OpCtx::new(op, name.clone(), env, &self.lists, &mut self.dec, self.policy);
             if constexpr::is_constexpr(&op.r#type) {
+                // Compressed weights computed in f32 stay compressed.
+                if let (Some(w), [out]) = (constexpr::pack(&mut ctx)?, op.outputs.as_slice()) {
+                    if !top {
+                        self.used.append(&mut ctx.used);
+                    }
+                    self.add_const(env, &out.name, &name, ConstVal::packed(w))?;
+                    continue;
+                }
                 let ds = constexpr::materialize_outputs(&mut ctx)?;
                 if ds.len() != op.outputs.len() {
                     return Err(ctx.error(format!("has {} outputs; {} expected", op.outputs.len(), ds.len())));

@@ -518,6 +518,17 @@ impl<'b, 'p> OpCtx<'b, 'p> {
         }
     }
 
+    /// An attribute (iOS16 constexpr ops keep their operands there) stored
+    /// as int8 / uint8 in a weight file, as raw bytes with its shape and
+    /// signedness; `None` for anything else (see `Decoder::decode_raw_bytes`).
+    pub fn raw_bytes_attr(&mut self, arg: &str) -> Result<Option<value::RawBytes>> {
+        let Some(v) = self.op.attributes.get(arg) else {
+            return Ok(None);
+        };
+        let what = format!("op `{}` argument `{arg}`", self.name);
+        self.dec.decode_raw_bytes(v, &what)
+    }
+
     /// The rank of `arg` when it names a packed constant (nothing is read).
     pub fn packed_weight_rank(&self, arg: &str) -> Option<usize> {
         let Binding::Name(n) = self.binding(arg)? else {

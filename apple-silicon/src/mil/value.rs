@@ -75,6 +75,9 @@ pub struct Decoded {
     pub data: HostData,
 }
 
+/// An int8 / uint8 constant's raw bytes, shape and signedness.
+pub type RawBytes = (Vec<u8>, Vec<usize>, bool);
+
 /// Decodes values, caching mapped weight files by name.
 pub struct Decoder<'a> {
     pkg: &'a MlPackage,
@@ -142,26 +145,7 @@ impl<'a> Decoder<'a> {
 
     /// Decodes `v`; `what` names it in errors (e.g. "op `conv_0` input `weight`").
     pub fn decode(&mut self, v: &Value, what: &str) -> Result<Decoded> {
-        let (dtype, shape) = match v.r#type.as_ref().and_then(|t| t.r#type.as_ref()) {
-            Some(mil_spec::value_type::Type::TensorType(t)) => {
-                let shape = t
-                    .dimensions
-                    .iter()
-                    .map(|d| match d.dimension {
-                        Some(mil_spec::dimension::Dimension::Constant(c)) => usize::try_from(c.size)
-                            .map_err(|_| self.bad(what, format!("dimension {} is too large", c.size))),
-                        _ => Err(self.bad(what, "a constant with a non-constant dimension".into())),
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                (t.data_type, shape)
-            }
-            Some(_) => {
-                return Err(Error::unsupported(format!(
-                    "{what}: non-tensor constant values (lists, tuples, dicts)"
-                )))
-            }
-            None => return Err(self.bad(what, "a value without a type".into())),
-        };
+        let (dtype, shape) = self.type_of(v, what)?;
         let n = checked_numel(&shape).ok_or_else(|| self.bad(what, format!("shape {shape:?} overflows")))?;
         // Decoded host values take at most 8 bytes an element (i64, f64).
         super::limits::ensure(what, (n as u64).checked_mul(8))?;
@@ -222,12 +206,7 @@ impl<'a> Decoder<'a> {
                 // resident beside the decoded copy: it is decoded chunk by chunk,
                 // each chunk's pages given back. Small blobs (parameters an op
                 // may read twice while it is being fused) are read as they are.
-                let key = (b.file_name.clone(), b.offset);
-                let last = blob.data.len() >= RELEASE_FROM
-                    && self.reads_left.get_mut(&key).is_some_and(|left| {
-                        *left = left.saturating_sub(1);
-                        *left == 0
-                    });
+                let last = Self::count_read(&mut self.reads_left, &b.file_name, b.offset, blob.data.len());
                 if !last {
                     decode(&blob)?
                 } else {
@@ -261,6 +240,81 @@ impl<'a> Decoder<'a> {
             ));
         }
         Ok(Decoded { dtype, shape, data })
+    }
+
+    /// The MIL dtype code and constant shape of a tensor value.
+    fn type_of(&self, v: &Value, what: &str) -> Result<(i32, Vec<usize>)> {
+        Ok(match v.r#type.as_ref().and_then(|t| t.r#type.as_ref()) {
+            Some(mil_spec::value_type::Type::TensorType(t)) => {
+                let shape = t
+                    .dimensions
+                    .iter()
+                    .map(|d| match d.dimension {
+                        Some(mil_spec::dimension::Dimension::Constant(c)) => usize::try_from(c.size)
+                            .map_err(|_| self.bad(what, format!("dimension {} is too large", c.size))),
+                        _ => Err(self.bad(what, "a constant with a non-constant dimension".into())),
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                (t.data_type, shape)
+            }
+            Some(_) => {
+                return Err(Error::unsupported(format!(
+                    "{what}: non-tensor constant values (lists, tuples, dicts)"
+                )))
+            }
+            None => return Err(self.bad(what, "a value without a type".into())),
+        })
+    }
+
+    /// Whether this read of blob (`file`, `offset`) of `len` bytes is its
+    /// last: then its pages are given back as it is decoded.
+    fn count_read(reads_left: &mut HashMap<(String, u64), usize>, file: &str, offset: u64, len: usize) -> bool {
+        len >= RELEASE_FROM
+            && reads_left.get_mut(&(file.to_string(), offset)).is_some_and(|left| {
+                *left = left.saturating_sub(1);
+                *left == 0
+            })
+    }
+
+    /// The raw bytes of an int8 / uint8 constant stored in a weight file,
+    /// with its shape and whether it is signed (`None` for any other value,
+    /// immediates included): 1 byte an element instead of the 8 of
+    /// [`Decoder::decode`]'s widened integers. A blob's last read gives its
+    /// file pages back as it is copied.
+    pub fn decode_raw_bytes(&mut self, v: &Value, what: &str) -> Result<Option<RawBytes>> {
+        let Some(value::Value::BlobFileValue(b)) = &v.value else {
+            return Ok(None);
+        };
+        let (dtype, shape) = self.type_of(v, what)?;
+        let signed = match DataType::try_from(dtype) {
+            Ok(DataType::Int8) => true,
+            Ok(DataType::Uint8) => false,
+            _ => return Ok(None),
+        };
+        let n = checked_numel(&shape).ok_or_else(|| self.bad(what, format!("shape {shape:?} overflows")))?;
+        super::limits::ensure(what, Some(n as u64))?;
+        if !self.weights.contains_key(&b.file_name) {
+            let w = self.pkg.open_weights(&b.file_name)?;
+            self.weights.insert(b.file_name.clone(), w);
+        }
+        let blob = self.weights[&b.file_name].blob(b.offset)?;
+        if blob.count != n as u64 || blob.data.len() != n {
+            return Err(self.bad(
+                what,
+                format!(
+                    "blob at offset {} holds {} {:?} elements, its type {shape:?} needs {n} bytes",
+                    b.offset, blob.count, blob.dtype
+                ),
+            ));
+        }
+        let len = blob.data.len();
+        if !Self::count_read(&mut self.reads_left, &b.file_name, b.offset, len) {
+            return Ok(Some((blob.data.to_vec(), shape, signed)));
+        }
+        // SAFETY: `blob` is not used after this, and no other read of this
+        // blob is to come (`reads_left`).
+        let bytes = unsafe { self.weights[&b.file_name].consume(b.offset, |p| Ok(p.data.to_vec())) }?;
+        Ok(Some((bytes, shape, signed)))
     }
 
     fn decode_immediate(&self, t: &mil_spec::TensorValue, dtype: i32, n: usize, what: &str) -> Result<HostData> {

@@ -15,7 +15,6 @@ use half::slice::HalfFloatSliceExt;
 type CResult<T> = candle_core::Result<T>;
 
 /// How the elements are stored.
-#[allow(dead_code)] // Affine and Lut: built by constexpr (next commit)
 pub(crate) enum Store {
     /// Dense f32, contiguous (kernels read it in place).
     Dense(CTensor),
@@ -165,30 +164,47 @@ impl Weights {
                 inner,
             } => {
                 let pick = |v: &[f32], c: usize| if v.len() == 1 { v[0] } else { v[c] };
-                for (k, o) in out.iter_mut().enumerate() {
-                    let i = from + k;
+                // Runs of `inner` elements share one channel (scale, zero point).
+                let mut i = from;
+                while i < to {
                     let c = (i / inner) % dim;
-                    let x = if *signed { q[i] as i8 as f32 } else { q[i] as f32 };
-                    *o = (x - pick(zero, c)) * pick(scale, c);
+                    let end = ((i / inner + 1) * inner).min(to);
+                    let (s, z) = (pick(scale, c), pick(zero, c));
+                    let (src, dst) = (&q[i..end], &mut out[i - from..end - from]);
+                    if *signed {
+                        for (o, &x) in dst.iter_mut().zip(src) {
+                            *o = (x as i8 as f32 - z) * s;
+                        }
+                    } else {
+                        for (o, &x) in dst.iter_mut().zip(src) {
+                            *o = (x as f32 - z) * s;
+                        }
+                    }
+                    i = end;
                 }
                 if self.f16_values {
-                    for o in out.iter_mut() {
-                        *o = f16::from_f32(*o).to_f32();
+                    round_to_f16(out);
+                }
+            }
+            Store::Lut { packed, nbits, table } => match nbits {
+                8 => {
+                    for (o, &ix) in out.iter_mut().zip(&packed[from..to]) {
+                        *o = table[ix as usize];
                     }
                 }
-            }
-            Store::Lut { packed, nbits, table } => {
-                let nb = *nbits as usize;
-                let mask = (1u16 << nb) - 1;
-                for (k, o) in out.iter_mut().enumerate() {
-                    let bit = (from + k) * nb;
-                    let (byte, shift) = (bit / 8, bit % 8);
-                    let lo = packed[byte] as u16;
-                    let hi = packed.get(byte + 1).copied().unwrap_or(0) as u16;
-                    let ix = ((lo | hi << 8) >> shift) & mask;
-                    *o = table[ix as usize];
+                _ => {
+                    let nb = *nbits as usize;
+                    let mask = (1u16 << nb) - 1;
+                    for (k, o) in out.iter_mut().enumerate() {
+                        let bit = (from + k) * nb;
+                        let (byte, shift) = (bit / 8, bit % 8);
+                        let lo = packed[byte] as u16;
+                        let hi = packed.get(byte + 1).copied().unwrap_or(0) as u16;
+                        let ix = ((lo | hi << 8) >> shift) & mask;
+                        *o = table[ix as usize];
+                    }
                 }
-            }
+            },
         }
         Ok(())
     }
@@ -214,6 +230,17 @@ impl Weights {
             _ if self.f16_values => self.to_tensor()?.to_dtype(CDType::F16),
             _ => self.to_tensor(),
         }
+    }
+}
+
+/// Rounds every value to the nearest f16 (as an fp16 constant holds it),
+/// through a small buffer with half's vectorised slice conversions.
+fn round_to_f16(v: &mut [f32]) {
+    let mut buf = [f16::ZERO; 256];
+    for chunk in v.chunks_mut(256) {
+        let b = &mut buf[..chunk.len()];
+        b.convert_from_f32_slice(chunk);
+        b.convert_to_f32_slice(chunk);
     }
 }
 
