@@ -395,7 +395,8 @@ impl WeightFile {
         })
     }
     /// Decodes the blob at `offset` chunk by chunk with `decode` (called
-    /// with sub-blobs that end on element boundaries), giving each chunk's
+    /// with sub-blobs that end on element boundaries, appending to the
+    /// output), giving each chunk's
     /// whole pages back ([`WeightFile::release`]) once it is decoded: the
     /// file's bytes and the decoded values are never both resident beyond
     /// one chunk (3 MiB). Costs what `decode` costs plus one `madvise` a chunk.
@@ -407,7 +408,7 @@ impl WeightFile {
     pub unsafe fn consume<T>(
         &self,
         offset: u64,
-        mut decode: impl FnMut(&Blob<'_>) -> Result<Vec<T>>,
+        mut decode: impl FnMut(&Blob<'_>, &mut Vec<T>) -> Result<()>,
     ) -> Result<Vec<T>> {
         // A multiple of 3 bytes and of 8: every element width (1-32 bits,
         // 3 and 6 included) ends on a chunk boundary.
@@ -439,7 +440,7 @@ impl WeightFile {
                 offset: whole.offset,
                 file: whole.file,
             };
-            out.extend(decode(&part)?);
+            decode(&part, &mut out)?;
             // SAFETY: `part` and `data` are not used after this; the caller
             // guarantees no other borrow of these pages.
             unsafe { self.release(&part) };
@@ -733,7 +734,13 @@ pub(crate) mod tests {
         let want_idx = w.blob(offs[1]).unwrap().to_i64().unwrap();
         #[cfg(target_os = "linux")]
         let before = rss_kb();
-        let got = unsafe { w.consume(offs[0], |b| b.to_f32()) }.unwrap();
+        let got = unsafe {
+            w.consume(offs[0], |b, out| {
+                out.extend(b.to_f32()?);
+                Ok(())
+            })
+        }
+        .unwrap();
         assert_eq!(got, vals);
         #[cfg(target_os = "linux")]
         {
@@ -742,7 +749,13 @@ pub(crate) mod tests {
             let after = rss_kb();
             assert!(after < before + 4096, "RSS grew from {before} to {after} kB");
         }
-        let got_idx = unsafe { w.consume(offs[1], |b| b.to_i64()) }.unwrap();
+        let got_idx = unsafe {
+            w.consume(offs[1], |b, out| {
+                out.extend(b.to_i64()?);
+                Ok(())
+            })
+        }
+        .unwrap();
         assert_eq!(got_idx, want_idx);
         // Released bytes are never read as zeros: reading them again is an error.
         let e = w.blob(offs[0]).unwrap_err().to_string();
@@ -760,7 +773,16 @@ pub(crate) mod tests {
         let path = dir.path().join("weight.bin");
         std::fs::write(&path, &file).unwrap();
         let w = WeightFile::open(&path).unwrap();
-        assert_eq!(unsafe { w.consume(offs[0], |b| b.to_f32()) }.unwrap(), vals);
+        assert_eq!(
+            unsafe {
+                w.consume(offs[0], |b, out| {
+                    out.extend(b.to_f32()?);
+                    Ok(())
+                })
+            }
+            .unwrap(),
+            vals
+        );
         // The pages fault back in from the file.
         assert_eq!(w.blob(offs[0]).unwrap().to_f32().unwrap(), vals);
     }

@@ -222,11 +222,32 @@ impl<'a> Decoder<'a> {
                     // of this blob is to come (`reads_left`).
                     unsafe {
                         if kind == std::mem::discriminant(&HostData::F16(Vec::new())) {
-                            HostData::F16(wf.consume(b.offset, |p| p.to_f16().map_err(named))?)
+                            HostData::F16(wf.consume(b.offset, |p, out| {
+                                out.extend(p.to_f16().map_err(named)?);
+                                Ok(())
+                            })?)
                         } else if kind == std::mem::discriminant(&HostData::I64(Vec::new())) {
-                            HostData::I64(wf.consume(b.offset, |p| p.to_i64().map_err(named))?)
+                            HostData::I64(wf.consume(b.offset, |p, out| {
+                                out.extend(p.to_i64().map_err(named)?);
+                                Ok(())
+                            })?)
                         } else {
-                            HostData::F32(wf.consume(b.offset, |p| p.to_f32().map_err(named))?)
+                            // f32 straight into the output (one copy).
+                            HostData::F32(wf.consume(b.offset, |p, out| {
+                                if p.dtype == crate::milblob::BlobDType::F32 {
+                                    out.extend(
+                                        p.data
+                                            .chunks_exact(4)
+                                            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+                                    );
+                                    Ok(())
+                                } else {
+                                    {
+                                        out.extend(p.to_f32().map_err(named)?);
+                                        Ok(())
+                                    }
+                                }
+                            })?)
                         }
                     }
                 }
@@ -313,7 +334,12 @@ impl<'a> Decoder<'a> {
         }
         // SAFETY: `blob` is not used after this, and no other read of this
         // blob is to come (`reads_left`).
-        let bytes = unsafe { self.weights[&b.file_name].consume(b.offset, |p| Ok(p.data.to_vec())) }?;
+        let bytes = unsafe {
+            self.weights[&b.file_name].consume(b.offset, |p, out| {
+                out.extend_from_slice(p.data);
+                Ok(())
+            })
+        }?;
         Ok(Some((bytes, shape, signed)))
     }
 
