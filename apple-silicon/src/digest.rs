@@ -53,7 +53,7 @@ pub(crate) struct TreeSnapshot {
     /// The tree's real path.
     pub root: PathBuf,
     /// File contents by `/`-separated relative path.
-    pub files: BTreeMap<String, Arc<Vec<u8>>>,
+    pub files: BTreeMap<String, Arc<crate::milblob::FileBytes>>,
     /// Digest of the tree as read.
     pub sha256: [u8; 32],
 }
@@ -67,9 +67,10 @@ pub(crate) fn read_tree(path: &Path) -> Result<TreeSnapshot> {
     let mut files = BTreeMap::new();
     for f in listed {
         let (file, len) = root.open_file(&f.rel)?;
-        let bytes = fsx::read_exact_len(file, len, &f.full)?;
+        // Large files (weights) in pages a plan builder can give back once decoded.
+        let bytes = crate::milblob::FileBytes::read(file, len, &f.full)?;
         hash_entry_header(&mut hasher, &f.rel, len);
-        hasher.update(&bytes);
+        hasher.update(bytes.get().expect("nothing released yet"));
         files.insert(f.rel, Arc::new(bytes));
     }
     Ok(TreeSnapshot {
@@ -105,6 +106,9 @@ impl TreeSnapshot {
                 .create_new(true)
                 .open(&path)
                 .map_err(|e| io("creating", &path, e))?;
+            let bytes = bytes
+                .get()
+                .ok_or_else(|| Error::internal(format!("snapshot file `{rel}` was partly released by a plan build")))?;
             std::io::Write::write_all(&mut f, bytes).map_err(|e| io("writing", &path, e))?;
         }
         Ok(())

@@ -12,8 +12,9 @@
 //! `mmap`, reading a blob costs only the bytes touched.
 
 use std::fs::File;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use half::{bf16, f16};
 use memmap2::Mmap;
@@ -98,7 +99,7 @@ pub struct WeightFile {
 enum Bytes {
     Mapped(Mmap),
     Owned(Vec<u8>),
-    Shared(Arc<Vec<u8>>),
+    Shared(Arc<FileBytes>),
 }
 
 impl Bytes {
@@ -106,8 +107,115 @@ impl Bytes {
         match self {
             Bytes::Mapped(m) => m,
             Bytes::Owned(v) => v,
-            Bytes::Shared(v) => v,
+            Bytes::Shared(v) => v.whole(),
         }
+    }
+}
+
+/// A file's bytes read into memory, whose whole pages a consumer that has
+/// copied what it needs may give back to the system
+/// ([`WeightFile::release`]): large files live in a private anonymous
+/// mapping, small ones in a `Vec`. Released pages read as zeros, so every
+/// read checks that it touches none ([`FileBytes::get`]).
+pub struct FileBytes {
+    store: Store,
+    /// Released byte ranges (page-aligned), in release order.
+    released: Mutex<Vec<Range<usize>>>,
+}
+
+enum Store {
+    Vec(Vec<u8>),
+    #[cfg(unix)]
+    Anon(memmap2::MmapRaw),
+}
+
+/// Files from this size on are read into an anonymous mapping (their pages
+/// can be released one by one).
+const ANON_FROM: u64 = 1 << 20;
+
+impl FileBytes {
+    /// Bytes held in a `Vec` (never released).
+    pub fn from_vec(v: Vec<u8>) -> FileBytes {
+        FileBytes {
+            store: Store::Vec(v),
+            released: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Reads exactly `len` bytes of `f` (`shown` names it in errors); a file
+    /// that grew or shrank meanwhile is refused. Costs one read and `len`
+    /// bytes of memory.
+    pub fn read(f: File, len: u64, shown: &Path) -> Result<FileBytes> {
+        #[cfg(unix)]
+        if len >= ANON_FROM {
+            use std::io::Read;
+            let n = usize::try_from(len)
+                .map_err(|_| Error::invalid_artifact(shown, format!("{len} bytes do not fit in memory")))?;
+            let io = |e| Error::io(format!("reading {}", shown.display()), e);
+            let mut map = memmap2::MmapOptions::new().len(n).map_anon().map_err(io)?;
+            let mut f = f.take(len.saturating_add(1));
+            let changed = || {
+                Error::invalid_artifact(
+                    shown,
+                    format!("was {len} bytes when opened but a different size was read: it changed while being read"),
+                )
+            };
+            f.read_exact(&mut map[..]).map_err(|e| match e.kind() {
+                std::io::ErrorKind::UnexpectedEof => changed(),
+                _ => io(e),
+            })?;
+            if f.read(&mut [0u8; 1]).map_err(io)? != 0 {
+                return Err(changed());
+            }
+            return Ok(FileBytes {
+                store: Store::Anon(memmap2::MmapRaw::from(map)),
+                released: Mutex::new(Vec::new()),
+            });
+        }
+        crate::cache::fsx::read_exact_len(f, len, shown).map(FileBytes::from_vec)
+    }
+
+    /// Number of bytes.
+    pub fn len(&self) -> usize {
+        match &self.store {
+            Store::Vec(v) => v.len(),
+            #[cfg(unix)]
+            Store::Anon(m) => m.len(),
+        }
+    }
+
+    /// Whether there are no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn whole(&self) -> &[u8] {
+        match &self.store {
+            Store::Vec(v) => v,
+            // SAFETY: the mapping lives as long as `self`; its bytes change
+            // only in `release`, whose caller guarantees that no slice of the
+            // released pages is alive, and reads check `released` first.
+            #[cfg(unix)]
+            Store::Anon(m) => unsafe { std::slice::from_raw_parts(m.as_ptr(), m.len()) },
+        }
+    }
+
+    /// Whether any byte of `r` has been released.
+    fn touches_released(&self, r: &Range<usize>) -> bool {
+        let released = self.released.lock().unwrap_or_else(|p| p.into_inner());
+        released.iter().any(|x| x.start < r.end && r.start < x.end)
+    }
+
+    /// All the bytes, or `None` once any page has been released.
+    pub fn get(&self) -> Option<&[u8]> {
+        let released = self.released.lock().unwrap_or_else(|p| p.into_inner());
+        released.is_empty().then(|| self.whole())
+    }
+}
+
+impl std::fmt::Debug for FileBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "FileBytes({} bytes)", self.len())
     }
 }
 
@@ -163,7 +271,7 @@ impl WeightFile {
     }
 
     /// Checks and wraps bytes shared with others (`origin` names them in errors).
-    pub fn from_shared(bytes: Arc<Vec<u8>>, origin: impl Into<PathBuf>) -> Result<WeightFile> {
+    pub fn from_shared(bytes: Arc<FileBytes>, origin: impl Into<PathBuf>) -> Result<WeightFile> {
         Self::new(origin.into(), Bytes::Shared(bytes))
     }
 
@@ -269,6 +377,14 @@ impl WeightFile {
                 "blob at offset {offset}: {used} data bits is not a whole number of {bits}-bit {dtype:?} elements"
             )));
         }
+        if let Bytes::Shared(fb) = &self.bytes {
+            if fb.touches_released(&(data_offset as usize..data_end as usize)) {
+                return Err(Error::internal(format!(
+                    "{}: blob at offset {offset} was read after its pages were released",
+                    self.path.display()
+                )));
+            }
+        }
         Ok(Blob {
             dtype,
             data: &b[data_offset as usize..data_end as usize],
@@ -277,6 +393,118 @@ impl WeightFile {
             offset,
             file: &self.path,
         })
+    }
+    /// Decodes the blob at `offset` chunk by chunk with `decode` (called
+    /// with sub-blobs that end on element boundaries, appending to the
+    /// output), giving each chunk's
+    /// whole pages back ([`WeightFile::release`]) once it is decoded: the
+    /// file's bytes and the decoded values are never both resident beyond
+    /// one chunk (3 MiB). Costs what `decode` costs plus one `madvise` a chunk.
+    ///
+    /// # Safety
+    ///
+    /// As for [`WeightFile::release`]: no borrow from [`WeightFile::blob`]
+    /// covering this blob's pages may be used after this call.
+    pub unsafe fn consume<T>(
+        &self,
+        offset: u64,
+        mut decode: impl FnMut(&Blob<'_>, &mut Vec<T>) -> Result<()>,
+    ) -> Result<Vec<T>> {
+        // A multiple of 3 bytes and of 8: every element width (1-32 bits,
+        // 3 and 6 included) ends on a chunk boundary.
+        const CHUNK: usize = 3 << 20;
+        let whole = self.blob(offset)?;
+        let (ptr, len, bits) = (whole.data.as_ptr(), whole.data.len(), whole.dtype.bits());
+        let mut out = Vec::new();
+        out.try_reserve_exact(whole.count as usize)
+            .map_err(|_| Error::MemoryPressure {
+                message: format!(
+                    "cannot allocate {} decoded elements of {}",
+                    whole.count,
+                    self.path.display()
+                ),
+            })?;
+        let mut at = 0;
+        while at < len {
+            let end = (at + CHUNK).min(len);
+            let last = end == len;
+            // SAFETY: `at..end` lies inside the blob's checked range; pages
+            // released so far are before `at`.
+            let data = unsafe { std::slice::from_raw_parts(ptr.add(at), end - at) };
+            let padding_bits = if last { whole.padding_bits } else { 0 };
+            let part = Blob {
+                dtype: whole.dtype,
+                data,
+                padding_bits,
+                count: ((end - at) as u64 * 8 - padding_bits) / bits,
+                offset: whole.offset,
+                file: whole.file,
+            };
+            decode(&part, &mut out)?;
+            // SAFETY: `part` and `data` are not used after this; the caller
+            // guarantees no other borrow of these pages.
+            unsafe { self.release(&part) };
+            at = end;
+        }
+        Ok(out)
+    }
+
+    /// Gives back the whole pages of `blob`'s data once it has been decoded
+    /// into memory of its own, so that the file's bytes and the decoded copy
+    /// are not both resident. A mapped file's pages fault back in from the
+    /// file if read again; bytes held in an anonymous mapping are gone, and
+    /// a later [`WeightFile::blob`] touching them is an error. No-op for bytes
+    /// in a `Vec` and off Unix. Costs one `madvise`.
+    ///
+    /// # Safety
+    ///
+    /// No slice of `blob`'s data (nor any other borrow from [`WeightFile::blob`]
+    /// covering its pages) may be used after this call.
+    pub unsafe fn release(&self, blob: &Blob<'_>) {
+        #[cfg(unix)]
+        {
+            let whole = self.bytes.as_slice();
+            let base = whole.as_ptr() as usize;
+            let start = blob.data.as_ptr() as usize;
+            if start < base || start + blob.data.len() > base + whole.len() {
+                return; // not a blob of this file
+            }
+            // Whole pages inside the blob only: its neighbours keep theirs.
+            let page = page_size();
+            let from = (start - base).div_ceil(page) * page;
+            let to = (start - base + blob.data.len()) / page * page;
+            if to <= from {
+                return;
+            }
+            match &self.bytes {
+                // SAFETY: a read-only private file mapping: the pages are
+                // re-read from the (immutable) file on the next access.
+                Bytes::Mapped(m) => {
+                    let _ = unsafe { m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, from, to - from) };
+                }
+                Bytes::Shared(fb) => {
+                    if let Store::Anon(m) = &fb.store {
+                        fb.released.lock().unwrap_or_else(|p| p.into_inner()).push(from..to);
+                        // SAFETY: the caller guarantees no live borrow of
+                        // these pages; reads check `released` from now on.
+                        let _ =
+                            unsafe { m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, from, to - from) };
+                    }
+                }
+                Bytes::Owned(_) => {}
+            }
+        }
+    }
+}
+
+#[cfg(unix)]
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if p > 0 {
+        p as usize
+    } else {
+        4096
     }
 }
 
@@ -474,6 +702,89 @@ pub(crate) mod tests {
             f.extend_from_slice(data);
         }
         (f, offsets)
+    }
+
+    /// RSS of this process in kB (Linux).
+    #[cfg(target_os = "linux")]
+    fn rss_kb() -> u64 {
+        let s = std::fs::read_to_string("/proc/self/status").unwrap();
+        let l = s.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        l.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn consume_decodes_in_chunks_like_a_whole_read_and_gives_pages_back() {
+        // 8 MiB of f32 (crosses chunk boundaries), then a 3-bit blob whose
+        // elements straddle bytes, and a small f16 blob after them.
+        let n = 2 << 20;
+        let vals: Vec<f32> = (0..n).map(|i| (i % 977) as f32 * 0.25 - 7.0).collect();
+        let f32s: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let idx: Vec<u8> = (0..(3 << 20) + 3).map(|i| (i * 37 % 251) as u8).collect();
+        let f16s: Vec<u8> = [f16::from_f32(0.5), f16::from_f32(-3.0)]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let (file, offs) = build(&[(2, &f32s, 0), (12, &idx, 0), (1, &f16s, 0)]);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("weight.bin");
+        std::fs::write(&path, &file).unwrap();
+        let len = file.len() as u64;
+        let fb = FileBytes::read(File::open(&path).unwrap(), len, &path).unwrap();
+        let w = WeightFile::from_shared(Arc::new(fb), &path).unwrap();
+        let want_idx = w.blob(offs[1]).unwrap().to_i64().unwrap();
+        #[cfg(target_os = "linux")]
+        let before = rss_kb();
+        let got = unsafe {
+            w.consume(offs[0], |b, out| {
+                out.extend(b.to_f32()?);
+                Ok(())
+            })
+        }
+        .unwrap();
+        assert_eq!(got, vals);
+        #[cfg(target_os = "linux")]
+        {
+            // The 8 MiB of file bytes went back as the 8 MiB copy grew: what
+            // is left is at most one chunk's scratch (3 MiB) the allocator keeps.
+            let after = rss_kb();
+            assert!(after < before + 4096, "RSS grew from {before} to {after} kB");
+        }
+        let got_idx = unsafe {
+            w.consume(offs[1], |b, out| {
+                out.extend(b.to_i64()?);
+                Ok(())
+            })
+        }
+        .unwrap();
+        assert_eq!(got_idx, want_idx);
+        // Released bytes are never read as zeros: reading them again is an error.
+        let e = w.blob(offs[0]).unwrap_err().to_string();
+        assert!(e.contains("after its pages were released"), "{e}");
+        // A blob sharing no page with them still reads.
+        assert_eq!(w.blob(offs[2]).unwrap().to_f32().unwrap(), vec![0.5, -3.0]);
+    }
+
+    #[test]
+    fn a_mapped_file_reads_the_same_after_release() {
+        let vals: Vec<f32> = (0..(1 << 20)).map(|i| i as f32).collect();
+        let f32s: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let (file, offs) = build(&[(2, &f32s, 0)]);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("weight.bin");
+        std::fs::write(&path, &file).unwrap();
+        let w = WeightFile::open(&path).unwrap();
+        assert_eq!(
+            unsafe {
+                w.consume(offs[0], |b, out| {
+                    out.extend(b.to_f32()?);
+                    Ok(())
+                })
+            }
+            .unwrap(),
+            vals
+        );
+        // The pages fault back in from the file.
+        assert_eq!(w.blob(offs[0]).unwrap().to_f32().unwrap(), vals);
     }
 
     #[test]

@@ -257,10 +257,7 @@ impl<'p> BlockBuilder<'p> {
     }
 
     fn hold(&mut self, name: &str, c: &ConstVal) -> Result<()> {
-        let bytes = c
-            .tensor
-            .as_ref()
-            .map_or(0, |t| (t.elem_count() * t.dtype().size_in_bytes()) as u64);
+        let bytes = c.held_bytes() as u64;
         self.held = self.held.saturating_add(bytes);
         if self.held > self.budget {
             return Err(Error::MemoryPressure {
@@ -368,6 +365,14 @@ impl<'p> BlockBuilder<'p> {
             let before = steps.len();
             let mut ctx = OpCtx::new(op, name.clone(), env, &self.lists, &mut self.dec, self.policy);
             if constexpr::is_constexpr(&op.r#type) {
+                // Compressed weights computed in f32 stay compressed.
+                if let (Some(w), [out]) = (constexpr::pack(&mut ctx)?, op.outputs.as_slice()) {
+                    if !top {
+                        self.used.append(&mut ctx.used);
+                    }
+                    self.add_const(env, &out.name, &name, ConstVal::packed(w))?;
+                    continue;
+                }
                 let ds = constexpr::materialize_outputs(&mut ctx)?;
                 if ds.len() != op.outputs.len() {
                     return Err(ctx.error(format!("has {} outputs; {} expected", op.outputs.len(), ds.len())));
@@ -467,7 +472,7 @@ impl<'p> BlockBuilder<'p> {
         let args: Vec<&CTensor> = operands
             .iter()
             .filter_map(|v| match v {
-                Val::Const(c) => c.tensor.as_ref(),
+                Val::Const(c) => c.tensor(),
                 Val::Slot(_) => None,
             })
             .collect();
@@ -488,7 +493,7 @@ impl<'p> BlockBuilder<'p> {
         })?;
         for (o, t) in op.outputs.iter().zip(outs) {
             let host = small_host(&t);
-            self.add_const(env, &o.name, name, ConstVal { tensor: Some(t), host })?;
+            self.add_const(env, &o.name, name, ConstVal::new(Some(t), host))?;
         }
         self.folded += 1;
         Ok(())
@@ -582,7 +587,7 @@ impl<'p> BlockBuilder<'p> {
         }
         if let Val::Const(c) = &operands[0] {
             // Known now: the chosen branch becomes part of this block.
-            let pred = truth(c.tensor.as_ref()).map_err(|e| self.malformed(name, format!("`pred`: {e}")))?;
+            let pred = truth(c.tensor()).map_err(|e| self.malformed(name, format!("`pred`: {e}")))?;
             let blk = &op.blocks[if pred { 0 } else { 1 }];
             let mut inner = Env::nested(env);
             self.build_ops(&blk.operations, &mut inner, steps, false)?;
@@ -715,8 +720,7 @@ fn truth(t: Option<&CTensor>) -> candle_core::Result<bool> {
 fn read<'s>(slots: &'s [Option<RVal>], v: &'s Val, step: &Step) -> Result<RValRef<'s>> {
     match v {
         Val::Const(c) => c
-            .tensor
-            .as_ref()
+            .tensor()
             .map(RValRef::T)
             .ok_or_else(|| Error::internal(format!("op `{}` read a string constant", step.name))),
         Val::Slot(s) => match slots[*s].as_ref() {
@@ -885,10 +889,7 @@ mod tests {
 
     fn truth_const() -> Val {
         let t = CTensor::new(1u8, &Device::Cpu).unwrap();
-        Val::Const(Arc::new(ConstVal {
-            tensor: Some(t),
-            host: None,
-        }))
+        Val::Const(Arc::new(ConstVal::new(Some(t), None)))
     }
 
     /// `while (true) { v = body(v) }` over input `x` (slot 0): the loop var

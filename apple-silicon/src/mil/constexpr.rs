@@ -5,9 +5,10 @@
 use half::f16;
 
 use candle_core::{DType as CDType, Tensor as CTensor};
-use coreml_proto::proto::mil_spec::DataType;
+use coreml_proto::proto::mil_spec::{self, DataType};
 
 use super::value::{Decoded, HostData};
+use super::weights::{Store, Weights};
 use super::{OpCtx, Val};
 use crate::error::{Error, Result};
 use crate::milblob::unpack_bits;
@@ -75,6 +76,105 @@ pub fn materialize(ctx: &mut OpCtx) -> Result<Decoded> {
         "constexpr_lut_to_dense" => lut_to_dense(ctx),
         "constexpr_sparse_to_dense" => sparse_to_dense(ctx),
         other => Err(ctx.unsupported(format!("constexpr op `{other}`"))),
+    }
+}
+
+/// The iOS16 `constexpr_affine_dequantize` and `constexpr_lut_to_dense`
+/// outputs as weights kept compressed (`weights::Weights`: 1 byte, or
+/// `nbits / 8`, an element instead of 4) when their output is computed in
+/// f32 and their data lives in a weight file; `None` otherwise (the op is
+/// then materialised densely). Kernels that read weights (`linear`, `conv`,
+/// `gather`) decompress a block at a time; any other reader gets the dense
+/// tensor, built when first asked for.
+pub fn pack(ctx: &mut OpCtx) -> Result<Option<Weights>> {
+    let out_dtype = match ctx
+        .op
+        .outputs
+        .first()
+        .and_then(|o| o.r#type.as_ref())
+        .and_then(|t| t.r#type.as_ref())
+    {
+        Some(mil_spec::value_type::Type::TensorType(t)) => t.data_type,
+        _ => return Ok(None),
+    };
+    if super::compute_dtype(out_dtype, ctx.policy) != Some(CDType::F32) {
+        return Ok(None);
+    }
+    let f16_values = out_dtype == DataType::Float16 as i32;
+    match ctx.op.r#type.as_str() {
+        "constexpr_affine_dequantize" => {
+            let Some((q, shape, signed)) = ctx.raw_bytes_attr("quantized_data")? else {
+                return Ok(None);
+            };
+            let zp = required(ctx, "zero_point")?;
+            let scale = required(ctx, "scale")?;
+            let axis = ctx.opt_int("axis")?.unwrap_or(0);
+            let rank = shape.len() as i64;
+            if axis < -rank || axis >= rank {
+                return Err(ctx.error(format!("axis {axis} outside the data's rank {rank}")));
+            }
+            let axis = if axis < 0 { axis + rank } else { axis } as usize;
+            let dim = shape[axis];
+            let inner: usize = shape[axis + 1..].iter().product();
+            let zero = zp.data.to_f32().ok_or_else(|| ctx.error("zero_point is not numeric"))?;
+            let scale = scale.data.to_f32().ok_or_else(|| ctx.error("scale is not numeric"))?;
+            for (name, v) in [("zero_point", &zero), ("scale", &scale)] {
+                if v.len() != 1 && v.len() != dim {
+                    return Err(ctx.error(format!(
+                        "`{name}` has {} values; expected 1 or {dim} (the size of axis {axis})",
+                        v.len()
+                    )));
+                }
+            }
+            let store = Store::Affine {
+                q,
+                signed,
+                scale,
+                zero,
+                dim,
+                inner,
+            };
+            Weights::new(shape, store, f16_values)
+                .map(Some)
+                .map_err(|e| ctx.error(e.to_string()))
+        }
+        "constexpr_lut_to_dense" if ctx.op.attributes.contains_key("shape") => {
+            let lut = required(ctx, "lut")?;
+            if lut.shape.len() != 1 {
+                return Ok(None);
+            }
+            let nbits = match lut.shape[0] {
+                2 => 1,
+                4 => 2,
+                16 => 4,
+                64 => 6,
+                256 => 8,
+                n => return Err(ctx.error(format!("look-up table has {n} entries; expected 2, 4, 16, 64 or 256"))),
+            };
+            let Some((packed, _, signed)) = ctx.raw_bytes_attr("indices")? else {
+                return Ok(None);
+            };
+            if signed {
+                return Err(ctx.error("`indices` must be uint8 bytes"));
+            }
+            let shape = required(ctx, "shape")?;
+            let (out_shape, n) = shape_of(ctx, &shape)?;
+            let need = n
+                .checked_mul(nbits as usize)
+                .ok_or_else(|| ctx.error(format!("{n} {nbits}-bit indices overflow")))?
+                .div_ceil(8);
+            if packed.len() != need || out_shape.is_empty() {
+                return Err(ctx.error(format!(
+                    "indices hold {} bytes; {need} expected for {n} {nbits}-bit indices",
+                    packed.len()
+                )));
+            }
+            let table = lut.data.to_f32().ok_or_else(|| ctx.error("lut is not numeric"))?;
+            Weights::new(out_shape, Store::Lut { packed, nbits, table }, f16_values)
+                .map(Some)
+                .map_err(|e| ctx.error(e.to_string()))
+        }
+        _ => Ok(None),
     }
 }
 
@@ -233,7 +333,7 @@ fn host_arg(ctx: &mut OpCtx, arg: &str) -> Result<Option<Decoded>> {
         Some(Val::Slot(_)) => Err(ctx.unsupported(format!(
             "argument `{arg}` is computed at run time; constexpr ops take constants"
         ))),
-        Some(Val::Const(c)) => match (&c.host, &c.tensor) {
+        Some(Val::Const(c)) => match (&c.host, c.tensor()) {
             (Some(d), _) => Ok(Some(d.clone())),
             (None, Some(t)) => decoded_of(t)
                 .map(Some)

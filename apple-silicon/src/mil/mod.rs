@@ -42,10 +42,11 @@ mod rows;
 mod test_support;
 pub mod value;
 mod vmath;
+mod weights;
 mod workers;
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use candle_core::{DType as CDType, Device, Tensor as CTensor};
@@ -87,10 +88,67 @@ pub(crate) enum Val {
 }
 
 /// A constant: its candle tensor (none for strings) and, for small values,
-/// its host data (parameters are read from it).
+/// its host data (parameters are read from it). A weight kept in its stored
+/// form (`packed`: f16 or compressed, see `weights`) has a dense tensor only
+/// once an op other than the weight readers asks for it.
 pub(crate) struct ConstVal {
-    pub tensor: Option<CTensor>,
+    tensor: OnceLock<Option<CTensor>>,
     pub host: Option<Decoded>,
+    pub packed: Option<Arc<weights::Weights>>,
+}
+
+impl ConstVal {
+    /// A constant with its tensor (none for strings) and host copy.
+    pub(crate) fn new(tensor: Option<CTensor>, host: Option<Decoded>) -> ConstVal {
+        ConstVal {
+            tensor: OnceLock::from(tensor),
+            host,
+            packed: None,
+        }
+    }
+
+    /// A weight kept in its stored form.
+    pub(crate) fn packed(w: weights::Weights) -> ConstVal {
+        ConstVal {
+            tensor: OnceLock::new(),
+            host: None,
+            packed: Some(Arc::new(w)),
+        }
+    }
+
+    /// The constant's tensor; for a packed weight, its dense f32 form, built
+    /// on the first call and kept (costs 4 bytes an element from then on).
+    /// `None` for strings, or a packed weight that cannot be expanded.
+    pub(crate) fn tensor(&self) -> Option<&CTensor> {
+        self.tensor
+            .get_or_init(|| self.packed.as_ref().and_then(|w| w.to_tensor().ok()))
+            .as_ref()
+    }
+
+    /// Whether the constant is a tensor (without expanding a packed weight).
+    pub(crate) fn is_tensor(&self) -> bool {
+        self.packed.is_some() || self.tensor.get().is_some_and(|t| t.is_some())
+    }
+
+    /// Bytes the constant holds now: its stored form, plus its dense tensor
+    /// once built.
+    pub(crate) fn held_bytes(&self) -> usize {
+        let dense = self
+            .tensor
+            .get()
+            .and_then(|t| t.as_ref())
+            .map_or(0, |t| t.elem_count() * t.dtype().size_in_bytes());
+        dense + self.packed.as_ref().map_or(0, |w| w.bytes())
+    }
+
+    /// The tensor a lowered program stores: a packed weight in its
+    /// declared dtype (f16 stays f16), built without being kept.
+    fn lowered_tensor(&self) -> Option<CTensor> {
+        match &self.packed {
+            Some(w) => w.to_stored_tensor().ok(),
+            None => self.tensor().cloned(),
+        }
+    }
 }
 
 /// Constants up to this many elements keep a host copy for parameter reads.
@@ -308,7 +366,7 @@ impl<'b, 'p> OpCtx<'b, 'p> {
         let what = format!("op `{}` argument `{arg}`", self.name);
         let d = self.dec.decode(v, &what)?;
         let tensor = const_tensor(&d, self.policy).map_err(|e| self.bad(e.to_string()))?;
-        Ok(Val::Const(Arc::new(ConstVal { tensor, host: Some(d) })))
+        Ok(Val::Const(Arc::new(ConstVal::new(tensor, Some(d)))))
     }
 
     /// A tensor operand; returns its index among the kernel's arguments.
@@ -321,7 +379,7 @@ impl<'b, 'p> OpCtx<'b, 'p> {
     pub fn opt_tensor(&mut self, arg: &str) -> Result<Option<usize>> {
         let Some(v) = self.resolve(arg)? else { return Ok(None) };
         if let Val::Const(c) = &v {
-            if c.tensor.is_none() {
+            if !c.is_tensor() {
                 return Err(self.bad(format!("argument `{arg}` is a string where a tensor is expected")));
             }
         }
@@ -429,7 +487,75 @@ impl<'b, 'p> OpCtx<'b, 'p> {
                 "op `{}` ({}): argument `{arg}` computed at run time (the interpreter needs it constant)",
                 self.name, self.op.r#type
             ))),
-            Some(Val::Const(c)) => Ok(c.tensor.clone()),
+            Some(Val::Const(c)) => Ok(c.tensor().cloned()),
+        }
+    }
+
+    /// A constant weight argument in its stored form (dense weights wrapped
+    /// without a copy); the dense tensor of an f16 or compressed weight is
+    /// not built. `None` when absent or a scalar.
+    pub fn const_weights(&mut self, arg: &str) -> Result<Option<Arc<weights::Weights>>> {
+        match self.resolve(arg)? {
+            None => Ok(None),
+            Some(Val::Slot(_)) => Err(Error::unsupported(format!(
+                "op `{}` ({}): argument `{arg}` computed at run time (the interpreter needs it constant)",
+                self.name, self.op.r#type
+            ))),
+            Some(Val::Const(c)) if c.packed.is_some() => Ok(c.packed.clone()),
+            // Not packed: `tensor()` builds nothing.
+            Some(Val::Const(c)) => match (&c.packed, c.tensor()) {
+                (Some(w), _) => Ok(Some(Arc::clone(w))),
+                // f16 (the Native policy) stays f16: a copy of 2 bytes an element.
+                (None, Some(t)) if t.rank() >= 1 && t.dtype() == CDType::F16 => t
+                    .flatten_all()
+                    .and_then(|f| f.to_vec1())
+                    .and_then(|v| weights::Weights::new(t.dims().to_vec(), weights::Store::F16(v), true))
+                    .map(|w| Some(Arc::new(w)))
+                    .map_err(|e| self.error(e.to_string())),
+                (None, Some(t)) if t.rank() >= 1 => weights::Weights::dense(t.clone())
+                    .map(|w| Some(Arc::new(w)))
+                    .map_err(|e| self.error(e.to_string())),
+                _ => Ok(None),
+            },
+        }
+    }
+
+    /// An attribute (iOS16 constexpr ops keep their operands there) stored
+    /// as int8 / uint8 in a weight file, as raw bytes with its shape and
+    /// signedness; `None` for anything else (see `Decoder::decode_raw_bytes`).
+    pub fn raw_bytes_attr(&mut self, arg: &str) -> Result<Option<value::RawBytes>> {
+        let Some(v) = self.op.attributes.get(arg) else {
+            return Ok(None);
+        };
+        let what = format!("op `{}` argument `{arg}`", self.name);
+        self.dec.decode_raw_bytes(v, &what)
+    }
+
+    /// The rank of `arg` when it names a packed constant (nothing is read).
+    pub fn packed_weight_rank(&self, arg: &str) -> Option<usize> {
+        let Binding::Name(n) = self.binding(arg)? else {
+            return None;
+        };
+        match self.env.get(n)? {
+            Val::Const(c) => c.packed.as_ref().map(|w| w.shape().len()),
+            Val::Slot(_) => None,
+        }
+    }
+
+    /// The stored form of a packed (f16 or compressed) constant weight
+    /// named by `arg`, without reading it as an operand; `None` for
+    /// anything else.
+    pub fn packed_const(&mut self, arg: &str) -> Option<Arc<weights::Weights>> {
+        let Binding::Name(n) = self.binding(arg)? else {
+            return None;
+        };
+        match self.env.get(n)? {
+            Val::Const(c) => {
+                let w = c.packed.clone()?;
+                self.used.push(n.clone());
+                Some(w)
+            }
+            Val::Slot(_) => None,
         }
     }
 
@@ -520,7 +646,7 @@ impl Plan {
     /// program's sizes, at build time (folding) and at every run; crossing it
     /// is [`Error::MemoryPressure`] naming the op and the size.
     pub fn build_budgeted(pkg: &MlPackage, policy: FloatPolicy, budget: Option<u64>) -> Result<Plan> {
-        Self::build_lowered_budgeted(pkg, policy, budget).map(|(plan, _)| plan)
+        Self::build_guarded(pkg, policy, budget, false).map(|(plan, _)| plan)
     }
 
     /// Like [`Plan::build`], also returning the program lowered to what the
@@ -537,8 +663,23 @@ impl Plan {
         policy: FloatPolicy,
         budget: Option<u64>,
     ) -> Result<(Plan, Lowered)> {
+        Self::build_guarded(pkg, policy, budget, true)
+    }
+
+    /// A build inside the panic barrier and the limits; `lower`: also
+    /// collect the lowered program's constants.
+    fn build_guarded(
+        pkg: &MlPackage,
+        policy: FloatPolicy,
+        budget: Option<u64>,
+        lower: bool,
+    ) -> Result<(Plan, Lowered)> {
         let budget = budget.unwrap_or_else(|| limits::default_memory_budget(package_bytes(pkg.path())));
-        let r = barrier(|| limits::scoped(Some(budget), None, None, || Self::build_inner(pkg, policy, budget)));
+        let r = barrier(|| {
+            limits::scoped(Some(budget), None, None, || {
+                Self::build_inner(pkg, policy, budget, lower)
+            })
+        });
         r.unwrap_or_else(|msg| {
             Err(Error::internal(format!(
                 "building the plan of {} panicked: {msg}",
@@ -547,7 +688,7 @@ impl Plan {
         })
     }
 
-    fn build_inner(pkg: &MlPackage, policy: FloatPolicy, budget: u64) -> Result<(Plan, Lowered)> {
+    fn build_inner(pkg: &MlPackage, policy: FloatPolicy, budget: u64, lower: bool) -> Result<(Plan, Lowered)> {
         let main = pkg.main_function();
         let block = pkg.main_block()?;
         let mut unsupported = Vec::new();
@@ -623,10 +764,7 @@ impl Plan {
             for v in &s.operands {
                 if let Val::Const(c) = v {
                     if seen.insert(Arc::as_ptr(c) as usize) {
-                        const_bytes += c
-                            .tensor
-                            .as_ref()
-                            .map_or(0, |t| t.elem_count() * t.dtype().size_in_bytes());
+                        const_bytes += c.held_bytes();
                     }
                 }
             }
@@ -634,10 +772,12 @@ impl Plan {
         let mut seen_names = HashSet::new();
         let consts = used_consts
             .into_iter()
+            // Only a lowered build needs them (packed weights are expanded for it).
+            .filter(|_| lower)
             .filter(|n| !bb.kept_names.contains(n) && seen_names.insert(n.clone()))
             .filter_map(|n| match env.map.get(&n) {
-                Some(Val::Const(c)) => match (&c.tensor, &c.host) {
-                    (Some(t), _) => Some((n, lower::LoweredConst::Tensor(t.clone()))),
+                Some(Val::Const(c)) => match (c.is_tensor().then(|| c.lowered_tensor()).flatten(), &c.host) {
+                    (Some(t), _) => Some((n, lower::LoweredConst::Tensor(t))),
                     (
                         None,
                         Some(Decoded {
@@ -768,7 +908,7 @@ impl Plan {
         let mut out = TensorMap::new();
         for o in &self.outputs {
             let t = match &o.val {
-                Val::Const(c) => c.tensor.as_ref(),
+                Val::Const(c) => c.tensor(),
                 Val::Slot(s) => match &slots[*s] {
                     Some(RVal::T(t)) => Some(t),
                     _ => None,
@@ -839,7 +979,18 @@ fn package_bytes(root: &std::path::Path) -> u64 {
 fn make_const(d: Decoded, policy: FloatPolicy, name: &str) -> Result<ConstVal> {
     if d.data.len() <= HOST_COPY_LIMIT {
         let tensor = const_tensor(&d, policy).map_err(|e| candle_err(name, "const", e))?;
-        return Ok(ConstVal { tensor, host: Some(d) });
+        return Ok(ConstVal::new(tensor, Some(d)));
+    }
+    // Large fp16 constants computed in f32 stay f16 (weights::Weights): the
+    // kernels that read weights convert a block at a time; any other
+    // reader gets the f32 tensor, built when first asked for.
+    if policy == FloatPolicy::Upcast && !d.shape.is_empty() {
+        if let HostData::F16(_) = &d.data {
+            let HostData::F16(v) = d.data else { unreachable!() };
+            let w = weights::Weights::new(d.shape, weights::Store::F16(v), true)
+                .map_err(|e| candle_err(name, "const", e))?;
+            return Ok(ConstVal::packed(w));
+        }
     }
     // Large constants (weights): move the decoded buffer into the tensor
     // instead of copying it; no host copy is kept.
@@ -854,18 +1005,10 @@ fn make_const(d: Decoded, policy: FloatPolicy, name: &str) -> Result<ConstVal> {
         (HostData::Bool(v), Some(_)) => {
             CTensor::from_vec(v.into_iter().map(|b| b as u8).collect::<Vec<u8>>(), shape, dev)
         }
-        (HostData::Str(_), _) | (_, None) => {
-            return Ok(ConstVal {
-                tensor: None,
-                host: None,
-            })
-        }
+        (HostData::Str(_), _) | (_, None) => return Ok(ConstVal::new(None, None)),
     }
     .map_err(|e| candle_err(name, "const", e))?;
-    Ok(ConstVal {
-        tensor: Some(tensor),
-        host: None,
-    })
+    Ok(ConstVal::new(Some(tensor), None))
 }
 
 /// Host copy of a small folded tensor, so later ops can read it as a parameter.

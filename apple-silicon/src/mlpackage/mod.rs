@@ -462,7 +462,10 @@ fn read_from(source: &Source, root: &Path, rel: &str, limit: u64) -> Result<Arc<
                     format!("{} bytes is more than the {limit} allowed for this file", b.len()),
                 ));
             }
-            Ok(Arc::clone(b))
+            let bytes = b
+                .get()
+                .ok_or_else(|| Error::internal(format!("`{rel}` was partly released by a plan build")))?;
+            Ok(Arc::new(bytes.to_vec()))
         }
     }
 }

@@ -20,6 +20,7 @@ use super::{one, Builder, CResult};
 use crate::error::Result;
 use crate::mil::fuse::{Act, Epi, Tail};
 use crate::mil::par_elementwise::{self, BinOp};
+use crate::mil::weights::{self, Weights};
 use crate::mil::{conv_gemm, depthwise, Kernel, OpCtx};
 
 /// The builder for `op_type`, if this family has it.
@@ -37,23 +38,30 @@ pub(super) fn conv(c: &mut OpCtx) -> Result<Kernel> {
         return conv_dynamic(c);
     }
     let x = c.tensor("x")?;
-    let w = c
-        .const_tensor("weight")?
-        .ok_or_else(|| c.error("`weight` must be a constant"))?;
-    let w = if c.op.r#type == "conv_quantized" {
-        dequantize_weight(c, w)?
+    // The weight in its stored form: f16 and compressed weights of the
+    // general (GEMM) path stay so, converted on each call; the other paths
+    // (depthwise, direct, conv_quantized) take the dense f32 tensor.
+    let wts = c
+        .const_weights("weight")?
+        .ok_or_else(|| c.error("`weight` must be a constant tensor"))?;
+    let wts = if c.op.r#type == "conv_quantized" {
+        let w = dequantize_weight(c, wts.to_tensor().map_err(|e| c.error(e.to_string()))?)?;
+        Arc::new(Weights::dense(w).map_err(|e| c.error(e.to_string()))?)
     } else {
-        w
+        wts
     };
+    let wd = wts.shape().to_vec();
     let bias = c.const_tensor("bias")?;
-    let (n, groups) = weight_groups(c, &w, "C_out")?;
-    let (cout, cin_g) = (w.dims()[0], w.dims()[1]);
+    let (n, groups) = weight_groups(c, &wd, "C_out")?;
+    let (cout, cin_g) = (wd[0], wd[1]);
     check_bias(c, bias.as_ref(), cout)?;
     let (strides, dil, pad_type, pad) = spatial_params(c, n)?;
     check_pad_type(c, &pad_type, &pad, n)?;
-    let kdims = w.dims()[2..].to_vec();
+    let kdims = wd[2..].to_vec();
     let equal_strides = strides.iter().all(|&s| s == strides[0]);
+    let dense = |c: &OpCtx| wts.to_tensor().map_err(|e| c.error(e.to_string()));
     if n > 2 || dil.iter().any(|&d| d != dil[0]) {
+        let w = dense(c)?;
         // Unequal dilations, or 3-D: the direct kernel.
         let ws = host_f32(&w).map_err(|e| c.error(e.to_string()))?;
         let bs = bias
@@ -74,6 +82,7 @@ pub(super) fn conv(c: &mut OpCtx) -> Result<Kernel> {
     let (stride, dilation) = (if equal_strides { strides[0] } else { 1 }, dil[0]);
     let depthwise = equal_strides && n == 2 && groups > 1 && cin_g == 1 && cout == groups;
     if depthwise {
+        let w = dense(c)?;
         return depthwise_conv(c, x, &w, bias.as_ref(), (pad_type, pad), stride, dilation);
     }
     let general = General {
@@ -99,7 +108,7 @@ pub(super) fn conv(c: &mut OpCtx) -> Result<Kernel> {
             ),
             None => None,
         },
-        w,
+        w: wts,
     };
     let offer = general.clone();
     c.offer = Some(Box::new(move |epi| offer.clone().kernel(epi)));
@@ -124,7 +133,7 @@ struct General {
     host_bias: Option<Vec<f32>>,
     /// The bias as `[1, C_out, 1(, 1)]`, for the candle path.
     bias: Option<Tensor>,
-    w: Tensor,
+    w: Arc<Weights>,
 }
 
 impl General {
@@ -186,10 +195,11 @@ impl General {
             dilation: pick(&self.dil),
             pads: if one_d { [(0, 0), pads[0]] } else { [pads[0], pads[1]] },
         };
-        let w = self.w.to_dtype(CDType::F32)?.contiguous()?;
         let x = x.contiguous()?;
+        // A dense weight is read in place; an f16 or compressed one is
+        // converted whole into this thread's scratch (one weight at a time).
         let (y, (oh, ow)) = depthwise::with_f32_slice(&x, |xs| {
-            depthwise::with_f32_slice(&w, |ws| {
+            weights::with_rows(&self.w, 0..self.cout, |ws| {
                 conv_gemm::conv2d(
                     xs,
                     (nb, cin, h, wd),
@@ -201,7 +211,7 @@ impl General {
                     tail,
                 )
             })
-        })???;
+        })??;
         let shape = if one_d {
             vec![nb, self.cout, ow]
         } else {
@@ -225,7 +235,7 @@ impl General {
             (xp, 0)
         };
         // iOS17: weight and bias may have another dtype than x.
-        let w = self.w.to_dtype(x.dtype())?;
+        let w = self.w.to_tensor()?.to_dtype(x.dtype())?;
         let mut y = if self.n == 2 {
             xp.conv2d(&w, p, stride, dilation, self.groups)?
         } else {
@@ -462,16 +472,16 @@ fn tap(o: usize, k: usize, s: usize, d: usize, pad_begin: usize, len: usize) -> 
 /// `groups`, which must divide the weight's first dim (`first` names it:
 /// C_out for conv, C_in for conv_transpose). Returns the spatial rank and
 /// the group count.
-fn weight_groups(c: &mut OpCtx, w: &Tensor, first: &str) -> Result<(usize, usize)> {
+fn weight_groups(c: &mut OpCtx, wd: &[usize], first: &str) -> Result<(usize, usize)> {
     let groups = c.opt_int("groups")?.unwrap_or(1);
-    let n = w.rank().saturating_sub(2);
+    let n = wd.len().saturating_sub(2);
     if !(1..=3).contains(&n) {
-        return Err(c.unsupported(format!("`weight` of rank {} (1-, 2- or 3-D convolution)", w.rank())));
+        return Err(c.unsupported(format!("`weight` of rank {} (1-, 2- or 3-D convolution)", wd.len())));
     }
-    if w.dims().contains(&0) {
-        return Err(c.unsupported(format!("`weight` of shape {:?} (an empty dim)", w.dims())));
+    if wd.contains(&0) {
+        return Err(c.unsupported(format!("`weight` of shape {wd:?} (an empty dim)")));
     }
-    let d0 = w.dims()[0];
+    let d0 = wd[0];
     if groups < 1 || !d0.is_multiple_of(groups as usize) {
         return Err(c.unsupported(format!("`groups` {groups} (must divide {first} {d0})")));
     }
@@ -501,7 +511,7 @@ pub(super) fn conv_transpose(c: &mut OpCtx) -> Result<Kernel> {
         .const_tensor("weight")?
         .ok_or_else(|| c.error("`weight` must be a constant"))?;
     let bias = c.const_tensor("bias")?;
-    let (n, groups) = weight_groups(c, &w, "C_in")?;
+    let (n, groups) = weight_groups(c, w.dims(), "C_in")?;
     let (cin, cout_g) = (w.dims()[0], w.dims()[1]);
     let cout = cout_g * groups;
     check_bias(c, bias.as_ref(), cout)?;
@@ -788,7 +798,14 @@ mod tests {
             let mut wd = vec![cout, cin / groups];
             wd.extend(&k);
             let x = Tensor::randn(0f32, 2.0, xd.as_slice(), &Device::Cpu).unwrap();
-            let w = Tensor::randn(0f32, 1.0, wd.as_slice(), &Device::Cpu).unwrap();
+            // Values an f16 weight holds exactly, so the packed (f16) form
+            // below must give the very same output as the dense one.
+            let w = Tensor::randn(0f32, 1.0, wd.as_slice(), &Device::Cpu)
+                .unwrap()
+                .to_dtype(CDType::F16)
+                .unwrap();
+            let w16: Vec<half::f16> = w.flatten_all().unwrap().to_vec1().unwrap();
+            let w = w.to_dtype(CDType::F32).unwrap();
             let b = Tensor::randn(0f32, 1.0, cout, &Device::Cpu).unwrap();
             let mut bshape = vec![1, cout, 1];
             if n == 2 {
@@ -807,8 +824,21 @@ mod tests {
                 pad: pad.clone(),
                 host_bias: Some(b.to_vec1().unwrap()),
                 bias: Some(b.reshape(bshape).unwrap()),
-                w,
+                w: Arc::new(Weights::dense(w).unwrap()),
             };
+            let packed = General {
+                w: Arc::new(Weights::new(wd.clone(), weights::Store::F16(w16), true).unwrap()),
+                ..g.clone()
+            };
+            let xf = x.clone();
+            assert_eq!(
+                max_diff(
+                    &g.clone().kernel(Epi::act(Act::Relu))(&[&xf]).unwrap()[0],
+                    &packed.kernel(Epi::act(Act::Relu))(&[&xf]).unwrap()[0]
+                ),
+                0.0,
+                "f16-stored weight, {xd:?} {k:?}"
+            );
             for xt in [x.clone(), x.to_dtype(CDType::F16).unwrap()] {
                 let plain = g.clone().kernel(Epi::act(Act::Identity))(&[&xt]).unwrap().remove(0);
                 // The f32 GEMM path against candle's conv (the path before it).

@@ -17,6 +17,7 @@ use super::{one, Builder, CResult};
 use crate::error::Result;
 use crate::mil::fuse::{Act, Epi, Tail};
 use crate::mil::gemm::{self, Bias, MatRef};
+use crate::mil::weights::{self, Weights};
 use crate::mil::{depthwise, Kernel, OpCtx};
 
 /// The builder for `op_type`, if this family has it.
@@ -31,14 +32,16 @@ pub(super) fn builder(op_type: &str) -> Option<Builder> {
 
 pub(super) fn linear(c: &mut OpCtx) -> Result<Kernel> {
     let x = c.tensor("x")?;
+    // The weight in its stored form: f16 and compressed weights are
+    // converted a block of output features at a time, never kept as f32.
     let w = c
-        .const_tensor("weight")?
-        .ok_or_else(|| c.error("`weight` is required"))?;
+        .const_weights("weight")?
+        .ok_or_else(|| c.error("`weight` is required (a constant of rank 2)"))?;
     let b = c.const_tensor("bias")?;
-    if w.rank() != 2 {
-        return Err(c.error(format!("weight of rank {}; expected [out, in]", w.rank())));
+    if w.shape().len() != 2 {
+        return Err(c.error(format!("weight of rank {}; expected [out, in]", w.shape().len())));
     }
-    let (dout, din) = w.dims2().map_err(|e| c.error(e.to_string()))?;
+    let (dout, din) = (w.shape()[0], w.shape()[1]);
     if let Some(b) = &b {
         if b.elem_count() != dout {
             return Err(c.error(format!("`bias` has {} values for {dout} outputs", b.elem_count())));
@@ -60,22 +63,11 @@ pub(super) fn linear(c: &mut OpCtx) -> Result<Kernel> {
             let rows = x.elem_count() / din.max(1);
             let mut shape = dims;
             *shape.last_mut().expect("rank >= 1") = dout;
-            // f32 with f32 weights: our GEMM, bias and activation fused.
-            if x.dtype() == DType::F32 && w.dtype() == DType::F32 && (b.is_none() || host_b.is_some()) {
+            // f32 input: our GEMM, bias and activation fused.
+            if x.dtype() == DType::F32 && (b.is_none() || host_b.is_some()) {
                 let xc = x.contiguous()?;
                 let product = |tail: Tail| -> CResult<Vec<f32>> {
-                    depthwise::with_f32_slice(&xc, |xs| {
-                        depthwise::with_f32_slice(&w, |ws| {
-                            let rhs = MatRef {
-                                data: ws,
-                                rs: 1,
-                                cs: din,
-                                batch: 0,
-                            };
-                            let bias = host_b.as_deref().map_or(Bias::None, Bias::Cols);
-                            gemm::matmul(1, (rows, dout, din), MatRef::row_major(xs, din), rhs, bias, tail)
-                        })
-                    })??
+                    depthwise::with_f32_slice(&xc, |xs| linear_f32(xs, rows, &w, host_b.as_deref(), tail))?
                 };
                 let y = match epi.fast_residual(a, &shape)? {
                     Some(r) => {
@@ -97,7 +89,8 @@ pub(super) fn linear(c: &mut OpCtx) -> Result<Kernel> {
             }
             let ct = compute_type(x.dtype());
             let x2 = x.to_dtype(ct)?.reshape((rows, din))?;
-            let mut y = x2.matmul(&w.to_dtype(ct)?.t()?)?;
+            let wt = w.to_tensor()?;
+            let mut y = x2.matmul(&wt.to_dtype(ct)?.t()?)?;
             if let Some(b) = &b {
                 y = y.broadcast_add(&b.to_dtype(ct)?)?;
             }
@@ -108,6 +101,50 @@ pub(super) fn linear(c: &mut OpCtx) -> Result<Kernel> {
     let offer = make.clone();
     c.offer = Some(Box::new(move |epi| offer(epi)));
     Ok(make(Epi::act(Act::Identity)))
+}
+
+/// `tail(x [rows, in] · wᵀ + bias)` with `w` `[out, in]` (the fused
+/// activation, residual and activation, [`Tail`]): in one product when
+/// `w` is dense f32, else one product per block of output features, each
+/// block of `w` converted to f32 into a reused scratch (`weights::with_rows`).
+fn linear_f32(xs: &[f32], rows: usize, w: &Weights, bias: Option<&[f32]>, tail: Tail) -> CResult<Vec<f32>> {
+    let (dout, din) = (w.shape()[0], w.shape()[1]);
+    let lhs = MatRef::row_major(xs, din);
+    if let Some(wd) = w.as_dense() {
+        return depthwise::with_f32_slice(wd, |ws| {
+            let rhs = MatRef {
+                data: ws,
+                rs: 1,
+                cs: din,
+                batch: 0,
+            };
+            gemm::matmul(1, (rows, dout, din), lhs, rhs, bias.map_or(Bias::None, Bias::Cols), tail)
+        })?;
+    }
+    crate::mil::limits::check_alloc("linear output", &[rows, dout], 4)?;
+    let len = rows * dout;
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    let step = weights::block_rows(w);
+    {
+        let dst = &mut out.spare_capacity_mut()[..len];
+        for j0 in (0..dout).step_by(step.max(1)) {
+            let j1 = (j0 + step).min(dout);
+            weights::with_rows(w, j0..j1, |ws| {
+                let rhs = MatRef {
+                    data: ws,
+                    rs: 1,
+                    cs: din,
+                    batch: 0,
+                };
+                let bias = bias.map_or(Bias::None, |b| Bias::Cols(&b[j0..j1]));
+                gemm::matmul_into_rows(&mut dst[j0..], dout, (rows, j1 - j0, din), lhs, rhs, bias, tail.from(j0))
+            })?;
+        }
+    }
+    // SAFETY: the blocks of columns j0..j1 cover 0..dout, and each wrote its
+    // columns of every one of the `rows` rows.
+    unsafe { out.set_len(len) };
+    Ok(out)
 }
 
 /// The dtype a product is computed in: floats as they are, integers in f64
@@ -296,6 +333,42 @@ fn einsum_rank(eq: &str) -> Option<usize> {
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    #[test]
+    fn a_packed_weight_is_read_a_block_of_outputs_at_a_time_like_the_dense_one() {
+        // 2000 outputs of 300 inputs: three blocks of output features.
+        let (rows, dout, din) = (5, 2000, 300);
+        let w16: Vec<half::f16> = (0..dout * din)
+            .map(|i| half::f16::from_f32(((i * 7919) % 1013) as f32 / 512.0 - 1.0))
+            .collect();
+        let wf: Vec<f32> = w16.iter().map(|v| v.to_f32()).collect();
+        let xs: Vec<f32> = (0..rows * din).map(|i| ((i * 31) % 97) as f32 / 50.0 - 1.0).collect();
+        let bias: Vec<f32> = (0..dout).map(|i| i as f32 / 1000.0).collect();
+        let packed = Weights::new(vec![dout, din], weights::Store::F16(w16), true).unwrap();
+        assert!(weights::block_rows(&packed) < dout);
+        let dense = Weights::dense(Tensor::from_vec(wf.clone(), (dout, din), &Device::Cpu).unwrap()).unwrap();
+        // relu, then a residual added, then relu6: the fused tail, block by block.
+        let res: Vec<f32> = (0..rows * dout).map(|i| ((i * 13) % 29) as f32 / 7.0 - 2.0).collect();
+        let tail = Tail {
+            pre: Act::Relu,
+            residual: Some(&res),
+            post: Act::Clamp(0.0, 6.0),
+        };
+        let a = linear_f32(&xs, rows, &packed, Some(&bias), tail).unwrap();
+        let b = linear_f32(&xs, rows, &dense, Some(&bias), tail).unwrap();
+        // Reference: the sums written out, in f64.
+        for r in 0..rows {
+            for o in 0..dout {
+                let want: f64 = (0..din)
+                    .map(|i| xs[r * din + i] as f64 * wf[o * din + i] as f64)
+                    .sum::<f64>()
+                    + bias[o] as f64;
+                let want = (want.max(0.0) + res[r * dout + o] as f64).clamp(0.0, 6.0);
+                assert!((a[r * dout + o] as f64 - want).abs() < 1e-3, "row {r} output {o}");
+                assert!((b[r * dout + o] as f64 - want).abs() < 1e-3, "row {r} output {o}");
+            }
+        }
+    }
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         (a - b)

@@ -41,6 +41,9 @@ fn batch_dims(c: &mut OpCtx) -> Result<usize> {
 }
 
 fn gather(c: &mut OpCtx) -> Result<Kernel> {
+    if let Some(k) = gather_rows(c)? {
+        return Ok(k);
+    }
     let x = c.tensor("x")?;
     let idx = c.tensor("indices")?;
     let axis = c.opt_int("axis")?.unwrap_or(0);
@@ -86,6 +89,42 @@ fn gather(c: &mut OpCtx) -> Result<Kernel> {
             Ok(s)
         })?)
     }))
+}
+
+/// `gather` of whole rows (axis 0, no batch dims) of an f16 or compressed
+/// constant (an embedding table): each row read from the stored form as
+/// f32, the table never expanded. `None` for any other gather.
+fn gather_rows(c: &mut OpCtx) -> Result<Option<Kernel>> {
+    let axis = c.opt_int("axis")?.unwrap_or(0);
+    if batch_dims(c)? != 0 {
+        return Ok(None);
+    }
+    let Some(rank) = c.packed_weight_rank("x") else {
+        return Ok(None);
+    };
+    if axis != 0 && axis != -(rank as i64) {
+        return Ok(None);
+    }
+    let Some(w) = c.packed_const("x") else { return Ok(None) };
+    let idx = c.tensor("indices")?;
+    c.opt_bool("validate_indices")?;
+    Ok(Some(Box::new(move |a| {
+        let ind = a[idx];
+        let n = w.shape()[0];
+        let iv: Vec<usize> = host_ints(ind)?
+            .into_iter()
+            .map(|i| wrap_index(i, n, "gather (axis 0)"))
+            .collect::<CResult<_>>()?;
+        let mut shape = ind.dims().to_vec();
+        shape.extend_from_slice(&w.shape()[1..]);
+        crate::mil::limits::check_alloc("gather output", &shape, 4)?;
+        let rl = w.row_len();
+        let mut out = vec![0f32; iv.len() * rl];
+        for (&i, o) in iv.iter().zip(out.chunks_exact_mut(rl.max(1))) {
+            w.rows_f32(i..i + 1, o)?;
+        }
+        one(Tensor::from_vec(out, shape, &candle_core::Device::Cpu)?)
+    })))
 }
 
 fn gather_along_axis(c: &mut OpCtx) -> Result<Kernel> {
