@@ -578,8 +578,8 @@ impl InferenceEngine for ResilientEngine {
 
     /// Like `infer`, routed the same way (breaker, fallback, telemetry), on
     /// the serving engine's own `infer_into`: Core ML writes into the
-    /// caller's buffers (see [`ResilientEngine::call_primary_into`] for the
-    /// guard), Candle replaces them. Outputs are unspecified on error.
+    /// caller's buffers (under the primary's guard the output map moves to
+    /// the worker and back), Candle replaces them. Outputs are unspecified on error.
     fn infer_into(
         &self,
         model: &dyn PreparedModel,

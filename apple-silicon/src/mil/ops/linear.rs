@@ -118,7 +118,14 @@ fn linear_f32(xs: &[f32], rows: usize, w: &Weights, bias: Option<&[f32]>, tail: 
                 cs: din,
                 batch: 0,
             };
-            gemm::matmul(1, (rows, dout, din), lhs, rhs, bias.map_or(Bias::None, Bias::Cols), tail)
+            gemm::matmul(
+                1,
+                (rows, dout, din),
+                lhs,
+                rhs,
+                bias.map_or(Bias::None, Bias::Cols),
+                tail,
+            )
         })?;
     }
     crate::mil::limits::check_alloc("linear output", &[rows, dout], 4)?;
@@ -137,7 +144,15 @@ fn linear_f32(xs: &[f32], rows: usize, w: &Weights, bias: Option<&[f32]>, tail: 
                     batch: 0,
                 };
                 let bias = bias.map_or(Bias::None, |b| Bias::Cols(&b[j0..j1]));
-                gemm::matmul_into_rows(&mut dst[j0..], dout, (rows, j1 - j0, din), lhs, rhs, bias, tail.from(j0))
+                gemm::matmul_into_rows(
+                    &mut dst[j0..],
+                    dout,
+                    (rows, j1 - j0, din),
+                    lhs,
+                    rhs,
+                    bias,
+                    tail.from(j0),
+                )
             })?;
         }
     }
