@@ -319,8 +319,7 @@ impl InferenceEngine for EchoEngine {
         outputs: &mut TensorMap,
         timeout: Duration,
     ) -> Result<()> {
-        let fresh = self.infer(model, inputs, timeout)?;
-        write_in_place(outputs, fresh);
+        write_in_place(outputs, self.infer(model, inputs, timeout)?);
         Ok(())
     }
 
@@ -734,8 +733,7 @@ impl InferenceEngine for FaultyEngine {
         outputs: &mut TensorMap,
         timeout: Duration,
     ) -> Result<()> {
-        let fresh = self.infer(model, inputs, timeout)?;
-        write_in_place(outputs, fresh);
+        write_in_place(outputs, self.infer(model, inputs, timeout)?);
         Ok(())
     }
 

@@ -302,6 +302,32 @@ impl ResilientEngine {
         }
     }
 
+    /// Runs `call` on the primary on the guard's worker, which owns copies
+    /// of the model handle and the inputs; `call` gets what is left of
+    /// `budget`, or the timeout error when the wait for a worker used it up.
+    fn on_guard<T: Send + 'static>(
+        &self,
+        runner: &DeadlineRunner,
+        model: &Arc<dyn PreparedModel>,
+        inputs: &TensorMap,
+        budget: Duration,
+        call: impl FnOnce(&dyn InferenceEngine, &dyn PreparedModel, &TensorMap, Result<Duration>) -> Result<T>
+            + Send
+            + 'static,
+    ) -> Result<T> {
+        let deadline = Deadline::after(budget);
+        let (engine, model, inputs) = (self.primary.clone(), model.clone(), inputs.clone());
+        runner.run(&self.primary_op, budget, move || {
+            let left = deadline.remaining();
+            let left = if left.is_zero() {
+                Err(deadline.timeout_error("primary inference (waited for a worker)"))
+            } else {
+                Ok(left)
+            };
+            call(&*engine, &*model, &inputs, left)
+        })
+    }
+
     pub(super) fn call_primary(
         &self,
         model: &Arc<dyn PreparedModel>,
@@ -309,19 +335,9 @@ impl ResilientEngine {
         budget: Duration,
     ) -> Result<(TensorMap, StageTimings)> {
         match &self.guard {
-            Some(runner) => {
-                let deadline = Deadline::after(budget);
-                let engine = self.primary.clone();
-                let model = model.clone();
-                let inputs = inputs.clone();
-                runner.run(&self.primary_op, budget, move || {
-                    let left = deadline.remaining();
-                    if left.is_zero() {
-                        return Err(deadline.timeout_error("primary inference (waited for a worker)"));
-                    }
-                    engine.infer_timed(&*model, &inputs, left)
-                })
-            }
+            Some(runner) => self.on_guard(runner, model, inputs, budget, |engine, model, inputs, left| {
+                engine.infer_timed(model, inputs, left?)
+            }),
             None => self.primary.infer_timed(&**model, inputs, budget),
         }
     }
@@ -341,22 +357,11 @@ impl ResilientEngine {
         let t0 = Instant::now();
         match &self.guard {
             Some(runner) => {
-                let deadline = Deadline::after(budget);
-                let engine = self.primary.clone();
-                let model = model.clone();
-                let inputs = inputs.clone();
                 let mut moved = std::mem::take(outputs);
                 // The map comes back with the primary's own result, so that
                 // a failed call leaves the buffers to the fallback.
-                let (back, r) = runner.run(&self.primary_op, budget, move || {
-                    let left = deadline.remaining();
-                    if left.is_zero() {
-                        return Ok((
-                            moved,
-                            Err(deadline.timeout_error("primary inference (waited for a worker)")),
-                        ));
-                    }
-                    let r = engine.infer_into(&*model, &inputs, &mut moved, left);
+                let (back, r) = self.on_guard(runner, model, inputs, budget, move |engine, model, inputs, left| {
+                    let r = left.and_then(|left| engine.infer_into(model, inputs, &mut moved, left));
                     Ok((moved, r))
                 })?;
                 *outputs = back;
