@@ -13,8 +13,8 @@
 //! its timeout the caller gets [`Error::Timeout`] at the deadline and the late
 //! result is discarded when it arrives (the work only touches its own copies).
 
-#[cfg(feature = "bert")]
 pub mod allocator;
+#[cfg(feature = "bert")]
 mod bert;
 mod state;
 
