@@ -302,21 +302,20 @@ impl ResilientEngine {
         }
     }
 
-    /// Runs `call` on the primary on the guard's worker, which owns copies
-    /// of the model handle and the inputs; `call` gets what is left of
-    /// `budget`, or the timeout error when the wait for a worker used it up.
-    fn on_guard<T: Send + 'static>(
+    /// Runs `call` on the primary on the guard's worker, which owns a copy
+    /// of the model handle and `payload` (the inputs, or a batch); `call`
+    /// gets what is left of `budget`, or the timeout error when the wait for
+    /// a worker used it up.
+    pub(super) fn on_guard<P: Send + 'static, T: Send + 'static>(
         &self,
         runner: &DeadlineRunner,
         model: &Arc<dyn PreparedModel>,
-        inputs: &TensorMap,
+        payload: P,
         budget: Duration,
-        call: impl FnOnce(&dyn InferenceEngine, &dyn PreparedModel, &TensorMap, Result<Duration>) -> Result<T>
-            + Send
-            + 'static,
+        call: impl FnOnce(&dyn InferenceEngine, &dyn PreparedModel, P, Result<Duration>) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let deadline = Deadline::after(budget);
-        let (engine, model, inputs) = (self.primary.clone(), model.clone(), inputs.clone());
+        let (engine, model) = (self.primary.clone(), model.clone());
         runner.run(&self.primary_op, budget, move || {
             let left = deadline.remaining();
             let left = if left.is_zero() {
@@ -324,7 +323,7 @@ impl ResilientEngine {
             } else {
                 Ok(left)
             };
-            call(&*engine, &*model, &inputs, left)
+            call(&*engine, &*model, payload, left)
         })
     }
 
@@ -335,8 +334,8 @@ impl ResilientEngine {
         budget: Duration,
     ) -> Result<(TensorMap, StageTimings)> {
         match &self.guard {
-            Some(runner) => self.on_guard(runner, model, inputs, budget, |engine, model, inputs, left| {
-                engine.infer_timed(model, inputs, left?)
+            Some(runner) => self.on_guard(runner, model, inputs.clone(), budget, |engine, model, inputs, left| {
+                engine.infer_timed(model, &inputs, left?)
             }),
             None => self.primary.infer_timed(&**model, inputs, budget),
         }
@@ -360,10 +359,16 @@ impl ResilientEngine {
                 let mut moved = std::mem::take(outputs);
                 // The map comes back with the primary's own result, so that
                 // a failed call leaves the buffers to the fallback.
-                let (back, r) = self.on_guard(runner, model, inputs, budget, move |engine, model, inputs, left| {
-                    let r = left.and_then(|left| engine.infer_into(model, inputs, &mut moved, left));
-                    Ok((moved, r))
-                })?;
+                let (back, r) = self.on_guard(
+                    runner,
+                    model,
+                    inputs.clone(),
+                    budget,
+                    move |engine, model, inputs, left| {
+                        let r = left.and_then(|left| engine.infer_into(model, &inputs, &mut moved, left));
+                        Ok((moved, r))
+                    },
+                )?;
                 *outputs = back;
                 r?;
             }
@@ -372,22 +377,21 @@ impl ResilientEngine {
         Ok(StageTimings::total(t0.elapsed()))
     }
 
-    /// One call's route: the primary under the breaker when it admits the
-    /// call (within `primary_share` of `timeout`), else, or after a primary
-    /// failure, the fallback within what is left. `primary` and `fallback`
-    /// run the call on `out`; telemetry and the breaker see every attempt.
+    /// One call's route (inputs already validated): the primary under the
+    /// breaker when it admits the call (within `primary_share` of
+    /// `timeout`), else, or after a primary failure, the fallback within
+    /// what is left. `primary` and `fallback` run the call (an inference,
+    /// `infer_into`, a batch) on `out`; telemetry and the breaker see every
+    /// attempt.
     pub(super) fn route<O: ?Sized>(
         &self,
         rm: &ResilientModel,
-        inputs: &TensorMap,
         timeout: Duration,
         out: &mut O,
         primary: impl FnOnce(&mut O, &Arc<dyn PreparedModel>, Duration) -> Result<StageTimings>,
         fallback: impl FnOnce(&mut O, Duration) -> Result<StageTimings>,
     ) -> Result<()> {
         let deadline = Deadline::after(timeout);
-        rm.schema.validate_inputs(inputs)?;
-
         let mut served = Served::FallbackPrimaryUnavailable;
         if let Some(primary_model) = &rm.primary {
             let route = rm.breaker.admit();
@@ -561,10 +565,10 @@ impl InferenceEngine for ResilientEngine {
 
     fn infer(&self, model: &dyn PreparedModel, inputs: &TensorMap, timeout: Duration) -> Result<TensorMap> {
         let rm = downcast_model::<ResilientModel>(model, "resilient")?;
+        rm.schema.validate_inputs(inputs)?;
         let mut out = None;
         self.route(
             rm,
-            inputs,
             timeout,
             &mut out,
             |out, primary, budget| {
@@ -593,9 +597,9 @@ impl InferenceEngine for ResilientEngine {
         timeout: Duration,
     ) -> Result<()> {
         let rm = downcast_model::<ResilientModel>(model, "resilient")?;
+        rm.schema.validate_inputs(inputs)?;
         self.route(
             rm,
-            inputs,
             timeout,
             outputs,
             |out, primary, budget| self.call_primary_into(primary, inputs, out, budget),

@@ -153,60 +153,36 @@ impl ResilientEngine {
         batch: &[TensorMap],
         timeout: Duration,
     ) -> Result<Vec<TensorMap>> {
-        let deadline = Deadline::after(timeout);
         let rm = downcast_model::<ResilientModel>(model, ENGINE)?;
         for (i, inputs) in batch.iter().enumerate() {
             rm.schema.validate_inputs(inputs).map_err(|e| {
                 Error::schema_mismatch(format!("batch member {i}"), "inputs matching the model", e.to_string())
             })?;
         }
-        let mut served = Served::FallbackPrimaryUnavailable;
-        if let Some(p) = &rm.primary {
-            let route = rm.breaker.admit();
-            if route == Route::Fallback {
-                served = Served::FallbackBreakerOpen;
-            } else {
-                let budget = timeout.mul_f64(self.primary_share);
+        let mut out = None;
+        self.route(
+            rm,
+            timeout,
+            &mut out,
+            |out, primary, budget| {
                 let t0 = Instant::now();
-                let r = match &self.guard {
+                *out = Some(match &self.guard {
                     Some(runner) => {
-                        let d = Deadline::after(budget);
-                        let (engine, model, batch) = (self.primary.clone(), Arc::clone(p), batch.to_vec());
-                        runner.run(&self.primary_op, budget, move || {
-                            engine.infer_batch(&*model, &batch, d.remaining())
-                        })
+                        self.on_guard(runner, primary, batch.to_vec(), budget, |engine, model, batch, left| {
+                            engine.infer_batch(model, &batch, left?)
+                        })?
                     }
-                    None => self.primary.infer_batch(&**p, batch, budget),
-                };
-                let latency = t0.elapsed();
-                rm.primary_tel
-                    .record_inference(&StageTimings::total(latency), kind_of(&r));
-                let outcome = match &r {
-                    Ok(_) => CallOutcome::ok(latency),
-                    Err(e) => CallOutcome::failed(e.kind(), latency),
-                };
-                if let Some(bytes) = rm.breaker.record(route, outcome) {
-                    rm.primary_tel.record_memory(bytes);
-                }
-                match r {
-                    Ok(out) => {
-                        rm.served(Served::Primary);
-                        return Ok(out);
-                    }
-                    Err(e) => {
-                        *lock(&rm.last_primary_error) = Some(e.to_string());
-                        served = Served::FallbackAfterPrimaryError;
-                    }
-                }
-            }
-        }
-        rm.primary_tel.record_fallback();
-        let t0 = Instant::now();
-        let r = self.fallback.infer_batch(&*rm.fallback, batch, deadline.remaining());
-        rm.fallback_tel
-            .record_inference(&StageTimings::total(t0.elapsed()), kind_of(&r));
-        rm.served(served);
-        r
+                    None => self.primary.infer_batch(&**primary, batch, budget)?,
+                });
+                Ok(StageTimings::total(t0.elapsed()))
+            },
+            |out, left| {
+                let t0 = Instant::now();
+                *out = Some(self.fallback.infer_batch(&*rm.fallback, batch, left)?);
+                Ok(StageTimings::total(t0.elapsed()))
+            },
+        )?;
+        out.ok_or_else(|| Error::internal("resilient batch succeeded without outputs"))
     }
 }
 
