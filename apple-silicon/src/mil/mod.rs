@@ -503,16 +503,15 @@ impl<'b, 'p> OpCtx<'b, 'p> {
             ))),
             Some(Val::Const(c)) if c.packed.is_some() => Ok(c.packed.clone()),
             // Not packed: `tensor()` builds nothing.
-            Some(Val::Const(c)) => match (&c.packed, c.tensor()) {
-                (Some(w), _) => Ok(Some(Arc::clone(w))),
+            Some(Val::Const(c)) => match c.tensor() {
                 // f16 (the Native policy) stays f16: a copy of 2 bytes an element.
-                (None, Some(t)) if t.rank() >= 1 && t.dtype() == CDType::F16 => t
+                Some(t) if t.rank() >= 1 && t.dtype() == CDType::F16 => t
                     .flatten_all()
                     .and_then(|f| f.to_vec1())
                     .and_then(|v| weights::Weights::new(t.dims().to_vec(), weights::Store::F16(v), true))
                     .map(|w| Some(Arc::new(w)))
                     .map_err(|e| self.error(e.to_string())),
-                (None, Some(t)) if t.rank() >= 1 => weights::Weights::dense(t.clone())
+                Some(t) if t.rank() >= 1 => weights::Weights::dense(t.clone())
                     .map(|w| Some(Arc::new(w)))
                     .map_err(|e| self.error(e.to_string())),
                 _ => Ok(None),
