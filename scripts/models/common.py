@@ -284,3 +284,35 @@ def finish_model_dir(
     full.update(manifest)  # model-specific keys
     write_json(out / "manifest.json", full)
     return full
+
+
+def write_sums(root: Path, sums: str, model_ids, extra=()) -> None:
+    """Writes `root/sums`: a sha256 line for every file of each model directory in `model_ids`
+    and for each file named in `extra` (paths relative to `root`)."""
+    lines = [f"{sha256_file(root / mid / rel)}  {mid}/{rel}" for mid in model_ids for rel in tree_files(root / mid)]
+    lines += [f"{sha256_file(root / rel)}  {rel}" for rel in extra]
+    (root / sums).write_text("\n".join(lines) + "\n")
+
+
+def verify_sums(root: Path, sums: str, model_ids) -> tuple[bool, str]:
+    """Whether every file listed in `root/sums` exists with its digest and every file of each model
+    directory in `model_ids` is listed; (ok, what was found or what is wrong)."""
+    path = root / sums
+    if not path.exists():
+        return False, f"no {sums}"
+    listed = set()
+    for line in path.read_text().splitlines():
+        digest, rel = line.split("  ", 1)
+        listed.add(rel)
+        p = root / rel
+        if not p.is_file():
+            return False, f"missing {rel}"
+        if sha256_file(p) != digest:
+            return False, f"checksum mismatch {rel}"
+    for mid in model_ids:
+        if not (root / mid).is_dir():
+            return False, f"missing {mid}/"
+        for rel in tree_files(root / mid):
+            if f"{mid}/{rel}" not in listed:
+                return False, f"unlisted file {mid}/{rel}"
+    return True, f"{len(listed)} files verified"

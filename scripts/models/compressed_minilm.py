@@ -49,19 +49,6 @@ def wanted_stamp(out: Path) -> dict:
     }
 
 
-def sums_ok(out: Path) -> bool:
-    sums = out / SUMS
-    if not sums.exists():
-        return False
-    listed = set()
-    for line in sums.read_text().splitlines():
-        digest, rel = line.split("  ", 1)
-        listed.add(rel)
-        if not (out / rel).is_file() or common.sha256_file(out / rel) != digest:
-            return False
-    return all(f"{mid}/{rel}" in listed for mid in VARIANTS for rel in common.tree_files(out / mid))
-
-
 def build(out: Path, model_id: str, quantization: str, fn: str, cfg: dict, ct) -> None:
     import bert
     import specread
@@ -128,7 +115,7 @@ def main():
     if not (out / SRC / "model.mlpackage").is_dir():
         raise SystemExit(f"{out / SRC} is missing: run download_models.py first")
     stamp = wanted_stamp(out)
-    if not args.force and (out / STAMP).exists() and json.loads((out / STAMP).read_text()) == stamp and sums_ok(out):
+    if not args.force and (out / STAMP).exists() and json.loads((out / STAMP).read_text()) == stamp and common.verify_sums(out, SUMS, VARIANTS)[0]:
         log(f"[models] compressed MiniLM variants up to date in {time.time() - t0:.1f}s")
         return
     for f in (STAMP, SUMS):
@@ -137,8 +124,7 @@ def main():
     for mid, (q, fn, cfg) in VARIANTS.items():
         build(out, mid, q, fn, cfg, ct)
     (out / STAMP).write_text(json.dumps(stamp, indent=2, sort_keys=True) + "\n")
-    lines = [f"{common.sha256_file(out / mid / rel)}  {mid}/{rel}" for mid in VARIANTS for rel in common.tree_files(out / mid)]
-    (out / SUMS).write_text("\n".join(lines) + "\n")
+    common.write_sums(out, SUMS, VARIANTS)
     log(f"[models] compressed MiniLM variants built in {time.time() - t0:.1f}s")
 
 

@@ -136,37 +136,6 @@ def wanted_stamp() -> dict:
     }
 
 
-def write_sums(out: Path) -> None:
-    lines = []
-    for mid in MODEL_IDS:
-        for rel in common.tree_files(out / mid):
-            lines.append(f"{common.sha256_file(out / mid / rel)}  {mid}/{rel}")
-    lines.append(f"{common.sha256_file(out / STAMP)}  {STAMP}")
-    (out / SUMS).write_text("\n".join(lines) + "\n")
-
-
-def verify_sums(out: Path) -> tuple[bool, str]:
-    sums = out / SUMS
-    if not sums.exists():
-        return False, "no SHA256SUMS"
-    listed = set()
-    for line in sums.read_text().splitlines():
-        digest, rel = line.split("  ", 1)
-        listed.add(rel)
-        p = out / rel
-        if not p.is_file():
-            return False, f"missing {rel}"
-        if common.sha256_file(p) != digest:
-            return False, f"checksum mismatch {rel}"
-    for mid in MODEL_IDS:
-        if not (out / mid).is_dir():
-            return False, f"missing {mid}/"
-        for rel in common.tree_files(out / mid):
-            if f"{mid}/{rel}" not in listed:
-                return False, f"unlisted file {mid}/{rel}"
-    return True, f"{len(listed)} files verified"
-
-
 # ----------------------------------------------------------------------------------------------
 # MiniLM
 
@@ -444,7 +413,7 @@ def main():
         except ValueError:
             have = None
         if have == stamp:
-            ok, msg = verify_sums(out)
+            ok, msg = common.verify_sums(out, SUMS, MODEL_IDS)
             if ok:
                 log(f"[models] up to date (stamp matches wheels + scripts; {msg}) in {time.time() - t0:.1f}s")
                 return
@@ -465,8 +434,8 @@ def main():
     build_mobilenet(out, wheels["mobilenet"], wheels["skimage"], ct, mb, types)
 
     (out / STAMP).write_text(json.dumps(stamp, indent=2, sort_keys=True) + "\n")
-    write_sums(out)
-    ok, msg = verify_sums(out)
+    common.write_sums(out, SUMS, MODEL_IDS, extra=[STAMP])
+    ok, msg = common.verify_sums(out, SUMS, MODEL_IDS)
     if not ok:
         raise SystemExit(f"verification failed: {msg}")
     log(f"[models] done: {msg} against {out / SUMS} in {time.time() - t0:.1f}s")
