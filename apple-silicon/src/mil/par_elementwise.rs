@@ -35,6 +35,28 @@ const PAR_MIN: usize = 64 * 1024;
 /// Elements per parallel work unit.
 const CHUNK: usize = 16 * 1024;
 
+/// `f(row, out_row)` for every row of `n` elements of `src`, into a new
+/// buffer of `src`'s length: on the calling thread below [`PAR_MIN`]
+/// elements, else whole rows per work unit (about [`CHUNK`] elements) on the
+/// pool. `n` must be positive. Costs one zero-filled buffer plus `f`.
+pub(crate) fn map_rows(src: &[f32], n: usize, f: impl Fn(&[f32], &mut [f32]) + Sync) -> Vec<f32> {
+    let mut out = vec![0f32; src.len()];
+    let rows = |d: &mut [f32], s: &[f32]| {
+        for (d, s) in d.chunks_exact_mut(n).zip(s.chunks_exact(n)) {
+            f(s, d);
+        }
+    };
+    if src.len() < PAR_MIN {
+        rows(&mut out, src);
+    } else {
+        let per = n * CHUNK.div_ceil(n);
+        out.par_chunks_mut(per)
+            .zip(src.par_chunks(per))
+            .for_each(|(d, s)| rows(d, s));
+    }
+    out
+}
+
 /// The arithmetic ops this module computes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum BinOp {

@@ -85,32 +85,12 @@ pub(super) fn softmax(c: &mut OpCtx) -> Result<Kernel> {
 /// from 64K elements on); other dtypes go to candle's `softmax_last_dim`.
 /// Costs a contiguous copy of `x` if it is strided, and one new buffer.
 pub(crate) fn softmax_last_dim(x: &Tensor) -> CResult<Tensor> {
-    use rayon::prelude::*;
-    const PAR_MIN: usize = 64 * 1024;
-    const CHUNK: usize = 16 * 1024;
     let x = x.contiguous()?;
     let n = x.dims().last().copied().unwrap_or(0);
     if x.dtype() != DType::F32 || !x.device().is_cpu() || n == 0 {
         return candle_nn::ops::softmax_last_dim(&x);
     }
-    let out = depthwise::with_f32_slice(&x, |s| {
-        let mut out = vec![0f32; s.len()];
-        let rows = |d: &mut [f32], s: &[f32]| {
-            for (d, s) in d.chunks_exact_mut(n).zip(s.chunks_exact(n)) {
-                vmath::softmax(s, d);
-            }
-        };
-        if s.len() < PAR_MIN {
-            rows(&mut out, s);
-        } else {
-            // Whole rows per work unit, about CHUNK elements each.
-            let per = n * CHUNK.div_ceil(n);
-            out.par_chunks_mut(per)
-                .zip(s.par_chunks(per))
-                .for_each(|(d, s)| rows(d, s));
-        }
-        out
-    })?;
+    let out = depthwise::with_f32_slice(&x, |s| crate::mil::par_elementwise::map_rows(s, n, vmath::softmax))?;
     Tensor::from_vec(out, x.shape(), x.device())
 }
 

@@ -126,9 +126,6 @@ pub(super) fn layer_norm(c: &mut OpCtx) -> Result<Kernel> {
 /// on. `None` for any other case (candle's op handles it). Costs three
 /// passes over `x` (in cache per row) and one new buffer.
 fn layer_norm_last_f32(x: &Tensor, gamma: Option<&Tensor>, beta: Option<&Tensor>, eps: f32) -> CResult<Option<Tensor>> {
-    use rayon::prelude::*;
-    const PAR_MIN: usize = 64 * 1024;
-    const CHUNK: usize = 16 * 1024;
     let n = x.dims().last().copied().unwrap_or(0);
     if x.dtype() != CDType::F32 || !x.device().is_cpu() || n == 0 {
         return Ok(None);
@@ -145,21 +142,7 @@ fn layer_norm_last_f32(x: &Tensor, gamma: Option<&Tensor>, beta: Option<&Tensor>
     };
     let x = x.contiguous()?;
     let out = crate::mil::depthwise::with_f32_slice(&x, |s| {
-        let mut out = vec![0f32; s.len()];
-        let rows = |d: &mut [f32], s: &[f32]| {
-            for (d, s) in d.chunks_exact_mut(n).zip(s.chunks_exact(n)) {
-                layer_norm_row(s, d, g.as_deref(), b.as_deref(), eps);
-            }
-        };
-        if s.len() < PAR_MIN {
-            rows(&mut out, s);
-        } else {
-            let per = n * CHUNK.div_ceil(n);
-            out.par_chunks_mut(per)
-                .zip(s.par_chunks(per))
-                .for_each(|(d, s)| rows(d, s));
-        }
-        out
+        crate::mil::par_elementwise::map_rows(s, n, |s, d| layer_norm_row(s, d, g.as_deref(), b.as_deref(), eps))
     })?;
     Ok(Some(Tensor::from_vec(out, x.shape(), x.device())?))
 }
