@@ -116,24 +116,46 @@ impl Deadline {
 
 /// A flag a caller sets to make a running plan stop at its next check
 /// (between ops, or at a coarse grain inside long kernels). Cloning shares
-/// the flag. Costs one atomic load per check.
+/// the flag. A flag may also carry a [`Deadline`]: it then reads as set once
+/// the deadline passes, so work stops on time even when the thread waiting
+/// for it is descheduled and late to call [`cancel`](Self::cancel).
+/// Costs one atomic load per check, plus one clock read with a deadline.
 #[derive(Debug, Clone, Default)]
-pub struct CancelFlag(Arc<AtomicBool>);
+pub struct CancelFlag {
+    flag: Arc<AtomicBool>,
+    deadline: Option<Deadline>,
+}
 
 impl CancelFlag {
-    /// A flag not yet set.
+    /// A flag not yet set, with no deadline.
     pub fn new() -> CancelFlag {
         CancelFlag::default()
     }
 
-    /// Asks the work to stop.
-    pub fn cancel(&self) {
-        self.0.store(true, Ordering::SeqCst);
+    /// A flag that also reads as set once `deadline` has passed.
+    pub fn with_deadline(deadline: Deadline) -> CancelFlag {
+        CancelFlag {
+            flag: Arc::default(),
+            deadline: Some(deadline),
+        }
     }
 
-    /// Whether [`cancel`](Self::cancel) was called.
+    /// Asks the work to stop.
+    pub fn cancel(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether [`cancel`](Self::cancel) was called or the flag's deadline
+    /// has passed (which then sets the flag, so later checks skip the clock).
     pub fn is_cancelled(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+        if self.flag.load(Ordering::Relaxed) {
+            return true;
+        }
+        if self.deadline.is_some_and(|d| d.is_expired()) {
+            self.cancel();
+            return true;
+        }
+        false
     }
 }
 
@@ -327,9 +349,10 @@ impl DeadlineRunner {
     }
 
     /// Like [`DeadlineRunner::run`], handing `f` a [`CancelFlag`] that is
-    /// set the moment its caller gives up (timeout). Work that checks the
-    /// flag and returns early frees its worker at once, instead of holding
-    /// it (and counting as stuck) until it would have finished.
+    /// set the moment its caller gives up and reads as set once the timeout
+    /// has passed, even if the caller is late to notice. Work that checks
+    /// the flag and returns early frees its worker at once, instead of
+    /// holding it (and counting as stuck) until it would have finished.
     pub fn run_cancellable<T, F>(&self, operation: &str, timeout: Duration, f: F) -> Result<T>
     where
         T: Send + 'static,
@@ -372,7 +395,7 @@ impl DeadlineRunner {
         let status = Arc::new(AtomicU8::new(QUEUED));
         let job_status = status.clone();
         let job_shared = s.clone();
-        let cancel = CancelFlag::new();
+        let cancel = CancelFlag::with_deadline(deadline);
         let job_cancel = cancel.clone();
         let op = operation.to_string();
         let job: Job = Box::new(move || {
@@ -970,7 +993,11 @@ mod tests {
                     std::thread::sleep(Duration::from_millis(1));
                 }
                 let _ = tx.send(checks);
-                Err(Error::internal("stopped"))
+                // As the interpreter does: a stop is reported as a timeout.
+                Err(Error::Timeout {
+                    operation: "spin".into(),
+                    after: Duration::from_millis(20),
+                })
             })
             .unwrap_err();
         assert_eq!(e.kind(), crate::ErrorKind::Timeout);
@@ -981,8 +1008,29 @@ mod tests {
         while r.stats().abandoned != 0 && t.elapsed() < Duration::from_secs(10) {
             std::thread::sleep(Duration::from_millis(2));
         }
-        assert_eq!(r.stats().abandoned, 0);
-        assert_eq!(r.stats().finished_late, 1);
+        let s = r.stats();
+        assert_eq!(s.abandoned, 0);
+        // Whichever saw the deadline first — the caller (the work then
+        // finished late) or the work (its error came back in time) — the
+        // work ran once and ended.
+        assert_eq!(s.completed + s.finished_late, 1, "{s:?}");
+    }
+
+    #[test]
+    fn a_flag_with_a_deadline_reads_as_set_once_it_passes() {
+        let plain = CancelFlag::new();
+        assert!(!plain.is_cancelled());
+        let later = CancelFlag::with_deadline(Deadline::after(Duration::from_secs(3600)));
+        assert!(!later.is_cancelled());
+        later.cancel();
+        assert!(later.is_cancelled());
+        let soon = CancelFlag::with_deadline(Deadline::after(Duration::from_millis(5)));
+        let shared = soon.clone();
+        assert!(!soon.is_cancelled());
+        std::thread::sleep(Duration::from_millis(10));
+        // Nobody called cancel: the deadline alone sets it, for every clone.
+        assert!(shared.is_cancelled());
+        assert!(soon.is_cancelled());
     }
 
     #[test]
