@@ -29,6 +29,9 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Instant;
 
+/// Bytes in a MiB: weights and RSS are both reported in MiB.
+const MIB: f64 = 1024.0 * 1024.0;
+
 use apple_silicon::cache::{host_meta, CacheConfig, ModelCache};
 use apple_silicon::candle_backend::CandleModel;
 use apple_silicon::golden;
@@ -128,12 +131,14 @@ struct Row {
     threads: usize,
     warmup: usize,
     iterations: usize,
+    /// `weight.bin` bytes in MiB, the unit of the RSS fields, so that
+    /// their ratio is a ratio of bytes.
     weights_mb: f64,
     /// The first prepare, before any run.
     prepare_ms: f64,
     p50_ms: f64,
     p95_ms: f64,
-    /// VmHWM at the end of the timed runs minus `start_rss_mb`.
+    /// VmHWM at the end of the timed runs minus `start_rss_mb`, in MiB.
     peak_rss_mb: f64,
     /// VmRSS when the process started, before the model was opened.
     start_rss_mb: f64,
@@ -283,7 +288,7 @@ fn parent(iters: usize) {
 
 fn print_table(rows: &[Row], iters: usize) {
     println!("## Candle engine, one run ({iters} iterations per model, batch 1, one process per model)\n");
-    println!("| model | weights MB | prepare ms (no cache) | cold / warm prepare ms (cache) | warm speed-up | p50 ms | p95 ms | peak RSS MB | peak RSS / weights |");
+    println!("| model | weights MiB | prepare ms (no cache) | cold / warm prepare ms (cache) | warm speed-up | p50 ms | p95 ms | peak RSS MiB | peak RSS / weights |");
     println!("|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         let name = if r.id == NATIVE {
@@ -337,7 +342,7 @@ fn resolve(id: &str) -> (PathBuf, TensorMap, f64, &'static str) {
         return (
             dir,
             inputs.inputs().unwrap(),
-            weights as f64 / 1e6,
+            weights as f64 / MIB,
             "candle-transformers",
         );
     }
@@ -351,7 +356,7 @@ fn resolve(id: &str) -> (PathBuf, TensorMap, f64, &'static str) {
     let m = golden::downloaded(id).unwrap_or_else(|e| panic!("{e}"));
     let pkg = m.package_path();
     let weights = dir_bytes(&pkg.join("Data/com.apple.CoreML/weights"));
-    (pkg, m.inputs().unwrap(), weights as f64 / 1e6, "candle-interpreter")
+    (pkg, m.inputs().unwrap(), weights as f64 / MIB, "candle-interpreter")
 }
 
 /// One model in this process: prepare, warm-up, timed runs, peak RSS; then

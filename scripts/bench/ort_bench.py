@@ -80,7 +80,7 @@ def main():
         "cpu_count": os.cpu_count(),
         "warmup": WARMUP,
         "iterations": args.iterations,
-        "weights_mb": path.stat().st_size / 1e6,
+        "weights_mb": path.stat().st_size / (1024 * 1024),  # MiB, as the RSS fields
         "prepare_ms": prepare_ms,
         "p50_ms": benchlib.pct(lat, 0.5),
         "p95_ms": benchlib.pct(lat, 0.95),
