@@ -532,6 +532,10 @@ impl InferenceEngine for CandleEngine {
                 )))
             }
         };
+        if self.allocator_tuning {
+            // The parse and fold's garbage is freed by now: give it back.
+            allocator::release_free();
+        }
         inner.prepare_time = start.elapsed();
         tracing::debug!(path = %artifact.path.display(), ms = inner.prepare_time.as_secs_f64() * 1e3, "candle prepared");
         Ok(Box::new(CandleModel { inner: Arc::new(inner) }))
