@@ -518,6 +518,9 @@ impl DeadlineRunner {
                 Err(_) => {}
             }
         }
+        // Unlocked first, so the woken worker does not block on the lock
+        // this thread still holds.
+        drop(st);
         s.work_ready.notify_one();
         Ok(())
     }
