@@ -147,6 +147,7 @@ fn compressed_weights_stay_compressed_in_the_compiled_form() {
         // Every compressed element is one byte in the package; decompressed
         // to f32 the file would be about 4× as large.
         let (ours, theirs) = (weight_file_bytes(&compiled), weight_file_bytes(&m.package_path()));
+        println!("{id}: compiled form's weight file {ours} bytes, the package's {theirs}");
         assert!(
             ours as f64 <= 1.05 * theirs as f64,
             "{id}: the compiled form's weights are {ours} bytes, the package's {theirs}"
