@@ -624,7 +624,7 @@ impl<W: Write + Seek> WeightWriter<W> {
     /// A file with an empty header, written to `out` from its start.
     pub fn new(out: W) -> WeightWriter<W> {
         let mut w = WeightWriter {
-            out: std::io::BufWriter::with_capacity(1 << 20, out),
+            out: std::io::BufWriter::with_capacity(64 << 10, out),
             len: 0,
             count: 0,
             failed: None,

@@ -314,10 +314,11 @@ fn constexpr_op(name: &str, w: &Weights, weights: &mut WeightWriter<File>) -> Op
             if table.len() != 1usize << nbits || !matches!(nbits, 1 | 2 | 4 | 6 | 8) {
                 return None;
             }
+            // Checked before anything is written: a refusal leaves no blob behind.
+            let dims: Vec<i32> = shape.iter().map(|&d| i32::try_from(d).ok()).collect::<Option<_>>()?;
             let indices = blob(weights.push(BlobDType::U8, packed));
             // At least 2 entries: a vector, as the op wants.
             let (lut_ty, lut_val) = float_param(table, w.f16_values(), weights);
-            let dims: Vec<i32> = shape.iter().map(|&d| i32::try_from(d).ok()).collect::<Option<_>>()?;
             let shape_val = immediate(tensor_value::Value::Ints(tensor_value::RepeatedInts { values: dims }));
             Some(make_op(
                 "constexpr_lut_to_dense",
