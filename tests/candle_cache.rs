@@ -80,21 +80,79 @@ fn the_compiled_form_is_a_lowered_ml_program() {
         .join(&entries[0].id)
         .join("payload/program.mlpackage");
     let lowered = MlPackage::open(&entry_dir).unwrap();
+    let original = MlPackage::open(m.package_path()).unwrap();
     let ops = lowered.op_histogram();
-    // Compressed weights are decompressed; only casts of run-time values remain.
-    assert!(!ops.keys().any(|k| k.starts_with("constexpr_")), "{ops:?}");
+    // The palettized weights stay palettized, as the plan keeps them; of
+    // the other ops, the two casts of run-time values remain.
+    assert_eq!(
+        ops.get("constexpr_lut_to_dense"),
+        original.op_histogram().get("constexpr_lut_to_dense"),
+        "{ops:?}"
+    );
     assert_eq!(ops.get("cast"), Some(&2), "the input and output casts: {ops:?}");
-    assert_eq!(
-        lowered.io_schema(),
-        MlPackage::open(m.package_path()).unwrap().io_schema()
-    );
-    // Decompressed in the dtype the program declares (this fixture's palette
-    // is fp16): a warm load keeps them f16 in memory, as a cold build does.
-    assert_eq!(
-        lowered.quantization(),
-        "fp16",
-        "weights are stored decompressed, in their declared fp16"
-    );
+    assert_eq!(lowered.io_schema(), original.io_schema());
+    assert_eq!(lowered.quantization(), "palettized");
+}
+
+fn weight_file_bytes(package: &Path) -> u64 {
+    std::fs::metadata(package.join("Data/com.apple.CoreML/weights/weight.bin"))
+        .unwrap()
+        .len()
+}
+
+/// The compressed MiniLM variants through the cache: the compiled form keeps
+/// their weights compressed (its weight file is about the package's, not the
+/// 4 bytes an element of f32), and cold, warm and uncached prepares give the
+/// same outputs bit for bit, within budget of numpy's reference.
+#[test]
+fn compressed_weights_stay_compressed_in_the_compiled_form() {
+    for (id, op) in [
+        ("minilm_l6_int8", "constexpr_affine_dequantize"),
+        ("minilm_l6_pal8", "constexpr_lut_to_dense"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let m = golden::downloaded(id).unwrap_or_else(|e| panic!("{e}"));
+        let (plain, _) = run(&CandleEngine::new(), &m, PrepareOptions::default()).unwrap();
+        let (cold, notes) = run(
+            &CandleEngine::new().with_cache(cache_at(dir.path())),
+            &m,
+            PrepareOptions::default(),
+        )
+        .unwrap();
+        assert!(notes.iter().any(|n| n.contains("cache miss")), "{id}: {notes:?}");
+        let cache = cache_at(dir.path());
+        let (warm, notes) = run(
+            &CandleEngine::new().with_cache(cache.clone()),
+            &m,
+            PrepareOptions::default(),
+        )
+        .unwrap();
+        assert!(notes.iter().any(|n| n.contains("cache hit")), "{id}: {notes:?}");
+        assert_eq!(cold, plain, "{id}: a cold cached prepare differs from an uncached one");
+        assert_eq!(warm, plain, "{id}: a warm prepare differs from an uncached one");
+        let budget = Thresholds {
+            l_inf: m.manifest.accuracy_delta_l_inf,
+            rmse: m.manifest.accuracy_delta_rmse,
+        };
+        let r = compare(&warm, &m.expected().unwrap(), budget).unwrap();
+        assert!(r.passed, "{id}:\n{r}");
+
+        let entry = &cache.entries().unwrap()[0].id;
+        let compiled = dir.path().join("entries").join(entry).join("payload/program.mlpackage");
+        let original = MlPackage::open(m.package_path()).unwrap();
+        let lowered = MlPackage::open(&compiled).unwrap();
+        let want = original.op_histogram()[op];
+        assert!(want > 0, "{id} has no {op}");
+        assert_eq!(lowered.op_histogram().get(op), Some(&want), "{id}");
+        // Every compressed element is one byte in the package; decompressed
+        // to f32 the file would be about 4× as large.
+        let (ours, theirs) = (weight_file_bytes(&compiled), weight_file_bytes(&m.package_path()));
+        println!("{id}: compiled form's weight file {ours} bytes, the package's {theirs}");
+        assert!(
+            ours as f64 <= 1.05 * theirs as f64,
+            "{id}: the compiled form's weights are {ours} bytes, the package's {theirs}"
+        );
+    }
 }
 
 #[test]
@@ -180,4 +238,41 @@ fn cache_counters_feed_telemetry_snapshots() {
     assert_eq!((stats.hits, stats.misses, stats.installs), (1, 1, 1));
     let back: RegistrySnapshot = serde_json::from_str(&registry.to_json()).unwrap();
     assert_eq!(back.caches["candle"], *stats);
+}
+
+/// A compiled form whose compressed weights are damaged (same-size file, so
+/// the cache's size check passes) is refused with an error naming the
+/// weight, and the engine builds from the package instead.
+#[test]
+fn a_damaged_compressed_compiled_form_is_refused() {
+    use apple_silicon::mil::{FloatPolicy, Plan};
+    let dir = tempfile::tempdir().unwrap();
+    let m = GoldenModel::open(golden::fixtures_dir().join("mlp_int8")).unwrap();
+    let cache = cache_at(dir.path());
+    let (cold, _) = run(
+        &CandleEngine::new().with_cache(cache.clone()),
+        &m,
+        PrepareOptions::default(),
+    )
+    .unwrap();
+    let id = cache.entries().unwrap()[0].id.clone();
+    let compiled = dir.path().join("entries").join(&id).join("payload/program.mlpackage");
+    let lowered = MlPackage::open(&compiled).unwrap();
+    assert!(lowered.op_histogram().contains_key("constexpr_affine_dequantize"));
+    // Every blob's metadata record zeroed: no blob can be found.
+    let w = compiled.join("Data/com.apple.CoreML/weights/weight.bin");
+    let len = std::fs::metadata(&w).unwrap().len() as usize;
+    std::fs::write(&w, vec![0u8; len]).unwrap();
+    let e = MlPackage::open(&compiled)
+        .and_then(|p| Plan::build(&p, FloatPolicy::Upcast))
+        .unwrap_err();
+    assert!(e.to_string().contains("weight.bin"), "{e}");
+    let (out, notes) = run(
+        &CandleEngine::new().with_cache(cache_at(dir.path())),
+        &m,
+        PrepareOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(out, cold);
+    assert!(notes.iter().any(|n| n.contains("unusable")), "{notes:?}");
 }

@@ -12,6 +12,7 @@
 //! `mmap`, reading a blob costs only the bytes touched.
 
 use std::fs::File;
+use std::io::{Seek, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -607,47 +608,71 @@ impl BlobDType {
 }
 
 /// Writes a MILBlob v2 file: blobs appended one after another, each record
-/// and its data on a 64-byte boundary. Byte-sized dtypes only.
-#[derive(Debug, Default)]
-pub struct WeightWriter {
-    bytes: Vec<u8>,
+/// and its data on a 64-byte boundary. Byte-sized dtypes only. The blobs go
+/// straight to `out` (buffered), so writing a file of any size holds no copy
+/// of it; the header's blob count is written last, by [`WeightWriter::finish`].
+#[derive(Debug)]
+pub struct WeightWriter<W: Write + Seek> {
+    out: std::io::BufWriter<W>,
+    len: u64,
     count: u32,
+    /// The first write error: pushes after it do nothing, `finish` returns it.
+    failed: Option<std::io::Error>,
 }
 
-impl WeightWriter {
-    /// An empty file (header only).
-    pub fn new() -> WeightWriter {
-        WeightWriter {
-            bytes: vec![0; HEADER_SIZE as usize],
+impl<W: Write + Seek> WeightWriter<W> {
+    /// A file with an empty header, written to `out` from its start.
+    pub fn new(out: W) -> WeightWriter<W> {
+        let mut w = WeightWriter {
+            out: std::io::BufWriter::with_capacity(64 << 10, out),
+            len: 0,
             count: 0,
+            failed: None,
+        };
+        w.write(&[0; HEADER_SIZE as usize]);
+        w
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        if self.failed.is_none() {
+            if let Err(e) = self.out.write_all(bytes) {
+                self.failed = Some(e);
+            }
         }
+        self.len += bytes.len() as u64;
     }
 
     /// Appends a blob of `dtype` holding `data` (little-endian elements);
     /// returns the offset of its metadata record, as `blobFileValue.offset`
-    /// wants it.
+    /// wants it. A write error is kept for [`WeightWriter::finish`].
     pub fn push(&mut self, dtype: BlobDType, data: &[u8]) -> u64 {
         debug_assert!(!dtype.is_sub_byte());
-        while !(self.bytes.len() as u64).is_multiple_of(64) {
-            self.bytes.push(0);
-        }
-        let meta = self.bytes.len() as u64;
+        let pad = self.len.next_multiple_of(64) - self.len;
+        self.write(&[0u8; 64][..pad as usize]);
+        let meta = self.len;
         let mut rec = [0u8; RECORD_SIZE as usize];
         rec[0..4].copy_from_slice(&SENTINEL.to_le_bytes());
         rec[4..8].copy_from_slice(&dtype.code().to_le_bytes());
         rec[8..16].copy_from_slice(&(data.len() as u64).to_le_bytes());
         rec[16..24].copy_from_slice(&(meta + RECORD_SIZE).to_le_bytes());
-        self.bytes.extend_from_slice(&rec);
-        self.bytes.extend_from_slice(data);
+        self.write(&rec);
+        self.write(data);
         self.count += 1;
         meta
     }
 
-    /// The finished file.
-    pub fn finish(mut self) -> Vec<u8> {
-        self.bytes[0..4].copy_from_slice(&self.count.to_le_bytes());
-        self.bytes[4..8].copy_from_slice(&VERSION.to_le_bytes());
-        self.bytes
+    /// Writes the header and flushes; returns the sink, or the first error
+    /// any write met.
+    pub fn finish(mut self) -> std::io::Result<W> {
+        if let Some(e) = self.failed.take() {
+            return Err(e);
+        }
+        let mut header = [0u8; 8];
+        header[0..4].copy_from_slice(&self.count.to_le_bytes());
+        header[4..8].copy_from_slice(&VERSION.to_le_bytes());
+        self.out.seek(std::io::SeekFrom::Start(0))?;
+        self.out.write_all(&header)?;
+        self.out.into_inner().map_err(|e| e.into_error())
     }
 }
 
@@ -813,13 +838,44 @@ pub(crate) mod tests {
 
     #[test]
     fn writer_output_reads_back() {
-        let mut w = WeightWriter::new();
+        let mut w = WeightWriter::new(std::io::Cursor::new(Vec::new()));
         let a = w.push(BlobDType::F32, &[0, 0, 128, 63, 0, 0, 0, 64]);
         let b = w.push(BlobDType::I32, &7i32.to_le_bytes());
-        let f = WeightFile::from_bytes(w.finish(), "mem").unwrap();
-        assert_eq!(f.blob_count(), 2);
+        let c = w.push(BlobDType::U8, &[9; 100]);
+        let f = WeightFile::from_bytes(w.finish().unwrap().into_inner(), "mem").unwrap();
+        assert_eq!(f.blob_count(), 3);
         assert_eq!(f.blob(a).unwrap().to_f32().unwrap(), vec![1.0, 2.0]);
         assert_eq!(f.blob(b).unwrap().to_i64().unwrap(), vec![7]);
+        assert_eq!(f.blob(c).unwrap().to_i64().unwrap(), vec![9; 100]);
+    }
+
+    #[test]
+    fn a_failed_write_is_reported_by_finish() {
+        /// Takes 100 bytes, then fails.
+        #[derive(Debug)]
+        struct Short(std::io::Cursor<Vec<u8>>);
+        impl Write for Short {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                if self.0.position() + b.len() as u64 > 100 {
+                    return Err(std::io::Error::other("disk full"));
+                }
+                self.0.write(b)
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        impl Seek for Short {
+            fn seek(&mut self, p: std::io::SeekFrom) -> std::io::Result<u64> {
+                self.0.seek(p)
+            }
+        }
+        let mut w = WeightWriter::new(Short(std::io::Cursor::new(Vec::new())));
+        // Larger than the buffer: written through at once, and refused.
+        w.push(BlobDType::U8, &vec![1; 2 << 20]);
+        w.push(BlobDType::U8, &[2; 10]);
+        let e = w.finish().unwrap_err();
+        assert_eq!(e.to_string(), "disk full");
     }
 
     #[test]

@@ -93,9 +93,10 @@ impl CandleEngine {
         self
     }
 
-    /// Keeps compiled forms (lowered programs: weights decompressed and in
-    /// their run-time dtype, constants folded) in `cache`, so that a warm
-    /// prepare skips decoding, dequantising and folding. Without a cache every
+    /// Keeps compiled forms (lowered programs: weights in their run-time
+    /// dtype, int8 and palettized weights still compressed, constants
+    /// folded) in `cache`, so that a warm prepare skips decoding and folding
+    /// and holds as much memory as a cold one. Without a cache every
     /// prepare builds from the package, and precompiled-only mode is refused.
     pub fn with_cache(mut self, cache: Arc<ModelCache>) -> Self {
         self.cache = Some(cache);

@@ -771,10 +771,15 @@ impl Plan {
         let mut seen_names = HashSet::new();
         let consts = used_consts
             .into_iter()
-            // Only a lowered build needs them (packed weights are expanded for it).
+            // Only a lowered build needs them (packed f16 weights are expanded for it).
             .filter(|_| lower)
             .filter(|n| !bb.kept_names.contains(n) && seen_names.insert(n.clone()))
             .filter_map(|n| match env.map.get(&n) {
+                // A compressed weight stays compressed (written back as its constexpr op).
+                Some(Val::Const(c)) if c.packed.as_ref().is_some_and(|w| w.is_compressed()) => {
+                    let w = c.packed.clone().expect("checked");
+                    Some((n, lower::LoweredConst::Packed(w)))
+                }
                 Some(Val::Const(c)) => match (c.is_tensor().then(|| c.lowered_tensor()).flatten(), &c.host) {
                     (Some(t), _) => Some((n, lower::LoweredConst::Tensor(t))),
                     (

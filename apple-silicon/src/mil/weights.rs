@@ -109,6 +109,23 @@ impl Weights {
         Weights::new(t.dims().to_vec(), store, false)
     }
 
+    /// The stored form (a lowered program writes a compressed one back as
+    /// the constexpr op that produced it).
+    pub(crate) fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Whether the stored form is compressed (affine 8-bit or a palette).
+    pub(crate) fn is_compressed(&self) -> bool {
+        matches!(self.store, Store::Affine { .. } | Store::Lut { .. })
+    }
+
+    /// Whether the constant's MIL dtype is fp16 (computed values are
+    /// rounded to fp16).
+    pub(crate) fn f16_values(&self) -> bool {
+        self.f16_values
+    }
+
     /// The dims.
     pub(crate) fn shape(&self) -> &[usize] {
         &self.shape
