@@ -17,6 +17,7 @@ use super::{one, Builder, CResult};
 use crate::error::Result;
 use crate::mil::fuse::{Act, Epi, Tail};
 use crate::mil::gemm::{self, Bias, MatRef};
+use crate::mil::transpose::transpose;
 use crate::mil::weights::{self, Weights};
 use crate::mil::{depthwise, Kernel, OpCtx};
 
@@ -32,16 +33,9 @@ pub(super) fn builder(op_type: &str) -> Option<Builder> {
 
 pub(super) fn linear(c: &mut OpCtx) -> Result<Kernel> {
     let x = c.tensor("x")?;
-    // The weight in its stored form: f16 and compressed weights are
-    // converted a block of output features at a time, never kept as f32.
-    let w = c
-        .const_weights("weight")?
-        .ok_or_else(|| c.error("`weight` is required (a constant of rank 2)"))?;
+    let w = LinWeight::prepare(c)?;
     let b = c.const_tensor("bias")?;
-    if w.shape().len() != 2 {
-        return Err(c.error(format!("weight of rank {}; expected [out, in]", w.shape().len())));
-    }
-    let (dout, din) = (w.shape()[0], w.shape()[1]);
+    let (dout, din) = w.dims();
     if let Some(b) = &b {
         if b.elem_count() != dout {
             return Err(c.error(format!("`bias` has {} values for {dout} outputs", b.elem_count())));
@@ -51,6 +45,7 @@ pub(super) fn linear(c: &mut OpCtx) -> Result<Kernel> {
         Some(b) if b.dtype() == DType::F32 => Some(b.to_vec1::<f32>().map_err(|e| c.error(e.to_string()))?.into()),
         _ => None,
     };
+    let w = Arc::new(w);
     let make = move |epi: Epi| -> Kernel {
         let (w, b, host_b) = (w.clone(), b.clone(), host_b.clone());
         Box::new(move |a| {
@@ -89,8 +84,7 @@ pub(super) fn linear(c: &mut OpCtx) -> Result<Kernel> {
             }
             let ct = compute_type(x.dtype());
             let x2 = x.to_dtype(ct)?.reshape((rows, din))?;
-            let wt = w.to_tensor()?;
-            let mut y = x2.matmul(&wt.to_dtype(ct)?.t()?)?;
+            let mut y = x2.matmul(&w.tensor()?.to_dtype(ct)?.t()?)?;
             if let Some(b) = &b {
                 y = y.broadcast_add(&b.to_dtype(ct)?)?;
             }
@@ -103,13 +97,102 @@ pub(super) fn linear(c: &mut OpCtx) -> Result<Kernel> {
     Ok(make(Epi::act(Act::Identity)))
 }
 
-/// `tail(x [rows, in] · wᵀ + bias)` with `w` `[out, in]` (the fused
+/// `linear`'s weight as its kernel reads it.
+///
+/// Core ML stores it `[out, in]`; our product is `x [rows, in] · wᵀ`, and
+/// the `gemm` crate reads `[out, in]` as its packed operand only through a
+/// scalar gather (a quarter of MiniLM's time went there). `[in, out]`
+/// row-major is packed with contiguous copies instead, so dense f32 weights
+/// are transposed once at prepare. Compressed weights keep `[out, in]`
+/// blocks for products on the packed kernel: transposing each converted
+/// block on every call (a tiled scalar pass) cost more than the gather it
+/// saves (MiniLM fp16 and int8 ~12% slower); smaller products read them
+/// transposed ([`packed_product`]).
+enum LinWeight {
+    /// Dense f32, `[in, out]` row-major (contiguous).
+    Transposed(Tensor),
+    /// The stored form, `[out, in]`: compressed (converted a block of
+    /// output features at a time), or dense f32 that could not be
+    /// replaced (read as it is, never copied beside the original).
+    Stored(Arc<Weights>),
+}
+
+impl LinWeight {
+    /// Reads `weight` (a rank-2 constant). A dense f32 weight that only
+    /// this block's scope holds is transposed (one pass, in tiles) and the
+    /// constant rebound to a view of the copy, so the original is freed and
+    /// later readers see the same values; one already held as that view
+    /// (a second `linear` on it) is read in place.
+    fn prepare(c: &mut OpCtx) -> Result<LinWeight> {
+        if let Some((t, sole)) = c.dense_f32_matrix("weight")? {
+            let tt = t.t().map_err(|e| c.error(e.to_string()))?;
+            if tt.is_contiguous() {
+                return Ok(LinWeight::Transposed(tt));
+            }
+            if sole && t.is_contiguous() {
+                let wt = transposed(&t).map_err(|e| c.error(e.to_string()))?;
+                let view = wt.t().map_err(|e| c.error(e.to_string()))?;
+                c.rebind_const("weight", view);
+                return Ok(LinWeight::Transposed(wt));
+            }
+        }
+        // The stored form: f16 and compressed weights are converted a
+        // block of output features at a time, never kept as f32.
+        let w = c
+            .const_weights("weight")?
+            .ok_or_else(|| c.error("`weight` is required (a constant of rank 2)"))?;
+        if w.shape().len() != 2 {
+            return Err(c.error(format!("weight of rank {}; expected [out, in]", w.shape().len())));
+        }
+        Ok(LinWeight::Stored(w))
+    }
+
+    /// `(out, in)`.
+    fn dims(&self) -> (usize, usize) {
+        match self {
+            LinWeight::Transposed(t) => (t.dims()[1], t.dims()[0]),
+            LinWeight::Stored(w) => (w.shape()[0], w.shape()[1]),
+        }
+    }
+
+    /// The weight as a dense `[out, in]` tensor (a view when held
+    /// transposed; else a copy in f32 or the stored dtype), for the
+    /// non-f32 path.
+    fn tensor(&self) -> CResult<Tensor> {
+        match self {
+            LinWeight::Transposed(t) => t.t(),
+            LinWeight::Stored(w) => w.to_tensor(),
+        }
+    }
+}
+
+/// `t [rows, cols]` (dense f32) as a new `[cols, rows]` tensor. Costs one
+/// tiled pass and `4 · rows · cols` bytes, checked against the limits first.
+fn transposed(t: &Tensor) -> CResult<Tensor> {
+    let (r, cl) = t.dims2()?;
+    crate::mil::limits::check_alloc("transposed weight", &[cl, r], 4)?;
+    let mut out = vec![0f32; r * cl];
+    depthwise::with_f32_slice(t, |s| transpose(s, r, cl, &mut out))??;
+    Tensor::from_vec(out, (cl, r), t.device())
+}
+
+/// `tail(x [rows, in] · wᵀ + bias)` for `linear`'s weight `w` (the fused
 /// activation, residual and activation, [`Tail`]): in one product when
 /// `w` is dense f32, else one product per block of output features, each
-/// block of `w` converted to f32 into a reused scratch (`weights::with_rows`).
-fn linear_f32(xs: &[f32], rows: usize, w: &Weights, bias: Option<&[f32]>, tail: Tail) -> CResult<Vec<f32>> {
-    let (dout, din) = (w.shape()[0], w.shape()[1]);
+/// block converted to f32 into reused scratch (`weights::with_rows`, or
+/// `weights::with_rows_t` for a product off the packed kernel).
+fn linear_f32(xs: &[f32], rows: usize, w: &LinWeight, bias: Option<&[f32]>, tail: Tail) -> CResult<Vec<f32>> {
+    let (dout, din) = w.dims();
     let lhs = MatRef::row_major(xs, din);
+    let bias_all = bias.map_or(Bias::None, Bias::Cols);
+    let w = match w {
+        LinWeight::Transposed(t) => {
+            return depthwise::with_f32_slice(t, |ws| {
+                gemm::matmul(1, (rows, dout, din), lhs, MatRef::row_major(ws, dout), bias_all, tail)
+            })?;
+        }
+        LinWeight::Stored(w) => w,
+    };
     if let Some(wd) = w.as_dense() {
         return depthwise::with_f32_slice(wd, |ws| {
             let rhs = MatRef {
@@ -118,14 +201,7 @@ fn linear_f32(xs: &[f32], rows: usize, w: &Weights, bias: Option<&[f32]>, tail: 
                 cs: din,
                 batch: 0,
             };
-            gemm::matmul(
-                1,
-                (rows, dout, din),
-                lhs,
-                rhs,
-                bias.map_or(Bias::None, Bias::Cols),
-                tail,
-            )
+            gemm::matmul(1, (rows, dout, din), lhs, rhs, bias_all, tail)
         })?;
     }
     crate::mil::limits::check_alloc("linear output", &[rows, dout], 4)?;
@@ -136,30 +212,40 @@ fn linear_f32(xs: &[f32], rows: usize, w: &Weights, bias: Option<&[f32]>, tail: 
         let dst = &mut out.spare_capacity_mut()[..len];
         for j0 in (0..dout).step_by(step.max(1)) {
             let j1 = (j0 + step).min(dout);
-            weights::with_rows(w, j0..j1, |ws| {
-                let rhs = MatRef {
-                    data: ws,
-                    rs: 1,
-                    cs: din,
-                    batch: 0,
-                };
+            let wb = j1 - j0;
+            let mut product = |rhs: MatRef| {
                 let bias = bias.map_or(Bias::None, |b| Bias::Cols(&b[j0..j1]));
-                gemm::matmul_into_rows(
-                    &mut dst[j0..],
-                    dout,
-                    (rows, j1 - j0, din),
-                    lhs,
-                    rhs,
-                    bias,
-                    tail.from(j0),
-                )
-            })?;
+                gemm::matmul_into_rows(&mut dst[j0..], dout, (rows, wb, din), lhs, rhs, bias, tail.from(j0))
+            };
+            if packed_product(rows, wb, din) {
+                weights::with_rows(w, j0..j1, |ws| {
+                    product(MatRef {
+                        data: ws,
+                        rs: 1,
+                        cs: din,
+                        batch: 0,
+                    })
+                })?;
+            } else {
+                weights::with_rows_t(w, j0..j1, |ws| product(MatRef::row_major(ws, wb)))?;
+            }
         }
     }
     // SAFETY: the blocks of columns j0..j1 cover 0..dout, and each wrote its
     // columns of every one of the `rows` rows.
     unsafe { out.set_len(len) };
     Ok(out)
+}
+
+/// Whether the `gemm` crate computes `[m, k] · [k, n]` with its packed
+/// kernel, whose sums do not depend on the weight's layout. Smaller
+/// products (one row: a matrix-vector product; at most 256 outputs; `k` of
+/// 1 or 2) take kernels that sum in a layout's own order, so a compressed
+/// weight is then read transposed like a dense one: a cached program whose
+/// weights were expanded to dense f32 gives the same bits as the compressed
+/// original.
+fn packed_product(m: usize, n: usize, k: usize) -> bool {
+    m > 1 && m.saturating_mul(n) > 256 && k > 2
 }
 
 /// The dtype a product is computed in: floats as they are, integers in f64
@@ -369,8 +455,8 @@ mod tests {
             residual: Some(&res),
             post: Act::Clamp(0.0, 6.0),
         };
-        let a = linear_f32(&xs, rows, &packed, Some(&bias), tail).unwrap();
-        let b = linear_f32(&xs, rows, &dense, Some(&bias), tail).unwrap();
+        let a = linear_f32(&xs, rows, &LinWeight::Stored(Arc::new(packed)), Some(&bias), tail).unwrap();
+        let b = linear_f32(&xs, rows, &LinWeight::Stored(Arc::new(dense)), Some(&bias), tail).unwrap();
         // Reference: the sums written out, in f64.
         for r in 0..rows {
             for o in 0..dout {
@@ -381,6 +467,96 @@ mod tests {
                 let want = (want.max(0.0) + res[r * dout + o] as f64).clamp(0.0, 6.0);
                 assert!((a[r * dout + o] as f64 - want).abs() < 1e-3, "row {r} output {o}");
                 assert!((b[r * dout + o] as f64 - want).abs() < 1e-3, "row {r} output {o}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_weight_layout_gives_the_written_out_sums_on_odd_shapes() {
+        // One thread, and a pool of three (row blocks).
+        for threads in [1, 3] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(layouts_match);
+        }
+    }
+
+    fn layouts_match() {
+        let ramp = |n: usize, seed: f32| -> Vec<f32> { (0..n).map(|i| (i as f32 * 0.37 + seed).sin()).collect() };
+        for &(rows, dout, din) in &[
+            (1, 1, 1),
+            (1, 17, 5),
+            (1, 2000, 300),
+            (2, 100, 7),
+            (5, 2000, 300),
+            (3, 40, 2),
+            (3, 33, 67),
+            (7, 130, 301),
+            (128, 100, 19),
+            (130, 50, 600),
+        ] {
+            // Values an f16 holds exactly, so the f16 store has the same weight.
+            let wf: Vec<f32> = ramp(dout * din, 0.3)
+                .iter()
+                .map(|&v| half::f16::from_f32(v).to_f32())
+                .collect();
+            let xs = ramp(rows * din, 1.1);
+            let bias = ramp(dout, 2.3);
+            let res = ramp(rows * dout, 0.7);
+            let wt = Tensor::from_vec(wf.clone(), (dout, din), &Device::Cpu).unwrap();
+            let layouts = [
+                ("transposed", LinWeight::Transposed(transposed(&wt).unwrap())),
+                ("stored f32", LinWeight::Stored(Arc::new(Weights::dense(wt).unwrap()))),
+                (
+                    "stored f16",
+                    LinWeight::Stored(Arc::new(
+                        Weights::new(
+                            vec![dout, din],
+                            weights::Store::F16(wf.iter().map(|&v| half::f16::from_f32(v)).collect()),
+                            true,
+                        )
+                        .unwrap(),
+                    )),
+                ),
+            ];
+            for (with_bias, tail) in [
+                (false, Tail::act(Act::Identity)),
+                (true, Tail::act(Act::GeluErf)),
+                (
+                    true,
+                    Tail {
+                        pre: Act::Relu,
+                        residual: Some(&res),
+                        post: Act::Clamp(0.0, 6.0),
+                    },
+                ),
+            ] {
+                let b = with_bias.then_some(&bias[..]);
+                let got: Vec<Vec<f32>> = layouts
+                    .iter()
+                    .map(|(_, w)| linear_f32(&xs, rows, w, b, tail).unwrap())
+                    .collect();
+                // The f16 store (blocks, converted) gives the transposed dense bits:
+                // what a cached program with expanded weights relies on.
+                assert_eq!(got[0], got[2], "[{rows}, {din}] -> {dout}: f16 blocks vs transposed");
+                for r in 0..rows {
+                    for o in 0..dout {
+                        let terms = (0..din).map(|i| xs[r * din + i] as f64 * wf[o * din + i] as f64);
+                        let scale: f64 = terms.clone().map(f64::abs).sum::<f64>() + 1.0;
+                        let sum = terms.sum::<f64>() + b.map_or(0.0, |b| b[o] as f64);
+                        let mut want = tail.pre.f(sum as f32);
+                        if let Some(res) = tail.residual {
+                            want = tail.post.f(want + res[r * dout + o]);
+                        }
+                        for ((name, _), g) in layouts.iter().zip(&got) {
+                            let e = (g[r * dout + o] - want).abs() as f64;
+                            assert!(
+                                e <= 1e-6 * scale * din as f64,
+                                "{name} [{rows}, {din}] -> {dout}: row {r} output {o}: {} vs {want}",
+                                g[r * dout + o]
+                            );
+                        }
+                    }
+                }
             }
         }
     }
