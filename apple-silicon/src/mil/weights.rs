@@ -279,35 +279,6 @@ pub(crate) fn with_rows<R>(w: &Weights, rows: Range<usize>, f: impl FnOnce(&[f32
     r
 }
 
-thread_local! {
-    /// Per-thread scratch for a transposed block (see [`with_rows_t`]).
-    static SCRATCH_T: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// Calls `f` with rows `rows` of `w` as f32, transposed: `[row_len, rows.len()]`
-/// row-major (element `(i, j)` is element `i` of row `rows.start + j`), in
-/// this thread's scratch. Costs the conversion ([`with_rows`]) plus one
-/// tiled transposition of the block.
-pub(crate) fn with_rows_t<R>(w: &Weights, rows: Range<usize>, f: impl FnOnce(&[f32]) -> CResult<R>) -> CResult<R> {
-    let (nr, rl) = (rows.len(), w.row_len());
-    with_rows(w, rows, |block| {
-        let n = block.len();
-        // Taken out of the cell while `f` runs, so a nested call gets its own.
-        let mut buf = SCRATCH_T.with(|s| std::mem::take(&mut *s.borrow_mut()));
-        if buf.len() < n {
-            buf.resize(n, 0.0);
-        }
-        let r = super::transpose::transpose(block, nr, rl, &mut buf[..n]).and_then(|_| f(&buf[..n]));
-        SCRATCH_T.with(|s| {
-            let mut s = s.borrow_mut();
-            if s.capacity() < buf.capacity() {
-                *s = buf;
-            }
-        });
-        r
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -412,10 +383,5 @@ mod tests {
         let t = CTensor::from_vec((0..6).map(|i| i as f32).collect::<Vec<_>>(), (3, 2), &Device::Cpu).unwrap();
         let d = Weights::dense(t).unwrap();
         assert_eq!(with_rows(&d, 0..1, |s| Ok(s.to_vec())).unwrap(), vec![0.0, 1.0]);
-        // Rows 1..3 of [[0, 1], [2, 3], [4, 5]], transposed.
-        assert_eq!(
-            with_rows_t(&w, 1..3, |s| Ok(s.to_vec())).unwrap(),
-            vec![2.0, 4.0, 3.0, 5.0]
-        );
     }
 }

@@ -20,6 +20,7 @@ use crate::mil::gemm::{self, Bias, MatRef};
 use crate::mil::transpose::transpose;
 use crate::mil::weights::{self, Weights};
 use crate::mil::{depthwise, Kernel, OpCtx};
+use coreml_proto::proto::mil_spec::{self, Operation};
 
 /// The builder for `op_type`, if this family has it.
 pub(super) fn builder(op_type: &str) -> Option<Builder> {
@@ -103,11 +104,11 @@ pub(super) fn linear(c: &mut OpCtx) -> Result<Kernel> {
 /// the `gemm` crate reads `[out, in]` as its packed operand only through a
 /// scalar gather (a quarter of MiniLM's time went there). `[in, out]`
 /// row-major is packed with contiguous copies instead, so dense f32 weights
-/// are transposed once at prepare. Compressed weights keep `[out, in]`
-/// blocks for products on the packed kernel: transposing each converted
-/// block on every call (a tiled scalar pass) cost more than the gather it
-/// saves (MiniLM fp16 and int8 ~12% slower); smaller products read them
-/// transposed ([`packed_product`]).
+/// are transposed once at prepare when the declared product is on gemm's
+/// packed kernel ([`packed_product`]). Compressed weights keep `[out, in]`
+/// blocks: transposing each converted block on every call (a tiled scalar
+/// pass) cost more than the gather it saves (MiniLM fp16 and int8 ~12%
+/// slower, MobileNetV2 int8's classifier 9% of its run).
 enum LinWeight {
     /// Dense f32, `[in, out]` row-major (contiguous).
     Transposed(Tensor),
@@ -129,7 +130,13 @@ impl LinWeight {
             if tt.is_contiguous() {
                 return Ok(LinWeight::Transposed(tt));
             }
-            if sole && t.is_contiguous() {
+            // Only for products on gemm's packed kernel (or of unknown
+            // size): the others read [out, in] as fast, and a compressed
+            // weight (read [out, in]) expanded to dense f32 in a cached
+            // program must give the same bits.
+            let (dout, din) = t.dims2().map_err(|e| c.error(e.to_string()))?;
+            let packed = declared_rows(c.op).is_none_or(|m| packed_product(m, dout, din));
+            if sole && packed && t.is_contiguous() {
                 let wt = transposed(&t).map_err(|e| c.error(e.to_string()))?;
                 let view = wt.t().map_err(|e| c.error(e.to_string()))?;
                 c.rebind_const("weight", view);
@@ -179,8 +186,7 @@ fn transposed(t: &Tensor) -> CResult<Tensor> {
 /// `tail(x [rows, in] · wᵀ + bias)` for `linear`'s weight `w` (the fused
 /// activation, residual and activation, [`Tail`]): in one product when
 /// `w` is dense f32, else one product per block of output features, each
-/// block converted to f32 into reused scratch (`weights::with_rows`, or
-/// `weights::with_rows_t` for a product off the packed kernel).
+/// block converted to f32 into reused scratch (`weights::with_rows`).
 fn linear_f32(xs: &[f32], rows: usize, w: &LinWeight, bias: Option<&[f32]>, tail: Tail) -> CResult<Vec<f32>> {
     let (dout, din) = w.dims();
     let lhs = MatRef::row_major(xs, din);
@@ -212,23 +218,24 @@ fn linear_f32(xs: &[f32], rows: usize, w: &LinWeight, bias: Option<&[f32]>, tail
         let dst = &mut out.spare_capacity_mut()[..len];
         for j0 in (0..dout).step_by(step.max(1)) {
             let j1 = (j0 + step).min(dout);
-            let wb = j1 - j0;
-            let mut product = |rhs: MatRef| {
+            weights::with_rows(w, j0..j1, |ws| {
+                let rhs = MatRef {
+                    data: ws,
+                    rs: 1,
+                    cs: din,
+                    batch: 0,
+                };
                 let bias = bias.map_or(Bias::None, |b| Bias::Cols(&b[j0..j1]));
-                gemm::matmul_into_rows(&mut dst[j0..], dout, (rows, wb, din), lhs, rhs, bias, tail.from(j0))
-            };
-            if packed_product(rows, wb, din) {
-                weights::with_rows(w, j0..j1, |ws| {
-                    product(MatRef {
-                        data: ws,
-                        rs: 1,
-                        cs: din,
-                        batch: 0,
-                    })
-                })?;
-            } else {
-                weights::with_rows_t(w, j0..j1, |ws| product(MatRef::row_major(ws, wb)))?;
-            }
+                gemm::matmul_into_rows(
+                    &mut dst[j0..],
+                    dout,
+                    (rows, j1 - j0, din),
+                    lhs,
+                    rhs,
+                    bias,
+                    tail.from(j0),
+                )
+            })?;
         }
     }
     // SAFETY: the blocks of columns j0..j1 cover 0..dout, and each wrote its
@@ -240,12 +247,23 @@ fn linear_f32(xs: &[f32], rows: usize, w: &LinWeight, bias: Option<&[f32]>, tail
 /// Whether the `gemm` crate computes `[m, k] · [k, n]` with its packed
 /// kernel, whose sums do not depend on the weight's layout. Smaller
 /// products (one row: a matrix-vector product; at most 256 outputs; `k` of
-/// 1 or 2) take kernels that sum in a layout's own order, so a compressed
-/// weight is then read transposed like a dense one: a cached program whose
-/// weights were expanded to dense f32 gives the same bits as the compressed
-/// original.
+/// 1 or 2) take kernels that sum in an order of their layout's own.
 fn packed_product(m: usize, n: usize, k: usize) -> bool {
     m > 1 && m.saturating_mul(n) > 256 && k > 2
+}
+
+/// Rows of `op`'s `[.., out]` result as the program declares it (`None`
+/// when a dim is not a constant).
+fn declared_rows(op: &Operation) -> Option<usize> {
+    let t = match op.outputs.first()?.r#type.as_ref()?.r#type.as_ref()? {
+        mil_spec::value_type::Type::TensorType(t) => t,
+        _ => return None,
+    };
+    let (_, lead) = t.dimensions.split_last()?;
+    lead.iter().try_fold(1usize, |acc, d| match d.dimension {
+        Some(mil_spec::dimension::Dimension::Constant(c)) => acc.checked_mul(usize::try_from(c.size).ok()?),
+        _ => None,
+    })
 }
 
 /// The dtype a product is computed in: floats as they are, integers in f64
@@ -535,9 +553,12 @@ mod tests {
                     .iter()
                     .map(|(_, w)| linear_f32(&xs, rows, w, b, tail).unwrap())
                     .collect();
-                // The f16 store (blocks, converted) gives the transposed dense bits:
-                // what a cached program with expanded weights relies on.
-                assert_eq!(got[0], got[2], "[{rows}, {din}] -> {dout}: f16 blocks vs transposed");
+                // On the packed kernel the f16 store (blocks, converted) gives the
+                // transposed dense bits: what a cached program with expanded
+                // weights relies on.
+                if packed_product(rows, dout, din) {
+                    assert_eq!(got[0], got[2], "[{rows}, {din}] -> {dout}: f16 blocks vs transposed");
+                }
                 for r in 0..rows {
                     for o in 0..dout {
                         let terms = (0..din).map(|i| xs[r * din + i] as f64 * wf[o * din + i] as f64);
@@ -558,6 +579,72 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn declared_rows_are_the_leading_dims_of_a_static_result() {
+        use mil_spec::dimension::{ConstantDimension, Dimension as D, UnknownDimension};
+        let op = |dims: Vec<D>| Operation {
+            outputs: vec![mil_spec::NamedValueType {
+                name: "y".into(),
+                r#type: Some(mil_spec::ValueType {
+                    r#type: Some(mil_spec::value_type::Type::TensorType(mil_spec::TensorType {
+                        rank: dims.len() as i64,
+                        dimensions: dims
+                            .into_iter()
+                            .map(|d| mil_spec::Dimension { dimension: Some(d) })
+                            .collect(),
+                        ..Default::default()
+                    })),
+                }),
+            }],
+            ..Default::default()
+        };
+        let c = |n: u64| D::Constant(ConstantDimension { size: n });
+        assert_eq!(declared_rows(&op(vec![c(2), c(3), c(5)])), Some(6));
+        assert_eq!(declared_rows(&op(vec![c(7)])), Some(1));
+        let flexible = D::Unknown(UnknownDimension { variadic: false });
+        assert_eq!(declared_rows(&op(vec![c(1), flexible, c(5)])), None);
+        assert_eq!(declared_rows(&op(vec![])), None);
+        assert!(!packed_product(1, 1000, 1280) && !packed_product(3, 80, 64) && !packed_product(128, 384, 2));
+        assert!(packed_product(128, 384, 384));
+    }
+
+    #[test]
+    fn a_transposed_weight_read_again_by_a_later_op_gives_the_same_values() {
+        use mil_spec::dimension::{Dimension as D, UnknownDimension};
+        let case = "linear/linear_rank3";
+        // A second linear on the same weight, bias and input; the first's
+        // rows undeclared, so that it transposes the weight and rebinds it.
+        let plan = crate::mil::test_support::build_edited_result(case, |b| {
+            let i = b.operations.iter().position(|o| o.r#type == "linear").unwrap();
+            let mut second = b.operations[i].clone();
+            second.outputs[0].name = "y2".into();
+            if let Some(mil_spec::value_type::Type::TensorType(t)) = b.operations[i].outputs[0]
+                .r#type
+                .as_mut()
+                .and_then(|t| t.r#type.as_mut())
+            {
+                t.dimensions[0].dimension = Some(D::Unknown(UnknownDimension { variadic: false }));
+            }
+            b.operations.insert(i + 1, second);
+            b.outputs.push("y2".into());
+        })
+        .unwrap();
+        let dir = crate::mil::test_support::package_path(case);
+        let dir = dir.parent().unwrap();
+        let x = crate::tensor::Tensor::read_npy(dir.join("inputs/x.npy")).unwrap();
+        // The fixture's reference (numpy).
+        let want = crate::tensor::Tensor::read_npy(dir.join("expected/y.npy"))
+            .unwrap()
+            .to_f32_vec();
+        let out = plan.run(&[("x".to_string(), x)].into_iter().collect()).unwrap();
+        for name in ["y", "y2"] {
+            let got = out[name].to_f32_vec();
+            assert_eq!(got.len(), want.len());
+            let d = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(d < 1e-5, "{name}: {d}");
         }
     }
 
