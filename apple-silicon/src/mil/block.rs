@@ -433,6 +433,12 @@ impl<'p> BlockBuilder<'p> {
             };
             let operands = std::mem::take(&mut ctx.operands);
             self.used.append(&mut ctx.used);
+            let rebinds = std::mem::take(&mut ctx.rebinds);
+            // A constant the builder re-laid out: later readers see the new
+            // layout, and the old one is freed (the budget's bytes are unchanged).
+            for (n, c) in rebinds {
+                env.insert(n, Val::Const(Arc::new(c)));
+            }
             if top {
                 self.kept_ops.push(op_index);
             }

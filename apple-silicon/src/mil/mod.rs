@@ -40,6 +40,7 @@ mod par_elementwise;
 mod rows;
 #[cfg(test)]
 mod test_support;
+mod transpose;
 pub mod value;
 mod vmath;
 mod weights;
@@ -297,6 +298,9 @@ pub(crate) struct OpCtx<'b, 'p> {
     used: Vec<String>,
     /// Set by a builder whose kernel can take a fused activation (`fuse.rs`).
     pub offer: Option<fuse::Offer>,
+    /// Constants this op's builder has replaced for every later reader
+    /// (applied by the block builder once the op is built).
+    pub(crate) rebinds: Vec<(String, ConstVal)>,
 }
 
 impl<'b, 'p> OpCtx<'b, 'p> {
@@ -319,6 +323,7 @@ impl<'b, 'p> OpCtx<'b, 'p> {
             operands: Vec::new(),
             used: Vec::new(),
             offer: None,
+            rebinds: Vec::new(),
         }
     }
 }
@@ -516,6 +521,43 @@ impl<'b, 'p> OpCtx<'b, 'p> {
                     .map_err(|e| self.error(e.to_string())),
                 _ => Ok(None),
             },
+        }
+    }
+
+    /// A dense f32 constant of rank 2 bound by name to `arg` (neither packed
+    /// nor built from a packed weight; nothing is copied), with whether
+    /// [`OpCtx::rebind_const`] can replace it: it is defined in this block's
+    /// own scope and nothing but the scope holds it, so that replacing it
+    /// frees the original. `None` for anything else.
+    pub fn dense_f32_matrix(&mut self, arg: &str) -> Result<Option<(CTensor, bool)>> {
+        let Some(Binding::Name(n)) = self.binding(arg).cloned() else {
+            return Ok(None);
+        };
+        let Val::Const(c) = self.lookup(arg, &n)? else {
+            return Ok(None);
+        };
+        if c.packed.is_some() {
+            return Ok(None);
+        }
+        let t = match c.tensor() {
+            Some(t) if t.dtype() == CDType::F32 && t.rank() == 2 => t.clone(),
+            _ => return Ok(None),
+        };
+        drop(c);
+        let sole = matches!(self.env.map.get(&n), Some(Val::Const(c)) if Arc::strong_count(c) == 1);
+        Ok(Some((t, sole)))
+    }
+
+    /// Replaces the constant bound by name to `arg`, for every op after
+    /// this one, with `t` (the same values in another layout); its host
+    /// copy is kept. The old constant is dropped when the op is built.
+    pub fn rebind_const(&mut self, arg: &str, t: CTensor) {
+        let Some(Binding::Name(n)) = self.binding(arg).cloned() else {
+            return;
+        };
+        if let Some(Val::Const(c)) = self.env.map.get(&n) {
+            let host = c.host.clone();
+            self.rebinds.push((n, ConstVal::new(Some(t), host)));
         }
     }
 
