@@ -164,7 +164,7 @@ impl Tail<'_> {
                 *d += r;
             }
         }
-        if self.post != Act::Identity {
+        if !matches!(self.post, Act::Identity) {
             self.post.epilogue(run, 0.0);
         }
     }

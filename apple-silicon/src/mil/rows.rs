@@ -90,7 +90,7 @@ pub(crate) fn run(isa: Isa, dst: &mut [f32], src: &[f32], offs: &[usize], wts: &
         Isa::Avx2 => unsafe { x86::run_avx2(dst, src, offs, wts, bias, inner) },
         _ => run_portable(dst, src, offs, wts, bias, inner),
     }
-    if inner != act {
+    if !in_registers(act) {
         act.epilogue(dst, 0.0);
     }
 }
@@ -126,7 +126,7 @@ fn run_portable(dst: &mut [f32], src: &[f32], offs: &[usize], wts: &[f32], bias:
             *d += w * s;
         }
     }
-    if act != Act::Identity {
+    if !matches!(act, Act::Identity) {
         act.epilogue(dst, 0.0);
     }
 }
