@@ -376,3 +376,28 @@ fn absent_members_fail_naming_make_zoo_unless_skips_are_allowed() {
     let report = run_zoo(empty.path(), true).unwrap();
     assert!(report.last().unwrap().contains("skipped"), "{report:?}");
 }
+
+/// PP-OCRv4 det writes hard-swish as ONNX converters do (`add(c, 3)`,
+/// `clip(0, 6)`, `mul(c, ·)`, `mul(·, 1/6)`) and follows it with a learnable
+/// scale and shift (`mul` and `add` by one-element constants): the plan
+/// takes every such chain into the conv before it, so no `clip` step and no
+/// scalar arithmetic after a conv is left (the member's outputs are checked
+/// against onnxruntime by the test above).
+#[test]
+fn ppocr_v4_det_fuses_its_clip_hard_swish_chains_into_the_convs() {
+    let dir = zoo_dir().join("ppocr_v4_det");
+    if !dir.join("member.json").is_file() {
+        assert!(
+            std::env::var(ALLOW_SKIP_ENV).is_ok_and(|v| v == "1"),
+            "{} not built: run `make zoo`",
+            dir.display()
+        );
+        return;
+    }
+    let pkg = MlPackage::open(dir.join("model.mlpackage")).unwrap();
+    let plan = apple_silicon::mil::Plan::build(&pkg, FloatPolicy::Upcast).unwrap();
+    let h = plan.step_histogram();
+    println!("{h:#?}");
+    assert!(!h.contains_key("clip"), "{h:?}");
+    assert_eq!(h.get("conv+hard_swish+mul+mul+add"), Some(&24), "{h:?}");
+}

@@ -209,8 +209,12 @@ struct Pending {
     offer: fuse::Offer,
     /// What it has fused so far.
     epi: fuse::Epi,
-    /// The hard-swish `mul` fused ahead of its turn: its index and output.
-    skip: Option<(usize, String)>,
+    /// The ops of a hard-swish fused ahead of their turn (`clip`, `mul`):
+    /// their indices and outputs.
+    skip: Vec<(usize, String)>,
+    /// The `k` of a clip-spelled hard-swish (`add(out, k)` fused) whose
+    /// `clip`, the next op in `skip`, completes the step.
+    hard_swish_at: Option<f32>,
 }
 
 impl<'p> BlockBuilder<'p> {
@@ -299,9 +303,26 @@ impl<'p> BlockBuilder<'p> {
                 self.add_const(env, &out.name, &name, c)?;
                 continue;
             }
-            // The second half of a fused hard-swish: its value is the step's.
+            // The rest of a fused hard-swish: its value is the step's.
             if let Some(p) = pending.as_mut() {
-                if let Some((_, out)) = p.skip.take_if(|(i, _)| *i == op_index) {
+                if let Some(at) = p.skip.iter().position(|(i, _)| *i == op_index) {
+                    let (_, out) = p.skip.remove(at);
+                    if let Some(k) = p.hard_swish_at.take() {
+                        // The clip of a clip-spelled hard-swish: its bounds complete the step.
+                        let mut cc = OpCtx::new(op, name.clone(), env, &self.lists, &mut self.dec, self.policy);
+                        let Some((lo, hi)) = fuse::clip_bounds(&mut cc)? else {
+                            return Err(cc.error("`alpha` and `beta` are required".to_string()));
+                        };
+                        let Some(epi) = fuse::with_step(p.epi, fuse::Step::HardSwishClip(k, lo, hi)) else {
+                            return Err(cc.error("fused into a full epilogue (an interpreter bug)".to_string()));
+                        };
+                        self.used.append(&mut cc.used);
+                        drop(cc);
+                        let step = &mut steps[p.step];
+                        step.exec = Exec::Kernel((p.offer)(epi));
+                        step.op_type = format!("{}+hard_swish", step.op_type);
+                        p.epi = epi;
+                    }
                     let slot = steps[p.step].outputs[0];
                     env.insert(out.clone(), Val::Slot(slot));
                     self.kept_ops.push(op_index);
@@ -311,23 +332,48 @@ impl<'p> BlockBuilder<'p> {
             }
             // Any op but a constant ends the chance to fuse into the step before it.
             if let Some(mut p) = pending.take_if(|_| !constexpr::is_constexpr(&op.r#type)) {
-                if let Some(join) = fuse::join(ops, op_index, &p.out, &p.epi, &uses, &self.block_outputs) {
+                let scalar_rank = |o: &Operation, arg: &str| match fuse::arg_name(o, arg) {
+                    Some(n) => {
+                        let Val::Const(c) = env.get(n)? else { return None };
+                        let d = c.host.as_ref()?;
+                        fuse::scalar_of(d).map(|_| d.shape.len())
+                    }
+                    None => fuse::inline_scalar_rank(o, arg),
+                };
+                let join = fuse::join(ops, op_index, &p.out, &p.epi, &uses, &self.block_outputs, &scalar_rank);
+                if let Some(join) = join {
                     let mut ctx = OpCtx::new(op, name.clone(), env, &self.lists, &mut self.dec, self.policy);
                     let (epi, suffix, extra) = match join {
                         fuse::Join::Act => (
-                            fuse::act_of(&mut ctx)?.map(|a| fuse::with_act(p.epi, a)),
+                            fuse::act_of(&mut ctx)?.and_then(|a| fuse::with_act(p.epi, a)),
                             op.r#type.clone(),
                             None,
                         ),
                         fuse::Join::HardSwish { mul } => {
                             let epi = match fuse::act_of(&mut ctx)? {
-                                Some(fuse::Act::SigmoidHard(a, b)) => {
-                                    Some(fuse::with_act(p.epi, fuse::Act::HardSwish(a, b)))
-                                }
+                                Some(fuse::Act::SigmoidHard(a, b)) => fuse::with_act(p.epi, fuse::Act::HardSwish(a, b)),
                                 _ => None,
                             };
-                            p.skip = epi.map(|_| (mul, ops[mul].outputs[0].name.clone()));
+                            if epi.is_some() {
+                                p.skip = vec![(mul, ops[mul].outputs[0].name.clone())];
+                            }
                             (epi, "hard_swish".to_string(), None)
+                        }
+                        fuse::Join::HardSwishClip { k, clip, mul } => {
+                            // The clip's bounds are constants defined after this op:
+                            // the kernel takes the step when the clip comes.
+                            let k = ctx.opt_const(k)?.as_ref().and_then(fuse::scalar_of);
+                            if let Some(k) = k {
+                                let (c, m) = (&ops[clip], &ops[mul]);
+                                p.skip = vec![(clip, c.outputs[0].name.clone()), (mul, m.outputs[0].name.clone())];
+                                p.hard_swish_at = Some(k);
+                            }
+                            (k.map(|_| p.epi), String::new(), None)
+                        }
+                        fuse::Join::Scalar { k, producer_is_x } => {
+                            let k = ctx.opt_const(k)?.as_ref().and_then(fuse::scalar_of);
+                            let step = k.and_then(|k| fuse::scalar_step(&op.r#type, k, producer_is_x));
+                            (step.and_then(|s| fuse::with_step(p.epi, s)), op.r#type.clone(), None)
                         }
                         fuse::Join::Add { producer_is_x, .. } => {
                             ctx.tensor("x")?;
@@ -351,8 +397,10 @@ impl<'p> BlockBuilder<'p> {
                         self.kept_ops.push(op_index);
                         let step = &mut steps[p.step];
                         step.operands.extend(extra);
-                        step.exec = Exec::Kernel((p.offer)(epi));
-                        step.op_type = format!("{}+{suffix}", step.op_type);
+                        if !suffix.is_empty() {
+                            step.exec = Exec::Kernel((p.offer)(epi));
+                            step.op_type = format!("{}+{suffix}", step.op_type);
+                        }
                         let slot = step.outputs[0];
                         env.insert(op.outputs[0].name.clone(), Val::Slot(slot));
                         p.epi = epi;
@@ -457,7 +505,8 @@ impl<'p> BlockBuilder<'p> {
                         out: o.name.clone(),
                         offer,
                         epi: fuse::Epi::act(fuse::Act::Identity),
-                        skip: None,
+                        skip: Vec::new(),
+                        hard_swish_at: None,
                     });
                 }
             }

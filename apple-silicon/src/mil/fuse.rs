@@ -5,13 +5,17 @@
 //! own kernel's epilogue ([`Epi`]: `post(pre(v) + r)`), on each output block
 //! while it is still in cache instead of in more passes over memory and
 //! more buffers:
-//! - an activation (`relu`, `relu6`, `clip`, `sigmoid`, `sigmoid_hard`,
-//!   `silu`, `gelu`), or hard-swish as coremltools spells it
-//!   (`sigmoid_hard(v)` then `mul` of `v` by it: [`Act::HardSwish`]);
+//! - activations (`relu`, `relu6`, `clip`, `sigmoid`, `sigmoid_hard`,
+//!   `silu`, `gelu`), hard-swish as coremltools spells it
+//!   (`sigmoid_hard(v)` then `mul` of `v` by it: [`Act::HardSwish`]) or as
+//!   ONNX/Paddle converters do (`add(v, 3)`, `clip(0, 6)`, `mul` of `v` by
+//!   it: [`Step::HardSwishClip`]), and `add`/`sub`/`mul`/`real_div` by a
+//!   float constant of one element whose broadcast keeps the shape (either
+//!   operand order), several in a row as one [`Act::Chain`];
 //! - then a residual `add` of another value (`r`, either operand order),
 //!   added in the epilogue when it is f32 of exactly the output's shape and
 //!   otherwise by the add op's own code (broadcasting, dtype conversion);
-//! - then a second activation.
+//! - then more of the first kind.
 //!
 //! The producer's builder offers a kernel factory ([`Offer`]); the block
 //! builder (`block.rs`) asks [`join`] whether the next op extends the
@@ -160,7 +164,7 @@ impl Tail<'_> {
                 *d += r;
             }
         }
-        if self.post != Act::Identity {
+        if !matches!(self.post, Act::Identity) {
             self.post.epilogue(run, 0.0);
         }
     }
@@ -183,6 +187,9 @@ pub(crate) enum Act {
     /// `v · clamp(alpha · v + beta, 0, 1)`: hard-swish, as coremltools
     /// spells it (`mul(v, sigmoid_hard(v))`).
     HardSwish(f32, f32),
+    /// Several steps in order (scalar arithmetic, hard-swish in the clip
+    /// spelling, activations): see [`Act::then`].
+    Chain(Chain),
 }
 
 impl Act {
@@ -208,7 +215,40 @@ impl Act {
             Act::GeluErf => Fun::GeluErf.f(v),
             Act::GeluTanh => Fun::GeluTanh.f(v),
             Act::HardSwish(a, b) => v * (a * v + b).clamp(0.0, 1.0),
+            Act::Chain(c) => c.steps().iter().fold(v, |v, s| s.f(v)),
         }
+    }
+
+    /// `self` then step `s`: a single activation when `self` is `Identity`
+    /// and `s` is one (so the kernels' fast paths for it still apply),
+    /// otherwise a chain; `None` when the chain is full.
+    pub fn then(self, s: Step) -> Option<Act> {
+        let single = match s {
+            Step::Relu => Some(Act::Relu),
+            Step::Clamp(lo, hi) => Some(Act::Clamp(lo, hi)),
+            Step::SigmoidHard(a, b) => Some(Act::SigmoidHard(a, b)),
+            Step::HardSwish(a, b) => Some(Act::HardSwish(a, b)),
+            Step::Fun(Fun::Sigmoid) => Some(Act::Sigmoid),
+            Step::Fun(Fun::Silu) => Some(Act::Silu),
+            Step::Fun(Fun::GeluErf) => Some(Act::GeluErf),
+            Step::Fun(Fun::GeluTanh) => Some(Act::GeluTanh),
+            _ => None,
+        };
+        let empty = Chain {
+            steps: [Step::Relu; CHAIN_LEN],
+            len: 0,
+        };
+        match (self, single) {
+            (Act::Identity, Some(a)) => Some(a),
+            (Act::Identity, None) => empty.push(s).map(Act::Chain),
+            (Act::Chain(c), _) => c.push(s).map(Act::Chain),
+            (a, _) => empty.push(Step::of(a)?)?.push(s).map(Act::Chain),
+        }
+    }
+
+    /// Whether [`Act::then`] can add a step.
+    pub fn has_room(self) -> bool {
+        !matches!(self, Act::Chain(c) if c.len as usize == CHAIN_LEN)
     }
 
     /// `row[i] = f(row[i] + bias)`, the epilogue of one output run.
@@ -238,6 +278,8 @@ impl Act {
             Act::Silu => vmath::apply_with(Fun::Silu, row, bias),
             Act::GeluErf => vmath::apply_with(Fun::GeluErf, row, bias),
             Act::GeluTanh => vmath::apply_with(Fun::GeluTanh, row, bias),
+            // The bias as the unfused kernel (`Identity`) adds it, then the steps.
+            Act::Chain(c) => c.run(row, bias),
         }
     }
 
@@ -265,6 +307,10 @@ impl Act {
             Act::Silu => vmath::apply_zip(Fun::Silu, row, bias),
             Act::GeluErf => vmath::apply_zip(Fun::GeluErf, row, bias),
             Act::GeluTanh => vmath::apply_zip(Fun::GeluTanh, row, bias),
+            Act::Chain(c) => {
+                each!(v => v);
+                c.run(row, 0.0)
+            }
         }
     }
 
@@ -283,6 +329,177 @@ impl Act {
             Act::HardSwish(a, b) => {
                 let hs = map_f32(x, move |v| (a * v + b).clamp(0.0, 1.0))?;
                 par::binary(par::BinOp::Mul, x, &hs)
+            }
+            Act::Chain(c) => {
+                let mut y = x.clone();
+                for s in c.steps() {
+                    y = s.apply(&y)?;
+                }
+                Ok(y)
+            }
+        }
+    }
+}
+
+/// How many [`Step`]s an [`Act::Chain`] holds (hard-swish in the clip
+/// spelling, a scale and a shift, and an activation fit with room left).
+pub(crate) const CHAIN_LEN: usize = 6;
+
+/// One elementwise step of an [`Act::Chain`], as one unfused op computes it
+/// on an f32 value: a constant scalar operand (`k`) on either side of an
+/// arithmetic op, or an activation.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Step {
+    /// `v + k` (`add`, either operand order: f32 addition commutes exactly).
+    Add(f32),
+    /// `v - k`.
+    Sub(f32),
+    /// `k - v`.
+    SubFrom(f32),
+    /// `v · k` (`mul`, either operand order).
+    Mul(f32),
+    /// `v / k` (`real_div`).
+    Div(f32),
+    /// `k / v`.
+    DivInto(f32),
+    Relu,
+    /// As [`Act::Clamp`].
+    Clamp(f32, f32),
+    /// As [`Act::SigmoidHard`].
+    SigmoidHard(f32, f32),
+    /// As [`Act::HardSwish`].
+    HardSwish(f32, f32),
+    /// `v · clip(v + k, lo, hi)`: hard-swish as ONNX and Paddle converters
+    /// spell it (`add`, `clip`, then `mul` by the producer's value).
+    HardSwishClip(f32, f32, f32),
+    /// One of `vmath`'s functions (sigmoid, silu, the GELUs).
+    Fun(Fun),
+}
+
+impl Step {
+    /// The step of a single activation (`None` for `Identity`, which is no
+    /// step, and for a chain).
+    fn of(act: Act) -> Option<Step> {
+        Some(match act {
+            Act::Identity | Act::Chain(_) => return None,
+            Act::Relu => Step::Relu,
+            Act::Clamp(lo, hi) => Step::Clamp(lo, hi),
+            Act::Sigmoid => Step::Fun(Fun::Sigmoid),
+            Act::SigmoidHard(a, b) => Step::SigmoidHard(a, b),
+            Act::Silu => Step::Fun(Fun::Silu),
+            Act::GeluErf => Step::Fun(Fun::GeluErf),
+            Act::GeluTanh => Step::Fun(Fun::GeluTanh),
+            Act::HardSwish(a, b) => Step::HardSwish(a, b),
+        })
+    }
+
+    /// The step on one value: exactly the unfused op's scalar function.
+    #[inline(always)]
+    pub fn f(self, v: f32) -> f32 {
+        match self {
+            Step::Add(k) => v + k,
+            Step::Sub(k) => v - k,
+            Step::SubFrom(k) => k - v,
+            Step::Mul(k) => v * k,
+            Step::Div(k) => v / k,
+            Step::DivInto(k) => k / v,
+            Step::Relu => Act::Relu.f(v),
+            Step::Clamp(lo, hi) => Act::Clamp(lo, hi).f(v),
+            Step::SigmoidHard(a, b) => Act::SigmoidHard(a, b).f(v),
+            Step::HardSwish(a, b) => Act::HardSwish(a, b).f(v),
+            Step::HardSwishClip(k, lo, hi) => v * Act::Clamp(lo, hi).f(v + k),
+            Step::Fun(fun) => fun.f(v),
+        }
+    }
+
+    /// The step on every value of `xs`, one vectorised loop per kind.
+    #[inline]
+    fn pass(self, xs: &mut [f32]) {
+        macro_rules! each {
+            ($v:ident => $e:expr) => {
+                for x in xs.iter_mut() {
+                    let $v = *x;
+                    *x = $e;
+                }
+            };
+        }
+        match self {
+            Step::Add(k) => each!(v => v + k),
+            Step::Sub(k) => each!(v => v - k),
+            Step::SubFrom(k) => each!(v => k - v),
+            Step::Mul(k) => each!(v => v * k),
+            Step::Div(k) => each!(v => v / k),
+            Step::DivInto(k) => each!(v => k / v),
+            Step::Fun(fun) => vmath::apply_with(fun, xs, 0.0),
+            s @ Step::Relu => each!(v => s.f(v)),
+            s @ Step::Clamp(..) => each!(v => s.f(v)),
+            s @ Step::SigmoidHard(..) => each!(v => s.f(v)),
+            s @ Step::HardSwish(..) => each!(v => s.f(v)),
+            s @ Step::HardSwishClip(..) => each!(v => s.f(v)),
+        }
+    }
+
+    /// The step on a whole tensor, by the unfused op's own code (the
+    /// constant in the tensor's dtype, as the binary ops cast `y` to `x`'s).
+    fn apply(self, x: &Tensor) -> CResult<Tensor> {
+        use par::BinOp;
+        let k = |k: f32| Tensor::new(k, x.device())?.to_dtype(x.dtype());
+        match self {
+            Step::Add(c) => par::binary(BinOp::Add, x, &k(c)?),
+            Step::Sub(c) => par::binary(BinOp::Sub, x, &k(c)?),
+            Step::SubFrom(c) => par::binary(BinOp::Sub, &k(c)?, x),
+            Step::Mul(c) => par::binary(BinOp::Mul, x, &k(c)?),
+            Step::Div(c) => par::binary(BinOp::Div, x, &k(c)?),
+            Step::DivInto(c) => par::binary(BinOp::Div, &k(c)?, x),
+            Step::Relu => Act::Relu.apply(x),
+            Step::Clamp(lo, hi) => Act::Clamp(lo, hi).apply(x),
+            Step::SigmoidHard(a, b) => Act::SigmoidHard(a, b).apply(x),
+            Step::HardSwish(a, b) => Act::HardSwish(a, b).apply(x),
+            Step::HardSwishClip(c, lo, hi) => {
+                let t = clamp(&par::binary(BinOp::Add, x, &k(c)?)?, lo, hi)?;
+                par::binary(BinOp::Mul, x, &t)
+            }
+            Step::Fun(fun) => map_fun(x, fun),
+        }
+    }
+}
+
+/// Up to [`CHAIN_LEN`] steps applied in order (a plain-data list, so that
+/// [`Act`] stays `Copy`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Chain {
+    steps: [Step; CHAIN_LEN],
+    len: u8,
+}
+
+impl Chain {
+    /// The steps, in order.
+    pub fn steps(&self) -> &[Step] {
+        &self.steps[..self.len as usize]
+    }
+
+    /// `self` then `s`, or `None` when it is full.
+    fn push(mut self, s: Step) -> Option<Chain> {
+        let i = self.len as usize;
+        (i < CHAIN_LEN).then(|| {
+            self.steps[i] = s;
+            self.len += 1;
+            self
+        })
+    }
+
+    /// `bias` (unless 0, as the unfused kernel skips it) then every step
+    /// over `row`, in blocks that stay in L1: one vectorised loop per step
+    /// and block, one read and one write of `row` in all. (Evaluating the
+    /// steps one vector at a time in registers measured slower.)
+    fn run(&self, row: &mut [f32], bias: f32) {
+        const BLOCK: usize = 256;
+        for block in row.chunks_mut(BLOCK) {
+            if bias != 0.0 {
+                Step::Add(bias).pass(block);
+            }
+            for s in self.steps() {
+                s.pass(block);
             }
         }
     }
@@ -325,6 +542,14 @@ pub(crate) fn act_of(c: &mut OpCtx) -> Result<Option<Act>> {
     })
 }
 
+/// A `clip` op's bounds (`alpha`, `beta`), read through `c` without its
+/// `x` (which the plan may not have defined yet); `None` when either is
+/// missing.
+pub(crate) fn clip_bounds(c: &mut OpCtx) -> Result<Option<(f32, f32)>> {
+    let f = |c: &mut OpCtx, arg: &str| -> Result<Option<f32>> { Ok(c.opt_float(arg)?.map(|v| v as f32)) };
+    Ok(f(c, "alpha")?.zip(f(c, "beta")?))
+}
+
 /// How the op at `ops[i]` can join the epilogue `epi` of the step whose
 /// output is `out` (nothing else may read `out`; `keep`: names that must
 /// stay values of their own, the block's outputs).
@@ -335,13 +560,33 @@ pub(crate) enum Join<'o> {
     /// `sigmoid_hard(out)` then, as the next op, `mul` of `out` by it
     /// (either order), at `ops[mul]`: hard-swish.
     HardSwish { mul: usize },
+    /// `add(out, k)` (either order, `k` a constant of one element: its
+    /// argument `k`), then `clip` of that at `ops[clip]`, then `mul` of
+    /// `out` by the clip (either order) at `ops[mul]`: hard-swish as ONNX
+    /// converters spell it ([`Step::HardSwishClip`]).
+    HardSwishClip { k: &'o str, clip: usize, mul: usize },
+    /// `add`, `sub`, `mul` or `real_div` of `out` and a constant of one
+    /// element (its argument `k`; `producer_is_x`: `out` is the op's `x`).
+    Scalar { k: &'o str, producer_is_x: bool },
     /// `add(out, other)`, either order.
     Add { other: &'o str, producer_is_x: bool },
 }
 
-/// Whether (and how) `ops[i]` joins the pending epilogue: an activation
-/// takes `pre` (no residual yet) or `post` (after the residual), hard-swish
-/// likewise, an add takes the residual once. `None` ends the fusion.
+/// The rank `ops` declare for the value `name` (`None` if no op outputs it
+/// or its type is not a tensor's).
+fn declared_rank(ops: &[Operation], name: &str) -> Option<usize> {
+    let o = ops.iter().flat_map(|op| &op.outputs).find(|o| o.name == name)?;
+    match o.r#type.as_ref()?.r#type.as_ref()? {
+        mil_spec::value_type::Type::TensorType(t) => usize::try_from(t.rank).ok(),
+        _ => None,
+    }
+}
+
+/// Whether (and how) `ops[i]` joins the pending epilogue: an activation,
+/// hard-swish or scalar arithmetic extends `pre` (no residual yet) or
+/// `post` (after the residual), an add takes the residual once. `None` ends
+/// the fusion. `scalar_rank(op, arg)`: the rank of `op`'s argument `arg`
+/// when it is a float constant of one element.
 pub(crate) fn join<'o>(
     ops: &'o [Operation],
     i: usize,
@@ -349,56 +594,147 @@ pub(crate) fn join<'o>(
     epi: &Epi,
     uses: &HashMap<String, usize>,
     keep: &std::collections::HashSet<String>,
+    scalar_rank: &dyn Fn(&Operation, &str) -> Option<usize>,
 ) -> Option<Join<'o>> {
     let op = &ops[i];
     if op.outputs.len() != 1 || keep.contains(out) {
         return None;
     }
     let uses_of = |n: &str| uses.get(n).copied().unwrap_or(0);
-    let act_free = match epi.residual {
-        None => epi.pre == Act::Identity,
-        Some(_) => epi.post == Act::Identity,
+    let room = match epi.residual {
+        None => epi.pre.has_room(),
+        Some(_) => epi.post.has_room(),
     };
+    // A value only the next op of a pattern reads, and not a block output.
+    let inner = |n: &str| uses_of(n) == 1 && !keep.contains(n);
+    let next = |from: usize| (from + 1..ops.len()).find(|&j| ops[j].r#type != "const");
     let reads_out = arg_name(op, "x") == Some(out);
+    // Which of `x`, `y` is `out`: `Some(true)` for `x` alone, `Some(false)` for `y` alone.
+    let side = |o: &Operation| match (arg_name(o, "x") == Some(out), arg_name(o, "y") == Some(out)) {
+        (true, false) => Some(true),
+        (false, true) => Some(false),
+        _ => None,
+    };
+    // The other operand, when it is a constant scalar whose broadcast keeps `out`'s shape.
+    let scalar_of = |o: &Operation, producer_is_x: bool| {
+        let k = if producer_is_x { "y" } else { "x" };
+        let r = scalar_rank(o, k)?;
+        (r <= declared_rank(ops, out)?).then_some(k)
+    };
     match op.r#type.as_str() {
-        "add" if epi.residual.is_none() && uses_of(out) == 1 => {
-            let (x, y) = (arg_name(op, "x")?, arg_name(op, "y")?);
-            match (x == out, y == out) {
-                (true, false) => Some(Join::Add {
-                    other: y,
-                    producer_is_x: true,
-                }),
-                (false, true) => Some(Join::Add {
-                    other: x,
-                    producer_is_x: false,
-                }),
-                _ => None,
-            }
-        }
-        "sigmoid_hard" if act_free && reads_out && uses_of(out) == 2 => {
-            let hs = op.outputs[0].name.as_str();
-            if uses_of(hs) != 1 || keep.contains(hs) {
+        "add" if room && uses_of(out) == 2 => {
+            let producer_is_x = side(op)?;
+            let k = scalar_of(op, producer_is_x)?;
+            let a = op.outputs[0].name.as_str();
+            let clip = next(i)?;
+            let c = &ops[clip];
+            let fits = c.r#type == "clip" && c.outputs.len() == 1 && arg_name(c, "x") == Some(a) && inner(a);
+            let cl = c.outputs[0].name.as_str();
+            if !fits || !inner(cl) {
                 return None;
             }
-            let j = (i + 1..ops.len()).find(|&j| ops[j].r#type != "const")?;
+            let mul = next(clip)?;
+            let m = &ops[mul];
+            let pair = (arg_name(m, "x")?, arg_name(m, "y")?);
+            let is_hs = m.r#type == "mul" && m.outputs.len() == 1 && (pair == (out, cl) || pair == (cl, out));
+            is_hs.then_some(Join::HardSwishClip { k, clip, mul })
+        }
+        "add" | "sub" | "mul" | "real_div" if uses_of(out) == 1 && side(op).is_some() => {
+            let producer_is_x = side(op)?;
+            match scalar_of(op, producer_is_x) {
+                Some(k) => room.then_some(Join::Scalar { k, producer_is_x }),
+                None if op.r#type == "add" && epi.residual.is_none() => Some(Join::Add {
+                    other: arg_name(op, if producer_is_x { "y" } else { "x" })?,
+                    producer_is_x,
+                }),
+                None => None,
+            }
+        }
+        "sigmoid_hard" if room && reads_out && uses_of(out) == 2 => {
+            let hs = op.outputs[0].name.as_str();
+            if !inner(hs) {
+                return None;
+            }
+            let j = next(i)?;
             let m = &ops[j];
             let pair = (arg_name(m, "x")?, arg_name(m, "y")?);
             let is_hs = m.r#type == "mul" && m.outputs.len() == 1 && (pair == (out, hs) || pair == (hs, out));
             is_hs.then_some(Join::HardSwish { mul: j })
         }
-        t if is_activation(t) => (act_free && reads_out && uses_of(out) == 1).then_some(Join::Act),
+        t if is_activation(t) => (room && reads_out && uses_of(out) == 1).then_some(Join::Act),
         _ => None,
     }
 }
 
-/// `epi` with activation `act` in its free place (see [`join`]).
-pub(crate) fn with_act(mut epi: Epi, act: Act) -> Epi {
+/// `epi` with step `s` after what its free place holds (`pre` without a
+/// residual, else `post`); `None` when that place is full.
+pub(crate) fn with_step(mut epi: Epi, s: Step) -> Option<Epi> {
     if epi.residual.is_none() {
-        epi.pre = act;
+        epi.pre = epi.pre.then(s)?;
     } else {
-        epi.post = act;
+        epi.post = epi.post.then(s)?;
     }
-    epi
+    Some(epi)
+}
+
+/// `epi` with activation `act` after what its free place holds (see
+/// [`with_step`]).
+pub(crate) fn with_act(epi: Epi, act: Act) -> Option<Epi> {
+    with_step(epi, Step::of(act)?)
+}
+
+/// The value of a float constant of exactly one element (`None` for any
+/// other constant).
+pub(crate) fn scalar_of(d: &super::value::Decoded) -> Option<f32> {
+    use super::value::HostData;
+    match &d.data {
+        HostData::F32(v) if v.len() == 1 => Some(v[0]),
+        HostData::F16(v) if v.len() == 1 => Some(v[0].to_f32()),
+        _ => None,
+    }
+}
+
+/// The rank of `op`'s argument `arg` when it is an inline fp32 value of
+/// one element (`None` otherwise).
+pub(crate) fn inline_scalar_rank(op: &Operation, arg: &str) -> Option<usize> {
+    use mil_spec::{argument::binding::Binding, tensor_value, value, value_type};
+    let [b] = op.inputs.get(arg)?.arguments.as_slice() else {
+        return None;
+    };
+    let Some(Binding::Value(v)) = &b.binding else {
+        return None;
+    };
+    let Some(value_type::Type::TensorType(t)) = v.r#type.as_ref()?.r#type.as_ref() else {
+        return None;
+    };
+    let Some(value::Value::ImmediateValue(iv)) = &v.value else {
+        return None;
+    };
+    let Some(value::immediate_value::Value::Tensor(tv)) = &iv.value else {
+        return None;
+    };
+    match &tv.value {
+        Some(tensor_value::Value::Floats(f))
+            if f.values.len() == 1 && t.data_type == mil_spec::DataType::Float32 as i32 =>
+        {
+            usize::try_from(t.rank).ok()
+        }
+        _ => None,
+    }
+}
+
+/// The step of scalar arithmetic `op_type` with constant `k`
+/// (`producer_is_x`: the producer is the op's `x`).
+pub(crate) fn scalar_step(op_type: &str, k: f32, producer_is_x: bool) -> Option<Step> {
+    Some(match (op_type, producer_is_x) {
+        ("add", _) => Step::Add(k),
+        ("mul", _) => Step::Mul(k),
+        ("sub", true) => Step::Sub(k),
+        ("sub", false) => Step::SubFrom(k),
+        ("real_div", true) => Step::Div(k),
+        ("real_div", false) => Step::DivInto(k),
+        _ => return None,
+    })
 }
 
 /// How many times each name is read by `ops` (arguments of every op,
@@ -652,6 +988,166 @@ mod tests {
         );
         let out = apart.run(&inputs).unwrap();
         close(&out["y"].to_f32_vec());
+    }
+
+    /// The unfused ops' own code for the clip-spelled hard-swish, a
+    /// division, a scale and a shift (`x - 0.125`): the reference for
+    /// [`clip_chain`].
+    fn clip_chain_unfused(x: &Tensor) -> Tensor {
+        use par::BinOp;
+        let k = |v: f32| Tensor::new(v, x.device()).unwrap().to_dtype(x.dtype()).unwrap();
+        let a = par::binary(BinOp::Add, &k(3.0), x).unwrap();
+        let c = clamp(&a, 0.0, 6.0).unwrap();
+        let m = par::binary(BinOp::Mul, &c, x).unwrap();
+        let d = par::binary(BinOp::Div, &m, &k(6.0)).unwrap();
+        let s = par::binary(BinOp::Mul, &k(0.75), &d).unwrap();
+        par::binary(BinOp::Sub, &s, &k(0.125)).unwrap()
+    }
+
+    fn clip_chain() -> Act {
+        [
+            Step::HardSwishClip(3.0, 0.0, 6.0),
+            Step::Div(6.0),
+            Step::Mul(0.75),
+            Step::Sub(0.125),
+        ]
+        .into_iter()
+        .try_fold(Act::Identity, Act::then)
+        .unwrap()
+    }
+
+    #[test]
+    fn a_chain_matches_its_unfused_ops_bit_for_bit() {
+        // Odd sizes: under and over one block of the chain, and over 64K (the ops' parallel path).
+        let small: Vec<f32> = (0..231).map(|i| (i as f32 - 115.0) * 0.071).collect();
+        let x = Tensor::from_vec(small, (3, 7, 11), &Device::Cpu).unwrap();
+        let big = Tensor::randn(0f32, 4.0, (3, 129, 385), &Device::Cpu).unwrap();
+        let chain = clip_chain();
+        assert!(matches!(chain, Act::Chain(c) if c.steps().len() == 4), "{chain:?}");
+        for t in [&x, &big] {
+            let want: Vec<f32> = clip_chain_unfused(t).flatten_all().unwrap().to_vec1().unwrap();
+            let src: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+            let mut got = src.clone();
+            chain.epilogue(&mut got, 0.0);
+            assert_eq!(got, want);
+            let mut got = src.clone();
+            chain.epilogue_cols(&mut got, &vec![0.0; src.len()]);
+            assert_eq!(got, want, "by columns");
+            let each: Vec<f32> = src.iter().map(|&v| chain.f(v)).collect();
+            assert_eq!(each, want, "one by one");
+            let got: Vec<f32> = chain.apply(t).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            assert_eq!(got, want, "by the ops' code");
+            // A bias is added first, as the unfused producer adds it.
+            let mut got = src.clone();
+            chain.epilogue(&mut got, -0.5);
+            let shifted = (t - 0.5).unwrap();
+            let want: Vec<f32> = clip_chain_unfused(&shifted).flatten_all().unwrap().to_vec1().unwrap();
+            assert_eq!(got, want, "with a bias");
+        }
+        // Every other step against its op, with the chain's activations after a scalar.
+        let src: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+        let want = |f: &dyn Fn(f32) -> f32| src.iter().map(|&v| f(v)).collect::<Vec<f32>>();
+        let cases: [(Step, Vec<f32>); 5] = [
+            (Step::Add(0.3), want(&|v| v + 0.3)),
+            (Step::SubFrom(0.3), want(&|v| 0.3 - v)),
+            (Step::DivInto(0.3), want(&|v| 0.3 / v)),
+            (Step::Relu, want(&|v| (v * 0.5).max(0.0))),
+            (Step::Fun(Fun::Silu), want(&|v| Fun::Silu.f(v * 0.5))),
+        ];
+        for (step, want) in cases {
+            let act = if matches!(step, Step::Relu | Step::Fun(_)) {
+                Act::Identity.then(Step::Mul(0.5)).unwrap().then(step).unwrap()
+            } else {
+                Act::Identity.then(step).unwrap()
+            };
+            let mut got = src.clone();
+            act.epilogue(&mut got, 0.0);
+            assert_eq!(got, want, "{act:?}");
+            let t: Vec<f32> = act.apply(&x).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            assert_eq!(t, want, "{act:?} by the ops' code");
+        }
+    }
+
+    #[test]
+    fn a_single_activation_stays_one_and_a_full_chain_takes_no_more() {
+        assert_eq!(Act::Identity.then(Step::Relu), Some(Act::Relu));
+        assert_eq!(Act::Identity.then(Step::Fun(Fun::Silu)), Some(Act::Silu));
+        let mut a = Act::Relu;
+        for _ in 1..CHAIN_LEN {
+            assert!(a.has_room());
+            a = a.then(Step::Mul(2.0)).unwrap();
+        }
+        assert!(!a.has_room());
+        assert_eq!(a.then(Step::Relu), None);
+        assert_eq!(a.f(-1.0), 0.0);
+        assert_eq!(a.f(1.0), 32.0);
+    }
+
+    /// `fixture`'s program with the ONNX spelling of hard-swish after its
+    /// conv `c`, operands in the less usual orders (`add(3, c)`,
+    /// `mul(clip, c)`), then `real_div` by 6, `mul(0.75, ·)` and
+    /// `sub(·, 0.125)`. With `expose`, `c` is a block output too (nothing
+    /// may fuse into the conv).
+    fn conv_clip_chain(fixture: &str, expose: bool) -> crate::mil::Plan {
+        crate::mil::test_support::build_edited_result(fixture, |b| {
+            let conv = b.operations.iter_mut().find(|o| o.r#type == "conv").unwrap();
+            let y = conv.outputs[0].name.clone();
+            conv.outputs[0].name = "c".into();
+            let out = conv.outputs[0].clone();
+            let op = |t: &str, name: &str, args: Vec<(&str, mil_spec::Argument)>| {
+                let mut o = Operation {
+                    r#type: t.into(),
+                    outputs: vec![out.clone()],
+                    ..Default::default()
+                };
+                o.outputs[0].name = name.into();
+                o.inputs = args.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+                o
+            };
+            b.operations.extend([
+                op("add", "a", vec![("x", float_arg(3.0)), ("y", name_arg("c"))]),
+                op(
+                    "clip",
+                    "cl",
+                    vec![
+                        ("x", name_arg("a")),
+                        ("alpha", float_arg(0.0)),
+                        ("beta", float_arg(6.0)),
+                    ],
+                ),
+                op("mul", "m", vec![("x", name_arg("cl")), ("y", name_arg("c"))]),
+                op("real_div", "d", vec![("x", name_arg("m")), ("y", float_arg(6.0))]),
+                op("mul", "s", vec![("x", float_arg(0.75)), ("y", name_arg("d"))]),
+                op("sub", &y, vec![("x", name_arg("s")), ("y", float_arg(0.125))]),
+            ]);
+            if expose {
+                b.outputs.push("c".into());
+            }
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn a_plan_fuses_clip_hard_swish_and_scalar_arithmetic_bit_for_bit() {
+        for fixture in ["conv/conv2d_depthwise", "conv/conv2d_valid"] {
+            let dir = crate::mil::test_support::package_path(fixture);
+            let dir = dir.parent().unwrap();
+            let x = crate::tensor::Tensor::read_npy(dir.join("inputs/x.npy")).unwrap();
+            let inputs: crate::tensor::TensorMap = [("x".to_string(), x)].into_iter().collect();
+            let fused = conv_clip_chain(fixture, false);
+            let h = fused.step_histogram();
+            assert_eq!(h.get("conv+hard_swish+real_div+mul+sub"), Some(&1), "{fixture}: {h:?}");
+            assert_eq!(h.len(), 1, "{fixture}: {h:?}");
+            let apart = conv_clip_chain(fixture, true);
+            let h = apart.step_histogram();
+            assert_eq!((h.get("conv"), h.get("clip")), (Some(&1), Some(&1)), "{fixture}: {h:?}");
+            let (got, want) = (fused.run(&inputs).unwrap(), apart.run(&inputs).unwrap());
+            let (got, want) = (got["y"].to_f32_vec(), want["y"].to_f32_vec());
+            // The conv's own output reaches every value of the chain's curved part.
+            let c = apart.run(&inputs).unwrap()["c"].to_f32_vec();
+            assert!(c.iter().any(|&v| v > -3.0 && v < 3.0 && v != 0.0), "{fixture}");
+            assert_eq!(got, want, "{fixture}");
+        }
     }
 
     #[test]

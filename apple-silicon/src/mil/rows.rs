@@ -90,7 +90,7 @@ pub(crate) fn run(isa: Isa, dst: &mut [f32], src: &[f32], offs: &[usize], wts: &
         Isa::Avx2 => unsafe { x86::run_avx2(dst, src, offs, wts, bias, inner) },
         _ => run_portable(dst, src, offs, wts, bias, inner),
     }
-    if inner != act {
+    if !in_registers(act) {
         act.epilogue(dst, 0.0);
     }
 }
@@ -126,7 +126,7 @@ fn run_portable(dst: &mut [f32], src: &[f32], offs: &[usize], wts: &[f32], bias:
             *d += w * s;
         }
     }
-    if act != Act::Identity {
+    if !matches!(act, Act::Identity) {
         act.epilogue(dst, 0.0);
     }
 }
@@ -288,6 +288,24 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mil::fuse::Step;
+
+    /// `steps` as one chained activation.
+    fn chain(steps: &[Step]) -> Act {
+        steps.iter().try_fold(Act::Identity, |a, &s| a.then(s)).unwrap()
+    }
+
+    /// Hard-swish in the clip spelling, a division, a scale and shifts.
+    fn hard_swish_chain() -> Act {
+        chain(&[
+            Step::HardSwishClip(3.0, 0.0, 6.0),
+            Step::Div(6.0),
+            Step::Mul(0.75),
+            Step::Sub(0.125),
+            Step::SubFrom(0.5),
+            Step::Add(0.1),
+        ])
+    }
 
     #[test]
     fn the_vector_epilogue_is_the_scalar_one() {
@@ -298,6 +316,13 @@ mod tests {
             Act::Relu,
             Act::Clamp(0.0, 6.0),
             Act::HardSwish(1.0 / 6.0, 0.5),
+            hard_swish_chain(),
+            chain(&[
+                Step::Relu,
+                Step::Mul(2.0),
+                Step::SigmoidHard(0.2, 0.5),
+                Step::DivInto(2.0),
+            ]),
         ];
         for n in [0usize, 1, 15, 16, 17, 77] {
             for pre in acts {
@@ -338,6 +363,16 @@ mod tests {
             None,
             Act::Identity
         ));
+        // A chain runs as passes over blocks of the stored run (`Act::epilogue`):
+        // evaluated step by step in registers here it measured slower.
+        assert!(!epilogue(
+            Isa::detect(),
+            &mut [1.0],
+            0.0,
+            chain(&[Step::Mul(2.0), Step::Fun(crate::mil::vmath::Fun::Silu)]),
+            None,
+            Act::Identity
+        ));
     }
 
     #[test]
@@ -356,6 +391,8 @@ mod tests {
                     Act::Clamp(-0.5, 0.75),
                     Act::HardSwish(1.0 / 6.0, 0.5),
                     Act::Silu,
+                    hard_swish_chain(),
+                    chain(&[Step::Mul(0.5), Step::Fun(crate::mil::vmath::Fun::Silu)]),
                 ] {
                     for isa in Isa::available() {
                         let mut got = vec![f32::NAN; n];

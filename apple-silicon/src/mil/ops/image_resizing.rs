@@ -133,15 +133,7 @@ fn resize_dim(x: &Tensor, dim: usize, n_out: usize, how: Interp) -> CResult<Tens
     }
     match how {
         Interp::Nearest(mode) => {
-            let idx: Vec<u32> = (0..n_out)
-                .map(|i| {
-                    let src = match mode {
-                        None => i * n_in / n_out,
-                        Some(m) => (m.point(i, n_in, n_out) + 0.5).floor() as usize,
-                    };
-                    src.min(n_in - 1) as u32
-                })
-                .collect();
+            let idx: Vec<u32> = nearest_index(n_in, n_out, mode).into_iter().map(|i| i as u32).collect();
             let idx = Tensor::from_vec(idx, n_out, x.device())?;
             x.contiguous()?.index_select(&idx, dim)
         }
@@ -167,10 +159,69 @@ fn resize_dim(x: &Tensor, dim: usize, n_out: usize, how: Interp) -> CResult<Tens
 }
 
 /// Resizes the last two dims of `x` to `(h, w)`.
+/// The input index each of `n_out` nearest-neighbour outputs reads (`n_in`
+/// ≥ 1): see [`Interp::Nearest`].
+fn nearest_index(n_in: usize, n_out: usize, mode: Option<Sampling>) -> Vec<usize> {
+    (0..n_out)
+        .map(|i| {
+            let src = match mode {
+                None => i * n_in / n_out,
+                Some(m) => (m.point(i, n_in, n_out) + 0.5).floor() as usize,
+            };
+            src.min(n_in - 1)
+        })
+        .collect()
+}
+
+/// Nearest-neighbour resize of the last two dims of a contiguous f32 CPU
+/// tensor (rank ≥ 2) to `h × w` in one pass: each output row is gathered
+/// once from its input row, or copied from the row before when both read
+/// the same input row (an integer upscale). Costs one write of the output
+/// and no zero fill (the general path wrote the output twice, through two
+/// `index_select`s). `None` for any other tensor or an empty dim.
+fn nearest_hw_f32(x: &Tensor, h: usize, w: usize, mode: Option<Sampling>) -> CResult<Option<Tensor>> {
+    let d = x.dims();
+    let r = d.len();
+    if x.dtype() != DType::F32 || !x.is_contiguous() || !x.device().is_cpu() || r < 2 {
+        return Ok(None);
+    }
+    let (ih, iw) = (d[r - 2], d[r - 1]);
+    let planes: usize = d[..r - 2].iter().product();
+    if ih == 0 || iw == 0 || h == 0 || w == 0 || planes == 0 {
+        return Ok(None);
+    }
+    let mut shape = d.to_vec();
+    shape[r - 2] = h;
+    shape[r - 1] = w;
+    check_elems(&shape, "resized output")?;
+    let (ys, xs) = (nearest_index(ih, h, mode), nearest_index(iw, w, mode));
+    let out = crate::mil::depthwise::with_f32_slice(x, |src| {
+        let mut out: Vec<f32> = Vec::with_capacity(planes * h * w);
+        for plane in src.chunks_exact(ih * iw) {
+            for (oy, &iy) in ys.iter().enumerate() {
+                if oy > 0 && ys[oy - 1] == iy {
+                    let prev = out.len() - w;
+                    out.extend_from_within(prev..);
+                } else {
+                    let row = &plane[iy * iw..(iy + 1) * iw];
+                    out.extend(xs.iter().map(|&ix| row[ix]));
+                }
+            }
+        }
+        out
+    })?;
+    Ok(Some(Tensor::from_vec(out, shape, x.device())?))
+}
+
 fn resize_hw(x: &Tensor, h: usize, w: usize, how: Interp) -> CResult<Tensor> {
     let r = x.rank();
     if r < 3 {
         candle_core::bail!("input of rank {r}; image resizing needs rank 3 or more")
+    }
+    if let Interp::Nearest(mode) = how {
+        if let Some(y) = nearest_hw_f32(x, h, w, mode)? {
+            return Ok(y);
+        }
     }
     let y = resize_dim(x, r - 1, w, how)?;
     resize_dim(&y, r - 2, h, how)
@@ -704,7 +755,60 @@ fn crop_resize(c: &mut OpCtx) -> Result<Kernel> {
 
 #[cfg(test)]
 mod tests {
-    use super::Sampling;
+    use super::{nearest_hw_f32, resize_hw, Interp, Sampling};
+    use candle_core::{DType, Device, Tensor};
+
+    #[test]
+    fn the_one_pass_nearest_resize_reads_the_input_pixel_each_output_names() {
+        // Odd sizes; up by integer and fractional factors, down, and a mode with its own grid.
+        let (ih, iw) = (5, 7);
+        let x = Tensor::arange(0f32, (2 * 3 * ih * iw) as f32, &Device::Cpu)
+            .unwrap()
+            .reshape((2, 3, ih, iw))
+            .unwrap();
+        for (h, w, mode) in [
+            (10, 14, None),
+            (15, 21, None),
+            (7, 9, None),
+            (3, 4, None),
+            (1, 1, None),
+            (8, 11, Some(Sampling::Unalign)),
+            (8, 11, Some(Sampling::Align)),
+        ] {
+            let got = nearest_hw_f32(&x, h, w, mode).unwrap().unwrap();
+            assert_eq!(got.dims(), &[2, 3, h, w]);
+            let got: Vec<f32> = got.flatten_all().unwrap().to_vec1().unwrap();
+            // x's value is its flat index: the pixel read is `iy · iw + ix` in plane p.
+            let pick = |i: usize, n_in: usize, n_out: usize| match mode {
+                None => i * n_in / n_out,
+                Some(m) => ((m.point(i, n_in, n_out) + 0.5).floor() as usize).min(n_in - 1),
+            };
+            let mut want = Vec::new();
+            for p in 0..6 {
+                for oy in 0..h {
+                    for ox in 0..w {
+                        want.push((p * ih * iw + pick(oy, ih, h) * iw + pick(ox, iw, w)) as f32);
+                    }
+                }
+            }
+            assert_eq!(got, want, "{h}×{w} {mode:?}");
+            // The general path (two index_selects) agrees: f16 takes it.
+            let general = resize_hw(&x.to_dtype(DType::F16).unwrap(), h, w, Interp::Nearest(mode)).unwrap();
+            let general: Vec<f32> = general
+                .to_dtype(DType::F32)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let want16: Vec<f32> = want.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect();
+            assert_eq!(general, want16, "{h}×{w} {mode:?} general");
+        }
+        // Not contiguous: left to the general path.
+        assert!(nearest_hw_f32(&x.transpose(2, 3).unwrap(), 4, 4, None)
+            .unwrap()
+            .is_none());
+    }
 
     /// The grid points `resize_bilinear`'s docstring lists for `Xin = 2`.
     #[test]
