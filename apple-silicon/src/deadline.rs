@@ -116,10 +116,10 @@ impl Deadline {
 
 /// A flag a caller sets to make a running plan stop at its next check
 /// (between ops, or at a coarse grain inside long kernels). Cloning shares
-/// the flag. A flag may also carry a [`Deadline`]: it then reads as set once
-/// the deadline passes, so work stops on time even when the thread waiting
-/// for it is descheduled and late to call [`cancel`](Self::cancel).
-/// Costs one atomic load per check, plus one clock read with a deadline.
+/// the flag. A flag may also carry a [`Deadline`], which
+/// [`check_deadline`](Self::check_deadline) turns into a set flag once it
+/// passes, so work stops on time even when the thread waiting for it is
+/// descheduled and late to call [`cancel`](Self::cancel).
 #[derive(Debug, Clone, Default)]
 pub struct CancelFlag {
     flag: Arc<AtomicBool>,
@@ -132,7 +132,8 @@ impl CancelFlag {
         CancelFlag::default()
     }
 
-    /// A flag that also reads as set once `deadline` has passed.
+    /// A flag that [`check_deadline`](Self::check_deadline) also sets once
+    /// `deadline` has passed.
     pub fn with_deadline(deadline: Deadline) -> CancelFlag {
         CancelFlag {
             flag: Arc::default(),
@@ -145,10 +146,20 @@ impl CancelFlag {
         self.flag.store(true, Ordering::SeqCst);
     }
 
-    /// Whether [`cancel`](Self::cancel) was called or the flag's deadline
-    /// has passed (which then sets the flag, so later checks skip the clock).
+    /// Whether the flag is set: [`cancel`](Self::cancel) was called, or a
+    /// [`check_deadline`](Self::check_deadline) found the deadline passed.
+    /// One atomic load and no clock read: cheap enough for checks inside
+    /// kernels (once per channel plane, say).
     pub fn is_cancelled(&self) -> bool {
-        if self.flag.load(Ordering::Relaxed) {
+        self.flag.load(Ordering::Relaxed)
+    }
+
+    /// Sets the flag if its deadline has passed, then returns
+    /// [`is_cancelled`](Self::is_cancelled). One clock read when the flag
+    /// has a deadline (~25 ns): for coarse points such as between ops, where
+    /// it bounds how late work notices its deadline to one op.
+    pub fn check_deadline(&self) -> bool {
+        if self.is_cancelled() {
             return true;
         }
         if self.deadline.is_some_and(|d| d.is_expired()) {
@@ -349,8 +360,9 @@ impl DeadlineRunner {
     }
 
     /// Like [`DeadlineRunner::run`], handing `f` a [`CancelFlag`] that is
-    /// set the moment its caller gives up and reads as set once the timeout
-    /// has passed, even if the caller is late to notice. Work that checks
+    /// set the moment its caller gives up, and that
+    /// [`CancelFlag::check_deadline`] finds set once the timeout has passed,
+    /// even if the caller is late to notice. Work that checks
     /// the flag and returns early frees its worker at once, instead of
     /// holding it (and counting as stuck) until it would have finished.
     pub fn run_cancellable<T, F>(&self, operation: &str, timeout: Duration, f: F) -> Result<T>
@@ -1020,19 +1032,21 @@ mod tests {
     }
 
     #[test]
-    fn a_flag_with_a_deadline_reads_as_set_once_it_passes() {
+    fn a_flag_with_a_deadline_is_set_by_a_check_once_it_passes() {
         let plain = CancelFlag::new();
-        assert!(!plain.is_cancelled());
+        assert!(!plain.check_deadline());
         let later = CancelFlag::with_deadline(Deadline::after(Duration::from_secs(3600)));
-        assert!(!later.is_cancelled());
+        assert!(!later.check_deadline());
         later.cancel();
-        assert!(later.is_cancelled());
+        assert!(later.is_cancelled() && later.check_deadline());
         let soon = CancelFlag::with_deadline(Deadline::after(Duration::from_millis(5)));
         let shared = soon.clone();
-        assert!(!soon.is_cancelled());
+        assert!(!soon.check_deadline());
         std::thread::sleep(Duration::from_millis(10));
-        // Nobody called cancel: the deadline alone sets it, for every clone.
-        assert!(shared.is_cancelled());
+        // Nobody called cancel: the plain load does not read the clock...
+        assert!(!shared.is_cancelled());
+        // ...a check at a coarse point does, and sets it for every clone.
+        assert!(shared.check_deadline());
         assert!(soon.is_cancelled());
     }
 

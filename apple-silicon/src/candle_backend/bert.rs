@@ -237,7 +237,7 @@ impl BertEncoder {
         let keep = mask_t.to_dtype(CDType::F32)?.unsqueeze(1)?.unsqueeze(1)?;
         let additive = ((keep.ones_like()? - &keep)? * f64::from(f32::MIN))?;
         for layer in &self.layers {
-            if cancel.is_some_and(|c| c.is_cancelled()) {
+            if cancel.is_some_and(|c| c.check_deadline()) {
                 return Ok(None);
             }
             states = layer.forward(&states, &additive)?;

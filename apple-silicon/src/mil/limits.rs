@@ -142,10 +142,11 @@ pub(crate) fn ensure(what: &str, bytes: Option<u64>) -> crate::Result<()> {
     Ok(())
 }
 
-/// `Err` once the flag in force is set. Called between ops and, at a coarse
-/// grain, inside long kernels. Costs one atomic load.
+/// `Err` once the flag in force is set or its deadline has passed. Called
+/// between ops and per step of a recurrence. Costs one atomic load and, with
+/// a deadline, one clock read (kernels check the flag alone).
 pub(crate) fn check_cancel() -> candle_core::Result<()> {
-    if cancel_flag().is_some_and(|c| c.is_cancelled()) {
+    if cancel_flag().is_some_and(|c| c.check_deadline()) {
         trip(Tripped::Cancelled);
         candle_core::bail!("cancelled")
     }
