@@ -262,9 +262,10 @@ fn round_to_f16(v: &mut [f32]) {
 }
 
 /// Rows of `w` per block for a product that reads `w` one block of rows at
-/// a time: about 256 Ki values (1 MiB of f32 scratch), at least 16 rows.
+/// a time: about 128 Ki values (512 KiB of f32 scratch, which stays in L2
+/// while the product reads it), at least 16 rows.
 pub(crate) fn block_rows(w: &Weights) -> usize {
-    ((256 << 10) / w.row_len().max(1)).max(16)
+    ((128 << 10) / w.row_len().max(1)).max(16)
 }
 
 thread_local! {
