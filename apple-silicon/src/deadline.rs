@@ -177,12 +177,7 @@ const DONE: u8 = 2;
 const CANCELLED: u8 = 3;
 const ABANDONED: u8 = 4;
 
-/// One call's work, as the runner hands it to a thread.
-pub(crate) type Job = Box<dyn FnOnce() + Send + 'static>;
-
-/// Starts a job on threads the runner does not own, running it exactly once;
-/// `Err` hands the job back, to run on the runner's own workers instead.
-pub(crate) type Executor = Arc<dyn Fn(Job) -> std::result::Result<(), Job> + Send + Sync>;
+type Job = Box<dyn FnOnce() + Send + 'static>;
 
 struct State {
     queue: VecDeque<Job>,
@@ -244,8 +239,6 @@ pub struct RunnerStats {
 #[derive(Clone)]
 pub struct DeadlineRunner {
     shared: Arc<Shared>,
-    /// Where jobs start, when not on the runner's own workers.
-    executor: Option<Executor>,
 }
 
 impl std::fmt::Debug for DeadlineRunner {
@@ -292,19 +285,7 @@ impl DeadlineRunner {
                 refused: AtomicU64::new(0),
                 finished_late: AtomicU64::new(0),
             }),
-            executor: None,
         }
-    }
-
-    /// Starts jobs with `executor` (e.g. on a thread pool whose threads the
-    /// work would hop to anyway, saving that hop) instead of on the runner's
-    /// own workers; a job the executor hands back runs on them. The deadline,
-    /// the cancel flag and the stuck-call cap work as before: a call that
-    /// times out while its job is queued is cancelled, one that is running
-    /// counts as stuck until it ends.
-    pub(crate) fn with_executor(mut self, executor: Executor) -> Self {
-        self.executor = Some(executor);
-        self
     }
 
     /// The process-wide runner used by [`run_with_deadline`] and
@@ -518,13 +499,6 @@ impl DeadlineRunner {
     }
 
     fn submit(&self, job: Job) -> Result<()> {
-        let job = match &self.executor {
-            Some(start) => match start(job) {
-                Ok(()) => return Ok(()),
-                Err(job) => job,
-            },
-            None => job,
-        };
         let s = &self.shared;
         let mut st = lock(&s.state);
         st.queue.push_back(job);
@@ -1055,45 +1029,6 @@ mod tests {
         // finished late) or the work (its error came back in time) — the
         // work ran once and ended.
         assert_eq!(s.completed + s.finished_late, 1, "{s:?}");
-    }
-
-    #[test]
-    fn an_executor_starts_the_jobs_and_may_hand_them_back() {
-        // An executor on a thread of its own, counting the jobs it started.
-        let started = Arc::new(AtomicUsize::new(0));
-        let n = started.clone();
-        let r = DeadlineRunner::new("t-exec").with_executor(Arc::new(move |job: Job| {
-            n.fetch_add(1, Ordering::SeqCst);
-            std::thread::spawn(job);
-            Ok(())
-        }));
-        let on = r
-            .run("exec", Duration::from_secs(5), || {
-                Ok(std::thread::current().name().map(str::to_string))
-            })
-            .unwrap();
-        assert_eq!(on, None, "ran on the executor's unnamed thread, not a runner worker");
-        assert_eq!(started.load(Ordering::SeqCst), 1);
-        assert_eq!(r.stats().spawned_total, 0);
-        // A deadline still holds: the caller returns at it, the work is told to stop.
-        let e = r
-            .run_cancellable::<(), _>("slow", Duration::from_millis(20), |c| {
-                while !c.check_deadline() {
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                Ok(())
-            })
-            .unwrap_err();
-        assert_eq!(e.kind(), crate::ErrorKind::Timeout);
-        // An executor that hands the job back: the runner's own worker runs it.
-        let back = DeadlineRunner::new("t-exec-back").with_executor(Arc::new(Err));
-        let on = back
-            .run("back", Duration::from_secs(5), || {
-                Ok(std::thread::current().name().map(str::to_string))
-            })
-            .unwrap();
-        assert!(on.is_some_and(|n| n.starts_with("t-exec-back")));
-        assert_eq!(back.stats().spawned_total, 1);
     }
 
     #[test]

@@ -62,9 +62,7 @@ impl Default for CandleEngine {
             float_policy: FloatPolicy::Upcast,
             bert_seq_len: 128,
             // Its own pool: work abandoned by other engines never counts against it.
-            // Runs start on the interpreter's pool, where a plan runs
-            // anyway: one thread hand-off per call instead of two.
-            runner: DeadlineRunner::new("candle").with_executor(Arc::new(crate::mil::workers::spawn)),
+            runner: DeadlineRunner::new("candle"),
             cache: None,
             allocator_tuning: true,
         }
@@ -155,7 +153,7 @@ impl Inner {
     }
 }
 
-/// Inputs handed to the call's job (on the interpreter's pool), which owns them.
+/// Inputs handed to the deadline worker, which owns them.
 enum Owned {
     /// An ML Program's, already converted ([`Plan::prepare_inputs`]).
     Prepared(PlanInputs),
@@ -550,7 +548,7 @@ impl InferenceEngine for CandleEngine {
 
     /// Stages: `marshal_in` (inputs into candle tensors), `predict` (the
     /// program's ops), `marshal_out` (outputs back), and `total`, the whole
-    /// call including validation and the hop to the interpreter's pool.
+    /// call including validation and the hop to the deadline worker.
     fn infer_timed(
         &self,
         model: &dyn PreparedModel,

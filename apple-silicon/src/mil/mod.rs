@@ -44,7 +44,7 @@ mod transpose;
 pub mod value;
 mod vmath;
 mod weights;
-pub(crate) mod workers;
+mod workers;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, OnceLock};

@@ -41,20 +41,6 @@ fn pool() -> Option<&'static rayon::ThreadPool> {
     .as_ref()
 }
 
-/// Starts `job` on the interpreter's pool (rayon's `spawn`), where the plan
-/// it runs would hop to anyway; hands it back when the pool could not be
-/// created. `job` must not panic (the deadline runner's jobs catch their
-/// own). Costs one hand-over to a pool thread.
-pub(crate) fn spawn(job: crate::deadline::Job) -> std::result::Result<(), crate::deadline::Job> {
-    match pool() {
-        Some(p) => {
-            p.spawn(job);
-            Ok(())
-        }
-        None => Err(job),
-    }
-}
-
 /// How caught panics stay quiet. Rust's panic hook is process-wide and
 /// prints to stderr before unwinding starts, so `catch_unwind` alone would
 /// still print every caught panic. Swapping the hook for the span of a call
