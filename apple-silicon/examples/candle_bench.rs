@@ -35,6 +35,7 @@ const MIB: f64 = 1024.0 * 1024.0;
 use apple_silicon::cache::{host_meta, CacheConfig, ModelCache};
 use apple_silicon::candle_backend::CandleModel;
 use apple_silicon::golden;
+use apple_silicon::telemetry::process_stats;
 use apple_silicon::{CandleEngine, InferenceEngine, ModelArtifact, PrepareOptions, PreparedModel, TensorMap};
 use serde::{Deserialize, Serialize};
 
@@ -62,16 +63,9 @@ const NATIVE: &str = "minilm_l6_safetensors";
 const INTERLEAVED: &str = "minilm_l6_interleaved";
 const WARMUP: usize = 3;
 
-/// A field of /proc/self/status in kB.
-fn status_kb(field: &str) -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_else(|e| panic!("expected /proc/self/status (Linux) for RSS figures, got: {e}"));
-    status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("expected a `{field} <n> kB` line in /proc/self/status, found none"))
+/// kB of a figure of `telemetry::process_stats` (Linux's /proc/self/status).
+fn kb(bytes: Option<u64>) -> u64 {
+    bytes.expect("expected /proc/self/status (Linux) for RSS figures") / 1024
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -226,7 +220,7 @@ fn die(msg: &str) -> ! {
 }
 
 fn main() {
-    let start_kb = status_kb("VmRSS:");
+    let start_kb = kb(process_stats().rss_bytes);
     let args = parse_args();
     match &args.child {
         Some(id) if id == INTERLEAVED => {
@@ -369,7 +363,7 @@ fn child(id: &str, iters: usize, prepare_stats: bool, start_kb: u64) -> Row {
     let model: Box<dyn PreparedModel> = engine.prepare(&artifact, PrepareOptions::default()).unwrap();
     let prepare_ms = ms(t);
     let lat = latencies(model.as_ref(), &inputs, iters);
-    let peak_rss_mb = status_kb("VmHWM:").saturating_sub(start_kb) as f64 / 1024.0;
+    let peak_rss_mb = kb(process_stats().high_water_bytes).saturating_sub(start_kb) as f64 / 1024.0;
     let overhead = (id != NATIVE).then(|| overhead(&engine, model.as_ref(), &inputs, iters));
     drop(model);
     let mut row = Row {

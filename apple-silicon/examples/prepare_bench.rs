@@ -26,6 +26,7 @@ use std::time::Instant;
 
 use apple_silicon::cache::{host_meta, CacheConfig, ModelCache};
 use apple_silicon::golden;
+use apple_silicon::telemetry::process_stats;
 use apple_silicon::{CandleEngine, InferenceEngine, ModelArtifact, PrepareOptions};
 
 const DEFAULT_IDS: [&str; 4] = [
@@ -35,16 +36,9 @@ const DEFAULT_IDS: [&str; 4] = [
     "mobilenet_v2_int8",
 ];
 
-/// A field of /proc/self/status in kB.
-fn status_kb(field: &str) -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_else(|e| panic!("expected /proc/self/status (Linux) for RSS figures, got: {e}"));
-    status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("expected a `{field} <n> kB` line in /proc/self/status, found none"))
+/// kB of a figure of `telemetry::process_stats` (Linux's /proc/self/status).
+fn kb(bytes: Option<u64>) -> u64 {
+    bytes.expect("expected /proc/self/status (Linux) for RSS figures") / 1024
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -80,7 +74,7 @@ fn prepare(engine: &CandleEngine, a: &ModelArtifact) -> (f64, Box<dyn apple_sili
 /// One prepare in this (fresh) process; prints `rss_mb hwm_mb ms note`.
 fn child(id: &str, mode: &str, dir: &Path) {
     let a = artifact(id);
-    let start = status_kb("VmRSS:");
+    let start = kb(process_stats().rss_bytes);
     let engine = match mode {
         "plain" => CandleEngine::new(),
         "cold" | "warm" => cached_engine(dir),
@@ -88,7 +82,8 @@ fn child(id: &str, mode: &str, dir: &Path) {
     };
     let (ms, model) = prepare(&engine, &a);
     let note = engine.capabilities(model.as_ref()).notes.join("; ");
-    let (rss, hwm) = (status_kb("VmRSS:"), status_kb("VmHWM:"));
+    let now = process_stats();
+    let (rss, hwm) = (kb(now.rss_bytes), kb(now.high_water_bytes));
     println!(
         "{:.1} {:.1} {ms:.1} {note}",
         rss.saturating_sub(start) as f64 / 1024.0,
@@ -137,6 +132,15 @@ fn timing(id: &str, rounds: usize) -> (f64, f64) {
     (median(&cold), median(&warm))
 }
 
+/// Prints what was wrong and how to call this, and exits with status 2.
+fn usage_exit(what: &str) -> ! {
+    eprintln!(
+        "prepare_bench: {what}\nusage: prepare_bench [--rounds N] [ID ...] (IDs: downloaded models, e.g. {})",
+        DEFAULT_IDS.join(", ")
+    );
+    std::process::exit(2)
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("--child") {
@@ -155,6 +159,8 @@ fn main() {
                 .and_then(|n| n.parse().ok())
                 .filter(|&n| n > 0)
                 .unwrap_or_else(|| panic!("--rounds takes a positive count"));
+        } else if a.starts_with('-') {
+            usage_exit(&format!("unknown option {a:?}"));
         } else {
             ids.push(a);
         }
@@ -162,7 +168,12 @@ fn main() {
     if ids.is_empty() {
         ids = DEFAULT_IDS.iter().map(|s| s.to_string()).collect();
     }
-    println!("| model | prepare | RSS held MB | peak RSS MB | ms | note |");
+    for id in &ids {
+        if let Err(e) = golden::downloaded(id) {
+            usage_exit(&format!("model {id:?}: {e}"));
+        }
+    }
+    println!("| model | prepare | RSS held MiB | peak RSS MiB | ms | note |");
     println!("|---|---|---|---|---|---|");
     for id in &ids {
         memory(id);
