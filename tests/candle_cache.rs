@@ -29,6 +29,36 @@ fn run(
     Ok((out, engine.capabilities(model.as_ref()).notes))
 }
 
+/// A cache under `dir` holding the compiled form of fixture `name`, made by
+/// a cold prepare: the model, the cache, the cold run's outputs and the
+/// compiled program's path inside the entry.
+fn cold_entry(dir: &Path, name: &str) -> (GoldenModel, Arc<ModelCache>, TensorMap, std::path::PathBuf) {
+    let m = GoldenModel::open(golden::fixtures_dir().join(name)).unwrap();
+    let cache = cache_at(dir);
+    let (cold, _) = run(
+        &CandleEngine::new().with_cache(cache.clone()),
+        &m,
+        PrepareOptions::default(),
+    )
+    .unwrap();
+    let id = cache.entries().unwrap()[0].id.clone();
+    let program = dir.join("entries").join(&id).join("payload/program.mlpackage");
+    (m, cache, cold, program)
+}
+
+/// A new engine on the cache under `dir` gives `cold`'s outputs, with a
+/// note containing `why` (how it got past the damaged entry).
+fn still_serves(dir: &Path, m: &GoldenModel, cold: &TensorMap, why: &str) {
+    let (out, notes) = run(
+        &CandleEngine::new().with_cache(cache_at(dir)),
+        m,
+        PrepareOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(&out, cold);
+    assert!(notes.iter().any(|n| n.contains(why)), "{notes:?}");
+}
+
 fn models() -> Vec<GoldenModel> {
     let mut v = golden::discover(&golden::fixtures_dir()).unwrap();
     v.push(golden::downloaded("mobilenet_v2_int8").unwrap_or_else(|e| panic!("{e}")));
@@ -180,30 +210,15 @@ fn precompiled_only_serves_cached_forms_and_refuses_to_compile() {
 #[test]
 fn a_damaged_compiled_form_is_never_served_wrong() {
     let dir = tempfile::tempdir().unwrap();
-    let m = GoldenModel::open(golden::fixtures_dir().join("cnn_fp16")).unwrap();
-    let cache = cache_at(dir.path());
-    let (cold, _) = run(
-        &CandleEngine::new().with_cache(cache.clone()),
-        &m,
-        PrepareOptions::default(),
-    )
-    .unwrap();
-    let id = cache.entries().unwrap()[0].id.clone();
-    let payload = dir.path().join("entries").join(&id).join("payload/program.mlpackage");
+    let (m, cache, cold, payload) = cold_entry(dir.path(), "cnn_fp16");
     // Truncated weights: the cache's own check evicts and rebuilds the entry.
     let w = payload.join("Data/com.apple.CoreML/weights/weight.bin");
     let bytes = std::fs::read(&w).unwrap();
     std::fs::write(&w, &bytes[..bytes.len() / 2]).unwrap();
-    let (out, notes) = run(
-        &CandleEngine::new().with_cache(cache_at(dir.path())),
-        &m,
-        PrepareOptions::default(),
-    )
-    .unwrap();
-    assert_eq!(out, cold);
-    assert!(notes.iter().any(|n| n.contains("cache miss")), "{notes:?}");
+    still_serves(dir.path(), &m, &cold, "cache miss");
     // A same-size garbage spec passes the cheap checks but cannot load: the
     // engine builds from the package instead of failing or serving garbage.
+    // (The entry was rebuilt: look its id up again.)
     let id = cache.entries().unwrap()[0].id.clone();
     let spec = dir
         .path()
@@ -212,14 +227,7 @@ fn a_damaged_compiled_form_is_never_served_wrong() {
         .join("payload/program.mlpackage/Data/com.apple.CoreML/model.mlmodel");
     let len = std::fs::metadata(&spec).unwrap().len() as usize;
     std::fs::write(&spec, vec![0xffu8; len]).unwrap();
-    let (out, notes) = run(
-        &CandleEngine::new().with_cache(cache_at(dir.path())),
-        &m,
-        PrepareOptions::default(),
-    )
-    .unwrap();
-    assert_eq!(out, cold);
-    assert!(notes.iter().any(|n| n.contains("unusable")), "{notes:?}");
+    still_serves(dir.path(), &m, &cold, "unusable");
 }
 
 #[test]
@@ -247,16 +255,7 @@ fn cache_counters_feed_telemetry_snapshots() {
 fn a_damaged_compressed_compiled_form_is_refused() {
     use apple_silicon::mil::{FloatPolicy, Plan};
     let dir = tempfile::tempdir().unwrap();
-    let m = GoldenModel::open(golden::fixtures_dir().join("mlp_int8")).unwrap();
-    let cache = cache_at(dir.path());
-    let (cold, _) = run(
-        &CandleEngine::new().with_cache(cache.clone()),
-        &m,
-        PrepareOptions::default(),
-    )
-    .unwrap();
-    let id = cache.entries().unwrap()[0].id.clone();
-    let compiled = dir.path().join("entries").join(&id).join("payload/program.mlpackage");
+    let (m, _cache, cold, compiled) = cold_entry(dir.path(), "mlp_int8");
     let lowered = MlPackage::open(&compiled).unwrap();
     assert!(lowered.op_histogram().contains_key("constexpr_affine_dequantize"));
     // Every blob's metadata record zeroed: no blob can be found.
@@ -267,12 +266,5 @@ fn a_damaged_compressed_compiled_form_is_refused() {
         .and_then(|p| Plan::build(&p, FloatPolicy::Upcast))
         .unwrap_err();
     assert!(e.to_string().contains("weight.bin"), "{e}");
-    let (out, notes) = run(
-        &CandleEngine::new().with_cache(cache_at(dir.path())),
-        &m,
-        PrepareOptions::default(),
-    )
-    .unwrap();
-    assert_eq!(out, cold);
-    assert!(notes.iter().any(|n| n.contains("unusable")), "{notes:?}");
+    still_serves(dir.path(), &m, &cold, "unusable");
 }

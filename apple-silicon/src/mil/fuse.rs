@@ -905,6 +905,24 @@ mod tests {
         }
     }
 
+    /// An op of type `t` named `name` with `args`, whose one output has the
+    /// type of `out` (the conv's).
+    fn like_output(
+        out: &mil_spec::NamedValueType,
+        t: &str,
+        name: &str,
+        args: Vec<(&str, mil_spec::Argument)>,
+    ) -> Operation {
+        let mut o = Operation {
+            r#type: t.into(),
+            outputs: vec![out.clone()],
+            ..Default::default()
+        };
+        o.outputs[0].name = name.into();
+        o.inputs = args.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        o
+    }
+
     /// conv2d_depthwise's program (x [1, 3, 6, 6] -> y of the same shape)
     /// with hard-swish as coremltools spells it, a residual add of the
     /// input (`x_first`: the input is the add's `x`) and a `relu` after:
@@ -915,16 +933,7 @@ mod tests {
             let conv = b.operations.iter_mut().find(|o| o.r#type == "conv").unwrap();
             conv.outputs[0].name = "c".into();
             let out = conv.outputs[0].clone();
-            let op = |t: &str, name: &str, args: Vec<(&str, mil_spec::Argument)>| {
-                let mut o = Operation {
-                    r#type: t.into(),
-                    outputs: vec![out.clone()],
-                    ..Default::default()
-                };
-                o.outputs[0].name = name.into();
-                o.inputs = args.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
-                o
-            };
+            let op = |t: &str, name: &str, args: Vec<(&str, mil_spec::Argument)>| like_output(&out, t, name, args);
             let hs = op(
                 "sigmoid_hard",
                 "hs",
@@ -1094,16 +1103,7 @@ mod tests {
             let y = conv.outputs[0].name.clone();
             conv.outputs[0].name = "c".into();
             let out = conv.outputs[0].clone();
-            let op = |t: &str, name: &str, args: Vec<(&str, mil_spec::Argument)>| {
-                let mut o = Operation {
-                    r#type: t.into(),
-                    outputs: vec![out.clone()],
-                    ..Default::default()
-                };
-                o.outputs[0].name = name.into();
-                o.inputs = args.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
-                o
-            };
+            let op = |t: &str, name: &str, args: Vec<(&str, mil_spec::Argument)>| like_output(&out, t, name, args);
             b.operations.extend([
                 op("add", "a", vec![("x", float_arg(3.0)), ("y", name_arg("c"))]),
                 op(
