@@ -116,6 +116,16 @@ impl Error {
         }
     }
 
+    /// The [`Error::SchemaMismatch`] for member `index` of a batch whose
+    /// inputs failed with `cause`.
+    pub fn batch_member(index: usize, cause: Error) -> Self {
+        Error::schema_mismatch(
+            format!("batch member {index}"),
+            "inputs matching the model",
+            cause.to_string(),
+        )
+    }
+
     /// Shorthand for [`Error::Unsupported`].
     pub fn unsupported(what: impl Into<String>) -> Self {
         Error::Unsupported { what: what.into() }

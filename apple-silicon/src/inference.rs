@@ -538,6 +538,15 @@ impl IoSchema {
         Ok(())
     }
 
+    /// [`IoSchema::validate_inputs`] for every member of a batch, before
+    /// any runs; the error names the first bad member ([`Error::batch_member`]).
+    pub fn validate_batch(&self, batch: &[TensorMap]) -> Result<()> {
+        for (i, inputs) in batch.iter().enumerate() {
+            self.validate_inputs(inputs).map_err(|e| Error::batch_member(i, e))?;
+        }
+        Ok(())
+    }
+
     /// Checks that `inputs` has exactly the model's inputs, each with its
     /// dtype and an allowed shape. The error names the input, what was
     /// expected and what came. Costs a few comparisons per input.
@@ -839,12 +848,7 @@ pub trait InferenceEngine: Send + Sync {
     /// before any runs. The default runs them one after another, each with
     /// what is left of the deadline.
     fn infer_batch(&self, model: &dyn PreparedModel, batch: &[TensorMap], timeout: Duration) -> Result<Vec<TensorMap>> {
-        for (i, inputs) in batch.iter().enumerate() {
-            model
-                .io_schema()
-                .validate_inputs(inputs)
-                .map_err(|e| Error::schema_mismatch(format!("batch member {i}"), "valid inputs", e.to_string()))?;
-        }
+        model.io_schema().validate_batch(batch)?;
         let deadline = std::time::Instant::now() + timeout;
         batch
             .iter()

@@ -154,11 +154,7 @@ impl ResilientEngine {
         timeout: Duration,
     ) -> Result<Vec<TensorMap>> {
         let rm = downcast_model::<ResilientModel>(model, ENGINE)?;
-        for (i, inputs) in batch.iter().enumerate() {
-            rm.schema.validate_inputs(inputs).map_err(|e| {
-                Error::schema_mismatch(format!("batch member {i}"), "inputs matching the model", e.to_string())
-            })?;
-        }
+        rm.schema.validate_batch(batch)?;
         let mut out = None;
         self.route(
             rm,

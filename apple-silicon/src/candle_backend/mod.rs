@@ -642,14 +642,11 @@ impl InferenceEngine for CandleEngine {
     /// Costs what the members' inferences cost, with one thread hand-off.
     fn infer_batch(&self, model: &dyn PreparedModel, batch: &[TensorMap], timeout: Duration) -> Result<Vec<TensorMap>> {
         let m = downcast_model::<CandleModel>(model, "candle")?;
-        let member = |i: usize, e: Error| {
-            Error::schema_mismatch(format!("batch member {i}"), "inputs matching the model", e.to_string())
-        };
+        m.inner.schema.validate_batch(batch)?;
         let mut owned = Vec::with_capacity(batch.len());
         for (i, inputs) in batch.iter().enumerate() {
-            m.inner.schema.validate_inputs(inputs).map_err(|e| member(i, e))?;
             owned.push(match &m.inner.runner {
-                Runner::Program(p) => Owned::Prepared(p.prepare_inputs(inputs).map_err(|e| member(i, e))?),
+                Runner::Program(p) => Owned::Prepared(p.prepare_inputs(inputs).map_err(|e| Error::batch_member(i, e))?),
                 #[cfg(feature = "bert")]
                 Runner::Bert(_) => Owned::Host(inputs.clone()),
             });
