@@ -5,9 +5,14 @@
 //! overwrites it, it asks `candle_core::utils::get_num_threads()` for a
 //! thread count on every call (on Linux that re-reads `/proc/cpuinfo`, ~6%
 //! of a MobileNetV2 run), and a bias or an activation is one more pass and
-//! one more buffer each. Here the output is written once by the product,
-//! then the bias and activation ([`Act`]) are applied to it block by block
-//! on the interpreter's pool; the thread count is the pool's.
+//! one more buffer each. And gemm's own threading splits a product in more
+//! pieces than two cores can use and spins between them: on 2 threads it
+//! made attention's products slower than on one. Here each product is
+//! split in one block per thread of the interpreter's pool (by rows or by
+//! columns, whichever packs less twice), a batch of small products runs one
+//! product per task, and a product under ~10 µs stays on one thread. The
+//! output is written once by the product, then the bias and activation
+//! ([`Act`]) are applied to it band by band while it is in cache.
 
 use std::mem::MaybeUninit;
 
@@ -20,8 +25,9 @@ use super::rows::{self, Isa};
 
 type CResult<T> = candle_core::Result<T>;
 
-/// Outputs below this many elements take the epilogue on the calling thread.
-const PAR_EPILOGUE_MIN: usize = 1 << 15;
+/// Products of fewer multiply-adds than this (about 10 µs of one core) run
+/// on one thread.
+const PAR_MIN_MACS: usize = 1 << 18;
 
 /// A strided view of a matrix inside `data`: element `(r, c)` of batch `b`
 /// is `data[b · batch + r · rs + c · cs]`.
@@ -93,7 +99,7 @@ pub(crate) fn matmul(
     let mut out: Vec<f32> = Vec::with_capacity(len);
     {
         let dst = &mut out.spare_capacity_mut()[..len];
-        for (b, d) in dst.chunks_exact_mut((m * n).max(1)).enumerate().take(batches) {
+        let one = |(b, d): (usize, &mut [MaybeUninit<f32>]), threads: usize| {
             let l = MatRef {
                 data: &lhs.data[(b * lhs.batch).min(lhs.data.len())..],
                 ..lhs
@@ -102,10 +108,22 @@ pub(crate) fn matmul(
                 data: &rhs.data[(b * rhs.batch).min(rhs.data.len())..],
                 ..rhs
             };
-            matmul_into(d, (m, n, k), l, r, bias, tail.from(b * m * n))?;
+            into_rows(threads, d, n, (m, n, k), l, r, bias, tail.from(b * m * n))
+        };
+        let each = (m * n).max(1);
+        let threads = rayon::current_num_threads();
+        if threads > 1 && batches >= 2 * threads {
+            // Many small products (attention's heads): one per task, each
+            // on one thread, instead of each split across the pool.
+            let chunks = dst.par_chunks_exact_mut(each).take(batches).enumerate();
+            chunks.try_for_each(|c| one(c, 1))?;
+        } else {
+            for c in dst.chunks_exact_mut(each).take(batches).enumerate() {
+                one(c, threads)?;
+            }
         }
     }
-    // SAFETY: `matmul_into` wrote every element of each of the `batches`
+    // SAFETY: `into_rows` wrote every element of each of the `batches`
     // chunks of `m · n`, which together are the first `len` elements.
     unsafe { out.set_len(len) };
     Ok(out)
@@ -137,6 +155,30 @@ pub(crate) fn matmul_into_rows(
     bias: Bias,
     tail: Tail,
 ) -> CResult<()> {
+    into_rows(
+        rayon::current_num_threads(),
+        dst,
+        dst_rs,
+        (m, n, k),
+        lhs,
+        rhs,
+        bias,
+        tail,
+    )
+}
+
+/// [`matmul_into_rows`] on at most `threads` of the pool's threads.
+#[allow(clippy::too_many_arguments)]
+fn into_rows(
+    threads: usize,
+    dst: &mut [MaybeUninit<f32>],
+    dst_rs: usize,
+    (m, n, k): (usize, usize, usize),
+    lhs: MatRef,
+    rhs: MatRef,
+    bias: Bias,
+    tail: Tail,
+) -> CResult<()> {
     let need = if m == 0 || n == 0 {
         Some(0)
     } else {
@@ -160,30 +202,28 @@ pub(crate) fn matmul_into_rows(
         return Ok(());
     }
     let plain = matches!((bias, tail.pre, tail.residual), (Bias::None, Act::Identity, None));
-    let threads = rayon::current_num_threads();
-    let band = band_width(m);
-    if plain || m * n < BAND_MIN || band >= n {
-        // One product on the whole pool, then (if any) one epilogue pass.
-        let par = if threads > 1 {
-            Parallelism::Rayon(threads)
+    // Small products stay on one thread: waking another costs more.
+    let threads = if m.saturating_mul(n).saturating_mul(k) < PAR_MIN_MACS {
+        1
+    } else {
+        threads
+    };
+    // Without an epilogue there is nothing to keep in cache: one band.
+    let band = if plain || m * n < BAND_MIN { n } else { band_width(m) };
+    // Blocks on the pool, one per thread: of rows when the product has
+    // more rows than columns, else of columns, so that the operand every
+    // block packs whole is the smaller one (the weights of a pointwise conv
+    // over a large image, the image of one over many channels). In each
+    // block, bands of columns, each band's epilogue applied right after its
+    // product, while it is in cache.
+    let (by_cols, blocks, per) = blocks(threads, (m, n, k));
+    let out = Out(dst.as_mut_ptr());
+    let block = |i: usize| {
+        let ((r0, mb), (c_lo, c_hi)) = if by_cols {
+            ((0, m), (i * per, ((i + 1) * per).min(n)))
         } else {
-            Parallelism::None
+            ((i * per, per.min(m - i * per)), (0, n))
         };
-        product(dst, dst_rs, (m, n, k), lhs, rhs, par);
-        if !plain {
-            let rows = &mut dst[..(m - 1) * dst_rs + n];
-            let parallel = m * n >= PAR_EPILOGUE_MIN && threads > 1;
-            epilogue(rows, dst_rs, n, bias, tail, parallel);
-        }
-        return Ok(());
-    }
-    // Blocks of rows on the pool; in each, bands of columns, each band's
-    // epilogue applied right after its product, while it is in cache.
-    let rows_per = if threads > 1 { m.div_ceil(threads) } else { m };
-    let rows = &mut dst[..(m - 1) * dst_rs + n];
-    let block = |(i, d): (usize, &mut [MaybeUninit<f32>])| {
-        let r0 = i * rows_per;
-        let mb = rows_per.min(m - r0);
         let lhs = MatRef {
             data: &lhs.data[r0 * lhs.rs..],
             ..lhs
@@ -193,8 +233,8 @@ pub(crate) fn matmul_into_rows(
             other => other,
         };
         let tail = tail.from(r0 * dst_rs);
-        for c0 in (0..n).step_by(band) {
-            let w = band.min(n - c0);
+        for c0 in (c_lo..c_hi).step_by(band) {
+            let w = band.min(c_hi - c0);
             let rhs = MatRef {
                 data: &rhs.data[c0 * rhs.cs..],
                 ..rhs
@@ -203,18 +243,81 @@ pub(crate) fn matmul_into_rows(
                 Bias::Cols(b) => Bias::Cols(&b[c0..c0 + w]),
                 other => other,
             };
-            let d = &mut d[c0..(mb - 1) * dst_rs + c0 + w];
-            product(d, dst_rs, (mb, w, k), lhs, rhs, Parallelism::None);
-            epilogue(d, dst_rs, w, bias, tail.from(c0), false);
+            // SAFETY: rows r0..r0 + mb, columns c0..c0 + w of the output
+            // (checked above to fit in `dst`); no other block writes them.
+            let at = unsafe { out.at(r0 * dst_rs + c0) };
+            unsafe { product(at, dst_rs, (mb, w, k), lhs, rhs) };
+            if plain {
+                continue;
+            }
+            let tail = tail.from(c0);
+            for r in 0..mb {
+                // SAFETY: row r of this band, written by the product just above.
+                let d = unsafe { std::slice::from_raw_parts_mut(at.add(r * dst_rs) as *mut f32, w) };
+                epilogue_one(d, r, dst_rs, bias, tail);
+            }
         }
     };
-    if threads > 1 {
-        rows.par_chunks_mut(rows_per * dst_rs).enumerate().for_each(block);
+    if blocks > 1 {
+        (0..blocks).into_par_iter().for_each(block);
     } else {
-        block((0, rows));
+        block(0);
     }
     Ok(())
 }
+
+/// How a product is cut in at most `threads` blocks: whether by columns,
+/// the number of blocks and the rows or columns in each but the last. A
+/// product on gemm's packed kernel is only cut in blocks that are on it
+/// too, so that its sums do not depend on the thread count or on the
+/// weight's layout ([`packed_kernel`]).
+fn blocks(threads: usize, (m, n, k): (usize, usize, usize)) -> (bool, usize, usize) {
+    let by_cols = n > m && n >= 2 * COL_BLOCK_MIN;
+    let packed = packed_kernel(m, n, k);
+    for t in (2..=threads).rev() {
+        let (len, align) = if by_cols { (n, 16) } else { (m, 1) };
+        let per = len.div_ceil(t).div_ceil(align) * align;
+        let count = len.div_ceil(per);
+        let last = len - (count - 1) * per;
+        let smallest = if by_cols { (m, last) } else { (last, n) };
+        if count > 1 && (!packed || packed_kernel(smallest.0, smallest.1, k)) {
+            return (by_cols, count, per);
+        }
+    }
+    (false, 1, m)
+}
+
+/// Whether the `gemm` crate computes `[m, k] · [k, n]` with its packed
+/// kernel, whose sums do not depend on the operands' layout nor on which
+/// block of a larger product it is. Smaller products (one row: a
+/// matrix-vector product; at most 256 outputs; `k` of 1 or 2) take kernels
+/// that sum in an order of their layout's own.
+pub(crate) fn packed_kernel(m: usize, n: usize, k: usize) -> bool {
+    m > 1 && m.saturating_mul(n) > 256 && k > 2
+}
+
+/// The output's first element, shared by the blocks that write disjoint
+/// parts of it.
+#[derive(Clone, Copy)]
+struct Out(*mut MaybeUninit<f32>);
+// SAFETY: the blocks given an `Out` write disjoint elements, and the
+// borrow of the output it came from outlives them (rayon joins them first).
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+impl Out {
+    /// The output's element `i`.
+    ///
+    /// # Safety
+    /// `i` must be inside the output.
+    unsafe fn at(self, i: usize) -> *mut MaybeUninit<f32> {
+        // SAFETY: the caller keeps `i` inside the output.
+        unsafe { self.0.add(i) }
+    }
+}
+
+/// Column blocks narrower than this are not worth a thread of their own.
+const COL_BLOCK_MIN: usize = 64;
 
 /// Products with an epilogue at least this large run in column bands.
 const BAND_MIN: usize = 1 << 15;
@@ -225,37 +328,37 @@ fn band_width(m: usize) -> usize {
     ((1usize << 15) / m.max(1)).div_ceil(64).max(1) * 64
 }
 
-/// `dst = lhs · rhs` (rows `dst_rs` apart), every element of the `m × n`
-/// product written. The caller has checked every view covers its matrix.
-fn product(
-    dst: &mut [MaybeUninit<f32>],
+/// `dst = lhs · rhs` into `m` rows of `n` elements at `dst`, `dst_rs`
+/// apart, every element written.
+///
+/// # Safety
+/// Those elements must be writable and written by no one else meanwhile,
+/// and `lhs`, `rhs` must cover `[m×k]` and `[k×n]`.
+unsafe fn product(
+    dst: *mut MaybeUninit<f32>,
     dst_rs: usize,
     (m, n, k): (usize, usize, usize),
     lhs: MatRef,
     rhs: MatRef,
-    par: Parallelism,
 ) {
     if k == 0 {
         // An empty sum: the product is zero (gemm would not write).
         for r in 0..m {
-            dst[r * dst_rs..r * dst_rs + n].fill(MaybeUninit::new(0.0));
+            for c in 0..n {
+                // SAFETY: inside the caller's rows.
+                unsafe { dst.add(r * dst_rs + c).write(MaybeUninit::new(0.0)) };
+            }
         }
         return;
     }
-    assert!(
-        m == 0 || n == 0 || dst.len() >= (m - 1) * dst_rs + n,
-        "product destination too short"
-    );
-    // SAFETY: the callers checked the views to cover `lhs [m×k]` and
-    // `rhs [k×n]`, and `dst` holds `m` rows of `n` elements `dst_rs` apart
-    // (asserted above); with `read_dst` false gemm only writes those
-    // (alpha 0, beta 1: dst = lhs · rhs).
+    // SAFETY: the caller vouches for the views and the destination; with
+    // `read_dst` false gemm only writes those (alpha 0, beta 1: dst = lhs · rhs).
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr() as *mut f32,
+            dst as *mut f32,
             1,
             dst_rs as isize,
             false,
@@ -270,37 +373,28 @@ fn product(
             false,
             false,
             false,
-            par,
+            // One thread: the callers split the work across the pool.
+            Parallelism::None,
         )
     }
 }
 
-/// The bias and `tail` on the first `n` elements of each row of `rows`
-/// (rows `dst_rs` apart, all written by the product).
-fn epilogue(rows: &mut [MaybeUninit<f32>], dst_rs: usize, n: usize, bias: Bias, tail: Tail, parallel: bool) {
-    let isa = Isa::detect();
-    let row = |(r, d): (usize, &mut [MaybeUninit<f32>])| {
-        // SAFETY: the first `n` elements of every row were written by the product.
-        let d: &mut [f32] = unsafe { &mut *(&mut d[..n] as *mut [MaybeUninit<f32>] as *mut [f32]) };
-        let per_row = match bias {
-            Bias::None => Some(0.0),
-            Bias::Rows(b) => Some(b[r]),
-            Bias::Cols(_) => None,
-        };
-        if let Some(b) = per_row {
-            let res = tail.residual.map(|x| &x[r * dst_rs..r * dst_rs + n]);
-            if rows::epilogue(isa, d, b, tail.pre, res, tail.post) {
-                return;
-            }
-        }
-        epilogue_row(d, r, bias, tail.pre);
-        tail.finish(d, r * dst_rs);
+/// The bias and `tail` on `d`, row `r` of an output whose rows are
+/// `dst_rs` apart (the residual indexed likewise).
+fn epilogue_one(d: &mut [f32], r: usize, dst_rs: usize, bias: Bias, tail: Tail) {
+    let per_row = match bias {
+        Bias::None => Some(0.0),
+        Bias::Rows(b) => Some(b[r]),
+        Bias::Cols(_) => None,
     };
-    if parallel {
-        rows.par_chunks_mut(dst_rs).enumerate().for_each(row);
-    } else {
-        rows.chunks_mut(dst_rs).enumerate().for_each(row);
+    if let Some(b) = per_row {
+        let res = tail.residual.map(|x| &x[r * dst_rs..r * dst_rs + d.len()]);
+        if rows::epilogue(Isa::detect(), d, b, tail.pre, res, tail.post) {
+            return;
+        }
     }
+    epilogue_row(d, r, bias, tail.pre);
+    tail.finish(d, r * dst_rs);
 }
 
 /// Row `r` of an output: its bias added, then `act`.
@@ -338,9 +432,16 @@ mod tests {
             (1, 33, 129, 67),
             (3, 65, 17, 300),
             (1, 5, 3, 0),
-            // Large enough for column bands (and row blocks on a pool).
+            // Large enough for column bands (and, on a pool, blocks of
+            // columns: more columns than rows).
             (1, 40, 1000, 7),
             (2, 100, 700, 3),
+            // Blocks of rows (more rows than columns), and blocks of
+            // columns of a product too small for bands.
+            (1, 301, 150, 64),
+            (1, 8, 300, 200),
+            // Heads: one product per task on a pool.
+            (13, 64, 64, 70),
         ] {
             let (l, r) = (ramp(b * m * k, 0.1), ramp(b * k * n, 0.7));
             let (rb, cb) = (ramp(m, 1.3), ramp(n, 2.1));

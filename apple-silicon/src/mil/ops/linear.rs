@@ -105,7 +105,7 @@ pub(super) fn linear(c: &mut OpCtx) -> Result<Kernel> {
 /// scalar gather (a quarter of MiniLM's time went there). `[in, out]`
 /// row-major is packed with contiguous copies instead, so dense f32 weights
 /// are transposed once at prepare when the declared product is on gemm's
-/// packed kernel ([`packed_product`]). Compressed weights keep `[out, in]`
+/// packed kernel ([`gemm::packed_kernel`]). Compressed weights keep `[out, in]`
 /// blocks: transposing each converted block on every call (a tiled scalar
 /// pass) cost more than the gather it saves (MiniLM fp16 and int8 ~12%
 /// slower, MobileNetV2 int8's classifier 9% of its run).
@@ -135,7 +135,7 @@ impl LinWeight {
             // weight (read [out, in]) expanded to dense f32 in a cached
             // program must give the same bits.
             let (dout, din) = t.dims2().map_err(|e| c.error(e.to_string()))?;
-            let packed = declared_rows(c.op).is_none_or(|m| packed_product(m, dout, din));
+            let packed = declared_rows(c.op).is_none_or(|m| gemm::packed_kernel(m, dout, din));
             if sole && packed && t.is_contiguous() {
                 let wt = transposed(&t).map_err(|e| c.error(e.to_string()))?;
                 let view = wt.t().map_err(|e| c.error(e.to_string()))?;
@@ -242,14 +242,6 @@ fn linear_f32(xs: &[f32], rows: usize, w: &LinWeight, bias: Option<&[f32]>, tail
     // columns of every one of the `rows` rows.
     unsafe { out.set_len(len) };
     Ok(out)
-}
-
-/// Whether the `gemm` crate computes `[m, k] · [k, n]` with its packed
-/// kernel, whose sums do not depend on the weight's layout. Smaller
-/// products (one row: a matrix-vector product; at most 256 outputs; `k` of
-/// 1 or 2) take kernels that sum in an order of their layout's own.
-fn packed_product(m: usize, n: usize, k: usize) -> bool {
-    m > 1 && m.saturating_mul(n) > 256 && k > 2
 }
 
 /// Rows of `op`'s `[.., out]` result as the program declares it (`None`
@@ -556,7 +548,7 @@ mod tests {
                 // On the packed kernel the f16 store (blocks, converted) gives the
                 // transposed dense bits: what a cached program with expanded
                 // weights relies on.
-                if packed_product(rows, dout, din) {
+                if gemm::packed_kernel(rows, dout, din) {
                     assert_eq!(got[0], got[2], "[{rows}, {din}] -> {dout}: f16 blocks vs transposed");
                 }
                 for r in 0..rows {
@@ -607,8 +599,10 @@ mod tests {
         let flexible = D::Unknown(UnknownDimension { variadic: false });
         assert_eq!(declared_rows(&op(vec![c(1), flexible, c(5)])), None);
         assert_eq!(declared_rows(&op(vec![])), None);
-        assert!(!packed_product(1, 1000, 1280) && !packed_product(3, 80, 64) && !packed_product(128, 384, 2));
-        assert!(packed_product(128, 384, 384));
+        assert!(
+            !gemm::packed_kernel(1, 1000, 1280) && !gemm::packed_kernel(3, 80, 64) && !gemm::packed_kernel(128, 384, 2)
+        );
+        assert!(gemm::packed_kernel(128, 384, 384));
     }
 
     #[test]
