@@ -4,7 +4,9 @@
 //!   src[offs[t] + x])`, each output summed in a register over every filter
 //!   tap and stored once;
 //! - [`epilogue`], a GEMM output row's: bias, activation, residual add and
-//!   a second activation in one pass.
+//!   a second activation in one pass;
+//! - [`split_pairs`], a stride-2 depthwise convolution's input row split
+//!   into its even and odd columns.
 //!
 //! Implementations are picked by [`Isa::detect`] at run time: AVX-512F (16
 //! lanes, masked tail), AVX2 + FMA (8 lanes, masked tail; `run` only) and
@@ -115,6 +117,28 @@ pub(crate) fn epilogue(isa: Isa, d: &mut [f32], bias: f32, pre: Act, res: Option
     // Other targets: no vector path here.
     let _ = (isa, d, bias, pre, res, post);
     false
+}
+
+/// `even[i] = pairs[2i]`, `odd[i] = pairs[2i + 1]` for every whole pair of
+/// `pairs` (an odd last value is left to the caller). One pass; AVX-512F
+/// splits 16 pairs per two permutes, other CPUs run a loop compilers
+/// vectorise. Panics (an internal invariant) when `even` or `odd` is
+/// shorter than `pairs.len() / 2`.
+pub(crate) fn split_pairs(isa: Isa, pairs: &[f32], even: &mut [f32], odd: &mut [f32]) {
+    let n = pairs.len() / 2;
+    let (even, odd) = (&mut even[..n], &mut odd[..n]);
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 {
+        // SAFETY: `Isa::Avx512` is only produced when the CPU has AVX-512F;
+        // `pairs` holds `2n` values and `even`, `odd` `n` each.
+        unsafe { x86::split_pairs_avx512(&pairs[..2 * n], even, odd) };
+        return;
+    }
+    let _ = isa;
+    for ((e, o), p) in even.iter_mut().zip(odd.iter_mut()).zip(pairs.chunks_exact(2)) {
+        *e = p[0];
+        *o = p[1];
+    }
 }
 
 /// Tap by tap over the run: a plain zip per tap, which vectorises.
@@ -238,6 +262,39 @@ mod x86 {
             }
             unsafe { _mm512_mask_storeu_ps(dp.add(x), m, v) };
             x += 16;
+        }
+    }
+
+    /// AVX-512F version of [`super::split_pairs`].
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F; `pairs` holds `2n` values and `even`,
+    /// `odd` `n` each.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn split_pairs_avx512(pairs: &[f32], even: &mut [f32], odd: &mut [f32]) {
+        let n = even.len();
+        let (sp, ep, op) = (pairs.as_ptr(), even.as_mut_ptr(), odd.as_mut_ptr());
+        // Lane i of the result takes lane 2i (or 2i + 1) of the 32 lanes of `lo:hi`.
+        let evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        let odds = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+        let mut i = 0;
+        while i < n {
+            let k = (n - i).min(16);
+            // Two masked halves cover the 2k values of these k pairs.
+            let lo_m: __mmask16 = if 2 * k >= 16 { !0 } else { (1u16 << (2 * k)) - 1 };
+            let hi_m: __mmask16 = if 2 * k >= 32 {
+                !0
+            } else {
+                ((1u32 << (2 * k).saturating_sub(16)) - 1) as u16
+            };
+            let out_m: __mmask16 = if k == 16 { !0 } else { (1u16 << k) - 1 };
+            // SAFETY (all loads and stores): masked lanes stay below `2n`
+            // values of `pairs` and `n` of `even` and `odd`.
+            let lo = unsafe { _mm512_maskz_loadu_ps(lo_m, sp.add(2 * i)) };
+            let hi = unsafe { _mm512_maskz_loadu_ps(hi_m, sp.add(2 * i + 16)) };
+            unsafe { _mm512_mask_storeu_ps(ep.add(i), out_m, _mm512_permutex2var_ps(lo, evens, hi)) };
+            unsafe { _mm512_mask_storeu_ps(op.add(i), out_m, _mm512_permutex2var_ps(lo, odds, hi)) };
+            i += 16;
         }
     }
 
@@ -373,6 +430,30 @@ mod tests {
             None,
             Act::Identity
         ));
+    }
+
+    #[test]
+    fn pairs_split_into_even_and_odd_columns_on_every_isa() {
+        for isa in Isa::available() {
+            for len in [0, 1, 2, 3, 15, 16, 17, 31, 32, 33, 34, 63, 65, 200] {
+                let pairs: Vec<f32> = (0..len).map(|i| i as f32 * 1.5 - 7.0).collect();
+                let n = len / 2;
+                // One spare slot each: the split must not write past `n`.
+                let (mut even, mut odd) = (vec![f32::NAN; n + 1], vec![f32::NAN; n + 1]);
+                split_pairs(isa, &pairs, &mut even, &mut odd);
+                for i in 0..n {
+                    assert_eq!(
+                        (even[i], odd[i]),
+                        (pairs[2 * i], pairs[2 * i + 1]),
+                        "{isa:?} len {len} pair {i}"
+                    );
+                }
+                assert!(
+                    even[n].is_nan() && odd[n].is_nan(),
+                    "{isa:?} len {len}: wrote past the pairs"
+                );
+            }
+        }
     }
 
     #[test]

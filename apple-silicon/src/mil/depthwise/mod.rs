@@ -91,7 +91,7 @@ impl Layout {
     /// phase-split plane (zeros outside the image). `out` is either empty
     /// or a plane this layout filled before: every channel writes the same
     /// positions, so its zeros are still in place.
-    fn fill(&self, src: &[f32], out: &mut Vec<f32>) {
+    fn fill(&self, isa: Isa, src: &[f32], out: &mut Vec<f32>) {
         if out.len() != self.ph * self.row {
             out.clear();
             out.resize(self.ph * self.row, 0.0);
@@ -117,11 +117,7 @@ impl Layout {
                 }
                 let base = (ix + pl) / 2;
                 let pairs = (n - ix) / 2;
-                let dst = even[base..].iter_mut().zip(odd[base..].iter_mut());
-                for ((e, o), p) in dst.zip(srow[ix..ix + 2 * pairs].chunks_exact(2)) {
-                    *e = p[0];
-                    *o = p[1];
-                }
+                run::split_pairs(isa, &srow[ix..ix + 2 * pairs], &mut even[base..], &mut odd[base..]);
                 if ix + 2 * pairs < n {
                     even[base + pairs] = srow[ix + 2 * pairs];
                 }
@@ -229,7 +225,7 @@ fn depthwise_conv2d_on(
                 let c = p % ch;
                 let k = &weight[c * kh * kw..(c + 1) * kh * kw];
                 let b = bias.map_or(0.0, |b| b[c]);
-                lay.fill(&src[p * h * w..(p + 1) * h * w], &mut scratch.input);
+                lay.fill(isa, &src[p * h * w..(p + 1) * h * w], &mut scratch.input);
                 let padded = &scratch.input;
                 if lay.plane_wide() {
                     // One run over the plane `row` wide; its rows' first `ow` are the outputs.
