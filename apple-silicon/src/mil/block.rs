@@ -215,6 +215,19 @@ struct Pending {
     /// The `k` of a clip-spelled hard-swish (`add(out, k)` fused) whose
     /// `clip`, the next op in `skip`, completes the step.
     hard_swish_at: Option<f32>,
+    /// Whether ops ran between the step and the ops now joining it: then
+    /// only ops that read nothing but `out` and constants may join (not a
+    /// residual `add`, whose other operand may not exist yet at the step).
+    late: bool,
+}
+
+impl Pending {
+    /// Whether the step may still take its output's one reader when that
+    /// reader comes later, after other ops (converters do not always put
+    /// a conv's activation right after it: YOLOv8's C2f blocks).
+    fn can_wait(&self, uses: &HashMap<String, usize>, keep: &HashSet<String>) -> bool {
+        self.skip.is_empty() && uses.get(&self.out) == Some(&1) && !keep.contains(&self.out)
+    }
 }
 
 impl<'p> BlockBuilder<'p> {
@@ -289,6 +302,8 @@ impl<'p> BlockBuilder<'p> {
         // Fusion only in the main block, whose outputs are known here.
         let uses = if top { fuse::use_counts(ops) } else { HashMap::new() };
         let mut pending: Option<Pending> = None;
+        // Steps waiting for their output's one reader, by output name.
+        let mut waiting: HashMap<String, Pending> = HashMap::new();
         for (op_index, op) in ops.iter().enumerate() {
             let name = op_name(op);
             if op.r#type == "const" {
@@ -330,7 +345,30 @@ impl<'p> BlockBuilder<'p> {
                     continue;
                 }
             }
-            // Any op but a constant ends the chance to fuse into the step before it.
+            // Any op but a constant ends the chance to fuse into the step
+            // before it, unless it is the one reader of a step that waits
+            // for it; the step before waits in turn if it may.
+            let reads = |o: &str| {
+                op.inputs
+                    .values()
+                    .flat_map(|a| &a.arguments)
+                    .any(|b| matches!(&b.binding, Some(mil_spec::argument::binding::Binding::Name(n)) if n == o))
+            };
+            if !constexpr::is_constexpr(&op.r#type) && !waiting.is_empty() {
+                if let Some(x) = fuse::arg_name(op, "x").filter(|x| waiting.contains_key(*x)) {
+                    if let Some(p) = pending.take() {
+                        if !reads(&p.out) && p.can_wait(&uses, &self.block_outputs) {
+                            waiting.insert(p.out.clone(), Pending { late: true, ..p });
+                        }
+                    }
+                    pending = waiting.remove(x);
+                }
+            }
+            if let Some(p) = pending.take_if(|p| !constexpr::is_constexpr(&op.r#type) && !reads(&p.out)) {
+                if p.can_wait(&uses, &self.block_outputs) {
+                    waiting.insert(p.out.clone(), Pending { late: true, ..p });
+                }
+            }
             if let Some(mut p) = pending.take_if(|_| !constexpr::is_constexpr(&op.r#type)) {
                 let scalar_rank = |o: &Operation, arg: &str| match fuse::arg_name(o, arg) {
                     Some(n) => {
@@ -340,7 +378,8 @@ impl<'p> BlockBuilder<'p> {
                     }
                     None => fuse::inline_scalar_rank(o, arg),
                 };
-                let join = fuse::join(ops, op_index, &p.out, &p.epi, &uses, &self.block_outputs, &scalar_rank);
+                let join = fuse::join(ops, op_index, &p.out, &p.epi, &uses, &self.block_outputs, &scalar_rank)
+                    .filter(|j| !(p.late && matches!(j, fuse::Join::Add { .. })));
                 if let Some(join) = join {
                     let mut ctx = OpCtx::new(op, name.clone(), env, &self.lists, &mut self.dec, self.policy);
                     let (epi, suffix, extra) = match join {
@@ -507,6 +546,7 @@ impl<'p> BlockBuilder<'p> {
                         epi: fuse::Epi::act(fuse::Act::Identity),
                         skip: Vec::new(),
                         hard_swish_at: None,
+                        late: false,
                     });
                 }
             }

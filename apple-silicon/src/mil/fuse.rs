@@ -999,6 +999,53 @@ mod tests {
         close(&out["y"].to_f32_vec());
     }
 
+    /// conv2d_depthwise's program with another op between its conv and
+    /// the conv's activation, then a residual add of that op's value:
+    /// `y = relu6(conv(x)) + relu(x)`, with `relu(x)` computed after the conv.
+    fn depthwise_relu_apart_then_add() -> crate::mil::Plan {
+        crate::mil::test_support::build_edited_result("conv/conv2d_depthwise", |b| {
+            let conv = b.operations.iter_mut().find(|o| o.r#type == "conv").unwrap();
+            conv.outputs[0].name = "c".into();
+            let out = conv.outputs[0].clone();
+            let op = |t: &str, name: &str, args: Vec<(&str, mil_spec::Argument)>| like_output(&out, t, name, args);
+            let r = op("relu", "r", vec![("x", name_arg("x"))]);
+            let t = op("relu6", "t", vec![("x", name_arg("c"))]);
+            let add = op("add", "y", vec![("x", name_arg("t")), ("y", name_arg("r"))]);
+            b.operations.extend([r, t, add]);
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn a_later_activation_fuses_into_the_conv_but_a_later_residual_add_does_not() {
+        let dir = crate::mil::test_support::package_path("conv/conv2d_depthwise");
+        let dir = dir.parent().unwrap();
+        let x = crate::tensor::Tensor::read_npy(dir.join("inputs/x.npy")).unwrap();
+        let conv_ref = crate::tensor::Tensor::read_npy(dir.join("expected/y.npy"))
+            .unwrap()
+            .to_f32_vec();
+        let want: Vec<f32> = conv_ref
+            .iter()
+            .zip(x.to_f32_vec())
+            .map(|(&c, x)| c.clamp(0.0, 6.0) + x.max(0.0))
+            .collect();
+        assert!(conv_ref.iter().any(|&v| v < 0.0), "the case must exercise the clamp");
+        let plan = depthwise_relu_apart_then_add();
+        let h = plan.step_histogram();
+        // relu6 waited for across `relu`; the add's other operand does not
+        // exist yet where the conv runs, so it stays an op of its own.
+        assert_eq!(
+            (h.get("conv+relu6"), h.get("relu"), h.get("add"), h.len()),
+            (Some(&1), Some(&1), Some(&1), 3),
+            "{h:?}"
+        );
+        let inputs: crate::tensor::TensorMap = [("x".to_string(), x)].into_iter().collect();
+        let got = plan.run(&inputs).unwrap()["y"].to_f32_vec();
+        assert_eq!(got.len(), want.len());
+        let d = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(d < 1e-4, "{d}");
+    }
+
     /// The unfused ops' own code for the clip-spelled hard-swish, a
     /// division, a scale and a shift (`x - 0.125`): the reference for
     /// [`clip_chain`].
