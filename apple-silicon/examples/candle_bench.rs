@@ -55,8 +55,9 @@ const PROGRAMS: [&str; 7] = [
 /// Zoo members (`models/zoo/<member>`, built by `make zoo`) that only
 /// `--child` runs (scripts/bench/peers.py compares them with ONNX Runtime on
 /// their original ONNX files): 5×5 depthwise convolutions with "same"
-/// padding (PP-LCNet), transposed convolutions and upsampling (PP-OCRv4 det).
-const ZOO_PROGRAMS: [&str; 2] = ["zoo/pplcnet_orientation", "zoo/ppocr_v4_det"];
+/// padding (PP-LCNet), transposed convolutions and upsampling (PP-OCRv4 det),
+/// and a control no kernel was tuned for (YOLOv8n: regular 3×3 convs, SiLU).
+const ZOO_PROGRAMS: [&str; 3] = ["zoo/pplcnet_orientation", "zoo/ppocr_v4_det", "zoo/yolov8n_nudenet"];
 /// candle-transformers' BertModel on the safetensors MiniLM-L6.
 const NATIVE: &str = "minilm_l6_safetensors";
 /// Interpreter vs native MiniLM-L6, interleaved in one process.

@@ -14,7 +14,7 @@ ONNX_DIR = REPO_ROOT / "target" / "onnx"
 # The Core ML packages we export to ONNX (fp32: the same float32 weights ONNX Runtime runs).
 EXPORTS = ("mobilenet_v2_fp32", "minilm_l6_fp32")
 # Zoo members (models/zoo/<member>) benched on their original ONNX files (scripts/bench/zoo_onnx.py).
-ZOO_IDS = ("zoo/pplcnet_orientation", "zoo/ppocr_v4_det")
+ZOO_IDS = ("zoo/pplcnet_orientation", "zoo/ppocr_v4_det", "zoo/yolov8n_nudenet")
 
 
 def models_dir() -> Path:

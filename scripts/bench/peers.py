@@ -1,6 +1,7 @@
 """Our CandleEngine against its peers, in one run: MobileNetV2 (batch 1, 224x224), MiniLM-L6
-(seq 128), and two zoo networks (PP-LCNet: 5x5 depthwise convs with "same" pads; PP-OCRv4 det:
-transposed convs and upsampling, 1x3x192x384) on the same fp32 weights, through
+(seq 128), and three zoo networks (PP-LCNet: 5x5 depthwise convs with "same" pads; PP-OCRv4 det:
+transposed convs and upsampling, 1x3x192x384; YOLOv8n, 1x3x320x320, a control no kernel was
+tuned or profiled for) on the same fp32 weights, through
 
     candle-interpreter   candle_bench --child <id> (the Core ML package, interpreted)
     onnxruntime          ort_bench.py --model <id> (export_onnx.py's graph, or for zoo/<member>
@@ -49,6 +50,9 @@ MODELS = {
                 "fp32": "zoo/pplcnet_orientation", "native": None},
     "ppocr_det": {"label": "PP-OCRv4 det (1×3×192×384; conv_transpose, upsampling)",
                   "fp32": "zoo/ppocr_v4_det", "native": None},
+    # A control nobody profiled or tuned for: regular 3x3 convs, SiLU, concat, upsampling.
+    "yolov8n": {"label": "YOLOv8n NudeNet (1×3×320×320; never profiled)",
+                "fp32": "zoo/yolov8n_nudenet", "native": None},
 }
 
 

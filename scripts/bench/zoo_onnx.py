@@ -30,6 +30,7 @@ import fetch  # noqa: E402
 ZOO = {
     "zoo/pplcnet_orientation": ("pplcnet_orientation", "orientation"),
     "zoo/ppocr_v4_det": ("ppocr_v4_det", "ppocr_det"),
+    "zoo/yolov8n_nudenet": ("yolov8n_nudenet", "yolov8_320n"),
 }
 
 
