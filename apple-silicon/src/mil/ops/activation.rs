@@ -75,9 +75,49 @@ pub(super) fn softmax(c: &mut OpCtx) -> Result<Kernel> {
         if ax + 1 == x.rank() {
             one(softmax_last_dim(x)?)
         } else {
-            one(candle_nn::ops::softmax(x, ax)?)
+            one(softmax_inner_axis(x, ax)?)
         }
     }))
+}
+
+/// Softmax along axis `ax`, not the last, of an f32 CPU tensor: viewed as
+/// `[outer, n, inner]` (`n` the axis), each block of `n` rows of `inner`
+/// values is reduced row against row, so that every pass (max, `e^(v −
+/// max)` by `vmath`, sum, scale) reads whole contiguous rows and
+/// vectorises; blocks spread over the interpreter's pool from 64K elements
+/// on. Same results as the last-axis path on the transposed tensor up to
+/// the order of the sum; a column holding NaN or +inf, or only −inf, gives
+/// NaN. Other dtypes go to candle's strided softmax. Costs a contiguous
+/// copy of `x` if it is strided, one new buffer and `2 · inner` floats of
+/// scratch per block.
+fn softmax_inner_axis(x: &Tensor, ax: usize) -> CResult<Tensor> {
+    let x = x.contiguous()?;
+    let n = x.dims()[ax];
+    let inner: usize = x.dims()[ax + 1..].iter().product();
+    if x.dtype() != DType::F32 || !x.device().is_cpu() || n == 0 || inner == 0 {
+        return candle_nn::ops::softmax(&x, ax);
+    }
+    let block = |src: &[f32], dst: &mut [f32]| {
+        let mut neg_max = vec![f32::NEG_INFINITY; inner];
+        for row in src.chunks_exact(inner) {
+            for (m, &v) in neg_max.iter_mut().zip(row) {
+                // NaN never wins here; it turns its column into NaN through the sum.
+                *m = if v > *m { v } else { *m };
+            }
+        }
+        neg_max.iter_mut().for_each(|m| *m = -*m);
+        let mut sum = vec![0f32; inner];
+        for (d, s) in dst.chunks_exact_mut(inner).zip(src.chunks_exact(inner)) {
+            d.copy_from_slice(s);
+            vmath::apply_zip(vmath::Fun::Exp, d, &neg_max);
+            sum.iter_mut().zip(d.iter()).for_each(|(t, &e)| *t += e);
+        }
+        for d in dst.chunks_exact_mut(inner) {
+            d.iter_mut().zip(&sum).for_each(|(e, &t)| *e /= t);
+        }
+    };
+    let out = depthwise::with_f32_slice(&x, |s| crate::mil::par_elementwise::map_rows(s, n * inner, block))?;
+    Tensor::from_vec(out, x.shape(), x.device())
 }
 
 /// Softmax along the last axis. An f32 CPU tensor takes one vectorised
@@ -157,4 +197,82 @@ pub(super) fn softplus_parametric(c: &mut OpCtx) -> Result<Kernel> {
         let (al, be) = (per_channel(&alpha, x)?, per_channel(&beta, x)?);
         one(map_f32(&x.broadcast_mul(&be)?, softplus)?.broadcast_mul(&al)?)
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// Softmax along `ax` of a row-major `dims` array, in f64, one column at a time.
+    fn reference(xs: &[f32], dims: &[usize], ax: usize) -> Vec<f32> {
+        let n = dims[ax];
+        let inner: usize = dims[ax + 1..].iter().product();
+        let mut out = vec![0f32; xs.len()];
+        for (b, block) in xs.chunks(n * inner).enumerate() {
+            for i in 0..inner {
+                let col: Vec<f64> = (0..n).map(|j| block[j * inner + i] as f64).collect();
+                let m = col.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = col.iter().map(|v| (v - m).exp()).collect();
+                let s: f64 = e.iter().sum();
+                for j in 0..n {
+                    out[b * n * inner + j * inner + i] = (e[j] / s) as f32;
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn softmax_on_an_inner_axis_matches_f64_and_turns_bad_columns_to_nan() {
+        // Odd sizes; the last one is over the pool's 64K threshold.
+        for (dims, ax) in [
+            (vec![2, 5, 3, 7], 1),
+            (vec![2, 5, 3, 7], 2),
+            (vec![3, 2, 9], 0),
+            (vec![1, 16, 4, 33], 1),
+            (vec![3, 7, 4001], 1),
+        ] {
+            let len: usize = dims.iter().product();
+            let xs: Vec<f32> = (0..len).map(|i| ((i as f32) * 0.71).sin() * 9.0).collect();
+            let x = Tensor::from_vec(xs.clone(), dims.as_slice(), &Device::Cpu).unwrap();
+            let got: Vec<f32> = softmax_inner_axis(&x, ax)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let want = reference(&xs, &dims, ax);
+            // A few ulps: vmath's exp, the f32 sum and the division.
+            let worst = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs() / (b.abs() + 1e-30))
+                .fold(0f32, f32::max);
+            assert!(worst < 2e-6, "{dims:?} axis {ax}: off by {worst} relative");
+        }
+        // Columns of [4, 3]: one with NaN, one with +inf, one of only -inf.
+        let xs = [
+            1.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            2.0,
+            f32::NEG_INFINITY,
+            3.0,
+            0.0,
+            f32::NEG_INFINITY,
+            4.0,
+            1.0,
+            f32::NEG_INFINITY,
+        ];
+        let x = Tensor::from_vec(xs.to_vec(), (4, 3), &Device::Cpu).unwrap();
+        let got: Vec<f32> = softmax_inner_axis(&x, 0)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert!(got.iter().all(|v| v.is_nan()), "{got:?}");
+    }
 }
