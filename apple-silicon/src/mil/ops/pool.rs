@@ -74,6 +74,19 @@ pub(super) fn pool(c: &mut OpCtx, kind: PoolKind) -> Result<Kernel> {
         let kk = (k[0], k[1]);
         let ss = (strides[0], strides[1]);
         match kind {
+            PoolKind::Max if x.dtype() == candle_core::DType::F32 && x.device().is_cpu() => {
+                let (oh, ow) = (
+                    pooled_size(spatial[0], pads[0], k[0], strides[0], false)?,
+                    pooled_size(spatial[1], pads[1], k[1], strides[1], false)?,
+                );
+                check_elems(&[x.dims()[0], x.dims()[1], oh, ow], "max_pool output")?;
+                let dims = (x.dims()[0] * x.dims()[1], spatial[0], spatial[1]);
+                let x = x.contiguous()?;
+                let out = crate::mil::depthwise::with_f32_slice(&x, |src| {
+                    max_pool2d_f32(src, dims, kk, ss, (pads[0].0, pads[1].0), (oh, ow))
+                })?;
+                one(Tensor::from_vec(out, (x.dims()[0], x.dims()[1], oh, ow), x.device())?)
+            }
             PoolKind::Max => {
                 let xp = if padded {
                     pad_value(x, &pads, f64::NEG_INFINITY)?
@@ -98,6 +111,78 @@ pub(super) fn pool(c: &mut OpCtx, kind: PoolKind) -> Result<Kernel> {
             }
         }
     }))
+}
+
+/// 2-D max pooling of `planes` planes of `h × w` f32 values into `(oh,
+/// ow)`, window `k`, strides `s`, leading pads `(pt, pl)` (cells outside
+/// the input never win, NaN does; a window wholly in the padding gives
+/// −inf, as pooling a −inf-padded copy does). Separable: each input row's maxima
+/// over `kw` columns, then each output row's over `kh` of those rows, so a
+/// plane costs `h·ow·kw + oh·ow·kh` comparisons in loops that vectorise
+/// along the row. Planes spread over the interpreter's pool from 64K
+/// outputs on. The caller checked the sizes (`pooled_size`).
+fn max_pool2d_f32(
+    src: &[f32],
+    (planes, h, w): (usize, usize, usize),
+    (kh, kw): (usize, usize),
+    (sh, sw): (usize, usize),
+    (pt, pl): (usize, usize),
+    (oh, ow): (usize, usize),
+) -> Vec<f32> {
+    use rayon::prelude::*;
+    // NaN wins, as in numpy's max.
+    let max = |a: f32, b: f32| if b > a || b.is_nan() { b } else { a };
+    let plane = |(p, out): (usize, &mut [f32]), rows: &mut Vec<f32>| {
+        let x = &src[p * h * w..(p + 1) * h * w];
+        // Row maxima: rows[iy][ox] over input columns ox·sw − pl + j.
+        rows.clear();
+        rows.resize(h * ow, f32::NEG_INFINITY);
+        for (xr, rr) in x.chunks_exact(w).zip(rows.chunks_exact_mut(ow)) {
+            for j in 0..kw {
+                // Output columns whose input column ox·sw + j − pl is inside [0, w).
+                let lo = pl.saturating_sub(j).div_ceil(sw).min(ow);
+                let hi = match (w + pl).checked_sub(j + 1) {
+                    Some(last) => (last / sw + 1).min(ow),
+                    None => 0,
+                }
+                .max(lo);
+                if sw == 1 {
+                    let first = lo + j - pl;
+                    for (r, &v) in rr[lo..hi].iter_mut().zip(&xr[first..first + (hi - lo)]) {
+                        *r = max(*r, v);
+                    }
+                } else {
+                    for (ox, r) in rr.iter_mut().enumerate().take(hi).skip(lo) {
+                        *r = max(*r, xr[ox * sw + j - pl]);
+                    }
+                }
+            }
+        }
+        for (oy, orow) in out.chunks_exact_mut(ow).enumerate() {
+            orow.fill(f32::NEG_INFINITY);
+            for i in 0..kh {
+                let Some(iy) = (oy * sh + i).checked_sub(pt).filter(|&iy| iy < h) else {
+                    continue;
+                };
+                for (o, &r) in orow.iter_mut().zip(&rows[iy * ow..(iy + 1) * ow]) {
+                    *o = max(*o, r);
+                }
+            }
+        }
+    };
+    let mut out = vec![0f32; planes * oh * ow];
+    if oh * ow == 0 {
+        return out;
+    }
+    if out.len() >= 1 << 16 && rayon::current_num_threads() > 1 {
+        out.par_chunks_mut(oh * ow)
+            .enumerate()
+            .for_each_init(Vec::new, |rows, c| plane(c, rows));
+    } else {
+        let mut rows = Vec::new();
+        out.chunks_mut(oh * ow).enumerate().for_each(|c| plane(c, &mut rows));
+    }
+    out
 }
 
 /// Output size of one pooled dim (coremltools' rule, ceil mode included).
@@ -201,7 +286,55 @@ fn pool_direct(
 
 #[cfg(test)]
 mod tests {
-    use super::pooled_size;
+    use super::{max_pool2d_f32, pooled_size};
+
+    #[test]
+    fn separable_max_pooling_is_the_windows_maximum_on_odd_shapes() {
+        for &(planes, h, w, k, st, pads) in &[
+            (3, 7, 9, (3, 3), (1, 1), (1, 1)),
+            (2, 10, 10, (5, 5), (1, 1), (2, 2)),
+            (2, 11, 8, (3, 2), (2, 3), (1, 0)),
+            (1, 5, 6, (2, 2), (2, 2), (0, 0)),
+            (4, 6, 5, (4, 4), (3, 2), (3, 3)),
+            (1, 3, 3, (1, 1), (1, 1), (0, 0)),
+            // Over the pool's 64K outputs.
+            (70, 33, 31, (3, 3), (1, 1), (1, 1)),
+        ] {
+            let ((kh, kw), (sh, sw), (pt, pl)) = (k, st, pads);
+            let oh = (h + 2 * pt - kh) / sh + 1;
+            let ow = (w + 2 * pl - kw) / sw + 1;
+            let xs: Vec<f32> = (0..planes * h * w).map(|i| ((i as f32) * 1.37).sin() * 5.0).collect();
+            let got = max_pool2d_f32(&xs, (planes, h, w), k, st, pads, (oh, ow));
+            for p in 0..planes {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let mut want = f32::NEG_INFINITY;
+                        for i in 0..kh {
+                            for j in 0..kw {
+                                let (iy, ix) = (
+                                    (oy * sh + i) as isize - pt as isize,
+                                    (ox * sw + j) as isize - pl as isize,
+                                );
+                                if (0..h as isize).contains(&iy) && (0..w as isize).contains(&ix) {
+                                    want = want.max(xs[p * h * w + iy as usize * w + ix as usize]);
+                                }
+                            }
+                        }
+                        let at = (p * oh + oy) * ow + ox;
+                        assert_eq!(
+                            got[at], want,
+                            "{planes}x{h}x{w} k{k:?} s{st:?} p{pads:?} at ({p}, {oy}, {ox})"
+                        );
+                    }
+                }
+            }
+        }
+        // NaN wins its windows.
+        let mut xs = vec![1.0f32; 16];
+        xs[5] = f32::NAN;
+        let got = max_pool2d_f32(&xs, (1, 4, 4), (2, 2), (2, 2), (0, 0), (2, 2));
+        assert!(got[0].is_nan() && got[1..].iter().all(|&v| v == 1.0), "{got:?}");
+    }
 
     #[test]
     fn pooled_sizes_follow_coremltools() {
