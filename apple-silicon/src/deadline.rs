@@ -18,6 +18,10 @@
 //!   [`CancelFlag`] that is set when its caller times out; work that checks
 //!   it (the Candle interpreter does, between ops) stops early and frees its
 //!   worker instead of running to the end for nobody.
+//!   [`DeadlineRunner::run_replying`] also hands it a [`Reply`], which work
+//!   that finishes on another pool's thread (the interpreter's) sends its
+//!   result through from there, so the caller wakes without waiting for
+//!   the worker to wake first.
 //! - Resource bounds. At most `min(max_workers, max_abandoned)` threads
 //!   exist (idle ones exit after `keep_alive`); work beyond that waits in the
 //!   queue, inside its own deadline. Abandoned workers are counted: once
@@ -43,7 +47,9 @@
 //!
 //! Cost: one job is a boxed closure, a one-slot channel and a mutex/condvar
 //! hand-off to a warm worker, about 5–30 µs, plus a thread spawn (about
-//! 20–50 µs) when no idle worker is free.
+//! 20–50 µs) when no idle worker is free. Work that hands on to a pool
+//! costs one more wake each way, unless it answers through a [`Reply`]
+//! from the pool (then one: the way back is the pool's own).
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -167,6 +173,35 @@ impl CancelFlag {
             return true;
         }
         false
+    }
+}
+
+/// Where work run by [`DeadlineRunner::run_replying`] sends its result.
+/// `Sync`: the work may lend it to the threads it fans out to. The first
+/// [`send`](Self::send) counts; later ones are dropped.
+pub struct Reply<T> {
+    tx: mpsc::SyncSender<Result<T>>,
+    sent: AtomicBool,
+}
+
+impl<T> Reply<T> {
+    /// Hands `result` to the waiting caller, if this is the first result
+    /// sent and the caller is still waiting (else it is dropped). Never
+    /// blocks: one channel send, which wakes the caller.
+    pub fn send(&self, result: Result<T>) {
+        if !self.sent.swap(true, Ordering::SeqCst) {
+            // Capacity 1 and a single send: never full. A dropped receiver
+            // (the caller gave up) is fine.
+            let _ = self.tx.try_send(result);
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for Reply<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reply")
+            .field("sent", &self.sent.load(Ordering::Relaxed))
+            .finish()
     }
 }
 
@@ -370,6 +405,23 @@ impl DeadlineRunner {
         T: Send + 'static,
         F: FnOnce(&CancelFlag) -> Result<T> + Send + 'static,
     {
+        self.run_replying(operation, timeout, move |cancel, reply| reply.send(f(cancel)))
+    }
+
+    /// Like [`DeadlineRunner::run_cancellable`], but `f` hands its result
+    /// to the [`Reply`] instead of returning it, from any thread it has
+    /// borrowed the reply to: work that finishes on another pool (the
+    /// interpreter's) answers the caller from there, one thread hand-off
+    /// sooner than through the worker. A reply left unsent when `f`
+    /// returns is [`Error::Internal`]; a panic in `f` is reported as by
+    /// `run_cancellable`. Deadlines, cancellation and the stuck-worker count
+    /// are those of `run_cancellable` (a worker counts as busy until `f`
+    /// returns, whenever it replied).
+    pub fn run_replying<T, F>(&self, operation: &str, timeout: Duration, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&CancelFlag, &Reply<T>) + Send + 'static,
+    {
         let deadline = Deadline::after(timeout);
         let s = &self.shared;
         let max_stuck = s.max_abandoned.load(Ordering::Relaxed);
@@ -417,17 +469,24 @@ impl DeadlineRunner {
             {
                 return; // cancelled while queued
             }
-            let result = catch_unwind(AssertUnwindSafe(|| f(&job_cancel))).unwrap_or_else(|payload| {
-                let msg = payload
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| payload.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "a non-string panic payload".to_string());
-                Err(Error::internal(format!("`{op}` panicked on a deadline worker: {msg}")))
-            });
-            // Capacity 1 and a single send: never blocks. A dropped receiver
-            // (the caller gave up) is fine.
-            let _ = tx.send(result);
+            let reply = Reply {
+                tx,
+                sent: AtomicBool::new(false),
+            };
+            let outcome = catch_unwind(AssertUnwindSafe(|| f(&job_cancel, &reply)));
+            if !reply.sent.load(Ordering::SeqCst) {
+                reply.send(Err(Error::internal(match outcome {
+                    Err(payload) => {
+                        let msg = payload
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| payload.downcast_ref::<String>().cloned())
+                            .unwrap_or_else(|| "a non-string panic payload".to_string());
+                        format!("`{op}` panicked on a deadline worker: {msg}")
+                    }
+                    Ok(()) => format!("`{op}` returned without a result"),
+                })));
+            }
             // Under the pool lock, as the caller's abandon: the count never
             // moves without the state, so it never passes its cap.
             let _st = lock(&job_shared.state);
@@ -909,6 +968,67 @@ mod tests {
         assert!(e.to_string().contains("kaboom"), "{e}");
         // The worker survived and serves the next call.
         assert_eq!(r.run("next", Duration::from_secs(5), || Ok(1)).unwrap(), 1);
+    }
+
+    #[test]
+    fn a_reply_reaches_the_caller_before_the_work_returns() {
+        // Short keep-alive: its idle worker leaves the thread counts of
+        // concurrent tests alone.
+        let r = DeadlineRunner::new("t-reply").with_keep_alive(Duration::from_millis(20));
+        let (done_tx, done_rx) = mpsc::channel();
+        // The reply is sent from another thread (as from the interpreter's
+        // pool); the work itself returns only once the caller has its answer.
+        let got = r
+            .run_replying("early", Duration::from_secs(5), move |_, reply| {
+                std::thread::scope(|s| {
+                    s.spawn(|| reply.send(Ok(41)));
+                });
+                reply.send(Ok(0)); // a second reply is dropped
+                let _ = done_rx.recv_timeout(Duration::from_secs(5));
+            })
+            .unwrap();
+        assert_eq!(got, 41);
+        done_tx.send(()).unwrap();
+        assert_eq!(r.stats().completed, 1);
+    }
+
+    #[test]
+    fn unsent_and_panicking_replies_become_internal_errors() {
+        // Short keep-alive: its idle worker leaves the thread counts of
+        // concurrent tests alone.
+        let r = DeadlineRunner::new("t-reply-none").with_keep_alive(Duration::from_millis(20));
+        let e = r
+            .run_replying::<u8, _>("silent", Duration::from_secs(5), |_, _| {})
+            .unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::Internal);
+        assert!(e.to_string().contains("`silent` returned without a result"), "{e}");
+        let e = r
+            .run_replying::<u8, _>("boom", Duration::from_secs(5), |_, _| panic!("kaboom"))
+            .unwrap_err();
+        assert!(e.to_string().contains("kaboom"), "{e}");
+        assert_eq!(r.run("next", Duration::from_secs(5), || Ok(1)).unwrap(), 1);
+    }
+
+    #[test]
+    fn a_late_reply_still_counts_its_worker_as_stuck_until_the_work_returns() {
+        // Short keep-alive: its idle worker leaves the thread counts of
+        // concurrent tests alone.
+        let r = DeadlineRunner::new("t-reply-late").with_keep_alive(Duration::from_millis(20));
+        let (go_tx, go_rx) = mpsc::channel::<()>();
+        let e = r
+            .run_replying("late", Duration::from_millis(30), move |_, reply| {
+                let _ = go_rx.recv_timeout(Duration::from_secs(5));
+                reply.send(Ok(1));
+            })
+            .unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::Timeout);
+        assert_eq!(r.stats().abandoned, 1);
+        go_tx.send(()).unwrap();
+        let t = Instant::now();
+        while r.stats().abandoned != 0 && t.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!((r.stats().abandoned, r.stats().finished_late), (0, 1));
     }
 
     #[test]

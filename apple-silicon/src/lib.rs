@@ -72,6 +72,7 @@ pub use candle_backend::CandleEngine;
 pub use core_ml_backend::{CompiledStore, CoreMlEngine, CoreMlModel, TempDirCompiledStore};
 pub use deadline::{
     infer_async, infer_batch_async, infer_with_state_async, prepare_async, run_with_deadline, Deadline, DeadlineRunner,
+    Reply,
 };
 pub use error::{Error, ErrorKind, Result};
 pub use feature::{

@@ -569,16 +569,20 @@ impl InferenceEngine for CandleEngine {
             #[cfg(feature = "bert")]
             Runner::Bert(_) => Owned::Host(inputs.clone()),
         };
+        // A program answers from the interpreter's pool thread that finished
+        // it, not through the worker: one thread wake fewer per call.
         let (out, mut timings) =
             self.runner
-                .run_cancellable("candle inference", timeout, move |cancel| match owned {
+                .run_replying("candle inference", timeout, move |cancel, reply| match owned {
                     Owned::Prepared(p) => match &inner.runner {
-                        Runner::Program(plan) => plan.run_prepared(p, Some(cancel)),
+                        Runner::Program(plan) => plan.run_prepared_replying(p, Some(cancel), reply),
                         #[cfg(feature = "bert")]
-                        Runner::Bert(_) => Err(Error::internal("inputs prepared for a program reached a BERT encoder")),
+                        Runner::Bert(_) => reply.send(Err(Error::internal(
+                            "inputs prepared for a program reached a BERT encoder",
+                        ))),
                     },
                     #[cfg(feature = "bert")]
-                    Owned::Host(m) => inner.run(&m, Some(cancel)),
+                    Owned::Host(m) => reply.send(inner.run(&m, Some(cancel))),
                 })?;
         timings.total = Some(started.elapsed());
         Ok((out, timings))

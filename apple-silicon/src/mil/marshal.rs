@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use candle_core::Tensor as CTensor;
 
 use super::{candle_err, to_candle, CancelFlag, Plan};
+use crate::deadline::Reply;
 use crate::error::{Error, Result};
 use crate::telemetry::StageTimings;
 use crate::tensor::TensorMap;
@@ -85,5 +86,28 @@ impl Plan {
         }
         self.run_guarded(RunInputs::Prepared(inputs), None, cancel)
             .map(|r| (r.outputs, r.timings))
+    }
+
+    /// [`Plan::run_prepared`], its result sent to `reply` from the pool
+    /// thread that finished the run, before that thread hands control back:
+    /// a caller waiting on `reply` elsewhere (the engine's caller, behind
+    /// its deadline worker) wakes one thread hand-off sooner. A panic is
+    /// sent as [`Error::Internal`], as by `run_prepared`. Costs nothing
+    /// beyond `run_prepared`.
+    pub fn run_prepared_replying(
+        &self,
+        inputs: PlanInputs,
+        cancel: Option<&CancelFlag>,
+        reply: &Reply<(TensorMap, StageTimings)>,
+    ) {
+        if inputs.tensors.iter().any(|(slot, _)| *slot >= self.n_slots) {
+            return reply.send(Err(Error::internal("inputs prepared by another plan")));
+        }
+        let caught = self.run_guarded_then(RunInputs::Prepared(inputs), None, cancel, |ran| {
+            reply.send(ran.map(|r| (r.outputs, r.timings)))
+        });
+        if let Err(msg) = caught {
+            reply.send(Err(super::panicked(&msg)));
+        }
     }
 }

@@ -926,13 +926,26 @@ impl Plan {
         state: Option<&TensorMap>,
         cancel: Option<&CancelFlag>,
     ) -> Result<Ran> {
+        self.run_guarded_then(inputs, state, cancel, |ran| ran)
+            .unwrap_or_else(|msg| Err(panicked(&msg)))
+    }
+
+    /// [`Plan::run_guarded`], the run's result handed to `then` on the pool
+    /// thread that finished it (outside the limits' scope); `Err` is the
+    /// message of a panic the barrier caught.
+    fn run_guarded_then<R: Send>(
+        &self,
+        inputs: RunInputs<'_>,
+        state: Option<&TensorMap>,
+        cancel: Option<&CancelFlag>,
+        then: impl FnOnce(Result<Ran>) -> R + Send,
+    ) -> std::result::Result<R, String> {
         let started = Instant::now();
         barrier(|| {
-            limits::scoped(Some(self.run_limit), cancel, Some(started), || {
+            then(limits::scoped(Some(self.run_limit), cancel, Some(started), || {
                 self.run_inner(inputs, state)
-            })
+            }))
         })
-        .unwrap_or_else(|msg| Err(Error::internal(format!("the interpreter panicked: {msg}"))))
     }
 
     fn run_inner(&self, inputs: RunInputs<'_>, state: Option<&TensorMap>) -> Result<Ran> {
@@ -981,6 +994,11 @@ impl Plan {
 
 /// What one run produced: outputs, the states' final values (empty without
 /// a state map) and the stage timings.
+/// The error for a panic the barrier caught with message `msg`.
+fn panicked(msg: &str) -> Error {
+    Error::internal(format!("the interpreter panicked: {msg}"))
+}
+
 struct Ran {
     outputs: TensorMap,
     states: TensorMap,
@@ -1236,6 +1254,47 @@ mod tests {
         let e = plan.run(&x()).unwrap_err();
         assert_eq!(e.kind(), crate::ErrorKind::Internal);
         assert!(e.to_string().contains("kernel bug"), "{e}");
+    }
+
+    #[test]
+    fn a_run_on_a_deadline_worker_replies_with_its_result_its_panic_or_its_timeout() {
+        let runner = crate::deadline::DeadlineRunner::new("t-plan-reply");
+        let call = |plan: Plan, timeout: std::time::Duration| {
+            let inputs = plan.prepare_inputs(&x()).unwrap();
+            runner.run_replying("run", timeout, move |cancel, reply| {
+                plan.run_prepared_replying(inputs, Some(cancel), reply)
+            })
+        };
+        let long = std::time::Duration::from_secs(10);
+        let ran = Arc::new(AtomicUsize::new(0));
+        let (out, timings) = call(counting_plan(3, &ran, &CancelFlag::new(), usize::MAX), long).unwrap();
+        assert_eq!(out["y"].to_f32_vec(), vec![4.0, 5.0]);
+        assert!(timings.marshal_in.is_some() && timings.predict.is_some());
+
+        let mut bad = counting_plan(1, &ran, &CancelFlag::new(), usize::MAX);
+        bad.steps[0].exec = block::Exec::Kernel(Box::new(|_| panic!("kernel bug")));
+        let e = call(bad, long).unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::Internal);
+        assert!(e.to_string().contains("the interpreter panicked: kernel bug"), "{e}");
+
+        // A slow op: the caller gets its timeout, and the run stops at the
+        // next op instead of running the other 49.
+        let ran = Arc::new(AtomicUsize::new(0));
+        let mut slow = counting_plan(50, &ran, &CancelFlag::new(), usize::MAX);
+        let r = ran.clone();
+        slow.steps[0].exec = block::Exec::Kernel(Box::new(move |a: &[&CTensor]| {
+            r.fetch_add(1, Ordering::SeqCst);
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            Ok(vec![(a[0] + 1.0)?])
+        }));
+        let e = call(slow, std::time::Duration::from_millis(20)).unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::Timeout, "{e}");
+        let t = Instant::now();
+        while runner.stats().abandoned != 0 && t.elapsed() < std::time::Duration::from_secs(10) {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(runner.stats().abandoned, 0);
+        assert_eq!(ran.load(Ordering::SeqCst), 1, "the run stopped after the slow op");
     }
 
     #[test]
