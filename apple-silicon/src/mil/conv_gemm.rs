@@ -144,7 +144,16 @@ pub(crate) fn conv2d(
                     // Columns oy0·ow.. of every output row (rows ohw apart).
                     let dband = &mut d[oy0 * ow..];
                     let tail = tail.from(oy0 * ow);
-                    gemm::matmul_into_rows(dband, ohw, (cout_g, rows * ow, kk), lhs, rhs, bias, tail)?;
+                    gemm::matmul_into_rows(
+                        rayon::current_num_threads(),
+                        dband,
+                        ohw,
+                        (cout_g, rows * ow, kk),
+                        lhs,
+                        rhs,
+                        bias,
+                        tail,
+                    )?;
                 }
             }
         }

@@ -108,7 +108,7 @@ pub(crate) fn matmul(
                 data: &rhs.data[(b * rhs.batch).min(rhs.data.len())..],
                 ..rhs
             };
-            into_rows(threads, d, n, (m, n, k), l, r, bias, tail.from(b * m * n))
+            matmul_into_rows(threads, d, n, (m, n, k), l, r, bias, tail.from(b * m * n))
         };
         let each = (m * n).max(1);
         let threads = rayon::current_num_threads();
@@ -123,7 +123,7 @@ pub(crate) fn matmul(
             }
         }
     }
-    // SAFETY: `into_rows` wrote every element of each of the `batches`
+    // SAFETY: `matmul_into_rows` wrote every element of each of the `batches`
     // chunks of `m · n`, which together are the first `len` elements.
     unsafe { out.set_len(len) };
     Ok(out)
@@ -140,36 +140,16 @@ pub(crate) fn matmul_into(
     bias: Bias,
     tail: Tail,
 ) -> CResult<()> {
-    matmul_into_rows(dst, mnk.1, mnk, lhs, rhs, bias, tail)
+    matmul_into_rows(rayon::current_num_threads(), dst, mnk.1, mnk, lhs, rhs, bias, tail)
 }
 
 /// Like [`matmul_into`] into rows `dst_rs` apart: row `r` of the product is
 /// `dst[r · dst_rs..r · dst_rs + n]`, and only those elements are written
 /// (a band of columns of a wider matrix); a residual is indexed as `dst`.
-pub(crate) fn matmul_into_rows(
-    dst: &mut [MaybeUninit<f32>],
-    dst_rs: usize,
-    (m, n, k): (usize, usize, usize),
-    lhs: MatRef,
-    rhs: MatRef,
-    bias: Bias,
-    tail: Tail,
-) -> CResult<()> {
-    into_rows(
-        rayon::current_num_threads(),
-        dst,
-        dst_rs,
-        (m, n, k),
-        lhs,
-        rhs,
-        bias,
-        tail,
-    )
-}
-
-/// [`matmul_into_rows`] on at most `threads` of the pool's threads.
+/// Runs on at most `threads` of the pool's threads (callers pass
+/// `rayon::current_num_threads()`, or 1 inside a task of their own).
 #[allow(clippy::too_many_arguments)]
-fn into_rows(
+pub(crate) fn matmul_into_rows(
     threads: usize,
     dst: &mut [MaybeUninit<f32>],
     dst_rs: usize,

@@ -227,6 +227,7 @@ fn linear_f32(xs: &[f32], rows: usize, w: &LinWeight, bias: Option<&[f32]>, tail
                 };
                 let bias = bias.map_or(Bias::None, |b| Bias::Cols(&b[j0..j1]));
                 gemm::matmul_into_rows(
+                    rayon::current_num_threads(),
                     &mut dst[j0..],
                     dout,
                     (rows, j1 - j0, din),
