@@ -198,6 +198,7 @@ pub(crate) fn matmul_into_rows(
     // product, while it is in cache.
     let (by_cols, blocks, per) = blocks(threads, (m, n, k));
     let out = Out(dst.as_mut_ptr());
+    let isa = Isa::detect();
     let block = |i: usize| {
         let ((r0, mb), (c_lo, c_hi)) = if by_cols {
             ((0, m), (i * per, ((i + 1) * per).min(n)))
@@ -234,7 +235,7 @@ pub(crate) fn matmul_into_rows(
             for r in 0..mb {
                 // SAFETY: row r of this band, written by the product just above.
                 let d = unsafe { std::slice::from_raw_parts_mut(at.add(r * dst_rs) as *mut f32, w) };
-                epilogue_one(d, r, dst_rs, bias, tail);
+                epilogue_one(isa, d, r, dst_rs, bias, tail);
             }
         }
     };
@@ -361,7 +362,7 @@ unsafe fn product(
 
 /// The bias and `tail` on `d`, row `r` of an output whose rows are
 /// `dst_rs` apart (the residual indexed likewise).
-fn epilogue_one(d: &mut [f32], r: usize, dst_rs: usize, bias: Bias, tail: Tail) {
+fn epilogue_one(isa: Isa, d: &mut [f32], r: usize, dst_rs: usize, bias: Bias, tail: Tail) {
     let per_row = match bias {
         Bias::None => Some(0.0),
         Bias::Rows(b) => Some(b[r]),
@@ -369,7 +370,7 @@ fn epilogue_one(d: &mut [f32], r: usize, dst_rs: usize, bias: Bias, tail: Tail) 
     };
     if let Some(b) = per_row {
         let res = tail.residual.map(|x| &x[r * dst_rs..r * dst_rs + d.len()]);
-        if rows::epilogue(Isa::detect(), d, b, tail.pre, res, tail.post) {
+        if rows::epilogue(isa, d, b, tail.pre, res, tail.post) {
             return;
         }
     }
