@@ -837,21 +837,10 @@ mod tests {
         .unwrap()
     }
 
-    /// A conformance conv case's input `x` and its reference output (numpy).
-    fn conv_fixture(case: &str) -> (crate::tensor::Tensor, Vec<f32>) {
-        let dir = crate::mil::test_support::package_path(case);
-        let dir = dir.parent().unwrap();
-        let x = crate::tensor::Tensor::read_npy(dir.join("inputs/x.npy")).unwrap();
-        let conv_ref = crate::tensor::Tensor::read_npy(dir.join("expected/y.npy"))
-            .unwrap()
-            .to_f32_vec();
-        (x, conv_ref)
-    }
-
     #[test]
     fn a_plan_fuses_an_activation_only_when_nothing_else_reads_the_conv() {
         // The fixture's reference conv output (numpy), clamped as relu6 does.
-        let (x, conv_ref) = conv_fixture("conv/conv2d_valid");
+        let (x, conv_ref) = crate::mil::test_support::case_x_and_y("conv/conv2d_valid");
         let relu_ref: Vec<f32> = conv_ref.iter().map(|v| v.clamp(0.0, 6.0)).collect();
         assert!(conv_ref.iter().any(|&v| v < 0.0), "the case must exercise the clamp");
         let close = |got: &[f32], want: &[f32]| {
@@ -964,7 +953,7 @@ mod tests {
     #[test]
     fn a_plan_fuses_hard_swish_and_a_residual_add_into_a_depthwise_conv() {
         // The fixture's reference conv output (numpy), then the ops after it, in f64.
-        let (x, conv_ref) = conv_fixture("conv/conv2d_depthwise");
+        let (x, conv_ref) = crate::mil::test_support::case_x_and_y("conv/conv2d_depthwise");
         let xs = x.to_f32_vec();
         let want: Vec<f32> = conv_ref
             .iter()
@@ -1019,7 +1008,7 @@ mod tests {
 
     #[test]
     fn a_later_activation_fuses_into_the_conv_but_a_later_residual_add_does_not() {
-        let (x, conv_ref) = conv_fixture("conv/conv2d_depthwise");
+        let (x, conv_ref) = crate::mil::test_support::case_x_and_y("conv/conv2d_depthwise");
         let want: Vec<f32> = conv_ref
             .iter()
             .zip(x.to_f32_vec())

@@ -20,6 +20,15 @@ pub(crate) fn package_path(case: &str) -> PathBuf {
         .join("model.mlpackage")
 }
 
+/// A conformance case's input `x` and its reference output `y` (numpy), as f32.
+pub(crate) fn case_x_and_y(case: &str) -> (Tensor, Vec<f32>) {
+    let path = package_path(case);
+    let dir = path.parent().expect("a case's package has a directory");
+    let x = Tensor::read_npy(dir.join("inputs/x.npy")).unwrap();
+    let y = Tensor::read_npy(dir.join("expected/y.npy")).unwrap().to_f32_vec();
+    (x, y)
+}
+
 /// Runs conformance case `case` (`family/name`) on `items`, built under the
 /// upcast policy.
 pub(crate) fn run_case(case: &str, items: Vec<(&str, Tensor)>) -> crate::Result<TensorMap> {

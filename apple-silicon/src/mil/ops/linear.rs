@@ -627,13 +627,8 @@ mod tests {
             b.outputs.push("y2".into());
         })
         .unwrap();
-        let dir = crate::mil::test_support::package_path(case);
-        let dir = dir.parent().unwrap();
-        let x = crate::tensor::Tensor::read_npy(dir.join("inputs/x.npy")).unwrap();
         // The fixture's reference (numpy).
-        let want = crate::tensor::Tensor::read_npy(dir.join("expected/y.npy"))
-            .unwrap()
-            .to_f32_vec();
+        let (x, want) = crate::mil::test_support::case_x_and_y(case);
         let out = plan.run(&[("x".to_string(), x)].into_iter().collect()).unwrap();
         for name in ["y", "y2"] {
             let got = out[name].to_f32_vec();

@@ -63,11 +63,12 @@ pub(super) fn pool(c: &mut OpCtx, kind: PoolKind) -> Result<Kernel> {
             return one(pool_direct(x, kind, &k, &strides, &pads, ceil_mode, exclude)?);
         }
         // Sizes checked here: candle's pooling would underflow on a kernel longer than the input.
+        let mut out_hw = [0; 2];
         for i in 0..2 {
             if spatial[i] == 0 {
                 candle_core::bail!("input of shape {:?} has an empty spatial dim", x.dims())
             }
-            pooled_size(spatial[i], pads[i], k[i], strides[i], false)?;
+            out_hw[i] = pooled_size(spatial[i], pads[i], k[i], strides[i], false)?;
         }
         check_padded(x, &pads)?;
         let padded = pads.iter().any(|&(b, e)| b + e > 0);
@@ -75,10 +76,7 @@ pub(super) fn pool(c: &mut OpCtx, kind: PoolKind) -> Result<Kernel> {
         let ss = (strides[0], strides[1]);
         match kind {
             PoolKind::Max if x.dtype() == candle_core::DType::F32 && x.device().is_cpu() => {
-                let (oh, ow) = (
-                    pooled_size(spatial[0], pads[0], k[0], strides[0], false)?,
-                    pooled_size(spatial[1], pads[1], k[1], strides[1], false)?,
-                );
+                let [oh, ow] = out_hw;
                 check_elems(&[x.dims()[0], x.dims()[1], oh, ow], "max_pool output")?;
                 let dims = (x.dims()[0] * x.dims()[1], spatial[0], spatial[1]);
                 let x = x.contiguous()?;
