@@ -25,6 +25,7 @@ use coreml_proto::proto::mil_spec::{self, Operation};
 
 use super::ops::state::StateSlot;
 use super::ops::{self, ListKernel, ListVal};
+use super::workers::Warm;
 use super::{
     candle_err, constexpr, fuse, limits, make_const, op_name, small_host, ConstVal, FloatPolicy, Kernel, OpCtx, Val,
 };
@@ -851,8 +852,9 @@ fn tensor_arg<'s>(r: RValRef<'s>, step: &Step) -> Result<&'s CTensor> {
 }
 
 /// Runs `steps` over `slots`, checking for cancellation before each.
-pub(crate) fn run_steps(steps: &[Step], slots: &mut [Option<RVal>]) -> Result<()> {
+pub(crate) fn run_steps(steps: &[Step], slots: &mut [Option<RVal>], warm: &Warm) -> Result<()> {
     for (i, step) in steps.iter().enumerate() {
+        warm.poke();
         if limits::check_cancel().is_err() {
             let at = format!(
                 "op `{}` ({}), step {} of {}",
@@ -889,11 +891,11 @@ pub(crate) fn run_steps(steps: &[Step], slots: &mut [Option<RVal>]) -> Result<()
                 let pred = tensor_arg(read(slots, &step.operands[0], step)?, step)?;
                 let pred = truth(Some(pred)).map_err(|e| candle_err(&step.name, &step.op_type, e))?;
                 let b = &c.branches[if pred { 0 } else { 1 }];
-                run_steps(&b.steps, slots)?;
+                run_steps(&b.steps, slots, warm)?;
                 finish(b, slots, step)?
             }
             Exec::While(w) => {
-                run_while(w, step, slots)?;
+                run_while(w, step, slots, warm)?;
                 Vec::new()
             }
         };
@@ -929,7 +931,7 @@ fn finish(b: &SubBlock, slots: &mut [Option<RVal>], step: &Step) -> Result<Vec<R
     Ok(outs)
 }
 
-fn run_while(w: &WhileExec, step: &Step, slots: &mut [Option<RVal>]) -> Result<()> {
+fn run_while(w: &WhileExec, step: &Step, slots: &mut [Option<RVal>], warm: &Warm) -> Result<()> {
     let init = step
         .operands
         .iter()
@@ -944,7 +946,7 @@ fn run_while(w: &WhileExec, step: &Step, slots: &mut [Option<RVal>]) -> Result<(
             let at = format!("op `{}` ({})", step.name, step.op_type);
             return Err(limits::take_tripped(&at).unwrap_or_else(|| Error::internal("cancelled")));
         }
-        run_steps(&w.cond.steps, slots)?;
+        run_steps(&w.cond.steps, slots, warm)?;
         let c = finish(&w.cond, slots, step)?;
         let go = match c.first() {
             Some(RVal::T(t)) => truth(Some(t)).map_err(|e| candle_err(&step.name, &step.op_type, e))?,
@@ -958,7 +960,7 @@ fn run_while(w: &WhileExec, step: &Step, slots: &mut [Option<RVal>]) -> Result<(
         if !go {
             return Ok(());
         }
-        run_steps(&w.body.steps, slots)?;
+        run_steps(&w.body.steps, slots, warm)?;
         let next = finish(&w.body, slots, step)?;
         // A loop var that grows each trip (e.g. concatenated with itself)
         // stops at the memory limit, whether or not its op checks sizes.
@@ -1239,7 +1241,7 @@ mod tests {
         let plan = Plan::build(&fixture("list_write_in_loop_fixed"), FloatPolicy::Upcast).unwrap();
         let mut slots: Vec<Option<RVal>> = vec![None; plan.n_slots];
         let make = plan.steps.iter().position(|s| s.op_type == "make_list").unwrap();
-        run_steps(&plan.steps[make..make + 1], &mut slots).unwrap();
+        run_steps(&plan.steps[make..make + 1], &mut slots, &Warm::start()).unwrap();
         let Some(RVal::L(list)) = slots[plan.steps[make].outputs[0]].take() else {
             panic!("no list")
         };
@@ -1258,7 +1260,7 @@ mod tests {
         slots[*ls] = Some(RVal::L(list));
         slots[*i] = Some(RVal::T(CTensor::new(2i64, &Device::Cpu).unwrap()));
         slots[*v] = Some(RVal::T(CTensor::ones((2, 3), CDType::F32, &Device::Cpu).unwrap()));
-        run_steps(std::slice::from_ref(step), &mut slots).unwrap();
+        run_steps(std::slice::from_ref(step), &mut slots, &Warm::start()).unwrap();
         let Some(RVal::L(after)) = &slots[step.outputs[0]] else {
             panic!("no list out")
         };

@@ -12,12 +12,15 @@
 //! then subsampled), and no per-call `/proc/cpuinfo` read.
 
 use std::mem::MaybeUninit;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 use rayon::prelude::*;
 
 use super::fuse::{Act, Tail};
 use super::gemm::{self, Bias, MatRef};
 use super::limits::check_alloc;
+use super::workers;
 
 type CResult<T> = candle_core::Result<T>;
 
@@ -137,6 +140,10 @@ pub(crate) fn conv2d(
                     gemm::matmul_into(d, (cout_g, ohw, kk), lhs, rhs, bias, tail)?;
                     continue;
                 }
+                if let Some(task_rows) = pooled_band(cout_g, kk, (oh, ow), band) {
+                    bands_on_the_pool(d, xg, (cin_g, h, w), win, (oh, ow), task_rows, (lhs, kk), bias, tail)?;
+                    continue;
+                }
                 for oy0 in (0..oh).step_by(band) {
                     let rows = band.min(oh - oy0);
                     im2col(xg, (cin_g, h, w), win, (oy0, rows, ow), &mut col);
@@ -162,6 +169,85 @@ pub(crate) fn conv2d(
     // was fully written by `matmul_into`; together they are `len` elements.
     unsafe { out.set_len(len) };
     Ok((out, (oh, ow)))
+}
+
+/// Output rows per task when a conv's bands run as tasks on the pool
+/// ([`bands_on_the_pool`]), or `None` to cut each band's product across
+/// the pool instead: on one thread, when the output has fewer positions
+/// than channels (its blocks would each pack the whole image), or when a
+/// task's product or the one-thread band's would fall off gemm's packed
+/// kernel (whose sums do not depend on the cut).
+fn pooled_band(cout_g: usize, kk: usize, (oh, ow): (usize, usize), band: usize) -> Option<usize> {
+    let threads = rayon::current_num_threads();
+    if threads < 2 || oh < 2 || oh * ow < cout_g || cout_g * oh * ow * kk < 1 << 18 {
+        return None;
+    }
+    let rows = (COL_BUDGET / threads / (kk * ow).max(1)).clamp(1, oh.div_ceil(threads));
+    let last = |b: usize| (oh - 1) % b + 1;
+    let packed = |b: usize| gemm::packed_kernel(cout_g, last(b) * ow, kk);
+    (packed(rows) && packed(band)).then_some(rows)
+}
+
+/// One image and group of a conv whose output has more positions than
+/// channels, on the pool: tasks of `task_rows` output rows, taken in turn
+/// by each pool thread, each filling its own im2col buffer and running
+/// its product on that thread, so that a thread reads the columns it just
+/// wrote while they are in its cache, with one wait per conv instead of
+/// two per band. `d` is the `[cout_g, oh·ow]` output.
+#[allow(clippy::too_many_arguments)]
+fn bands_on_the_pool(
+    d: &mut [MaybeUninit<f32>],
+    xg: &[f32],
+    chw: (usize, usize, usize),
+    win: &Window,
+    (oh, ow): (usize, usize),
+    task_rows: usize,
+    (lhs, kk): (MatRef, usize),
+    bias: Bias,
+    tail: Tail,
+) -> CResult<()> {
+    let cout_g = d.len() / (oh * ow).max(1);
+    let tasks = oh.div_ceil(task_rows);
+    let next = AtomicUsize::new(0);
+    let failed: Mutex<Option<candle_core::Error>> = Mutex::new(None);
+    let (out, len) = (gemm::Out(d.as_mut_ptr()), d.len());
+    workers::par_for(rayon::current_num_threads().min(tasks), |_| {
+        let mut col = Vec::new();
+        loop {
+            let t = next.fetch_add(1, Ordering::Relaxed);
+            if t >= tasks {
+                return;
+            }
+            let oy0 = t * task_rows;
+            let rows = task_rows.min(oh - oy0);
+            im2col_rows(xg, chw, win, (oy0, rows, ow), &mut col, false);
+            let at = oy0 * ow;
+            // SAFETY: this task writes columns at..at + rows·ow of the
+            // output's cout_g rows (oh·ow apart), which no other task
+            // writes; `d` is borrowed mutably until every task returns.
+            let r = unsafe {
+                gemm::matmul_into_ptr(
+                    1,
+                    gemm::Out(out.at(at)),
+                    len - at,
+                    oh * ow,
+                    (cout_g, rows * ow, kk),
+                    lhs,
+                    MatRef::row_major(&col, rows * ow),
+                    bias,
+                    tail.from(at),
+                )
+            };
+            if let Err(e) = r {
+                failed.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
+                return;
+            }
+        }
+    });
+    match failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 /// The transposed convolution of `x` (`[nb, cin, h, w]`, contiguous f32)
@@ -280,12 +366,19 @@ const COL_BUDGET: usize = if cfg!(test) { 300 } else { 1 << 20 };
 /// `x` (`[cin, h, w]`): row `(c, i, j)` holds, for each output position, the
 /// input under filter tap `(i, j)` of channel `c`, or 0 in the padding.
 /// Every element is written.
-fn im2col(
+fn im2col(x: &[f32], chw: (usize, usize, usize), win: &Window, rows: (usize, usize, usize), col: &mut Vec<f32>) {
+    im2col_rows(x, chw, win, rows, col, true)
+}
+
+/// [`im2col`], its rows filled on the pool when `pool` and the buffer is
+/// large, else on this thread.
+fn im2col_rows(
     x: &[f32],
     (cin, h, w): (usize, usize, usize),
     win: &Window,
     (oy0, oh, ow): (usize, usize, usize),
     col: &mut Vec<f32>,
+    pool: bool,
 ) {
     let (kh, kw) = win.kernel;
     let (sh, sw) = win.stride;
@@ -329,7 +422,7 @@ fn im2col(
     if rows == 0 {
         return;
     }
-    if col.len() >= 1 << 15 && rayon::current_num_threads() > 1 {
+    if pool && col.len() >= 1 << 15 && rayon::current_num_threads() > 1 {
         col.par_chunks_mut(rows).enumerate().for_each(fill);
     } else {
         col.chunks_mut(rows).enumerate().for_each(fill);
@@ -431,6 +524,63 @@ mod tests {
                 let (fused, _) = conv2d(&x, dims, &wt, cout, groups, &win, bias, tail).unwrap();
                 let apart: Vec<f32> = got.iter().zip(&res).map(|(g, r)| tail.post.f(g + r)).collect();
                 assert_eq!(fused, apart, "{win:?} groups {groups} + residual");
+            }
+        }
+    }
+
+    #[test]
+    fn bands_on_the_pool_give_the_one_thread_sums_bit_for_bit() {
+        #[rustfmt::skip]
+        let cases = [
+            // (cin, h, w, cout, groups, kernel, stride, dilation, pads)
+            (8, 14, 14, 24, 1, (3, 3), (1, 1), (1, 1), [(1, 1), (1, 1)]),
+            (8, 31, 29, 40, 2, (3, 3), (1, 2), (2, 1), [(2, 2), (0, 1)]),
+            (3, 40, 23, 17, 1, (5, 5), (2, 1), (1, 1), [(2, 2), (2, 2)]),
+        ];
+        for (cin, h, w, cout, groups, kernel, stride, dilation, pads) in cases {
+            let win = Window {
+                kernel,
+                stride,
+                dilation,
+                pads,
+            };
+            let dims = (2, cin, h, w);
+            let x = ramp(2 * cin * h * w, 0.3);
+            let wt = ramp(cout * cin / groups * kernel.0 * kernel.1, 0.9);
+            let b = ramp(cout, 1.7);
+            let (oh, ow) = win.output(h, w).unwrap();
+            let res = ramp(2 * cout * oh * ow, 0.4);
+            let tail = Tail {
+                pre: Act::Silu,
+                residual: Some(&res),
+                post: Act::Identity,
+            };
+            let run = |threads: usize| {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                pool.install(|| {
+                    let kk = cin / groups * kernel.0 * kernel.1;
+                    let band = (COL_BUDGET / (kk * ow)).clamp(1, oh);
+                    let pooled = pooled_band(cout / groups, kk, (oh, ow), band).is_some();
+                    (
+                        pooled,
+                        conv2d(&x, dims, &wt, cout, groups, &win, Some(&b), tail).unwrap().0,
+                    )
+                })
+            };
+            let (pooled, one) = run(1);
+            assert!(!pooled, "one thread runs bands in turn");
+            let want = reference(&x, dims, &wt, cout, groups, &win, Some(&b), Act::Silu);
+            let diff = one
+                .iter()
+                .zip(&want)
+                .zip(&res)
+                .map(|((a, b), r)| (a - b - r).abs())
+                .fold(0f32, f32::max);
+            assert!(diff < 1e-4, "{win:?}: {diff}");
+            for threads in [2, 3] {
+                let (pooled, got) = run(threads);
+                assert!(pooled, "{win:?} on {threads} threads: bands as tasks");
+                assert!(got == one, "{win:?} on {threads} threads: the sums changed");
             }
         }
     }

@@ -153,6 +153,41 @@ pub(crate) fn matmul_into_rows(
     threads: usize,
     dst: &mut [MaybeUninit<f32>],
     dst_rs: usize,
+    mnk: (usize, usize, usize),
+    lhs: MatRef,
+    rhs: MatRef,
+    bias: Bias,
+    tail: Tail,
+) -> CResult<()> {
+    // SAFETY: `dst` is borrowed mutably for the call, and is `dst.len()` long.
+    unsafe {
+        matmul_into_ptr(
+            threads,
+            Out(dst.as_mut_ptr()),
+            dst.len(),
+            dst_rs,
+            mnk,
+            lhs,
+            rhs,
+            bias,
+            tail,
+        )
+    }
+}
+
+/// [`matmul_into_rows`] into `dst_len` elements at `out`, of which it
+/// writes only rows `r · dst_rs..r · dst_rs + n` (checked to fit): for
+/// callers whose tasks write disjoint column bands of one matrix.
+///
+/// # Safety
+/// `dst_len` elements at `out` must be writable, and those rows' elements
+/// written by no one else and read by no one until this returns.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn matmul_into_ptr(
+    threads: usize,
+    out: Out,
+    dst_len: usize,
+    dst_rs: usize,
     (m, n, k): (usize, usize, usize),
     lhs: MatRef,
     rhs: MatRef,
@@ -165,11 +200,7 @@ pub(crate) fn matmul_into_rows(
         (m - 1).checked_mul(dst_rs).and_then(|v| v.checked_add(n))
     };
     let short_res = tail.residual.is_some_and(|r| need.is_none_or(|need| r.len() < need));
-    if dst_rs < n
-        || need.is_none_or(|need| dst.len() < need)
-        || short_res
-        || !lhs.covers(1, m, k)
-        || !rhs.covers(1, k, n)
+    if dst_rs < n || need.is_none_or(|need| dst_len < need) || short_res || !lhs.covers(1, m, k) || !rhs.covers(1, k, n)
     {
         candle_core::bail!("matmul of [{m}, {k}] by [{k}, {n}]: an operand or the output is too short")
     }
@@ -197,7 +228,6 @@ pub(crate) fn matmul_into_rows(
     // block, bands of columns, each band's epilogue applied right after its
     // product, while it is in cache.
     let (by_cols, blocks, per) = blocks(threads, (m, n, k));
-    let out = Out(dst.as_mut_ptr());
     let isa = Isa::detect();
     let block = |i: usize| {
         let ((r0, mb), (c_lo, c_hi)) = if by_cols {
@@ -240,7 +270,7 @@ pub(crate) fn matmul_into_rows(
         }
     };
     if blocks > 1 {
-        (0..blocks).into_par_iter().for_each(block);
+        super::workers::par_for(blocks, block);
     } else {
         block(0);
     }
@@ -280,7 +310,7 @@ pub(crate) fn packed_kernel(m: usize, n: usize, k: usize) -> bool {
 /// The output's first element, shared by the blocks that write disjoint
 /// parts of it.
 #[derive(Clone, Copy)]
-struct Out(*mut MaybeUninit<f32>);
+pub(crate) struct Out(pub(crate) *mut MaybeUninit<f32>);
 // SAFETY: the blocks given an `Out` write disjoint elements, and the
 // borrow of the output it came from outlives them (rayon joins them first).
 unsafe impl Send for Out {}
@@ -291,7 +321,7 @@ impl Out {
     ///
     /// # Safety
     /// `i` must be inside the output.
-    unsafe fn at(self, i: usize) -> *mut MaybeUninit<f32> {
+    pub(crate) unsafe fn at(self, i: usize) -> *mut MaybeUninit<f32> {
         // SAFETY: the caller keeps `i` inside the output.
         unsafe { self.0.add(i) }
     }

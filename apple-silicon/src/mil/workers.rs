@@ -19,7 +19,9 @@
 
 use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Once, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Once, OnceLock};
+use std::time::{Duration, Instant};
 
 thread_local! {
     /// Library panic barriers this thread is inside (see [`quiet_panics`]).
@@ -86,6 +88,157 @@ pub(crate) fn barrier<R: Send>(f: impl FnOnce() -> R + Send) -> std::result::Res
         Some(p) => p.install(guarded),
         None => guarded(),
     }
+}
+
+/// How long a pool thread kept warm for a run ([`Warm`]) looks for work
+/// before it goes back to rayon's sleep: longer than most gaps between two
+/// parallel ops (a small op run on one thread), short enough that a run in
+/// a long serial stretch soon gives the core back.
+const WARM_IDLE: Duration = Duration::from_micros(300);
+
+/// The other pool threads, kept looking for work while a run lasts.
+///
+/// Why: rayon puts an idle thread to sleep within microseconds, and waking
+/// it costs the next parallel op ~40 µs on these machines (a futex wake and
+/// a virtual CPU's wake-up) — once per op, and a network runs hundreds. So
+/// while a run lasts, [`Warm::poke`] (before each step) makes sure each
+/// other pool thread runs a task that steals the run's parallel work as
+/// soon as it is queued ([`rayon::yield_now`]) and spins between, until
+/// the run ends or it finds nothing for [`WARM_IDLE`]. Costs the spinning
+/// core's time between ops while a run lasts (as ONNX Runtime's spinning
+/// pool does), nothing on a pool of one thread.
+pub(crate) struct Warm {
+    state: Option<Arc<WarmState>>,
+}
+
+struct WarmState {
+    /// Set when the run ends: the warm tasks return.
+    done: AtomicBool,
+    /// Warm tasks started and not yet returned.
+    alive: AtomicUsize,
+    /// The pool thread the run is on, where a warm task must not run: it
+    /// would spin on top of the run it waits for.
+    home: usize,
+    /// The other pool threads.
+    others: usize,
+}
+
+impl Warm {
+    /// Keeps the pool warm for a run on the current pool thread; nothing
+    /// when the current thread is not a pool thread or the pool has one.
+    pub(crate) fn start() -> Warm {
+        if POOL_THREAD.with(|p| p.get()) {
+            Warm::on_this_pool()
+        } else {
+            // Not the interpreter's pool (it could not be created): the
+            // application's threads are not ours to keep busy.
+            Warm { state: None }
+        }
+    }
+
+    /// [`Warm::start`] on whichever rayon pool the current thread is in.
+    fn on_this_pool() -> Warm {
+        let threads = rayon::current_num_threads();
+        let state = match rayon::current_thread_index() {
+            Some(home) if threads > 1 => Some(Arc::new(WarmState {
+                done: AtomicBool::new(false),
+                alive: AtomicUsize::new(0),
+                home,
+                others: threads - 1,
+            })),
+            _ => None,
+        };
+        let warm = Warm { state };
+        warm.poke();
+        warm
+    }
+
+    /// Starts warm tasks for the other pool threads that have none (they
+    /// stopped after [`WARM_IDLE`] without work). One atomic load when
+    /// they are all running.
+    pub(crate) fn poke(&self) {
+        let Some(st) = &self.state else { return };
+        let alive = st.alive.load(Ordering::Acquire);
+        for _ in alive..st.others {
+            st.alive.fetch_add(1, Ordering::AcqRel);
+            let st = Arc::clone(st);
+            rayon::spawn(move || {
+                if rayon::current_thread_index() != Some(st.home) {
+                    spin_for_work(&st.done);
+                }
+                st.alive.fetch_sub(1, Ordering::AcqRel);
+            });
+        }
+    }
+}
+
+impl Drop for Warm {
+    fn drop(&mut self) {
+        if let Some(st) = &self.state {
+            st.done.store(true, Ordering::Release);
+        }
+    }
+}
+
+/// Runs the pool's queued work as it comes until `done`, or until none has
+/// come for [`WARM_IDLE`].
+fn spin_for_work(done: &AtomicBool) {
+    let mut idle_since = Instant::now();
+    while !done.load(Ordering::Acquire) {
+        match rayon::yield_now() {
+            Some(rayon::Yield::Executed) => idle_since = Instant::now(),
+            Some(rayon::Yield::Idle) => {
+                if idle_since.elapsed() >= WARM_IDLE {
+                    return;
+                }
+                // Politely: a thread of another process on this core runs first.
+                std::thread::yield_now();
+            }
+            None => return,
+        }
+    }
+}
+
+/// `f(0)`, …, `f(n − 1)` on the pool: `f(0)` on this thread, the others
+/// queued for the pool's other threads (or run here if none takes them).
+/// Costs a queued task per `i` past the first.
+///
+/// Why not `rayon::join` or a parallel iterator: a rayon thread waiting for
+/// a task another thread took sleeps after a few microseconds, and waking
+/// it when that task ends costs ~30 µs on these machines — as much as a
+/// small op. Here the waiting thread runs its own queued tasks, then yields
+/// its core until the others are done; it never sleeps.
+pub(crate) fn par_for(n: usize, f: impl Fn(usize) + Sync) {
+    if n <= 1 || rayon::current_num_threads() <= 1 || rayon::current_thread_index().is_none() {
+        (0..n).for_each(f);
+        return;
+    }
+    let left = AtomicUsize::new(n - 1);
+    /// Counts its task done even when the task panics (the scope then
+    /// carries the panic on), so the wait below always ends.
+    struct Done<'a>(&'a AtomicUsize);
+    impl Drop for Done<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+    let (f, left_ref) = (&f, &left);
+    rayon::in_place_scope(|s| {
+        // Last first: this thread pops its queue from the end, so it runs
+        // them in order after `f(0)`, while thieves take from the front.
+        for i in (1..n).rev() {
+            s.spawn(move |_| {
+                let _done = Done(left_ref);
+                f(i);
+            });
+        }
+        f(0);
+        while left.load(Ordering::Acquire) > 0 {
+            if rayon::yield_local() != Some(rayon::Yield::Executed) {
+                std::thread::yield_now();
+            }
+        }
+    });
 }
 
 #[cfg(test)]
@@ -159,5 +312,87 @@ mod tests {
                 .all(|b| b)
         });
         assert!(inner.unwrap(), "a kernel's parallel work stays on the pool");
+    }
+    #[test]
+    fn par_for_runs_every_index_once_on_any_pool_and_nested() {
+        for threads in [1, 2, 3] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| {
+                for n in [0usize, 1, 2, 5, 64] {
+                    let hits: Vec<AtomicUsize> = (0..n * 3).map(|_| AtomicUsize::new(0)).collect();
+                    par_for(n, |i| {
+                        // Nested: each task fans out again.
+                        par_for(3, |j| {
+                            hits[i * 3 + j].fetch_add(1, Ordering::Relaxed);
+                        })
+                    });
+                    assert!(
+                        hits.iter().all(|h| h.load(Ordering::Relaxed) == 1),
+                        "{threads} threads, {n} tasks"
+                    );
+                }
+            });
+        }
+        // Off any pool: in turn, on this thread.
+        let order = std::sync::Mutex::new(Vec::new());
+        par_for(4, |i| order.lock().unwrap().push(i));
+        assert_eq!(order.into_inner().unwrap(), [0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn a_panicking_task_reaches_the_caller_once_all_tasks_end() {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        let ran = AtomicUsize::new(0);
+        let r = pool.install(|| {
+            catch_unwind(AssertUnwindSafe(|| {
+                par_for(6, |i| {
+                    ran.fetch_add(1, Ordering::Relaxed);
+                    if i == 4 {
+                        panic!("task 4");
+                    }
+                })
+            }))
+        });
+        assert!(r.is_err(), "the panic is carried to the caller");
+        assert_eq!(ran.load(Ordering::Relaxed), 6, "the other tasks still ran");
+    }
+
+    #[test]
+    fn warm_tasks_are_one_per_other_thread_never_on_the_runs_own_and_end_with_it() {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        // The other thread blocked: the warm task stays in this thread's
+        // queue, and this thread running it must come straight back.
+        let (release, blocked) = std::sync::mpsc::channel::<()>();
+        pool.spawn(move || blocked.recv().unwrap());
+        let state = pool.install(|| {
+            let warm = Warm::on_this_pool();
+            let state = Arc::clone(warm.state.as_ref().expect("a pool of two is kept warm"));
+            for _ in 0..100 {
+                warm.poke();
+            }
+            assert_eq!(state.alive.load(Ordering::Acquire), 1, "one warm task per other thread");
+            assert_eq!(rayon::yield_local(), Some(rayon::Yield::Executed));
+            assert_eq!(
+                state.alive.load(Ordering::Acquire),
+                0,
+                "it returned on the run's thread"
+            );
+            // Poked again, it goes to the other thread once that is free.
+            warm.poke();
+            release.send(()).unwrap();
+            let t = Instant::now();
+            while rayon::yield_local() != Some(rayon::Yield::Idle) || t.elapsed() < Duration::from_millis(1) {}
+            drop(warm);
+            state
+        });
+        let t = Instant::now();
+        while state.alive.load(Ordering::Acquire) > 0 {
+            assert!(t.elapsed() < Duration::from_secs(5), "a warm task outlived its run");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Outside the interpreter's pool, and on a pool of one: nothing.
+        assert!(Warm::start().state.is_none());
+        let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        assert!(one.install(|| Warm::on_this_pool().state.is_none()));
     }
 }
