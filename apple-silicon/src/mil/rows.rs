@@ -2,7 +2,8 @@
 //! innermost work:
 //! - [`run`], the depthwise convolution's: `dst[x] = act(bias + Σ_t w[t] ·
 //!   src[offs[t] + x])`, each output summed in a register over every filter
-//!   tap and stored once;
+//!   tap and stored once, and [`run_rows`], a whole plane of such runs,
+//!   four rows at a time;
 //! - [`epilogue`], a GEMM output row's: bias, activation, residual add and
 //!   a second activation in one pass;
 //! - [`split_pairs`], a stride-2 depthwise convolution's input row split
@@ -91,6 +92,60 @@ pub(crate) fn run(isa: Isa, dst: &mut [f32], src: &[f32], offs: &[usize], wts: &
         // SAFETY: as above, for AVX2 and FMA.
         Isa::Avx2 => unsafe { x86::run_avx2(dst, src, offs, wts, bias, inner) },
         _ => run_portable(dst, src, offs, wts, bias, inner),
+    }
+    if !in_registers(act) {
+        act.epilogue(dst, 0.0);
+    }
+}
+
+/// [`run`] on each of the `dst.len() / ow` rows of `ow` outputs in `dst`,
+/// row `r` reading `src` from `r · src_rs` on: a depthwise convolution's
+/// whole output plane in one call, the same sums as [`run`] row by row.
+/// The vector paths run four rows at a time (four independent sums in
+/// flight instead of one chain of dependent multiply-adds), and the
+/// bounds are checked once per plane instead of once per row. Panics (an
+/// internal invariant) unless `ow` divides `dst.len()` and every tap of the
+/// last row stays inside `src`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn run_rows(
+    isa: Isa,
+    dst: &mut [f32],
+    ow: usize,
+    src: &[f32],
+    src_rs: usize,
+    offs: &[usize],
+    wts: &[f32],
+    bias: f32,
+    act: Act,
+) {
+    if dst.is_empty() {
+        return;
+    }
+    let rows = dst.len() / ow.max(1);
+    let last = (rows.max(1) - 1).checked_mul(src_rs).and_then(|v| v.checked_add(ow));
+    assert!(
+        ow > 0
+            && rows * ow == dst.len()
+            && wts.len() == offs.len()
+            && offs
+                .iter()
+                .all(|&o| last.and_then(|l| l.checked_add(o)).is_some_and(|e| e <= src.len())),
+        "depthwise rows outside their input"
+    );
+    let inner = if in_registers(act) { act } else { Act::Identity };
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx512` is only produced when the CPU has AVX-512F;
+        // the assert above keeps every row's reads inside `src`.
+        Isa::Avx512 => unsafe { x86::run_rows_avx512(dst, ow, src, src_rs, offs, wts, bias, inner) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above, for AVX2 and FMA.
+        Isa::Avx2 => unsafe { x86::run_rows_avx2(dst, ow, src, src_rs, offs, wts, bias, inner) },
+        _ => {
+            for (r, d) in dst.chunks_exact_mut(ow).enumerate() {
+                run_portable(d, &src[r * src_rs..], offs, wts, bias, inner);
+            }
+        }
     }
     if !in_registers(act) {
         act.epilogue(dst, 0.0);
@@ -240,6 +295,122 @@ mod x86 {
         }
     }
 
+    /// AVX-512F version of [`super::run_rows`] (same contract).
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F, `ow` must divide `dst.len()`, and every
+    /// `offs[t] + (rows − 1) · src_rs + ow` must be at most `src.len()`.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn run_rows_avx512(
+        dst: &mut [f32],
+        ow: usize,
+        src: &[f32],
+        src_rs: usize,
+        offs: &[usize],
+        wts: &[f32],
+        bias: f32,
+        act: Act,
+    ) {
+        // SAFETY (all three): the caller's bounds.
+        match offs.len() {
+            9 => unsafe { rows_fixed16::<9>(dst, ow, src, src_rs, offs, wts, bias, act) },
+            25 => unsafe { rows_fixed16::<25>(dst, ow, src, src_rs, offs, wts, bias, act) },
+            _ => {
+                let ws: Vec<__m512> = wts.iter().map(|&w| _mm512_set1_ps(w)).collect();
+                unsafe { rows_each16(dst, ow, src, src_rs, offs, &ws, bias, act) }
+            }
+        }
+    }
+
+    /// A fixed number of taps: the weights broadcast once.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn rows_fixed16<const T: usize>(
+        dst: &mut [f32],
+        ow: usize,
+        src: &[f32],
+        src_rs: usize,
+        offs: &[usize],
+        wts: &[f32],
+        bias: f32,
+        act: Act,
+    ) {
+        let w: [__m512; T] = std::array::from_fn(|t| _mm512_set1_ps(wts[t]));
+        let o: [usize; T] = std::array::from_fn(|t| offs[t]);
+        // SAFETY: the caller's bounds.
+        unsafe { rows_each16(dst, ow, src, src_rs, &o, &w, bias, act) }
+    }
+
+    /// Blocks of four rows, then the rest one by one. (Weights and offsets
+    /// read from memory per tap: unrolling the taps with them in registers
+    /// measured 1.5% slower.)
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn rows_each16(
+        dst: &mut [f32],
+        ow: usize,
+        src: &[f32],
+        src_rs: usize,
+        o: &[usize],
+        w: &[__m512],
+        bias: f32,
+        act: Act,
+    ) {
+        let rows = dst.len() / ow;
+        let (sp, dp) = (src.as_ptr(), dst.as_mut_ptr());
+        let bv = _mm512_set1_ps(bias);
+        let mut r = 0;
+        // SAFETY (both): rows r.. are inside `dst` and, by the caller's
+        // bounds, their taps inside `src`.
+        while r + 4 <= rows {
+            unsafe { rows16::<4>(dp.add(r * ow), ow, sp.add(r * src_rs), src_rs, o, w, bv, act) };
+            r += 4;
+        }
+        while r < rows {
+            unsafe { rows16::<1>(dp.add(r * ow), ow, sp.add(r * src_rs), src_rs, o, w, bv, act) };
+            r += 1;
+        }
+    }
+
+    /// `R` rows of `ow` outputs at `dp` (`ow` apart), row `r` reading from
+    /// `sp + r · src_rs`: per 16 columns, `R` sums in flight, each over the
+    /// taps in order, as `run16` sums one.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn rows16<const R: usize>(
+        dp: *mut f32,
+        ow: usize,
+        sp: *const f32,
+        src_rs: usize,
+        o: &[usize],
+        w: &[__m512],
+        bv: __m512,
+        act: Act,
+    ) {
+        let mut x = 0;
+        while x < ow {
+            let m: __mmask16 = if ow - x >= 16 { !0 } else { (1u16 << (ow - x)) - 1 };
+            let mut acc = [bv; R];
+            for (&ot, &wt) in o.iter().zip(w) {
+                for (r, a) in acc.iter_mut().enumerate() {
+                    // SAFETY: lanes past `ow - x` are masked off; the rest
+                    // are inside `src` by the caller's bounds.
+                    let v = unsafe { _mm512_maskz_loadu_ps(m, sp.add(r * src_rs + ot + x)) };
+                    *a = _mm512_fmadd_ps(wt, v, *a);
+                }
+            }
+            for (r, &a) in acc.iter().enumerate() {
+                // SAFETY: the stored lanes are inside row r of the caller's rows.
+                unsafe { _mm512_mask_storeu_ps(dp.add(r * ow + x), m, act16(a, act)) };
+            }
+            x += 16;
+        }
+    }
+
     /// AVX-512F version of [`super::epilogue`].
     ///
     /// # Safety
@@ -337,6 +508,76 @@ mod x86 {
             }
             // SAFETY: the stored lanes are below `n`.
             unsafe { _mm256_maskstore_ps(dp.add(x), m, act8(acc, act)) };
+            x += 8;
+        }
+    }
+
+    /// AVX2 + FMA version of [`super::run_rows`] (same contract as
+    /// `run_rows_avx512`): four rows at a time, 8 columns per step.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA; bounds as for `run_rows_avx512`.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn run_rows_avx2(
+        dst: &mut [f32],
+        ow: usize,
+        src: &[f32],
+        src_rs: usize,
+        offs: &[usize],
+        wts: &[f32],
+        bias: f32,
+        act: Act,
+    ) {
+        let rows = dst.len() / ow;
+        let (sp, dp) = (src.as_ptr(), dst.as_mut_ptr());
+        let mut r = 0;
+        // SAFETY (both): rows r.. are inside `dst` and, by the caller's
+        // bounds, their taps inside `src`.
+        while r + 4 <= rows {
+            unsafe { rows8::<4>(dp.add(r * ow), ow, sp.add(r * src_rs), src_rs, offs, wts, bias, act) };
+            r += 4;
+        }
+        while r < rows {
+            unsafe { rows8::<1>(dp.add(r * ow), ow, sp.add(r * src_rs), src_rs, offs, wts, bias, act) };
+            r += 1;
+        }
+    }
+
+    /// `R` rows (see `rows16`) on 8 lanes, summed as `run_avx2` sums one.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn rows8<const R: usize>(
+        dp: *mut f32,
+        ow: usize,
+        sp: *const f32,
+        src_rs: usize,
+        offs: &[usize],
+        wts: &[f32],
+        bias: f32,
+        act: Act,
+    ) {
+        let bv = _mm256_set1_ps(bias);
+        let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let mut x = 0;
+        while x < ow {
+            let rem = (ow - x).min(8) as i32;
+            let m = _mm256_cmpgt_epi32(_mm256_set1_epi32(rem), lanes);
+            let mut acc = [bv; R];
+            for (&o, &w) in offs.iter().zip(wts) {
+                let wv = _mm256_set1_ps(w);
+                for (r, a) in acc.iter_mut().enumerate() {
+                    // SAFETY: masked-off lanes are not read; the rest are
+                    // inside `src` by the caller's bounds.
+                    let v = unsafe { _mm256_maskload_ps(sp.add(r * src_rs + o + x), m) };
+                    *a = _mm256_fmadd_ps(wv, v, *a);
+                }
+            }
+            for (r, &a) in acc.iter().enumerate() {
+                // SAFETY: the stored lanes are inside row r of the caller's rows.
+                unsafe { _mm256_maskstore_ps(dp.add(r * ow + x), m, act8(a, act)) };
+            }
             x += 8;
         }
     }
@@ -454,6 +695,46 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn rows_at_once_are_the_runs_row_by_row_bit_for_bit() {
+        let src: Vec<f32> = (0..900).map(|i| ((i * 53 % 97) as f32 - 48.0) * 0.05).collect();
+        for taps in [1usize, 9, 25, 30] {
+            let offs: Vec<usize> = (0..taps).map(|t| (t * 7) % 43).collect();
+            let wts: Vec<f32> = (0..taps).map(|t| ((t * 11 % 9) as f32 - 4.0) * 0.27).collect();
+            for (ow, src_rs) in [(1usize, 3usize), (7, 9), (16, 18), (17, 40), (33, 35)] {
+                for rows in [1usize, 3, 4, 5, 9] {
+                    for act in [Act::Identity, Act::Clamp(-0.5, 0.75), Act::Silu] {
+                        for isa in Isa::available() {
+                            let mut want = vec![0.0; rows * ow];
+                            for (r, d) in want.chunks_exact_mut(ow).enumerate() {
+                                run(isa, d, &src[r * src_rs..], &offs, &wts, 0.5, act);
+                            }
+                            let mut got = vec![f32::NAN; rows * ow];
+                            run_rows(isa, &mut got, ow, &src, src_rs, &offs, &wts, 0.5, act);
+                            assert_eq!(got, want, "{isa:?} {act:?} t{taps} ow{ow} rows{rows}");
+                        }
+                    }
+                }
+            }
+        }
+        // The last row's taps must fit: one value short is refused.
+        let r = std::panic::catch_unwind(|| {
+            let mut d = vec![0.0; 2 * 4];
+            run_rows(
+                Isa::Portable,
+                &mut d,
+                4,
+                &src[..4 + 10 + 5 - 1],
+                10,
+                &[0, 5],
+                &[1.0, 1.0],
+                0.0,
+                Act::Identity,
+            )
+        });
+        assert!(r.is_err());
     }
 
     #[test]

@@ -10,9 +10,10 @@
 //! rows are split into their stride phases (columns `p, p + s, p + 2s, ...`
 //! for each `p < s`), so that every filter tap of an output row reads one
 //! contiguous run, at an offset fixed for the whole plane. Each output is
-//! then summed over all taps in a register and stored once (`run`: AVX-512
-//! or AVX2 + FMA when the CPU has them, else portable code), activated
-//! while still in the register. Narrow planes at stride 1 (rows under 16
+//! then summed over all taps in a register and stored once, four output
+//! rows at a time, the whole plane in one call (`run_rows`: AVX-512 or
+//! AVX2 + FMA when the CPU has them, else portable code), activated while
+//! still in the register. Narrow planes at stride 1 (rows under 16
 //! outputs) are computed as one run as wide as the padded plane and their
 //! rows copied out, so that short rows do not waste vector lanes. Any
 //! kernel size, stride, dilation and padding takes this path.
@@ -237,11 +238,8 @@ fn depthwise_conv2d_on(
                     }
                     tail.finish(dst, p * plane);
                 } else {
-                    for (oy, drow) in dst.chunks_exact_mut(ow).enumerate() {
-                        let from = oy * stride * lay.row;
-                        run::run(isa, drow, &padded[from..], &lay.offs, k, b, tail.pre);
-                        tail.finish(drow, p * plane + oy * ow);
-                    }
+                    run::run_rows(isa, dst, ow, padded, stride * lay.row, &lay.offs, k, b, tail.pre);
+                    tail.finish(dst, p * plane);
                 }
             });
     })?;
