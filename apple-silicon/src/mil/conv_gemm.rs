@@ -141,7 +141,18 @@ pub(crate) fn conv2d(
                     continue;
                 }
                 if let Some(task_rows) = pooled_band(cout_g, kk, (oh, ow), band) {
-                    bands_on_the_pool(d, xg, (cin_g, h, w), win, (oh, ow), task_rows, (lhs, kk), bias, tail)?;
+                    bands_on_the_pool(
+                        d,
+                        xg,
+                        (cin_g, h, w),
+                        win,
+                        (oh, ow),
+                        task_rows,
+                        (lhs, kk),
+                        bias,
+                        tail,
+                        &mut col,
+                    )?;
                     continue;
                 }
                 for oy0 in (0..oh).step_by(band) {
@@ -205,14 +216,22 @@ fn bands_on_the_pool(
     (lhs, kk): (MatRef, usize),
     bias: Bias,
     tail: Tail,
+    cols: &mut Vec<f32>,
 ) -> CResult<()> {
     let cout_g = d.len() / (oh * ow).max(1);
     let tasks = oh.div_ceil(task_rows);
     let next = AtomicUsize::new(0);
     let failed: Mutex<Option<candle_core::Error>> = Mutex::new(None);
     let (out, len) = (gemm::Out(d.as_mut_ptr()), d.len());
-    workers::par_for(rayon::current_num_threads().min(tasks), |_| {
-        let mut col = Vec::new();
+    // One im2col buffer per worker, allocated here (not on the workers:
+    // glibc would keep a second arena's worth of them) and kept by the
+    // caller across groups and images.
+    let workers = rayon::current_num_threads().min(tasks);
+    let per = kk * task_rows * ow;
+    cols.resize(workers * per, 0.0);
+    let parts: Vec<Mutex<&mut [f32]>> = cols.chunks_mut(per.max(1)).map(Mutex::new).collect();
+    workers::par_for(workers, |i| {
+        let mut col = parts[i].lock().unwrap_or_else(|p| p.into_inner());
         loop {
             let t = next.fetch_add(1, Ordering::Relaxed);
             if t >= tasks {
@@ -220,7 +239,8 @@ fn bands_on_the_pool(
             }
             let oy0 = t * task_rows;
             let rows = task_rows.min(oh - oy0);
-            im2col_rows(xg, chw, win, (oy0, rows, ow), &mut col, false);
+            let col = &mut col[..kk * rows * ow];
+            im2col_rows(xg, chw, win, (oy0, rows, ow), col, false);
             let at = oy0 * ow;
             // SAFETY: this task writes columns at..at + rows·ow of the
             // output's cout_g rows (oh·ow apart), which no other task
@@ -233,7 +253,7 @@ fn bands_on_the_pool(
                     oh * ow,
                     (cout_g, rows * ow, kk),
                     lhs,
-                    MatRef::row_major(&col, rows * ow),
+                    MatRef::row_major(col, rows * ow),
                     bias,
                     tail.from(at),
                 )
@@ -367,24 +387,25 @@ const COL_BUDGET: usize = if cfg!(test) { 300 } else { 1 << 20 };
 /// input under filter tap `(i, j)` of channel `c`, or 0 in the padding.
 /// Every element is written.
 fn im2col(x: &[f32], chw: (usize, usize, usize), win: &Window, rows: (usize, usize, usize), col: &mut Vec<f32>) {
+    col.resize(chw.0 * win.kernel.0 * win.kernel.1 * rows.1 * rows.2, 0.0);
     im2col_rows(x, chw, win, rows, col, true)
 }
 
-/// [`im2col`], its rows filled on the pool when `pool` and the buffer is
-/// large, else on this thread.
+/// [`im2col`] into `col`, exactly `cin·kh·kw·oh·ow` long, its rows filled
+/// on the pool when `pool` and the buffer is large, else on this thread.
 fn im2col_rows(
     x: &[f32],
     (cin, h, w): (usize, usize, usize),
     win: &Window,
     (oy0, oh, ow): (usize, usize, usize),
-    col: &mut Vec<f32>,
+    col: &mut [f32],
     pool: bool,
 ) {
     let (kh, kw) = win.kernel;
     let (sh, sw) = win.stride;
     let (dh, dw) = win.dilation;
     let (pt, pl) = (win.pads[0].0, win.pads[1].0);
-    col.resize(cin * kh * kw * oh * ow, 0.0);
+    debug_assert_eq!(col.len(), cin * kh * kw * oh * ow);
     let fill = |(r, row): (usize, &mut [f32])| {
         let (c, i, j) = (r / (kh * kw), (r / kw) % kh, r % kw);
         let plane = &x[c * h * w..(c + 1) * h * w];
