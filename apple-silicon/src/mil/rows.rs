@@ -137,7 +137,9 @@ pub(crate) fn run_rows(
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx512` is only produced when the CPU has AVX-512F;
         // the assert above keeps every row's reads inside `src`.
-        Isa::Avx512 => unsafe { x86::run_rows_avx512(dst, ow, src, src_rs, offs, wts, bias, inner) },
+        Isa::Avx512 => unsafe {
+            x86::run_rows_avx512(dst, ow, src, src_rs, offs, wts, bias, inner, unit_grid(offs, src_rs))
+        },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above, for AVX2 and FMA.
         Isa::Avx2 => unsafe { x86::run_rows_avx2(dst, ow, src, src_rs, offs, wts, bias, inner) },
@@ -150,6 +152,21 @@ pub(crate) fn run_rows(
     if !in_registers(act) {
         act.epilogue(dst, 0.0);
     }
+}
+
+/// `Some(kw)` when the taps are a dense `kh × kw` grid at unit spacing
+/// whose rows are `src_rs` apart (`offs[i·kw + j] = offs[0] + i·src_rs + j`:
+/// a stride-1, dilation-1 filter), so that output row `r + 1`'s tap `(i, j)`
+/// reads what row `r`'s tap `(i + 1, j)` reads.
+fn unit_grid(offs: &[usize], src_rs: usize) -> Option<usize> {
+    let o0 = *offs.first()?;
+    let kw = offs.iter().enumerate().take_while(|&(t, &o)| o == o0 + t).count();
+    let dense = offs.len().is_multiple_of(kw)
+        && offs
+            .iter()
+            .enumerate()
+            .all(|(t, &o)| Some(o) == (t / kw).checked_mul(src_rs).and_then(|v| v.checked_add(o0 + t % kw)));
+    (kw > 0 && dense).then_some(kw)
 }
 
 /// `d[x] = post(pre(d[x] + bias) + res[x])`, or `pre(d[x] + bias)`
@@ -259,6 +276,23 @@ mod x86 {
         let (sp, dp) = (src.as_ptr(), dst.as_mut_ptr());
         let bv = _mm512_set1_ps(bias);
         let mut x = 0;
+        // Four vectors at a time: four sums in flight instead of one chain
+        // of dependent multiply-adds (each output's taps still in order).
+        while x + 64 <= n {
+            let mut acc = [bv; 4];
+            for t in 0..T {
+                for (u, a) in acc.iter_mut().enumerate() {
+                    // SAFETY: below `o[t] + n <= src.len()`.
+                    let v = unsafe { _mm512_loadu_ps(sp.add(o[t] + x + 16 * u)) };
+                    *a = _mm512_fmadd_ps(w[t], v, *a);
+                }
+            }
+            for (u, &a) in acc.iter().enumerate() {
+                // SAFETY: below `n`.
+                unsafe { _mm512_storeu_ps(dp.add(x + 16 * u), act16(a, act)) };
+            }
+            x += 64;
+        }
         while x < n {
             let m: __mmask16 = if n - x >= 16 { !0 } else { (1u16 << (n - x)) - 1 };
             let mut acc = bv;
@@ -281,6 +315,23 @@ mod x86 {
         let (sp, dp) = (src.as_ptr(), dst.as_mut_ptr());
         let bv = _mm512_set1_ps(bias);
         let mut x = 0;
+        // Four vectors at a time, as in `run16`.
+        while x + 64 <= n {
+            let mut acc = [bv; 4];
+            for (&o, &w) in offs.iter().zip(wts) {
+                let wv = _mm512_set1_ps(w);
+                for (u, a) in acc.iter_mut().enumerate() {
+                    // SAFETY: below `o + n <= src.len()`.
+                    let v = unsafe { _mm512_loadu_ps(sp.add(o + x + 16 * u)) };
+                    *a = _mm512_fmadd_ps(wv, v, *a);
+                }
+            }
+            for (u, &a) in acc.iter().enumerate() {
+                // SAFETY: below `n`.
+                unsafe { _mm512_storeu_ps(dp.add(x + 16 * u), act16(a, act)) };
+            }
+            x += 64;
+        }
         while x < n {
             let m: __mmask16 = if n - x >= 16 { !0 } else { (1u16 << (n - x)) - 1 };
             let mut acc = bv;
@@ -311,7 +362,14 @@ mod x86 {
         wts: &[f32],
         bias: f32,
         act: Act,
+        grid: Option<usize>,
     ) {
+        match (grid, offs.len()) {
+            // SAFETY (both): the caller's bounds.
+            (Some(3), 9) => return unsafe { rows_grid16::<3, 3>(dst, ow, src, src_rs, offs, wts, bias, act) },
+            (Some(5), 25) => return unsafe { rows_grid16::<5, 5>(dst, ow, src, src_rs, offs, wts, bias, act) },
+            _ => {}
+        }
         // SAFETY (all three): the caller's bounds.
         match offs.len() {
             9 => unsafe { rows_fixed16::<9>(dst, ow, src, src_rs, offs, wts, bias, act) },
@@ -411,6 +469,83 @@ mod x86 {
         }
     }
 
+    /// A dense `KH × KW` unit-spaced filter ([`super::unit_grid`]): blocks
+    /// of four rows sharing their loads (`rows16_grid`), then the rest one
+    /// by one.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn rows_grid16<const KH: usize, const KW: usize>(
+        dst: &mut [f32],
+        ow: usize,
+        src: &[f32],
+        src_rs: usize,
+        offs: &[usize],
+        wts: &[f32],
+        bias: f32,
+        act: Act,
+    ) {
+        let w: [[__m512; KW]; KH] = std::array::from_fn(|i| std::array::from_fn(|j| _mm512_set1_ps(wts[i * KW + j])));
+        let rows = dst.len() / ow;
+        let (sp, dp) = (src.as_ptr(), dst.as_mut_ptr());
+        let bv = _mm512_set1_ps(bias);
+        let mut r = 0;
+        // SAFETY (both loops): rows r.. are inside `dst` and, by the
+        // caller's bounds, their taps inside `src`; the grid reads only taps.
+        while r + 4 <= rows {
+            unsafe { rows16_grid::<KH, KW, 4>(dp.add(r * ow), ow, sp.add(r * src_rs + offs[0]), src_rs, &w, bv, act) };
+            r += 4;
+        }
+        while r < rows {
+            unsafe { rows16_grid::<KH, KW, 1>(dp.add(r * ow), ow, sp.add(r * src_rs + offs[0]), src_rs, &w, bv, act) };
+            r += 1;
+        }
+    }
+
+    /// `R` rows of a dense `KH × KW` unit-spaced filter, tap `(i, j)` of
+    /// row `r` at `sp + (r + i) · src_rs + j`: each input vector is loaded
+    /// once and used by every row it falls under (`(KH + R − 1) · KW` loads
+    /// for `R · KH · KW` multiply-adds, where `rows16` loads once per
+    /// multiply-add). Each sum still takes its taps in order `(i, j)`, as
+    /// `run16` does.
+    // `j` is a column offset as much as an index into `w`.
+    #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn rows16_grid<const KH: usize, const KW: usize, const R: usize>(
+        dp: *mut f32,
+        ow: usize,
+        sp: *const f32,
+        src_rs: usize,
+        w: &[[__m512; KW]; KH],
+        bv: __m512,
+        act: Act,
+    ) {
+        let mut x = 0;
+        while x < ow {
+            let m: __mmask16 = if ow - x >= 16 { !0 } else { (1u16 << (ow - x)) - 1 };
+            let mut acc = [bv; R];
+            for ii in 0..KH + R - 1 {
+                for j in 0..KW {
+                    // SAFETY: lanes past `ow - x` are masked off; the rest
+                    // are a tap of one of the rows, inside `src`.
+                    let v = unsafe { _mm512_maskz_loadu_ps(m, sp.add(ii * src_rs + j + x)) };
+                    for (r, a) in acc.iter_mut().enumerate() {
+                        // Row r uses input row ii as its filter row ii − r.
+                        if ii >= r && ii - r < KH {
+                            *a = _mm512_fmadd_ps(w[ii - r][j], v, *a);
+                        }
+                    }
+                }
+            }
+            for (r, &a) in acc.iter().enumerate() {
+                // SAFETY: the stored lanes are inside row r of the caller's rows.
+                unsafe { _mm512_mask_storeu_ps(dp.add(r * ow + x), m, act16(a, act)) };
+            }
+            x += 16;
+        }
+    }
+
     /// AVX-512F version of [`super::epilogue`].
     ///
     /// # Safety
@@ -496,6 +631,23 @@ mod x86 {
         let bv = _mm256_set1_ps(bias);
         let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
         let mut x = 0;
+        // Four vectors at a time, as in `run16`.
+        while x + 32 <= n {
+            let mut acc = [bv; 4];
+            for (&o, &w) in offs.iter().zip(wts) {
+                let wv = _mm256_set1_ps(w);
+                for (u, a) in acc.iter_mut().enumerate() {
+                    // SAFETY: below `o + n <= src.len()`.
+                    let v = unsafe { _mm256_loadu_ps(sp.add(o + x + 8 * u)) };
+                    *a = _mm256_fmadd_ps(wv, v, *a);
+                }
+            }
+            for (u, &a) in acc.iter().enumerate() {
+                // SAFETY: below `n`.
+                unsafe { _mm256_storeu_ps(dp.add(x + 8 * u), act8(a, act)) };
+            }
+            x += 32;
+        }
         while x < n {
             let rem = (n - x).min(8) as i32;
             // Lanes below `rem` have their sign bit set: those are loaded and stored.
@@ -703,7 +855,7 @@ mod tests {
         for taps in [1usize, 9, 25, 30] {
             let offs: Vec<usize> = (0..taps).map(|t| (t * 7) % 43).collect();
             let wts: Vec<f32> = (0..taps).map(|t| ((t * 11 % 9) as f32 - 4.0) * 0.27).collect();
-            for (ow, src_rs) in [(1usize, 3usize), (7, 9), (16, 18), (17, 40), (33, 35)] {
+            for (ow, src_rs) in [(1usize, 3usize), (7, 9), (16, 18), (17, 40), (33, 35), (70, 75)] {
                 for rows in [1usize, 3, 4, 5, 9] {
                     for act in [Act::Identity, Act::Clamp(-0.5, 0.75), Act::Silu] {
                         for isa in Isa::available() {
@@ -719,6 +871,35 @@ mod tests {
                 }
             }
         }
+        // Dense unit-spaced filters (stride 1): each input vector loaded
+        // once for all the rows under it, the same sums.
+        for (kh, kw) in [(3usize, 3usize), (5, 5), (1, 3), (3, 1), (2, 4), (7, 7)] {
+            for (ow, pad) in [(7usize, 0usize), (16, 2), (33, 1)] {
+                let src_rs = ow + kw - 1 + pad;
+                let offs: Vec<usize> = (0..kh * kw).map(|t| 2 + (t / kw) * src_rs + t % kw).collect();
+                assert_eq!(unit_grid(&offs, src_rs), Some(kw));
+                let wts: Vec<f32> = (0..kh * kw).map(|t| ((t * 5 % 11) as f32 - 5.0) * 0.13).collect();
+                for rows in [1usize, 4, 6, 9] {
+                    if 2 + (rows + kh - 1) * src_rs > src.len() {
+                        continue;
+                    }
+                    for isa in Isa::available() {
+                        let mut want = vec![0.0; rows * ow];
+                        for (r, d) in want.chunks_exact_mut(ow).enumerate() {
+                            run(isa, d, &src[r * src_rs..], &offs, &wts, -0.25, Act::Relu);
+                        }
+                        let mut got = vec![f32::NAN; rows * ow];
+                        run_rows(isa, &mut got, ow, &src, src_rs, &offs, &wts, -0.25, Act::Relu);
+                        assert_eq!(got, want, "{isa:?} {kh}x{kw} ow{ow} rows{rows}");
+                    }
+                }
+            }
+        }
+        // Not a unit grid: a dilation, a stride's phases, a gap.
+        assert_eq!(unit_grid(&[0, 2, 4, 10, 12, 14], 10), None);
+        assert_eq!(unit_grid(&[0, 1, 20, 21], 10), None);
+        assert_eq!(unit_grid(&[0, 1, 2, 10, 11], 10), None);
+        assert_eq!(unit_grid(&[5], 10), Some(1));
         // The last row's taps must fit: one value short is refused.
         let r = std::panic::catch_unwind(|| {
             let mut d = vec![0.0; 2 * 4];
@@ -743,7 +924,7 @@ mod tests {
         for taps in [1usize, 2, 9, 25, 30] {
             let offs: Vec<usize> = (0..taps).map(|t| (t * 5) % 41).collect();
             let wts: Vec<f32> = (0..taps).map(|t| ((t * 13 % 7) as f32 - 3.0) * 0.31).collect();
-            for n in [1usize, 7, 8, 15, 16, 17, 33, 100] {
+            for n in [1usize, 7, 8, 15, 16, 17, 33, 64, 100, 130] {
                 let want: Vec<f32> = (0..n)
                     .map(|x| 0.25 + offs.iter().zip(&wts).map(|(&o, &w)| w * src[o + x]).sum::<f32>())
                     .collect();
