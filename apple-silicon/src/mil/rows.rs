@@ -276,23 +276,6 @@ mod x86 {
         let (sp, dp) = (src.as_ptr(), dst.as_mut_ptr());
         let bv = _mm512_set1_ps(bias);
         let mut x = 0;
-        // Four vectors at a time: four sums in flight instead of one chain
-        // of dependent multiply-adds (each output's taps still in order).
-        while x + 64 <= n {
-            let mut acc = [bv; 4];
-            for t in 0..T {
-                for (u, a) in acc.iter_mut().enumerate() {
-                    // SAFETY: below `o[t] + n <= src.len()`.
-                    let v = unsafe { _mm512_loadu_ps(sp.add(o[t] + x + 16 * u)) };
-                    *a = _mm512_fmadd_ps(w[t], v, *a);
-                }
-            }
-            for (u, &a) in acc.iter().enumerate() {
-                // SAFETY: below `n`.
-                unsafe { _mm512_storeu_ps(dp.add(x + 16 * u), act16(a, act)) };
-            }
-            x += 64;
-        }
         while x < n {
             let m: __mmask16 = if n - x >= 16 { !0 } else { (1u16 << (n - x)) - 1 };
             let mut acc = bv;
@@ -315,23 +298,6 @@ mod x86 {
         let (sp, dp) = (src.as_ptr(), dst.as_mut_ptr());
         let bv = _mm512_set1_ps(bias);
         let mut x = 0;
-        // Four vectors at a time, as in `run16`.
-        while x + 64 <= n {
-            let mut acc = [bv; 4];
-            for (&o, &w) in offs.iter().zip(wts) {
-                let wv = _mm512_set1_ps(w);
-                for (u, a) in acc.iter_mut().enumerate() {
-                    // SAFETY: below `o + n <= src.len()`.
-                    let v = unsafe { _mm512_loadu_ps(sp.add(o + x + 16 * u)) };
-                    *a = _mm512_fmadd_ps(wv, v, *a);
-                }
-            }
-            for (u, &a) in acc.iter().enumerate() {
-                // SAFETY: below `n`.
-                unsafe { _mm512_storeu_ps(dp.add(x + 16 * u), act16(a, act)) };
-            }
-            x += 64;
-        }
         while x < n {
             let m: __mmask16 = if n - x >= 16 { !0 } else { (1u16 << (n - x)) - 1 };
             let mut acc = bv;
@@ -631,23 +597,6 @@ mod x86 {
         let bv = _mm256_set1_ps(bias);
         let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
         let mut x = 0;
-        // Four vectors at a time, as in `run16`.
-        while x + 32 <= n {
-            let mut acc = [bv; 4];
-            for (&o, &w) in offs.iter().zip(wts) {
-                let wv = _mm256_set1_ps(w);
-                for (u, a) in acc.iter_mut().enumerate() {
-                    // SAFETY: below `o + n <= src.len()`.
-                    let v = unsafe { _mm256_loadu_ps(sp.add(o + x + 8 * u)) };
-                    *a = _mm256_fmadd_ps(wv, v, *a);
-                }
-            }
-            for (u, &a) in acc.iter().enumerate() {
-                // SAFETY: below `n`.
-                unsafe { _mm256_storeu_ps(dp.add(x + 8 * u), act8(a, act)) };
-            }
-            x += 32;
-        }
         while x < n {
             let rem = (n - x).min(8) as i32;
             // Lanes below `rem` have their sign bit set: those are loaded and stored.
