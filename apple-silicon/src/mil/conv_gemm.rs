@@ -99,7 +99,8 @@ pub(crate) fn conv2d(
     let ohw = oh * ow;
     check_alloc("conv output", &[nb, cout, oh, ow], 4)?;
     let pointwise = win.is_pointwise();
-    let mut col: Vec<f32> = Vec::new();
+    // Not zero-filled: im2col writes every element before the product reads it.
+    let mut col: Vec<MaybeUninit<f32>> = Vec::new();
     // im2col in bands of output rows, so that its buffer stays near
     // COL_BUDGET floats whatever the image size (at least one output row).
     let band = if pointwise || oh == 0 {
@@ -157,8 +158,8 @@ pub(crate) fn conv2d(
                 }
                 for oy0 in (0..oh).step_by(band) {
                     let rows = band.min(oh - oy0);
-                    im2col(xg, (cin_g, h, w), win, (oy0, rows, ow), &mut col);
-                    let rhs = MatRef::row_major(&col, rows * ow);
+                    let col = im2col(xg, (cin_g, h, w), win, (oy0, rows, ow), &mut col);
+                    let rhs = MatRef::row_major(col, rows * ow);
                     // Columns oy0·ow.. of every output row (rows ohw apart).
                     let dband = &mut d[oy0 * ow..];
                     let tail = tail.from(oy0 * ow);
@@ -216,7 +217,7 @@ fn bands_on_the_pool(
     (lhs, kk): (MatRef, usize),
     bias: Bias,
     tail: Tail,
-    cols: &mut Vec<f32>,
+    cols: &mut Vec<MaybeUninit<f32>>,
 ) -> CResult<()> {
     let cout_g = d.len() / (oh * ow).max(1);
     let tasks = oh.div_ceil(task_rows);
@@ -228,8 +229,10 @@ fn bands_on_the_pool(
     // caller across groups and images.
     let workers = rayon::current_num_threads().min(tasks);
     let per = kk * task_rows * ow;
-    cols.resize(workers * per, 0.0);
-    let parts: Vec<Mutex<&mut [f32]>> = cols.chunks_mut(per.max(1)).map(Mutex::new).collect();
+    let parts: Vec<Mutex<&mut [MaybeUninit<f32>]>> = uninit(cols, workers * per)
+        .chunks_mut(per.max(1))
+        .map(Mutex::new)
+        .collect();
     workers::par_for(workers, |i| {
         let mut col = parts[i].lock().unwrap_or_else(|p| p.into_inner());
         loop {
@@ -239,8 +242,7 @@ fn bands_on_the_pool(
             }
             let oy0 = t * task_rows;
             let rows = task_rows.min(oh - oy0);
-            let col = &mut col[..kk * rows * ow];
-            im2col_rows(xg, chw, win, (oy0, rows, ow), col, false);
+            let col = im2col_rows(xg, chw, win, (oy0, rows, ow), &mut col[..kk * rows * ow], false);
             let at = oy0 * ow;
             // SAFETY: this task writes columns at..at + rows·ow of the
             // output's cout_g rows (oh·ow apart), which no other task
@@ -386,27 +388,49 @@ const COL_BUDGET: usize = if cfg!(test) { 300 } else { 1 << 20 };
 /// `x` (`[cin, h, w]`): row `(c, i, j)` holds, for each output position, the
 /// input under filter tap `(i, j)` of channel `c`, or 0 in the padding.
 /// Every element is written.
-fn im2col(x: &[f32], chw: (usize, usize, usize), win: &Window, rows: (usize, usize, usize), col: &mut Vec<f32>) {
-    col.resize(chw.0 * win.kernel.0 * win.kernel.1 * rows.1 * rows.2, 0.0);
-    im2col_rows(x, chw, win, rows, col, true)
+fn im2col<'a>(
+    x: &[f32],
+    chw: (usize, usize, usize),
+    win: &Window,
+    rows: (usize, usize, usize),
+    col: &'a mut Vec<MaybeUninit<f32>>,
+) -> &'a [f32] {
+    let n = chw.0 * win.kernel.0 * win.kernel.1 * rows.1 * rows.2;
+    im2col_rows(x, chw, win, rows, uninit(col, n), true)
+}
+
+/// The first `n` elements of `buf`, grown (not initialised) when shorter.
+fn uninit(buf: &mut Vec<MaybeUninit<f32>>, n: usize) -> &mut [MaybeUninit<f32>] {
+    if buf.len() < n {
+        buf.resize(n, MaybeUninit::uninit());
+    }
+    &mut buf[..n]
+}
+
+/// Writes 0.0 to every element of `s`.
+fn zero(s: &mut [MaybeUninit<f32>]) {
+    for v in s {
+        v.write(0.0);
+    }
 }
 
 /// [`im2col`] into `col`, exactly `cin·kh·kw·oh·ow` long, its rows filled
-/// on the pool when `pool` and the buffer is large, else on this thread.
-fn im2col_rows(
+/// on the pool when `pool` and the buffer is large, else on this thread;
+/// returns `col`, every element written.
+fn im2col_rows<'a>(
     x: &[f32],
     (cin, h, w): (usize, usize, usize),
     win: &Window,
     (oy0, oh, ow): (usize, usize, usize),
-    col: &mut [f32],
+    col: &'a mut [MaybeUninit<f32>],
     pool: bool,
-) {
+) -> &'a [f32] {
     let (kh, kw) = win.kernel;
     let (sh, sw) = win.stride;
     let (dh, dw) = win.dilation;
     let (pt, pl) = (win.pads[0].0, win.pads[1].0);
-    debug_assert_eq!(col.len(), cin * kh * kw * oh * ow);
-    let fill = |(r, row): (usize, &mut [f32])| {
+    assert_eq!(col.len(), cin * kh * kw * oh * ow, "im2col buffer size");
+    let fill = |(r, row): (usize, &mut [MaybeUninit<f32>])| {
         let (c, i, j) = (r / (kh * kw), (r / kw) % kh, r % kw);
         let plane = &x[c * h * w..(c + 1) * h * w];
         let off = j * dw;
@@ -420,34 +444,36 @@ fn im2col_rows(
         for (oy, orow) in row.chunks_exact_mut(ow).enumerate() {
             let iy = ((oy0 + oy) * sh + i * dh).checked_sub(pt).filter(|&iy| iy < h);
             let Some(iy) = iy else {
-                orow.fill(0.0);
+                zero(orow);
                 continue;
             };
             let src = &plane[iy * w..(iy + 1) * w];
-            orow[..lo].fill(0.0);
-            orow[hi..].fill(0.0);
+            zero(&mut orow[..lo]);
+            zero(&mut orow[hi..]);
             if hi == lo {
                 continue;
             }
             let first = lo * sw + off - pl;
             if sw == 1 {
-                orow[lo..hi].copy_from_slice(&src[first..first + (hi - lo)]);
+                orow[lo..hi].write_copy_of_slice(&src[first..first + (hi - lo)]);
             } else {
                 for (d, s) in orow[lo..hi].iter_mut().zip(src[first..].iter().step_by(sw)) {
-                    *d = *s;
+                    d.write(*s);
                 }
             }
         }
     };
     let rows = oh * ow;
-    if rows == 0 {
-        return;
+    if rows > 0 {
+        if pool && col.len() >= 1 << 15 && rayon::current_num_threads() > 1 {
+            col.par_chunks_mut(rows).enumerate().for_each(fill);
+        } else {
+            col.chunks_mut(rows).enumerate().for_each(fill);
+        }
     }
-    if pool && col.len() >= 1 << 15 && rayon::current_num_threads() > 1 {
-        col.par_chunks_mut(rows).enumerate().for_each(fill);
-    } else {
-        col.chunks_mut(rows).enumerate().for_each(fill);
-    }
+    // SAFETY: the rows `fill` ran on cover `col` (cin·kh·kw rows of oh·ow;
+    // none when oh·ow is 0), and it writes every element of each.
+    unsafe { &*(col as *const [MaybeUninit<f32>] as *const [f32]) }
 }
 
 #[cfg(test)]
