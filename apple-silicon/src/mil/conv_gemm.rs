@@ -455,7 +455,10 @@ fn im2col_rows<'a>(
             }
             let first = lo * sw + off - pl;
             if sw == 1 {
-                orow[lo..hi].write_copy_of_slice(&src[first..first + (hi - lo)]);
+                let (d, s) = (&mut orow[lo..hi], &src[first..first + (hi - lo)]);
+                // SAFETY: `d` and `s` are `hi − lo` long, and `d` (the
+                // buffer being filled) cannot overlap `s` (the input).
+                unsafe { std::ptr::copy_nonoverlapping(s.as_ptr(), d.as_mut_ptr().cast::<f32>(), s.len()) };
             } else {
                 for (d, s) in orow[lo..hi].iter_mut().zip(src[first..].iter().step_by(sw)) {
                     d.write(*s);
