@@ -158,6 +158,7 @@ pub(crate) fn run_rows(
 /// whose rows are `src_rs` apart (`offs[i·kw + j] = offs[0] + i·src_rs + j`:
 /// a stride-1, dilation-1 filter), so that output row `r + 1`'s tap `(i, j)`
 /// reads what row `r`'s tap `(i + 1, j)` reads.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 fn unit_grid(offs: &[usize], src_rs: usize) -> Option<usize> {
     let o0 = *offs.first()?;
     let kw = offs.iter().enumerate().take_while(|&(t, &o)| o == o0 + t).count();
