@@ -402,7 +402,10 @@ fn im2col<'a>(
 /// The first `n` elements of `buf`, grown (not initialised) when shorter.
 fn uninit(buf: &mut Vec<MaybeUninit<f32>>, n: usize) -> &mut [MaybeUninit<f32>] {
     if buf.len() < n {
-        buf.resize(n, MaybeUninit::uninit());
+        buf.reserve(n - buf.len());
+        // SAFETY: the capacity is at least `n`, and `MaybeUninit` elements
+        // need no initialising (`resize` would still loop over them).
+        unsafe { buf.set_len(n) };
     }
     &mut buf[..n]
 }
