@@ -228,6 +228,9 @@ fn bands_on_the_pool(
     // glibc would keep a second arena's worth of them) and kept by the
     // caller across groups and images.
     let workers = rayon::current_num_threads().min(tasks);
+    // One buffer per worker: more than the one band `conv2d` checked when
+    // a band is a single output row.
+    check_alloc("conv im2col buffers", &[workers, kk, task_rows, ow], 4)?;
     let per = kk * task_rows * ow;
     let parts: Vec<Mutex<&mut [MaybeUninit<f32>]>> = uninit(cols, workers * per)
         .chunks_mut(per.max(1))
