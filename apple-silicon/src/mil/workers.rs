@@ -121,6 +121,9 @@ struct WarmState {
     home: usize,
     /// The other pool threads.
     others: usize,
+    /// Warm tasks that spun (ran anywhere but `home`): what the tests see.
+    #[cfg(test)]
+    spun: AtomicUsize,
 }
 
 impl Warm {
@@ -145,6 +148,8 @@ impl Warm {
                 alive: AtomicUsize::new(0),
                 home,
                 others: threads - 1,
+                #[cfg(test)]
+                spun: AtomicUsize::new(0),
             })),
             _ => None,
         };
@@ -164,6 +169,8 @@ impl Warm {
             let st = Arc::clone(st);
             rayon::spawn(move || {
                 if rayon::current_thread_index() != Some(st.home) {
+                    #[cfg(test)]
+                    st.spun.fetch_add(1, Ordering::AcqRel);
                     spin_for_work(&st.done);
                 }
                 st.alive.fetch_sub(1, Ordering::AcqRel);
@@ -377,11 +384,19 @@ mod tests {
                 0,
                 "it returned on the run's thread"
             );
-            // Poked again, it goes to the other thread once that is free.
+            assert_eq!(state.spun.load(Ordering::Acquire), 0, "without spinning there");
+            // Poked again, it goes to the other thread once that is free
+            // (this thread does not run its queue meanwhile), and spins there.
             warm.poke();
             release.send(()).unwrap();
             let t = Instant::now();
-            while rayon::yield_local() != Some(rayon::Yield::Idle) || t.elapsed() < Duration::from_millis(1) {}
+            while state.spun.load(Ordering::Acquire) == 0 {
+                assert!(
+                    t.elapsed() < Duration::from_secs(5),
+                    "the other thread never ran its warm task"
+                );
+                std::thread::yield_now();
+            }
             drop(warm);
             state
         });
