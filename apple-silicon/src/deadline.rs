@@ -22,8 +22,10 @@
 //!   that finishes on another pool's thread (the interpreter's) sends its
 //!   result through from there, so the caller wakes without waiting for
 //!   the worker to wake first.
-//! - Resource bounds. At most `min(max_workers, max_abandoned)` threads
-//!   exist (idle ones exit after `keep_alive`); work beyond that waits in the
+//! - Resource bounds. At most `min(max_workers, max_abandoned)` workers
+//!   exist (idle threads exit after `keep_alive`; a runner may instead
+//!   borrow its workers from a pool, `lending_from`, as the Candle engine
+//!   does from the interpreter's); work beyond that waits in the
 //!   queue, inside its own deadline. Abandoned workers are counted: once
 //!   `max_abandoned` of them are still stuck, the runner refuses new work
 //!   with [`Error::Unavailable`] (naming how many are stuck) after waiting
@@ -49,7 +51,8 @@
 //! hand-off to a warm worker, about 5–30 µs, plus a thread spawn (about
 //! 20–50 µs) when no idle worker is free. Work that hands on to a pool
 //! costs one more wake each way, unless it answers through a [`Reply`]
-//! from the pool (then one: the way back is the pool's own).
+//! from the pool (then one: the way back is the pool's own). Workers lent by
+//! that pool save the other: the job starts with the pool's own wake.
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -214,11 +217,17 @@ const ABANDONED: u8 = 4;
 
 type Job = Box<dyn FnOnce() + Send + 'static>;
 
+/// Starts a task on a thread pool that lends its threads to a runner (see
+/// [`DeadlineRunner::lending_from`]): queues it and returns at once, or
+/// hands it back when there is no pool. Must never run it inline.
+pub(crate) type Lender = fn(Job) -> std::result::Result<(), Job>;
+
 struct State {
     queue: VecDeque<Job>,
     workers: usize,
     idle: usize,
     spawned_total: u64,
+    lender: Option<Lender>,
 }
 
 struct Shared {
@@ -247,7 +256,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Counters of a [`DeadlineRunner`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct RunnerStats {
-    /// Worker threads alive now.
+    /// Workers alive now: threads, or tasks a pool lent (see
+    /// `DeadlineRunner::lending_from`).
     pub workers: usize,
     /// Of those, waiting for work.
     pub idle: usize,
@@ -310,6 +320,7 @@ impl DeadlineRunner {
                     workers: 0,
                     idle: 0,
                     spawned_total: 0,
+                    lender: None,
                 }),
                 work_ready: Condvar::new(),
                 slot_freed: Condvar::new(),
@@ -351,6 +362,18 @@ impl DeadlineRunner {
             u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1),
             Ordering::Relaxed,
         );
+        self
+    }
+
+    /// Makes the workers tasks on `lender`'s pool (they take queued jobs
+    /// until there are none, then give the pool thread back) instead of
+    /// threads of their own; a thread is spawned only when `lender` has no
+    /// pool. Caps and counts are unchanged: a lent worker counts as a worker
+    /// from the moment it is queued until it returns, and runs one job at a
+    /// time. Why: work that runs on that pool anyway (the interpreter's
+    /// programs) then starts with one thread wake, not two.
+    pub(crate) fn lending_from(self, lender: Lender) -> Self {
+        lock(&self.shared.state).lender = Some(lender);
         self
     }
 
@@ -568,6 +591,16 @@ impl DeadlineRunner {
             .load(Ordering::Relaxed)
             .min(s.max_abandoned.load(Ordering::Relaxed));
         if st.idle < st.queue.len() && st.workers < cap {
+            if let Some(lend) = st.lender {
+                let shared = s.clone();
+                if lend(Box::new(move || lent_worker(shared))).is_ok() {
+                    // The lock is still held: the task cannot count itself
+                    // out before this counts it in.
+                    st.workers += 1;
+                    drop(st);
+                    return Ok(());
+                }
+            }
             let shared = s.clone();
             let n = st.spawned_total;
             let spawned = std::thread::Builder::new()
@@ -595,6 +628,18 @@ impl DeadlineRunner {
         s.work_ready.notify_one();
         Ok(())
     }
+}
+
+/// A worker lent by a pool: the queued jobs, then back to the pool (a
+/// borrowed thread never waits idle for more).
+fn lent_worker(shared: Arc<Shared>) {
+    let mut st = lock(&shared.state);
+    while let Some(job) = st.queue.pop_front() {
+        drop(st);
+        job();
+        st = lock(&shared.state);
+    }
+    st.workers -= 1;
 }
 
 fn worker_loop(shared: Arc<Shared>) {
@@ -1113,6 +1158,94 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         }
         assert_eq!(r.run("again", Duration::from_secs(5), || Ok(3)).unwrap(), 3);
+    }
+
+    /// A lender for the tests: a pool of two threads of their own.
+    fn lend_to_test_pool(job: Job) -> std::result::Result<(), Job> {
+        static POOL: OnceLock<rayon::ThreadPool> = OnceLock::new();
+        POOL.get_or_init(|| rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap())
+            .spawn(job);
+        Ok(())
+    }
+
+    fn wait_for(r: &DeadlineRunner, what: &str, ok: impl Fn(&RunnerStats) -> bool) {
+        let t = Instant::now();
+        while !ok(&r.stats()) {
+            assert!(t.elapsed() < Duration::from_secs(10), "{what}: {:?}", r.stats());
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn lent_workers_run_on_the_lenders_pool_one_job_at_a_time_under_the_same_caps() {
+        let r = DeadlineRunner::new("t-lent")
+            .with_max_abandoned(1)
+            .lending_from(lend_to_test_pool);
+        let on = r
+            .run("where", Duration::from_secs(5), || Ok(rayon::current_thread_index()))
+            .unwrap();
+        assert!(on.is_some(), "the job ran on the lender's pool");
+        // Done, the lent worker gives its thread back; no thread was spawned.
+        wait_for(&r, "the lent worker returned", |s| s.workers == 0);
+        assert_eq!((r.stats().spawned_total, r.stats().completed), (0, 1));
+
+        // A stuck job: abandoned, counted, and with a cap of one, new work
+        // is refused until it returns, as with threads.
+        let (release, held) = mpsc::channel::<()>();
+        let e = r
+            .run::<(), _>("hang", Duration::from_millis(20), move || {
+                let _ = held.recv_timeout(Duration::from_secs(10));
+                Ok(())
+            })
+            .unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::Timeout);
+        assert_eq!((r.stats().abandoned, r.stats().workers), (1, 1), "{:?}", r.stats());
+        let e = r.run("more", Duration::from_secs(5), || Ok(())).unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::Unavailable, "{e}");
+        release.send(()).unwrap();
+        wait_for(&r, "the stuck job returned", |s| s.abandoned == 0 && s.workers == 0);
+        assert_eq!(r.stats().finished_late, 1);
+
+        // Two callers, a cap of one worker: the second job waits for the
+        // first's lent worker, which runs both, one after the other.
+        let r = DeadlineRunner::new("t-lent-queue")
+            .with_max_workers(1)
+            .lending_from(lend_to_test_pool);
+        let busy = Arc::new(AtomicUsize::new(0));
+        let calls: Vec<_> = (0..2)
+            .map(|_| {
+                let (r, busy) = (r.clone(), Arc::clone(&busy));
+                std::thread::spawn(move || {
+                    r.run("one at a time", Duration::from_secs(10), move || {
+                        let overlapped = busy.fetch_add(1, Ordering::SeqCst) > 0;
+                        std::thread::sleep(Duration::from_millis(20));
+                        busy.fetch_sub(1, Ordering::SeqCst);
+                        Ok(overlapped)
+                    })
+                })
+            })
+            .collect();
+        for c in calls {
+            assert!(!c.join().unwrap().unwrap(), "two jobs ran at once under a cap of one");
+        }
+        assert_eq!(r.stats().spawned_total, 0);
+    }
+
+    #[test]
+    fn a_lender_without_a_pool_gets_threads_instead() {
+        fn no_pool(job: Job) -> std::result::Result<(), Job> {
+            Err(job)
+        }
+        let r = DeadlineRunner::new("t-lent-none")
+            .with_keep_alive(Duration::from_millis(20))
+            .lending_from(no_pool);
+        let name = r
+            .run("where", Duration::from_secs(5), || {
+                Ok(std::thread::current().name().map(str::to_string))
+            })
+            .unwrap();
+        assert_eq!(name.as_deref(), Some("t-lent-none-0"));
+        assert_eq!(r.stats().spawned_total, 1);
     }
 
     #[test]

@@ -9,13 +9,17 @@
 //! [`PrepareOptions::function_name`] names; batches run on one worker under
 //! one deadline.
 //!
-//! Each inference runs off the caller's thread; if it does not finish within
-//! its timeout the caller gets [`Error::Timeout`] at the deadline and the late
-//! result is discarded when it arrives (the work only touches its own copies).
+//! Each inference runs off the caller's thread, on a deadline worker lent by
+//! the interpreter's pool; if it does not finish within its timeout the
+//! caller gets [`Error::Timeout`] at the deadline and the late result is
+//! discarded when it arrives. The work reads the caller's inputs only while
+//! converting them (`loan`: a caller that times out then waits out that
+//! conversion, never the run) and otherwise touches its own copies.
 
 pub mod allocator;
 #[cfg(feature = "bert")]
 mod bert;
+mod loan;
 mod state;
 
 use std::sync::Arc;
@@ -61,8 +65,10 @@ impl Default for CandleEngine {
         CandleEngine {
             float_policy: FloatPolicy::Upcast,
             bert_seq_len: 128,
-            // Its own pool: work abandoned by other engines never counts against it.
-            runner: DeadlineRunner::new("candle"),
+            // Its own pool: work abandoned by other engines never counts
+            // against it. Its workers are lent by the interpreter's pool,
+            // where a program runs anyway: a call wakes one thread, not two.
+            runner: DeadlineRunner::new("candle").lending_from(crate::mil::workers::lend),
             cache: None,
             allocator_tuning: true,
         }
@@ -559,31 +565,37 @@ impl InferenceEngine for CandleEngine {
         let m = downcast_model::<CandleModel>(model, "candle")?;
         m.inner.schema.validate_inputs(inputs)?;
         let inner = Arc::clone(&m.inner);
-        // The worker owns everything it touches: if the deadline passes, the
-        // caller returns, the flag is set and an ML Program stops at its next
-        // op (a BERT encoder at its next layer), freeing the worker. An ML
-        // Program's inputs are converted here, so that the conversion is the
-        // only copy the worker's ownership costs.
-        let owned = match &inner.runner {
-            Runner::Program(p) => Owned::Prepared(p.prepare_inputs(inputs)?),
-            #[cfg(feature = "bert")]
-            Runner::Bert(_) => Owned::Host(inputs.clone()),
-        };
+        // If the deadline passes, the caller returns, the flag is set and an
+        // ML Program stops at its next op (a BERT encoder at its next layer),
+        // freeing the worker. A program's inputs are lent to the worker, which
+        // converts them on the pool thread that runs it (the conversion is
+        // the only copy; the caller waits out a conversion under way, never
+        // the run); a BERT encoder reads its inputs all along, so it owns a copy.
         // A program answers from the interpreter's pool thread that finished
         // it, not through the worker: one thread wake fewer per call.
-        let (out, mut timings) =
-            self.runner
-                .run_replying("candle inference", timeout, move |cancel, reply| match owned {
-                    Owned::Prepared(p) => match &inner.runner {
-                        Runner::Program(plan) => plan.run_prepared_replying(p, Some(cancel), reply),
+        let (out, mut timings) = match &m.inner.runner {
+            Runner::Program(_) => loan::lend(inputs, |borrow| {
+                self.runner
+                    .run_replying("candle inference", timeout, move |cancel, reply| match &inner.runner {
+                        Runner::Program(plan) => match borrow.read(|inputs| plan.prepare_inputs(inputs)) {
+                            Some(Ok(prepared)) => plan.run_prepared_replying(prepared, Some(cancel), reply),
+                            Some(Err(e)) => reply.send(Err(e)),
+                            // The caller has returned: no one waits for a reply.
+                            None => reply.send(Err(Error::internal("the inputs were taken back before the run"))),
+                        },
                         #[cfg(feature = "bert")]
-                        Runner::Bert(_) => reply.send(Err(Error::internal(
-                            "inputs prepared for a program reached a BERT encoder",
-                        ))),
-                    },
-                    #[cfg(feature = "bert")]
-                    Owned::Host(m) => reply.send(inner.run(&m, Some(cancel))),
-                })?;
+                        Runner::Bert(_) => reply.send(Err(Error::internal("a program's call reached a BERT encoder"))),
+                    })
+            })?,
+            #[cfg(feature = "bert")]
+            Runner::Bert(_) => {
+                let owned = inputs.clone();
+                self.runner
+                    .run_replying("candle inference", timeout, move |cancel, reply| {
+                        reply.send(inner.run(&owned, Some(cancel)))
+                    })?
+            }
+        };
         timings.total = Some(started.elapsed());
         Ok((out, timings))
     }

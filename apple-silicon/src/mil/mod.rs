@@ -44,7 +44,7 @@ mod transpose;
 pub mod value;
 mod vmath;
 mod weights;
-mod workers;
+pub(crate) mod workers;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, OnceLock};

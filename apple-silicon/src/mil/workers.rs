@@ -68,6 +68,22 @@ pub fn quiet_panics() {
     });
 }
 
+/// Queues `task` on the interpreter's pool and returns at once, or hands
+/// it back when the pool could not be made: the lender of the Candle
+/// engine's deadline runner ([`crate::deadline::DeadlineRunner`]), whose
+/// workers then run programs on the pool thread that starts them. Costs a
+/// boxed task and rayon's injection (waking a pool thread if all sleep).
+#[allow(clippy::type_complexity)]
+pub(crate) fn lend(task: Box<dyn FnOnce() + Send>) -> std::result::Result<(), Box<dyn FnOnce() + Send>> {
+    match pool() {
+        Some(p) => {
+            p.spawn(task);
+            Ok(())
+        }
+        None => Err(task),
+    }
+}
+
 /// Runs `f` on the interpreter's pool, catching a panic (there or on any
 /// thread it fans out to) as its message, without printing it. Costs one
 /// hand-over to a pool thread and back (microseconds).
