@@ -20,6 +20,7 @@ use rayon::prelude::*;
 use super::fuse::{Act, Tail};
 use super::gemm::{self, Bias, MatRef};
 use super::limits::check_alloc;
+use super::rows;
 use super::workers;
 
 type CResult<T> = candle_core::Result<T>;
@@ -436,6 +437,7 @@ fn im2col_rows<'a>(
     let (dh, dw) = win.dilation;
     let (pt, pl) = (win.pads[0].0, win.pads[1].0);
     assert_eq!(col.len(), cin * kh * kw * oh * ow, "im2col buffer size");
+    let isa = rows::Isa::detect();
     let fill = |(r, row): (usize, &mut [MaybeUninit<f32>])| {
         let (c, i, j) = (r / (kh * kw), (r / kw) % kh, r % kw);
         let plane = &x[c * h * w..(c + 1) * h * w];
@@ -465,6 +467,8 @@ fn im2col_rows<'a>(
                 // SAFETY: `d` and `s` are `hi − lo` long, and `d` (the
                 // buffer being filled) cannot overlap `s` (the input).
                 unsafe { std::ptr::copy_nonoverlapping(s.as_ptr(), d.as_mut_ptr().cast::<f32>(), s.len()) };
+            } else if sw == 2 {
+                rows::evens(isa, &src[first..], &mut orow[lo..hi]);
             } else {
                 for (d, s) in orow[lo..hi].iter_mut().zip(src[first..].iter().step_by(sw)) {
                     d.write(*s);
@@ -548,6 +552,9 @@ mod tests {
             (2, 2, 1, 17, 3, 1, (1, 4), (1, 3), (1, 2), [(0, 0), (3, 1)]),
             (1, 5, 6, 6, 10, 5, (3, 3), (3, 3), (1, 1), [(0, 2), (2, 0)]),
             (1, 2, 4, 4, 2, 1, (5, 5), (1, 1), (1, 1), [(2, 2), (2, 2)]),
+            // Rows wide enough for whole vectors of the stride-2 gather.
+            (1, 2, 5, 75, 3, 1, (3, 3), (2, 2), (1, 1), [(1, 1), (1, 0)]),
+            (1, 2, 4, 70, 2, 1, (3, 4), (1, 2), (1, 2), [(0, 1), (0, 3)]),
         ];
         for (nb, cin, h, w, cout, groups, kernel, stride, dilation, pads) in cases {
             let win = Window {

@@ -7,7 +7,8 @@
 //! - [`epilogue`], a GEMM output row's: bias, activation, residual add and
 //!   a second activation in one pass;
 //! - [`split_pairs`], a stride-2 depthwise convolution's input row split
-//!   into its even and odd columns.
+//!   into its even and odd columns, and [`evens`], a stride-2 im2col row's
+//!   gather of every other column.
 //!
 //! Implementations are picked by [`Isa::detect`] at run time: AVX-512F (16
 //! lanes, masked tail), AVX2 + FMA (8 lanes, masked tail; `run` only) and
@@ -225,6 +226,29 @@ fn run_portable(dst: &mut [f32], src: &[f32], offs: &[usize], wts: &[f32], bias:
     }
     if !matches!(act, Act::Identity) {
         act.epilogue(dst, 0.0);
+    }
+}
+
+/// `dst[i] = src[2i]` for every `i < dst.len()`, writing every element of
+/// `dst` (which may be uninitialised). AVX-512F gathers 16 per two loads
+/// and a permute; other CPUs run a loop. Panics (an internal invariant)
+/// when `src` is shorter than `2·dst.len() − 1`.
+pub(crate) fn evens(isa: Isa, src: &[f32], dst: &mut [std::mem::MaybeUninit<f32>]) {
+    let n = dst.len();
+    if n == 0 {
+        return;
+    }
+    let src = &src[..2 * n - 1];
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 {
+        // SAFETY: `Isa::Avx512` is only produced when the CPU has AVX-512F;
+        // `src` holds `2n − 1` values and `dst` `n`.
+        unsafe { x86::evens_avx512(src, dst) };
+        return;
+    }
+    let _ = isa;
+    for (d, s) in dst.iter_mut().zip(src.iter().step_by(2)) {
+        d.write(*s);
     }
 }
 
@@ -571,6 +595,36 @@ mod x86 {
         }
     }
 
+    /// AVX-512F version of [`super::evens`].
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F; `src` holds `2n − 1` values and `dst` `n`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn evens_avx512(src: &[f32], dst: &mut [std::mem::MaybeUninit<f32>]) {
+        let (n, len) = (dst.len(), src.len());
+        let (sp, dp) = (src.as_ptr(), dst.as_mut_ptr().cast::<f32>());
+        let evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        let mut i = 0;
+        while i < n {
+            // The 32 values from `2i`, as far as `src` goes.
+            let left = len - 2 * i;
+            let lo_m: __mmask16 = if left >= 16 { !0 } else { (1u16 << left) - 1 };
+            let hi_m: __mmask16 = if left >= 32 {
+                !0
+            } else {
+                ((1u32 << left.saturating_sub(16)) - 1) as u16
+            };
+            let k = (n - i).min(16);
+            let out_m: __mmask16 = if k == 16 { !0 } else { (1u16 << k) - 1 };
+            // SAFETY (all loads and stores): masked lanes stay below `len`
+            // values of `src` and `n` of `dst`.
+            let lo = unsafe { _mm512_maskz_loadu_ps(lo_m, sp.add(2 * i)) };
+            let hi = unsafe { _mm512_maskz_loadu_ps(hi_m, sp.add(2 * i + 16)) };
+            unsafe { _mm512_mask_storeu_ps(dp.add(i), out_m, _mm512_permutex2var_ps(lo, evens, hi)) };
+            i += 16;
+        }
+    }
+
     /// `act` on 8 lanes (see `act16`).
     #[inline]
     #[target_feature(enable = "avx2,fma")]
@@ -773,6 +827,26 @@ mod tests {
             None,
             Act::Identity
         ));
+    }
+
+    #[test]
+    fn evens_take_every_other_value_on_every_isa_and_write_no_further() {
+        for isa in Isa::available() {
+            for n in [0usize, 1, 2, 7, 15, 16, 17, 31, 32, 33, 100] {
+                // Exactly `2n − 1` values: the last even is the last value.
+                let src: Vec<f32> = (0..(2 * n).saturating_sub(1)).map(|i| i as f32 * 0.5 - 3.0).collect();
+                let mut dst = vec![std::mem::MaybeUninit::new(f32::NAN); n + 1];
+                evens(isa, &src, &mut dst[..n]);
+                for i in 0..n {
+                    // SAFETY: every element was initialised above.
+                    assert_eq!(unsafe { dst[i].assume_init() }, src[2 * i], "{isa:?} n {n} value {i}");
+                }
+                assert!(
+                    unsafe { dst[n].assume_init() }.is_nan(),
+                    "{isa:?} n {n}: wrote past dst"
+                );
+            }
+        }
     }
 
     #[test]
