@@ -555,6 +555,10 @@ mod tests {
             // Rows wide enough for whole vectors of the stride-2 gather.
             (1, 2, 5, 75, 3, 1, (3, 3), (2, 2), (1, 1), [(1, 1), (1, 0)]),
             (1, 2, 4, 70, 2, 1, (3, 4), (1, 2), (1, 2), [(0, 1), (0, 3)]),
+            // And of the stride-1 rows, padded, dilated and cropped.
+            (1, 3, 6, 50, 2, 1, (3, 3), (1, 1), (1, 1), [(1, 1), (1, 1)]),
+            (2, 2, 7, 45, 4, 2, (3, 5), (2, 1), (2, 2), [(3, 0), (4, 1)]),
+            (1, 2, 5, 33, 2, 1, (3, 3), (1, 1), (1, 1), [(0, 0), (0, 0)]),
         ];
         for (nb, cin, h, w, cout, groups, kernel, stride, dilation, pads) in cases {
             let win = Window {
