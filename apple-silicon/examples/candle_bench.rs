@@ -7,7 +7,12 @@
 //! ```text
 //! cargo run --release --example candle_bench [-- --iterations N]
 //! candle_bench --child ID [--iterations N] [--json] [--prepare-stats]
+//! candle_bench --child ID --per-op [--iterations N]
 //! ```
+//!
+//! `--per-op` profiles an ML Program instead (`Plan::profile`, after 3
+//! warm-up runs): the time per op type and the 15 slowest steps, as shares
+//! of the profiled runs' total, on the threads `RAYON_NUM_THREADS` gives.
 //!
 //! The parent (no `--child`) runs itself once per model as a child process
 //! (`--child ID --json --prepare-stats`), collects one JSON line from each and
@@ -179,6 +184,7 @@ struct Args {
     child: Option<String>,
     json: bool,
     prepare_stats: bool,
+    per_op: bool,
 }
 
 fn parse_args() -> Args {
@@ -187,6 +193,7 @@ fn parse_args() -> Args {
         child: None,
         json: false,
         prepare_stats: false,
+        per_op: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -207,8 +214,9 @@ fn parse_args() -> Args {
             }
             "--json" => args.json = true,
             "--prepare-stats" => args.prepare_stats = true,
+            "--per-op" => args.per_op = true,
             other => die(&format!(
-                "unexpected argument {other:?}; expected --iterations N, --child ID, --json, --prepare-stats"
+                "unexpected argument {other:?}; expected --iterations N, --child ID, --json, --prepare-stats, --per-op"
             )),
         }
     }
@@ -232,6 +240,7 @@ fn main() {
                 print_interleaved(&r);
             }
         }
+        Some(id) if args.per_op => per_op(id, args.iters),
         Some(id) => {
             let row = child(id, args.iters, args.prepare_stats, start_kb);
             if args.json {
@@ -352,6 +361,67 @@ fn resolve(id: &str) -> (PathBuf, TensorMap, f64, &'static str) {
     let pkg = m.package_path();
     let weights = dir_bytes(&pkg.join("Data/com.apple.CoreML/weights"));
     (pkg, m.inputs().unwrap(), weights as f64 / MIB, "candle-interpreter")
+}
+
+/// `--per-op`: one program's profile, by op type and by step.
+fn per_op(id: &str, iters: usize) {
+    let (path, inputs, _, _) = resolve(id);
+    let artifact = ModelArtifact::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let model = CandleEngine::new()
+        .prepare(&artifact, PrepareOptions::default())
+        .unwrap();
+    let Some(plan) = candle(model.as_ref()).plan() else {
+        die(&format!("{id} is not an ML Program: --per-op profiles programs"))
+    };
+    for _ in 0..WARMUP {
+        plan.run(&inputs).unwrap();
+    }
+    let steps = plan.profile(&inputs, iters).unwrap();
+    let total: f64 = steps
+        .iter()
+        .filter(|s| !matches!(s.op_type.as_str(), "cond" | "while_loop"))
+        .map(|s| s.total.as_secs_f64())
+        .sum();
+    let per_run = |t: f64| 1e3 * t / iters as f64;
+    let mut by_type: Vec<(String, u64, f64)> = Vec::new();
+    for s in &steps {
+        match by_type.iter_mut().find(|(t, ..)| *t == s.op_type) {
+            Some(e) => {
+                e.1 += s.calls;
+                e.2 += s.total.as_secs_f64();
+            }
+            None => by_type.push((s.op_type.clone(), s.calls, s.total.as_secs_f64())),
+        }
+    }
+    by_type.sort_by(|a, b| b.2.total_cmp(&a.2));
+    println!(
+        "### {id}: per op type ({iters} runs, {} threads; {:.3} ms a run in steps)\n",
+        candle_core::utils::get_num_threads(),
+        per_run(total)
+    );
+    println!("| op type | steps a run | ms a run | share |\n|---|---|---|---|");
+    for (t, calls, secs) in &by_type {
+        let share = 100.0 * secs / total;
+        println!(
+            "| {t} | {:.0} | {:.3} | {share:.1}% |",
+            *calls as f64 / iters as f64,
+            per_run(*secs)
+        );
+    }
+    let mut slow: Vec<_> = steps.iter().collect();
+    slow.sort_by_key(|s| std::cmp::Reverse(s.total));
+    println!("\n### {id}: the 15 slowest steps\n\n| step | op type | ms a run | share |\n|---|---|---|---|");
+    for s in slow.iter().take(15) {
+        let secs = s.total.as_secs_f64();
+        println!(
+            "| `{}` | {} | {:.3} | {:.1}% |",
+            s.name,
+            s.op_type,
+            per_run(secs),
+            100.0 * secs / total
+        );
+    }
+    println!("\n(`cond` and `while_loop` include their blocks' steps; the shares leave them out.)");
 }
 
 /// One model in this process: prepare, warm-up, timed runs, peak RSS; then

@@ -853,8 +853,10 @@ fn tensor_arg<'s>(r: RValRef<'s>, step: &Step) -> Result<&'s CTensor> {
 
 /// Runs `steps` over `slots`, checking for cancellation before each.
 pub(crate) fn run_steps(steps: &[Step], slots: &mut [Option<RVal>], warm: &Warm) -> Result<()> {
+    let profiling = super::profile::recording();
     for (i, step) in steps.iter().enumerate() {
         warm.poke();
+        let started = profiling.then(std::time::Instant::now);
         if limits::check_cancel().is_err() {
             let at = format!(
                 "op `{}` ({}), step {} of {}",
@@ -913,6 +915,9 @@ pub(crate) fn run_steps(steps: &[Step], slots: &mut [Option<RVal>], warm: &Warm)
         }
         for s in &step.frees {
             slots[*s] = None;
+        }
+        if let Some(t) = started {
+            super::profile::note(step as *const Step as usize, &step.name, &step.op_type, t.elapsed());
         }
     }
     Ok(())
