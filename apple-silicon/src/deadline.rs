@@ -215,7 +215,8 @@ const DONE: u8 = 2;
 const CANCELLED: u8 = 3;
 const ABANDONED: u8 = 4;
 
-type Job = Box<dyn FnOnce() + Send + 'static>;
+/// A unit of work a runner queues: boxed, run once, on any thread.
+pub(crate) type Job = Box<dyn FnOnce() + Send + 'static>;
 
 /// Starts a task on a thread pool that lends its threads to a runner (see
 /// [`DeadlineRunner::lending_from`]): queues it and returns at once, or

@@ -27,7 +27,7 @@ const READING: u8 = 1;
 /// Read, or revoked: the value is no longer touched.
 const CLOSED: u8 = 2;
 
-struct Shared<T> {
+struct Shared<T: ?Sized> {
     value: *const T,
     state: AtomicU8,
     /// The lender, woken when a reading it waits for ends.
@@ -37,17 +37,17 @@ struct Shared<T> {
 // SAFETY: `value` is only dereferenced as `&T` (so `T: Sync` makes sharing
 // it across threads sound), and only while `state` is READING, which the
 // lender's scope waits out before the value can go away.
-unsafe impl<T: Sync> Send for Shared<T> {}
-unsafe impl<T: Sync> Sync for Shared<T> {}
+unsafe impl<T: Sync + ?Sized> Send for Shared<T> {}
+unsafe impl<T: Sync + ?Sized> Sync for Shared<T> {}
 
 /// A right to read a value lent by [`lend`], at most once, from any thread,
 /// for as long as its lender has not revoked it. `'static`, so it can go
 /// into a deadline worker's job.
-pub(super) struct Borrow<T> {
+pub(super) struct Borrow<T: ?Sized> {
     shared: Arc<Shared<T>>,
 }
 
-impl<T: Sync> Borrow<T> {
+impl<T: Sync + ?Sized> Borrow<T> {
     /// `f` on the lent value, or `None` when the lender has already
     /// revoked the loan (its call returned). The lender waits for `f` to
     /// end before it can return, so keep `f` short: a conversion, not a run.
@@ -60,8 +60,8 @@ impl<T: Sync> Borrow<T> {
             return None;
         }
         /// Closes the loan when the reading ends, also by a panic.
-        struct Close<'a, T>(&'a Shared<T>);
-        impl<T> Drop for Close<'_, T> {
+        struct Close<'a, T: ?Sized>(&'a Shared<T>);
+        impl<T: ?Sized> Drop for Close<'_, T> {
             fn drop(&mut self) {
                 self.0.state.store(CLOSED, Ordering::Release);
                 self.0.lender.unpark();
@@ -79,18 +79,18 @@ impl<T: Sync> Borrow<T> {
 /// (by return or unwinding) a borrow not yet read is revoked, and a reading
 /// under way is waited for (the thread parks). Costs an `Arc` and, at most,
 /// the reading's remaining time.
-pub(super) fn lend<T: Sync, R>(value: &T, f: impl FnOnce(Borrow<T>) -> R) -> R {
+pub(super) fn lend<T: Sync + ?Sized, R>(value: &T, f: impl FnOnce(Borrow<T>) -> R) -> R {
     let shared = Arc::new(Shared {
         value: value as *const T,
         state: AtomicU8::new(OPEN),
         lender: std::thread::current(),
     });
     /// Ends the loan when the scope ends, whichever way it ends.
-    struct Scope<'a, T> {
+    struct Scope<'a, T: ?Sized> {
         shared: Arc<Shared<T>>,
         _value: PhantomData<&'a T>,
     }
-    impl<T> Drop for Scope<'_, T> {
+    impl<T: ?Sized> Drop for Scope<'_, T> {
         fn drop(&mut self) {
             let s = &self.shared;
             if s.state

@@ -35,7 +35,7 @@ use crate::inference::{
     downcast_model, CacheKey, CapabilityReport, ComputeUnits, InferenceEngine, IoSchema, ModelArtifact, ModelFmt,
     ModelState, PrepareOptions, PreparedModel, ShapeConstraint,
 };
-use crate::mil::{CancelFlag, FloatPolicy, Plan, PlanInputs};
+use crate::mil::{CancelFlag, FloatPolicy, Plan};
 use crate::mlpackage::MlPackage;
 use crate::telemetry::StageTimings;
 use crate::tensor::{DType, TensorMap};
@@ -157,15 +157,6 @@ impl Inner {
             }
         }
     }
-}
-
-/// Inputs handed to the deadline worker, which owns them.
-enum Owned {
-    /// An ML Program's, already converted ([`Plan::prepare_inputs`]).
-    Prepared(PlanInputs),
-    /// A BERT encoder's: a copy of the caller's map.
-    #[cfg(feature = "bert")]
-    Host(TensorMap),
 }
 
 /// A model prepared by [`CandleEngine`]. `Send + Sync`: one prepared model can
@@ -653,32 +644,47 @@ impl InferenceEngine for CandleEngine {
 
     /// Runs the members one after another on one worker under one deadline
     /// for the whole batch (the worker stops at its next op once it passes).
-    /// Every member is checked and converted before any runs; a member that
-    /// does not match the model is a [`Error::SchemaMismatch`] naming it.
-    /// Costs what the members' inferences cost, with one thread hand-off.
+    /// Every member is checked before any runs, on the caller's thread, and
+    /// converted before any runs, on the worker (the batch is lent to it, as
+    /// [`InferenceEngine::infer`] lends its inputs); a member that does not
+    /// match the model is a [`Error::SchemaMismatch`] naming it. Costs what
+    /// the members' inferences cost, with one thread hand-off.
     fn infer_batch(&self, model: &dyn PreparedModel, batch: &[TensorMap], timeout: Duration) -> Result<Vec<TensorMap>> {
         let m = downcast_model::<CandleModel>(model, "candle")?;
         m.inner.schema.validate_batch(batch)?;
-        let mut owned = Vec::with_capacity(batch.len());
-        for (i, inputs) in batch.iter().enumerate() {
-            owned.push(match &m.inner.runner {
-                Runner::Program(p) => Owned::Prepared(p.prepare_inputs(inputs).map_err(|e| Error::batch_member(i, e))?),
-                #[cfg(feature = "bert")]
-                Runner::Bert(_) => Owned::Host(inputs.clone()),
-            });
-        }
         let inner = Arc::clone(&m.inner);
-        self.runner
-            .run_cancellable("candle batch inference", timeout, move |cancel| {
-                owned
-                    .into_iter()
-                    .map(|o| match o {
-                        Owned::Prepared(p) => inner.plan()?.run_prepared(p, Some(cancel)).map(|(out, _)| out),
-                        #[cfg(feature = "bert")]
-                        Owned::Host(m) => inner.run(&m, Some(cancel)).map(|(out, _)| out),
-                    })
-                    .collect()
-            })
+        loan::lend(batch, |borrow| {
+            self.runner
+                .run_cancellable("candle batch inference", timeout, move |cancel| match &inner.runner {
+                    Runner::Program(plan) => {
+                        let members = borrow.read(|batch| {
+                            batch
+                                .iter()
+                                .enumerate()
+                                .map(|(i, inputs)| plan.prepare_inputs(inputs).map_err(|e| Error::batch_member(i, e)))
+                                .collect::<Result<Vec<_>>>()
+                        });
+                        // `None`: the caller has returned, no one waits for a reply.
+                        let members =
+                            members.ok_or_else(|| Error::internal("the batch was taken back before the run"))??;
+                        members
+                            .into_iter()
+                            .map(|p| plan.run_prepared(p, Some(cancel)).map(|(out, _)| out))
+                            .collect()
+                    }
+                    #[cfg(feature = "bert")]
+                    Runner::Bert(_) => {
+                        // The encoder reads its inputs all along: it owns a copy.
+                        let members = borrow
+                            .read(|batch| batch.to_vec())
+                            .ok_or_else(|| Error::internal("the batch was taken back before the run"))?;
+                        members
+                            .iter()
+                            .map(|m| inner.run(m, Some(cancel)).map(|(out, _)| out))
+                            .collect()
+                    }
+                })
+        })
     }
 
     fn capabilities(&self, model: &dyn PreparedModel) -> CapabilityReport {

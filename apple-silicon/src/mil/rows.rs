@@ -562,6 +562,47 @@ mod x86 {
         }
     }
 
+    /// The first `k` (≤ 16) lanes.
+    #[inline]
+    fn lanes(k: usize) -> __mmask16 {
+        if k >= 16 {
+            !0
+        } else {
+            (1u16 << k) - 1
+        }
+    }
+
+    /// The 32 values of `src` from `from` as two vectors, lanes past
+    /// `src.len()` zero.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F; `from < src.len()`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load32(src: &[f32], from: usize) -> (__m512, __m512) {
+        let left = src.len() - from;
+        let p = src.as_ptr();
+        // SAFETY: masked lanes stay below `src.len()`; a masked-off lane
+        // is not read, so `p.add(from + 16)` past the end reads nothing.
+        unsafe {
+            (
+                _mm512_maskz_loadu_ps(lanes(left), p.add(from)),
+                _mm512_maskz_loadu_ps(lanes(left.saturating_sub(16)), p.wrapping_add(from + 16)),
+            )
+        }
+    }
+
+    /// The permute index that takes lane `2i + first` of the 32 lanes of
+    /// `lo:hi` into lane i (`first` 0: the evens, 1: the odds).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn every_other(first: i32) -> __m512i {
+        _mm512_add_epi32(
+            _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30),
+            _mm512_set1_epi32(first),
+        )
+    }
+
     /// AVX-512F version of [`super::split_pairs`].
     ///
     /// # Safety
@@ -570,27 +611,17 @@ mod x86 {
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn split_pairs_avx512(pairs: &[f32], even: &mut [f32], odd: &mut [f32]) {
         let n = even.len();
-        let (sp, ep, op) = (pairs.as_ptr(), even.as_mut_ptr(), odd.as_mut_ptr());
-        // Lane i of the result takes lane 2i (or 2i + 1) of the 32 lanes of `lo:hi`.
-        let evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-        let odds = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+        let pairs = &pairs[..2 * n];
+        let (ep, op) = (even.as_mut_ptr(), odd.as_mut_ptr());
+        let (evens, odds) = (every_other(0), every_other(1));
         let mut i = 0;
         while i < n {
-            let k = (n - i).min(16);
-            // Two masked halves cover the 2k values of these k pairs.
-            let lo_m: __mmask16 = if 2 * k >= 16 { !0 } else { (1u16 << (2 * k)) - 1 };
-            let hi_m: __mmask16 = if 2 * k >= 32 {
-                !0
-            } else {
-                ((1u32 << (2 * k).saturating_sub(16)) - 1) as u16
-            };
-            let out_m: __mmask16 = if k == 16 { !0 } else { (1u16 << k) - 1 };
-            // SAFETY (all loads and stores): masked lanes stay below `2n`
-            // values of `pairs` and `n` of `even` and `odd`.
-            let lo = unsafe { _mm512_maskz_loadu_ps(lo_m, sp.add(2 * i)) };
-            let hi = unsafe { _mm512_maskz_loadu_ps(hi_m, sp.add(2 * i + 16)) };
-            unsafe { _mm512_mask_storeu_ps(ep.add(i), out_m, _mm512_permutex2var_ps(lo, evens, hi)) };
-            unsafe { _mm512_mask_storeu_ps(op.add(i), out_m, _mm512_permutex2var_ps(lo, odds, hi)) };
+            // SAFETY (the load and stores): `2i < 2n`; masked lanes stay
+            // below `n` values of `even` and `odd`.
+            let (lo, hi) = unsafe { load32(pairs, 2 * i) };
+            let out = lanes(n - i);
+            unsafe { _mm512_mask_storeu_ps(ep.add(i), out, _mm512_permutex2var_ps(lo, evens, hi)) };
+            unsafe { _mm512_mask_storeu_ps(op.add(i), out, _mm512_permutex2var_ps(lo, odds, hi)) };
             i += 16;
         }
     }
@@ -601,26 +632,15 @@ mod x86 {
     /// The CPU must have AVX-512F; `src` holds `2n − 1` values and `dst` `n`.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn evens_avx512(src: &[f32], dst: &mut [std::mem::MaybeUninit<f32>]) {
-        let (n, len) = (dst.len(), src.len());
-        let (sp, dp) = (src.as_ptr(), dst.as_mut_ptr().cast::<f32>());
-        let evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        let n = dst.len();
+        let dp = dst.as_mut_ptr().cast::<f32>();
+        let evens = every_other(0);
         let mut i = 0;
         while i < n {
-            // The 32 values from `2i`, as far as `src` goes.
-            let left = len - 2 * i;
-            let lo_m: __mmask16 = if left >= 16 { !0 } else { (1u16 << left) - 1 };
-            let hi_m: __mmask16 = if left >= 32 {
-                !0
-            } else {
-                ((1u32 << left.saturating_sub(16)) - 1) as u16
-            };
-            let k = (n - i).min(16);
-            let out_m: __mmask16 = if k == 16 { !0 } else { (1u16 << k) - 1 };
-            // SAFETY (all loads and stores): masked lanes stay below `len`
-            // values of `src` and `n` of `dst`.
-            let lo = unsafe { _mm512_maskz_loadu_ps(lo_m, sp.add(2 * i)) };
-            let hi = unsafe { _mm512_maskz_loadu_ps(hi_m, sp.add(2 * i + 16)) };
-            unsafe { _mm512_mask_storeu_ps(dp.add(i), out_m, _mm512_permutex2var_ps(lo, evens, hi)) };
+            // SAFETY (the load and store): `2i ≤ 2n − 2 < src.len()`;
+            // masked lanes stay below `n` values of `dst`.
+            let (lo, hi) = unsafe { load32(src, 2 * i) };
+            unsafe { _mm512_mask_storeu_ps(dp.add(i), lanes(n - i), _mm512_permutex2var_ps(lo, evens, hi)) };
             i += 16;
         }
     }

@@ -73,8 +73,7 @@ pub fn quiet_panics() {
 /// engine's deadline runner ([`crate::deadline::DeadlineRunner`]), whose
 /// workers then run programs on the pool thread that starts them. Costs a
 /// boxed task and rayon's injection (waking a pool thread if all sleep).
-#[allow(clippy::type_complexity)]
-pub(crate) fn lend(task: Box<dyn FnOnce() + Send>) -> std::result::Result<(), Box<dyn FnOnce() + Send>> {
+pub(crate) fn lend(task: crate::deadline::Job) -> std::result::Result<(), crate::deadline::Job> {
     match pool() {
         Some(p) => {
             p.spawn(task);
