@@ -142,6 +142,11 @@ pub(crate) fn conv2d(
                     gemm::matmul_into(d, (cout_g, ohw, kk), lhs, rhs, bias, tail)?;
                     continue;
                 }
+                if let Some(task_rows) = tap_band(cin_g, cout_g, win, (oh, ow)) {
+                    let wg = &weight[g * cout_g * kk..(g + 1) * cout_g * kk];
+                    tap_bands(d, xg, (cin_g, h, w), win, (oh, ow), task_rows, wg, bias, tail, &mut col)?;
+                    continue;
+                }
                 if let Some(task_rows) = pooled_band(cout_g, kk, (oh, ow), band) {
                     bands_on_the_pool(
                         d,
@@ -274,6 +279,184 @@ fn bands_on_the_pool(
         Some(e) => Err(e),
         None => Ok(()),
     }
+}
+
+/// Floats of input slab and sums per task of a conv run as tap products
+/// ([`tap_bands`]): 1 MB, which stays in L2 (small in tests, so that they
+/// run several bands, and bands of one row).
+const TAP_BUDGET: usize = if cfg!(test) { 900 } else { 1 << 18 };
+
+/// Output rows per task when a conv runs as tap products ([`tap_bands`]),
+/// or `None` for im2col: only at stride 1 with more than one tap, at least
+/// 4 input channels a group (fewer, and the products are too thin to beat
+/// the copy), more output positions than channels, and only when even a
+/// one-row band's products are on gemm's packed kernel, so that the sums
+/// do not depend on the bands (nor so on the thread count).
+fn tap_band(cin_g: usize, cout_g: usize, win: &Window, (oh, ow): (usize, usize)) -> Option<usize> {
+    let (kh, kw) = win.kernel;
+    if win.stride != (1, 1) || kh * kw < 2 || cin_g < 4 || oh == 0 || oh * ow < cout_g {
+        return None;
+    }
+    if !gemm::packed_kernel(cout_g, ow, cin_g) {
+        return None;
+    }
+    let wp = ow.checked_add((kw - 1).checked_mul(win.dilation.1)?)?;
+    let halo = (kh - 1).checked_mul(win.dilation.0)?;
+    let fixed = cin_g.checked_mul(halo)?.checked_mul(wp)?;
+    let per_row = cin_g.checked_add(cout_g)?.checked_mul(wp)?;
+    let threads = rayon::current_num_threads().max(1);
+    Some((TAP_BUDGET.saturating_sub(fixed) / per_row).clamp(1, oh.div_ceil(threads)))
+}
+
+/// One image and group of a stride-1 conv as a sum of one product per
+/// filter tap, without im2col: per task of `task_rows` output rows, the
+/// input rows they read are copied once into a zero-bordered slab (`[cin_g,
+/// rows + halo, wp]`, `wp` the padded width), in which tap `(i, j)`'s input
+/// for every output is one `[cin_g, n]` view at a fixed offset (outputs
+/// laid out `wp` apart per row, the `wp − ow` between rows computed and
+/// dropped). The sums `[cout_g, n]` gather the taps' products (`W_ij ·
+/// X_ij`, accumulated in place by gemm), then each output row is copied
+/// out with the bias and `tail`. im2col copies every input `kh·kw` times;
+/// this copies it about once, for `(wp − ow) / ow` more multiply-adds.
+/// Tasks are taken in turn by each pool thread, as in
+/// [`bands_on_the_pool`]. `d` is the `[cout_g, oh·ow]` output; `wg` the
+/// group's `[cout_g, cin_g, kh, kw]` weights.
+#[allow(clippy::too_many_arguments)]
+fn tap_bands(
+    d: &mut [MaybeUninit<f32>],
+    xg: &[f32],
+    (cin_g, h, w): (usize, usize, usize),
+    win: &Window,
+    (oh, ow): (usize, usize),
+    task_rows: usize,
+    wg: &[f32],
+    bias: Bias,
+    tail: Tail,
+    scratch: &mut Vec<MaybeUninit<f32>>,
+) -> CResult<()> {
+    let (kh, kw) = win.kernel;
+    let (dh, dw) = win.dilation;
+    let (pt, pl) = (win.pads[0].0, win.pads[1].0);
+    let ohw = oh * ow;
+    let cout_g = d.len() / ohw.max(1);
+    // Stride 1: the padded width is `w + pl + pr`, and the output `wp − (kw − 1)·dw` wide.
+    let wp = ow + (kw - 1) * dw;
+    let slab_rows = task_rows + (kh - 1) * dh;
+    let tasks = oh.div_ceil(task_rows);
+    let workers = rayon::current_num_threads().min(tasks).max(1);
+    check_alloc("conv tap slab", &[workers, cin_g, slab_rows, wp], 4)?;
+    check_alloc("conv tap sums", &[workers, cout_g, task_rows, wp], 4)?;
+    let (slab, sums) = (cin_g * slab_rows * wp, cout_g * task_rows * wp);
+    let per = slab + sums;
+    // One slab and sums per worker, allocated here (see `bands_on_the_pool`).
+    let parts: Vec<Mutex<&mut [MaybeUninit<f32>]>> = uninit(scratch, workers * per)
+        .chunks_mut(per.max(1))
+        .map(Mutex::new)
+        .collect();
+    let next = AtomicUsize::new(0);
+    let isa = rows::Isa::detect();
+    let out = gemm::Out(d.as_mut_ptr());
+    let kk = cin_g * kh * kw;
+    workers::par_for(workers, |i| {
+        let mut part = parts[i].lock().unwrap_or_else(|p| p.into_inner());
+        let (xs, acc) = part.split_at_mut(slab);
+        loop {
+            let t = next.fetch_add(1, Ordering::Relaxed);
+            if t >= tasks {
+                return;
+            }
+            let oy0 = t * task_rows;
+            let rows = task_rows.min(oh - oy0);
+            let plane = (rows + (kh - 1) * dh) * wp;
+            let xs = fill_slab(xg, (h, w), (oy0, plane / wp), (pt, pl), wp, &mut xs[..cin_g * plane]);
+            // Output (r, x) of the band is column r·wp + x of the sums.
+            let n = (rows - 1) * wp + ow;
+            let acc = acc.as_mut_ptr();
+            for (tap, (ti, tj)) in (0..kh).flat_map(|i| (0..kw).map(move |j| (i, j))).enumerate() {
+                // W_ij: element (co, ci) at wg[(co·cin_g + ci)·kh·kw + i·kw + j].
+                let lhs = MatRef {
+                    data: &wg[ti * kw + tj..],
+                    rs: kk,
+                    cs: kh * kw,
+                    batch: 0,
+                };
+                // X_ij: element (ci, p) at xs[ci·plane + i·dh·wp + j·dw + p]; its
+                // last, (cin_g − 1, n − 1), is inside channel cin_g − 1's rows.
+                let rhs = MatRef {
+                    data: &xs[ti * dh * wp + tj * dw..],
+                    rs: plane,
+                    cs: 1,
+                    batch: 0,
+                };
+                assert!(
+                    lhs.covers(1, cout_g, cin_g) && rhs.covers(1, cin_g, n),
+                    "conv tap ({ti}, {tj}) outside its weights or slab"
+                );
+                // SAFETY: `acc` holds `cout_g · n` elements of this worker's
+                // part; the views cover their matrices (asserted: the slab's
+                // rows reach `(kh − 1)·dh` past the band's last); the first
+                // tap writes every sum, the others add to them.
+                unsafe { gemm::product_into(acc, n, (cout_g, n, cin_g), lhs, rhs, tap > 0) };
+            }
+            for co in 0..cout_g {
+                // SAFETY: the products above wrote `acc`'s row co.
+                let sums = unsafe { std::slice::from_raw_parts_mut(acc.add(co * n).cast::<f32>(), n) };
+                // Without a residual (indexed by output), the bias and
+                // activation go on the whole row of sums at once: the
+                // dropped columns too, but in one call, not one per row.
+                let whole = tail.residual.is_none();
+                if whole {
+                    gemm::epilogue_one(isa, sums, co, 0, bias, tail);
+                }
+                for r in 0..rows {
+                    let at = co * ohw + (oy0 + r) * ow;
+                    // SAFETY: output row (co, oy0 + r) is this task's alone
+                    // (`d` is borrowed mutably until every task returns),
+                    // and once copied it is initialised.
+                    let dst = unsafe {
+                        let dp = out.at(at).cast::<f32>();
+                        std::ptr::copy_nonoverlapping(sums[r * wp..].as_ptr(), dp, ow);
+                        std::slice::from_raw_parts_mut(dp, ow)
+                    };
+                    if !whole {
+                        gemm::epilogue_one(isa, dst, co, ohw, bias, tail.from((oy0 + r) * ow));
+                    }
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Fills `slab` (`[cin, rows, wp]`) with padded rows `oy0..oy0 + rows` of
+/// every channel of `x` (`[cin, h, w]`, `pt` rows and `pl` columns of zero
+/// padding before it, zeros after it up to `wp`), every element written.
+fn fill_slab<'a>(
+    x: &[f32],
+    (h, w): (usize, usize),
+    (oy0, rows): (usize, usize),
+    (pt, pl): (usize, usize),
+    wp: usize,
+    slab: &'a mut [MaybeUninit<f32>],
+) -> &'a [f32] {
+    let plane = rows * wp;
+    for (c, chan) in slab.chunks_exact_mut(plane.max(1)).enumerate() {
+        for (r, row) in chan.chunks_exact_mut(wp).enumerate() {
+            match (oy0 + r).checked_sub(pt).filter(|&iy| iy < h) {
+                Some(iy) => {
+                    let src = &x[(c * h + iy) * w..][..w];
+                    zero(&mut row[..pl]);
+                    // SAFETY: `row[pl..pl + w]` is inside the row (`pl + w ≤
+                    // wp`) and cannot overlap `x`.
+                    unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), row[pl..].as_mut_ptr().cast::<f32>(), w) };
+                    zero(&mut row[pl + w..]);
+                }
+                None => zero(row),
+            }
+        }
+    }
+    // SAFETY: every channel's every row was written above.
+    unsafe { &*(slab as *const [MaybeUninit<f32>] as *const [f32]) }
 }
 
 /// The transposed convolution of `x` (`[nb, cin, h, w]`, contiguous f32)
@@ -559,7 +742,16 @@ mod tests {
             (1, 3, 6, 50, 2, 1, (3, 3), (1, 1), (1, 1), [(1, 1), (1, 1)]),
             (2, 2, 7, 45, 4, 2, (3, 5), (2, 1), (2, 2), [(3, 0), (4, 1)]),
             (1, 2, 5, 33, 2, 1, (3, 3), (1, 1), (1, 1), [(0, 0), (0, 0)]),
+            // Tap products (stride 1, ≥ 4 channels a group): pads on one
+            // side, none, wider than the kernel, dilations, groups, and
+            // bands of one row (the slab over the test budget).
+            (1, 6, 9, 21, 20, 1, (3, 3), (1, 1), (1, 1), [(1, 1), (1, 1)]),
+            (2, 8, 7, 30, 24, 2, (3, 5), (1, 1), (2, 1), [(0, 3), (2, 0)]),
+            (1, 5, 11, 30, 18, 1, (2, 4), (1, 1), (1, 3), [(0, 0), (0, 0)]),
+            (1, 4, 6, 40, 9, 1, (5, 5), (1, 1), (1, 1), [(4, 4), (4, 4)]),
+            (1, 12, 5, 30, 10, 1, (1, 3), (1, 1), (1, 2), [(0, 0), (2, 2)]),
         ];
+        let mut tapped = 0;
         for (nb, cin, h, w, cout, groups, kernel, stride, dilation, pads) in cases {
             let win = Window {
                 kernel,
@@ -570,6 +762,11 @@ mod tests {
             let x = ramp(nb * cin * h * w, 0.2);
             let wt = ramp(cout * cin / groups * kernel.0 * kernel.1, 1.1);
             let b = ramp(cout, 2.5);
+            let (oh, ow) = win.output(h, w).unwrap();
+            if let Some(rows) = tap_band(cin / groups, cout / groups, &win, (oh, ow)) {
+                tapped += 1;
+                assert!(rows < oh, "{win:?}: bands of {rows} rows, not one band");
+            }
             for (bias, act) in [
                 (None, Act::Identity),
                 (Some(&b[..]), Act::Clamp(0.0, 0.5)),
@@ -593,6 +790,7 @@ mod tests {
                 assert_eq!(fused, apart, "{win:?} groups {groups} + residual");
             }
         }
+        assert_eq!(tapped, 5, "the tap-product cases take that path");
     }
 
     #[test]

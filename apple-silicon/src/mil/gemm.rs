@@ -51,7 +51,7 @@ impl MatRef<'_> {
     }
 
     /// Whether every element a `batches × rows × cols` product reads is inside `data`.
-    fn covers(&self, batches: usize, rows: usize, cols: usize) -> bool {
+    pub(crate) fn covers(&self, batches: usize, rows: usize, cols: usize) -> bool {
         if batches == 0 || rows == 0 || cols == 0 {
             return true;
         }
@@ -352,7 +352,30 @@ unsafe fn product(
     lhs: MatRef,
     rhs: MatRef,
 ) {
+    // SAFETY: the caller's contract, and `add` false only writes.
+    unsafe { product_into(dst, dst_rs, (m, n, k), lhs, rhs, false) }
+}
+
+/// `dst = lhs · rhs`, or `dst += lhs · rhs` when `add`, into `m` rows of
+/// `n` elements at `dst`, `dst_rs` apart, on this thread. With `add` the
+/// sum is the old value plus the product's own sum, added once.
+///
+/// # Safety
+/// Those elements must be writable (and, with `add`, initialised) and
+/// touched by no one else meanwhile, and `lhs`, `rhs` must cover `[m×k]`
+/// and `[k×n]`.
+pub(crate) unsafe fn product_into(
+    dst: *mut MaybeUninit<f32>,
+    dst_rs: usize,
+    (m, n, k): (usize, usize, usize),
+    lhs: MatRef,
+    rhs: MatRef,
+    add: bool,
+) {
     if k == 0 {
+        if add {
+            return;
+        }
         // An empty sum: the product is zero (gemm would not write).
         for r in 0..m {
             for c in 0..n {
@@ -363,7 +386,8 @@ unsafe fn product(
         return;
     }
     // SAFETY: the caller vouches for the views and the destination; with
-    // `read_dst` false gemm only writes those (alpha 0, beta 1: dst = lhs · rhs).
+    // `read_dst` false gemm only writes those (alpha 0, beta 1: dst = lhs ·
+    // rhs), with it, dst = 1 · dst + 1 · lhs · rhs.
     unsafe {
         gemm::gemm(
             m,
@@ -372,14 +396,14 @@ unsafe fn product(
             dst as *mut f32,
             1,
             dst_rs as isize,
-            false,
+            add,
             lhs.data.as_ptr(),
             lhs.cs as isize,
             lhs.rs as isize,
             rhs.data.as_ptr(),
             rhs.cs as isize,
             rhs.rs as isize,
-            0.0,
+            if add { 1.0 } else { 0.0 },
             1.0,
             false,
             false,
@@ -392,7 +416,7 @@ unsafe fn product(
 
 /// The bias and `tail` on `d`, row `r` of an output whose rows are
 /// `dst_rs` apart (the residual indexed likewise).
-fn epilogue_one(isa: Isa, d: &mut [f32], r: usize, dst_rs: usize, bias: Bias, tail: Tail) {
+pub(crate) fn epilogue_one(isa: Isa, d: &mut [f32], r: usize, dst_rs: usize, bias: Bias, tail: Tail) {
     let per_row = match bias {
         Bias::None => Some(0.0),
         Bias::Rows(b) => Some(b[r]),

@@ -18,6 +18,8 @@
 //! same results as [`Act::f`]; any other activation runs on the stored run
 //! while it is in L1.
 
+use std::mem::MaybeUninit;
+
 use crate::mil::fuse::Act;
 
 /// Which implementation of [`run`] to use.
@@ -92,7 +94,10 @@ pub(crate) fn run(isa: Isa, dst: &mut [f32], src: &[f32], offs: &[usize], wts: &
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above, for AVX2 and FMA.
         Isa::Avx2 => unsafe { x86::run_avx2(dst, src, offs, wts, bias, inner) },
-        _ => run_portable(dst, src, offs, wts, bias, inner),
+        _ => {
+            dst.fill(bias);
+            run_portable(dst, src, offs, wts, inner)
+        }
     }
     if !in_registers(act) {
         act.epilogue(dst, 0.0);
@@ -108,9 +113,9 @@ pub(crate) fn run(isa: Isa, dst: &mut [f32], src: &[f32], offs: &[usize], wts: &
 /// internal invariant) unless `ow` divides `dst.len()` and every tap of the
 /// last row stays inside `src`.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn run_rows(
+pub(crate) fn run_rows<'d>(
     isa: Isa,
-    dst: &mut [f32],
+    dst: &'d mut [MaybeUninit<f32>],
     ow: usize,
     src: &[f32],
     src_rs: usize,
@@ -118,9 +123,9 @@ pub(crate) fn run_rows(
     wts: &[f32],
     bias: f32,
     act: Act,
-) {
+) -> &'d mut [f32] {
     if dst.is_empty() {
-        return;
+        return init(dst, 0.0);
     }
     let rows = dst.len() / ow.max(1);
     let last = (rows.max(1) - 1).checked_mul(src_rs).and_then(|v| v.checked_add(ow));
@@ -146,13 +151,37 @@ pub(crate) fn run_rows(
         Isa::Avx2 => unsafe { x86::run_rows_avx2(dst, ow, src, src_rs, offs, wts, bias, inner) },
         _ => {
             for (r, d) in dst.chunks_exact_mut(ow).enumerate() {
-                run_portable(d, &src[r * src_rs..], offs, wts, bias, inner);
+                run_portable(init(d, bias), &src[r * src_rs..], offs, wts, inner);
             }
         }
     }
+    // SAFETY: every path above wrote every element of `dst` (the vector
+    // kernels store each row's every column; the portable one initialises
+    // each row first).
+    let dst = unsafe { assume_init(dst) };
     if !in_registers(act) {
         act.epilogue(dst, 0.0);
     }
+    dst
+}
+
+/// `dst`, every element set to `v`, as initialised values.
+fn init(dst: &mut [MaybeUninit<f32>], v: f32) -> &mut [f32] {
+    for d in dst.iter_mut() {
+        d.write(v);
+    }
+    // SAFETY: every element was just written.
+    unsafe { assume_init(dst) }
+}
+
+/// `dst` as the values it holds.
+///
+/// # Safety
+/// Every element of `dst` must be initialised.
+pub(crate) unsafe fn assume_init(dst: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+    // SAFETY: `MaybeUninit<f32>` has `f32`'s layout, and the caller
+    // vouches that every element is initialised.
+    unsafe { &mut *(dst as *mut [MaybeUninit<f32>] as *mut [f32]) }
 }
 
 /// `Some(kw)` when the taps are a dense `kh × kw` grid at unit spacing
@@ -215,10 +244,10 @@ pub(crate) fn split_pairs(isa: Isa, pairs: &[f32], even: &mut [f32], odd: &mut [
     }
 }
 
-/// Tap by tap over the run: a plain zip per tap, which vectorises.
-fn run_portable(dst: &mut [f32], src: &[f32], offs: &[usize], wts: &[f32], bias: f32, act: Act) {
+/// Tap by tap over the run, added to what `dst` holds (the bias): a plain
+/// zip per tap, which vectorises.
+fn run_portable(dst: &mut [f32], src: &[f32], offs: &[usize], wts: &[f32], act: Act) {
     let n = dst.len();
-    dst.fill(bias);
     for (&o, &w) in offs.iter().zip(wts) {
         for (d, s) in dst.iter_mut().zip(&src[o..o + n]) {
             *d += w * s;
@@ -233,7 +262,7 @@ fn run_portable(dst: &mut [f32], src: &[f32], offs: &[usize], wts: &[f32], bias:
 /// `dst` (which may be uninitialised). AVX-512F gathers 16 per two loads
 /// and a permute; other CPUs run a loop. Panics (an internal invariant)
 /// when `src` is shorter than `2·dst.len() − 1`.
-pub(crate) fn evens(isa: Isa, src: &[f32], dst: &mut [std::mem::MaybeUninit<f32>]) {
+pub(crate) fn evens(isa: Isa, src: &[f32], dst: &mut [MaybeUninit<f32>]) {
     let n = dst.len();
     if n == 0 {
         return;
@@ -255,6 +284,7 @@ pub(crate) fn evens(isa: Isa, src: &[f32], dst: &mut [std::mem::MaybeUninit<f32>
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
+    use std::mem::MaybeUninit;
 
     use crate::mil::fuse::Act;
 
@@ -345,7 +375,7 @@ mod x86 {
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn run_rows_avx512(
-        dst: &mut [f32],
+        dst: &mut [MaybeUninit<f32>],
         ow: usize,
         src: &[f32],
         src_rs: usize,
@@ -377,7 +407,7 @@ mod x86 {
     #[inline]
     #[target_feature(enable = "avx512f")]
     unsafe fn rows_fixed16<const T: usize>(
-        dst: &mut [f32],
+        dst: &mut [MaybeUninit<f32>],
         ow: usize,
         src: &[f32],
         src_rs: usize,
@@ -399,7 +429,7 @@ mod x86 {
     #[inline]
     #[target_feature(enable = "avx512f")]
     unsafe fn rows_each16(
-        dst: &mut [f32],
+        dst: &mut [MaybeUninit<f32>],
         ow: usize,
         src: &[f32],
         src_rs: usize,
@@ -409,7 +439,7 @@ mod x86 {
         act: Act,
     ) {
         let rows = dst.len() / ow;
-        let (sp, dp) = (src.as_ptr(), dst.as_mut_ptr());
+        let (sp, dp) = (src.as_ptr(), dst.as_mut_ptr().cast::<f32>());
         let bv = _mm512_set1_ps(bias);
         let mut r = 0;
         // SAFETY (both): rows r.. are inside `dst` and, by the caller's
@@ -467,7 +497,7 @@ mod x86 {
     #[inline]
     #[target_feature(enable = "avx512f")]
     unsafe fn rows_grid16<const KH: usize, const KW: usize>(
-        dst: &mut [f32],
+        dst: &mut [MaybeUninit<f32>],
         ow: usize,
         src: &[f32],
         src_rs: usize,
@@ -478,7 +508,7 @@ mod x86 {
     ) {
         let w: [[__m512; KW]; KH] = std::array::from_fn(|i| std::array::from_fn(|j| _mm512_set1_ps(wts[i * KW + j])));
         let rows = dst.len() / ow;
-        let (sp, dp) = (src.as_ptr(), dst.as_mut_ptr());
+        let (sp, dp) = (src.as_ptr(), dst.as_mut_ptr().cast::<f32>());
         let bv = _mm512_set1_ps(bias);
         let mut r = 0;
         // SAFETY (both loops): rows r.. are inside `dst` and, by the
@@ -631,7 +661,7 @@ mod x86 {
     /// # Safety
     /// The CPU must have AVX-512F; `src` holds `2n − 1` values and `dst` `n`.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn evens_avx512(src: &[f32], dst: &mut [std::mem::MaybeUninit<f32>]) {
+    pub(super) unsafe fn evens_avx512(src: &[f32], dst: &mut [MaybeUninit<f32>]) {
         let n = dst.len();
         let dp = dst.as_mut_ptr().cast::<f32>();
         let evens = every_other(0);
@@ -696,7 +726,7 @@ mod x86 {
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn run_rows_avx2(
-        dst: &mut [f32],
+        dst: &mut [MaybeUninit<f32>],
         ow: usize,
         src: &[f32],
         src_rs: usize,
@@ -706,7 +736,7 @@ mod x86 {
         act: Act,
     ) {
         let rows = dst.len() / ow;
-        let (sp, dp) = (src.as_ptr(), dst.as_mut_ptr());
+        let (sp, dp) = (src.as_ptr(), dst.as_mut_ptr().cast::<f32>());
         let mut r = 0;
         // SAFETY (both): rows r.. are inside `dst` and, by the caller's
         // bounds, their taps inside `src`.
@@ -907,9 +937,10 @@ mod tests {
                             for (r, d) in want.chunks_exact_mut(ow).enumerate() {
                                 run(isa, d, &src[r * src_rs..], &offs, &wts, 0.5, act);
                             }
-                            let mut got = vec![f32::NAN; rows * ow];
-                            run_rows(isa, &mut got, ow, &src, src_rs, &offs, &wts, 0.5, act);
-                            assert_eq!(got, want, "{isa:?} {act:?} t{taps} ow{ow} rows{rows}");
+                            // NaN-filled: an output left unwritten fails the comparison.
+                            let mut got = vec![MaybeUninit::new(f32::NAN); rows * ow];
+                            let got = run_rows(isa, &mut got, ow, &src, src_rs, &offs, &wts, 0.5, act);
+                            assert_eq!(got, &want[..], "{isa:?} {act:?} t{taps} ow{ow} rows{rows}");
                         }
                     }
                 }
@@ -932,9 +963,9 @@ mod tests {
                         for (r, d) in want.chunks_exact_mut(ow).enumerate() {
                             run(isa, d, &src[r * src_rs..], &offs, &wts, -0.25, Act::Relu);
                         }
-                        let mut got = vec![f32::NAN; rows * ow];
-                        run_rows(isa, &mut got, ow, &src, src_rs, &offs, &wts, -0.25, Act::Relu);
-                        assert_eq!(got, want, "{isa:?} {kh}x{kw} ow{ow} rows{rows}");
+                        let mut got = vec![MaybeUninit::new(f32::NAN); rows * ow];
+                        let got = run_rows(isa, &mut got, ow, &src, src_rs, &offs, &wts, -0.25, Act::Relu);
+                        assert_eq!(got, &want[..], "{isa:?} {kh}x{kw} ow{ow} rows{rows}");
                     }
                 }
             }
@@ -946,7 +977,7 @@ mod tests {
         assert_eq!(unit_grid(&[5], 10), Some(1));
         // The last row's taps must fit: one value short is refused.
         let r = std::panic::catch_unwind(|| {
-            let mut d = vec![0.0; 2 * 4];
+            let mut d = vec![MaybeUninit::new(0.0); 2 * 4];
             run_rows(
                 Isa::Portable,
                 &mut d,
@@ -957,7 +988,7 @@ mod tests {
                 &[1.0, 1.0],
                 0.0,
                 Act::Identity,
-            )
+            );
         });
         assert!(r.is_err());
     }

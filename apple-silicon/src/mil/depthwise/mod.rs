@@ -210,13 +210,17 @@ fn depthwise_conv2d_on(
         )
     }
     let x32 = x.to_dtype(DType::F32)?.contiguous()?;
-    let mut out = vec![0f32; nb * ch * plane];
+    // Not zero-filled: every plane is written whole below (a zeroed output
+    // cost a pass over it, ~2% of a MobileNetV2 run).
+    let n = nb * ch * plane;
+    let mut out: Vec<f32> = Vec::with_capacity(n);
     // The channel loop runs on rayon's threads, which do not see this
     // thread's scope: they check their own copy of the flag, once a plane.
     let cancel = limits::cancel_flag();
     let stopped = AtomicBool::new(false);
     with_f32_slice(&x32, |src| {
-        out.par_chunks_mut(plane)
+        out.spare_capacity_mut()[..n]
+            .par_chunks_mut(plane)
             .enumerate()
             .for_each_init(Scratch::default, |scratch, (p, dst)| {
                 if cancel.as_ref().is_some_and(|c| c.is_cancelled()) {
@@ -234,11 +238,14 @@ fn depthwise_conv2d_on(
                     scratch.acc.resize(len, 0.0);
                     run::run(isa, &mut scratch.acc[..len], padded, &lay.offs, k, b, tail.pre);
                     for (oy, drow) in dst.chunks_exact_mut(ow).enumerate() {
-                        drow.copy_from_slice(&scratch.acc[oy * lay.row..oy * lay.row + ow]);
+                        for (d, &v) in drow.iter_mut().zip(&scratch.acc[oy * lay.row..oy * lay.row + ow]) {
+                            d.write(v);
+                        }
                     }
-                    tail.finish(dst, p * plane);
+                    // SAFETY: the loop above wrote all `oh` rows of `ow` outputs.
+                    tail.finish(unsafe { run::assume_init(dst) }, p * plane);
                 } else {
-                    run::run_rows(isa, dst, ow, padded, stride * lay.row, &lay.offs, k, b, tail.pre);
+                    let dst = run::run_rows(isa, dst, ow, padded, stride * lay.row, &lay.offs, k, b, tail.pre);
                     tail.finish(dst, p * plane);
                 }
             });
@@ -247,6 +254,9 @@ fn depthwise_conv2d_on(
         limits::note_cancelled();
         candle_core::bail!("cancelled")
     }
+    // SAFETY: not stopped, so every plane of the `n` outputs was written
+    // (a panicking plane unwinds past this, leaving `out` empty).
+    unsafe { out.set_len(n) };
     Tensor::from_vec(out, (nb, ch, oh, ow), &Device::Cpu)?.to_dtype(dtype)
 }
 
