@@ -20,6 +20,7 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::fuse::{Act, Tail};
+use super::gemv;
 use super::limits::check_alloc;
 use super::rows::{self, Isa};
 
@@ -212,6 +213,11 @@ pub(crate) unsafe fn matmul_into_ptr(
     if m == 0 || n == 0 {
         return Ok(());
     }
+    if k > 0 && lhs.cs == 1 && rhs.rs == 1 && (m == 1 || n == 1) {
+        // SAFETY: the caller's contract, and the views were checked above.
+        unsafe { matvec(threads, out, dst_rs, (m, n, k), lhs, rhs, bias, tail) };
+        return Ok(());
+    }
     let plain = matches!((bias, tail.pre, tail.residual), (Bias::None, Act::Identity, None));
     // Small products stay on one thread: waking another costs more.
     let threads = if m.saturating_mul(n).saturating_mul(k) < PAR_MIN_MACS {
@@ -275,6 +281,73 @@ pub(crate) unsafe fn matmul_into_ptr(
         block(0);
     }
     Ok(())
+}
+
+/// A product with one row (`m == 1`) whose columns are contiguous in
+/// `rhs`, or with one column (`n == 1`) whose rows are contiguous in
+/// `lhs`: every output one dot product of two contiguous runs, on
+/// [`gemv::dots`] (no packing; each weight read once), split in runs of
+/// outputs across the pool when large; then the bias and `tail`.
+///
+/// # Safety
+/// As [`matmul_into_ptr`], whose checks must have passed.
+#[allow(clippy::too_many_arguments)]
+unsafe fn matvec(
+    threads: usize,
+    out: Out,
+    dst_rs: usize,
+    (m, n, k): (usize, usize, usize),
+    lhs: MatRef,
+    rhs: MatRef,
+    bias: Bias,
+    tail: Tail,
+) {
+    let isa = Isa::detect();
+    // The vector, the matrix whose rows it meets, and the outputs' count.
+    let (v, mat, rs, count) = if m == 1 {
+        (&lhs.data[..k], rhs.data, rhs.cs, n)
+    } else {
+        (&rhs.data[..k], lhs.data, lhs.rs, m)
+    };
+    let mut sums: Vec<MaybeUninit<f32>> = Vec::new();
+    // One row: the outputs are contiguous in `dst`. One column: gathered
+    // here, then stored `dst_rs` apart.
+    let dst: &mut [MaybeUninit<f32>] = if m == 1 {
+        // SAFETY: row 0 of the output, `n` elements, checked to fit.
+        unsafe { std::slice::from_raw_parts_mut(out.at(0), n) }
+    } else {
+        sums.resize(count, MaybeUninit::uninit());
+        &mut sums
+    };
+    let per = if threads > 1 && count * k >= PAR_MIN_MACS {
+        count.div_ceil(threads).div_ceil(4) * 4
+    } else {
+        count
+    };
+    let parts: Vec<std::sync::Mutex<&mut [MaybeUninit<f32>]>> =
+        dst.chunks_mut(per.max(1)).map(std::sync::Mutex::new).collect();
+    super::workers::par_for(parts.len(), |i| {
+        let mut part = parts[i].lock().unwrap_or_else(|p| p.into_inner());
+        let from = i * per;
+        gemv::dots(isa, v, &mat[from * rs..], rs, &mut part);
+    });
+    drop(parts);
+    if m == 1 {
+        // SAFETY: `dots` wrote all `n` outputs of row 0.
+        let d = unsafe { std::slice::from_raw_parts_mut(out.at(0) as *mut f32, n) };
+        epilogue_one(isa, d, 0, dst_rs, bias, tail);
+        return;
+    }
+    for (r, s) in sums.iter().enumerate() {
+        // SAFETY: `dots` wrote every sum; row r's one element is inside the
+        // output (checked by the caller) and this call's alone.
+        let d = unsafe {
+            let p = out.at(r * dst_rs) as *mut f32;
+            p.write(s.assume_init());
+            std::slice::from_raw_parts_mut(p, 1)
+        };
+        epilogue_one(isa, d, r, dst_rs, bias, tail);
+    }
 }
 
 /// How a product is cut in at most `threads` blocks: whether by columns,
@@ -541,6 +614,51 @@ mod tests {
                 let got = matmul(b, (m, n, k), lhs, rhs, bias, tail).unwrap();
                 let want: Vec<f32> = want.iter().zip(&res).map(|(w, r)| Act::Relu.f(w + r)).collect();
                 assert_eq!(got, want, "b{b} m{m} n{n} k{k} {act:?} + residual");
+            }
+        }
+    }
+
+    #[test]
+    fn one_row_or_one_column_products_are_dot_products_on_any_pool() {
+        // A classifier's linear (one row, the weight read as its
+        // transpose), a 1×1 conv over one position (one column), and
+        // sizes split across a pool or not.
+        for (m, n, k) in [(1, 1000, 1280), (1, 37, 19), (300, 1, 1000), (50, 1, 33), (1, 1, 5)] {
+            let (l, rt) = (ramp(m * k, 0.2), ramp(n * k, 0.5));
+            let (rb, cb, res) = (ramp(m, 1.1), ramp(n, 2.3), ramp(m * n, 0.8));
+            let lhs = MatRef::row_major(&l, k);
+            // Column c of rhs is rt[c·k..(c + 1)·k]: rhs is [n, k] read transposed.
+            let rhs = MatRef {
+                data: &rt,
+                rs: 1,
+                cs: k,
+                batch: 0,
+            };
+            let dot = |r: usize, c: usize| (0..k).map(|t| l[r * k + t] as f64 * rt[c * k + t] as f64).sum::<f64>();
+            for (bias, act) in [(Bias::Cols(&cb), Act::Clamp(-1.0, 6.0)), (Bias::Rows(&rb), Act::Silu)] {
+                let tail = Tail {
+                    pre: act,
+                    residual: Some(&res),
+                    post: Act::Relu,
+                };
+                let run = |threads: usize| {
+                    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                    pool.install(|| matmul(1, (m, n, k), lhs, rhs, bias, tail).unwrap())
+                };
+                let one = run(1);
+                for r in 0..m {
+                    for c in 0..n {
+                        let b = match bias {
+                            Bias::Rows(v) => v[r],
+                            Bias::Cols(v) => v[c],
+                            Bias::None => 0.0,
+                        };
+                        let want = Act::Relu.f(act.f((dot(r, c) + b as f64) as f32) + res[r * n + c]);
+                        let got = one[r * n + c];
+                        assert!((got - want).abs() < 1e-3, "m{m} n{n} k{k} ({r}, {c}): {got} vs {want}");
+                    }
+                }
+                assert!(run(3) == one, "m{m} n{n} k{k}: the sums changed on a pool");
             }
         }
     }

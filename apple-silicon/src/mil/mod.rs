@@ -32,6 +32,7 @@ mod conv_gemm;
 mod depthwise;
 mod fuse;
 mod gemm;
+mod gemv;
 pub mod limits;
 mod lower;
 mod marshal;
