@@ -73,7 +73,11 @@ mod x86 {
     pub(super) unsafe fn dots_avx512(v: &[f32], mat: &[f32], rs: usize, out: &mut [MaybeUninit<f32>]) {
         let k = v.len();
         let (vp, mp) = (v.as_ptr(), mat.as_ptr());
-        let tail: __mmask16 = if k % 16 == 0 { !0 } else { (1u16 << (k % 16)) - 1 };
+        let tail: __mmask16 = if k.is_multiple_of(16) {
+            !0
+        } else {
+            (1u16 << (k % 16)) - 1
+        };
         let whole = k - k % 16;
         let mut i = 0;
         while i < out.len() {
