@@ -206,6 +206,48 @@ fn pooled_band(cout_g: usize, kk: usize, (oh, ow): (usize, usize), band: usize) 
     (packed(rows) && packed(band)).then_some(rows)
 }
 
+/// Runs `task(part, oy0, rows)` for every band of `task_rows` output rows
+/// of `oh`, the bands taken in turn by each of up to one worker a pool
+/// thread, each worker with its own `per` elements of `scratch` (allocated
+/// here, on the caller's thread: on the workers glibc would keep a second
+/// arena's worth of them; kept by the caller across groups and images).
+/// The first error a task returns stops its worker and is returned.
+fn bands_in_turn(
+    oh: usize,
+    task_rows: usize,
+    per: usize,
+    scratch: &mut Vec<MaybeUninit<f32>>,
+    task: impl Fn(&mut [MaybeUninit<f32>], usize, usize) -> CResult<()> + Sync,
+) -> CResult<()> {
+    let tasks = oh.div_ceil(task_rows.max(1));
+    let workers = rayon::current_num_threads().min(tasks).max(1);
+    check_alloc("conv band buffers", &[workers, per], 4)?;
+    let parts: Vec<Mutex<&mut [MaybeUninit<f32>]>> = uninit(scratch, workers * per)
+        .chunks_mut(per.max(1))
+        .map(Mutex::new)
+        .collect();
+    let next = AtomicUsize::new(0);
+    let failed: Mutex<Option<candle_core::Error>> = Mutex::new(None);
+    workers::par_for(workers, |i| {
+        let mut part = parts[i].lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            let t = next.fetch_add(1, Ordering::Relaxed);
+            if t >= tasks {
+                return;
+            }
+            let oy0 = t * task_rows;
+            if let Err(e) = task(&mut part, oy0, task_rows.min(oh - oy0)) {
+                failed.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
+                return;
+            }
+        }
+    });
+    match failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
 /// One image and group of a conv whose output has more positions than
 /// channels, on the pool: tasks of `task_rows` output rows, taken in turn
 /// by each pool thread, each filling its own im2col buffer and running
@@ -226,59 +268,29 @@ fn bands_on_the_pool(
     cols: &mut Vec<MaybeUninit<f32>>,
 ) -> CResult<()> {
     let cout_g = d.len() / (oh * ow).max(1);
-    let tasks = oh.div_ceil(task_rows);
-    let next = AtomicUsize::new(0);
-    let failed: Mutex<Option<candle_core::Error>> = Mutex::new(None);
     let (out, len) = (gemm::Out(d.as_mut_ptr()), d.len());
-    // One im2col buffer per worker, allocated here (not on the workers:
-    // glibc would keep a second arena's worth of them) and kept by the
-    // caller across groups and images.
-    let workers = rayon::current_num_threads().min(tasks);
-    // One buffer per worker: more than the one band `conv2d` checked when
-    // a band is a single output row.
-    check_alloc("conv im2col buffers", &[workers, kk, task_rows, ow], 4)?;
-    let per = kk * task_rows * ow;
-    let parts: Vec<Mutex<&mut [MaybeUninit<f32>]>> = uninit(cols, workers * per)
-        .chunks_mut(per.max(1))
-        .map(Mutex::new)
-        .collect();
-    workers::par_for(workers, |i| {
-        let mut col = parts[i].lock().unwrap_or_else(|p| p.into_inner());
-        loop {
-            let t = next.fetch_add(1, Ordering::Relaxed);
-            if t >= tasks {
-                return;
-            }
-            let oy0 = t * task_rows;
-            let rows = task_rows.min(oh - oy0);
-            let col = im2col_rows(xg, chw, win, (oy0, rows, ow), &mut col[..kk * rows * ow], false);
-            let at = oy0 * ow;
-            // SAFETY: this task writes columns at..at + rows·ow of the
-            // output's cout_g rows (oh·ow apart), which no other task
-            // writes; `d` is borrowed mutably until every task returns.
-            let r = unsafe {
-                gemm::matmul_into_ptr(
-                    1,
-                    gemm::Out(out.at(at)),
-                    len - at,
-                    oh * ow,
-                    (cout_g, rows * ow, kk),
-                    lhs,
-                    MatRef::row_major(col, rows * ow),
-                    bias,
-                    tail.from(at),
-                )
-            };
-            if let Err(e) = r {
-                failed.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
-                return;
-            }
+    // One im2col buffer per worker: more than the one band `conv2d` checked
+    // when a band is a single output row (`bands_in_turn` checks them).
+    bands_in_turn(oh, task_rows, kk * task_rows * ow, cols, |col, oy0, rows| {
+        let col = im2col_rows(xg, chw, win, (oy0, rows, ow), &mut col[..kk * rows * ow], false);
+        let at = oy0 * ow;
+        // SAFETY: this task writes columns at..at + rows·ow of the output's
+        // cout_g rows (oh·ow apart), which no other task writes; `d` is
+        // borrowed mutably until every task returns.
+        unsafe {
+            gemm::matmul_into_ptr(
+                1,
+                gemm::Out(out.at(at)),
+                len - at,
+                oh * ow,
+                (cout_g, rows * ow, kk),
+                lhs,
+                MatRef::row_major(col, rows * ow),
+                bias,
+                tail.from(at),
+            )
         }
-    });
-    match failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
+    })
 }
 
 /// Floats of input slab and sums per task of a conv run as tap products
@@ -318,8 +330,7 @@ fn tap_band(cin_g: usize, cout_g: usize, win: &Window, (oh, ow): (usize, usize))
 /// X_ij`, accumulated in place by gemm), then each output row is copied
 /// out with the bias and `tail`. im2col copies every input `kh·kw` times;
 /// this copies it about once, for `(wp − ow) / ow` more multiply-adds.
-/// Tasks are taken in turn by each pool thread, as in
-/// [`bands_on_the_pool`]. `d` is the `[cout_g, oh·ow]` output; `wg` the
+/// Bands are taken in turn by each pool thread ([`bands_in_turn`]). `d` is the `[cout_g, oh·ow]` output; `wg` the
 /// group's `[cout_g, cin_g, kh, kw]` weights.
 #[allow(clippy::too_many_arguments)]
 fn tap_bands(
@@ -342,90 +353,73 @@ fn tap_bands(
     // Stride 1: the padded width is `w + pl + pr`, and the output `wp − (kw − 1)·dw` wide.
     let wp = ow + (kw - 1) * dw;
     let slab_rows = task_rows + (kh - 1) * dh;
-    let tasks = oh.div_ceil(task_rows);
-    let workers = rayon::current_num_threads().min(tasks).max(1);
-    check_alloc("conv tap slab", &[workers, cin_g, slab_rows, wp], 4)?;
-    check_alloc("conv tap sums", &[workers, cout_g, task_rows, wp], 4)?;
+    check_alloc("conv tap slab", &[cin_g, slab_rows, wp], 4)?;
+    check_alloc("conv tap sums", &[cout_g, task_rows, wp], 4)?;
     let (slab, sums) = (cin_g * slab_rows * wp, cout_g * task_rows * wp);
-    let per = slab + sums;
-    // One slab and sums per worker, allocated here (see `bands_on_the_pool`).
-    let parts: Vec<Mutex<&mut [MaybeUninit<f32>]>> = uninit(scratch, workers * per)
-        .chunks_mut(per.max(1))
-        .map(Mutex::new)
-        .collect();
-    let next = AtomicUsize::new(0);
     let isa = rows::Isa::detect();
     let out = gemm::Out(d.as_mut_ptr());
     let kk = cin_g * kh * kw;
-    workers::par_for(workers, |i| {
-        let mut part = parts[i].lock().unwrap_or_else(|p| p.into_inner());
+    // One slab and sums per worker.
+    bands_in_turn(oh, task_rows, slab + sums, scratch, |part, oy0, rows| {
         let (xs, acc) = part.split_at_mut(slab);
-        loop {
-            let t = next.fetch_add(1, Ordering::Relaxed);
-            if t >= tasks {
-                return;
+        let plane = (rows + (kh - 1) * dh) * wp;
+        let xs = fill_slab(xg, (h, w), (oy0, plane / wp), (pt, pl), wp, &mut xs[..cin_g * plane]);
+        // Output (r, x) of the band is column r·wp + x of the sums.
+        let n = (rows - 1) * wp + ow;
+        let acc = acc.as_mut_ptr();
+        for (tap, (ti, tj)) in (0..kh).flat_map(|i| (0..kw).map(move |j| (i, j))).enumerate() {
+            // W_ij: element (co, ci) at wg[(co·cin_g + ci)·kh·kw + i·kw + j].
+            let lhs = MatRef {
+                data: &wg[ti * kw + tj..],
+                rs: kk,
+                cs: kh * kw,
+                batch: 0,
+            };
+            // X_ij: element (ci, p) at xs[ci·plane + i·dh·wp + j·dw + p]; its
+            // last, (cin_g − 1, n − 1), is inside channel cin_g − 1's rows.
+            let rhs = MatRef {
+                data: &xs[ti * dh * wp + tj * dw..],
+                rs: plane,
+                cs: 1,
+                batch: 0,
+            };
+            assert!(
+                lhs.covers(1, cout_g, cin_g) && rhs.covers(1, cin_g, n),
+                "conv tap ({ti}, {tj}) outside its weights or slab"
+            );
+            // SAFETY: `acc` holds `cout_g · n` elements of this worker's
+            // part; the views cover their matrices (asserted: the slab's
+            // rows reach `(kh − 1)·dh` past the band's last); the first
+            // tap writes every sum, the others add to them.
+            unsafe { gemm::product_into(acc, n, (cout_g, n, cin_g), lhs, rhs, tap > 0) };
+        }
+        for co in 0..cout_g {
+            // SAFETY: the products above wrote `acc`'s row co.
+            let sums = unsafe { std::slice::from_raw_parts_mut(acc.add(co * n).cast::<f32>(), n) };
+            // Without a residual (indexed by output), the bias and
+            // activation go on the whole row of sums at once: the
+            // dropped columns too, but in one call, not one per row.
+            let whole = tail.residual.is_none();
+            if whole {
+                gemm::epilogue_one(isa, sums, co, 0, bias, tail);
             }
-            let oy0 = t * task_rows;
-            let rows = task_rows.min(oh - oy0);
-            let plane = (rows + (kh - 1) * dh) * wp;
-            let xs = fill_slab(xg, (h, w), (oy0, plane / wp), (pt, pl), wp, &mut xs[..cin_g * plane]);
-            // Output (r, x) of the band is column r·wp + x of the sums.
-            let n = (rows - 1) * wp + ow;
-            let acc = acc.as_mut_ptr();
-            for (tap, (ti, tj)) in (0..kh).flat_map(|i| (0..kw).map(move |j| (i, j))).enumerate() {
-                // W_ij: element (co, ci) at wg[(co·cin_g + ci)·kh·kw + i·kw + j].
-                let lhs = MatRef {
-                    data: &wg[ti * kw + tj..],
-                    rs: kk,
-                    cs: kh * kw,
-                    batch: 0,
+            for r in 0..rows {
+                let at = co * ohw + (oy0 + r) * ow;
+                // SAFETY: output row (co, oy0 + r) is this task's alone
+                // (`d` is borrowed mutably until every task returns),
+                // and once copied it is initialised.
+                let dst = unsafe {
+                    let dp = out.at(at).cast::<f32>();
+                    std::ptr::copy_nonoverlapping(sums[r * wp..].as_ptr(), dp, ow);
+                    std::slice::from_raw_parts_mut(dp, ow)
                 };
-                // X_ij: element (ci, p) at xs[ci·plane + i·dh·wp + j·dw + p]; its
-                // last, (cin_g − 1, n − 1), is inside channel cin_g − 1's rows.
-                let rhs = MatRef {
-                    data: &xs[ti * dh * wp + tj * dw..],
-                    rs: plane,
-                    cs: 1,
-                    batch: 0,
-                };
-                assert!(
-                    lhs.covers(1, cout_g, cin_g) && rhs.covers(1, cin_g, n),
-                    "conv tap ({ti}, {tj}) outside its weights or slab"
-                );
-                // SAFETY: `acc` holds `cout_g · n` elements of this worker's
-                // part; the views cover their matrices (asserted: the slab's
-                // rows reach `(kh − 1)·dh` past the band's last); the first
-                // tap writes every sum, the others add to them.
-                unsafe { gemm::product_into(acc, n, (cout_g, n, cin_g), lhs, rhs, tap > 0) };
-            }
-            for co in 0..cout_g {
-                // SAFETY: the products above wrote `acc`'s row co.
-                let sums = unsafe { std::slice::from_raw_parts_mut(acc.add(co * n).cast::<f32>(), n) };
-                // Without a residual (indexed by output), the bias and
-                // activation go on the whole row of sums at once: the
-                // dropped columns too, but in one call, not one per row.
-                let whole = tail.residual.is_none();
-                if whole {
-                    gemm::epilogue_one(isa, sums, co, 0, bias, tail);
-                }
-                for r in 0..rows {
-                    let at = co * ohw + (oy0 + r) * ow;
-                    // SAFETY: output row (co, oy0 + r) is this task's alone
-                    // (`d` is borrowed mutably until every task returns),
-                    // and once copied it is initialised.
-                    let dst = unsafe {
-                        let dp = out.at(at).cast::<f32>();
-                        std::ptr::copy_nonoverlapping(sums[r * wp..].as_ptr(), dp, ow);
-                        std::slice::from_raw_parts_mut(dp, ow)
-                    };
-                    if !whole {
-                        gemm::epilogue_one(isa, dst, co, ohw, bias, tail.from((oy0 + r) * ow));
-                    }
+                if !whole {
+                    gemm::epilogue_one(isa, dst, co, ohw, bias, tail.from((oy0 + r) * ow));
                 }
             }
         }
-    });
-    Ok(())
+        Ok(())
+    })
 }
 
 /// Fills `slab` (`[cin, rows, wp]`) with padded rows `oy0..oy0 + rows` of
