@@ -226,6 +226,13 @@ pub fn cpu_name() -> String {
         .unwrap_or_else(|| format!("{} CPU", std::env::consts::ARCH))
 }
 
+/// The error a deadline worker replies with when the call that lent it
+/// `what` (e.g. "the inputs were") has already returned, timed out or
+/// cancelled: no one reads the reply.
+fn taken_back(what: &str) -> Error {
+    Error::internal(format!("{what} taken back before the run"))
+}
+
 /// `pkg` with the function `opts` asks for (the default one when none).
 fn select_function(pkg: MlPackage, opts: &PrepareOptions) -> Result<MlPackage> {
     match &opts.function_name {
@@ -572,7 +579,7 @@ impl InferenceEngine for CandleEngine {
                             Some(Ok(prepared)) => plan.run_prepared_replying(prepared, Some(cancel), reply),
                             Some(Err(e)) => reply.send(Err(e)),
                             // The caller has returned: no one waits for a reply.
-                            None => reply.send(Err(Error::internal("the inputs were taken back before the run"))),
+                            None => reply.send(Err(taken_back("the inputs were"))),
                         },
                         #[cfg(feature = "bert")]
                         Runner::Bert(_) => reply.send(Err(Error::internal("a program's call reached a BERT encoder"))),
@@ -648,7 +655,10 @@ impl InferenceEngine for CandleEngine {
     /// converted before any runs, on the worker (the batch is lent to it, as
     /// [`InferenceEngine::infer`] lends its inputs); a member that does not
     /// match the model is a [`Error::SchemaMismatch`] naming it. Costs what
-    /// the members' inferences cost, with one thread hand-off.
+    /// the members' inferences cost, with one thread hand-off. A call whose
+    /// deadline passes while the worker converts the batch returns once
+    /// that conversion ends (the lent batch cannot be taken back mid-read):
+    /// late by at most one pass over the batch's inputs.
     fn infer_batch(&self, model: &dyn PreparedModel, batch: &[TensorMap], timeout: Duration) -> Result<Vec<TensorMap>> {
         let m = downcast_model::<CandleModel>(model, "candle")?;
         m.inner.schema.validate_batch(batch)?;
@@ -665,8 +675,7 @@ impl InferenceEngine for CandleEngine {
                                 .collect::<Result<Vec<_>>>()
                         });
                         // `None`: the caller has returned, no one waits for a reply.
-                        let members =
-                            members.ok_or_else(|| Error::internal("the batch was taken back before the run"))??;
+                        let members = members.ok_or_else(|| taken_back("the batch was"))??;
                         members
                             .into_iter()
                             .map(|p| plan.run_prepared(p, Some(cancel)).map(|(out, _)| out))
@@ -677,7 +686,7 @@ impl InferenceEngine for CandleEngine {
                         // The encoder reads its inputs all along: it owns a copy.
                         let members = borrow
                             .read(|batch| batch.to_vec())
-                            .ok_or_else(|| Error::internal("the batch was taken back before the run"))?;
+                            .ok_or_else(|| taken_back("the batch was"))?;
                         members
                             .iter()
                             .map(|m| inner.run(m, Some(cancel)).map(|(out, _)| out))

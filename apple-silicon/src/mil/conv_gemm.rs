@@ -222,24 +222,17 @@ fn bands_in_turn(
     let tasks = oh.div_ceil(task_rows.max(1));
     let workers = rayon::current_num_threads().min(tasks).max(1);
     check_alloc("conv band buffers", &[workers, per], 4)?;
-    let parts: Vec<Mutex<&mut [MaybeUninit<f32>]>> = uninit(scratch, workers * per)
-        .chunks_mut(per.max(1))
-        .map(Mutex::new)
-        .collect();
     let next = AtomicUsize::new(0);
     let failed: Mutex<Option<candle_core::Error>> = Mutex::new(None);
-    workers::par_for(workers, |i| {
-        let mut part = parts[i].lock().unwrap_or_else(|p| p.into_inner());
-        loop {
-            let t = next.fetch_add(1, Ordering::Relaxed);
-            if t >= tasks {
-                return;
-            }
-            let oy0 = t * task_rows;
-            if let Err(e) = task(&mut part, oy0, task_rows.min(oh - oy0)) {
-                failed.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
-                return;
-            }
+    workers::par_parts(uninit(scratch, workers * per), per, |_, part| loop {
+        let t = next.fetch_add(1, Ordering::Relaxed);
+        if t >= tasks {
+            return;
+        }
+        let oy0 = t * task_rows;
+        if let Err(e) = task(part, oy0, task_rows.min(oh - oy0)) {
+            failed.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
+            return;
         }
     });
     match failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
@@ -396,10 +389,11 @@ fn tap_bands(
         for co in 0..cout_g {
             // SAFETY: the products above wrote `acc`'s row co.
             let sums = unsafe { std::slice::from_raw_parts_mut(acc.add(co * n).cast::<f32>(), n) };
-            // Without a residual (indexed by output), the bias and
-            // activation go on the whole row of sums at once: the
-            // dropped columns too, but in one call, not one per row.
-            let whole = tail.residual.is_none();
+            // Without a residual or per-position biases (both indexed by
+            // output), the bias and activation go on the whole row of
+            // sums at once: the dropped columns too, but in one call, not
+            // one per row.
+            let whole = tail.residual.is_none() && !matches!(bias, Bias::Cols(_));
             if whole {
                 gemm::epilogue_one(isa, sums, co, 0, bias, tail);
             }

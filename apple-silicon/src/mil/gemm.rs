@@ -309,12 +309,15 @@ unsafe fn matvec(
     } else {
         (&rhs.data[..k], lhs.data, lhs.rs, m)
     };
+    // One row, or one column stored one element a row: the outputs are
+    // contiguous in `dst`. Otherwise gathered here, then stored `dst_rs`
+    // apart.
+    let contiguous = m == 1 || dst_rs == 1;
     let mut sums: Vec<MaybeUninit<f32>> = Vec::new();
-    // One row: the outputs are contiguous in `dst`. One column: gathered
-    // here, then stored `dst_rs` apart.
-    let dst: &mut [MaybeUninit<f32>] = if m == 1 {
-        // SAFETY: row 0 of the output, `n` elements, checked to fit.
-        unsafe { std::slice::from_raw_parts_mut(out.at(0), n) }
+    let dst: &mut [MaybeUninit<f32>] = if contiguous {
+        // SAFETY: the output's first `count` elements: row 0 (`n` of them)
+        // or, one a row, the `m` rows' (checked to fit).
+        unsafe { std::slice::from_raw_parts_mut(out.at(0), count) }
     } else {
         sums.resize(count, MaybeUninit::uninit());
         &mut sums
@@ -324,17 +327,19 @@ unsafe fn matvec(
     } else {
         count
     };
-    let parts: Vec<std::sync::Mutex<&mut [MaybeUninit<f32>]>> =
-        dst.chunks_mut(per.max(1)).map(std::sync::Mutex::new).collect();
-    super::workers::par_for(parts.len(), |i| {
-        let mut part = parts[i].lock().unwrap_or_else(|p| p.into_inner());
-        let from = i * per;
-        gemv::dots(isa, v, &mat[from * rs..], rs, &mut part);
+    super::workers::par_parts(dst, per, |i, part| {
+        gemv::dots(isa, v, &mat[i * per * rs..], rs, part);
     });
-    drop(parts);
-    if m == 1 {
-        // SAFETY: `dots` wrote all `n` outputs of row 0.
-        let d = unsafe { std::slice::from_raw_parts_mut(out.at(0) as *mut f32, n) };
+    if contiguous {
+        // SAFETY: `dots` wrote all `count` outputs.
+        let d = unsafe { std::slice::from_raw_parts_mut(out.at(0) as *mut f32, count) };
+        // A contiguous column is the transposed product's one row: its
+        // per-row biases are that row's per-column ones, and back.
+        let bias = match (m == 1, bias) {
+            (false, Bias::Rows(b)) => Bias::Cols(b),
+            (false, Bias::Cols(b)) => Bias::Rows(b),
+            (_, bias) => bias,
+        };
         epilogue_one(isa, d, 0, dst_rs, bias, tail);
         return;
     }

@@ -35,15 +35,25 @@ pub(crate) fn dots(isa: Isa, v: &[f32], mat: &[f32], rs: usize, out: &mut [Maybe
         // SAFETY: `Isa::Avx512` is only produced when the CPU has AVX-512F;
         // every row is inside `mat` (asserted above).
         Isa::Avx512 => unsafe { x86::dots_avx512(v, mat, rs, out) },
-        _ => {
-            for (i, o) in out.iter_mut().enumerate() {
-                o.write(dot_portable(v, &mat[i * rs..i * rs + k]));
-            }
-        }
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx2` is only produced when the CPU has AVX2 and FMA.
+        Isa::Avx2 => unsafe { x86::dots_avx2(v, mat, rs, out) },
+        _ => dots_portable(v, mat, rs, out),
+    }
+}
+
+/// [`dots`] one row at a time, on [`dot_portable`]. Inlined so that an
+/// ISA's wrapper compiles it with that ISA's vectors.
+#[inline(always)]
+fn dots_portable(v: &[f32], mat: &[f32], rs: usize, out: &mut [MaybeUninit<f32>]) {
+    let k = v.len();
+    for (i, o) in out.iter_mut().enumerate() {
+        o.write(dot_portable(v, &mat[i * rs..i * rs + k]));
     }
 }
 
 /// A dot product in 16 partial sums (a loop compilers vectorise).
+#[inline(always)]
 fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 16];
     let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
@@ -63,6 +73,16 @@ fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
 mod x86 {
     use std::arch::x86_64::*;
     use std::mem::MaybeUninit;
+
+    /// AVX2 version of [`super::dots`]: the portable loop compiled with
+    /// 256-bit vectors (its 16 partial sums in two registers).
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn dots_avx2(v: &[f32], mat: &[f32], rs: usize, out: &mut [MaybeUninit<f32>]) {
+        super::dots_portable(v, mat, rs, out)
+    }
 
     /// AVX-512F version of [`super::dots`]: four rows per pass over `v`.
     ///

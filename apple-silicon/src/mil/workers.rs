@@ -263,6 +263,19 @@ pub(crate) fn par_for(n: usize, f: impl Fn(usize) + Sync) {
     });
 }
 
+/// `f(i, part)` for each `part` of `data` cut in `per` elements (the last
+/// may be shorter), on the pool as [`par_for`]: each part is its task's
+/// alone. Costs `par_for`'s queued tasks plus a lock per part, taken once.
+pub(crate) fn par_parts<T: Send>(data: &mut [T], per: usize, f: impl Fn(usize, &mut [T]) + Sync) {
+    // A lock hands each task its part through the shared closure; no two
+    // tasks share an index, so none ever waits on one.
+    let parts: Vec<std::sync::Mutex<&mut [T]>> = data.chunks_mut(per.max(1)).map(std::sync::Mutex::new).collect();
+    par_for(parts.len(), |i| {
+        let mut part = parts[i].lock().unwrap_or_else(|p| p.into_inner());
+        f(i, &mut part);
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
