@@ -107,7 +107,7 @@ pub(crate) fn conv2d(
     let band = if pointwise || oh == 0 {
         oh.max(1)
     } else {
-        (COL_BUDGET / (kk * ow).max(1)).clamp(1, oh)
+        band_rows(COL_BUDGET, kk, (oh, ow))
     };
     if !pointwise {
         check_alloc("conv im2col buffer", &[kk, band, ow], 4)?;
@@ -200,7 +200,7 @@ fn pooled_band(cout_g: usize, kk: usize, (oh, ow): (usize, usize), band: usize) 
     if threads < 2 || oh < 2 || oh * ow < cout_g || cout_g * oh * ow * kk < 1 << 18 {
         return None;
     }
-    let rows = (COL_BUDGET / threads / (kk * ow).max(1)).clamp(1, oh.div_ceil(threads));
+    let rows = band_rows(COL_BUDGET / threads, kk, (oh, ow)).min(oh.div_ceil(threads));
     let last = |b: usize| (oh - 1) % b + 1;
     let packed = |b: usize| gemm::packed_kernel(cout_g, last(b) * ow, kk);
     (packed(rows) && packed(band)).then_some(rows)
@@ -555,9 +555,24 @@ pub(crate) fn conv_transpose2d(
     Ok(out)
 }
 
-/// Floats of im2col buffer per band of output rows (4 MB; small in tests so
-/// that they run several bands, and bands of one row).
-const COL_BUDGET: usize = if cfg!(test) { 300 } else { 1 << 20 };
+/// Floats of im2col buffer per band of output rows: 512 KB, a quarter of
+/// these machines' L2, so that the product reads back columns im2col just
+/// wrote from cache (a 4 MB budget made YOLOv8n's stride-2 convs a third
+/// slower). Small in tests, so that they run several bands, and bands of
+/// one row.
+const COL_BUDGET: usize = if cfg!(test) { 300 } else { 1 << 17 };
+
+/// The fewest output positions a band's product is given, budget or not:
+/// narrower, gemm's per-call packing of the weights outweighs the cache
+/// gain (one in tests, for bands of one row).
+const BAND_MIN_COLS: usize = if cfg!(test) { 1 } else { 512 };
+
+/// Output rows per im2col band of a conv with `kk` rows of columns:
+/// `budget` floats' worth, but at least [`BAND_MIN_COLS`] positions, at
+/// least one row and at most `oh`.
+fn band_rows(budget: usize, kk: usize, (oh, ow): (usize, usize)) -> usize {
+    (budget / (kk * ow).max(1)).max(BAND_MIN_COLS.div_ceil(ow.max(1))).clamp(1, oh.max(1))
+}
 
 /// Fills `col` (`[cin·kh·kw, oh·ow]` for output rows `oy0..oy0 + oh`) from
 /// `x` (`[cin, h, w]`): row `(c, i, j)` holds, for each output position, the
@@ -812,7 +827,7 @@ mod tests {
                 let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
                 pool.install(|| {
                     let kk = cin / groups * kernel.0 * kernel.1;
-                    let band = (COL_BUDGET / (kk * ow)).clamp(1, oh);
+                    let band = band_rows(COL_BUDGET, kk, (oh, ow));
                     let pooled = pooled_band(cout / groups, kk, (oh, ow), band).is_some();
                     (
                         pooled,
