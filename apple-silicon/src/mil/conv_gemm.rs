@@ -287,9 +287,10 @@ fn bands_on_the_pool(
 }
 
 /// Floats of input slab and sums per task of a conv run as tap products
-/// ([`tap_bands`]): 1 MB, which stays in L2 (small in tests, so that they
-/// run several bands, and bands of one row).
-const TAP_BUDGET: usize = if cfg!(test) { 900 } else { 1 << 18 };
+/// ([`tap_bands`]): 512 KB, a quarter of these machines' L2, as
+/// [`COL_BUDGET`] (1 MB made PP-OCRv4 det 6% slower at 1 and 2 threads).
+/// Small in tests, so that they run several bands, and bands of one row.
+const TAP_BUDGET: usize = if cfg!(test) { 900 } else { 1 << 17 };
 
 /// Output rows per task when a conv runs as tap products ([`tap_bands`]),
 /// or `None` for im2col: only at stride 1 with more than one tap, at least
@@ -571,7 +572,9 @@ const BAND_MIN_COLS: usize = if cfg!(test) { 1 } else { 512 };
 /// `budget` floats' worth, but at least [`BAND_MIN_COLS`] positions, at
 /// least one row and at most `oh`.
 fn band_rows(budget: usize, kk: usize, (oh, ow): (usize, usize)) -> usize {
-    (budget / (kk * ow).max(1)).max(BAND_MIN_COLS.div_ceil(ow.max(1))).clamp(1, oh.max(1))
+    (budget / (kk * ow).max(1))
+        .max(BAND_MIN_COLS.div_ceil(ow.max(1)))
+        .clamp(1, oh.max(1))
 }
 
 /// Fills `col` (`[cin·kh·kw, oh·ow]` for output rows `oy0..oy0 + oh`) from

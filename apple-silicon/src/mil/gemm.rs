@@ -263,7 +263,7 @@ pub(crate) unsafe fn matmul_into_ptr(
             // SAFETY: rows r0..r0 + mb, columns c0..c0 + w of the output
             // (checked above to fit in `dst`); no other block writes them.
             let at = unsafe { out.at(r0 * dst_rs + c0) };
-            unsafe { product(at, dst_rs, (mb, w, k), lhs, rhs) };
+            unsafe { product_into(at, dst_rs, (mb, w, k), lhs, rhs, false) };
             if plain {
                 continue;
             }
@@ -415,23 +415,6 @@ const BAND_MIN: usize = 1 << 15;
 /// multiple of 64 columns.
 fn band_width(m: usize) -> usize {
     ((1usize << 15) / m.max(1)).div_ceil(64).max(1) * 64
-}
-
-/// `dst = lhs · rhs` into `m` rows of `n` elements at `dst`, `dst_rs`
-/// apart, every element written.
-///
-/// # Safety
-/// Those elements must be writable and written by no one else meanwhile,
-/// and `lhs`, `rhs` must cover `[m×k]` and `[k×n]`.
-unsafe fn product(
-    dst: *mut MaybeUninit<f32>,
-    dst_rs: usize,
-    (m, n, k): (usize, usize, usize),
-    lhs: MatRef,
-    rhs: MatRef,
-) {
-    // SAFETY: the caller's contract, and `add` false only writes.
-    unsafe { product_into(dst, dst_rs, (m, n, k), lhs, rhs, false) }
 }
 
 /// `dst = lhs · rhs`, or `dst += lhs · rhs` when `add`, into `m` rows of
