@@ -63,8 +63,10 @@ impl Window {
 /// (`[cout, cin / groups, kh, kw]` flattened), optional per-output-channel
 /// `bias`, then `tail` (an activation; a residual of one value per output,
 /// in the output's order). Returns `[nb, cout, oh, ow]` flattened and `(oh,
-/// ow)`. Costs `2·nb·cout·oh·ow·cin/g·kh·kw` flops on the pool, plus an
-/// im2col buffer of `cin/g·kh·kw·oh·ow` floats unless the conv is pointwise.
+/// ow)`. Costs `2·nb·cout·oh·ow·cin/g·kh·kw` flops on the pool, plus,
+/// unless the conv is pointwise, an im2col buffer or tap slab per worker
+/// of about [`COL_BUDGET`] floats (more when one band of
+/// [`BAND_MIN_COLS`] positions or one output row needs more).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn conv2d(
     x: &[f32],
