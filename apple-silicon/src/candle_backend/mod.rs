@@ -227,10 +227,12 @@ pub fn cpu_name() -> String {
 }
 
 /// The error a deadline worker replies with when the call that lent it
-/// `what` (e.g. "the inputs were") has already returned, timed out or
+/// `what` (e.g. "the inputs") has already returned, timed out or
 /// cancelled: no one reads the reply.
 fn taken_back(what: &str) -> Error {
-    Error::internal(format!("{what} taken back before the run"))
+    Error::internal(format!(
+        "{what}: taken back before the run (the call had already returned)"
+    ))
 }
 
 /// `pkg` with the function `opts` asks for (the default one when none).
@@ -579,7 +581,7 @@ impl InferenceEngine for CandleEngine {
                             Some(Ok(prepared)) => plan.run_prepared_replying(prepared, Some(cancel), reply),
                             Some(Err(e)) => reply.send(Err(e)),
                             // The caller has returned: no one waits for a reply.
-                            None => reply.send(Err(taken_back("the inputs were"))),
+                            None => reply.send(Err(taken_back("the inputs"))),
                         },
                         #[cfg(feature = "bert")]
                         Runner::Bert(_) => reply.send(Err(Error::internal("a program's call reached a BERT encoder"))),
@@ -675,7 +677,7 @@ impl InferenceEngine for CandleEngine {
                                 .collect::<Result<Vec<_>>>()
                         });
                         // `None`: the caller has returned, no one waits for a reply.
-                        let members = members.ok_or_else(|| taken_back("the batch was"))??;
+                        let members = members.ok_or_else(|| taken_back("the batch"))??;
                         members
                             .into_iter()
                             .map(|p| plan.run_prepared(p, Some(cancel)).map(|(out, _)| out))
@@ -686,7 +688,7 @@ impl InferenceEngine for CandleEngine {
                         // The encoder reads its inputs all along: it owns a copy.
                         let members = borrow
                             .read(|batch| batch.to_vec())
-                            .ok_or_else(|| taken_back("the batch was"))?;
+                            .ok_or_else(|| taken_back("the batch"))?;
                         members
                             .iter()
                             .map(|m| inner.run(m, Some(cancel)).map(|(out, _)| out))

@@ -64,9 +64,10 @@ impl Window {
 /// `bias`, then `tail` (an activation; a residual of one value per output,
 /// in the output's order). Returns `[nb, cout, oh, ow]` flattened and `(oh,
 /// ow)`. Costs `2·nb·cout·oh·ow·cin/g·kh·kw` flops on the pool, plus,
-/// unless the conv is pointwise, an im2col buffer or tap slab per worker
-/// of about [`COL_BUDGET`] floats (more when one band of
-/// [`BAND_MIN_COLS`] positions or one output row needs more).
+/// unless the conv is pointwise, per worker an im2col buffer of about
+/// [`COL_BUDGET`] floats (more when one band of [`BAND_MIN_COLS`]
+/// positions needs more) or a tap slab of about [`TAP_BUDGET`] (more when
+/// one output row needs more).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn conv2d(
     x: &[f32],

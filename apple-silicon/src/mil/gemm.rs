@@ -652,6 +652,47 @@ mod tests {
     }
 
     #[test]
+    fn one_column_rows_apart_are_gathered_then_stored_in_place() {
+        // A product with one column written into rows 3 apart (a band of a
+        // wider output): the dot products go through a buffer, then each
+        // lands at its row with its bias, activation and residual; the
+        // elements between them are not touched.
+        let (m, k, rs) = (40, 33, 3);
+        let (l, v, rb) = (ramp(m * k, 0.2), ramp(k, 0.7), ramp(m, 1.4));
+        let len = (m - 1) * rs + 1;
+        let res = ramp(len, 0.6);
+        let tail = Tail {
+            pre: Act::Clamp(-0.5, 6.0),
+            residual: Some(&res),
+            post: Act::Identity,
+        };
+        for threads in [1, 3] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let mut out = vec![MaybeUninit::new(f32::NAN); len];
+            let at = Out(out.as_mut_ptr());
+            let (lhs, rhs) = (MatRef::row_major(&l, k), MatRef::row_major(&v, 1));
+            pool.install(|| unsafe {
+                matmul_into_ptr(threads, at, len, rs, (m, 1, k), lhs, rhs, Bias::Rows(&rb), tail)
+            })
+            .unwrap();
+            for (i, o) in out.iter().enumerate() {
+                let got = unsafe { o.assume_init() };
+                if i % rs != 0 {
+                    assert!(got.is_nan(), "element {i} between rows was written: {got}");
+                    continue;
+                }
+                let r = i / rs;
+                let dot: f64 = (0..k).map(|t| l[r * k + t] as f64 * v[t] as f64).sum();
+                let want = tail.pre.f((dot + rb[r] as f64) as f32) + res[i];
+                assert!(
+                    (got - want).abs() < 1e-4,
+                    "row {r} on {threads} threads: {got} vs {want}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn transposed_views_and_short_operands() {
         // rhs given as its transpose [n, k] read with swapped strides.
         let (m, n, k) = (9, 11, 6);

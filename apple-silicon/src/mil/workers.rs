@@ -438,4 +438,33 @@ mod tests {
         let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
         assert!(one.install(|| Warm::on_this_pool().state.is_none()));
     }
+
+    #[test]
+    fn par_parts_hands_each_task_its_own_part_on_any_pool() {
+        // 103 elements in parts of 10: ten full parts and a last of 3; a
+        // part size of 0 counts as 1.
+        for (len, per) in [(103usize, 10usize), (5, 0), (7, 100), (0, 4)] {
+            for threads in [1, 3] {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                let mut data = vec![(usize::MAX, 0usize); len];
+                pool.install(|| {
+                    par_parts(&mut data, per, |i, part| {
+                        let n = part.len();
+                        for (j, v) in part.iter_mut().enumerate() {
+                            *v = (i, j + n * 1000);
+                        }
+                    })
+                });
+                let per = per.max(1);
+                for (x, &(i, tag)) in data.iter().enumerate() {
+                    let want_len = per.min(len - x / per * per);
+                    assert_eq!(
+                        (i, tag),
+                        (x / per, x % per + want_len * 1000),
+                        "len {len} per {per} on {threads}: element {x}"
+                    );
+                }
+            }
+        }
+    }
 }
