@@ -68,7 +68,7 @@ impl Isa {
 }
 
 /// Whether the vector paths compute `act` in registers.
-fn in_registers(act: Act) -> bool {
+pub(crate) fn in_registers(act: Act) -> bool {
     matches!(act, Act::Identity | Act::Relu | Act::Clamp(..) | Act::HardSwish(..))
 }
 
@@ -282,6 +282,9 @@ pub(crate) fn evens(isa: Isa, src: &[f32], dst: &mut [MaybeUninit<f32>]) {
 }
 
 #[cfg(target_arch = "x86_64")]
+pub(crate) use x86::act16;
+
+#[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
     use std::mem::MaybeUninit;
@@ -293,7 +296,7 @@ mod x86 {
     /// operand when either is NaN).
     #[inline]
     #[target_feature(enable = "avx512f")]
-    fn act16(v: __m512, act: Act) -> __m512 {
+    pub(crate) fn act16(v: __m512, act: Act) -> __m512 {
         match act {
             Act::Relu => _mm512_max_ps(v, _mm512_setzero_ps()),
             Act::Clamp(lo, hi) => _mm512_min_ps(_mm512_set1_ps(hi), _mm512_max_ps(_mm512_set1_ps(lo), v)),

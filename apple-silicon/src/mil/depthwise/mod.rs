@@ -17,14 +17,22 @@
 //! outputs) are computed as one run as wide as the padded plane and their
 //! rows copied out, so that short rows do not waste vector lanes. Any
 //! kernel size, stride, dilation and padding takes this path.
+//!
+//! On AVX-512 cores, planes whose output rows are narrower than a vector
+//! (MobileNetV2's 7×7 and 14×14 layers) go instead 16 channels at a time
+//! with the channels on the lanes ([`lanes`]), in the same sums.
 
 use candle_core::{CpuStorage, DType, Device, Storage, Tensor};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::fuse::Tail;
 use super::limits::{self, check_alloc};
 use super::rows::{self as run, Isa};
+
+#[cfg(target_arch = "x86_64")]
+mod lanes;
 
 type CResult<T> = candle_core::Result<T>;
 
@@ -159,12 +167,24 @@ pub(crate) fn depthwise_conv2d(
     dil: usize,
     tail: Tail,
 ) -> CResult<Tensor> {
-    depthwise_conv2d_on(Isa::detect(), x, weight, (kh, kw), bias, pads, stride, dil, tail)
+    depthwise_conv2d_on(
+        (Isa::detect(), true),
+        x,
+        weight,
+        (kh, kw),
+        bias,
+        pads,
+        stride,
+        dil,
+        tail,
+    )
 }
 
+/// [`depthwise_conv2d`] on `isa`, with narrow planes on the lanes when
+/// `lanes_ok` and the CPU allows it (tests compare both paths).
 #[allow(clippy::too_many_arguments)]
 fn depthwise_conv2d_on(
-    isa: Isa,
+    (isa, lanes_ok): (Isa, bool),
     x: &Tensor,
     weight: &[f32],
     (kh, kw): (usize, usize),
@@ -218,9 +238,98 @@ fn depthwise_conv2d_on(
     // thread's scope: they check their own copy of the flag, once a plane.
     let cancel = limits::cancel_flag();
     let stopped = AtomicBool::new(false);
-    with_f32_slice(&x32, |src| {
-        out.spare_capacity_mut()[..n]
-            .par_chunks_mut(plane)
+    #[cfg(target_arch = "x86_64")]
+    if lanes_ok && lanes::fits(isa, &lay, h * w, plane) {
+        let g = lanes::Geometry {
+            h,
+            oh,
+            kh,
+            kw,
+            dil,
+            channels: ch,
+        };
+        with_f32_slice(&x32, |src| {
+            out.spare_capacity_mut()[..n]
+                .par_chunks_mut(lanes::LANES * plane)
+                .enumerate()
+                .for_each_init(lanes::Block::default, |buf, (i, dst)| {
+                    if cancel.as_ref().is_some_and(|c| c.is_cancelled()) {
+                        stopped.store(true, Ordering::Relaxed);
+                        return;
+                    }
+                    let p0 = i * lanes::LANES;
+                    let count = dst.len() / plane;
+                    let src = &src[p0 * h * w..(p0 + count) * h * w];
+                    // SAFETY: `fits` held; `src` and `dst` hold `count` planes.
+                    let dst = unsafe { lanes::block(&lay, g, src, p0, weight, bias, tail.pre, buf, dst) };
+                    for (l, d) in dst.chunks_exact_mut(plane).enumerate() {
+                        tail.finish(d, (p0 + l) * plane);
+                    }
+                });
+        })?;
+    } else {
+        per_plane(
+            isa,
+            &x32,
+            &lay,
+            (h, w, oh, ow),
+            (kh, kw),
+            ch,
+            weight,
+            bias,
+            tail,
+            &mut out.spare_capacity_mut()[..n],
+            &cancel,
+            &stopped,
+        )?;
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = lanes_ok;
+    #[cfg(not(target_arch = "x86_64"))]
+    per_plane(
+        isa,
+        &x32,
+        &lay,
+        (h, w, oh, ow),
+        (kh, kw),
+        ch,
+        weight,
+        bias,
+        tail,
+        &mut out.spare_capacity_mut()[..n],
+        &cancel,
+        &stopped,
+    )?;
+    if stopped.load(Ordering::Relaxed) {
+        limits::note_cancelled();
+        candle_core::bail!("cancelled")
+    }
+    // SAFETY: not stopped, so every plane of the `n` outputs was written
+    // (a panicking plane unwinds past this, leaving `out` empty).
+    unsafe { out.set_len(n) };
+    Tensor::from_vec(out, (nb, ch, oh, ow), &Device::Cpu)?.to_dtype(dtype)
+}
+
+/// The planes one at a time, each a task (see the module doc).
+#[allow(clippy::too_many_arguments)]
+fn per_plane(
+    isa: Isa,
+    x32: &Tensor,
+    lay: &Layout,
+    (h, w, oh, ow): (usize, usize, usize, usize),
+    (kh, kw): (usize, usize),
+    ch: usize,
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    tail: Tail,
+    out: &mut [MaybeUninit<f32>],
+    cancel: &Option<limits::CancelFlag>,
+    stopped: &AtomicBool,
+) -> CResult<()> {
+    let plane = oh * ow;
+    let stride = lay.stride;
+    with_f32_slice(x32, |src| {
+        out.par_chunks_mut(plane)
             .enumerate()
             .for_each_init(Scratch::default, |scratch, (p, dst)| {
                 if cancel.as_ref().is_some_and(|c| c.is_cancelled()) {
@@ -249,15 +358,7 @@ fn depthwise_conv2d_on(
                     tail.finish(dst, p * plane);
                 }
             });
-    })?;
-    if stopped.load(Ordering::Relaxed) {
-        limits::note_cancelled();
-        candle_core::bail!("cancelled")
-    }
-    // SAFETY: not stopped, so every plane of the `n` outputs was written
-    // (a panicking plane unwinds past this, leaving `out` empty).
-    unsafe { out.set_len(n) };
-    Tensor::from_vec(out, (nb, ch, oh, ow), &Device::Cpu)?.to_dtype(dtype)
+    })
 }
 
 /// Calls `f` with the data of a contiguous f32 CPU tensor, without copying.
@@ -355,9 +456,10 @@ mod tests {
         let x = Tensor::from_vec(xs, dims, &Device::Cpu).unwrap();
         let res = values(nb * ch * oh * ow, 4);
         let res_t = Tensor::from_vec(res.clone(), (nb, ch, oh, ow), &Device::Cpu).unwrap();
-        let conv = |isa: Isa, tail: Tail| {
-            depthwise_conv2d_on(isa, &x, &ws, k, bias.as_deref(), &pads, stride, dil, tail).unwrap()
+        let conv_on = |isa: Isa, lanes: bool, tail: Tail| {
+            depthwise_conv2d_on((isa, lanes), &x, &ws, k, bias.as_deref(), &pads, stride, dil, tail).unwrap()
         };
+        let conv = |isa: Isa, tail: Tail| conv_on(isa, true, tail);
         let flat = |t: &Tensor| -> Vec<f32> { t.flatten_all().unwrap().to_vec1().unwrap() };
         // Every implementation this CPU runs, the portable one included.
         for isa in Isa::available() {
@@ -382,6 +484,13 @@ mod tests {
                     post,
                 };
                 let fused = conv(isa, tail);
+                // Narrow planes on the lanes sum as the plane-by-plane
+                // kernels do: the same bits either way.
+                assert_eq!(
+                    flat(&fused),
+                    flat(&conv_on(isa, false, tail)),
+                    "{at} {tail:?}: lanes vs planes"
+                );
                 let mut after = pre.apply(&got).unwrap();
                 if residual {
                     after = post.apply(&(after + &res_t).unwrap()).unwrap();
@@ -410,6 +519,11 @@ mod tests {
         // Padding wider than the filter reach: taps with no valid columns.
         check((1, 2, 3, 2), (3, 3), [(3, 3), (4, 4)], 1, 1, true);
         check((1, 3, 1, 1), (1, 1), [(0, 0), (0, 0)], 1, 1, true);
+        // More planes than a block of lanes, the last block short, channels
+        // wrapping inside a block (batch 2); rows wider than a vector.
+        check((2, 21, 9, 7), (3, 3), [(1, 1), (1, 1)], 1, 1, true);
+        check((1, 40, 14, 14), (3, 3), [(1, 1), (1, 1)], 2, 1, true);
+        check((1, 17, 6, 37), (3, 3), [(1, 1), (1, 1)], 2, 1, true);
     }
 
     #[test]
@@ -448,5 +562,54 @@ mod tests {
             .to_vec1::<f32>()
             .unwrap();
         assert_eq!((v[5], v[0]), (9.0, 4.0));
+    }
+
+    /// Narrow planes on the lanes against plane by plane, interleaved, 1
+    /// thread: `cargo test --release --lib depthwise::tests::timing --
+    /// --ignored --nocapture` (MobileNetV2's depthwise shapes).
+    #[test]
+    #[ignore]
+    fn timing() {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        let isa = Isa::detect();
+        let only = std::env::var("DW_SHAPE").ok().and_then(|v| v.parse::<usize>().ok());
+        let shapes = [
+            (576usize, 14usize, 2usize),
+            (960, 7, 1),
+            (192, 28, 2),
+            (576, 14, 1),
+            (144, 56, 2),
+            (144, 56, 1),
+        ];
+        for (i, &(ch, hw, stride)) in shapes.iter().enumerate() {
+            if only.is_some_and(|o| o != i) {
+                continue;
+            }
+            let x = Tensor::from_vec(values(ch * hw * hw, 1), (1, ch, hw, hw), &Device::Cpu).unwrap();
+            let (ws, b) = (values(ch * 9, 2), values(ch, 3));
+            let pads = [(1, 1), (1, 1)];
+            let reps = 200;
+            let mut best = [f64::MAX; 2];
+            pool.install(|| {
+                for _ in 0..7 {
+                    for (i, lanes) in [true, false].into_iter().enumerate() {
+                        let t = std::time::Instant::now();
+                        for _ in 0..reps {
+                            let tail = Tail::act(Act::Clamp(0.0, 6.0));
+                            depthwise_conv2d_on((isa, lanes), &x, &ws, (3, 3), Some(&b), &pads, stride, 1, tail)
+                                .unwrap();
+                        }
+                        best[i] = best[i].min(t.elapsed().as_secs_f64() / reps as f64);
+                    }
+                }
+            });
+            eprintln!(
+                "{ch} ch {hw}x{hw} s{stride}: lanes {:.1} us, planes {:.1} us ({:.0} / {:.0} ns a channel)",
+                best[0] * 1e6,
+                best[1] * 1e6,
+                best[0] * 1e9 / ch as f64,
+                best[1] * 1e9 / ch as f64
+            );
+        }
     }
 }
