@@ -238,68 +238,24 @@ fn depthwise_conv2d_on(
     // thread's scope: they check their own copy of the flag, once a plane.
     let cancel = limits::cancel_flag();
     let stopped = AtomicBool::new(false);
-    #[cfg(target_arch = "x86_64")]
-    if lanes_ok && lanes::fits(isa, &lay, h * w, plane) {
-        let g = lanes::Geometry {
-            h,
-            oh,
-            kh,
-            kw,
-            dil,
-            channels: ch,
-        };
-        with_f32_slice(&x32, |src| {
-            out.spare_capacity_mut()[..n]
-                .par_chunks_mut(lanes::LANES * plane)
-                .enumerate()
-                .for_each_init(lanes::Block::default, |buf, (i, dst)| {
-                    if cancel.as_ref().is_some_and(|c| c.is_cancelled()) {
-                        stopped.store(true, Ordering::Relaxed);
-                        return;
-                    }
-                    let p0 = i * lanes::LANES;
-                    let count = dst.len() / plane;
-                    let src = &src[p0 * h * w..(p0 + count) * h * w];
-                    // SAFETY: `fits` held; `src` and `dst` hold `count` planes.
-                    let dst = unsafe { lanes::block(&lay, g, src, p0, weight, bias, tail.pre, buf, dst) };
-                    for (l, d) in dst.chunks_exact_mut(plane).enumerate() {
-                        tail.finish(d, (p0 + l) * plane);
-                    }
-                });
-        })?;
-    } else {
-        per_plane(
-            isa,
-            &x32,
-            &lay,
-            (h, w, oh, ow),
-            (kh, kw),
-            ch,
-            weight,
-            bias,
-            tail,
-            &mut out.spare_capacity_mut()[..n],
-            &cancel,
-            &stopped,
-        )?;
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = lanes_ok;
-    #[cfg(not(target_arch = "x86_64"))]
-    per_plane(
-        isa,
-        &x32,
-        &lay,
-        (h, w, oh, ow),
-        (kh, kw),
-        ch,
+    let job = Job {
+        lay: &lay,
+        dims: (h, w, oh, ow),
+        kernel: (kh, kw, dil),
+        channels: ch,
         weight,
         bias,
         tail,
-        &mut out.spare_capacity_mut()[..n],
-        &cancel,
-        &stopped,
-    )?;
+        cancel: &cancel,
+        stopped: &stopped,
+    };
+    let dst = &mut out.spare_capacity_mut()[..n];
+    if lanes_ok && on_lanes(isa, &lay, h * w, plane) {
+        #[cfg(target_arch = "x86_64")]
+        by_blocks(&job, &x32, dst)?;
+    } else {
+        per_plane(&job, isa, &x32, dst)?;
+    }
     if stopped.load(Ordering::Relaxed) {
         limits::note_cancelled();
         candle_core::bail!("cancelled")
@@ -310,30 +266,91 @@ fn depthwise_conv2d_on(
     Tensor::from_vec(out, (nb, ch, oh, ow), &Device::Cpu)?.to_dtype(dtype)
 }
 
+/// Whether this conv's planes go 16 at a time on the lanes ([`lanes`]).
+fn on_lanes(isa: Isa, lay: &Layout, hw: usize, plane: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        lanes::fits(isa, lay, hw, plane)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (isa, lay, hw, plane);
+        false
+    }
+}
+
+/// One depthwise conv's description, as the paths below take it.
+struct Job<'a> {
+    lay: &'a Layout,
+    /// Input height and width, output height and width.
+    dims: (usize, usize, usize, usize),
+    /// Kernel height and width, dilation.
+    kernel: (usize, usize, usize),
+    channels: usize,
+    weight: &'a [f32],
+    bias: Option<&'a [f32]>,
+    tail: Tail<'a>,
+    cancel: &'a Option<limits::CancelFlag>,
+    /// Set by a task that saw the cancel flag.
+    stopped: &'a AtomicBool,
+}
+
+impl Job<'_> {
+    /// Whether the run was cancelled: then notes it (once a plane or
+    /// block, on the task's thread) for the caller to report.
+    fn stop_here(&self) -> bool {
+        let stop = self.cancel.as_ref().is_some_and(|c| c.is_cancelled());
+        if stop {
+            self.stopped.store(true, Ordering::Relaxed);
+        }
+        stop
+    }
+}
+
+/// The planes 16 at a time, each block a task ([`lanes::block`]), then
+/// each plane's residual and final activation.
+#[cfg(target_arch = "x86_64")]
+fn by_blocks(job: &Job, x32: &Tensor, out: &mut [MaybeUninit<f32>]) -> CResult<()> {
+    let (lay, (h, w, oh, ow), tail) = (job.lay, job.dims, job.tail);
+    let plane = oh * ow;
+    let g = lanes::Geometry {
+        h,
+        oh,
+        kh: job.kernel.0,
+        kw: job.kernel.1,
+        dil: job.kernel.2,
+        channels: job.channels,
+    };
+    with_f32_slice(x32, |src| {
+        out.par_chunks_mut(lanes::LANES * plane)
+            .enumerate()
+            .for_each_init(lanes::Block::default, |buf, (i, dst)| {
+                if job.stop_here() {
+                    return;
+                }
+                let p0 = i * lanes::LANES;
+                let count = dst.len() / plane;
+                let src = &src[p0 * h * w..(p0 + count) * h * w];
+                // SAFETY: `fits` held; `src` and `dst` hold `count` planes.
+                let dst = unsafe { lanes::block(lay, g, src, p0, job.weight, job.bias, tail.pre, buf, dst) };
+                for (l, d) in dst.chunks_exact_mut(plane).enumerate() {
+                    tail.finish(d, (p0 + l) * plane);
+                }
+            });
+    })
+}
+
 /// The planes one at a time, each a task (see the module doc).
-#[allow(clippy::too_many_arguments)]
-fn per_plane(
-    isa: Isa,
-    x32: &Tensor,
-    lay: &Layout,
-    (h, w, oh, ow): (usize, usize, usize, usize),
-    (kh, kw): (usize, usize),
-    ch: usize,
-    weight: &[f32],
-    bias: Option<&[f32]>,
-    tail: Tail,
-    out: &mut [MaybeUninit<f32>],
-    cancel: &Option<limits::CancelFlag>,
-    stopped: &AtomicBool,
-) -> CResult<()> {
+fn per_plane(job: &Job, isa: Isa, x32: &Tensor, out: &mut [MaybeUninit<f32>]) -> CResult<()> {
+    let (lay, (h, w, oh, ow), tail) = (job.lay, job.dims, job.tail);
+    let (kh, kw, ch, weight, bias) = (job.kernel.0, job.kernel.1, job.channels, job.weight, job.bias);
     let plane = oh * ow;
     let stride = lay.stride;
     with_f32_slice(x32, |src| {
         out.par_chunks_mut(plane)
             .enumerate()
             .for_each_init(Scratch::default, |scratch, (p, dst)| {
-                if cancel.as_ref().is_some_and(|c| c.is_cancelled()) {
-                    stopped.store(true, Ordering::Relaxed);
+                if job.stop_here() {
                     return;
                 }
                 let c = p % ch;
