@@ -5,9 +5,10 @@
 //! one, one masked vector per output row), which for MobileNetV2's 7×7 and
 //! 14×14 planes of hundreds of channels is most of the op — ONNX Runtime
 //! ran those layers 2–5× faster with the channels on the lanes. Here 16
-//! planes are gathered into one zero-bordered `[ph, pw, 16]` block (one
-//! gather per input pixel), every output is then one vector summed over
-//! the taps, and the outputs go back to their 16 planes transposed the same way.
+//! planes are copied into one zero-bordered `[ph, pw, 16]` block (16
+//! columns of 16 planes at a time, transposed in registers), every output
+//! is then one vector summed over the taps, and the outputs go back to
+//! their 16 planes transposed the same way.
 //!
 //! Sums: each output is the bias, then one fused multiply-add per tap in
 //! the filter's row-major order, then the activation in the register when
@@ -19,6 +20,7 @@ use std::arch::x86_64::*;
 use std::mem::MaybeUninit;
 
 use super::super::fuse::Act;
+use super::super::limits;
 use super::super::rows;
 use super::Layout;
 
@@ -39,12 +41,18 @@ pub(super) struct Block {
 
 /// Whether a conv of this layout, input plane `hw` values and output plane
 /// `plane` values, runs here: AVX-512F, outputs narrower than a vector, and
-/// offsets of 16 planes that fit the gathers' 32-bit indices.
-pub(super) fn fits(isa: rows::Isa, lay: &Layout, hw: usize, plane: usize) -> bool {
+/// a task's two buffers (the block, `ph · pw · 16` floats, and the sums,
+/// `plane · 16`) each within the memory limit in force — 16 planes' worth
+/// of what the plane path holds, so a tall plane near the limit stays on
+/// that path.
+pub(super) fn fits(isa: rows::Isa, lay: &Layout, plane: usize) -> bool {
+    let bytes = |n: Option<usize>| n.and_then(|n| n.checked_mul(LANES * 4)).map(|b| b as u64);
+    let limit = limits::limit().unwrap_or(u64::MAX);
+    let within = |b: Option<u64>| b.is_some_and(|b| b <= limit);
     isa == rows::Isa::Avx512
         && lay.ow < LANES
-        && hw.max(plane).checked_mul(LANES).is_some_and(|v| v <= i32::MAX as usize)
-        && lay.ph.checked_mul(lay.pw).and_then(|v| v.checked_mul(LANES)).is_some()
+        && within(bytes(lay.ph.checked_mul(lay.pw)))
+        && within(bytes(Some(plane)))
 }
 
 /// The geometry a block needs besides the layout.
@@ -356,5 +364,25 @@ unsafe fn compute(
             unsafe { _mm512_mask_storeu_ps(dp.add(l * plane + q0), m, *v) };
         }
         q0 += k;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_block_over_the_memory_limit_stays_on_the_plane_path() {
+        // 200 rows of 3 outputs, 3×3, pad 1: the block is 202 × 5 × 16
+        // floats (64,640 bytes), one plane's padded copy 4,040.
+        let lay = Layout::new((3, 200, 3), (3, 3), 1, 1, (1, 1));
+        let isa = rows::Isa::detect();
+        let on = |limit: Option<u64>| limits::scoped(limit, None, None, || fits(isa, &lay, 600));
+        if isa != rows::Isa::Avx512 {
+            assert!(!on(None), "the lanes need AVX-512F");
+            return;
+        }
+        assert!(on(None) && on(Some(64_640)));
+        assert!(!on(Some(64_639)), "a block one byte over the limit");
     }
 }

@@ -250,7 +250,7 @@ fn depthwise_conv2d_on(
         stopped: &stopped,
     };
     let dst = &mut out.spare_capacity_mut()[..n];
-    if lanes_ok && on_lanes(isa, &lay, h * w, plane) {
+    if lanes_ok && on_lanes(isa, &lay, plane) {
         #[cfg(target_arch = "x86_64")]
         by_blocks(&job, &x32, dst)?;
     } else {
@@ -267,14 +267,14 @@ fn depthwise_conv2d_on(
 }
 
 /// Whether this conv's planes go 16 at a time on the lanes ([`lanes`]).
-fn on_lanes(isa: Isa, lay: &Layout, hw: usize, plane: usize) -> bool {
+fn on_lanes(isa: Isa, lay: &Layout, plane: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        lanes::fits(isa, lay, hw, plane)
+        lanes::fits(isa, lay, plane)
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (isa, lay, hw, plane);
+        let _ = (isa, lay, plane);
         false
     }
 }
