@@ -244,6 +244,56 @@ pub(crate) fn split_pairs(isa: Isa, pairs: &[f32], even: &mut [f32], odd: &mut [
     }
 }
 
+/// Each `w`-wide row of `src` into one `row`-wide row of `dst`, split into
+/// its two stride phases as a stride-2 plane lays them out: padded column
+/// `c` (input column `c − pad_left`) to `dst[c / 2 + (c % 2) · phase]`, for
+/// the first `n` input columns of each row. Stops at whichever of `src`
+/// and `dst` runs out of rows first; writes nothing else. One pass over the
+/// plane in one call (AVX-512F: 16 pairs per two permutes).
+pub(crate) fn split_rows(
+    isa: Isa,
+    src: &[f32],
+    (w, n, pad_left): (usize, usize, usize),
+    dst: &mut [f32],
+    (row, phase): (usize, usize),
+) {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 {
+        // SAFETY: `Isa::Avx512` is only produced when the CPU has AVX-512F.
+        unsafe { x86::split_rows_avx512(src, (w, n, pad_left), dst, (row, phase)) };
+        return;
+    }
+    split_rows_with(src, (w, n, pad_left), dst, (row, phase), |p, e, o| {
+        split_pairs(isa, p, e, o)
+    });
+}
+
+/// [`split_rows`]' loop, with `split` taking a row's whole pairs apart
+/// (inlined into each ISA's caller, so the row loop is compiled for it).
+#[inline(always)]
+fn split_rows_with(
+    src: &[f32],
+    (w, n, pl): (usize, usize, usize),
+    dst: &mut [f32],
+    (row, phase): (usize, usize),
+    mut split: impl FnMut(&[f32], &mut [f32], &mut [f32]),
+) {
+    for (srow, drow) in src.chunks_exact(w).zip(dst.chunks_exact_mut(row)) {
+        let (even, odd) = drow.split_at_mut(phase);
+        let mut ix = 0;
+        if pl % 2 == 1 && n > 0 {
+            odd[pl / 2] = srow[0];
+            ix = 1;
+        }
+        let base = (ix + pl) / 2;
+        let pairs = (n - ix) / 2;
+        split(&srow[ix..ix + 2 * pairs], &mut even[base..], &mut odd[base..]);
+        if ix + 2 * pairs < n {
+            even[base + pairs] = srow[ix + 2 * pairs];
+        }
+    }
+}
+
 /// Tap by tap over the run, added to what `dst` holds (the bias): a plain
 /// zip per tap, which vectorises.
 fn run_portable(dst: &mut [f32], src: &[f32], offs: &[usize], wts: &[f32], act: Act) {
@@ -636,11 +686,32 @@ mod x86 {
         )
     }
 
+    /// AVX-512F version of [`super::split_rows`].
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn split_rows_avx512(
+        src: &[f32],
+        cols: (usize, usize, usize),
+        dst: &mut [f32],
+        rows: (usize, usize),
+    ) {
+        super::split_rows_with(src, cols, dst, rows, |p, e, o| {
+            let n = p.len() / 2;
+            // SAFETY: AVX-512F (this function's feature); `p` holds `2n`
+            // values, and `e`, `o` at least `n` (they hold the phase's
+            // columns from the pair's first).
+            unsafe { split_pairs_avx512(p, &mut e[..n], &mut o[..n]) }
+        });
+    }
+
     /// AVX-512F version of [`super::split_pairs`].
     ///
     /// # Safety
     /// The CPU must have AVX-512F; `pairs` holds `2n` values and `even`,
     /// `odd` `n` each.
+    #[inline]
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn split_pairs_avx512(pairs: &[f32], even: &mut [f32], odd: &mut [f32]) {
         let n = even.len();

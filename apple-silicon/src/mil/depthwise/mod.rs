@@ -13,7 +13,10 @@
 //! then summed over all taps in a register and stored once, four output
 //! rows at a time, the whole plane in one call (`run_rows`: AVX-512 or
 //! AVX2 + FMA when the CPU has them, else portable code), activated while
-//! still in the register. Narrow planes at stride 1 (rows under 16
+//! still in the register. A plane whose padded copy would not fit in L1
+//! (over 32 KiB: MobileNetV2's 112 × 112 layers) is copied and computed a
+//! band of rows at a time instead, each band's padded rows about 16 KiB,
+//! in the same sums. Narrow planes at stride 1 (rows under 16
 //! outputs) are computed as one run as wide as the padded plane and their
 //! rows copied out, so that short rows do not waste vector lanes. Any
 //! kernel size, stride, dilation and padding takes this path.
@@ -38,6 +41,11 @@ type CResult<T> = candle_core::Result<T>;
 
 /// Rows narrower than this (at stride 1) are computed plane-wide.
 const NARROW: usize = 16;
+
+/// Bytes of padded rows a band holds when a plane goes in bands
+/// ([`Layout::band_rows`]): a third of a 48 KiB L1, leaving room for the
+/// input rows read and the outputs written.
+const BAND_BYTES: usize = 16 << 10;
 
 /// Where one channel's padded, phase-split plane puts things.
 #[derive(Clone, Debug)]
@@ -96,40 +104,35 @@ impl Layout {
         self.stride == 1 && self.ow < NARROW
     }
 
-    /// Copies one channel's `h · w` input into `out` as the padded,
-    /// phase-split plane (zeros outside the image). `out` is either empty
-    /// or a plane this layout filled before: every channel writes the same
-    /// positions, so its zeros are still in place.
-    fn fill(&self, isa: Isa, src: &[f32], out: &mut Vec<f32>) {
-        if out.len() != self.ph * self.row {
-            out.clear();
-            out.resize(self.ph * self.row, 0.0);
+    /// Fills `out` with whole padded rows from padded row `first` on
+    /// (`out.len() / row` of them) of one channel's `h · w` input `src`,
+    /// phase-split: rows above or below the image are zeroed; columns
+    /// outside it are left as they are, which is zero when `out` was
+    /// zeroed once and has held only this layout's rows since (every row
+    /// writes the same columns).
+    fn fill_rows(&self, isa: Isa, src: &[f32], first: usize, out: &mut [f32]) {
+        let count = out.len() / self.row;
+        let h = src.len() / self.w;
+        // Padded row `pr` holds input row `pr − pad_top` when that is in the image.
+        let img0 = self.pad_top.clamp(first, first + count) - first;
+        let img1 = (self.pad_top + h).clamp(first, first + count) - first;
+        out[..img0 * self.row].fill(0.0);
+        out[img1.max(img0) * self.row..].fill(0.0);
+        if img1 <= img0 {
+            return;
         }
-        for (iy, srow) in src.chunks_exact(self.w).enumerate() {
-            let pr = iy + self.pad_top;
-            if pr >= self.ph {
-                break;
-            }
-            let drow = &mut out[pr * self.row..(pr + 1) * self.row];
-            // Columns past `pw` are never read.
-            let n = self.w.min(self.pw.saturating_sub(self.pad_left));
+        let src = &src[(first + img0 - self.pad_top) * self.w..];
+        let rows = &mut out[img0 * self.row..img1 * self.row];
+        // Columns past `pw` are never read.
+        let n = self.w.min(self.pw.saturating_sub(self.pad_left));
+        if self.stride == 2 {
+            // The rows in one call: per-row calls cost as much as the split.
+            run::split_rows(isa, src, (self.w, n, self.pad_left), rows, (self.row, self.phase));
+            return;
+        }
+        for (srow, drow) in src.chunks_exact(self.w).zip(rows.chunks_exact_mut(self.row)) {
             if self.stride == 1 {
                 drow[self.pad_left..self.pad_left + n].copy_from_slice(&srow[..n]);
-            } else if self.stride == 2 {
-                // Pairs of columns to the two phases: a loop compilers vectorise.
-                let (even, odd) = drow.split_at_mut(self.phase);
-                let pl = self.pad_left;
-                let mut ix = 0;
-                if pl % 2 == 1 && n > 0 {
-                    odd[pl / 2] = srow[0];
-                    ix = 1;
-                }
-                let base = (ix + pl) / 2;
-                let pairs = (n - ix) / 2;
-                run::split_pairs(isa, &srow[ix..ix + 2 * pairs], &mut even[base..], &mut odd[base..]);
-                if ix + 2 * pairs < n {
-                    even[base + pairs] = srow[ix + 2 * pairs];
-                }
             } else {
                 // Phase `p` holds padded columns `p + s·k`, input columns `p + s·k − pad_left`.
                 let s = self.stride;
@@ -146,6 +149,20 @@ impl Layout {
                 }
             }
         }
+    }
+
+    /// Output rows per band when a plane is computed a band of rows at a
+    /// time (each band's padded rows about `band_bytes`, [`BAND_BYTES`]
+    /// outside tests, so that they stay in L1 while its outputs read them
+    /// three or more times); all `oh` when the whole padded plane is
+    /// under two bands, or computed as one run.
+    fn band_rows(&self, oh: usize, eff_h: usize, band_bytes: usize) -> usize {
+        let row_bytes = self.row * 4;
+        if self.plane_wide() || self.ph * row_bytes <= band_bytes.saturating_mul(2) {
+            return oh;
+        }
+        let padded = (band_bytes / row_bytes).max(eff_h);
+        ((padded - eff_h) / self.stride + 1).clamp(1, oh)
     }
 }
 
@@ -168,7 +185,7 @@ pub(crate) fn depthwise_conv2d(
     tail: Tail,
 ) -> CResult<Tensor> {
     depthwise_conv2d_on(
-        (Isa::detect(), true),
+        (Isa::detect(), true, BAND_BYTES),
         x,
         weight,
         (kh, kw),
@@ -181,10 +198,11 @@ pub(crate) fn depthwise_conv2d(
 }
 
 /// [`depthwise_conv2d`] on `isa`, with narrow planes on the lanes when
-/// `lanes_ok` and the CPU allows it (tests compare both paths).
+/// `lanes_ok` and the CPU allows it, and wide planes in bands of about
+/// `band_bytes` padded rows (tests compare all the paths).
 #[allow(clippy::too_many_arguments)]
 fn depthwise_conv2d_on(
-    (isa, lanes_ok): (Isa, bool),
+    (isa, lanes_ok, band_bytes): (Isa, bool, usize),
     x: &Tensor,
     weight: &[f32],
     (kh, kw): (usize, usize),
@@ -254,7 +272,7 @@ fn depthwise_conv2d_on(
         #[cfg(target_arch = "x86_64")]
         by_blocks(&job, &x32, dst)?;
     } else {
-        per_plane(&job, isa, &x32, dst)?;
+        per_plane(&job, isa, band_bytes, &x32, dst)?;
     }
     if stopped.load(Ordering::Relaxed) {
         limits::note_cancelled();
@@ -341,11 +359,13 @@ fn by_blocks(job: &Job, x32: &Tensor, out: &mut [MaybeUninit<f32>]) -> CResult<(
 }
 
 /// The planes one at a time, each a task (see the module doc).
-fn per_plane(job: &Job, isa: Isa, x32: &Tensor, out: &mut [MaybeUninit<f32>]) -> CResult<()> {
+fn per_plane(job: &Job, isa: Isa, band_bytes: usize, x32: &Tensor, out: &mut [MaybeUninit<f32>]) -> CResult<()> {
     let (lay, (h, w, oh, ow), tail) = (job.lay, job.dims, job.tail);
     let (kh, kw, ch, weight, bias) = (job.kernel.0, job.kernel.1, job.channels, job.weight, job.bias);
     let plane = oh * ow;
     let stride = lay.stride;
+    let eff_h = (kh - 1) * job.kernel.2 + 1;
+    let band_rows = lay.band_rows(oh, eff_h, band_bytes);
     with_f32_slice(x32, |src| {
         out.par_chunks_mut(plane)
             .enumerate()
@@ -356,24 +376,31 @@ fn per_plane(job: &Job, isa: Isa, x32: &Tensor, out: &mut [MaybeUninit<f32>]) ->
                 let c = p % ch;
                 let k = &weight[c * kh * kw..(c + 1) * kh * kw];
                 let b = bias.map_or(0.0, |b| b[c]);
-                lay.fill(isa, &src[p * h * w..(p + 1) * h * w], &mut scratch.input);
-                let padded = &scratch.input;
+                let src = &src[p * h * w..(p + 1) * h * w];
                 if lay.plane_wide() {
                     // One run over the plane `row` wide; its rows' first `ow` are the outputs.
+                    let Scratch { input, acc } = scratch;
+                    let padded = zeroed_prefix(input, lay.ph * lay.row);
+                    lay.fill_rows(isa, src, 0, padded);
                     let len = (oh - 1) * lay.row + ow;
-                    scratch.acc.resize(len, 0.0);
-                    run::run(isa, &mut scratch.acc[..len], padded, &lay.offs, k, b, tail.pre);
+                    acc.resize(len, 0.0);
+                    run::run(isa, &mut acc[..len], padded, &lay.offs, k, b, tail.pre);
                     for (oy, drow) in dst.chunks_exact_mut(ow).enumerate() {
-                        for (d, &v) in drow.iter_mut().zip(&scratch.acc[oy * lay.row..oy * lay.row + ow]) {
+                        for (d, &v) in drow.iter_mut().zip(&acc[oy * lay.row..oy * lay.row + ow]) {
                             d.write(v);
                         }
                     }
-                    // SAFETY: the loop above wrote all `oh` rows of `ow` outputs.
-                    tail.finish(unsafe { run::assume_init(dst) }, p * plane);
                 } else {
-                    let dst = run::run_rows(isa, dst, ow, padded, stride * lay.row, &lay.offs, k, b, tail.pre);
-                    tail.finish(dst, p * plane);
+                    // Output rows `r0..r1` read padded rows `r0·s ..` `(r1 − 1)·s + eff_h`.
+                    for (i, part) in dst.chunks_mut(band_rows * ow).enumerate() {
+                        let rows = part.len() / ow;
+                        let padded = zeroed_prefix(&mut scratch.input, ((rows - 1) * stride + eff_h) * lay.row);
+                        lay.fill_rows(isa, src, i * band_rows * stride, padded);
+                        run::run_rows(isa, part, ow, padded, stride * lay.row, &lay.offs, k, b, tail.pre);
+                    }
                 }
+                // SAFETY: both branches wrote all `oh` rows of `ow` outputs.
+                tail.finish(unsafe { run::assume_init(dst) }, p * plane);
             });
     })
 }
@@ -393,8 +420,18 @@ pub(super) fn with_f32_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> CRes
 /// Per-thread buffers reused across channels.
 #[derive(Default)]
 struct Scratch {
+    /// Padded rows of one channel: a plane or a band of it.
     input: Vec<f32>,
     acc: Vec<f32>,
+}
+
+/// The first `n` values of `v`, which is grown with zeros to hold them
+/// (never shrunk, so what one fill left outside the image stays zero).
+fn zeroed_prefix(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    if v.len() < n {
+        v.resize(n, 0.0);
+    }
+    &mut v[..n]
 }
 
 #[cfg(test)]
@@ -473,10 +510,21 @@ mod tests {
         let x = Tensor::from_vec(xs, dims, &Device::Cpu).unwrap();
         let res = values(nb * ch * oh * ow, 4);
         let res_t = Tensor::from_vec(res.clone(), (nb, ch, oh, ow), &Device::Cpu).unwrap();
-        let conv_on = |isa: Isa, lanes: bool, tail: Tail| {
-            depthwise_conv2d_on((isa, lanes), &x, &ws, k, bias.as_deref(), &pads, stride, dil, tail).unwrap()
+        let conv_on = |isa: Isa, lanes: bool, band: usize, tail: Tail| {
+            depthwise_conv2d_on(
+                (isa, lanes, band),
+                &x,
+                &ws,
+                k,
+                bias.as_deref(),
+                &pads,
+                stride,
+                dil,
+                tail,
+            )
+            .unwrap()
         };
-        let conv = |isa: Isa, tail: Tail| conv_on(isa, true, tail);
+        let conv = |isa: Isa, tail: Tail| conv_on(isa, true, BAND_BYTES, tail);
         let flat = |t: &Tensor| -> Vec<f32> { t.flatten_all().unwrap().to_vec1().unwrap() };
         // Every implementation this CPU runs, the portable one included.
         for isa in Isa::available() {
@@ -505,8 +553,17 @@ mod tests {
                 // kernels do: the same bits either way.
                 assert_eq!(
                     flat(&fused),
-                    flat(&conv_on(isa, false, tail)),
+                    flat(&conv_on(isa, false, BAND_BYTES, tail)),
                     "{at} {tail:?}: lanes vs planes"
+                );
+                // So do planes in bands: whole, one output row a band, or
+                // the default bands (planes over 32 KiB padded).
+                let whole = flat(&conv_on(isa, false, usize::MAX, tail));
+                assert_eq!(flat(&fused), whole, "{at} {tail:?}: whole planes");
+                assert_eq!(
+                    flat(&conv_on(isa, false, 1, tail)),
+                    whole,
+                    "{at} {tail:?}: a row a band"
                 );
                 let mut after = pre.apply(&got).unwrap();
                 if residual {
@@ -541,6 +598,11 @@ mod tests {
         check((2, 21, 9, 7), (3, 3), [(1, 1), (1, 1)], 1, 1, true);
         check((1, 40, 14, 14), (3, 3), [(1, 1), (1, 1)], 2, 1, true);
         check((1, 17, 6, 37), (3, 3), [(1, 1), (1, 1)], 2, 1, true);
+        // Padded planes over two bands: stride 2 with uneven pads, stride 3
+        // with dilation (the default bands; the whole plane and a row a
+        // band are checked on every shape).
+        check((1, 3, 75, 131), (3, 5), [(2, 1), (1, 2)], 2, 1, true);
+        check((1, 2, 120, 70), (3, 3), [(3, 1), (0, 2)], 3, 2, true);
     }
 
     #[test]
@@ -597,6 +659,10 @@ mod tests {
             (576, 14, 1),
             (144, 56, 2),
             (144, 56, 1),
+            (96, 112, 2),
+            (32, 112, 1),
+            (16, 112, 2),
+            (24, 56, 2),
         ];
         for (i, &(ch, hw, stride)) in shapes.iter().enumerate() {
             if only.is_some_and(|o| o != i) {
@@ -613,8 +679,18 @@ mod tests {
                         let t = std::time::Instant::now();
                         for _ in 0..reps {
                             let tail = Tail::act(Act::Clamp(0.0, 6.0));
-                            depthwise_conv2d_on((isa, lanes), &x, &ws, (3, 3), Some(&b), &pads, stride, 1, tail)
-                                .unwrap();
+                            depthwise_conv2d_on(
+                                (isa, lanes, BAND_BYTES),
+                                &x,
+                                &ws,
+                                (3, 3),
+                                Some(&b),
+                                &pads,
+                                stride,
+                                1,
+                                tail,
+                            )
+                            .unwrap();
                         }
                         best[i] = best[i].min(t.elapsed().as_secs_f64() / reps as f64);
                     }
