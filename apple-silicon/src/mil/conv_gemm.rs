@@ -9,10 +9,7 @@
 //! where the tap falls in the padding), row by row on the pool. Compared
 //! with candle's conv: no zero-filled output, no separate bias and
 //! activation passes, unequal strides computed directly (not at stride 1
-//! then subsampled), and no per-call `/proc/cpuinfo` read. Convs of few
-//! taps per output (at most 64 input channels × kernel taps, one group:
-//! a first conv on RGB) skip the product on AVX-512 cores
-//! (`conv_direct`).
+//! then subsampled), and no per-call `/proc/cpuinfo` read.
 
 use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -74,23 +71,6 @@ impl Window {
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn conv2d(
     x: &[f32],
-    dims: (usize, usize, usize, usize),
-    weight: &[f32],
-    cout: usize,
-    groups: usize,
-    win: &Window,
-    bias: Option<&[f32]>,
-    tail: Tail,
-) -> CResult<(Vec<f32>, (usize, usize))> {
-    conv2d_on(true, x, dims, weight, cout, groups, win, bias, tail)
-}
-
-/// [`conv2d`], with convs of few taps on the direct kernel
-/// (`conv_direct`, AVX-512F) only when `direct_ok` (tests run both).
-#[allow(clippy::too_many_arguments)]
-fn conv2d_on(
-    direct_ok: bool,
-    x: &[f32],
     (nb, cin, h, w): (usize, usize, usize, usize),
     weight: &[f32],
     cout: usize,
@@ -142,24 +122,10 @@ fn conv2d_on(
             tail.residual.map_or(0, <[f32]>::len)
         )
     }
-    // Few taps a output (a first conv on RGB): the direct kernel, unless
-    // pointwise, where the product reads the input in place and was faster.
-    #[cfg(target_arch = "x86_64")]
-    let (isa, direct) = {
-        let isa = rows::Isa::detect();
-        (
-            isa,
-            direct_ok && !pointwise && super::conv_direct::fits(isa, cin, groups, win),
-        )
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = direct_ok;
     let mut out: Vec<f32> = Vec::with_capacity(len);
     {
         let dst = &mut out.spare_capacity_mut()[..len];
         let mut chunks = dst.chunks_exact_mut((cout_g * ohw).max(1));
-        #[cfg(target_arch = "x86_64")]
-        let bias_all = bias;
         for b in 0..nb {
             for g in 0..groups {
                 let d: &mut [MaybeUninit<f32>] = if cout_g * ohw == 0 {
@@ -174,12 +140,6 @@ fn conv2d_on(
                     None => Bias::None,
                 };
                 let tail = tail.from((b * groups + g) * cout_g * ohw);
-                #[cfg(target_arch = "x86_64")]
-                if direct {
-                    // One group (`fits`): the whole weight and bias.
-                    super::conv_direct::conv(isa, xg, (cin, h, w), weight, cout, win, bias_all, tail, (oh, ow), d);
-                    continue;
-                }
                 if pointwise {
                     let rhs = MatRef::row_major(xg, ohw);
                     gemm::matmul_into(d, (cout_g, ohw, kk), lhs, rhs, bias, tail)?;
@@ -791,10 +751,6 @@ mod tests {
             (1, 3, 6, 50, 2, 1, (3, 3), (1, 1), (1, 1), [(1, 1), (1, 1)]),
             (2, 2, 7, 45, 4, 2, (3, 5), (2, 1), (2, 2), [(3, 0), (4, 1)]),
             (1, 2, 5, 33, 2, 1, (3, 3), (1, 1), (1, 1), [(0, 0), (0, 0)]),
-            // The direct kernel's edges: 64 taps exactly, outputs past a
-            // pair of vectors, channels past a group of 8, stride (2, 1).
-            (1, 4, 9, 77, 11, 1, (4, 4), (2, 2), (1, 1), [(2, 1), (1, 2)]),
-            (1, 1, 6, 40, 17, 1, (3, 7), (2, 1), (2, 1), [(2, 2), (3, 3)]),
             // Tap products (stride 1, ≥ 4 channels a group): pads on one
             // side, none, wider than the kernel, dilations, groups, and
             // bands of one row (the slab over the test budget).
@@ -804,7 +760,7 @@ mod tests {
             (1, 4, 6, 40, 9, 1, (5, 5), (1, 1), (1, 1), [(4, 4), (4, 4)]),
             (1, 12, 5, 30, 10, 1, (1, 3), (1, 1), (1, 2), [(0, 0), (2, 2)]),
         ];
-        let (mut tapped, mut direct) = (0, 0);
+        let mut tapped = 0;
         for (nb, cin, h, w, cout, groups, kernel, stride, dilation, pads) in cases {
             let win = Window {
                 kernel,
@@ -820,23 +776,11 @@ mod tests {
                 tapped += 1;
                 assert!(rows < oh, "{win:?}: bands of {rows} rows, not one band");
             }
-            #[cfg(target_arch = "x86_64")]
-            let takes_direct =
-                !win.is_pointwise() && super::super::conv_direct::fits(rows::Isa::detect(), cin, groups, &win);
-            #[cfg(not(target_arch = "x86_64"))]
-            let takes_direct = false;
-            direct += usize::from(takes_direct);
-            // Every case on the direct kernel where it fits, and on the others.
-            for (direct_ok, bias, act) in [false, true].into_iter().flat_map(|d| {
-                [
-                    (d, None, Act::Identity),
-                    (d, Some(&b[..]), Act::Clamp(0.0, 0.5)),
-                    (d, Some(&b[..]), Act::Silu),
-                ]
-            }) {
-                let conv2d = |x: &[f32], dims, wt: &[f32], cout, groups, win: &Window, bias, tail| {
-                    conv2d_on(direct_ok, x, dims, wt, cout, groups, win, bias, tail)
-                };
+            for (bias, act) in [
+                (None, Act::Identity),
+                (Some(&b[..]), Act::Clamp(0.0, 0.5)),
+                (Some(&b[..]), Act::Silu),
+            ] {
                 let dims = (nb, cin, h, w);
                 let (got, (oh, ow)) = conv2d(&x, dims, &wt, cout, groups, &win, bias, Tail::act(act)).unwrap();
                 let want = reference(&x, dims, &wt, cout, groups, &win, bias, act);
@@ -856,9 +800,6 @@ mod tests {
             }
         }
         assert_eq!(tapped, 5, "the tap-product cases take that path");
-        if rows::Isa::detect() == rows::Isa::Avx512 {
-            assert_eq!(direct, 11, "cases the direct kernel takes on this CPU");
-        }
     }
 
     #[test]
