@@ -37,6 +37,8 @@ pub(super) struct Block {
     wts: Vec<f32>,
     /// The outputs, `[oh · ow, 16]`, before they go to their planes.
     sums: Vec<f32>,
+    /// Per tap, where output `(0, 0)` reads it in the block.
+    offs: Vec<usize>,
 }
 
 /// Whether a conv of this layout, input plane `hw` values and output plane
@@ -109,7 +111,12 @@ pub(super) unsafe fn block<'d>(
     // SAFETY: AVX-512F (`fits`); the sizes above.
     unsafe { gather(lay, g.h, src, hw, n, &mut buf.input) };
     buf.sums.resize(plane * LANES, 0.0);
-    unsafe { compute(lay, g, &buf.input, &buf.wts, n, inner, &mut buf.sums, dst) };
+    buf.offs.clear();
+    buf.offs
+        .extend((0..taps).map(|t| ((t / g.kw) * g.dil * lay.pw + (t % g.kw) * g.dil) * LANES));
+    let Block { input, wts, sums, offs } = buf;
+    // SAFETY: as for `gather`; the offsets are the taps' for this layout.
+    unsafe { compute(lay, g, (input, wts, offs), n, inner, sums, dst) };
     // SAFETY: `compute` stored every output of the `n` planes.
     let out = unsafe { rows::assume_init(dst) };
     if !rows::in_registers(act) {
@@ -314,15 +321,13 @@ unsafe fn sum_any(lay: &Layout, g: Geometry, input: &[f32], wts: &[f32], offs: &
 ///
 /// # Safety
 /// AVX-512F; `input` is the filled `[ph, pw, 16]` block, `wts` holds
-/// `(kh · kw + 1) · 16` values, `sums` `oh · ow · 16`, `dst` `n` planes of
-/// `oh · ow`.
-#[allow(clippy::too_many_arguments)]
+/// `(kh · kw + 1) · 16` values, `offs` the `kh · kw` taps' offsets in the
+/// block, `sums` `oh · ow · 16`, `dst` `n` planes of `oh · ow`.
 #[target_feature(enable = "avx512f")]
 unsafe fn compute(
     lay: &Layout,
     g: Geometry,
-    input: &[f32],
-    wts: &[f32],
+    (input, wts, offs): (&[f32], &[f32], &[usize]),
     n: usize,
     act: Act,
     sums: &mut [f32],
@@ -330,17 +335,14 @@ unsafe fn compute(
 ) {
     let plane = g.oh * lay.ow;
     let taps = g.kh * g.kw;
-    let offs: Vec<usize> = (0..taps)
-        .map(|t| ((t / g.kw) * g.dil * lay.pw + (t % g.kw) * g.dil) * LANES)
-        .collect();
     // SAFETY: the caller's contract, passed on.
     unsafe {
         match (taps, lay.stride) {
-            (9, 1) => sum_rows::<9, 1>(lay, g, input, wts, &offs, act, sums),
-            (9, 2) => sum_rows::<9, 2>(lay, g, input, wts, &offs, act, sums),
-            (25, 1) => sum_rows::<25, 1>(lay, g, input, wts, &offs, act, sums),
-            (25, 2) => sum_rows::<25, 2>(lay, g, input, wts, &offs, act, sums),
-            _ => sum_any(lay, g, input, wts, &offs, act, sums),
+            (9, 1) => sum_rows::<9, 1>(lay, g, input, wts, offs, act, sums),
+            (9, 2) => sum_rows::<9, 2>(lay, g, input, wts, offs, act, sums),
+            (25, 1) => sum_rows::<25, 1>(lay, g, input, wts, offs, act, sums),
+            (25, 2) => sum_rows::<25, 2>(lay, g, input, wts, offs, act, sums),
+            _ => sum_any(lay, g, input, wts, offs, act, sums),
         }
     }
     let sp = sums.as_ptr();
