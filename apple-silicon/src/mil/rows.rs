@@ -6,8 +6,8 @@
 //!   four rows at a time;
 //! - [`epilogue`], a GEMM output row's: bias, activation, residual add and
 //!   a second activation in one pass;
-//! - [`split_pairs`], a stride-2 depthwise convolution's input row split
-//!   into its even and odd columns, and [`evens`], a stride-2 im2col row's
+//! - [`split_rows`], a stride-2 depthwise convolution's input rows split
+//!   into their even and odd columns, and [`evens`], a stride-2 im2col row's
 //!   gather of every other column.
 //!
 //! Implementations are picked by [`Isa::detect`] at run time: AVX-512F (16
@@ -223,21 +223,13 @@ pub(crate) fn epilogue(isa: Isa, d: &mut [f32], bias: f32, pre: Act, res: Option
 }
 
 /// `even[i] = pairs[2i]`, `odd[i] = pairs[2i + 1]` for every whole pair of
-/// `pairs` (an odd last value is left to the caller). One pass; AVX-512F
-/// splits 16 pairs per two permutes, other CPUs run a loop compilers
-/// vectorise. Panics (an internal invariant) when `even` or `odd` is
-/// shorter than `pairs.len() / 2`.
-pub(crate) fn split_pairs(isa: Isa, pairs: &[f32], even: &mut [f32], odd: &mut [f32]) {
+/// `pairs` (an odd last value is left to the caller): the portable loop of
+/// [`split_rows`], which compilers vectorise (AVX-512F has its own, two
+/// permutes per 16 pairs). Panics (an internal invariant) when `even` or
+/// `odd` is shorter than `pairs.len() / 2`.
+fn split_pairs(pairs: &[f32], even: &mut [f32], odd: &mut [f32]) {
     let n = pairs.len() / 2;
     let (even, odd) = (&mut even[..n], &mut odd[..n]);
-    #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512 {
-        // SAFETY: `Isa::Avx512` is only produced when the CPU has AVX-512F;
-        // `pairs` holds `2n` values and `even`, `odd` `n` each.
-        unsafe { x86::split_pairs_avx512(&pairs[..2 * n], even, odd) };
-        return;
-    }
-    let _ = isa;
     for ((e, o), p) in even.iter_mut().zip(odd.iter_mut()).zip(pairs.chunks_exact(2)) {
         *e = p[0];
         *o = p[1];
@@ -263,9 +255,8 @@ pub(crate) fn split_rows(
         unsafe { x86::split_rows_avx512(src, (w, n, pad_left), dst, (row, phase)) };
         return;
     }
-    split_rows_with(src, (w, n, pad_left), dst, (row, phase), |p, e, o| {
-        split_pairs(isa, p, e, o)
-    });
+    let _ = isa;
+    split_rows_with(src, (w, n, pad_left), dst, (row, phase), split_pairs);
 }
 
 /// [`split_rows`]' loop, with `split` taking a row's whole pairs apart
@@ -706,7 +697,7 @@ mod x86 {
         });
     }
 
-    /// AVX-512F version of [`super::split_pairs`].
+    /// AVX-512F version of `super::split_pairs`.
     ///
     /// # Safety
     /// The CPU must have AVX-512F; `pairs` holds `2n` values and `even`,
@@ -974,25 +965,35 @@ mod tests {
     }
 
     #[test]
-    fn pairs_split_into_even_and_odd_columns_on_every_isa() {
+    fn rows_split_into_their_stride_phases_on_every_isa() {
+        // Every padded column `c` of a row lands at `c / 2 + (c % 2) · phase`
+        // of its row of `dst`; nothing else is written.
         for isa in Isa::available() {
-            for len in [0, 1, 2, 3, 15, 16, 17, 31, 32, 33, 34, 63, 65, 200] {
-                let pairs: Vec<f32> = (0..len).map(|i| i as f32 * 1.5 - 7.0).collect();
-                let n = len / 2;
-                // One spare slot each: the split must not write past `n`.
-                let (mut even, mut odd) = (vec![f32::NAN; n + 1], vec![f32::NAN; n + 1]);
-                split_pairs(isa, &pairs, &mut even, &mut odd);
-                for i in 0..n {
-                    assert_eq!(
-                        (even[i], odd[i]),
-                        (pairs[2 * i], pairs[2 * i + 1]),
-                        "{isa:?} len {len} pair {i}"
-                    );
+            for w in [1usize, 2, 3, 15, 16, 17, 31, 32, 33, 34, 63, 65, 200] {
+                for (n, pl) in [
+                    (w, 0usize),
+                    (w, 1),
+                    (w, 2),
+                    (w, 3),
+                    (w.saturating_sub(1), 1),
+                    (w / 2, 0),
+                ] {
+                    let rows = 3;
+                    let src: Vec<f32> = (0..rows * w).map(|i| i as f32 * 1.5 - 7.0).collect();
+                    let phase = (pl + n + 2) / 2 + 1;
+                    let row = 2 * phase + 1;
+                    let mut dst = vec![f32::NAN; rows * row];
+                    split_rows(isa, &src, (w, n, pl), &mut dst, (row, phase));
+                    let mut want = vec![f32::NAN; rows * row];
+                    for r in 0..rows {
+                        for x in 0..n {
+                            let c = x + pl;
+                            want[r * row + c / 2 + (c % 2) * phase] = src[r * w + x];
+                        }
+                    }
+                    let same = dst.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "{isa:?} w {w} n {n} pad {pl}: {dst:?} against {want:?}");
                 }
-                assert!(
-                    even[n].is_nan() && odd[n].is_nan(),
-                    "{isa:?} len {len}: wrote past the pairs"
-                );
             }
         }
     }

@@ -644,13 +644,24 @@ mod tests {
         assert_eq!((v[5], v[0]), (9.0, 4.0));
     }
 
-    /// Narrow planes on the lanes against plane by plane, interleaved, 1
-    /// thread: `cargo test --release --lib depthwise::tests::timing --
-    /// --ignored --nocapture` (MobileNetV2's depthwise shapes).
+    /// Narrow planes on the lanes against plane by plane, interleaved:
+    /// `cargo test --release --lib depthwise::tests::timing -- --ignored
+    /// --nocapture` (MobileNetV2's depthwise shapes, then two of
+    /// PP-LCNet's). `DW_SHAPE=i` runs one shape, `DW_K=5` a 5×5 filter
+    /// (3×3 by default), `DW_THREADS=2` a pool of two threads (one by
+    /// default).
     #[test]
     #[ignore]
     fn timing() {
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        let threads = std::env::var("DW_THREADS")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(1);
+        let k = std::env::var("DW_K")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(3);
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
         let isa = Isa::detect();
         let only = std::env::var("DW_SHAPE").ok().and_then(|v| v.parse::<usize>().ok());
         let shapes = [
@@ -664,14 +675,16 @@ mod tests {
             (32, 112, 1),
             (16, 112, 2),
             (24, 56, 2),
+            (256, 14, 1),
+            (64, 56, 2),
         ];
         for (i, &(ch, hw, stride)) in shapes.iter().enumerate() {
             if only.is_some_and(|o| o != i) {
                 continue;
             }
             let x = Tensor::from_vec(values(ch * hw * hw, 1), (1, ch, hw, hw), &Device::Cpu).unwrap();
-            let (ws, b) = (values(ch * 9, 2), values(ch, 3));
-            let pads = [(1, 1), (1, 1)];
+            let (ws, b) = (values(ch * k * k, 2), values(ch, 3));
+            let pads = [(k / 2, k / 2), (k / 2, k / 2)];
             let reps = 200;
             let mut best = [f64::MAX; 2];
             pool.install(|| {
@@ -684,7 +697,7 @@ mod tests {
                                 (isa, lanes, BAND_BYTES),
                                 &x,
                                 &ws,
-                                (3, 3),
+                                (k, k),
                                 Some(&b),
                                 &pads,
                                 stride,
