@@ -64,12 +64,40 @@ impl Window {
 /// `bias`, then `tail` (an activation; a residual of one value per output,
 /// in the output's order). Returns `[nb, cout, oh, ow]` flattened and `(oh,
 /// ow)`. Costs `2·nb·cout·oh·ow·cin/g·kh·kw` flops on the pool, plus,
-/// unless the conv is pointwise, per worker an im2col buffer of about
+/// unless the conv is pointwise, per worker a slab of about
+/// `conv_direct`'s budget (where that path applies), an im2col buffer of about
 /// [`COL_BUDGET`] floats (more when one band of [`BAND_MIN_COLS`]
 /// positions needs more) or a tap slab of about [`TAP_BUDGET`] (more when
 /// one output row needs more).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn conv2d(
+    x: &[f32],
+    dims: (usize, usize, usize, usize),
+    weight: &[f32],
+    cout: usize,
+    groups: usize,
+    win: &Window,
+    bias: Option<&[f32]>,
+    tail: Tail,
+) -> CResult<(Vec<f32>, (usize, usize))> {
+    conv2d_on(
+        (rows::Isa::detect(), true),
+        x,
+        dims,
+        weight,
+        cout,
+        groups,
+        win,
+        bias,
+        tail,
+    )
+}
+
+/// [`conv2d`] on `isa`, with the direct path (`conv_direct`) where it
+/// applies when `direct`, else always as products.
+#[allow(clippy::too_many_arguments)]
+fn conv2d_on(
+    (isa, direct): (rows::Isa, bool),
     x: &[f32],
     (nb, cin, h, w): (usize, usize, usize, usize),
     weight: &[f32],
@@ -79,6 +107,8 @@ pub(crate) fn conv2d(
     bias: Option<&[f32]>,
     tail: Tail,
 ) -> CResult<(Vec<f32>, (usize, usize))> {
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (isa, direct);
     let (kh, kw) = win.kernel;
     if groups == 0 || !cin.is_multiple_of(groups) || !cout.is_multiple_of(groups) {
         candle_core::bail!("conv of {cin} input and {cout} output channels in {groups} groups")
@@ -110,7 +140,7 @@ pub(crate) fn conv2d(
     let band = if pointwise || oh == 0 {
         oh.max(1)
     } else {
-        band_rows(COL_BUDGET, kk, (oh, ow))
+        band_rows(sized(300, COL_BUDGET), kk, (oh, ow))
     };
     if !pointwise {
         check_alloc("conv im2col buffer", &[kk, band, ow], 4)?;
@@ -143,6 +173,12 @@ pub(crate) fn conv2d(
                 if pointwise {
                     let rhs = MatRef::row_major(xg, ohw);
                     gemm::matmul_into(d, (cout_g, ohw, kk), lhs, rhs, bias, tail)?;
+                    continue;
+                }
+                #[cfg(target_arch = "x86_64")]
+                if direct && super::conv_direct::fits(isa, cin_g, cout_g, win, (oh, ow)) {
+                    let wg = &weight[g * cout_g * kk..(g + 1) * cout_g * kk];
+                    super::conv_direct::conv(isa, d, xg, (cin_g, h, w), win, (oh, ow), wg, bias, tail, &mut col)?;
                     continue;
                 }
                 if let Some(task_rows) = tap_band(cin_g, cout_g, win, (oh, ow)) {
@@ -203,7 +239,7 @@ fn pooled_band(cout_g: usize, kk: usize, (oh, ow): (usize, usize), band: usize) 
     if threads < 2 || oh < 2 || oh * ow < cout_g || cout_g * oh * ow * kk < 1 << 18 {
         return None;
     }
-    let rows = band_rows(COL_BUDGET / threads, kk, (oh, ow)).min(oh.div_ceil(threads));
+    let rows = band_rows(sized(300, COL_BUDGET) / threads, kk, (oh, ow)).min(oh.div_ceil(threads));
     let last = |b: usize| (oh - 1) % b + 1;
     let packed = |b: usize| gemm::packed_kernel(cout_g, last(b) * ow, kk);
     (packed(rows) && packed(band)).then_some(rows)
@@ -215,7 +251,7 @@ fn pooled_band(cout_g: usize, kk: usize, (oh, ow): (usize, usize), band: usize) 
 /// here, on the caller's thread: on the workers glibc would keep a second
 /// arena's worth of them; kept by the caller across groups and images).
 /// The first error a task returns stops its worker and is returned.
-fn bands_in_turn(
+pub(super) fn bands_in_turn(
     oh: usize,
     task_rows: usize,
     per: usize,
@@ -292,8 +328,8 @@ fn bands_on_the_pool(
 /// Floats of input slab and sums per task of a conv run as tap products
 /// ([`tap_bands`]): 512 KB, a quarter of these machines' L2, as
 /// [`COL_BUDGET`] (1 MB made PP-OCRv4 det 6% slower at 1 and 2 threads).
-/// Small in tests, so that they run several bands, and bands of one row.
-const TAP_BUDGET: usize = if cfg!(test) { 900 } else { 1 << 17 };
+/// Small in tests ([`sized`]).
+const TAP_BUDGET: usize = 1 << 17;
 
 /// Output rows per task when a conv runs as tap products ([`tap_bands`]),
 /// or `None` for im2col: only at stride 1 with more than one tap, at least
@@ -314,7 +350,7 @@ fn tap_band(cin_g: usize, cout_g: usize, win: &Window, (oh, ow): (usize, usize))
     let fixed = cin_g.checked_mul(halo)?.checked_mul(wp)?;
     let per_row = cin_g.checked_add(cout_g)?.checked_mul(wp)?;
     let threads = rayon::current_num_threads().max(1);
-    Some((TAP_BUDGET.saturating_sub(fixed) / per_row).clamp(1, oh.div_ceil(threads)))
+    Some((sized(900, TAP_BUDGET).saturating_sub(fixed) / per_row).clamp(1, oh.div_ceil(threads)))
 }
 
 /// One image and group of a stride-1 conv as a sum of one product per
@@ -562,21 +598,37 @@ pub(crate) fn conv_transpose2d(
 /// Floats of im2col buffer per band of output rows: 512 KB, a quarter of
 /// these machines' L2, so that the product reads back columns im2col just
 /// wrote from cache (a 4 MB budget made YOLOv8n's stride-2 convs a third
-/// slower). Small in tests, so that they run several bands, and bands of
-/// one row.
-const COL_BUDGET: usize = if cfg!(test) { 300 } else { 1 << 17 };
+/// slower). Small in tests ([`sized`]).
+const COL_BUDGET: usize = 1 << 17;
 
 /// The fewest output positions a band's product is given, budget or not:
 /// narrower, gemm's per-call packing of the weights outweighs the cache
-/// gain (one in tests, for bands of one row).
-const BAND_MIN_COLS: usize = if cfg!(test) { 1 } else { 512 };
+/// gain (one in tests: [`sized`]).
+const BAND_MIN_COLS: usize = 512;
+
+/// Test builds run with small budgets (300 floats of im2col, 900 of tap
+/// slab, bands from one position), so that their small convs run several
+/// bands and bands of one row, unless a timing test sets this.
+#[cfg(test)]
+pub(crate) static REAL_BUDGETS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// `real` in release use (and timing tests), `small` in other tests.
+#[inline]
+pub(super) fn sized(small: usize, real: usize) -> usize {
+    #[cfg(test)]
+    if !REAL_BUDGETS.load(Ordering::Relaxed) {
+        return small;
+    }
+    let _ = small;
+    real
+}
 
 /// Output rows per im2col band of a conv with `kk` rows of columns:
 /// `budget` floats' worth, but at least [`BAND_MIN_COLS`] positions, at
 /// least one row and at most `oh`.
 fn band_rows(budget: usize, kk: usize, (oh, ow): (usize, usize)) -> usize {
     (budget / (kk * ow).max(1))
-        .max(BAND_MIN_COLS.div_ceil(ow.max(1)))
+        .max(sized(1, BAND_MIN_COLS).div_ceil(ow.max(1)))
         .clamp(1, oh.max(1))
 }
 
@@ -728,6 +780,17 @@ mod tests {
         out
     }
 
+    /// Whether a group of this conv takes the direct path (never off x86-64).
+    fn direct_fits(isa: rows::Isa, cin_g: usize, cout_g: usize, win: &Window, out: (usize, usize)) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        return super::super::conv_direct::fits(isa, cin_g, cout_g, win, out);
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (isa, cin_g, cout_g, win, out);
+            false
+        }
+    }
+
     fn ramp(n: usize, seed: f32) -> Vec<f32> {
         (0..n).map(|i| (i as f32 * 0.61 + seed).sin()).collect()
     }
@@ -759,8 +822,19 @@ mod tests {
             (1, 5, 11, 30, 18, 1, (2, 4), (1, 1), (1, 3), [(0, 0), (0, 0)]),
             (1, 4, 6, 40, 9, 1, (5, 5), (1, 1), (1, 1), [(4, 4), (4, 4)]),
             (1, 12, 5, 30, 10, 1, (1, 3), (1, 1), (1, 2), [(0, 0), (2, 2)]),
+            // The direct path (at least 8 output channels a group): a first
+            // conv, a last block of one channel, groups with mixed strides
+            // and dilations, a 5 × 5, stride 2 dilated, one-sided pads.
+            (1, 3, 20, 70, 16, 1, (3, 3), (2, 2), (1, 1), [(1, 1), (1, 1)]),
+            (1, 4, 9, 100, 9, 1, (3, 3), (1, 1), (1, 1), [(1, 1), (1, 1)]),
+            (2, 8, 12, 60, 24, 2, (3, 5), (1, 2), (2, 1), [(2, 2), (2, 1)]),
+            (1, 6, 10, 96, 10, 1, (2, 4), (2, 1), (1, 3), [(0, 1), (3, 0)]),
+            (1, 5, 7, 48, 8, 1, (5, 5), (1, 1), (1, 1), [(2, 2), (2, 2)]),
+            (1, 2, 11, 64, 16, 1, (3, 3), (2, 2), (2, 2), [(2, 2), (2, 2)]),
+            (1, 4, 8, 50, 8, 1, (3, 3), (1, 1), (1, 1), [(0, 2), (3, 0)]),
         ];
-        let mut tapped = 0;
+        let isa = rows::Isa::detect();
+        let (mut tapped, mut direct) = (0, 0);
         for (nb, cin, h, w, cout, groups, kernel, stride, dilation, pads) in cases {
             let win = Window {
                 kernel,
@@ -772,34 +846,49 @@ mod tests {
             let wt = ramp(cout * cin / groups * kernel.0 * kernel.1, 1.1);
             let b = ramp(cout, 2.5);
             let (oh, ow) = win.output(h, w).unwrap();
+            if direct_fits(isa, cin / groups, cout / groups, &win, (oh, ow)) {
+                direct += 1;
+            }
             if let Some(rows) = tap_band(cin / groups, cout / groups, &win, (oh, ow)) {
                 tapped += 1;
                 assert!(rows < oh, "{win:?}: bands of {rows} rows, not one band");
             }
-            for (bias, act) in [
-                (None, Act::Identity),
-                (Some(&b[..]), Act::Clamp(0.0, 0.5)),
-                (Some(&b[..]), Act::Silu),
-            ] {
-                let dims = (nb, cin, h, w);
-                let (got, (oh, ow)) = conv2d(&x, dims, &wt, cout, groups, &win, bias, Tail::act(act)).unwrap();
-                let want = reference(&x, dims, &wt, cout, groups, &win, bias, act);
-                assert_eq!(got.len(), nb * cout * oh * ow);
-                let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-                assert!(diff < 1e-4, "{win:?} groups {groups}: {diff}");
-                // A fused residual: exactly the unfused add (and activation) on the same product.
-                let res = ramp(got.len(), 0.7);
-                let tail = Tail {
-                    pre: act,
-                    residual: Some(&res),
-                    post: Act::Clamp(-0.5, 1.0),
-                };
-                let (fused, _) = conv2d(&x, dims, &wt, cout, groups, &win, bias, tail).unwrap();
-                let apart: Vec<f32> = got.iter().zip(&res).map(|(g, r)| tail.post.f(g + r)).collect();
-                assert_eq!(fused, apart, "{win:?} groups {groups} + residual");
+            // Every case as products, and on the direct path where it applies.
+            for on in [(isa, false), (isa, true)] {
+                for (bias, act) in [
+                    (None, Act::Identity),
+                    (Some(&b[..]), Act::Clamp(0.0, 0.5)),
+                    (Some(&b[..]), Act::Silu),
+                ] {
+                    let dims = (nb, cin, h, w);
+                    let (got, (oh, ow)) =
+                        conv2d_on(on, &x, dims, &wt, cout, groups, &win, bias, Tail::act(act)).unwrap();
+                    let want = reference(&x, dims, &wt, cout, groups, &win, bias, act);
+                    assert_eq!(got.len(), nb * cout * oh * ow);
+                    let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                    assert!(diff < 1e-4, "{win:?} groups {groups} direct {}: {diff}", on.1);
+                    // A fused residual: exactly the unfused add (and activation) on the same product.
+                    let res = ramp(got.len(), 0.7);
+                    let tail = Tail {
+                        pre: act,
+                        residual: Some(&res),
+                        post: Act::Clamp(-0.5, 1.0),
+                    };
+                    let (fused, _) = conv2d_on(on, &x, dims, &wt, cout, groups, &win, bias, tail).unwrap();
+                    let apart: Vec<f32> = got.iter().zip(&res).map(|(g, r)| tail.post.f(g + r)).collect();
+                    assert_eq!(fused, apart, "{win:?} groups {groups} direct {} + residual", on.1);
+                }
             }
         }
-        assert_eq!(tapped, 5, "the tap-product cases take that path");
+        assert_eq!(
+            tapped, 8,
+            "the tap-product cases (and three direct ones) take that path without the direct one"
+        );
+        if isa == rows::Isa::Avx512 {
+            assert_eq!(direct, 9, "the direct cases (and two tap-product ones) take that path");
+        } else {
+            eprintln!("no AVX-512F here: the direct path's cases ran as products only");
+        }
     }
 
     #[test]
@@ -833,11 +922,15 @@ mod tests {
                 let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
                 pool.install(|| {
                     let kk = cin / groups * kernel.0 * kernel.1;
-                    let band = band_rows(COL_BUDGET, kk, (oh, ow));
+                    let band = band_rows(sized(300, COL_BUDGET), kk, (oh, ow));
                     let pooled = pooled_band(cout / groups, kk, (oh, ow), band).is_some();
+                    // As products: the direct path has its own test.
+                    let on = (rows::Isa::detect(), false);
                     (
                         pooled,
-                        conv2d(&x, dims, &wt, cout, groups, &win, Some(&b), tail).unwrap().0,
+                        conv2d_on(on, &x, dims, &wt, cout, groups, &win, Some(&b), tail)
+                            .unwrap()
+                            .0,
                     )
                 })
             };
@@ -965,5 +1058,81 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("groups"), "{e}");
+    }
+
+    /// The product path against the direct one (`conv_direct`), with the
+    /// budgets release builds use, 1 thread (`CONV_THREADS=2` for two),
+    /// best of 7: `cargo test --release --lib conv_gemm::tests::timing --
+    /// --ignored --nocapture` (`CONV_SHAPE=i` for one shape). Run it alone:
+    /// it switches the budgets of the whole test process.
+    #[test]
+    #[ignore]
+    fn timing() {
+        REAL_BUDGETS.store(true, Ordering::Relaxed);
+        let threads = std::env::var("CONV_THREADS")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(1);
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        let only = std::env::var("CONV_SHAPE").ok().and_then(|v| v.parse::<usize>().ok());
+        // (cin, h = w, cout, k, stride): YOLOv8n's 3 × 3 convs at 320 × 320,
+        // then MobileNetV2's first and PP-OCRv4 det's.
+        let shapes = [
+            (3usize, 320usize, 16usize, 3usize, 2usize),
+            (16, 160, 32, 3, 2),
+            (32, 80, 64, 3, 2),
+            (64, 40, 128, 3, 2),
+            (128, 20, 256, 3, 2),
+            (16, 80, 16, 3, 1),
+            (64, 40, 64, 3, 1),
+            (128, 20, 64, 3, 1),
+            (64, 10, 64, 3, 1),
+            (3, 224, 32, 3, 2),
+            (256, 20, 256, 3, 1),
+            (32, 40, 32, 3, 1),
+            (32, 40, 32, 5, 1),
+            (64, 40, 128, 1, 2),
+            (96, 48, 96, 3, 1),
+        ];
+        for (i, &(cin, hw, cout, k, s)) in shapes.iter().enumerate() {
+            if only.is_some_and(|o| o != i) {
+                continue;
+            }
+            let x = ramp(cin * hw * hw, 0.3);
+            let wt = ramp(cout * cin * k * k, 0.7);
+            let b = ramp(cout, 0.1);
+            let win = Window {
+                kernel: (k, k),
+                stride: (s, s),
+                dilation: (1, 1),
+                pads: [(k / 2, k / 2), (k / 2, k / 2)],
+            };
+            let (oh, ow) = win.output(hw, hw).unwrap();
+            let reps = 30;
+            let mut best = [f64::MAX; 2];
+            pool.install(|| {
+                for _ in 0..7 {
+                    for (p, direct) in [false, true].into_iter().enumerate() {
+                        let t = std::time::Instant::now();
+                        for _ in 0..reps {
+                            let tail = Tail::act(Act::Silu);
+                            let on = (rows::Isa::detect(), direct);
+                            conv2d_on(on, &x, (1, cin, hw, hw), &wt, cout, 1, &win, Some(&b), tail).unwrap();
+                        }
+                        best[p] = best[p].min(t.elapsed().as_secs_f64() / reps as f64);
+                    }
+                }
+            });
+            let macs = (cout * oh * ow * cin * k * k) as f64;
+            eprintln!(
+                "{cin}->{cout} {hw}² k{k} s{s}: product {:.1} µs ({:.1} G/s), direct {:.1} µs ({:.1} G/s), direct/product {:.2}",
+                best[0] * 1e6,
+                macs / best[0] / 1e9,
+                best[1] * 1e6,
+                macs / best[1] / 1e9,
+                best[1] / best[0]
+            );
+        }
+        REAL_BUDGETS.store(false, Ordering::Relaxed);
     }
 }

@@ -28,6 +28,8 @@
 
 mod block;
 mod constexpr;
+#[cfg(target_arch = "x86_64")]
+mod conv_direct;
 mod conv_gemm;
 mod depthwise;
 mod fuse;
