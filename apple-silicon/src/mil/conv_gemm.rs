@@ -140,7 +140,7 @@ fn conv2d_on(
     let band = if pointwise || oh == 0 {
         oh.max(1)
     } else {
-        band_rows(sized(300, COL_BUDGET), kk, (oh, ow))
+        band_rows(col_budget(), kk, (oh, ow))
     };
     if !pointwise {
         check_alloc("conv im2col buffer", &[kk, band, ow], 4)?;
@@ -239,7 +239,7 @@ fn pooled_band(cout_g: usize, kk: usize, (oh, ow): (usize, usize), band: usize) 
     if threads < 2 || oh < 2 || oh * ow < cout_g || cout_g * oh * ow * kk < 1 << 18 {
         return None;
     }
-    let rows = band_rows(sized(300, COL_BUDGET) / threads, kk, (oh, ow)).min(oh.div_ceil(threads));
+    let rows = band_rows(col_budget() / threads, kk, (oh, ow)).min(oh.div_ceil(threads));
     let last = |b: usize| (oh - 1) % b + 1;
     let packed = |b: usize| gemm::packed_kernel(cout_g, last(b) * ow, kk);
     (packed(rows) && packed(band)).then_some(rows)
@@ -612,6 +612,11 @@ const BAND_MIN_COLS: usize = 512;
 #[cfg(test)]
 pub(crate) static REAL_BUDGETS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+/// [`COL_BUDGET`], or 300 floats in tests ([`sized`]).
+fn col_budget() -> usize {
+    sized(300, COL_BUDGET)
+}
+
 /// `real` in release use (and timing tests), `small` in other tests.
 #[inline]
 pub(super) fn sized(small: usize, real: usize) -> usize {
@@ -922,7 +927,7 @@ mod tests {
                 let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
                 pool.install(|| {
                     let kk = cin / groups * kernel.0 * kernel.1;
-                    let band = band_rows(sized(300, COL_BUDGET), kk, (oh, ow));
+                    let band = band_rows(col_budget(), kk, (oh, ow));
                     let pooled = pooled_band(cout / groups, kk, (oh, ow), band).is_some();
                     // As products: the direct path has its own test.
                     let on = (rows::Isa::detect(), false);
