@@ -224,8 +224,7 @@ pub(crate) fn epilogue(isa: Isa, d: &mut [f32], bias: f32, pre: Act, res: Option
 
 /// `even[i] = pairs[2i]`, `odd[i] = pairs[2i + 1]` for every whole pair of
 /// `pairs` (an odd last value is left to the caller): the portable loop of
-/// [`split_rows`], which compilers vectorise (AVX-512F has its own, two
-/// permutes per 16 pairs). Panics (an internal invariant) when `even` or
+/// [`split_rows`], which compilers vectorise. Panics (an internal invariant) when `even` or
 /// `odd` is shorter than `pairs.len() / 2`.
 fn split_pairs(pairs: &[f32], even: &mut [f32], odd: &mut [f32]) {
     let n = pairs.len() / 2;
@@ -241,7 +240,9 @@ fn split_pairs(pairs: &[f32], even: &mut [f32], odd: &mut [f32]) {
 /// `c` (input column `c − pad_left`) to `dst[c / 2 + (c % 2) · phase]`, for
 /// the first `n` input columns of each row. Stops at whichever of `src`
 /// and `dst` runs out of rows first; writes nothing else. One pass over the
-/// plane in one call (AVX-512F: 16 pairs per two permutes).
+/// plane in one call (AVX-512F: 16 pairs per two permutes, the row's
+/// geometry and bounds worked out once for all rows: per-row slicing was
+/// half a stride-2 depthwise conv's time on 56-wide planes).
 pub(crate) fn split_rows(
     isa: Isa,
     src: &[f32],
@@ -256,31 +257,47 @@ pub(crate) fn split_rows(
         return;
     }
     let _ = isa;
-    split_rows_with(src, (w, n, pad_left), dst, (row, phase), split_pairs);
+    split_rows_portable(src, (w, n, pad_left), dst, (row, phase));
 }
 
-/// [`split_rows`]' loop, with `split` taking a row's whole pairs apart
-/// (inlined into each ISA's caller, so the row loop is compiled for it).
-#[inline(always)]
-fn split_rows_with(
-    src: &[f32],
-    (w, n, pl): (usize, usize, usize),
-    dst: &mut [f32],
-    (row, phase): (usize, usize),
-    mut split: impl FnMut(&[f32], &mut [f32], &mut [f32]),
-) {
+/// Where [`split_rows`] puts one row's columns (the same for every row):
+/// with an odd `pad_left`, input column 0 goes alone to odd column
+/// `pad_left / 2` (`lead`); then `pairs` whole pairs from input column
+/// `lead` split to even and odd columns from `base`; then, when `n` leaves
+/// one column over, it goes to even column `base + pairs` (`last`).
+#[derive(Clone, Copy)]
+struct Split {
+    lead: usize,
+    base: usize,
+    pairs: usize,
+    last: usize,
+}
+
+impl Split {
+    fn of(n: usize, pl: usize) -> Split {
+        let lead = usize::from(pl % 2 == 1 && n > 0);
+        let pairs = (n - lead) / 2;
+        Split {
+            lead,
+            base: (lead + pl) / 2,
+            pairs,
+            last: n - lead - 2 * pairs,
+        }
+    }
+}
+
+/// [`split_rows`]' portable loop, row by row.
+fn split_rows_portable(src: &[f32], (w, n, pl): (usize, usize, usize), dst: &mut [f32], (row, phase): (usize, usize)) {
+    let sp = Split::of(n, pl);
     for (srow, drow) in src.chunks_exact(w).zip(dst.chunks_exact_mut(row)) {
         let (even, odd) = drow.split_at_mut(phase);
-        let mut ix = 0;
-        if pl % 2 == 1 && n > 0 {
+        if sp.lead == 1 {
             odd[pl / 2] = srow[0];
-            ix = 1;
         }
-        let base = (ix + pl) / 2;
-        let pairs = (n - ix) / 2;
-        split(&srow[ix..ix + 2 * pairs], &mut even[base..], &mut odd[base..]);
-        if ix + 2 * pairs < n {
-            even[base + pairs] = srow[ix + 2 * pairs];
+        let pairs = &srow[sp.lead..sp.lead + 2 * sp.pairs];
+        split_pairs(pairs, &mut even[sp.base..], &mut odd[sp.base..]);
+        if sp.last == 1 {
+            even[sp.base + sp.pairs] = srow[sp.lead + 2 * sp.pairs];
         }
     }
 }
@@ -677,47 +694,63 @@ mod x86 {
         )
     }
 
-    /// AVX-512F version of [`super::split_rows`].
+    /// AVX-512F version of [`super::split_rows`]: the bounds checked once
+    /// for every row (they are the same), then one straight loop.
     ///
     /// # Safety
     /// The CPU must have AVX-512F.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn split_rows_avx512(
         src: &[f32],
-        cols: (usize, usize, usize),
+        (w, n, pl): (usize, usize, usize),
         dst: &mut [f32],
-        rows: (usize, usize),
+        (row, phase): (usize, usize),
     ) {
-        super::split_rows_with(src, cols, dst, rows, |p, e, o| {
-            let n = p.len() / 2;
-            // SAFETY: AVX-512F (this function's feature); `p` holds `2n`
-            // values, and `e`, `o` at least `n` (they hold the phase's
-            // columns from the pair's first).
-            unsafe { split_pairs_avx512(p, &mut e[..n], &mut o[..n]) }
-        });
-    }
-
-    /// AVX-512F version of `super::split_pairs`.
-    ///
-    /// # Safety
-    /// The CPU must have AVX-512F; `pairs` holds `2n` values and `even`,
-    /// `odd` `n` each.
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn split_pairs_avx512(pairs: &[f32], even: &mut [f32], odd: &mut [f32]) {
-        let n = even.len();
-        let pairs = &pairs[..2 * n];
-        let (ep, op) = (even.as_mut_ptr(), odd.as_mut_ptr());
+        let count = src
+            .len()
+            .checked_div(w)
+            .unwrap_or(0)
+            .min(dst.len().checked_div(row).unwrap_or(0));
+        let sp = super::Split::of(n, pl);
+        // Every row reads and writes the same columns; an internal
+        // invariant, as the portable loop's slicing.
+        assert!(
+            n <= w && sp.base + sp.pairs + sp.last <= phase && phase + sp.base + sp.pairs <= row,
+            "{n} of {w} columns split into rows of {row} (phase {phase}) from {pl}"
+        );
+        let (full, rest) = (sp.pairs / 16, sp.pairs % 16);
+        let (lo_mask, hi_mask, out_mask) = (lanes(2 * rest), lanes((2 * rest).saturating_sub(16)), lanes(rest));
         let (evens, odds) = (every_other(0), every_other(1));
-        let mut i = 0;
-        while i < n {
-            // SAFETY (the load and stores): `2i < 2n`; masked lanes stay
-            // below `n` values of `even` and `odd`.
-            let (lo, hi) = unsafe { load32(pairs, 2 * i) };
-            let out = lanes(n - i);
-            unsafe { _mm512_mask_storeu_ps(ep.add(i), out, _mm512_permutex2var_ps(lo, evens, hi)) };
-            unsafe { _mm512_mask_storeu_ps(op.add(i), out, _mm512_permutex2var_ps(lo, odds, hi)) };
-            i += 16;
+        let (sp_src, sp_dst) = (src.as_ptr(), dst.as_mut_ptr());
+        for r in 0..count {
+            // SAFETY: row `r < count` is inside both slices; the assert
+            // above keeps every column read below `n ≤ w` and every
+            // column written below `row`; masked-off lanes are neither
+            // read nor written.
+            unsafe {
+                let s = sp_src.add(r * w);
+                let even = sp_dst.add(r * row);
+                let odd = even.add(phase);
+                if sp.lead == 1 {
+                    *odd.add(pl / 2) = *s;
+                }
+                let p = s.add(sp.lead);
+                let (e, o) = (even.add(sp.base), odd.add(sp.base));
+                for j in 0..full {
+                    let (lo, hi) = (_mm512_loadu_ps(p.add(32 * j)), _mm512_loadu_ps(p.add(32 * j + 16)));
+                    _mm512_storeu_ps(e.add(16 * j), _mm512_permutex2var_ps(lo, evens, hi));
+                    _mm512_storeu_ps(o.add(16 * j), _mm512_permutex2var_ps(lo, odds, hi));
+                }
+                if rest > 0 {
+                    let lo = _mm512_maskz_loadu_ps(lo_mask, p.add(32 * full));
+                    let hi = _mm512_maskz_loadu_ps(hi_mask, p.wrapping_add(32 * full + 16));
+                    _mm512_mask_storeu_ps(e.add(16 * full), out_mask, _mm512_permutex2var_ps(lo, evens, hi));
+                    _mm512_mask_storeu_ps(o.add(16 * full), out_mask, _mm512_permutex2var_ps(lo, odds, hi));
+                }
+                if sp.last == 1 {
+                    *e.add(sp.pairs) = *p.add(2 * sp.pairs);
+                }
+            }
         }
     }
 
