@@ -646,8 +646,9 @@ mod tests {
 
     /// Narrow planes on the lanes against plane by plane, interleaved:
     /// `cargo test --release --lib depthwise::tests::timing -- --ignored
-    /// --nocapture` (MobileNetV2's depthwise shapes, then two of
-    /// PP-LCNet's). `DW_SHAPE=i` runs one shape, `DW_K=5` a 5×5 filter
+    /// --nocapture` (MobileNetV2's depthwise shapes, two of PP-LCNet's,
+    /// then strided ones whose outputs are about a vector wide, where the
+    /// two paths cross). `DW_SHAPE=i` runs one shape, `DW_K=5` a 5×5 filter
     /// (3×3 by default), `DW_THREADS=2` a pool of two threads (one by
     /// default).
     #[test]
@@ -677,6 +678,10 @@ mod tests {
             (24, 56, 2),
             (256, 14, 1),
             (64, 56, 2),
+            (256, 24, 2),
+            (128, 20, 2),
+            (512, 16, 2),
+            (96, 28, 2),
         ];
         for (i, &(ch, hw, stride)) in shapes.iter().enumerate() {
             if only.is_some_and(|o| o != i) {
