@@ -1066,7 +1066,8 @@ mod tests {
     }
 
     /// The product path against the direct one (`conv_direct`, where it
-    /// applies: the first convs on RGB run as products in both columns),
+    /// applies: the first convs on RGB and the pointwise convs at the end,
+    /// MobileNetV2's, run as products in both columns),
     /// with the budgets release builds use, 1 thread (`CONV_THREADS=2` for two),
     /// best of 7: `cargo test --release --lib conv_gemm::tests::timing --
     /// --ignored --nocapture` (`CONV_SHAPE=i` for one shape). Run it alone:
@@ -1099,6 +1100,11 @@ mod tests {
             (32, 40, 32, 5, 1),
             (64, 40, 128, 1, 2),
             (96, 48, 96, 3, 1),
+            (96, 56, 24, 1, 1),
+            (144, 56, 24, 1, 1),
+            (576, 7, 160, 1, 1),
+            (320, 7, 1280, 1, 1),
+            (16, 112, 96, 1, 1),
         ];
         for (i, &(cin, hw, cout, k, s)) in shapes.iter().enumerate() {
             if only.is_some_and(|o| o != i) {
