@@ -224,8 +224,8 @@ pub(crate) fn epilogue(isa: Isa, d: &mut [f32], bias: f32, pre: Act, res: Option
 
 /// `even[i] = pairs[2i]`, `odd[i] = pairs[2i + 1]` for every whole pair of
 /// `pairs` (an odd last value is left to the caller): the portable loop of
-/// [`split_rows`], which compilers vectorise. Panics (an internal invariant) when `even` or
-/// `odd` is shorter than `pairs.len() / 2`.
+/// [`split_rows`], which compilers vectorise. Panics (an internal
+/// invariant) when `even` or `odd` is shorter than `pairs.len() / 2`.
 fn split_pairs(pairs: &[f32], even: &mut [f32], odd: &mut [f32]) {
     let n = pairs.len() / 2;
     let (even, odd) = (&mut even[..n], &mut odd[..n]);
@@ -288,16 +288,16 @@ impl Split {
 
 /// [`split_rows`]' portable loop, row by row.
 fn split_rows_portable(src: &[f32], (w, n, pl): (usize, usize, usize), dst: &mut [f32], (row, phase): (usize, usize)) {
-    let sp = Split::of(n, pl);
+    let g = Split::of(n, pl);
     for (srow, drow) in src.chunks_exact(w).zip(dst.chunks_exact_mut(row)) {
         let (even, odd) = drow.split_at_mut(phase);
-        if sp.lead == 1 {
+        if g.lead == 1 {
             odd[pl / 2] = srow[0];
         }
-        let pairs = &srow[sp.lead..sp.lead + 2 * sp.pairs];
-        split_pairs(pairs, &mut even[sp.base..], &mut odd[sp.base..]);
-        if sp.last == 1 {
-            even[sp.base + sp.pairs] = srow[sp.lead + 2 * sp.pairs];
+        let pairs = &srow[g.lead..g.lead + 2 * g.pairs];
+        split_pairs(pairs, &mut even[g.base..], &mut odd[g.base..]);
+        if g.last == 1 {
+            even[g.base + g.pairs] = srow[g.lead + 2 * g.pairs];
         }
     }
 }
@@ -711,31 +711,31 @@ mod x86 {
             .checked_div(w)
             .unwrap_or(0)
             .min(dst.len().checked_div(row).unwrap_or(0));
-        let sp = super::Split::of(n, pl);
+        let g = super::Split::of(n, pl);
         // Every row reads and writes the same columns; an internal
         // invariant, as the portable loop's slicing.
         assert!(
-            n <= w && sp.base + sp.pairs + sp.last <= phase && phase + sp.base + sp.pairs <= row,
+            n <= w && g.base + g.pairs + g.last <= phase && phase + g.base + g.pairs <= row,
             "{n} of {w} columns split into rows of {row} (phase {phase}) from {pl}"
         );
-        let (full, rest) = (sp.pairs / 16, sp.pairs % 16);
+        let (full, rest) = (g.pairs / 16, g.pairs % 16);
         let (lo_mask, hi_mask, out_mask) = (lanes(2 * rest), lanes((2 * rest).saturating_sub(16)), lanes(rest));
         let (evens, odds) = (every_other(0), every_other(1));
-        let (sp_src, sp_dst) = (src.as_ptr(), dst.as_mut_ptr());
+        let (sp, dp) = (src.as_ptr(), dst.as_mut_ptr());
         for r in 0..count {
             // SAFETY: row `r < count` is inside both slices; the assert
             // above keeps every column read below `n ≤ w` and every
             // column written below `row`; masked-off lanes are neither
             // read nor written.
             unsafe {
-                let s = sp_src.add(r * w);
-                let even = sp_dst.add(r * row);
+                let s = sp.add(r * w);
+                let even = dp.add(r * row);
                 let odd = even.add(phase);
-                if sp.lead == 1 {
+                if g.lead == 1 {
                     *odd.add(pl / 2) = *s;
                 }
-                let p = s.add(sp.lead);
-                let (e, o) = (even.add(sp.base), odd.add(sp.base));
+                let p = s.add(g.lead);
+                let (e, o) = (even.add(g.base), odd.add(g.base));
                 for j in 0..full {
                     let (lo, hi) = (_mm512_loadu_ps(p.add(32 * j)), _mm512_loadu_ps(p.add(32 * j + 16)));
                     _mm512_storeu_ps(e.add(16 * j), _mm512_permutex2var_ps(lo, evens, hi));
@@ -747,8 +747,8 @@ mod x86 {
                     _mm512_mask_storeu_ps(e.add(16 * full), out_mask, _mm512_permutex2var_ps(lo, evens, hi));
                     _mm512_mask_storeu_ps(o.add(16 * full), out_mask, _mm512_permutex2var_ps(lo, odds, hi));
                 }
-                if sp.last == 1 {
-                    *e.add(sp.pairs) = *p.add(2 * sp.pairs);
+                if g.last == 1 {
+                    *e.add(g.pairs) = *p.add(2 * g.pairs);
                 }
             }
         }
