@@ -220,6 +220,9 @@ struct Pending {
     /// only ops that read nothing but `out` and constants may join (not a
     /// residual `add`, whose other operand may not exist yet at the step).
     late: bool,
+    /// The step's conv when it is pointwise: a depthwise conv reading
+    /// only its output may join it (`depthwise::expand`).
+    pointwise: Option<ops::Pointwise>,
 }
 
 impl Pending {
@@ -319,6 +322,9 @@ impl<'p> BlockBuilder<'p> {
                 self.add_const(env, &out.name, &name, c)?;
                 continue;
             }
+            // The step before when this op did not join its epilogue: a
+            // pointwise conv that a depthwise conv may join.
+            let mut expand_from: Option<Pending> = None;
             // The rest of a fused hard-swish: its value is the step's.
             if let Some(p) = pending.as_mut() {
                 if let Some(at) = p.skip.iter().position(|(i, _)| *i == op_index) {
@@ -449,6 +455,7 @@ impl<'p> BlockBuilder<'p> {
                         continue;
                     }
                 }
+                expand_from = Some(p);
             }
             let before = steps.len();
             let mut ctx = OpCtx::new(op, name.clone(), env, &self.lists, &mut self.dec, self.policy);
@@ -500,6 +507,7 @@ impl<'p> BlockBuilder<'p> {
             }
             let mut writes_state = None;
             let mut offer = None;
+            let mut pointwise = None;
             let exec = if let Some(b) = ops::list_builder(&op.r#type) {
                 // Lists never fold: they are run-time values.
                 Exec::List(b(&mut ctx)?)
@@ -507,6 +515,48 @@ impl<'p> BlockBuilder<'p> {
                 let builder = ops::builder(&op.r#type).ok_or_else(|| ctx.unsupported("op type"))?;
                 let kernel = builder(&mut ctx)?;
                 offer = ctx.offer.take();
+                pointwise = ctx.pointwise.take();
+                if let (Some(dw), Some(p)) = (ctx.depthwise.take(), expand_from.take()) {
+                    let reads_p = matches!(ctx.operands.first(), Some(Val::Slot(s)) if *s == steps[p.step].outputs[0]);
+                    let fusable = top
+                        && reads_p
+                        && dw.reads_only_x(ctx.operands.len())
+                        && ctx.rebinds.is_empty()
+                        && op.outputs.len() == 1
+                        && steps[p.step].operands.len() == 1
+                        && p.epi.residual.is_none()
+                        && p.epi.post == fuse::Act::Identity
+                        && p.skip.is_empty()
+                        && p.hard_swish_at.is_none()
+                        && uses.get(&p.out) == Some(&1)
+                        && !self.block_outputs.contains(&p.out);
+                    if let (true, Some(pw)) = (fusable, p.pointwise) {
+                        // The pointwise conv's step computes both; this op's
+                        // output is its slot, and later ops may join it.
+                        let pw_epi = p.epi;
+                        let make = move |epi| ops::expand_then_depthwise(&pw, pw_epi, &dw, epi);
+                        let step = &mut steps[p.step];
+                        step.exec = Exec::Kernel(make(fuse::Epi::act(fuse::Act::Identity)));
+                        step.op_type = format!("{}+depthwise", step.op_type);
+                        let slot = step.outputs[0];
+                        self.used.append(&mut ctx.used);
+                        drop(ctx);
+                        self.kept_ops.push(op_index);
+                        let out = op.outputs[0].name.clone();
+                        env.insert(out.clone(), Val::Slot(slot));
+                        pending = Some(Pending {
+                            step: p.step,
+                            out,
+                            offer: Box::new(make),
+                            epi: fuse::Epi::act(fuse::Act::Identity),
+                            skip: Vec::new(),
+                            hard_swish_at: None,
+                            late: false,
+                            pointwise: None,
+                        });
+                        continue;
+                    }
+                }
                 writes_state = ops::state::check_operands(&ctx, &ctx.operands, &self.states)?;
                 if ctx.operands.iter().all(|v| matches!(v, Val::Const(_))) {
                     if !top {
@@ -548,6 +598,7 @@ impl<'p> BlockBuilder<'p> {
                         skip: Vec::new(),
                         hard_swish_at: None,
                         late: false,
+                        pointwise,
                     });
                 }
             }

@@ -303,6 +303,10 @@ pub(crate) struct OpCtx<'b, 'p> {
     used: Vec<String>,
     /// Set by a builder whose kernel can take a fused activation (`fuse.rs`).
     pub offer: Option<fuse::Offer>,
+    /// Set by a pointwise conv's builder, and by a depthwise conv's: the
+    /// block builder may run the two as one step (`depthwise::expand`).
+    pub pointwise: Option<ops::Pointwise>,
+    pub depthwise: Option<ops::DepthwiseSpec>,
     /// Constants this op's builder has replaced for every later reader
     /// (applied by the block builder once the op is built).
     pub(crate) rebinds: Vec<(String, ConstVal)>,
@@ -328,6 +332,8 @@ impl<'b, 'p> OpCtx<'b, 'p> {
             operands: Vec::new(),
             used: Vec::new(),
             offer: None,
+            pointwise: None,
+            depthwise: None,
             rebinds: Vec::new(),
         }
     }

@@ -166,7 +166,7 @@ pub(crate) fn run_rows<'d>(
 }
 
 /// `dst`, every element set to `v`, as initialised values.
-fn init(dst: &mut [MaybeUninit<f32>], v: f32) -> &mut [f32] {
+pub(crate) fn init(dst: &mut [MaybeUninit<f32>], v: f32) -> &mut [f32] {
     for d in dst.iter_mut() {
         d.write(v);
     }

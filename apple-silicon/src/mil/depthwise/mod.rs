@@ -34,6 +34,7 @@ use super::fuse::Tail;
 use super::limits::{self, check_alloc};
 use super::rows::{self as run, Isa};
 
+pub(crate) mod expand;
 #[cfg(target_arch = "x86_64")]
 mod lanes;
 
@@ -111,8 +112,14 @@ impl Layout {
     /// zeroed once and has held only this layout's rows since (every row
     /// writes the same columns).
     fn fill_rows(&self, isa: Isa, src: &[f32], first: usize, out: &mut [f32]) {
+        self.fill_rows_of(isa, (src, 0), src.len() / self.w, first, out)
+    }
+
+    /// [`Layout::fill_rows`] from `src` holding only the input rows
+    /// `row0 ..` of an image `h` rows high (every row the band reads; a
+    /// missing one panics on the slice).
+    fn fill_rows_of(&self, isa: Isa, (src, row0): (&[f32], usize), h: usize, first: usize, out: &mut [f32]) {
         let count = out.len() / self.row;
-        let h = src.len() / self.w;
         // Padded row `pr` holds input row `pr − pad_top` when that is in the image.
         let img0 = self.pad_top.clamp(first, first + count) - first;
         let img1 = (self.pad_top + h).clamp(first, first + count) - first;
@@ -121,7 +128,8 @@ impl Layout {
         if img1 <= img0 {
             return;
         }
-        let src = &src[(first + img0 - self.pad_top) * self.w..];
+        let src = &src[(first + img0 - self.pad_top - row0) * self.w..];
+        let src = &src[..(img1 - img0) * self.w];
         let rows = &mut out[img0 * self.row..img1 * self.row];
         // Columns past `pw` are never read.
         let n = self.w.min(self.pw.saturating_sub(self.pad_left));
@@ -218,27 +226,7 @@ fn depthwise_conv2d_on(
     if weight.len() != ch * kh * kw || bias.is_some_and(|b| b.len() != ch) {
         candle_core::bail!("depthwise weight/bias do not match {ch} channels of a {kh}x{kw} filter")
     }
-    let (&(pt, pb), &(pl, pr)) = match pads {
-        [a, b] => (a, b),
-        _ => candle_core::bail!("depthwise pads {pads:?}; expected [begin, end] for height and width"),
-    };
-    if kh == 0 || kw == 0 || stride == 0 || dil == 0 {
-        candle_core::bail!("depthwise kernel {kh}x{kw}, stride {stride}, dilation {dil}")
-    }
-    // Checked: hostile pads or dilations must not wrap (callers bound the
-    // padded size by the memory limit before this).
-    let eff_h = (kh - 1).checked_mul(dil).and_then(|v| v.checked_add(1));
-    let eff_w = (kw - 1).checked_mul(dil).and_then(|v| v.checked_add(1));
-    let span_h = h.checked_add(pt).and_then(|v| v.checked_add(pb));
-    let span_w = w.checked_add(pl).and_then(|v| v.checked_add(pr));
-    let (Some(eff_h), Some(eff_w), Some(span_h), Some(span_w)) = (eff_h, eff_w, span_h, span_w) else {
-        candle_core::bail!("depthwise geometry overflows (kernel {kh}x{kw}, dilation {dil}, pads {pads:?})")
-    };
-    if span_h < eff_h || span_w < eff_w || h == 0 || w == 0 {
-        candle_core::bail!("kernel {kh}x{kw} larger than the padded input {h}x{w}")
-    }
-    let (oh, ow) = ((span_h - eff_h) / stride + 1, (span_w - eff_w) / stride + 1);
-    let lay = Layout::new((w, oh, ow), (kh, kw), stride, dil, (pt, pl));
+    let (lay, (oh, ow)) = geometry((h, w), (kh, kw), pads, stride, dil)?;
     check_alloc("depthwise output", &[nb, ch, oh, ow], 4)?;
     check_alloc("depthwise padded plane", &[lay.ph, lay.row], 4)?;
     let plane = oh * ow;
@@ -283,6 +271,39 @@ fn depthwise_conv2d_on(
     // (a panicking plane unwinds past this, leaving `out` empty).
     unsafe { out.set_len(n) };
     Tensor::from_vec(out, (nb, ch, oh, ow), &Device::Cpu)?.to_dtype(dtype)
+}
+
+/// A depthwise conv's output size and its planes' padded layout, for
+/// `h × w` input planes, `[begin, end]` `pads` for height and width, and
+/// equal strides and dilations; errors on a zero or overflowing size.
+fn geometry(
+    (h, w): (usize, usize),
+    (kh, kw): (usize, usize),
+    pads: &[(usize, usize)],
+    stride: usize,
+    dil: usize,
+) -> CResult<(Layout, (usize, usize))> {
+    let (&(pt, pb), &(pl, pr)) = match pads {
+        [a, b] => (a, b),
+        _ => candle_core::bail!("depthwise pads {pads:?}; expected [begin, end] for height and width"),
+    };
+    if kh == 0 || kw == 0 || stride == 0 || dil == 0 {
+        candle_core::bail!("depthwise kernel {kh}x{kw}, stride {stride}, dilation {dil}")
+    }
+    // Checked: hostile pads or dilations must not wrap (callers bound the
+    // padded size by the memory limit before this).
+    let eff_h = (kh - 1).checked_mul(dil).and_then(|v| v.checked_add(1));
+    let eff_w = (kw - 1).checked_mul(dil).and_then(|v| v.checked_add(1));
+    let span_h = h.checked_add(pt).and_then(|v| v.checked_add(pb));
+    let span_w = w.checked_add(pl).and_then(|v| v.checked_add(pr));
+    let (Some(eff_h), Some(eff_w), Some(span_h), Some(span_w)) = (eff_h, eff_w, span_h, span_w) else {
+        candle_core::bail!("depthwise geometry overflows (kernel {kh}x{kw}, dilation {dil}, pads {pads:?})")
+    };
+    if span_h < eff_h || span_w < eff_w || h == 0 || w == 0 {
+        candle_core::bail!("kernel {kh}x{kw} larger than the padded input {h}x{w}")
+    }
+    let (oh, ow) = ((span_h - eff_h) / stride + 1, (span_w - eff_w) / stride + 1);
+    Ok((Layout::new((w, oh, ow), (kh, kw), stride, dil, (pt, pl)), (oh, ow)))
 }
 
 /// Whether this conv's planes go 16 at a time on the lanes ([`lanes`]).

@@ -110,9 +110,126 @@ pub(super) fn conv(c: &mut OpCtx) -> Result<Kernel> {
         },
         w: wts,
     };
+    if general.is_pointwise() {
+        c.pointwise = Some(Pointwise(general.clone()));
+    }
     let offer = general.clone();
     c.offer = Some(Box::new(move |epi| offer.clone().kernel(epi)));
     Ok(general.kernel(Epi::act(Act::Identity)))
+}
+
+/// A 2-D 1 × 1 conv at stride 1 in one group, x its only operand: the
+/// block builder may run it together with the depthwise conv that reads
+/// it ([`expand_then_depthwise`]).
+#[derive(Clone)]
+pub(crate) struct Pointwise(General);
+
+/// `[begin, end]` pads per spatial dim.
+type Pads = Vec<(usize, usize)>;
+
+/// A depthwise conv as its kernel takes it, x its operand `x`.
+#[derive(Clone)]
+pub(crate) struct DepthwiseSpec {
+    x: usize,
+    ws: Arc<[f32]>,
+    bs: Option<Arc<[f32]>>,
+    kernel: (usize, usize),
+    pad_type: String,
+    pad: Vec<i64>,
+    stride: usize,
+    dilation: usize,
+}
+
+impl DepthwiseSpec {
+    /// Whether x is the op's only operand (then it is operand 0).
+    pub(crate) fn reads_only_x(&self, operands: usize) -> bool {
+        self.x == 0 && operands == 1
+    }
+
+    /// The padding of an `h × w` input and the output's size.
+    fn geometry(&self, (h, w): (usize, usize)) -> CResult<(Pads, (usize, usize))> {
+        let (kh, kw) = self.kernel;
+        let (s, d) = (self.stride, self.dilation);
+        let pads = spatial_pads(&self.pad_type, &self.pad, &[h, w], &[kh, kw], &[s; 2], &[d; 2])?;
+        let oh = window_out(h, pads[0], eff_kernel(kh, d), s)?;
+        let ow = window_out(w, pads[1], eff_kernel(kw, d), s)?;
+        Ok((pads, (oh, ow)))
+    }
+}
+
+/// The kernel of a pointwise conv (`pw`, its own epilogue `pw_epi`: an
+/// activation only) and the depthwise conv that reads it (`dw`, with
+/// `epi` fused after it), as one step whose operands are the pointwise
+/// conv's then the epilogue's: on f32 inputs whose expanded activation is
+/// large, the two run together a band at a time
+/// (`depthwise::expand`), else one after the other as the unfused steps
+/// would. The same result either way, bit for bit.
+pub(crate) fn expand_then_depthwise(pw: &Pointwise, pw_epi: Epi, dw: &DepthwiseSpec, epi: Epi) -> Kernel {
+    let (g, d) = (pw.0.clone(), dw.clone());
+    let first = pw.0.clone().kernel(pw_epi);
+    let second = depthwise_kernel(dw.clone(), epi);
+    Box::new(move |a| {
+        if let Some(y) = banded(&g, pw_epi.pre, &d, epi, a)? {
+            return one(y);
+        }
+        let mid = first(&a[..1])?;
+        let mut args = a.to_vec();
+        args[0] = &mid[0];
+        second(&args)
+    })
+}
+
+/// The banded run of [`expand_then_depthwise`], or `None` where it does not apply.
+fn banded(g: &General, act: Act, d: &DepthwiseSpec, epi: Epi, a: &[&Tensor]) -> CResult<Option<Tensor>> {
+    let x = a[g.x];
+    if x.dtype() != CDType::F32 || x.rank() != 4 || x.dims()[1] != g.cin_g {
+        return Ok(None);
+    }
+    let (nb, h, w) = (x.dims()[0], x.dims()[2], x.dims()[3]);
+    let own = spatial_pads(&g.pad_type, &g.pad, &[h, w], &g.kdims, &g.strides, &g.dil)?;
+    if own.iter().any(|&p| p != (0, 0)) {
+        return Ok(None);
+    }
+    let (pads, (oh, ow)) = d.geometry((h, w))?;
+    check_elems(
+        &[nb, g.cout, h + pads[0].0 + pads[0].1, w + pads[1].0 + pads[1].1],
+        "padded input",
+    )?;
+    let residual = match epi.residual {
+        Some(_) => match epi.fast_residual(a, &[nb, g.cout, oh, ow])? {
+            Some(r) => Some(r),
+            None => return Ok(None),
+        },
+        None => None,
+    };
+    let x = x.contiguous()?;
+    let dw = depthwise::expand::Depthwise {
+        weight: &d.ws,
+        kernel: d.kernel,
+        bias: d.bs.as_deref(),
+        pads: &pads,
+        stride: d.stride,
+        dilation: d.dilation,
+    };
+    let run = |rs: Option<&[f32]>| {
+        let tail = Tail {
+            pre: epi.pre,
+            residual: rs,
+            post: epi.post,
+        };
+        weights::with_rows(&g.w, 0..g.cout, |ws| {
+            let e = depthwise::expand::Expansion {
+                weight: ws,
+                bias: g.host_bias.as_deref(),
+                act,
+            };
+            depthwise::expand::expand_depthwise(&x, &e, &dw, tail)
+        })
+    };
+    match residual {
+        Some(r) => depthwise::with_f32_slice(&r, |rs| run(Some(rs)))?,
+        None => run(None),
+    }
 }
 
 /// A 1-D or 2-D conv with equal dilations and a constant weight (not
@@ -137,6 +254,12 @@ struct General {
 }
 
 impl General {
+    /// Whether this is a 2-D 1 × 1 conv at stride 1 in one group, reading
+    /// only x (its padding, which must be zero, is checked at run time).
+    fn is_pointwise(&self) -> bool {
+        self.n == 2 && self.groups == 1 && self.x == 0 && self.kdims == [1, 1] && self.strides == [1, 1]
+    }
+
     /// The kernel: f32 inputs run on our GEMM (`mil::conv_gemm`, bias and
     /// `epi` fused; a residual of another dtype or shape is added after, as
     /// the unfused add would); other dtypes on candle's conv, then the bias
@@ -691,51 +814,58 @@ pub(super) fn depthwise_conv(
 ) -> Result<Kernel> {
     let f32s = |t: &Tensor| -> CResult<Vec<f32>> { t.to_dtype(CDType::F32)?.flatten_all()?.to_vec1::<f32>() };
     let (_, _, kh, kw) = w.dims4().map_err(|e| c.error(e.to_string()))?;
-    // Shared by the plain kernel and the one offered for fusion.
-    let ws: Arc<[f32]> = f32s(w).map_err(|e| c.error(e.to_string()))?.into();
-    let bs: Option<Arc<[f32]>> = bias
-        .map(f32s)
-        .transpose()
-        .map_err(|e| c.error(e.to_string()))?
-        .map(Into::into);
-    let make = move |epi: Epi| -> Kernel {
-        let (ws, bs, pad_type, pad) = (ws.clone(), bs.clone(), pad_type.clone(), pad.clone());
-        Box::new(move |a| {
-            let x = a[x];
-            if x.rank() != 4 {
-                candle_core::bail!("2-D conv of a tensor of shape {:?} (expected [n, c, h, w])", x.dims())
-            }
-            let pads = spatial_pads(&pad_type, &pad, &x.dims()[2..], &[kh, kw], &[stride; 2], &[dilation; 2])?;
-            let mut out_dims = x.dims()[..2].to_vec();
-            for (i, k) in [kh, kw].into_iter().enumerate() {
-                out_dims.push(window_out(x.dims()[2 + i], pads[i], eff_kernel(k, dilation), stride)?);
-            }
-            check_padded(x, &pads)?;
-            let conv = |tail: Tail| {
-                depthwise::depthwise_conv2d(x, &ws, (kh, kw), bs.as_deref(), &pads, stride, dilation, tail)
-            };
-            // The kernel computes in f32: for another dtype the epilogue
-            // runs after it (on the rounded values), as the unfused ops would.
-            if x.dtype() != CDType::F32 {
-                let y = epi.pre.apply(&conv(Tail::act(Act::Identity))?)?;
-                return one(epi.finish_unfused(y, a)?);
-            }
-            if let Some(r) = epi.fast_residual(a, &out_dims)? {
-                let y = depthwise::with_f32_slice(&r, |rs| {
-                    conv(Tail {
-                        pre: epi.pre,
-                        residual: Some(rs),
-                        post: epi.post,
-                    })
-                })??;
-                return one(y);
-            }
-            one(epi.finish_unfused(conv(Tail::act(epi.pre))?, a)?)
-        })
+    // Shared by the plain kernel and the ones offered for fusion.
+    let spec = DepthwiseSpec {
+        x,
+        ws: f32s(w).map_err(|e| c.error(e.to_string()))?.into(),
+        bs: bias
+            .map(f32s)
+            .transpose()
+            .map_err(|e| c.error(e.to_string()))?
+            .map(Into::into),
+        kernel: (kh, kw),
+        pad_type,
+        pad,
+        stride,
+        dilation,
     };
-    let offer = make.clone();
-    c.offer = Some(Box::new(move |epi| offer(epi)));
-    Ok(make(Epi::act(Act::Identity)))
+    c.depthwise = Some(spec.clone());
+    let offer = spec.clone();
+    c.offer = Some(Box::new(move |epi| depthwise_kernel(offer.clone(), epi)));
+    Ok(depthwise_kernel(spec, Epi::act(Act::Identity)))
+}
+
+/// A depthwise conv's kernel with `epi` fused.
+fn depthwise_kernel(d: DepthwiseSpec, epi: Epi) -> Kernel {
+    Box::new(move |a| {
+        let x = a[d.x];
+        if x.rank() != 4 {
+            candle_core::bail!("2-D conv of a tensor of shape {:?} (expected [n, c, h, w])", x.dims())
+        }
+        let (pads, (oh, ow)) = d.geometry((x.dims()[2], x.dims()[3]))?;
+        let out_dims = [x.dims()[0], x.dims()[1], oh, ow];
+        check_padded(x, &pads)?;
+        let conv = |tail: Tail| {
+            depthwise::depthwise_conv2d(x, &d.ws, d.kernel, d.bs.as_deref(), &pads, d.stride, d.dilation, tail)
+        };
+        // The kernel computes in f32: for another dtype the epilogue
+        // runs after it (on the rounded values), as the unfused ops would.
+        if x.dtype() != CDType::F32 {
+            let y = epi.pre.apply(&conv(Tail::act(Act::Identity))?)?;
+            return one(epi.finish_unfused(y, a)?);
+        }
+        if let Some(r) = epi.fast_residual(a, &out_dims)? {
+            let y = depthwise::with_f32_slice(&r, |rs| {
+                conv(Tail {
+                    pre: epi.pre,
+                    residual: Some(rs),
+                    post: epi.post,
+                })
+            })??;
+            return one(y);
+        }
+        one(epi.finish_unfused(conv(Tail::act(epi.pre))?, a)?)
+    })
 }
 
 #[cfg(test)]
@@ -896,6 +1026,129 @@ mod tests {
                         want.to_dtype(CDType::F32).unwrap(),
                     );
                     assert_eq!(max_diff(&f, &w), 0.0, "{xd:?} {k:?} residual {rd:?}");
+                }
+            }
+        }
+    }
+
+    /// The step a pointwise conv and the depthwise conv reading it become
+    /// gives the very bits of the two kernels run in turn: on the banded
+    /// path (f32, a large expanded activation), with a residual fused or
+    /// added after, with f16-stored expansion weights, and on the
+    /// fallbacks (an f16 input, a small image).
+    #[test]
+    fn expand_then_depthwise_matches_the_two_kernels() {
+        let bits = |t: &Tensor| -> Vec<u32> {
+            let v: Vec<f32> = t
+                .to_dtype(CDType::F32)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            v.into_iter().map(f32::to_bits).collect()
+        };
+        // (cin, ch, h, w, k, stride, pad_type, pad): the first two band (72 × 61 × 67 floats > 1 MiB).
+        #[rustfmt::skip]
+        let cases = [
+            (7, 72, 61, 67, 3, 2, "same", vec![]),
+            (5, 80, 59, 64, 5, 1, "custom", vec![2, 1, 3, 2]),
+            (6, 24, 17, 19, 3, 1, "same", vec![]),
+        ];
+        for (cin, ch, h, w, k, s, pad_type, pad) in cases {
+            let x = Tensor::randn(0f32, 1.0, (1, cin, h, w), &Device::Cpu).unwrap();
+            let pw_w = Tensor::randn(0f32, 1.0, (ch, cin, 1, 1), &Device::Cpu)
+                .unwrap()
+                .to_dtype(CDType::F16)
+                .unwrap();
+            let w16: Vec<half::f16> = pw_w.flatten_all().unwrap().to_vec1().unwrap();
+            let pw_w = pw_w.to_dtype(CDType::F32).unwrap();
+            let pw_b = Tensor::randn(0f32, 1.0, ch, &Device::Cpu).unwrap();
+            let g = General {
+                x: 0,
+                n: 2,
+                cin_g: cin,
+                cout: ch,
+                groups: 1,
+                kdims: vec![1, 1],
+                strides: vec![1, 1],
+                dil: vec![1, 1],
+                pad_type: "valid".into(),
+                pad: vec![],
+                host_bias: Some(pw_b.to_vec1().unwrap()),
+                bias: Some(pw_b.reshape((1, ch, 1, 1)).unwrap()),
+                w: Arc::new(Weights::dense(pw_w).unwrap()),
+            };
+            assert!(g.is_pointwise());
+            let f16_stored = General {
+                w: Arc::new(Weights::new(vec![ch, cin, 1, 1], weights::Store::F16(w16), true).unwrap()),
+                ..g.clone()
+            };
+            let dw_w: Vec<f32> = Tensor::randn(0f32, 1.0, ch * k * k, &Device::Cpu)
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let dw_b: Vec<f32> = Tensor::randn(0f32, 1.0, ch, &Device::Cpu).unwrap().to_vec1().unwrap();
+            let d = DepthwiseSpec {
+                x: 0,
+                ws: dw_w.into(),
+                bs: Some(dw_b.into()),
+                kernel: (k, k),
+                pad_type: pad_type.into(),
+                pad,
+                stride: s,
+                dilation: 1,
+            };
+            let (_, (oh, ow)) = d.geometry((h, w)).unwrap();
+            let same = Tensor::randn(0f32, 1.0, (1, ch, oh, ow), &Device::Cpu).unwrap();
+            let row = Tensor::randn(0f32, 1.0, (1, ch, 1, ow), &Device::Cpu).unwrap();
+            let pw_epi = Epi::act(Act::Clamp(0.0, 6.0));
+            let residual = |producer_is_x| {
+                Some(crate::mil::fuse::Residual {
+                    operand: 1,
+                    producer_is_x,
+                })
+            };
+            let epis = [
+                (Epi::act(Act::Clamp(0.0, 6.0)), None),
+                (
+                    Epi {
+                        pre: Act::Relu,
+                        residual: residual(true),
+                        post: Act::Silu,
+                    },
+                    Some(&same),
+                ),
+                // Broadcast: added after the kernel, as the add op would.
+                (
+                    Epi {
+                        pre: Act::Identity,
+                        residual: residual(false),
+                        post: Act::Identity,
+                    },
+                    Some(&row),
+                ),
+            ];
+            for (epi, r) in epis {
+                for xt in [x.clone(), x.to_dtype(CDType::F16).unwrap()] {
+                    for pw in [&g, &f16_stored] {
+                        let mut args = vec![&xt];
+                        args.extend(r);
+                        let mid = pw.clone().kernel(pw_epi)(&[&xt]).unwrap().remove(0);
+                        let mut dargs = vec![&mid];
+                        dargs.extend(r);
+                        let want = depthwise_kernel(d.clone(), epi)(&dargs).unwrap().remove(0);
+                        let got = expand_then_depthwise(&Pointwise(pw.clone()), pw_epi, &d, epi)(&args)
+                            .unwrap()
+                            .remove(0);
+                        assert_eq!(got.dims(), want.dims());
+                        assert_eq!(got.dtype(), want.dtype());
+                        assert!(
+                            bits(&got) == bits(&want),
+                            "{cin} → {ch} at {h}×{w}, {k}×{k} s{s}, {:?}, {epi:?}",
+                            xt.dtype()
+                        );
+                    }
                 }
             }
         }

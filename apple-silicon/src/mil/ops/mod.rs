@@ -38,6 +38,7 @@ use crate::mil::{Kernel, OpCtx};
 
 pub(crate) type Builder = fn(&mut OpCtx) -> Result<Kernel>;
 pub(crate) use control_flow::{list_builder, ListKernel, ListVal};
+pub(crate) use conv::{expand_then_depthwise, DepthwiseSpec, Pointwise};
 pub(crate) type CResult<T> = candle_core::Result<T>;
 
 /// The builder for `op_type`, if the interpreter implements it.
