@@ -530,7 +530,7 @@ impl<'p> BlockBuilder<'p> {
                         && p.hard_swish_at.is_none()
                         && uses.get(&p.out) == Some(&1)
                         && !self.block_outputs.contains(&p.out);
-                    if let (true, Some(pw)) = (fusable, p.pointwise) {
+                    if let Some(pw) = p.pointwise.filter(|pw| fusable && dw.joins(pw)) {
                         // The pointwise conv's step computes both; this op's
                         // output is its slot, and later ops may join it.
                         let pw_epi = p.epi;

@@ -111,7 +111,10 @@ pub(super) fn conv(c: &mut OpCtx) -> Result<Kernel> {
         w: wts,
     };
     if general.is_pointwise() {
-        c.pointwise = Some(Pointwise(general.clone()));
+        c.pointwise = Some(Pointwise {
+            conv: general.clone(),
+            declared: declared_dims(c.op),
+        });
     }
     let offer = general.clone();
     c.offer = Some(Box::new(move |epi| offer.clone().kernel(epi)));
@@ -122,7 +125,27 @@ pub(super) fn conv(c: &mut OpCtx) -> Result<Kernel> {
 /// block builder may run it together with the depthwise conv that reads
 /// it ([`expand_then_depthwise`]).
 #[derive(Clone)]
-pub(crate) struct Pointwise(General);
+pub(crate) struct Pointwise {
+    conv: General,
+    /// Its output's shape as the program declares it, if every dim is a constant.
+    declared: Option<Vec<usize>>,
+}
+
+/// The shape of `op`'s first output as the program declares it (`None`
+/// when a dim is not a constant).
+fn declared_dims(op: &coreml_proto::proto::mil_spec::Operation) -> Option<Vec<usize>> {
+    use coreml_proto::proto::mil_spec::{dimension::Dimension, value_type::Type};
+    let Type::TensorType(t) = op.outputs.first()?.r#type.as_ref()?.r#type.as_ref()? else {
+        return None;
+    };
+    t.dimensions
+        .iter()
+        .map(|d| match d.dimension {
+            Some(Dimension::Constant(c)) => usize::try_from(c.size).ok(),
+            _ => None,
+        })
+        .collect()
+}
 
 /// `[begin, end]` pads per spatial dim.
 type Pads = Vec<(usize, usize)>;
@@ -146,6 +169,25 @@ impl DepthwiseSpec {
         self.x == 0 && operands == 1
     }
 
+    /// Whether the plan should join this conv to `pw`, the pointwise conv
+    /// it reads: when `pw`'s declared output would run the banded path
+    /// (`depthwise::expand::applies`). Elsewhere the joined step would run
+    /// the two kernels in turn and only hold `pw`'s input longer.
+    pub(crate) fn joins(&self, pw: &Pointwise) -> bool {
+        let Some(&[_, ch, h, w]) = pw.declared.as_deref() else {
+            return false;
+        };
+        let (kh, kw) = self.kernel;
+        if ch != pw.conv.cout || self.ws.len() != ch * kh * kw {
+            return false;
+        }
+        let (s, d) = (self.stride, self.dilation);
+        let Ok(pads) = spatial_pads(&self.pad_type, &self.pad, &[h, w], &[kh, kw], &[s; 2], &[d; 2]) else {
+            return false;
+        };
+        depthwise::expand::applies((pw.conv.cin_g, ch), (h, w), self.kernel, &pads, (s, d))
+    }
+
     /// The padding of an `h × w` input and the output's size.
     fn geometry(&self, (h, w): (usize, usize)) -> CResult<(Pads, (usize, usize))> {
         let (kh, kw) = self.kernel;
@@ -165,8 +207,8 @@ impl DepthwiseSpec {
 /// (`depthwise::expand`), else one after the other as the unfused steps
 /// would. The same result either way, bit for bit.
 pub(crate) fn expand_then_depthwise(pw: &Pointwise, pw_epi: Epi, dw: &DepthwiseSpec, epi: Epi) -> Kernel {
-    let (g, d) = (pw.0.clone(), dw.clone());
-    let first = pw.0.clone().kernel(pw_epi);
+    let (g, d) = (pw.conv.clone(), dw.clone());
+    let first = pw.conv.clone().kernel(pw_epi);
     let second = depthwise_kernel(dw.clone(), epi);
     Box::new(move |a| {
         if let Some(y) = banded(&g, pw_epi.pre, &d, epi, a)? {
@@ -1048,14 +1090,14 @@ mod tests {
                 .unwrap();
             v.into_iter().map(f32::to_bits).collect()
         };
-        // (cin, ch, h, w, k, stride, pad_type, pad): the first two band (72 × 61 × 67 floats > 1 MiB).
+        // (cin, ch, h, w, k, stride, pad_type, pad, banded): expanded activations over 2 MiB band.
         #[rustfmt::skip]
         let cases = [
-            (7, 72, 61, 67, 3, 2, "same", vec![]),
-            (5, 80, 59, 64, 5, 1, "custom", vec![2, 1, 3, 2]),
-            (6, 24, 17, 19, 3, 1, "same", vec![]),
+            (7, 96, 81, 77, 3, 2, "same", vec![], true),
+            (5, 112, 75, 70, 5, 1, "custom", vec![2, 1, 3, 2], true),
+            (6, 24, 17, 19, 3, 1, "same", vec![], false),
         ];
-        for (cin, ch, h, w, k, s, pad_type, pad) in cases {
+        for (cin, ch, h, w, k, s, pad_type, pad, banded) in cases {
             let x = Tensor::randn(0f32, 1.0, (1, cin, h, w), &Device::Cpu).unwrap();
             let pw_w = Tensor::randn(0f32, 1.0, (ch, cin, 1, 1), &Device::Cpu)
                 .unwrap()
@@ -1099,7 +1141,9 @@ mod tests {
                 stride: s,
                 dilation: 1,
             };
-            let (_, (oh, ow)) = d.geometry((h, w)).unwrap();
+            let (dw_pads, (oh, ow)) = d.geometry((h, w)).unwrap();
+            let on_bands = depthwise::expand::applies((cin, ch), (h, w), (k, k), &dw_pads, (s, 1));
+            assert_eq!(on_bands, banded, "{cin} → {ch} at {h}×{w}");
             let same = Tensor::randn(0f32, 1.0, (1, ch, oh, ow), &Device::Cpu).unwrap();
             let row = Tensor::randn(0f32, 1.0, (1, ch, 1, ow), &Device::Cpu).unwrap();
             let pw_epi = Epi::act(Act::Clamp(0.0, 6.0));
@@ -1138,9 +1182,17 @@ mod tests {
                         let mut dargs = vec![&mid];
                         dargs.extend(r);
                         let want = depthwise_kernel(d.clone(), epi)(&dargs).unwrap().remove(0);
-                        let got = expand_then_depthwise(&Pointwise(pw.clone()), pw_epi, &d, epi)(&args)
-                            .unwrap()
-                            .remove(0);
+                        let got = expand_then_depthwise(
+                            &Pointwise {
+                                conv: pw.clone(),
+                                declared: None,
+                            },
+                            pw_epi,
+                            &d,
+                            epi,
+                        )(&args)
+                        .unwrap()
+                        .remove(0);
                         assert_eq!(got.dims(), want.dims());
                         assert_eq!(got.dtype(), want.dtype());
                         assert!(
