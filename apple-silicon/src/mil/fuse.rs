@@ -24,6 +24,10 @@
 //! more operand of the step, so liveness sees it; the ops stay in a lowered
 //! program: only the plan changes).
 //!
+//! The block builder also joins a pointwise conv to the depthwise conv
+//! that reads it, where that runs in bands (`depthwise::expand`); the
+//! depthwise conv's epilogue then fuses into the joined step as here.
+//!
 //! Every fused kernel computes the same function as the unfused ops: the
 //! fast f32 paths use the unfused ops' scalar functions (candle's for relu,
 //! `vmath`'s for the transcendental ones, or vector code giving the same

@@ -496,17 +496,6 @@ mod tests {
             .to_string();
         assert!(err.contains("expansion weight of 10 values for [16, 8]"), "{err}");
     }
-}
-
-#[cfg(test)]
-mod timing {
-    use super::*;
-    use crate::mil::conv_gemm::{self, Window};
-    use crate::mil::depthwise::depthwise_conv2d;
-
-    fn ramp(n: usize, seed: f32) -> Vec<f32> {
-        (0..n).map(|i| (i as f32 * seed).sin() * 1.3).collect()
-    }
 
     /// Fused against the two convs, MobileNetV2's three large blocks
     /// (`EXP_THREADS`, default 1).
