@@ -16,7 +16,7 @@ use std::sync::Arc;
 use candle_core::{DType as CDType, Tensor};
 
 use super::spatial::{check_elems, check_padded, from_host, host_f32, lift3, spatial_pads, spatial_params, window_out};
-use super::{one, Builder, CResult};
+use super::{declared_dims, one, Builder, CResult};
 use crate::error::Result;
 use crate::mil::fuse::{Act, Epi, Tail};
 use crate::mil::par_elementwise::{self, BinOp};
@@ -131,22 +131,6 @@ pub(crate) struct Pointwise {
     declared: Option<Vec<usize>>,
 }
 
-/// The shape of `op`'s first output as the program declares it (`None`
-/// when a dim is not a constant).
-fn declared_dims(op: &coreml_proto::proto::mil_spec::Operation) -> Option<Vec<usize>> {
-    use coreml_proto::proto::mil_spec::{dimension::Dimension, value_type::Type};
-    let Type::TensorType(t) = op.outputs.first()?.r#type.as_ref()?.r#type.as_ref()? else {
-        return None;
-    };
-    t.dimensions
-        .iter()
-        .map(|d| match d.dimension {
-            Some(Dimension::Constant(c)) => usize::try_from(c.size).ok(),
-            _ => None,
-        })
-        .collect()
-}
-
 /// `[begin, end]` pads per spatial dim.
 type Pads = Vec<(usize, usize)>;
 
@@ -181,11 +165,16 @@ impl DepthwiseSpec {
         if ch != pw.conv.cout || self.ws.len() != ch * kh * kw {
             return false;
         }
-        let (s, d) = (self.stride, self.dilation);
-        let Ok(pads) = spatial_pads(&self.pad_type, &self.pad, &[h, w], &[kh, kw], &[s; 2], &[d; 2]) else {
+        let Ok((pads, _)) = self.geometry((h, w)) else {
             return false;
         };
-        depthwise::expand::applies((pw.conv.cin_g, ch), (h, w), self.kernel, &pads, (s, d))
+        depthwise::expand::applies(
+            (pw.conv.cin_g, ch),
+            (h, w),
+            self.kernel,
+            &pads,
+            (self.stride, self.dilation),
+        )
     }
 
     /// The padding of an `h × w` input and the output's size.

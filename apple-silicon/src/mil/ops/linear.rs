@@ -20,7 +20,7 @@ use crate::mil::gemm::{self, Bias, MatRef};
 use crate::mil::transpose::transpose;
 use crate::mil::weights::{self, Weights};
 use crate::mil::{depthwise, Kernel, OpCtx};
-use coreml_proto::proto::mil_spec::{self, Operation};
+use coreml_proto::proto::mil_spec::Operation;
 
 /// The builder for `op_type`, if this family has it.
 pub(super) fn builder(op_type: &str) -> Option<Builder> {
@@ -248,15 +248,9 @@ fn linear_f32(xs: &[f32], rows: usize, w: &LinWeight, bias: Option<&[f32]>, tail
 /// Rows of `op`'s `[.., out]` result as the program declares it (`None`
 /// when a dim is not a constant).
 fn declared_rows(op: &Operation) -> Option<usize> {
-    let t = match op.outputs.first()?.r#type.as_ref()?.r#type.as_ref()? {
-        mil_spec::value_type::Type::TensorType(t) => t,
-        _ => return None,
-    };
-    let (_, lead) = t.dimensions.split_last()?;
-    lead.iter().try_fold(1usize, |acc, d| match d.dimension {
-        Some(mil_spec::dimension::Dimension::Constant(c)) => acc.checked_mul(usize::try_from(c.size).ok()?),
-        _ => None,
-    })
+    let dims = super::declared_dims(op)?;
+    let (_, lead) = dims.split_last()?;
+    lead.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))
 }
 
 /// The dtype a product is computed in: floats as they are, integers in f64
@@ -445,6 +439,7 @@ fn einsum_rank(eq: &str) -> Option<usize> {
 mod tests {
     use super::*;
     use candle_core::Device;
+    use coreml_proto::proto::mil_spec;
 
     #[test]
     fn a_packed_weight_is_read_a_block_of_outputs_at_a_time_like_the_dense_one() {

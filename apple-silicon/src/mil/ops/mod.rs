@@ -64,6 +64,22 @@ pub fn builder(op_type: &str) -> Option<Builder> {
         .or_else(|| state::builder(op_type))
 }
 
+/// The shape of `op`'s first output as the program declares it (`None`
+/// when a dim is not a constant).
+pub(super) fn declared_dims(op: &coreml_proto::proto::mil_spec::Operation) -> Option<Vec<usize>> {
+    use coreml_proto::proto::mil_spec::{dimension::Dimension, value_type::Type};
+    let Type::TensorType(t) = op.outputs.first()?.r#type.as_ref()?.r#type.as_ref()? else {
+        return None;
+    };
+    t.dimensions
+        .iter()
+        .map(|d| match d.dimension {
+            Some(Dimension::Constant(c)) => usize::try_from(c.size).ok(),
+            _ => None,
+        })
+        .collect()
+}
+
 pub(super) fn one(t: Tensor) -> CResult<Vec<Tensor>> {
     Ok(vec![t])
 }
