@@ -184,6 +184,22 @@ fn apply_into_plain(fun: Fun, src: &[f32], dst: &mut [f32]) {
     })
 }
 
+/// `acc[i] = max(acc[i], xs[i])`, NaN winning (numpy's `maximum`; the
+/// unfused `max_pool`'s rule), vectorised like [`map_into`]. Panics if the
+/// lengths differ. Costs one pass over each slice.
+#[inline]
+pub fn max_into(acc: &mut [f32], xs: &[f32]) {
+    assert_eq!(acc.len(), xs.len(), "max_into: the slices' lengths differ");
+    dispatch!(max_into_plain, max_into_avx512, max_into_avx2, acc, xs)
+}
+
+#[inline(always)]
+fn max_into_plain(acc: &mut [f32], xs: &[f32]) {
+    for (a, &x) in acc.iter_mut().zip(xs) {
+        *a = if x > *a || x.is_nan() { x } else { *a };
+    }
+}
+
 #[inline(always)]
 fn apply_with_plain(fun: Fun, xs: &mut [f32], c: f32) {
     each_fun!(fun, f => for x in xs.iter_mut() {
@@ -328,6 +344,7 @@ mod x86 {
     builds!(apply_into_plain, apply_into_avx512, apply_into_avx2, fun: Fun, src: &[f32], dst: &mut [f32]);
     builds!(apply_with_plain, apply_with_avx512, apply_with_avx2, fun: Fun, xs: &mut [f32], c: f32);
     builds!(apply_zip_plain, apply_zip_avx512, apply_zip_avx2, fun: Fun, xs: &mut [f32], ys: &[f32]);
+    builds!(max_into_plain, max_into_avx512, max_into_avx2, acc: &mut [f32], xs: &[f32]);
 
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn map_into_avx2(src: &[f32], dst: &mut [f32], f: impl Fn(f32) -> f32) {
@@ -736,6 +753,30 @@ mod tests {
         assert!(d.iter().all(|v| v.is_nan()));
         softmax(&[f32::NEG_INFINITY; 3], &mut d);
         assert!(d.iter().all(|v| v.is_nan()));
+    }
+
+    #[test]
+    fn max_into_is_the_elementwise_maximum_with_nan_winning() {
+        let a0: Vec<f32> = (0..37).map(|i| ((i as f32) * 1.3).sin()).collect();
+        let mut xs: Vec<f32> = (0..37).map(|i| ((i as f32) * 0.7).cos()).collect();
+        let mut a1 = a0.clone();
+        a1[3] = f32::NAN;
+        xs[20] = f32::NAN;
+        xs[30] = f32::NEG_INFINITY;
+        for (name, run) in [
+            ("dispatched", max_into as fn(&mut [f32], &[f32])),
+            ("plain", max_into_plain as fn(&mut [f32], &[f32])),
+        ] {
+            let mut got = a1.clone();
+            run(&mut got, &xs);
+            for (i, g) in got.iter().enumerate() {
+                if i == 3 || i == 20 {
+                    assert!(g.is_nan(), "{name} [{i}]: {g}");
+                } else {
+                    assert_eq!(*g, a1[i].max(xs[i]), "{name} [{i}]");
+                }
+            }
+        }
     }
 
     #[test]
