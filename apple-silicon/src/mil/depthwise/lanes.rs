@@ -41,8 +41,19 @@ pub(super) struct Block {
     offs: Vec<usize>,
 }
 
+/// Strided convs whose output rows are at least this wide stay on the
+/// plane path: there a row is one (masked) vector of outputs, while here
+/// every input value (four per output at stride 2) goes through a
+/// transposition. `depthwise::tests::timing`, planes / lanes, 3 × 3 and
+/// 5 × 5, stride 2: 0.86–0.90 at 14 outputs a row (192 channels), 0.98 at
+/// 14 (96 channels), 0.96–1.00 at 12, 1.29–1.35 at 10, 2.1–2.2 at 7. In the
+/// networks: PP-LCNet's 128-channel 28 × 28 layer 0.055 → 0.040 ms,
+/// MobileNetV2's 192-channel one 0.062 → 0.055.
+const STRIDED_WIDE: usize = 12;
+
 /// Whether a conv of this layout, input plane `hw` values and output plane
-/// `plane` values, runs here: AVX-512F, outputs narrower than a vector, and
+/// `plane` values, runs here: AVX-512F, outputs narrower than a vector (and
+/// than [`STRIDED_WIDE`] when strided), and
 /// a task's two buffers (the block, `ph · pw · 16` floats, and the sums,
 /// `plane · 16`) each within the memory limit in force — 16 planes' worth
 /// of what the plane path holds, so a tall plane near the limit stays on
@@ -53,6 +64,7 @@ pub(super) fn fits(isa: rows::Isa, lay: &Layout, plane: usize) -> bool {
     let within = |b: Option<u64>| b.is_some_and(|b| b <= limit);
     isa == rows::Isa::Avx512
         && lay.ow < LANES
+        && (lay.stride == 1 || lay.ow < STRIDED_WIDE)
         && within(bytes(lay.ph.checked_mul(lay.pw)))
         && within(bytes(Some(plane)))
 }
