@@ -198,10 +198,21 @@ pub fn max_into(acc: &mut [f32], xs: &[f32]) {
     dispatch!(max_into_plain, max_into_avx512, max_into_avx2, acc, xs)
 }
 
+/// The larger of `a` and `b`, NaN winning from either side (numpy's
+/// `maximum`; `f32::max` would drop it): the rule [`max_into`] applies.
+#[inline(always)]
+pub fn nan_max(a: f32, b: f32) -> f32 {
+    if b > a || b.is_nan() {
+        b
+    } else {
+        a
+    }
+}
+
 #[inline(always)]
 fn max_into_plain(acc: &mut [f32], xs: &[f32]) {
     for (a, &x) in acc.iter_mut().zip(xs) {
-        *a = if x > *a || x.is_nan() { x } else { *a };
+        *a = nan_max(*a, x);
     }
 }
 

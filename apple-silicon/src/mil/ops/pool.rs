@@ -127,9 +127,8 @@ fn max_pool2d_f32(
     (pt, pl): (usize, usize),
     (oh, ow): (usize, usize),
 ) -> Vec<f32> {
+    use crate::mil::vmath::{max_into, nan_max};
     use rayon::prelude::*;
-    // NaN wins, as in numpy's max.
-    let max = |a: f32, b: f32| if b > a || b.is_nan() { b } else { a };
     let plane = |(p, out): (usize, &mut [f32]), (rows, padded): &mut (Vec<f32>, Vec<f32>)| {
         let x = &src[p * h * w..(p + 1) * h * w];
         if (sh, sw) == (1, 1) {
@@ -150,12 +149,10 @@ fn max_pool2d_f32(
                 .max(lo);
                 if sw == 1 {
                     let first = lo + j - pl;
-                    for (r, &v) in rr[lo..hi].iter_mut().zip(&xr[first..first + (hi - lo)]) {
-                        *r = max(*r, v);
-                    }
+                    max_into(&mut rr[lo..hi], &xr[first..first + (hi - lo)]);
                 } else {
                     for (ox, r) in rr.iter_mut().enumerate().take(hi).skip(lo) {
-                        *r = max(*r, xr[ox * sw + j - pl]);
+                        *r = nan_max(*r, xr[ox * sw + j - pl]);
                     }
                 }
             }
@@ -166,9 +163,7 @@ fn max_pool2d_f32(
                 let Some(iy) = (oy * sh + i).checked_sub(pt).filter(|&iy| iy < h) else {
                     continue;
                 };
-                for (o, &r) in orow.iter_mut().zip(&rows[iy * ow..(iy + 1) * ow]) {
-                    *o = max(*o, r);
-                }
+                max_into(orow, &rows[iy * ow..(iy + 1) * ow]);
             }
         }
     };
@@ -357,6 +352,8 @@ mod tests {
             (2, 6, 13, (2, 4), (1, 1), (1, 3)),
             (1, 4, 5, (2, 2), (1, 1), (3, 3)),
             (2, 7, 1, (3, 1), (1, 1), (1, 0)),
+            // Strided rows over unit-stride columns.
+            (2, 9, 12, (3, 3), (2, 1), (1, 1)),
         ] {
             let ((kh, kw), (sh, sw), (pt, pl)) = (k, st, pads);
             let oh = (h + 2 * pt - kh) / sh + 1;
